@@ -1,0 +1,65 @@
+"""Training checkpoints through Orbax's CheckpointManager.
+
+A checkpoint holds the whole training state (parameters, optimizer state,
+step) plus a small JSON record (recipe hash, role). The data order and the
+augmentation keys are functions of (seed, step), so the step is all that is
+needed to continue exactly where a run stopped.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from distill.errors import UserError
+
+
+class Checkpointer:
+  """Saves and restores one run's training state under `workdir/checkpoints`."""
+
+  def __init__(self, workdir: Path, max_to_keep: int = 2):
+    self.directory = Path(workdir).resolve() / "checkpoints"
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=False)
+    try:
+      self._manager = ocp.CheckpointManager(self.directory, options=options)
+    except OSError as e:
+      raise UserError(f"cannot create checkpoints in {self.directory}: {e}") from None
+
+  def latest_step(self) -> int | None:
+    """The newest saved step, or None."""
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
+    """Saves `state` (a pytree of arrays) and `meta` (JSON) at `step`, synchronously."""
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    self._manager.wait_until_finished()
+
+  def restore(self, step: int, like: Any) -> tuple[Any, dict[str, Any]]:
+    """Restores the state saved at `step` into the structure and shardings of `like`."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # Orbax raises many types for a damaged checkpoint.
+      raise UserError(f"checkpoint {self.directory}/{step} cannot be restored: {e}") from None
+    return restored.state, dict(restored.meta)
+
+  def restore_meta(self, step: int) -> dict[str, Any]:
+    """Reads only the JSON record of the checkpoint at `step`."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(restored.meta)
+
+  def close(self) -> None:
+    """Waits for pending writes and releases the manager."""
+    self._manager.close()
+
+  @staticmethod
+  def remove(workdir: Path) -> None:
+    """Deletes every checkpoint of the run in `workdir`."""
+    shutil.rmtree(Path(workdir) / "checkpoints", ignore_errors=True)

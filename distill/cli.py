@@ -1,0 +1,186 @@
+"""The `distill` command line: parse, then call one library function.
+
+JAX and Flax are imported inside the commands, so `distill --help` answers at
+once.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from distill.errors import UserError
+
+_RECIPE_HELP = ("Recipe: a TOML file or the name of a packaged recipe "
+                "(fashion_mnist, demo, cifar10, digits).")
+_SET_HELP = ("Override any recipe key, e.g. --set teacher.steps=500 --set teacher.vit.depth=6 "
+             "(repeatable). Unknown keys are errors that list the valid ones.")
+
+
+def _user_errors(command):
+  """Shows UserError as one red line on stderr and exits non-zero, no traceback."""
+
+  @functools.wraps(command)
+  def wrapper(*args, **kwargs):
+    try:
+      return command(*args, **kwargs)
+    except UserError as e:
+      click.secho(f"error: {e}", err=True, fg="red")
+      sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+      click.secho("interrupted", err=True, fg="red")
+      sys.exit(130)
+
+  return wrapper
+
+
+def _common_training_options(command):
+  options = [
+      click.option("--recipe", "-r", default=None, help=_RECIPE_HELP),
+      click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP),
+      click.option("--dataset", default=None,
+                   help="Dataset: fashion_mnist (default), mnist, cifar10, digits, npz."),
+      click.option("--data-dir", default=None, type=click.Path(),
+                   help="Where the data is (a folder, or the .npz file for --dataset npz)."),
+      click.option("--steps", type=int, default=None, help="Training steps (overrides the recipe)."),
+      click.option("--batch-size", type=int, default=None, help="Batch size (overrides the recipe)."),
+      click.option("--seed", type=int, default=None, help="Seed for init, data order and augmentation."),
+      click.option("--restart", is_flag=True, help="Discard an unfinished run in the workdir."),
+      click.option("--overwrite", is_flag=True, help="Replace a finished run in the workdir."),
+      click.option("--strict-init-check", is_flag=True,
+                   help="Fail (instead of warning) if the step-0 loss is not log(n_classes)."),
+      click.option("--quiet", "-q", is_flag=True, help="No progress bars or notes."),
+  ]
+  for option in reversed(options):
+    command = option(command)
+  return command
+
+
+def _cli_overrides(role: str, dataset, data_dir, steps, batch_size, seed, model=None,
+                   loss=None) -> list[str]:
+  pairs = {"data.dataset": dataset, "data.data_dir": data_dir, f"{role}.steps": steps,
+           f"{role}.batch_size": batch_size, "seed": seed, f"{role}.model": model,
+           f"{role}.loss": loss}
+  return [f"{key}={value}" for key, value in pairs.items() if value is not None]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="distill")
+def main():
+  """Teacher -> student knowledge distillation on JAX.
+
+  \b
+  The workflow:
+    distill teacher                 train a ViT teacher (hard labels + augmentation)
+                                    and export its soft targets
+    distill student --model cnn     train a student on those soft targets
+    distill student --model cnn --loss hard   the same student on hard labels
+    distill compare runs/*          student vs teacher, side by side
+
+  Every run checks its step-0 loss against log(n_classes) and warns loudly
+  when it is off. Runs resume from their last checkpoint when re-run.
+  """
+
+
+@main.command()
+@_common_training_options
+@click.option("--workdir", "-w", type=click.Path(), default="runs/teacher", show_default=True,
+              help="Run directory (checkpoints, metrics, summary, targets).")
+@click.option("--no-export", is_flag=True, help="Skip exporting soft targets at the end.")
+@_user_errors
+def teacher(recipe, overrides, dataset, data_dir, steps, batch_size, seed, restart, overwrite,
+            strict_init_check, quiet, workdir, no_export):
+  """Train the ViT teacher, evaluate it on the test set, export its soft targets.
+
+  The teacher learns from one-hot labels with random crop/resize and flips
+  (see the recipe's [augment] table), AdamW with warm-up and cosine decay.
+  At the end its softmax probabilities on every (un-augmented) training
+  image are written to WORKDIR/targets.npz for students.
+  """
+  from distill import config, workflow
+
+  resolved = config.load_recipe(recipe or "fashion_mnist", [
+      *overrides, *_cli_overrides("teacher", dataset, data_dir, steps, batch_size, seed)])
+  summary = workflow.train_teacher(resolved, Path(workdir), restart=restart, overwrite=overwrite,
+                                   strict_init_check=strict_init_check, quiet=quiet,
+                                   export=not no_export)
+  click.echo(f"teacher test accuracy: {summary['test_accuracy']:.4f}")
+
+
+@main.command()
+@click.option("--teacher", "teacher_dir", required=True, type=click.Path(),
+              help="A trained teacher's run directory.")
+@click.option("--temperature", "-T", type=float, default=None,
+              help="Softmax temperature of the exported probabilities (default: the recipe's).")
+@click.option("--quiet", "-q", is_flag=True, help="No notes.")
+@_user_errors
+def export(teacher_dir, temperature, quiet):
+  """Export a teacher's logits and soft targets for every training image.
+
+  Writes TEACHER/targets.npz (atomically) with the dataset fingerprint, split,
+  teacher checkpoint, temperature and class names. `distill teacher` already
+  does this at the end; use this to re-export, e.g. at another temperature.
+  """
+  from distill import workflow
+
+  path = workflow.export_targets(Path(teacher_dir), temperature=temperature, quiet=quiet)
+  click.echo(str(path))
+
+
+@main.command()
+@_common_training_options
+@click.option("--teacher", "teacher_dir", type=click.Path(), default="runs/teacher",
+              show_default=True, help="The teacher run whose targets to learn from.")
+@click.option("--model", "-m", default=None,
+              help="Student model: vit, cnn, mlp or linear (default: the recipe's).")
+@click.option("--loss", type=click.Choice(["soft", "hard"]), default=None,
+              help="soft: cross-entropy against the teacher's probabilities (distillation); "
+                   "hard: one-hot labels, the baseline to beat. [default: soft]")
+@click.option("--workdir", "-w", type=click.Path(), default=None,
+              help="Run directory [default: runs/student-MODEL, or runs/student-MODEL-hard].")
+@_user_errors
+def student(recipe, overrides, dataset, data_dir, steps, batch_size, seed, restart, overwrite,
+            strict_init_check, quiet, teacher_dir, model, loss, workdir):
+  """Train a student against a teacher's exported soft targets.
+
+  Without --recipe the student starts from the teacher run's own recipe, so
+  the data and split match the targets. Targets made on other data are
+  refused. The student is not augmented by default: exported targets belong
+  to un-augmented images, and an augmented view paired with another view's
+  target teaches the wrong thing.
+  """
+  from distill import workflow
+
+  resolved = workflow.student_recipe(Path(teacher_dir), recipe, [
+      *overrides,
+      *_cli_overrides("student", dataset, data_dir, steps, batch_size, seed, model, loss)])
+  if workdir is None:
+    suffix = "-hard" if resolved["student"]["loss"] == "hard" else ""
+    workdir = f"runs/student-{resolved['student']['model']}{suffix}"
+  summary = workflow.train_student(resolved, Path(teacher_dir), Path(workdir), restart=restart,
+                                   overwrite=overwrite, strict_init_check=strict_init_check,
+                                   quiet=quiet)
+  click.echo(f"student test accuracy: {summary['test_accuracy']:.4f} "
+             f"(teacher {summary['teacher_test_accuracy']:.4f})")
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@click.option("--markdown", is_flag=True, help="Print a Markdown table.")
+@_user_errors
+def compare(run_dirs, as_json, markdown):
+  """Compare finished runs side by side: accuracy, agreement with the teacher, NLL, time.
+
+  Directories without a summary.json are skipped with a note.
+  """
+  from distill.report import compare_runs
+
+  click.echo(compare_runs([Path(d) for d in run_dirs], as_json=as_json, markdown=markdown))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,282 @@
+"""Recipes: TOML files layered over built-in defaults, with `key=value` overrides.
+
+The defaults below are the schema. A recipe or an override may only name keys
+that exist here, and each value must have the default's type; anything else is
+a `UserError` that names the valid keys. This keeps a typo from silently
+training with a default.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from distill.errors import UserError
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+# Per-model settings live under the role, so one recipe can describe a teacher
+# and every student without repeating the optimizer settings.
+_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "vit": {
+        "patch": 4,
+        "width": 64,
+        "depth": 4,
+        "heads": 4,
+        "mlp_ratio": 4,
+        "stem": "patch",
+        "head_init_scale": 0.0,
+    },
+    "cnn": {"channels": [32, 64], "blocks_per_stage": 2, "head_init_scale": 0.0},
+    "mlp": {"hidden": [512, 256], "head_init_scale": 0.0},
+    "linear": {"head_init_scale": 0.0},
+}
+
+_TRAIN_DEFAULTS: dict[str, Any] = {
+    "model": "vit",
+    "steps": 1000,
+    "batch_size": 128,
+    "learning_rate": 1e-3,
+    "weight_decay": 0.05,
+    "warmup_steps": 100,
+    "grad_clip": 1.0,
+    "label_smoothing": 0.0,
+    "log_every": 50,
+    "eval_every": 500,
+    "checkpoint_every": 500,
+    "steps_per_dispatch": 10,
+    "eval_batch_size": 1000,
+    "init_check_tolerance": 0.05,
+}
+
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "data": {
+        "dataset": "fashion_mnist",
+        "data_dir": "",
+        "val_size": 5000,
+        "split_seed": 0,
+        "train_limit": 0,
+    },
+    "augment": {
+        "crop": "resize",
+        "crop_size": 24,
+        "pad": 4,
+        "flip": True,
+    },
+    "teacher": {**_TRAIN_DEFAULTS, "model": "vit", **copy.deepcopy(_MODEL_DEFAULTS)},
+    "student": {
+        **_TRAIN_DEFAULTS,
+        "model": "cnn",
+        "loss": "soft",
+        "augment": False,
+        **copy.deepcopy(_MODEL_DEFAULTS),
+    },
+    "export": {"temperature": 1.0, "batch_size": 2000},
+}
+
+CROP_MODES = ("resize", "pad", "none")
+STUDENT_LOSSES = ("soft", "hard")
+
+
+def _valid_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
+  keys = []
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      keys.extend(_valid_keys(value, name + "."))
+    else:
+      keys.append(name)
+  return keys
+
+
+def valid_keys() -> list[str]:
+  """Every dotted key a recipe or `--set` may name."""
+  return _valid_keys(DEFAULTS)
+
+
+def _unknown_key(dotted: str, where: str) -> UserError:
+  parent = dotted.rsplit(".", 1)[0] if "." in dotted else ""
+  node = DEFAULTS
+  for part in parent.split(".") if parent else []:
+    node = node.get(part, {}) if isinstance(node, dict) else {}
+  siblings = [f"{parent + '.' if parent else ''}{k}" for k in node] if isinstance(node, dict) and node else []
+  choices = siblings or [k for k in DEFAULTS]
+  return UserError(
+      f"unknown recipe key '{dotted}' in {where}; valid keys here: {', '.join(choices)}"
+  )
+
+
+def _coerce(value: Any, default: Any, dotted: str, where: str) -> Any:
+  """Returns `value` converted to the type of `default`, or raises UserError."""
+  expected = type(default)
+  if isinstance(default, bool):
+    if isinstance(value, bool):
+      return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+      return value.lower() in ("true", "1", "yes")
+  elif isinstance(default, int):
+    if isinstance(value, int) and not isinstance(value, bool):
+      return value
+    if isinstance(value, str):
+      try:
+        return int(value)
+      except ValueError:
+        pass
+  elif isinstance(default, float):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+      return float(value)
+    if isinstance(value, str):
+      try:
+        return float(value)
+      except ValueError:
+        pass
+  elif isinstance(default, str):
+    if isinstance(value, str):
+      return value
+  elif isinstance(default, list):
+    if isinstance(value, str):
+      try:
+        value = json.loads(value)
+      except json.JSONDecodeError:
+        value = [v.strip() for v in value.strip("[]").split(",") if v.strip()]
+    if isinstance(value, list):
+      item_default = default[0] if default else ""
+      return [_coerce(v, item_default, dotted, where) for v in value]
+  raise UserError(
+      f"recipe key '{dotted}' in {where} must be {expected.__name__} "
+      f"(like {default!r}), got {value!r}"
+  )
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any], where: str, prefix: str = "") -> None:
+  for key, value in update.items():
+    dotted = f"{prefix}{key}"
+    if key not in base:
+      raise _unknown_key(dotted, where)
+    if isinstance(base[key], dict):
+      if not isinstance(value, dict):
+        raise UserError(f"recipe key '{dotted}' in {where} is a table; set its keys, e.g. {dotted}.{next(iter(base[key]))}")
+      _merge(base[key], value, where, dotted + ".")
+    else:
+      base[key] = _coerce(value, base[key], dotted, where)
+
+
+def resolve_recipe_path(recipe: str | None) -> Path | None:
+  """Finds a recipe by path, or by name in the packaged `recipes/` folder."""
+  if not recipe:
+    return None
+  path = Path(recipe)
+  if path.is_file():
+    return path
+  for candidate in (RECIPES_DIR / recipe, RECIPES_DIR / f"{recipe}.toml"):
+    if candidate.is_file():
+      return candidate
+  known = sorted(p.stem for p in RECIPES_DIR.glob("*.toml")) if RECIPES_DIR.is_dir() else []
+  raise UserError(f"recipe '{recipe}' not found (a file path, or one of: {', '.join(known) or 'none'})")
+
+
+def parse_override(text: str) -> tuple[str, str]:
+  """Splits `key=value`, refusing anything without an '='."""
+  if "=" not in text:
+    raise UserError(f"--set expects key=value, got '{text}'")
+  key, value = text.split("=", 1)
+  return key.strip(), value.strip()
+
+
+def load_recipe(recipe: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+  """Builds the resolved recipe: defaults, then the recipe file, then overrides.
+
+  Args:
+    recipe: a TOML path or the name of a packaged recipe; None for defaults.
+    overrides: `dotted.key=value` strings, applied last.
+
+  Returns:
+    A nested dict with every key of `DEFAULTS`, validated.
+  """
+  resolved = copy.deepcopy(DEFAULTS)
+  path = resolve_recipe_path(recipe)
+  if path is not None:
+    try:
+      with open(path, "rb") as f:
+        _merge(resolved, tomllib.load(f), str(path))
+    except tomllib.TOMLDecodeError as e:
+      raise UserError(f"recipe {path} is not valid TOML: {e}") from None
+  for text in overrides:
+    key, value = parse_override(text)
+    set_key(resolved, key, value, where="--set")
+  validate(resolved)
+  return resolved
+
+
+def set_key(recipe: dict[str, Any], dotted: str, value: Any, where: str = "--set") -> None:
+  """Sets one dotted key in place, with the same checks as a recipe file."""
+  node = recipe
+  default = DEFAULTS
+  parts = dotted.split(".")
+  for part in parts[:-1]:
+    if part not in node or not isinstance(node[part], dict):
+      raise _unknown_key(dotted, where)
+    node, default = node[part], default[part]
+  last = parts[-1]
+  if last not in node or isinstance(node[last], dict):
+    raise _unknown_key(dotted, where)
+  node[last] = _coerce(value, default[last], dotted, where)
+
+
+def validate(recipe: dict[str, Any]) -> None:
+  """Checks value ranges that types alone cannot express."""
+  from distill.models import model_names  # noqa: PLC0415 (keeps --help fast)
+  from distill.data import dataset_names  # noqa: PLC0415
+
+  if recipe["data"]["dataset"] not in dataset_names():
+    raise UserError(
+        f"unknown dataset '{recipe['data']['dataset']}'; valid: {', '.join(dataset_names())}"
+    )
+  if recipe["augment"]["crop"] not in CROP_MODES:
+    raise UserError(f"augment.crop must be one of {', '.join(CROP_MODES)}, got '{recipe['augment']['crop']}'")
+  if recipe["student"]["loss"] not in STUDENT_LOSSES:
+    raise UserError(f"student.loss must be one of {', '.join(STUDENT_LOSSES)}, got '{recipe['student']['loss']}'")
+  for role in ("teacher", "student"):
+    section = recipe[role]
+    if section["model"] not in model_names():
+      raise UserError(f"unknown model '{section['model']}' for {role}; valid: {', '.join(model_names())}")
+    for key in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
+                "steps_per_dispatch", "eval_batch_size"):
+      if section[key] <= 0:
+        raise UserError(f"{role}.{key} must be positive, got {section[key]}")
+    for key in ("learning_rate",):
+      if not (section[key] > 0 and math.isfinite(section[key])):
+        raise UserError(f"{role}.{key} must be a positive number, got {section[key]}")
+    if section["warmup_steps"] < 0 or section["weight_decay"] < 0 or section["grad_clip"] < 0:
+      raise UserError(f"{role}.warmup_steps, weight_decay and grad_clip must not be negative")
+    if not 0.0 <= section["label_smoothing"] < 1.0:
+      raise UserError(f"{role}.label_smoothing must be in [0, 1), got {section['label_smoothing']}")
+  temperature = recipe["export"]["temperature"]
+  if not (temperature > 0 and math.isfinite(temperature)):
+    raise UserError(f"export.temperature must be a positive number, got {temperature}")
+  if recipe["data"]["val_size"] < 0 or recipe["data"]["train_limit"] < 0:
+    raise UserError("data.val_size and data.train_limit must not be negative")
+
+
+def model_settings(recipe: dict[str, Any], role: str) -> tuple[str, dict[str, Any]]:
+  """Returns (model name, its keyword arguments) for `role` ('teacher'/'student')."""
+  section = recipe[role]
+  name = section["model"]
+  return name, dict(section[name])
+
+
+def recipe_hash(recipe: dict[str, Any]) -> str:
+  """A stable hash of a resolved recipe; resuming requires the same hash."""
+  canonical = json.dumps(recipe, sort_keys=True, separators=(",", ":"))
+  return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def merge_resolved(recipe: dict[str, Any], other: dict[str, Any], where: str) -> None:
+  """Merges another resolved recipe (e.g. a teacher run's recipe.json) into `recipe`."""
+  _merge(recipe, other, where)

@@ -1,0 +1,817 @@
+"""Image-classification datasets: find them, check them, split them.
+
+Every dataset is loaded from local files when they can be found (an explicit
+data_dir, $DISTILL_DATA, a system package, the keras cache) and downloaded
+through keras only as a last resort, so runs work offline and reproducibly.
+Whatever the source, the result is a `Dataset` of uint8 NHWC images with int32
+labels, a held-out validation split, and fingerprints that let a run record
+exactly which data it saw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import os
+import pickle
+import zlib
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from distill.errors import UserError
+
+DATA_ENV = 'DISTILL_DATA'
+OFFLINE_ENV = 'DISTILL_OFFLINE'
+# Module-level so tests can point it elsewhere; the Debian dataset-* packages
+# install under here.
+DEBIAN_DATASETS_DIR = '/usr/share/datasets'
+
+FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
+                         'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
+CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
+                   'frog', 'horse', 'ship', 'truck')
+DIGIT_CLASSES = tuple(str(digit) for digit in range(10))
+
+SPLITS = ('train', 'val', 'test')
+
+# Datasets that ship without a test split get one carved out with a fixed seed,
+# independent of split_seed, so the test set never moves between experiments.
+_TEST_HOLDOUT_SEED = 0
+_TEST_HOLDOUT_FRACTION = 0.2
+
+_IDX_UBYTE_IMAGES_MAGIC = 0x00000803
+_IDX_UBYTE_LABELS_MAGIC = 0x00000801
+# Role -> accepted base names (each also tried with .gz). The dotted spelling is
+# how some MNIST mirrors name the same files.
+_IDX_FILES = {
+    'x_train': ('train-images-idx3-ubyte', 'train-images.idx3-ubyte'),
+    'y_train': ('train-labels-idx1-ubyte', 'train-labels.idx1-ubyte'),
+    'x_test': ('t10k-images-idx3-ubyte', 't10k-images.idx3-ubyte'),
+    'y_test': ('t10k-labels-idx1-ubyte', 't10k-labels.idx1-ubyte'),
+}
+_IDX_MAGIC_BY_ROLE = {
+    'x_train': _IDX_UBYTE_IMAGES_MAGIC,
+    'y_train': _IDX_UBYTE_LABELS_MAGIC,
+    'x_test': _IDX_UBYTE_IMAGES_MAGIC,
+    'y_test': _IDX_UBYTE_LABELS_MAGIC,
+}
+
+_CIFAR10_FOLDER = 'cifar-10-batches-py'
+_CIFAR10_TRAIN_BATCHES = tuple(f'data_batch_{i}' for i in range(1, 6))
+_CIFAR10_TEST_BATCH = 'test_batch'
+_CIFAR10_META = 'batches.meta'
+
+
+class RawData(NamedTuple):
+  """What a registered loader returns, before validation and splitting."""
+  x_train: np.ndarray
+  y_train: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
+  class_names: tuple[str, ...]
+
+
+# eq=False: comparing or hashing datasets field by field would touch every
+# pixel (and numpy arrays are not hashable); identity is what callers want.
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+  """A loaded dataset with train / validation / test splits.
+
+  Images are uint8 [N, H, W, C]; labels are int32 [N]. The arrays are
+  read-only so the cached fingerprints can never go stale.
+  """
+  name: str
+  x_train: np.ndarray
+  y_train: np.ndarray
+  x_val: np.ndarray
+  y_val: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
+  class_names: tuple[str, ...]
+  fingerprint: str
+  _split_fingerprints: dict[str, str] = dataclasses.field(
+      default_factory=dict, init=False, repr=False)
+
+  @property
+  def num_classes(self) -> int:
+    """Number of classes (labels run from 0 to num_classes - 1)."""
+    return len(self.class_names)
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    """(height, width, channels) of every image."""
+    height, width, channels = self.x_train.shape[1:]
+    return (height, width, channels)
+
+  def split_fingerprint(self, split: str) -> str:
+    """Returns the sha256 hex digest of one split's images and labels.
+
+    Args:
+      split: 'train', 'val' or 'test'.
+
+    Returns:
+      A hex digest that changes if any pixel, label or shape in the split does.
+    """
+    if split not in SPLITS:
+      raise UserError(f'unknown split {split!r}; choose one of: '
+                      f'{", ".join(SPLITS)}')
+    cached = self._split_fingerprints.get(split)
+    if cached is None:
+      x, y = {'train': (self.x_train, self.y_train),
+              'val': (self.x_val, self.y_val),
+              'test': (self.x_test, self.y_test)}[split]
+      cached = _hash_arrays(x, y)
+      self._split_fingerprints[split] = cached
+    return cached
+
+  def describe(self) -> str:
+    """One line: name, split sizes, image shape and classes."""
+    height, width, channels = self.image_shape
+    shown = self.class_names
+    if len(shown) > 10:
+      shown = (*shown[:5], '...')
+    return (f'{self.name}: {len(self.x_train)} train / {len(self.x_val)} val / '
+            f'{len(self.x_test)} test images of {height}x{width}x{channels}, '
+            f'{self.num_classes} classes ({", ".join(shown)})')
+
+  def __repr__(self) -> str:
+    return f'Dataset({self.describe()}; fingerprint {self.fingerprint[:12]})'
+
+
+Loader = Callable[..., RawData]
+DATASETS: dict[str, Loader] = {}
+
+
+def register(name: str) -> Callable[[Loader], Loader]:
+  """Decorator adding a loader to DATASETS under `name`.
+
+  A loader is called as `loader(data_dir=..., allow_download=...)`, where
+  data_dir is None or an existing, expanded path, and returns RawData.
+  """
+  def decorate(loader: Loader) -> Loader:
+    if name in DATASETS:
+      raise ValueError(f'dataset {name!r} is already registered')
+    DATASETS[name] = loader
+    return loader
+  return decorate
+
+
+def dataset_names() -> list[str]:
+  """Names accepted by load_dataset, sorted."""
+  return sorted(DATASETS)
+
+
+def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
+                 val_size: int | float = 0.1, split_seed: int = 0,
+                 train_limit: int | None = None,
+                 allow_download: bool | None = None) -> Dataset:
+  """Loads, validates, fingerprints and splits a registered dataset.
+
+  Args:
+    name: a name from dataset_names().
+    data_dir: where the data is (a folder, or the file itself for 'npz').
+      When given, only this place is searched; None or '' searches the
+      usual places.
+    val_size: validation examples held out of the training set, as a count
+      (int) or a fraction of it (float in [0, 1)).
+    split_seed: seed of the permutation that picks the validation examples.
+    train_limit: keep only this many training examples, for quick runs.
+      None (or 0, the recipe's spelling of "no limit") keeps all.
+    allow_download: whether keras may download the data when it is not found
+      locally. None means allowed unless the environment sets
+      DISTILL_OFFLINE=1.
+
+  Returns:
+    The Dataset.
+
+  Raises:
+    UserError: for an unknown name, a bad argument, data that cannot be found
+      or data that fails validation.
+  """
+  loader = DATASETS.get(name)
+  if loader is None:
+    raise UserError(f'unknown dataset {name!r}; choose one of: '
+                    f'{", ".join(dataset_names())}')
+  # Argument mistakes should surface before a slow load, not after.
+  _check_val_size_type(val_size)
+  if isinstance(split_seed, bool) or not isinstance(split_seed,
+                                                    (int, np.integer)):
+    raise UserError(f'split_seed must be an integer, got {split_seed!r}')
+  if train_limit is not None and (
+      isinstance(train_limit, bool) or
+      not isinstance(train_limit, (int, np.integer)) or train_limit < 0):
+    raise UserError('train_limit must be a non-negative integer or None, got '
+                    f'{train_limit!r}')
+  if train_limit == 0:
+    train_limit = None
+  if data_dir is not None and not os.fspath(data_dir):
+    data_dir = None
+  if allow_download is None:
+    allow_download = not _offline_from_env()
+  if data_dir is not None:
+    data_dir = _checked_data_dir(data_dir)
+
+  raw = loader(data_dir=data_dir, allow_download=allow_download)
+  x_train, y_train, x_test, y_test, class_names = _validated(name, raw)
+  fingerprint = _hash_arrays(x_train, y_train, x_test, y_test)
+
+  num_val = _validation_count(val_size, len(x_train))
+  order = np.random.default_rng(split_seed).permutation(len(x_train))
+  val_indices, train_indices = order[:num_val], order[num_val:]
+  if train_limit is not None:
+    train_indices = train_indices[:train_limit]
+  return Dataset(
+      name=name,
+      x_train=_read_only(x_train[train_indices]),
+      y_train=_read_only(y_train[train_indices]),
+      x_val=_read_only(x_train[val_indices]),
+      y_val=_read_only(y_train[val_indices]),
+      x_test=_read_only(x_test),
+      y_test=_read_only(y_test),
+      class_names=class_names,
+      fingerprint=fingerprint)
+
+
+def read_idx(path: str, expected_magic: int | None = None) -> np.ndarray:
+  """Reads a uint8 IDX file (plain or .gz) into an array of its dimensions.
+
+  Args:
+    path: the file.
+    expected_magic: e.g. 0x00000803 for images, 0x00000801 for labels; None
+      accepts any uint8 IDX file.
+
+  Returns:
+    A read-only uint8 array shaped as the header says.
+
+  Raises:
+    UserError: naming the file if it cannot be read, is not uint8 IDX, has
+      the wrong magic or its length does not match its header.
+  """
+  try:
+    if path.endswith('.gz'):
+      with gzip.open(path, 'rb') as stream:
+        data = stream.read()
+    else:
+      with open(path, 'rb') as stream:
+        data = stream.read()
+  except (OSError, EOFError, zlib.error) as error:
+    raise UserError(f'cannot read IDX file {path} (damaged or truncated?): '
+                    f'{_one_line(error)}') from None
+  if len(data) < 4:
+    raise UserError(f'IDX file {path} is truncated: {len(data)} bytes, too '
+                    'short for a header')
+  magic = int.from_bytes(data[:4], 'big')
+  # 0x08 in the third byte is IDX's code for unsigned bytes; the fourth is
+  # the number of dimensions.
+  if expected_magic is not None and magic != expected_magic:
+    raise UserError(f'{path} is not the expected IDX file: magic 0x{magic:08x},'
+                    f' expected 0x{expected_magic:08x}')
+  if magic >> 8 != 0x000008 or magic & 0xFF == 0:
+    raise UserError(f'{path} is not a uint8 IDX file: magic 0x{magic:08x}')
+  num_dims = magic & 0xFF
+  header_size = 4 + 4 * num_dims
+  if len(data) < header_size:
+    raise UserError(f'IDX file {path} is truncated: {len(data)} bytes, header '
+                    f'alone needs {header_size}')
+  dims = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big')
+               for i in range(num_dims))
+  expected_size = header_size + int(np.prod(dims, dtype=np.int64))
+  if len(data) != expected_size:
+    state = 'truncated' if len(data) < expected_size else 'damaged'
+    raise UserError(f'IDX file {path} is {state}: its header promises shape '
+                    f'{dims} ({expected_size} bytes) but it has {len(data)} '
+                    'bytes')
+  return np.frombuffer(data, np.uint8, offset=header_size).reshape(dims)
+
+
+# --- Loaders -----------------------------------------------------------------
+
+
+@register('fashion_mnist')
+def _load_fashion_mnist(*, data_dir: str | None,
+                        allow_download: bool) -> RawData:
+  """Fashion-MNIST from IDX files, else keras' download."""
+  search = _Search('fashion_mnist', how_to_get=(
+      'install it with `apt-get install dataset-fashion-mnist`, or pass '
+      '--data-dir / set DISTILL_DATA to a folder holding '
+      'train-images-idx3-ubyte.gz and the other three IDX files'))
+  if data_dir is not None:
+    folders = [data_dir, os.path.join(data_dir, 'fashion-mnist')]
+  else:
+    folders = [
+        *_env_data_folders('fashion-mnist', ''),
+        os.path.join(DEBIAN_DATASETS_DIR, 'fashion-mnist'),
+        os.path.join(_keras_datasets_dir(), 'fashion-mnist'),
+    ]
+  for folder in folders:
+    paths = _find_idx_files(folder, search)
+    if paths is not None:
+      return RawData(*_read_idx_set(paths), FASHION_MNIST_CLASSES)
+  if data_dir is None and allow_download:
+    return RawData(*_download_with_keras('fashion_mnist', search),
+                   FASHION_MNIST_CLASSES)
+  raise search.not_found(allow_download, explicit=data_dir is not None)
+
+
+@register('mnist')
+def _load_mnist(*, data_dir: str | None, allow_download: bool) -> RawData:
+  """MNIST from IDX files or keras' cached mnist.npz, else keras' download."""
+  search = _Search('mnist', how_to_get=(
+      'pass --data-dir / set DISTILL_DATA to a folder with mnist/ IDX files '
+      '(train-images-idx3-ubyte.gz etc.) or mnist.npz, or let keras '
+      f'download it (needs network and no {OFFLINE_ENV}=1)'))
+  if data_dir is not None and os.path.isfile(data_dir):
+    return RawData(*_read_keras_npz(data_dir), DIGIT_CLASSES)
+  if data_dir is not None:
+    idx_folders = [data_dir, os.path.join(data_dir, 'mnist')]
+    npz_files = [os.path.join(data_dir, 'mnist.npz')]
+  else:
+    # Only the mnist/ subfolder of $DISTILL_DATA: its top level is where
+    # fashion-mnist's identically named IDX files are allowed to live.
+    idx_folders = _env_data_folders('mnist')
+    npz_files = [os.path.join(folder, 'mnist.npz')
+                 for folder in _env_data_folders('')]
+    npz_files.append(os.path.join(_keras_datasets_dir(), 'mnist.npz'))
+  for folder in idx_folders:
+    paths = _find_idx_files(folder, search)
+    if paths is not None:
+      return RawData(*_read_idx_set(paths), DIGIT_CLASSES)
+  for npz_path in npz_files:
+    if os.path.isfile(npz_path):
+      return RawData(*_read_keras_npz(npz_path), DIGIT_CLASSES)
+    search.looked_in(npz_path)
+  if data_dir is None and allow_download:
+    return RawData(*_download_with_keras('mnist', search), DIGIT_CLASSES)
+  raise search.not_found(allow_download, explicit=data_dir is not None)
+
+
+@register('cifar10')
+def _load_cifar10(*, data_dir: str | None, allow_download: bool) -> RawData:
+  """CIFAR-10 from the python pickle batches, else keras' download."""
+  search = _Search('cifar10', how_to_get=(
+      'pass --data-dir / set DISTILL_DATA to the cifar-10-batches-py folder '
+      '(extracted from cifar-10-python.tar.gz) or its parent, or let keras '
+      f'download it (needs network and no {OFFLINE_ENV}=1)'))
+  if data_dir is not None:
+    folders = [data_dir, os.path.join(data_dir, _CIFAR10_FOLDER)]
+  else:
+    keras_dir = _keras_datasets_dir()
+    folders = [
+        *_env_data_folders(_CIFAR10_FOLDER, ''),
+        # keras 3 extracts the archive into a folder named after the fname it
+        # passes to get_file ('cifar-10-batches-py-target'); older versions
+        # extracted straight into datasets/.
+        os.path.join(keras_dir, 'cifar-10-batches-py-target', _CIFAR10_FOLDER),
+        os.path.join(keras_dir, _CIFAR10_FOLDER),
+    ]
+  for folder in folders:
+    if _looks_like_cifar_folder(folder):
+      return _read_cifar10_folder(folder)
+    search.looked_in(folder)
+  if data_dir is None and allow_download:
+    return RawData(*_download_with_keras('cifar10', search), CIFAR10_CLASSES)
+  raise search.not_found(allow_download, explicit=data_dir is not None)
+
+
+@register('digits')
+def _load_digits(*, data_dir: str | None, allow_download: bool) -> RawData:
+  """scikit-learn's 8x8 digits (ships offline), scaled to 0..255."""
+  del allow_download  # Nothing to download.
+  if data_dir is not None:
+    raise UserError('dataset digits ships with scikit-learn and takes no '
+                    f'data dir (got {data_dir})')
+  from sklearn.datasets import load_digits  # Lazy: slow import.
+  bunch = load_digits()
+  # Pixels are counts 0..16; round half up so 8 -> 128 rather than 127.
+  images = np.floor(bunch.images * (255.0 / 16.0) + 0.5).astype(np.uint8)
+  labels = bunch.target.astype(np.int64)
+  train_indices, test_indices = _fixed_test_holdout(len(images))
+  return RawData(images[train_indices], labels[train_indices],
+                 images[test_indices], labels[test_indices], DIGIT_CLASSES)
+
+
+@register('npz')
+def _load_npz(*, data_dir: str | None, allow_download: bool) -> RawData:
+  """A user's own .npz: x, y, optional x_test, y_test and class_names."""
+  del allow_download  # A user's own file has nowhere to come from.
+  usage = ('arrays x (uint8 [N,H,W] or [N,H,W,C]) and y (int [N]), optional '
+           'x_test, y_test, class_names')
+  if data_dir is None:
+    raise UserError('dataset npz needs the path of your .npz file: pass '
+                    f'--data-dir FILE.npz ({usage})')
+  if not os.path.isfile(data_dir):
+    raise UserError(f'dataset npz needs a .npz file, but {data_dir} is a '
+                    f'folder ({usage})')
+  path = data_dir
+  arrays = _read_npz(path, optional=('x_test', 'y_test', 'class_names'),
+                     required=('x', 'y'))
+  x = _checked_images(arrays['x'], f"{path}: key 'x'")
+  y = _checked_labels(arrays['y'], f"{path}: key 'y'", len(x), "key 'x'")
+  has_x_test, has_y_test = 'x_test' in arrays, 'y_test' in arrays
+  if has_x_test != has_y_test:
+    missing = 'y_test' if has_x_test else 'x_test'
+    raise UserError(f"{path}: key {missing!r} is missing; give both x_test "
+                    'and y_test or neither')
+  if has_x_test:
+    x_test = _checked_images(arrays['x_test'], f"{path}: key 'x_test'")
+    y_test = _checked_labels(arrays['y_test'], f"{path}: key 'y_test'",
+                             len(x_test), "key 'x_test'")
+  if 'class_names' in arrays:
+    class_names = _class_names_from_array(arrays['class_names'], path)
+    for key, labels in (('y', y), ('y_test', y_test if has_x_test else None)):
+      if labels is not None and len(labels) and labels.max() >= len(
+          class_names):
+        raise UserError(
+            f'{path}: key {key!r} has label {int(labels.max())} but '
+            f"class_names lists only {len(class_names)} classes")
+  else:
+    top_label = int(y.max())
+    if has_x_test:
+      top_label = max(top_label, int(y_test.max()))
+    class_names = tuple(str(label) for label in range(top_label + 1))
+  if not has_x_test:
+    if len(x) < 2:
+      raise UserError(f"{path}: key 'x' has {len(x)} example(s); need at "
+                      'least 2 to hold out a test split (or give x_test, '
+                      'y_test)')
+    train_indices, test_indices = _fixed_test_holdout(len(x))
+    x, y, x_test, y_test = (x[train_indices], y[train_indices],
+                            x[test_indices], y[test_indices])
+  return RawData(x, y, x_test, y_test, class_names)
+
+
+# --- Search and error reporting ----------------------------------------------
+
+
+class _Search:
+  """Remembers every place a loader looked, to report a miss in one line."""
+
+  def __init__(self, dataset: str, how_to_get: str):
+    self.dataset = dataset
+    self.how_to_get = how_to_get
+    self.places: list[str] = []
+
+  def looked_in(self, place: str, note: str | None = None) -> None:
+    """Records a place that did not have the data (with why, if useful)."""
+    self.places.append(place if note is None else f'{place} ({note})')
+
+  def not_found(self, allow_download: bool, explicit: bool = False,
+                download_error: BaseException | None = None) -> UserError:
+    """Builds the one-line error for data that could not be found."""
+    looked = ', '.join(self.places) or 'nowhere'
+    if explicit:
+      return UserError(f'{self.dataset} not found in the given data dir; '
+                       f'looked in: {looked}. To get it: {self.how_to_get}')
+    if download_error is not None:
+      download = ('; downloading with keras failed: '
+                  f'{_one_line(download_error)}')
+    elif not allow_download:
+      download = (f'; downloads are off ({OFFLINE_ENV}=1 or '
+                  'allow_download=False)')
+    else:
+      download = ''
+    return UserError(f'{self.dataset} not found; looked in: {looked}'
+                     f'{download}. To get it: {self.how_to_get}')
+
+
+def _offline_from_env() -> bool:
+  return os.environ.get(OFFLINE_ENV, '').strip().lower() in ('1', 'true', 'yes')
+
+
+def _checked_data_dir(data_dir: str | os.PathLike) -> str:
+  path = os.path.expanduser(os.fspath(data_dir))
+  if not os.path.exists(path):
+    raise UserError(f'data dir {path} does not exist')
+  if os.path.isdir(path) and not os.listdir(path):
+    raise UserError(f'data dir {path} is empty')
+  return path
+
+
+def _env_data_folders(*subfolders: str) -> list[str]:
+  """$DISTILL_DATA joined with each subfolder ('' for itself), if it is set."""
+  root = os.environ.get(DATA_ENV)
+  if not root:
+    return []
+  root = os.path.expanduser(root)
+  return [os.path.join(root, sub) if sub else root for sub in subfolders]
+
+
+def _keras_datasets_dir() -> str:
+  """Where keras caches downloads, resolved the way keras itself does."""
+  keras_home = os.environ.get('KERAS_HOME')
+  if not keras_home:
+    base = os.path.expanduser('~')
+    if not os.access(base, os.W_OK):
+      base = '/tmp'
+    keras_home = os.path.join(base, '.keras')
+  return os.path.join(os.path.expanduser(keras_home), 'datasets')
+
+
+def _download_with_keras(module_name: str,
+                         search: _Search) -> tuple[np.ndarray, ...]:
+  """Calls keras.datasets.<module_name>.load_data(), which may download."""
+  # keras picks its backend at import; jax is what the rest of distill uses,
+  # and a missing TensorFlow must not break a data download.
+  os.environ.setdefault('KERAS_BACKEND', 'jax')
+  try:
+    import keras  # Lazy: slow import, only needed for downloads.
+    (x_train, y_train), (x_test, y_test) = getattr(
+        keras.datasets, module_name).load_data()
+  # Network, disk and archive failures surface as many exception types; any
+  # of them means "not available", which the user should read in one line.
+  except Exception as error:  # pylint: disable=broad-exception-caught
+    raise search.not_found(True, download_error=error) from error
+  return x_train, y_train, x_test, y_test
+
+
+def _one_line(error: BaseException) -> str:
+  text = ' '.join(str(error).split())
+  return text or type(error).__name__
+
+
+# --- IDX ---------------------------------------------------------------------
+
+
+def _find_idx_files(folder: str, search: _Search) -> dict[str, str] | None:
+  """Paths of the four IDX files in folder, or None (recorded in search)."""
+  if not os.path.isdir(folder):
+    search.looked_in(folder)
+    return None
+  found, missing = {}, []
+  for role, base_names in _IDX_FILES.items():
+    candidates = [os.path.join(folder, base + suffix)
+                  for base in base_names for suffix in ('.gz', '')]
+    existing = [path for path in candidates if os.path.isfile(path)]
+    if existing:
+      found[role] = existing[0]
+    else:
+      missing.append(base_names[0] + '(.gz)')
+  if missing:
+    search.looked_in(folder, 'missing ' + ', '.join(missing) if found else None)
+    return None
+  return found
+
+
+def _read_idx_set(paths: dict[str, str]) -> tuple[np.ndarray, ...]:
+  arrays = {role: read_idx(path, _IDX_MAGIC_BY_ROLE[role])
+            for role, path in paths.items()}
+  for role in ('x_train', 'x_test'):
+    if arrays[role].ndim != 3:
+      raise UserError(f'IDX file {paths[role]} should hold [N, H, W] images, '
+                      f'got shape {arrays[role].shape}')
+  for role in ('y_train', 'y_test'):
+    if arrays[role].ndim != 1:
+      raise UserError(f'IDX file {paths[role]} should hold [N] labels, got '
+                      f'shape {arrays[role].shape}')
+  return (arrays['x_train'], arrays['y_train'], arrays['x_test'],
+          arrays['y_test'])
+
+
+# --- npz ---------------------------------------------------------------------
+
+
+def _read_npz(path: str, required: tuple[str, ...],
+              optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+  """Reads the named arrays from an .npz without ever unpickling."""
+  try:
+    archive = np.load(path, allow_pickle=False)
+  except (OSError, ValueError, EOFError) as error:
+    raise UserError(f'cannot read {path} as .npz: {_one_line(error)}') from None
+  if not hasattr(archive, 'files'):
+    raise UserError(f'{path} is a single .npy array, not an .npz archive of '
+                    'named arrays')
+  arrays = {}
+  with archive:
+    for key in required:
+      if key not in archive.files:
+        raise UserError(f'{path} has no key {key!r} (it has: '
+                        f'{", ".join(archive.files) or "nothing"})')
+    for key in (*required, *optional):
+      if key not in archive.files:
+        continue
+      try:
+        arrays[key] = archive[key]
+      except ValueError as error:
+        # Object arrays (e.g. a list of Python str) need pickle, which we
+        # refuse to run on data files.
+        raise UserError(f'{path}: key {key!r} cannot be read without pickle; '
+                        'save it as a plain array (strings as dtype=str): '
+                        f'{_one_line(error)}') from None
+      except (OSError, EOFError, zlib.error) as error:
+        raise UserError(f'{path}: key {key!r} is damaged: '
+                        f'{_one_line(error)}') from None
+  return arrays
+
+
+def _read_keras_npz(path: str) -> tuple[np.ndarray, ...]:
+  arrays = _read_npz(path, required=('x_train', 'y_train', 'x_test', 'y_test'))
+  return (arrays['x_train'], arrays['y_train'], arrays['x_test'],
+          arrays['y_test'])
+
+
+def _class_names_from_array(names: np.ndarray, path: str) -> tuple[str, ...]:
+  if names.ndim != 1 or names.dtype.kind not in 'US' or not len(names):
+    raise UserError(f"{path}: key 'class_names' must be a non-empty 1-D array "
+                    f'of strings, got {names.dtype} with shape {names.shape}')
+  if names.dtype.kind == 'S':
+    return tuple(name.decode('utf-8', 'replace') for name in names.tolist())
+  return tuple(str(name) for name in names.tolist())
+
+
+# --- CIFAR-10 ----------------------------------------------------------------
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+  """Unpickles containers and numpy arrays, refusing every other global.
+
+  Loading a pickle can run arbitrary code; a data file never needs more than
+  numpy's array reconstruction, so nothing else is allowed to load.
+  """
+
+  _ALLOWED = frozenset({
+      ('numpy._core.multiarray', '_reconstruct'),
+      ('numpy._core.multiarray', 'scalar'),
+      ('numpy._core.numeric', '_frombuffer'),
+      ('numpy', 'ndarray'),
+      ('numpy', 'dtype'),
+      # Protocol-2 pickles written by Python 3 encode bytes through this.
+      ('_codecs', 'encode'),
+  })
+
+  def find_class(self, module: str, name: str):
+    # Pickles from numpy 1 (like the original CIFAR files) name numpy.core,
+    # which numpy 2 only keeps as a deprecated alias of numpy._core.
+    if module.startswith('numpy.core'):
+      module = 'numpy._core' + module[len('numpy.core'):]
+    if (module, name) not in self._ALLOWED:
+      raise pickle.UnpicklingError(f'refusing to load {module}.{name}')
+    return super().find_class(module, name)
+
+
+def _looks_like_cifar_folder(folder: str) -> bool:
+  if not os.path.isdir(folder):
+    return False
+  expected = {*_CIFAR10_TRAIN_BATCHES, _CIFAR10_TEST_BATCH, _CIFAR10_META}
+  return any(entry in expected for entry in os.listdir(folder))
+
+
+def _read_pickle(path: str) -> object:
+  try:
+    with open(path, 'rb') as stream:
+      # encoding='bytes' because the originals are Python 2 pickles whose str
+      # keys must stay bytes (b'data', b'labels').
+      return _ArraysOnlyUnpickler(stream, encoding='bytes').load()
+  except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError,
+          AttributeError, IndexError, KeyError) as error:
+    raise UserError(f'cannot read CIFAR file {path} (damaged or not a CIFAR '
+                    f'python batch?): {_one_line(error)}') from None
+
+
+def _read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
+  if not os.path.isfile(path):
+    raise UserError(f'CIFAR batch file {path} is missing')
+  batch = _read_pickle(path)
+  if not isinstance(batch, dict) or b'data' not in batch or (
+      b'labels' not in batch):
+    raise UserError(f"CIFAR batch {path} is not a dict with b'data' and "
+                    "b'labels'")
+  data = np.asarray(batch[b'data'])
+  labels = np.asarray(batch[b'labels'])
+  if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+    raise UserError(f"CIFAR batch {path}: b'data' should be uint8 [N, 3072], "
+                    f'got {data.dtype} {data.shape}')
+  if labels.shape != (len(data),):
+    raise UserError(f"CIFAR batch {path}: b'labels' has {labels.size} entries "
+                    f'for {len(data)} images')
+  # Rows are channel-major (1024 red, 1024 green, 1024 blue, each row-major).
+  images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+  return np.ascontiguousarray(images), labels
+
+
+def _read_cifar10_folder(folder: str) -> RawData:
+  train_parts = [_read_cifar_batch(os.path.join(folder, batch))
+                 for batch in _CIFAR10_TRAIN_BATCHES]
+  x_test, y_test = _read_cifar_batch(os.path.join(folder, _CIFAR10_TEST_BATCH))
+  class_names = CIFAR10_CLASSES
+  meta_path = os.path.join(folder, _CIFAR10_META)
+  # The names are fixed and known; the meta file is only a nicety.
+  if os.path.isfile(meta_path):
+    meta = _read_pickle(meta_path)
+    if not isinstance(meta, dict) or b'label_names' not in meta:
+      raise UserError(f"CIFAR meta file {meta_path} has no b'label_names'")
+    class_names = tuple(
+        name.decode('utf-8', 'replace') if isinstance(name, bytes)
+        else str(name) for name in meta[b'label_names'])
+  return RawData(np.concatenate([images for images, _ in train_parts]),
+                 np.concatenate([labels for _, labels in train_parts]),
+                 x_test, y_test, class_names)
+
+
+# --- Validation, fingerprints, splits ----------------------------------------
+
+
+def _checked_images(x: np.ndarray, what: str) -> np.ndarray:
+  """uint8 images as NHWC, adding a channel axis to [N, H, W]."""
+  x = np.asarray(x)
+  if x.dtype != np.uint8:
+    raise UserError(f'{what} must be uint8 images (0..255), got {x.dtype}')
+  if x.ndim == 3:
+    x = x[..., np.newaxis]
+  elif x.ndim != 4:
+    raise UserError(f'{what} must be images shaped [N,H,W] or [N,H,W,C], got '
+                    f'shape {x.shape}')
+  if not len(x):
+    raise UserError(f'{what} is empty')
+  if 0 in x.shape[1:]:
+    raise UserError(f'{what} has empty images, shape {x.shape}')
+  return np.ascontiguousarray(x)
+
+
+def _checked_labels(y: np.ndarray, what: str, num_images: int,
+                    images_what: str, num_classes: int | None = None
+                    ) -> np.ndarray:
+  """Integer labels as a flat array, one per image, in [0, num_classes)."""
+  y = np.asarray(y)
+  if y.ndim == 2 and y.shape[1] == 1:  # keras returns some labels as [N, 1].
+    y = y[:, 0]
+  if y.ndim != 1:
+    raise UserError(f'{what} must be labels shaped [N], got shape {y.shape}')
+  if not np.issubdtype(y.dtype, np.integer):
+    raise UserError(f'{what} must hold integer labels, got {y.dtype}')
+  if len(y) != num_images:
+    raise UserError(f'{what} has {len(y)} labels but {images_what} has '
+                    f'{num_images} images')
+  if len(y) and y.min() < 0:
+    raise UserError(f'{what} has negative label {int(y.min())}')
+  if num_classes is not None and len(y) and y.max() >= num_classes:
+    raise UserError(f'{what} has label {int(y.max())}, outside [0, '
+                    f'{num_classes}) for {num_classes} classes')
+  return y
+
+
+def _validated(name: str, raw: RawData) -> RawData:
+  class_names = tuple(str(class_name) for class_name in raw.class_names)
+  if not class_names:
+    raise UserError(f'{name} has no class names')
+  x_train = _checked_images(raw.x_train, f'{name} x_train')
+  x_test = _checked_images(raw.x_test, f'{name} x_test')
+  if x_train.shape[1:] != x_test.shape[1:]:
+    raise UserError(f'{name}: train images are {x_train.shape[1:]} but test '
+                    f'images are {x_test.shape[1:]}')
+  y_train = _checked_labels(raw.y_train, f'{name} y_train', len(x_train),
+                            'x_train', len(class_names))
+  y_test = _checked_labels(raw.y_test, f'{name} y_test', len(x_test), 'x_test',
+                           len(class_names))
+  return RawData(x_train, y_train.astype(np.int32), x_test,
+                 y_test.astype(np.int32), class_names)
+
+
+def _hash_arrays(*arrays: np.ndarray) -> str:
+  digest = hashlib.sha256()
+  for array in arrays:
+    array = np.ascontiguousarray(array)
+    # Dtype and shape go in too, so a reshape or relabel-as-int64 that keeps
+    # the bytes still changes the digest.
+    digest.update(f'{array.dtype.str}{array.shape};'.encode())
+    digest.update(memoryview(array).cast('B'))
+  return digest.hexdigest()
+
+
+def _check_val_size_type(val_size: int | float) -> None:
+  if isinstance(val_size, bool) or not isinstance(
+      val_size, (int, float, np.integer, np.floating)):
+    raise UserError('val_size must be a count (int) or a fraction (float), '
+                    f'got {val_size!r}')
+  if isinstance(val_size, (float, np.floating)) and not 0.0 <= val_size < 1.0:
+    raise UserError(f'val_size as a fraction must be in [0, 1), got {val_size}')
+  if isinstance(val_size, (int, np.integer)) and val_size < 0:
+    raise UserError(f'val_size must not be negative, got {val_size}')
+
+
+def _validation_count(val_size: int | float, num_train: int) -> int:
+  if isinstance(val_size, (float, np.floating)):
+    count = int(round(val_size * num_train))
+  else:
+    count = int(val_size)
+  if count >= num_train:
+    raise UserError(f'val_size={val_size} holds out {count} of the {num_train} '
+                    'training examples, leaving none to train on')
+  return count
+
+
+def _fixed_test_holdout(num_examples: int) -> tuple[np.ndarray, np.ndarray]:
+  """Train and test indices for a dataset without a test split.
+
+  Both are sorted so each split keeps the source order.
+  """
+  order = np.random.default_rng(_TEST_HOLDOUT_SEED).permutation(num_examples)
+  num_test = max(1, int(round(_TEST_HOLDOUT_FRACTION * num_examples)))
+  return np.sort(order[num_test:]), np.sort(order[:num_test])
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+  view = array.view()
+  view.flags.writeable = False
+  return view

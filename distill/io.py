@@ -1,0 +1,73 @@
+"""Files written atomically: a crash leaves the old file or none, never half of one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from distill.errors import UserError
+
+
+def _write_atomic(path: Path, write: Callable[[Any], None], mode: str) -> None:
+  path = Path(path)
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  except OSError as e:
+    raise UserError(f"cannot write {path}: {e.strerror}") from None
+  try:
+    with os.fdopen(fd, mode) as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def write_text(path: Path, text: str) -> None:
+  """Writes `text` to `path` atomically."""
+  _write_atomic(path, lambda f: f.write(text), "w")
+
+
+def write_json(path: Path, data: Any) -> None:
+  """Writes `data` as indented JSON atomically."""
+  write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path, what: str = "file") -> Any:
+  """Reads JSON, turning a missing or damaged file into a UserError."""
+  try:
+    return json.loads(Path(path).read_text())
+  except FileNotFoundError:
+    raise UserError(f"{what} not found: {path}") from None
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise UserError(f"{what} {path} is damaged (not valid JSON: {e})") from None
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+  """Saves arrays to an uncompressed .npz atomically."""
+  _write_atomic(path, lambda f: np.savez(f, **arrays), "wb")
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+  """Appends one JSON line; the metrics log is rewritten on resume, never trusted blindly."""
+  with open(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
+def array_sha256(*arrays: np.ndarray) -> str:
+  """Hex sha256 over arrays' dtypes, shapes and bytes, in order."""
+  digest = hashlib.sha256()
+  for array in arrays:
+    array = np.ascontiguousarray(array)
+    digest.update(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()

@@ -1,0 +1,39 @@
+"""Fully connected students: an MLP and a linear (logistic regression) model."""
+
+from flax import nnx
+import jax
+
+from distill.models import register
+from distill.models.heads import classifier_head, flatten
+
+
+@register("mlp")
+class MLP(nnx.Module):
+  """Flatten, GELU hidden layers, linear head."""
+
+  def __init__(self, *, num_classes: int, image_shape: tuple[int, int, int],
+               hidden: list[int] = (512, 256), head_init_scale: float = 0.0,
+               rngs: nnx.Rngs):
+    in_features = image_shape[0] * image_shape[1] * image_shape[2]
+    sizes = [in_features, *hidden]
+    self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+    self.head = classifier_head(sizes[-1], num_classes, head_init_scale=head_init_scale, rngs=rngs)
+
+  def __call__(self, images_BxHxWxC: jax.Array) -> jax.Array:
+    x = flatten(images_BxHxWxC)
+    for layer in self.layers:
+      x = nnx.gelu(layer(x))
+    return self.head(x)
+
+
+@register("linear")
+class Linear(nnx.Module):
+  """Multinomial logistic regression on raw pixels."""
+
+  def __init__(self, *, num_classes: int, image_shape: tuple[int, int, int],
+               head_init_scale: float = 0.0, rngs: nnx.Rngs):
+    in_features = image_shape[0] * image_shape[1] * image_shape[2]
+    self.head = classifier_head(in_features, num_classes, head_init_scale=head_init_scale, rngs=rngs)
+
+  def __call__(self, images_BxHxWxC: jax.Array) -> jax.Array:
+    return self.head(flatten(images_BxHxWxC))

@@ -1,0 +1,496 @@
+"""One training loop for teachers and students.
+
+What differs between a teacher and a student — the model, the objective, the
+targets, whether to augment — is passed in; the loop itself is the same.
+
+The hot path is one jitted function that runs `steps_per_dispatch` optimizer
+steps with `lax.scan`. The whole training split lives on the device as uint8;
+the host sends only batch indices, and sampling, normalisation and
+augmentation happen inside the step. The training state is donated, so XLA
+updates it in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from distill import losses
+from distill.augment import augment
+from distill.checkpoint import Checkpointer
+from distill.errors import UserError
+from distill.io import append_jsonl, array_sha256
+
+Batch = dict[str, jax.Array]
+
+
+# --------------------------------------------------------------------------
+# Objectives: name -> what the loop minimises.
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """A training loss over (logits, batch) and the loss it must start at.
+
+  Attributes:
+    name: registry name ('hard' or 'soft').
+    loss: (logits [B, C], batch) -> scalar float32.
+    uses_targets: whether the batch must carry the teacher's `targets`.
+    expected_init_loss: the loss of a uniform prediction over `n` classes.
+  """
+
+  name: str
+  loss: Callable[[jax.Array, Batch], jax.Array]
+  uses_targets: bool
+  expected_init_loss: Callable[[int], float]
+
+
+def _hard_objective(label_smoothing: float = 0.0, **_: Any) -> Objective:
+  return Objective(
+      name="hard",
+      loss=lambda logits, batch: losses.hard_cross_entropy(
+          logits, batch["labels"], label_smoothing=label_smoothing),
+      uses_targets=False,
+      expected_init_loss=lambda n: losses.expected_init_loss(n, kind="hard"),
+  )
+
+
+def _soft_objective(**_: Any) -> Objective:
+  return Objective(
+      name="soft",
+      loss=lambda logits, batch: losses.soft_cross_entropy(logits, batch["targets"]),
+      uses_targets=True,
+      expected_init_loss=lambda n: losses.expected_init_loss(n, kind="soft_ce"),
+  )
+
+
+OBJECTIVES: dict[str, Callable[..., Objective]] = {
+    "hard": _hard_objective,
+    "soft": _soft_objective,
+}
+
+
+def make_objective(name: str, **settings: Any) -> Objective:
+  """Builds the registered objective `name` ('hard': one-hot CE, 'soft': soft-label CE)."""
+  if name not in OBJECTIVES:
+    raise UserError(f"unknown loss '{name}'; valid: {', '.join(OBJECTIVES)}")
+  return OBJECTIVES[name](**settings)
+
+
+# --------------------------------------------------------------------------
+# Data order and preprocessing.
+
+
+class DataOrder:
+  """Batch indices as a pure function of (seed, step).
+
+  Each epoch is a fresh permutation seeded by (seed, epoch); the last partial
+  batch of an epoch is dropped. Because nothing depends on history, a resumed
+  run sees exactly the batches an uninterrupted run would have seen.
+  """
+
+  def __init__(self, num_examples: int, batch_size: int, seed: int):
+    if batch_size > num_examples:
+      raise UserError(
+          f"batch size {batch_size} is larger than the {num_examples} training examples")
+    self.num_examples = num_examples
+    self.batch_size = batch_size
+    self.seed = seed
+    self.steps_per_epoch = num_examples // batch_size
+    self._epoch = -1
+    self._permutation = np.empty(0, np.int32)
+
+  def indices(self, first_step: int, count: int) -> np.ndarray:
+    """Indices [count, batch_size] for steps first_step .. first_step+count-1."""
+    rows = []
+    for step in range(first_step, first_step + count):
+      epoch, position = divmod(step, self.steps_per_epoch)
+      if epoch != self._epoch:
+        rng = np.random.default_rng([self.seed, epoch])
+        self._permutation = rng.permutation(self.num_examples).astype(np.int32)
+        self._epoch = epoch
+      start = position * self.batch_size
+      rows.append(self._permutation[start:start + self.batch_size])
+    return np.stack(rows)
+
+
+def pixel_stats(images_NxHxWxC: np.ndarray) -> tuple[list[float], list[float]]:
+  """Per-channel mean and standard deviation of uint8 images, on the 0..1 scale."""
+  pixels = images_NxHxWxC.reshape(-1, images_NxHxWxC.shape[-1])
+  # Chunked float64 sums: exact enough and no 8x copy of a large data set.
+  total = np.zeros(pixels.shape[1])
+  total_sq = np.zeros(pixels.shape[1])
+  for start in range(0, len(pixels), 1 << 22):
+    chunk = pixels[start:start + (1 << 22)].astype(np.float64) / 255.0
+    total += chunk.sum(0)
+    total_sq += (chunk**2).sum(0)
+  mean = total / len(pixels)
+  std = np.sqrt(np.maximum(total_sq / len(pixels) - mean**2, 1e-12))
+  return mean.tolist(), std.tolist()
+
+
+def normalize(images_uint8: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
+  """uint8 images -> float32, standardised per channel."""
+  return (images_uint8.astype(jnp.float32) / 255.0 - mean) / std
+
+
+# --------------------------------------------------------------------------
+# Optimizer.
+
+
+def make_optimizer(settings: dict[str, Any], total_steps: int) -> optax.GradientTransformation:
+  """AdamW with linear warm-up, cosine decay and global-norm clipping.
+
+  Weight decay applies to matrices and kernels only: decaying biases, norms and
+  position embeddings towards zero only hurts.
+  """
+  warmup = min(settings["warmup_steps"], max(total_steps - 1, 0))
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=settings["learning_rate"], warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1), end_value=settings["learning_rate"] * 0.01)
+  parts = []
+  if settings["grad_clip"] > 0:
+    parts.append(optax.clip_by_global_norm(settings["grad_clip"]))
+  parts.append(optax.adamw(schedule, weight_decay=settings["weight_decay"],
+                           mask=lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)))
+  return optax.chain(*parts)
+
+
+# --------------------------------------------------------------------------
+# The pure, jitted pieces.
+
+
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+  """Everything static the step closes over (hashable parts only)."""
+
+  graphdef: Any
+  rest: Any
+  objective: Objective
+  optimizer: optax.GradientTransformation
+  augment_settings: tuple[tuple[str, Any], ...] | None
+  seed: int
+
+
+def _forward(ctx: StepContext, params, images: jax.Array) -> jax.Array:
+  return nnx.merge(ctx.graphdef, params, ctx.rest)(images)
+
+
+def _train_step(ctx: StepContext, data: Batch, stats, state, indices_B):
+  """One optimizer step on the batch `indices_B` of the on-device data."""
+  batch = {key: value[indices_B] for key, value in data.items()}
+  images = normalize(batch["images"], *stats)
+  if ctx.augment_settings is not None:
+    key = jax.random.fold_in(jax.random.key(ctx.seed), state["step"])
+    images = augment(images, key, dict(ctx.augment_settings))
+
+  def loss_fn(params):
+    logits = _forward(ctx, params, images)
+    return ctx.objective.loss(logits, batch), logits
+
+  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+  updates, opt_state = ctx.optimizer.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  metrics = {
+      "loss": loss,
+      "accuracy": losses.accuracy(logits, batch["labels"]),
+      "grad_norm": optax.global_norm(grads),
+  }
+  if "targets" in batch:
+    metrics["teacher_agreement"] = jnp.mean(
+        jnp.argmax(logits, -1) == jnp.argmax(batch["targets"], -1))
+  new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
+  return new_state, metrics
+
+
+def _train_chunk(ctx: StepContext, state, data: Batch, stats, indices_KxB):
+  """`K` optimizer steps in one dispatch; returns the state and per-step metrics [K]."""
+  return jax.lax.scan(partial(_train_step, ctx, data, stats), state, indices_KxB)
+
+
+def make_predict(graphdef, rest, stats) -> Callable[[Any, jax.Array], jax.Array]:
+  """A jitted (params, uint8 images) -> float32 logits, for evaluation and export."""
+
+  @jax.jit
+  def predict(params, images_uint8):
+    logits = nnx.merge(graphdef, params, rest)(normalize(images_uint8, *stats))
+    return logits.astype(jnp.float32)
+
+  return predict
+
+
+def predict_in_batches(predict, params, images: np.ndarray, batch_size: int) -> np.ndarray:
+  """Logits for all `images`, padding the last batch so only one shape compiles."""
+  batch_size = min(batch_size, len(images))
+  outputs = []
+  for start in range(0, len(images), batch_size):
+    chunk = images[start:start + batch_size]
+    valid = len(chunk)
+    if valid < batch_size:
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - valid, axis=0)])
+    outputs.append(np.asarray(predict(params, chunk))[:valid])
+  return np.concatenate(outputs)
+
+
+def params_sha256(params) -> str:
+  """A hash of the parameter values, for checking two runs ended identically."""
+  return array_sha256(*[np.asarray(x) for x in jax.tree.leaves(params)])
+
+
+# --------------------------------------------------------------------------
+# The loop.
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What a finished training run hands back to the workflow."""
+
+  graphdef: Any
+  rest: Any
+  params: Any
+  stats: tuple[list[float], list[float]]
+  init_loss: float
+  init_loss_expected: float
+  final_train_loss: float
+  steps: int
+  train_seconds: float
+  compile_seconds: float
+  images_per_second: float
+  resumed_from: int | None
+
+
+class _StopFlag:
+  """Turns SIGINT/SIGTERM into a flag the loop checks between dispatches.
+
+  Stopping between dispatches (rather than raising inside one) guarantees the
+  state we checkpoint is a whole step, not a half-donated buffer. A second
+  Ctrl-C stops at once.
+  """
+
+  def __init__(self):
+    self.signal_name: str | None = None
+    self._previous: dict[int, Any] = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGINT, signal.SIGTERM):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # Not the main thread: signals stay as they are.
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    if self.signal_name is not None:
+      raise KeyboardInterrupt
+    self.signal_name = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def fit(
+    *,
+    model: nnx.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    targets: np.ndarray | None,
+    val_images: np.ndarray,
+    val_labels: np.ndarray,
+    objective: Objective,
+    settings: dict[str, Any],
+    augment_settings: dict[str, Any] | None,
+    workdir: Path,
+    seed: int,
+    checkpoint_meta: dict[str, Any],
+    strict_init_check: bool = False,
+    quiet: bool = False,
+    echo: Callable[[str], None] = print,
+    warn: Callable[[str], None] = print,
+) -> TrainResult:
+  """Trains `model` and returns its final parameters; resumes from a checkpoint in `workdir`.
+
+  Args:
+    model: an NNX classifier, freshly initialised.
+    images, labels: the training split, uint8 [N, H, W, C] and int [N].
+    targets: the teacher's probabilities [N, C] aligned with `images`, or None.
+    val_images, val_labels: the validation split for periodic evaluation.
+    objective: what to minimise (see `make_objective`).
+    settings: the role's recipe section (steps, batch_size, optimizer, cadences).
+    augment_settings: the recipe's `augment` table, or None for no augmentation.
+    workdir: the run directory; checkpoints and `metrics.jsonl` go here.
+    seed: seeds the data order and the augmentation.
+    checkpoint_meta: JSON stored with each checkpoint; a resumed run must match
+      its `recipe_hash`.
+    strict_init_check: raise instead of warning when the step-0 loss is off.
+    quiet: hide the progress bar.
+    echo, warn: where to print normal and loud messages.
+  """
+  from tqdm.auto import tqdm  # noqa: PLC0415
+
+  workdir = Path(workdir)
+  total_steps = settings["steps"]
+  batch_size = settings["batch_size"]
+  if objective.uses_targets and targets is None:
+    raise UserError(f"the '{objective.name}' loss needs teacher targets")
+  num_classes = int(targets.shape[-1]) if targets is not None else int(labels.max()) + 1
+
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  mean, std = pixel_stats(images)
+  stats = (jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32))
+  optimizer = make_optimizer(settings, total_steps)
+  state = {"params": params, "opt_state": optimizer.init(params), "step": jnp.asarray(0, jnp.int32)}
+  order = DataOrder(len(images), batch_size, seed)
+
+  data = {"images": jax.device_put(images), "labels": jax.device_put(labels.astype(np.int32))}
+  if objective.uses_targets:
+    data["targets"] = jax.device_put(targets.astype(np.float32))
+  ctx = StepContext(
+      graphdef=graphdef, rest=rest, objective=objective, optimizer=optimizer,
+      augment_settings=tuple(sorted(augment_settings.items())) if augment_settings else None,
+      seed=seed)
+  chunk_fn = jax.jit(partial(_train_chunk, ctx), donate_argnums=0)
+  predict = make_predict(graphdef, rest, stats)
+
+  # Init check: the loss of the untrained model on the first real batch.
+  first = order.indices(0, 1)[0]
+  first_logits = predict(params, images[first])
+  first_batch = {"labels": jnp.asarray(labels[first]), **(
+      {"targets": jnp.asarray(targets[first])} if objective.uses_targets else {})}
+  init_loss = float(objective.loss(first_logits, first_batch))
+  expected = objective.expected_init_loss(num_classes)
+  check = losses.init_loss_check(init_loss, num_classes, expected=expected,
+                                 tolerance=settings["init_check_tolerance"])
+  if check.ok:
+    echo(check.message)
+  elif strict_init_check:
+    raise UserError(check.message + " (--strict-init-check)")
+  else:
+    warn(check.message)
+
+  checkpointer = Checkpointer(workdir)
+  start_step = 0
+  resumed_from = None
+  latest = checkpointer.latest_step()
+  metrics_path = workdir / "metrics.jsonl"
+  if latest is not None:
+    saved_meta = checkpointer.restore_meta(latest)
+    if saved_meta.get("recipe_hash") != checkpoint_meta.get("recipe_hash"):
+      raise UserError(
+          f"{workdir} holds an unfinished run with a different recipe; "
+          "re-run with --restart to start over, or use another --workdir")
+    state, _ = checkpointer.restore(latest, state)
+    start_step = resumed_from = int(state["step"])
+    echo(f"resuming from step {start_step} ({checkpointer.directory})")
+    _truncate_metrics(metrics_path, start_step)
+  else:
+    metrics_path.unlink(missing_ok=True)
+
+  log_every, eval_every = settings["log_every"], settings["eval_every"]
+  checkpoint_every = settings["checkpoint_every"]
+  per_dispatch = settings["steps_per_dispatch"]
+  compiled: dict[int, Any] = {}
+  compile_seconds = 0.0
+  window: list[dict[str, jax.Array]] = []
+  last_train_loss = init_loss
+  step = start_step
+  progress = tqdm(total=total_steps, initial=start_step, disable=quiet, unit="step",
+                  desc=f"train {checkpoint_meta.get('role', '')}".strip(), dynamic_ncols=True,
+                  leave=False)
+  loop_start = time.perf_counter()
+  with _StopFlag() as stop:
+    while step < total_steps:
+      # A dispatch never crosses a log, eval or checkpoint boundary, so those
+      # happen at exact steps whatever steps_per_dispatch is.
+      next_event = min(total_steps, *(
+          (step // every + 1) * every for every in (log_every, eval_every, checkpoint_every)))
+      count = min(per_dispatch, next_event - step)
+      indices = order.indices(step, count)
+      if count not in compiled:
+        t0 = time.perf_counter()
+        compiled[count] = chunk_fn.lower(state, data, stats, indices).compile()
+        compile_seconds += time.perf_counter() - t0
+      state, chunk_metrics = compiled[count](state, data, stats, indices)
+      window.append(chunk_metrics)
+      step += count
+      progress.update(count)
+
+      if step % log_every == 0 or step == total_steps:
+        record = _summarise(window, step)
+        window = []
+        if not math.isfinite(record["loss"]):
+          progress.close()
+          raise UserError(
+              f"training diverged: the loss became {record['loss']} by step {step}; "
+              f"the last good checkpoint is kept in {checkpointer.directory}")
+        last_train_loss = record["loss"]
+        record["learning_rate"] = float(_learning_rate(settings, total_steps, step))
+        if step % eval_every == 0 or step == total_steps:
+          val_logits = predict_in_batches(predict, state["params"], val_images,
+                                          settings["eval_batch_size"])
+          record["val_loss"] = float(losses.hard_cross_entropy(val_logits, val_labels))
+          record["val_accuracy"] = float(losses.accuracy(val_logits, val_labels))
+        record["elapsed_seconds"] = round(time.perf_counter() - loop_start, 3)
+        append_jsonl(metrics_path, record)
+        progress.set_postfix({k: f"{record[k]:.4f}" for k in ("loss", "accuracy", "val_accuracy")
+                              if k in record}, refresh=False)
+      if step % checkpoint_every == 0 or step == total_steps or stop.signal_name:
+        checkpointer.save(step, state, {**checkpoint_meta, "step": step})
+      if stop.signal_name and step < total_steps:
+        progress.close()
+        checkpointer.close()
+        raise UserError(
+            f"stopped by {stop.signal_name} at step {step}; checkpoint saved. "
+            "Run the same command again to resume.", exit_code=130)
+  progress.close()
+  checkpointer.close()
+  jax.block_until_ready(state)
+  train_seconds = time.perf_counter() - loop_start - compile_seconds
+  steps_run = total_steps - start_step
+  return TrainResult(
+      graphdef=graphdef, rest=rest, params=state["params"], stats=(mean, std),
+      init_loss=init_loss, init_loss_expected=expected, final_train_loss=last_train_loss,
+      steps=total_steps, train_seconds=train_seconds, compile_seconds=compile_seconds,
+      images_per_second=steps_run * batch_size / max(train_seconds, 1e-9),
+      resumed_from=resumed_from)
+
+
+def _learning_rate(settings: dict[str, Any], total_steps: int, step: int) -> float:
+  warmup = min(settings["warmup_steps"], max(total_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      0.0, settings["learning_rate"], warmup, max(total_steps, warmup + 1),
+      settings["learning_rate"] * 0.01)(step)
+
+
+def _summarise(window: list[dict[str, jax.Array]], step: int) -> dict[str, Any]:
+  """Means of the per-step metrics since the last log line (one host sync)."""
+  fetched = jax.device_get(window)
+  record: dict[str, Any] = {"step": step}
+  for key in fetched[0]:
+    values = np.concatenate([np.atleast_1d(chunk[key]) for chunk in fetched])
+    record[key] = float(np.mean(values))
+  return record
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+  """Drops log lines past `step`: a resumed run rewrites them."""
+  import json  # noqa: PLC0415
+
+  from distill.io import write_text  # noqa: PLC0415
+
+  if not path.exists():
+    return
+  kept = [line for line in path.read_text().splitlines()
+          if line.strip() and json.loads(line).get("step", 0) <= step]
+  write_text(path, "".join(line + "\n" for line in kept))
