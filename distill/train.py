@@ -205,7 +205,7 @@ def _train_step(ctx: StepContext, data: Batch, stats, state, indices_B):
   metrics = {
       "loss": loss,
       "accuracy": losses.accuracy(logits, batch["labels"]),
-      "grad_norm": optax.global_norm(grads),
+      "grad_norm": optax.tree.norm(grads),
   }
   if "targets" in batch:
     metrics["teacher_agreement"] = jnp.mean(

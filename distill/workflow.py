@@ -41,6 +41,13 @@ def load_data(recipe: dict[str, Any]):
                       train_limit=data["train_limit"] or None)
 
 
+def check_batch_fits(dataset, settings: dict[str, Any], role: str) -> None:
+  """Refuses a batch larger than the training split before anything is written."""
+  if settings["batch_size"] > len(dataset.x_train):
+    raise UserError(f"{role}.batch_size {settings['batch_size']} is larger than the "
+                    f"{len(dataset.x_train)} training examples of {dataset.name}")
+
+
 def prepare_workdir(workdir: Path, recipe_hash: str, *, restart: bool, overwrite: bool) -> None:
   """Decides what happens to an existing run directory, before anything is written.
 
@@ -154,6 +161,7 @@ def train_teacher(recipe: dict[str, Any], workdir: Path, *, restart: bool = Fals
   workdir = Path(workdir)
   start = time.perf_counter()
   dataset = load_data(recipe)
+  check_batch_fits(dataset, recipe["teacher"], "teacher")
   console.info(dataset.describe())
   model_name, model, num_params = _build_model(recipe, "teacher", dataset)
   console.info(f"teacher: {model_name}, {num_params:,} parameters")
@@ -305,6 +313,7 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
                       num_examples=len(dataset.x_train), num_classes=dataset.num_classes,
                       path=teacher_dir / "targets.npz")
   settings = recipe["student"]
+  check_batch_fits(dataset, settings, "student")
   if settings["augment"] and settings["loss"] == "soft":
     console.warn("student.augment with exported targets pairs each augmented view with the "
                  "target of the un-augmented image; the student learns from mismatched pairs.")

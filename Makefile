@@ -1,0 +1,49 @@
+# distill: `make demo` runs the whole workflow, `make test` runs the tests.
+# Both set up everything they need first (virtualenv, package, data).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_DIR := runs/demo
+export KERAS_BACKEND := jax
+
+.PHONY: install data demo teacher student test bench clean
+
+$(BIN)/distill: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/distill ## Create .venv and install distill with its test tools.
+
+data: ## Install Fashion-MNIST from Debian when we can (root + apt), else leave it to keras.
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then \
+	  echo "Fashion-MNIST: /usr/share/datasets/fashion-mnist"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -qq dataset-fashion-mnist || \
+	   (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) >/dev/null \
+	  && echo "Fashion-MNIST installed from Debian's dataset-fashion-mnist"; \
+	else \
+	  echo "Fashion-MNIST not installed system-wide; distill will use the keras cache/download"; \
+	fi
+
+demo: install data ## Teacher -> targets -> CNN/MLP students (soft and hard) -> comparison.
+	$(BIN)/distill teacher --recipe demo --workdir $(DEMO_DIR)/teacher --overwrite
+	$(BIN)/distill student --teacher $(DEMO_DIR)/teacher --model cnn --workdir $(DEMO_DIR)/student-cnn --overwrite
+	$(BIN)/distill student --teacher $(DEMO_DIR)/teacher --model cnn --loss hard --workdir $(DEMO_DIR)/student-cnn-hard --overwrite
+	$(BIN)/distill student --teacher $(DEMO_DIR)/teacher --model mlp --workdir $(DEMO_DIR)/student-mlp --overwrite
+	$(BIN)/distill student --teacher $(DEMO_DIR)/teacher --model mlp --loss hard --workdir $(DEMO_DIR)/student-mlp-hard --overwrite
+	$(BIN)/distill compare $(DEMO_DIR)/*
+
+teacher: install data ## Train the default (fashion_mnist recipe) teacher into runs/teacher.
+	$(BIN)/distill teacher
+
+student: install data ## Train the default CNN student from runs/teacher.
+	$(BIN)/distill student --model cnn
+
+test: install data ## Run the test suite.
+	$(BIN)/python -m pytest tests
+
+clean: ## Remove run outputs (not the virtualenv).
+	rm -rf runs

@@ -1,0 +1,50 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from distill import augment
+
+
+def _images():
+  return jax.random.uniform(jax.random.key(0), (8, 12, 12, 3))
+
+
+def test_shapes_and_determinism():
+  images = _images()
+  settings = {"crop": "resize", "crop_size": 9, "pad": 2, "flip": True}
+  a = augment.augment(images, jax.random.key(1), settings)
+  b = augment.augment(images, jax.random.key(1), settings)
+  c = augment.augment(images, jax.random.key(2), settings)
+  assert a.shape == images.shape
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+
+
+def test_flip_mirrors_or_keeps_each_image():
+  images = _images()
+  flipped = augment.random_flip(images, jax.random.key(3))
+  for original, out in zip(images, flipped):
+    assert np.array_equal(out, original) or np.array_equal(out, original[:, ::-1])
+
+
+def test_pad_crop_is_a_shifted_window():
+  images = _images()
+  out = augment.random_pad_crop(images, jax.random.key(4), pad=2)
+  padded = jnp.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
+  for i in range(len(images)):
+    found = any(np.array_equal(out[i], padded[i, y:y + 12, x:x + 12])
+                for y in range(5) for x in range(5))
+    assert found
+
+
+def test_full_size_crop_resize_is_identity():
+  images = _images()
+  out = augment.random_crop_resize(images, jax.random.key(5), crop_size=12)
+  np.testing.assert_allclose(out, images, atol=1e-6)
+
+
+def test_none_and_no_flip_is_identity():
+  images = _images()
+  out = augment.augment(images, jax.random.key(6), {"crop": "none", "crop_size": 0, "pad": 0,
+                                                     "flip": False})
+  np.testing.assert_array_equal(out, images)

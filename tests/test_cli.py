@@ -1,0 +1,130 @@
+"""The whole workflow through the CLI, on digits, at a few seconds per run."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import TINY
+from distill.cli import main
+
+SET = [arg for override in TINY for arg in ("--set", override)]
+
+
+def _run(*args):
+  return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("runs") / "teacher"
+  result = _run("teacher", "--recipe", "digits", "--workdir", workdir, "--quiet", *SET)
+  assert result.exit_code == 0, result.output
+  return workdir
+
+
+def test_teacher_writes_a_complete_run(teacher_dir):
+  summary = json.loads((teacher_dir / "summary.json").read_text())
+  for key in ("role", "model", "dataset", "params", "steps", "init_loss", "init_loss_expected",
+              "final_train_loss", "val_accuracy", "test_accuracy", "train_seconds",
+              "images_per_second", "params_sha256"):
+    assert key in summary, key
+  assert summary["role"] == "teacher" and summary["steps"] == 20
+  assert summary["init_loss"] == pytest.approx(np.log(10), abs=1e-4)
+  assert json.loads((teacher_dir / "recipe.json").read_text())["data"]["dataset"] == "digits"
+  assert len((teacher_dir / "metrics.jsonl").read_text().splitlines()) == 2
+  with np.load(teacher_dir / "targets.npz") as targets:
+    probs = targets["train_probs"]
+  np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+  assert probs.shape[1] == 10
+
+
+def test_student_soft_and_hard_then_compare(teacher_dir, tmp_path):
+  soft = _run("student", "--teacher", teacher_dir, "--model", "cnn",
+              "--workdir", tmp_path / "cnn", "-q", *SET)
+  assert soft.exit_code == 0, soft.output
+  hard = _run("student", "--teacher", teacher_dir, "--model", "linear", "--loss", "hard",
+              "--workdir", tmp_path / "linear-hard", "-q", *SET)
+  assert hard.exit_code == 0, hard.output
+  summary = json.loads((tmp_path / "cnn" / "summary.json").read_text())
+  assert summary["loss"] == "soft" and summary["model"] == "cnn"
+  assert 0.0 <= summary["agreement_with_teacher"] <= 1.0
+  teacher = json.loads((teacher_dir / "summary.json").read_text())
+  assert summary["teacher_test_accuracy"] == teacher["test_accuracy"]
+
+  table = _run("compare", teacher_dir, tmp_path / "cnn", tmp_path / "linear-hard", tmp_path)
+  assert table.exit_code == 0, table.output
+  lines = table.output.splitlines()
+  assert "teacher" in lines[2] and "skipped" in table.output
+  as_json = _run("compare", "--json", teacher_dir, tmp_path / "cnn")
+  rows = json.loads(as_json.stdout)
+  assert [r["role"] for r in rows] == ["teacher", "student"]
+
+
+def test_export_again_at_another_temperature(teacher_dir):
+  result = _run("export", "--teacher", teacher_dir, "--temperature", "4", "-q")
+  assert result.exit_code == 0, result.output
+  meta = json.loads((teacher_dir / "targets.json").read_text())
+  assert meta["temperature"] == 4.0
+  with np.load(teacher_dir / "targets.npz") as targets:
+    hot = targets["train_probs"]
+  # Softer targets: lower max probability than at T=1.
+  assert _run("export", "--teacher", teacher_dir, "-q").exit_code == 0
+  with np.load(teacher_dir / "targets.npz") as targets:
+    cold = targets["train_probs"]
+  assert hot.max(-1).mean() < cold.max(-1).mean()
+
+
+def test_student_refuses_targets_from_other_data(teacher_dir, tmp_path):
+  result = _run("student", "--teacher", teacher_dir, "--workdir", tmp_path / "s",
+                "--set", "data.val_size=100", *SET)
+  assert result.exit_code == 2
+  assert "targets" in result.stderr and "other data" in result.stderr
+  assert "Traceback" not in result.output
+  assert not (tmp_path / "s").exists()
+
+
+def test_finished_run_is_not_overwritten(teacher_dir):
+  before = (teacher_dir / "summary.json").read_text()
+  result = _run("teacher", "--recipe", "digits", "--workdir", teacher_dir, *SET)
+  assert result.exit_code == 2 and "--overwrite" in result.stderr
+  assert (teacher_dir / "summary.json").read_text() == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["teacher", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["teacher", "--set", "teacher.model=resnet"], "unknown model 'resnet'"),
+    (["teacher", "--set", "teacher.lr=1"], "unknown recipe key 'teacher.lr'"),
+    (["teacher", "--steps", "0"], "teacher.steps must be positive"),
+    (["teacher", "--set", "teacher.steps=ten"], "must be int"),
+    (["teacher", "--recipe", "nope"], "recipe 'nope' not found"),
+    (["teacher", "--dataset", "npz", "--data-dir", "/nonexistent/x.npz"], "/nonexistent/x.npz"),
+    (["teacher", "--recipe", "digits", "--batch-size", "5000"], "larger than the"),
+    (["student", "--teacher", "/nonexistent/teacher"], "teacher recipe not found"),
+    (["export", "--teacher", "/nonexistent/teacher"], "teacher recipe not found"),
+    (["compare", "/nonexistent/run"], "no finished runs"),
+])
+def test_user_errors_are_one_line_without_traceback(args, message, tmp_path):
+  result = _run(*args, "--workdir", tmp_path / "w") if args[0] == "teacher" else _run(*args)
+  assert result.exit_code == 2, result.output
+  assert message in result.stderr
+  assert "Traceback" not in result.output
+  assert len(result.stderr.strip().splitlines()) <= 2
+
+
+def test_help_does_not_import_jax():
+  code = ("import sys; from click.testing import CliRunner; from distill.cli import main; "
+          "r = CliRunner().invoke(main, ['--help']); assert r.exit_code == 0; "
+          "print('jax' in sys.modules)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "False"
+
+
+def test_losses_importable_from_the_package():
+  import distill
+  logits = np.array([[2.0, 0.0, -1.0]])
+  assert float(distill.soft_cross_entropy(logits, np.array([[1.0, 0.0, 0.0]]))) == pytest.approx(
+      float(distill.hard_cross_entropy(logits, np.array([0]))), rel=1e-6)

@@ -1,0 +1,66 @@
+import pytest
+
+from distill import config
+from distill.errors import UserError
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist", "demo", "cifar10", "digits"])
+def test_packaged_recipes_load(name):
+  recipe = config.load_recipe(name)
+  assert recipe["teacher"]["model"] == "vit"
+  assert recipe["teacher"]["steps"] > 0
+
+
+def test_defaults_then_file_then_overrides(tmp_path):
+  path = tmp_path / "r.toml"
+  path.write_text("[teacher]\nsteps = 7\n[teacher.vit]\ndepth = 3\n")
+  recipe = config.load_recipe(str(path), ["teacher.steps=9", "augment.flip=false",
+                                          "student.cnn.channels=[4, 8]"])
+  assert recipe["teacher"]["steps"] == 9
+  assert recipe["teacher"]["vit"]["depth"] == 3
+  assert recipe["augment"]["flip"] is False
+  assert recipe["student"]["cnn"]["channels"] == [4, 8]
+  assert recipe["teacher"]["learning_rate"] == config.DEFAULTS["teacher"]["learning_rate"]
+
+
+@pytest.mark.parametrize("override, words", [
+    ("teacher.stepz=3", ["unknown recipe key 'teacher.stepz'", "teacher.steps"]),
+    ("nosuch=1", ["unknown recipe key 'nosuch'", "seed", "teacher"]),
+    ("teacher.vit.depht=2", ["teacher.vit.depth"]),
+    ("teacher.steps=many", ["must be int", "'many'"]),
+    ("teacher.steps=0", ["teacher.steps must be positive"]),
+    ("teacher.batch_size=-4", ["teacher.batch_size must be positive"]),
+    ("data.dataset=imagenet", ["unknown dataset 'imagenet'", "fashion_mnist"]),
+    ("teacher.model=resnet", ["unknown model 'resnet'", "cnn", "vit"]),
+    ("augment.crop=zoom", ["augment.crop must be one of"]),
+    ("teacher.learning_rate=nan", ["learning_rate must be a positive number"]),
+    ("no_equals_sign", ["key=value"]),
+])
+def test_bad_overrides_name_the_problem(override, words):
+  with pytest.raises(UserError) as error:
+    config.load_recipe("digits", [override])
+  for word in words:
+    assert word in str(error.value)
+
+
+def test_unknown_key_in_file(tmp_path):
+  path = tmp_path / "r.toml"
+  path.write_text("[teacher]\nlearning_rat = 1.0\n")
+  with pytest.raises(UserError, match="teacher.learning_rate"):
+    config.load_recipe(str(path))
+
+
+def test_bad_toml_and_missing_recipe(tmp_path):
+  path = tmp_path / "r.toml"
+  path.write_text("[teacher\n")
+  with pytest.raises(UserError, match="not valid TOML"):
+    config.load_recipe(str(path))
+  with pytest.raises(UserError, match="not found.*digits"):
+    config.load_recipe("no_such_recipe")
+
+
+def test_recipe_hash_tracks_changes():
+  a = config.load_recipe("digits")
+  b = config.load_recipe("digits", ["seed=1"])
+  assert config.recipe_hash(a) == config.recipe_hash(config.load_recipe("digits"))
+  assert config.recipe_hash(a) != config.recipe_hash(b)

@@ -1,0 +1,84 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from distill import losses
+from distill.errors import UserError
+from distill.models import count_params, create_model, model_names
+
+SETTINGS = {
+    "vit": {"patch": 4, "width": 32, "depth": 2, "heads": 4, "mlp_ratio": 2},
+    "vit_conv": {"patch": 4, "width": 32, "depth": 1, "heads": 2, "stem": "conv"},
+    "cnn": {"channels": [8, 16]},
+    "mlp": {"hidden": [32]},
+    "linear": {},
+}
+
+
+def _build(key, image_shape=(28, 28, 1), **extra):
+  name = key.split("_")[0]
+  return create_model(name, num_classes=10, image_shape=image_shape, **SETTINGS[key], **extra)
+
+
+def test_registry_lists_all_models():
+  assert model_names() == ["cnn", "linear", "mlp", "vit"]
+
+
+@pytest.mark.parametrize("key", SETTINGS)
+@pytest.mark.parametrize("image_shape", [(28, 28, 1), (32, 32, 3)])
+def test_shapes_and_params(key, image_shape):
+  model = _build(key, image_shape)
+  logits = model(jnp.zeros((3, *image_shape)))
+  assert logits.shape == (3, 10) and logits.dtype == jnp.float32
+  assert count_params(model) > 0
+
+
+def test_param_counts_match_architecture():
+  # linear: 784*10 weights + 10 biases.
+  assert count_params(_build("linear")) == 7850
+  # The default CNN student stays under 100k parameters.
+  cnn = create_model("cnn", num_classes=10, image_shape=(28, 28, 1))
+  assert count_params(cnn) < 100_000
+
+
+@pytest.mark.parametrize("key", SETTINGS)
+def test_init_loss_is_log_num_classes(key):
+  model = _build(key)
+  images = jax.random.normal(jax.random.key(0), (16, 28, 28, 1))
+  labels = jnp.arange(16) % 10
+  targets = jax.nn.softmax(jax.random.normal(jax.random.key(1), (16, 10)) * 3)
+  logits = model(images)
+  for loss in (losses.hard_cross_entropy(logits, labels), losses.soft_cross_entropy(logits, targets)):
+    assert losses.init_loss_check(float(loss), 10).ok
+
+
+@pytest.mark.parametrize("key", SETTINGS)
+def test_init_check_fires_for_badly_scaled_head(key):
+  model = _build(key, head_init_scale=10.0)
+  images = jax.random.normal(jax.random.key(0), (64, 28, 28, 1))
+  loss = float(losses.hard_cross_entropy(model(images), jnp.arange(64) % 10))
+  check = losses.init_loss_check(loss, 10)
+  assert not check.ok and "WARNING" in check.message
+
+
+def test_vit_rejects_bad_geometry():
+  with pytest.raises(UserError, match="patch 5 must divide"):
+    create_model("vit", num_classes=10, image_shape=(28, 28, 1), patch=5)
+  with pytest.raises(UserError, match="divisible by heads"):
+    create_model("vit", num_classes=10, image_shape=(28, 28, 1), width=30, heads=4)
+
+
+def test_unknown_model_and_bad_setting():
+  with pytest.raises(UserError, match="unknown model 'resnet'.*cnn"):
+    create_model("resnet", num_classes=10, image_shape=(28, 28, 1))
+  with pytest.raises(UserError, match="bad settings for model 'cnn'"):
+    create_model("cnn", num_classes=10, image_shape=(28, 28, 1), depth=3)
+
+
+def test_same_seed_same_params():
+  a = create_model("mlp", num_classes=10, image_shape=(8, 8, 1), seed=3, hidden=[8])
+  b = create_model("mlp", num_classes=10, image_shape=(8, 8, 1), seed=3, hidden=[8])
+  x = np.random.default_rng(0).normal(size=(2, 8, 8, 1)).astype(np.float32)
+  np.testing.assert_array_equal(np.asarray(a.layers[0](x.reshape(2, -1))),
+                                np.asarray(b.layers[0](x.reshape(2, -1))))

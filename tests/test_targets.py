@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+
+from distill.errors import UserError
+from distill.targets import check_targets_match, load_targets, save_targets
+
+META = {"dataset": "digits", "dataset_fingerprint": "f" * 64, "train_fingerprint": "t" * 64,
+        "temperature": 1.0, "teacher": {"params_sha256": "p"}}
+
+
+def _arrays(n=6, c=3):
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(n, c)).astype(np.float32)
+  probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+  return {"train_probs": probs, "train_logits": logits, "test_logits": logits[:2]}
+
+
+def test_round_trip(tmp_path):
+  arrays = _arrays()
+  save_targets(tmp_path, arrays, META)
+  loaded, meta = load_targets(tmp_path)
+  for name, array in arrays.items():
+    np.testing.assert_array_equal(loaded[name], array)
+  assert meta["num_classes"] == 3 and meta["num_examples"] == 6
+  assert (tmp_path / "targets.json").exists()
+  assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_missing_targets_say_how_to_make_them(tmp_path):
+  with pytest.raises(UserError, match="distill export --teacher"):
+    load_targets(tmp_path)
+
+
+def test_truncated_file_is_damaged(tmp_path):
+  path = save_targets(tmp_path, _arrays(), META)
+  path.write_bytes(path.read_bytes()[:200])
+  with pytest.raises(UserError, match="damaged"):
+    load_targets(tmp_path)
+
+
+def test_changed_values_fail_the_checksum(tmp_path):
+  arrays = _arrays()
+  save_targets(tmp_path, arrays, META)
+  loaded, meta = load_targets(tmp_path)
+  import json
+  tampered = dict(loaded, train_probs=loaded["train_probs"][::-1].copy())
+  np.savez(tmp_path / "targets.npz", **tampered,
+           meta_json=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+  with pytest.raises(UserError, match="checksum"):
+    load_targets(tmp_path)
+
+
+def test_mismatch_names_every_difference():
+  meta = {**META, "num_examples": 6, "num_classes": 3}
+  check_targets_match(meta, dataset_name="digits", fingerprint="f" * 64,
+                      train_fingerprint="t" * 64, num_examples=6, num_classes=3)
+  with pytest.raises(UserError) as error:
+    check_targets_match(meta, dataset_name="fashion_mnist", fingerprint="a" * 64,
+                        train_fingerprint="t" * 64, num_examples=6, num_classes=10)
+  message = str(error.value)
+  for word in ("dataset 'digits' vs 'fashion_mnist'", "fingerprint", "3 classes vs 10"):
+    assert word in message

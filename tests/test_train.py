@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+
+from distill import config, workflow
+from distill.errors import UserError
+from distill.train import DataOrder, fit, make_objective, pixel_stats
+
+
+def test_data_order_is_a_pure_function_of_seed_and_step():
+  order = DataOrder(100, 8, seed=1)
+  full = order.indices(0, 30)
+  # Asking again from the middle (as a resumed run does) gives the same batches.
+  again = DataOrder(100, 8, seed=1).indices(17, 13)
+  np.testing.assert_array_equal(full[17:], again)
+  # Within an epoch (12 steps of 8 out of 100) no example repeats.
+  assert len(set(full[:12].ravel())) == 96
+  assert not np.array_equal(full, DataOrder(100, 8, seed=2).indices(0, 30))
+
+
+def test_batch_larger_than_data_is_refused():
+  with pytest.raises(UserError, match="batch size 64 is larger than the 10"):
+    DataOrder(10, 64, seed=0)
+
+
+def test_pixel_stats_match_numpy():
+  images = np.random.default_rng(0).integers(0, 256, (20, 4, 4, 3), dtype=np.uint8)
+  mean, std = pixel_stats(images)
+  np.testing.assert_allclose(mean, (images / 255.0).mean(axis=(0, 1, 2)), rtol=1e-9)
+  np.testing.assert_allclose(std, (images / 255.0).std(axis=(0, 1, 2)), rtol=1e-6)
+
+
+def _fit(tmp_path, overrides, **kwargs):
+  recipe = config.load_recipe("digits", overrides)
+  dataset = workflow.load_data(recipe)
+  _, model, _ = workflow._build_model(recipe, "teacher", dataset)
+  defaults = dict(
+      model=model, images=dataset.x_train, labels=dataset.y_train, targets=None,
+      val_images=dataset.x_val, val_labels=dataset.y_val, objective=make_objective("hard"),
+      settings=recipe["teacher"], augment_settings=recipe["augment"], workdir=tmp_path,
+      seed=recipe["seed"], checkpoint_meta={"recipe_hash": config.recipe_hash(recipe)},
+      quiet=True)
+  defaults.update(kwargs)
+  return fit(**defaults)
+
+
+def test_fit_learns_and_logs(tmp_path, tiny_overrides):
+  result = _fit(tmp_path, [*tiny_overrides, "teacher.steps=60", "teacher.model=mlp",
+                                "teacher.mlp.hidden=[64]", "teacher.learning_rate=3e-3"])
+  assert result.init_loss == pytest.approx(np.log(10), abs=1e-5)
+  assert result.final_train_loss < result.init_loss - 0.3
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert len(lines) == 6  # every 10 of 60 steps
+  assert '"val_accuracy"' in lines[-1]
+
+
+def test_strict_init_check_raises_for_a_badly_scaled_head(tmp_path, tiny_overrides):
+  with pytest.raises(UserError, match="init loss .* far from expected"):
+    _fit(tmp_path, [*tiny_overrides, "teacher.vit.head_init_scale=10.0"], strict_init_check=True)
+
+
+def test_init_check_warns_loudly_without_strict(tmp_path, tiny_overrides):
+  warnings = []
+  _fit(tmp_path, [*tiny_overrides, "teacher.vit.head_init_scale=10.0", "teacher.steps=5",
+                  "teacher.log_every=5"], warn=warnings.append)
+  assert len(warnings) == 1 and "WARNING" in warnings[0]
+
+
+def test_same_seed_same_result(tmp_path, tiny_overrides):
+  a = _fit(tmp_path / "a", tiny_overrides)
+  b = _fit(tmp_path / "b", tiny_overrides)
+  from distill.train import params_sha256
+  assert params_sha256(a.params) == params_sha256(b.params)
+  assert ((tmp_path / "a" / "metrics.jsonl").read_text().count("loss")
+          == (tmp_path / "b" / "metrics.jsonl").read_text().count("loss"))
