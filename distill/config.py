@@ -18,7 +18,7 @@ from typing import Any
 
 from distill.errors import UserError
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
 # Per-model settings live under the role, so one recipe can describe a teacher
 # and every student without repeating the optimizer settings.

@@ -1,0 +1,125 @@
+"""Killed runs resume to bit-identical parameters."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import TINY
+
+# Enough steps and checkpoints that kills land before, between and after checkpoints.
+RESUME = [*TINY, "teacher.steps=40", "teacher.checkpoint_every=10", "teacher.log_every=5",
+          "teacher.eval_every=20", "student.steps=40", "student.checkpoint_every=10",
+          "student.log_every=5", "student.eval_every=20"]
+
+
+def _command(role, workdir, teacher_dir=None):
+  args = [sys.executable, "-m", "distill.cli", role, "--workdir", str(workdir), "--quiet"]
+  if role == "teacher":
+    args += ["--recipe", "digits"]
+  else:
+    args += ["--teacher", str(teacher_dir), "--model", "cnn"]
+  for override in RESUME:
+    args += ["--set", override]
+  return args
+
+
+def _logged_steps(workdir):
+  path = workdir / "metrics.jsonl"
+  if not path.exists():
+    return 0
+  lines = [line for line in path.read_text().splitlines() if line.strip()]
+  return json.loads(lines[-1])["step"] if lines else 0
+
+
+def _kill_after(args, workdir, logged_step):
+  """Starts a run and SIGKILLs it once its log reaches `logged_step` (0: right at start)."""
+  process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 120
+  while time.time() < deadline and process.poll() is None:
+    if logged_step == 0 and (workdir / "recipe.json").exists():
+      break
+    if logged_step and _logged_steps(workdir) >= logged_step:
+      break
+    time.sleep(0.01)
+  if process.poll() is None:
+    process.send_signal(signal.SIGKILL)
+  process.wait()
+
+
+def _finish(args):
+  result = subprocess.run(args, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr
+  return result
+
+
+def _summary(workdir):
+  return json.loads((workdir / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  root = tmp_path_factory.mktemp("reference")
+  _finish(_command("teacher", root / "teacher"))
+  _finish(_command("student", root / "student", root / "teacher"))
+  return root
+
+
+@pytest.mark.parametrize("kill_at", [0, 5, 15, 30])
+def test_killed_teacher_resumes_bit_identically(reference, tmp_path, kill_at):
+  workdir = tmp_path / "teacher"
+  args = _command("teacher", workdir)
+  _kill_after(args, workdir, kill_at)
+  assert not (workdir / "summary.json").exists() or kill_at == 0
+  _finish(args)
+  resumed, expected = _summary(workdir), _summary(reference / "teacher")
+  assert resumed["params_sha256"] == expected["params_sha256"]
+  assert resumed["test_accuracy"] == expected["test_accuracy"]
+  # The metrics log of the resumed run is the uninterrupted one, line for line (less timings).
+  strip = lambda p: [{k: v for k, v in json.loads(l).items() if k != "elapsed_seconds"}
+                     for l in p.read_text().splitlines()]
+  assert strip(workdir / "metrics.jsonl") == strip(reference / "teacher" / "metrics.jsonl")
+
+
+@pytest.mark.parametrize("kill_at", [10, 25])
+def test_killed_student_resumes_bit_identically(reference, tmp_path, kill_at):
+  workdir = tmp_path / "student"
+  args = _command("student", workdir, reference / "teacher")
+  _kill_after(args, workdir, kill_at)
+  _finish(args)
+  assert _summary(workdir)["params_sha256"] == _summary(reference / "student")["params_sha256"]
+
+
+def test_resume_with_another_recipe_is_refused(reference, tmp_path):
+  workdir = tmp_path / "teacher"
+  args = _command("teacher", workdir)
+  _kill_after(args, workdir, 15)
+  if (workdir / "summary.json").exists():
+    pytest.skip("the run finished before it could be killed")
+  changed = [*args, "--set", "teacher.learning_rate=0.5"]
+  result = subprocess.run(changed, capture_output=True, text=True)
+  assert result.returncode == 2
+  assert "different recipe" in result.stderr and "--restart" in result.stderr
+  assert "Traceback" not in result.stderr
+  restarted = subprocess.run([*changed, "--restart"], capture_output=True, text=True)
+  assert restarted.returncode == 0, restarted.stderr
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_130(tmp_path):
+  workdir = tmp_path / "teacher"
+  args = _command("teacher", workdir)
+  args[args.index("teacher.steps=40")] = "teacher.steps=4000"
+  process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 120
+  while _logged_steps(workdir) < 5 and time.time() < deadline:
+    time.sleep(0.01)
+  process.send_signal(signal.SIGTERM)
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode == 130, stderr
+  assert "checkpoint saved" in stderr
+  steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps and steps[-1] >= 5
