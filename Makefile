@@ -42,6 +42,9 @@ teacher: install data ## Train the default (fashion_mnist recipe) teacher into r
 student: install data ## Train the default CNN student from runs/teacher.
 	$(BIN)/distill student --model cnn
 
+bench: install data ## distill vs PyTorch (eager, compile) throughput; writes runs/bench/results.jsonl.
+	benchmarks/bench.sh
+
 test: install data ## Run the test suite.
 	$(BIN)/python -m pytest tests
 

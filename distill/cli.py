@@ -182,5 +182,43 @@ def compare(run_dirs, as_json, markdown):
   click.echo(compare_runs([Path(d) for d in run_dirs], as_json=as_json, markdown=markdown))
 
 
+@main.command()
+@click.option("--recipe", "-r", default="fashion_mnist", show_default=True, help=_RECIPE_HELP)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
+@click.option("--role", type=click.Choice(["teacher", "student"]), default="teacher",
+              show_default=True,
+              help="teacher: hard labels + augmentation; student: soft targets, no augmentation.")
+@click.option("--batch-size", type=int, default=None, help="Batch size (overrides the recipe).")
+@click.option("--steps", type=int, default=300, show_default=True,
+              help="Optimizer steps timed in the real loop (and the bare step).")
+@click.option("--synthetic", default=None, metavar="HxWxC:N:CLASSES",
+              help="Time on random data of this shape instead of the recipe's data set, "
+                   "e.g. 32x32x3:50000:10 for CIFAR-10 where it cannot be downloaded.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON line.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@_user_errors
+def bench(recipe, overrides, role, batch_size, steps, synthetic, as_json, quiet):
+  """Measure training and export throughput, compile time and peak memory.
+
+  Prints images/s of the bare jitted step, of the real training loop (sampling,
+  augmentation, logging, validation and checkpoints at the recipe's cadence),
+  and of soft-target export, plus compile seconds and peak RSS.
+  """
+  import json
+
+  from distill import bench as bench_lib, config
+
+  extra = [f"{role}.batch_size={batch_size}"] if batch_size is not None else []
+  resolved = config.load_recipe(recipe, [*overrides, *extra])
+  result = bench_lib.run_benchmark(resolved, role=role, steps=steps, synthetic=synthetic,
+                                   quiet=quiet)
+  result["recipe"] = recipe
+  if as_json:
+    click.echo(json.dumps(result))
+  else:
+    for key, value in result.items():
+      click.echo(f"{key:>30}: {value}")
+
+
 if __name__ == "__main__":
   main()

@@ -57,12 +57,6 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
   _write_atomic(path, lambda f: np.savez(f, **arrays), "wb")
 
 
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-  """Appends one JSON line; the metrics log is rewritten on resume, never trusted blindly."""
-  with open(path, "a") as f:
-    f.write(json.dumps(record) + "\n")
-
-
 def array_sha256(*arrays: np.ndarray) -> str:
   """Hex sha256 over arrays' dtypes, shapes and bytes, in order."""
   digest = hashlib.sha256()

@@ -13,6 +13,7 @@ updates it in place.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import signal
 import time
@@ -30,7 +31,7 @@ from distill import losses
 from distill.augment import augment
 from distill.checkpoint import Checkpointer
 from distill.errors import UserError
-from distill.io import append_jsonl, array_sha256
+from distill.io import array_sha256, write_text
 
 Batch = dict[str, jax.Array]
 
@@ -193,7 +194,7 @@ def should_unroll(model: nnx.Module) -> bool:
   faster (ViT: 5,240 vs 4,700 images/s) and compiles 6x quicker, so only
   convolutional models on CPU are unrolled.
   """
-  has_conv = any(isinstance(module, nnx.Conv) for _, module in model.iter_modules())
+  has_conv = any(isinstance(module, nnx.Conv) for _, module in nnx.iter_modules(model))
   return has_conv and jax.default_backend() == "cpu"
 
 
@@ -412,8 +413,9 @@ def fit(
     state, _ = checkpointer.restore(latest, state)
     start_step = resumed_from = int(state["step"])
     echo(f"resuming from step {start_step} ({checkpointer.directory})")
-    _truncate_metrics(metrics_path, start_step)
+    log_records = _read_metrics(metrics_path, upto_step=start_step)
   else:
+    log_records = []
     metrics_path.unlink(missing_ok=True)
 
   log_every, eval_every = settings["log_every"], settings["eval_every"]
@@ -445,14 +447,23 @@ def fit(
       step += count
       progress.update(count)
 
-      if step % log_every == 0 or step == total_steps:
+      at_log = step % log_every == 0 or step == total_steps
+      at_checkpoint = (step % checkpoint_every == 0 or step == total_steps
+                       or stop.signal_name is not None)
+      if at_log or at_checkpoint:
+        # Checked before every save too, so a checkpoint never holds a diverged state.
         record = _summarise(window, step)
-        window = []
+        if at_log:
+          window = []
         if not math.isfinite(record["loss"]):
           progress.close()
-          raise UserError(
-              f"training diverged: the loss became {record['loss']} by step {step}; "
-              f"the last good checkpoint is kept in {checkpointer.directory}")
+          good = checkpointer.latest_step()
+          checkpointer.close()
+          kept = (f"the last good checkpoint (step {good}) is kept in {checkpointer.directory}"
+                  if good is not None else "no checkpoint had been saved yet")
+          raise UserError(f"training diverged: the loss became {record['loss']} by step {step}; "
+                          f"{kept}. Try a lower learning rate.")
+      if at_log:
         last_train_loss = record["loss"]
         record["learning_rate"] = float(_learning_rate(settings, total_steps, step))
         if step % eval_every == 0 or step == total_steps:
@@ -461,10 +472,11 @@ def fit(
           record["val_loss"] = float(losses.hard_cross_entropy(val_logits, val_labels))
           record["val_accuracy"] = float(losses.accuracy(val_logits, val_labels))
         record["elapsed_seconds"] = round(time.perf_counter() - loop_start, 3)
-        append_jsonl(metrics_path, record)
+        log_records.append(record)
+        write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in log_records))
         progress.set_postfix({k: f"{record[k]:.4f}" for k in ("loss", "accuracy", "val_accuracy")
                               if k in record}, refresh=False)
-      if step % checkpoint_every == 0 or step == total_steps or stop.signal_name:
+      if at_checkpoint:
         checkpointer.save(step, state, {**checkpoint_meta, "step": step})
       if stop.signal_name and step < total_steps:
         progress.close()
@@ -502,14 +514,16 @@ def _summarise(window: list[dict[str, jax.Array]], step: int) -> dict[str, Any]:
   return record
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-  """Drops log lines past `step`: a resumed run rewrites them."""
-  import json  # noqa: PLC0415
-
-  from distill.io import write_text  # noqa: PLC0415
-
+def _read_metrics(path: Path, upto_step: int) -> list[dict[str, Any]]:
+  """The logged records up to `upto_step`: a resumed run rewrites what came after."""
   if not path.exists():
-    return
-  kept = [line for line in path.read_text().splitlines()
-          if line.strip() and json.loads(line).get("step", 0) <= step]
-  write_text(path, "".join(line + "\n" for line in kept))
+    return []
+  records = []
+  for line in path.read_text().splitlines():
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue  # Written atomically, so only a hand-edited file gets here.
+    if record.get("step", 0) <= upto_step:
+      records.append(record)
+  return records

@@ -12,6 +12,7 @@ same from Python. A run directory holds:
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import time
@@ -46,6 +47,20 @@ def check_batch_fits(dataset, settings: dict[str, Any], role: str) -> None:
   if settings["batch_size"] > len(dataset.x_train):
     raise UserError(f"{role}.batch_size {settings['batch_size']} is larger than the "
                     f"{len(dataset.x_train)} training examples of {dataset.name}")
+
+
+def check_workdir(workdir: Path) -> None:
+  """Fails early, before any work, when `workdir` cannot be created or written."""
+  workdir = Path(workdir)
+  if workdir.exists() and not workdir.is_dir():
+    raise UserError(f"workdir {workdir} exists and is not a directory")
+  ancestor = workdir
+  while not ancestor.exists():
+    ancestor = ancestor.parent
+  if not ancestor.is_dir():
+    raise UserError(f"cannot create workdir {workdir}: {ancestor} is not a directory")
+  if not os.access(ancestor, os.W_OK | os.X_OK):
+    raise UserError(f"cannot write to workdir {workdir}: {ancestor} is read-only")
 
 
 def prepare_workdir(workdir: Path, recipe_hash: str, *, restart: bool, overwrite: bool) -> None:
@@ -160,6 +175,7 @@ def train_teacher(recipe: dict[str, Any], workdir: Path, *, restart: bool = Fals
   console = Console(quiet)
   workdir = Path(workdir)
   start = time.perf_counter()
+  check_workdir(workdir)
   dataset = load_data(recipe)
   check_batch_fits(dataset, recipe["teacher"], "teacher")
   console.info(dataset.describe())
@@ -306,6 +322,7 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
   console = Console(quiet)
   teacher_dir, workdir = Path(teacher_dir), Path(workdir)
   start = time.perf_counter()
+  check_workdir(workdir)
   arrays, meta = load_targets(teacher_dir)
   dataset = load_data(recipe)
   check_targets_match(meta, dataset_name=dataset.name, fingerprint=dataset.fingerprint,

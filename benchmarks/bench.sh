@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# `make bench`: distill vs the PyTorch reference, same model/batch/optimizer, in one run.
+# Writes runs/bench/results.jsonl (one JSON object per measurement) and prints a Markdown table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=.venv/bin
+out=${BENCH_OUT:-runs/bench}
+steps=${BENCH_STEPS:-300}
+torch_steps=${BENCH_TORCH_STEPS:-60}
+mkdir -p "$out"
+: > "$out/results.jsonl"
+if ! $bin/python -c "import torch" 2>/dev/null; then
+  # The CPU wheel; kept out of distill's own dependencies.
+  $bin/pip install --quiet torch==2.13.0
+fi
+record() { # name, then the command printing one JSON line
+  local name=$1; shift
+  echo ">> $name: $*" >&2
+  "$@" | tail -1 | $bin/python -c "import json,sys; d=json.load(sys.stdin); d['name']='$name'; d['command']=sys.argv[1]; print(json.dumps(d))" "$*" >> "$out/results.jsonl"
+}
+
+# The seed's CIFAR-10 teacher: ViT patch 8, width 64, depth 4, batch 256, crop 24 -> 32 + flip.
+cifar_torch=(--image-shape 32x32x3 --num-examples 50000 --patch 8 --width 64 --depth 4 --heads 4
+             --mlp-ratio 4 --batch 256 --crop resize --crop-size 24 --steps "$torch_steps")
+record cifar10/distill $bin/distill bench --recipe cifar10 --synthetic 32x32x3:50000:10 --steps "$steps" --json -q
+record cifar10/torch-eager $bin/python benchmarks/torch_reference.py "${cifar_torch[@]}"
+record cifar10/torch-compile $bin/python benchmarks/torch_reference.py "${cifar_torch[@]}" --compile
+
+# The default Fashion-MNIST teacher (recipes/fashion_mnist.toml).
+fmnist_torch=(--image-shape 28x28x1 --num-examples 55000 --patch 7 --stem conv --width 96 --depth 6
+              --heads 6 --mlp-ratio 4 --batch 128 --crop pad --pad 2 --steps "$torch_steps")
+record fashion_mnist/distill $bin/distill bench --recipe fashion_mnist --steps "$steps" --json -q
+record fashion_mnist/torch-eager $bin/python benchmarks/torch_reference.py "${fmnist_torch[@]}"
+record fashion_mnist/torch-compile $bin/python benchmarks/torch_reference.py "${fmnist_torch[@]}" --compile
+
+# CLI start-up: distill --help, best of 5.
+record cli/help $bin/python -c "
+import subprocess, time, json
+best = min((lambda t: (subprocess.run(['$bin/distill', '--help'], capture_output=True), time.perf_counter() - t)[1])(time.perf_counter()) for _ in range(5))
+print(json.dumps({'help_seconds': round(best, 3)}))"
+
+$bin/python benchmarks/bench_table.py "$out/results.jsonl"

@@ -1,0 +1,177 @@
+"""Throughput measurements: bare jitted step, the real loop, export, compile time, memory.
+
+`run_benchmark` times the same model three ways so the gaps are visible:
+
+- the bare step: the compiled multi-step function called back to back on
+  indices prepared in advance — the ceiling for this model and batch;
+- the real loop: `train.fit`, with sampling, logging, validation and
+  checkpoints at the recipe's cadence;
+- export: the forward pass over the training images in large batches.
+"""
+
+from __future__ import annotations
+
+import resource
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distill import config as config_lib
+from distill.errors import UserError
+
+
+def synthetic_images(num_examples: int, image_shape: tuple[int, int, int], num_classes: int,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Random uint8 images and labels of a real data set's shape (for data we cannot ship)."""
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, (num_examples, *image_shape), dtype=np.uint8)
+  return images, rng.integers(0, num_classes, num_examples).astype(np.int32)
+
+
+def _peak_rss_mb() -> float:
+  # ru_maxrss is in kilobytes on Linux.
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int = 300,
+                  bare_steps: int | None = None, synthetic: str | None = None,
+                  quiet: bool = True) -> dict[str, Any]:
+  """Measures training and export throughput for `role`'s model in `recipe`.
+
+  Args:
+    recipe: a resolved recipe; `role`'s section gives model, batch and cadences.
+    role: 'teacher' (hard labels, augmentation) or 'student' (soft targets).
+    steps: optimizer steps for the timed real loop.
+    bare_steps: steps for the bare-step timing (default: `steps`).
+    synthetic: 'HxWxC:N:CLASSES' to time on random data of that shape instead of
+      loading the recipe's data set (e.g. '32x32x3:50000:10' for CIFAR-10).
+    quiet: hide progress bars.
+
+  Returns:
+    A flat dict: bare_step_images_per_second, loop_images_per_second,
+    loop_to_bare_ratio, export_images_per_second, export_to_train_ratio,
+    compile_seconds, peak_rss_mb, and the settings measured.
+  """
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+  from flax import nnx  # noqa: PLC0415
+
+  from distill import train  # noqa: PLC0415
+  from distill.models import count_params, create_model  # noqa: PLC0415
+
+  if steps <= 0:
+    raise UserError(f"--steps must be positive, got {steps}")
+  settings = dict(recipe[role])
+  if synthetic:
+    try:
+      shape_text, count_text, classes_text = synthetic.split(":")
+      image_shape = tuple(int(v) for v in shape_text.lower().split("x"))
+      num_examples, num_classes = int(count_text), int(classes_text)
+      assert len(image_shape) == 3
+    except (ValueError, AssertionError):
+      raise UserError(f"--synthetic expects HxWxC:N:CLASSES like 32x32x3:50000:10, got '{synthetic}'") from None
+    images, labels = synthetic_images(num_examples, image_shape, num_classes)
+    val_images, val_labels = synthetic_images(1000, image_shape, num_classes, seed=1)
+    dataset_name = f"synthetic {synthetic}"
+  else:
+    from distill.workflow import load_data  # noqa: PLC0415
+
+    dataset = load_data(recipe)
+    images, labels = dataset.x_train, dataset.y_train
+    val_images, val_labels = dataset.x_val, dataset.y_val
+    image_shape, num_classes, dataset_name = dataset.image_shape, dataset.num_classes, dataset.name
+  if settings["batch_size"] > len(images):
+    raise UserError(f"batch size {settings['batch_size']} is larger than the {len(images)} images")
+
+  name, model_kwargs = config_lib.model_settings(recipe, role)
+  objective_name = "hard" if role == "teacher" else "soft"
+  objective = train.make_objective(objective_name)
+  targets = None
+  if objective.uses_targets:
+    # Any valid distribution times the same; use smoothed one-hot labels.
+    targets = np.full((len(images), num_classes), 0.1 / num_classes, np.float32)
+    targets[np.arange(len(images)), labels] += 0.9
+  augment_settings = recipe["augment"] if role == "teacher" else None
+
+  def fresh_model():
+    return create_model(name, num_classes=num_classes, image_shape=image_shape,
+                        seed=recipe["seed"], **model_kwargs)
+
+  # 1. The bare step: one compiled K-step function called back to back.
+  model = fresh_model()
+  num_params = count_params(model)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  optimizer = train.make_optimizer(settings, steps)
+  mean, std = train.pixel_stats(images)
+  stats = (jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32))
+  data = {"images": jax.device_put(images), "labels": jax.device_put(labels)}
+  if targets is not None:
+    data["targets"] = jax.device_put(targets)
+  ctx = train.StepContext(
+      graphdef=graphdef, rest=rest, objective=objective, optimizer=optimizer,
+      augment_settings=tuple(sorted(augment_settings.items())) if augment_settings else None,
+      seed=recipe["seed"], unroll=train.should_unroll(model))
+  per_dispatch = settings["steps_per_dispatch"]
+  order = train.DataOrder(len(images), settings["batch_size"], recipe["seed"])
+  dispatches = max(1, (bare_steps or steps) // per_dispatch)
+  indices = [jax.device_put(order.indices(i * per_dispatch, per_dispatch))
+             for i in range(dispatches + 1)]
+  state = {"params": params, "opt_state": optimizer.init(params), "step": jnp.asarray(0, jnp.int32)}
+  start = time.perf_counter()
+  compiled = jax.jit(partial(train._train_chunk, ctx), donate_argnums=0).lower(
+      state, data, stats, indices[0]).compile()
+  compile_seconds = time.perf_counter() - start
+  state, metrics = compiled(state, data, stats, indices[0])  # warm-up
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for chunk in indices[1:]:
+    state, metrics = compiled(state, data, stats, chunk)
+  jax.block_until_ready((state, metrics))
+  bare_seconds = time.perf_counter() - start
+  bare_ips = dispatches * per_dispatch * settings["batch_size"] / bare_seconds
+  trained_params = state["params"]
+  del state, data
+
+  # 2. The real loop, at the recipe's cadence (eval/checkpoint no rarer than the run).
+  loop_settings = {**settings, "steps": steps}
+  with tempfile.TemporaryDirectory(prefix="distill-bench-") as workdir:
+    result = train.fit(
+        model=fresh_model(), images=images, labels=labels, targets=targets,
+        val_images=val_images, val_labels=val_labels, objective=objective,
+        settings=loop_settings, augment_settings=augment_settings, workdir=Path(workdir),
+        seed=recipe["seed"], checkpoint_meta={"recipe_hash": "bench"}, quiet=quiet,
+        echo=lambda _: None, warn=lambda _: None)
+  # 3. Export: the forward pass over every training image.
+  predict = train.make_predict(graphdef, rest, stats)
+  export_batch = recipe["export"]["batch_size"]
+  train.predict_in_batches(predict, trained_params, images[:export_batch], export_batch)  # compile
+  start = time.perf_counter()
+  train.predict_in_batches(predict, trained_params, images, export_batch)
+  export_ips = len(images) / (time.perf_counter() - start)
+
+  return {
+      "role": role,
+      "model": name,
+      "params": num_params,
+      "dataset": dataset_name,
+      "image_shape": list(image_shape),
+      "batch_size": settings["batch_size"],
+      "steps_per_dispatch": per_dispatch,
+      "bare_steps": dispatches * per_dispatch,
+      "loop_steps": steps,
+      "bare_step_images_per_second": round(bare_ips, 1),
+      "loop_images_per_second": round(result.images_per_second, 1),
+      "loop_to_bare_ratio": round(result.images_per_second / bare_ips, 3),
+      "export_images_per_second": round(export_ips, 1),
+      "export_to_train_ratio": round(export_ips / bare_ips, 2),
+      "compile_seconds": round(compile_seconds, 2),
+      "loop_compile_seconds": round(result.compile_seconds, 2),
+      "peak_rss_mb": round(_peak_rss_mb(), 1),
+      "backend": jax.default_backend(),
+      "devices": jax.device_count(),
+      "jax_version": jax.__version__,
+  }

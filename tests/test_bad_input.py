@@ -1,0 +1,173 @@
+"""A table of user mistakes: each exits 2 with one or two clear lines and touches nothing.
+
+Every mistake aimed at a training command is run against the workdir of a
+finished earlier run, with --overwrite, and that run's files must come out
+byte-for-byte the same.
+"""
+
+import gzip
+import hashlib
+import shutil
+import struct
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import TINY
+from distill.cli import main
+
+SET = [arg for override in TINY for arg in ("--set", override)]
+
+
+def _run(*args):
+  return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def _snapshot(directory):
+  return {p.relative_to(directory): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  """A finished teacher run and a finished student run."""
+  root = tmp_path_factory.mktemp("finished")
+  assert _run("teacher", "--recipe", "digits", "--workdir", root / "teacher", "-q", *SET).exit_code == 0
+  assert _run("student", "--teacher", root / "teacher", "--workdir", root / "student", "-q",
+              *SET).exit_code == 0
+  return root
+
+
+def _write_idx(path, array):
+  magic = 0x00000800 | {np.uint8: 0x08}[array.dtype.type] << 0
+  magic = (0x08 << 8) | array.ndim
+  header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
+  with gzip.open(path, "wb") as f:
+    f.write(header + array.tobytes())
+
+
+def _fashion_folder(path, truncate=False):
+  path.mkdir()
+  rng = np.random.default_rng(0)
+  for prefix, n in (("train", 60), ("t10k", 20)):
+    _write_idx(path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), np.uint8))
+    _write_idx(path / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n).astype(np.uint8))
+  if truncate:
+    file = path / "train-images-idx3-ubyte.gz"
+    raw = gzip.decompress(file.read_bytes())
+    file.write_bytes(gzip.compress(raw[: len(raw) // 2]))
+  return path
+
+
+def _npz(path, **arrays):
+  np.savez(path, **arrays)
+  return path
+
+
+IMAGES = np.zeros((20, 8, 8), np.uint8)
+LABELS = np.arange(20) % 4
+
+
+def _mistakes(tmp, finished):
+  """(name, argv for a training command or other, words the message must hold)."""
+  damaged_teacher = tmp / "damaged-teacher"
+  shutil.copytree(finished / "teacher", damaged_teacher)
+  targets = damaged_teacher / "targets.npz"
+  targets.write_bytes(targets.read_bytes()[:1000])
+  no_targets = tmp / "no-targets"
+  shutil.copytree(finished / "teacher", no_targets)
+  (no_targets / "targets.npz").unlink()
+  bad_toml = tmp / "bad.toml"
+  bad_toml.write_text("[teacher\nsteps = 3")
+  damaged_summary = tmp / "damaged-summary"
+  damaged_summary.mkdir()
+  (damaged_summary / "summary.json").write_text("{not json")
+  a_file = tmp / "a-file"
+  a_file.write_text("")
+  empty = tmp / "empty"
+  empty.mkdir()
+  teacher = ["teacher", "--recipe", "digits", *SET]
+  return [
+      ("missing data folder", ["teacher", "--data-dir", tmp / "nowhere"], ["nowhere"]),
+      ("empty data folder", ["teacher", "--data-dir", empty], ["empty"]),
+      ("truncated IDX file", ["teacher", "--data-dir", _fashion_folder(tmp / "trunc", True)],
+       ["train-images-idx3-ubyte.gz"]),
+      ("npz without x", ["teacher", "--dataset", "npz", "--data-dir", _npz(tmp / "nox.npz", y=LABELS)],
+       ["'x'"]),
+      ("npz without y", ["teacher", "--dataset", "npz", "--data-dir", _npz(tmp / "noy.npz", x=IMAGES)],
+       ["'y'"]),
+      ("npz lengths differ", ["teacher", "--dataset", "npz", "--data-dir",
+                              _npz(tmp / "len.npz", x=IMAGES, y=LABELS[:7])], ["20", "7"]),
+      ("labels out of range", ["teacher", "--dataset", "npz", "--data-dir",
+                               _npz(tmp / "range.npz", x=IMAGES, y=LABELS,
+                                    class_names=np.array(["a", "b"]))], ["label"]),
+      ("unknown dataset", ["teacher", "--dataset", "imagenet"], ["unknown dataset", "digits"]),
+      ("unknown model", [*teacher, "--set", "teacher.model=resnet"], ["unknown model", "vit"]),
+      ("unknown recipe key", [*teacher, "--set", "teacher.epochs=3"], ["teacher.epochs", "teacher.steps"]),
+      ("--set of the wrong type", [*teacher, "--set", "augment.flip=sometimes"], ["must be bool"]),
+      ("broken recipe file", ["teacher", "--recipe", bad_toml], ["not valid TOML"]),
+      ("non-positive steps", [*teacher, "--steps", "-5"], ["steps must be positive"]),
+      ("non-positive batch size", [*teacher, "--batch-size", "0"], ["batch_size must be positive"]),
+      ("batch larger than the data", [*teacher, "--batch-size", "100000"], ["larger than the"]),
+      ("teacher folder without targets", ["student", "--teacher", no_targets], ["no targets", "distill export"]),
+      ("damaged targets file", ["student", "--teacher", damaged_teacher], ["damaged"]),
+      ("targets from another data set", ["student", "--teacher", finished / "teacher", "--dataset", "npz",
+                                         "--data-dir", _npz(tmp / "other.npz", x=np.zeros((400, 8, 8), np.uint8),
+                                              y=np.arange(400) % 10)],
+       ["other data"]),
+      ("targets from another split", ["student", "--teacher", finished / "teacher", "--set",
+                                      "data.split_seed=7"], ["other data", "training split"]),
+      ("workdir is a file", [*teacher, "--workdir", a_file], ["not a directory"]),
+      ("workdir under a file", [*teacher, "--workdir", a_file / "run"], ["cannot"]),
+      ("export at temperature 0", ["export", "--teacher", finished / "teacher", "-T", "0"], ["temperature"]),
+      ("compare a damaged summary", ["compare", damaged_summary], ["damaged"]),
+      ("student of a folder that is no teacher", ["student", "--teacher", empty], ["not found"]),
+  ]
+
+
+def test_at_least_fifteen_mistakes_each_clear_and_harmless(finished, tmp_path):
+  before = {name: _snapshot(finished / name) for name in ("teacher", "student")}
+  failures = []
+  mistakes = _mistakes(tmp_path, finished)
+  assert len(mistakes) >= 15
+  for name, args, words in mistakes:
+    command = args[0]
+    target = {"teacher": finished / "teacher", "student": finished / "student"}.get(command)
+    extra = []
+    if target is not None and "--workdir" not in args:
+      extra = ["--workdir", target, "--overwrite"]
+    result = _run(*args, *extra)
+    stderr = result.stderr.strip()
+    problems = []
+    if result.exit_code != 2:
+      problems.append(f"exit {result.exit_code}")
+    if "Traceback" in result.output:
+      problems.append("traceback")
+    if not stderr.startswith("error:") or len(stderr.splitlines()) > 2:
+      problems.append(f"stderr not one clear line: {stderr!r}")
+    problems += [f"missing {w!r} in {stderr!r}" for w in words if w not in stderr]
+    if problems:
+      failures.append(f"{name}: {'; '.join(problems)}")
+  assert not failures, "\n".join(failures)
+  for name in ("teacher", "student"):
+    assert _snapshot(finished / name) == before[name], f"{name} run was modified"
+
+
+def test_read_only_workdir(tmp_path, finished):
+  import os
+  if os.geteuid() == 0:
+    pytest.skip("root writes through read-only permissions; 'workdir under a file' covers it")
+  read_only = tmp_path / "ro"
+  read_only.mkdir()
+  read_only.chmod(0o500)
+  result = _run("teacher", "--recipe", "digits", "--workdir", read_only / "run", *SET)
+  assert result.exit_code == 2 and "cannot" in result.stderr
+
+
+def test_diverging_run_stops_with_the_step_and_exits_nonzero(tmp_path):
+  result = _run("teacher", "--recipe", "digits", "--workdir", tmp_path / "t", *SET,
+                "--set", "teacher.learning_rate=1e30", "--set", "teacher.grad_clip=0.0")
+  assert result.exit_code == 2, result.output
+  assert "training diverged" in result.stderr and "by step" in result.stderr
+  assert not (tmp_path / "t" / "summary.json").exists()
