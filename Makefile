@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEMO_DIR := runs/demo
 export KERAS_BACKEND := jax
 
-.PHONY: install data demo teacher student test bench clean
+.PHONY: install data browser demo teacher student test bench clean
 
 $(BIN)/distill: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,17 @@ data: ## Install Fashion-MNIST from Debian when we can (root + apt), else leave 
 	  echo "Fashion-MNIST not installed system-wide; distill will use the keras cache/download"; \
 	fi
 
+browser: ## Debian's Chromium, for the test that renders report.html (when root + apt).
+	@if command -v chromium >/dev/null; then \
+	  echo "chromium: $$(command -v chromium)"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -qq chromium || \
+	   (apt-get update -qq && apt-get install -y -qq chromium)) >/dev/null \
+	  && echo "chromium installed from Debian"; \
+	else \
+	  echo "chromium not installed: the browser test will be skipped"; \
+	fi
+
 demo: install data ## Teacher -> targets -> CNN/MLP students (soft and hard) -> comparison.
 	$(BIN)/distill teacher --recipe demo --workdir $(DEMO_DIR)/teacher --overwrite
 	$(BIN)/distill student --teacher $(DEMO_DIR)/teacher --model cnn --workdir $(DEMO_DIR)/student-cnn --overwrite
@@ -35,6 +46,7 @@ demo: install data ## Teacher -> targets -> CNN/MLP students (soft and hard) -> 
 	$(BIN)/distill student --teacher $(DEMO_DIR)/teacher --model mlp --workdir $(DEMO_DIR)/student-mlp --overwrite
 	$(BIN)/distill student --teacher $(DEMO_DIR)/teacher --model mlp --loss hard --workdir $(DEMO_DIR)/student-mlp-hard --overwrite
 	$(BIN)/distill compare $(DEMO_DIR)/*
+	$(BIN)/distill report $(DEMO_DIR)/* --out runs/demo-report
 
 teacher: install data ## Train the default (fashion_mnist recipe) teacher into runs/teacher.
 	$(BIN)/distill teacher
@@ -45,7 +57,7 @@ student: install data ## Train the default CNN student from runs/teacher.
 bench: install data ## distill vs PyTorch (eager, compile) throughput; writes runs/bench/results.jsonl.
 	benchmarks/bench.sh
 
-test: install data ## Run the test suite.
+test: install data browser ## Run the test suite.
 	$(BIN)/python -m pytest tests
 
 clean: ## Remove run outputs (not the virtualenv).

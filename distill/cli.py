@@ -79,6 +79,7 @@ def main():
     distill student --model cnn     train a student on those soft targets
     distill student --model cnn --loss hard   the same student on hard labels
     distill compare runs/*          student vs teacher, side by side
+    distill report runs/*           report.html with curves, mistakes, calibration
 
   Every run checks its step-0 loss against log(n_classes) and warns loudly
   when it is off. Runs resume from their last checkpoint when re-run.
@@ -180,6 +181,27 @@ def compare(run_dirs, as_json, markdown):
   from distill.report import compare_runs
 
   click.echo(compare_runs([Path(d) for d in run_dirs], as_json=as_json, markdown=markdown))
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "-o", type=click.Path(), default="runs/report", show_default=True,
+              help="Folder for report.html and the PNG figures.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_user_errors
+def report(run_dirs, out, quiet):
+  """Write report.html: curves, mistakes, confusion, calibration, student vs teacher.
+
+  One self-contained page (figures embedded, no network) plus each figure as a
+  PNG beside it: training and validation curves with the step-0 loss against
+  log(n_classes), misclassified test images, confusion matrices, reliability
+  diagrams with ECE, accuracy against parameters, and the test images where
+  each student disagrees with its teacher.
+  """
+  from distill.report import write_report
+
+  path = write_report([Path(d) for d in run_dirs], Path(out), quiet=quiet)
+  click.echo(f"report: {path.resolve()}")
 
 
 @main.command()

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from distill.errors import UserError
 from distill.io import read_json
 
@@ -80,3 +82,180 @@ def compare_runs(run_dirs: list[Path], *, as_json: bool = False, markdown: bool 
   if skipped:
     text += "\n\nskipped: " + "; ".join(skipped)
   return text
+
+
+# --------------------------------------------------------------------------
+# The HTML report.
+
+
+def _run_predictions(run_dir: Path, summary: dict[str, Any]) -> np.ndarray | None:
+  """A run's final test logits: predictions.npz, or a teacher's targets.npz."""
+  for name in ("predictions.npz", "targets.npz"):
+    path = run_dir / name
+    if path.exists():
+      try:
+        with np.load(path) as arrays:
+          if "test_logits" in arrays:
+            return np.asarray(arrays["test_logits"], np.float32)
+      except Exception:  # A damaged file: the report says so instead of failing.
+        return None
+  return None
+
+
+def run_metrics(logits: np.ndarray, labels: np.ndarray,
+                teacher_logits: np.ndarray | None = None) -> dict[str, float]:
+  """Accuracy, NLL, ECE (and agreement with the teacher) from test logits."""
+  from distill import losses  # noqa: PLC0415
+
+  metrics = {
+      "accuracy": float(losses.accuracy(logits, labels)),
+      "nll": float(losses.negative_log_likelihood(logits, labels)),
+      "ece": float(losses.expected_calibration_error(logits, labels)),
+  }
+  if teacher_logits is not None:
+    metrics["agreement"] = float(losses.top1_agreement(logits, teacher_logits))
+  return metrics
+
+
+def _softmax_np(logits: np.ndarray) -> np.ndarray:
+  shifted = logits - logits.max(-1, keepdims=True)
+  exp = np.exp(shifted)
+  return exp / exp.sum(-1, keepdims=True)
+
+
+def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) -> Path:
+  """Writes out_dir/report.html (figures embedded) and the figures as PNG files beside it.
+
+  Args:
+    run_dirs: finished run directories (teacher and students).
+    out_dir: where report.html and the PNGs go.
+    quiet: no progress bar.
+
+  Returns:
+    The path of report.html.
+  """
+  import base64  # noqa: PLC0415
+  import html  # noqa: PLC0415
+
+  from tqdm.auto import tqdm  # noqa: PLC0415
+
+  from distill import plots  # noqa: PLC0415
+  from distill.io import write_text  # noqa: PLC0415
+  from distill.workflow import load_data  # noqa: PLC0415
+
+  rows, skipped = collect_runs(run_dirs)
+  out_dir = Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  datasets: dict[str, Any] = {}
+  teacher_logits: dict[str, np.ndarray] = {}
+  sections: list[str] = []
+  figures: list[Path] = []
+
+  def figure_html(path: Path, caption: str) -> str:
+    figures.append(path)
+    data = base64.b64encode(path.read_bytes()).decode()
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+  def dataset_for(row):
+    recipe = read_json(Path(row["run"]) / "recipe.json", "run recipe")
+    key = json.dumps(recipe["data"], sort_keys=True)
+    if key not in datasets:
+      datasets[key] = load_data(recipe)
+    return datasets[key]
+
+  progress = tqdm(rows, desc="report", disable=quiet, leave=False)
+  for index, row in enumerate(progress):
+    run_dir = Path(row["run"])
+    slug = f"{index:02d}-{row.get('role')}-{row.get('model')}-{row.get('loss', 'hard')}"
+    title = f"{row.get('role')} {row.get('model')}" + (
+        f" ({row['loss']} labels)" if row.get("role") == "student" else "")
+    parts = [f"<h2>{html.escape(title)} <small>{html.escape(str(run_dir))}</small></h2>"]
+    dataset = dataset_for(row)
+    metrics_path = run_dir / "metrics.jsonl"
+    records = ([json.loads(l) for l in metrics_path.read_text().splitlines() if l.strip()]
+               if metrics_path.exists() else [])
+    if records:
+      parts.append(figure_html(plots.training_curves(
+          records, title=title, init_loss=row.get("init_loss"),
+          num_classes=dataset.num_classes, path=out_dir / f"{slug}-curves.png"),
+          "Training vs validation loss and accuracy; the star is the measured step-0 loss, "
+          "the dashed line log(n_classes)."))
+    logits = _run_predictions(run_dir, row)
+    if logits is None or len(logits) != len(dataset.y_test):
+      parts.append("<p class='missing'>No test predictions found for this run.</p>")
+      sections.append("\n".join(parts))
+      continue
+    if row.get("role") == "teacher":
+      teacher_logits[str(run_dir.resolve())] = logits
+    teacher = teacher_logits.get(row.get("teacher_dir", ""))
+    if teacher is None and row.get("teacher_dir"):
+      teacher = _run_predictions(Path(row["teacher_dir"]), {})
+    metrics = run_metrics(logits, dataset.y_test, teacher)
+    row.update({"test_accuracy": metrics["accuracy"], "test_nll": metrics["nll"],
+                "test_ece": metrics["ece"]})
+    if "agreement" in metrics:
+      row["agreement_with_teacher"] = metrics["agreement"]
+    predictions = logits.argmax(-1)
+    names = dataset.class_names
+    wrong = np.flatnonzero(predictions != dataset.y_test)[:32]
+    parts.append(figure_html(plots.image_grid(
+        dataset.x_test[wrong], [f"{names[predictions[i]]} / {names[dataset.y_test[i]]}" for i in wrong],
+        title=f"{title}: misclassified test images (predicted / true)",
+        path=out_dir / f"{slug}-mistakes.png"), "Misclassified test images: predicted / true."))
+    parts.append(figure_html(plots.confusion_matrix(
+        dataset.y_test, predictions, names, title=f"{title}: confusion (test)",
+        path=out_dir / f"{slug}-confusion.png"), "Confusion matrix on the test set."))
+    probs = _softmax_np(logits)
+    parts.append(figure_html(plots.reliability_diagram(
+        probs.max(-1), predictions == dataset.y_test, ece=metrics["ece"], title=title,
+        path=out_dir / f"{slug}-reliability.png"), "Reliability diagram with expected calibration error."))
+    if teacher is not None:
+      teacher_predictions = teacher.argmax(-1)
+      disagree = np.flatnonzero(predictions != teacher_predictions)[:32]
+      parts.append(f"<p>Top-1 agreement with the teacher on the test set: "
+                   f"<b>{100 * metrics['agreement']:.2f}%</b> "
+                   f"({len(np.flatnonzero(predictions != teacher_predictions))} disagreements).</p>")
+      parts.append(figure_html(plots.image_grid(
+          dataset.x_test[disagree],
+          [f"S:{names[predictions[i]]} T:{names[teacher_predictions[i]]}\n({names[dataset.y_test[i]]})"
+           for i in disagree],
+          title=f"{title}: where the student disagrees with the teacher (S / T, true)",
+          path=out_dir / f"{slug}-disagreements.png"),
+          "Test images where student (S) and teacher (T) disagree; the true class in brackets."))
+    sections.append("\n".join(parts))
+  progress.close()
+
+  overview = figure_html(plots.accuracy_vs_params(rows, path=out_dir / "accuracy-vs-params.png"),
+                         "Test accuracy against parameters; the teacher is the star.")
+  table = format_table(rows, markdown=False)
+  page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>distill report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
+pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
+figure {{ margin: 1em 0; }} img {{ max-width: 100%; }}
+figcaption {{ color: #555; font-size: 0.9em; }} h2 small {{ color: #777; font-weight: normal; }}
+.missing {{ color: #a00; }}
+</style></head><body>
+<h1>distill report</h1>
+<p>{len(rows)} runs{f"; skipped: {html.escape('; '.join(skipped))}" if skipped else ""}.</p>
+<h2>Comparison</h2>
+<pre>{html.escape(table)}</pre>
+{overview}
+{''.join(f'<section>{s}</section>' for s in sections)}
+<p id="figure-check"></p>
+<script>
+// Marks the page with how many figures decoded, so a headless browser can check it.
+window.addEventListener("load", () => {{
+  const images = [...document.images];
+  const loaded = images.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.dataset.figures = `${{loaded}}/${{images.length}}`;
+  document.getElementById("figure-check").textContent = `${{loaded}} of ${{images.length}} figures loaded`;
+}});
+</script>
+</body></html>
+"""
+  path = out_dir / "report.html"
+  write_text(path, page)
+  return path

@@ -7,6 +7,7 @@ same from Python. A run directory holds:
   metrics.jsonl    one line per logged step (train loss/accuracy, validation)
   summary.json     the final numbers (see `_base_summary`)
   checkpoints/     Orbax checkpoints of the training state
+  predictions.npz  test and validation logits of the final model (for reports)
   targets.npz      (teachers) soft targets for the training split + test logits
 """
 
@@ -24,12 +25,13 @@ import numpy as np
 from distill import config as config_lib
 from distill.console import Console
 from distill.errors import UserError
-from distill.io import read_json, write_json
+from distill.io import read_json, write_json, write_npz
 
 SUMMARY_FILE = "summary.json"
 RECIPE_FILE = "recipe.json"
+PREDICTIONS_FILE = "predictions.npz"
 _RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", SUMMARY_FILE, RECIPE_FILE, "targets.npz",
-                "targets.json")
+                "targets.json", PREDICTIONS_FILE)
 
 
 def load_data(recipe: dict[str, Any]):
@@ -197,6 +199,7 @@ def train_teacher(recipe: dict[str, Any], workdir: Path, *, restart: bool = Fals
   test = _evaluate(result, dataset.x_test, dataset.y_test, batch)
   summary = _base_summary("teacher", model_name, num_params, dataset, recipe, result, val, test,
                           time.perf_counter() - start)
+  write_npz(workdir / PREDICTIONS_FILE, {"test_logits": test["logits"], "val_logits": val["logits"]})
   if export:
     export_targets(workdir, result=result, dataset=dataset, test_logits=test["logits"],
                    quiet=quiet, console=console)
@@ -352,6 +355,7 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
   test = _evaluate(result, dataset.x_test, dataset.y_test, batch)
   summary = _base_summary("student", model_name, num_params, dataset, recipe, result, val, test,
                           time.perf_counter() - start)
+  write_npz(workdir / PREDICTIONS_FILE, {"test_logits": test["logits"], "val_logits": val["logits"]})
   teacher_summary_path = teacher_dir / SUMMARY_FILE
   teacher_summary = read_json(teacher_summary_path) if teacher_summary_path.exists() else {}
   summary.update({

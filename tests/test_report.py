@@ -1,0 +1,94 @@
+"""The report: figures on disk and embedded, metrics equal to direct numpy, and a real browser."""
+
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import TINY
+from distill.cli import main
+from distill.report import run_metrics
+
+SET = [arg for override in TINY for arg in ("--set", override)]
+
+
+def _run(*args):
+  return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+  root = tmp_path_factory.mktemp("report-runs")
+  assert _run("teacher", "--recipe", "digits", "--workdir", root / "teacher", "-q", *SET).exit_code == 0
+  assert _run("student", "--teacher", root / "teacher", "--workdir", root / "cnn", "-q", *SET).exit_code == 0
+  assert _run("student", "--teacher", root / "teacher", "--model", "mlp", "--loss", "hard",
+              "--workdir", root / "mlp-hard", "-q", *SET).exit_code == 0
+  result = _run("report", root / "teacher", root / "cnn", root / "mlp-hard", "--out", root / "out", "-q")
+  assert result.exit_code == 0, result.output
+  return root
+
+
+def test_every_figure_is_written_and_embedded(report):
+  out = report / "out"
+  pngs = sorted(p.name for p in out.glob("*.png"))
+  # Teacher: curves, mistakes, confusion, reliability; each student adds disagreements.
+  assert len(pngs) == 4 + 5 + 5 + 1, pngs
+  page = (out / "report.html").read_text()
+  assert page.count('src="data:image/png;base64,') == len(pngs)
+  assert "http://" not in page and "https://" not in page  # self-contained
+  assert "agreement with the teacher" in page
+
+
+def _numpy_ece(logits, labels, bins=15):
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  confidence, predicted = probs.max(-1), probs.argmax(-1)
+  ece = 0.0
+  for lo, hi in zip(np.linspace(0, 1, bins + 1)[:-1], np.linspace(0, 1, bins + 1)[1:]):
+    in_bin = (confidence > lo) & (confidence <= hi)
+    if in_bin.any():
+      ece += in_bin.mean() * abs((predicted[in_bin] == labels[in_bin]).mean() - confidence[in_bin].mean())
+  return ece
+
+
+def test_metrics_match_direct_numpy(report):
+  from distill.data import load_dataset
+
+  labels = load_dataset("digits", val_size=150).y_test
+  with np.load(report / "cnn" / "predictions.npz") as p:
+    student = p["test_logits"].astype(np.float64)
+  with np.load(report / "teacher" / "targets.npz") as t:
+    teacher = t["test_logits"].astype(np.float64)
+  metrics = run_metrics(student.astype(np.float32), labels, teacher.astype(np.float32))
+  log_probs = student - student.max(-1, keepdims=True)
+  log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+  assert metrics["nll"] == pytest.approx(-log_probs[np.arange(len(labels)), labels].mean(), rel=1e-5)
+  assert metrics["accuracy"] == pytest.approx((student.argmax(-1) == labels).mean())
+  assert metrics["agreement"] == pytest.approx((student.argmax(-1) == teacher.argmax(-1)).mean())
+  assert metrics["ece"] == pytest.approx(_numpy_ece(student, labels), abs=1e-5)
+  summary = json.loads((report / "cnn" / "summary.json").read_text())
+  assert summary["agreement_with_teacher"] == pytest.approx(metrics["agreement"])
+  assert summary["test_ece"] == pytest.approx(metrics["ece"], abs=1e-6)
+
+
+def _chromium():
+  return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_report_renders_in_headless_chromium(report, tmp_path):
+  page = report / "out" / "report.html"
+  result = subprocess.run(
+      [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+       "--no-first-run", "--disable-background-networking", "--disable-component-update",
+       "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
+       "--dump-dom", page.as_uri()],
+      capture_output=True, text=True, timeout=120)
+  match = re.search(r'data-figures="(\d+)/(\d+)"', result.stdout)
+  assert match, result.stderr[-2000:]
+  loaded, total = map(int, match.groups())
+  assert total == 15 and loaded == total
