@@ -99,7 +99,8 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int =
 
   def fresh_model():
     return create_model(name, num_classes=num_classes, image_shape=image_shape,
-                        seed=recipe["seed"], **model_kwargs)
+                        seed=recipe["seed"], compute_dtype=settings["compute_dtype"],
+                        **model_kwargs)
 
   # 1. The bare step: one compiled K-step function called back to back.
   model = fresh_model()
@@ -156,6 +157,7 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int =
   return {
       "role": role,
       "model": name,
+      "compute_dtype": settings["compute_dtype"],
       "params": num_params,
       "dataset": dataset_name,
       "image_shape": list(image_shape),

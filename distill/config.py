@@ -52,6 +52,7 @@ _TRAIN_DEFAULTS: dict[str, Any] = {
     "steps_per_dispatch": 10,
     "eval_batch_size": 1000,
     "init_check_tolerance": 0.05,
+    "compute_dtype": "float32",
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -81,6 +82,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 CROP_MODES = ("resize", "pad", "none")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 STUDENT_LOSSES = ("soft", "hard")
 
 
@@ -255,6 +257,9 @@ def validate(recipe: dict[str, Any]) -> None:
         raise UserError(f"{role}.{key} must be a positive number, got {section[key]}")
     if section["warmup_steps"] < 0 or section["weight_decay"] < 0 or section["grad_clip"] < 0:
       raise UserError(f"{role}.warmup_steps, weight_decay and grad_clip must not be negative")
+    if section["compute_dtype"] not in COMPUTE_DTYPES:
+      raise UserError(f"{role}.compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, "
+                      f"got '{section['compute_dtype']}'")
     if not 0.0 <= section["label_smoothing"] < 1.0:
       raise UserError(f"{role}.label_smoothing must be in [0, 1), got {section['label_smoothing']}")
   temperature = recipe["export"]["temperature"]

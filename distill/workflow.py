@@ -96,7 +96,8 @@ def _build_model(recipe: dict[str, Any], role: str, dataset):
 
   name, settings = config_lib.model_settings(recipe, role)
   model = create_model(name, num_classes=dataset.num_classes, image_shape=dataset.image_shape,
-                       seed=recipe["seed"], **settings)
+                       seed=recipe["seed"], compute_dtype=recipe[role]["compute_dtype"],
+                       **settings)
   return name, model, count_params(model)
 
 

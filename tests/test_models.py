@@ -82,3 +82,16 @@ def test_same_seed_same_params():
   x = np.random.default_rng(0).normal(size=(2, 8, 8, 1)).astype(np.float32)
   np.testing.assert_array_equal(np.asarray(a.layers[0](x.reshape(2, -1))),
                                 np.asarray(b.layers[0](x.reshape(2, -1))))
+
+
+@pytest.mark.parametrize("key", SETTINGS)
+def test_bfloat16_compute_keeps_float32_params_and_logits(key):
+  model = _build(key, compute_dtype="bfloat16")
+  from flax import nnx
+  params = jax.tree.leaves(nnx.state(model, nnx.Param))
+  assert all(p.dtype == jnp.float32 for p in params)
+  images = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
+  logits = model(images)
+  assert logits.dtype == jnp.float32
+  reference = _build(key)(images)
+  np.testing.assert_allclose(logits, reference, atol=0.05)  # zero head: both ~0

@@ -31,8 +31,13 @@ def model_names() -> list[str]:
 
 
 def create_model(name: str, *, num_classes: int, image_shape: tuple[int, int, int],
-                 seed: int = 0, **settings: Any):
-  """Builds the registered model `name` with freshly initialised parameters."""
+                 seed: int = 0, compute_dtype: str = "float32", **settings: Any):
+  """Builds the registered model `name` with freshly initialised parameters.
+
+  Parameters are always float32; `compute_dtype='bfloat16'` runs the matmuls
+  and convolutions in bfloat16 (norms, the head and the loss stay float32).
+  """
+  import jax.numpy as jnp  # noqa: PLC0415
   from flax import nnx  # noqa: PLC0415
 
   _load_builtin()
@@ -40,7 +45,7 @@ def create_model(name: str, *, num_classes: int, image_shape: tuple[int, int, in
     raise UserError(f"unknown model '{name}'; valid: {', '.join(sorted(_FACTORIES))}")
   try:
     return _FACTORIES[name](num_classes=num_classes, image_shape=tuple(image_shape),
-                            rngs=nnx.Rngs(seed), **settings)
+                            dtype=jnp.dtype(compute_dtype), rngs=nnx.Rngs(seed), **settings)
   except TypeError as e:
     raise UserError(f"bad settings for model '{name}': {e}") from None
 

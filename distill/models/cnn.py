@@ -19,13 +19,15 @@ class CNN(nnx.Module):
 
   def __init__(self, *, num_classes: int, image_shape: tuple[int, int, int],
                channels: list[int] = (32, 64), blocks_per_stage: int = 2,
-               head_init_scale: float = 0.0, rngs: nnx.Rngs):
+               head_init_scale: float = 0.0, dtype=None, rngs: nnx.Rngs):
     convs, norms = [], []
     in_channels = image_shape[2]
     for out_channels in channels:
       for _ in range(blocks_per_stage):
-        convs.append(nnx.Conv(in_channels, out_channels, (3, 3), use_bias=False, rngs=rngs))
-        norms.append(nnx.GroupNorm(out_channels, num_groups=min(8, out_channels), rngs=rngs))
+        convs.append(nnx.Conv(in_channels, out_channels, (3, 3), use_bias=False, dtype=dtype,
+                              rngs=rngs))
+        norms.append(nnx.GroupNorm(out_channels, num_groups=min(8, out_channels),
+                                   dtype=jnp.float32, rngs=rngs))
         in_channels = out_channels
     self.convs = nnx.List(convs)
     self.norms = nnx.List(norms)

@@ -13,10 +13,10 @@ class MLP(nnx.Module):
 
   def __init__(self, *, num_classes: int, image_shape: tuple[int, int, int],
                hidden: list[int] = (512, 256), head_init_scale: float = 0.0,
-               rngs: nnx.Rngs):
+               dtype=None, rngs: nnx.Rngs):
     in_features = image_shape[0] * image_shape[1] * image_shape[2]
     sizes = [in_features, *hidden]
-    self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+    self.layers = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
     self.head = classifier_head(sizes[-1], num_classes, head_init_scale=head_init_scale, rngs=rngs)
 
   def __call__(self, images_BxHxWxC: jax.Array) -> jax.Array:
@@ -31,7 +31,8 @@ class Linear(nnx.Module):
   """Multinomial logistic regression on raw pixels."""
 
   def __init__(self, *, num_classes: int, image_shape: tuple[int, int, int],
-               head_init_scale: float = 0.0, rngs: nnx.Rngs):
+               head_init_scale: float = 0.0, dtype=None, rngs: nnx.Rngs):
+    del dtype  # One matmul: float32 keeps logistic regression exact.
     in_features = image_shape[0] * image_shape[1] * image_shape[2]
     self.head = classifier_head(in_features, num_classes, head_init_scale=head_init_scale, rngs=rngs)
 

@@ -12,13 +12,14 @@ from distill.models.heads import classifier_head
 class EncoderBlock(nnx.Module):
   """Pre-norm transformer block: x + MHA(LN(x)), then x + MLP(LN(x))."""
 
-  def __init__(self, width: int, heads: int, mlp_ratio: int, *, rngs: nnx.Rngs):
-    self.attention_norm = nnx.LayerNorm(width, rngs=rngs)
+  def __init__(self, width: int, heads: int, mlp_ratio: int, *, dtype=None, rngs: nnx.Rngs):
+    # Norms compute in float32 whatever the matmul dtype: their statistics need it.
+    self.attention_norm = nnx.LayerNorm(width, dtype=jnp.float32, rngs=rngs)
     self.attention = nnx.MultiHeadAttention(num_heads=heads, in_features=width, decode=False,
-                                            rngs=rngs)
-    self.mlp_norm = nnx.LayerNorm(width, rngs=rngs)
-    self.mlp_in = nnx.Linear(width, width * mlp_ratio, rngs=rngs)
-    self.mlp_out = nnx.Linear(width * mlp_ratio, width, rngs=rngs)
+                                            dtype=dtype, rngs=rngs)
+    self.mlp_norm = nnx.LayerNorm(width, dtype=jnp.float32, rngs=rngs)
+    self.mlp_in = nnx.Linear(width, width * mlp_ratio, dtype=dtype, rngs=rngs)
+    self.mlp_out = nnx.Linear(width * mlp_ratio, width, dtype=dtype, rngs=rngs)
 
   def __call__(self, tokens_BxTxD: jax.Array) -> jax.Array:
     x = tokens_BxTxD
@@ -37,7 +38,8 @@ class ViT(nnx.Module):
 
   def __init__(self, *, num_classes: int, image_shape: tuple[int, int, int], patch: int = 4,
                width: int = 64, depth: int = 4, heads: int = 4, mlp_ratio: int = 4,
-               stem: str = "patch", head_init_scale: float = 0.0, rngs: nnx.Rngs):
+               stem: str = "patch", head_init_scale: float = 0.0, dtype=None,
+               rngs: nnx.Rngs):
     height, width_px, channels = image_shape
     if height % patch or width_px % patch:
       raise UserError(f"vit patch {patch} must divide the image size {height}x{width_px}")
@@ -46,14 +48,14 @@ class ViT(nnx.Module):
     if stem not in ("patch", "conv"):
       raise UserError(f"vit stem must be 'patch' or 'conv', got '{stem}'")
     self.patch = patch
-    self.stem = (nnx.Conv(channels, width // 2, (3, 3), rngs=rngs) if stem == "conv" else None)
+    self.stem = (nnx.Conv(channels, width // 2, (3, 3), dtype=dtype, rngs=rngs) if stem == "conv" else None)
     stem_channels = width // 2 if stem == "conv" else channels
-    self.patch_embed = nnx.Linear(patch * patch * stem_channels, width, rngs=rngs)
+    self.patch_embed = nnx.Linear(patch * patch * stem_channels, width, dtype=dtype, rngs=rngs)
     num_tokens = (height // patch) * (width_px // patch) + 1
     self.class_token = nnx.Param(jnp.zeros((1, 1, width)))
     self.positions = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (1, num_tokens, width)))
-    self.blocks = nnx.List([EncoderBlock(width, heads, mlp_ratio, rngs=rngs) for _ in range(depth)])
-    self.final_norm = nnx.LayerNorm(width, rngs=rngs)
+    self.blocks = nnx.List([EncoderBlock(width, heads, mlp_ratio, dtype=dtype, rngs=rngs) for _ in range(depth)])
+    self.final_norm = nnx.LayerNorm(width, dtype=jnp.float32, rngs=rngs)
     self.head = classifier_head(width, num_classes, head_init_scale=head_init_scale, rngs=rngs)
 
   def __call__(self, images_BxHxWxC: jax.Array) -> jax.Array:
