@@ -5,25 +5,34 @@ import sys
 
 
 def main(path):
-  rows = {r["name"]: r for r in map(json.loads, open(path))}
-  print("| setting | distill bare step img/s | distill loop img/s | loop/bare | export img/s | export/train"
-        " | compile s | peak RSS MB | torch eager img/s | torch.compile img/s | distill/eager | distill/compile |")
-  print("|" + "---|" * 12)
-  for setting in ("cifar10", "fashion_mnist"):
-    ours = rows.get(f"{setting}/distill")
-    eager = rows.get(f"{setting}/torch-eager", {}).get("images_per_second")
-    compiled = rows.get(f"{setting}/torch-compile", {}).get("images_per_second")
-    if not ours:
+  rows = [json.loads(line) for line in open(path)]
+  by_name = {r["name"]: r for r in rows}
+  print("| setting | dtype | bare step img/s | loop img/s | loop/bare | export img/s | export/bare"
+        " | compile s | peak RSS MB | vs torch eager | vs torch.compile |")
+  print("|" + "---|" * 11)
+  for row in rows:
+    setting, _, variant = row["name"].partition("/")
+    if not variant.startswith("distill"):
       continue
-    bare = ours["bare_step_images_per_second"]
+    eager = by_name.get(f"{setting}/torch-eager", {}).get("images_per_second")
+    compiled = by_name.get(f"{setting}/torch-compile", {}).get("images_per_second")
+    bare = row["bare_step_images_per_second"]
     ratio = lambda ref: f"{bare / ref:.2f}x" if ref else "-"
-    print(f"| {setting} ({ours['model']}, {ours['params']:,} params, batch {ours['batch_size']}) "
-          f"| {bare:,.0f} | {ours['loop_images_per_second']:,.0f} | {ours['loop_to_bare_ratio']:.2f} "
-          f"| {ours['export_images_per_second']:,.0f} | {ours['export_to_train_ratio']:.1f}x "
-          f"| {ours['compile_seconds']:.1f} | {ours['peak_rss_mb']:,.0f} "
-          f"| {eager or '-'} | {compiled or '-'} | {ratio(eager)} | {ratio(compiled)} |")
-  if "cli/help" in rows:
-    print(f"\n`distill --help`: {rows['cli/help']['help_seconds']} s (best of 5)")
+    print(f"| {setting} ({row['model']}, {row['params']:,} params, batch {row['batch_size']}) "
+          f"| {row['compute_dtype']} | {bare:,.0f} | {row['loop_images_per_second']:,.0f} "
+          f"| {row['loop_to_bare_ratio']:.2f} | {row['export_images_per_second']:,.0f} "
+          f"| {row['export_to_train_ratio']:.1f}x | {row['compile_seconds']:.1f} "
+          f"| {row['peak_rss_mb']:,.0f} | {ratio(eager)} | {ratio(compiled)} |")
+  print()
+  print("| reference | img/s | warm-up s | peak RSS MB |")
+  print("|---|---|---|---|")
+  for row in rows:
+    if "framework" in row:
+      print(f"| {row['name']} ({row['framework']} {row['torch_version']}, {row['threads']} threads, "
+            f"{row['params']:,} params) | {row['images_per_second']:,.0f} "
+            f"| {row['warmup_seconds']:.1f} | {row['peak_rss_mb']:,.0f} |")
+  if "cli/help" in by_name:
+    print(f"\n`distill --help`: {by_name['cli/help']['help_seconds']} s (best of 5)")
 
 
 if __name__ == "__main__":

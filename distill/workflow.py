@@ -65,7 +65,7 @@ def check_workdir(workdir: Path) -> None:
     raise UserError(f"cannot write to workdir {workdir}: {ancestor} is read-only")
 
 
-def prepare_workdir(workdir: Path, recipe_hash: str, *, restart: bool, overwrite: bool) -> None:
+def prepare_workdir(workdir: Path, *, restart: bool, overwrite: bool) -> None:
   """Decides what happens to an existing run directory, before anything is written.
 
   A finished run is never overwritten without `overwrite`; an unfinished one is
@@ -156,6 +156,33 @@ def _base_summary(role: str, model_name: str, num_params: int, dataset, recipe, 
   }
 
 
+def _fit_and_evaluate(role: str, recipe: dict[str, Any], dataset, model_name: str, model,
+                      num_params: int, workdir: Path, start: float, *, targets, objective,
+                      augment_settings, strict_init_check: bool, console: Console):
+  """Trains through `train.fit`, evaluates on validation and test, keeps the predictions.
+
+  Returns:
+    (the TrainResult, the test evaluation, the summary without role extras).
+  """
+  from distill.train import fit  # noqa: PLC0415
+
+  settings = recipe[role]
+  result = fit(
+      model=model, images=dataset.x_train, labels=dataset.y_train, targets=targets,
+      val_images=dataset.x_val, val_labels=dataset.y_val, objective=objective,
+      settings=settings, augment_settings=augment_settings, workdir=workdir, seed=recipe["seed"],
+      checkpoint_meta={"role": role, "recipe_hash": config_lib.recipe_hash(recipe)},
+      strict_init_check=strict_init_check, quiet=console.quiet, echo=console.info,
+      warn=console.warn)
+  batch = settings["eval_batch_size"]
+  val = _evaluate(result, dataset.x_val, dataset.y_val, batch)
+  test = _evaluate(result, dataset.x_test, dataset.y_test, batch)
+  summary = _base_summary(role, model_name, num_params, dataset, recipe, result, val, test,
+                          time.perf_counter() - start)
+  write_npz(workdir / PREDICTIONS_FILE, {"test_logits": test["logits"], "val_logits": val["logits"]})
+  return result, test, summary
+
+
 def train_teacher(recipe: dict[str, Any], workdir: Path, *, restart: bool = False,
                   overwrite: bool = False, strict_init_check: bool = False,
                   quiet: bool = False, export: bool = True) -> dict[str, Any]:
@@ -173,7 +200,7 @@ def train_teacher(recipe: dict[str, Any], workdir: Path, *, restart: bool = Fals
   Returns:
     The run's summary (also written to `workdir/summary.json`).
   """
-  from distill.train import fit, make_objective  # noqa: PLC0415
+  from distill.train import make_objective  # noqa: PLC0415
 
   console = Console(quiet)
   workdir = Path(workdir)
@@ -185,22 +212,12 @@ def train_teacher(recipe: dict[str, Any], workdir: Path, *, restart: bool = Fals
   model_name, model, num_params = _build_model(recipe, "teacher", dataset)
   console.info(f"teacher: {model_name}, {num_params:,} parameters")
   settings = recipe["teacher"]
-  recipe_hash = config_lib.recipe_hash(recipe)
-  prepare_workdir(workdir, recipe_hash, restart=restart, overwrite=overwrite)
+  prepare_workdir(workdir, restart=restart, overwrite=overwrite)
   write_json(workdir / RECIPE_FILE, recipe)
-  result = fit(
-      model=model, images=dataset.x_train, labels=dataset.y_train, targets=None,
-      val_images=dataset.x_val, val_labels=dataset.y_val,
-      objective=make_objective("hard", label_smoothing=settings["label_smoothing"]),
-      settings=settings, augment_settings=recipe["augment"], workdir=workdir,
-      seed=recipe["seed"], checkpoint_meta={"role": "teacher", "recipe_hash": recipe_hash},
-      strict_init_check=strict_init_check, quiet=quiet, echo=console.info, warn=console.warn)
-  batch = settings["eval_batch_size"]
-  val = _evaluate(result, dataset.x_val, dataset.y_val, batch)
-  test = _evaluate(result, dataset.x_test, dataset.y_test, batch)
-  summary = _base_summary("teacher", model_name, num_params, dataset, recipe, result, val, test,
-                          time.perf_counter() - start)
-  write_npz(workdir / PREDICTIONS_FILE, {"test_logits": test["logits"], "val_logits": val["logits"]})
+  result, test, summary = _fit_and_evaluate(
+      "teacher", recipe, dataset, model_name, model, num_params, workdir, start,
+      targets=None, objective=make_objective("hard", label_smoothing=settings["label_smoothing"]),
+      augment_settings=recipe["augment"], strict_init_check=strict_init_check, console=console)
   if export:
     export_targets(workdir, result=result, dataset=dataset, test_logits=test["logits"],
                    quiet=quiet, console=console)
@@ -321,7 +338,7 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
   """
   from distill import losses  # noqa: PLC0415
   from distill.targets import check_targets_match, load_targets  # noqa: PLC0415
-  from distill.train import fit, make_objective  # noqa: PLC0415
+  from distill.train import make_objective  # noqa: PLC0415
 
   console = Console(quiet)
   teacher_dir, workdir = Path(teacher_dir), Path(workdir)
@@ -340,23 +357,14 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
                  "target of the un-augmented image; the student learns from mismatched pairs.")
   model_name, model, num_params = _build_model(recipe, "student", dataset)
   console.info(f"student: {model_name}, {num_params:,} parameters, loss={settings['loss']}")
-  recipe_hash = config_lib.recipe_hash(recipe)
-  prepare_workdir(workdir, recipe_hash, restart=restart, overwrite=overwrite)
+  prepare_workdir(workdir, restart=restart, overwrite=overwrite)
   write_json(workdir / RECIPE_FILE, {**recipe, "teacher_dir": str(teacher_dir.resolve())})
-  result = fit(
-      model=model, images=dataset.x_train, labels=dataset.y_train, targets=arrays["train_probs"],
-      val_images=dataset.x_val, val_labels=dataset.y_val,
+  result, test, summary = _fit_and_evaluate(
+      "student", recipe, dataset, model_name, model, num_params, workdir, start,
+      targets=arrays["train_probs"],
       objective=make_objective(settings["loss"], label_smoothing=settings["label_smoothing"]),
-      settings=settings, augment_settings=recipe["augment"] if settings["augment"] else None,
-      workdir=workdir, seed=recipe["seed"],
-      checkpoint_meta={"role": "student", "recipe_hash": recipe_hash},
-      strict_init_check=strict_init_check, quiet=quiet, echo=console.info, warn=console.warn)
-  batch = settings["eval_batch_size"]
-  val = _evaluate(result, dataset.x_val, dataset.y_val, batch)
-  test = _evaluate(result, dataset.x_test, dataset.y_test, batch)
-  summary = _base_summary("student", model_name, num_params, dataset, recipe, result, val, test,
-                          time.perf_counter() - start)
-  write_npz(workdir / PREDICTIONS_FILE, {"test_logits": test["logits"], "val_logits": val["logits"]})
+      augment_settings=recipe["augment"] if settings["augment"] else None,
+      strict_init_check=strict_init_check, console=console)
   teacher_summary_path = teacher_dir / SUMMARY_FILE
   teacher_summary = read_json(teacher_summary_path) if teacher_summary_path.exists() else {}
   summary.update({
