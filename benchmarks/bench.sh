@@ -28,10 +28,11 @@ record cifar10/torch-eager $bin/python benchmarks/torch_reference.py "${cifar_to
 record cifar10/torch-compile $bin/python benchmarks/torch_reference.py "${cifar_torch[@]}" --compile
 
 # The default Fashion-MNIST teacher (recipes/fashion_mnist.toml).
-fmnist_torch=(--image-shape 28x28x1 --num-examples 55000 --patch 7 --stem conv --width 96 --depth 6
+fmnist_torch=(--image-shape 28x28x1 --num-examples 55000 --patch 7 --stem conv --width 96 --depth 4
               --heads 6 --mlp-ratio 4 --batch 128 --crop pad --pad 2 --steps "$torch_steps")
 record fashion_mnist/distill $bin/distill bench --recipe fashion_mnist --steps "$steps" --json -q
 record fashion_mnist/distill-bf16 $bin/distill bench --recipe fashion_mnist --steps "$steps" --json -q --set teacher.compute_dtype=bfloat16
+record fashion_mnist/distill-k2 $bin/distill bench --recipe fashion_mnist --steps "$steps" --json -q --set teacher.steps_per_dispatch=2
 record fashion_mnist/torch-eager $bin/python benchmarks/torch_reference.py "${fmnist_torch[@]}"
 record fashion_mnist/torch-compile $bin/python benchmarks/torch_reference.py "${fmnist_torch[@]}" --compile
 

@@ -50,7 +50,7 @@ _TRAIN_DEFAULTS: dict[str, Any] = {
     "eval_every": 500,
     "checkpoint_every": 500,
     "steps_per_dispatch": 10,
-    "eval_batch_size": 1000,
+    "eval_batch_size": 256,
     "init_check_tolerance": 0.05,
     "compute_dtype": "float32",
 }
@@ -78,7 +78,7 @@ DEFAULTS: dict[str, Any] = {
         "augment": False,
         **copy.deepcopy(_MODEL_DEFAULTS),
     },
-    "export": {"temperature": 1.0, "batch_size": 2000},
+    "export": {"temperature": 1.0, "batch_size": 256},
 }
 
 CROP_MODES = ("resize", "pad", "none")
