@@ -250,11 +250,18 @@ def make_predict(graphdef, rest, stats) -> Callable[[Any, jax.Array], jax.Array]
   return predict
 
 
-def predict_in_batches(predict, params, images: np.ndarray, batch_size: int) -> np.ndarray:
-  """Logits for all `images`, padding the last batch so only one shape compiles."""
+def predict_in_batches(predict, params, images: np.ndarray, batch_size: int,
+                       progress: str | None = None) -> np.ndarray:
+  """Logits for all `images`, padding the last batch so only one shape compiles.
+
+  `progress` names a tqdm bar to show (None: no bar).
+  """
+  from tqdm.auto import tqdm  # noqa: PLC0415
+
   batch_size = min(batch_size, len(images))
   outputs = []
-  for start in range(0, len(images), batch_size):
+  starts = range(0, len(images), batch_size)
+  for start in tqdm(starts, desc=progress, disable=progress is None, leave=False, unit="batch"):
     chunk = images[start:start + batch_size]
     valid = len(chunk)
     if valid < batch_size:

@@ -298,7 +298,8 @@ def export_targets(teacher_dir: Path, *, temperature: float | None = None, resul
   predict = make_predict(result.graphdef, result.rest, stats)
   batch = recipe["export"]["batch_size"]
   start = time.perf_counter()
-  train_logits = predict_in_batches(predict, result.params, dataset.x_train, batch)
+  train_logits = predict_in_batches(predict, result.params, dataset.x_train, batch,
+                                    progress=None if console.quiet else "export")
   seconds = time.perf_counter() - start
   if test_logits is None:
     test_logits = predict_in_batches(predict, result.params, dataset.x_test, batch)
