@@ -283,7 +283,7 @@ def export_targets(teacher_dir: Path, *, temperature: float | None = None, resul
 
   console = console or Console(quiet)
   teacher_dir = Path(teacher_dir)
-  recipe = read_json(teacher_dir / RECIPE_FILE, "teacher recipe")
+  recipe = read_run_recipe(teacher_dir)
   if temperature is None:
     temperature = recipe["export"]["temperature"]
   if not temperature > 0:
@@ -384,6 +384,20 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
   return summary
 
 
+def read_run_recipe(run_dir: Path) -> dict[str, Any]:
+  """A run's recipe.json, laid over today's defaults and validated.
+
+  Recipes written before a key existed still load, with that key's default.
+  """
+  path = Path(run_dir) / RECIPE_FILE
+  saved = read_json(path, "teacher recipe")
+  saved.pop("teacher_dir", None)
+  recipe = config_lib.load_recipe(None, [])
+  config_lib.merge_resolved(recipe, saved, where=str(path))
+  config_lib.validate(recipe)
+  return recipe
+
+
 def student_recipe(teacher_dir: Path, recipe_path: str | None, overrides: list[str]) -> dict[str, Any]:
   """The recipe a student starts from: the teacher's own, unless another is given.
 
@@ -392,10 +406,7 @@ def student_recipe(teacher_dir: Path, recipe_path: str | None, overrides: list[s
   """
   if recipe_path:
     return config_lib.load_recipe(recipe_path, overrides)
-  teacher_recipe = read_json(Path(teacher_dir) / RECIPE_FILE, "teacher recipe")
-  teacher_recipe.pop("teacher_dir", None)
-  recipe = config_lib.load_recipe(None, [])
-  config_lib.merge_resolved(recipe, teacher_recipe, where=str(Path(teacher_dir) / RECIPE_FILE))
+  recipe = read_run_recipe(teacher_dir)
   for text in overrides:
     key, value = config_lib.parse_override(text)
     config_lib.set_key(recipe, key, value)
