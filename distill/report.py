@@ -88,7 +88,7 @@ def compare_runs(run_dirs: list[Path], *, as_json: bool = False, markdown: bool 
 # The HTML report.
 
 
-def _run_predictions(run_dir: Path, summary: dict[str, Any]) -> np.ndarray | None:
+def _run_predictions(run_dir: Path) -> np.ndarray | None:
   """A run's final test logits: predictions.npz, or a teacher's targets.npz."""
   for name in ("predictions.npz", "targets.npz"):
     path = run_dir / name
@@ -181,7 +181,7 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) ->
           num_classes=dataset.num_classes, path=out_dir / f"{slug}-curves.png"),
           "Training vs validation loss and accuracy; the star is the measured step-0 loss, "
           "the dashed line log(n_classes)."))
-    logits = _run_predictions(run_dir, row)
+    logits = _run_predictions(run_dir)
     if logits is None or len(logits) != len(dataset.y_test):
       parts.append("<p class='missing'>No test predictions found for this run.</p>")
       sections.append("\n".join(parts))
@@ -190,7 +190,7 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) ->
       teacher_logits[str(run_dir.resolve())] = logits
     teacher = teacher_logits.get(row.get("teacher_dir", ""))
     if teacher is None and row.get("teacher_dir"):
-      teacher = _run_predictions(Path(row["teacher_dir"]), {})
+      teacher = _run_predictions(Path(row["teacher_dir"]))
     metrics = run_metrics(logits, dataset.y_test, teacher)
     row.update({"test_accuracy": metrics["accuracy"], "test_nll": metrics["nll"],
                 "test_ece": metrics["ece"]})

@@ -150,16 +150,21 @@ def normalize(images_uint8: jax.Array, mean: jax.Array, std: jax.Array) -> jax.A
 # Optimizer.
 
 
+def make_schedule(settings: dict[str, Any], total_steps: int) -> optax.Schedule:
+  """Linear warm-up to `learning_rate`, then cosine decay to 1% of it at `total_steps`."""
+  warmup = min(settings["warmup_steps"], max(total_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=settings["learning_rate"], warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1), end_value=settings["learning_rate"] * 0.01)
+
+
 def make_optimizer(settings: dict[str, Any], total_steps: int) -> optax.GradientTransformation:
-  """AdamW with linear warm-up, cosine decay and global-norm clipping.
+  """AdamW on `make_schedule`, with global-norm clipping.
 
   Weight decay applies to matrices and kernels only: decaying biases, norms and
   position embeddings towards zero only hurts.
   """
-  warmup = min(settings["warmup_steps"], max(total_steps - 1, 0))
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=settings["learning_rate"], warmup_steps=warmup,
-      decay_steps=max(total_steps, warmup + 1), end_value=settings["learning_rate"] * 0.01)
+  schedule = make_schedule(settings, total_steps)
   parts = []
   if settings["grad_clip"] > 0:
     parts.append(optax.clip_by_global_norm(settings["grad_clip"]))
@@ -287,6 +292,7 @@ class TrainResult:
   rest: Any
   params: Any
   stats: tuple[list[float], list[float]]
+  predict: Callable[[Any, jax.Array], jax.Array]  # make_predict's jitted forward pass
   init_loss: float
   init_loss_expected: float
   final_train_loss: float
@@ -377,6 +383,7 @@ def fit(
   mean, std = pixel_stats(images)
   stats = (jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32))
   optimizer = make_optimizer(settings, total_steps)
+  schedule = make_schedule(settings, total_steps)
   state = {"params": params, "opt_state": optimizer.init(params), "step": jnp.asarray(0, jnp.int32)}
   order = DataOrder(len(images), batch_size, seed)
 
@@ -472,7 +479,7 @@ def fit(
                           f"{kept}. Try a lower learning rate.")
       if at_log:
         last_train_loss = record["loss"]
-        record["learning_rate"] = float(_learning_rate(settings, total_steps, step))
+        record["learning_rate"] = float(schedule(step))
         if step % eval_every == 0 or step == total_steps:
           val_logits = predict_in_batches(predict, state["params"], val_images,
                                           settings["eval_batch_size"])
@@ -497,18 +504,11 @@ def fit(
   train_seconds = time.perf_counter() - loop_start - compile_seconds
   steps_run = total_steps - start_step
   return TrainResult(
-      graphdef=graphdef, rest=rest, params=state["params"], stats=(mean, std),
+      graphdef=graphdef, rest=rest, params=state["params"], stats=(mean, std), predict=predict,
       init_loss=init_loss, init_loss_expected=expected, final_train_loss=last_train_loss,
       steps=total_steps, train_seconds=train_seconds, compile_seconds=compile_seconds,
       images_per_second=steps_run * batch_size / max(train_seconds, 1e-9),
       resumed_from=resumed_from)
-
-
-def _learning_rate(settings: dict[str, Any], total_steps: int, step: int) -> float:
-  warmup = min(settings["warmup_steps"], max(total_steps - 1, 0))
-  return optax.warmup_cosine_decay_schedule(
-      0.0, settings["learning_rate"], warmup, max(total_steps, warmup + 1),
-      settings["learning_rate"] * 0.01)(step)
 
 
 def _summarise(window: list[dict[str, jax.Array]], step: int) -> dict[str, Any]:

@@ -70,10 +70,9 @@ def prepare_workdir(workdir: Path, *, restart: bool, overwrite: bool) -> None:
 
   A finished run is never overwritten without `overwrite`; an unfinished one is
   resumed (the training loop checks the recipe hash) unless `restart`.
+  Callers run `check_workdir` first, before loading any data.
   """
   workdir = Path(workdir)
-  if workdir.exists() and not workdir.is_dir():
-    raise UserError(f"workdir {workdir} exists and is not a directory")
   finished = (workdir / SUMMARY_FILE).exists()
   if finished and not overwrite:
     raise UserError(f"{workdir} already holds a finished run; pass --overwrite to replace it, "
@@ -103,12 +102,9 @@ def _build_model(recipe: dict[str, Any], role: str, dataset):
 
 def _evaluate(result, images: np.ndarray, labels: np.ndarray, batch_size: int) -> dict[str, Any]:
   from distill import losses  # noqa: PLC0415
-  from distill.train import make_predict, predict_in_batches  # noqa: PLC0415
-  import jax.numpy as jnp  # noqa: PLC0415
+  from distill.train import predict_in_batches  # noqa: PLC0415
 
-  stats = tuple(jnp.asarray(s, jnp.float32) for s in result.stats)
-  predict = make_predict(result.graphdef, result.rest, stats)
-  logits = predict_in_batches(predict, result.params, images, batch_size)
+  logits = predict_in_batches(result.predict, result.params, images, batch_size)
   return {
       "logits": logits,
       "accuracy": float(losses.accuracy(logits, labels)),
@@ -233,7 +229,7 @@ def _restore_trained(run_dir: Path, recipe: dict[str, Any], role: str, dataset):
   from flax import nnx  # noqa: PLC0415
 
   from distill.checkpoint import Checkpointer  # noqa: PLC0415
-  from distill.train import TrainResult, make_optimizer, pixel_stats  # noqa: PLC0415
+  from distill.train import TrainResult, make_optimizer, make_predict, pixel_stats  # noqa: PLC0415
 
   _, model, _ = _build_model(recipe, role, dataset)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -248,8 +244,10 @@ def _restore_trained(run_dir: Path, recipe: dict[str, Any], role: str, dataset):
                     "finish it first by re-running its command")
   state, _ = checkpointer.restore(step, like)
   checkpointer.close()
-  return TrainResult(graphdef=graphdef, rest=rest, params=state["params"],
-                     stats=pixel_stats(dataset.x_train), init_loss=float("nan"),
+  stats = pixel_stats(dataset.x_train)
+  predict = make_predict(graphdef, rest, tuple(jnp.asarray(s, jnp.float32) for s in stats))
+  return TrainResult(graphdef=graphdef, rest=rest, params=state["params"], stats=stats,
+                     predict=predict, init_loss=float("nan"),
                      init_loss_expected=float("nan"), final_train_loss=float("nan"), steps=step,
                      train_seconds=0.0, compile_seconds=0.0, images_per_second=0.0,
                      resumed_from=None), step
@@ -278,8 +276,7 @@ def export_targets(teacher_dir: Path, *, temperature: float | None = None, resul
   """
   from distill import losses  # noqa: PLC0415
   from distill.targets import save_targets  # noqa: PLC0415
-  from distill.train import make_predict, params_sha256, predict_in_batches  # noqa: PLC0415
-  import jax.numpy as jnp  # noqa: PLC0415
+  from distill.train import params_sha256, predict_in_batches  # noqa: PLC0415
 
   console = console or Console(quiet)
   teacher_dir = Path(teacher_dir)
@@ -294,8 +291,7 @@ def export_targets(teacher_dir: Path, *, temperature: float | None = None, resul
     result, step = _restore_trained(teacher_dir, recipe, "teacher", dataset)
   else:
     step = result.steps
-  stats = tuple(jnp.asarray(s, jnp.float32) for s in result.stats)
-  predict = make_predict(result.graphdef, result.rest, stats)
+  predict = result.predict
   batch = recipe["export"]["batch_size"]
   start = time.perf_counter()
   train_logits = predict_in_batches(predict, result.params, dataset.x_train, batch,
