@@ -1,0 +1,319 @@
+"""Streamed data sets: shards and image folders on disk, prefetching, target shards."""
+
+import json
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from distill import stream
+from distill.errors import UserError
+from distill.train import DataOrder
+
+CLASSES = ("ant", "bee", "cat")
+META = {"dataset": "tiny", "dataset_fingerprint": "f" * 64, "train_fingerprint": "t" * 64,
+        "temperature": 2.0, "teacher": {"model": "vit", "params_sha256": "p" * 64},
+        "class_names": list(CLASSES)}
+
+
+def _arrays(n=23, shape=(4, 5, 3), seed=0):
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
+  labels = rng.integers(0, len(CLASSES), size=n).astype(np.int32)
+  return images, labels
+
+
+def _chunks(images, labels, size):
+  for start in range(0, len(images), size):
+    yield images[start:start + size], labels[start:start + size]
+
+
+@pytest.fixture
+def shards(tmp_path):
+  """23 examples in shards of 5 (the last holds 3), written from chunks of 7."""
+  images, labels = _arrays()
+  path = stream.write_array_shards(tmp_path / "shards", _chunks(images, labels, 7),
+                                   class_names=CLASSES, shard_size=5, meta={"source": "test"})
+  return path, images, labels
+
+
+def _image_folder(root, sizes=((12, 9), (7, 20), (16, 16), (5, 6), (30, 11))):
+  """3 classes x 5 PNGs of different sizes; returns (root, colours in global index order)."""
+  colours = []
+  for label, name in enumerate(CLASSES):
+    (root / name).mkdir(parents=True)
+    for number, (width, height) in enumerate(sizes):
+      colour = (40 * label + 10 * number, 200 - 30 * number, 17 * label)
+      Image.new("RGB", (width, height), colour).save(root / name / f"img{number}.png")
+      colours.append(colour)
+  return root, colours
+
+
+def test_shards_read_rows_in_asked_order_across_shards(shards):
+  path, images, labels = shards
+  source = stream.ArrayShardSource(path)
+  assert (source.num_examples, source.image_shape, source.class_names) == (23, (4, 5, 3), CLASSES)
+  assert source.num_shards == 5 and len(json.loads((path / "shards.json").read_text())["shards"]) == 5
+  indices = np.array([22, 0, 4, 5, 13, 4, 21, 9])
+  got_images, got_labels = source.read(indices)
+  np.testing.assert_array_equal(got_images, images[indices])
+  np.testing.assert_array_equal(got_labels, labels[indices])
+  assert got_images.dtype == np.uint8 and got_labels.dtype == np.int32
+  assert not list(path.parent.glob(".*"))  # the staging folder is gone
+  with pytest.raises(IndexError):
+    source.read(np.array([23]))
+
+
+def test_shards_are_memory_mapped(shards):
+  path, _, _ = shards
+  source = stream.ArrayShardSource(path)
+  source.read(np.array([0, 12]))
+  shard_images, shard_labels = source.shard_arrays(2)
+  assert isinstance(shard_images, np.memmap) and isinstance(shard_labels, np.memmap)
+  assert not shard_images.flags.writeable
+
+
+def test_one_pair_of_arrays_and_overwrite(tmp_path):
+  images, labels = _arrays(n=12, shape=(3, 3))  # [n, H, W] gains a channel axis
+  path = stream.write_array_shards(tmp_path / "s", (images, labels), class_names=CLASSES,
+                                   shard_size=4)
+  source = stream.open_source(path)
+  assert source.image_shape == (3, 3, 1) and source.num_shards == 3
+  np.testing.assert_array_equal(source.read(np.arange(12))[0][..., 0], images)
+  first = source.fingerprint
+  with pytest.raises(UserError, match="overwrite"):
+    stream.write_array_shards(path, (images, labels), class_names=CLASSES)
+  stream.write_array_shards(path, (images[:6], labels[:6]), class_names=CLASSES, overwrite=True)
+  again = stream.open_source(path)
+  assert again.num_examples == 6 and again.fingerprint != first
+  assert stream.open_source(path).fingerprint == again.fingerprint
+
+
+def test_bad_chunks_are_user_errors(tmp_path):
+  images, labels = _arrays(n=4)
+  for chunk, match in [((images.astype(np.float32), labels), "uint8"),
+                       ((images, labels[:3]), "3 labels for 4 images"),
+                       ((images, labels + 3), "outside"),
+                       ((images[:0], labels[:0]), "no examples")]:
+    with pytest.raises(UserError, match=match):
+      stream.write_array_shards(tmp_path / "bad", [chunk], class_names=CLASSES)
+    assert not (tmp_path / "bad").exists() and not list(tmp_path.iterdir())
+  with pytest.raises(UserError, match="earlier chunks"):
+    stream.write_array_shards(tmp_path / "bad", [(images, labels), (images[:, :2], labels)],
+                              class_names=CLASSES)
+
+
+def test_damaged_shards_are_user_errors(shards):
+  path, _, _ = shards
+  data = (path / "images-00001.npy").read_bytes()
+  (path / "images-00001.npy").write_bytes(data[:-7])
+  with pytest.raises(UserError, match="truncated"):
+    stream.ArrayShardSource(path)
+  (path / "images-00001.npy").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+  source = stream.ArrayShardSource(path)  # same size: only the checksum sees it
+  with pytest.raises(UserError, match="images-00001.npy is damaged"):
+    source.verify_checksums()
+  (path / "labels-00002.npy").unlink()
+  with pytest.raises(UserError, match="missing"):
+    stream.ArrayShardSource(path)
+
+
+def test_image_folder_resizes_and_labels_by_sorted_class(tmp_path):
+  root, colours = _image_folder(tmp_path / "folder")
+  source = stream.open_source(root, image_size=(6, 8))
+  assert source.class_names == CLASSES and source.num_examples == 15
+  assert source.image_shape == (6, 8, 3)
+  indices = np.array([14, 0, 7, 7, 3])
+  images, labels = source.read(indices)
+  assert images.shape == (5, 6, 8, 3) and images.dtype == np.uint8
+  np.testing.assert_array_equal(labels, indices // 5)
+  for image, index in zip(images, indices):
+    np.testing.assert_array_equal(image, np.broadcast_to(colours[index], (6, 8, 3)))
+  gray = stream.ImageFolderSource(root, 4, grayscale=True)
+  gray_images, _ = gray.read(np.array([1]))
+  assert gray_images.shape == (1, 4, 4, 1)
+  expected = Image.new("RGB", (1, 1), colours[1]).convert("L").getpixel((0, 0))
+  assert int(gray_images[0, 0, 0, 0]) == expected
+  # The fingerprint follows names and sizes (and the decoding), not pixel reads.
+  assert stream.open_source(root, image_size=(6, 8)).fingerprint == source.fingerprint
+  assert gray.fingerprint != source.fingerprint
+  (root / "bee" / "img9.png").write_bytes((root / "bee" / "img0.png").read_bytes())
+  assert stream.open_source(root, image_size=(6, 8)).fingerprint != source.fingerprint
+
+
+def test_image_folder_mistakes_are_clear(tmp_path):
+  root, _ = _image_folder(tmp_path / "folder")
+  with pytest.raises(UserError, match="image size"):
+    stream.open_source(root)
+  (root / "cat" / "notes.txt").write_text("not an image")
+  with pytest.raises(UserError, match="notes.txt is not an image file"):
+    stream.open_source(root, image_size=4)
+  (root / "cat" / "notes.txt").unlink()
+  (root / "dog").mkdir()
+  with pytest.raises(UserError, match="dog has no images"):
+    stream.open_source(root, image_size=4)
+  (root / "dog").rmdir()
+  (root / "cat" / "img0.png").write_bytes(b"not a png at all")
+  source = stream.open_source(root, image_size=4)
+  with pytest.raises(UserError, match="cannot read image .*img0.png"):
+    source.read(np.array([10]))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(UserError, match="no class folders"):
+    stream.open_source(tmp_path / "empty", image_size=4)
+
+
+def test_split_layout_and_validation_carve(tmp_path, shards):
+  _, images, labels = shards
+  root = tmp_path / "data"
+  stream.write_array_shards(root / "train", (images, labels), class_names=CLASSES, shard_size=8)
+  stream.write_array_shards(root / "test", (images[:5], labels[:5]), class_names=CLASSES)
+  data = stream.open_stream_dataset(root, val_size=5, split_seed=3)
+  assert isinstance(data.train, stream.ArrayShardSource) and len(data.test) == 5
+  assert len(data.train_indices) == 18 and len(data.val_indices) == 5
+  assert data.train_indices.dtype == np.int32
+  np.testing.assert_array_equal(np.sort(np.concatenate([data.train_indices, data.val_indices])),
+                                np.arange(23))
+  order = np.random.default_rng(3).permutation(23)  # distill.data's rule
+  np.testing.assert_array_equal(data.val_indices, order[:5])
+  again = stream.open_stream_dataset(root, val_size=5, split_seed=3)
+  assert again.fingerprint == data.fingerprint
+  assert again.split_fingerprint("train") == data.split_fingerprint("train")
+  other = stream.open_stream_dataset(root, val_size=5, split_seed=4)
+  assert other.split_fingerprint("train") != data.split_fingerprint("train")
+  assert stream.open_stream_dataset(root, val_size=0.2, train_limit=10).train_indices.shape == (10,)
+  with pytest.raises(UserError, match="leaving none"):
+    stream.open_stream_dataset(root, val_size=23)
+
+  folders = tmp_path / "folders"
+  _image_folder(folders / "train")
+  _image_folder(folders / "test", sizes=((8, 8),))
+  data = stream.open_stream_dataset(folders, image_size=5, val_size=0.2)
+  assert (len(data.train_indices), len(data.val_indices), len(data.test)) == (12, 3, 3)
+  assert data.image_shape == (5, 5, 3) and data.class_names == CLASSES
+  (folders / "test" / "ant").rename(folders / "test" / "aardvark")
+  with pytest.raises(UserError, match="differ"):
+    stream.open_stream_dataset(folders, image_size=5)
+  with pytest.raises(UserError, match="not resized"):
+    stream.open_stream_dataset(root, image_size=7)
+
+
+def _collect(source, order, start, stop, **options):
+  with stream.prefetch_batches(source, lambda step: order.indices(step, 1)[0], start, stop,
+                               **options) as batches:
+    return list(batches)
+
+
+def test_prefetch_yields_the_asked_batches_in_order(shards):
+  path, images, labels = shards
+  source = stream.ArrayShardSource(path)
+  order = DataOrder(source.num_examples, batch_size=6, seed=1)
+  # Steps 2..9 cross three epochs (3 steps each), so the threads ask DataOrder
+  # for different epochs at once.
+  batches = _collect(source, order, 2, 10, num_threads=3, buffer_size=3)
+  assert len(batches) == 8
+  expected = DataOrder(source.num_examples, batch_size=6, seed=1).indices(2, 8)
+  for batch, indices in zip(batches, expected):
+    assert set(batch) == {"images", "labels", "index"}
+    assert batch["index"].dtype == np.int32 and batch["labels"].dtype == np.int32
+    np.testing.assert_array_equal(batch["index"], indices)
+    np.testing.assert_array_equal(batch["images"], images[indices])
+    np.testing.assert_array_equal(batch["labels"], labels[indices])
+  again = _collect(source, DataOrder(source.num_examples, batch_size=6, seed=1), 2, 10,
+                   num_threads=2, buffer_size=1)
+  for first, second in zip(batches, again):
+    for key in first:
+      np.testing.assert_array_equal(first[key], second[key])
+  assert _collect(source, order, 4, 4) == []
+
+
+def test_prefetch_reads_image_folders_and_stops_early(tmp_path):
+  root, colours = _image_folder(tmp_path / "folder")
+  source = stream.open_source(root, image_size=3)
+  threads_before = threading.active_count()
+  batches = stream.prefetch_batches(source, lambda step: np.array([step, 14 - step]), 0, 7)
+  first = next(batches)
+  np.testing.assert_array_equal(first["images"][1], np.broadcast_to(colours[14], (3, 3, 3)))
+  np.testing.assert_array_equal(first["labels"], [0, 2])
+  assert batches.next_step == 1
+  batches.close()
+  with pytest.raises(UserError, match="buffer_size"):
+    stream.prefetch_batches(source, lambda step: np.array([step]), 0, 2, buffer_size=0)
+  assert threading.active_count() <= threads_before + 2
+
+
+def test_prefetch_passes_read_errors_on(tmp_path):
+  root, _ = _image_folder(tmp_path / "folder")
+  (root / "bee" / "img2.png").write_bytes(b"broken")
+  source = stream.open_source(root, image_size=3)
+  with pytest.raises(UserError, match="img2.png"):
+    list(stream.prefetch_batches(source, lambda step: np.array([step]), 0, 15))
+
+
+def test_process_slices_concatenate_to_the_global_batch():
+  batch = np.arange(100, 112)
+  parts = [stream.process_slice(batch, index, 2) for index in range(2)]
+  np.testing.assert_array_equal(parts[0], batch[:6])
+  np.testing.assert_array_equal(np.concatenate(parts), batch)
+  steps = np.arange(24).reshape(2, 12)  # DataOrder.indices(first, count)
+  np.testing.assert_array_equal(stream.process_slice(steps, 1, 3), steps[:, 4:8])
+  np.testing.assert_array_equal(stream.process_slice(batch, 0, 1), batch)
+  with pytest.raises(UserError, match="does not divide among 5 processes"):
+    stream.process_slice(batch, 0, 5)
+  with pytest.raises(UserError, match="process index"):
+    stream.process_slice(batch, 2, 2)
+
+
+def _targets(n=23, c=3, seed=0):
+  rng = np.random.default_rng(seed)
+  logits = rng.normal(size=(n, c)).astype(np.float32)
+  probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+  return probs, logits
+
+
+def test_target_shards_round_trip(tmp_path):
+  probs, logits = _targets()
+  path = stream.write_target_shards(tmp_path, _chunks(probs, logits, 6), meta=META,
+                                    num_examples=23, shard_size=10)
+  assert path == tmp_path / "targets-shards"
+  targets = stream.open_target_shards(tmp_path, num_examples=23, num_classes=3,
+                                      verify_checksums=True)
+  indices = np.array([22, 0, 10, 9, 15])
+  np.testing.assert_array_equal(targets.read(indices), probs[indices])
+  np.testing.assert_array_equal(targets.read_logits(indices), logits[indices])
+  assert targets.meta["teacher"] == META["teacher"] and targets.meta["temperature"] == 2.0
+  assert targets.meta["num_examples"] == 23 and len(targets.meta["shards"]) == 3
+  from distill.targets import check_targets_match
+  check_targets_match(targets.meta, dataset_name="tiny", fingerprint="f" * 64,
+                      train_fingerprint="t" * 64, num_examples=23, num_classes=3)
+  with pytest.raises(UserError, match="made for other data"):
+    stream.open_target_shards(path, num_examples=24)
+  with pytest.raises(UserError, match="row-aligned"):
+    stream.write_target_shards(tmp_path / "other", (probs, logits), meta=META, num_examples=30)
+  with pytest.raises(UserError, match="temperature"):
+    stream.write_target_shards(tmp_path / "other", (probs, logits),
+                               meta={k: v for k, v in META.items() if k != "temperature"})
+  with pytest.raises(UserError, match="not all finite"):
+    stream.write_target_shards(tmp_path / "other", (probs * np.nan, logits), meta=META)
+
+
+def test_corrupted_target_shard_fails_its_checksum(tmp_path):
+  probs, logits = _targets()
+  path = stream.write_target_shards(tmp_path, (probs, logits), meta=META, shard_size=10)
+  shard = path / "probs-00001.npy"
+  data = bytearray(shard.read_bytes())
+  data[-5] ^= 0xFF
+  shard.write_bytes(bytes(data))
+  targets = stream.open_target_shards(tmp_path)  # opening checks only shapes and sizes
+  with pytest.raises(UserError, match="probs-00001.npy is damaged"):
+    targets.verify_checksums()
+  with pytest.raises(UserError, match="damaged"):
+    stream.open_target_shards(tmp_path, verify_checksums=True)
+  manifest = json.loads((path / "manifest.json").read_text())
+  manifest["num_classes"] = 4
+  manifest["class_names"].append("dog")
+  (path / "manifest.json").write_text(json.dumps(manifest))
+  with pytest.raises(UserError, match="manifest says"):
+    stream.open_target_shards(tmp_path)
+  with pytest.raises(UserError, match="no target shards"):
+    stream.open_target_shards(tmp_path / "nowhere")
