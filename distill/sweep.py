@@ -1,0 +1,326 @@
+"""Several students against one teacher, over seeds, in one call: `distill sweep`.
+
+Every combination of model x mode (x soft loss) x seed trains in its own run
+directory under the sweep's folder, named `<model>-<mode>[-<soft_loss>]-s<seed>`
+(the soft loss only when more than one is swept). At the end the runs are
+grouped over seeds and written as `sweep.json` (rows, per-run summaries and the
+sweep's settings) and `sweep.md` (a Markdown table: test accuracy mean ± std,
+agreement with the teacher, and the share of the teacher-vs-hard-label gap each
+mode closes).
+
+A mode says how the student learns:
+
+  hard     one-hot labels (loss=hard, teaching=targets): the baseline to beat
+  targets  the teacher's exported probabilities (loss=soft, teaching=targets)
+  online   the teacher run on the student's own batches (loss=soft, teaching=online)
+  views    exported probabilities of augmented views (loss=soft, teaching=views)
+
+Re-running a sweep keeps every finished run whose recipe is unchanged and
+trains only what is missing, so an interrupted sweep picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distill import config as config_lib
+from distill.console import Console
+from distill.errors import UserError
+from distill.io import read_json, write_json, write_text
+
+MODES = ("hard", "targets", "online", "views")
+SWEEP_JSON = "sweep.json"
+SWEEP_MD = "sweep.md"
+# The sweep owns these keys through its axes; a --set for one of them would be
+# silently overridden by (or would silently override) the axis.
+_AXIS_KEYS = {"student.model": "--model", "student.loss": "--mode", "student.teaching": "--mode",
+              "student.soft_loss": "--soft-loss", "seed": "--seed"}
+
+
+def _axis(values: Iterable[Any], name: str, valid: Iterable[Any] | None = None) -> list[Any]:
+  """The axis' values in the order given, without repeats, each checked against `valid`."""
+  values = list(dict.fromkeys(values))
+  if not values:
+    raise UserError(f"the sweep needs at least one {name}")
+  if valid is not None:
+    valid = list(valid)
+    for value in values:
+      if value not in valid:
+        raise UserError(f"unknown {name} '{value}'; valid: {', '.join(map(str, valid))}")
+  return values
+
+
+def run_name(model: str, mode: str, soft_loss: str | None, seed: int, *,
+             name_soft_loss: bool) -> str:
+  """A run's folder name inside the sweep: `<model>-<mode>[-<soft_loss>]-s<seed>`."""
+  parts = [model, mode]
+  if name_soft_loss and soft_loss is not None:
+    parts.append(soft_loss)
+  return "-".join(parts) + f"-s{seed}"
+
+
+def mode_overrides(mode: str, soft_loss: str | None) -> list[str]:
+  """The recipe overrides that make a student learn in `mode`."""
+  if mode == "hard":
+    return ["student.loss=hard", "student.teaching=targets"]
+  return ["student.loss=soft", f"student.teaching={mode}", f"student.soft_loss={soft_loss}"]
+
+
+def plan_runs(models: list[str], modes: list[str], soft_losses: list[str],
+              seeds: list[int]) -> list[dict[str, Any]]:
+  """Every (model, mode, soft loss, seed) of the sweep, in training order.
+
+  The soft loss multiplies only the modes that learn from the teacher; the
+  hard baseline runs once per model and seed, with `soft_loss` None.
+  """
+  name_soft_loss = len(soft_losses) > 1
+  runs = []
+  for model in models:
+    for mode in modes:
+      for soft_loss in [None] if mode == "hard" else soft_losses:
+        for seed in seeds:
+          runs.append({"name": run_name(model, mode, soft_loss, seed,
+                                        name_soft_loss=name_soft_loss),
+                       "model": model, "mode": mode, "soft_loss": soft_loss, "seed": seed})
+  return runs
+
+
+def _sample_std(values: list[float]) -> float:
+  # ddof=1: the seeds are a sample of what the recipe could give; one seed has no spread.
+  return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def aggregate(runs: list[dict[str, Any]], teacher: dict[str, Any]) -> list[dict[str, Any]]:
+  """Groups finished runs over seeds into table rows, the teacher's first.
+
+  Args:
+    runs: one dict per run with `model`, `mode`, `soft_loss` (None for hard),
+      `seed` and `summary` (the run's summary.json: `params`, `test_accuracy`,
+      `agreement_with_teacher`, `train_seconds`).
+    teacher: the teacher's summary.json (`test_accuracy`; `model`, `params`,
+      `train_seconds` and `seed` when known).
+
+  Returns:
+    Rows with `role`, `model`, `mode`, `soft_loss`, `n` (seeds), `seeds`,
+    `params`, `test_accuracies`, `test_accuracy_mean`, `test_accuracy_std`
+    (sample std, 0 for one seed), `agreement_mean`, `train_seconds_mean` and
+    `gap_closed`: (mean accuracy - the same model's hard mean) / (teacher
+    accuracy - that hard mean), None for the hard rows themselves, without a
+    hard baseline for the model, or when the baseline already matches the
+    teacher (no gap to close).
+  """
+  teacher_acc = float(teacher["test_accuracy"])
+  groups: dict[tuple[str, str, str | None], list[dict[str, Any]]] = {}
+  for run in runs:
+    groups.setdefault((run["model"], run["mode"], run["soft_loss"]), []).append(run)
+
+  rows = [{
+      "role": "teacher", "model": teacher.get("model"), "mode": None, "soft_loss": None,
+      "n": 1, "seeds": [teacher.get("seed")], "params": teacher.get("params"),
+      "test_accuracies": [teacher_acc], "test_accuracy_mean": teacher_acc,
+      "test_accuracy_std": None, "agreement_mean": None,
+      "train_seconds_mean": teacher.get("train_seconds"), "gap_closed": None,
+  }]
+  for (model, mode, soft_loss), members in groups.items():
+    summaries = [m["summary"] for m in members]
+    accuracies = [float(s["test_accuracy"]) for s in summaries]
+    agreements = [s.get("agreement_with_teacher") for s in summaries]
+    rows.append({
+        "role": "student", "model": model, "mode": mode, "soft_loss": soft_loss,
+        "n": len(members), "seeds": [m["seed"] for m in members],
+        "params": summaries[0].get("params"),
+        "test_accuracies": accuracies,
+        "test_accuracy_mean": float(np.mean(accuracies)),
+        "test_accuracy_std": _sample_std(accuracies),
+        "agreement_mean": (float(np.mean(agreements))
+                           if all(a is not None for a in agreements) else None),
+        "train_seconds_mean": float(np.mean([s.get("train_seconds", np.nan) for s in summaries])),
+        "gap_closed": None,
+    })
+  hard = {row["model"]: row["test_accuracy_mean"] for row in rows[1:] if row["mode"] == "hard"}
+  for row in rows[1:]:
+    baseline = hard.get(row["model"])
+    if row["mode"] != "hard" and baseline is not None and teacher_acc > baseline:
+      row["gap_closed"] = (row["test_accuracy_mean"] - baseline) / (teacher_acc - baseline)
+  return rows
+
+
+def _pct(value: float | None) -> str:
+  return "-" if value is None else f"{100 * value:.2f}"
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+  """The aggregated rows as a Markdown table (percentages, mean ± sample std over seeds)."""
+  header = ["student", "mode", "soft loss", "seeds", "params", "test acc %", "agree %",
+            "gap closed", "train s"]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for row in rows:
+    teacher = row["role"] == "teacher"
+    accuracy = _pct(row["test_accuracy_mean"])
+    if not teacher and row["n"] > 1:
+      accuracy += f" ± {100 * row['test_accuracy_std']:.2f}"
+    if row["mode"] == "hard":
+      gap = "baseline"
+    elif row["gap_closed"] is None:
+      gap = "-"
+    else:
+      gap = f"{100 * row['gap_closed']:.0f}%"
+    seconds = row["train_seconds_mean"]
+    cells = [
+        (f"teacher ({row['model']})" if row["model"] else "teacher") if teacher
+        else str(row["model"]),
+        "-" if teacher else row["mode"],
+        row["soft_loss"] or "-",
+        "-" if teacher else str(row["n"]),
+        "-" if row["params"] is None else f"{row['params']:,}",
+        accuracy,
+        _pct(row["agreement_mean"]),
+        gap,
+        "-" if seconds is None or not np.isfinite(seconds) else f"{seconds:.1f}",
+    ]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def _check_overrides(overrides: Iterable[str]) -> None:
+  for text in overrides:
+    key, _ = config_lib.parse_override(text)
+    if key in _AXIS_KEYS:
+      raise UserError(f"--set {key} is what the sweep's {_AXIS_KEYS[key]} sets; "
+                      f"use {_AXIS_KEYS[key]} instead")
+
+
+def _finished_state(workdir: Path, expected_hash: str) -> str:
+  """'new', 'same' (finished with this recipe), 'resume', or 'other-finished'/'other-unfinished'."""
+  summary_path = workdir / "summary.json"
+  if summary_path.exists():
+    summary = read_json(summary_path, "run summary")
+    return "same" if summary.get("recipe_hash") == expected_hash else "other-finished"
+  recipe_path = workdir / "recipe.json"
+  if recipe_path.exists():
+    saved = read_json(recipe_path, "run recipe")
+    saved.pop("teacher_dir", None)
+    return "resume" if config_lib.recipe_hash(saved) == expected_hash else "other-unfinished"
+  return "new"
+
+
+def run_sweep(teacher_dir: Path, out_dir: Path, *, models: Iterable[str] = ("cnn",),
+              modes: Iterable[str] = ("hard", "targets"), soft_losses: Iterable[str] = ("soft_ce",),
+              seeds: Iterable[int] = (0, 1, 2), recipe: str | None = None,
+              overrides: Iterable[str] = (), overwrite: bool = False, quiet: bool = False,
+              console: Console | None = None) -> dict[str, Any]:
+  """Trains every student of the sweep against one teacher, then tabulates them over seeds.
+
+  Everything is checked before anything trains: the axis values, every run's
+  recipe, and what each run folder already holds. A finished run with the
+  same recipe is kept and reused; one made with another recipe stops the
+  sweep unless `overwrite` (which then retrains it, as does an unfinished run
+  with another recipe).
+
+  Args:
+    teacher_dir: a finished teacher run with exported targets (or a folder of
+      exported targets, such as an ensemble's, whose teacher row then has
+      only the test accuracy).
+    out_dir: the sweep's folder; each run gets a sub-folder, plus sweep.json
+      and sweep.md.
+    models: student models (vit, cnn, mlp, linear).
+    modes: hard, targets, online, views (see the module docstring).
+    soft_losses: soft_ce, kl; each multiplies the modes other than hard.
+    seeds: one run per seed for every other combination.
+    recipe: a recipe name or file for the students (default: the teacher's).
+    overrides: `key=value` applied to every run (not the swept keys).
+    overwrite: retrain runs that were made with another recipe.
+    quiet: no progress notes or bars.
+    console: where to print (default: stderr).
+
+  Returns:
+    A dict with `rows` (see `aggregate`), `runs` (each run's axis values,
+    folder, whether it was reused, and summary), `settings`, `table` (the
+    Markdown text) and the paths `json` and `markdown`.
+  """
+  from distill import workflow  # noqa: PLC0415
+  from distill.models import model_names  # noqa: PLC0415
+
+  console = console or Console(quiet)
+  teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)
+  models = _axis(models, "model", model_names())
+  modes = _axis(modes, "mode", MODES)
+  soft_losses = _axis(soft_losses, "soft loss", config_lib.SOFT_LOSSES)
+  seeds = _axis((int(s) for s in seeds), "seed")
+  overrides = list(overrides)
+  _check_overrides(overrides)
+  teacher_summary = teacher_dir / workflow.SUMMARY_FILE
+  # A folder of exported targets (an ensemble's) has no summary; its runs still
+  # know the teacher's test accuracy.
+  teacher = read_json(teacher_summary, "teacher summary") if teacher_summary.exists() else None
+  workflow.check_workdir(out_dir)
+
+  runs = plan_runs(models, modes, soft_losses, seeds)
+  for run in runs:
+    run["dir"] = out_dir / run["name"]
+    axis_overrides = [f"student.model={run['model']}", f"seed={run['seed']}",
+                      *mode_overrides(run["mode"], run["soft_loss"])]
+    try:
+      run["recipe"] = workflow.student_recipe(teacher_dir, recipe, [*overrides, *axis_overrides])
+    except UserError as e:
+      raise UserError(f"{run['name']}: {e}", exit_code=e.exit_code) from None
+    run["state"] = _finished_state(run["dir"], config_lib.recipe_hash(run["recipe"]))
+  clashes = [run for run in runs if run["state"].startswith("other")]
+  if clashes and not overwrite:
+    names = ", ".join(str(run["dir"]) for run in clashes[:3])
+    names += ", ..." if len(clashes) > 3 else ""
+    raise UserError(f"{len(clashes)} run folder(s) hold runs made with another recipe: {names}; "
+                    "pass --overwrite to retrain them, or choose another --out")
+
+  start = time.perf_counter()
+  for i, run in enumerate(runs, 1):
+    prefix = f"[{i}/{len(runs)}] {run['name']}"
+    if run["state"] == "same":
+      run["summary"] = read_json(run["dir"] / workflow.SUMMARY_FILE, "run summary")
+      run["reused"] = True
+      console.info(f"{prefix}: finished earlier with the same recipe, kept "
+                   f"(test accuracy {run['summary']['test_accuracy']:.4f})")
+      continue
+    console.info(f"{prefix}: training" + (" (resuming)" if run["state"] == "resume" else ""))
+    try:
+      run["summary"] = workflow.train_student(
+          run["recipe"], teacher_dir, run["dir"], restart=run["state"] == "other-unfinished",
+          overwrite=run["state"] == "other-finished", quiet=True)
+    except UserError as e:
+      raise UserError(f"{run['name']}: {e}", exit_code=e.exit_code) from None
+    run["reused"] = False
+    console.info(f"{prefix}: test accuracy {run['summary']['test_accuracy']:.4f}, agreement "
+                 f"{run['summary']['agreement_with_teacher']:.4f} "
+                 f"in {run['summary']['wall_seconds']:.0f}s")
+
+  if teacher is None:
+    teacher = {"test_accuracy": runs[0]["summary"]["teacher_test_accuracy"]}
+  rows = aggregate(runs, teacher)
+  table = format_table(rows)
+  settings = {"teacher_dir": str(teacher_dir), "out_dir": str(out_dir), "models": models,
+              "modes": modes, "soft_losses": soft_losses, "seeds": seeds, "recipe": recipe,
+              "overrides": overrides, "overwrite": overwrite}
+  result = {
+      "settings": settings,
+      "teacher": {key: teacher.get(key) for key in ("model", "params", "test_accuracy",
+                                                    "train_seconds", "dataset", "steps")},
+      "rows": rows,
+      "runs": [{"name": run["name"], "dir": str(run["dir"]), "model": run["model"],
+                "mode": run["mode"], "soft_loss": run["soft_loss"], "seed": run["seed"],
+                "reused": run["reused"], "summary": run["summary"]} for run in runs],
+      "sweep_seconds": round(time.perf_counter() - start, 3),
+  }
+  json_path, md_path = out_dir / SWEEP_JSON, out_dir / SWEEP_MD
+  write_json(json_path, result)
+  note = (f"Teacher `{teacher_dir}`; students over seeds {', '.join(map(str, seeds))}: test "
+          "accuracy is the mean ± sample std over seeds, agreement is top-1 agreement with the "
+          "teacher on the test set, gap closed = (mean acc - the same model's hard mean) / "
+          "(teacher acc - that hard mean), '-' where the model has no hard run here or its hard "
+          "mean already reaches the teacher.")
+  write_text(md_path, table + "\n\n" + note + "\n")
+  return {**result, "table": table, "json": json_path, "markdown": md_path}
