@@ -66,3 +66,27 @@ def augment(images_BxHxWxC: jax.Array, key: jax.Array, settings: dict[str, Any])
   if settings["flip"]:
     images_BxHxWxC = random_flip(images_BxHxWxC, flip_key)
   return images_BxHxWxC
+
+
+def augment_views(images_BxHxWxC: jax.Array, indices_B: jax.Array, views_B: jax.Array, seed: int,
+                  settings: dict[str, Any]) -> jax.Array:
+  """View `views_B[i]` of example `indices_B[i]`, each a pure function of (seed, index, view).
+
+  `distill export --views K` and a student taught with `teaching=views` both
+  call this, so the student replays exactly the views the teacher labelled,
+  whatever the batch they land in.
+  """
+  base = jax.random.key(seed)
+  keys = jax.vmap(lambda i, v: jax.random.fold_in(jax.random.fold_in(base, i), v))(
+      indices_B, views_B)
+  return jax.vmap(lambda image, key: augment(image[None], key, settings)[0])(images_BxHxWxC, keys)
+
+
+def mixup(images_BxHxWxC: jax.Array, key: jax.Array, concentration: float) -> jax.Array:
+  """Blends the batch with its reverse by one weight drawn from Beta(c, c).
+
+  Only the images are mixed: under online teaching the teacher labels the
+  blended images themselves, so no label needs mixing.
+  """
+  weight = jax.random.beta(key, concentration, concentration)
+  return weight * images_BxHxWxC + (1.0 - weight) * images_BxHxWxC[::-1]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import resource
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +56,9 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int =
     compile_seconds, peak_rss_mb, and the settings measured.
   """
   import jax  # noqa: PLC0415
-  import jax.numpy as jnp  # noqa: PLC0415
-  from flax import nnx  # noqa: PLC0415
 
   from distill import train  # noqa: PLC0415
-  from distill.models import count_params, create_model  # noqa: PLC0415
+  from distill.models import create_model  # noqa: PLC0415
 
   if steps <= 0:
     raise UserError(f"--steps must be positive, got {steps}")
@@ -88,13 +85,15 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int =
     raise UserError(f"batch size {settings['batch_size']} is larger than the {len(images)} images")
 
   name, model_kwargs = config_lib.model_settings(recipe, role)
-  objective_name = "hard" if role == "teacher" else "soft"
-  objective = train.make_objective(objective_name)
-  targets = None
-  if objective.uses_targets:
-    # Any valid distribution times the same; use smoothed one-hot labels.
-    targets = np.full((len(images), num_classes), 0.1 / num_classes, np.float32)
-    targets[np.arange(len(images)), labels] += 0.9
+  teaching = None
+  if role == "teacher":
+    objective = train.make_objective("hard")
+  else:
+    objective = train.make_objective("soft")
+    # Any logits time the same; use those of smoothed one-hot labels.
+    teacher_logits = np.zeros((len(images), num_classes), np.float32)
+    teacher_logits[np.arange(len(images)), labels] = 3.0
+    teaching = train.Teaching(mode="targets", teacher_logits=teacher_logits)
   augment_settings = recipe["augment"] if role == "teacher" else None
 
   def fresh_model():
@@ -102,52 +101,44 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int =
                         seed=recipe["seed"], compute_dtype=settings["compute_dtype"],
                         **model_kwargs)
 
+  def prepare(step_count: int):
+    return train.prepare_training(
+        model=fresh_model(), images=images, labels=labels, objective=objective,
+        teaching=teaching, settings={**settings, "steps": step_count},
+        augment_settings=augment_settings, seed=recipe["seed"])
+
   # 1. The bare step: one compiled K-step function called back to back.
-  model = fresh_model()
-  num_params = count_params(model)
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  optimizer = train.make_optimizer(settings, steps)
-  mean, std = train.pixel_stats(images)
-  stats = (jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32))
-  data = {"images": jax.device_put(images), "labels": jax.device_put(labels)}
-  if targets is not None:
-    data["targets"] = jax.device_put(targets)
-  ctx = train.StepContext(
-      graphdef=graphdef, rest=rest, objective=objective, optimizer=optimizer,
-      augment_settings=tuple(sorted(augment_settings.items())) if augment_settings else None,
-      seed=recipe["seed"], unroll=train.should_unroll(model))
   per_dispatch = settings["steps_per_dispatch"]
-  order = train.DataOrder(len(images), settings["batch_size"], recipe["seed"])
   dispatches = max(1, (bare_steps or steps) // per_dispatch)
-  indices = [jax.device_put(order.indices(i * per_dispatch, per_dispatch))
+  setup = prepare(steps)
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(setup.state["params"]))
+  state, data, stats, teacher_params = setup.state, setup.data, setup.stats, setup.teacher_params
+  indices = [jax.device_put(setup.order.indices(i * per_dispatch, per_dispatch))
              for i in range(dispatches + 1)]
-  state = {"params": params, "opt_state": optimizer.init(params), "step": jnp.asarray(0, jnp.int32)}
   start = time.perf_counter()
-  compiled = jax.jit(partial(train._train_chunk, ctx), donate_argnums=0).lower(
-      state, data, stats, indices[0]).compile()
+  compiled = setup.chunk_fn.lower(state, data, stats, teacher_params, indices[0]).compile()
   compile_seconds = time.perf_counter() - start
-  state, metrics = compiled(state, data, stats, indices[0])  # warm-up
+  state, metrics = compiled(state, data, stats, teacher_params, indices[0])  # warm-up
   jax.block_until_ready(metrics)
   start = time.perf_counter()
   for chunk in indices[1:]:
-    state, metrics = compiled(state, data, stats, chunk)
+    state, metrics = compiled(state, data, stats, teacher_params, chunk)
   jax.block_until_ready((state, metrics))
   bare_seconds = time.perf_counter() - start
   bare_ips = dispatches * per_dispatch * settings["batch_size"] / bare_seconds
-  trained_params = state["params"]
-  del state, data
+  trained_params, predict = state["params"], setup.predict
+  del state, data, setup
 
   # 2. The real loop, at the recipe's cadence (eval/checkpoint no rarer than the run).
   loop_settings = {**settings, "steps": steps}
   with tempfile.TemporaryDirectory(prefix="distill-bench-") as workdir:
     result = train.fit(
-        model=fresh_model(), images=images, labels=labels, targets=targets,
+        model=fresh_model(), images=images, labels=labels, teaching=teaching,
         val_images=val_images, val_labels=val_labels, objective=objective,
         settings=loop_settings, augment_settings=augment_settings, workdir=Path(workdir),
         seed=recipe["seed"], checkpoint_meta={"recipe_hash": "bench"}, quiet=quiet,
         echo=lambda _: None, warn=lambda _: None)
   # 3. Export: the forward pass over every training image.
-  predict = train.make_predict(graphdef, rest, stats)
   export_batch = recipe["export"]["batch_size"]
   train.predict_in_batches(predict, trained_params, images[:export_batch], export_batch)  # compile
   start = time.perf_counter()

@@ -112,22 +112,38 @@ def teacher(recipe, overrides, dataset, data_dir, steps, batch_size, seed, resta
 
 
 @main.command()
-@click.option("--teacher", "teacher_dir", required=True, type=click.Path(),
-              help="A trained teacher's run directory.")
+@click.option("--teacher", "teacher_dirs", required=True, multiple=True, type=click.Path(),
+              help="A trained teacher's run directory. Repeat it to export an ensemble: the "
+                   "teachers' probabilities are averaged.")
+@click.option("--out", "out_dir", type=click.Path(), default=None,
+              help="Where targets.npz goes [default: the teacher's directory; required for an "
+                   "ensemble].")
 @click.option("--temperature", "-T", type=float, default=None,
-              help="Softmax temperature of the exported probabilities (default: the recipe's).")
+              help="Softmax temperature of the stored probabilities (default: the recipe's). "
+                   "Students re-temper the stored logits with their own --temperature.")
+@click.option("--views", type=int, default=None,
+              help="Also store the teacher's logits on K augmented views of every image, for "
+                   "students taught with --teaching views (default: the recipe's export.views, 0).")
 @click.option("--quiet", "-q", is_flag=True, help="No notes.")
 @_user_errors
-def export(teacher_dir, temperature, quiet):
+def export(teacher_dirs, out_dir, temperature, views, quiet):
   """Export a teacher's logits and soft targets for every training image.
 
-  Writes TEACHER/targets.npz (atomically) with the dataset fingerprint, split,
-  teacher checkpoint, temperature and class names. `distill teacher` already
-  does this at the end; use this to re-export, e.g. at another temperature.
+  Writes targets.npz (atomically) with the dataset fingerprint, split, the
+  teachers' identities and checkpoints, temperature and class names.
+  `distill teacher` already does this at the end; use this to re-export, to
+  add augmented views, or to combine teachers:
+
+  \b
+    distill export --teacher runs/teacher --views 8
+    distill export --teacher runs/t1 --teacher runs/t2 --out runs/ensemble
+    distill student --teacher runs/ensemble --model cnn
   """
   from distill import workflow
 
-  path = workflow.export_targets(Path(teacher_dir), temperature=temperature, quiet=quiet)
+  path = workflow.export_targets([Path(d) for d in teacher_dirs],
+                                 out_dir=Path(out_dir) if out_dir else None,
+                                 temperature=temperature, views=views, quiet=quiet)
   click.echo(str(path))
 
 
@@ -138,29 +154,59 @@ def export(teacher_dir, temperature, quiet):
 @click.option("--model", "-m", default=None,
               help="Student model: vit, cnn, mlp or linear (default: the recipe's).")
 @click.option("--loss", type=click.Choice(["soft", "hard"]), default=None,
-              help="soft: cross-entropy against the teacher's probabilities (distillation); "
+              help="soft: the distillation loss against the teacher's probabilities; "
                    "hard: one-hot labels, the baseline to beat. [default: soft]")
+@click.option("--teaching", type=click.Choice(["targets", "online", "views"]), default=None,
+              help="targets: the exported probabilities of un-augmented images (no student "
+                   "augmentation, since an augmented view would meet another view's target); "
+                   "online: the frozen teacher labels the student's own augmented batch inside "
+                   "the step (consistent teaching); views: replay the K augmented views stored "
+                   "by `distill export --views K`. [default: targets]")
+@click.option("--temperature", "-T", type=float, default=None,
+              help="Distillation temperature: student and teacher logits are divided by T and "
+                   "the soft term is scaled by T^2. [default: 1]")
+@click.option("--alpha", type=float, default=None,
+              help="Weight of the teacher's term; 1 - alpha goes to hard labels. [default: 1]")
+@click.option("--soft-loss", type=click.Choice(["soft_ce", "kl"]), default=None,
+              help="soft_ce starts at log(n_classes); kl (same gradient) starts at "
+                   "log(n_classes) - H(teacher). The init check expects the right one. "
+                   "[default: soft_ce]")
+@click.option("--mixup", type=float, default=None,
+              help="With --teaching online: mix image pairs with a Beta(m, m) weight; the "
+                   "teacher labels the mixed image. [default: 0, off]")
 @click.option("--workdir", "-w", type=click.Path(), default=None,
-              help="Run directory [default: runs/student-MODEL, or runs/student-MODEL-hard].")
+              help="Run directory [default: runs/student-MODEL, runs/student-MODEL-hard or "
+                   "runs/student-MODEL-TEACHING].")
 @_user_errors
 def student(recipe, overrides, dataset, data_dir, steps, batch_size, seed, restart, overwrite,
-            strict_init_check, quiet, teacher_dir, model, loss, workdir):
+            strict_init_check, quiet, teacher_dir, model, loss, teaching, temperature, alpha,
+            soft_loss, mixup, workdir):
   """Train a student against a teacher's exported soft targets.
 
   Without --recipe the student starts from the teacher run's own recipe, so
   the data and split match the targets. Targets made on other data are
-  refused. The student is not augmented by default: exported targets belong
-  to un-augmented images, and an augmented view paired with another view's
-  target teaches the wrong thing.
+  refused. With --teaching targets the student is not augmented by default:
+  exported targets belong to un-augmented images. Online and views teaching
+  augment the student and label each view it sees.
+
+  \b
+    distill student --model cnn                          # exported targets
+    distill student --model cnn --loss hard              # the baseline
+    distill student --model cnn --teaching online -T 2   # consistent teaching
   """
   from distill import workflow
 
+  extra = {"student.teaching": teaching, "student.temperature": temperature,
+           "student.alpha": alpha, "student.soft_loss": soft_loss, "student.mixup": mixup}
   resolved = workflow.student_recipe(Path(teacher_dir), recipe, [
       *overrides,
-      *_cli_overrides("student", dataset, data_dir, steps, batch_size, seed, model, loss)])
+      *_cli_overrides("student", dataset, data_dir, steps, batch_size, seed, model, loss),
+      *(f"{key}={value}" for key, value in extra.items() if value is not None)])
   if workdir is None:
-    suffix = "-hard" if resolved["student"]["loss"] == "hard" else ""
-    workdir = f"runs/student-{resolved['student']['model']}{suffix}"
+    student_settings = resolved["student"]
+    suffix = ("-hard" if student_settings["loss"] == "hard" else
+              "" if student_settings["teaching"] == "targets" else f"-{student_settings['teaching']}")
+    workdir = f"runs/student-{student_settings['model']}{suffix}"
   summary = workflow.train_student(resolved, Path(teacher_dir), Path(workdir), restart=restart,
                                    overwrite=overwrite, strict_init_check=strict_init_check,
                                    quiet=quiet)
@@ -240,6 +286,62 @@ def bench(recipe, overrides, role, batch_size, steps, synthetic, as_json, quiet)
   else:
     for key, value in result.items():
       click.echo(f"{key:>30}: {value}")
+
+
+@main.command()
+@click.option("--teacher", "teacher_dir", type=click.Path(), default="runs/teacher",
+              show_default=True, help="The teacher run every student learns from.")
+@click.option("--out", "-o", type=click.Path(), default="runs/sweep", show_default=True,
+              help="Folder for the runs (one sub-folder each), sweep.md and sweep.json.")
+@click.option("--model", "-m", "models", multiple=True, default=("cnn",), show_default=True,
+              help="Student model: vit, cnn, mlp, linear (repeatable).")
+@click.option("--mode", "modes", multiple=True, default=("hard", "targets"), show_default=True,
+              help="hard (labels, the baseline), targets (exported probabilities), online "
+                   "(teacher run on the student's batches), views (targets of augmented views); "
+                   "repeatable.")
+@click.option("--soft-loss", "soft_losses", multiple=True, default=("soft_ce",),
+              show_default=True,
+              help="soft_ce or kl (repeatable); multiplies every mode but hard.")
+@click.option("--seed", "seeds", type=int, multiple=True, default=(0, 1, 2), show_default=True,
+              help="Seeds (repeatable); each combination runs once per seed.")
+@click.option("--recipe", "-r", default=None,
+              help=_RECIPE_HELP + " Default: the teacher run's own recipe.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help=_SET_HELP + " Applied to every run.")
+@click.option("--steps", type=int, default=None, help="Student training steps (every run).")
+@click.option("--overwrite", is_flag=True,
+              help="Retrain run folders that hold a run made with another recipe.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress notes or bars.")
+@_user_errors
+def sweep(teacher_dir, out, models, modes, soft_losses, seeds, recipe, overrides, steps,
+          overwrite, quiet):
+  """Train several students against one teacher over seeds; tabulate mean ± std.
+
+  Every model x mode (x soft loss) x seed trains in its own folder under OUT.
+  The table (printed, and written to OUT/sweep.md, with everything in
+  OUT/sweep.json) has one row per model, mode and soft loss: test accuracy
+  mean ± sample std over seeds, agreement with the teacher, and "gap closed",
+  the share of the teacher's lead over the same model's hard-label baseline
+  that the mode recovers.
+
+  Everything is checked before the first run trains. Finished runs with the
+  same recipe are kept, so re-running the command resumes an interrupted sweep.
+
+  \b
+  Run folders: OUT/MODEL-MODE-sSEED, or OUT/MODEL-MODE-SOFT_LOSS-sSEED when
+  more than one --soft-loss is swept.
+  Example:
+    distill sweep --teacher runs/teacher --model cnn --model mlp \\
+      --mode hard --mode targets --seed 0 --seed 1 --seed 2 --out runs/sweep
+  """
+  from distill.sweep import run_sweep
+
+  extra = [f"student.steps={steps}"] if steps is not None else []
+  result = run_sweep(Path(teacher_dir), Path(out), models=models, modes=modes,
+                     soft_losses=soft_losses, seeds=seeds, recipe=recipe,
+                     overrides=[*overrides, *extra], overwrite=overwrite, quiet=quiet)
+  click.echo(result["table"])
+  click.echo(f"\n{result['markdown']}, {result['json']}")
 
 
 if __name__ == "__main__":

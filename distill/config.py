@@ -75,15 +75,22 @@ DEFAULTS: dict[str, Any] = {
         **_TRAIN_DEFAULTS,
         "model": "cnn",
         "loss": "soft",
+        "teaching": "targets",
+        "temperature": 1.0,
+        "alpha": 1.0,
+        "soft_loss": "soft_ce",
+        "mixup": 0.0,
         "augment": False,
         **copy.deepcopy(_MODEL_DEFAULTS),
     },
-    "export": {"temperature": 1.0, "batch_size": 256},
+    "export": {"temperature": 1.0, "batch_size": 256, "views": 0},
 }
 
 CROP_MODES = ("resize", "pad", "none")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 STUDENT_LOSSES = ("soft", "hard")
+TEACHING_MODES = ("targets", "online", "views")
+SOFT_LOSSES = ("soft_ce", "kl")
 
 
 def _valid_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
@@ -262,11 +269,38 @@ def validate(recipe: dict[str, Any]) -> None:
                       f"got '{section['compute_dtype']}'")
     if not 0.0 <= section["label_smoothing"] < 1.0:
       raise UserError(f"{role}.label_smoothing must be in [0, 1), got {section['label_smoothing']}")
+  _validate_distillation(recipe["student"])
   temperature = recipe["export"]["temperature"]
   if not (temperature > 0 and math.isfinite(temperature)):
     raise UserError(f"export.temperature must be a positive number, got {temperature}")
+  if recipe["export"]["views"] < 0:
+    raise UserError(f"export.views must be 0 (no augmented views) or more, got {recipe['export']['views']}")
   if recipe["data"]["val_size"] < 0 or recipe["data"]["train_limit"] < 0:
     raise UserError("data.val_size and data.train_limit must not be negative")
+
+
+def _validate_distillation(student: dict[str, Any]) -> None:
+  """Checks the student's distillation settings, naming the valid values."""
+  if student["teaching"] not in TEACHING_MODES:
+    raise UserError(f"student.teaching must be one of {', '.join(TEACHING_MODES)}, "
+                    f"got '{student['teaching']}'")
+  if student["soft_loss"] not in SOFT_LOSSES:
+    raise UserError(f"student.soft_loss must be one of {', '.join(SOFT_LOSSES)}, "
+                    f"got '{student['soft_loss']}'")
+  if not (student["temperature"] > 0 and math.isfinite(student["temperature"])):
+    raise UserError(f"student.temperature must be a positive number, got {student['temperature']}")
+  if not 0.0 <= student["alpha"] <= 1.0:
+    raise UserError(f"student.alpha (the weight of the teacher's term) must be in [0, 1], "
+                    f"got {student['alpha']}")
+  if not (student["mixup"] >= 0 and math.isfinite(student["mixup"])):
+    raise UserError(f"student.mixup (the Beta distribution's parameter; 0 = off) must be "
+                    f"0 or positive, got {student['mixup']}")
+  if student["loss"] == "hard" and student["teaching"] != "targets":
+    raise UserError(f"student.teaching={student['teaching']} needs the teacher's soft labels; "
+                    "it cannot be combined with loss=hard")
+  if student["mixup"] > 0 and (student["teaching"] != "online" or student["alpha"] != 1.0):
+    raise UserError("student.mixup needs teaching=online and alpha=1: only a teacher run on "
+                    "the mixed images can label them")
 
 
 def model_settings(recipe: dict[str, Any], role: str) -> tuple[str, dict[str, Any]]:

@@ -21,6 +21,8 @@ TARGETS_FILE = "targets.npz"
 TARGETS_META_FILE = "targets.json"
 FORMAT_VERSION = 1
 _ARRAYS = ("train_probs", "train_logits", "test_logits")
+# Present only when exported with --views K: logits [N, K, C] of K augmented views per image.
+_OPTIONAL_ARRAYS = ("view_logits",)
 
 
 def save_targets(directory: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
@@ -28,18 +30,20 @@ def save_targets(directory: Path, arrays: dict[str, np.ndarray], meta: dict[str,
 
   Args:
     directory: the teacher's run directory.
-    arrays: train_probs [N, C], train_logits [N, C], test_logits [M, C].
+    arrays: train_probs [N, C], train_logits [N, C], test_logits [M, C], and
+      optionally view_logits [N, K, C].
     meta: dataset name and fingerprints, split, teacher identity, temperature,
       class names.
   """
-  arrays = {name: np.asarray(arrays[name], np.float32) for name in _ARRAYS}
+  names = [*_ARRAYS, *(name for name in _OPTIONAL_ARRAYS if name in arrays)]
+  arrays = {name: np.asarray(arrays[name], np.float32) for name in names}
   meta = {
       **meta,
       "format_version": FORMAT_VERSION,
       "num_examples": int(arrays["train_probs"].shape[0]),
       "num_classes": int(arrays["train_probs"].shape[1]),
       "shapes": {name: list(a.shape) for name, a in arrays.items()},
-      "checksum": array_sha256(*(arrays[name] for name in _ARRAYS)),
+      "checksum": array_sha256(*(arrays[name] for name in names)),
   }
   path = Path(directory) / TARGETS_FILE
   write_npz(path, {**arrays, "meta_json": np.frombuffer(json.dumps(meta).encode(), np.uint8)})
@@ -68,12 +72,17 @@ def load_targets(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]
     raise UserError(f"targets file {path} is damaged: unreadable metadata") from None
   if meta.get("format_version") != FORMAT_VERSION:
     raise UserError(f"targets file {path} has format {meta.get('format_version')}, expected {FORMAT_VERSION}")
-  checksum = array_sha256(*(loaded[name] for name in _ARRAYS))
+  names = [*_ARRAYS, *(name for name in _OPTIONAL_ARRAYS if name in loaded)]
+  checksum = array_sha256(*(loaded[name] for name in names))
   if checksum != meta.get("checksum"):
     raise UserError(f"targets file {path} is damaged: its arrays do not match their checksum")
   probs = loaded["train_probs"]
   if probs.ndim != 2 or probs.shape != (meta["num_examples"], meta["num_classes"]):
     raise UserError(f"targets file {path} is damaged: train_probs has shape {probs.shape}")
+  views = loaded.get("view_logits")
+  if views is not None and (views.ndim != 3 or views.shape[0] != probs.shape[0]
+                            or views.shape[2] != probs.shape[1]):
+    raise UserError(f"targets file {path} is damaged: view_logits has shape {views.shape}")
   return loaded, meta
 
 

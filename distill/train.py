@@ -28,7 +28,7 @@ import optax
 from flax import nnx
 
 from distill import losses
-from distill.augment import augment
+from distill.augment import augment, augment_views, mixup
 from distill.checkpoint import Checkpointer
 from distill.errors import UserError
 from distill.io import array_sha256, write_text
@@ -48,13 +48,15 @@ class Objective:
     name: registry name ('hard' or 'soft').
     loss: (logits [B, C], batch) -> scalar float32.
     uses_targets: whether the batch must carry the teacher's `targets`.
-    expected_init_loss: the loss of a uniform prediction over `n` classes.
+    expected_init_loss: (n_classes, the first batch's targets or None) -> the
+      loss of a uniform prediction. Soft CE starts at log(C) whatever the
+      targets; KL starts at log(C) - H(targets), so it needs them.
   """
 
   name: str
   loss: Callable[[jax.Array, Batch], jax.Array]
   uses_targets: bool
-  expected_init_loss: Callable[[int], float]
+  expected_init_loss: Callable[[int, Any], float]
 
 
 def _hard_objective(label_smoothing: float = 0.0, **_: Any) -> Objective:
@@ -63,17 +65,22 @@ def _hard_objective(label_smoothing: float = 0.0, **_: Any) -> Objective:
       loss=lambda logits, batch: losses.hard_cross_entropy(
           logits, batch["labels"], label_smoothing=label_smoothing),
       uses_targets=False,
-      expected_init_loss=lambda n: losses.expected_init_loss(n, kind="hard"),
+      expected_init_loss=lambda n, _targets: losses.expected_init_loss(n, kind="hard"),
   )
 
 
-def _soft_objective(**_: Any) -> Objective:
+def _soft_objective(temperature: float = 1.0, alpha: float = 1.0, soft_loss: str = "soft_ce",
+                    label_smoothing: float = 0.0, **_: Any) -> Objective:
+  """`alpha * T^2 * soft(student/T, teacher at T) + (1 - alpha) * hard CE` (Hinton et al. 2015)."""
+  def loss(logits, batch):
+    return losses.distillation_loss(
+        logits, target_probs=batch["targets"], labels=batch["labels"], temperature=temperature,
+        alpha=alpha, kind=soft_loss, label_smoothing=label_smoothing)
+
   return Objective(
-      name="soft",
-      loss=lambda logits, batch: losses.soft_cross_entropy(logits, batch["targets"]),
-      uses_targets=True,
-      expected_init_loss=lambda n: losses.expected_init_loss(n, kind="soft_ce"),
-  )
+      name="soft", loss=loss, uses_targets=True,
+      expected_init_loss=lambda n, targets: losses.expected_init_loss(
+          n, kind=soft_loss, temperature=temperature, alpha=alpha, target_probs=targets))
 
 
 OBJECTIVES: dict[str, Callable[..., Objective]] = {
@@ -83,10 +90,42 @@ OBJECTIVES: dict[str, Callable[..., Objective]] = {
 
 
 def make_objective(name: str, **settings: Any) -> Objective:
-  """Builds the registered objective `name` ('hard': one-hot CE, 'soft': soft-label CE)."""
+  """Builds the registered objective `name`.
+
+  'hard': one-hot cross-entropy (label_smoothing). 'soft': the distillation
+  loss (temperature, alpha, soft_loss = 'soft_ce' | 'kl', label_smoothing for
+  the hard part when alpha < 1).
+  """
   if name not in OBJECTIVES:
     raise UserError(f"unknown loss '{name}'; valid: {', '.join(OBJECTIVES)}")
   return OBJECTIVES[name](**settings)
+
+
+@dataclasses.dataclass
+class Teaching:
+  """Where a student's soft targets come from (the recipe's `student.teaching`).
+
+  Attributes:
+    mode: 'targets' (exported probabilities of the un-augmented images),
+      'online' (the frozen teacher runs inside the step on the student's exact
+      augmented batch) or 'views' (exported targets of K augmented views per
+      image, replayed exactly).
+    temperature: the softmax temperature of the targets (the student's T).
+    teacher_logits: 'targets': [N, C]; 'views': [N, K, C], row-aligned with
+      the training images.
+    teacher: 'online': the teacher's (graphdef, rest, params).
+    mixup: 'online': Beta(mixup, mixup) image mixing; 0 is off.
+    view_seed, view_augment: 'views': the seed and augment settings the views
+      were exported with.
+  """
+
+  mode: str
+  temperature: float = 1.0
+  teacher_logits: np.ndarray | None = None
+  teacher: tuple[Any, Any, Any] | None = None
+  mixup: float = 0.0
+  view_seed: int = 0
+  view_augment: dict[str, Any] | None = None
 
 
 # --------------------------------------------------------------------------
@@ -179,7 +218,7 @@ def make_optimizer(settings: dict[str, Any], total_steps: int) -> optax.Gradient
 
 @dataclasses.dataclass(frozen=True)
 class StepContext:
-  """Everything static the step closes over (hashable parts only)."""
+  """Everything static the step closes over."""
 
   graphdef: Any
   rest: Any
@@ -188,6 +227,14 @@ class StepContext:
   augment_settings: tuple[tuple[str, Any], ...] | None
   seed: int
   unroll: bool = False
+  teaching: str | None = None  # None: hard labels only
+  temperature: float = 1.0
+  mixup: float = 0.0
+  num_views: int = 0
+  view_seed: int = 0
+  view_augment: tuple[tuple[str, Any], ...] | None = None
+  teacher_graphdef: Any = None
+  teacher_rest: Any = None
 
 
 def should_unroll(model: nnx.Module) -> bool:
@@ -207,13 +254,37 @@ def _forward(ctx: StepContext, params, images: jax.Array) -> jax.Array:
   return nnx.merge(ctx.graphdef, params, ctx.rest)(images)
 
 
-def _train_step(ctx: StepContext, data: Batch, stats, state, indices_B):
-  """One optimizer step on the batch `indices_B` of the on-device data."""
-  batch = {key: value[indices_B] for key, value in data.items()}
-  images = normalize(batch["images"], *stats)
-  if ctx.augment_settings is not None:
-    key = jax.random.fold_in(jax.random.key(ctx.seed), state["step"])
+def _student_batch(ctx: StepContext, data: Batch, stats, teacher_params, step, indices_B):
+  """The images and labels/targets of one step, built on the device from (seed, step).
+
+  Returns:
+    (normalised, augmented images [B, H, W, C]; {'labels', and 'targets' when taught}).
+  """
+  batch = {"labels": data["labels"][indices_B]}
+  images = normalize(data["images"][indices_B], *stats)
+  key = jax.random.fold_in(jax.random.key(ctx.seed), step)
+  if ctx.teaching == "views":
+    # Each example replays one of the K views the teacher labelled at export.
+    views_B = jax.random.randint(jax.random.fold_in(key, 1), indices_B.shape, 0, ctx.num_views)
+    images = augment_views(images, indices_B, views_B, ctx.view_seed, dict(ctx.view_augment))
+    batch["targets"] = losses.softmax(data["view_logits"][indices_B, views_B],
+                                      temperature=ctx.temperature)
+  elif ctx.augment_settings is not None:
     images = augment(images, key, dict(ctx.augment_settings))
+  if ctx.teaching == "online":
+    if ctx.mixup > 0:
+      images = mixup(images, jax.random.fold_in(key, 2), ctx.mixup)
+    teacher = nnx.merge(ctx.teacher_graphdef, teacher_params, ctx.teacher_rest)
+    teacher_logits = jax.lax.stop_gradient(teacher(images))
+    batch["targets"] = losses.softmax(teacher_logits, temperature=ctx.temperature)
+  elif ctx.teaching == "targets":
+    batch["targets"] = data["targets"][indices_B]
+  return images, batch
+
+
+def _train_step(ctx: StepContext, data: Batch, stats, teacher_params, state, indices_B):
+  """One optimizer step on the batch `indices_B` of the on-device data."""
+  images, batch = _student_batch(ctx, data, stats, teacher_params, state["step"], indices_B)
 
   def loss_fn(params):
     logits = _forward(ctx, params, images)
@@ -234,14 +305,21 @@ def _train_step(ctx: StepContext, data: Batch, stats, state, indices_B):
   return new_state, metrics
 
 
-def _train_chunk(ctx: StepContext, state, data: Batch, stats, indices_KxB):
+def _train_chunk(ctx: StepContext, state, data: Batch, stats, teacher_params, indices_KxB):
   """`K` optimizer steps in one dispatch; returns the state and per-step metrics [K].
 
   `ctx.unroll` (see `should_unroll`) trades compile time for speed where a
   while-loop body is slow.
   """
-  return jax.lax.scan(partial(_train_step, ctx, data, stats), state, indices_KxB,
-                      unroll=ctx.unroll)
+  return jax.lax.scan(partial(_train_step, ctx, data, stats, teacher_params), state,
+                      indices_KxB, unroll=ctx.unroll)
+
+
+def _first_loss(ctx: StepContext, params, data: Batch, stats, teacher_params, indices_B):
+  """The loss of the untrained model on the first step's exact batch, and its targets."""
+  images, batch = _student_batch(ctx, data, stats, teacher_params, 0, indices_B)
+  logits = _forward(ctx, params, images).astype(jnp.float32)
+  return ctx.objective.loss(logits, batch), logits, batch.get("targets")
 
 
 def make_predict(graphdef, rest, stats) -> Callable[[Any, jax.Array], jax.Array]:
@@ -255,11 +333,32 @@ def make_predict(graphdef, rest, stats) -> Callable[[Any, jax.Array], jax.Array]
   return predict
 
 
-def predict_in_batches(predict, params, images: np.ndarray, batch_size: int,
-                       progress: str | None = None) -> np.ndarray:
-  """Logits for all `images`, padding the last batch so only one shape compiles.
+def make_view_predict(graphdef, rest, stats, *, num_views: int, seed: int,
+                      augment_settings: dict[str, Any]) -> Callable[..., jax.Array]:
+  """A jitted (params, uint8 images [B, ...], example indices [B]) -> logits [B, K, C].
 
-  `progress` names a tqdm bar to show (None: no bar).
+  View v of example i is `augment_views` of (seed, i, v): the same function a
+  student taught with `teaching=views` replays.
+  """
+  settings = dict(augment_settings)
+
+  @jax.jit
+  def predict(params, images_uint8, indices_B):
+    model = nnx.merge(graphdef, params, rest)
+    images = normalize(images_uint8, *stats)
+    views = [model(augment_views(images, indices_B, jnp.full_like(indices_B, v), seed, settings))
+             for v in range(num_views)]
+    return jnp.stack(views, axis=1).astype(jnp.float32)
+
+  return predict
+
+
+def predict_in_batches(predict, params, images: np.ndarray, batch_size: int,
+                       progress: str | None = None, pass_indices: bool = False) -> np.ndarray:
+  """Outputs of `predict` for all `images`, padding the last batch so only one shape compiles.
+
+  `progress` names a tqdm bar to show (None: no bar). `pass_indices` also
+  hands `predict` each row's index in `images` (for per-example views).
   """
   from tqdm.auto import tqdm  # noqa: PLC0415
 
@@ -269,9 +368,11 @@ def predict_in_batches(predict, params, images: np.ndarray, batch_size: int,
   for start in tqdm(starts, desc=progress, disable=progress is None, leave=False, unit="batch"):
     chunk = images[start:start + batch_size]
     valid = len(chunk)
+    indices = np.arange(start, start + batch_size, dtype=np.int32)
     if valid < batch_size:
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - valid, axis=0)])
-    outputs.append(np.asarray(predict(params, chunk))[:valid])
+    extra = (indices,) if pass_indices else ()
+    outputs.append(np.asarray(predict(params, chunk, *extra))[:valid])
   return np.concatenate(outputs)
 
 
@@ -333,12 +434,92 @@ class _StopFlag:
       signal.signal(sig, handler)
 
 
+@dataclasses.dataclass
+class TrainingSetup:
+  """A model, its optimizer and its data made ready for the jitted loop.
+
+  `fit` trains from it; `distill bench` times its `chunk_fn` bare.
+  """
+
+  ctx: StepContext
+  state: dict[str, Any]
+  data: Batch
+  stats: tuple[jax.Array, jax.Array]
+  teacher_params: Any
+  order: DataOrder
+  schedule: optax.Schedule
+  predict: Callable[[Any, jax.Array], jax.Array]
+  chunk_fn: Callable[..., Any]  # jitted K-step dispatch; donates the state
+  pixel_mean: list[float]
+  pixel_std: list[float]
+
+  def first_loss(self) -> tuple[float, int, np.ndarray | None]:
+    """(step-0 loss, number of classes, that batch's targets) on the first real batch."""
+    indices = self.order.indices(0, 1)[0]
+    loss, logits, targets = jax.jit(partial(_first_loss, self.ctx))(
+        self.state["params"], self.data, self.stats, self.teacher_params, indices)
+    return float(loss), int(logits.shape[-1]), None if targets is None else np.asarray(targets)
+
+
+def prepare_training(*, model: nnx.Module, images: np.ndarray, labels: np.ndarray,
+                     objective: Objective, teaching: Teaching | None, settings: dict[str, Any],
+                     augment_settings: dict[str, Any] | None, seed: int) -> TrainingSetup:
+  """Splits `model`, builds its optimizer and puts the training data on the device.
+
+  Args: as for `fit`.
+  """
+  if objective.uses_targets and teaching is None:
+    raise UserError(f"the '{objective.name}' loss needs a teacher (targets, online or views)")
+  teaching = teaching if objective.uses_targets else None
+  total_steps = settings["steps"]
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  mean, std = pixel_stats(images)
+  stats = (jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32))
+  optimizer = make_optimizer(settings, total_steps)
+  state = {"params": params, "opt_state": optimizer.init(params), "step": jnp.asarray(0, jnp.int32)}
+  data = {"images": jax.device_put(images), "labels": jax.device_put(labels.astype(np.int32))}
+  teacher_params = None
+  extra: dict[str, Any] = {}
+  if teaching is not None:
+    extra = {"teaching": teaching.mode, "temperature": teaching.temperature}
+    if teaching.mode in ("targets", "views"):
+      expected_ndim = 2 if teaching.mode == "targets" else 3
+      logits = teaching.teacher_logits
+      if logits is None or logits.ndim != expected_ndim or len(logits) != len(images):
+        raise UserError(f"teaching={teaching.mode} needs teacher logits of {expected_ndim} "
+                        f"dimensions, one row per training image ({len(images)})")
+    if teaching.mode == "targets":
+      data["targets"] = jax.device_put(np.asarray(
+          losses.softmax(teaching.teacher_logits, temperature=teaching.temperature)))
+    elif teaching.mode == "views":
+      data["view_logits"] = jax.device_put(teaching.teacher_logits.astype(np.float32))
+      extra.update(num_views=int(teaching.teacher_logits.shape[1]), view_seed=teaching.view_seed,
+                   view_augment=tuple(sorted(teaching.view_augment.items())))
+    elif teaching.mode == "online":
+      if teaching.teacher is None:
+        raise UserError("teaching=online needs the teacher model")
+      teacher_graphdef, teacher_rest, teacher_params = teaching.teacher
+      extra.update(mixup=teaching.mixup, teacher_graphdef=teacher_graphdef,
+                   teacher_rest=teacher_rest)
+    else:
+      raise UserError(f"unknown teaching '{teaching.mode}'; valid: targets, online, views")
+  ctx = StepContext(
+      graphdef=graphdef, rest=rest, objective=objective, optimizer=optimizer,
+      augment_settings=tuple(sorted(augment_settings.items())) if augment_settings else None,
+      seed=seed, unroll=should_unroll(model), **extra)
+  return TrainingSetup(
+      ctx=ctx, state=state, data=data, stats=stats, teacher_params=teacher_params,
+      order=DataOrder(len(images), settings["batch_size"], seed),
+      schedule=make_schedule(settings, total_steps), predict=make_predict(graphdef, rest, stats),
+      chunk_fn=jax.jit(partial(_train_chunk, ctx), donate_argnums=0), pixel_mean=mean,
+      pixel_std=std)
+
+
 def fit(
     *,
     model: nnx.Module,
     images: np.ndarray,
     labels: np.ndarray,
-    targets: np.ndarray | None,
     val_images: np.ndarray,
     val_labels: np.ndarray,
     objective: Objective,
@@ -347,6 +528,7 @@ def fit(
     workdir: Path,
     seed: int,
     checkpoint_meta: dict[str, Any],
+    teaching: Teaching | None = None,
     strict_init_check: bool = False,
     quiet: bool = False,
     echo: Callable[[str], None] = print,
@@ -357,7 +539,6 @@ def fit(
   Args:
     model: an NNX classifier, freshly initialised.
     images, labels: the training split, uint8 [N, H, W, C] and int [N].
-    targets: the teacher's probabilities [N, C] aligned with `images`, or None.
     val_images, val_labels: the validation split for periodic evaluation.
     objective: what to minimise (see `make_objective`).
     settings: the role's recipe section (steps, batch_size, optimizer, cadences).
@@ -366,6 +547,7 @@ def fit(
     seed: seeds the data order and the augmentation.
     checkpoint_meta: JSON stored with each checkpoint; a resumed run must match
       its `recipe_hash`.
+    teaching: where the soft targets come from (needed by the 'soft' objective).
     strict_init_check: raise instead of warning when the step-0 loss is off.
     quiet: hide the progress bar.
     echo, warn: where to print normal and loud messages.
@@ -375,35 +557,15 @@ def fit(
   workdir = Path(workdir)
   total_steps = settings["steps"]
   batch_size = settings["batch_size"]
-  if objective.uses_targets and targets is None:
-    raise UserError(f"the '{objective.name}' loss needs teacher targets")
-  num_classes = int(targets.shape[-1]) if targets is not None else int(labels.max()) + 1
+  setup = prepare_training(model=model, images=images, labels=labels, objective=objective,
+                           teaching=teaching, settings=settings,
+                           augment_settings=augment_settings, seed=seed)
+  state, data, stats, order = setup.state, setup.data, setup.stats, setup.order
+  teacher_params, predict, schedule = setup.teacher_params, setup.predict, setup.schedule
 
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  mean, std = pixel_stats(images)
-  stats = (jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32))
-  optimizer = make_optimizer(settings, total_steps)
-  schedule = make_schedule(settings, total_steps)
-  state = {"params": params, "opt_state": optimizer.init(params), "step": jnp.asarray(0, jnp.int32)}
-  order = DataOrder(len(images), batch_size, seed)
-
-  data = {"images": jax.device_put(images), "labels": jax.device_put(labels.astype(np.int32))}
-  if objective.uses_targets:
-    data["targets"] = jax.device_put(targets.astype(np.float32))
-  ctx = StepContext(
-      graphdef=graphdef, rest=rest, objective=objective, optimizer=optimizer,
-      augment_settings=tuple(sorted(augment_settings.items())) if augment_settings else None,
-      seed=seed, unroll=should_unroll(model))
-  chunk_fn = jax.jit(partial(_train_chunk, ctx), donate_argnums=0)
-  predict = make_predict(graphdef, rest, stats)
-
-  # Init check: the loss of the untrained model on the first real batch.
-  first = order.indices(0, 1)[0]
-  first_logits = predict(params, images[first])
-  first_batch = {"labels": jnp.asarray(labels[first]), **(
-      {"targets": jnp.asarray(targets[first])} if objective.uses_targets else {})}
-  init_loss = float(objective.loss(first_logits, first_batch))
-  expected = objective.expected_init_loss(num_classes)
+  # Init check: the untrained model's loss on the exact batch step 0 trains on.
+  init_loss, num_classes, first_targets = setup.first_loss()
+  expected = objective.expected_init_loss(num_classes, first_targets)
   check = losses.init_loss_check(init_loss, num_classes, expected=expected,
                                  tolerance=settings["init_check_tolerance"])
   if check.ok:
@@ -454,9 +616,10 @@ def fit(
       indices = order.indices(step, count)
       if count not in compiled:
         t0 = time.perf_counter()
-        compiled[count] = chunk_fn.lower(state, data, stats, indices).compile()
+        compiled[count] = setup.chunk_fn.lower(
+            state, data, stats, teacher_params, indices).compile()
         compile_seconds += time.perf_counter() - t0
-      state, chunk_metrics = compiled[count](state, data, stats, indices)
+      state, chunk_metrics = compiled[count](state, data, stats, teacher_params, indices)
       window.append(chunk_metrics)
       step += count
       progress.update(count)
@@ -504,7 +667,8 @@ def fit(
   train_seconds = time.perf_counter() - loop_start - compile_seconds
   steps_run = total_steps - start_step
   return TrainResult(
-      graphdef=graphdef, rest=rest, params=state["params"], stats=(mean, std), predict=predict,
+      graphdef=setup.ctx.graphdef, rest=setup.ctx.rest, params=state["params"],
+      stats=(setup.pixel_mean, setup.pixel_std), predict=predict,
       init_loss=init_loss, init_loss_expected=expected, final_train_loss=last_train_loss,
       steps=total_steps, train_seconds=train_seconds, compile_seconds=compile_seconds,
       images_per_second=steps_run * batch_size / max(train_seconds, 1e-9),

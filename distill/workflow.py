@@ -153,7 +153,7 @@ def _base_summary(role: str, model_name: str, num_params: int, dataset, recipe, 
 
 
 def _fit_and_evaluate(role: str, recipe: dict[str, Any], dataset, model_name: str, model,
-                      num_params: int, workdir: Path, start: float, *, targets, objective,
+                      num_params: int, workdir: Path, start: float, *, teaching, objective,
                       augment_settings, strict_init_check: bool, console: Console):
   """Trains through `train.fit`, evaluates on validation and test, keeps the predictions.
 
@@ -164,7 +164,7 @@ def _fit_and_evaluate(role: str, recipe: dict[str, Any], dataset, model_name: st
 
   settings = recipe[role]
   result = fit(
-      model=model, images=dataset.x_train, labels=dataset.y_train, targets=targets,
+      model=model, images=dataset.x_train, labels=dataset.y_train, teaching=teaching,
       val_images=dataset.x_val, val_labels=dataset.y_val, objective=objective,
       settings=settings, augment_settings=augment_settings, workdir=workdir, seed=recipe["seed"],
       checkpoint_meta={"role": role, "recipe_hash": config_lib.recipe_hash(recipe)},
@@ -212,7 +212,7 @@ def train_teacher(recipe: dict[str, Any], workdir: Path, *, restart: bool = Fals
   write_json(workdir / RECIPE_FILE, recipe)
   result, test, summary = _fit_and_evaluate(
       "teacher", recipe, dataset, model_name, model, num_params, workdir, start,
-      targets=None, objective=make_objective("hard", label_smoothing=settings["label_smoothing"]),
+      teaching=None, objective=make_objective("hard", label_smoothing=settings["label_smoothing"]),
       augment_settings=recipe["augment"], strict_init_check=strict_init_check, console=console)
   if export:
     export_targets(workdir, result=result, dataset=dataset, test_logits=test["logits"],
@@ -253,21 +253,77 @@ def _restore_trained(run_dir: Path, recipe: dict[str, Any], role: str, dataset):
                      resumed_from=None), step
 
 
-def export_targets(teacher_dir: Path, *, temperature: float | None = None, result=None,
+def _check_same_data(recipe: dict[str, Any], other: dict[str, Any], what: str) -> None:
+  """Refuses a teacher whose recipe trained on another data set or split."""
+  keys = ("dataset", "data_dir", "val_size", "split_seed", "train_limit")
+  differences = [f"data.{k} {other['data'][k]!r} vs {recipe['data'][k]!r}" for k in keys
+                 if other["data"][k] != recipe["data"][k]]
+  if differences:
+    raise UserError(f"{what} was trained on other data: " + "; ".join(differences))
+
+
+def _teacher_outputs(teacher_dir: Path, recipe: dict[str, Any], dataset, *, result, views: int,
+                     batch: int, console: Console) -> dict[str, Any]:
+  """One teacher's logits on the training split (plain and, if asked, K views) and test set."""
+  from distill.train import make_view_predict, params_sha256, predict_in_batches  # noqa: PLC0415
+
+  if result is None:
+    result, step = _restore_trained(teacher_dir, recipe, "teacher", dataset)
+  else:
+    step = result.steps
+  bar = None if console.quiet else f"export {teacher_dir.name}"
+  start = time.perf_counter()
+  outputs = {"train_logits": predict_in_batches(result.predict, result.params, dataset.x_train,
+                                                batch, progress=bar)}
+  seconds = time.perf_counter() - start
+  outputs["test_logits"] = predict_in_batches(result.predict, result.params, dataset.x_test, batch)
+  if views:
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    view_predict = make_view_predict(
+        result.graphdef, result.rest, tuple(jnp.asarray(s, jnp.float32) for s in result.stats),
+        num_views=views, seed=recipe["seed"], augment_settings=recipe["augment"])
+    outputs["view_logits"] = predict_in_batches(
+        view_predict, result.params, dataset.x_train, batch, pass_indices=True,
+        progress=None if console.quiet else f"export {views} views")
+  outputs["identity"] = {"dir": str(teacher_dir.resolve()), "model": recipe["teacher"]["model"],
+                         "checkpoint_step": step, "params_sha256": params_sha256(result.params)}
+  outputs["seconds"] = seconds
+  return outputs
+
+
+def _mean_probabilities_as_logits(logits_list: list[np.ndarray]) -> np.ndarray:
+  """log of the teachers' mean probability: softmax of it is the ensemble's prediction."""
+  from distill import losses  # noqa: PLC0415
+
+  probs = np.mean([np.asarray(losses.softmax(logits)) for logits in logits_list], axis=0)
+  return np.log(np.maximum(probs, np.finfo(np.float32).tiny)).astype(np.float32)
+
+
+def export_targets(teacher_dirs: Path | list[Path], *, out_dir: Path | None = None,
+                   temperature: float | None = None, views: int | None = None, result=None,
                    dataset=None, test_logits: np.ndarray | None = None, quiet: bool = False,
                    console: Console | None = None) -> Path:
-  """Writes the teacher's logits and softmax probabilities for every training image.
+  """Writes a teacher's (or an ensemble's) logits and probabilities for every training image.
 
   The images are un-augmented, in the order of the training split, so row i
-  is the target for `dataset.x_train[i]`. The test logits ride along so that
-  students can measure agreement with the teacher.
+  is the target for `dataset.x_train[i]`. With `views=K`, the logits of K
+  augmented views per image are stored too; view v of image i is a pure
+  function of (the teacher's seed, i, v), so a student taught with
+  `teaching=views` replays exactly those views. Several teachers make an
+  ensemble: their probabilities are averaged (and their identities kept).
+  The test logits ride along so students can measure agreement.
 
   Args:
-    teacher_dir: a trained teacher's run directory.
-    temperature: softmax temperature for the probabilities (default: the
-      recipe's `export.temperature`).
+    teacher_dirs: one trained teacher's run directory, or several.
+    out_dir: where targets.npz goes (default: the teacher's own directory;
+      required for an ensemble).
+    temperature: softmax temperature of the stored `train_probs` (default:
+      the recipe's `export.temperature`). Students re-temper the stored
+      logits with their own `student.temperature`.
+    views: augmented views per image (default: the recipe's `export.views`).
     result, dataset, test_logits: the in-memory teacher, when called right
-      after training; otherwise restored from `teacher_dir`.
+      after training; otherwise restored from the directory.
     quiet: no notes.
     console: where to print.
 
@@ -276,30 +332,48 @@ def export_targets(teacher_dir: Path, *, temperature: float | None = None, resul
   """
   from distill import losses  # noqa: PLC0415
   from distill.targets import save_targets  # noqa: PLC0415
-  from distill.train import params_sha256, predict_in_batches  # noqa: PLC0415
 
   console = console or Console(quiet)
-  teacher_dir = Path(teacher_dir)
-  recipe = read_run_recipe(teacher_dir)
-  if temperature is None:
-    temperature = recipe["export"]["temperature"]
-  if not temperature > 0:
-    raise UserError(f"--temperature must be positive, got {temperature}")
+  teacher_dirs = [Path(d) for d in ([teacher_dirs] if isinstance(teacher_dirs, (str, Path))
+                                    else teacher_dirs)]
+  if not teacher_dirs:
+    raise UserError("export needs at least one --teacher")
+  if len(set(d.resolve() for d in teacher_dirs)) != len(teacher_dirs):
+    raise UserError("the same --teacher is named twice")
+  if len(teacher_dirs) > 1 and out_dir is None:
+    raise UserError("an ensemble of teachers needs --out DIR for its targets")
+  recipes = [read_run_recipe(d) for d in teacher_dirs]
+  recipe = recipes[0]
+  for other, directory in zip(recipes[1:], teacher_dirs[1:]):
+    _check_same_data(recipe, other, f"teacher {directory}")
+  temperature = recipe["export"]["temperature"] if temperature is None else temperature
+  if not (temperature > 0 and np.isfinite(temperature)):
+    raise UserError(f"--temperature must be a positive number, got {temperature}")
+  views = recipe["export"]["views"] if views is None else views
+  if views < 0:
+    raise UserError(f"--views must be 0 (no augmented views) or more, got {views}")
+  out_dir = Path(out_dir) if out_dir is not None else teacher_dirs[0]
+  if out_dir != teacher_dirs[0]:
+    check_workdir(out_dir)
   if dataset is None:
     dataset = load_data(recipe)
-  if result is None:
-    result, step = _restore_trained(teacher_dir, recipe, "teacher", dataset)
-  else:
-    step = result.steps
-  predict = result.predict
   batch = recipe["export"]["batch_size"]
-  start = time.perf_counter()
-  train_logits = predict_in_batches(predict, result.params, dataset.x_train, batch,
-                                    progress=None if console.quiet else "export")
-  seconds = time.perf_counter() - start
-  if test_logits is None:
-    test_logits = predict_in_batches(predict, result.params, dataset.x_test, batch)
-  probs = np.asarray(losses.softmax(train_logits, temperature=temperature))
+  members = []
+  for directory, member_recipe in zip(teacher_dirs, recipes):
+    members.append(_teacher_outputs(directory, member_recipe, dataset,
+                                    result=result if directory == teacher_dirs[0] else None,
+                                    views=views, batch=batch, console=console))
+  if len(members) == 1:
+    arrays = {k: members[0][k] for k in ("train_logits", "test_logits", "view_logits")
+              if k in members[0]}
+    if test_logits is not None:
+      arrays["test_logits"] = test_logits
+  else:
+    arrays = {k: _mean_probabilities_as_logits([m[k] for m in members])
+              for k in ("train_logits", "test_logits", "view_logits") if k in members[0]}
+  arrays["train_probs"] = np.asarray(losses.softmax(arrays["train_logits"],
+                                                    temperature=temperature))
+  seconds = sum(m["seconds"] for m in members)
   meta = {
       "dataset": dataset.name,
       "dataset_fingerprint": dataset.fingerprint,
@@ -309,72 +383,138 @@ def export_targets(teacher_dir: Path, *, temperature: float | None = None, resul
                 "train_limit": recipe["data"]["train_limit"]},
       "class_names": list(dataset.class_names),
       "temperature": temperature,
-      "teacher": {"dir": str(teacher_dir.resolve()), "model": recipe["teacher"]["model"],
-                  "checkpoint_step": step, "params_sha256": params_sha256(result.params)},
+      "teacher": members[0]["identity"],
+      "teachers": [m["identity"] for m in members],
+      "views": ({"count": views, "seed": recipe["seed"], "augment": recipe["augment"]}
+                if views else None),
       "export_seconds": round(seconds, 3),
-      "export_images_per_second": round(len(train_logits) / max(seconds, 1e-9), 1),
+      "export_images_per_second": round(len(dataset.x_train) * len(members) / max(seconds, 1e-9), 1),
   }
-  path = save_targets(teacher_dir, {"train_probs": probs, "train_logits": train_logits,
-                                    "test_logits": test_logits}, meta)
-  console.info(f"exported targets for {len(probs):,} images at T={temperature} -> {path}")
+  out_dir.mkdir(parents=True, exist_ok=True)
+  path = save_targets(out_dir, arrays, meta)
+  if not (out_dir / RECIPE_FILE).exists():
+    # Students read the data settings of their --teacher directory from here.
+    write_json(out_dir / RECIPE_FILE, recipe)
+  what = f"an ensemble of {len(members)} teachers" if len(members) > 1 else "the teacher"
+  extra = f" and {views} augmented views each" if views else ""
+  console.info(f"exported the targets of {what} for {len(dataset.x_train):,} images{extra} "
+               f"at T={temperature} -> {path}")
   return path
+
+
+def _teaching_for_student(recipe: dict[str, Any], teacher_dir: Path, dataset,
+                          console: Console):
+  """What the student learns from, and the teacher's test logits and identity.
+
+  Returns:
+    (train.Teaching or None for hard labels, teacher test logits [M, C],
+     the teacher's identity dict).
+  """
+  from distill.targets import check_targets_match, load_targets  # noqa: PLC0415
+  from distill.train import Teaching, params_sha256, predict_in_batches  # noqa: PLC0415
+
+  settings = recipe["student"]
+  mode = settings["teaching"]
+  if mode == "online":
+    if not (teacher_dir / "checkpoints").is_dir() and (teacher_dir / "targets.json").exists():
+      raise UserError(f"{teacher_dir} holds exported targets but no trained teacher (an "
+                      "ensemble?); online teaching runs one trained teacher. Use "
+                      "--teaching targets or views with it, or name a teacher's run directory.")
+    teacher_recipe = read_run_recipe(teacher_dir)
+    _check_same_data(recipe, teacher_recipe, f"teacher {teacher_dir}")
+    result, step = _restore_trained(teacher_dir, teacher_recipe, "teacher", dataset)
+    test_logits = predict_in_batches(result.predict, result.params, dataset.x_test,
+                                     recipe["export"]["batch_size"])
+    identity = {"dir": str(teacher_dir.resolve()), "model": teacher_recipe["teacher"]["model"],
+                "checkpoint_step": step, "params_sha256": params_sha256(result.params)}
+    teaching = Teaching(mode="online", temperature=settings["temperature"],
+                        teacher=(result.graphdef, result.rest, result.params),
+                        mixup=settings["mixup"])
+    return teaching, test_logits, identity
+  arrays, meta = load_targets(teacher_dir)
+  check_targets_match(meta, dataset_name=dataset.name, fingerprint=dataset.fingerprint,
+                      train_fingerprint=dataset.split_fingerprint("train"),
+                      num_examples=len(dataset.x_train), num_classes=dataset.num_classes,
+                      path=teacher_dir / "targets.npz")
+  identity = meta["teacher"]
+  if settings["loss"] == "hard":
+    return None, arrays["test_logits"], identity
+  if mode == "views":
+    if "view_logits" not in arrays:
+      raise UserError(f"{teacher_dir}/targets.npz holds no augmented views; export them with "
+                      f"`distill export --teacher {teacher_dir} --views 8`")
+    views = meta["views"]
+    return Teaching(mode="views", temperature=settings["temperature"],
+                    teacher_logits=arrays["view_logits"], view_seed=views["seed"],
+                    view_augment=views["augment"]), arrays["test_logits"], identity
+  if settings["augment"]:
+    console.warn("student.augment with teaching=targets pairs each augmented view with the "
+                 "target of the un-augmented image; the student learns from mismatched pairs. "
+                 "Use teaching=online or teaching=views for augmented students.")
+  return Teaching(mode="targets", temperature=settings["temperature"],
+                  teacher_logits=arrays["train_logits"]), arrays["test_logits"], identity
 
 
 def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
                   restart: bool = False, overwrite: bool = False,
                   strict_init_check: bool = False, quiet: bool = False) -> dict[str, Any]:
-  """Trains a student against a teacher's exported targets (or hard labels).
+  """Trains a student against a teacher (or on hard labels, the baseline).
 
-  `recipe['student']['loss']` picks soft-label cross-entropy ('soft', the
-  distillation) or one-hot cross-entropy ('hard', the baseline to beat). The
-  student refuses targets whose data fingerprint differs from the data it
-  loads.
+  `recipe['student']` picks the loss ('soft': the distillation loss with
+  temperature, alpha and soft_ce|kl; 'hard': one-hot cross-entropy) and the
+  teaching ('targets': exported probabilities of un-augmented images;
+  'online': the frozen teacher labels the student's own augmented batch;
+  'views': exported targets of K augmented views, replayed exactly). The
+  student refuses a teacher whose data differs from the data it loads.
 
   Returns:
     The run's summary (also written to `workdir/summary.json`).
   """
   from distill import losses  # noqa: PLC0415
-  from distill.targets import check_targets_match, load_targets  # noqa: PLC0415
   from distill.train import make_objective  # noqa: PLC0415
 
   console = Console(quiet)
   teacher_dir, workdir = Path(teacher_dir), Path(workdir)
   start = time.perf_counter()
   check_workdir(workdir)
-  arrays, meta = load_targets(teacher_dir)
-  dataset = load_data(recipe)
-  check_targets_match(meta, dataset_name=dataset.name, fingerprint=dataset.fingerprint,
-                      train_fingerprint=dataset.split_fingerprint("train"),
-                      num_examples=len(dataset.x_train), num_classes=dataset.num_classes,
-                      path=teacher_dir / "targets.npz")
   settings = recipe["student"]
+  dataset = load_data(recipe)
+  teaching, teacher_test_logits, identity = _teaching_for_student(recipe, teacher_dir, dataset,
+                                                                   console)
   check_batch_fits(dataset, settings, "student")
-  if settings["augment"] and settings["loss"] == "soft":
-    console.warn("student.augment with exported targets pairs each augmented view with the "
-                 "target of the un-augmented image; the student learns from mismatched pairs.")
   model_name, model, num_params = _build_model(recipe, "student", dataset)
-  console.info(f"student: {model_name}, {num_params:,} parameters, loss={settings['loss']}")
+  how = "hard labels" if teaching is None else f"teaching={teaching.mode}"
+  console.info(f"student: {model_name}, {num_params:,} parameters, loss={settings['loss']}, {how}")
   prepare_workdir(workdir, restart=restart, overwrite=overwrite)
   write_json(workdir / RECIPE_FILE, {**recipe, "teacher_dir": str(teacher_dir.resolve())})
+  # Online and views teaching are augmented by construction; targets and hard
+  # labels only when the recipe asks.
+  augmented = settings["augment"] or (teaching is not None and teaching.mode == "online")
+  objective = make_objective(settings["loss"], temperature=settings["temperature"],
+                             alpha=settings["alpha"], soft_loss=settings["soft_loss"],
+                             label_smoothing=settings["label_smoothing"])
   result, test, summary = _fit_and_evaluate(
       "student", recipe, dataset, model_name, model, num_params, workdir, start,
-      targets=arrays["train_probs"],
-      objective=make_objective(settings["loss"], label_smoothing=settings["label_smoothing"]),
-      augment_settings=recipe["augment"] if settings["augment"] else None,
+      teaching=teaching, objective=objective,
+      augment_settings=recipe["augment"] if augmented else None,
       strict_init_check=strict_init_check, console=console)
   teacher_summary_path = teacher_dir / SUMMARY_FILE
   teacher_summary = read_json(teacher_summary_path) if teacher_summary_path.exists() else {}
   summary.update({
       "loss": settings["loss"],
+      "teaching": "hard" if teaching is None else teaching.mode,
+      "soft_loss": settings["soft_loss"],
+      "temperature": settings["temperature"],
+      "alpha": settings["alpha"],
+      "mixup": settings["mixup"],
       "teacher_dir": str(teacher_dir.resolve()),
-      "teacher_params_sha256": meta["teacher"]["params_sha256"],
+      "teacher_params_sha256": identity["params_sha256"],
       "teacher_test_accuracy": teacher_summary.get(
-          "test_accuracy", float(losses.accuracy(arrays["test_logits"], dataset.y_test))),
-      "agreement_with_teacher": float(losses.top1_agreement(test["logits"], arrays["test_logits"])),
-      "temperature": meta["temperature"],
+          "test_accuracy", float(losses.accuracy(teacher_test_logits, dataset.y_test))),
+      "agreement_with_teacher": float(losses.top1_agreement(test["logits"], teacher_test_logits)),
   })
   write_json(workdir / SUMMARY_FILE, summary)
-  console.info(f"student {model_name} ({settings['loss']}) test accuracy "
+  console.info(f"student {model_name} ({settings['loss']}, {how}) test accuracy "
                f"{summary['test_accuracy']:.4f}, teacher {summary['teacher_test_accuracy']:.4f}, "
                f"agreement {summary['agreement_with_teacher']:.4f} -> {workdir}")
   return summary

@@ -1,7 +1,6 @@
 """Killed runs resume to bit-identical parameters."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -34,7 +34,7 @@ def _fit(tmp_path, overrides, **kwargs):
   dataset = workflow.load_data(recipe)
   _, model, _ = workflow._build_model(recipe, "teacher", dataset)
   defaults = dict(
-      model=model, images=dataset.x_train, labels=dataset.y_train, targets=None,
+      model=model, images=dataset.x_train, labels=dataset.y_train,
       val_images=dataset.x_val, val_labels=dataset.y_val, objective=make_objective("hard"),
       settings=recipe["teacher"], augment_settings=recipe["augment"], workdir=tmp_path,
       seed=recipe["seed"], checkpoint_meta={"recipe_hash": config.recipe_hash(recipe)},

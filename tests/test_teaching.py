@@ -1,0 +1,190 @@
+"""Distillation options on tiny digits: temperature, alpha, KL, the three teachings, ensembles."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import TINY
+from distill import augment, config, losses, train, workflow
+from distill.cli import main
+from distill.targets import load_targets
+
+SET = [arg for override in TINY for arg in ("--set", override)]
+
+
+def _run(*args):
+  return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+  """Two tiny teachers (seeds 0 and 1); the first also exports 3 augmented views."""
+  root = tmp_path_factory.mktemp("teachers")
+  for seed in (0, 1):
+    result = _run("teacher", "-r", "digits", "-w", root / f"t{seed}", "--seed", seed, "-q",
+                  "--set", "teacher.steps=40", *SET)
+    assert result.exit_code == 0, result.output
+  result = _run("export", "--teacher", root / "t0", "--views", 3, "-q")
+  assert result.exit_code == 0, result.output
+  return root
+
+
+def _student(teacher_dir, workdir, *args):
+  result = _run("student", "--teacher", teacher_dir, "-m", "mlp", "-w", workdir, "-q",
+                "--strict-init-check", *SET, *args)
+  assert result.exit_code == 0, result.output
+  return json.loads((workdir / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("args, teaching", [
+    ((), "targets"),
+    (("--teaching", "online"), "online"),
+    (("--teaching", "online", "--mixup", "0.4"), "online"),
+    (("--teaching", "views"), "views"),
+    (("--soft-loss", "kl", "-T", "4", "--alpha", "0.5"), "targets"),
+    (("--loss", "hard"), "hard"),
+])
+def test_every_teaching_trains_and_passes_the_strict_init_check(teachers, tmp_path, args,
+                                                                 teaching):
+  summary = _student(teachers / "t0", tmp_path / "s", *args)
+  assert summary["teaching"] == teaching
+  assert np.isfinite(summary["final_train_loss"])
+  records = [json.loads(line) for line in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
+  assert ("teacher_agreement" in records[-1]) == (teaching != "hard")
+
+
+def test_kl_starts_below_log_c_by_the_teachers_entropy(teachers, tmp_path):
+  soft_ce = _student(teachers / "t0", tmp_path / "ce", "-T", "2")
+  kl = _student(teachers / "t0", tmp_path / "kl", "-T", "2", "--soft-loss", "kl")
+  assert soft_ce["init_loss_expected"] == pytest.approx(4 * np.log(10), rel=1e-6)
+  assert kl["init_loss_expected"] < soft_ce["init_loss_expected"]
+  assert kl["init_loss"] == pytest.approx(kl["init_loss_expected"], abs=1e-5)
+  # Same gradient: soft CE and KL differ by the targets' entropy, a constant.
+  assert kl["params_sha256"] == soft_ce["params_sha256"] or abs(
+      kl["test_accuracy"] - soft_ce["test_accuracy"]) < 0.02
+
+
+def test_objective_is_the_library_distillation_loss():
+  logits = jax.random.normal(jax.random.key(0), (8, 5))
+  targets = jax.nn.softmax(jax.random.normal(jax.random.key(1), (8, 5)))
+  labels = jnp.arange(8) % 5
+  objective = train.make_objective("soft", temperature=3.0, alpha=0.3, soft_loss="kl",
+                                   label_smoothing=0.1)
+  got = objective.loss(logits, {"targets": targets, "labels": labels})
+  want = (0.3 * 9 * losses.kl_divergence(logits, targets, temperature=3.0)
+          + 0.7 * losses.hard_cross_entropy(logits, labels, label_smoothing=0.1))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def _tiny_setup(teaching, **objective_settings):
+  recipe = config.load_recipe("digits", TINY)
+  dataset = workflow.load_data(recipe)
+  _, model, _ = workflow._build_model(recipe, "student", dataset)
+  setup = train.prepare_training(
+      model=model, images=dataset.x_train, labels=dataset.y_train,
+      objective=train.make_objective("soft", **objective_settings), teaching=teaching,
+      settings=recipe["student"], augment_settings=recipe["augment"], seed=3)
+  return recipe, dataset, setup
+
+
+def test_online_teacher_labels_the_students_exact_augmented_batch(teachers):
+  recipe = workflow.read_run_recipe(teachers / "t0")
+  dataset = workflow.load_data(recipe)
+  result, _ = workflow._restore_trained(teachers / "t0", recipe, "teacher", dataset)
+  teaching = train.Teaching(mode="online", temperature=2.0,
+                            teacher=(result.graphdef, result.rest, result.params))
+  _, _, setup = _tiny_setup(teaching, temperature=2.0)
+  indices = jnp.asarray(setup.order.indices(7, 1)[0])
+  images, batch = train._student_batch(setup.ctx, setup.data, setup.stats, setup.teacher_params,
+                                       jnp.asarray(7), indices)
+  # The batch is augmented (not the plain images) and the targets are the teacher's on it.
+  plain = train.normalize(setup.data["images"][indices], *setup.stats)
+  assert not np.allclose(images, plain)
+  from flax import nnx
+  teacher = nnx.merge(result.graphdef, result.params, result.rest)
+  np.testing.assert_allclose(batch["targets"], jax.nn.softmax(teacher(images) / 2.0), atol=1e-5)
+
+
+def test_views_replay_exactly_what_the_teacher_labelled(teachers):
+  arrays, meta = load_targets(teachers / "t0")
+  assert arrays["view_logits"].shape == (len(arrays["train_logits"]), 3, 10)
+  assert meta["views"]["count"] == 3
+  recipe = workflow.read_run_recipe(teachers / "t0")
+  dataset = workflow.load_data(recipe)
+  result, _ = workflow._restore_trained(teachers / "t0", recipe, "teacher", dataset)
+  images = train.normalize(jnp.asarray(dataset.x_train), *map(jnp.asarray, result.stats))
+  # Example 5, view 2, rebuilt inside two different batches: the same image, the stored logits.
+  for indices in (np.array([5, 9, 11]), np.array([40, 5])):
+    views = augment.augment_views(images[indices], jnp.asarray(indices),
+                                  jnp.full(len(indices), 2), meta["views"]["seed"],
+                                  meta["views"]["augment"])
+    row = int(np.where(indices == 5)[0][0])
+    logits = result.predict(result.params, dataset.x_train[indices])  # plain, for contrast
+    from flax import nnx
+    model = nnx.merge(result.graphdef, result.params, result.rest)
+    np.testing.assert_allclose(model(views)[row], arrays["view_logits"][5, 2], atol=1e-4)
+    assert not np.allclose(logits[row], arrays["view_logits"][5, 2], atol=1e-4)
+  # Distinct views differ.
+  assert not np.allclose(arrays["view_logits"][:, 0], arrays["view_logits"][:, 1])
+
+
+def test_ensemble_averages_probabilities_and_keeps_every_identity(teachers, tmp_path):
+  result = _run("export", "--teacher", teachers / "t0", "--teacher", teachers / "t1",
+                "--out", tmp_path / "ens", "-q")
+  assert result.exit_code == 0, result.output
+  ensemble, meta = load_targets(tmp_path / "ens")
+  members = [load_targets(teachers / name)[0] for name in ("t0", "t1")]
+  want = np.mean([jax.nn.softmax(m["train_logits"]) for m in members], axis=0)
+  np.testing.assert_allclose(ensemble["train_probs"], want, atol=1e-5)
+  assert [t["dir"] for t in meta["teachers"]] == [
+      str((teachers / name).resolve()) for name in ("t0", "t1")]
+  summary = _student(tmp_path / "ens", tmp_path / "s")
+  assert summary["teaching"] == "targets"
+
+
+def test_mixup_blends_with_the_reversed_batch():
+  images = jnp.arange(4.0).reshape(4, 1, 1, 1)
+  mixed = augment.mixup(images, jax.random.key(0), 0.5)
+  weight = (mixed[0] - images[3]) / (images[0] - images[3])
+  assert 0.0 <= float(weight[0, 0, 0]) <= 1.0
+  np.testing.assert_allclose(mixed[:, 0, 0, 0],
+                             weight[0, 0, 0] * images[:, 0, 0, 0]
+                             + (1 - weight[0, 0, 0]) * images[::-1, 0, 0, 0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("student", "--teaching", "bogus"), "Invalid value for '--teaching'"),
+    (("student", "-T", "0"), "student.temperature must be a positive number"),
+    (("student", "-T", "nan"), "student.temperature must be a positive number"),
+    (("student", "--alpha", "1.5"), "student.alpha"),
+    (("student", "--alpha", "-0.1"), "student.alpha"),
+    (("student", "--mixup", "-1"), "student.mixup"),
+    (("student", "--mixup", "0.2"), "needs teaching=online"),
+    (("student", "--teaching", "online", "--mixup", "0.2", "--alpha", "0.5"), "alpha=1"),
+    (("student", "--loss", "hard", "--teaching", "online"), "cannot be combined with loss=hard"),
+    (("student", "--set", "student.soft_loss=mse"), "student.soft_loss must be one of"),
+    (("student", "--teaching", "views", "--teacher-from", "t1"), "holds no augmented views"),
+    (("export", "--views", "-1"), "--views must be 0"),
+    (("export", "--second", "t1"), "needs --out"),
+    (("export", "--second", "t0"), "named twice"),
+])
+def test_invalid_distillation_settings_are_one_line_errors(teachers, tmp_path, args, message):
+  command, *rest = args
+  if "--teacher-from" in rest:
+    position = rest.index("--teacher-from")
+    teacher = teachers / rest[position + 1]
+    rest = rest[:position]
+  else:
+    teacher = teachers / "t0"
+  if "--second" in rest:
+    rest = ["--teacher", teachers / rest[1]]
+  extra = ["-w", tmp_path / "s", *SET] if command == "student" else []
+  result = CliRunner().invoke(main, [command, "--teacher", str(teacher), *map(str, rest), *extra])
+  assert result.exit_code == 2, result.output
+  assert message in result.output
+  assert "Traceback" not in result.output
+  assert not (tmp_path / "s").exists()
