@@ -113,7 +113,7 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int =
   setup = prepare(steps)
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(setup.state["params"]))
   state, data, stats, teacher_params = setup.state, setup.data, setup.stats, setup.teacher_params
-  indices = [jax.device_put(setup.order.indices(i * per_dispatch, per_dispatch))
+  indices = [setup.put_indices(setup.order.indices(i * per_dispatch, per_dispatch))
              for i in range(dispatches + 1)]
   start = time.perf_counter()
   compiled = setup.chunk_fn.lower(state, data, stats, teacher_params, indices[0]).compile()

@@ -37,6 +37,14 @@ def _user_errors(command):
   return wrapper
 
 
+def _say(text: str) -> None:
+  """Prints a command's result line, once per run (process 0 of several)."""
+  from distill.io import is_primary_process
+
+  if is_primary_process():
+    click.echo(text)
+
+
 def _common_training_options(command):
   options = [
       click.option("--recipe", "-r", default=None, help=_RECIPE_HELP),
@@ -69,7 +77,15 @@ def _cli_overrides(role: str, dataset, data_dir, steps, batch_size, seed, model=
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="distill")
-def main():
+@click.option("--coordinator", default=None, metavar="HOST:PORT",
+              help="Several hosts: process 0's address, reachable by every process "
+                   "(with --num-processes and --process-id).")
+@click.option("--num-processes", type=int, default=None, help="Several hosts: how many processes.")
+@click.option("--process-id", type=int, default=None, help="Several hosts: this process, 0..N-1.")
+@click.option("--distributed", is_flag=True,
+              help="Join a multi-process run from the cluster's variables (SLURM, Open MPI, "
+                   "TPU slices), as jax.distributed.initialize() reads them.")
+def main(coordinator, num_processes, process_id, distributed):
   """Teacher -> student knowledge distillation on JAX.
 
   \b
@@ -83,7 +99,25 @@ def main():
 
   Every run checks its step-0 loss against log(n_classes) and warns loudly
   when it is off. Runs resume from their last checkpoint when re-run.
+
+  \b
+  Every local device trains data-parallel. Several hosts, one process each:
+    distill --coordinator host0:1234 --num-processes 2 --process-id I teacher
   """
+  import os
+
+  if coordinator or distributed or os.environ.get("DISTILL_COORDINATOR"):
+    try:
+      from distill import parallel
+
+      parallel.initialize(coordinator, num_processes, process_id)
+    except UserError as e:
+      click.secho(f"error: {e}", err=True, fg="red")
+      sys.exit(e.exit_code)
+  elif num_processes is not None or process_id is not None:
+    click.secho("error: --num-processes and --process-id need --coordinator (or --distributed)",
+                err=True, fg="red")
+    sys.exit(2)
 
 
 @main.command()
@@ -108,7 +142,7 @@ def teacher(recipe, overrides, dataset, data_dir, steps, batch_size, seed, resta
   summary = workflow.train_teacher(resolved, Path(workdir), restart=restart, overwrite=overwrite,
                                    strict_init_check=strict_init_check, quiet=quiet,
                                    export=not no_export)
-  click.echo(f"teacher test accuracy: {summary['test_accuracy']:.4f}")
+  _say(f"teacher test accuracy: {summary['test_accuracy']:.4f}")
 
 
 @main.command()
@@ -144,7 +178,7 @@ def export(teacher_dirs, out_dir, temperature, views, quiet):
   path = workflow.export_targets([Path(d) for d in teacher_dirs],
                                  out_dir=Path(out_dir) if out_dir else None,
                                  temperature=temperature, views=views, quiet=quiet)
-  click.echo(str(path))
+  _say(str(path))
 
 
 @main.command()
@@ -210,7 +244,7 @@ def student(recipe, overrides, dataset, data_dir, steps, batch_size, seed, resta
   summary = workflow.train_student(resolved, Path(teacher_dir), Path(workdir), restart=restart,
                                    overwrite=overwrite, strict_init_check=strict_init_check,
                                    quiet=quiet)
-  click.echo(f"student test accuracy: {summary['test_accuracy']:.4f} "
+  _say(f"student test accuracy: {summary['test_accuracy']:.4f} "
              f"(teacher {summary['teacher_test_accuracy']:.4f})")
 
 

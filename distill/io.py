@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -14,7 +15,19 @@ import numpy as np
 from distill.errors import UserError
 
 
+def is_primary_process() -> bool:
+  """False on every process but the first of a multi-process run.
+
+  All processes compute the same results; only process 0 writes and prints
+  them. Checked without importing JAX, so commands that never load it stay fast.
+  """
+  jax = sys.modules.get("jax")
+  return jax is None or jax.process_index() == 0
+
+
 def _write_atomic(path: Path, write: Callable[[Any], None], mode: str) -> None:
+  if not is_primary_process():
+    return
   path = Path(path)
   try:
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from distill import losses
+from distill import losses, parallel
 from distill.augment import augment, augment_views, mixup
 from distill.checkpoint import Checkpointer
 from distill.errors import UserError
@@ -322,13 +322,22 @@ def _first_loss(ctx: StepContext, params, data: Batch, stats, teacher_params, in
   return ctx.objective.loss(logits, batch), logits, batch.get("targets")
 
 
-def make_predict(graphdef, rest, stats) -> Callable[[Any, jax.Array], jax.Array]:
-  """A jitted (params, uint8 images) -> float32 logits, for evaluation and export."""
+def make_predict(graphdef, rest, stats, mesh=None) -> Callable[[Any, Any], jax.Array]:
+  """(params, uint8 images [B, ...]) -> float32 logits [B, C], jitted, the batch split over `mesh`.
 
-  @jax.jit
-  def predict(params, images_uint8):
+  `mesh` defaults to every device (see `parallel.make_mesh`); B must divide by
+  its size (`predict_in_batches` pads to that).
+  """
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  stats = tuple(parallel.fetch(s) for s in stats)  # constants, whatever their placement
+
+  @partial(jax.jit, out_shardings=parallel.replicated(mesh))
+  def predict_sharded(params, images_uint8):
     logits = nnx.merge(graphdef, params, rest)(normalize(images_uint8, *stats))
     return logits.astype(jnp.float32)
+
+  def predict(params, images_uint8):
+    return predict_sharded(params, parallel.put(images_uint8, parallel.batch_sharded(mesh)))
 
   return predict
 
@@ -341,14 +350,21 @@ def make_view_predict(graphdef, rest, stats, *, num_views: int, seed: int,
   student taught with `teaching=views` replays.
   """
   settings = dict(augment_settings)
+  mesh = parallel.make_mesh()
+  stats = tuple(parallel.fetch(s) for s in stats)
 
-  @jax.jit
-  def predict(params, images_uint8, indices_B):
+  @partial(jax.jit, out_shardings=parallel.replicated(mesh))
+  def predict_sharded(params, images_uint8, indices_B):
     model = nnx.merge(graphdef, params, rest)
     images = normalize(images_uint8, *stats)
     views = [model(augment_views(images, indices_B, jnp.full_like(indices_B, v), seed, settings))
              for v in range(num_views)]
     return jnp.stack(views, axis=1).astype(jnp.float32)
+
+  def predict(params, images_uint8, indices_B):
+    sharding = parallel.batch_sharded(mesh)
+    return predict_sharded(params, parallel.put(images_uint8, sharding),
+                           parallel.put(indices_B, sharding))
 
   return predict
 
@@ -362,23 +378,26 @@ def predict_in_batches(predict, params, images: np.ndarray, batch_size: int,
   """
   from tqdm.auto import tqdm  # noqa: PLC0415
 
-  batch_size = min(batch_size, len(images))
+  # Every device gets an equal share of each batch.
+  devices = jax.device_count()
+  batch_size = -(-min(batch_size, len(images)) // devices) * devices
   outputs = []
   starts = range(0, len(images), batch_size)
-  for start in tqdm(starts, desc=progress, disable=progress is None, leave=False, unit="batch"):
+  for start in tqdm(starts, desc=progress, disable=progress is None or not parallel.is_primary(),
+                    leave=False, unit="batch"):
     chunk = images[start:start + batch_size]
     valid = len(chunk)
     indices = np.arange(start, start + batch_size, dtype=np.int32)
     if valid < batch_size:
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - valid, axis=0)])
     extra = (indices,) if pass_indices else ()
-    outputs.append(np.asarray(predict(params, chunk, *extra))[:valid])
+    outputs.append(parallel.fetch(predict(params, chunk, *extra))[:valid])
   return np.concatenate(outputs)
 
 
 def params_sha256(params) -> str:
   """A hash of the parameter values, for checking two runs ended identically."""
-  return array_sha256(*[np.asarray(x) for x in jax.tree.leaves(params)])
+  return array_sha256(*[parallel.fetch(x) for x in jax.tree.leaves(params)])
 
 
 # --------------------------------------------------------------------------
@@ -452,32 +471,48 @@ class TrainingSetup:
   chunk_fn: Callable[..., Any]  # jitted K-step dispatch; donates the state
   pixel_mean: list[float]
   pixel_std: list[float]
+  mesh: Any
+
+  def put_indices(self, indices_KxB: np.ndarray) -> jax.Array:
+    """Batch indices for one dispatch, each device (and process) holding its share."""
+    return parallel.put(indices_KxB, parallel.batch_sharded(self.mesh, batch_axis=1))
 
   def first_loss(self) -> tuple[float, int, np.ndarray | None]:
     """(step-0 loss, number of classes, that batch's targets) on the first real batch."""
-    indices = self.order.indices(0, 1)[0]
-    loss, logits, targets = jax.jit(partial(_first_loss, self.ctx))(
+    indices = parallel.put(self.order.indices(0, 1)[0], parallel.batch_sharded(self.mesh))
+    loss, logits, targets = jax.jit(partial(_first_loss, self.ctx),
+                                    out_shardings=parallel.replicated(self.mesh))(
         self.state["params"], self.data, self.stats, self.teacher_params, indices)
-    return float(loss), int(logits.shape[-1]), None if targets is None else np.asarray(targets)
+    return (float(parallel.fetch(loss)), int(logits.shape[-1]),
+            None if targets is None else parallel.fetch(targets))
 
 
 def prepare_training(*, model: nnx.Module, images: np.ndarray, labels: np.ndarray,
                      objective: Objective, teaching: Teaching | None, settings: dict[str, Any],
-                     augment_settings: dict[str, Any] | None, seed: int) -> TrainingSetup:
-  """Splits `model`, builds its optimizer and puts the training data on the device.
+                     augment_settings: dict[str, Any] | None, seed: int,
+                     mesh=None) -> TrainingSetup:
+  """Splits `model`, builds its optimizer and puts the training data on the devices.
 
-  Args: as for `fit`.
+  The data set, parameters and optimizer state are replicated on every device
+  of `mesh` (default: all of them); each step's batch is split across them.
+
+  Args: as for `fit`, plus `mesh` (see `parallel.make_mesh`).
   """
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  parallel.check_divides(settings["batch_size"], mesh, "batch_size")
   if objective.uses_targets and teaching is None:
     raise UserError(f"the '{objective.name}' loss needs a teacher (targets, online or views)")
   teaching = teaching if objective.uses_targets else None
   total_steps = settings["steps"]
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   mean, std = pixel_stats(images)
-  stats = (jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32))
+  stats = parallel.put_replicated(
+      (np.asarray(mean, np.float32), np.asarray(std, np.float32)), mesh)
   optimizer = make_optimizer(settings, total_steps)
-  state = {"params": params, "opt_state": optimizer.init(params), "step": jnp.asarray(0, jnp.int32)}
-  data = {"images": jax.device_put(images), "labels": jax.device_put(labels.astype(np.int32))}
+  state = parallel.put_replicated(
+      {"params": params, "opt_state": optimizer.init(params), "step": jnp.asarray(0, jnp.int32)},
+      mesh)
+  data = {"images": images, "labels": labels.astype(np.int32)}
   teacher_params = None
   extra: dict[str, Any] = {}
   if teaching is not None:
@@ -489,30 +524,35 @@ def prepare_training(*, model: nnx.Module, images: np.ndarray, labels: np.ndarra
         raise UserError(f"teaching={teaching.mode} needs teacher logits of {expected_ndim} "
                         f"dimensions, one row per training image ({len(images)})")
     if teaching.mode == "targets":
-      data["targets"] = jax.device_put(np.asarray(
-          losses.softmax(teaching.teacher_logits, temperature=teaching.temperature)))
+      data["targets"] = np.asarray(
+          losses.softmax(teaching.teacher_logits, temperature=teaching.temperature))
     elif teaching.mode == "views":
-      data["view_logits"] = jax.device_put(teaching.teacher_logits.astype(np.float32))
+      data["view_logits"] = teaching.teacher_logits.astype(np.float32)
       extra.update(num_views=int(teaching.teacher_logits.shape[1]), view_seed=teaching.view_seed,
                    view_augment=tuple(sorted(teaching.view_augment.items())))
     elif teaching.mode == "online":
       if teaching.teacher is None:
         raise UserError("teaching=online needs the teacher model")
       teacher_graphdef, teacher_rest, teacher_params = teaching.teacher
+      teacher_params = parallel.put_replicated(teacher_params, mesh)
       extra.update(mixup=teaching.mixup, teacher_graphdef=teacher_graphdef,
                    teacher_rest=teacher_rest)
     else:
       raise UserError(f"unknown teaching '{teaching.mode}'; valid: targets, online, views")
+  data = parallel.put_replicated(data, mesh)
   ctx = StepContext(
       graphdef=graphdef, rest=rest, objective=objective, optimizer=optimizer,
       augment_settings=tuple(sorted(augment_settings.items())) if augment_settings else None,
       seed=seed, unroll=should_unroll(model), **extra)
+  every_device = parallel.replicated(mesh)
   return TrainingSetup(
       ctx=ctx, state=state, data=data, stats=stats, teacher_params=teacher_params,
       order=DataOrder(len(images), settings["batch_size"], seed),
-      schedule=make_schedule(settings, total_steps), predict=make_predict(graphdef, rest, stats),
-      chunk_fn=jax.jit(partial(_train_chunk, ctx), donate_argnums=0), pixel_mean=mean,
-      pixel_std=std)
+      schedule=make_schedule(settings, total_steps),
+      predict=make_predict(graphdef, rest, stats, mesh),
+      chunk_fn=jax.jit(partial(_train_chunk, ctx), donate_argnums=0,
+                       out_shardings=(every_device, every_device)),
+      pixel_mean=mean, pixel_std=std, mesh=mesh)
 
 
 def fit(
@@ -602,7 +642,8 @@ def fit(
   window: list[dict[str, jax.Array]] = []
   last_train_loss = init_loss
   step = start_step
-  progress = tqdm(total=total_steps, initial=start_step, disable=quiet, unit="step",
+  progress = tqdm(total=total_steps, initial=start_step, disable=quiet or not parallel.is_primary(),
+                  unit="step",
                   desc=f"train {checkpoint_meta.get('role', '')}".strip(), dynamic_ncols=True,
                   leave=False)
   loop_start = time.perf_counter()
@@ -613,7 +654,7 @@ def fit(
       next_event = min(total_steps, *(
           (step // every + 1) * every for every in (log_every, eval_every, checkpoint_every)))
       count = min(per_dispatch, next_event - step)
-      indices = order.indices(step, count)
+      indices = setup.put_indices(order.indices(step, count))
       if count not in compiled:
         t0 = time.perf_counter()
         compiled[count] = setup.chunk_fn.lower(
@@ -677,7 +718,7 @@ def fit(
 
 def _summarise(window: list[dict[str, jax.Array]], step: int) -> dict[str, Any]:
   """Means of the per-step metrics since the last log line (one host sync)."""
-  fetched = jax.device_get(window)
+  fetched = jax.tree.map(parallel.fetch, window)
   record: dict[str, Any] = {"step": step}
   for key in fetched[0]:
     values = np.concatenate([np.atleast_1d(chunk[key]) for chunk in fetched])

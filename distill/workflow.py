@@ -72,22 +72,29 @@ def prepare_workdir(workdir: Path, *, restart: bool, overwrite: bool) -> None:
   resumed (the training loop checks the recipe hash) unless `restart`.
   Callers run `check_workdir` first, before loading any data.
   """
+  from distill import parallel  # noqa: PLC0415
+  from distill.io import is_primary_process  # noqa: PLC0415
+
   workdir = Path(workdir)
   finished = (workdir / SUMMARY_FILE).exists()
   if finished and not overwrite:
     raise UserError(f"{workdir} already holds a finished run; pass --overwrite to replace it, "
                     "or choose another --workdir")
-  if (finished and overwrite) or restart:
-    for name in _RUN_OUTPUTS:
-      path = workdir / name
-      shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-  try:
-    workdir.mkdir(parents=True, exist_ok=True)
-    probe = workdir / ".write-test"
-    probe.write_text("")
-    probe.unlink()
-  except OSError as e:
-    raise UserError(f"cannot write to workdir {workdir}: {e.strerror}") from None
+  # Every process decides the same; one clears and probes, the others wait for it.
+  parallel.sync("workdir checked")
+  if is_primary_process():
+    if (finished and overwrite) or restart:
+      for name in _RUN_OUTPUTS:
+        path = workdir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    try:
+      workdir.mkdir(parents=True, exist_ok=True)
+      probe = workdir / ".write-test"
+      probe.write_text("")
+      probe.unlink()
+    except OSError as e:
+      raise UserError(f"cannot write to workdir {workdir}: {e.strerror}") from None
+  parallel.sync("workdir ready")
 
 
 def _build_model(recipe: dict[str, Any], role: str, dataset):
@@ -228,13 +235,16 @@ def _restore_trained(run_dir: Path, recipe: dict[str, Any], role: str, dataset):
   import jax.numpy as jnp  # noqa: PLC0415
   from flax import nnx  # noqa: PLC0415
 
+  from distill import parallel  # noqa: PLC0415
   from distill.checkpoint import Checkpointer  # noqa: PLC0415
   from distill.train import TrainResult, make_optimizer, make_predict, pixel_stats  # noqa: PLC0415
 
   _, model, _ = _build_model(recipe, role, dataset)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   optimizer = make_optimizer(recipe[role], recipe[role]["steps"])
-  like = {"params": params, "opt_state": optimizer.init(params), "step": jnp.asarray(0, jnp.int32)}
+  like = parallel.put_replicated(
+      {"params": params, "opt_state": optimizer.init(params), "step": jnp.asarray(0, jnp.int32)},
+      parallel.make_mesh())
   checkpointer = Checkpointer(run_dir)
   step = checkpointer.latest_step()
   if step is None:
