@@ -243,10 +243,10 @@ def validate(recipe: dict[str, Any]) -> None:
   from distill.models import model_names  # noqa: PLC0415 (keeps --help fast)
   from distill.data import dataset_names  # noqa: PLC0415
 
-  if recipe["data"]["dataset"] not in dataset_names():
-    raise UserError(
-        f"unknown dataset '{recipe['data']['dataset']}'; valid: {', '.join(dataset_names())}"
-    )
+  # 'stream': array shards read from disk (data.data_dir), see distill.stream.
+  names = [*dataset_names(), "stream"]
+  if recipe["data"]["dataset"] not in names:
+    raise UserError(f"unknown dataset '{recipe['data']['dataset']}'; valid: {', '.join(names)}")
   if recipe["augment"]["crop"] not in CROP_MODES:
     raise UserError(f"augment.crop must be one of {', '.join(CROP_MODES)}, got '{recipe['augment']['crop']}'")
   if recipe["student"]["loss"] not in STUDENT_LOSSES:

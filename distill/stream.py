@@ -1141,3 +1141,108 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 def _one_line(error: BaseException) -> str:
   text = " ".join(str(error).split())
   return text or type(error).__name__
+
+
+# --------------------------------------------------------------------------
+# Training from a stream: the in-memory Dataset's interface over sources.
+
+
+class Rows:
+  """Rows of a source, by position in a split, read from disk when indexed.
+
+  Looks enough like a uint8 array [N, H, W, C] for the training loop and the
+  evaluators: `len`, `shape`, `dtype`, and indexing by a slice or an integer
+  array return numpy arrays; nothing else is held in memory.
+
+  Attributes:
+    source: where the rows live.
+    global_indices: int32 [N], the source's row of each position.
+  """
+
+  dtype = np.dtype(np.uint8)
+
+  def __init__(self, source: StreamSource, global_indices: np.ndarray):
+    self.source = source
+    self.global_indices = np.asarray(global_indices, np.int32)
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    """(N, H, W, C)."""
+    return (len(self.global_indices), *self.source.image_shape)
+
+  @property
+  def ndim(self) -> int:
+    """4, as for an image array."""
+    return 4
+
+  def __len__(self) -> int:
+    return len(self.global_indices)
+
+  def __getitem__(self, key) -> np.ndarray:
+    return self.source.read(self.global_indices[key])[0]
+
+
+def _all_labels(source: StreamSource) -> np.ndarray:
+  """Every label of a source, in row order (labels are small even when images are not)."""
+  if isinstance(source, ArrayShardSource):
+    return np.concatenate([np.asarray(source.shard_arrays(i)[1]) for i in range(source.num_shards)]
+                          ).astype(np.int32)
+  return np.asarray(source.labels, np.int32)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StreamedTrainingData:
+  """A `StreamDataset` with the fields the workflow reads from `distill.data.Dataset`.
+
+  Images are `Rows` (read on demand); labels are in memory.
+  """
+
+  stream: StreamDataset
+  x_train: Rows
+  y_train: np.ndarray
+  x_val: Rows
+  y_val: np.ndarray
+  x_test: Rows
+  y_test: np.ndarray
+
+  name = property(lambda self: self.stream.name)
+  fingerprint = property(lambda self: self.stream.fingerprint)
+  class_names = property(lambda self: self.stream.class_names)
+  num_classes = property(lambda self: self.stream.num_classes)
+  image_shape = property(lambda self: self.stream.image_shape)
+  streaming = True
+
+  def split_fingerprint(self, split: str) -> str:
+    """See `StreamDataset.split_fingerprint`."""
+    return self.stream.split_fingerprint(split)
+
+  def describe(self) -> str:
+    """One line: name, split sizes, image shape and classes."""
+    return self.stream.describe() + ", streamed from disk"
+
+
+def open_training_stream(root: str | os.PathLike, *, val_size: int | float, split_seed: int,
+                         train_limit: int | None) -> StreamedTrainingData:
+  """Opens array shards (see `write_array_shards`) for `distill teacher/student --dataset stream`.
+
+  `root` holds train/ and test/ shard folders. Image folders are converted
+  to shards first (`write_array_shards` over `ImageFolderSource` reads), so
+  decoding happens once, not every epoch.
+  """
+  if not root:
+    raise UserError("--dataset stream needs --data-dir: a folder with train/ and test/ shards")
+  stream = open_stream_dataset(root, val_size=val_size, split_seed=split_seed,
+                               train_limit=train_limit)
+  for split, source in (("train", stream.train), ("test", stream.test)):
+    if source is None:
+      raise UserError(f"{root} has no test/ split; streamed training evaluates on it")
+    if not isinstance(source, ArrayShardSource):
+      raise UserError(f"{source.path} is an image folder; convert it to array shards first "
+                      "(distill.stream.write_array_shards) so it is decoded once, not every epoch")
+  train_labels = _all_labels(stream.train)
+  return StreamedTrainingData(
+      stream=stream,
+      x_train=Rows(stream.train, stream.train_indices), y_train=train_labels[stream.train_indices],
+      x_val=Rows(stream.train, stream.val_indices), y_val=train_labels[stream.val_indices],
+      x_test=Rows(stream.test, np.arange(len(stream.test), dtype=np.int32)),
+      y_test=_all_labels(stream.test))

@@ -165,18 +165,30 @@ class DataOrder:
     return np.stack(rows)
 
 
-def pixel_stats(images_NxHxWxC: np.ndarray) -> tuple[list[float], list[float]]:
-  """Per-channel mean and standard deviation of uint8 images, on the 0..1 scale."""
-  pixels = images_NxHxWxC.reshape(-1, images_NxHxWxC.shape[-1])
+def pixel_stats(images_NxHxWxC, max_rows: int = 100_000) -> tuple[list[float], list[float]]:
+  """Per-channel mean and standard deviation of uint8 images, on the 0..1 scale.
+
+  `images_NxHxWxC` is an array or anything indexable like one (a streamed
+  data set's rows); above `max_rows` images an evenly spaced sample is used,
+  so a data set larger than memory costs one bounded read.
+  """
+  count = len(images_NxHxWxC)
+  positions = (np.arange(count) if count <= max_rows
+               else np.linspace(0, count - 1, max_rows).astype(np.int64))
+  channels = images_NxHxWxC.shape[-1]
   # Chunked float64 sums: exact enough and no 8x copy of a large data set.
-  total = np.zeros(pixels.shape[1])
-  total_sq = np.zeros(pixels.shape[1])
-  for start in range(0, len(pixels), 1 << 22):
-    chunk = pixels[start:start + (1 << 22)].astype(np.float64) / 255.0
+  total = np.zeros(channels)
+  total_sq = np.zeros(channels)
+  pixels = 0
+  for start in range(0, len(positions), 4096):
+    rows = positions[start:start + 4096]
+    chunk = (images_NxHxWxC[rows[0]:rows[-1] + 1] if count <= max_rows
+             else images_NxHxWxC[rows]).reshape(-1, channels).astype(np.float64) / 255.0
     total += chunk.sum(0)
     total_sq += (chunk**2).sum(0)
-  mean = total / len(pixels)
-  std = np.sqrt(np.maximum(total_sq / len(pixels) - mean**2, 1e-12))
+    pixels += len(chunk)
+  mean = total / pixels
+  std = np.sqrt(np.maximum(total_sq / pixels - mean**2, 1e-12))
   return mean.tolist(), std.tolist()
 
 
@@ -254,14 +266,23 @@ def _forward(ctx: StepContext, params, images: jax.Array) -> jax.Array:
   return nnx.merge(ctx.graphdef, params, ctx.rest)(images)
 
 
-def _student_batch(ctx: StepContext, data: Batch, stats, teacher_params, step, indices_B):
+def _student_batch(ctx: StepContext, data: Batch, stats, teacher_params, step, rows):
   """The images and labels/targets of one step, built on the device from (seed, step).
+
+  `rows` is the batch's example indices [B] into the on-device `data`, or,
+  for a streamed data set, the rows themselves ({'index', 'images', 'labels',
+  and 'teacher_logits' for exported targets}).
 
   Returns:
     (normalised, augmented images [B, H, W, C]; {'labels', and 'targets' when taught}).
   """
-  batch = {"labels": data["labels"][indices_B]}
-  images = normalize(data["images"][indices_B], *stats)
+  if isinstance(rows, dict):  # Streamed: the rows came with the dispatch.
+    indices_B = rows["index"]
+  else:  # On the device: gather the batch.
+    indices_B = rows
+    rows = {name: value[indices_B] for name, value in data.items() if name != "view_logits"}
+  batch = {"labels": rows["labels"]}
+  images = normalize(rows["images"], *stats)
   key = jax.random.fold_in(jax.random.key(ctx.seed), step)
   if ctx.teaching == "views":
     # Each example replays one of the K views the teacher labelled at export.
@@ -278,13 +299,14 @@ def _student_batch(ctx: StepContext, data: Batch, stats, teacher_params, step, i
     teacher_logits = jax.lax.stop_gradient(teacher(images))
     batch["targets"] = losses.softmax(teacher_logits, temperature=ctx.temperature)
   elif ctx.teaching == "targets":
-    batch["targets"] = data["targets"][indices_B]
+    batch["targets"] = (rows["targets"] if "targets" in rows else
+                        losses.softmax(rows["teacher_logits"], temperature=ctx.temperature))
   return images, batch
 
 
-def _train_step(ctx: StepContext, data: Batch, stats, teacher_params, state, indices_B):
-  """One optimizer step on the batch `indices_B` of the on-device data."""
-  images, batch = _student_batch(ctx, data, stats, teacher_params, state["step"], indices_B)
+def _train_step(ctx: StepContext, data: Batch, stats, teacher_params, state, rows):
+  """One optimizer step on one batch (see `_student_batch` for `rows`)."""
+  images, batch = _student_batch(ctx, data, stats, teacher_params, state["step"], rows)
 
   def loss_fn(params):
     logits = _forward(ctx, params, images)
@@ -305,19 +327,19 @@ def _train_step(ctx: StepContext, data: Batch, stats, teacher_params, state, ind
   return new_state, metrics
 
 
-def _train_chunk(ctx: StepContext, state, data: Batch, stats, teacher_params, indices_KxB):
+def _train_chunk(ctx: StepContext, state, data: Batch, stats, teacher_params, rows_K):
   """`K` optimizer steps in one dispatch; returns the state and per-step metrics [K].
 
   `ctx.unroll` (see `should_unroll`) trades compile time for speed where a
   while-loop body is slow.
   """
   return jax.lax.scan(partial(_train_step, ctx, data, stats, teacher_params), state,
-                      indices_KxB, unroll=ctx.unroll)
+                      rows_K, unroll=ctx.unroll)
 
 
-def _first_loss(ctx: StepContext, params, data: Batch, stats, teacher_params, indices_B):
+def _first_loss(ctx: StepContext, params, data: Batch, stats, teacher_params, rows):
   """The loss of the untrained model on the first step's exact batch, and its targets."""
-  images, batch = _student_batch(ctx, data, stats, teacher_params, 0, indices_B)
+  images, batch = _student_batch(ctx, data, stats, teacher_params, 0, rows)
   logits = _forward(ctx, params, images).astype(jnp.float32)
   return ctx.objective.loss(logits, batch), logits, batch.get("targets")
 
@@ -472,17 +494,50 @@ class TrainingSetup:
   pixel_mean: list[float]
   pixel_std: list[float]
   mesh: Any
+  # Streamed data sets: the host-side rows (None when the data is on the device).
+  streamed: dict[str, Any] | None = None
 
   def put_indices(self, indices_KxB: np.ndarray) -> jax.Array:
     """Batch indices for one dispatch, each device (and process) holding its share."""
     return parallel.put(indices_KxB, parallel.batch_sharded(self.mesh, batch_axis=1))
 
+  def local_indices(self, first_step: int, count: int) -> np.ndarray:
+    """This process's share [count, B / processes] of the batches of `count` steps."""
+    indices = self.order.indices(first_step, count)
+    share = indices.shape[1] // jax.process_count()
+    return indices[:, jax.process_index() * share:(jax.process_index() + 1) * share]
+
+  def read_rows(self, positions_KxB: np.ndarray, images: np.ndarray | None = None) -> dict:
+    """Host rows of a streamed data set for positions [K, b] (this process's share).
+
+    `images` may carry the rows already read, flat [K * b, ...] (by the
+    prefetching threads).
+    """
+    shape = positions_KxB.shape
+    flat = positions_KxB.reshape(-1)
+    rows = {"index": flat.astype(np.int32),
+            "images": self.streamed["images"][flat] if images is None else images,
+            "labels": self.streamed["labels"][flat]}
+    if "teacher_logits" in self.streamed:
+      rows["teacher_logits"] = np.asarray(self.streamed["teacher_logits"][flat], np.float32)
+    return {name: value.reshape(*shape, *value.shape[1:]) for name, value in rows.items()}
+
+  def put_rows(self, rows: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """Places this process's rows [K, b, ...] as global arrays [K, B, ...] split on the batch."""
+    sharding = parallel.batch_sharded(self.mesh, batch_axis=1)
+    return {name: jax.make_array_from_process_local_data(sharding, value)
+            for name, value in rows.items()}
+
   def first_loss(self) -> tuple[float, int, np.ndarray | None]:
     """(step-0 loss, number of classes, that batch's targets) on the first real batch."""
-    indices = parallel.put(self.order.indices(0, 1)[0], parallel.batch_sharded(self.mesh))
+    if self.streamed is not None:
+      rows = self.put_rows(self.read_rows(self.local_indices(0, 1)))
+      rows = jax.tree.map(lambda value: value[0], rows)
+    else:
+      rows = parallel.put(self.order.indices(0, 1)[0], parallel.batch_sharded(self.mesh))
     loss, logits, targets = jax.jit(partial(_first_loss, self.ctx),
                                     out_shardings=parallel.replicated(self.mesh))(
-        self.state["params"], self.data, self.stats, self.teacher_params, indices)
+        self.state["params"], self.data, self.stats, self.teacher_params, rows)
     return (float(parallel.fetch(loss)), int(logits.shape[-1]),
             None if targets is None else parallel.fetch(targets))
 
@@ -512,7 +567,10 @@ def prepare_training(*, model: nnx.Module, images: np.ndarray, labels: np.ndarra
   state = parallel.put_replicated(
       {"params": params, "opt_state": optimizer.init(params), "step": jnp.asarray(0, jnp.int32)},
       mesh)
-  data = {"images": images, "labels": labels.astype(np.int32)}
+  # A streamed data set (images that are not an array in memory) stays on the
+  # host; its rows travel with each dispatch.
+  streamed = None if isinstance(images, np.ndarray) else {"images": images, "labels": labels}
+  data = {"images": images, "labels": labels.astype(np.int32)} if streamed is None else {}
   teacher_params = None
   extra: dict[str, Any] = {}
   if teaching is not None:
@@ -523,7 +581,11 @@ def prepare_training(*, model: nnx.Module, images: np.ndarray, labels: np.ndarra
       if logits is None or logits.ndim != expected_ndim or len(logits) != len(images):
         raise UserError(f"teaching={teaching.mode} needs teacher logits of {expected_ndim} "
                         f"dimensions, one row per training image ({len(images)})")
-    if teaching.mode == "targets":
+    if streamed is not None and teaching.mode == "views":
+      raise UserError("teaching=views needs the data set in memory; stream with targets or online")
+    if streamed is not None and teaching.mode == "targets":
+      streamed["teacher_logits"] = teaching.teacher_logits
+    elif teaching.mode == "targets":
       data["targets"] = np.asarray(
           losses.softmax(teaching.teacher_logits, temperature=teaching.temperature))
     elif teaching.mode == "views":
@@ -552,7 +614,7 @@ def prepare_training(*, model: nnx.Module, images: np.ndarray, labels: np.ndarra
       predict=make_predict(graphdef, rest, stats, mesh),
       chunk_fn=jax.jit(partial(_train_chunk, ctx), donate_argnums=0,
                        out_shardings=(every_device, every_device)),
-      pixel_mean=mean, pixel_std=std, mesh=mesh)
+      pixel_mean=mean, pixel_std=std, mesh=mesh, streamed=streamed)
 
 
 def fit(
@@ -636,7 +698,8 @@ def fit(
 
   log_every, eval_every = settings["log_every"], settings["eval_every"]
   checkpoint_every = settings["checkpoint_every"]
-  per_dispatch = settings["steps_per_dispatch"]
+  plan = _dispatch_plan(start_step, total_steps, settings["steps_per_dispatch"],
+                        (log_every, eval_every, checkpoint_every))
   compiled: dict[int, Any] = {}
   compile_seconds = 0.0
   window: list[dict[str, jax.Array]] = []
@@ -646,21 +709,29 @@ def fit(
                   unit="step",
                   desc=f"train {checkpoint_meta.get('role', '')}".strip(), dynamic_ncols=True,
                   leave=False)
+  prefetched = None
+  if setup.streamed is not None:
+    from distill.stream import prefetch_batches  # noqa: PLC0415 (Grain, only when streaming)
+
+    # Threads read the next dispatches' rows from disk while this one trains.
+    prefetched = prefetch_batches(
+        _PositionReader(setup.streamed["images"]),
+        lambda d: setup.local_indices(*plan[d]).reshape(-1), 0, len(plan), buffer_size=4)
   loop_start = time.perf_counter()
   with _StopFlag() as stop:
-    while step < total_steps:
-      # A dispatch never crosses a log, eval or checkpoint boundary, so those
-      # happen at exact steps whatever steps_per_dispatch is.
-      next_event = min(total_steps, *(
-          (step // every + 1) * every for every in (log_every, eval_every, checkpoint_every)))
-      count = min(per_dispatch, next_event - step)
-      indices = setup.put_indices(order.indices(step, count))
+    for first, count in plan:
+      if prefetched is not None:
+        batch = next(prefetched)
+        positions = batch["index"].reshape(count, -1)
+        rows = setup.put_rows(setup.read_rows(positions, batch["images"]))
+      else:
+        rows = setup.put_indices(order.indices(first, count))
       if count not in compiled:
         t0 = time.perf_counter()
         compiled[count] = setup.chunk_fn.lower(
-            state, data, stats, teacher_params, indices).compile()
+            state, data, stats, teacher_params, rows).compile()
         compile_seconds += time.perf_counter() - t0
-      state, chunk_metrics = compiled[count](state, data, stats, teacher_params, indices)
+      state, chunk_metrics = compiled[count](state, data, stats, teacher_params, rows)
       window.append(chunk_metrics)
       step += count
       progress.update(count)
@@ -675,6 +746,8 @@ def fit(
           window = []
         if not math.isfinite(record["loss"]):
           progress.close()
+          if prefetched is not None:
+            prefetched.close()
           good = checkpointer.latest_step()
           checkpointer.close()
           kept = (f"the last good checkpoint (step {good}) is kept in {checkpointer.directory}"
@@ -699,11 +772,15 @@ def fit(
       if stop.signal_name and step < total_steps:
         progress.close()
         checkpointer.close()
+        if prefetched is not None:
+          prefetched.close()
         raise UserError(
             f"stopped by {stop.signal_name} at step {step}; checkpoint saved. "
             "Run the same command again to resume.", exit_code=130)
   progress.close()
   checkpointer.close()
+  if prefetched is not None:
+    prefetched.close()
   jax.block_until_ready(state)
   train_seconds = time.perf_counter() - loop_start - compile_seconds
   steps_run = total_steps - start_step
@@ -714,6 +791,34 @@ def fit(
       steps=total_steps, train_seconds=train_seconds, compile_seconds=compile_seconds,
       images_per_second=steps_run * batch_size / max(train_seconds, 1e-9),
       resumed_from=resumed_from)
+
+
+def _dispatch_plan(start: int, total: int, per_dispatch: int,
+                   cadences: tuple[int, ...]) -> list[tuple[int, int]]:
+  """(first step, step count) of every dispatch from `start` to `total`.
+
+  A dispatch never crosses a log, eval or checkpoint boundary, so those
+  happen at exact steps whatever steps_per_dispatch is.
+  """
+  plan = []
+  step = start
+  while step < total:
+    next_event = min(total, *((step // every + 1) * every for every in cadences))
+    count = min(per_dispatch, next_event - step)
+    plan.append((step, count))
+    step += count
+  return plan
+
+
+class _PositionReader:
+  """Reads rows of a streamed split by position, for the prefetching threads."""
+
+  def __init__(self, images):
+    self._images = images
+
+  def read(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # Labels are in memory already; only the images come from disk.
+    return self._images[positions], np.zeros(len(positions), np.int32)
 
 
 def _summarise(window: list[dict[str, jax.Array]], step: int) -> dict[str, Any]:

@@ -39,6 +39,12 @@ def load_data(recipe: dict[str, Any]):
   from distill.data import load_dataset  # noqa: PLC0415
 
   data = recipe["data"]
+  if data["dataset"] == "stream":
+    from distill.stream import open_training_stream  # noqa: PLC0415
+
+    return open_training_stream(data["data_dir"], val_size=data["val_size"],
+                                split_seed=data["split_seed"],
+                                train_limit=data["train_limit"] or None)
   return load_dataset(data["dataset"], data_dir=data["data_dir"] or None,
                       val_size=data["val_size"], split_seed=data["split_seed"],
                       train_limit=data["train_limit"] or None)
@@ -367,6 +373,11 @@ def export_targets(teacher_dirs: Path | list[Path], *, out_dir: Path | None = No
     check_workdir(out_dir)
   if dataset is None:
     dataset = load_data(recipe)
+  if getattr(dataset, "streaming", False):
+    if len(teacher_dirs) > 1 or views:
+      raise UserError("a streamed data set exports one teacher's targets, without --views")
+    return _export_streamed(teacher_dirs[0], out_dir, recipe, dataset, result=result,
+                            temperature=temperature, console=console)
   batch = recipe["export"]["batch_size"]
   members = []
   for directory, member_recipe in zip(teacher_dirs, recipes):
@@ -412,6 +423,90 @@ def export_targets(teacher_dirs: Path | list[Path], *, out_dir: Path | None = No
   return path
 
 
+def _export_streamed(teacher_dir: Path, out_dir: Path, recipe: dict[str, Any], dataset, *,
+                     result, temperature: float, console: Console) -> Path:
+  """Writes a streamed data set's targets as shards, chunk by chunk, never all in memory.
+
+  Rows follow the train source's global order (validation rows included), so
+  a student reads any example's targets by its index. The teacher's test
+  logits are in its predictions.npz.
+  """
+  from distill import losses  # noqa: PLC0415
+  from distill.io import is_primary_process  # noqa: PLC0415
+  from distill.stream import Rows, write_target_shards  # noqa: PLC0415
+  from distill.train import params_sha256, predict_in_batches  # noqa: PLC0415
+
+  if result is None:
+    result, step = _restore_trained(teacher_dir, recipe, "teacher", dataset)
+  else:
+    step = result.steps
+  source = dataset.stream.train
+  every_row = Rows(source, np.arange(source.num_examples, dtype=np.int32))
+  batch = recipe["export"]["batch_size"]
+  chunk_rows = max(batch, 16384 // batch * batch)
+
+  def chunks():
+    for start in range(0, len(every_row), chunk_rows):
+      logits = predict_in_batches(result.predict, result.params,
+                                  every_row[start:start + chunk_rows], batch)
+      yield np.asarray(losses.softmax(logits, temperature=temperature)), logits
+
+  meta = {
+      "dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint,
+      "train_fingerprint": dataset.split_fingerprint("train"),
+      "split": {"name": "train", "val_size": recipe["data"]["val_size"],
+                "split_seed": recipe["data"]["split_seed"],
+                "train_limit": recipe["data"]["train_limit"], "rows": "train source, global"},
+      "class_names": list(dataset.class_names), "temperature": temperature,
+      "teacher": {"dir": str(teacher_dir.resolve()), "model": recipe["teacher"]["model"],
+                  "checkpoint_step": step, "params_sha256": params_sha256(result.params)},
+  }
+  start = time.perf_counter()
+  if is_primary_process():
+    path = write_target_shards(out_dir, chunks(), meta=meta, num_examples=source.num_examples,
+                               overwrite=True)
+  else:  # The forward passes are collective: every process runs them; one writes.
+    for _ in chunks():
+      pass
+    path = out_dir / "targets-shards"
+  console.info(f"exported targets for {source.num_examples:,} streamed images at "
+               f"T={temperature} in {time.perf_counter() - start:.0f}s -> {path}")
+  return path
+
+
+class _TargetRows:
+  """A streamed split's teacher logits by position, read from target shards on demand."""
+
+  ndim = 2
+
+  def __init__(self, shards, global_indices: np.ndarray):
+    self._shards = shards
+    self._global = global_indices
+
+  def __len__(self) -> int:
+    return len(self._global)
+
+  def __getitem__(self, key) -> np.ndarray:
+    return self._shards.read_logits(self._global[key])
+
+
+def _streamed_targets(recipe: dict[str, Any], teacher_dir: Path, dataset):
+  """A streamed data set's exported targets: (teacher logits by position, test logits, identity)."""
+  from distill.stream import open_target_shards  # noqa: PLC0415
+  from distill.targets import check_targets_match  # noqa: PLC0415
+
+  source = dataset.stream.train
+  shards = open_target_shards(teacher_dir, num_examples=source.num_examples,
+                              num_classes=dataset.num_classes)
+  check_targets_match(shards.meta, dataset_name=dataset.name, fingerprint=dataset.fingerprint,
+                      train_fingerprint=dataset.split_fingerprint("train"),
+                      num_examples=source.num_examples, num_classes=dataset.num_classes,
+                      path=shards.path)
+  with np.load(teacher_dir / PREDICTIONS_FILE) as predictions:
+    test_logits = predictions["test_logits"]
+  return _TargetRows(shards, dataset.x_train.global_indices), test_logits, shards.meta["teacher"]
+
+
 def _teaching_for_student(recipe: dict[str, Any], teacher_dir: Path, dataset,
                           console: Console):
   """What the student learns from, and the teacher's test logits and identity.
@@ -440,6 +535,14 @@ def _teaching_for_student(recipe: dict[str, Any], teacher_dir: Path, dataset,
     teaching = Teaching(mode="online", temperature=settings["temperature"],
                         teacher=(result.graphdef, result.rest, result.params),
                         mixup=settings["mixup"])
+    return teaching, test_logits, identity
+  if getattr(dataset, "streaming", False):
+    if mode == "views":
+      raise UserError("teaching=views needs the data set in memory; stream with targets or online")
+    teacher_logits, test_logits, identity = _streamed_targets(recipe, teacher_dir, dataset)
+    teaching = (None if settings["loss"] == "hard" else
+                Teaching(mode="targets", temperature=settings["temperature"],
+                         teacher_logits=teacher_logits))
     return teaching, test_logits, identity
   arrays, meta = load_targets(teacher_dir)
   check_targets_match(meta, dataset_name=dataset.name, fingerprint=dataset.fingerprint,
