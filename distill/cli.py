@@ -50,9 +50,11 @@ def _common_training_options(command):
       click.option("--recipe", "-r", default=None, help=_RECIPE_HELP),
       click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP),
       click.option("--dataset", default=None,
-                   help="Dataset: fashion_mnist (default), mnist, cifar10, digits, npz."),
+                   help="Dataset: fashion_mnist (default), mnist, cifar10, digits, npz, or stream "
+                        "(array shards on disk, larger than memory; see --data-dir)."),
       click.option("--data-dir", default=None, type=click.Path(),
-                   help="Where the data is (a folder, or the .npz file for --dataset npz)."),
+                   help="Where the data is (a folder, the .npz file for --dataset npz, or the "
+                        "folder holding train/ and test/ shards for --dataset stream)."),
       click.option("--steps", type=int, default=None, help="Training steps (overrides the recipe)."),
       click.option("--batch-size", type=int, default=None, help="Batch size (overrides the recipe)."),
       click.option("--seed", type=int, default=None, help="Seed for init, data order and augmentation."),

@@ -279,8 +279,12 @@ def _check_same_data(recipe: dict[str, Any], other: dict[str, Any], what: str) -
 
 
 def _teacher_outputs(teacher_dir: Path, recipe: dict[str, Any], dataset, *, result, views: int,
-                     batch: int, console: Console) -> dict[str, Any]:
-  """One teacher's logits on the training split (plain and, if asked, K views) and test set."""
+                     view_seed: int, view_augment: dict[str, Any], batch: int,
+                     console: Console) -> dict[str, Any]:
+  """One teacher's logits on the training split (plain and, if asked, K views) and test set.
+
+  Every member of an ensemble labels the same views: (view_seed, view_augment).
+  """
   from distill.train import make_view_predict, params_sha256, predict_in_batches  # noqa: PLC0415
 
   if result is None:
@@ -298,7 +302,7 @@ def _teacher_outputs(teacher_dir: Path, recipe: dict[str, Any], dataset, *, resu
 
     view_predict = make_view_predict(
         result.graphdef, result.rest, tuple(jnp.asarray(s, jnp.float32) for s in result.stats),
-        num_views=views, seed=recipe["seed"], augment_settings=recipe["augment"])
+        num_views=views, seed=view_seed, augment_settings=view_augment)
     outputs["view_logits"] = predict_in_batches(
         view_predict, result.params, dataset.x_train, batch, pass_indices=True,
         progress=None if console.quiet else f"export {views} views")
@@ -383,7 +387,9 @@ def export_targets(teacher_dirs: Path | list[Path], *, out_dir: Path | None = No
   for directory, member_recipe in zip(teacher_dirs, recipes):
     members.append(_teacher_outputs(directory, member_recipe, dataset,
                                     result=result if directory == teacher_dirs[0] else None,
-                                    views=views, batch=batch, console=console))
+                                    views=views, view_seed=recipe["seed"],
+                                    view_augment=recipe["augment"], batch=batch,
+                                    console=console))
   if len(members) == 1:
     arrays = {k: members[0][k] for k in ("train_logits", "test_logits", "view_logits")
               if k in members[0]}

@@ -188,3 +188,23 @@ def test_invalid_distillation_settings_are_one_line_errors(teachers, tmp_path, a
   assert message in result.output
   assert "Traceback" not in result.output
   assert not (tmp_path / "s").exists()
+
+
+def test_ensemble_members_label_the_same_views(teachers, tmp_path):
+  result = _run("export", "--teacher", teachers / "t0", "--teacher", teachers / "t1",
+                "--views", 2, "--out", tmp_path / "ens", "-q")
+  assert result.exit_code == 0, result.output
+  ensemble, meta = load_targets(tmp_path / "ens")
+  from flax import nnx
+  probs = []
+  for name in ("t0", "t1"):
+    recipe = workflow.read_run_recipe(teachers / name)
+    dataset = workflow.load_data(recipe)
+    member, _ = workflow._restore_trained(teachers / name, recipe, "teacher", dataset)
+    images = train.normalize(jnp.asarray(dataset.x_train[[5]]), *map(jnp.asarray, member.stats))
+    view = augment.augment_views(images, jnp.asarray([5]), jnp.asarray([1]),
+                                 meta["views"]["seed"], meta["views"]["augment"])
+    model = nnx.merge(member.graphdef, member.params, member.rest)
+    probs.append(jax.nn.softmax(model(view)[0]))
+  np.testing.assert_allclose(jax.nn.softmax(ensemble["view_logits"][5, 1]), np.mean(probs, 0),
+                             atol=1e-5)
