@@ -234,13 +234,18 @@ def _soft_ce_per_example(logits, targets, temperature):
   return -jnp.sum(targets * log_softmax(logits, temperature), axis=-1)
 
 
+def _safe_log(targets):
+  """log(targets) where targets > 0, and 0 elsewhere (so that 0 * log 0 = 0).
+
+  Feeding log a safe 1 where the target is 0 keeps both the value and the
+  gradient of the masked branch finite (no 0 * inf = nan).
+  """
+  return jnp.log(jnp.where(targets > 0, targets, 1.0))
+
+
 def _kl_per_example(logits, targets, temperature):
   logp = log_softmax(logits, temperature)
-  positive = targets > 0
-  # 0 * log 0 = 0. Feeding log a safe 1 where the target is 0 keeps both the
-  # value and the gradient of the masked branch finite (no 0 * inf = nan).
-  safe_log_t = jnp.log(jnp.where(positive, targets, 1.0))
-  terms = jnp.where(positive, targets * (safe_log_t - logp), 0.0)
+  terms = jnp.where(targets > 0, targets * (_safe_log(targets) - logp), 0.0)
   return jnp.sum(terms, axis=-1)
 
 
@@ -421,9 +426,7 @@ def expected_init_loss(n_classes, *, kind='soft_ce', temperature=1.0,
           f'target_probs must have {c} classes on the last axis, got shape '
           f'{targets.shape}')
     # Same 0 * log 0 = 0 convention as kl_divergence.
-    positive = targets > 0
-    plogp = jnp.where(
-        positive, targets * jnp.log(jnp.where(positive, targets, 1.0)), 0.0)
+    plogp = targets * _safe_log(targets)
     soft = log_c + float(jnp.mean(jnp.sum(plogp, axis=-1)))
   return a * t * t * soft + (1.0 - a) * log_c
 
