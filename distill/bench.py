@@ -58,7 +58,7 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int =
   import jax  # noqa: PLC0415
 
   from distill import train  # noqa: PLC0415
-  from distill.models import create_model  # noqa: PLC0415
+  from distill.models import count_params, create_model  # noqa: PLC0415
 
   if steps <= 0:
     raise UserError(f"--steps must be positive, got {steps}")
@@ -101,17 +101,15 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int =
                         seed=recipe["seed"], compute_dtype=settings["compute_dtype"],
                         **model_kwargs)
 
-  def prepare(step_count: int):
-    return train.prepare_training(
-        model=fresh_model(), images=images, labels=labels, objective=objective,
-        teaching=teaching, settings={**settings, "steps": step_count},
-        augment_settings=augment_settings, seed=recipe["seed"])
-
   # 1. The bare step: one compiled K-step function called back to back.
   per_dispatch = settings["steps_per_dispatch"]
   dispatches = max(1, (bare_steps or steps) // per_dispatch)
-  setup = prepare(steps)
-  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(setup.state["params"]))
+  model = fresh_model()
+  num_params = count_params(model)
+  setup = train.prepare_training(
+      model=model, images=images, labels=labels, objective=objective, teaching=teaching,
+      settings={**settings, "steps": steps}, augment_settings=augment_settings,
+      seed=recipe["seed"])
   state, data, stats, teacher_params = setup.state, setup.data, setup.stats, setup.teacher_params
   indices = [setup.put_indices(setup.order.indices(i * per_dispatch, per_dispatch))
              for i in range(dispatches + 1)]

@@ -20,6 +20,12 @@ _SET_HELP = ("Override any recipe key, e.g. --set teacher.steps=500 --set teache
              "(repeatable). Unknown keys are errors that list the valid ones.")
 
 
+def _fail(error: UserError):
+  """One red line on stderr, then the error's exit code."""
+  click.secho(f"error: {error}", err=True, fg="red")
+  sys.exit(error.exit_code)
+
+
 def _user_errors(command):
   """Shows UserError as one red line on stderr and exits non-zero, no traceback."""
 
@@ -28,8 +34,7 @@ def _user_errors(command):
     try:
       return command(*args, **kwargs)
     except UserError as e:
-      click.secho(f"error: {e}", err=True, fg="red")
-      sys.exit(e.exit_code)
+      _fail(e)
     except KeyboardInterrupt:
       click.secho("interrupted", err=True, fg="red")
       sys.exit(130)
@@ -114,12 +119,9 @@ def main(coordinator, num_processes, process_id, distributed):
 
       parallel.initialize(coordinator, num_processes, process_id)
     except UserError as e:
-      click.secho(f"error: {e}", err=True, fg="red")
-      sys.exit(e.exit_code)
+      _fail(e)
   elif num_processes is not None or process_id is not None:
-    click.secho("error: --num-processes and --process-id need --coordinator (or --distributed)",
-                err=True, fg="red")
-    sys.exit(2)
+    _fail(UserError("--num-processes and --process-id need --coordinator (or --distributed)"))
 
 
 @main.command()

@@ -1182,12 +1182,10 @@ class Rows:
     return self.source.read(self.global_indices[key])[0]
 
 
-def _all_labels(source: StreamSource) -> np.ndarray:
-  """Every label of a source, in row order (labels are small even when images are not)."""
-  if isinstance(source, ArrayShardSource):
-    return np.concatenate([np.asarray(source.shard_arrays(i)[1]) for i in range(source.num_shards)]
-                          ).astype(np.int32)
-  return np.asarray(source.labels, np.int32)
+def _all_labels(source: ArrayShardSource) -> np.ndarray:
+  """Every label of a shard source, in row order (labels are small even when images are not)."""
+  return np.concatenate([np.asarray(source.shard_arrays(i)[1]) for i in range(source.num_shards)]
+                        ).astype(np.int32)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

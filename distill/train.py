@@ -182,8 +182,7 @@ def pixel_stats(images_NxHxWxC, max_rows: int = 100_000) -> tuple[list[float], l
   pixels = 0
   for start in range(0, len(positions), 4096):
     rows = positions[start:start + 4096]
-    chunk = (images_NxHxWxC[rows[0]:rows[-1] + 1] if count <= max_rows
-             else images_NxHxWxC[rows]).reshape(-1, channels).astype(np.float64) / 255.0
+    chunk = images_NxHxWxC[rows].reshape(-1, channels).astype(np.float64) / 255.0
     total += chunk.sum(0)
     total_sq += (chunk**2).sum(0)
     pixels += len(chunk)
@@ -344,6 +343,14 @@ def _first_loss(ctx: StepContext, params, data: Batch, stats, teacher_params, ro
   return ctx.objective.loss(logits, batch), logits, batch.get("targets")
 
 
+def _host_stats(stats) -> tuple[np.ndarray, np.ndarray]:
+  """(mean, std) as float32 numpy, baked into a jitted function as constants.
+
+  Accepts lists or arrays placed anywhere (a replicated array spans processes).
+  """
+  return tuple(np.asarray(parallel.fetch(s), np.float32) for s in stats)
+
+
 def make_predict(graphdef, rest, stats, mesh=None) -> Callable[[Any, Any], jax.Array]:
   """(params, uint8 images [B, ...]) -> float32 logits [B, C], jitted, the batch split over `mesh`.
 
@@ -351,7 +358,7 @@ def make_predict(graphdef, rest, stats, mesh=None) -> Callable[[Any, Any], jax.A
   its size (`predict_in_batches` pads to that).
   """
   mesh = parallel.make_mesh() if mesh is None else mesh
-  stats = tuple(parallel.fetch(s) for s in stats)  # constants, whatever their placement
+  stats = _host_stats(stats)
 
   @partial(jax.jit, out_shardings=parallel.replicated(mesh))
   def predict_sharded(params, images_uint8):
@@ -373,7 +380,7 @@ def make_view_predict(graphdef, rest, stats, *, num_views: int, seed: int,
   """
   settings = dict(augment_settings)
   mesh = parallel.make_mesh()
-  stats = tuple(parallel.fetch(s) for s in stats)
+  stats = _host_stats(stats)
 
   @partial(jax.jit, out_shardings=parallel.replicated(mesh))
   def predict_sharded(params, images_uint8, indices_B):

@@ -261,7 +261,7 @@ def _restore_trained(run_dir: Path, recipe: dict[str, Any], role: str, dataset):
   state, _ = checkpointer.restore(step, like)
   checkpointer.close()
   stats = pixel_stats(dataset.x_train)
-  predict = make_predict(graphdef, rest, tuple(jnp.asarray(s, jnp.float32) for s in stats))
+  predict = make_predict(graphdef, rest, stats)
   return TrainResult(graphdef=graphdef, rest=rest, params=state["params"], stats=stats,
                      predict=predict, init_loss=float("nan"),
                      init_loss_expected=float("nan"), final_train_loss=float("nan"), steps=step,
@@ -278,11 +278,12 @@ def _check_same_data(recipe: dict[str, Any], other: dict[str, Any], what: str) -
     raise UserError(f"{what} was trained on other data: " + "; ".join(differences))
 
 
-def _teacher_outputs(teacher_dir: Path, recipe: dict[str, Any], dataset, *, result, views: int,
-                     view_seed: int, view_augment: dict[str, Any], batch: int,
-                     console: Console) -> dict[str, Any]:
+def _teacher_outputs(teacher_dir: Path, recipe: dict[str, Any], dataset, *, result,
+                     test_logits: np.ndarray | None, views: int, view_seed: int,
+                     view_augment: dict[str, Any], batch: int, console: Console) -> dict[str, Any]:
   """One teacher's logits on the training split (plain and, if asked, K views) and test set.
 
+  `test_logits` are reused when the caller has them (right after training).
   Every member of an ensemble labels the same views: (view_seed, view_augment).
   """
   from distill.train import make_view_predict, params_sha256, predict_in_batches  # noqa: PLC0415
@@ -296,12 +297,11 @@ def _teacher_outputs(teacher_dir: Path, recipe: dict[str, Any], dataset, *, resu
   outputs = {"train_logits": predict_in_batches(result.predict, result.params, dataset.x_train,
                                                 batch, progress=bar)}
   seconds = time.perf_counter() - start
-  outputs["test_logits"] = predict_in_batches(result.predict, result.params, dataset.x_test, batch)
+  outputs["test_logits"] = (predict_in_batches(result.predict, result.params, dataset.x_test, batch)
+                            if test_logits is None else test_logits)
   if views:
-    import jax.numpy as jnp  # noqa: PLC0415
-
     view_predict = make_view_predict(
-        result.graphdef, result.rest, tuple(jnp.asarray(s, jnp.float32) for s in result.stats),
+        result.graphdef, result.rest, result.stats,
         num_views=views, seed=view_seed, augment_settings=view_augment)
     outputs["view_logits"] = predict_in_batches(
         view_predict, result.params, dataset.x_train, batch, pass_indices=True,
@@ -384,17 +384,17 @@ def export_targets(teacher_dirs: Path | list[Path], *, out_dir: Path | None = No
                             temperature=temperature, console=console)
   batch = recipe["export"]["batch_size"]
   members = []
-  for directory, member_recipe in zip(teacher_dirs, recipes):
+  for number, (directory, member_recipe) in enumerate(zip(teacher_dirs, recipes)):
+    # Only the first teacher can be the one just trained in memory.
     members.append(_teacher_outputs(directory, member_recipe, dataset,
-                                    result=result if directory == teacher_dirs[0] else None,
+                                    result=result if number == 0 else None,
+                                    test_logits=test_logits if number == 0 else None,
                                     views=views, view_seed=recipe["seed"],
                                     view_augment=recipe["augment"], batch=batch,
                                     console=console))
   if len(members) == 1:
     arrays = {k: members[0][k] for k in ("train_logits", "test_logits", "view_logits")
               if k in members[0]}
-    if test_logits is not None:
-      arrays["test_logits"] = test_logits
   else:
     arrays = {k: _mean_probabilities_as_logits([m[k] for m in members])
               for k in ("train_logits", "test_logits", "view_logits") if k in members[0]}
