@@ -12,16 +12,9 @@ import struct
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from conftest import TINY
-from distill.cli import main
+from conftest import TINY_FLAGS, run_cli
 
-SET = [arg for override in TINY for arg in ("--set", override)]
-
-
-def _run(*args):
-  return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def _snapshot(directory):
@@ -33,9 +26,9 @@ def _snapshot(directory):
 def finished(tmp_path_factory):
   """A finished teacher run and a finished student run."""
   root = tmp_path_factory.mktemp("finished")
-  assert _run("teacher", "--recipe", "digits", "--workdir", root / "teacher", "-q", *SET).exit_code == 0
-  assert _run("student", "--teacher", root / "teacher", "--workdir", root / "student", "-q",
-              *SET).exit_code == 0
+  assert run_cli("teacher", "--recipe", "digits", "--workdir", root / "teacher", "-q", *TINY_FLAGS).exit_code == 0
+  assert run_cli("student", "--teacher", root / "teacher", "--workdir", root / "student", "-q",
+              *TINY_FLAGS).exit_code == 0
   return root
 
 
@@ -87,7 +80,7 @@ def _mistakes(tmp, finished):
   a_file.write_text("")
   empty = tmp / "empty"
   empty.mkdir()
-  teacher = ["teacher", "--recipe", "digits", *SET]
+  teacher = ["teacher", "--recipe", "digits", *TINY_FLAGS]
   return [
       ("missing data folder", ["teacher", "--data-dir", tmp / "nowhere"], ["nowhere"]),
       ("empty data folder", ["teacher", "--data-dir", empty], ["empty"]),
@@ -137,7 +130,7 @@ def test_at_least_fifteen_mistakes_each_clear_and_harmless(finished, tmp_path):
     extra = []
     if target is not None and "--workdir" not in args:
       extra = ["--workdir", target, "--overwrite"]
-    result = _run(*args, *extra)
+    result = run_cli(*args, *extra)
     stderr = result.stderr.strip()
     problems = []
     if result.exit_code != 2:
@@ -161,12 +154,12 @@ def test_read_only_workdir(tmp_path, finished):
   read_only = tmp_path / "ro"
   read_only.mkdir()
   read_only.chmod(0o500)
-  result = _run("teacher", "--recipe", "digits", "--workdir", read_only / "run", *SET)
+  result = run_cli("teacher", "--recipe", "digits", "--workdir", read_only / "run", *TINY_FLAGS)
   assert result.exit_code == 2 and "cannot" in result.stderr
 
 
 def test_diverging_run_stops_with_the_step_and_exits_nonzero(tmp_path):
-  result = _run("teacher", "--recipe", "digits", "--workdir", tmp_path / "t", *SET,
+  result = run_cli("teacher", "--recipe", "digits", "--workdir", tmp_path / "t", *TINY_FLAGS,
                 "--set", "teacher.learning_rate=1e30", "--set", "teacher.grad_clip=0.0")
   assert result.exit_code == 2, result.output
   assert "training diverged" in result.stderr and "by step" in result.stderr

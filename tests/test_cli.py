@@ -6,22 +6,15 @@ import sys
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from conftest import TINY
-from distill.cli import main
+from conftest import TINY_FLAGS, run_cli
 
-SET = [arg for override in TINY for arg in ("--set", override)]
-
-
-def _run(*args):
-  return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("runs") / "teacher"
-  result = _run("teacher", "--recipe", "digits", "--workdir", workdir, "--quiet", *SET)
+  result = run_cli("teacher", "--recipe", "digits", "--workdir", workdir, "--quiet", *TINY_FLAGS)
   assert result.exit_code == 0, result.output
   return workdir
 
@@ -43,11 +36,11 @@ def test_teacher_writes_a_complete_run(teacher_dir):
 
 
 def test_student_soft_and_hard_then_compare(teacher_dir, tmp_path):
-  soft = _run("student", "--teacher", teacher_dir, "--model", "cnn",
-              "--workdir", tmp_path / "cnn", "-q", *SET)
+  soft = run_cli("student", "--teacher", teacher_dir, "--model", "cnn",
+              "--workdir", tmp_path / "cnn", "-q", *TINY_FLAGS)
   assert soft.exit_code == 0, soft.output
-  hard = _run("student", "--teacher", teacher_dir, "--model", "linear", "--loss", "hard",
-              "--workdir", tmp_path / "linear-hard", "-q", *SET)
+  hard = run_cli("student", "--teacher", teacher_dir, "--model", "linear", "--loss", "hard",
+              "--workdir", tmp_path / "linear-hard", "-q", *TINY_FLAGS)
   assert hard.exit_code == 0, hard.output
   summary = json.loads((tmp_path / "cnn" / "summary.json").read_text())
   assert summary["loss"] == "soft" and summary["model"] == "cnn"
@@ -55,32 +48,32 @@ def test_student_soft_and_hard_then_compare(teacher_dir, tmp_path):
   teacher = json.loads((teacher_dir / "summary.json").read_text())
   assert summary["teacher_test_accuracy"] == teacher["test_accuracy"]
 
-  table = _run("compare", teacher_dir, tmp_path / "cnn", tmp_path / "linear-hard", tmp_path)
+  table = run_cli("compare", teacher_dir, tmp_path / "cnn", tmp_path / "linear-hard", tmp_path)
   assert table.exit_code == 0, table.output
   lines = table.output.splitlines()
   assert "teacher" in lines[2] and "skipped" in table.output
-  as_json = _run("compare", "--json", teacher_dir, tmp_path / "cnn")
+  as_json = run_cli("compare", "--json", teacher_dir, tmp_path / "cnn")
   rows = json.loads(as_json.stdout)
   assert [r["role"] for r in rows] == ["teacher", "student"]
 
 
 def test_export_again_at_another_temperature(teacher_dir):
-  result = _run("export", "--teacher", teacher_dir, "--temperature", "4", "-q")
+  result = run_cli("export", "--teacher", teacher_dir, "--temperature", "4", "-q")
   assert result.exit_code == 0, result.output
   meta = json.loads((teacher_dir / "targets.json").read_text())
   assert meta["temperature"] == 4.0
   with np.load(teacher_dir / "targets.npz") as targets:
     hot = targets["train_probs"]
   # Softer targets: lower max probability than at T=1.
-  assert _run("export", "--teacher", teacher_dir, "-q").exit_code == 0
+  assert run_cli("export", "--teacher", teacher_dir, "-q").exit_code == 0
   with np.load(teacher_dir / "targets.npz") as targets:
     cold = targets["train_probs"]
   assert hot.max(-1).mean() < cold.max(-1).mean()
 
 
 def test_student_refuses_targets_from_other_data(teacher_dir, tmp_path):
-  result = _run("student", "--teacher", teacher_dir, "--workdir", tmp_path / "s",
-                "--set", "data.val_size=100", *SET)
+  result = run_cli("student", "--teacher", teacher_dir, "--workdir", tmp_path / "s",
+                "--set", "data.val_size=100", *TINY_FLAGS)
   assert result.exit_code == 2
   assert "targets" in result.stderr and "other data" in result.stderr
   assert "Traceback" not in result.output
@@ -89,7 +82,7 @@ def test_student_refuses_targets_from_other_data(teacher_dir, tmp_path):
 
 def test_finished_run_is_not_overwritten(teacher_dir):
   before = (teacher_dir / "summary.json").read_text()
-  result = _run("teacher", "--recipe", "digits", "--workdir", teacher_dir, *SET)
+  result = run_cli("teacher", "--recipe", "digits", "--workdir", teacher_dir, *TINY_FLAGS)
   assert result.exit_code == 2 and "--overwrite" in result.stderr
   assert (teacher_dir / "summary.json").read_text() == before
 
@@ -108,7 +101,7 @@ def test_finished_run_is_not_overwritten(teacher_dir):
     (["compare", "/nonexistent/run"], "no finished runs"),
 ])
 def test_user_errors_are_one_line_without_traceback(args, message, tmp_path):
-  result = _run(*args, "--workdir", tmp_path / "w") if args[0] == "teacher" else _run(*args)
+  result = run_cli(*args, "--workdir", tmp_path / "w") if args[0] == "teacher" else run_cli(*args)
   assert result.exit_code == 2, result.output
   assert message in result.stderr
   assert "Traceback" not in result.output

@@ -5,7 +5,6 @@ distributed run) once per process.
 """
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -13,29 +12,18 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import TINY
+from conftest import TINY_FLAGS, logged, process_env, run_distill_process
 
-SET = [arg for override in [*TINY, "teacher.log_every=5", "student.log_every=5"]
-       for arg in ("--set", override)]
-
-
-def _distill(*args, devices=1, check=True, timeout=300):
-  env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(devices), "JAX_PLATFORMS": "cpu",
-         "DISTILL_OFFLINE": "1"}
-  result = subprocess.run([sys.executable, "-m", "distill.cli", *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=timeout)
-  if check:
-    assert result.returncode == 0, result.stderr[-3000:]
-  return result
+# Logged every 5 steps, so runs are compared at every logged step.
+SET = [*TINY_FLAGS, "--set", "teacher.log_every=5", "--set", "student.log_every=5"]
 
 
-def _metrics(workdir):
-  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
 
 
 def _assert_same_run(a, b):
   """Same steps, and every logged number equal to float tolerance."""
-  ma, mb = _metrics(a), _metrics(b)
+  ma, mb = logged(a), logged(b)
   assert [r["step"] for r in ma] == [r["step"] for r in mb]
   for ra, rb in zip(ma, mb):
     for key in ("loss", "accuracy", "grad_norm", "val_loss", "val_accuracy", "teacher_agreement"):
@@ -50,24 +38,26 @@ def _assert_same_run(a, b):
 @pytest.fixture(scope="module")
 def one_device_teacher(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("parallel") / "teacher-1"
-  _distill("teacher", "-r", "digits", "-w", workdir, "-q", *SET)
+  run_distill_process("teacher", "-r", "digits", "-w", workdir, "-q", *SET)
   return workdir
 
 
 def test_four_devices_train_like_one(one_device_teacher, tmp_path):
   # The teacher augments on the device; online teaching runs the teacher inside the step.
-  _distill("teacher", "-r", "digits", "-w", tmp_path / "teacher-4", "-q", *SET, devices=4)
+  run_distill_process("teacher", "-r", "digits", "-w", tmp_path / "teacher-4", "-q", *SET,
+                      devices=4)
   one, four = _assert_same_run(one_device_teacher, tmp_path / "teacher-4")
   assert (one["devices"], four["devices"]) == (1, 4)
   assert four["processes"] == 1
   for devices in (1, 4):
-    _distill("student", "--teacher", one_device_teacher, "-m", "mlp", "--teaching", "online",
-             "-w", tmp_path / f"online-{devices}", "-q", *SET, devices=devices)
+    run_distill_process("student", "--teacher", one_device_teacher, "-m", "mlp",
+                        "--teaching", "online", "-w", tmp_path / f"online-{devices}", "-q", *SET,
+                        devices=devices)
   _assert_same_run(tmp_path / "online-1", tmp_path / "online-4")
 
 
 def test_a_batch_that_does_not_split_across_devices_is_refused(tmp_path):
-  result = _distill("teacher", "-r", "digits", "-w", tmp_path / "t", "-q", *SET,
+  result = run_distill_process("teacher", "-r", "digits", "-w", tmp_path / "t", "-q", *SET,
                     "--batch-size", "30", devices=4, check=False)
   assert result.returncode == 2
   assert "batch_size 30 does not divide across 4 devices" in result.stderr
@@ -83,19 +73,19 @@ def _free_port():
 def test_two_processes_train_together_like_one(tmp_path):
   workdir = tmp_path / "two-processes"
   port = _free_port()
-  env = {**os.environ, "JAX_NUM_CPU_DEVICES": "1", "JAX_PLATFORMS": "cpu", "DISTILL_OFFLINE": "1"}
   processes = [
       subprocess.Popen(
           [sys.executable, "-m", "distill.cli", "--coordinator", f"127.0.0.1:{port}",
            "--num-processes", "2", "--process-id", str(i), "teacher", "-r", "digits",
            "-w", str(workdir), *SET],
-          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+          env=process_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
   outputs = [p.communicate(timeout=300) for p in processes]
   for p, (_, err) in zip(processes, outputs):
     assert p.returncode == 0, err[-3000:]
   # One process with the same two devices in total.
-  _distill("teacher", "-r", "digits", "-w", tmp_path / "one-process", "-q", *SET, devices=2)
+  run_distill_process("teacher", "-r", "digits", "-w", tmp_path / "one-process", "-q", *SET,
+                      devices=2)
   _, two = _assert_same_run(tmp_path / "one-process", workdir)
   assert (two["devices"], two["processes"]) == (2, 2)
   # Written once and whole; only process 0 talks.

@@ -7,27 +7,20 @@ import subprocess
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from conftest import TINY
-from distill.cli import main
+from conftest import TINY_FLAGS, run_cli
 from distill.report import run_metrics
 
-SET = [arg for override in TINY for arg in ("--set", override)]
-
-
-def _run(*args):
-  return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
   root = tmp_path_factory.mktemp("report-runs")
-  assert _run("teacher", "--recipe", "digits", "--workdir", root / "teacher", "-q", *SET).exit_code == 0
-  assert _run("student", "--teacher", root / "teacher", "--workdir", root / "cnn", "-q", *SET).exit_code == 0
-  assert _run("student", "--teacher", root / "teacher", "--model", "mlp", "--loss", "hard",
-              "--workdir", root / "mlp-hard", "-q", *SET).exit_code == 0
-  result = _run("report", root / "teacher", root / "cnn", root / "mlp-hard", "--out", root / "out", "-q")
+  assert run_cli("teacher", "--recipe", "digits", "--workdir", root / "teacher", "-q", *TINY_FLAGS).exit_code == 0
+  assert run_cli("student", "--teacher", root / "teacher", "--workdir", root / "cnn", "-q", *TINY_FLAGS).exit_code == 0
+  assert run_cli("student", "--teacher", root / "teacher", "--model", "mlp", "--loss", "hard",
+              "--workdir", root / "mlp-hard", "-q", *TINY_FLAGS).exit_code == 0
+  result = run_cli("report", root / "teacher", root / "cnn", root / "mlp-hard", "--out", root / "out", "-q")
   assert result.exit_code == 0, result.output
   return root
 

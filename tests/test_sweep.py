@@ -4,13 +4,10 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from conftest import TINY
-from distill.cli import main
+from conftest import TINY_FLAGS, run_cli
 from distill.sweep import aggregate, format_table, plan_runs
 
-SET = [arg for override in TINY for arg in ("--set", override)]
 # 2 models x (hard, targets) x 2 seeds = 8 runs of 10 steps each.
 SWEEP = ["--model", "mlp", "--model", "linear", "--mode", "hard", "--mode", "targets",
          "--seed", "0", "--seed", "1", "--steps", "10", "-q"]
@@ -18,16 +15,13 @@ RUN_NAMES = [f"{model}-{mode}-s{seed}" for model in ("mlp", "linear")
              for mode in ("hard", "targets") for seed in (0, 1)]
 
 
-def _run(*args):
-  return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
   root = tmp_path_factory.mktemp("sweep")
-  result = _run("teacher", "--recipe", "digits", "--workdir", root / "teacher", "-q", *SET)
+  result = run_cli("teacher", "--recipe", "digits", "--workdir", root / "teacher", "-q",
+                   *TINY_FLAGS)
   assert result.exit_code == 0, result.output
-  result = _run("sweep", "--teacher", root / "teacher", "--out", root / "sweep", *SWEEP)
+  result = run_cli("sweep", "--teacher", root / "teacher", "--out", root / "sweep", *SWEEP)
   assert result.exit_code == 0, result.output
   return root, result
 
@@ -78,7 +72,7 @@ def test_rerun_keeps_finished_runs(swept):
   out = root / "sweep"
   before = {name: (out / name / "summary.json").stat().st_mtime_ns for name in RUN_NAMES}
   rows = json.loads((out / "sweep.json").read_text())["rows"]
-  result = _run("sweep", "--teacher", root / "teacher", "--out", out,
+  result = run_cli("sweep", "--teacher", root / "teacher", "--out", out,
                 *[a for a in SWEEP if a != "-q"])
   assert result.exit_code == 0, result.output
   assert result.stderr.count("same recipe, kept") == 8 and "[8/8]" in result.stderr
@@ -90,12 +84,12 @@ def test_a_run_made_with_another_recipe_needs_overwrite(swept, tmp_path):
   root, _ = swept
   one = ["--teacher", root / "teacher", "--out", tmp_path, "--model", "linear", "--mode", "hard",
          "--seed", "0", "-q"]
-  assert _run("sweep", *one, "--steps", "10").exit_code == 0
-  refused = _run("sweep", *one, "--steps", "5")
+  assert run_cli("sweep", *one, "--steps", "10").exit_code == 0
+  refused = run_cli("sweep", *one, "--steps", "5")
   assert refused.exit_code == 2 and "another recipe" in refused.stderr
   assert "--overwrite" in refused.stderr
   assert json.loads((tmp_path / "linear-hard-s0" / "summary.json").read_text())["steps"] == 10
-  assert _run("sweep", *one, "--steps", "5", "--overwrite").exit_code == 0
+  assert run_cli("sweep", *one, "--steps", "5", "--overwrite").exit_code == 0
   assert json.loads((tmp_path / "linear-hard-s0" / "summary.json").read_text())["steps"] == 5
 
 
@@ -108,7 +102,7 @@ def test_a_run_made_with_another_recipe_needs_overwrite(swept, tmp_path):
 ])
 def test_bad_axis_values_are_one_line_errors(swept, tmp_path, args, message):
   root, _ = swept
-  result = _run("sweep", "--teacher", root / "teacher", "--out", tmp_path / "out", *args)
+  result = run_cli("sweep", "--teacher", root / "teacher", "--out", tmp_path / "out", *args)
   assert result.exit_code == 2, result.output
   assert message in result.stderr
   assert "Traceback" not in result.output

@@ -8,16 +8,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import TINY
+from conftest import TINY, TINY_FLAGS, run_cli
 from distill import augment, config, losses, train, workflow
 from distill.cli import main
 from distill.targets import load_targets
 
-SET = [arg for override in TINY for arg in ("--set", override)]
-
-
-def _run(*args):
-  return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -25,17 +20,17 @@ def teachers(tmp_path_factory):
   """Two tiny teachers (seeds 0 and 1); the first also exports 3 augmented views."""
   root = tmp_path_factory.mktemp("teachers")
   for seed in (0, 1):
-    result = _run("teacher", "-r", "digits", "-w", root / f"t{seed}", "--seed", seed, "-q",
-                  "--set", "teacher.steps=40", *SET)
+    result = run_cli("teacher", "-r", "digits", "-w", root / f"t{seed}", "--seed", seed, "-q",
+                  "--set", "teacher.steps=40", *TINY_FLAGS)
     assert result.exit_code == 0, result.output
-  result = _run("export", "--teacher", root / "t0", "--views", 3, "-q")
+  result = run_cli("export", "--teacher", root / "t0", "--views", 3, "-q")
   assert result.exit_code == 0, result.output
   return root
 
 
 def _student(teacher_dir, workdir, *args):
-  result = _run("student", "--teacher", teacher_dir, "-m", "mlp", "-w", workdir, "-q",
-                "--strict-init-check", *SET, *args)
+  result = run_cli("student", "--teacher", teacher_dir, "-m", "mlp", "-w", workdir, "-q",
+                "--strict-init-check", *TINY_FLAGS, *args)
   assert result.exit_code == 0, result.output
   return json.loads((workdir / "summary.json").read_text())
 
@@ -133,7 +128,7 @@ def test_views_replay_exactly_what_the_teacher_labelled(teachers):
 
 
 def test_ensemble_averages_probabilities_and_keeps_every_identity(teachers, tmp_path):
-  result = _run("export", "--teacher", teachers / "t0", "--teacher", teachers / "t1",
+  result = run_cli("export", "--teacher", teachers / "t0", "--teacher", teachers / "t1",
                 "--out", tmp_path / "ens", "-q")
   assert result.exit_code == 0, result.output
   ensemble, meta = load_targets(tmp_path / "ens")
@@ -182,7 +177,7 @@ def test_invalid_distillation_settings_are_one_line_errors(teachers, tmp_path, a
     teacher = teachers / "t0"
   if "--second" in rest:
     rest = ["--teacher", teachers / rest[1]]
-  extra = ["-w", tmp_path / "s", *SET] if command == "student" else []
+  extra = ["-w", tmp_path / "s", *TINY_FLAGS] if command == "student" else []
   result = CliRunner().invoke(main, [command, "--teacher", str(teacher), *map(str, rest), *extra])
   assert result.exit_code == 2, result.output
   assert message in result.output
@@ -191,7 +186,7 @@ def test_invalid_distillation_settings_are_one_line_errors(teachers, tmp_path, a
 
 
 def test_ensemble_members_label_the_same_views(teachers, tmp_path):
-  result = _run("export", "--teacher", teachers / "t0", "--teacher", teachers / "t1",
+  result = run_cli("export", "--teacher", teachers / "t0", "--teacher", teachers / "t1",
                 "--views", 2, "--out", tmp_path / "ens", "-q")
   assert result.exit_code == 0, result.output
   ensemble, meta = load_targets(tmp_path / "ens")
