@@ -5,8 +5,9 @@
 - the bare step: the compiled multi-step function called back to back on
   indices prepared in advance — the ceiling for this model and batch;
 - the real loop: `train.fit`, with sampling, logging, validation and
-  checkpoints at the recipe's cadence;
-- export: the forward pass over the training images in large batches.
+  checkpoints at the recipe's cadence, over one period of that cadence;
+- export: the forward pass over the training images at the recipe's export
+  batch size.
 """
 
 from __future__ import annotations
@@ -36,16 +37,19 @@ def _peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int = 300,
-                  bare_steps: int | None = None, synthetic: str | None = None,
+def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int | None = None,
+                  bare_steps: int = 300, synthetic: str | None = None,
                   quiet: bool = True) -> dict[str, Any]:
   """Measures training and export throughput for `role`'s model in `recipe`.
 
   Args:
     recipe: a resolved recipe; `role`'s section gives model, batch and cadences.
     role: 'teacher' (hard labels, augmentation) or 'student' (soft targets).
-    steps: optimizer steps for the timed real loop.
-    bare_steps: steps for the bare-step timing (default: `steps`).
+    steps: optimizer steps for the timed real loop. Default: one period of the
+      recipe's cadence (the larger of eval_every and checkpoint_every, at most
+      the recipe's steps), so validation and checkpoints cost what they cost
+      in a real run rather than being paid once over a few hundred steps.
+    bare_steps: steps for the bare-step timing.
     synthetic: 'HxWxC:N:CLASSES' to time on random data of that shape instead of
       loading the recipe's data set (e.g. '32x32x3:50000:10' for CIFAR-10).
     quiet: hide progress bars.
@@ -60,9 +64,12 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int =
   from distill import train  # noqa: PLC0415
   from distill.models import count_params, create_model  # noqa: PLC0415
 
-  if steps <= 0:
-    raise UserError(f"--steps must be positive, got {steps}")
   settings = dict(recipe[role])
+  if steps is None:
+    steps = min(settings["steps"], max(settings["eval_every"], settings["checkpoint_every"]))
+  for flag, value in (("--steps", steps), ("--bare-steps", bare_steps)):
+    if value <= 0:
+      raise UserError(f"{flag} must be positive, got {value}")
   if synthetic:
     try:
       shape_text, count_text, classes_text = synthetic.split(":")
@@ -103,7 +110,7 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int =
 
   # 1. The bare step: one compiled K-step function called back to back.
   per_dispatch = settings["steps_per_dispatch"]
-  dispatches = max(1, (bare_steps or steps) // per_dispatch)
+  dispatches = max(1, bare_steps // per_dispatch)
   model = fresh_model()
   num_params = count_params(model)
   setup = train.prepare_training(

@@ -295,15 +295,19 @@ def report(run_dirs, out, quiet):
               show_default=True,
               help="teacher: hard labels + augmentation; student: soft targets, no augmentation.")
 @click.option("--batch-size", type=int, default=None, help="Batch size (overrides the recipe).")
-@click.option("--steps", type=int, default=300, show_default=True,
-              help="Optimizer steps timed in the real loop (and the bare step).")
+@click.option("--steps", type=int, default=None,
+              help="Optimizer steps timed in the real loop. Default: one period of the recipe's "
+                   "validation/checkpoint cadence (the larger of eval_every and "
+                   "checkpoint_every), so the loop pays for them as often as a real run does.")
+@click.option("--bare-steps", type=int, default=300, show_default=True,
+              help="Optimizer steps timed for the bare jitted step.")
 @click.option("--synthetic", default=None, metavar="HxWxC:N:CLASSES",
               help="Time on random data of this shape instead of the recipe's data set, "
                    "e.g. 32x32x3:50000:10 for CIFAR-10 where it cannot be downloaded.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @_user_errors
-def bench(recipe, overrides, role, batch_size, steps, synthetic, as_json, quiet):
+def bench(recipe, overrides, role, batch_size, steps, bare_steps, synthetic, as_json, quiet):
   """Measure training and export throughput, compile time and peak memory.
 
   Prints images/s of the bare jitted step, of the real training loop (sampling,
@@ -316,8 +320,8 @@ def bench(recipe, overrides, role, batch_size, steps, synthetic, as_json, quiet)
 
   extra = [f"{role}.batch_size={batch_size}"] if batch_size is not None else []
   resolved = config.load_recipe(recipe, [*overrides, *extra])
-  result = bench_lib.run_benchmark(resolved, role=role, steps=steps, synthetic=synthetic,
-                                   quiet=quiet)
+  result = bench_lib.run_benchmark(resolved, role=role, steps=steps, bare_steps=bare_steps,
+                                   synthetic=synthetic, quiet=quiet)
   result["recipe"] = recipe
   if as_json:
     click.echo(json.dumps(result))

@@ -411,6 +411,7 @@ def predict_in_batches(predict, params, images: np.ndarray, batch_size: int,
   devices = jax.device_count()
   batch_size = -(-min(batch_size, len(images)) // devices) * devices
   outputs = []
+  in_flight = None  # (outputs on the device, valid rows) of the previous batch
   starts = range(0, len(images), batch_size)
   for start in tqdm(starts, desc=progress, disable=progress is None or not parallel.is_primary(),
                     leave=False, unit="batch"):
@@ -420,7 +421,14 @@ def predict_in_batches(predict, params, images: np.ndarray, batch_size: int,
     if valid < batch_size:
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - valid, axis=0)])
     extra = (indices,) if pass_indices else ()
-    outputs.append(parallel.fetch(predict(params, chunk, *extra))[:valid])
+    # Queue this batch before fetching the last one, so the device never waits
+    # for the host to slice, pad and transfer.
+    queued = (predict(params, chunk, *extra), valid)
+    if in_flight is not None:
+      outputs.append(parallel.fetch(in_flight[0])[:in_flight[1]])
+    in_flight = queued
+  if in_flight is not None:
+    outputs.append(parallel.fetch(in_flight[0])[:in_flight[1]])
   return np.concatenate(outputs)
 
 

@@ -99,3 +99,39 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(key):
   assert scale > 0.1
   np.testing.assert_allclose(logits, reference, atol=0.05 * scale)
   assert not np.array_equal(np.asarray(logits), np.asarray(reference)) or key == "linear"
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_neighbourhood_conv_is_nnx_conv(channels):
+  # The ViT's stem computes a 'SAME' 3x3 convolution as one matmul; it must draw
+  # the same weights from a seed and give nnx.Conv's outputs and gradients.
+  from flax import nnx
+  from distill.models.vit import NeighbourhoodConv
+  ours = NeighbourhoodConv(channels, 8, 3, rngs=nnx.Rngs(4))
+  conv = nnx.Conv(channels, 8, (3, 3), rngs=nnx.Rngs(4))
+  np.testing.assert_array_equal(ours.kernel[...], conv.kernel[...])
+  bias = jax.random.normal(jax.random.key(1), (8,))
+  ours.bias[...], conv.bias[...] = bias, bias
+  images = jax.random.normal(jax.random.key(2), (2, 12, 10, channels))
+  np.testing.assert_allclose(ours(images), conv(images), atol=1e-5)
+  # The tiled layout the ViT uses: neighbourhoods first, then project any leading shape.
+  tiled = ours.project(ours.neighbourhoods(images).reshape(2, 6, 2, 5, 2, -1), activation=jnp.tanh)
+  np.testing.assert_allclose(tiled.reshape(2, 12, 10, 8), jnp.tanh(conv(images)), atol=1e-5)
+
+  def loss(module):
+    return jnp.sum(jnp.sin(module(images)))
+  ours_grads, conv_grads = nnx.grad(loss)(ours), nnx.grad(loss)(conv)
+  for name in ("kernel", "bias"):
+    np.testing.assert_allclose(ours_grads[name][...], conv_grads[name][...], rtol=1e-4, atol=1e-4)
+
+
+def test_conv_stem_vit_has_no_convolution_and_is_scanned():
+  # Convolutions inside lax.scan are slow on XLA:CPU, so such models are
+  # unrolled; the matmul stem keeps the ViT teacher on the (cheaper) scan.
+  from distill import train
+  assert not train.should_unroll(_build("vit_conv"))
+  assert train.should_unroll(_build("cnn")) == (jax.default_backend() == "cpu")
+  with pytest.raises(UserError, match="kernel size must be odd"):
+    from flax import nnx
+    from distill.models.vit import NeighbourhoodConv
+    NeighbourhoodConv(1, 4, 2, rngs=nnx.Rngs(0))
