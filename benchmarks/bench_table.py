@@ -7,9 +7,9 @@ import sys
 def main(path):
   rows = [json.loads(line) for line in open(path)]
   by_name = {r["name"]: r for r in rows}
-  print("| setting | dtype | steps/dispatch | bare step img/s | loop img/s | loop/bare | export img/s | export/bare"
+  print("| setting | dtype | steps/dispatch | bare step img/s | loop steps | loop img/s | loop/bare | export img/s | export/bare"
         " | compile s | peak RSS MB | vs torch eager | vs torch.compile |")
-  print("|" + "---|" * 12)
+  print("|" + "---|" * 13)
   for row in rows:
     setting, _, variant = row["name"].partition("/")
     if not variant.startswith("distill"):
@@ -19,7 +19,8 @@ def main(path):
     bare = row["bare_step_images_per_second"]
     ratio = lambda ref: f"{bare / ref:.2f}x" if ref else "-"
     print(f"| {setting} ({row['model']}, {row['params']:,} params, batch {row['batch_size']}) "
-          f"| {row['compute_dtype']} | {row['steps_per_dispatch']} | {bare:,.0f} | {row['loop_images_per_second']:,.0f} "
+          f"| {row['compute_dtype']} | {row['steps_per_dispatch']} | {bare:,.0f} | {row['loop_steps']:,} "
+          f"| {row['loop_images_per_second']:,.0f} "
           f"| {row['loop_to_bare_ratio']:.2f} | {row['export_images_per_second']:,.0f} "
           f"| {row['export_to_train_ratio']:.1f}x | {row['compile_seconds']:.1f} "
           f"| {row['peak_rss_mb']:,.0f} | {ratio(eager)} | {ratio(compiled)} |")

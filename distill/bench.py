@@ -38,7 +38,7 @@ def _peak_rss_mb() -> float:
 
 
 def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int | None = None,
-                  bare_steps: int = 300, synthetic: str | None = None,
+                  bare_steps: int | None = None, synthetic: str | None = None,
                   quiet: bool = True) -> dict[str, Any]:
   """Measures training and export throughput for `role`'s model in `recipe`.
 
@@ -49,7 +49,9 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int |
       recipe's cadence (the larger of eval_every and checkpoint_every, at most
       the recipe's steps), so validation and checkpoints cost what they cost
       in a real run rather than being paid once over a few hundred steps.
-    bare_steps: steps for the bare-step timing.
+    bare_steps: steps for the bare-step timing. Default: `steps`, so both
+      timings span about as long and a machine whose speed drifts over
+      minutes (a shared VM) biases neither.
     synthetic: 'HxWxC:N:CLASSES' to time on random data of that shape instead of
       loading the recipe's data set (e.g. '32x32x3:50000:10' for CIFAR-10).
     quiet: hide progress bars.
@@ -67,6 +69,8 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int |
   settings = dict(recipe[role])
   if steps is None:
     steps = min(settings["steps"], max(settings["eval_every"], settings["checkpoint_every"]))
+  if bare_steps is None:
+    bare_steps = steps
   for flag, value in (("--steps", steps), ("--bare-steps", bare_steps)):
     if value <= 0:
       raise UserError(f"{flag} must be positive, got {value}")

@@ -299,8 +299,9 @@ def report(run_dirs, out, quiet):
               help="Optimizer steps timed in the real loop. Default: one period of the recipe's "
                    "validation/checkpoint cadence (the larger of eval_every and "
                    "checkpoint_every), so the loop pays for them as often as a real run does.")
-@click.option("--bare-steps", type=int, default=300, show_default=True,
-              help="Optimizer steps timed for the bare jitted step.")
+@click.option("--bare-steps", type=int, default=None,
+              help="Optimizer steps timed for the bare jitted step. Default: as many as the loop, "
+                   "so machine speed drifting over minutes biases neither.")
 @click.option("--synthetic", default=None, metavar="HxWxC:N:CLASSES",
               help="Time on random data of this shape instead of the recipe's data set, "
                    "e.g. 32x32x3:50000:10 for CIFAR-10 where it cannot be downloaded.")

@@ -1,0 +1,51 @@
+"""`distill bench`: what it measures and reports, on tiny settings (speed is not asserted)."""
+
+import json
+
+import pytest
+
+from conftest import TINY_FLAGS, run_cli
+
+KEYS = ("bare_step_images_per_second", "loop_images_per_second", "export_images_per_second",
+        "compile_seconds", "peak_rss_mb")
+
+
+def _bench(*args):
+  result = run_cli("bench", "--recipe", "digits", *TINY_FLAGS, "--bare-steps", 10, "--json",
+                   "-q", *args)
+  assert result.exit_code == 0, result.output
+  return json.loads(result.output.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("role", ["teacher", "student"])
+def test_bench_reports_every_measure_and_its_settings(role):
+  report = _bench("--role", role)
+  for key in KEYS:
+    assert report[key] > 0, key
+  assert report["loop_to_bare_ratio"] == pytest.approx(
+      report["loop_images_per_second"] / report["bare_step_images_per_second"], abs=1e-3)
+  assert report["export_to_train_ratio"] == pytest.approx(
+      report["export_images_per_second"] / report["bare_step_images_per_second"], abs=0.01)
+  # Settings measured, so a row can be reproduced.
+  assert report["role"] == role and report["recipe"] == "digits"
+  assert report["batch_size"] == 32 and report["steps_per_dispatch"] == 5
+  assert report["bare_steps"] == 10 and report["backend"] == "cpu"
+  assert report["model"] == ("vit" if role == "teacher" else "cnn")
+  # By default the loop runs one eval/checkpoint period (TINY: both every 10 steps).
+  assert report["loop_steps"] == 10
+
+
+def test_bench_steps_and_synthetic_data():
+  report = _bench("--steps", 20, "--synthetic", "8x8x3:200:4")
+  assert report["loop_steps"] == 20
+  assert report["image_shape"] == [8, 8, 3] and report["dataset"] == "synthetic 8x8x3:200:4"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "0"], "--steps must be positive, got 0"),
+    (["--bare-steps", "-1"], "--bare-steps must be positive, got -1"),
+    (["--synthetic", "32x32:10"], "--synthetic expects HxWxC:N:CLASSES"),
+])
+def test_bench_rejects_bad_arguments(args, message):
+  result = run_cli("bench", "--recipe", "digits", *TINY_FLAGS, "--json", "-q", *args)
+  assert result.exit_code == 2 and message in result.output
