@@ -49,7 +49,7 @@ class NeighbourhoodConv(nnx.Module):
     self.kernel_size = kernel_size
     self.dtype = dtype
     kernel_shape = (kernel_size, kernel_size, in_features, out_features)
-    # Draw keys in nnx.Conv's order so a seed gives the same weights as before.
+    # Keys drawn in nnx.Conv's order: a seed gives the weights an nnx.Conv stem would get.
     self.kernel = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), kernel_shape))
     self.bias = nnx.Param(nnx.initializers.zeros_init()(rngs.params(), (out_features,)))
 
