@@ -278,6 +278,29 @@ def _check_same_data(recipe: dict[str, Any], other: dict[str, Any], what: str) -
     raise UserError(f"{what} was trained on other data: " + "; ".join(differences))
 
 
+def _teacher_identity(teacher_dir: Path, recipe: dict[str, Any], step: int, params) -> dict:
+  """Which teacher made a targets file: its folder, model, checkpoint step and parameter hash."""
+  from distill.train import params_sha256  # noqa: PLC0415
+
+  return {"dir": str(teacher_dir.resolve()), "model": recipe["teacher"]["model"],
+          "checkpoint_step": step, "params_sha256": params_sha256(params)}
+
+
+def _targets_data_meta(recipe: dict[str, Any], dataset, temperature: float,
+                       **split_extra) -> dict[str, Any]:
+  """The data a targets file labels (checked by students before they train) and its T."""
+  return {
+      "dataset": dataset.name,
+      "dataset_fingerprint": dataset.fingerprint,
+      "train_fingerprint": dataset.split_fingerprint("train"),
+      "split": {"name": "train", "val_size": recipe["data"]["val_size"],
+                "split_seed": recipe["data"]["split_seed"],
+                "train_limit": recipe["data"]["train_limit"], **split_extra},
+      "class_names": list(dataset.class_names),
+      "temperature": temperature,
+  }
+
+
 def _teacher_outputs(teacher_dir: Path, recipe: dict[str, Any], dataset, *, result,
                      test_logits: np.ndarray | None, views: int, view_seed: int,
                      view_augment: dict[str, Any], batch: int, console: Console) -> dict[str, Any]:
@@ -286,7 +309,7 @@ def _teacher_outputs(teacher_dir: Path, recipe: dict[str, Any], dataset, *, resu
   `test_logits` are reused when the caller has them (right after training).
   Every member of an ensemble labels the same views: (view_seed, view_augment).
   """
-  from distill.train import make_view_predict, params_sha256, predict_in_batches  # noqa: PLC0415
+  from distill.train import make_view_predict, predict_in_batches  # noqa: PLC0415
 
   if result is None:
     result, step = _restore_trained(teacher_dir, recipe, "teacher", dataset)
@@ -306,8 +329,7 @@ def _teacher_outputs(teacher_dir: Path, recipe: dict[str, Any], dataset, *, resu
     outputs["view_logits"] = predict_in_batches(
         view_predict, result.params, dataset.x_train, batch, pass_indices=True,
         progress=None if console.quiet else f"export {views} views")
-  outputs["identity"] = {"dir": str(teacher_dir.resolve()), "model": recipe["teacher"]["model"],
-                         "checkpoint_step": step, "params_sha256": params_sha256(result.params)}
+  outputs["identity"] = _teacher_identity(teacher_dir, recipe, step, result.params)
   outputs["seconds"] = seconds
   return outputs
 
@@ -402,14 +424,7 @@ def export_targets(teacher_dirs: Path | list[Path], *, out_dir: Path | None = No
                                                     temperature=temperature))
   seconds = sum(m["seconds"] for m in members)
   meta = {
-      "dataset": dataset.name,
-      "dataset_fingerprint": dataset.fingerprint,
-      "train_fingerprint": dataset.split_fingerprint("train"),
-      "split": {"name": "train", "val_size": recipe["data"]["val_size"],
-                "split_seed": recipe["data"]["split_seed"],
-                "train_limit": recipe["data"]["train_limit"]},
-      "class_names": list(dataset.class_names),
-      "temperature": temperature,
+      **_targets_data_meta(recipe, dataset, temperature),
       "teacher": members[0]["identity"],
       "teachers": [m["identity"] for m in members],
       "views": ({"count": views, "seed": recipe["seed"], "augment": recipe["augment"]}
@@ -440,7 +455,7 @@ def _export_streamed(teacher_dir: Path, out_dir: Path, recipe: dict[str, Any], d
   from distill import losses  # noqa: PLC0415
   from distill.io import is_primary_process  # noqa: PLC0415
   from distill.stream import Rows, write_target_shards  # noqa: PLC0415
-  from distill.train import params_sha256, predict_in_batches  # noqa: PLC0415
+  from distill.train import predict_in_batches  # noqa: PLC0415
 
   if result is None:
     result, step = _restore_trained(teacher_dir, recipe, "teacher", dataset)
@@ -457,16 +472,8 @@ def _export_streamed(teacher_dir: Path, out_dir: Path, recipe: dict[str, Any], d
                                   every_row[start:start + chunk_rows], batch)
       yield np.asarray(losses.softmax(logits, temperature=temperature)), logits
 
-  meta = {
-      "dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint,
-      "train_fingerprint": dataset.split_fingerprint("train"),
-      "split": {"name": "train", "val_size": recipe["data"]["val_size"],
-                "split_seed": recipe["data"]["split_seed"],
-                "train_limit": recipe["data"]["train_limit"], "rows": "train source, global"},
-      "class_names": list(dataset.class_names), "temperature": temperature,
-      "teacher": {"dir": str(teacher_dir.resolve()), "model": recipe["teacher"]["model"],
-                  "checkpoint_step": step, "params_sha256": params_sha256(result.params)},
-  }
+  meta = {**_targets_data_meta(recipe, dataset, temperature, rows="train source, global"),
+          "teacher": _teacher_identity(teacher_dir, recipe, step, result.params)}
   start = time.perf_counter()
   if is_primary_process():
     path = write_target_shards(out_dir, chunks(), meta=meta, num_examples=source.num_examples,
