@@ -733,69 +733,65 @@ def fit(
         _PositionReader(setup.streamed["images"]),
         lambda d: setup.local_indices(*plan[d]).reshape(-1), 0, len(plan), buffer_size=4)
   loop_start = time.perf_counter()
-  with _StopFlag() as stop:
-    for first, count in plan:
-      if prefetched is not None:
-        batch = next(prefetched)
-        positions = batch["index"].reshape(count, -1)
-        rows = setup.put_rows(setup.read_rows(positions, batch["images"]))
-      else:
-        rows = setup.put_indices(order.indices(first, count))
-      if count not in compiled:
-        t0 = time.perf_counter()
-        compiled[count] = setup.chunk_fn.lower(
-            state, data, stats, teacher_params, rows).compile()
-        compile_seconds += time.perf_counter() - t0
-      state, chunk_metrics = compiled[count](state, data, stats, teacher_params, rows)
-      window.append(chunk_metrics)
-      step += count
-      progress.update(count)
-
-      at_log = step % log_every == 0 or step == total_steps
-      at_checkpoint = (step % checkpoint_every == 0 or step == total_steps
-                       or stop.signal_name is not None)
-      if at_log or at_checkpoint:
-        # Checked before every save too, so a checkpoint never holds a diverged state.
-        record = _summarise(window, step)
-        if at_log:
-          window = []
-        if not math.isfinite(record["loss"]):
-          progress.close()
-          if prefetched is not None:
-            prefetched.close()
-          good = checkpointer.latest_step()
-          checkpointer.close()
-          kept = (f"the last good checkpoint (step {good}) is kept in {checkpointer.directory}"
-                  if good is not None else "no checkpoint had been saved yet")
-          raise UserError(f"training diverged: the loss became {record['loss']} by step {step}; "
-                          f"{kept}. Try a lower learning rate.")
-      if at_log:
-        last_train_loss = record["loss"]
-        record["learning_rate"] = float(schedule(step))
-        if step % eval_every == 0 or step == total_steps:
-          val_logits = predict_in_batches(predict, state["params"], val_images,
-                                          settings["eval_batch_size"])
-          record["val_loss"] = float(losses.hard_cross_entropy(val_logits, val_labels))
-          record["val_accuracy"] = float(losses.accuracy(val_logits, val_labels))
-        record["elapsed_seconds"] = round(time.perf_counter() - loop_start, 3)
-        log_records.append(record)
-        write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in log_records))
-        progress.set_postfix({k: f"{record[k]:.4f}" for k in ("loss", "accuracy", "val_accuracy")
-                              if k in record}, refresh=False)
-      if at_checkpoint:
-        checkpointer.save(step, state, {**checkpoint_meta, "step": step})
-      if stop.signal_name and step < total_steps:
-        progress.close()
-        checkpointer.close()
+  # However the loop ends (done, diverged, stopped, failed): bar, checkpoints
+  # (waiting for an async save) and reader threads are closed.
+  try:
+    with _StopFlag() as stop:
+      for first, count in plan:
         if prefetched is not None:
-          prefetched.close()
-        raise UserError(
-            f"stopped by {stop.signal_name} at step {step}; checkpoint saved. "
-            "Run the same command again to resume.", exit_code=130)
-  progress.close()
-  checkpointer.close()
-  if prefetched is not None:
-    prefetched.close()
+          batch = next(prefetched)
+          positions = batch["index"].reshape(count, -1)
+          rows = setup.put_rows(setup.read_rows(positions, batch["images"]))
+        else:
+          rows = setup.put_indices(order.indices(first, count))
+        if count not in compiled:
+          t0 = time.perf_counter()
+          compiled[count] = setup.chunk_fn.lower(
+              state, data, stats, teacher_params, rows).compile()
+          compile_seconds += time.perf_counter() - t0
+        state, chunk_metrics = compiled[count](state, data, stats, teacher_params, rows)
+        window.append(chunk_metrics)
+        step += count
+        progress.update(count)
+
+        at_log = step % log_every == 0 or step == total_steps
+        at_checkpoint = (step % checkpoint_every == 0 or step == total_steps
+                         or stop.signal_name is not None)
+        if at_log or at_checkpoint:
+          # Checked before every save too, so a checkpoint never holds a diverged state.
+          record = _summarise(window, step)
+          if at_log:
+            window = []
+          if not math.isfinite(record["loss"]):
+            good = checkpointer.latest_step()
+            kept = (f"the last good checkpoint (step {good}) is kept in {checkpointer.directory}"
+                    if good is not None else "no checkpoint had been saved yet")
+            raise UserError(f"training diverged: the loss became {record['loss']} by step {step}; "
+                            f"{kept}. Try a lower learning rate.")
+        if at_log:
+          last_train_loss = record["loss"]
+          record["learning_rate"] = float(schedule(step))
+          if step % eval_every == 0 or step == total_steps:
+            val_logits = predict_in_batches(predict, state["params"], val_images,
+                                            settings["eval_batch_size"])
+            record["val_loss"] = float(losses.hard_cross_entropy(val_logits, val_labels))
+            record["val_accuracy"] = float(losses.accuracy(val_logits, val_labels))
+          record["elapsed_seconds"] = round(time.perf_counter() - loop_start, 3)
+          log_records.append(record)
+          write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in log_records))
+          progress.set_postfix({k: f"{record[k]:.4f}" for k in ("loss", "accuracy", "val_accuracy")
+                                if k in record}, refresh=False)
+        if at_checkpoint:
+          checkpointer.save(step, state, {**checkpoint_meta, "step": step})
+        if stop.signal_name and step < total_steps:
+          raise UserError(
+              f"stopped by {stop.signal_name} at step {step}; checkpoint saved. "
+              "Run the same command again to resume.", exit_code=130)
+  finally:
+    progress.close()
+    checkpointer.close()
+    if prefetched is not None:
+      prefetched.close()
   jax.block_until_ready(state)
   train_seconds = time.perf_counter() - loop_start - compile_seconds
   steps_run = total_steps - start_step
