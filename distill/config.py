@@ -30,9 +30,10 @@ _MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         "heads": 4,
         "mlp_ratio": 4,
         "stem": "patch",
+        "stem_channels": [32, 64],
         "head_init_scale": 0.0,
     },
-    "cnn": {"channels": [32, 64], "blocks_per_stage": 2, "head_init_scale": 0.0},
+    "cnn": {"channels": [32, 64], "blocks_per_stage": 2, "pool": "mean", "head_init_scale": 0.0},
     "mlp": {"hidden": [512, 256], "head_init_scale": 0.0},
     "linear": {"head_init_scale": 0.0},
 }

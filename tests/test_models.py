@@ -10,7 +10,10 @@ from distill.models import count_params, create_model, model_names
 SETTINGS = {
     "vit": {"patch": 4, "width": 32, "depth": 2, "heads": 4, "mlp_ratio": 2},
     "vit_conv": {"patch": 4, "width": 32, "depth": 1, "heads": 2, "stem": "conv"},
+    "vit_cnn": {"patch": 1, "width": 32, "depth": 1, "heads": 2, "stem": "cnn",
+                "stem_channels": [4, 8]},
     "cnn": {"channels": [8, 16]},
+    "cnn_flatten": {"channels": [8, 16], "blocks_per_stage": 1, "pool": "flatten"},
     "mlp": {"hidden": [32]},
     "linear": {},
 }
@@ -40,6 +43,23 @@ def test_param_counts_match_architecture():
   # The default CNN student stays under 100k parameters.
   cnn = create_model("cnn", num_classes=10, image_shape=(28, 28, 1))
   assert count_params(cnn) < 100_000
+  # Flattened: conv 3*3*1*8 + norm 2*8 + conv 3*3*8*16 + norm 2*16, then a
+  # head on the 7x7x16 map left by two 2x2 pools: 7*7*16*10 + 10.
+  assert count_params(_build("cnn_flatten")) == 72 + 16 + 1152 + 32 + 7850
+  # The CNN stem: the same two stages, then 1x1 tokens of 8 channels embedded in 32.
+  stem = 3 * 3 * 1 * 4 + 2 * 4 + 3 * 3 * 4 * 8 + 2 * 8
+  vit_cnn = _build("vit_cnn")
+  vit_patch = create_model("vit", num_classes=10, image_shape=(28, 28, 1),
+                           **{**SETTINGS["vit_cnn"], "patch": 7, "stem": "patch"})
+  assert count_params(vit_cnn) - count_params(vit_patch) == stem + (8 - 49) * 32 + (50 - 17) * 32
+
+
+def test_cnn_keeps_its_checkpoint_layout():
+  # Checkpoints of earlier runs hold convs/norms/head at the top level.
+  from flax import nnx
+  state = nnx.state(_build("cnn"), nnx.Param)
+  paths = {"/".join(map(str, path)) for path, _ in nnx.to_flat_state(state)}
+  assert {"convs/0/kernel", "norms/3/scale", "head/kernel", "head/bias"} <= paths
 
 
 @pytest.mark.parametrize("key", SETTINGS)
@@ -67,6 +87,12 @@ def test_vit_rejects_bad_geometry():
     create_model("vit", num_classes=10, image_shape=(28, 28, 1), patch=5)
   with pytest.raises(UserError, match="divisible by heads"):
     create_model("vit", num_classes=10, image_shape=(28, 28, 1), width=30, heads=4)
+  with pytest.raises(UserError, match="patch 2 must divide the stem output size 7x7"):
+    create_model("vit", num_classes=10, image_shape=(28, 28, 1), patch=2, stem="cnn")
+  with pytest.raises(UserError, match="stem must be 'patch', 'conv' or 'cnn', got 'resnet'"):
+    create_model("vit", num_classes=10, image_shape=(28, 28, 1), stem="resnet")
+  with pytest.raises(UserError, match="cnn pool must be 'mean' or 'flatten', got 'max'"):
+    create_model("cnn", num_classes=10, image_shape=(28, 28, 1), pool="max")
 
 
 def test_unknown_model_and_bad_setting():
@@ -131,6 +157,7 @@ def test_conv_stem_vit_has_no_convolution_and_is_scanned():
   from distill import train
   assert not train.should_unroll(_build("vit_conv"))
   assert train.should_unroll(_build("cnn")) == (jax.default_backend() == "cpu")
+  assert train.should_unroll(_build("vit_cnn")) == (jax.default_backend() == "cpu")
   with pytest.raises(UserError, match="kernel size must be odd"):
     from flax import nnx
     from distill.models.vit import NeighbourhoodConv

@@ -1,27 +1,26 @@
-"""A small convolutional student."""
+"""A small convolutional student, and the conv stages it shares with the ViT's CNN stem."""
 
 from flax import nnx
 import jax
 import jax.numpy as jnp
 
+from distill.errors import UserError
 from distill.models import register
-from distill.models.heads import classifier_head
+from distill.models.heads import classifier_head, flatten
 
 
-@register("cnn")
-class CNN(nnx.Module):
-  """Stages of 3x3 conv + GroupNorm + ReLU, 2x2 max-pool between stages.
+class ConvStages(nnx.Module):
+  """Stages of (3x3 conv + GroupNorm + ReLU) x blocks, a 2x2 max-pool between stages.
 
   GroupNorm rather than BatchNorm keeps the model free of running statistics,
   so training and evaluation are the same pure function of the parameters.
-  With the default channels (32, 64) it has about 65k parameters.
+  With `pool_last` the last stage is pooled too, so the output is the input's
+  size divided by 2 ** len(channels) (floored).
   """
 
-  def __init__(self, *, num_classes: int, image_shape: tuple[int, int, int],
-               channels: list[int] = (32, 64), blocks_per_stage: int = 2,
-               head_init_scale: float = 0.0, dtype=None, rngs: nnx.Rngs):
+  def __init__(self, in_channels: int, channels: list[int], *, blocks_per_stage: int,
+               pool_last: bool, dtype=None, rngs: nnx.Rngs):
     convs, norms = [], []
-    in_channels = image_shape[2]
     for out_channels in channels:
       for _ in range(blocks_per_stage):
         convs.append(nnx.Conv(in_channels, out_channels, (3, 3), use_bias=False, dtype=dtype,
@@ -32,13 +31,57 @@ class CNN(nnx.Module):
     self.convs = nnx.List(convs)
     self.norms = nnx.List(norms)
     self.blocks_per_stage = blocks_per_stage
-    self.head = classifier_head(in_channels, num_classes, head_init_scale=head_init_scale, rngs=rngs)
+    self.pool_last = pool_last
+    self.out_channels = in_channels
+
+  def output_size(self, height: int, width: int) -> tuple[int, int]:
+    """The spatial size of the output for a height x width input."""
+    pools = len(self.convs) // self.blocks_per_stage - (0 if self.pool_last else 1)
+    return height // 2 ** pools, width // 2 ** pools
 
   def __call__(self, images_BxHxWxC: jax.Array) -> jax.Array:
     x = images_BxHxWxC
     for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
       x = nnx.relu(norm(conv(x)))
       last_of_stage = (i + 1) % self.blocks_per_stage == 0
-      if last_of_stage and i + 1 < len(self.convs):
+      last_block = i + 1 == len(self.convs)
+      if last_of_stage and (not last_block or self.pool_last):
         x = nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2))
+    return x
+
+
+@register("cnn")
+class CNN(ConvStages):
+  """Conv stages (see `ConvStages`), then a linear head.
+
+  A subclass rather than a `ConvStages` attribute, so the parameters keep the
+  paths (convs, norms, head) that earlier checkpoints were saved with.
+
+  `pool` chooses what the head sees. "mean" averages the last stage over
+  space (about 65k parameters with the default channels (32, 64)). "flatten"
+  max-pools after the last stage too and keeps every position: the head then
+  knows where in the image a feature fired, which a mean throws away, at the
+  price of a larger head (7 x 7 x 64 x 10 weights on 28 x 28 images).
+  """
+
+  def __init__(self, *, num_classes: int, image_shape: tuple[int, int, int],
+               channels: list[int] = (32, 64), blocks_per_stage: int = 2,
+               pool: str = "mean", head_init_scale: float = 0.0, dtype=None,
+               rngs: nnx.Rngs):
+    if pool not in ("mean", "flatten"):
+      raise UserError(f"cnn pool must be 'mean' or 'flatten', got '{pool}'")
+    super().__init__(image_shape[2], list(channels), blocks_per_stage=blocks_per_stage,
+                     pool_last=pool == "flatten", dtype=dtype, rngs=rngs)
+    self.pool = pool
+    head_features = self.out_channels
+    if pool == "flatten":
+      height, width = self.output_size(image_shape[0], image_shape[1])
+      head_features *= height * width
+    self.head = classifier_head(head_features, num_classes, head_init_scale=head_init_scale,
+                                rngs=rngs)
+
+  def __call__(self, images_BxHxWxC: jax.Array) -> jax.Array:
+    x = super().__call__(images_BxHxWxC)
+    if self.pool == "flatten":
+      return self.head(flatten(x))
     return self.head(jnp.mean(x, axis=(1, 2)))

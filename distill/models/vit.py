@@ -6,6 +6,7 @@ import jax.numpy as jnp
 
 from distill.errors import UserError
 from distill.models import register
+from distill.models.cnn import ConvStages
 from distill.models.heads import classifier_head
 
 
@@ -86,25 +87,39 @@ class ViT(nnx.Module):
 
   `stem='patch'` embeds non-overlapping patch×patch tiles with one linear map;
   `stem='conv'` first runs a 3×3 convolution, which helps on small data sets
-  (Xiao et al. 2021, "Early convolutions help transformers see better").
+  (Xiao et al. 2021, "Early convolutions help transformers see better");
+  `stem='cnn'` first runs conv stages with pooling (`stem_channels`, one 3×3
+  conv + GroupNorm + ReLU + 2×2 max-pool each, as in the CNN student), and
+  `patch` then tiles their smaller output: the hybrid of Dosovitskiy et al.,
+  with a small CNN in place of their ResNet.
   """
 
   def __init__(self, *, num_classes: int, image_shape: tuple[int, int, int], patch: int = 4,
                width: int = 64, depth: int = 4, heads: int = 4, mlp_ratio: int = 4,
-               stem: str = "patch", head_init_scale: float = 0.0, dtype=None,
-               rngs: nnx.Rngs):
+               stem: str = "patch", stem_channels: list[int] = (32, 64),
+               head_init_scale: float = 0.0, dtype=None, rngs: nnx.Rngs):
     height, width_px, channels = image_shape
+    if stem not in ("patch", "conv", "cnn"):
+      raise UserError(f"vit stem must be 'patch', 'conv' or 'cnn', got '{stem}'")
+    conv_stem = cnn_stem = None
+    stem_out = channels
+    if stem == "conv":
+      conv_stem = NeighbourhoodConv(channels, width // 2, 3, dtype=dtype, rngs=rngs)
+      stem_out = width // 2
+    elif stem == "cnn":
+      cnn_stem = ConvStages(channels, list(stem_channels), blocks_per_stage=1, pool_last=True,
+                            dtype=dtype, rngs=rngs)
+      height, width_px = cnn_stem.output_size(height, width_px)
+      stem_out = cnn_stem.out_channels
+    self.stem = conv_stem
+    self.cnn_stem = cnn_stem
     if height % patch or width_px % patch:
-      raise UserError(f"vit patch {patch} must divide the image size {height}x{width_px}")
+      raise UserError(f"vit patch {patch} must divide the {'stem output' if stem == 'cnn' else 'image'} "
+                      f"size {height}x{width_px}")
     if width % heads:
       raise UserError(f"vit width {width} must be divisible by heads {heads}")
-    if stem not in ("patch", "conv"):
-      raise UserError(f"vit stem must be 'patch' or 'conv', got '{stem}'")
     self.patch = patch
-    self.stem = (NeighbourhoodConv(channels, width // 2, 3, dtype=dtype, rngs=rngs)
-                 if stem == "conv" else None)
-    stem_channels = width // 2 if stem == "conv" else channels
-    self.patch_embed = nnx.Linear(patch * patch * stem_channels, width, dtype=dtype, rngs=rngs)
+    self.patch_embed = nnx.Linear(patch * patch * stem_out, width, dtype=dtype, rngs=rngs)
     num_tokens = (height // patch) * (width_px // patch) + 1
     self.class_token = nnx.Param(jnp.zeros((1, 1, width)))
     self.positions = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (1, num_tokens, width)))
@@ -114,6 +129,8 @@ class ViT(nnx.Module):
 
   def __call__(self, images_BxHxWxC: jax.Array) -> jax.Array:
     x = images_BxHxWxC
+    if self.cnn_stem is not None:
+      x = self.cnn_stem(x)
     if self.stem is not None:
       # Tile the (narrow) neighbourhoods, not the (wide) stem output: the stem then
       # writes its activations straight in token order, with no transpose of them.
