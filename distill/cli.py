@@ -12,10 +12,11 @@ from pathlib import Path
 
 import click
 
+from distill import config as config_lib
 from distill.errors import UserError
 
 _RECIPE_HELP = ("Recipe: a TOML file or the name of a packaged recipe "
-                "(fashion_mnist, demo, cifar10, digits).")
+                f"({', '.join(config_lib.recipe_names())}).")
 _SET_HELP = ("Override any recipe key, e.g. --set teacher.steps=500 --set teacher.vit.depth=6 "
              "(repeatable). Unknown keys are errors that list the valid ones.")
 
@@ -139,9 +140,9 @@ def teacher(recipe, overrides, dataset, data_dir, steps, batch_size, seed, resta
   At the end its softmax probabilities on every (un-augmented) training
   image are written to WORKDIR/targets.npz for students.
   """
-  from distill import config, workflow
+  from distill import workflow
 
-  resolved = config.load_recipe(recipe or "fashion_mnist", [
+  resolved = config_lib.load_recipe(recipe or "fashion_mnist", [
       *overrides, *_cli_overrides("teacher", dataset, data_dir, steps, batch_size, seed)])
   summary = workflow.train_teacher(resolved, Path(workdir), restart=restart, overwrite=overwrite,
                                    strict_init_check=strict_init_check, quiet=quiet,
@@ -317,10 +318,10 @@ def bench(recipe, overrides, role, batch_size, steps, bare_steps, synthetic, as_
   """
   import json
 
-  from distill import bench as bench_lib, config
+  from distill import bench as bench_lib
 
   extra = [f"{role}.batch_size={batch_size}"] if batch_size is not None else []
-  resolved = config.load_recipe(recipe, [*overrides, *extra])
+  resolved = config_lib.load_recipe(recipe, [*overrides, *extra])
   result = bench_lib.run_benchmark(resolved, role=role, steps=steps, bare_steps=bare_steps,
                                    synthetic=synthetic, quiet=quiet)
   result["recipe"] = recipe

@@ -177,6 +177,12 @@ def _merge(base: dict[str, Any], update: dict[str, Any], where: str, prefix: str
       base[key] = _coerce(value, base[key], dotted, where)
 
 
+def recipe_names() -> list[str]:
+  """Names of the packaged recipes, the default (fashion_mnist) first."""
+  names = sorted(p.stem for p in RECIPES_DIR.glob("*.toml")) if RECIPES_DIR.is_dir() else []
+  return sorted(names, key=lambda name: name != "fashion_mnist")
+
+
 def resolve_recipe_path(recipe: str | None) -> Path | None:
   """Finds a recipe by path, or by name in the packaged `recipes/` folder."""
   if not recipe:
@@ -187,7 +193,7 @@ def resolve_recipe_path(recipe: str | None) -> Path | None:
   for candidate in (RECIPES_DIR / recipe, RECIPES_DIR / f"{recipe}.toml"):
     if candidate.is_file():
       return candidate
-  known = sorted(p.stem for p in RECIPES_DIR.glob("*.toml")) if RECIPES_DIR.is_dir() else []
+  known = recipe_names()
   raise UserError(f"recipe '{recipe}' not found (a file path, or one of: {', '.join(known) or 'none'})")
 
 
@@ -212,16 +218,43 @@ def load_recipe(recipe: str | None = None, overrides: list[str] | tuple[str, ...
   resolved = copy.deepcopy(DEFAULTS)
   path = resolve_recipe_path(recipe)
   if path is not None:
-    try:
-      with open(path, "rb") as f:
-        _merge(resolved, tomllib.load(f), str(path))
-    except tomllib.TOMLDecodeError as e:
-      raise UserError(f"recipe {path} is not valid TOML: {e}") from None
+    for table, where in _recipe_chain(path):
+      _merge(resolved, table, where)
   for text in overrides:
     key, value = parse_override(text)
     set_key(resolved, key, value, where="--set")
   validate(resolved)
   return resolved
+
+
+def _recipe_chain(path: Path) -> list[tuple[dict[str, Any], str]]:
+  """A recipe file's tables, its `base` recipe's (recursively) first.
+
+  `base = "fashion_mnist"` at the top of a recipe starts it from that recipe,
+  so a variant states only what it changes. Relative paths are resolved from
+  the recipe's own folder, then as packaged names.
+  """
+  chain: list[tuple[dict[str, Any], str]] = []
+  seen: list[Path] = []
+  while path is not None:
+    if path.resolve() in seen:
+      cycle = " -> ".join(str(p) for p in [*seen, path.resolve()])
+      raise UserError(f"recipe bases form a cycle: {cycle}")
+    seen.append(path.resolve())
+    try:
+      with open(path, "rb") as f:
+        table = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+      raise UserError(f"recipe {path} is not valid TOML: {e}") from None
+    base = table.pop("base", None)
+    chain.append((table, str(path)))
+    if base is None:
+      break
+    if not isinstance(base, str):
+      raise UserError(f"recipe {path}: base must be a recipe name or path, got {base!r}")
+    beside = path.parent / base
+    path = beside if beside.is_file() else resolve_recipe_path(base)
+  return chain[::-1]
 
 
 def set_key(recipe: dict[str, Any], dotted: str, value: Any, where: str = "--set") -> None:

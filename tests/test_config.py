@@ -4,7 +4,7 @@ from distill import config
 from distill.errors import UserError
 
 
-@pytest.mark.parametrize("name", ["fashion_mnist", "demo", "cifar10", "digits"])
+@pytest.mark.parametrize("name", config.recipe_names())
 def test_packaged_recipes_load(name):
   recipe = config.load_recipe(name)
   assert recipe["teacher"]["model"] == "vit"
@@ -64,3 +64,36 @@ def test_recipe_hash_tracks_changes():
   b = config.load_recipe("digits", ["seed=1"])
   assert config.recipe_hash(a) == config.recipe_hash(config.load_recipe("digits"))
   assert config.recipe_hash(a) != config.recipe_hash(b)
+
+
+def test_base_recipe_comes_first_and_the_variant_wins(tmp_path):
+  (tmp_path / "parent.toml").write_text("seed = 4\n[teacher]\nsteps = 7\nbatch_size = 16\n")
+  (tmp_path / "child.toml").write_text('base = "parent.toml"\n[teacher]\nsteps = 9\n')
+  (tmp_path / "grandchild.toml").write_text('base = "child.toml"\n[student]\nmodel = "mlp"\n')
+  recipe = config.load_recipe(str(tmp_path / "grandchild.toml"), ["teacher.batch_size=32"])
+  assert (recipe["seed"], recipe["teacher"]["steps"]) == (4, 9)
+  assert recipe["teacher"]["batch_size"] == 32 and recipe["student"]["model"] == "mlp"
+  # A packaged recipe's name works as a base too.
+  (tmp_path / "named.toml").write_text('base = "digits"\n[teacher]\nsteps = 3\n')
+  assert config.load_recipe(str(tmp_path / "named.toml")) == config.load_recipe(
+      "digits", ["teacher.steps=3"])
+
+
+@pytest.mark.parametrize("text, words", [
+    ('base = "loop.toml"\n', ["bases form a cycle", "loop.toml -> ", "loop.toml"]),
+    ("base = 3\n", ["base must be a recipe name or path, got 3"]),
+    ('base = "no_such_recipe"\n', ["recipe 'no_such_recipe' not found", "digits"]),
+    ('base = "digits"\n[teacher]\nstepz = 3\n', ["unknown recipe key 'teacher.stepz'"]),
+])
+def test_bad_base_names_the_problem(tmp_path, text, words):
+  (tmp_path / "loop.toml").write_text(text)
+  with pytest.raises(UserError) as error:
+    config.load_recipe(str(tmp_path / "loop.toml"))
+  for word in words:
+    assert word in str(error.value)
+
+
+def test_vit_student_recipe_is_the_measured_command():
+  # BENCHMARKS.md's T = 2 ViT students ran as the default recipe with these overrides.
+  assert config.load_recipe("fashion_mnist_vit_student") == config.load_recipe(
+      "fashion_mnist", ["student.model=vit", "student.steps=12000", "student.temperature=2"])
