@@ -93,7 +93,14 @@ def test_bad_base_names_the_problem(tmp_path, text, words):
     assert word in str(error.value)
 
 
-def test_vit_student_recipe_is_the_measured_command():
-  # BENCHMARKS.md's T = 2 ViT students ran as the default recipe with these overrides.
-  assert config.load_recipe("fashion_mnist_vit_student") == config.load_recipe(
-      "fashion_mnist", ["student.model=vit", "student.steps=12000", "student.temperature=2"])
+
+@pytest.mark.parametrize("name, overrides", [
+    ("fashion_mnist_vit_student",
+     ["student.model=vit", "student.steps=12000", "student.temperature=2"]),
+    ("fashion_mnist_hybrid",
+     ["teacher.steps=16000", "teacher.vit.stem=cnn", "teacher.vit.patch=1", "teacher.vit.width=64",
+      "teacher.vit.heads=4", "teacher.vit.mlp_ratio=2"]),
+])
+def test_variant_recipes_are_the_measured_commands(name, overrides):
+  # BENCHMARKS.md's runs were the default recipe with these overrides.
+  assert config.load_recipe(name) == config.load_recipe("fashion_mnist", overrides)
