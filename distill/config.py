@@ -236,7 +236,7 @@ def _recipe_chain(path: Path) -> list[tuple[dict[str, Any], str]]:
   """
   chain: list[tuple[dict[str, Any], str]] = []
   seen: list[Path] = []
-  while path is not None:
+  while True:
     if path.resolve() in seen:
       cycle = " -> ".join(str(p) for p in [*seen, path.resolve()])
       raise UserError(f"recipe bases form a cycle: {cycle}")
@@ -250,7 +250,7 @@ def _recipe_chain(path: Path) -> list[tuple[dict[str, Any], str]]:
     chain.append((table, str(path)))
     if base is None:
       break
-    if not isinstance(base, str):
+    if not isinstance(base, str) or not base:
       raise UserError(f"recipe {path}: base must be a recipe name or path, got {base!r}")
     beside = path.parent / base
     path = beside if beside.is_file() else resolve_recipe_path(base)

@@ -82,6 +82,7 @@ def test_base_recipe_comes_first_and_the_variant_wins(tmp_path):
 @pytest.mark.parametrize("text, words", [
     ('base = "loop.toml"\n', ["bases form a cycle", "loop.toml -> ", "loop.toml"]),
     ("base = 3\n", ["base must be a recipe name or path, got 3"]),
+    ('base = ""\n', ["base must be a recipe name or path, got ''"]),
     ('base = "no_such_recipe"\n', ["recipe 'no_such_recipe' not found", "digits"]),
     ('base = "digits"\n[teacher]\nstepz = 3\n', ["unknown recipe key 'teacher.stepz'"]),
 ])
