@@ -111,6 +111,7 @@ class ViT(nnx.Module):
                             dtype=dtype, rngs=rngs)
       height, width_px = cnn_stem.output_size(height, width_px)
       stem_out = cnn_stem.out_channels
+    # `stem` is the conv stem's name in checkpoints saved before the CNN stem existed.
     self.stem = conv_stem
     self.cnn_stem = cnn_stem
     if height % patch or width_px % patch:
