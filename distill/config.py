@@ -31,6 +31,7 @@ _MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         "mlp_ratio": 4,
         "stem": "patch",
         "stem_channels": [32, 64],
+        "stem_blocks_per_stage": 1,
         "head_init_scale": 0.0,
     },
     "cnn": {"channels": [32, 64], "blocks_per_stage": 2, "pool": "mean", "head_init_scale": 0.0},

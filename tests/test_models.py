@@ -52,6 +52,10 @@ def test_param_counts_match_architecture():
   vit_patch = create_model("vit", num_classes=10, image_shape=(28, 28, 1),
                            **{**SETTINGS["vit_cnn"], "patch": 7, "stem": "patch"})
   assert count_params(vit_cnn) - count_params(vit_patch) == stem + (8 - 49) * 32 + (50 - 17) * 32
+  # Two blocks per stage add a 4->4 and an 8->8 conv, each with its norm.
+  deeper = _build("vit_cnn", stem_blocks_per_stage=2)
+  assert count_params(deeper) - count_params(vit_cnn) == 3 * 3 * 4 * 4 + 2 * 4 + 3 * 3 * 8 * 8 + 2 * 8
+  assert deeper(jnp.zeros((2, 28, 28, 1))).shape == (2, 10)
 
 
 def test_cnn_keeps_its_checkpoint_layout():
@@ -93,6 +97,12 @@ def test_vit_rejects_bad_geometry():
     create_model("vit", num_classes=10, image_shape=(28, 28, 1), stem="resnet")
   with pytest.raises(UserError, match="cnn pool must be 'mean' or 'flatten', got 'max'"):
     create_model("cnn", num_classes=10, image_shape=(28, 28, 1), pool="max")
+  with pytest.raises(UserError, match="at least one stage and one block per stage"):
+    create_model("cnn", num_classes=10, image_shape=(28, 28, 1), blocks_per_stage=0)
+  with pytest.raises(UserError, match=r"got channels \[\]"):
+    create_model("cnn", num_classes=10, image_shape=(28, 28, 1), channels=[])
+  with pytest.raises(UserError, match="one block per stage, got channels \\[32, 64\\] and blocks_per_stage 0"):
+    create_model("vit", num_classes=10, image_shape=(28, 28, 1), stem="cnn", stem_blocks_per_stage=0)
 
 
 def test_unknown_model_and_bad_setting():

@@ -20,6 +20,9 @@ class ConvStages(nnx.Module):
 
   def __init__(self, in_channels: int, channels: list[int], *, blocks_per_stage: int,
                pool_last: bool, dtype=None, rngs: nnx.Rngs):
+    if not channels or blocks_per_stage < 1:
+      raise UserError(f"conv stages need at least one stage and one block per stage, got "
+                      f"channels {list(channels)} and blocks_per_stage {blocks_per_stage}")
     convs, norms = [], []
     for out_channels in channels:
       for _ in range(blocks_per_stage):

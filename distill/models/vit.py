@@ -88,8 +88,9 @@ class ViT(nnx.Module):
   `stem='patch'` embeds non-overlapping patch×patch tiles with one linear map;
   `stem='conv'` first runs a 3×3 convolution, which helps on small data sets
   (Xiao et al. 2021, "Early convolutions help transformers see better");
-  `stem='cnn'` first runs conv stages with pooling (`stem_channels`, one 3×3
-  conv + GroupNorm + ReLU + 2×2 max-pool each, as in the CNN student), and
+  `stem='cnn'` first runs conv stages with pooling (`stem_channels`, each
+  `stem_blocks_per_stage` 3×3 conv + GroupNorm + ReLU blocks and a 2×2
+  max-pool, as in the CNN student), and
   `patch` then tiles their smaller output: the hybrid of Dosovitskiy et al.,
   with a small CNN in place of their ResNet.
   """
@@ -97,7 +98,7 @@ class ViT(nnx.Module):
   def __init__(self, *, num_classes: int, image_shape: tuple[int, int, int], patch: int = 4,
                width: int = 64, depth: int = 4, heads: int = 4, mlp_ratio: int = 4,
                stem: str = "patch", stem_channels: list[int] = (32, 64),
-               head_init_scale: float = 0.0, dtype=None, rngs: nnx.Rngs):
+               stem_blocks_per_stage: int = 1, head_init_scale: float = 0.0, dtype=None, rngs: nnx.Rngs):
     height, width_px, channels = image_shape
     if stem not in ("patch", "conv", "cnn"):
       raise UserError(f"vit stem must be 'patch', 'conv' or 'cnn', got '{stem}'")
@@ -107,8 +108,8 @@ class ViT(nnx.Module):
       conv_stem = NeighbourhoodConv(channels, width // 2, 3, dtype=dtype, rngs=rngs)
       stem_out = width // 2
     elif stem == "cnn":
-      cnn_stem = ConvStages(channels, list(stem_channels), blocks_per_stage=1, pool_last=True,
-                            dtype=dtype, rngs=rngs)
+      cnn_stem = ConvStages(channels, list(stem_channels), blocks_per_stage=stem_blocks_per_stage,
+                            pool_last=True, dtype=dtype, rngs=rngs)
       height, width_px = cnn_stem.output_size(height, width_px)
       stem_out = cnn_stem.out_channels
     # `stem` is the conv stem's name in checkpoints saved before the CNN stem existed.
