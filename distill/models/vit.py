@@ -98,7 +98,8 @@ class ViT(nnx.Module):
   def __init__(self, *, num_classes: int, image_shape: tuple[int, int, int], patch: int = 4,
                width: int = 64, depth: int = 4, heads: int = 4, mlp_ratio: int = 4,
                stem: str = "patch", stem_channels: list[int] = (32, 64),
-               stem_blocks_per_stage: int = 1, head_init_scale: float = 0.0, dtype=None, rngs: nnx.Rngs):
+               stem_blocks_per_stage: int = 1, head_init_scale: float = 0.0, dtype=None,
+               rngs: nnx.Rngs):
     height, width_px, channels = image_shape
     if stem not in ("patch", "conv", "cnn"):
       raise UserError(f"vit stem must be 'patch', 'conv' or 'cnn', got '{stem}'")
