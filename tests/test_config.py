@@ -94,7 +94,6 @@ def test_bad_base_names_the_problem(tmp_path, text, words):
     assert word in str(error.value)
 
 
-
 @pytest.mark.parametrize("name, overrides", [
     ("fashion_mnist_vit_student",
      ["student.model=vit", "student.steps=12000", "student.temperature=2"]),
