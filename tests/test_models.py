@@ -101,7 +101,7 @@ def test_vit_rejects_bad_geometry():
     create_model("cnn", num_classes=10, image_shape=(28, 28, 1), blocks_per_stage=0)
   with pytest.raises(UserError, match=r"got channels \[\]"):
     create_model("cnn", num_classes=10, image_shape=(28, 28, 1), channels=[])
-  with pytest.raises(UserError, match="one block per stage, got channels \\[32, 64\\] and blocks_per_stage 0"):
+  with pytest.raises(UserError, match="one block per stage, got stem_channels \\[32, 64\\] and stem_blocks_per_stage 0"):
     create_model("vit", num_classes=10, image_shape=(28, 28, 1), stem="cnn", stem_blocks_per_stage=0)
 
 

@@ -19,10 +19,13 @@ class ConvStages(nnx.Module):
   """
 
   def __init__(self, in_channels: int, channels: list[int], *, blocks_per_stage: int,
-               pool_last: bool, dtype=None, rngs: nnx.Rngs):
+               pool_last: bool, key_prefix: str = "", dtype=None, rngs: nnx.Rngs):
+    # `key_prefix` names the recipe keys in errors: the ViT's stem reads them
+    # as stem_channels and stem_blocks_per_stage.
     if not channels or blocks_per_stage < 1:
       raise UserError(f"conv stages need at least one stage and one block per stage, got "
-                      f"channels {list(channels)} and blocks_per_stage {blocks_per_stage}")
+                      f"{key_prefix}channels {list(channels)} and "
+                      f"{key_prefix}blocks_per_stage {blocks_per_stage}")
     convs, norms = [], []
     for out_channels in channels:
       for _ in range(blocks_per_stage):

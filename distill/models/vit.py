@@ -110,7 +110,7 @@ class ViT(nnx.Module):
       stem_out = width // 2
     elif stem == "cnn":
       cnn_stem = ConvStages(channels, list(stem_channels), blocks_per_stage=stem_blocks_per_stage,
-                            pool_last=True, dtype=dtype, rngs=rngs)
+                            pool_last=True, key_prefix="stem_", dtype=dtype, rngs=rngs)
       height, width_px = cnn_stem.output_size(height, width_px)
       stem_out = cnn_stem.out_channels
     # `stem` is the conv stem's name in checkpoints saved before the CNN stem existed.
