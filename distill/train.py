@@ -754,9 +754,11 @@ def fit(
         step += count
         progress.update(count)
 
+        # Read once: a signal handled while this step logs or evaluates
+        # must not stop the run before this step's checkpoint is saved.
+        stopping = stop.signal_name is not None
         at_log = step % log_every == 0 or step == total_steps
-        at_checkpoint = (step % checkpoint_every == 0 or step == total_steps
-                         or stop.signal_name is not None)
+        at_checkpoint = step % checkpoint_every == 0 or step == total_steps or stopping
         if at_log or at_checkpoint:
           # Checked before every save too, so a checkpoint never holds a diverged state.
           record = _summarise(window, step)
@@ -783,7 +785,7 @@ def fit(
                                 if k in record}, refresh=False)
         if at_checkpoint:
           checkpointer.save(step, state, {**checkpoint_meta, "step": step})
-        if stop.signal_name and step < total_steps:
+        if stopping and step < total_steps:
           raise UserError(
               f"stopped by {stop.signal_name} at step {step}; checkpoint saved. "
               "Run the same command again to resume.", exit_code=130)
