@@ -94,13 +94,26 @@ def test_bad_base_names_the_problem(tmp_path, text, words):
     assert word in str(error.value)
 
 
+HYBRID = ["teacher.steps=20000", "teacher.vit.stem=cnn", "teacher.vit.stem_blocks_per_stage=2",
+          "teacher.vit.patch=1", "teacher.vit.width=64", "teacher.vit.heads=4",
+          "teacher.vit.mlp_ratio=2"]
+
+
 @pytest.mark.parametrize("name, overrides", [
     ("fashion_mnist_vit_student",
      ["student.model=vit", "student.steps=12000", "student.temperature=2"]),
-    ("fashion_mnist_hybrid",
-     ["teacher.steps=20000", "teacher.vit.stem=cnn", "teacher.vit.stem_blocks_per_stage=2",
-      "teacher.vit.patch=1", "teacher.vit.width=64", "teacher.vit.heads=4", "teacher.vit.mlp_ratio=2"]),
+    ("fashion_mnist_hybrid", HYBRID),
+    ("fashion_mnist_cnn_student",
+     [*HYBRID, "student.cnn.channels=[32,64,96]", "student.alpha=0.5"]),
 ])
 def test_variant_recipes_are_the_measured_commands(name, overrides):
   # BENCHMARKS.md's runs were the default recipe with these overrides.
   assert config.load_recipe(name) == config.load_recipe("fashion_mnist", overrides)
+
+
+def test_the_cnn_student_recipe_stays_under_100k_parameters():
+  from distill.models import count_params, create_model  # noqa: PLC0415
+
+  student = config.load_recipe("fashion_mnist_cnn_student")["student"]
+  cnn = create_model("cnn", num_classes=10, image_shape=(28, 28, 1), **student["cnn"])
+  assert count_params(cnn) == 83_050
