@@ -23,8 +23,14 @@ TINY = [
     "student.checkpoint_every=10", "student.warmup_steps=2", "student.steps_per_dispatch=5",
 ]
 
-# The same, as command-line flags.
-TINY_FLAGS = [arg for override in TINY for arg in ("--set", override)]
+
+def set_flags(overrides):
+  """`key=value` overrides as the command line takes them: --set k=v --set ..."""
+  return [arg for override in overrides for arg in ("--set", override)]
+
+
+# TINY, as command-line flags.
+TINY_FLAGS = set_flags(TINY)
 
 
 def run_cli(*args):

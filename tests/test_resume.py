@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import TINY, run_cli
+from conftest import TINY, run_cli, set_flags
 
 from distill import train
 
@@ -26,9 +26,7 @@ def _command(role, workdir, teacher_dir=None):
     args += ["--recipe", "digits"]
   else:
     args += ["--teacher", str(teacher_dir), "--model", "cnn"]
-  for override in RESUME:
-    args += ["--set", override]
-  return args
+  return args + set_flags(RESUME)
 
 
 def _logged_steps(workdir):
@@ -145,9 +143,7 @@ BETWEEN_CHECKPOINTS = ["teacher.steps=4000", "teacher.checkpoint_every=1000"]
 
 def test_sigterm_saves_the_stopped_step_and_exits_130(tmp_path):
   workdir = tmp_path / "teacher"
-  args = _command("teacher", workdir)
-  for override in BETWEEN_CHECKPOINTS:
-    args += ["--set", override]
+  args = _command("teacher", workdir) + set_flags(BETWEEN_CHECKPOINTS)
   process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 120
   while _logged_steps(workdir) < 5 and time.time() < deadline:
@@ -169,8 +165,7 @@ def test_a_signal_handled_while_logging_still_saves_before_stopping(tmp_path, mo
     return summarise(window, step)
 
   monkeypatch.setattr(train, "_summarise", summarise_then_signal)
-  overrides = [*RESUME, *BETWEEN_CHECKPOINTS]
   result = run_cli("teacher", "--recipe", "digits", "--workdir", tmp_path, "--quiet",
-                   *(arg for override in overrides for arg in ("--set", override)))
+                   *set_flags([*RESUME, *BETWEEN_CHECKPOINTS]))
   assert result.exit_code == 130, result.output
   assert _checkpoint_steps(tmp_path) == [_stopped_step(result.stderr)]
