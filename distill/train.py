@@ -454,9 +454,9 @@ class TrainResult:
   init_loss_expected: float
   final_train_loss: float
   steps: int
-  train_seconds: float
-  compile_seconds: float
-  images_per_second: float
+  train_seconds: float  # all stretches of a resumed run, compilation excluded
+  compile_seconds: float  # this stretch's
+  images_per_second: float  # this stretch's
   resumed_from: int | None
 
 
@@ -695,6 +695,7 @@ def fit(
   checkpointer = Checkpointer(workdir)
   start_step = 0
   resumed_from = None
+  earlier_seconds = 0.0
   latest = checkpointer.latest_step()
   metrics_path = workdir / "metrics.jsonl"
   if latest is not None:
@@ -705,6 +706,8 @@ def fit(
           "re-run with --restart to start over, or use another --workdir")
     state, _ = checkpointer.restore(latest, state)
     start_step = resumed_from = int(state["step"])
+    # Earlier stretches' training time, so a resumed run reports its whole cost.
+    earlier_seconds = float(saved_meta.get("train_seconds", 0.0))
     echo(f"resuming from step {start_step} ({checkpointer.directory})")
     log_records = _read_metrics(metrics_path, upto_step=start_step)
   else:
@@ -784,7 +787,9 @@ def fit(
           progress.set_postfix({k: f"{record[k]:.4f}" for k in ("loss", "accuracy", "val_accuracy")
                                 if k in record}, refresh=False)
         if at_checkpoint:
-          checkpointer.save(step, state, {**checkpoint_meta, "step": step})
+          seconds_so_far = earlier_seconds + time.perf_counter() - loop_start - compile_seconds
+          checkpointer.save(step, state, {**checkpoint_meta, "step": step,
+                                          "train_seconds": round(seconds_so_far, 3)})
         if stopping and step < total_steps:
           raise UserError(
               f"stopped by {stop.signal_name} at step {step}; checkpoint saved. "
@@ -795,14 +800,15 @@ def fit(
     if prefetched is not None:
       prefetched.close()
   jax.block_until_ready(state)
-  train_seconds = time.perf_counter() - loop_start - compile_seconds
+  stretch_seconds = time.perf_counter() - loop_start - compile_seconds
   steps_run = total_steps - start_step
   return TrainResult(
       graphdef=setup.ctx.graphdef, rest=setup.ctx.rest, params=state["params"],
       stats=(setup.pixel_mean, setup.pixel_std), predict=predict,
       init_loss=init_loss, init_loss_expected=expected, final_train_loss=last_train_loss,
-      steps=total_steps, train_seconds=train_seconds, compile_seconds=compile_seconds,
-      images_per_second=steps_run * batch_size / max(train_seconds, 1e-9),
+      steps=total_steps, train_seconds=earlier_seconds + stretch_seconds,
+      compile_seconds=compile_seconds,
+      images_per_second=steps_run * batch_size / max(stretch_seconds, 1e-9),
       resumed_from=resumed_from)
 
 

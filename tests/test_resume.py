@@ -13,6 +13,7 @@ import pytest
 from conftest import TINY, run_cli, set_flags
 
 from distill import train
+from distill.checkpoint import Checkpointer
 
 # Enough steps and checkpoints that kills land before, between and after checkpoints.
 RESUME = [*TINY, "teacher.steps=40", "teacher.checkpoint_every=10", "teacher.log_every=5",
@@ -169,3 +170,30 @@ def test_a_signal_handled_while_logging_still_saves_before_stopping(tmp_path, mo
                    *set_flags([*RESUME, *BETWEEN_CHECKPOINTS]))
   assert result.exit_code == 130, result.output
   assert _checkpoint_steps(tmp_path) == [_stopped_step(result.stderr)]
+
+
+def test_a_resumed_run_reports_the_training_time_of_every_stretch(tmp_path, monkeypatch):
+  """Stopped near the end of 40 steps, the resumed run's own stretch is a few steps; its
+  summary must still count the stretch before the stop."""
+  summarise = train._summarise
+
+  def summarise_then_signal(window, step):
+    if step == 30:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return summarise(window, step)
+
+  args = ["teacher", "--recipe", "digits", "--workdir", tmp_path, "--quiet", *set_flags(RESUME)]
+  with monkeypatch.context() as patch:
+    patch.setattr(train, "_summarise", summarise_then_signal)
+    stopped = run_cli(*args)
+  assert stopped.exit_code == 130, stopped.output
+  stopped_step = _stopped_step(stopped.stderr)
+  checkpointer = Checkpointer(tmp_path)
+  seconds_before_stop = checkpointer.restore_meta(stopped_step)["train_seconds"]
+  checkpointer.close()
+  assert seconds_before_stop > 0
+  result = run_cli(*args)
+  assert result.exit_code == 0, result.output
+  summary = _summary(tmp_path)
+  assert summary["resumed_from_step"] == stopped_step < 40
+  assert summary["train_seconds"] > seconds_before_stop
