@@ -155,17 +155,22 @@ def test_sigterm_saves_the_stopped_step_and_exits_130(tmp_path):
   assert _checkpoint_steps(workdir) == [_stopped_step(stderr)]
 
 
-def test_a_signal_handled_while_logging_still_saves_before_stopping(tmp_path, monkeypatch):
-  """The loop blocks in its log step, where Python runs signal handlers: the race the
-  subprocess test above can only hit by chance, made certain here."""
+def _sigterm_while_logging(patch, at_step):
+  """Makes the loop receive SIGTERM inside its log step at `at_step`, in this process."""
   summarise = train._summarise
 
   def summarise_then_signal(window, step):
-    if step == 15:
+    if step == at_step:
       os.kill(os.getpid(), signal.SIGTERM)
     return summarise(window, step)
 
-  monkeypatch.setattr(train, "_summarise", summarise_then_signal)
+  patch.setattr(train, "_summarise", summarise_then_signal)
+
+
+def test_a_signal_handled_while_logging_still_saves_before_stopping(tmp_path, monkeypatch):
+  """The loop blocks in its log step, where Python runs signal handlers: the race the
+  subprocess test above can only hit by chance, made certain here."""
+  _sigterm_while_logging(monkeypatch, at_step=15)
   result = run_cli("teacher", "--recipe", "digits", "--workdir", tmp_path, "--quiet",
                    *set_flags([*RESUME, *BETWEEN_CHECKPOINTS]))
   assert result.exit_code == 130, result.output
@@ -175,16 +180,9 @@ def test_a_signal_handled_while_logging_still_saves_before_stopping(tmp_path, mo
 def test_a_resumed_run_reports_the_training_time_of_every_stretch(tmp_path, monkeypatch):
   """Stopped near the end of 40 steps, the resumed run's own stretch is a few steps; its
   summary must still count the stretch before the stop."""
-  summarise = train._summarise
-
-  def summarise_then_signal(window, step):
-    if step == 30:
-      os.kill(os.getpid(), signal.SIGTERM)
-    return summarise(window, step)
-
   args = ["teacher", "--recipe", "digits", "--workdir", tmp_path, "--quiet", *set_flags(RESUME)]
   with monkeypatch.context() as patch:
-    patch.setattr(train, "_summarise", summarise_then_signal)
+    _sigterm_while_logging(patch, at_step=30)
     stopped = run_cli(*args)
   assert stopped.exit_code == 130, stopped.output
   stopped_step = _stopped_step(stopped.stderr)
