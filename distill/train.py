@@ -736,6 +736,11 @@ def fit(
         _PositionReader(setup.streamed["images"]),
         lambda d: setup.local_indices(*plan[d]).reshape(-1), 0, len(plan), buffer_size=4)
   loop_start = time.perf_counter()
+
+  def stretch_seconds() -> float:
+    # This stretch's training time; compilation is reported apart.
+    return time.perf_counter() - loop_start - compile_seconds
+
   # However the loop ends (done, diverged, stopped, failed): bar, checkpoints
   # (waiting for an async save) and reader threads are closed.
   try:
@@ -787,9 +792,8 @@ def fit(
           progress.set_postfix({k: f"{record[k]:.4f}" for k in ("loss", "accuracy", "val_accuracy")
                                 if k in record}, refresh=False)
         if at_checkpoint:
-          seconds_so_far = earlier_seconds + time.perf_counter() - loop_start - compile_seconds
-          checkpointer.save(step, state, {**checkpoint_meta, "step": step,
-                                          "train_seconds": round(seconds_so_far, 3)})
+          checkpointer.save(step, state, {**checkpoint_meta, "step": step, "train_seconds":
+                                          round(earlier_seconds + stretch_seconds(), 3)})
         if stopping and step < total_steps:
           raise UserError(
               f"stopped by {stop.signal_name} at step {step}; checkpoint saved. "
@@ -800,15 +804,15 @@ def fit(
     if prefetched is not None:
       prefetched.close()
   jax.block_until_ready(state)
-  stretch_seconds = time.perf_counter() - loop_start - compile_seconds
+  seconds = stretch_seconds()
   steps_run = total_steps - start_step
   return TrainResult(
       graphdef=setup.ctx.graphdef, rest=setup.ctx.rest, params=state["params"],
       stats=(setup.pixel_mean, setup.pixel_std), predict=predict,
       init_loss=init_loss, init_loss_expected=expected, final_train_loss=last_train_loss,
-      steps=total_steps, train_seconds=earlier_seconds + stretch_seconds,
+      steps=total_steps, train_seconds=earlier_seconds + seconds,
       compile_seconds=compile_seconds,
-      images_per_second=steps_run * batch_size / max(stretch_seconds, 1e-9),
+      images_per_second=steps_run * batch_size / max(seconds, 1e-9),
       resumed_from=resumed_from)
 
 
