@@ -21,13 +21,18 @@ RESUME = [*TINY, "teacher.steps=40", "teacher.checkpoint_every=10", "teacher.log
           "student.log_every=5", "student.eval_every=20"]
 
 
-def _command(role, workdir, teacher_dir=None):
-  args = [sys.executable, "-m", "distill.cli", role, "--workdir", str(workdir), "--quiet"]
+def _cli_args(role, workdir, teacher_dir=None):
+  """The `distill` arguments of a tiny run, for `run_cli` or a subprocess."""
+  args = [role, "--workdir", str(workdir), "--quiet"]
   if role == "teacher":
     args += ["--recipe", "digits"]
   else:
     args += ["--teacher", str(teacher_dir), "--model", "cnn"]
   return args + set_flags(RESUME)
+
+
+def _command(role, workdir, teacher_dir=None):
+  return [sys.executable, "-m", "distill.cli", *_cli_args(role, workdir, teacher_dir)]
 
 
 def _logged_steps(workdir):
@@ -171,8 +176,7 @@ def test_a_signal_handled_while_logging_still_saves_before_stopping(tmp_path, mo
   """The loop blocks in its log step, where Python runs signal handlers: the race the
   subprocess test above can only hit by chance, made certain here."""
   _sigterm_while_logging(monkeypatch, at_step=15)
-  result = run_cli("teacher", "--recipe", "digits", "--workdir", tmp_path, "--quiet",
-                   *set_flags([*RESUME, *BETWEEN_CHECKPOINTS]))
+  result = run_cli(*_cli_args("teacher", tmp_path), *set_flags(BETWEEN_CHECKPOINTS))
   assert result.exit_code == 130, result.output
   assert _checkpoint_steps(tmp_path) == [_stopped_step(result.stderr)]
 
@@ -180,7 +184,7 @@ def test_a_signal_handled_while_logging_still_saves_before_stopping(tmp_path, mo
 def test_a_resumed_run_reports_the_training_time_of_every_stretch(tmp_path, monkeypatch):
   """Stopped near the end of 40 steps, the resumed run's own stretch is a few steps; its
   summary must still count the stretch before the stop."""
-  args = ["teacher", "--recipe", "digits", "--workdir", tmp_path, "--quiet", *set_flags(RESUME)]
+  args = _cli_args("teacher", tmp_path)
   with monkeypatch.context() as patch:
     _sigterm_while_logging(patch, at_step=30)
     stopped = run_cli(*args)
