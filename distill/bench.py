@@ -4,7 +4,7 @@
 
 - the bare step: the compiled multi-step function called back to back on
   indices prepared in advance — the ceiling for this model and batch;
-- the real loop: `train.fit`, with sampling, logging, validation and
+- the real loop: `loop.fit`, with sampling, logging, validation and
   checkpoints at the recipe's cadence, over one period of that cadence;
 - export: the forward pass over the training images at the recipe's export
   batch size.
@@ -63,8 +63,12 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int |
   """
   import jax  # noqa: PLC0415
 
-  from distill import train  # noqa: PLC0415
+  from contextlib import closing  # noqa: PLC0415
+
+  from distill import loop, teaching as teaching_lib  # noqa: PLC0415
+  from distill.inference import predict_in_batches  # noqa: PLC0415
   from distill.models import count_params, create_model  # noqa: PLC0415
+  from distill.step import prepare_training  # noqa: PLC0415
 
   settings = dict(recipe[role])
   if steps is None:
@@ -98,13 +102,13 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int |
   name, model_kwargs = config_lib.model_settings(recipe, role)
   teaching = None
   if role == "teacher":
-    objective = train.make_objective("hard")
+    objective = teaching_lib.make_objective("hard")
   else:
-    objective = train.make_objective("soft")
+    objective = teaching_lib.make_objective("soft")
     # Any logits time the same; use those of smoothed one-hot labels.
     teacher_logits = np.zeros((len(images), num_classes), np.float32)
     teacher_logits[np.arange(len(images)), labels] = 3.0
-    teaching = train.Teaching(mode="targets", teacher_logits=teacher_logits)
+    teaching = teaching_lib.ExportedTargets(teacher_logits=teacher_logits)
   augment_settings = recipe["augment"] if role == "teacher" else None
 
   def fresh_model():
@@ -117,31 +121,33 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int |
   dispatches = max(1, bare_steps // per_dispatch)
   model = fresh_model()
   num_params = count_params(model)
-  setup = train.prepare_training(
+  setup = prepare_training(
       model=model, images=images, labels=labels, objective=objective, teaching=teaching,
       settings={**settings, "steps": steps}, augment_settings=augment_settings,
       seed=recipe["seed"])
-  state, data, stats, teacher_params = setup.state, setup.data, setup.stats, setup.teacher_params
-  indices = [setup.put_indices(setup.order.indices(i * per_dispatch, per_dispatch))
-             for i in range(dispatches + 1)]
+  # Every dispatch's rows are made (or read) before the clock starts.
+  plan = [(i * per_dispatch, per_dispatch) for i in range(dispatches + 1)]
+  with closing(setup.feeder.dispatches(plan)) as feed:
+    rows = list(feed)
+  state = setup.state
   start = time.perf_counter()
-  compiled = setup.chunk_fn.lower(state, data, stats, teacher_params, indices[0]).compile()
+  compiled = setup.compile(state, rows[0])
   compile_seconds = time.perf_counter() - start
-  state, metrics = compiled(state, data, stats, teacher_params, indices[0])  # warm-up
+  state, metrics = setup.run_chunk(compiled, state, rows[0])  # warm-up
   jax.block_until_ready(metrics)
   start = time.perf_counter()
-  for chunk in indices[1:]:
-    state, metrics = compiled(state, data, stats, teacher_params, chunk)
+  for chunk in rows[1:]:
+    state, metrics = setup.run_chunk(compiled, state, chunk)
   jax.block_until_ready((state, metrics))
   bare_seconds = time.perf_counter() - start
   bare_ips = dispatches * per_dispatch * settings["batch_size"] / bare_seconds
   trained_params, predict = state["params"], setup.predict
-  del state, data, setup
+  del state, rows, setup
 
   # 2. The real loop, at the recipe's cadence (eval/checkpoint no rarer than the run).
   loop_settings = {**settings, "steps": steps}
   with tempfile.TemporaryDirectory(prefix="distill-bench-") as workdir:
-    result = train.fit(
+    _, stats = loop.fit(
         model=fresh_model(), images=images, labels=labels, teaching=teaching,
         val_images=val_images, val_labels=val_labels, objective=objective,
         settings=loop_settings, augment_settings=augment_settings, workdir=Path(workdir),
@@ -149,9 +155,9 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int |
         echo=lambda _: None, warn=lambda _: None)
   # 3. Export: the forward pass over every training image.
   export_batch = recipe["export"]["batch_size"]
-  train.predict_in_batches(predict, trained_params, images[:export_batch], export_batch)  # compile
+  predict_in_batches(predict, trained_params, images[:export_batch], export_batch)  # compile
   start = time.perf_counter()
-  train.predict_in_batches(predict, trained_params, images, export_batch)
+  predict_in_batches(predict, trained_params, images, export_batch)
   export_ips = len(images) / (time.perf_counter() - start)
 
   return {
@@ -166,12 +172,12 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int |
       "bare_steps": dispatches * per_dispatch,
       "loop_steps": steps,
       "bare_step_images_per_second": round(bare_ips, 1),
-      "loop_images_per_second": round(result.images_per_second, 1),
-      "loop_to_bare_ratio": round(result.images_per_second / bare_ips, 3),
+      "loop_images_per_second": round(stats.images_per_second, 1),
+      "loop_to_bare_ratio": round(stats.images_per_second / bare_ips, 3),
       "export_images_per_second": round(export_ips, 1),
       "export_to_train_ratio": round(export_ips / bare_ips, 2),
       "compile_seconds": round(compile_seconds, 2),
-      "loop_compile_seconds": round(result.compile_seconds, 2),
+      "loop_compile_seconds": round(stats.compile_seconds, 2),
       "peak_rss_mb": round(_peak_rss_mb(), 1),
       "backend": jax.default_backend(),
       "devices": jax.device_count(),

@@ -8,7 +8,6 @@ needed to continue exactly where a run stopped.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +57,3 @@ class Checkpointer:
   def close(self) -> None:
     """Waits for pending writes and releases the manager."""
     self._manager.close()
-
-  @staticmethod
-  def remove(workdir: Path) -> None:
-    """Deletes every checkpoint of the run in `workdir`."""
-    shutil.rmtree(Path(workdir) / "checkpoints", ignore_errors=True)

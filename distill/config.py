@@ -95,22 +95,6 @@ TEACHING_MODES = ("targets", "online", "views")
 SOFT_LOSSES = ("soft_ce", "kl")
 
 
-def _valid_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
-  keys = []
-  for key, value in tree.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, dict):
-      keys.extend(_valid_keys(value, name + "."))
-    else:
-      keys.append(name)
-  return keys
-
-
-def valid_keys() -> list[str]:
-  """Every dotted key a recipe or `--set` may name."""
-  return _valid_keys(DEFAULTS)
-
-
 def _unknown_key(dotted: str, where: str) -> UserError:
   parent = dotted.rsplit(".", 1)[0] if "." in dotted else ""
   node = DEFAULTS
@@ -278,7 +262,7 @@ def validate(recipe: dict[str, Any]) -> None:
   from distill.models import model_names  # noqa: PLC0415 (keeps --help fast)
   from distill.data import dataset_names  # noqa: PLC0415
 
-  # 'stream': array shards read from disk (data.data_dir), see distill.stream.
+  # 'stream': array shards read from disk (data.data_dir), see distill.data.stream.
   names = [*dataset_names(), "stream"]
   if recipe["data"]["dataset"] not in names:
     raise UserError(f"unknown dataset '{recipe['data']['dataset']}'; valid: {', '.join(names)}")
@@ -345,9 +329,19 @@ def model_settings(recipe: dict[str, Any], role: str) -> tuple[str, dict[str, An
   return name, dict(section[name])
 
 
-def recipe_hash(recipe: dict[str, Any]) -> str:
-  """A stable hash of a resolved recipe; resuming requires the same hash."""
-  canonical = json.dumps(recipe, sort_keys=True, separators=(",", ":"))
+def recipe_hash(recipe: dict[str, Any], role: str) -> str:
+  """A stable hash of what a `role` ('teacher' or 'student') run reads from a resolved recipe.
+
+  Resuming needs the same hash, and a sweep keeps a finished run only when it
+  matches. The other role's section and the settings of models the run does
+  not train are left out, so editing `student.vit.*` leaves a CNN student's
+  hash (and so its checkpoints and sweep runs) alone.
+  """
+  section = recipe[role]
+  read = {key: value for key, value in recipe.items() if key not in ("teacher", "student")}
+  read[role] = {key: value for key, value in section.items()
+                if key not in _MODEL_DEFAULTS or key == section["model"]}
+  canonical = json.dumps(read, sort_keys=True, separators=(",", ":"))
   return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

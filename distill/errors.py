@@ -12,3 +12,9 @@ class UserError(Exception):
   def __init__(self, message: str, *, exit_code: int = 2):
     super().__init__(message)
     self.exit_code = exit_code
+
+
+def one_line(error: BaseException) -> str:
+  """An exception's text on one line (its type's name if it has none), for a UserError."""
+  text = " ".join(str(error).split())
+  return text or type(error).__name__

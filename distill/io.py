@@ -1,10 +1,11 @@
-"""Files written atomically: a crash leaves the old file or none, never half of one."""
+"""Files and folders written atomically: a crash leaves the old one or none, never half of one."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -63,6 +64,46 @@ def read_json(path: Path, what: str = "file") -> Any:
     raise UserError(f"{what} not found: {path}") from None
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise UserError(f"{what} {path} is damaged (not valid JSON: {e})") from None
+
+
+def check_directory_target(directory: Path, overwrite: bool) -> None:
+  """Refuses a `directory` that is a file, or a non-empty folder without `overwrite`.
+
+  Raises:
+    UserError: naming the directory.
+  """
+  if directory.exists() and not directory.is_dir():
+    raise UserError(f"{directory} exists and is not a folder")
+  if directory.is_dir() and any(directory.iterdir()) and not overwrite:
+    raise UserError(f"{directory} already exists and is not empty; pass overwrite=True to replace it")
+
+
+def publish_directory(staging: Path, directory: Path, overwrite: bool) -> None:
+  """Renames a finished `staging` folder to `directory`, replacing it if `overwrite`.
+
+  `staging` must be on the same file system (a hidden folder beside
+  `directory`), so the rename is atomic: readers see the old folder or the new
+  one, never a mix.
+
+  Raises:
+    UserError: if `directory` is a file, or is not empty and `overwrite` is off.
+  """
+  check_directory_target(directory, overwrite)
+  if directory.is_dir() and any(directory.iterdir()):
+    # Moved aside first: renaming onto a non-empty folder is not allowed.
+    old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".old", dir=directory.parent))
+    os.replace(directory, old / directory.name)
+    os.replace(staging, directory)
+    shutil.rmtree(old, ignore_errors=True)
+  else:
+    os.replace(staging, directory)
+
+
+def read_only(array: np.ndarray) -> np.ndarray:
+  """A read-only view of `array`; the array itself (perhaps the caller's) stays writeable."""
+  view = array.view()
+  view.flags.writeable = False
+  return view
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from distill import rundir
 from distill.errors import UserError
 from distill.io import read_json
 
@@ -90,7 +91,7 @@ def compare_runs(run_dirs: list[Path], *, as_json: bool = False, markdown: bool 
 
 def _run_predictions(run_dir: Path) -> np.ndarray | None:
   """A run's final test logits: predictions.npz, or a teacher's targets.npz."""
-  for name in ("predictions.npz", "targets.npz"):
+  for name in (rundir.PREDICTIONS_FILE, rundir.TARGETS_FILE):
     path = run_dir / name
     if path.exists():
       try:
@@ -117,12 +118,6 @@ def run_metrics(logits: np.ndarray, labels: np.ndarray,
   return metrics
 
 
-def _softmax_np(logits: np.ndarray) -> np.ndarray:
-  shifted = logits - logits.max(-1, keepdims=True)
-  exp = np.exp(shifted)
-  return exp / exp.sum(-1, keepdims=True)
-
-
 def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) -> Path:
   """Writes out_dir/report.html (figures embedded) and the figures as PNG files beside it.
 
@@ -139,7 +134,7 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) ->
 
   from tqdm.auto import tqdm  # noqa: PLC0415
 
-  from distill import plots  # noqa: PLC0415
+  from distill import losses, plots  # noqa: PLC0415
   from distill.io import write_text  # noqa: PLC0415
   from distill.workflow import load_data  # noqa: PLC0415
 
@@ -172,9 +167,7 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) ->
         f" ({row['loss']} labels)" if row.get("role") == "student" else "")
     parts = [f"<h2>{html.escape(title)} <small>{html.escape(str(run_dir))}</small></h2>"]
     dataset = dataset_for(row)
-    metrics_path = run_dir / "metrics.jsonl"
-    records = ([json.loads(l) for l in metrics_path.read_text().splitlines() if l.strip()]
-               if metrics_path.exists() else [])
+    records = rundir.read_metrics(run_dir)
     if records:
       parts.append(figure_html(plots.training_curves(
           records, title=title, init_loss=row.get("init_loss"),
@@ -206,7 +199,7 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) ->
     parts.append(figure_html(plots.confusion_matrix(
         dataset.y_test, predictions, names, title=f"{title}: confusion (test)",
         path=out_dir / f"{slug}-confusion.png"), "Confusion matrix on the test set."))
-    probs = _softmax_np(logits)
+    probs = np.asarray(losses.softmax(logits))
     parts.append(figure_html(plots.reliability_diagram(
         probs.max(-1), predictions == dataset.y_test, ece=metrics["ece"], title=title,
         path=out_dir / f"{slug}-reliability.png"), "Reliability diagram with expected calibration error."))

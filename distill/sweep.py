@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from distill import config as config_lib
+from distill import rundir
 from distill.console import Console
 from distill.errors import UserError
 from distill.io import read_json, write_json, write_text
@@ -197,15 +198,15 @@ def _check_overrides(overrides: Iterable[str]) -> None:
 
 def _finished_state(workdir: Path, expected_hash: str) -> str:
   """'new', 'same' (finished with this recipe), 'resume', or 'other-finished'/'other-unfinished'."""
-  summary_path = workdir / "summary.json"
+  summary_path = workdir / rundir.SUMMARY_FILE
   if summary_path.exists():
     summary = read_json(summary_path, "run summary")
     return "same" if summary.get("recipe_hash") == expected_hash else "other-finished"
-  recipe_path = workdir / "recipe.json"
+  recipe_path = workdir / rundir.RECIPE_FILE
   if recipe_path.exists():
     saved = read_json(recipe_path, "run recipe")
     saved.pop("teacher_dir", None)
-    return "resume" if config_lib.recipe_hash(saved) == expected_hash else "other-unfinished"
+    return "resume" if config_lib.recipe_hash(saved, "student") == expected_hash else "other-unfinished"
   return "new"
 
 
@@ -254,11 +255,11 @@ def run_sweep(teacher_dir: Path, out_dir: Path, *, models: Iterable[str] = ("cnn
   seeds = _axis((int(s) for s in seeds), "seed")
   overrides = list(overrides)
   _check_overrides(overrides)
-  teacher_summary = teacher_dir / workflow.SUMMARY_FILE
+  teacher_summary = teacher_dir / rundir.SUMMARY_FILE
   # A folder of exported targets (an ensemble's) has no summary; its runs still
   # know the teacher's test accuracy.
   teacher = read_json(teacher_summary, "teacher summary") if teacher_summary.exists() else None
-  workflow.check_workdir(out_dir)
+  rundir.check_workdir(out_dir)
 
   runs = plan_runs(models, modes, soft_losses, seeds)
   for run in runs:
@@ -269,7 +270,7 @@ def run_sweep(teacher_dir: Path, out_dir: Path, *, models: Iterable[str] = ("cnn
       run["recipe"] = workflow.student_recipe(teacher_dir, recipe, [*overrides, *axis_overrides])
     except UserError as e:
       raise UserError(f"{run['name']}: {e}", exit_code=e.exit_code) from None
-    run["state"] = _finished_state(run["dir"], config_lib.recipe_hash(run["recipe"]))
+    run["state"] = _finished_state(run["dir"], config_lib.recipe_hash(run["recipe"], "student"))
   clashes = [run for run in runs if run["state"].startswith("other")]
   if clashes and not overwrite:
     names = ", ".join(str(run["dir"]) for run in clashes[:3])
@@ -281,7 +282,7 @@ def run_sweep(teacher_dir: Path, out_dir: Path, *, models: Iterable[str] = ("cnn
   for i, run in enumerate(runs, 1):
     prefix = f"[{i}/{len(runs)}] {run['name']}"
     if run["state"] == "same":
-      run["summary"] = read_json(run["dir"] / workflow.SUMMARY_FILE, "run summary")
+      run["summary"] = read_json(run["dir"] / rundir.SUMMARY_FILE, "run summary")
       run["reused"] = True
       console.info(f"{prefix}: finished earlier with the same recipe, kept "
                    f"(test accuracy {run['summary']['test_accuracy']:.4f})")

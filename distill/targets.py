@@ -8,6 +8,7 @@ from another data set's targets.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,7 @@ import numpy as np
 
 from distill.errors import UserError
 from distill.io import array_sha256, write_json, write_npz
-
-TARGETS_FILE = "targets.npz"
-TARGETS_META_FILE = "targets.json"
+from distill.rundir import PREDICTIONS_FILE, TARGETS_FILE, TARGETS_META_FILE
 FORMAT_VERSION = 1
 _ARRAYS = ("train_probs", "train_logits", "test_logits")
 # Present only when exported with --views K: logits [N, K, C] of K augmented views per image.
@@ -104,3 +103,68 @@ def check_targets_match(meta: dict[str, Any], *, dataset_name: str, fingerprint:
     differences.append(f"{meta.get('num_classes')} classes vs {num_classes}")
   if differences:
     raise UserError(f"targets {path} were made for other data: " + "; ".join(differences))
+
+
+class _ShardRows:
+  """A streamed split's teacher logits by position, read from target shards on demand."""
+
+  ndim = 2
+
+  def __init__(self, shards, global_indices: np.ndarray):
+    self._shards = shards
+    self._global = global_indices
+
+  def __len__(self) -> int:
+    return len(self._global)
+
+  def __getitem__(self, key) -> np.ndarray:
+    return self._shards.read_logits(self._global[key])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TeacherTargets:
+  """A teacher's exported targets for the data a student loads, from either on-disk format.
+
+  Attributes:
+    train_logits: [N, C] by position in the training split: an array, or for
+      a streamed data set rows read from the target shards when indexed.
+    view_logits: [N, K, C] of K augmented views, when exported with views.
+    test_logits: [M, C], in the test set's order.
+    meta: the targets' metadata (data, split, teacher, temperature, views).
+  """
+
+  train_logits: Any
+  view_logits: np.ndarray | None
+  test_logits: np.ndarray
+  meta: dict[str, Any]
+
+  @property
+  def identity(self) -> dict[str, Any]:
+    """The teacher that made them: folder, model, checkpoint step, parameter hash."""
+    return self.meta["teacher"]
+
+
+def read_teacher_targets(teacher_dir: Path, dataset) -> TeacherTargets:
+  """The targets in `teacher_dir`, checked against `dataset` (targets.npz, or shards if streamed)."""
+  teacher_dir = Path(teacher_dir)
+  if getattr(dataset, "streaming", False):
+    from distill.data.shards import open_target_shards  # noqa: PLC0415
+
+    source = dataset.stream.train
+    shards = open_target_shards(teacher_dir, num_examples=source.num_examples,
+                                num_classes=dataset.num_classes)
+    check_targets_match(shards.meta, dataset_name=dataset.name, fingerprint=dataset.fingerprint,
+                        train_fingerprint=dataset.split_fingerprint("train"),
+                        num_examples=source.num_examples, num_classes=dataset.num_classes,
+                        path=shards.path)
+    with np.load(teacher_dir / PREDICTIONS_FILE) as predictions:
+      test_logits = predictions["test_logits"]
+    return TeacherTargets(_ShardRows(shards, dataset.x_train.global_indices), None, test_logits,
+                          shards.meta)
+  arrays, meta = load_targets(teacher_dir)
+  check_targets_match(meta, dataset_name=dataset.name, fingerprint=dataset.fingerprint,
+                      train_fingerprint=dataset.split_fingerprint("train"),
+                      num_examples=len(dataset.x_train), num_classes=dataset.num_classes,
+                      path=teacher_dir / TARGETS_FILE)
+  return TeacherTargets(arrays["train_logits"], arrays.get("view_logits"), arrays["test_logits"],
+                        meta)

@@ -62,8 +62,8 @@ def test_bad_toml_and_missing_recipe(tmp_path):
 def test_recipe_hash_tracks_changes():
   a = config.load_recipe("digits")
   b = config.load_recipe("digits", ["seed=1"])
-  assert config.recipe_hash(a) == config.recipe_hash(config.load_recipe("digits"))
-  assert config.recipe_hash(a) != config.recipe_hash(b)
+  assert config.recipe_hash(a, "teacher") == config.recipe_hash(config.load_recipe("digits"), "teacher")
+  assert config.recipe_hash(a, "teacher") != config.recipe_hash(b, "teacher")
 
 
 def test_base_recipe_comes_first_and_the_variant_wins(tmp_path):
@@ -118,3 +118,19 @@ def test_the_cnn_student_recipe_stays_under_100k_parameters():
   student = config.load_recipe("fashion_mnist_cnn_student")["student"]
   cnn = create_model("cnn", num_classes=10, image_shape=(28, 28, 1), **student["cnn"])
   assert count_params(cnn) == 83_050
+
+
+def test_the_recipe_hash_covers_only_what_the_run_reads():
+  cnn = config.load_recipe("digits", ["student.model=cnn"])
+  # Another model's settings, or the other role's, leave a CNN student's hash alone...
+  for unread in ("student.vit.width=48", "student.mlp.hidden=[32]", "teacher.steps=7"):
+    edited = config.load_recipe("digits", ["student.model=cnn", unread])
+    assert config.recipe_hash(edited, "student") == config.recipe_hash(cnn, "student"), unread
+  # ...while its own model's, its role's and the shared sections' settings do not.
+  for read in ("student.cnn.channels=[4,8]", "student.steps=9", "augment.pad=2", "seed=3",
+               "data.val_size=100"):
+    edited = config.load_recipe("digits", ["student.model=cnn", read])
+    assert config.recipe_hash(edited, "student") != config.recipe_hash(cnn, "student"), read
+  # A teacher's hash ignores every student setting.
+  edited = config.load_recipe("digits", ["student.model=vit", "student.steps=9"])
+  assert config.recipe_hash(edited, "teacher") == config.recipe_hash(cnn, "teacher")

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from distill import data
-from distill.data import UserError, load_dataset
+from distill.data import datasets, load_dataset
+from distill.errors import UserError
 
 _IDX_NAMES = {
     'x_train': 'train-images-idx3-ubyte',
@@ -35,7 +36,7 @@ def isolated_environment(tmp_path, monkeypatch):
   monkeypatch.delenv('DISTILL_DATA', raising=False)
   monkeypatch.delenv('DISTILL_OFFLINE', raising=False)
   monkeypatch.setenv('KERAS_HOME', str(tmp_path / 'keras_home'))
-  monkeypatch.setattr(data, 'DEBIAN_DATASETS_DIR', str(tmp_path / 'no_debian'))
+  monkeypatch.setattr(datasets, 'DEBIAN_DATASETS_DIR', str(tmp_path / 'no_debian'))
   monkeypatch.setitem(sys.modules, 'keras', _keras_refusing_downloads())
 
 
@@ -317,7 +318,7 @@ def test_digits():
 def test_fashion_mnist_from_debian_package(monkeypatch):
   if not os.path.isdir('/usr/share/datasets/fashion-mnist'):
     pytest.skip('dataset-fashion-mnist is not installed')
-  monkeypatch.setattr(data, 'DEBIAN_DATASETS_DIR', '/usr/share/datasets')
+  monkeypatch.setattr(datasets, 'DEBIAN_DATASETS_DIR', '/usr/share/datasets')
   first = load_dataset('fashion_mnist', allow_download=False)
   second = load_dataset('fashion_mnist', allow_download=False)
   assert len(first.x_train) + len(first.x_val) == 60000

@@ -164,10 +164,10 @@ def test_neighbourhood_conv_is_nnx_conv(channels):
 def test_conv_stem_vit_has_no_convolution_and_is_scanned():
   # Convolutions inside lax.scan are slow on XLA:CPU, so such models are
   # unrolled; the matmul stem keeps the ViT teacher on the (cheaper) scan.
-  from distill import train
-  assert not train.should_unroll(_build("vit_conv"))
-  assert train.should_unroll(_build("cnn")) == (jax.default_backend() == "cpu")
-  assert train.should_unroll(_build("vit_cnn")) == (jax.default_backend() == "cpu")
+  from distill import step
+  assert not step.should_unroll(_build("vit_conv"))
+  assert step.should_unroll(_build("cnn")) == (jax.default_backend() == "cpu")
+  assert step.should_unroll(_build("vit_cnn")) == (jax.default_backend() == "cpu")
   with pytest.raises(UserError, match="kernel size must be odd"):
     from flax import nnx
     from distill.models.vit import NeighbourhoodConv

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import TINY, run_cli, set_flags
 
-from distill import train
+from distill import loop
 from distill.checkpoint import Checkpointer
 
 # Enough steps and checkpoints that kills land before, between and after checkpoints.
@@ -162,14 +162,14 @@ def test_sigterm_saves_the_stopped_step_and_exits_130(tmp_path):
 
 def _sigterm_while_logging(patch, at_step):
   """Makes the loop receive SIGTERM inside its log step at `at_step`, in this process."""
-  summarise = train._summarise
+  summarise = loop._summarise
 
   def summarise_then_signal(window, step):
     if step == at_step:
       os.kill(os.getpid(), signal.SIGTERM)
     return summarise(window, step)
 
-  patch.setattr(train, "_summarise", summarise_then_signal)
+  patch.setattr(loop, "_summarise", summarise_then_signal)
 
 
 def test_a_signal_handled_while_logging_still_saves_before_stopping(tmp_path, monkeypatch):

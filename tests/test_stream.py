@@ -1,15 +1,18 @@
-"""Streamed data sets: shards and image folders on disk, prefetching, target shards."""
+"""Streamed data sets: shards and image folders on disk, read ahead by HostFeeder, target shards."""
 
 import json
 import threading
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from distill import stream
+from distill import parallel
+from distill.data import stream
+from distill.data.shards import open_target_shards, write_array_shards, write_target_shards
 from distill.errors import UserError
-from distill.train import DataOrder
+from distill.feeders import DataOrder, HostFeeder
 
 CLASSES = ("ant", "bee", "cat")
 META = {"dataset": "tiny", "dataset_fingerprint": "f" * 64, "train_fingerprint": "t" * 64,
@@ -33,8 +36,8 @@ def _chunks(images, labels, size):
 def shards(tmp_path):
   """23 examples in shards of 5 (the last holds 3), written from chunks of 7."""
   images, labels = _arrays()
-  path = stream.write_array_shards(tmp_path / "shards", _chunks(images, labels, 7),
-                                   class_names=CLASSES, shard_size=5, meta={"source": "test"})
+  path = write_array_shards(tmp_path / "shards", _chunks(images, labels, 7),
+                            class_names=CLASSES, shard_size=5, meta={"source": "test"})
   return path, images, labels
 
 
@@ -76,15 +79,15 @@ def test_shards_are_memory_mapped(shards):
 
 def test_one_pair_of_arrays_and_overwrite(tmp_path):
   images, labels = _arrays(n=12, shape=(3, 3))  # [n, H, W] gains a channel axis
-  path = stream.write_array_shards(tmp_path / "s", (images, labels), class_names=CLASSES,
-                                   shard_size=4)
+  path = write_array_shards(tmp_path / "s", (images, labels), class_names=CLASSES,
+                            shard_size=4)
   source = stream.open_source(path)
   assert source.image_shape == (3, 3, 1) and source.num_shards == 3
   np.testing.assert_array_equal(source.read(np.arange(12))[0][..., 0], images)
   first = source.fingerprint
   with pytest.raises(UserError, match="overwrite"):
-    stream.write_array_shards(path, (images, labels), class_names=CLASSES)
-  stream.write_array_shards(path, (images[:6], labels[:6]), class_names=CLASSES, overwrite=True)
+    write_array_shards(path, (images, labels), class_names=CLASSES)
+  write_array_shards(path, (images[:6], labels[:6]), class_names=CLASSES, overwrite=True)
   again = stream.open_source(path)
   assert again.num_examples == 6 and again.fingerprint != first
   assert stream.open_source(path).fingerprint == again.fingerprint
@@ -97,11 +100,11 @@ def test_bad_chunks_are_user_errors(tmp_path):
                        ((images, labels + 3), "outside"),
                        ((images[:0], labels[:0]), "no examples")]:
     with pytest.raises(UserError, match=match):
-      stream.write_array_shards(tmp_path / "bad", [chunk], class_names=CLASSES)
+      write_array_shards(tmp_path / "bad", [chunk], class_names=CLASSES)
     assert not (tmp_path / "bad").exists() and not list(tmp_path.iterdir())
   with pytest.raises(UserError, match="earlier chunks"):
-    stream.write_array_shards(tmp_path / "bad", [(images, labels), (images[:, :2], labels)],
-                              class_names=CLASSES)
+    write_array_shards(tmp_path / "bad", [(images, labels), (images[:, :2], labels)],
+                       class_names=CLASSES)
 
 
 def test_damaged_shards_are_user_errors(shards):
@@ -166,8 +169,8 @@ def test_image_folder_mistakes_are_clear(tmp_path):
 def test_split_layout_and_validation_carve(tmp_path, shards):
   _, images, labels = shards
   root = tmp_path / "data"
-  stream.write_array_shards(root / "train", (images, labels), class_names=CLASSES, shard_size=8)
-  stream.write_array_shards(root / "test", (images[:5], labels[:5]), class_names=CLASSES)
+  write_array_shards(root / "train", (images, labels), class_names=CLASSES, shard_size=8)
+  write_array_shards(root / "test", (images[:5], labels[:5]), class_names=CLASSES)
   data = stream.open_stream_dataset(root, val_size=5, split_seed=3)
   assert isinstance(data.train, stream.ArrayShardSource) and len(data.test) == 5
   assert len(data.train_indices) == 18 and len(data.val_indices) == 5
@@ -198,70 +201,90 @@ def test_split_layout_and_validation_carve(tmp_path, shards):
     stream.open_stream_dataset(root, image_size=7)
 
 
-def _collect(source, order, start, stop, **options):
-  with stream.prefetch_batches(source, lambda step: order.indices(step, 1)[0], start, stop,
-                               **options) as batches:
-    return list(batches)
+def _feeder(source, labels, order, rows=None, **options):
+  """A HostFeeder over `source` (its rows `rows`, default all in order) on this process's devices."""
+  rows = np.arange(source.num_examples) if rows is None else rows
+  return HostFeeder(stream.Rows(source, rows), labels[rows], {}, order, parallel.make_mesh(),
+                    **options)
 
 
-def test_prefetch_yields_the_asked_batches_in_order(shards):
+def _host(dispatch):
+  return {name: np.asarray(value) for name, value in dispatch.items()}
+
+
+def test_host_feeder_reads_the_asked_batches_in_order(shards):
   path, images, labels = shards
   source = stream.ArrayShardSource(path)
-  order = DataOrder(source.num_examples, batch_size=6, seed=1)
+  rows = np.random.default_rng(5).permutation(source.num_examples)  # positions -> global rows
   # Steps 2..9 cross three epochs (3 steps each), so the threads ask DataOrder
-  # for different epochs at once.
-  batches = _collect(source, order, 2, 10, num_threads=3, buffer_size=3)
-  assert len(batches) == 8
-  expected = DataOrder(source.num_examples, batch_size=6, seed=1).indices(2, 8)
-  for batch, indices in zip(batches, expected):
-    assert set(batch) == {"images", "labels", "index"}
-    assert batch["index"].dtype == np.int32 and batch["labels"].dtype == np.int32
-    np.testing.assert_array_equal(batch["index"], indices)
-    np.testing.assert_array_equal(batch["images"], images[indices])
-    np.testing.assert_array_equal(batch["labels"], labels[indices])
-  again = _collect(source, DataOrder(source.num_examples, batch_size=6, seed=1), 2, 10,
-                   num_threads=2, buffer_size=1)
-  for first, second in zip(batches, again):
+  # for different epochs at once; dispatches of 1 to 3 steps.
+  plan = [(2, 1), (3, 2), (5, 1), (6, 3), (9, 1)]
+  feeder = _feeder(source, labels, DataOrder(source.num_examples, batch_size=6, seed=1), rows,
+                   threads=3, buffer=3)
+  dispatches = [_host(dispatch) for dispatch in feeder.dispatches(plan)]
+  assert len(dispatches) == len(plan)
+  expected_order = DataOrder(source.num_examples, batch_size=6, seed=1)
+  for dispatch, (first, count) in zip(dispatches, plan):
+    positions = expected_order.indices(first, count)
+    assert set(dispatch) == {"images", "labels", "index"}
+    assert dispatch["index"].dtype == np.int32 and dispatch["labels"].dtype == np.int32
+    np.testing.assert_array_equal(dispatch["index"], positions)
+    direct_images, direct_labels = source.read(rows[positions.reshape(-1)])
+    np.testing.assert_array_equal(dispatch["images"], direct_images.reshape(count, 6, 4, 5, 3))
+    np.testing.assert_array_equal(dispatch["labels"], direct_labels.reshape(count, 6))
+    np.testing.assert_array_equal(dispatch["images"], images[rows[positions]])
+  again = _feeder(source, labels, DataOrder(source.num_examples, batch_size=6, seed=1), rows,
+                  threads=2, buffer=1)
+  for first, second in zip(dispatches, again.dispatches(plan), strict=True):
     for key in first:
-      np.testing.assert_array_equal(first[key], second[key])
-  assert _collect(source, order, 4, 4) == []
+      np.testing.assert_array_equal(first[key], np.asarray(second[key]))
+  assert list(feeder.dispatches([])) == []
 
 
-def test_prefetch_reads_image_folders_and_stops_early(tmp_path):
+def test_host_feeder_reads_image_folders_and_stops_early(tmp_path):
   root, colours = _image_folder(tmp_path / "folder")
   source = stream.open_source(root, image_size=3)
+  labels = np.arange(15) // 5
+  feeder = _feeder(source, labels, DataOrder(15, batch_size=2, seed=0))
   threads_before = threading.active_count()
-  batches = stream.prefetch_batches(source, lambda step: np.array([step, 14 - step]), 0, 7)
-  first = next(batches)
-  np.testing.assert_array_equal(first["images"][1], np.broadcast_to(colours[14], (3, 3, 3)))
-  np.testing.assert_array_equal(first["labels"], [0, 2])
-  assert batches.next_step == 1
-  batches.close()
-  with pytest.raises(UserError, match="buffer_size"):
-    stream.prefetch_batches(source, lambda step: np.array([step]), 0, 2, buffer_size=0)
+  dispatches = feeder.dispatches([(step, 1) for step in range(7)])
+  first = _host(next(dispatches))
+  positions = DataOrder(15, batch_size=2, seed=0).indices(0, 1)
+  for image, position in zip(first["images"][0], positions[0]):
+    np.testing.assert_array_equal(image, np.broadcast_to(colours[position], (3, 3, 3)))
+  np.testing.assert_array_equal(first["labels"], positions // 5)
+  dispatches.close()  # Stops Grain's threads and drops what they read ahead.
   assert threading.active_count() <= threads_before + 2
 
 
-def test_prefetch_passes_read_errors_on(tmp_path):
+def test_host_feeder_passes_read_errors_on(tmp_path):
   root, _ = _image_folder(tmp_path / "folder")
   (root / "bee" / "img2.png").write_bytes(b"broken")
   source = stream.open_source(root, image_size=3)
+  feeder = _feeder(source, np.arange(15) // 5, DataOrder(15, batch_size=3, seed=0))
   with pytest.raises(UserError, match="img2.png"):
-    list(stream.prefetch_batches(source, lambda step: np.array([step]), 0, 15))
+    list(feeder.dispatches([(0, 2), (2, 3)]))  # one epoch: every image, img2.png too
 
 
-def test_process_slices_concatenate_to_the_global_batch():
-  batch = np.arange(100, 112)
-  parts = [stream.process_slice(batch, index, 2) for index in range(2)]
-  np.testing.assert_array_equal(parts[0], batch[:6])
-  np.testing.assert_array_equal(np.concatenate(parts), batch)
-  steps = np.arange(24).reshape(2, 12)  # DataOrder.indices(first, count)
-  np.testing.assert_array_equal(stream.process_slice(steps, 1, 3), steps[:, 4:8])
-  np.testing.assert_array_equal(stream.process_slice(batch, 0, 1), batch)
-  with pytest.raises(UserError, match="does not divide among 5 processes"):
-    stream.process_slice(batch, 0, 5)
-  with pytest.raises(UserError, match="process index"):
-    stream.process_slice(batch, 2, 2)
+def test_process_shares_concatenate_to_the_global_batch(monkeypatch):
+  order = DataOrder(40, batch_size=12, seed=0)
+  batches = order.indices(3, 2)  # [2 steps, 12]
+  np.testing.assert_array_equal(order.local_indices(3, 2), batches)  # one process: all of it
+
+  def shares(count):
+    monkeypatch.setattr(jax, "process_count", lambda: count)
+    found = []
+    for index in range(count):
+      monkeypatch.setattr(jax, "process_index", lambda index=index: index)
+      found.append(order.local_indices(3, 2))
+    return found
+
+  halves = shares(2)
+  np.testing.assert_array_equal(halves[0], batches[:, :6])
+  np.testing.assert_array_equal(np.concatenate(halves, axis=1), batches)
+  thirds = shares(3)
+  np.testing.assert_array_equal(thirds[1], batches[:, 4:8])
+  np.testing.assert_array_equal(np.concatenate(thirds, axis=1), batches)
 
 
 def _targets(n=23, c=3, seed=0):
@@ -273,11 +296,11 @@ def _targets(n=23, c=3, seed=0):
 
 def test_target_shards_round_trip(tmp_path):
   probs, logits = _targets()
-  path = stream.write_target_shards(tmp_path, _chunks(probs, logits, 6), meta=META,
-                                    num_examples=23, shard_size=10)
+  path = write_target_shards(tmp_path, _chunks(probs, logits, 6), meta=META,
+                             num_examples=23, shard_size=10)
   assert path == tmp_path / "targets-shards"
-  targets = stream.open_target_shards(tmp_path, num_examples=23, num_classes=3,
-                                      verify_checksums=True)
+  targets = open_target_shards(tmp_path, num_examples=23, num_classes=3,
+                               verify_checksums=True)
   indices = np.array([22, 0, 10, 9, 15])
   np.testing.assert_array_equal(targets.read(indices), probs[indices])
   np.testing.assert_array_equal(targets.read_logits(indices), logits[indices])
@@ -287,33 +310,33 @@ def test_target_shards_round_trip(tmp_path):
   check_targets_match(targets.meta, dataset_name="tiny", fingerprint="f" * 64,
                       train_fingerprint="t" * 64, num_examples=23, num_classes=3)
   with pytest.raises(UserError, match="made for other data"):
-    stream.open_target_shards(path, num_examples=24)
+    open_target_shards(path, num_examples=24)
   with pytest.raises(UserError, match="row-aligned"):
-    stream.write_target_shards(tmp_path / "other", (probs, logits), meta=META, num_examples=30)
+    write_target_shards(tmp_path / "other", (probs, logits), meta=META, num_examples=30)
   with pytest.raises(UserError, match="temperature"):
-    stream.write_target_shards(tmp_path / "other", (probs, logits),
-                               meta={k: v for k, v in META.items() if k != "temperature"})
+    write_target_shards(tmp_path / "other", (probs, logits),
+                        meta={k: v for k, v in META.items() if k != "temperature"})
   with pytest.raises(UserError, match="not all finite"):
-    stream.write_target_shards(tmp_path / "other", (probs * np.nan, logits), meta=META)
+    write_target_shards(tmp_path / "other", (probs * np.nan, logits), meta=META)
 
 
 def test_corrupted_target_shard_fails_its_checksum(tmp_path):
   probs, logits = _targets()
-  path = stream.write_target_shards(tmp_path, (probs, logits), meta=META, shard_size=10)
+  path = write_target_shards(tmp_path, (probs, logits), meta=META, shard_size=10)
   shard = path / "probs-00001.npy"
   data = bytearray(shard.read_bytes())
   data[-5] ^= 0xFF
   shard.write_bytes(bytes(data))
-  targets = stream.open_target_shards(tmp_path)  # opening checks only shapes and sizes
+  targets = open_target_shards(tmp_path)  # opening checks only shapes and sizes
   with pytest.raises(UserError, match="probs-00001.npy is damaged"):
     targets.verify_checksums()
   with pytest.raises(UserError, match="damaged"):
-    stream.open_target_shards(tmp_path, verify_checksums=True)
+    open_target_shards(tmp_path, verify_checksums=True)
   manifest = json.loads((path / "manifest.json").read_text())
   manifest["num_classes"] = 4
   manifest["class_names"].append("dog")
   (path / "manifest.json").write_text(json.dumps(manifest))
   with pytest.raises(UserError, match="manifest says"):
-    stream.open_target_shards(tmp_path)
+    open_target_shards(tmp_path)
   with pytest.raises(UserError, match="no target shards"):
-    stream.open_target_shards(tmp_path / "nowhere")
+    open_target_shards(tmp_path / "nowhere")

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from conftest import TINY_FLAGS, logged, run_distill_process
+from conftest import TINY, TINY_FLAGS, logged, run_cli, run_distill_process
 from distill import data as data_lib
-from distill.stream import open_target_shards, write_array_shards
+from distill.data.shards import open_target_shards, write_array_shards
 
 # Logged every 5 steps, so runs are compared at every logged step.
 SET = [*TINY_FLAGS, "--set", "teacher.log_every=5", "--set", "student.log_every=5"]
@@ -55,3 +55,25 @@ def test_streamed_teacher_and_student_match_the_in_memory_runs(digits_shards, tm
                         "-q", *SET, *stream, devices=2)
     np.testing.assert_allclose(_losses(tmp_path / f"student-stream-{teaching}"),
                                _losses(tmp_path / f"student-memory-{teaching}"), rtol=1e-4)
+
+
+def test_bench_times_a_streamed_data_set(digits_shards):
+  from distill import bench, config
+
+  recipe = config.load_recipe("digits", [*TINY, "data.dataset=stream",
+                                         f"data.data_dir={digits_shards}"])
+  report = bench.run_benchmark(recipe, role="teacher", steps=10, bare_steps=10)
+  assert report["bare_step_images_per_second"] > 0 and report["loop_images_per_second"] > 0
+
+
+def test_overwriting_a_streamed_teacher_removes_its_old_target_shards(digits_shards, tmp_path):
+  stream = ["--dataset", "stream", "--data-dir", digits_shards]
+  workdir = tmp_path / "teacher"
+  assert run_cli("teacher", "-r", "digits", "-w", workdir, "-q", *TINY_FLAGS,
+                 *stream).exit_code == 0
+  assert (workdir / "targets-shards").is_dir()
+  again = run_cli("teacher", "-r", "digits", "-w", workdir, "-q", *TINY_FLAGS, *stream,
+                  "--overwrite", "--no-export")
+  assert again.exit_code == 0, again.output
+  # Left behind, the old shards would teach students the replaced teacher's targets.
+  assert not (workdir / "targets-shards").exists()

@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import TINY, TINY_FLAGS, run_cli
-from distill import augment, config, losses, train, workflow
+from distill import augment, config, losses, step, teaching, workflow
+from distill.inference import normalize
 from distill.cli import main
 from distill.targets import load_targets
 
@@ -67,7 +68,7 @@ def test_objective_is_the_library_distillation_loss():
   logits = jax.random.normal(jax.random.key(0), (8, 5))
   targets = jax.nn.softmax(jax.random.normal(jax.random.key(1), (8, 5)))
   labels = jnp.arange(8) % 5
-  objective = train.make_objective("soft", temperature=3.0, alpha=0.3, soft_loss="kl",
+  objective = teaching.make_objective("soft", temperature=3.0, alpha=0.3, soft_loss="kl",
                                    label_smoothing=0.1)
   got = objective.loss(logits, {"targets": targets, "labels": labels})
   want = (0.3 * 9 * losses.kl_divergence(logits, targets, temperature=3.0)
@@ -75,13 +76,13 @@ def test_objective_is_the_library_distillation_loss():
   np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
-def _tiny_setup(teaching, **objective_settings):
+def _tiny_setup(strategy, **objective_settings):
   recipe = config.load_recipe("digits", TINY)
   dataset = workflow.load_data(recipe)
   _, model, _ = workflow._build_model(recipe, "student", dataset)
-  setup = train.prepare_training(
+  setup = step.prepare_training(
       model=model, images=dataset.x_train, labels=dataset.y_train,
-      objective=train.make_objective("soft", **objective_settings), teaching=teaching,
+      objective=teaching.make_objective("soft", **objective_settings), teaching=strategy,
       settings=recipe["student"], augment_settings=recipe["augment"], seed=3)
   return recipe, dataset, setup
 
@@ -89,15 +90,15 @@ def _tiny_setup(teaching, **objective_settings):
 def test_online_teacher_labels_the_students_exact_augmented_batch(teachers):
   recipe = workflow.read_run_recipe(teachers / "t0")
   dataset = workflow.load_data(recipe)
-  result, _ = workflow._restore_trained(teachers / "t0", recipe, "teacher", dataset)
-  teaching = train.Teaching(mode="online", temperature=2.0,
-                            teacher=(result.graphdef, result.rest, result.params))
-  _, _, setup = _tiny_setup(teaching, temperature=2.0)
-  indices = jnp.asarray(setup.order.indices(7, 1)[0])
-  images, batch = train._student_batch(setup.ctx, setup.data, setup.stats, setup.teacher_params,
-                                       jnp.asarray(7), indices)
+  result, _ = workflow.restore_trained(teachers / "t0", recipe, "teacher", dataset)
+  online = teaching.OnlineTeacher(teacher=(result.graphdef, result.rest, result.params),
+                                  temperature=2.0)
+  _, _, setup = _tiny_setup(online, temperature=2.0)
+  indices = jnp.asarray(setup.feeder.order.indices(7, 1)[0])
+  images, batch = step._batch(setup.spec, setup.feeder.data, setup.stats, setup.teacher_state,
+                              jnp.asarray(7), indices)
   # The batch is augmented (not the plain images) and the targets are the teacher's on it.
-  plain = train.normalize(setup.data["images"][indices], *setup.stats)
+  plain = normalize(setup.feeder.data["images"][indices], *setup.stats)
   assert not np.allclose(images, plain)
   from flax import nnx
   teacher = nnx.merge(result.graphdef, result.params, result.rest)
@@ -110,8 +111,8 @@ def test_views_replay_exactly_what_the_teacher_labelled(teachers):
   assert meta["views"]["count"] == 3
   recipe = workflow.read_run_recipe(teachers / "t0")
   dataset = workflow.load_data(recipe)
-  result, _ = workflow._restore_trained(teachers / "t0", recipe, "teacher", dataset)
-  images = train.normalize(jnp.asarray(dataset.x_train), *map(jnp.asarray, result.stats))
+  result, _ = workflow.restore_trained(teachers / "t0", recipe, "teacher", dataset)
+  images = normalize(jnp.asarray(dataset.x_train), *map(jnp.asarray, result.stats))
   # Example 5, view 2, rebuilt inside two different batches: the same image, the stored logits.
   for indices in (np.array([5, 9, 11]), np.array([40, 5])):
     views = augment.augment_views(images[indices], jnp.asarray(indices),
@@ -195,8 +196,8 @@ def test_ensemble_members_label_the_same_views(teachers, tmp_path):
   for name in ("t0", "t1"):
     recipe = workflow.read_run_recipe(teachers / name)
     dataset = workflow.load_data(recipe)
-    member, _ = workflow._restore_trained(teachers / name, recipe, "teacher", dataset)
-    images = train.normalize(jnp.asarray(dataset.x_train[[5]]), *map(jnp.asarray, member.stats))
+    member, _ = workflow.restore_trained(teachers / name, recipe, "teacher", dataset)
+    images = normalize(jnp.asarray(dataset.x_train[[5]]), *map(jnp.asarray, member.stats))
     view = augment.augment_views(images, jnp.asarray([5]), jnp.asarray([1]),
                                  meta["views"]["seed"], meta["views"]["augment"])
     model = nnx.merge(member.graphdef, member.params, member.rest)

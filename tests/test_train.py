@@ -3,7 +3,9 @@ import pytest
 
 from distill import config, workflow
 from distill.errors import UserError
-from distill.train import DataOrder, fit, make_objective, pixel_stats
+from distill.feeders import DataOrder, pixel_stats
+from distill.loop import fit
+from distill.teaching import make_objective
 
 
 def test_data_order_is_a_pure_function_of_seed_and_step():
@@ -37,15 +39,15 @@ def _fit(tmp_path, overrides, **kwargs):
       model=model, images=dataset.x_train, labels=dataset.y_train,
       val_images=dataset.x_val, val_labels=dataset.y_val, objective=make_objective("hard"),
       settings=recipe["teacher"], augment_settings=recipe["augment"], workdir=tmp_path,
-      seed=recipe["seed"], checkpoint_meta={"recipe_hash": config.recipe_hash(recipe)},
+      seed=recipe["seed"], checkpoint_meta={"recipe_hash": config.recipe_hash(recipe, "teacher")},
       quiet=True)
   defaults.update(kwargs)
   return fit(**defaults)
 
 
 def test_fit_learns_and_logs(tmp_path, tiny_overrides):
-  result = _fit(tmp_path, [*tiny_overrides, "teacher.steps=60", "teacher.model=mlp",
-                                "teacher.mlp.hidden=[64]", "teacher.learning_rate=3e-3"])
+  _, result = _fit(tmp_path, [*tiny_overrides, "teacher.steps=60", "teacher.model=mlp",
+                                   "teacher.mlp.hidden=[64]", "teacher.learning_rate=3e-3"])
   assert result.init_loss == pytest.approx(np.log(10), abs=1e-5)
   assert result.final_train_loss < result.init_loss - 0.3
   lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
@@ -66,10 +68,9 @@ def test_init_check_warns_loudly_without_strict(tmp_path, tiny_overrides):
 
 
 def test_same_seed_same_result(tmp_path, tiny_overrides):
-  a = _fit(tmp_path / "a", tiny_overrides)
-  b = _fit(tmp_path / "b", tiny_overrides)
-  from distill.train import params_sha256
-  assert params_sha256(a.params) == params_sha256(b.params)
+  a, _ = _fit(tmp_path / "a", tiny_overrides)
+  b, _ = _fit(tmp_path / "b", tiny_overrides)
+  assert a.params_sha256() == b.params_sha256()
   import json
   records = lambda run: [{k: v for k, v in json.loads(line).items() if k != "elapsed_seconds"}
                          for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]

@@ -11,16 +11,22 @@ exactly which data it saw.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import hashlib
 import os
-import pickle
-import zlib
 from typing import Callable, NamedTuple
 
 import numpy as np
 
-from distill.errors import UserError
+from distill.data.formats import (
+    class_names_from_array,
+    looks_like_cifar_folder,
+    read_cifar10_folder,
+    read_idx_set,
+    read_keras_npz,
+    read_npz,
+)
+from distill.errors import UserError, one_line
+from distill.io import read_only
 
 DATA_ENV = 'DISTILL_DATA'
 OFFLINE_ENV = 'DISTILL_OFFLINE'
@@ -41,8 +47,6 @@ SPLITS = ('train', 'val', 'test')
 _TEST_HOLDOUT_SEED = 0
 _TEST_HOLDOUT_FRACTION = 0.2
 
-_IDX_UBYTE_IMAGES_MAGIC = 0x00000803
-_IDX_UBYTE_LABELS_MAGIC = 0x00000801
 # Role -> accepted base names (each also tried with .gz). The dotted spelling is
 # how some MNIST mirrors name the same files.
 _IDX_FILES = {
@@ -51,17 +55,8 @@ _IDX_FILES = {
     'x_test': ('t10k-images-idx3-ubyte', 't10k-images.idx3-ubyte'),
     'y_test': ('t10k-labels-idx1-ubyte', 't10k-labels.idx1-ubyte'),
 }
-_IDX_MAGIC_BY_ROLE = {
-    'x_train': _IDX_UBYTE_IMAGES_MAGIC,
-    'y_train': _IDX_UBYTE_LABELS_MAGIC,
-    'x_test': _IDX_UBYTE_IMAGES_MAGIC,
-    'y_test': _IDX_UBYTE_LABELS_MAGIC,
-}
 
 _CIFAR10_FOLDER = 'cifar-10-batches-py'
-_CIFAR10_TRAIN_BATCHES = tuple(f'data_batch_{i}' for i in range(1, 6))
-_CIFAR10_TEST_BATCH = 'test_batch'
-_CIFAR10_META = 'batches.meta'
 
 
 class RawData(NamedTuple):
@@ -224,66 +219,14 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
     train_indices = train_indices[:train_limit]
   return Dataset(
       name=name,
-      x_train=_read_only(x_train[train_indices]),
-      y_train=_read_only(y_train[train_indices]),
-      x_val=_read_only(x_train[val_indices]),
-      y_val=_read_only(y_train[val_indices]),
-      x_test=_read_only(x_test),
-      y_test=_read_only(y_test),
+      x_train=read_only(x_train[train_indices]),
+      y_train=read_only(y_train[train_indices]),
+      x_val=read_only(x_train[val_indices]),
+      y_val=read_only(y_train[val_indices]),
+      x_test=read_only(x_test),
+      y_test=read_only(y_test),
       class_names=class_names,
       fingerprint=fingerprint)
-
-
-def read_idx(path: str, expected_magic: int | None = None) -> np.ndarray:
-  """Reads a uint8 IDX file (plain or .gz) into an array of its dimensions.
-
-  Args:
-    path: the file.
-    expected_magic: e.g. 0x00000803 for images, 0x00000801 for labels; None
-      accepts any uint8 IDX file.
-
-  Returns:
-    A read-only uint8 array shaped as the header says.
-
-  Raises:
-    UserError: naming the file if it cannot be read, is not uint8 IDX, has
-      the wrong magic or its length does not match its header.
-  """
-  try:
-    if path.endswith('.gz'):
-      with gzip.open(path, 'rb') as stream:
-        data = stream.read()
-    else:
-      with open(path, 'rb') as stream:
-        data = stream.read()
-  except (OSError, EOFError, zlib.error) as error:
-    raise UserError(f'cannot read IDX file {path} (damaged or truncated?): '
-                    f'{_one_line(error)}') from None
-  if len(data) < 4:
-    raise UserError(f'IDX file {path} is truncated: {len(data)} bytes, too '
-                    'short for a header')
-  magic = int.from_bytes(data[:4], 'big')
-  # 0x08 in the third byte is IDX's code for unsigned bytes; the fourth is
-  # the number of dimensions.
-  if expected_magic is not None and magic != expected_magic:
-    raise UserError(f'{path} is not the expected IDX file: magic 0x{magic:08x},'
-                    f' expected 0x{expected_magic:08x}')
-  if magic >> 8 != 0x000008 or magic & 0xFF == 0:
-    raise UserError(f'{path} is not a uint8 IDX file: magic 0x{magic:08x}')
-  num_dims = magic & 0xFF
-  header_size = 4 + 4 * num_dims
-  if len(data) < header_size:
-    raise UserError(f'IDX file {path} is truncated: {len(data)} bytes, header '
-                    f'alone needs {header_size}')
-  dims = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big')
-               for i in range(num_dims))
-  expected_size = header_size + int(np.prod(dims, dtype=np.int64))
-  if len(data) != expected_size:
-    state = 'truncated' if len(data) < expected_size else 'damaged'
-    raise UserError(f'IDX file {path} is {state}: its header promises shape '
-                    f'{dims} ({expected_size} bytes) but it has {len(data)} '
-                    'bytes')
-  return np.frombuffer(data, np.uint8, offset=header_size).reshape(dims)
 
 
 # --- Loaders -----------------------------------------------------------------
@@ -308,7 +251,7 @@ def _load_fashion_mnist(*, data_dir: str | None,
   for folder in folders:
     paths = _find_idx_files(folder, search)
     if paths is not None:
-      return RawData(*_read_idx_set(paths), FASHION_MNIST_CLASSES)
+      return RawData(*read_idx_set(paths), FASHION_MNIST_CLASSES)
   if data_dir is None and allow_download:
     return RawData(*_download_with_keras('fashion_mnist', search),
                    FASHION_MNIST_CLASSES)
@@ -323,7 +266,7 @@ def _load_mnist(*, data_dir: str | None, allow_download: bool) -> RawData:
       '(train-images-idx3-ubyte.gz etc.) or mnist.npz, or let keras '
       f'download it (needs network and no {OFFLINE_ENV}=1)'))
   if data_dir is not None and os.path.isfile(data_dir):
-    return RawData(*_read_keras_npz(data_dir), DIGIT_CLASSES)
+    return RawData(*read_keras_npz(data_dir), DIGIT_CLASSES)
   if data_dir is not None:
     idx_folders = [data_dir, os.path.join(data_dir, 'mnist')]
     npz_files = [os.path.join(data_dir, 'mnist.npz')]
@@ -337,10 +280,10 @@ def _load_mnist(*, data_dir: str | None, allow_download: bool) -> RawData:
   for folder in idx_folders:
     paths = _find_idx_files(folder, search)
     if paths is not None:
-      return RawData(*_read_idx_set(paths), DIGIT_CLASSES)
+      return RawData(*read_idx_set(paths), DIGIT_CLASSES)
   for npz_path in npz_files:
     if os.path.isfile(npz_path):
-      return RawData(*_read_keras_npz(npz_path), DIGIT_CLASSES)
+      return RawData(*read_keras_npz(npz_path), DIGIT_CLASSES)
     search.looked_in(npz_path)
   if data_dir is None and allow_download:
     return RawData(*_download_with_keras('mnist', search), DIGIT_CLASSES)
@@ -367,8 +310,8 @@ def _load_cifar10(*, data_dir: str | None, allow_download: bool) -> RawData:
         os.path.join(keras_dir, _CIFAR10_FOLDER),
     ]
   for folder in folders:
-    if _looks_like_cifar_folder(folder):
-      return _read_cifar10_folder(folder)
+    if looks_like_cifar_folder(folder):
+      return RawData(*read_cifar10_folder(folder, CIFAR10_CLASSES))
     search.looked_in(folder)
   if data_dir is None and allow_download:
     return RawData(*_download_with_keras('cifar10', search), CIFAR10_CLASSES)
@@ -405,8 +348,8 @@ def _load_npz(*, data_dir: str | None, allow_download: bool) -> RawData:
     raise UserError(f'dataset npz needs a .npz file, but {data_dir} is a '
                     f'folder ({usage})')
   path = data_dir
-  arrays = _read_npz(path, optional=('x_test', 'y_test', 'class_names'),
-                     required=('x', 'y'))
+  arrays = read_npz(path, optional=('x_test', 'y_test', 'class_names'),
+                    required=('x', 'y'))
   x = _checked_images(arrays['x'], f"{path}: key 'x'")
   y = _checked_labels(arrays['y'], f"{path}: key 'y'", len(x), "key 'x'")
   has_x_test, has_y_test = 'x_test' in arrays, 'y_test' in arrays
@@ -419,7 +362,7 @@ def _load_npz(*, data_dir: str | None, allow_download: bool) -> RawData:
     y_test = _checked_labels(arrays['y_test'], f"{path}: key 'y_test'",
                              len(x_test), "key 'x_test'")
   if 'class_names' in arrays:
-    class_names = _class_names_from_array(arrays['class_names'], path)
+    class_names = class_names_from_array(arrays['class_names'], path)
     for key, labels in (('y', y), ('y_test', y_test if has_x_test else None)):
       if labels is not None and len(labels) and labels.max() >= len(
           class_names):
@@ -466,7 +409,7 @@ class _Search:
                        f'looked in: {looked}. To get it: {self.how_to_get}')
     if download_error is not None:
       download = ('; downloading with keras failed: '
-                  f'{_one_line(download_error)}')
+                  f'{one_line(download_error)}')
     elif not allow_download:
       download = (f'; downloads are off ({OFFLINE_ENV}=1 or '
                   'allow_download=False)')
@@ -526,11 +469,6 @@ def _download_with_keras(module_name: str,
   return x_train, y_train, x_test, y_test
 
 
-def _one_line(error: BaseException) -> str:
-  text = ' '.join(str(error).split())
-  return text or type(error).__name__
-
-
 # --- IDX ---------------------------------------------------------------------
 
 
@@ -552,161 +490,6 @@ def _find_idx_files(folder: str, search: _Search) -> dict[str, str] | None:
     search.looked_in(folder, 'missing ' + ', '.join(missing) if found else None)
     return None
   return found
-
-
-def _read_idx_set(paths: dict[str, str]) -> tuple[np.ndarray, ...]:
-  arrays = {role: read_idx(path, _IDX_MAGIC_BY_ROLE[role])
-            for role, path in paths.items()}
-  for role in ('x_train', 'x_test'):
-    if arrays[role].ndim != 3:
-      raise UserError(f'IDX file {paths[role]} should hold [N, H, W] images, '
-                      f'got shape {arrays[role].shape}')
-  for role in ('y_train', 'y_test'):
-    if arrays[role].ndim != 1:
-      raise UserError(f'IDX file {paths[role]} should hold [N] labels, got '
-                      f'shape {arrays[role].shape}')
-  return (arrays['x_train'], arrays['y_train'], arrays['x_test'],
-          arrays['y_test'])
-
-
-# --- npz ---------------------------------------------------------------------
-
-
-def _read_npz(path: str, required: tuple[str, ...],
-              optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-  """Reads the named arrays from an .npz without ever unpickling."""
-  try:
-    archive = np.load(path, allow_pickle=False)
-  except (OSError, ValueError, EOFError) as error:
-    raise UserError(f'cannot read {path} as .npz: {_one_line(error)}') from None
-  if not hasattr(archive, 'files'):
-    raise UserError(f'{path} is a single .npy array, not an .npz archive of '
-                    'named arrays')
-  arrays = {}
-  with archive:
-    for key in required:
-      if key not in archive.files:
-        raise UserError(f'{path} has no key {key!r} (it has: '
-                        f'{", ".join(archive.files) or "nothing"})')
-    for key in (*required, *optional):
-      if key not in archive.files:
-        continue
-      try:
-        arrays[key] = archive[key]
-      except ValueError as error:
-        # Object arrays (e.g. a list of Python str) need pickle, which we
-        # refuse to run on data files.
-        raise UserError(f'{path}: key {key!r} cannot be read without pickle; '
-                        'save it as a plain array (strings as dtype=str): '
-                        f'{_one_line(error)}') from None
-      except (OSError, EOFError, zlib.error) as error:
-        raise UserError(f'{path}: key {key!r} is damaged: '
-                        f'{_one_line(error)}') from None
-  return arrays
-
-
-def _read_keras_npz(path: str) -> tuple[np.ndarray, ...]:
-  arrays = _read_npz(path, required=('x_train', 'y_train', 'x_test', 'y_test'))
-  return (arrays['x_train'], arrays['y_train'], arrays['x_test'],
-          arrays['y_test'])
-
-
-def _class_names_from_array(names: np.ndarray, path: str) -> tuple[str, ...]:
-  if names.ndim != 1 or names.dtype.kind not in 'US' or not len(names):
-    raise UserError(f"{path}: key 'class_names' must be a non-empty 1-D array "
-                    f'of strings, got {names.dtype} with shape {names.shape}')
-  if names.dtype.kind == 'S':
-    return tuple(name.decode('utf-8', 'replace') for name in names.tolist())
-  return tuple(str(name) for name in names.tolist())
-
-
-# --- CIFAR-10 ----------------------------------------------------------------
-
-
-class _ArraysOnlyUnpickler(pickle.Unpickler):
-  """Unpickles containers and numpy arrays, refusing every other global.
-
-  Loading a pickle can run arbitrary code; a data file never needs more than
-  numpy's array reconstruction, so nothing else is allowed to load.
-  """
-
-  _ALLOWED = frozenset({
-      ('numpy._core.multiarray', '_reconstruct'),
-      ('numpy._core.multiarray', 'scalar'),
-      ('numpy._core.numeric', '_frombuffer'),
-      ('numpy', 'ndarray'),
-      ('numpy', 'dtype'),
-      # Protocol-2 pickles written by Python 3 encode bytes through this.
-      ('_codecs', 'encode'),
-  })
-
-  def find_class(self, module: str, name: str):
-    # Pickles from numpy 1 (like the original CIFAR files) name numpy.core,
-    # which numpy 2 only keeps as a deprecated alias of numpy._core.
-    if module.startswith('numpy.core'):
-      module = 'numpy._core' + module[len('numpy.core'):]
-    if (module, name) not in self._ALLOWED:
-      raise pickle.UnpicklingError(f'refusing to load {module}.{name}')
-    return super().find_class(module, name)
-
-
-def _looks_like_cifar_folder(folder: str) -> bool:
-  if not os.path.isdir(folder):
-    return False
-  expected = {*_CIFAR10_TRAIN_BATCHES, _CIFAR10_TEST_BATCH, _CIFAR10_META}
-  return any(entry in expected for entry in os.listdir(folder))
-
-
-def _read_pickle(path: str) -> object:
-  try:
-    with open(path, 'rb') as stream:
-      # encoding='bytes' because the originals are Python 2 pickles whose str
-      # keys must stay bytes (b'data', b'labels').
-      return _ArraysOnlyUnpickler(stream, encoding='bytes').load()
-  except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError,
-          AttributeError, IndexError, KeyError) as error:
-    raise UserError(f'cannot read CIFAR file {path} (damaged or not a CIFAR '
-                    f'python batch?): {_one_line(error)}') from None
-
-
-def _read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
-  if not os.path.isfile(path):
-    raise UserError(f'CIFAR batch file {path} is missing')
-  batch = _read_pickle(path)
-  if not isinstance(batch, dict) or b'data' not in batch or (
-      b'labels' not in batch):
-    raise UserError(f"CIFAR batch {path} is not a dict with b'data' and "
-                    "b'labels'")
-  data = np.asarray(batch[b'data'])
-  labels = np.asarray(batch[b'labels'])
-  if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-    raise UserError(f"CIFAR batch {path}: b'data' should be uint8 [N, 3072], "
-                    f'got {data.dtype} {data.shape}')
-  if labels.shape != (len(data),):
-    raise UserError(f"CIFAR batch {path}: b'labels' has {labels.size} entries "
-                    f'for {len(data)} images')
-  # Rows are channel-major (1024 red, 1024 green, 1024 blue, each row-major).
-  images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-  return np.ascontiguousarray(images), labels
-
-
-def _read_cifar10_folder(folder: str) -> RawData:
-  train_parts = [_read_cifar_batch(os.path.join(folder, batch))
-                 for batch in _CIFAR10_TRAIN_BATCHES]
-  x_test, y_test = _read_cifar_batch(os.path.join(folder, _CIFAR10_TEST_BATCH))
-  class_names = CIFAR10_CLASSES
-  meta_path = os.path.join(folder, _CIFAR10_META)
-  # The names are fixed and known; the meta file is only a nicety.
-  if os.path.isfile(meta_path):
-    meta = _read_pickle(meta_path)
-    if not isinstance(meta, dict) or b'label_names' not in meta:
-      raise UserError(f"CIFAR meta file {meta_path} has no b'label_names'")
-    class_names = tuple(
-        name.decode('utf-8', 'replace') if isinstance(name, bytes)
-        else str(name) for name in meta[b'label_names'])
-  return RawData(np.concatenate([images for images, _ in train_parts]),
-                 np.concatenate([labels for _, labels in train_parts]),
-                 x_test, y_test, class_names)
 
 
 # --- Validation, fingerprints, splits ----------------------------------------
@@ -809,9 +592,3 @@ def _fixed_test_holdout(num_examples: int) -> tuple[np.ndarray, np.ndarray]:
   order = np.random.default_rng(_TEST_HOLDOUT_SEED).permutation(num_examples)
   num_test = max(1, int(round(_TEST_HOLDOUT_FRACTION * num_examples)))
   return np.sort(order[num_test:]), np.sort(order[:num_test])
-
-
-def _read_only(array: np.ndarray) -> np.ndarray:
-  view = array.view()
-  view.flags.writeable = False
-  return view

@@ -1,0 +1,250 @@
+"""The file formats the built-in loaders read: IDX, .npz and CIFAR-10's python pickles.
+
+Nothing here unpickles more than numpy arrays: .npz files are read without
+pickle and CIFAR batches through an unpickler that refuses every other global.
+A file that cannot be read, or holds something unexpected, is a UserError
+naming it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import zlib
+
+import numpy as np
+
+from distill.errors import UserError, one_line
+
+_IDX_UBYTE_IMAGES_MAGIC = 0x00000803
+_IDX_UBYTE_LABELS_MAGIC = 0x00000801
+_IDX_MAGIC_BY_ROLE = {
+    'x_train': _IDX_UBYTE_IMAGES_MAGIC,
+    'y_train': _IDX_UBYTE_LABELS_MAGIC,
+    'x_test': _IDX_UBYTE_IMAGES_MAGIC,
+    'y_test': _IDX_UBYTE_LABELS_MAGIC,
+}
+
+_CIFAR10_TRAIN_BATCHES = tuple(f'data_batch_{i}' for i in range(1, 6))
+_CIFAR10_TEST_BATCH = 'test_batch'
+_CIFAR10_META = 'batches.meta'
+
+
+# --- IDX ---------------------------------------------------------------------
+
+
+def read_idx(path: str, expected_magic: int | None = None) -> np.ndarray:
+  """Reads a uint8 IDX file (plain or .gz) into an array of its dimensions.
+
+  Args:
+    path: the file.
+    expected_magic: e.g. 0x00000803 for images, 0x00000801 for labels; None
+      accepts any uint8 IDX file.
+
+  Returns:
+    A read-only uint8 array shaped as the header says.
+
+  Raises:
+    UserError: naming the file if it cannot be read, is not uint8 IDX, has
+      the wrong magic or its length does not match its header.
+  """
+  try:
+    if path.endswith('.gz'):
+      with gzip.open(path, 'rb') as stream:
+        data = stream.read()
+    else:
+      with open(path, 'rb') as stream:
+        data = stream.read()
+  except (OSError, EOFError, zlib.error) as error:
+    raise UserError(f'cannot read IDX file {path} (damaged or truncated?): '
+                    f'{one_line(error)}') from None
+  if len(data) < 4:
+    raise UserError(f'IDX file {path} is truncated: {len(data)} bytes, too '
+                    'short for a header')
+  magic = int.from_bytes(data[:4], 'big')
+  # 0x08 in the third byte is IDX's code for unsigned bytes; the fourth is
+  # the number of dimensions.
+  if expected_magic is not None and magic != expected_magic:
+    raise UserError(f'{path} is not the expected IDX file: magic 0x{magic:08x},'
+                    f' expected 0x{expected_magic:08x}')
+  if magic >> 8 != 0x000008 or magic & 0xFF == 0:
+    raise UserError(f'{path} is not a uint8 IDX file: magic 0x{magic:08x}')
+  num_dims = magic & 0xFF
+  header_size = 4 + 4 * num_dims
+  if len(data) < header_size:
+    raise UserError(f'IDX file {path} is truncated: {len(data)} bytes, header '
+                    f'alone needs {header_size}')
+  dims = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big')
+               for i in range(num_dims))
+  expected_size = header_size + int(np.prod(dims, dtype=np.int64))
+  if len(data) != expected_size:
+    state = 'truncated' if len(data) < expected_size else 'damaged'
+    raise UserError(f'IDX file {path} is {state}: its header promises shape '
+                    f'{dims} ({expected_size} bytes) but it has {len(data)} '
+                    'bytes')
+  return np.frombuffer(data, np.uint8, offset=header_size).reshape(dims)
+
+
+def read_idx_set(paths: dict[str, str]) -> tuple[np.ndarray, ...]:
+  """(x_train, y_train, x_test, y_test) from the four IDX files named by role."""
+  arrays = {role: read_idx(path, _IDX_MAGIC_BY_ROLE[role])
+            for role, path in paths.items()}
+  for role in ('x_train', 'x_test'):
+    if arrays[role].ndim != 3:
+      raise UserError(f'IDX file {paths[role]} should hold [N, H, W] images, '
+                      f'got shape {arrays[role].shape}')
+  for role in ('y_train', 'y_test'):
+    if arrays[role].ndim != 1:
+      raise UserError(f'IDX file {paths[role]} should hold [N] labels, got '
+                      f'shape {arrays[role].shape}')
+  return (arrays['x_train'], arrays['y_train'], arrays['x_test'],
+          arrays['y_test'])
+
+
+# --- npz ---------------------------------------------------------------------
+
+
+def read_npz(path: str, required: tuple[str, ...],
+             optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+  """Reads the named arrays from an .npz without ever unpickling."""
+  try:
+    archive = np.load(path, allow_pickle=False)
+  except (OSError, ValueError, EOFError) as error:
+    raise UserError(f'cannot read {path} as .npz: {one_line(error)}') from None
+  if not hasattr(archive, 'files'):
+    raise UserError(f'{path} is a single .npy array, not an .npz archive of '
+                    'named arrays')
+  arrays = {}
+  with archive:
+    for key in required:
+      if key not in archive.files:
+        raise UserError(f'{path} has no key {key!r} (it has: '
+                        f'{", ".join(archive.files) or "nothing"})')
+    for key in (*required, *optional):
+      if key not in archive.files:
+        continue
+      try:
+        arrays[key] = archive[key]
+      except ValueError as error:
+        # Object arrays (e.g. a list of Python str) need pickle, which we
+        # refuse to run on data files.
+        raise UserError(f'{path}: key {key!r} cannot be read without pickle; '
+                        'save it as a plain array (strings as dtype=str): '
+                        f'{one_line(error)}') from None
+      except (OSError, EOFError, zlib.error) as error:
+        raise UserError(f'{path}: key {key!r} is damaged: '
+                        f'{one_line(error)}') from None
+  return arrays
+
+
+def read_keras_npz(path: str) -> tuple[np.ndarray, ...]:
+  """(x_train, y_train, x_test, y_test) from an .npz in keras' layout (mnist.npz)."""
+  arrays = read_npz(path, required=('x_train', 'y_train', 'x_test', 'y_test'))
+  return (arrays['x_train'], arrays['y_train'], arrays['x_test'],
+          arrays['y_test'])
+
+
+def class_names_from_array(names: np.ndarray, path: str) -> tuple[str, ...]:
+  """An .npz's 'class_names' array (str or bytes) as a tuple of str."""
+  if names.ndim != 1 or names.dtype.kind not in 'US' or not len(names):
+    raise UserError(f"{path}: key 'class_names' must be a non-empty 1-D array "
+                    f'of strings, got {names.dtype} with shape {names.shape}')
+  if names.dtype.kind == 'S':
+    return tuple(name.decode('utf-8', 'replace') for name in names.tolist())
+  return tuple(str(name) for name in names.tolist())
+
+
+# --- CIFAR-10 ----------------------------------------------------------------
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+  """Unpickles containers and numpy arrays, refusing every other global.
+
+  Loading a pickle can run arbitrary code; a data file never needs more than
+  numpy's array reconstruction, so nothing else is allowed to load.
+  """
+
+  _ALLOWED = frozenset({
+      ('numpy._core.multiarray', '_reconstruct'),
+      ('numpy._core.multiarray', 'scalar'),
+      ('numpy._core.numeric', '_frombuffer'),
+      ('numpy', 'ndarray'),
+      ('numpy', 'dtype'),
+      # Protocol-2 pickles written by Python 3 encode bytes through this.
+      ('_codecs', 'encode'),
+  })
+
+  def find_class(self, module: str, name: str):
+    # Pickles from numpy 1 (like the original CIFAR files) name numpy.core,
+    # which numpy 2 only keeps as a deprecated alias of numpy._core.
+    if module.startswith('numpy.core'):
+      module = 'numpy._core' + module[len('numpy.core'):]
+    if (module, name) not in self._ALLOWED:
+      raise pickle.UnpicklingError(f'refusing to load {module}.{name}')
+    return super().find_class(module, name)
+
+
+def looks_like_cifar_folder(folder: str) -> bool:
+  """Whether `folder` exists and holds any of CIFAR-10's batch files."""
+  if not os.path.isdir(folder):
+    return False
+  expected = {*_CIFAR10_TRAIN_BATCHES, _CIFAR10_TEST_BATCH, _CIFAR10_META}
+  return any(entry in expected for entry in os.listdir(folder))
+
+
+def _read_pickle(path: str) -> object:
+  try:
+    with open(path, 'rb') as stream:
+      # encoding='bytes' because the originals are Python 2 pickles whose str
+      # keys must stay bytes (b'data', b'labels').
+      return _ArraysOnlyUnpickler(stream, encoding='bytes').load()
+  except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError,
+          AttributeError, IndexError, KeyError) as error:
+    raise UserError(f'cannot read CIFAR file {path} (damaged or not a CIFAR '
+                    f'python batch?): {one_line(error)}') from None
+
+
+def _read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
+  if not os.path.isfile(path):
+    raise UserError(f'CIFAR batch file {path} is missing')
+  batch = _read_pickle(path)
+  if not isinstance(batch, dict) or b'data' not in batch or (
+      b'labels' not in batch):
+    raise UserError(f"CIFAR batch {path} is not a dict with b'data' and "
+                    "b'labels'")
+  data = np.asarray(batch[b'data'])
+  labels = np.asarray(batch[b'labels'])
+  if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+    raise UserError(f"CIFAR batch {path}: b'data' should be uint8 [N, 3072], "
+                    f'got {data.dtype} {data.shape}')
+  if labels.shape != (len(data),):
+    raise UserError(f"CIFAR batch {path}: b'labels' has {labels.size} entries "
+                    f'for {len(data)} images')
+  # Rows are channel-major (1024 red, 1024 green, 1024 blue, each row-major).
+  images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+  return np.ascontiguousarray(images), labels
+
+
+def read_cifar10_folder(folder: str, class_names: tuple[str, ...]
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                   tuple[str, ...]]:
+  """(x_train, y_train, x_test, y_test, class_names) from a cifar-10-batches-py folder.
+
+  `class_names` are used unless the folder's batches.meta names the classes.
+  """
+  train_parts = [_read_cifar_batch(os.path.join(folder, batch))
+                 for batch in _CIFAR10_TRAIN_BATCHES]
+  x_test, y_test = _read_cifar_batch(os.path.join(folder, _CIFAR10_TEST_BATCH))
+  meta_path = os.path.join(folder, _CIFAR10_META)
+  # The names are fixed and known; the meta file is only a nicety.
+  if os.path.isfile(meta_path):
+    meta = _read_pickle(meta_path)
+    if not isinstance(meta, dict) or b'label_names' not in meta:
+      raise UserError(f"CIFAR meta file {meta_path} has no b'label_names'")
+    class_names = tuple(
+        name.decode('utf-8', 'replace') if isinstance(name, bytes)
+        else str(name) for name in meta[b'label_names'])
+  return (np.concatenate([images for images, _ in train_parts]),
+          np.concatenate([labels for _, labels in train_parts]),
+          x_test, y_test, class_names)

@@ -1,0 +1,223 @@
+"""Exporting a teacher's targets: its logits on every training image, for students.
+
+In memory, one teacher's (or an ensemble's) logits, probabilities and
+optionally K augmented views go to one targets.npz; a streamed data set's go
+to target shards on disk, chunk by chunk. Either way the metadata names the
+data, the split and the teacher, and students check it before they train.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distill import rundir
+from distill.console import Console
+from distill.errors import UserError
+from distill.io import write_json
+
+
+def teacher_identity(teacher_dir: Path, recipe: dict[str, Any], step: int, params) -> dict:
+  """Which teacher made a set of targets: its folder, model, checkpoint step and parameter hash."""
+  from distill.inference import params_sha256  # noqa: PLC0415
+
+  return {"dir": str(Path(teacher_dir).resolve()), "model": recipe["teacher"]["model"],
+          "checkpoint_step": step, "params_sha256": params_sha256(params)}
+
+
+def _targets_data_meta(recipe: dict[str, Any], dataset, temperature: float,
+                       **split_extra) -> dict[str, Any]:
+  """The data a targets file labels (checked by students before they train) and its T."""
+  return {
+      "dataset": dataset.name,
+      "dataset_fingerprint": dataset.fingerprint,
+      "train_fingerprint": dataset.split_fingerprint("train"),
+      "split": {"name": "train", "val_size": recipe["data"]["val_size"],
+                "split_seed": recipe["data"]["split_seed"],
+                "train_limit": recipe["data"]["train_limit"], **split_extra},
+      "class_names": list(dataset.class_names),
+      "temperature": temperature,
+  }
+
+
+def _teacher_outputs(teacher_dir: Path, recipe: dict[str, Any], dataset, *, trained,
+                     test_logits: np.ndarray | None, views: int, view_seed: int,
+                     view_augment: dict[str, Any], batch: int, console: Console) -> dict[str, Any]:
+  """One teacher's logits on the training split (plain and, if asked, K views) and test set.
+
+  `test_logits` are reused when the caller has them (right after training).
+  Every member of an ensemble labels the same views: (view_seed, view_augment).
+  """
+  from distill.workflow import restore_trained  # noqa: PLC0415
+
+  model, step = trained or restore_trained(teacher_dir, recipe, "teacher", dataset)
+  bar = None if console.quiet else f"export {teacher_dir.name}"
+  start = time.perf_counter()
+  outputs = {"train_logits": model.logits(dataset.x_train, batch, progress=bar)}
+  seconds = time.perf_counter() - start
+  outputs["test_logits"] = (model.logits(dataset.x_test, batch)
+                            if test_logits is None else test_logits)
+  if views:
+    outputs["view_logits"] = model.view_logits(
+        dataset.x_train, batch, num_views=views, seed=view_seed, augment_settings=view_augment,
+        progress=None if console.quiet else f"export {views} views")
+  outputs["identity"] = teacher_identity(teacher_dir, recipe, step, model.params)
+  outputs["seconds"] = seconds
+  return outputs
+
+
+def _mean_probabilities_as_logits(logits_list: list[np.ndarray]) -> np.ndarray:
+  """log of the teachers' mean probability: softmax of it is the ensemble's prediction."""
+  from distill import losses  # noqa: PLC0415
+
+  probs = np.mean([np.asarray(losses.softmax(logits)) for logits in logits_list], axis=0)
+  return np.log(np.maximum(probs, np.finfo(np.float32).tiny)).astype(np.float32)
+
+
+def export_targets(teacher_dirs: Path | list[Path], *, out_dir: Path | None = None,
+                   temperature: float | None = None, views: int | None = None, trained=None,
+                   dataset=None, test_logits: np.ndarray | None = None, quiet: bool = False,
+                   console: Console | None = None) -> Path:
+  """Writes a teacher's (or an ensemble's) logits and probabilities for every training image.
+
+  The images are un-augmented, in the order of the training split, so row i
+  is the target for `dataset.x_train[i]`. With `views=K`, the logits of K
+  augmented views per image are stored too; view v of image i is a pure
+  function of (the teacher's seed, i, v), so a student taught with
+  `teaching=views` replays exactly those views. Several teachers make an
+  ensemble: their probabilities are averaged (and their identities kept).
+  The test logits ride along so students can measure agreement.
+
+  Args:
+    teacher_dirs: one trained teacher's run directory, or several.
+    out_dir: where targets.npz goes (default: the teacher's own directory;
+      required for an ensemble).
+    temperature: softmax temperature of the stored `train_probs` (default:
+      the recipe's `export.temperature`). Students re-temper the stored
+      logits with their own `student.temperature`.
+    views: augmented views per image (default: the recipe's `export.views`).
+    trained, dataset, test_logits: the in-memory teacher (its TrainedModel
+      and step), when called right after training; otherwise restored from
+      the directory.
+    quiet: no notes.
+    console: where to print.
+
+  Returns:
+    The path of the written targets.npz.
+  """
+  from distill import losses  # noqa: PLC0415
+  from distill.targets import save_targets  # noqa: PLC0415
+  from distill.workflow import check_same_data, load_data, read_run_recipe  # noqa: PLC0415
+
+  console = console or Console(quiet)
+  teacher_dirs = [Path(d) for d in ([teacher_dirs] if isinstance(teacher_dirs, (str, Path))
+                                    else teacher_dirs)]
+  if not teacher_dirs:
+    raise UserError("export needs at least one --teacher")
+  if len(set(d.resolve() for d in teacher_dirs)) != len(teacher_dirs):
+    raise UserError("the same --teacher is named twice")
+  if len(teacher_dirs) > 1 and out_dir is None:
+    raise UserError("an ensemble of teachers needs --out DIR for its targets")
+  recipes = [read_run_recipe(d) for d in teacher_dirs]
+  recipe = recipes[0]
+  for other, directory in zip(recipes[1:], teacher_dirs[1:]):
+    check_same_data(recipe, other, f"teacher {directory}")
+  temperature = recipe["export"]["temperature"] if temperature is None else temperature
+  if not (temperature > 0 and np.isfinite(temperature)):
+    raise UserError(f"--temperature must be a positive number, got {temperature}")
+  views = recipe["export"]["views"] if views is None else views
+  if views < 0:
+    raise UserError(f"--views must be 0 (no augmented views) or more, got {views}")
+  out_dir = Path(out_dir) if out_dir is not None else teacher_dirs[0]
+  if out_dir != teacher_dirs[0]:
+    rundir.check_workdir(out_dir)
+  if dataset is None:
+    dataset = load_data(recipe)
+  if getattr(dataset, "streaming", False):
+    if len(teacher_dirs) > 1 or views:
+      raise UserError("a streamed data set exports one teacher's targets, without --views")
+    return _export_streamed(teacher_dirs[0], out_dir, recipe, dataset, trained=trained,
+                            temperature=temperature, console=console)
+  batch = recipe["export"]["batch_size"]
+  members = []
+  for number, (directory, member_recipe) in enumerate(zip(teacher_dirs, recipes)):
+    # Only the first teacher can be the one just trained in memory.
+    members.append(_teacher_outputs(directory, member_recipe, dataset,
+                                    trained=trained if number == 0 else None,
+                                    test_logits=test_logits if number == 0 else None,
+                                    views=views, view_seed=recipe["seed"],
+                                    view_augment=recipe["augment"], batch=batch,
+                                    console=console))
+  if len(members) == 1:
+    arrays = {k: members[0][k] for k in ("train_logits", "test_logits", "view_logits")
+              if k in members[0]}
+  else:
+    arrays = {k: _mean_probabilities_as_logits([m[k] for m in members])
+              for k in ("train_logits", "test_logits", "view_logits") if k in members[0]}
+  arrays["train_probs"] = np.asarray(losses.softmax(arrays["train_logits"],
+                                                    temperature=temperature))
+  seconds = sum(m["seconds"] for m in members)
+  meta = {
+      **_targets_data_meta(recipe, dataset, temperature),
+      "teacher": members[0]["identity"],
+      "teachers": [m["identity"] for m in members],
+      "views": ({"count": views, "seed": recipe["seed"], "augment": recipe["augment"]}
+                if views else None),
+      "export_seconds": round(seconds, 3),
+      "export_images_per_second": round(len(dataset.x_train) * len(members) / max(seconds, 1e-9), 1),
+  }
+  out_dir.mkdir(parents=True, exist_ok=True)
+  path = save_targets(out_dir, arrays, meta)
+  if not (out_dir / rundir.RECIPE_FILE).exists():
+    # Students read the data settings of their --teacher directory from here.
+    write_json(out_dir / rundir.RECIPE_FILE, recipe)
+  what = f"an ensemble of {len(members)} teachers" if len(members) > 1 else "the teacher"
+  extra = f" and {views} augmented views each" if views else ""
+  console.info(f"exported the targets of {what} for {len(dataset.x_train):,} images{extra} "
+               f"at T={temperature} -> {path}")
+  return path
+
+
+def _export_streamed(teacher_dir: Path, out_dir: Path, recipe: dict[str, Any], dataset, *,
+                     trained, temperature: float, console: Console) -> Path:
+  """Writes a streamed data set's targets as shards, chunk by chunk, never all in memory.
+
+  Rows follow the train source's global order (validation rows included), so
+  a student reads any example's targets by its index. The teacher's test
+  logits are in its predictions.npz.
+  """
+  from distill import losses  # noqa: PLC0415
+  from distill.io import is_primary_process  # noqa: PLC0415
+  from distill.data.shards import write_target_shards  # noqa: PLC0415
+  from distill.data.stream import Rows  # noqa: PLC0415
+  from distill.workflow import restore_trained  # noqa: PLC0415
+
+  model, step = trained or restore_trained(teacher_dir, recipe, "teacher", dataset)
+  source = dataset.stream.train
+  every_row = Rows(source, np.arange(source.num_examples, dtype=np.int32))
+  batch = recipe["export"]["batch_size"]
+  chunk_rows = max(batch, 16384 // batch * batch)
+
+  def chunks():
+    for start in range(0, len(every_row), chunk_rows):
+      logits = model.logits(every_row[start:start + chunk_rows], batch)
+      yield np.asarray(losses.softmax(logits, temperature=temperature)), logits
+
+  meta = {**_targets_data_meta(recipe, dataset, temperature, rows="train source, global"),
+          "teacher": teacher_identity(teacher_dir, recipe, step, model.params)}
+  start = time.perf_counter()
+  if is_primary_process():
+    path = write_target_shards(out_dir, chunks(), meta=meta, num_examples=source.num_examples,
+                               overwrite=True)
+  else:  # The forward passes are collective: every process runs them; one writes.
+    for _ in chunks():
+      pass
+    path = out_dir / rundir.TARGET_SHARDS_DIR
+  console.info(f"exported targets for {source.num_examples:,} streamed images at "
+               f"T={temperature} in {time.perf_counter() - start:.0f}s -> {path}")
+  return path
+
+

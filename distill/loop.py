@@ -1,0 +1,290 @@
+"""One training loop for teachers and students.
+
+What differs between a teacher and a student (the model, the objective, the
+teaching strategy, whether to augment) is chosen before the loop and handed
+to it in a `step.TrainingSetup`; the loop itself is the same: check the
+step-0 loss, resume, then run the feeder's dispatches through the compiled
+step, logging, validating and checkpointing at the recipe's cadence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from flax import nnx
+
+from distill import losses, parallel, rundir
+from distill.checkpoint import Checkpointer
+from distill.errors import UserError
+from distill.inference import TrainedModel, predict_in_batches
+from distill.step import TrainingSetup, prepare_training
+from distill.teaching import HardLabels, Objective
+
+
+@dataclasses.dataclass(frozen=True)
+class RunStats:
+  """What a training run measured about itself (the model is apart: `TrainedModel`)."""
+
+  init_loss: float
+  init_loss_expected: float
+  final_train_loss: float
+  steps: int
+  train_seconds: float  # all stretches of a resumed run, compilation excluded
+  compile_seconds: float  # this stretch's
+  images_per_second: float  # this stretch's
+  resumed_from: int | None
+
+
+def fit(*, model: nnx.Module, images, labels: np.ndarray, val_images, val_labels: np.ndarray,
+        objective: Objective, settings: dict[str, Any], augment_settings: dict[str, Any] | None,
+        workdir: Path, seed: int, checkpoint_meta: dict[str, Any],
+        teaching: HardLabels | None = None, strict_init_check: bool = False, quiet: bool = False,
+        echo: Callable[[str], None] = print,
+        warn: Callable[[str], None] = print) -> tuple[TrainedModel, RunStats]:
+  """Trains `model`, resuming from a checkpoint in `workdir`; returns it trained, and its stats.
+
+  Args:
+    model: an NNX classifier, freshly initialised.
+    images, labels: the training split, uint8 [N, H, W, C] (or rows on disk) and int [N].
+    val_images, val_labels: the validation split for periodic evaluation.
+    objective: what to minimise (see `teaching.make_objective`).
+    settings: the role's recipe section (steps, batch_size, optimizer, cadences).
+    augment_settings: the recipe's `augment` table, or None for no augmentation.
+    workdir: the run directory; checkpoints and `metrics.jsonl` go here.
+    seed: seeds the data order and the augmentation.
+    checkpoint_meta: JSON stored with each checkpoint; a resumed run must match
+      its `recipe_hash`.
+    teaching: where the soft targets come from (needed by the 'soft' objective).
+    strict_init_check: raise instead of warning when the step-0 loss is off.
+    quiet: hide the progress bar.
+    echo, warn: where to print normal and loud messages.
+  """
+  setup = prepare_training(model=model, images=images, labels=labels, objective=objective,
+                           teaching=teaching, settings=settings,
+                           augment_settings=augment_settings, seed=seed)
+  init_loss, expected = _check_init_loss(setup, objective, settings["init_check_tolerance"],
+                                         strict_init_check, echo, warn)
+  run = _Run(setup, settings, Path(workdir), checkpoint_meta, quiet)
+  start_step = run.resume(echo)
+  last_train_loss = init_loss
+  try:
+    with _StopFlag() as stop, contextlib.closing(setup.feeder.dispatches(run.plan)) as feed:
+      for (first, count), rows in zip(run.plan, feed):
+        step = run.train(first, count, rows)
+        # Read once: a signal handled while this step logs or evaluates
+        # must not stop the run before this step's checkpoint is saved.
+        stopping = stop.signal_name is not None
+        if run.at_log(step) or run.at_checkpoint(step) or stopping:
+          # Checked before every save too, so a checkpoint never holds a diverged state.
+          record = run.summary_of_window(step)
+        if run.at_log(step):
+          run.log(record, val_images, val_labels)
+          last_train_loss = record["loss"]
+        if run.at_checkpoint(step) or stopping:
+          run.save(step)
+        if stopping and step < run.total_steps:
+          raise UserError(
+              f"stopped by {stop.signal_name} at step {step}; checkpoint saved. "
+              "Run the same command again to resume.", exit_code=130)
+  finally:
+    run.close()
+  jax.block_until_ready(run.state)
+  seconds = run.stretch_seconds()
+  stats = RunStats(
+      init_loss=init_loss, init_loss_expected=expected, final_train_loss=last_train_loss,
+      steps=run.total_steps, train_seconds=run.earlier_seconds + seconds,
+      compile_seconds=run.compile_seconds,
+      images_per_second=(run.total_steps - start_step) * settings["batch_size"] / max(seconds, 1e-9),
+      resumed_from=start_step or None)
+  return setup.trained(run.state["params"]), stats
+
+
+def _check_init_loss(setup: TrainingSetup, objective: Objective, tolerance: float,
+                     strict: bool, echo, warn) -> tuple[float, float]:
+  """The untrained model's loss on the exact batch step 0 trains on, against what it must be."""
+  init_loss, num_classes, first_targets = setup.first_loss()
+  expected = objective.expected_init_loss(num_classes, first_targets)
+  check = losses.init_loss_check(init_loss, num_classes, expected=expected, tolerance=tolerance)
+  if check.ok:
+    echo(check.message)
+  elif strict:
+    raise UserError(check.message + " (--strict-init-check)")
+  else:
+    warn(check.message)
+  return init_loss, expected
+
+
+class _Run:
+  """One stretch of training: its state, clocks, cadences, log and checkpoints."""
+
+  def __init__(self, setup: TrainingSetup, settings: dict[str, Any], workdir: Path,
+               checkpoint_meta: dict[str, Any], quiet: bool):
+    self.setup, self.settings, self.workdir = setup, settings, workdir
+    self.meta = checkpoint_meta
+    self.quiet = quiet
+    self.state = setup.state
+    self.total_steps = settings["steps"]
+    self.checkpointer = Checkpointer(workdir)
+    self.metrics = rundir.MetricsLog(workdir / rundir.METRICS_FILE)
+    self.earlier_seconds = 0.0
+    self.compile_seconds = 0.0
+    self._compiled: dict[int, Any] = {}
+    self._window: list[dict[str, jax.Array]] = []
+    self.plan: list[tuple[int, int]] = []
+    self._progress = None
+
+  def resume(self, echo) -> int:
+    """Restores the newest checkpoint (if any) and plans the dispatches; returns the first step."""
+    start_step = 0
+    latest = self.checkpointer.latest_step()
+    if latest is not None:
+      saved_meta = self.checkpointer.restore_meta(latest)
+      if saved_meta.get("recipe_hash") != self.meta.get("recipe_hash"):
+        raise UserError(
+            f"{self.workdir} holds an unfinished run with a different recipe; "
+            "re-run with --restart to start over, or use another --workdir")
+      self.state, _ = self.checkpointer.restore(latest, self.state)
+      start_step = int(self.state["step"])
+      # Earlier stretches' training time, so a resumed run reports its whole cost.
+      self.earlier_seconds = float(saved_meta.get("train_seconds", 0.0))
+      echo(f"resuming from step {start_step} ({self.checkpointer.directory})")
+    self.metrics.start(after_step=start_step if latest is not None else None)
+    settings = self.settings
+    self.plan = dispatch_plan(start_step, self.total_steps, settings["steps_per_dispatch"],
+                              (settings["log_every"], settings["eval_every"],
+                               settings["checkpoint_every"]))
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    self._progress = tqdm(total=self.total_steps, initial=start_step, unit="step",
+                          disable=self.quiet or not parallel.is_primary(),
+                          desc=f"train {self.meta.get('role', '')}".strip(), dynamic_ncols=True,
+                          leave=False)
+    self._loop_start = time.perf_counter()
+    return start_step
+
+  def stretch_seconds(self) -> float:
+    """This stretch's training time so far; compilation is reported apart."""
+    return time.perf_counter() - self._loop_start - self.compile_seconds
+
+  def train(self, first: int, count: int, rows) -> int:
+    """Runs one dispatch of `count` steps (compiling for its length once); returns the step."""
+    if count not in self._compiled:
+      started = time.perf_counter()
+      self._compiled[count] = self.setup.compile(self.state, rows)
+      self.compile_seconds += time.perf_counter() - started
+    self.state, chunk_metrics = self.setup.run_chunk(self._compiled[count], self.state, rows)
+    self._window.append(chunk_metrics)
+    self._progress.update(count)
+    return first + count
+
+  def at_log(self, step: int) -> bool:
+    """Whether `step` writes a line of metrics.jsonl."""
+    return step % self.settings["log_every"] == 0 or step == self.total_steps
+
+  def at_checkpoint(self, step: int) -> bool:
+    """Whether `step` saves a checkpoint (a stop signal saves one too)."""
+    return step % self.settings["checkpoint_every"] == 0 or step == self.total_steps
+
+  def summary_of_window(self, step: int) -> dict[str, Any]:
+    """The metrics since the last log line; a non-finite loss stops the run here."""
+    record = _summarise(self._window, step)
+    if not math.isfinite(record["loss"]):
+      good = self.checkpointer.latest_step()
+      kept = (f"the last good checkpoint (step {good}) is kept in {self.checkpointer.directory}"
+              if good is not None else "no checkpoint had been saved yet")
+      raise UserError(f"training diverged: the loss became {record['loss']} by step {step}; "
+                      f"{kept}. Try a lower learning rate.")
+    return record
+
+  def log(self, record: dict[str, Any], val_images, val_labels) -> None:
+    """Adds the learning rate and (at its cadence) validation, and appends the record."""
+    self._window = []
+    step = record["step"]
+    record["learning_rate"] = float(self.setup.schedule(step))
+    if step % self.settings["eval_every"] == 0 or step == self.total_steps:
+      val_logits = predict_in_batches(self.setup.predict, self.state["params"], val_images,
+                                      self.settings["eval_batch_size"])
+      record["val_loss"] = float(losses.hard_cross_entropy(val_logits, val_labels))
+      record["val_accuracy"] = float(losses.accuracy(val_logits, val_labels))
+    record["elapsed_seconds"] = round(time.perf_counter() - self._loop_start, 3)
+    self.metrics.append(record)
+    self._progress.set_postfix({k: f"{record[k]:.4f}" for k in ("loss", "accuracy", "val_accuracy")
+                                if k in record}, refresh=False)
+
+  def save(self, step: int) -> None:
+    """Checkpoints the state, with the training time of every stretch so far."""
+    self.checkpointer.save(step, self.state, {
+        **self.meta, "step": step,
+        "train_seconds": round(self.earlier_seconds + self.stretch_seconds(), 3)})
+
+  def close(self) -> None:
+    """However the loop ended: the bar and the checkpoints (waiting for a save) are closed."""
+    if self._progress is not None:
+      self._progress.close()
+    self.checkpointer.close()
+
+
+def dispatch_plan(start: int, total: int, per_dispatch: int,
+                  cadences: tuple[int, ...]) -> list[tuple[int, int]]:
+  """(first step, step count) of every dispatch from `start` to `total`.
+
+  A dispatch never crosses a log, eval or checkpoint boundary, so those
+  happen at exact steps whatever steps_per_dispatch is.
+  """
+  plan = []
+  step = start
+  while step < total:
+    next_event = min(total, *((step // every + 1) * every for every in cadences))
+    count = min(per_dispatch, next_event - step)
+    plan.append((step, count))
+    step += count
+  return plan
+
+
+def _summarise(window: list[dict[str, jax.Array]], step: int) -> dict[str, Any]:
+  """Means of the per-step metrics since the last log line (one host sync)."""
+  fetched = jax.tree.map(parallel.fetch, window)
+  record: dict[str, Any] = {"step": step}
+  for key in fetched[0]:
+    values = np.concatenate([np.atleast_1d(chunk[key]) for chunk in fetched])
+    record[key] = float(np.mean(values))
+  return record
+
+
+class _StopFlag:
+  """Turns SIGINT/SIGTERM into a flag the loop checks between dispatches.
+
+  Stopping between dispatches (rather than raising inside one) guarantees the
+  state we checkpoint is a whole step, not a half-donated buffer. A second
+  Ctrl-C stops at once.
+  """
+
+  def __init__(self):
+    self.signal_name: str | None = None
+    self._previous: dict[int, Any] = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGINT, signal.SIGTERM):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # Not the main thread: signals stay as they are.
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    if self.signal_name is not None:
+      raise KeyboardInterrupt
+    self.signal_name = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+

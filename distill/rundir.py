@@ -1,0 +1,127 @@
+"""A run directory: the files a run writes, and the checks before it writes any.
+
+  recipe.json      the resolved recipe the run used
+  metrics.jsonl    one line per logged step (train loss/accuracy, validation)
+  summary.json     the final numbers; its presence marks a finished run
+  checkpoints/     Orbax checkpoints of the training state
+  predictions.npz  test and validation logits of the final model (for reports)
+  targets.npz      (teachers) soft targets for the training split + test logits,
+  targets.json     with their metadata; a streamed teacher writes targets-shards/
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from distill.errors import UserError
+
+SUMMARY_FILE = "summary.json"
+RECIPE_FILE = "recipe.json"
+METRICS_FILE = "metrics.jsonl"
+PREDICTIONS_FILE = "predictions.npz"
+CHECKPOINTS_DIR = "checkpoints"
+TARGETS_FILE = "targets.npz"
+TARGETS_META_FILE = "targets.json"
+TARGET_SHARDS_DIR = "targets-shards"
+# Everything a run writes: what --overwrite and --restart clear.
+RUN_OUTPUTS = (CHECKPOINTS_DIR, METRICS_FILE, SUMMARY_FILE, RECIPE_FILE, TARGETS_FILE,
+               TARGETS_META_FILE, TARGET_SHARDS_DIR, PREDICTIONS_FILE)
+
+
+class MetricsLog:
+  """metrics.jsonl: one JSON record per logged step, appended as training goes.
+
+  A resumed run keeps the records up to its checkpoint's step (a stopped run
+  may have logged past it) and appends from there.
+  """
+
+  def __init__(self, path: Path):
+    self.path = Path(path)
+
+  def start(self, after_step: int | None) -> None:
+    """Starts the log: empty for a new run, or cut back to `after_step` for a resumed one."""
+    from distill.io import is_primary_process, write_text  # noqa: PLC0415
+
+    if after_step is None:
+      if is_primary_process():
+        self.path.unlink(missing_ok=True)
+      return
+    kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= after_step]
+    write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+  def append(self, record: dict[str, Any]) -> None:
+    """Adds one record (process 0 only); a crash can cost at most this line."""
+    from distill.io import is_primary_process  # noqa: PLC0415
+
+    if is_primary_process():
+      with open(self.path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+  """The records of a metrics.jsonl (a run directory or the file); [] when there is none.
+
+  A line cut short by a crash is skipped.
+  """
+  path = Path(path)
+  if path.is_dir():
+    path = path / METRICS_FILE
+  if not path.exists():
+    return []
+  records = []
+  for line in path.read_text().splitlines():
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      continue
+  return records
+
+
+def check_workdir(workdir: Path) -> None:
+  """Fails early, before any work, when `workdir` cannot be created or written."""
+  workdir = Path(workdir)
+  if workdir.exists() and not workdir.is_dir():
+    raise UserError(f"workdir {workdir} exists and is not a directory")
+  ancestor = workdir
+  while not ancestor.exists():
+    ancestor = ancestor.parent
+  if not ancestor.is_dir():
+    raise UserError(f"cannot create workdir {workdir}: {ancestor} is not a directory")
+  if not os.access(ancestor, os.W_OK | os.X_OK):
+    raise UserError(f"cannot write to workdir {workdir}: {ancestor} is read-only")
+
+
+def prepare_workdir(workdir: Path, *, restart: bool, overwrite: bool) -> None:
+  """Decides what happens to an existing run directory, before anything is written.
+
+  A finished run is never overwritten without `overwrite`; an unfinished one is
+  resumed (the training loop checks the recipe hash) unless `restart`.
+  Callers run `check_workdir` first, before loading any data.
+  """
+  from distill import parallel  # noqa: PLC0415
+  from distill.io import is_primary_process  # noqa: PLC0415
+
+  workdir = Path(workdir)
+  finished = (workdir / SUMMARY_FILE).exists()
+  if finished and not overwrite:
+    raise UserError(f"{workdir} already holds a finished run; pass --overwrite to replace it, "
+                    "or choose another --workdir")
+  # Every process decides the same; one clears and probes, the others wait for it.
+  parallel.sync("workdir checked")
+  if is_primary_process():
+    if (finished and overwrite) or restart:
+      for name in RUN_OUTPUTS:
+        path = workdir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    try:
+      workdir.mkdir(parents=True, exist_ok=True)
+      probe = workdir / ".write-test"
+      probe.write_text("")
+      probe.unlink()
+    except OSError as e:
+      raise UserError(f"cannot write to workdir {workdir}: {e.strerror}") from None
+  parallel.sync("workdir ready")
