@@ -1,12 +1,14 @@
-"""The same ViT training step in PyTorch, as the reference `distill bench` is compared with.
+r"""The same ViT training step in PyTorch, as the reference `distill bench` is compared with.
 
 Not part of the package: it needs `pip install torch==2.13.0` (CPU build). It mirrors
 distill's teacher step: uint8 images gathered by random indices, standardised, augmented
 (random crop with resize or pad-and-crop, horizontal flips), a pre-norm ViT, hard-label
 cross-entropy, global-norm clipping and AdamW. Prints one JSON line.
 
-  python benchmarks/torch_reference.py --image-shape 32x32x3 --patch 8 --batch 256 --crop resize --crop-size 24
-  python benchmarks/torch_reference.py --image-shape 28x28x1 --patch 7 --stem conv --width 96 --depth 6 --heads 6 --crop pad --pad 2 --compile
+  python benchmarks/torch_reference.py --image-shape 32x32x3 --patch 8 --batch 256 \
+    --crop resize --crop-size 24
+  python benchmarks/torch_reference.py --image-shape 28x28x1 --patch 7 --stem conv --width 96 \
+    --depth 6 --heads 6 --crop pad --pad 2 --compile
 """
 
 from __future__ import annotations
@@ -119,7 +121,8 @@ def main():
   torch.manual_seed(0)
   torch.set_num_threads(os.cpu_count())
   shape = tuple(int(v) for v in args.image_shape.split("x"))
-  images = torch.randint(0, 256, (args.num_examples, shape[2], shape[0], shape[1]), dtype=torch.uint8)
+  images = torch.randint(
+      0, 256, (args.num_examples, shape[2], shape[0], shape[1]), dtype=torch.uint8)
   labels = torch.randint(0, args.classes, (args.num_examples,))
   mean = images[:1000].float().div(255).mean(dim=(0, 2, 3), keepdim=True)
   std = images[:1000].float().div(255).std(dim=(0, 2, 3), keepdim=True)

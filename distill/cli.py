@@ -7,6 +7,8 @@ once.
 from __future__ import annotations
 
 import functools
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -45,7 +47,7 @@ def _user_errors(command):
 
 def _say(text: str) -> None:
   """Prints a command's result line, once per run (process 0 of several)."""
-  from distill.io import is_primary_process
+  from distill.io import is_primary_process  # noqa: PLC0415
 
   if is_primary_process():
     click.echo(text)
@@ -61,9 +63,12 @@ def _common_training_options(command):
       click.option("--data-dir", default=None, type=click.Path(),
                    help="Where the data is (a folder, the .npz file for --dataset npz, or the "
                         "folder holding train/ and test/ shards for --dataset stream)."),
-      click.option("--steps", type=int, default=None, help="Training steps (overrides the recipe)."),
-      click.option("--batch-size", type=int, default=None, help="Batch size (overrides the recipe)."),
-      click.option("--seed", type=int, default=None, help="Seed for init, data order and augmentation."),
+      click.option("--steps", type=int, default=None,
+                   help="Training steps (overrides the recipe)."),
+      click.option("--batch-size", type=int, default=None,
+                   help="Batch size (overrides the recipe)."),
+      click.option("--seed", type=int, default=None,
+                   help="Seed for init, data order and augmentation."),
       click.option("--restart", is_flag=True, help="Discard an unfinished run in the workdir."),
       click.option("--overwrite", is_flag=True, help="Replace a finished run in the workdir."),
       click.option("--strict-init-check", is_flag=True,
@@ -112,11 +117,9 @@ def main(coordinator, num_processes, process_id, distributed):
   Every local device trains data-parallel. Several hosts, one process each:
     distill --coordinator host0:1234 --num-processes 2 --process-id I teacher
   """
-  import os
-
   if coordinator or distributed or os.environ.get("DISTILL_COORDINATOR"):
     try:
-      from distill import parallel
+      from distill import parallel  # noqa: PLC0415
 
       parallel.initialize(coordinator, num_processes, process_id)
     except UserError as e:
@@ -140,7 +143,7 @@ def teacher(recipe, overrides, dataset, data_dir, steps, batch_size, seed, resta
   At the end its softmax probabilities on every (un-augmented) training
   image are written to WORKDIR/targets.npz for students.
   """
-  from distill import workflow
+  from distill import workflow  # noqa: PLC0415
 
   resolved = config_lib.load_recipe(recipe or "fashion_mnist", [
       *overrides, *_cli_overrides("teacher", dataset, data_dir, steps, batch_size, seed)])
@@ -178,7 +181,7 @@ def export(teacher_dirs, out_dir, temperature, views, quiet):
     distill export --teacher runs/t1 --teacher runs/t2 --out runs/ensemble
     distill student --teacher runs/ensemble --model cnn
   """
-  from distill import workflow
+  from distill import workflow  # noqa: PLC0415
 
   path = workflow.export_targets([Path(d) for d in teacher_dirs],
                                  out_dir=Path(out_dir) if out_dir else None,
@@ -233,7 +236,7 @@ def student(recipe, overrides, dataset, data_dir, steps, batch_size, seed, resta
     distill student --model cnn --loss hard              # the baseline
     distill student --model cnn --teaching online -T 2   # consistent teaching
   """
-  from distill import workflow
+  from distill import workflow  # noqa: PLC0415
 
   extra = {"student.teaching": teaching, "student.temperature": temperature,
            "student.alpha": alpha, "student.soft_loss": soft_loss, "student.mixup": mixup}
@@ -244,7 +247,8 @@ def student(recipe, overrides, dataset, data_dir, steps, batch_size, seed, resta
   if workdir is None:
     student_settings = resolved["student"]
     suffix = ("-hard" if student_settings["loss"] == "hard" else
-              "" if student_settings["teaching"] == "targets" else f"-{student_settings['teaching']}")
+              "" if student_settings["teaching"] == "targets" else
+              f"-{student_settings['teaching']}")
     workdir = f"runs/student-{student_settings['model']}{suffix}"
   summary = workflow.train_student(resolved, Path(teacher_dir), Path(workdir), restart=restart,
                                    overwrite=overwrite, strict_init_check=strict_init_check,
@@ -263,7 +267,7 @@ def compare(run_dirs, as_json, markdown):
 
   Directories without a summary.json are skipped with a note.
   """
-  from distill.report import compare_runs
+  from distill.report import compare_runs  # noqa: PLC0415
 
   click.echo(compare_runs([Path(d) for d in run_dirs], as_json=as_json, markdown=markdown))
 
@@ -283,7 +287,7 @@ def report(run_dirs, out, quiet):
   diagrams with ECE, accuracy against parameters, and the test images where
   each student disagrees with its teacher.
   """
-  from distill.report import write_report
+  from distill.report import write_report  # noqa: PLC0415
 
   path = write_report([Path(d) for d in run_dirs], Path(out), quiet=quiet)
   click.echo(f"report: {path.resolve()}")
@@ -316,9 +320,7 @@ def bench(recipe, overrides, role, batch_size, steps, bare_steps, synthetic, as_
   augmentation, logging, validation and checkpoints at the recipe's cadence),
   and of soft-target export, plus compile seconds and peak RSS.
   """
-  import json
-
-  from distill import bench as bench_lib
+  from distill import bench as bench_lib  # noqa: PLC0415
 
   extra = [f"{role}.batch_size={batch_size}"] if batch_size is not None else []
   resolved = config_lib.load_recipe(recipe, [*overrides, *extra])
@@ -378,7 +380,7 @@ def sweep(teacher_dir, out, models, modes, soft_losses, seeds, recipe, overrides
     distill sweep --teacher runs/teacher --model cnn --model mlp \\
       --mode hard --mode targets --seed 0 --seed 1 --seed 2 --out runs/sweep
   """
-  from distill.sweep import run_sweep
+  from distill.sweep import run_sweep  # noqa: PLC0415
 
   extra = [f"student.steps={steps}"] if steps is not None else []
   result = run_sweep(Path(teacher_dir), Path(out), models=models, modes=modes,

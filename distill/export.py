@@ -123,7 +123,7 @@ def export_targets(teacher_dirs: Path | list[Path], *, out_dir: Path | None = No
     raise UserError("an ensemble of teachers needs --out DIR for its targets")
   recipes = [read_run_recipe(d) for d in teacher_dirs]
   recipe = recipes[0]
-  for other, directory in zip(recipes[1:], teacher_dirs[1:]):
+  for other, directory in zip(recipes[1:], teacher_dirs[1:], strict=True):
     check_same_data(recipe, other, f"teacher {directory}")
   temperature = recipe["export"]["temperature"] if temperature is None else temperature
   if not (temperature > 0 and np.isfinite(temperature)):
@@ -143,7 +143,7 @@ def export_targets(teacher_dirs: Path | list[Path], *, out_dir: Path | None = No
                             temperature=temperature, console=console)
   batch = recipe["export"]["batch_size"]
   members = []
-  for number, (directory, member_recipe) in enumerate(zip(teacher_dirs, recipes)):
+  for number, (directory, member_recipe) in enumerate(zip(teacher_dirs, recipes, strict=True)):
     # Only the first teacher can be the one just trained in memory.
     members.append(_teacher_outputs(directory, member_recipe, dataset,
                                     trained=trained if number == 0 else None,
@@ -167,7 +167,8 @@ def export_targets(teacher_dirs: Path | list[Path], *, out_dir: Path | None = No
       "views": ({"count": views, "seed": recipe["seed"], "augment": recipe["augment"]}
                 if views else None),
       "export_seconds": round(seconds, 3),
-      "export_images_per_second": round(len(dataset.x_train) * len(members) / max(seconds, 1e-9), 1),
+      "export_images_per_second": round(
+          len(dataset.x_train) * len(members) / max(seconds, 1e-9), 1),
   }
   out_dir.mkdir(parents=True, exist_ok=True)
   path = save_targets(out_dir, arrays, meta)
@@ -190,9 +191,9 @@ def _export_streamed(teacher_dir: Path, out_dir: Path, recipe: dict[str, Any], d
   logits are in its predictions.npz.
   """
   from distill import losses  # noqa: PLC0415
-  from distill.io import is_primary_process  # noqa: PLC0415
   from distill.data.shards import write_target_shards  # noqa: PLC0415
   from distill.data.stream import Rows  # noqa: PLC0415
+  from distill.io import is_primary_process  # noqa: PLC0415
   from distill.workflow import restore_trained  # noqa: PLC0415
 
   model, step = trained or restore_trained(teacher_dir, recipe, "teacher", dataset)

@@ -18,7 +18,8 @@ those of `DataOrder`: a pure function of (seed, step).
 from __future__ import annotations
 
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import jax
 import numpy as np

@@ -9,8 +9,9 @@ takes uint8 images, so normalisation happens on the device like in training.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

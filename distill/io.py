@@ -8,8 +8,9 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -75,7 +76,8 @@ def check_directory_target(directory: Path, overwrite: bool) -> None:
   if directory.exists() and not directory.is_dir():
     raise UserError(f"{directory} exists and is not a folder")
   if directory.is_dir() and any(directory.iterdir()) and not overwrite:
-    raise UserError(f"{directory} already exists and is not empty; pass overwrite=True to replace it")
+    raise UserError(
+        f"{directory} already exists and is not empty; pass overwrite=True to replace it")
 
 
 def publish_directory(staging: Path, directory: Path, overwrite: bool) -> None:

@@ -38,9 +38,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-_REDUCTIONS = ('mean', 'sum', 'none')
-_SOFT_KINDS = ('soft_ce', 'kl')
-_INIT_KINDS = ('soft_ce', 'kl', 'hard')
+_REDUCTIONS = ("mean", "sum", "none")
+_SOFT_KINDS = ("soft_ce", "kl")
+_INIT_KINDS = ("soft_ce", "kl", "hard")
 
 
 # ---------------------------------------------------------------------------
@@ -61,11 +61,11 @@ def _check_temperature(temperature):
     t = float(temperature)
   except TypeError as e:
     raise ValueError(
-        f'temperature must be a Python number, got {temperature!r} (under '
-        'jax.jit, pass it as a static argument)') from e
+        f"temperature must be a Python number, got {temperature!r} (under "
+        "jax.jit, pass it as a static argument)") from e
   if not math.isfinite(t) or t <= 0.0:
     raise ValueError(
-        f'temperature must be finite and > 0, got {temperature!r}')
+        f"temperature must be finite and > 0, got {temperature!r}")
   return t
 
 
@@ -74,11 +74,11 @@ def _check_alpha(alpha):
     a = float(alpha)
   except TypeError as e:
     raise ValueError(
-        f'alpha must be a Python number, got {alpha!r} (under jax.jit, pass '
-        'it as a static argument)') from e
+        f"alpha must be a Python number, got {alpha!r} (under jax.jit, pass "
+        "it as a static argument)") from e
   # `not 0 <= a <= 1` is also true for nan, which must be rejected too.
   if not 0.0 <= a <= 1.0:
-    raise ValueError(f'alpha must be in [0, 1], got {alpha!r}')
+    raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
   return a
 
 
@@ -87,28 +87,28 @@ def _check_label_smoothing(label_smoothing):
     s = float(label_smoothing)
   except TypeError as e:
     raise ValueError(
-        f'label_smoothing must be a Python number, got {label_smoothing!r} '
-        '(under jax.jit, pass it as a static argument)') from e
+        f"label_smoothing must be a Python number, got {label_smoothing!r} "
+        "(under jax.jit, pass it as a static argument)") from e
   # 1.0 would make the target uniform and the labels irrelevant.
   if not 0.0 <= s < 1.0:
     raise ValueError(
-        f'label_smoothing must be in [0, 1), got {label_smoothing!r}')
+        f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
   return s
 
 
 def _check_n_classes(n_classes):
   if isinstance(n_classes, bool) or not isinstance(n_classes, int):
-    raise ValueError(f'n_classes must be an int, got {n_classes!r}')
+    raise ValueError(f"n_classes must be an int, got {n_classes!r}")
   if n_classes < 2:
-    raise ValueError(f'n_classes must be >= 2, got {n_classes}')
+    raise ValueError(f"n_classes must be >= 2, got {n_classes}")
   return n_classes
 
 
-def _as_logits(logits, name='logits'):
+def _as_logits(logits, name="logits"):
   x = jnp.asarray(logits)
   if x.ndim < 1:
     raise ValueError(
-        f'{name} must have a class axis (last axis), got a scalar')
+        f"{name} must have a class axis (last axis), got a scalar")
   # float32 even for bf16/f16 inputs: exp/log/sum lose too much otherwise.
   return x.astype(jnp.float32)
 
@@ -117,12 +117,12 @@ def _as_labels(labels, logits):
   y = jnp.asarray(labels)
   if not jnp.issubdtype(y.dtype, jnp.integer):
     raise ValueError(
-        f'labels must be integer class indices, got dtype {y.dtype}; '
-        'pass probabilities to soft_cross_entropy instead')
+        f"labels must be integer class indices, got dtype {y.dtype}; "
+        "pass probabilities to soft_cross_entropy instead")
   if y.shape != logits.shape[:-1]:
     raise ValueError(
-        f'labels shape {y.shape} must equal the logits shape without the '
-        f'class axis {logits.shape[:-1]}')
+        f"labels shape {y.shape} must equal the logits shape without the "
+        f"class axis {logits.shape[:-1]}")
   return y
 
 
@@ -130,16 +130,16 @@ def _as_targets(target_probs, logits):
   t = jnp.asarray(target_probs)
   if t.shape != logits.shape:
     raise ValueError(
-        f'target_probs shape {t.shape} must equal the logits shape '
-        f'{logits.shape}')
+        f"target_probs shape {t.shape} must equal the logits shape "
+        f"{logits.shape}")
   # Targets come from a teacher (or are data): they are never differentiated.
   return jax.lax.stop_gradient(t.astype(jnp.float32))
 
 
 def _reduce(per_example, reduction):
-  if reduction == 'mean':
+  if reduction == "mean":
     return jnp.mean(per_example)
-  if reduction == 'sum':
+  if reduction == "sum":
     return jnp.sum(per_example)
   return per_example
 
@@ -193,7 +193,7 @@ def _hard_ce_per_example(logits, labels, label_smoothing):
   # NaN instead of silently wrapping around to the last classes.
   idx = jnp.where(labels < 0, n_classes, labels)
   picked = jnp.take_along_axis(
-      logp, idx[..., None], axis=-1, mode='fill', fill_value=jnp.nan)[..., 0]
+      logp, idx[..., None], axis=-1, mode="fill", fill_value=jnp.nan)[..., 0]
   nll = -picked
   if label_smoothing == 0.0:
     return nll
@@ -203,7 +203,7 @@ def _hard_ce_per_example(logits, labels, label_smoothing):
 
 
 def hard_cross_entropy(logits, labels, *, label_smoothing=0.0,
-                       reduction='mean'):
+                       reduction="mean"):
   """Cross-entropy against integer labels, optionally label-smoothed.
 
   Labels outside [0, C) give NaN for their example rather than a silently
@@ -250,7 +250,7 @@ def _kl_per_example(logits, targets, temperature):
 
 
 def soft_cross_entropy(logits, target_probs, *, temperature=1.0,
-                       reduction='mean'):
+                       reduction="mean"):
   """Cross-entropy against a target distribution: -sum(t * log_softmax(x/T)).
 
   No T^2 factor is applied here; ``distillation_loss`` applies it. Targets are
@@ -277,7 +277,7 @@ def soft_cross_entropy(logits, target_probs, *, temperature=1.0,
   return _reduce(_soft_ce_per_example(x, targets, t), reduction)
 
 
-def kl_divergence(logits, target_probs, *, temperature=1.0, reduction='mean'):
+def kl_divergence(logits, target_probs, *, temperature=1.0, reduction="mean"):
   """KL(target || softmax(logits / T)) = sum(t * (log t - log_softmax(x/T))).
 
   Zero target entries contribute 0 (0 * log 0 = 0) with a finite gradient, so
@@ -306,8 +306,8 @@ def kl_divergence(logits, target_probs, *, temperature=1.0, reduction='mean'):
 
 
 def distillation_loss(student_logits, *, target_probs=None, labels=None,
-                      temperature=1.0, alpha=1.0, kind='soft_ce',
-                      label_smoothing=0.0, reduction='mean'):
+                      temperature=1.0, alpha=1.0, kind="soft_ce",
+                      label_smoothing=0.0, reduction="mean"):
   """Hinton-style distillation: a soft teacher term mixed with hard labels.
 
   ``alpha * T**2 * soft + (1 - alpha) * hard_CE(student_logits, labels)``,
@@ -348,18 +348,18 @@ def distillation_loss(student_logits, *, target_probs=None, labels=None,
         f'{", ".join(repr(k) for k in _SOFT_KINDS)}')
   if a > 0.0 and target_probs is None:
     raise ValueError(
-        f'alpha={alpha} > 0 weights the soft term, so target_probs is '
-        'required (pass the teacher softmax, or alpha=0 for labels only)')
+        f"alpha={alpha} > 0 weights the soft term, so target_probs is "
+        "required (pass the teacher softmax, or alpha=0 for labels only)")
   if a < 1.0 and labels is None:
     raise ValueError(
-        f'alpha={alpha} < 1 weights the hard term, so labels are required '
-        '(pass labels, or alpha=1 for the teacher only)')
+        f"alpha={alpha} < 1 weights the hard term, so labels are required "
+        "(pass labels, or alpha=1 for the teacher only)")
 
-  x = _as_logits(student_logits, 'student_logits')
+  x = _as_logits(student_logits, "student_logits")
   per_example = jnp.zeros(x.shape[:-1], jnp.float32)
   if a > 0.0:
     targets = _as_targets(target_probs, x)
-    soft_fn = _soft_ce_per_example if kind == 'soft_ce' else _kl_per_example
+    soft_fn = _soft_ce_per_example if kind == "soft_ce" else _kl_per_example
     per_example = per_example + a * t * t * soft_fn(x, targets, t)
   if a < 1.0:
     y = _as_labels(labels, x)
@@ -372,7 +372,7 @@ def distillation_loss(student_logits, *, target_probs=None, labels=None,
 # ---------------------------------------------------------------------------
 
 
-def expected_init_loss(n_classes, *, kind='soft_ce', temperature=1.0,
+def expected_init_loss(n_classes, *, kind="soft_ce", temperature=1.0,
                        alpha=1.0, target_probs=None):
   """The loss a model predicting the uniform distribution must have.
 
@@ -410,21 +410,21 @@ def expected_init_loss(n_classes, *, kind='soft_ce', temperature=1.0,
         f'unknown kind {kind!r}; expected one of '
         f'{", ".join(repr(k) for k in _INIT_KINDS)}')
   log_c = math.log(c)
-  if kind == 'hard':
+  if kind == "hard":
     return log_c
   t = _check_temperature(temperature)
   a = _check_alpha(alpha)
   soft = log_c
-  if kind == 'kl' and a > 0.0:
+  if kind == "kl" and a > 0.0:
     if target_probs is None:
       raise ValueError(
           "kind='kl' needs target_probs: the expected KL is log(C) minus the "
-          'mean entropy of the targets')
+          "mean entropy of the targets")
     targets = jnp.asarray(target_probs, jnp.float32)
     if targets.ndim < 1 or targets.shape[-1] != c:
       raise ValueError(
-          f'target_probs must have {c} classes on the last axis, got shape '
-          f'{targets.shape}')
+          f"target_probs must have {c} classes on the last axis, got shape "
+          f"{targets.shape}")
     # Same 0 * log 0 = 0 convention as kl_divergence.
     plogp = targets * _safe_log(targets)
     soft = log_c + float(jnp.mean(jnp.sum(plogp, axis=-1)))
@@ -475,31 +475,31 @@ def init_loss_check(loss, n_classes, *, expected=None, tolerance=0.05):
   c = _check_n_classes(n_classes)
   tol = float(tolerance)
   if not math.isfinite(tol) or tol < 0.0:
-    raise ValueError(f'tolerance must be finite and >= 0, got {tolerance!r}')
+    raise ValueError(f"tolerance must be finite and >= 0, got {tolerance!r}")
   measured = float(loss)
   if expected is None:
     exp_value = math.log(c)
-    exp_text = f'log({c}) = {exp_value:.4f}'
+    exp_text = f"log({c}) = {exp_value:.4f}"
   else:
     exp_value = float(expected)
-    exp_text = f'{exp_value:.4f}'
+    exp_text = f"{exp_value:.4f}"
 
   if not math.isfinite(measured):
     return InitLossCheck(
         measured=measured, expected=exp_value, tolerance=tol, ok=False,
-        message=(f'WARNING: init loss {measured} is not finite (expected '
-                 f'{exp_text}): the head is badly scaled or the '
-                 'targets/labels are wrong'))
+        message=(f"WARNING: init loss {measured} is not finite (expected "
+                 f"{exp_text}): the head is badly scaled or the "
+                 "targets/labels are wrong"))
 
   diff = abs(measured - exp_value)
   ok = diff <= tol * abs(exp_value)
   if ok:
-    message = f'init loss {measured:.4f} vs expected {exp_text} (ok)'
+    message = f"init loss {measured:.4f} vs expected {exp_text} (ok)"
   else:
     rel = diff / abs(exp_value) if exp_value != 0.0 else math.inf
-    message = (f'WARNING: init loss {measured:.4f} is far from expected '
-               f'{exp_text} (rel. diff {rel:.0%}): the head is badly scaled '
-               'or the targets/labels are wrong')
+    message = (f"WARNING: init loss {measured:.4f} is far from expected "
+               f"{exp_text} (rel. diff {rel:.0%}): the head is badly scaled "
+               "or the targets/labels are wrong")
   return InitLossCheck(measured=measured, expected=exp_value, tolerance=tol,
                        ok=ok, message=message)
 
@@ -509,7 +509,7 @@ def init_loss_check(loss, n_classes, *, expected=None, tolerance=0.05):
 # ---------------------------------------------------------------------------
 
 
-def accuracy(logits, labels, *, reduction='mean'):
+def accuracy(logits, labels, *, reduction="mean"):
   """Top-1 accuracy: whether argmax(logits) equals the label.
 
   Args:
@@ -528,7 +528,7 @@ def accuracy(logits, labels, *, reduction='mean'):
   return _reduce(correct, reduction)
 
 
-def top1_agreement(logits_a, logits_b, *, reduction='mean'):
+def top1_agreement(logits_a, logits_b, *, reduction="mean"):
   """How often two models (e.g. student and teacher) pick the same class.
 
   Args:
@@ -543,16 +543,16 @@ def top1_agreement(logits_a, logits_b, *, reduction='mean'):
     ValueError: for mismatched shapes or an unknown reduction.
   """
   _check_reduction(reduction)
-  a = _as_logits(logits_a, 'logits_a')
-  b = _as_logits(logits_b, 'logits_b')
+  a = _as_logits(logits_a, "logits_a")
+  b = _as_logits(logits_b, "logits_b")
   if a.shape != b.shape:
     raise ValueError(
-        f'logits_a shape {a.shape} must equal logits_b shape {b.shape}')
+        f"logits_a shape {a.shape} must equal logits_b shape {b.shape}")
   same = (jnp.argmax(a, axis=-1) == jnp.argmax(b, axis=-1))
   return _reduce(same.astype(jnp.float32), reduction)
 
 
-def negative_log_likelihood(logits, labels, *, reduction='mean'):
+def negative_log_likelihood(logits, labels, *, reduction="mean"):
   """Negative log-likelihood of the labels: unsmoothed hard cross-entropy.
 
   Args:
@@ -586,7 +586,7 @@ def expected_calibration_error(logits, labels, n_bins=15):
     ValueError: for invalid n_bins or mismatched shapes.
   """
   if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
-    raise ValueError(f'n_bins must be an int >= 1, got {n_bins!r}')
+    raise ValueError(f"n_bins must be an int >= 1, got {n_bins!r}")
   x = _as_logits(logits)
   y = _as_labels(labels, x)
   probs = softmax(x).reshape(-1, x.shape[-1])

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,14 +45,16 @@ def training_curves(records: list[dict[str, Any]], *, title: str, init_loss: flo
   if val:
     loss_ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation")
   expected = math.log(num_classes)
-  loss_ax.axhline(expected, color="gray", ls="--", lw=1, label=f"log({num_classes}) = {expected:.3f}")
+  loss_ax.axhline(expected, color="gray", ls="--", lw=1,
+                  label=f"log({num_classes}) = {expected:.3f}")
   if init_loss is not None and math.isfinite(init_loss):
     loss_ax.plot([0], [init_loss], "r*", ms=12, label=f"step-0 loss {init_loss:.3f}")
   loss_ax.set(xlabel="step", ylabel="cross-entropy", title=f"{title}: loss")
   loss_ax.legend(fontsize=8)
   acc_ax.plot(steps, [r["accuracy"] for r in records], label="train (augmented batches)")
   if val:
-    acc_ax.plot([r["step"] for r in val], [r["val_accuracy"] for r in val], "o-", label="validation")
+    acc_ax.plot([r["step"] for r in val], [r["val_accuracy"] for r in val], "o-",
+                label="validation")
   acc_ax.set(xlabel="step", ylabel="accuracy", title=f"{title}: accuracy", ylim=(0, 1))
   acc_ax.legend(fontsize=8)
   return _save(fig, path)
@@ -66,7 +69,8 @@ def image_grid(images: np.ndarray, captions: Sequence[str], *, title: str, path:
   fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.5, rows * 1.75), squeeze=False)
   for ax in axes.ravel():
     ax.axis("off")
-  for ax, image, caption in zip(axes.ravel(), images, captions):
+  # The grid has a cell for every position in its last row, so it can outnumber the images.
+  for ax, image, caption in zip(axes.ravel(), images, captions, strict=False):
     shown, cmap = _image_for_display(image)
     ax.imshow(shown, cmap=cmap)
     ax.set_title(caption, fontsize=7)

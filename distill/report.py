@@ -193,7 +193,8 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) ->
     names = dataset.class_names
     wrong = np.flatnonzero(predictions != dataset.y_test)[:32]
     parts.append(figure_html(plots.image_grid(
-        dataset.x_test[wrong], [f"{names[predictions[i]]} / {names[dataset.y_test[i]]}" for i in wrong],
+        dataset.x_test[wrong],
+        [f"{names[predictions[i]]} / {names[dataset.y_test[i]]}" for i in wrong],
         title=f"{title}: misclassified test images (predicted / true)",
         path=out_dir / f"{slug}-mistakes.png"), "Misclassified test images: predicted / true."))
     parts.append(figure_html(plots.confusion_matrix(
@@ -202,16 +203,19 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) ->
     probs = np.asarray(losses.softmax(logits))
     parts.append(figure_html(plots.reliability_diagram(
         probs.max(-1), predictions == dataset.y_test, ece=metrics["ece"], title=title,
-        path=out_dir / f"{slug}-reliability.png"), "Reliability diagram with expected calibration error."))
+        path=out_dir / f"{slug}-reliability.png"),
+        "Reliability diagram with expected calibration error."))
     if teacher is not None:
       teacher_predictions = teacher.argmax(-1)
       disagree = np.flatnonzero(predictions != teacher_predictions)[:32]
       parts.append(f"<p>Top-1 agreement with the teacher on the test set: "
                    f"<b>{100 * metrics['agreement']:.2f}%</b> "
-                   f"({len(np.flatnonzero(predictions != teacher_predictions))} disagreements).</p>")
+                   f"({len(np.flatnonzero(predictions != teacher_predictions))} "
+                   "disagreements).</p>")
       parts.append(figure_html(plots.image_grid(
           dataset.x_test[disagree],
-          [f"S:{names[predictions[i]]} T:{names[teacher_predictions[i]]}\n({names[dataset.y_test[i]]})"
+          [f"S:{names[predictions[i]]} T:{names[teacher_predictions[i]]}\n"
+           f"({names[dataset.y_test[i]]})"
            for i in disagree],
           title=f"{title}: where the student disagrees with the teacher (S / T, true)",
           path=out_dir / f"{slug}-disagreements.png"),
@@ -244,7 +248,8 @@ window.addEventListener("load", () => {{
   const images = [...document.images];
   const loaded = images.filter(i => i.complete && i.naturalWidth > 0).length;
   document.body.dataset.figures = `${{loaded}}/${{images.length}}`;
-  document.getElementById("figure-check").textContent = `${{loaded}} of ${{images.length}} figures loaded`;
+  document.getElementById("figure-check").textContent = \
+`${{loaded}} of ${{images.length}} figures loaded`;
 }});
 </script>
 </body></html>

@@ -206,7 +206,8 @@ def _finished_state(workdir: Path, expected_hash: str) -> str:
   if recipe_path.exists():
     saved = read_json(recipe_path, "run recipe")
     saved.pop("teacher_dir", None)
-    return "resume" if config_lib.recipe_hash(saved, "student") == expected_hash else "other-unfinished"
+    return ("resume" if config_lib.recipe_hash(saved, "student") == expected_hash
+            else "other-unfinished")
   return "new"
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from distill.errors import UserError
 from distill.io import array_sha256, write_json, write_npz
 from distill.rundir import PREDICTIONS_FILE, TARGETS_FILE, TARGETS_META_FILE
+
 FORMAT_VERSION = 1
 _ARRAYS = ("train_probs", "train_logits", "test_logits")
 # Present only when exported with --views K: logits [N, K, C] of K augmented views per image.
@@ -55,8 +56,8 @@ def load_targets(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]
   directory = Path(directory)
   path = directory if directory.suffix == ".npz" else directory / TARGETS_FILE
   if not path.exists():
-    raise UserError(
-        f"no targets at {path}; train a teacher first, or run `distill export --teacher {directory}`")
+    raise UserError(f"no targets at {path}; train a teacher first, "
+                    f"or run `distill export --teacher {directory}`")
   try:
     with np.load(path, allow_pickle=False) as npz:
       loaded = {name: npz[name] for name in npz.files}
@@ -70,7 +71,8 @@ def load_targets(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]
   except (UnicodeDecodeError, json.JSONDecodeError):
     raise UserError(f"targets file {path} is damaged: unreadable metadata") from None
   if meta.get("format_version") != FORMAT_VERSION:
-    raise UserError(f"targets file {path} has format {meta.get('format_version')}, expected {FORMAT_VERSION}")
+    raise UserError(f"targets file {path} has format {meta.get('format_version')}, "
+                    f"expected {FORMAT_VERSION}")
   names = [*_ARRAYS, *(name for name in _OPTIONAL_ARRAYS if name in loaded)]
   checksum = array_sha256(*(loaded[name] for name in names))
   if checksum != meta.get("checksum"):
@@ -145,7 +147,10 @@ class TeacherTargets:
 
 
 def read_teacher_targets(teacher_dir: Path, dataset) -> TeacherTargets:
-  """The targets in `teacher_dir`, checked against `dataset` (targets.npz, or shards if streamed)."""
+  """The targets in `teacher_dir`, checked against `dataset`.
+
+  They are read from targets.npz, or from target shards if the data set is streamed.
+  """
   teacher_dir = Path(teacher_dir)
   if getattr(dataset, "streaming", False):
     from distill.data.shards import open_target_shards  # noqa: PLC0415

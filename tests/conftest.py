@@ -1,13 +1,26 @@
-"""Test settings: never download, JAX on CPU."""
+"""Test settings: never download, JAX on CPU, compiled programs shared across the session."""
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 os.environ["DISTILL_OFFLINE"] = "1"
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Most tests train the same tiny models in fresh processes: JAX's persistent
+# compilation cache lets every run after the first load what an earlier one
+# compiled (a tiny teacher run: 14 s cold, 5 s warm). It holds XLA's own
+# executables, so what they compute does not change. One folder per session,
+# removed at the end, so no test depends on an earlier session.
+_JAX_CACHE = tempfile.mkdtemp(prefix="distill-tests-jax-cache-")
+atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _JAX_CACHE
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import pytest  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
@@ -60,6 +73,44 @@ def run_distill_process(*args, devices=1, check=True, timeout=300):
 def logged(workdir):
   """A run's metrics.jsonl records."""
   return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def tiny_digits_runs(tmp_path_factory):
+  """A TINY digits teacher and its default student (CNN, exported targets), trained once.
+
+  Several test modules start from these same two runs; each takes a copy
+  (`copy_runs`), so a test that writes into its runs cannot disturb another's.
+  """
+  root = tmp_path_factory.mktemp("tiny-digits")
+  result = run_cli("teacher", "--recipe", "digits", "--workdir", root / "teacher", "-q",
+                   *TINY_FLAGS)
+  assert result.exit_code == 0, result.output
+  result = run_cli("student", "--teacher", root / "teacher", "--workdir", root / "student", "-q",
+                   *TINY_FLAGS)
+  assert result.exit_code == 0, result.output
+  return root
+
+
+# TINY, logged every 5 steps, so runs are compared at every logged step.
+LOGGED_EVERY_5 = [*TINY_FLAGS, "--set", "teacher.log_every=5", "--set", "student.log_every=5"]
+
+
+@pytest.fixture(scope="session")
+def teacher_logged_every_5(tmp_path_factory):
+  """A TINY digits teacher logged every 5 steps, on one device: the reference of the
+  multi-device and streamed runs, trained once."""
+  workdir = tmp_path_factory.mktemp("logged-every-5") / "teacher"
+  result = run_cli("teacher", "-r", "digits", "-w", workdir, "-q", *LOGGED_EVERY_5)
+  assert result.exit_code == 0, result.output
+  return workdir
+
+
+def copy_runs(shared, destination, **names):
+  """Copies the shared runs into `destination`: copy_runs(src, dst, teacher="teacher", ...)."""
+  for new_name, shared_name in names.items():
+    shutil.copytree(shared / shared_name, destination / new_name)
+  return destination
 
 
 @pytest.fixture

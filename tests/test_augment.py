@@ -23,7 +23,7 @@ def test_shapes_and_determinism():
 def test_flip_mirrors_or_keeps_each_image():
   images = _images()
   flipped = augment.random_flip(images, jax.random.key(3))
-  for original, out in zip(images, flipped):
+  for original, out in zip(images, flipped, strict=True):
     assert np.array_equal(out, original) or np.array_equal(out, original[:, ::-1])
 
 

@@ -7,14 +7,13 @@ byte-for-byte the same.
 
 import gzip
 import hashlib
+import os
 import shutil
 import struct
 
 import numpy as np
 import pytest
-
-from conftest import TINY_FLAGS, run_cli
-
+from conftest import TINY_FLAGS, copy_runs, run_cli
 
 
 def _snapshot(directory):
@@ -23,13 +22,10 @@ def _snapshot(directory):
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
+def finished(tmp_path_factory, tiny_digits_runs):
   """A finished teacher run and a finished student run."""
-  root = tmp_path_factory.mktemp("finished")
-  assert run_cli("teacher", "--recipe", "digits", "--workdir", root / "teacher", "-q", *TINY_FLAGS).exit_code == 0
-  assert run_cli("student", "--teacher", root / "teacher", "--workdir", root / "student", "-q",
-              *TINY_FLAGS).exit_code == 0
-  return root
+  return copy_runs(tiny_digits_runs, tmp_path_factory.mktemp("finished"), teacher="teacher",
+                   student="student")
 
 
 def _write_idx(path, array):
@@ -86,9 +82,11 @@ def _mistakes(tmp, finished):
       ("empty data folder", ["teacher", "--data-dir", empty], ["empty"]),
       ("truncated IDX file", ["teacher", "--data-dir", _fashion_folder(tmp / "trunc", True)],
        ["train-images-idx3-ubyte.gz"]),
-      ("npz without x", ["teacher", "--dataset", "npz", "--data-dir", _npz(tmp / "nox.npz", y=LABELS)],
+      ("npz without x", ["teacher", "--dataset", "npz", "--data-dir",
+                         _npz(tmp / "nox.npz", y=LABELS)],
        ["'x'"]),
-      ("npz without y", ["teacher", "--dataset", "npz", "--data-dir", _npz(tmp / "noy.npz", x=IMAGES)],
+      ("npz without y", ["teacher", "--dataset", "npz", "--data-dir",
+                         _npz(tmp / "noy.npz", x=IMAGES)],
        ["'y'"]),
       ("npz lengths differ", ["teacher", "--dataset", "npz", "--data-dir",
                               _npz(tmp / "len.npz", x=IMAGES, y=LABELS[:7])], ["20", "7"]),
@@ -97,23 +95,28 @@ def _mistakes(tmp, finished):
                                     class_names=np.array(["a", "b"]))], ["label"]),
       ("unknown dataset", ["teacher", "--dataset", "imagenet"], ["unknown dataset", "digits"]),
       ("unknown model", [*teacher, "--set", "teacher.model=resnet"], ["unknown model", "vit"]),
-      ("unknown recipe key", [*teacher, "--set", "teacher.epochs=3"], ["teacher.epochs", "teacher.steps"]),
+      ("unknown recipe key", [*teacher, "--set", "teacher.epochs=3"],
+       ["teacher.epochs", "teacher.steps"]),
       ("--set of the wrong type", [*teacher, "--set", "augment.flip=sometimes"], ["must be bool"]),
       ("broken recipe file", ["teacher", "--recipe", bad_toml], ["not valid TOML"]),
       ("non-positive steps", [*teacher, "--steps", "-5"], ["steps must be positive"]),
       ("non-positive batch size", [*teacher, "--batch-size", "0"], ["batch_size must be positive"]),
       ("batch larger than the data", [*teacher, "--batch-size", "100000"], ["larger than the"]),
-      ("teacher folder without targets", ["student", "--teacher", no_targets], ["no targets", "distill export"]),
+      ("teacher folder without targets", ["student", "--teacher", no_targets],
+       ["no targets", "distill export"]),
       ("damaged targets file", ["student", "--teacher", damaged_teacher], ["damaged"]),
-      ("targets from another data set", ["student", "--teacher", finished / "teacher", "--dataset", "npz",
-                                         "--data-dir", _npz(tmp / "other.npz", x=np.zeros((400, 8, 8), np.uint8),
+      ("targets from another data set", ["student", "--teacher", finished / "teacher",
+                                         "--dataset", "npz", "--data-dir",
+                                         _npz(tmp / "other.npz",
+                                              x=np.zeros((400, 8, 8), np.uint8),
                                               y=np.arange(400) % 10)],
        ["other data"]),
       ("targets from another split", ["student", "--teacher", finished / "teacher", "--set",
                                       "data.split_seed=7"], ["other data", "training split"]),
       ("workdir is a file", [*teacher, "--workdir", a_file], ["not a directory"]),
       ("workdir under a file", [*teacher, "--workdir", a_file / "run"], ["cannot"]),
-      ("export at temperature 0", ["export", "--teacher", finished / "teacher", "-T", "0"], ["temperature"]),
+      ("export at temperature 0", ["export", "--teacher", finished / "teacher", "-T", "0"],
+       ["temperature"]),
       ("compare a damaged summary", ["compare", damaged_summary], ["damaged"]),
       ("student of a folder that is no teacher", ["student", "--teacher", empty], ["not found"]),
   ]
@@ -148,7 +151,6 @@ def test_at_least_fifteen_mistakes_each_clear_and_harmless(finished, tmp_path):
 
 
 def test_read_only_workdir(tmp_path, finished):
-  import os
   if os.geteuid() == 0:
     pytest.skip("root writes through read-only permissions; 'workdir under a file' covers it")
   read_only = tmp_path / "ro"

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from conftest import TINY_FLAGS, run_cli
 
 KEYS = ("bare_step_images_per_second", "loop_images_per_second", "export_images_per_second",

@@ -6,17 +6,14 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import TINY_FLAGS, copy_runs, run_cli
 
-from conftest import TINY_FLAGS, run_cli
-
+import distill
 
 
 @pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("runs") / "teacher"
-  result = run_cli("teacher", "--recipe", "digits", "--workdir", workdir, "--quiet", *TINY_FLAGS)
-  assert result.exit_code == 0, result.output
-  return workdir
+def teacher_dir(tmp_path_factory, tiny_digits_runs):
+  return copy_runs(tiny_digits_runs, tmp_path_factory.mktemp("runs"), teacher="teacher") / "teacher"
 
 
 def test_teacher_writes_a_complete_run(teacher_dir):
@@ -117,7 +114,6 @@ def test_help_does_not_import_jax():
 
 
 def test_losses_importable_from_the_package():
-  import distill
   logits = np.array([[2.0, 0.0, -1.0]])
   assert float(distill.soft_cross_entropy(logits, np.array([[1.0, 0.0, 0.0]]))) == pytest.approx(
       float(distill.hard_cross_entropy(logits, np.array([0]))), rel=1e-6)

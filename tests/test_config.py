@@ -62,7 +62,8 @@ def test_bad_toml_and_missing_recipe(tmp_path):
 def test_recipe_hash_tracks_changes():
   a = config.load_recipe("digits")
   b = config.load_recipe("digits", ["seed=1"])
-  assert config.recipe_hash(a, "teacher") == config.recipe_hash(config.load_recipe("digits"), "teacher")
+  assert (config.recipe_hash(a, "teacher")
+          == config.recipe_hash(config.load_recipe("digits"), "teacher"))
   assert config.recipe_hash(a, "teacher") != config.recipe_hash(b, "teacher")
 
 

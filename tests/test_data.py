@@ -14,45 +14,45 @@ from distill.data import datasets, load_dataset
 from distill.errors import UserError
 
 _IDX_NAMES = {
-    'x_train': 'train-images-idx3-ubyte',
-    'y_train': 'train-labels-idx1-ubyte',
-    'x_test': 't10k-images-idx3-ubyte',
-    'y_test': 't10k-labels-idx1-ubyte',
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
 }
 
 
 def _keras_refusing_downloads():
   """A stand-in keras module whose loaders fail the test if ever called."""
   def refuse():
-    raise AssertionError('a keras download was attempted')
+    raise AssertionError("a keras download was attempted")
   return types.SimpleNamespace(datasets=types.SimpleNamespace(**{
       name: types.SimpleNamespace(load_data=refuse)
-      for name in ('mnist', 'fashion_mnist', 'cifar10')}))
+      for name in ("mnist", "fashion_mnist", "cifar10")}))
 
 
 @pytest.fixture(autouse=True)
 def isolated_environment(tmp_path, monkeypatch):
   """Keeps every test away from real caches, system data and the network."""
-  monkeypatch.delenv('DISTILL_DATA', raising=False)
-  monkeypatch.delenv('DISTILL_OFFLINE', raising=False)
-  monkeypatch.setenv('KERAS_HOME', str(tmp_path / 'keras_home'))
-  monkeypatch.setattr(datasets, 'DEBIAN_DATASETS_DIR', str(tmp_path / 'no_debian'))
-  monkeypatch.setitem(sys.modules, 'keras', _keras_refusing_downloads())
+  monkeypatch.delenv("DISTILL_DATA", raising=False)
+  monkeypatch.delenv("DISTILL_OFFLINE", raising=False)
+  monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+  monkeypatch.setattr(datasets, "DEBIAN_DATASETS_DIR", str(tmp_path / "no_debian"))
+  monkeypatch.setitem(sys.modules, "keras", _keras_refusing_downloads())
 
 
 def _idx_bytes(array):
   magic = 0x00000800 | array.ndim
-  header = magic.to_bytes(4, 'big') + b''.join(
-      dim.to_bytes(4, 'big') for dim in array.shape)
+  header = magic.to_bytes(4, "big") + b"".join(
+      dim.to_bytes(4, "big") for dim in array.shape)
   return header + array.astype(np.uint8).tobytes()
 
 
 def _write_idx(path, array, compress):
   payload = _idx_bytes(array)
   if compress:
-    with gzip.open(str(path) + '.gz', 'wb') as stream:
+    with gzip.open(str(path) + ".gz", "wb") as stream:
       stream.write(payload)
-    return str(path) + '.gz'
+    return str(path) + ".gz"
   path.write_bytes(payload)
   return str(path)
 
@@ -66,8 +66,8 @@ def _tiny_split(rng, count, height=5, width=4, num_classes=3):
 def _write_idx_folder(folder, compress=True, num_train=12, num_test=5):
   rng = np.random.default_rng(7)
   arrays = {}
-  arrays['x_train'], arrays['y_train'] = _tiny_split(rng, num_train)
-  arrays['x_test'], arrays['y_test'] = _tiny_split(rng, num_test)
+  arrays["x_train"], arrays["y_train"] = _tiny_split(rng, num_train)
+  arrays["x_test"], arrays["y_test"] = _tiny_split(rng, num_test)
   folder.mkdir(parents=True, exist_ok=True)
   for role, array in arrays.items():
     _write_idx(folder / _IDX_NAMES[role], array, compress)
@@ -86,60 +86,60 @@ def _identifiable_npz(path, count=50):
 # --- IDX ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('compress', [True, False])
+@pytest.mark.parametrize("compress", [True, False])
 def test_idx_round_trip(tmp_path, compress):
-  arrays = _write_idx_folder(tmp_path / 'fm', compress=compress)
-  suffix = '.gz' if compress else ''
-  read = data.read_idx(str(tmp_path / 'fm' / (_IDX_NAMES['x_test'] + suffix)),
+  arrays = _write_idx_folder(tmp_path / "fm", compress=compress)
+  suffix = ".gz" if compress else ""
+  read = data.read_idx(str(tmp_path / "fm" / (_IDX_NAMES["x_test"] + suffix)),
                        0x00000803)
-  np.testing.assert_array_equal(read, arrays['x_test'])
+  np.testing.assert_array_equal(read, arrays["x_test"])
 
-  dataset = load_dataset('fashion_mnist', data_dir=tmp_path / 'fm',
+  dataset = load_dataset("fashion_mnist", data_dir=tmp_path / "fm",
                          val_size=0)
-  np.testing.assert_array_equal(dataset.x_test[..., 0], arrays['x_test'])
-  np.testing.assert_array_equal(dataset.y_test, arrays['y_test'])
+  np.testing.assert_array_equal(dataset.x_test[..., 0], arrays["x_test"])
+  np.testing.assert_array_equal(dataset.y_test, arrays["y_test"])
   permutation = np.random.default_rng(0).permutation(12)
   np.testing.assert_array_equal(dataset.x_train[..., 0],
-                                arrays['x_train'][permutation])
+                                arrays["x_train"][permutation])
   assert dataset.image_shape == (5, 4, 1)
   assert dataset.x_train.dtype == np.uint8
   assert dataset.y_train.dtype == np.int32
-  assert dataset.class_names[0] == 'T-shirt/top'
+  assert dataset.class_names[0] == "T-shirt/top"
   assert dataset.num_classes == 10
 
 
 def test_idx_subfolder_of_data_dir_is_found(tmp_path):
-  _write_idx_folder(tmp_path / 'root' / 'fashion-mnist')
-  dataset = load_dataset('fashion_mnist', data_dir=tmp_path / 'root')
+  _write_idx_folder(tmp_path / "root" / "fashion-mnist")
+  dataset = load_dataset("fashion_mnist", data_dir=tmp_path / "root")
   assert len(dataset.x_train) + len(dataset.x_val) == 12
 
 
-@pytest.mark.parametrize('compress', [True, False])
+@pytest.mark.parametrize("compress", [True, False])
 def test_truncated_idx_names_the_file(tmp_path, compress):
-  folder = tmp_path / 'fm'
+  folder = tmp_path / "fm"
   _write_idx_folder(folder, compress=compress)
-  name = _IDX_NAMES['x_train'] + ('.gz' if compress else '')
+  name = _IDX_NAMES["x_train"] + (".gz" if compress else "")
   path = folder / name
   path.write_bytes(path.read_bytes()[:-10])
   with pytest.raises(UserError, match=name):
-    load_dataset('fashion_mnist', data_dir=folder)
+    load_dataset("fashion_mnist", data_dir=folder)
 
 
 def test_idx_with_wrong_magic_is_rejected(tmp_path):
-  folder = tmp_path / 'fm'
+  folder = tmp_path / "fm"
   arrays = _write_idx_folder(folder, compress=False)
   # Labels where images belong: a valid IDX file, but the wrong kind.
-  _write_idx(folder / _IDX_NAMES['x_train'], arrays['y_train'], compress=False)
-  with pytest.raises(UserError, match='magic 0x00000801'):
-    load_dataset('fashion_mnist', data_dir=folder)
+  _write_idx(folder / _IDX_NAMES["x_train"], arrays["y_train"], compress=False)
+  with pytest.raises(UserError, match="magic 0x00000801"):
+    load_dataset("fashion_mnist", data_dir=folder)
 
 
 def test_incomplete_idx_folder_says_what_is_missing(tmp_path):
-  folder = tmp_path / 'fm'
+  folder = tmp_path / "fm"
   _write_idx_folder(folder)
-  os.remove(folder / (_IDX_NAMES['y_test'] + '.gz'))
-  with pytest.raises(UserError, match='missing t10k-labels-idx1-ubyte'):
-    load_dataset('fashion_mnist', data_dir=folder)
+  os.remove(folder / (_IDX_NAMES["y_test"] + ".gz"))
+  with pytest.raises(UserError, match="missing t10k-labels-idx1-ubyte"):
+    load_dataset("fashion_mnist", data_dir=folder)
 
 
 # --- CIFAR-10 ----------------------------------------------------------------
@@ -148,97 +148,97 @@ def test_incomplete_idx_folder_says_what_is_missing(tmp_path):
 def _write_cifar_folder(folder, per_batch=2, protocol=2):
   folder.mkdir(parents=True)
   rng = np.random.default_rng(3)
-  for batch in [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']:
+  for batch in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
     pixels = np.zeros((per_batch, 3, 32, 32), np.uint8)
-    if batch == 'test_batch':
+    if batch == "test_batch":
       pixels[1, 1, 2, 5] = 200  # Image 1, green channel, row 2, column 5.
     labels = rng.integers(0, 10, per_batch).tolist()
-    with open(folder / batch, 'wb') as stream:
-      pickle.dump({b'batch_label': batch.encode(),
-                   b'data': pixels.reshape(per_batch, 3072),
-                   b'labels': labels}, stream, protocol=protocol)
-  names = [f'class{i}'.encode() for i in range(10)]
-  with open(folder / 'batches.meta', 'wb') as stream:
-    pickle.dump({b'label_names': names, b'num_cases_per_batch': per_batch},
+    with open(folder / batch, "wb") as stream:
+      pickle.dump({b"batch_label": batch.encode(),
+                   b"data": pixels.reshape(per_batch, 3072),
+                   b"labels": labels}, stream, protocol=protocol)
+  names = [f"class{i}".encode() for i in range(10)]
+  with open(folder / "batches.meta", "wb") as stream:
+    pickle.dump({b"label_names": names, b"num_cases_per_batch": per_batch},
                 stream, protocol=protocol)
 
 
-@pytest.mark.parametrize('protocol', [2, pickle.HIGHEST_PROTOCOL])
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
 def test_cifar_batches_load_as_nhwc(tmp_path, protocol):
-  folder = tmp_path / 'cifar-10-batches-py'
+  folder = tmp_path / "cifar-10-batches-py"
   _write_cifar_folder(folder, protocol=protocol)
-  dataset = load_dataset('cifar10', data_dir=folder, val_size=2)
+  dataset = load_dataset("cifar10", data_dir=folder, val_size=2)
   assert dataset.image_shape == (32, 32, 3)
   assert (len(dataset.x_train), len(dataset.x_val), len(dataset.x_test)) == (
       8, 2, 2)
   assert dataset.x_test[1, 2, 5].tolist() == [0, 200, 0]
   assert int(dataset.x_test.sum()) == 200
-  assert dataset.class_names == tuple(f'class{i}' for i in range(10))
+  assert dataset.class_names == tuple(f"class{i}" for i in range(10))
 
 
 def test_cifar_parent_folder_and_keras_cache_are_found(tmp_path, monkeypatch):
-  _write_cifar_folder(tmp_path / 'parent' / 'cifar-10-batches-py')
-  assert load_dataset('cifar10', data_dir=tmp_path / 'parent').num_classes == 10
+  _write_cifar_folder(tmp_path / "parent" / "cifar-10-batches-py")
+  assert load_dataset("cifar10", data_dir=tmp_path / "parent").num_classes == 10
 
-  keras_home = tmp_path / 'keras_home'
-  _write_cifar_folder(keras_home / 'datasets' / 'cifar-10-batches-py-target' /
-                      'cifar-10-batches-py')
-  monkeypatch.setenv('DISTILL_OFFLINE', '1')
-  assert len(load_dataset('cifar10').x_test) == 2
+  keras_home = tmp_path / "keras_home"
+  _write_cifar_folder(keras_home / "datasets" / "cifar-10-batches-py-target" /
+                      "cifar-10-batches-py")
+  monkeypatch.setenv("DISTILL_OFFLINE", "1")
+  assert len(load_dataset("cifar10").x_test) == 2
 
 
 def test_cifar_missing_batch_is_named(tmp_path):
-  folder = tmp_path / 'cifar-10-batches-py'
+  folder = tmp_path / "cifar-10-batches-py"
   _write_cifar_folder(folder)
-  os.remove(folder / 'data_batch_3')
-  with pytest.raises(UserError, match='data_batch_3 is missing'):
-    load_dataset('cifar10', data_dir=folder)
+  os.remove(folder / "data_batch_3")
+  with pytest.raises(UserError, match="data_batch_3 is missing"):
+    load_dataset("cifar10", data_dir=folder)
 
 
 def test_cifar_bad_pickle_is_a_user_error(tmp_path):
-  folder = tmp_path / 'cifar-10-batches-py'
+  folder = tmp_path / "cifar-10-batches-py"
   _write_cifar_folder(folder)
-  (folder / 'test_batch').write_bytes(b'not a pickle at all')
-  with pytest.raises(UserError, match='test_batch'):
-    load_dataset('cifar10', data_dir=folder)
+  (folder / "test_batch").write_bytes(b"not a pickle at all")
+  with pytest.raises(UserError, match="test_batch"):
+    load_dataset("cifar10", data_dir=folder)
 
 
 def test_cifar_pickle_cannot_run_code(tmp_path):
-  folder = tmp_path / 'cifar-10-batches-py'
+  folder = tmp_path / "cifar-10-batches-py"
   _write_cifar_folder(folder)
 
   class RunsCode:
     def __reduce__(self):
-      return (os.system, ('echo pwned',))
+      return (os.system, ("echo pwned",))
 
-  with open(folder / 'data_batch_1', 'wb') as stream:
-    pickle.dump({b'data': RunsCode(), b'labels': []}, stream)
-  with pytest.raises(UserError, match='refusing to load'):
-    load_dataset('cifar10', data_dir=folder)
+  with open(folder / "data_batch_1", "wb") as stream:
+    pickle.dump({b"data": RunsCode(), b"labels": []}, stream)
+  with pytest.raises(UserError, match="refusing to load"):
+    load_dataset("cifar10", data_dir=folder)
 
 
 # --- MNIST -------------------------------------------------------------------
 
 
 def test_mnist_from_keras_cache_without_download(tmp_path, monkeypatch):
-  cache = tmp_path / 'keras_home' / 'datasets'
+  cache = tmp_path / "keras_home" / "datasets"
   cache.mkdir(parents=True)
   rng = np.random.default_rng(1)
   x_train, y_train = _tiny_split(rng, 20, 28, 28, num_classes=10)
   x_test, y_test = _tiny_split(rng, 6, 28, 28, num_classes=10)
-  np.savez(cache / 'mnist.npz', x_train=x_train, y_train=y_train,
+  np.savez(cache / "mnist.npz", x_train=x_train, y_train=y_train,
            x_test=x_test, y_test=y_test)
-  monkeypatch.setenv('DISTILL_OFFLINE', '1')
-  dataset = load_dataset('mnist', val_size=4)
+  monkeypatch.setenv("DISTILL_OFFLINE", "1")
+  dataset = load_dataset("mnist", val_size=4)
   assert (len(dataset.x_train), len(dataset.x_val)) == (16, 4)
   np.testing.assert_array_equal(dataset.x_test[..., 0], x_test)
-  assert dataset.class_names == tuple('0123456789')
+  assert dataset.class_names == tuple("0123456789")
 
 
 def test_mnist_from_idx_folder(tmp_path):
-  _write_idx_folder(tmp_path / 'd' / 'mnist')
-  dataset = load_dataset('mnist', data_dir=tmp_path / 'd')
-  assert dataset.class_names[3] == '3'
+  _write_idx_folder(tmp_path / "d" / "mnist")
+  dataset = load_dataset("mnist", data_dir=tmp_path / "d")
+  assert dataset.class_names[3] == "3"
   assert len(dataset.x_test) == 5
 
 
@@ -249,93 +249,93 @@ def test_npz_good_file(tmp_path):
   rng = np.random.default_rng(2)
   x = rng.integers(0, 256, (30, 6, 6, 3), dtype=np.uint8)
   x_test = rng.integers(0, 256, (7, 6, 6, 3), dtype=np.uint8)
-  np.savez(tmp_path / 'mine.npz', x=x, y=np.arange(30) % 3, x_test=x_test,
-           y_test=np.arange(7) % 3, class_names=np.array(['a', 'b', 'c']))
-  dataset = load_dataset('npz', data_dir=tmp_path / 'mine.npz', val_size=5)
-  assert dataset.class_names == ('a', 'b', 'c')
+  np.savez(tmp_path / "mine.npz", x=x, y=np.arange(30) % 3, x_test=x_test,
+           y_test=np.arange(7) % 3, class_names=np.array(["a", "b", "c"]))
+  dataset = load_dataset("npz", data_dir=tmp_path / "mine.npz", val_size=5)
+  assert dataset.class_names == ("a", "b", "c")
   assert dataset.image_shape == (6, 6, 3)
   assert (len(dataset.x_train), len(dataset.x_val)) == (25, 5)
   np.testing.assert_array_equal(dataset.x_test, x_test)
 
 
 def test_npz_without_test_holds_out_fixed_fifth(tmp_path):
-  path = _identifiable_npz(tmp_path / 'mine.npz', count=50)
-  first = load_dataset('npz', data_dir=path, val_size=0, split_seed=0)
-  other_seed = load_dataset('npz', data_dir=path, val_size=0, split_seed=9)
+  path = _identifiable_npz(tmp_path / "mine.npz", count=50)
+  first = load_dataset("npz", data_dir=path, val_size=0, split_seed=0)
+  other_seed = load_dataset("npz", data_dir=path, val_size=0, split_seed=9)
   assert len(first.x_test) == 10 and len(first.x_train) == 40
   np.testing.assert_array_equal(first.x_test, other_seed.x_test)
   test_ids = set(first.x_test[:, 0, 0, 0].tolist())
   train_ids = set(first.x_train[:, 0, 0, 0].tolist())
   assert not test_ids & train_ids
-  assert first.class_names == ('0', '1', '2', '3')
+  assert first.class_names == ("0", "1", "2", "3")
 
 
 def test_npz_missing_y(tmp_path):
-  np.savez(tmp_path / 'mine.npz', x=np.zeros((4, 2, 2), np.uint8))
+  np.savez(tmp_path / "mine.npz", x=np.zeros((4, 2, 2), np.uint8))
   with pytest.raises(UserError, match="no key 'y'"):
-    load_dataset('npz', data_dir=tmp_path / 'mine.npz')
+    load_dataset("npz", data_dir=tmp_path / "mine.npz")
 
 
 def test_npz_mismatched_lengths(tmp_path):
-  np.savez(tmp_path / 'mine.npz', x=np.zeros((4, 2, 2), np.uint8),
+  np.savez(tmp_path / "mine.npz", x=np.zeros((4, 2, 2), np.uint8),
            y=np.zeros(3, np.int64))
   with pytest.raises(UserError,
                      match=r"key 'y' has 3 labels but key 'x' has 4"):
-    load_dataset('npz', data_dir=tmp_path / 'mine.npz')
+    load_dataset("npz", data_dir=tmp_path / "mine.npz")
 
 
 def test_npz_label_beyond_class_names(tmp_path):
-  np.savez(tmp_path / 'mine.npz', x=np.zeros((4, 2, 2), np.uint8),
-           y=np.array([0, 1, 2, 1]), class_names=np.array(['cat', 'dog']))
+  np.savez(tmp_path / "mine.npz", x=np.zeros((4, 2, 2), np.uint8),
+           y=np.array([0, 1, 2, 1]), class_names=np.array(["cat", "dog"]))
   with pytest.raises(UserError, match="key 'y' has label 2 .* only 2 classes"):
-    load_dataset('npz', data_dir=tmp_path / 'mine.npz')
+    load_dataset("npz", data_dir=tmp_path / "mine.npz")
 
 
 def test_npz_wrong_image_dtype(tmp_path):
-  np.savez(tmp_path / 'mine.npz', x=np.zeros((4, 2, 2), np.float32),
+  np.savez(tmp_path / "mine.npz", x=np.zeros((4, 2, 2), np.float32),
            y=np.zeros(4, np.int64))
   with pytest.raises(UserError, match="key 'x' must be uint8"):
-    load_dataset('npz', data_dir=tmp_path / 'mine.npz')
+    load_dataset("npz", data_dir=tmp_path / "mine.npz")
 
 
 # --- digits ------------------------------------------------------------------
 
 
 def test_digits():
-  dataset = load_dataset('digits')
+  dataset = load_dataset("digits")
   assert dataset.num_classes == 10
   assert dataset.image_shape == (8, 8, 1)
   assert dataset.x_train.dtype == np.uint8
   assert dataset.x_train.max() == 255
   assert len(dataset.x_train) + len(dataset.x_val) + len(dataset.x_test) == 1797
   assert len(dataset.x_test) == 359
-  np.testing.assert_array_equal(dataset.x_test, load_dataset('digits').x_test)
+  np.testing.assert_array_equal(dataset.x_test, load_dataset("digits").x_test)
 
 
 # --- Real Fashion-MNIST from the Debian package ------------------------------
 
 
 def test_fashion_mnist_from_debian_package(monkeypatch):
-  if not os.path.isdir('/usr/share/datasets/fashion-mnist'):
-    pytest.skip('dataset-fashion-mnist is not installed')
-  monkeypatch.setattr(datasets, 'DEBIAN_DATASETS_DIR', '/usr/share/datasets')
-  first = load_dataset('fashion_mnist', allow_download=False)
-  second = load_dataset('fashion_mnist', allow_download=False)
+  if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
+    pytest.skip("dataset-fashion-mnist is not installed")
+  monkeypatch.setattr(datasets, "DEBIAN_DATASETS_DIR", "/usr/share/datasets")
+  first = load_dataset("fashion_mnist", allow_download=False)
+  second = load_dataset("fashion_mnist", allow_download=False)
   assert len(first.x_train) + len(first.x_val) == 60000
   assert len(first.x_val) == 6000
   assert first.x_test.shape == (10000, 28, 28, 1)
   assert first.fingerprint == second.fingerprint
-  assert first.split_fingerprint('train') == second.split_fingerprint('train')
+  assert first.split_fingerprint("train") == second.split_fingerprint("train")
 
 
 # --- Splitting ---------------------------------------------------------------
 
 
 def test_split_is_seeded_disjoint_and_sized(tmp_path):
-  path = _identifiable_npz(tmp_path / 'mine.npz', count=50)  # 40 train+val.
-  first = load_dataset('npz', data_dir=path, val_size=10, split_seed=1)
-  again = load_dataset('npz', data_dir=path, val_size=10, split_seed=1)
-  other = load_dataset('npz', data_dir=path, val_size=10, split_seed=2)
+  path = _identifiable_npz(tmp_path / "mine.npz", count=50)  # 40 train+val.
+  first = load_dataset("npz", data_dir=path, val_size=10, split_seed=1)
+  again = load_dataset("npz", data_dir=path, val_size=10, split_seed=1)
+  other = load_dataset("npz", data_dir=path, val_size=10, split_seed=2)
   np.testing.assert_array_equal(first.x_val, again.x_val)
   np.testing.assert_array_equal(first.x_train, again.x_train)
   assert not np.array_equal(first.x_val, other.x_val)
@@ -349,25 +349,25 @@ def test_split_is_seeded_disjoint_and_sized(tmp_path):
 
 
 def test_val_size_fraction_and_limits(tmp_path):
-  path = _identifiable_npz(tmp_path / 'mine.npz', count=50)
-  assert len(load_dataset('npz', data_dir=path, val_size=0.25).x_val) == 10
-  with pytest.raises(UserError, match='leaving none to train on'):
-    load_dataset('npz', data_dir=path, val_size=40)
-  with pytest.raises(UserError, match=r'\[0, 1\)'):
-    load_dataset('npz', data_dir=path, val_size=1.0)
-  with pytest.raises(UserError, match='negative'):
-    load_dataset('npz', data_dir=path, val_size=-1)
+  path = _identifiable_npz(tmp_path / "mine.npz", count=50)
+  assert len(load_dataset("npz", data_dir=path, val_size=0.25).x_val) == 10
+  with pytest.raises(UserError, match="leaving none to train on"):
+    load_dataset("npz", data_dir=path, val_size=40)
+  with pytest.raises(UserError, match=r"\[0, 1\)"):
+    load_dataset("npz", data_dir=path, val_size=1.0)
+  with pytest.raises(UserError, match="negative"):
+    load_dataset("npz", data_dir=path, val_size=-1)
 
 
 def test_train_limit_keeps_first_examples(tmp_path):
-  path = _identifiable_npz(tmp_path / 'mine.npz', count=50)
-  full = load_dataset('npz', data_dir=path, val_size=10)
-  limited = load_dataset('npz', data_dir=path, val_size=10, train_limit=7)
+  path = _identifiable_npz(tmp_path / "mine.npz", count=50)
+  full = load_dataset("npz", data_dir=path, val_size=10)
+  limited = load_dataset("npz", data_dir=path, val_size=10, train_limit=7)
   assert len(limited.x_train) == 7
   np.testing.assert_array_equal(limited.x_train, full.x_train[:7])
   np.testing.assert_array_equal(limited.x_val, full.x_val)
-  with pytest.raises(UserError, match='train_limit'):
-    load_dataset('npz', data_dir=path, train_limit=-3)
+  with pytest.raises(UserError, match="train_limit"):
+    load_dataset("npz", data_dir=path, train_limit=-3)
 
 
 # --- Finding data and reporting misses ---------------------------------------
@@ -375,31 +375,31 @@ def test_train_limit_keeps_first_examples(tmp_path):
 
 def test_unknown_dataset_lists_valid_names():
   with pytest.raises(UserError) as caught:
-    load_dataset('imagenet')
-  for name in ('cifar10', 'digits', 'fashion_mnist', 'mnist', 'npz'):
+    load_dataset("imagenet")
+  for name in ("cifar10", "digits", "fashion_mnist", "mnist", "npz"):
     assert name in str(caught.value)
   assert data.dataset_names() == sorted(data.DATASETS)
 
 
 def test_not_found_names_every_place_and_never_downloads(tmp_path,
                                                          monkeypatch):
-  monkeypatch.setenv('DISTILL_DATA', str(tmp_path / 'my_data'))
-  monkeypatch.setenv('DISTILL_OFFLINE', '1')
+  monkeypatch.setenv("DISTILL_DATA", str(tmp_path / "my_data"))
+  monkeypatch.setenv("DISTILL_OFFLINE", "1")
   with pytest.raises(UserError) as caught:
-    load_dataset('fashion_mnist')  # The stand-in keras raises if called.
+    load_dataset("fashion_mnist")  # The stand-in keras raises if called.
   message = str(caught.value)
-  assert '\n' not in message
-  for place in (tmp_path / 'my_data', tmp_path / 'my_data' / 'fashion-mnist',
-                tmp_path / 'no_debian' / 'fashion-mnist',
-                tmp_path / 'keras_home' / 'datasets' / 'fashion-mnist'):
+  assert "\n" not in message
+  for place in (tmp_path / "my_data", tmp_path / "my_data" / "fashion-mnist",
+                tmp_path / "no_debian" / "fashion-mnist",
+                tmp_path / "keras_home" / "datasets" / "fashion-mnist"):
     assert str(place) in message
-  assert 'apt-get install dataset-fashion-mnist' in message
-  assert 'DISTILL_OFFLINE=1' in message
+  assert "apt-get install dataset-fashion-mnist" in message
+  assert "DISTILL_OFFLINE=1" in message
 
 
 def test_allow_download_false_overrides_environment(tmp_path):
-  with pytest.raises(UserError, match='mnist not found'):
-    load_dataset('mnist', allow_download=False)
+  with pytest.raises(UserError, match="mnist not found"):
+    load_dataset("mnist", allow_download=False)
 
 
 def test_download_through_keras_when_allowed(monkeypatch):
@@ -412,65 +412,74 @@ def test_download_through_keras_when_allowed(monkeypatch):
     calls.append(1)
     return (x_train, y_train[:, None]), (x_test, y_test[:, None])
 
-  sys.modules['keras'].datasets.mnist.load_data = fake_load_data
-  dataset = load_dataset('mnist', val_size=2)
+  sys.modules["keras"].datasets.mnist.load_data = fake_load_data
+  dataset = load_dataset("mnist", val_size=2)
   assert calls == [1]
   assert dataset.y_train.shape == (8,)
 
 
 def test_failed_download_is_one_line(monkeypatch):
   def broken():
-    raise OSError('URL fetch failure\nname resolution failed')
+    raise OSError("URL fetch failure\nname resolution failed")
 
-  sys.modules['keras'].datasets.cifar10.load_data = broken
+  sys.modules["keras"].datasets.cifar10.load_data = broken
   with pytest.raises(UserError,
-                     match='downloading with keras failed') as caught:
-    load_dataset('cifar10')
-  assert '\n' not in str(caught.value)
+                     match="downloading with keras failed") as caught:
+    load_dataset("cifar10")
+  assert "\n" not in str(caught.value)
 
 
 def test_bad_data_dir_is_named(tmp_path):
-  missing = tmp_path / 'nope'
-  with pytest.raises(UserError, match=f'{missing} does not exist'):
-    load_dataset('fashion_mnist', data_dir=missing)
-  (tmp_path / 'empty').mkdir()
-  with pytest.raises(UserError, match='is empty'):
-    load_dataset('cifar10', data_dir=tmp_path / 'empty')
-  (tmp_path / 'other').mkdir()
-  (tmp_path / 'other' / 'readme.txt').write_text('hi')
-  with pytest.raises(UserError, match='not found in the given data dir'):
-    load_dataset('fashion_mnist', data_dir=tmp_path / 'other')
+  missing = tmp_path / "nope"
+  with pytest.raises(UserError, match=f"{missing} does not exist"):
+    load_dataset("fashion_mnist", data_dir=missing)
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(UserError, match="is empty"):
+    load_dataset("cifar10", data_dir=tmp_path / "empty")
+  (tmp_path / "other").mkdir()
+  (tmp_path / "other" / "readme.txt").write_text("hi")
+  with pytest.raises(UserError, match="not found in the given data dir"):
+    load_dataset("fashion_mnist", data_dir=tmp_path / "other")
 
 
 # --- Fingerprints and the Dataset object -------------------------------------
 
 
 def test_fingerprint_follows_pixels_and_splits(tmp_path):
-  folder = tmp_path / 'fm'
+  folder = tmp_path / "fm"
   arrays = _write_idx_folder(folder)
-  before = load_dataset('fashion_mnist', data_dir=folder)
-  arrays['x_test'][2, 1, 1] ^= 1
-  _write_idx(folder / _IDX_NAMES['x_test'], arrays['x_test'], compress=True)
-  after = load_dataset('fashion_mnist', data_dir=folder)
+  before = load_dataset("fashion_mnist", data_dir=folder)
+  arrays["x_test"][2, 1, 1] ^= 1
+  _write_idx(folder / _IDX_NAMES["x_test"], arrays["x_test"], compress=True)
+  after = load_dataset("fashion_mnist", data_dir=folder)
   assert before.fingerprint != after.fingerprint
   assert len(before.fingerprint) == 64
 
   per_split = {split: before.split_fingerprint(split)
-               for split in ('train', 'val', 'test')}
+               for split in ("train", "val", "test")}
   assert len(set(per_split.values())) == 3
-  assert before.split_fingerprint('train') == per_split['train']
-  assert before.split_fingerprint('test') != after.split_fingerprint('test')
-  assert before.split_fingerprint('train') == after.split_fingerprint('train')
-  with pytest.raises(UserError, match='unknown split'):
-    before.split_fingerprint('holdout')
+  assert before.split_fingerprint("train") == per_split["train"]
+  assert before.split_fingerprint("test") != after.split_fingerprint("test")
+  assert before.split_fingerprint("train") == after.split_fingerprint("train")
+  with pytest.raises(UserError, match="unknown split"):
+    before.split_fingerprint("holdout")
 
 
 def test_dataset_arrays_are_read_only_and_described(tmp_path):
-  path = _identifiable_npz(tmp_path / 'mine.npz')
-  dataset = load_dataset('npz', data_dir=path, val_size=5)
+  path = _identifiable_npz(tmp_path / "mine.npz")
+  dataset = load_dataset("npz", data_dir=path, val_size=5)
   with pytest.raises(ValueError):
     dataset.x_train[0, 0, 0, 0] = 1
   line = dataset.describe()
-  assert '\n' not in line
-  assert line.startswith('npz: 35 train / 5 val / 10 test images of 3x3x1')
-  assert '4 classes' in line
+  assert "\n" not in line
+  assert line.startswith("npz: 35 train / 5 val / 10 test images of 3x3x1")
+  assert "4 classes" in line
+
+
+def test_digits_are_read_as_scikit_learn_loads_them():
+  from sklearn.datasets import load_digits  # noqa: PLC0415 (the slow import the loader avoids)
+
+  counts, labels = datasets._digits_arrays()
+  bunch = load_digits()
+  np.testing.assert_array_equal(counts, bunch.images)
+  np.testing.assert_array_equal(labels, bunch.target)

@@ -11,7 +11,7 @@ from distill import losses
 
 C = 5
 LEADING_SHAPES = [(4,), (2, 3)]
-REDUCTIONS = ['mean', 'sum', 'none']
+REDUCTIONS = ["mean", "sum", "none"]
 
 
 # ---------------------------------------------------------------------------
@@ -34,9 +34,9 @@ def np_softmax(x, temperature=1.0):
 
 
 def np_reduce(per_example, reduction):
-  if reduction == 'mean':
+  if reduction == "mean":
     return np.mean(per_example)
-  if reduction == 'sum':
+  if reduction == "sum":
     return np.sum(per_example)
   return per_example
 
@@ -69,7 +69,7 @@ def np_ece(logits, labels, n_bins):
   correct = (p.argmax(-1) == labels).astype(np.float64)
   edges = np.linspace(0.0, 1.0, n_bins + 1)
   ece = 0.0
-  for lo, hi in zip(edges[:-1], edges[1:]):
+  for lo, hi in zip(edges[:-1], edges[1:], strict=True):
     in_bin = (conf > lo) & (conf <= hi)
     if in_bin.any():
       ece += in_bin.mean() * abs(correct[in_bin].mean() - conf[in_bin].mean())
@@ -95,8 +95,8 @@ def assert_close(actual, expected, rtol=1e-5, atol=1e-5):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('leading', LEADING_SHAPES)
-@pytest.mark.parametrize('temperature', [1.0, 2.5, 0.3])
+@pytest.mark.parametrize("leading", LEADING_SHAPES)
+@pytest.mark.parametrize("temperature", [1.0, 2.5, 0.3])
 def test_log_softmax_and_softmax_match_numpy(leading, temperature):
   x, _, _ = random_problem(leading)
   assert_close(losses.log_softmax(x, temperature),
@@ -104,9 +104,9 @@ def test_log_softmax_and_softmax_match_numpy(leading, temperature):
   assert_close(losses.softmax(x, temperature), np_softmax(x, temperature))
 
 
-@pytest.mark.parametrize('leading', LEADING_SHAPES)
-@pytest.mark.parametrize('reduction', REDUCTIONS)
-@pytest.mark.parametrize('label_smoothing', [0.0, 0.1])
+@pytest.mark.parametrize("leading", LEADING_SHAPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
 def test_hard_cross_entropy_matches_numpy(leading, reduction, label_smoothing):
   x, y, _ = random_problem(leading)
   got = losses.hard_cross_entropy(
@@ -116,9 +116,9 @@ def test_hard_cross_entropy_matches_numpy(leading, reduction, label_smoothing):
   assert_close(got, want)
 
 
-@pytest.mark.parametrize('leading', LEADING_SHAPES)
-@pytest.mark.parametrize('reduction', REDUCTIONS)
-@pytest.mark.parametrize('temperature', [1.0, 3.0])
+@pytest.mark.parametrize("leading", LEADING_SHAPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
 def test_soft_cross_entropy_matches_numpy(leading, reduction, temperature):
   x, _, t = random_problem(leading)
   got = losses.soft_cross_entropy(
@@ -128,9 +128,9 @@ def test_soft_cross_entropy_matches_numpy(leading, reduction, temperature):
   assert_close(got, want)
 
 
-@pytest.mark.parametrize('leading', LEADING_SHAPES)
-@pytest.mark.parametrize('reduction', REDUCTIONS)
-@pytest.mark.parametrize('temperature', [1.0, 3.0])
+@pytest.mark.parametrize("leading", LEADING_SHAPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
 def test_kl_divergence_matches_numpy(leading, reduction, temperature):
   x, _, t = random_problem(leading)
   t[..., 0] = 0.0  # Zeros in the targets must be handled as 0 * log 0 = 0.
@@ -142,16 +142,16 @@ def test_kl_divergence_matches_numpy(leading, reduction, temperature):
   assert_close(got, want)
 
 
-@pytest.mark.parametrize('leading', LEADING_SHAPES)
-@pytest.mark.parametrize('reduction', REDUCTIONS)
-@pytest.mark.parametrize('kind', ['soft_ce', 'kl'])
+@pytest.mark.parametrize("leading", LEADING_SHAPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("kind", ["soft_ce", "kl"])
 def test_distillation_loss_matches_numpy(leading, reduction, kind):
   x, y, t = random_problem(leading)
   temperature, alpha, smoothing = 2.0, 0.7, 0.1
   got = losses.distillation_loss(
       x, target_probs=t, labels=y, temperature=temperature, alpha=alpha,
       kind=kind, label_smoothing=smoothing, reduction=reduction)
-  soft = (np_soft_ce if kind == 'soft_ce' else np_kl)(x, t, temperature)
+  soft = (np_soft_ce if kind == "soft_ce" else np_kl)(x, t, temperature)
   want = np_reduce(
       alpha * temperature**2 * soft
       + (1 - alpha) * np_hard_ce(x, y, smoothing), reduction)
@@ -205,7 +205,7 @@ def test_extreme_logits_losses_match_analytic_limit():
   assert np.all(np.isfinite(np.asarray(grad)))
 
 
-@pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_low_precision_inputs_give_float32(dtype):
   x, y, t = random_problem((4,))
   xb = jnp.asarray(x, dtype)
@@ -235,30 +235,30 @@ def test_low_precision_inputs_give_float32(dtype):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('leading', LEADING_SHAPES)
+@pytest.mark.parametrize("leading", LEADING_SHAPES)
 def test_soft_ce_with_one_hot_targets_equals_hard_ce(leading):
   x, y, _ = random_problem(leading)
   one_hot = np.eye(C, dtype=np.float32)[y]
-  assert_close(losses.soft_cross_entropy(x, one_hot, reduction='none'),
-               losses.hard_cross_entropy(x, y, reduction='none'))
+  assert_close(losses.soft_cross_entropy(x, one_hot, reduction="none"),
+               losses.hard_cross_entropy(x, y, reduction="none"))
 
 
-@pytest.mark.parametrize('temperature', [1.0, 4.0])
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
 def test_kl_of_own_softmax_is_zero(temperature):
   x, _, _ = random_problem((2, 3))
   own = losses.softmax(x, temperature)
   assert_close(losses.kl_divergence(x, own, temperature=temperature,
-                                    reduction='none'),
+                                    reduction="none"),
                np.zeros((2, 3)), atol=1e-6)
 
 
-@pytest.mark.parametrize('leading', LEADING_SHAPES)
+@pytest.mark.parametrize("leading", LEADING_SHAPES)
 def test_soft_ce_minus_kl_is_target_entropy(leading):
   x, _, t = random_problem(leading)
   t[..., 1] = 0.0
   t /= t.sum(-1, keepdims=True)
-  diff = (losses.soft_cross_entropy(x, t, reduction='none')
-          - losses.kl_divergence(x, t, reduction='none'))
+  diff = (losses.soft_cross_entropy(x, t, reduction="none")
+          - losses.kl_divergence(x, t, reduction="none"))
   assert_close(diff, np_entropy(t))
 
 
@@ -267,8 +267,8 @@ def test_soft_ce_minus_kl_is_target_entropy(leading):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('leading', LEADING_SHAPES)
-@pytest.mark.parametrize('temperature', [1.0, 2.0])
+@pytest.mark.parametrize("leading", LEADING_SHAPES)
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
 def test_soft_ce_gradient_is_softmax_minus_target(leading, temperature):
   x, _, t = random_problem(leading)
   n = int(np.prod(leading))
@@ -287,7 +287,7 @@ def test_gradient_wrt_targets_is_zero():
       lambda t_: losses.kl_divergence(x, t_),
       lambda t_: losses.distillation_loss(x, target_probs=t_, labels=y,
                                           alpha=0.5, temperature=2.0),
-      lambda t_: losses.distillation_loss(x, target_probs=t_, kind='kl'),
+      lambda t_: losses.distillation_loss(x, target_probs=t_, kind="kl"),
   ]
   for fn in fns:
     grad = np.asarray(jax.grad(fn)(jnp.asarray(t, jnp.float32)))
@@ -307,7 +307,7 @@ def test_kl_gradient_is_finite_with_zero_targets():
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('temperature', [0.5, 2.0, 8.0])
+@pytest.mark.parametrize("temperature", [0.5, 2.0, 8.0])
 def test_temperature_divides_logits(temperature):
   x, _, t = random_problem((2, 3))
   assert_close(losses.soft_cross_entropy(x, t, temperature=temperature),
@@ -316,13 +316,13 @@ def test_temperature_divides_logits(temperature):
                losses.kl_divergence(x / temperature, t))
 
 
-@pytest.mark.parametrize('kind', ['soft_ce', 'kl'])
-@pytest.mark.parametrize('alpha', [0.0, 0.3, 1.0])
-@pytest.mark.parametrize('temperature', [1.0, 3.0])
+@pytest.mark.parametrize("kind", ["soft_ce", "kl"])
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
 def test_distillation_loss_mixes_with_alpha_and_t_squared(
     kind, alpha, temperature):
   x, y, t = random_problem((4,))
-  soft_fn = (losses.soft_cross_entropy if kind == 'soft_ce'
+  soft_fn = (losses.soft_cross_entropy if kind == "soft_ce"
              else losses.kl_divergence)
   soft = soft_fn(x, t, temperature=temperature)
   hard = losses.hard_cross_entropy(x, y)  # Always at T = 1.
@@ -343,11 +343,11 @@ def test_distillation_loss_needs_only_the_weighted_inputs():
 def test_distillation_loss_under_jit_with_static_hyperparameters():
   x, y, t = random_problem((2, 3))
   fn = jax.jit(losses.distillation_loss,
-               static_argnames=('temperature', 'alpha', 'kind',
-                                'label_smoothing', 'reduction'))
-  got = fn(x, target_probs=t, labels=y, temperature=2.0, alpha=0.5, kind='kl')
+               static_argnames=("temperature", "alpha", "kind",
+                                "label_smoothing", "reduction"))
+  got = fn(x, target_probs=t, labels=y, temperature=2.0, alpha=0.5, kind="kl")
   want = losses.distillation_loss(x, target_probs=t, labels=y,
-                                  temperature=2.0, alpha=0.5, kind='kl')
+                                  temperature=2.0, alpha=0.5, kind="kl")
   assert_close(got, want)
 
 
@@ -358,47 +358,47 @@ def test_distillation_loss_under_jit_with_static_hyperparameters():
 _X, _Y, _T = random_problem((4,))
 
 
-@pytest.mark.parametrize('kwargs, match', [
-    (dict(temperature=0.0), 'temperature must be finite and > 0'),
-    (dict(temperature=-1.0), 'temperature must be finite and > 0'),
-    (dict(temperature=float('nan')), 'temperature must be finite and > 0'),
-    (dict(temperature=float('inf')), 'temperature must be finite and > 0'),
-    (dict(alpha=1.5), r'alpha must be in \[0, 1\]'),
-    (dict(alpha=-0.1), r'alpha must be in \[0, 1\]'),
-    (dict(alpha=float('nan')), r'alpha must be in \[0, 1\]'),
-    (dict(target_probs=None), 'target_probs is required'),
-    (dict(labels=None), 'labels are required'),
-    (dict(kind='mse'), "unknown kind 'mse'.*'soft_ce', 'kl'"),
-    (dict(reduction='avg'), "unknown reduction 'avg'.*'mean', 'sum', 'none'"),
-    (dict(label_smoothing=1.0), r'label_smoothing must be in \[0, 1\)'),
-    (dict(labels=_Y.astype(np.float32)), 'labels must be integer'),
-    (dict(labels=_Y[:2]), 'labels shape'),
-    (dict(target_probs=_T[:2]), 'target_probs shape'),
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(temperature=0.0), "temperature must be finite and > 0"),
+    (dict(temperature=-1.0), "temperature must be finite and > 0"),
+    (dict(temperature=float("nan")), "temperature must be finite and > 0"),
+    (dict(temperature=float("inf")), "temperature must be finite and > 0"),
+    (dict(alpha=1.5), r"alpha must be in \[0, 1\]"),
+    (dict(alpha=-0.1), r"alpha must be in \[0, 1\]"),
+    (dict(alpha=float("nan")), r"alpha must be in \[0, 1\]"),
+    (dict(target_probs=None), "target_probs is required"),
+    (dict(labels=None), "labels are required"),
+    (dict(kind="mse"), "unknown kind 'mse'.*'soft_ce', 'kl'"),
+    (dict(reduction="avg"), "unknown reduction 'avg'.*'mean', 'sum', 'none'"),
+    (dict(label_smoothing=1.0), r"label_smoothing must be in \[0, 1\)"),
+    (dict(labels=_Y.astype(np.float32)), "labels must be integer"),
+    (dict(labels=_Y[:2]), "labels shape"),
+    (dict(target_probs=_T[:2]), "target_probs shape"),
 ])
 def test_distillation_loss_rejects_invalid_values(kwargs, match):
   args = dict(target_probs=_T, labels=_Y, temperature=2.0, alpha=0.5,
-              kind='soft_ce')
+              kind="soft_ce")
   args.update(kwargs)
   with pytest.raises(ValueError, match=match):
     losses.distillation_loss(_X, **args)
 
 
-@pytest.mark.parametrize('call, match', [
+@pytest.mark.parametrize("call, match", [
     (lambda: losses.soft_cross_entropy(_X, _T, temperature=0.0),
-     'temperature'),
-    (lambda: losses.kl_divergence(_X, _T, reduction='avg'), 'reduction'),
+     "temperature"),
+    (lambda: losses.kl_divergence(_X, _T, reduction="avg"), "reduction"),
     (lambda: losses.hard_cross_entropy(_X, _Y, label_smoothing=-0.1),
-     'label_smoothing'),
-    (lambda: losses.log_softmax(_X, temperature=float('nan')), 'temperature'),
-    (lambda: losses.hard_cross_entropy(np.float32(1.0), _Y), 'class axis'),
-    (lambda: losses.top1_agreement(_X, _X[:2]), 'shape'),
-    (lambda: losses.expected_calibration_error(_X, _Y, n_bins=0), 'n_bins'),
-    (lambda: losses.expected_init_loss(1), 'n_classes'),
-    (lambda: losses.expected_init_loss(C, kind='mse'), 'unknown kind'),
-    (lambda: losses.expected_init_loss(C, kind='kl'), 'needs target_probs'),
-    (lambda: losses.expected_init_loss(C, kind='kl', target_probs=_T[:, :2]),
-     'classes'),
-    (lambda: losses.init_loss_check(1.0, C, tolerance=-1.0), 'tolerance'),
+     "label_smoothing"),
+    (lambda: losses.log_softmax(_X, temperature=float("nan")), "temperature"),
+    (lambda: losses.hard_cross_entropy(np.float32(1.0), _Y), "class axis"),
+    (lambda: losses.top1_agreement(_X, _X[:2]), "shape"),
+    (lambda: losses.expected_calibration_error(_X, _Y, n_bins=0), "n_bins"),
+    (lambda: losses.expected_init_loss(1), "n_classes"),
+    (lambda: losses.expected_init_loss(C, kind="mse"), "unknown kind"),
+    (lambda: losses.expected_init_loss(C, kind="kl"), "needs target_probs"),
+    (lambda: losses.expected_init_loss(C, kind="kl", target_probs=_T[:, :2]),
+     "classes"),
+    (lambda: losses.init_loss_check(1.0, C, tolerance=-1.0), "tolerance"),
 ])
 def test_other_functions_reject_invalid_values(call, match):
   with pytest.raises(ValueError, match=match):
@@ -409,7 +409,7 @@ def test_out_of_range_labels_give_nan():
   x, _, _ = random_problem((4,))
   labels = np.array([0, C, -1, 1], np.int32)
   per_example = np.asarray(
-      losses.hard_cross_entropy(x, labels, reduction='none'))
+      losses.hard_cross_entropy(x, labels, reduction="none"))
   assert np.isfinite(per_example[[0, 3]]).all()
   assert np.isnan(per_example[[1, 2]]).all()
 
@@ -419,8 +419,8 @@ def test_out_of_range_labels_give_nan():
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('kind', ['soft_ce', 'kl', 'hard'])
-@pytest.mark.parametrize('temperature, alpha', [(1.0, 1.0), (3.0, 0.7),
+@pytest.mark.parametrize("kind", ["soft_ce", "kl", "hard"])
+@pytest.mark.parametrize("temperature, alpha", [(1.0, 1.0), (3.0, 0.7),
                                                 (2.0, 0.0)])
 def test_expected_init_loss_equals_loss_of_zero_logits(kind, temperature,
                                                        alpha):
@@ -428,7 +428,7 @@ def test_expected_init_loss_equals_loss_of_zero_logits(kind, temperature,
   t[0, 0, 2] = 0.0
   t /= t.sum(-1, keepdims=True)
   zeros = np.zeros((2, 3, C), np.float32)
-  if kind == 'hard':
+  if kind == "hard":
     measured = losses.hard_cross_entropy(zeros, y, label_smoothing=0.1)
   else:
     measured = losses.distillation_loss(
@@ -443,7 +443,7 @@ def test_expected_init_loss_equals_loss_of_zero_logits(kind, temperature,
 
 def test_expected_init_loss_of_kl_subtracts_mean_target_entropy():
   _, _, t = random_problem((4,))
-  got = losses.expected_init_loss(C, kind='kl', target_probs=t)
+  got = losses.expected_init_loss(C, kind="kl", target_probs=t)
   np.testing.assert_allclose(got, math.log(C) - np.mean(np_entropy(t)),
                              rtol=1e-5)
 
@@ -453,7 +453,7 @@ def test_init_loss_check_ok_at_log_c():
   assert result.ok
   assert result.expected == pytest.approx(math.log(10))
   assert result.tolerance == 0.05
-  assert result.message == 'init loss 2.3026 vs expected log(10) = 2.3026 (ok)'
+  assert result.message == "init loss 2.3026 vs expected log(10) = 2.3026 (ok)"
   # Within the relative tolerance on both sides.
   assert losses.init_loss_check(math.log(10) * 1.04, 10).ok
   assert losses.init_loss_check(math.log(10) * 0.96, 10).ok
@@ -463,17 +463,17 @@ def test_init_loss_check_ok_at_log_c():
 def test_init_loss_check_fires_far_from_log_c():
   result = losses.init_loss_check(3 * math.log(10), 10)
   assert not result.ok
-  assert result.message.startswith('WARNING: init loss 6.9078 is far from '
-                                   'expected log(10) = 2.3026')
-  assert 'rel. diff 200%' in result.message
-  assert 'badly scaled' in result.message
+  assert result.message.startswith("WARNING: init loss 6.9078 is far from "
+                                   "expected log(10) = 2.3026")
+  assert "rel. diff 200%" in result.message
+  assert "badly scaled" in result.message
 
 
 def test_init_loss_check_fires_for_nan():
-  result = losses.init_loss_check(float('nan'), 10)
+  result = losses.init_loss_check(float("nan"), 10)
   assert not result.ok
-  assert 'WARNING' in result.message
-  assert 'not finite' in result.message
+  assert "WARNING" in result.message
+  assert "not finite" in result.message
   assert not losses.init_loss_check(jnp.inf, 10).ok
 
 
@@ -488,8 +488,8 @@ def test_init_loss_check_is_frozen():
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('leading', LEADING_SHAPES)
-@pytest.mark.parametrize('n_bins', [1, 10, 15])
+@pytest.mark.parametrize("leading", LEADING_SHAPES)
+@pytest.mark.parametrize("n_bins", [1, 10, 15])
 def test_expected_calibration_error_matches_numpy(leading, n_bins):
   rng = np.random.default_rng(3)
   big = (50,) + leading
@@ -505,14 +505,14 @@ def test_expected_calibration_error_of_perfect_confident_model_is_zero():
   assert float(losses.expected_calibration_error(logits, labels)) == 0.0
 
 
-@pytest.mark.parametrize('leading', LEADING_SHAPES)
+@pytest.mark.parametrize("leading", LEADING_SHAPES)
 def test_accuracy_agreement_and_nll(leading):
   x, y, _ = random_problem(leading)
   x2, _, _ = random_problem(leading, seed=5)
   pred = np.argmax(x, -1)
   assert_close(losses.accuracy(x, y), np.mean(pred == y))
-  assert_close(losses.accuracy(x, y, reduction='sum'), np.sum(pred == y))
-  assert losses.accuracy(x, y, reduction='none').shape == leading
+  assert_close(losses.accuracy(x, y, reduction="sum"), np.sum(pred == y))
+  assert losses.accuracy(x, y, reduction="none").shape == leading
   assert_close(losses.top1_agreement(x, x2),
                np.mean(pred == np.argmax(x2, -1)))
   assert float(losses.top1_agreement(x, x)) == 1.0

@@ -2,8 +2,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
-from distill import losses
+from distill import losses, step
 from distill.errors import UserError
 from distill.models import count_params, create_model, model_names
 
@@ -51,16 +52,17 @@ def test_param_counts_match_architecture():
   vit_cnn = _build("vit_cnn")
   vit_patch = create_model("vit", num_classes=10, image_shape=(28, 28, 1),
                            **{**SETTINGS["vit_cnn"], "patch": 7, "stem": "patch"})
-  assert count_params(vit_cnn) - count_params(vit_patch) == stem + (8 - 49) * 32 + (50 - 17) * 32
+  assert (count_params(vit_cnn) - count_params(vit_patch)
+          == stem + (8 - 49) * 32 + (50 - 17) * 32)
   # Two blocks per stage add a 4->4 and an 8->8 conv, each with its norm.
   deeper = _build("vit_cnn", stem_blocks_per_stage=2)
-  assert count_params(deeper) - count_params(vit_cnn) == 3 * 3 * 4 * 4 + 2 * 4 + 3 * 3 * 8 * 8 + 2 * 8
+  assert (count_params(deeper) - count_params(vit_cnn)
+          == 3 * 3 * 4 * 4 + 2 * 4 + 3 * 3 * 8 * 8 + 2 * 8)
   assert deeper(jnp.zeros((2, 28, 28, 1))).shape == (2, 10)
 
 
 def test_cnn_keeps_its_checkpoint_layout():
   # Checkpoints of earlier runs hold convs/norms/head at the top level.
-  from flax import nnx
   state = nnx.state(_build("cnn"), nnx.Param)
   paths = {"/".join(map(str, path)) for path, _ in nnx.to_flat_state(state)}
   assert {"convs/0/kernel", "norms/3/scale", "head/kernel", "head/bias"} <= paths
@@ -73,7 +75,8 @@ def test_init_loss_is_log_num_classes(key):
   labels = jnp.arange(16) % 10
   targets = jax.nn.softmax(jax.random.normal(jax.random.key(1), (16, 10)) * 3)
   logits = model(images)
-  for loss in (losses.hard_cross_entropy(logits, labels), losses.soft_cross_entropy(logits, targets)):
+  for loss in (losses.hard_cross_entropy(logits, labels),
+               losses.soft_cross_entropy(logits, targets)):
     assert losses.init_loss_check(float(loss), 10).ok
 
 
@@ -101,8 +104,10 @@ def test_vit_rejects_bad_geometry():
     create_model("cnn", num_classes=10, image_shape=(28, 28, 1), blocks_per_stage=0)
   with pytest.raises(UserError, match=r"got channels \[\]"):
     create_model("cnn", num_classes=10, image_shape=(28, 28, 1), channels=[])
-  with pytest.raises(UserError, match="one block per stage, got stem_channels \\[32, 64\\] and stem_blocks_per_stage 0"):
-    create_model("vit", num_classes=10, image_shape=(28, 28, 1), stem="cnn", stem_blocks_per_stage=0)
+  with pytest.raises(UserError, match="one block per stage, got stem_channels \\[32, 64\\] "
+                                      "and stem_blocks_per_stage 0"):
+    create_model("vit", num_classes=10, image_shape=(28, 28, 1), stem="cnn",
+                 stem_blocks_per_stage=0)
 
 
 def test_unknown_model_and_bad_setting():
@@ -124,7 +129,6 @@ def test_same_seed_same_params():
 def test_bfloat16_compute_keeps_float32_params_and_logits(key):
   # A non-zero head, so the logits carry the body's bfloat16 rounding.
   model = _build(key, compute_dtype="bfloat16", head_init_scale=0.5)
-  from flax import nnx
   params = jax.tree.leaves(nnx.state(model, nnx.Param))
   assert all(p.dtype == jnp.float32 for p in params)
   images = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
@@ -141,8 +145,10 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(key):
 def test_neighbourhood_conv_is_nnx_conv(channels):
   # The ViT's stem computes a 'SAME' 3x3 convolution as one matmul; it must draw
   # the same weights from a seed and give nnx.Conv's outputs and gradients.
-  from flax import nnx
-  from distill.models.vit import NeighbourhoodConv
+  # Imported here, not at the top: importing a model module registers its models,
+  # and the registry loads the built-in ones only while it is still empty.
+  from distill.models.vit import NeighbourhoodConv  # noqa: PLC0415
+
   ours = NeighbourhoodConv(channels, 8, 3, rngs=nnx.Rngs(4))
   conv = nnx.Conv(channels, 8, (3, 3), rngs=nnx.Rngs(4))
   np.testing.assert_array_equal(ours.kernel[...], conv.kernel[...])
@@ -151,7 +157,8 @@ def test_neighbourhood_conv_is_nnx_conv(channels):
   images = jax.random.normal(jax.random.key(2), (2, 12, 10, channels))
   np.testing.assert_allclose(ours(images), conv(images), atol=1e-5)
   # The tiled layout the ViT uses: neighbourhoods first, then project any leading shape.
-  tiled = ours.project(ours.neighbourhoods(images).reshape(2, 6, 2, 5, 2, -1), activation=jnp.tanh)
+  tiled = ours.project(ours.neighbourhoods(images).reshape(2, 6, 2, 5, 2, -1),
+                       activation=jnp.tanh)
   np.testing.assert_allclose(tiled.reshape(2, 12, 10, 8), jnp.tanh(conv(images)), atol=1e-5)
 
   def loss(module):
@@ -164,11 +171,10 @@ def test_neighbourhood_conv_is_nnx_conv(channels):
 def test_conv_stem_vit_has_no_convolution_and_is_scanned():
   # Convolutions inside lax.scan are slow on XLA:CPU, so such models are
   # unrolled; the matmul stem keeps the ViT teacher on the (cheaper) scan.
-  from distill import step
   assert not step.should_unroll(_build("vit_conv"))
   assert step.should_unroll(_build("cnn")) == (jax.default_backend() == "cpu")
   assert step.should_unroll(_build("vit_cnn")) == (jax.default_backend() == "cpu")
+  from distill.models.vit import NeighbourhoodConv  # noqa: PLC0415 (see above)
+
   with pytest.raises(UserError, match="kernel size must be odd"):
-    from flax import nnx
-    from distill.models.vit import NeighbourhoodConv
     NeighbourhoodConv(1, 4, 2, rngs=nnx.Rngs(0))

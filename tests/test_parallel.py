@@ -11,11 +11,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import LOGGED_EVERY_5, logged, process_env, run_distill_process
 
-from conftest import TINY_FLAGS, logged, process_env, run_distill_process
-
-# Logged every 5 steps, so runs are compared at every logged step.
-SET = [*TINY_FLAGS, "--set", "teacher.log_every=5", "--set", "student.log_every=5"]
+SET = LOGGED_EVERY_5
 
 
 
@@ -25,7 +23,7 @@ def _assert_same_run(a, b):
   """Same steps, and every logged number equal to float tolerance."""
   ma, mb = logged(a), logged(b)
   assert [r["step"] for r in ma] == [r["step"] for r in mb]
-  for ra, rb in zip(ma, mb):
+  for ra, rb in zip(ma, mb, strict=True):
     for key in ("loss", "accuracy", "grad_norm", "val_loss", "val_accuracy", "teacher_agreement"):
       if key in ra:
         np.testing.assert_allclose(ra[key], rb[key], rtol=2e-5, atol=2e-6, err_msg=key)
@@ -36,10 +34,8 @@ def _assert_same_run(a, b):
 
 
 @pytest.fixture(scope="module")
-def one_device_teacher(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("parallel") / "teacher-1"
-  run_distill_process("teacher", "-r", "digits", "-w", workdir, "-q", *SET)
-  return workdir
+def one_device_teacher(teacher_logged_every_5):
+  return teacher_logged_every_5
 
 
 def test_four_devices_train_like_one(one_device_teacher, tmp_path):
@@ -81,7 +77,7 @@ def test_two_processes_train_together_like_one(tmp_path):
           env=process_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
   outputs = [p.communicate(timeout=300) for p in processes]
-  for p, (_, err) in zip(processes, outputs):
+  for p, (_, err) in zip(processes, outputs, strict=True):
     assert p.returncode == 0, err[-3000:]
   # One process with the same two devices in total.
   run_distill_process("teacher", "-r", "digits", "-w", tmp_path / "one-process", "-q", *SET,

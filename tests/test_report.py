@@ -7,20 +7,20 @@ import subprocess
 
 import numpy as np
 import pytest
+from conftest import TINY_FLAGS, copy_runs, run_cli
 
-from conftest import TINY_FLAGS, run_cli
+from distill.data import load_dataset
 from distill.report import run_metrics
 
 
-
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-  root = tmp_path_factory.mktemp("report-runs")
-  assert run_cli("teacher", "--recipe", "digits", "--workdir", root / "teacher", "-q", *TINY_FLAGS).exit_code == 0
-  assert run_cli("student", "--teacher", root / "teacher", "--workdir", root / "cnn", "-q", *TINY_FLAGS).exit_code == 0
+def report(tmp_path_factory, tiny_digits_runs):
+  root = copy_runs(tiny_digits_runs, tmp_path_factory.mktemp("report-runs"), teacher="teacher",
+                   cnn="student")
   assert run_cli("student", "--teacher", root / "teacher", "--model", "mlp", "--loss", "hard",
               "--workdir", root / "mlp-hard", "-q", *TINY_FLAGS).exit_code == 0
-  result = run_cli("report", root / "teacher", root / "cnn", root / "mlp-hard", "--out", root / "out", "-q")
+  result = run_cli("report", root / "teacher", root / "cnn", root / "mlp-hard",
+                   "--out", root / "out", "-q")
   assert result.exit_code == 0, result.output
   return root
 
@@ -41,16 +41,16 @@ def _numpy_ece(logits, labels, bins=15):
   probs /= probs.sum(-1, keepdims=True)
   confidence, predicted = probs.max(-1), probs.argmax(-1)
   ece = 0.0
-  for lo, hi in zip(np.linspace(0, 1, bins + 1)[:-1], np.linspace(0, 1, bins + 1)[1:]):
+  for lo, hi in zip(np.linspace(0, 1, bins + 1)[:-1], np.linspace(0, 1, bins + 1)[1:],
+                    strict=True):
     in_bin = (confidence > lo) & (confidence <= hi)
     if in_bin.any():
-      ece += in_bin.mean() * abs((predicted[in_bin] == labels[in_bin]).mean() - confidence[in_bin].mean())
+      ece += in_bin.mean() * abs((predicted[in_bin] == labels[in_bin]).mean()
+                                 - confidence[in_bin].mean())
   return ece
 
 
 def test_metrics_match_direct_numpy(report):
-  from distill.data import load_dataset
-
   labels = load_dataset("digits", val_size=150).y_test
   with np.load(report / "cnn" / "predictions.npz") as p:
     student = p["test_logits"].astype(np.float64)
@@ -59,7 +59,8 @@ def test_metrics_match_direct_numpy(report):
   metrics = run_metrics(student.astype(np.float32), labels, teacher.astype(np.float32))
   log_probs = student - student.max(-1, keepdims=True)
   log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
-  assert metrics["nll"] == pytest.approx(-log_probs[np.arange(len(labels)), labels].mean(), rel=1e-5)
+  assert metrics["nll"] == pytest.approx(-log_probs[np.arange(len(labels)), labels].mean(),
+                                         rel=1e-5)
   assert metrics["accuracy"] == pytest.approx((student.argmax(-1) == labels).mean())
   assert metrics["agreement"] == pytest.approx((student.argmax(-1) == teacher.argmax(-1)).mean())
   assert metrics["ece"] == pytest.approx(_numpy_ece(student, labels), abs=1e-5)
@@ -72,7 +73,8 @@ def _chromium():
   return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(_chromium() is None, reason="Debian's chromium is not installed (make test installs it)")
+@pytest.mark.skipif(_chromium() is None,
+                    reason="Debian's chromium is not installed (make test installs it)")
 def test_report_renders_in_headless_chromium(report, tmp_path):
   page = report / "out" / "report.html"
   result = subprocess.run(

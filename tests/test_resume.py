@@ -8,8 +8,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
-
 from conftest import TINY, run_cli, set_flags
 
 from distill import loop
@@ -60,8 +60,6 @@ def _kill_after(args, workdir, logged_step):
 
 def _assert_no_damaged_files(workdir):
   """After a kill, every file the toolkit writes is whole: old, new or absent."""
-  import numpy as np
-
   for path in workdir.rglob("*"):
     if path.name.startswith("."):
       continue  # A kill mid-write leaves at most a hidden temporary beside the whole file.
@@ -103,8 +101,10 @@ def test_killed_teacher_resumes_bit_identically(reference, tmp_path, kill_at):
   assert resumed["params_sha256"] == expected["params_sha256"]
   assert resumed["test_accuracy"] == expected["test_accuracy"]
   # The metrics log of the resumed run is the uninterrupted one, line for line (less timings).
-  strip = lambda p: [{k: v for k, v in json.loads(l).items() if k != "elapsed_seconds"}
-                     for l in p.read_text().splitlines()]
+  def strip(path):
+    return [{k: v for k, v in json.loads(line).items() if k != "elapsed_seconds"}
+            for line in path.read_text().splitlines()]
+
   assert strip(workdir / "metrics.jsonl") == strip(reference / "teacher" / "metrics.jsonl")
 
 

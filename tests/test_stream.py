@@ -13,6 +13,7 @@ from distill.data import stream
 from distill.data.shards import open_target_shards, write_array_shards, write_target_shards
 from distill.errors import UserError
 from distill.feeders import DataOrder, HostFeeder
+from distill.targets import check_targets_match
 
 CLASSES = ("ant", "bee", "cat")
 META = {"dataset": "tiny", "dataset_fingerprint": "f" * 64, "train_fingerprint": "t" * 64,
@@ -57,7 +58,8 @@ def test_shards_read_rows_in_asked_order_across_shards(shards):
   path, images, labels = shards
   source = stream.ArrayShardSource(path)
   assert (source.num_examples, source.image_shape, source.class_names) == (23, (4, 5, 3), CLASSES)
-  assert source.num_shards == 5 and len(json.loads((path / "shards.json").read_text())["shards"]) == 5
+  assert (source.num_shards == 5
+          and len(json.loads((path / "shards.json").read_text())["shards"]) == 5)
   indices = np.array([22, 0, 4, 5, 13, 4, 21, 9])
   got_images, got_labels = source.read(indices)
   np.testing.assert_array_equal(got_images, images[indices])
@@ -131,7 +133,7 @@ def test_image_folder_resizes_and_labels_by_sorted_class(tmp_path):
   images, labels = source.read(indices)
   assert images.shape == (5, 6, 8, 3) and images.dtype == np.uint8
   np.testing.assert_array_equal(labels, indices // 5)
-  for image, index in zip(images, indices):
+  for image, index in zip(images, indices, strict=True):
     np.testing.assert_array_equal(image, np.broadcast_to(colours[index], (6, 8, 3)))
   gray = stream.ImageFolderSource(root, 4, grayscale=True)
   gray_images, _ = gray.read(np.array([1]))
@@ -202,7 +204,7 @@ def test_split_layout_and_validation_carve(tmp_path, shards):
 
 
 def _feeder(source, labels, order, rows=None, **options):
-  """A HostFeeder over `source` (its rows `rows`, default all in order) on this process's devices."""
+  """A HostFeeder over `source` (rows `rows`, default all in order) on this process's devices."""
   rows = np.arange(source.num_examples) if rows is None else rows
   return HostFeeder(stream.Rows(source, rows), labels[rows], {}, order, parallel.make_mesh(),
                     **options)
@@ -224,7 +226,7 @@ def test_host_feeder_reads_the_asked_batches_in_order(shards):
   dispatches = [_host(dispatch) for dispatch in feeder.dispatches(plan)]
   assert len(dispatches) == len(plan)
   expected_order = DataOrder(source.num_examples, batch_size=6, seed=1)
-  for dispatch, (first, count) in zip(dispatches, plan):
+  for dispatch, (first, count) in zip(dispatches, plan, strict=True):
     positions = expected_order.indices(first, count)
     assert set(dispatch) == {"images", "labels", "index"}
     assert dispatch["index"].dtype == np.int32 and dispatch["labels"].dtype == np.int32
@@ -250,7 +252,7 @@ def test_host_feeder_reads_image_folders_and_stops_early(tmp_path):
   dispatches = feeder.dispatches([(step, 1) for step in range(7)])
   first = _host(next(dispatches))
   positions = DataOrder(15, batch_size=2, seed=0).indices(0, 1)
-  for image, position in zip(first["images"][0], positions[0]):
+  for image, position in zip(first["images"][0], positions[0], strict=True):
     np.testing.assert_array_equal(image, np.broadcast_to(colours[position], (3, 3, 3)))
   np.testing.assert_array_equal(first["labels"], positions // 5)
   dispatches.close()  # Stops Grain's threads and drops what they read ahead.
@@ -306,7 +308,6 @@ def test_target_shards_round_trip(tmp_path):
   np.testing.assert_array_equal(targets.read_logits(indices), logits[indices])
   assert targets.meta["teacher"] == META["teacher"] and targets.meta["temperature"] == 2.0
   assert targets.meta["num_examples"] == 23 and len(targets.meta["shards"]) == 3
-  from distill.targets import check_targets_match
   check_targets_match(targets.meta, dataset_name="tiny", fingerprint="f" * 64,
                       train_fingerprint="t" * 64, num_examples=23, num_classes=3)
   with pytest.raises(UserError, match="made for other data"):

@@ -4,13 +4,13 @@ import json
 
 import numpy as np
 import pytest
+from conftest import LOGGED_EVERY_5, TINY, TINY_FLAGS, logged, run_cli, run_distill_process
 
-from conftest import TINY, TINY_FLAGS, logged, run_cli, run_distill_process
+from distill import bench, config
 from distill import data as data_lib
 from distill.data.shards import open_target_shards, write_array_shards
 
-# Logged every 5 steps, so runs are compared at every logged step.
-SET = [*TINY_FLAGS, "--set", "teacher.log_every=5", "--set", "student.log_every=5"]
+SET = LOGGED_EVERY_5
 
 
 
@@ -32,24 +32,24 @@ def digits_shards(tmp_path_factory):
   return root
 
 
-def test_streamed_teacher_and_student_match_the_in_memory_runs(digits_shards, tmp_path):
+def test_streamed_teacher_and_student_match_the_in_memory_runs(digits_shards, tmp_path,
+                                                              teacher_logged_every_5):
   stream = ["--dataset", "stream", "--data-dir", digits_shards]
-  run_distill_process("teacher", "-r", "digits", "-w", tmp_path / "memory", "-q", *SET)
+  memory = teacher_logged_every_5
   run_distill_process("teacher", "-r", "digits", "-w", tmp_path / "stream", "-q", *SET, *stream)
   # Same split, same order, same pixels: the same losses, read from disk instead of memory.
-  np.testing.assert_allclose(_losses(tmp_path / "stream"), _losses(tmp_path / "memory"),
-                             rtol=1e-5)
+  np.testing.assert_allclose(_losses(tmp_path / "stream"), _losses(memory), rtol=1e-5)
   shards = open_target_shards(tmp_path / "stream", verify_checksums=True)
-  with np.load(tmp_path / "memory" / "targets.npz") as memory:
-    assert shards.num_examples > len(memory["train_probs"])  # validation rows too
+  with np.load(memory / "targets.npz") as targets:
+    assert shards.num_examples > len(targets["train_probs"])  # validation rows too
   summary = json.loads((tmp_path / "stream" / "summary.json").read_text())
-  memory_summary = json.loads((tmp_path / "memory" / "summary.json").read_text())
+  memory_summary = json.loads((memory / "summary.json").read_text())
   assert summary["test_accuracy"] == pytest.approx(memory_summary["test_accuracy"], abs=2e-3)
 
   for teaching in ("targets", "online"):
-    run_distill_process("student", "--teacher", tmp_path / "memory", "-m", "mlp",
-                        "--teaching", teaching, "-w", tmp_path / f"student-memory-{teaching}",
-                        "-q", *SET)
+    result = run_cli("student", "--teacher", memory, "-m", "mlp", "--teaching", teaching,
+                     "-w", tmp_path / f"student-memory-{teaching}", "-q", *SET)
+    assert result.exit_code == 0, result.output
     run_distill_process("student", "--teacher", tmp_path / "stream", "-m", "mlp",
                         "--teaching", teaching, "-w", tmp_path / f"student-stream-{teaching}",
                         "-q", *SET, *stream, devices=2)
@@ -58,8 +58,6 @@ def test_streamed_teacher_and_student_match_the_in_memory_runs(digits_shards, tm
 
 
 def test_bench_times_a_streamed_data_set(digits_shards):
-  from distill import bench, config
-
   recipe = config.load_recipe("digits", [*TINY, "data.dataset=stream",
                                          f"data.data_dir={digits_shards}"])
   report = bench.run_benchmark(recipe, role="teacher", steps=10, bare_steps=10)

@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
+from conftest import copy_runs, run_cli
 
-from conftest import TINY_FLAGS, run_cli
 from distill.sweep import aggregate, format_table, plan_runs
 
 # 2 models x (hard, targets) x 2 seeds = 8 runs of 10 steps each.
@@ -16,11 +16,8 @@ RUN_NAMES = [f"{model}-{mode}-s{seed}" for model in ("mlp", "linear")
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory):
-  root = tmp_path_factory.mktemp("sweep")
-  result = run_cli("teacher", "--recipe", "digits", "--workdir", root / "teacher", "-q",
-                   *TINY_FLAGS)
-  assert result.exit_code == 0, result.output
+def swept(tmp_path_factory, tiny_digits_runs):
+  root = copy_runs(tiny_digits_runs, tmp_path_factory.mktemp("sweep"), teacher="teacher")
   result = run_cli("sweep", "--teacher", root / "teacher", "--out", root / "sweep", *SWEEP)
   assert result.exit_code == 0, result.output
   return root, result
@@ -34,7 +31,7 @@ def test_sweep_trains_every_run_and_writes_the_table(swept):
   root, result = swept
   out = root / "sweep"
   assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(RUN_NAMES)
-  for name, summary in zip(RUN_NAMES, _summaries(out, RUN_NAMES)):
+  for name, summary in zip(RUN_NAMES, _summaries(out, RUN_NAMES), strict=True):
     assert summary["steps"] == 10, name
     assert summary["loss"] == ("hard" if "-hard-" in name else "soft")
     assert summary["seed"] == int(name[-1])

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -42,7 +44,6 @@ def test_changed_values_fail_the_checksum(tmp_path):
   arrays = _arrays()
   save_targets(tmp_path, arrays, META)
   loaded, meta = load_targets(tmp_path)
-  import json
   tampered = dict(loaded, train_probs=loaded["train_probs"][::-1].copy())
   np.savez(tmp_path / "targets.npz", **tampered,
            meta_json=np.frombuffer(json.dumps(meta).encode(), np.uint8))

@@ -12,35 +12,37 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import os
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
 from distill.data.formats import (
-    class_names_from_array,
-    looks_like_cifar_folder,
-    read_cifar10_folder,
-    read_idx_set,
-    read_keras_npz,
-    read_npz,
+  class_names_from_array,
+  looks_like_cifar_folder,
+  read_cifar10_folder,
+  read_idx_set,
+  read_keras_npz,
+  read_npz,
 )
 from distill.errors import UserError, one_line
 from distill.io import read_only
 
-DATA_ENV = 'DISTILL_DATA'
-OFFLINE_ENV = 'DISTILL_OFFLINE'
+DATA_ENV = "DISTILL_DATA"
+OFFLINE_ENV = "DISTILL_OFFLINE"
 # Module-level so tests can point it elsewhere; the Debian dataset-* packages
 # install under here.
-DEBIAN_DATASETS_DIR = '/usr/share/datasets'
+DEBIAN_DATASETS_DIR = "/usr/share/datasets"
 
-FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
-                         'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
-CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
-                   'frog', 'horse', 'ship', 'truck')
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog",
+                   "frog", "horse", "ship", "truck")
 DIGIT_CLASSES = tuple(str(digit) for digit in range(10))
 
-SPLITS = ('train', 'val', 'test')
+SPLITS = ("train", "val", "test")
 
 # Datasets that ship without a test split get one carved out with a fixed seed,
 # independent of split_seed, so the test set never moves between experiments.
@@ -50,13 +52,13 @@ _TEST_HOLDOUT_FRACTION = 0.2
 # Role -> accepted base names (each also tried with .gz). The dotted spelling is
 # how some MNIST mirrors name the same files.
 _IDX_FILES = {
-    'x_train': ('train-images-idx3-ubyte', 'train-images.idx3-ubyte'),
-    'y_train': ('train-labels-idx1-ubyte', 'train-labels.idx1-ubyte'),
-    'x_test': ('t10k-images-idx3-ubyte', 't10k-images.idx3-ubyte'),
-    'y_test': ('t10k-labels-idx1-ubyte', 't10k-labels.idx1-ubyte'),
+    "x_train": ("train-images-idx3-ubyte", "train-images.idx3-ubyte"),
+    "y_train": ("train-labels-idx1-ubyte", "train-labels.idx1-ubyte"),
+    "x_test": ("t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"),
+    "y_test": ("t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"),
 }
 
-_CIFAR10_FOLDER = 'cifar-10-batches-py'
+_CIFAR10_FOLDER = "cifar-10-batches-py"
 
 
 class RawData(NamedTuple):
@@ -114,9 +116,9 @@ class Dataset:
                       f'{", ".join(SPLITS)}')
     cached = self._split_fingerprints.get(split)
     if cached is None:
-      x, y = {'train': (self.x_train, self.y_train),
-              'val': (self.x_val, self.y_val),
-              'test': (self.x_test, self.y_test)}[split]
+      x, y = {"train": (self.x_train, self.y_train),
+              "val": (self.x_val, self.y_val),
+              "test": (self.x_test, self.y_test)}[split]
       cached = _hash_arrays(x, y)
       self._split_fingerprints[split] = cached
     return cached
@@ -126,13 +128,13 @@ class Dataset:
     height, width, channels = self.image_shape
     shown = self.class_names
     if len(shown) > 10:
-      shown = (*shown[:5], '...')
+      shown = (*shown[:5], "...")
     return (f'{self.name}: {len(self.x_train)} train / {len(self.x_val)} val / '
             f'{len(self.x_test)} test images of {height}x{width}x{channels}, '
             f'{self.num_classes} classes ({", ".join(shown)})')
 
   def __repr__(self) -> str:
-    return f'Dataset({self.describe()}; fingerprint {self.fingerprint[:12]})'
+    return f"Dataset({self.describe()}; fingerprint {self.fingerprint[:12]})"
 
 
 Loader = Callable[..., RawData]
@@ -147,7 +149,7 @@ def register(name: str) -> Callable[[Loader], Loader]:
   """
   def decorate(loader: Loader) -> Loader:
     if name in DATASETS:
-      raise ValueError(f'dataset {name!r} is already registered')
+      raise ValueError(f"dataset {name!r} is already registered")
     DATASETS[name] = loader
     return loader
   return decorate
@@ -193,12 +195,12 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
   _check_val_size_type(val_size)
   if isinstance(split_seed, bool) or not isinstance(split_seed,
                                                     (int, np.integer)):
-    raise UserError(f'split_seed must be an integer, got {split_seed!r}')
+    raise UserError(f"split_seed must be an integer, got {split_seed!r}")
   if train_limit is not None and (
       isinstance(train_limit, bool) or
       not isinstance(train_limit, (int, np.integer)) or train_limit < 0):
-    raise UserError('train_limit must be a non-negative integer or None, got '
-                    f'{train_limit!r}')
+    raise UserError("train_limit must be a non-negative integer or None, got "
+                    f"{train_limit!r}")
   if train_limit == 0:
     train_limit = None
   if data_dir is not None and not os.fspath(data_dir):
@@ -232,51 +234,51 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
 # --- Loaders -----------------------------------------------------------------
 
 
-@register('fashion_mnist')
+@register("fashion_mnist")
 def _load_fashion_mnist(*, data_dir: str | None,
                         allow_download: bool) -> RawData:
   """Fashion-MNIST from IDX files, else keras' download."""
-  search = _Search('fashion_mnist', how_to_get=(
-      'install it with `apt-get install dataset-fashion-mnist`, or pass '
-      '--data-dir / set DISTILL_DATA to a folder holding '
-      'train-images-idx3-ubyte.gz and the other three IDX files'))
+  search = _Search("fashion_mnist", how_to_get=(
+      "install it with `apt-get install dataset-fashion-mnist`, or pass "
+      "--data-dir / set DISTILL_DATA to a folder holding "
+      "train-images-idx3-ubyte.gz and the other three IDX files"))
   if data_dir is not None:
-    folders = [data_dir, os.path.join(data_dir, 'fashion-mnist')]
+    folders = [data_dir, os.path.join(data_dir, "fashion-mnist")]
   else:
     folders = [
-        *_env_data_folders('fashion-mnist', ''),
-        os.path.join(DEBIAN_DATASETS_DIR, 'fashion-mnist'),
-        os.path.join(_keras_datasets_dir(), 'fashion-mnist'),
+        *_env_data_folders("fashion-mnist", ""),
+        os.path.join(DEBIAN_DATASETS_DIR, "fashion-mnist"),
+        os.path.join(_keras_datasets_dir(), "fashion-mnist"),
     ]
   for folder in folders:
     paths = _find_idx_files(folder, search)
     if paths is not None:
       return RawData(*read_idx_set(paths), FASHION_MNIST_CLASSES)
   if data_dir is None and allow_download:
-    return RawData(*_download_with_keras('fashion_mnist', search),
+    return RawData(*_download_with_keras("fashion_mnist", search),
                    FASHION_MNIST_CLASSES)
   raise search.not_found(allow_download, explicit=data_dir is not None)
 
 
-@register('mnist')
+@register("mnist")
 def _load_mnist(*, data_dir: str | None, allow_download: bool) -> RawData:
   """MNIST from IDX files or keras' cached mnist.npz, else keras' download."""
-  search = _Search('mnist', how_to_get=(
-      'pass --data-dir / set DISTILL_DATA to a folder with mnist/ IDX files '
-      '(train-images-idx3-ubyte.gz etc.) or mnist.npz, or let keras '
-      f'download it (needs network and no {OFFLINE_ENV}=1)'))
+  search = _Search("mnist", how_to_get=(
+      "pass --data-dir / set DISTILL_DATA to a folder with mnist/ IDX files "
+      "(train-images-idx3-ubyte.gz etc.) or mnist.npz, or let keras "
+      f"download it (needs network and no {OFFLINE_ENV}=1)"))
   if data_dir is not None and os.path.isfile(data_dir):
     return RawData(*read_keras_npz(data_dir), DIGIT_CLASSES)
   if data_dir is not None:
-    idx_folders = [data_dir, os.path.join(data_dir, 'mnist')]
-    npz_files = [os.path.join(data_dir, 'mnist.npz')]
+    idx_folders = [data_dir, os.path.join(data_dir, "mnist")]
+    npz_files = [os.path.join(data_dir, "mnist.npz")]
   else:
     # Only the mnist/ subfolder of $DISTILL_DATA: its top level is where
     # fashion-mnist's identically named IDX files are allowed to live.
-    idx_folders = _env_data_folders('mnist')
-    npz_files = [os.path.join(folder, 'mnist.npz')
-                 for folder in _env_data_folders('')]
-    npz_files.append(os.path.join(_keras_datasets_dir(), 'mnist.npz'))
+    idx_folders = _env_data_folders("mnist")
+    npz_files = [os.path.join(folder, "mnist.npz")
+                 for folder in _env_data_folders("")]
+    npz_files.append(os.path.join(_keras_datasets_dir(), "mnist.npz"))
   for folder in idx_folders:
     paths = _find_idx_files(folder, search)
     if paths is not None:
@@ -286,27 +288,27 @@ def _load_mnist(*, data_dir: str | None, allow_download: bool) -> RawData:
       return RawData(*read_keras_npz(npz_path), DIGIT_CLASSES)
     search.looked_in(npz_path)
   if data_dir is None and allow_download:
-    return RawData(*_download_with_keras('mnist', search), DIGIT_CLASSES)
+    return RawData(*_download_with_keras("mnist", search), DIGIT_CLASSES)
   raise search.not_found(allow_download, explicit=data_dir is not None)
 
 
-@register('cifar10')
+@register("cifar10")
 def _load_cifar10(*, data_dir: str | None, allow_download: bool) -> RawData:
   """CIFAR-10 from the python pickle batches, else keras' download."""
-  search = _Search('cifar10', how_to_get=(
-      'pass --data-dir / set DISTILL_DATA to the cifar-10-batches-py folder '
-      '(extracted from cifar-10-python.tar.gz) or its parent, or let keras '
-      f'download it (needs network and no {OFFLINE_ENV}=1)'))
+  search = _Search("cifar10", how_to_get=(
+      "pass --data-dir / set DISTILL_DATA to the cifar-10-batches-py folder "
+      "(extracted from cifar-10-python.tar.gz) or its parent, or let keras "
+      f"download it (needs network and no {OFFLINE_ENV}=1)"))
   if data_dir is not None:
     folders = [data_dir, os.path.join(data_dir, _CIFAR10_FOLDER)]
   else:
     keras_dir = _keras_datasets_dir()
     folders = [
-        *_env_data_folders(_CIFAR10_FOLDER, ''),
+        *_env_data_folders(_CIFAR10_FOLDER, ""),
         # keras 3 extracts the archive into a folder named after the fname it
         # passes to get_file ('cifar-10-batches-py-target'); older versions
         # extracted straight into datasets/.
-        os.path.join(keras_dir, 'cifar-10-batches-py-target', _CIFAR10_FOLDER),
+        os.path.join(keras_dir, "cifar-10-batches-py-target", _CIFAR10_FOLDER),
         os.path.join(keras_dir, _CIFAR10_FOLDER),
     ]
   for folder in folders:
@@ -314,60 +316,77 @@ def _load_cifar10(*, data_dir: str | None, allow_download: bool) -> RawData:
       return RawData(*read_cifar10_folder(folder, CIFAR10_CLASSES))
     search.looked_in(folder)
   if data_dir is None and allow_download:
-    return RawData(*_download_with_keras('cifar10', search), CIFAR10_CLASSES)
+    return RawData(*_download_with_keras("cifar10", search), CIFAR10_CLASSES)
   raise search.not_found(allow_download, explicit=data_dir is not None)
 
 
-@register('digits')
+@register("digits")
 def _load_digits(*, data_dir: str | None, allow_download: bool) -> RawData:
   """scikit-learn's 8x8 digits (ships offline), scaled to 0..255."""
   del allow_download  # Nothing to download.
   if data_dir is not None:
-    raise UserError('dataset digits ships with scikit-learn and takes no '
-                    f'data dir (got {data_dir})')
-  from sklearn.datasets import load_digits  # Lazy: slow import.
-  bunch = load_digits()
+    raise UserError("dataset digits ships with scikit-learn and takes no "
+                    f"data dir (got {data_dir})")
+  counts, labels = _digits_arrays()
   # Pixels are counts 0..16; round half up so 8 -> 128 rather than 127.
-  images = np.floor(bunch.images * (255.0 / 16.0) + 0.5).astype(np.uint8)
-  labels = bunch.target.astype(np.int64)
+  images = np.floor(counts * (255.0 / 16.0) + 0.5).astype(np.uint8)
   train_indices, test_indices = _fixed_test_holdout(len(images))
   return RawData(images[train_indices], labels[train_indices],
                  images[test_indices], labels[test_indices], DIGIT_CLASSES)
 
 
-@register('npz')
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+  """The digits' pixel counts [1797, 8, 8] (float64) and labels, as sklearn's load_digits gives.
+
+  Read straight from the CSV that scikit-learn ships, the file load_digits
+  itself parses: importing sklearn.datasets costs two seconds, every run.
+  """
+  spec = importlib.util.find_spec("sklearn")  # Finds the package without importing it.
+  folders = list(spec.submodule_search_locations or []) if spec else []
+  for folder in folders:
+    path = os.path.join(folder, "datasets", "data", "digits.csv.gz")
+    if os.path.isfile(path):
+      table = np.loadtxt(path, delimiter=",")
+      return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+  from sklearn.datasets import load_digits  # noqa: PLC0415 (lazy: slow import)
+
+  bunch = load_digits()
+  return bunch.images, bunch.target.astype(np.int64)
+
+
+@register("npz")
 def _load_npz(*, data_dir: str | None, allow_download: bool) -> RawData:
   """A user's own .npz: x, y, optional x_test, y_test and class_names."""
   del allow_download  # A user's own file has nowhere to come from.
-  usage = ('arrays x (uint8 [N,H,W] or [N,H,W,C]) and y (int [N]), optional '
-           'x_test, y_test, class_names')
+  usage = ("arrays x (uint8 [N,H,W] or [N,H,W,C]) and y (int [N]), optional "
+           "x_test, y_test, class_names")
   if data_dir is None:
-    raise UserError('dataset npz needs the path of your .npz file: pass '
-                    f'--data-dir FILE.npz ({usage})')
+    raise UserError("dataset npz needs the path of your .npz file: pass "
+                    f"--data-dir FILE.npz ({usage})")
   if not os.path.isfile(data_dir):
-    raise UserError(f'dataset npz needs a .npz file, but {data_dir} is a '
-                    f'folder ({usage})')
+    raise UserError(f"dataset npz needs a .npz file, but {data_dir} is a "
+                    f"folder ({usage})")
   path = data_dir
-  arrays = read_npz(path, optional=('x_test', 'y_test', 'class_names'),
-                    required=('x', 'y'))
-  x = _checked_images(arrays['x'], f"{path}: key 'x'")
-  y = _checked_labels(arrays['y'], f"{path}: key 'y'", len(x), "key 'x'")
-  has_x_test, has_y_test = 'x_test' in arrays, 'y_test' in arrays
+  arrays = read_npz(path, optional=("x_test", "y_test", "class_names"),
+                    required=("x", "y"))
+  x = _checked_images(arrays["x"], f"{path}: key 'x'")
+  y = _checked_labels(arrays["y"], f"{path}: key 'y'", len(x), "key 'x'")
+  has_x_test, has_y_test = "x_test" in arrays, "y_test" in arrays
   if has_x_test != has_y_test:
-    missing = 'y_test' if has_x_test else 'x_test'
+    missing = "y_test" if has_x_test else "x_test"
     raise UserError(f"{path}: key {missing!r} is missing; give both x_test "
-                    'and y_test or neither')
+                    "and y_test or neither")
   if has_x_test:
-    x_test = _checked_images(arrays['x_test'], f"{path}: key 'x_test'")
-    y_test = _checked_labels(arrays['y_test'], f"{path}: key 'y_test'",
+    x_test = _checked_images(arrays["x_test"], f"{path}: key 'x_test'")
+    y_test = _checked_labels(arrays["y_test"], f"{path}: key 'y_test'",
                              len(x_test), "key 'x_test'")
-  if 'class_names' in arrays:
-    class_names = class_names_from_array(arrays['class_names'], path)
-    for key, labels in (('y', y), ('y_test', y_test if has_x_test else None)):
+  if "class_names" in arrays:
+    class_names = class_names_from_array(arrays["class_names"], path)
+    for key, labels in (("y", y), ("y_test", y_test if has_x_test else None)):
       if labels is not None and len(labels) and labels.max() >= len(
           class_names):
         raise UserError(
-            f'{path}: key {key!r} has label {int(labels.max())} but '
+            f"{path}: key {key!r} has label {int(labels.max())} but "
             f"class_names lists only {len(class_names)} classes")
   else:
     top_label = int(y.max())
@@ -377,8 +396,8 @@ def _load_npz(*, data_dir: str | None, allow_download: bool) -> RawData:
   if not has_x_test:
     if len(x) < 2:
       raise UserError(f"{path}: key 'x' has {len(x)} example(s); need at "
-                      'least 2 to hold out a test split (or give x_test, '
-                      'y_test)')
+                      "least 2 to hold out a test split (or give x_test, "
+                      "y_test)")
     train_indices, test_indices = _fixed_test_holdout(len(x))
     x, y, x_test, y_test = (x[train_indices], y[train_indices],
                             x[test_indices], y[test_indices])
@@ -398,37 +417,37 @@ class _Search:
 
   def looked_in(self, place: str, note: str | None = None) -> None:
     """Records a place that did not have the data (with why, if useful)."""
-    self.places.append(place if note is None else f'{place} ({note})')
+    self.places.append(place if note is None else f"{place} ({note})")
 
   def not_found(self, allow_download: bool, explicit: bool = False,
                 download_error: BaseException | None = None) -> UserError:
     """Builds the one-line error for data that could not be found."""
-    looked = ', '.join(self.places) or 'nowhere'
+    looked = ", ".join(self.places) or "nowhere"
     if explicit:
-      return UserError(f'{self.dataset} not found in the given data dir; '
-                       f'looked in: {looked}. To get it: {self.how_to_get}')
+      return UserError(f"{self.dataset} not found in the given data dir; "
+                       f"looked in: {looked}. To get it: {self.how_to_get}")
     if download_error is not None:
-      download = ('; downloading with keras failed: '
-                  f'{one_line(download_error)}')
+      download = ("; downloading with keras failed: "
+                  f"{one_line(download_error)}")
     elif not allow_download:
-      download = (f'; downloads are off ({OFFLINE_ENV}=1 or '
-                  'allow_download=False)')
+      download = (f"; downloads are off ({OFFLINE_ENV}=1 or "
+                  "allow_download=False)")
     else:
-      download = ''
-    return UserError(f'{self.dataset} not found; looked in: {looked}'
-                     f'{download}. To get it: {self.how_to_get}')
+      download = ""
+    return UserError(f"{self.dataset} not found; looked in: {looked}"
+                     f"{download}. To get it: {self.how_to_get}")
 
 
 def _offline_from_env() -> bool:
-  return os.environ.get(OFFLINE_ENV, '').strip().lower() in ('1', 'true', 'yes')
+  return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
 def _checked_data_dir(data_dir: str | os.PathLike) -> str:
   path = os.path.expanduser(os.fspath(data_dir))
   if not os.path.exists(path):
-    raise UserError(f'data dir {path} does not exist')
+    raise UserError(f"data dir {path} does not exist")
   if os.path.isdir(path) and not os.listdir(path):
-    raise UserError(f'data dir {path} is empty')
+    raise UserError(f"data dir {path} is empty")
   return path
 
 
@@ -443,13 +462,13 @@ def _env_data_folders(*subfolders: str) -> list[str]:
 
 def _keras_datasets_dir() -> str:
   """Where keras caches downloads, resolved the way keras itself does."""
-  keras_home = os.environ.get('KERAS_HOME')
+  keras_home = os.environ.get("KERAS_HOME")
   if not keras_home:
-    base = os.path.expanduser('~')
+    base = os.path.expanduser("~")
     if not os.access(base, os.W_OK):
-      base = '/tmp'
-    keras_home = os.path.join(base, '.keras')
-  return os.path.join(os.path.expanduser(keras_home), 'datasets')
+      base = "/tmp"
+    keras_home = os.path.join(base, ".keras")
+  return os.path.join(os.path.expanduser(keras_home), "datasets")
 
 
 def _download_with_keras(module_name: str,
@@ -457,9 +476,9 @@ def _download_with_keras(module_name: str,
   """Calls keras.datasets.<module_name>.load_data(), which may download."""
   # keras picks its backend at import; jax is what the rest of distill uses,
   # and a missing TensorFlow must not break a data download.
-  os.environ.setdefault('KERAS_BACKEND', 'jax')
+  os.environ.setdefault("KERAS_BACKEND", "jax")
   try:
-    import keras  # Lazy: slow import, only needed for downloads.
+    import keras  # noqa: PLC0415 (lazy: slow import, only needed for downloads)
     (x_train, y_train), (x_test, y_test) = getattr(
         keras.datasets, module_name).load_data()
   # Network, disk and archive failures surface as many exception types; any
@@ -480,14 +499,14 @@ def _find_idx_files(folder: str, search: _Search) -> dict[str, str] | None:
   found, missing = {}, []
   for role, base_names in _IDX_FILES.items():
     candidates = [os.path.join(folder, base + suffix)
-                  for base in base_names for suffix in ('.gz', '')]
+                  for base in base_names for suffix in (".gz", "")]
     existing = [path for path in candidates if os.path.isfile(path)]
     if existing:
       found[role] = existing[0]
     else:
-      missing.append(base_names[0] + '(.gz)')
+      missing.append(base_names[0] + "(.gz)")
   if missing:
-    search.looked_in(folder, 'missing ' + ', '.join(missing) if found else None)
+    search.looked_in(folder, "missing " + ", ".join(missing) if found else None)
     return None
   return found
 
@@ -499,16 +518,16 @@ def _checked_images(x: np.ndarray, what: str) -> np.ndarray:
   """uint8 images as NHWC, adding a channel axis to [N, H, W]."""
   x = np.asarray(x)
   if x.dtype != np.uint8:
-    raise UserError(f'{what} must be uint8 images (0..255), got {x.dtype}')
+    raise UserError(f"{what} must be uint8 images (0..255), got {x.dtype}")
   if x.ndim == 3:
     x = x[..., np.newaxis]
   elif x.ndim != 4:
-    raise UserError(f'{what} must be images shaped [N,H,W] or [N,H,W,C], got '
-                    f'shape {x.shape}')
+    raise UserError(f"{what} must be images shaped [N,H,W] or [N,H,W,C], got "
+                    f"shape {x.shape}")
   if not len(x):
-    raise UserError(f'{what} is empty')
+    raise UserError(f"{what} is empty")
   if 0 in x.shape[1:]:
-    raise UserError(f'{what} has empty images, shape {x.shape}')
+    raise UserError(f"{what} has empty images, shape {x.shape}")
   return np.ascontiguousarray(x)
 
 
@@ -520,32 +539,32 @@ def _checked_labels(y: np.ndarray, what: str, num_images: int,
   if y.ndim == 2 and y.shape[1] == 1:  # keras returns some labels as [N, 1].
     y = y[:, 0]
   if y.ndim != 1:
-    raise UserError(f'{what} must be labels shaped [N], got shape {y.shape}')
+    raise UserError(f"{what} must be labels shaped [N], got shape {y.shape}")
   if not np.issubdtype(y.dtype, np.integer):
-    raise UserError(f'{what} must hold integer labels, got {y.dtype}')
+    raise UserError(f"{what} must hold integer labels, got {y.dtype}")
   if len(y) != num_images:
-    raise UserError(f'{what} has {len(y)} labels but {images_what} has '
-                    f'{num_images} images')
+    raise UserError(f"{what} has {len(y)} labels but {images_what} has "
+                    f"{num_images} images")
   if len(y) and y.min() < 0:
-    raise UserError(f'{what} has negative label {int(y.min())}')
+    raise UserError(f"{what} has negative label {int(y.min())}")
   if num_classes is not None and len(y) and y.max() >= num_classes:
-    raise UserError(f'{what} has label {int(y.max())}, outside [0, '
-                    f'{num_classes}) for {num_classes} classes')
+    raise UserError(f"{what} has label {int(y.max())}, outside [0, "
+                    f"{num_classes}) for {num_classes} classes")
   return y
 
 
 def _validated(name: str, raw: RawData) -> RawData:
   class_names = tuple(str(class_name) for class_name in raw.class_names)
   if not class_names:
-    raise UserError(f'{name} has no class names')
-  x_train = _checked_images(raw.x_train, f'{name} x_train')
-  x_test = _checked_images(raw.x_test, f'{name} x_test')
+    raise UserError(f"{name} has no class names")
+  x_train = _checked_images(raw.x_train, f"{name} x_train")
+  x_test = _checked_images(raw.x_test, f"{name} x_test")
   if x_train.shape[1:] != x_test.shape[1:]:
-    raise UserError(f'{name}: train images are {x_train.shape[1:]} but test '
-                    f'images are {x_test.shape[1:]}')
-  y_train = _checked_labels(raw.y_train, f'{name} y_train', len(x_train),
-                            'x_train', len(class_names))
-  y_test = _checked_labels(raw.y_test, f'{name} y_test', len(x_test), 'x_test',
+    raise UserError(f"{name}: train images are {x_train.shape[1:]} but test "
+                    f"images are {x_test.shape[1:]}")
+  y_train = _checked_labels(raw.y_train, f"{name} y_train", len(x_train),
+                            "x_train", len(class_names))
+  y_test = _checked_labels(raw.y_test, f"{name} y_test", len(x_test), "x_test",
                            len(class_names))
   return RawData(x_train, y_train.astype(np.int32), x_test,
                  y_test.astype(np.int32), class_names)
@@ -557,20 +576,20 @@ def _hash_arrays(*arrays: np.ndarray) -> str:
     array = np.ascontiguousarray(array)
     # Dtype and shape go in too, so a reshape or relabel-as-int64 that keeps
     # the bytes still changes the digest.
-    digest.update(f'{array.dtype.str}{array.shape};'.encode())
-    digest.update(memoryview(array).cast('B'))
+    digest.update(f"{array.dtype.str}{array.shape};".encode())
+    digest.update(memoryview(array).cast("B"))
   return digest.hexdigest()
 
 
 def _check_val_size_type(val_size: int | float) -> None:
   if isinstance(val_size, bool) or not isinstance(
       val_size, (int, float, np.integer, np.floating)):
-    raise UserError('val_size must be a count (int) or a fraction (float), '
-                    f'got {val_size!r}')
+    raise UserError("val_size must be a count (int) or a fraction (float), "
+                    f"got {val_size!r}")
   if isinstance(val_size, (float, np.floating)) and not 0.0 <= val_size < 1.0:
-    raise UserError(f'val_size as a fraction must be in [0, 1), got {val_size}')
+    raise UserError(f"val_size as a fraction must be in [0, 1), got {val_size}")
   if isinstance(val_size, (int, np.integer)) and val_size < 0:
-    raise UserError(f'val_size must not be negative, got {val_size}')
+    raise UserError(f"val_size must not be negative, got {val_size}")
 
 
 def _validation_count(val_size: int | float, num_train: int) -> int:
@@ -579,8 +598,8 @@ def _validation_count(val_size: int | float, num_train: int) -> int:
   else:
     count = int(val_size)
   if count >= num_train:
-    raise UserError(f'val_size={val_size} holds out {count} of the {num_train} '
-                    'training examples, leaving none to train on')
+    raise UserError(f"val_size={val_size} holds out {count} of the {num_train} "
+                    "training examples, leaving none to train on")
   return count
 
 

@@ -20,15 +20,15 @@ from distill.errors import UserError, one_line
 _IDX_UBYTE_IMAGES_MAGIC = 0x00000803
 _IDX_UBYTE_LABELS_MAGIC = 0x00000801
 _IDX_MAGIC_BY_ROLE = {
-    'x_train': _IDX_UBYTE_IMAGES_MAGIC,
-    'y_train': _IDX_UBYTE_LABELS_MAGIC,
-    'x_test': _IDX_UBYTE_IMAGES_MAGIC,
-    'y_test': _IDX_UBYTE_LABELS_MAGIC,
+    "x_train": _IDX_UBYTE_IMAGES_MAGIC,
+    "y_train": _IDX_UBYTE_LABELS_MAGIC,
+    "x_test": _IDX_UBYTE_IMAGES_MAGIC,
+    "y_test": _IDX_UBYTE_LABELS_MAGIC,
 }
 
-_CIFAR10_TRAIN_BATCHES = tuple(f'data_batch_{i}' for i in range(1, 6))
-_CIFAR10_TEST_BATCH = 'test_batch'
-_CIFAR10_META = 'batches.meta'
+_CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+_CIFAR10_TEST_BATCH = "test_batch"
+_CIFAR10_META = "batches.meta"
 
 
 # --- IDX ---------------------------------------------------------------------
@@ -50,39 +50,39 @@ def read_idx(path: str, expected_magic: int | None = None) -> np.ndarray:
       the wrong magic or its length does not match its header.
   """
   try:
-    if path.endswith('.gz'):
-      with gzip.open(path, 'rb') as stream:
+    if path.endswith(".gz"):
+      with gzip.open(path, "rb") as stream:
         data = stream.read()
     else:
-      with open(path, 'rb') as stream:
+      with open(path, "rb") as stream:
         data = stream.read()
   except (OSError, EOFError, zlib.error) as error:
-    raise UserError(f'cannot read IDX file {path} (damaged or truncated?): '
-                    f'{one_line(error)}') from None
+    raise UserError(f"cannot read IDX file {path} (damaged or truncated?): "
+                    f"{one_line(error)}") from None
   if len(data) < 4:
-    raise UserError(f'IDX file {path} is truncated: {len(data)} bytes, too '
-                    'short for a header')
-  magic = int.from_bytes(data[:4], 'big')
+    raise UserError(f"IDX file {path} is truncated: {len(data)} bytes, too "
+                    "short for a header")
+  magic = int.from_bytes(data[:4], "big")
   # 0x08 in the third byte is IDX's code for unsigned bytes; the fourth is
   # the number of dimensions.
   if expected_magic is not None and magic != expected_magic:
-    raise UserError(f'{path} is not the expected IDX file: magic 0x{magic:08x},'
-                    f' expected 0x{expected_magic:08x}')
+    raise UserError(f"{path} is not the expected IDX file: magic 0x{magic:08x},"
+                    f" expected 0x{expected_magic:08x}")
   if magic >> 8 != 0x000008 or magic & 0xFF == 0:
-    raise UserError(f'{path} is not a uint8 IDX file: magic 0x{magic:08x}')
+    raise UserError(f"{path} is not a uint8 IDX file: magic 0x{magic:08x}")
   num_dims = magic & 0xFF
   header_size = 4 + 4 * num_dims
   if len(data) < header_size:
-    raise UserError(f'IDX file {path} is truncated: {len(data)} bytes, header '
-                    f'alone needs {header_size}')
-  dims = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big')
+    raise UserError(f"IDX file {path} is truncated: {len(data)} bytes, header "
+                    f"alone needs {header_size}")
+  dims = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big")
                for i in range(num_dims))
   expected_size = header_size + int(np.prod(dims, dtype=np.int64))
   if len(data) != expected_size:
-    state = 'truncated' if len(data) < expected_size else 'damaged'
-    raise UserError(f'IDX file {path} is {state}: its header promises shape '
-                    f'{dims} ({expected_size} bytes) but it has {len(data)} '
-                    'bytes')
+    state = "truncated" if len(data) < expected_size else "damaged"
+    raise UserError(f"IDX file {path} is {state}: its header promises shape "
+                    f"{dims} ({expected_size} bytes) but it has {len(data)} "
+                    "bytes")
   return np.frombuffer(data, np.uint8, offset=header_size).reshape(dims)
 
 
@@ -90,16 +90,16 @@ def read_idx_set(paths: dict[str, str]) -> tuple[np.ndarray, ...]:
   """(x_train, y_train, x_test, y_test) from the four IDX files named by role."""
   arrays = {role: read_idx(path, _IDX_MAGIC_BY_ROLE[role])
             for role, path in paths.items()}
-  for role in ('x_train', 'x_test'):
+  for role in ("x_train", "x_test"):
     if arrays[role].ndim != 3:
-      raise UserError(f'IDX file {paths[role]} should hold [N, H, W] images, '
-                      f'got shape {arrays[role].shape}')
-  for role in ('y_train', 'y_test'):
+      raise UserError(f"IDX file {paths[role]} should hold [N, H, W] images, "
+                      f"got shape {arrays[role].shape}")
+  for role in ("y_train", "y_test"):
     if arrays[role].ndim != 1:
-      raise UserError(f'IDX file {paths[role]} should hold [N] labels, got '
-                      f'shape {arrays[role].shape}')
-  return (arrays['x_train'], arrays['y_train'], arrays['x_test'],
-          arrays['y_test'])
+      raise UserError(f"IDX file {paths[role]} should hold [N] labels, got "
+                      f"shape {arrays[role].shape}")
+  return (arrays["x_train"], arrays["y_train"], arrays["x_test"],
+          arrays["y_test"])
 
 
 # --- npz ---------------------------------------------------------------------
@@ -111,10 +111,10 @@ def read_npz(path: str, required: tuple[str, ...],
   try:
     archive = np.load(path, allow_pickle=False)
   except (OSError, ValueError, EOFError) as error:
-    raise UserError(f'cannot read {path} as .npz: {one_line(error)}') from None
-  if not hasattr(archive, 'files'):
-    raise UserError(f'{path} is a single .npy array, not an .npz archive of '
-                    'named arrays')
+    raise UserError(f"cannot read {path} as .npz: {one_line(error)}") from None
+  if not hasattr(archive, "files"):
+    raise UserError(f"{path} is a single .npy array, not an .npz archive of "
+                    "named arrays")
   arrays = {}
   with archive:
     for key in required:
@@ -129,29 +129,29 @@ def read_npz(path: str, required: tuple[str, ...],
       except ValueError as error:
         # Object arrays (e.g. a list of Python str) need pickle, which we
         # refuse to run on data files.
-        raise UserError(f'{path}: key {key!r} cannot be read without pickle; '
-                        'save it as a plain array (strings as dtype=str): '
-                        f'{one_line(error)}') from None
+        raise UserError(f"{path}: key {key!r} cannot be read without pickle; "
+                        "save it as a plain array (strings as dtype=str): "
+                        f"{one_line(error)}") from None
       except (OSError, EOFError, zlib.error) as error:
-        raise UserError(f'{path}: key {key!r} is damaged: '
-                        f'{one_line(error)}') from None
+        raise UserError(f"{path}: key {key!r} is damaged: "
+                        f"{one_line(error)}") from None
   return arrays
 
 
 def read_keras_npz(path: str) -> tuple[np.ndarray, ...]:
   """(x_train, y_train, x_test, y_test) from an .npz in keras' layout (mnist.npz)."""
-  arrays = read_npz(path, required=('x_train', 'y_train', 'x_test', 'y_test'))
-  return (arrays['x_train'], arrays['y_train'], arrays['x_test'],
-          arrays['y_test'])
+  arrays = read_npz(path, required=("x_train", "y_train", "x_test", "y_test"))
+  return (arrays["x_train"], arrays["y_train"], arrays["x_test"],
+          arrays["y_test"])
 
 
 def class_names_from_array(names: np.ndarray, path: str) -> tuple[str, ...]:
   """An .npz's 'class_names' array (str or bytes) as a tuple of str."""
-  if names.ndim != 1 or names.dtype.kind not in 'US' or not len(names):
+  if names.ndim != 1 or names.dtype.kind not in "US" or not len(names):
     raise UserError(f"{path}: key 'class_names' must be a non-empty 1-D array "
-                    f'of strings, got {names.dtype} with shape {names.shape}')
-  if names.dtype.kind == 'S':
-    return tuple(name.decode('utf-8', 'replace') for name in names.tolist())
+                    f"of strings, got {names.dtype} with shape {names.shape}")
+  if names.dtype.kind == "S":
+    return tuple(name.decode("utf-8", "replace") for name in names.tolist())
   return tuple(str(name) for name in names.tolist())
 
 
@@ -166,22 +166,22 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
   """
 
   _ALLOWED = frozenset({
-      ('numpy._core.multiarray', '_reconstruct'),
-      ('numpy._core.multiarray', 'scalar'),
-      ('numpy._core.numeric', '_frombuffer'),
-      ('numpy', 'ndarray'),
-      ('numpy', 'dtype'),
+      ("numpy._core.multiarray", "_reconstruct"),
+      ("numpy._core.multiarray", "scalar"),
+      ("numpy._core.numeric", "_frombuffer"),
+      ("numpy", "ndarray"),
+      ("numpy", "dtype"),
       # Protocol-2 pickles written by Python 3 encode bytes through this.
-      ('_codecs', 'encode'),
+      ("_codecs", "encode"),
   })
 
   def find_class(self, module: str, name: str):
     # Pickles from numpy 1 (like the original CIFAR files) name numpy.core,
     # which numpy 2 only keeps as a deprecated alias of numpy._core.
-    if module.startswith('numpy.core'):
-      module = 'numpy._core' + module[len('numpy.core'):]
+    if module.startswith("numpy.core"):
+      module = "numpy._core" + module[len("numpy.core"):]
     if (module, name) not in self._ALLOWED:
-      raise pickle.UnpicklingError(f'refusing to load {module}.{name}')
+      raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
     return super().find_class(module, name)
 
 
@@ -195,32 +195,32 @@ def looks_like_cifar_folder(folder: str) -> bool:
 
 def _read_pickle(path: str) -> object:
   try:
-    with open(path, 'rb') as stream:
+    with open(path, "rb") as stream:
       # encoding='bytes' because the originals are Python 2 pickles whose str
       # keys must stay bytes (b'data', b'labels').
-      return _ArraysOnlyUnpickler(stream, encoding='bytes').load()
+      return _ArraysOnlyUnpickler(stream, encoding="bytes").load()
   except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError,
           AttributeError, IndexError, KeyError) as error:
-    raise UserError(f'cannot read CIFAR file {path} (damaged or not a CIFAR '
-                    f'python batch?): {one_line(error)}') from None
+    raise UserError(f"cannot read CIFAR file {path} (damaged or not a CIFAR "
+                    f"python batch?): {one_line(error)}") from None
 
 
 def _read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
   if not os.path.isfile(path):
-    raise UserError(f'CIFAR batch file {path} is missing')
+    raise UserError(f"CIFAR batch file {path} is missing")
   batch = _read_pickle(path)
-  if not isinstance(batch, dict) or b'data' not in batch or (
-      b'labels' not in batch):
+  if not isinstance(batch, dict) or b"data" not in batch or (
+      b"labels" not in batch):
     raise UserError(f"CIFAR batch {path} is not a dict with b'data' and "
                     "b'labels'")
-  data = np.asarray(batch[b'data'])
-  labels = np.asarray(batch[b'labels'])
+  data = np.asarray(batch[b"data"])
+  labels = np.asarray(batch[b"labels"])
   if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
     raise UserError(f"CIFAR batch {path}: b'data' should be uint8 [N, 3072], "
-                    f'got {data.dtype} {data.shape}')
+                    f"got {data.dtype} {data.shape}")
   if labels.shape != (len(data),):
     raise UserError(f"CIFAR batch {path}: b'labels' has {labels.size} entries "
-                    f'for {len(data)} images')
+                    f"for {len(data)} images")
   # Rows are channel-major (1024 red, 1024 green, 1024 blue, each row-major).
   images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
   return np.ascontiguousarray(images), labels
@@ -240,11 +240,11 @@ def read_cifar10_folder(folder: str, class_names: tuple[str, ...]
   # The names are fixed and known; the meta file is only a nicety.
   if os.path.isfile(meta_path):
     meta = _read_pickle(meta_path)
-    if not isinstance(meta, dict) or b'label_names' not in meta:
+    if not isinstance(meta, dict) or b"label_names" not in meta:
       raise UserError(f"CIFAR meta file {meta_path} has no b'label_names'")
     class_names = tuple(
-        name.decode('utf-8', 'replace') if isinstance(name, bytes)
-        else str(name) for name in meta[b'label_names'])
+        name.decode("utf-8", "replace") if isinstance(name, bytes)
+        else str(name) for name in meta[b"label_names"])
   return (np.concatenate([images for images, _ in train_parts]),
           np.concatenate([labels for _, labels in train_parts]),
           x_test, y_test, class_names)

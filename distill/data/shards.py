@@ -22,8 +22,9 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -169,7 +170,8 @@ def _image_columns(chunk_number: int, chunk: Any, *, num_classes: int) -> dict[s
   if images.ndim != 4 or 0 in images.shape[1:]:
     raise UserError(f"{what}: images must be shaped [n, H, W, C] or [n, H, W], got {images.shape}")
   if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-    raise UserError(f"{what}: labels must be integers shaped [n], got {labels.dtype} {labels.shape}")
+    raise UserError(f"{what}: labels must be integers shaped [n], "
+                    f"got {labels.dtype} {labels.shape}")
   if len(labels) != len(images):
     raise UserError(f"{what}: {len(labels)} labels for {len(images)} images")
   if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
@@ -337,7 +339,8 @@ def _write_shard_folder(directory: Path, chunks: Iterable[Any],
 
 
 def _check_shard_size(shard_size: int) -> None:
-  if isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size < 1:
+  if (isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer))
+      or shard_size < 1):
     raise UserError(f"shard_size must be a positive integer, got {shard_size!r}")
 
 
@@ -386,7 +389,8 @@ class TargetShards:
     try:
       num_classes = int(manifest["num_classes"])
     except (KeyError, TypeError, ValueError):
-      raise UserError(f"target shards manifest {manifest_path} is damaged: bad num_classes") from None
+      raise UserError(
+          f"target shards manifest {manifest_path} is damaged: bad num_classes") from None
     if num_classes < 1 or len(manifest.get("class_names", [None] * num_classes)) != num_classes:
       raise UserError(f"target shards manifest {manifest_path} is damaged: {num_classes} classes "
                       f"but {len(manifest.get('class_names', []))} class names")

@@ -22,8 +22,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -32,12 +33,12 @@ from PIL import Image, ImageOps
 # in-memory copy of the same data split identically.
 from distill.data.datasets import _check_val_size_type, _validation_count
 from distill.data.shards import (
-    MAX_EXAMPLES,
-    SHARDS_FILE,
-    SHARDS_FORMAT,
-    ShardSet,
-    check_format,
-    checked_indices,
+  MAX_EXAMPLES,
+  SHARDS_FILE,
+  SHARDS_FORMAT,
+  ShardSet,
+  check_format,
+  checked_indices,
 )
 from distill.errors import UserError, one_line
 from distill.io import read_json, read_only
@@ -112,9 +113,11 @@ class ArrayShardSource(StreamSource):
       class_names = tuple(str(name) for name in manifest["class_names"])
       num_classes = int(manifest["num_classes"])
     except (KeyError, TypeError, ValueError) as e:
-      raise UserError(f"array shards manifest {manifest_path} is damaged: bad or missing {e}") from None
+      raise UserError(
+          f"array shards manifest {manifest_path} is damaged: bad or missing {e}") from None
     if len(image_shape) != 3 or min(image_shape) < 1:
-      raise UserError(f"array shards manifest {manifest_path} is damaged: image_shape {image_shape}")
+      raise UserError(
+          f"array shards manifest {manifest_path} is damaged: image_shape {image_shape}")
     if num_classes != len(class_names) or not class_names:
       raise UserError(f"array shards manifest {manifest_path} is damaged: num_classes "
                       f"{num_classes} but {len(class_names)} class names")
@@ -320,7 +323,8 @@ class StreamDataset:
     if split not in ("train", "val"):
       raise UserError(f"unknown split {split!r}; choose one of: train, val, test")
     indices = self.train_indices if split == "train" else self.val_indices
-    digest = hashlib.sha256(f"{self.train.fingerprint};{indices.dtype.str}{indices.shape};".encode())
+    digest = hashlib.sha256(
+        f"{self.train.fingerprint};{indices.dtype.str}{indices.shape};".encode())
     digest.update(indices.tobytes())
     return digest.hexdigest()
 
@@ -501,12 +505,13 @@ def open_training_stream(root: str | os.PathLike, *, val_size: int | float, spli
     raise UserError("--dataset stream needs --data-dir: a folder with train/ and test/ shards")
   stream = open_stream_dataset(root, val_size=val_size, split_seed=split_seed,
                                train_limit=train_limit)
-  for split, source in (("train", stream.train), ("test", stream.test)):
+  for source in (stream.train, stream.test):
     if source is None:
       raise UserError(f"{root} has no test/ split; streamed training evaluates on it")
     if not isinstance(source, ArrayShardSource):
       raise UserError(f"{source.path} is an image folder; convert it to array shards first "
-                      "(distill.data.shards.write_array_shards) so it is decoded once, not every epoch")
+                      "(distill.data.shards.write_array_shards) so it is decoded once, "
+                      "not every epoch")
   train_labels = _all_labels(stream.train)
   return StreamedTrainingData(
       stream=stream,

@@ -7,7 +7,8 @@ keyword settings from the recipe, and returns a module mapping float images
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from distill.errors import UserError
 

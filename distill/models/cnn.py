@@ -1,8 +1,8 @@
 """A small convolutional student, and the conv stages it shares with the ViT's CNN stem."""
 
-from flax import nnx
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from distill.errors import UserError
 from distill.models import register
@@ -47,7 +47,7 @@ class ConvStages(nnx.Module):
 
   def __call__(self, images_BxHxWxC: jax.Array) -> jax.Array:
     x = images_BxHxWxC
-    for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+    for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
       x = nnx.relu(norm(conv(x)))
       last_of_stage = (i + 1) % self.blocks_per_stage == 0
       last_block = i + 1 == len(self.convs)

@@ -1,7 +1,7 @@
 """The classifier head shared by every model."""
 
-from flax import nnx
 import jax
+from flax import nnx
 
 
 def classifier_head(in_features: int, num_classes: int, *, head_init_scale: float,

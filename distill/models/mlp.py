@@ -1,7 +1,7 @@
 """Fully connected students: an MLP and a linear (logistic regression) model."""
 
-from flax import nnx
 import jax
+from flax import nnx
 
 from distill.models import register
 from distill.models.heads import classifier_head, flatten
@@ -16,7 +16,8 @@ class MLP(nnx.Module):
                dtype=None, rngs: nnx.Rngs):
     in_features = image_shape[0] * image_shape[1] * image_shape[2]
     sizes = [in_features, *hidden]
-    self.layers = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+    self.layers = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs)
+                            for a, b in zip(sizes[:-1], sizes[1:], strict=True)])
     self.head = classifier_head(sizes[-1], num_classes, head_init_scale=head_init_scale, rngs=rngs)
 
   def __call__(self, images_BxHxWxC: jax.Array) -> jax.Array:
@@ -34,7 +35,8 @@ class Linear(nnx.Module):
                head_init_scale: float = 0.0, dtype=None, rngs: nnx.Rngs):
     del dtype  # One matmul: float32 keeps logistic regression exact.
     in_features = image_shape[0] * image_shape[1] * image_shape[2]
-    self.head = classifier_head(in_features, num_classes, head_init_scale=head_init_scale, rngs=rngs)
+    self.head = classifier_head(in_features, num_classes, head_init_scale=head_init_scale,
+                                rngs=rngs)
 
   def __call__(self, images_BxHxWxC: jax.Array) -> jax.Array:
     return self.head(flatten(images_BxHxWxC))

@@ -1,8 +1,8 @@
 """Vision Transformer (Dosovitskiy et al. 2021), sized by the recipe."""
 
-from flax import nnx
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from distill.errors import UserError
 from distill.models import register
@@ -63,10 +63,14 @@ class NeighbourhoodConv(nnx.Module):
     # Concatenated in the kernel's (row, column, channel) order, so the kernel
     # flattens to the matching [k*k*C, F] matrix. Cross-correlation, like lax.conv.
     return jnp.concatenate(
-        [padded[:, dy:dy + height, dx:dx + width, :] for dy in range(k) for dx in range(k)], axis=-1)
+        [padded[:, dy:dy + height, dx:dx + width, :] for dy in range(k) for dx in range(k)],
+        axis=-1)
 
   def project(self, neighbourhoods: jax.Array, activation=None) -> jax.Array:
-    """[..., k·k·C] neighbourhoods -> [..., F] outputs, then `activation`; any leading layout works."""
+    """[..., k·k·C] neighbourhoods -> [..., F] outputs, then `activation`.
+
+    Any leading layout works.
+    """
     x, kernel, bias = nnx.nn.dtypes.promote_dtype(
         (neighbourhoods, self.kernel[...], self.bias[...]), dtype=self.dtype)
     # One 2-D matmul: its backward pass (kernel and bias gradients summed over
@@ -117,7 +121,8 @@ class ViT(nnx.Module):
     self.stem = conv_stem
     self.cnn_stem = cnn_stem
     if height % patch or width_px % patch:
-      raise UserError(f"vit patch {patch} must divide the {'stem output' if stem == 'cnn' else 'image'} "
+      raise UserError(f"vit patch {patch} must divide the "
+                      f"{'stem output' if stem == 'cnn' else 'image'} "
                       f"size {height}x{width_px}")
     if width % heads:
       raise UserError(f"vit width {width} must be divisible by heads {heads}")
@@ -126,7 +131,8 @@ class ViT(nnx.Module):
     num_tokens = (height // patch) * (width_px // patch) + 1
     self.class_token = nnx.Param(jnp.zeros((1, 1, width)))
     self.positions = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (1, num_tokens, width)))
-    self.blocks = nnx.List([EncoderBlock(width, heads, mlp_ratio, dtype=dtype, rngs=rngs) for _ in range(depth)])
+    self.blocks = nnx.List([EncoderBlock(width, heads, mlp_ratio, dtype=dtype, rngs=rngs)
+                            for _ in range(depth)])
     self.final_norm = nnx.LayerNorm(width, dtype=jnp.float32, rngs=rngs)
     self.head = classifier_head(width, num_classes, head_init_scale=head_init_scale, rngs=rngs)
 
