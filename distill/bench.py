@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import tempfile
 import time
@@ -61,18 +62,19 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int |
     loop_to_bare_ratio, export_images_per_second, export_to_train_ratio,
     compile_seconds, peak_rss_mb, and the settings measured.
   """
-  import jax  # noqa: PLC0415
-
   from contextlib import closing  # noqa: PLC0415
 
-  from distill import loop, teaching as teaching_lib  # noqa: PLC0415
+  import jax  # noqa: PLC0415
+
+  from distill import loop  # noqa: PLC0415
+  from distill import teaching as teaching_lib  # noqa: PLC0415
   from distill.inference import predict_in_batches  # noqa: PLC0415
   from distill.models import count_params, create_model  # noqa: PLC0415
   from distill.step import prepare_training  # noqa: PLC0415
 
-  settings = dict(recipe[role])
+  settings = config_lib.TrainSettings.of(recipe, role)
   if steps is None:
-    steps = min(settings["steps"], max(settings["eval_every"], settings["checkpoint_every"]))
+    steps = min(settings.steps, max(settings.eval_every, settings.checkpoint_every))
   if bare_steps is None:
     bare_steps = steps
   for flag, value in (("--steps", steps), ("--bare-steps", bare_steps)):
@@ -85,7 +87,8 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int |
       num_examples, num_classes = int(count_text), int(classes_text)
       assert len(image_shape) == 3
     except (ValueError, AssertionError):
-      raise UserError(f"--synthetic expects HxWxC:N:CLASSES like 32x32x3:50000:10, got '{synthetic}'") from None
+      raise UserError("--synthetic expects HxWxC:N:CLASSES like 32x32x3:50000:10, "
+                      f"got '{synthetic}'") from None
     images, labels = synthetic_images(num_examples, image_shape, num_classes)
     val_images, val_labels = synthetic_images(1000, image_shape, num_classes, seed=1)
     dataset_name = f"synthetic {synthetic}"
@@ -96,10 +99,10 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int |
     images, labels = dataset.x_train, dataset.y_train
     val_images, val_labels = dataset.x_val, dataset.y_val
     image_shape, num_classes, dataset_name = dataset.image_shape, dataset.num_classes, dataset.name
-  if settings["batch_size"] > len(images):
-    raise UserError(f"batch size {settings['batch_size']} is larger than the {len(images)} images")
+  if settings.batch_size > len(images):
+    raise UserError(f"batch size {settings.batch_size} is larger than the {len(images)} images")
 
-  name, model_kwargs = config_lib.model_settings(recipe, role)
+  name, model_kwargs = settings.model, dict(settings.model_options)
   teaching = None
   if role == "teacher":
     objective = teaching_lib.make_objective("hard")
@@ -113,17 +116,18 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int |
 
   def fresh_model():
     return create_model(name, num_classes=num_classes, image_shape=image_shape,
-                        seed=recipe["seed"], compute_dtype=settings["compute_dtype"],
+                        seed=recipe["seed"], compute_dtype=settings.compute_dtype,
                         **model_kwargs)
 
   # 1. The bare step: one compiled K-step function called back to back.
-  per_dispatch = settings["steps_per_dispatch"]
+  loop_settings = dataclasses.replace(settings, steps=steps)
+  per_dispatch = settings.steps_per_dispatch
   dispatches = max(1, bare_steps // per_dispatch)
   model = fresh_model()
   num_params = count_params(model)
   setup = prepare_training(
       model=model, images=images, labels=labels, objective=objective, teaching=teaching,
-      settings={**settings, "steps": steps}, augment_settings=augment_settings,
+      settings=loop_settings, augment_settings=augment_settings,
       seed=recipe["seed"])
   # Every dispatch's rows are made (or read) before the clock starts.
   plan = [(i * per_dispatch, per_dispatch) for i in range(dispatches + 1)]
@@ -140,12 +144,11 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int |
     state, metrics = setup.run_chunk(compiled, state, chunk)
   jax.block_until_ready((state, metrics))
   bare_seconds = time.perf_counter() - start
-  bare_ips = dispatches * per_dispatch * settings["batch_size"] / bare_seconds
+  bare_ips = dispatches * per_dispatch * settings.batch_size / bare_seconds
   trained_params, predict = state["params"], setup.predict
   del state, rows, setup
 
   # 2. The real loop, at the recipe's cadence (eval/checkpoint no rarer than the run).
-  loop_settings = {**settings, "steps": steps}
   with tempfile.TemporaryDirectory(prefix="distill-bench-") as workdir:
     _, stats = loop.fit(
         model=fresh_model(), images=images, labels=labels, teaching=teaching,
@@ -163,11 +166,11 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int |
   return {
       "role": role,
       "model": name,
-      "compute_dtype": settings["compute_dtype"],
+      "compute_dtype": settings.compute_dtype,
       "params": num_params,
       "dataset": dataset_name,
       "image_shape": list(image_shape),
-      "batch_size": settings["batch_size"],
+      "batch_size": settings.batch_size,
       "steps_per_dispatch": per_dispatch,
       "bare_steps": dispatches * per_dispatch,
       "loop_steps": steps,

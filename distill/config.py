@@ -9,10 +9,13 @@ training with a default.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
 import tomllib
+import types
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +103,8 @@ def _unknown_key(dotted: str, where: str) -> UserError:
   node = DEFAULTS
   for part in parent.split(".") if parent else []:
     node = node.get(part, {}) if isinstance(node, dict) else {}
-  siblings = [f"{parent + '.' if parent else ''}{k}" for k in node] if isinstance(node, dict) and node else []
+  siblings = ([f"{parent + '.' if parent else ''}{k}" for k in node]
+              if isinstance(node, dict) and node else [])
   choices = siblings or [k for k in DEFAULTS]
   return UserError(
       f"unknown recipe key '{dotted}' in {where}; valid keys here: {', '.join(choices)}"
@@ -156,7 +160,8 @@ def _merge(base: dict[str, Any], update: dict[str, Any], where: str, prefix: str
       raise _unknown_key(dotted, where)
     if isinstance(base[key], dict):
       if not isinstance(value, dict):
-        raise UserError(f"recipe key '{dotted}' in {where} is a table; set its keys, e.g. {dotted}.{next(iter(base[key]))}")
+        raise UserError(f"recipe key '{dotted}' in {where} is a table; set its keys, "
+                        f"e.g. {dotted}.{next(iter(base[key]))}")
       _merge(base[key], value, where, dotted + ".")
     else:
       base[key] = _coerce(value, base[key], dotted, where)
@@ -179,7 +184,8 @@ def resolve_recipe_path(recipe: str | None) -> Path | None:
     if candidate.is_file():
       return candidate
   known = recipe_names()
-  raise UserError(f"recipe '{recipe}' not found (a file path, or one of: {', '.join(known) or 'none'})")
+  raise UserError(f"recipe '{recipe}' not found "
+                  f"(a file path, or one of: {', '.join(known) or 'none'})")
 
 
 def parse_override(text: str) -> tuple[str, str]:
@@ -190,7 +196,8 @@ def parse_override(text: str) -> tuple[str, str]:
   return key.strip(), value.strip()
 
 
-def load_recipe(recipe: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+def load_recipe(recipe: str | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
   """Builds the resolved recipe: defaults, then the recipe file, then overrides.
 
   Args:
@@ -259,21 +266,24 @@ def set_key(recipe: dict[str, Any], dotted: str, value: Any, where: str = "--set
 
 def validate(recipe: dict[str, Any]) -> None:
   """Checks value ranges that types alone cannot express."""
-  from distill.models import model_names  # noqa: PLC0415 (keeps --help fast)
   from distill.data import dataset_names  # noqa: PLC0415
+  from distill.models import model_names  # noqa: PLC0415 (keeps --help fast)
 
   # 'stream': array shards read from disk (data.data_dir), see distill.data.stream.
   names = [*dataset_names(), "stream"]
   if recipe["data"]["dataset"] not in names:
     raise UserError(f"unknown dataset '{recipe['data']['dataset']}'; valid: {', '.join(names)}")
   if recipe["augment"]["crop"] not in CROP_MODES:
-    raise UserError(f"augment.crop must be one of {', '.join(CROP_MODES)}, got '{recipe['augment']['crop']}'")
+    raise UserError(f"augment.crop must be one of {', '.join(CROP_MODES)}, "
+                    f"got '{recipe['augment']['crop']}'")
   if recipe["student"]["loss"] not in STUDENT_LOSSES:
-    raise UserError(f"student.loss must be one of {', '.join(STUDENT_LOSSES)}, got '{recipe['student']['loss']}'")
+    raise UserError(f"student.loss must be one of {', '.join(STUDENT_LOSSES)}, "
+                    f"got '{recipe['student']['loss']}'")
   for role in ("teacher", "student"):
     section = recipe[role]
     if section["model"] not in model_names():
-      raise UserError(f"unknown model '{section['model']}' for {role}; valid: {', '.join(model_names())}")
+      raise UserError(f"unknown model '{section['model']}' for {role}; "
+                      f"valid: {', '.join(model_names())}")
     for key in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
                 "steps_per_dispatch", "eval_batch_size"):
       if section[key] <= 0:
@@ -293,7 +303,8 @@ def validate(recipe: dict[str, Any]) -> None:
   if not (temperature > 0 and math.isfinite(temperature)):
     raise UserError(f"export.temperature must be a positive number, got {temperature}")
   if recipe["export"]["views"] < 0:
-    raise UserError(f"export.views must be 0 (no augmented views) or more, got {recipe['export']['views']}")
+    raise UserError("export.views must be 0 (no augmented views) or more, "
+                    f"got {recipe['export']['views']}")
   if recipe["data"]["val_size"] < 0 or recipe["data"]["train_limit"] < 0:
     raise UserError("data.val_size and data.train_limit must not be negative")
 
@@ -322,11 +333,58 @@ def _validate_distillation(student: dict[str, Any]) -> None:
                     "the mixed images can label them")
 
 
-def model_settings(recipe: dict[str, Any], role: str) -> tuple[str, dict[str, Any]]:
-  """Returns (model name, its keyword arguments) for `role` ('teacher'/'student')."""
-  section = recipe[role]
-  name = section["model"]
-  return name, dict(section[name])
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+  """One role's training settings (the recipe's [teacher] or [student] table), typed and frozen.
+
+  Built once from a resolved recipe with `TrainSettings.of`; the step, the
+  loop and the benchmark read attributes, not string keys. `model_options`
+  is the chosen model's own table (e.g. [student.cnn]).
+  """
+
+  model: str
+  model_options: Mapping[str, Any]
+  steps: int
+  batch_size: int
+  learning_rate: float
+  weight_decay: float
+  warmup_steps: int
+  grad_clip: float
+  label_smoothing: float
+  log_every: int
+  eval_every: int
+  checkpoint_every: int
+  steps_per_dispatch: int
+  eval_batch_size: int
+  init_check_tolerance: float
+  compute_dtype: str
+
+  @classmethod
+  def of(cls, recipe: dict[str, Any], role: str) -> TrainSettings:
+    """The settings of `role` ('teacher' or 'student') in a resolved recipe."""
+    section = recipe[role]
+    plain = {f.name: section[f.name] for f in dataclasses.fields(cls) if f.name != "model_options"}
+    return cls(**plain, model_options=types.MappingProxyType(dict(section[section["model"]])))
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillSettings:
+  """How a student learns from its teacher (the distillation keys of [student]), typed."""
+
+  loss: str
+  teaching: str
+  temperature: float
+  alpha: float
+  soft_loss: str
+  mixup: float
+  augment: bool
+  label_smoothing: float
+
+  @classmethod
+  def of(cls, recipe: dict[str, Any]) -> DistillSettings:
+    """The student's distillation settings in a resolved recipe."""
+    section = recipe["student"]
+    return cls(**{f.name: section[f.name] for f in dataclasses.fields(cls)})
 
 
 def recipe_hash(recipe: dict[str, Any], role: str) -> str:

@@ -14,8 +14,9 @@ import dataclasses
 import math
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -23,6 +24,7 @@ from flax import nnx
 
 from distill import losses, parallel, rundir
 from distill.checkpoint import Checkpointer
+from distill.config import TrainSettings
 from distill.errors import UserError
 from distill.inference import TrainedModel, predict_in_batches
 from distill.step import TrainingSetup, prepare_training
@@ -44,7 +46,7 @@ class RunStats:
 
 
 def fit(*, model: nnx.Module, images, labels: np.ndarray, val_images, val_labels: np.ndarray,
-        objective: Objective, settings: dict[str, Any], augment_settings: dict[str, Any] | None,
+        objective: Objective, settings: TrainSettings, augment_settings: dict[str, Any] | None,
         workdir: Path, seed: int, checkpoint_meta: dict[str, Any],
         teaching: HardLabels | None = None, strict_init_check: bool = False, quiet: bool = False,
         echo: Callable[[str], None] = print,
@@ -56,7 +58,7 @@ def fit(*, model: nnx.Module, images, labels: np.ndarray, val_images, val_labels
     images, labels: the training split, uint8 [N, H, W, C] (or rows on disk) and int [N].
     val_images, val_labels: the validation split for periodic evaluation.
     objective: what to minimise (see `teaching.make_objective`).
-    settings: the role's recipe section (steps, batch_size, optimizer, cadences).
+    settings: the role's training settings (steps, batch size, optimizer, cadences).
     augment_settings: the recipe's `augment` table, or None for no augmentation.
     workdir: the run directory; checkpoints and `metrics.jsonl` go here.
     seed: seeds the data order and the augmentation.
@@ -70,14 +72,14 @@ def fit(*, model: nnx.Module, images, labels: np.ndarray, val_images, val_labels
   setup = prepare_training(model=model, images=images, labels=labels, objective=objective,
                            teaching=teaching, settings=settings,
                            augment_settings=augment_settings, seed=seed)
-  init_loss, expected = _check_init_loss(setup, objective, settings["init_check_tolerance"],
+  init_loss, expected = _check_init_loss(setup, objective, settings.init_check_tolerance,
                                          strict_init_check, echo, warn)
   run = _Run(setup, settings, Path(workdir), checkpoint_meta, quiet)
   start_step = run.resume(echo)
   last_train_loss = init_loss
   try:
     with _StopFlag() as stop, contextlib.closing(setup.feeder.dispatches(run.plan)) as feed:
-      for (first, count), rows in zip(run.plan, feed):
+      for (first, count), rows in zip(run.plan, feed, strict=True):
         step = run.train(first, count, rows)
         # Read once: a signal handled while this step logs or evaluates
         # must not stop the run before this step's checkpoint is saved.
@@ -102,7 +104,8 @@ def fit(*, model: nnx.Module, images, labels: np.ndarray, val_images, val_labels
       init_loss=init_loss, init_loss_expected=expected, final_train_loss=last_train_loss,
       steps=run.total_steps, train_seconds=run.earlier_seconds + seconds,
       compile_seconds=run.compile_seconds,
-      images_per_second=(run.total_steps - start_step) * settings["batch_size"] / max(seconds, 1e-9),
+      images_per_second=((run.total_steps - start_step) * settings.batch_size
+                         / max(seconds, 1e-9)),
       resumed_from=start_step or None)
   return setup.trained(run.state["params"]), stats
 
@@ -125,13 +128,13 @@ def _check_init_loss(setup: TrainingSetup, objective: Objective, tolerance: floa
 class _Run:
   """One stretch of training: its state, clocks, cadences, log and checkpoints."""
 
-  def __init__(self, setup: TrainingSetup, settings: dict[str, Any], workdir: Path,
+  def __init__(self, setup: TrainingSetup, settings: TrainSettings, workdir: Path,
                checkpoint_meta: dict[str, Any], quiet: bool):
     self.setup, self.settings, self.workdir = setup, settings, workdir
     self.meta = checkpoint_meta
     self.quiet = quiet
     self.state = setup.state
-    self.total_steps = settings["steps"]
+    self.total_steps = settings.steps
     self.checkpointer = Checkpointer(workdir)
     self.metrics = rundir.MetricsLog(workdir / rundir.METRICS_FILE)
     self.earlier_seconds = 0.0
@@ -158,9 +161,9 @@ class _Run:
       echo(f"resuming from step {start_step} ({self.checkpointer.directory})")
     self.metrics.start(after_step=start_step if latest is not None else None)
     settings = self.settings
-    self.plan = dispatch_plan(start_step, self.total_steps, settings["steps_per_dispatch"],
-                              (settings["log_every"], settings["eval_every"],
-                               settings["checkpoint_every"]))
+    self.plan = dispatch_plan(start_step, self.total_steps, settings.steps_per_dispatch,
+                              (settings.log_every, settings.eval_every,
+                               settings.checkpoint_every))
     from tqdm.auto import tqdm  # noqa: PLC0415
 
     self._progress = tqdm(total=self.total_steps, initial=start_step, unit="step",
@@ -187,11 +190,11 @@ class _Run:
 
   def at_log(self, step: int) -> bool:
     """Whether `step` writes a line of metrics.jsonl."""
-    return step % self.settings["log_every"] == 0 or step == self.total_steps
+    return step % self.settings.log_every == 0 or step == self.total_steps
 
   def at_checkpoint(self, step: int) -> bool:
     """Whether `step` saves a checkpoint (a stop signal saves one too)."""
-    return step % self.settings["checkpoint_every"] == 0 or step == self.total_steps
+    return step % self.settings.checkpoint_every == 0 or step == self.total_steps
 
   def summary_of_window(self, step: int) -> dict[str, Any]:
     """The metrics since the last log line; a non-finite loss stops the run here."""
@@ -209,9 +212,9 @@ class _Run:
     self._window = []
     step = record["step"]
     record["learning_rate"] = float(self.setup.schedule(step))
-    if step % self.settings["eval_every"] == 0 or step == self.total_steps:
+    if step % self.settings.eval_every == 0 or step == self.total_steps:
       val_logits = predict_in_batches(self.setup.predict, self.state["params"], val_images,
-                                      self.settings["eval_batch_size"])
+                                      self.settings.eval_batch_size)
       record["val_loss"] = float(losses.hard_cross_entropy(val_logits, val_labels))
       record["val_accuracy"] = float(losses.accuracy(val_logits, val_labels))
     record["elapsed_seconds"] = round(time.perf_counter() - self._loop_start, 3)

@@ -11,8 +11,9 @@ host's clock: that is the loop's business (`distill.loop`).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,7 @@ from flax import nnx
 
 from distill import losses, parallel
 from distill.augment import augment
+from distill.config import TrainSettings
 from distill.errors import UserError
 from distill.feeders import DataOrder, make_feeder, pixel_stats
 from distill.inference import TrainedModel, make_predict, normalize
@@ -30,15 +32,15 @@ from distill.teaching import HardLabels, Objective
 Batch = dict[str, jax.Array]
 
 
-def make_schedule(settings: dict[str, Any], total_steps: int) -> optax.Schedule:
+def make_schedule(settings: TrainSettings, total_steps: int) -> optax.Schedule:
   """Linear warm-up to `learning_rate`, then cosine decay to 1% of it at `total_steps`."""
-  warmup = min(settings["warmup_steps"], max(total_steps - 1, 0))
+  warmup = min(settings.warmup_steps, max(total_steps - 1, 0))
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=settings["learning_rate"], warmup_steps=warmup,
-      decay_steps=max(total_steps, warmup + 1), end_value=settings["learning_rate"] * 0.01)
+      init_value=0.0, peak_value=settings.learning_rate, warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1), end_value=settings.learning_rate * 0.01)
 
 
-def make_optimizer(settings: dict[str, Any], total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(settings: TrainSettings, total_steps: int) -> optax.GradientTransformation:
   """AdamW on `make_schedule`, with global-norm clipping.
 
   Weight decay applies to matrices and kernels only: decaying biases, norms and
@@ -46,9 +48,9 @@ def make_optimizer(settings: dict[str, Any], total_steps: int) -> optax.Gradient
   """
   schedule = make_schedule(settings, total_steps)
   parts = []
-  if settings["grad_clip"] > 0:
-    parts.append(optax.clip_by_global_norm(settings["grad_clip"]))
-  parts.append(optax.adamw(schedule, weight_decay=settings["weight_decay"],
+  if settings.grad_clip > 0:
+    parts.append(optax.clip_by_global_norm(settings.grad_clip))
+  parts.append(optax.adamw(schedule, weight_decay=settings.weight_decay,
                            mask=lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)))
   return optax.chain(*parts)
 
@@ -198,7 +200,7 @@ class TrainingSetup:
 
 
 def prepare_training(*, model: nnx.Module, images, labels: np.ndarray, objective: Objective,
-                     teaching: HardLabels | None, settings: dict[str, Any],
+                     teaching: HardLabels | None, settings: TrainSettings,
                      augment_settings: dict[str, Any] | None, seed: int,
                      mesh=None) -> TrainingSetup:
   """Splits `model`, builds its optimizer and feeder and places the teacher.
@@ -211,13 +213,13 @@ def prepare_training(*, model: nnx.Module, images, labels: np.ndarray, objective
     images, labels: the training split (an array, or rows read from disk).
     objective: what to minimise (see `teaching.make_objective`).
     teaching: where the targets come from; None (or `HardLabels()`) for labels only.
-    settings: the role's recipe section.
+    settings: the role's training settings.
     augment_settings: the recipe's `augment` table, or None for no augmentation.
     seed: seeds the data order and the augmentation.
     mesh: see `parallel.make_mesh`.
   """
   mesh = parallel.make_mesh() if mesh is None else mesh
-  parallel.check_divides(settings["batch_size"], mesh, "batch_size")
+  parallel.check_divides(settings.batch_size, mesh, "batch_size")
   if objective.uses_targets and (teaching is None or type(teaching) is HardLabels):
     raise UserError(f"the '{objective.name}' loss needs a teacher (targets, online or views)")
   # A run that does not learn from targets ignores any teacher it is given.
@@ -226,8 +228,8 @@ def prepare_training(*, model: nnx.Module, images, labels: np.ndarray, objective
   mean, std = pixel_stats(images)
   stats = parallel.put_replicated(
       (np.asarray(mean, np.float32), np.asarray(std, np.float32)), mesh)
-  optimizer = make_optimizer(settings, settings["steps"])
-  order = DataOrder(len(images), settings["batch_size"], seed)
+  optimizer = make_optimizer(settings, settings.steps)
+  order = DataOrder(len(images), settings.batch_size, seed)
   feeder = make_feeder(images, labels, partial(teaching.columns, len(images)), order, mesh)
   teacher_state = teaching.device_state()
   if teacher_state is not None:
@@ -240,7 +242,7 @@ def prepare_training(*, model: nnx.Module, images, labels: np.ndarray, objective
   every_device = parallel.replicated(mesh)
   return TrainingSetup(
       spec=spec, state=initial_state(params, optimizer, mesh), feeder=feeder, stats=stats,
-      teacher_state=teacher_state, schedule=make_schedule(settings, settings["steps"]),
+      teacher_state=teacher_state, schedule=make_schedule(settings, settings.steps),
       chunk_fn=jax.jit(partial(train_chunk, spec), donate_argnums=0,
                        out_shardings=(every_device, every_device)),
       predict=make_predict(graphdef, rest, stats, mesh), pixel_mean=mean, pixel_std=std, mesh=mesh)

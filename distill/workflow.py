@@ -38,21 +38,21 @@ def load_data(recipe: dict[str, Any]):
                       train_limit=data["train_limit"] or None)
 
 
-def check_batch_fits(dataset, settings: dict[str, Any], role: str) -> None:
+def check_batch_fits(dataset, settings: config_lib.TrainSettings, role: str) -> None:
   """Refuses a batch larger than the training split before anything is written."""
-  if settings["batch_size"] > len(dataset.x_train):
-    raise UserError(f"{role}.batch_size {settings['batch_size']} is larger than the "
+  if settings.batch_size > len(dataset.x_train):
+    raise UserError(f"{role}.batch_size {settings.batch_size} is larger than the "
                     f"{len(dataset.x_train)} training examples of {dataset.name}")
 
 
 def _build_model(recipe: dict[str, Any], role: str, dataset):
   from distill.models import count_params, create_model  # noqa: PLC0415
 
-  name, settings = config_lib.model_settings(recipe, role)
-  model = create_model(name, num_classes=dataset.num_classes, image_shape=dataset.image_shape,
-                       seed=recipe["seed"], compute_dtype=recipe[role]["compute_dtype"],
-                       **settings)
-  return name, model, count_params(model)
+  settings = config_lib.TrainSettings.of(recipe, role)
+  model = create_model(settings.model, num_classes=dataset.num_classes,
+                       image_shape=dataset.image_shape, seed=recipe["seed"],
+                       compute_dtype=settings.compute_dtype, **settings.model_options)
+  return settings.model, model, count_params(model)
 
 
 def _evaluate(model, images, labels: np.ndarray, batch_size: int) -> dict[str, Any]:
@@ -71,7 +71,6 @@ def _base_summary(role: str, model_name: str, num_params: int, dataset, recipe, 
                   val: dict[str, Any], test: dict[str, Any], wall_seconds: float) -> dict[str, Any]:
   import jax  # noqa: PLC0415
 
-  section = recipe[role]
   return {
       "role": role,
       "model": model_name,
@@ -79,7 +78,7 @@ def _base_summary(role: str, model_name: str, num_params: int, dataset, recipe, 
       "dataset_fingerprint": dataset.fingerprint,
       "params": num_params,
       "steps": stats.steps,
-      "batch_size": section["batch_size"],
+      "batch_size": config_lib.TrainSettings.of(recipe, role).batch_size,
       "seed": recipe["seed"],
       "init_loss": stats.init_loss,
       "init_loss_expected": stats.init_loss_expected,
@@ -114,7 +113,7 @@ def _fit_and_evaluate(role: str, recipe: dict[str, Any], dataset, model_name: st
   """
   from distill.loop import fit  # noqa: PLC0415
 
-  settings = recipe[role]
+  settings = config_lib.TrainSettings.of(recipe, role)
   trained, stats = fit(
       model=model, images=dataset.x_train, labels=dataset.y_train, teaching=teaching,
       val_images=dataset.x_val, val_labels=dataset.y_val, objective=objective,
@@ -122,12 +121,13 @@ def _fit_and_evaluate(role: str, recipe: dict[str, Any], dataset, model_name: st
       checkpoint_meta={"role": role, "recipe_hash": config_lib.recipe_hash(recipe, role)},
       strict_init_check=strict_init_check, quiet=console.quiet, echo=console.info,
       warn=console.warn)
-  batch = settings["eval_batch_size"]
+  batch = settings.eval_batch_size
   val = _evaluate(trained, dataset.x_val, dataset.y_val, batch)
   test = _evaluate(trained, dataset.x_test, dataset.y_test, batch)
   summary = _base_summary(role, model_name, num_params, dataset, recipe, trained, stats, val,
                           test, time.perf_counter() - start)
-  write_npz(workdir / PREDICTIONS_FILE, {"test_logits": test["logits"], "val_logits": val["logits"]})
+  write_npz(workdir / PREDICTIONS_FILE,
+            {"test_logits": test["logits"], "val_logits": val["logits"]})
   return trained, test, summary
 
 
@@ -155,23 +155,24 @@ def train_teacher(recipe: dict[str, Any], workdir: Path, *, restart: bool = Fals
   start = time.perf_counter()
   check_workdir(workdir)
   dataset = load_data(recipe)
-  check_batch_fits(dataset, recipe["teacher"], "teacher")
+  settings = config_lib.TrainSettings.of(recipe, "teacher")
+  check_batch_fits(dataset, settings, "teacher")
   console.info(dataset.describe())
   model_name, model, num_params = _build_model(recipe, "teacher", dataset)
   console.info(f"teacher: {model_name}, {num_params:,} parameters")
-  settings = recipe["teacher"]
   rundir.prepare_workdir(workdir, restart=restart, overwrite=overwrite)
   write_json(workdir / RECIPE_FILE, recipe)
   trained, test, summary = _fit_and_evaluate(
       "teacher", recipe, dataset, model_name, model, num_params, workdir, start,
-      teaching=None, objective=make_objective("hard", label_smoothing=settings["label_smoothing"]),
+      teaching=None, objective=make_objective("hard", label_smoothing=settings.label_smoothing),
       augment_settings=recipe["augment"], strict_init_check=strict_init_check, console=console)
   if export:
-    export_targets(workdir, trained=(trained, settings["steps"]), dataset=dataset,
+    export_targets(workdir, trained=(trained, settings.steps), dataset=dataset,
                    test_logits=test["logits"], quiet=quiet, console=console)
   write_json(workdir / SUMMARY_FILE, summary)
   console.info(f"teacher test accuracy {summary['test_accuracy']:.4f} "
-               f"(val {summary['val_accuracy']:.4f}) in {summary['train_seconds']:.0f}s -> {workdir}")
+               f"(val {summary['val_accuracy']:.4f}) in {summary['train_seconds']:.0f}s "
+               f"-> {workdir}")
   return summary
 
 
@@ -187,14 +188,15 @@ def restore_trained(run_dir: Path, recipe: dict[str, Any], role: str, dataset):
 
   _, model, _ = _build_model(recipe, role, dataset)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  optimizer = make_optimizer(recipe[role], recipe[role]["steps"])
+  settings = config_lib.TrainSettings.of(recipe, role)
+  optimizer = make_optimizer(settings, settings.steps)
   like = initial_state(params, optimizer, parallel.make_mesh())
   checkpointer = Checkpointer(run_dir)
   step = checkpointer.latest_step()
   if step is None:
     raise UserError(f"no checkpoint in {run_dir}/checkpoints; was the run trained there?")
-  if step != recipe[role]["steps"]:
-    raise UserError(f"the run in {run_dir} stopped at step {step} of {recipe[role]['steps']}; "
+  if step != settings.steps:
+    raise UserError(f"the run in {run_dir} stopped at step {step} of {settings.steps}; "
                     "finish it first by re-running its command")
   state, _ = checkpointer.restore(step, like)
   checkpointer.close()
@@ -220,8 +222,8 @@ def _teaching_for_student(recipe: dict[str, Any], teacher_dir: Path, dataset, co
   from distill import teaching as teaching_lib  # noqa: PLC0415
   from distill.targets import read_teacher_targets  # noqa: PLC0415
 
-  settings = recipe["student"]
-  mode, temperature = settings["teaching"], settings["temperature"]
+  settings = config_lib.DistillSettings.of(recipe)
+  mode, temperature = settings.teaching, settings.temperature
   if mode == "online":
     if (not (teacher_dir / rundir.CHECKPOINTS_DIR).is_dir()
         and (teacher_dir / rundir.TARGETS_META_FILE).exists()):
@@ -234,12 +236,12 @@ def _teaching_for_student(recipe: dict[str, Any], teacher_dir: Path, dataset, co
     test_logits = model.logits(dataset.x_test, recipe["export"]["batch_size"])
     identity = teacher_identity(teacher_dir, teacher_recipe, step, model.params)
     strategy = teaching_lib.OnlineTeacher(teacher=(model.graphdef, model.rest, model.params),
-                                          temperature=temperature, mixup=settings["mixup"])
+                                          temperature=temperature, mixup=settings.mixup)
     return strategy, test_logits, identity
   if mode == "views" and getattr(dataset, "streaming", False):
     raise UserError("teaching=views needs the data set in memory; stream with targets or online")
   targets = read_teacher_targets(teacher_dir, dataset)
-  if settings["loss"] == "hard":
+  if settings.loss == "hard":
     return None, targets.test_logits, targets.identity
   if mode == "views":
     if targets.view_logits is None:
@@ -250,7 +252,7 @@ def _teaching_for_student(recipe: dict[str, Any], teacher_dir: Path, dataset, co
                                           view_seed=views["seed"], view_augment=views["augment"],
                                           temperature=temperature)
     return strategy, targets.test_logits, targets.identity
-  if settings["augment"]:
+  if settings.augment:
     console.warn("student.augment with teaching=targets pairs each augmented view with the "
                  "target of the un-augmented image; the student learns from mismatched pairs. "
                  "Use teaching=online or teaching=views for augmented students.")
@@ -281,22 +283,22 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
   teacher_dir, workdir = Path(teacher_dir), Path(workdir)
   start = time.perf_counter()
   check_workdir(workdir)
-  settings = recipe["student"]
+  settings = config_lib.DistillSettings.of(recipe)
   dataset = load_data(recipe)
   teaching, teacher_test_logits, identity = _teaching_for_student(recipe, teacher_dir, dataset,
                                                                    console)
-  check_batch_fits(dataset, settings, "student")
+  check_batch_fits(dataset, config_lib.TrainSettings.of(recipe, "student"), "student")
   model_name, model, num_params = _build_model(recipe, "student", dataset)
   how = "hard labels" if teaching is None else f"teaching={teaching.name}"
-  console.info(f"student: {model_name}, {num_params:,} parameters, loss={settings['loss']}, {how}")
+  console.info(f"student: {model_name}, {num_params:,} parameters, loss={settings.loss}, {how}")
   rundir.prepare_workdir(workdir, restart=restart, overwrite=overwrite)
   write_json(workdir / RECIPE_FILE, {**recipe, "teacher_dir": str(teacher_dir.resolve())})
   # Online and views teaching are augmented by construction; targets and hard
   # labels only when the recipe asks.
-  augmented = settings["augment"] or (teaching is not None and teaching.always_augments)
-  objective = make_objective(settings["loss"], temperature=settings["temperature"],
-                             alpha=settings["alpha"], soft_loss=settings["soft_loss"],
-                             label_smoothing=settings["label_smoothing"])
+  augmented = settings.augment or (teaching is not None and teaching.always_augments)
+  objective = make_objective(settings.loss, temperature=settings.temperature,
+                             alpha=settings.alpha, soft_loss=settings.soft_loss,
+                             label_smoothing=settings.label_smoothing)
   _, test, summary = _fit_and_evaluate(
       "student", recipe, dataset, model_name, model, num_params, workdir, start,
       teaching=teaching, objective=objective,
@@ -305,12 +307,12 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
   teacher_summary_path = teacher_dir / SUMMARY_FILE
   teacher_summary = read_json(teacher_summary_path) if teacher_summary_path.exists() else {}
   summary.update({
-      "loss": settings["loss"],
+      "loss": settings.loss,
       "teaching": "hard" if teaching is None else teaching.name,
-      "soft_loss": settings["soft_loss"],
-      "temperature": settings["temperature"],
-      "alpha": settings["alpha"],
-      "mixup": settings["mixup"],
+      "soft_loss": settings.soft_loss,
+      "temperature": settings.temperature,
+      "alpha": settings.alpha,
+      "mixup": settings.mixup,
       "teacher_dir": str(teacher_dir.resolve()),
       "teacher_params_sha256": identity["params_sha256"],
       "teacher_test_accuracy": teacher_summary.get(
@@ -318,7 +320,7 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
       "agreement_with_teacher": float(losses.top1_agreement(test["logits"], teacher_test_logits)),
   })
   write_json(workdir / SUMMARY_FILE, summary)
-  console.info(f"student {model_name} ({settings['loss']}, {how}) test accuracy "
+  console.info(f"student {model_name} ({settings.loss}, {how}) test accuracy "
                f"{summary['test_accuracy']:.4f}, teacher {summary['teacher_test_accuracy']:.4f}, "
                f"agreement {summary['agreement_with_teacher']:.4f} -> {workdir}")
   return summary
@@ -338,7 +340,8 @@ def read_run_recipe(run_dir: Path) -> dict[str, Any]:
   return recipe
 
 
-def student_recipe(teacher_dir: Path, recipe_path: str | None, overrides: list[str]) -> dict[str, Any]:
+def student_recipe(teacher_dir: Path, recipe_path: str | None,
+                   overrides: list[str]) -> dict[str, Any]:
   """The recipe a student starts from: the teacher's own, unless another is given.
 
   Starting from the teacher's resolved recipe keeps the data settings (and so

@@ -7,13 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import TINY, TINY_FLAGS, run_cli
-from distill import augment, config, losses, step, teaching, workflow
-from distill.inference import normalize
-from distill.cli import main
-from distill.targets import load_targets
+from flax import nnx
 
+from distill import augment, config, losses, step, teaching, workflow
+from distill.cli import main
+from distill.inference import normalize
+from distill.targets import load_targets
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,8 @@ def test_every_teaching_trains_and_passes_the_strict_init_check(teachers, tmp_pa
   summary = _student(teachers / "t0", tmp_path / "s", *args)
   assert summary["teaching"] == teaching
   assert np.isfinite(summary["final_train_loss"])
-  records = [json.loads(line) for line in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
+  records = [json.loads(line)
+             for line in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
   assert ("teacher_agreement" in records[-1]) == (teaching != "hard")
 
 
@@ -83,7 +84,8 @@ def _tiny_setup(strategy, **objective_settings):
   setup = step.prepare_training(
       model=model, images=dataset.x_train, labels=dataset.y_train,
       objective=teaching.make_objective("soft", **objective_settings), teaching=strategy,
-      settings=recipe["student"], augment_settings=recipe["augment"], seed=3)
+      settings=config.TrainSettings.of(recipe, "student"), augment_settings=recipe["augment"],
+      seed=3)
   return recipe, dataset, setup
 
 
@@ -100,7 +102,6 @@ def test_online_teacher_labels_the_students_exact_augmented_batch(teachers):
   # The batch is augmented (not the plain images) and the targets are the teacher's on it.
   plain = normalize(setup.feeder.data["images"][indices], *setup.stats)
   assert not np.allclose(images, plain)
-  from flax import nnx
   teacher = nnx.merge(result.graphdef, result.params, result.rest)
   np.testing.assert_allclose(batch["targets"], jax.nn.softmax(teacher(images) / 2.0), atol=1e-5)
 
@@ -120,7 +121,6 @@ def test_views_replay_exactly_what_the_teacher_labelled(teachers):
                                   meta["views"]["augment"])
     row = int(np.where(indices == 5)[0][0])
     logits = result.predict(result.params, dataset.x_train[indices])  # plain, for contrast
-    from flax import nnx
     model = nnx.merge(result.graphdef, result.params, result.rest)
     np.testing.assert_allclose(model(views)[row], arrays["view_logits"][5, 2], atol=1e-4)
     assert not np.allclose(logits[row], arrays["view_logits"][5, 2], atol=1e-4)
@@ -191,7 +191,6 @@ def test_ensemble_members_label_the_same_views(teachers, tmp_path):
                 "--views", 2, "--out", tmp_path / "ens", "-q")
   assert result.exit_code == 0, result.output
   ensemble, meta = load_targets(tmp_path / "ens")
-  from flax import nnx
   probs = []
   for name in ("t0", "t1"):
     recipe = workflow.read_run_recipe(teachers / name)

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -38,7 +40,8 @@ def _fit(tmp_path, overrides, **kwargs):
   defaults = dict(
       model=model, images=dataset.x_train, labels=dataset.y_train,
       val_images=dataset.x_val, val_labels=dataset.y_val, objective=make_objective("hard"),
-      settings=recipe["teacher"], augment_settings=recipe["augment"], workdir=tmp_path,
+      settings=config.TrainSettings.of(recipe, "teacher"), augment_settings=recipe["augment"],
+      workdir=tmp_path,
       seed=recipe["seed"], checkpoint_meta={"recipe_hash": config.recipe_hash(recipe, "teacher")},
       quiet=True)
   defaults.update(kwargs)
@@ -71,7 +74,9 @@ def test_same_seed_same_result(tmp_path, tiny_overrides):
   a, _ = _fit(tmp_path / "a", tiny_overrides)
   b, _ = _fit(tmp_path / "b", tiny_overrides)
   assert a.params_sha256() == b.params_sha256()
-  import json
-  records = lambda run: [{k: v for k, v in json.loads(line).items() if k != "elapsed_seconds"}
-                         for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+
+  def records(run):
+    return [{k: v for k, v in json.loads(line).items() if k != "elapsed_seconds"}
+            for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+
   assert records("a") == records("b") and len(records("a")) == 2
