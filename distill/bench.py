@@ -16,6 +16,7 @@ import dataclasses
 import resource
 import tempfile
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,31 @@ def synthetic_images(num_examples: int, image_shape: tuple[int, int, int], num_c
 def _peak_rss_mb() -> float:
   # ru_maxrss is in kilobytes on Linux.
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class _BenchData:
+  """The images a benchmark trains, validates and exports on, and what they are."""
+
+  images: np.ndarray
+  labels: np.ndarray
+  val_images: np.ndarray
+  val_labels: np.ndarray
+  image_shape: tuple[int, ...]
+  num_classes: int
+  name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _BareStep:
+  """What timing the bare step measured, and its trained parameters for timing export."""
+
+  num_params: int
+  steps: int
+  compile_seconds: float
+  images_per_second: float
+  params: Any
+  predict: Any
 
 
 def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int | None = None,
@@ -62,15 +88,7 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int |
     loop_to_bare_ratio, export_images_per_second, export_to_train_ratio,
     compile_seconds, peak_rss_mb, and the settings measured.
   """
-  from contextlib import closing  # noqa: PLC0415
-
   import jax  # noqa: PLC0415
-
-  from distill import loop  # noqa: PLC0415
-  from distill import teaching as teaching_lib  # noqa: PLC0415
-  from distill.inference import predict_in_batches  # noqa: PLC0415
-  from distill.models import count_params, create_model  # noqa: PLC0415
-  from distill.step import prepare_training  # noqa: PLC0415
 
   settings = config_lib.TrainSettings.of(recipe, role)
   if steps is None:
@@ -80,6 +98,49 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int |
   for flag, value in (("--steps", steps), ("--bare-steps", bare_steps)):
     if value <= 0:
       raise UserError(f"{flag} must be positive, got {value}")
+  data = _resolve_data(recipe, synthetic)
+  objective, teaching = _objective_and_teaching(role, data)
+  training = {"objective": objective, "teaching": teaching,
+              "settings": dataclasses.replace(settings, steps=steps),
+              "augment_settings": recipe["augment"] if role == "teacher" else None,
+              "seed": recipe["seed"]}
+
+  # 1. The bare step: one compiled K-step function called back to back.
+  bare = _time_bare_step(_fresh_model(recipe, settings, data), data, bare_steps=bare_steps,
+                         **training)
+  # 2. The real loop, at the recipe's cadence (eval/checkpoint no rarer than the run).
+  stats = _time_loop(_fresh_model(recipe, settings, data), data, quiet=quiet, **training)
+  # 3. Export: the forward pass over every training image.
+  export_ips = _time_export(bare.predict, bare.params, data.images,
+                            recipe["export"]["batch_size"])
+
+  return {
+      "role": role,
+      "model": settings.model,
+      "compute_dtype": settings.compute_dtype,
+      "params": bare.num_params,
+      "dataset": data.name,
+      "image_shape": list(data.image_shape),
+      "batch_size": settings.batch_size,
+      "steps_per_dispatch": settings.steps_per_dispatch,
+      "bare_steps": bare.steps,
+      "loop_steps": steps,
+      "bare_step_images_per_second": round(bare.images_per_second, 1),
+      "loop_images_per_second": round(stats.images_per_second, 1),
+      "loop_to_bare_ratio": round(stats.images_per_second / bare.images_per_second, 3),
+      "export_images_per_second": round(export_ips, 1),
+      "export_to_train_ratio": round(export_ips / bare.images_per_second, 2),
+      "compile_seconds": round(bare.compile_seconds, 2),
+      "loop_compile_seconds": round(stats.compile_seconds, 2),
+      "peak_rss_mb": round(_peak_rss_mb(), 1),
+      "backend": jax.default_backend(),
+      "devices": jax.device_count(),
+      "jax_version": jax.__version__,
+  }
+
+
+def _resolve_data(recipe: dict[str, Any], synthetic: str | None) -> _BenchData:
+  """Random data of the `synthetic` spec ('HxWxC:N:CLASSES'), or else the recipe's data set."""
   if synthetic:
     try:
       shape_text, count_text, classes_text = synthetic.split(":")
@@ -91,44 +152,51 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int |
                       f"got '{synthetic}'") from None
     images, labels = synthetic_images(num_examples, image_shape, num_classes)
     val_images, val_labels = synthetic_images(1000, image_shape, num_classes, seed=1)
-    dataset_name = f"synthetic {synthetic}"
-  else:
-    from distill.workflow import load_data  # noqa: PLC0415
+    return _BenchData(images, labels, val_images, val_labels, image_shape, num_classes,
+                      f"synthetic {synthetic}")
+  from distill.workflow import load_data  # noqa: PLC0415
 
-    dataset = load_data(recipe)
-    images, labels = dataset.x_train, dataset.y_train
-    val_images, val_labels = dataset.x_val, dataset.y_val
-    image_shape, num_classes, dataset_name = dataset.image_shape, dataset.num_classes, dataset.name
-  if settings.batch_size > len(images):
-    raise UserError(f"batch size {settings.batch_size} is larger than the {len(images)} images")
+  dataset = load_data(recipe)
+  return _BenchData(dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val,
+                    dataset.image_shape, dataset.num_classes, dataset.name)
 
-  name, model_kwargs = settings.model, dict(settings.model_options)
-  teaching = None
+
+def _objective_and_teaching(role: str, data: _BenchData):
+  """The role's objective, and for a student stand-in teacher logits to learn from."""
+  from distill import teaching as teaching_lib  # noqa: PLC0415
+
   if role == "teacher":
-    objective = teaching_lib.make_objective("hard")
-  else:
-    objective = teaching_lib.make_objective("soft")
-    # Any logits time the same; use those of smoothed one-hot labels.
-    teacher_logits = np.zeros((len(images), num_classes), np.float32)
-    teacher_logits[np.arange(len(images)), labels] = 3.0
-    teaching = teaching_lib.ExportedTargets(teacher_logits=teacher_logits)
-  augment_settings = recipe["augment"] if role == "teacher" else None
+    return teaching_lib.make_objective("hard"), None
+  objective = teaching_lib.make_objective("soft")
+  # Any logits time the same; use those of smoothed one-hot labels.
+  teacher_logits = np.zeros((len(data.images), data.num_classes), np.float32)
+  teacher_logits[np.arange(len(data.images)), data.labels] = 3.0
+  return objective, teaching_lib.ExportedTargets(teacher_logits=teacher_logits)
 
-  def fresh_model():
-    return create_model(name, num_classes=num_classes, image_shape=image_shape,
-                        seed=recipe["seed"], compute_dtype=settings.compute_dtype,
-                        **model_kwargs)
 
-  # 1. The bare step: one compiled K-step function called back to back.
-  loop_settings = dataclasses.replace(settings, steps=steps)
+def _fresh_model(recipe: dict[str, Any], settings: config_lib.TrainSettings, data: _BenchData):
+  """A newly initialised model of the role's settings, so each timing starts alike."""
+  from distill.models import create_model  # noqa: PLC0415
+
+  return create_model(settings.model, num_classes=data.num_classes, image_shape=data.image_shape,
+                      seed=recipe["seed"], compute_dtype=settings.compute_dtype,
+                      **dict(settings.model_options))
+
+
+def _time_bare_step(model, data: _BenchData, *, bare_steps: int, objective, teaching,
+                    settings: config_lib.TrainSettings, augment_settings, seed: int) -> _BareStep:
+  """Compiles the K-step function, then times it called back to back on rows made in advance."""
+  import jax  # noqa: PLC0415
+
+  from distill.models import count_params  # noqa: PLC0415
+  from distill.step import prepare_training  # noqa: PLC0415
+
   per_dispatch = settings.steps_per_dispatch
   dispatches = max(1, bare_steps // per_dispatch)
-  model = fresh_model()
   num_params = count_params(model)
   setup = prepare_training(
-      model=model, images=images, labels=labels, objective=objective, teaching=teaching,
-      settings=loop_settings, augment_settings=augment_settings,
-      seed=recipe["seed"])
+      model=model, images=data.images, labels=data.labels, objective=objective,
+      teaching=teaching, settings=settings, augment_settings=augment_settings, seed=seed)
   # Every dispatch's rows are made (or read) before the clock starts.
   plan = [(i * per_dispatch, per_dispatch) for i in range(dispatches + 1)]
   with closing(setup.feeder.dispatches(plan)) as feed:
@@ -144,45 +212,33 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int |
     state, metrics = setup.run_chunk(compiled, state, chunk)
   jax.block_until_ready((state, metrics))
   bare_seconds = time.perf_counter() - start
-  bare_ips = dispatches * per_dispatch * settings.batch_size / bare_seconds
-  trained_params, predict = state["params"], setup.predict
-  del state, rows, setup
+  # The rows, state and setup go with this frame: only the parameters outlive it.
+  return _BareStep(num_params=num_params, steps=dispatches * per_dispatch,
+                   compile_seconds=compile_seconds,
+                   images_per_second=dispatches * per_dispatch * settings.batch_size / bare_seconds,
+                   params=state["params"], predict=setup.predict)
 
-  # 2. The real loop, at the recipe's cadence (eval/checkpoint no rarer than the run).
+
+def _time_loop(model, data: _BenchData, *, objective, teaching,
+               settings: config_lib.TrainSettings, augment_settings, seed: int, quiet: bool):
+  """Runs `loop.fit` in a throwaway folder and returns its stats (throughput, compile time)."""
+  from distill import loop  # noqa: PLC0415
+
   with tempfile.TemporaryDirectory(prefix="distill-bench-") as workdir:
     _, stats = loop.fit(
-        model=fresh_model(), images=images, labels=labels, teaching=teaching,
-        val_images=val_images, val_labels=val_labels, objective=objective,
-        settings=loop_settings, augment_settings=augment_settings, workdir=Path(workdir),
-        seed=recipe["seed"], checkpoint_meta={"recipe_hash": "bench"}, quiet=quiet,
+        model=model, images=data.images, labels=data.labels, teaching=teaching,
+        val_images=data.val_images, val_labels=data.val_labels, objective=objective,
+        settings=settings, augment_settings=augment_settings, workdir=Path(workdir),
+        seed=seed, checkpoint_meta={"recipe_hash": "bench"}, quiet=quiet,
         echo=lambda _: None, warn=lambda _: None)
-  # 3. Export: the forward pass over every training image.
-  export_batch = recipe["export"]["batch_size"]
-  predict_in_batches(predict, trained_params, images[:export_batch], export_batch)  # compile
-  start = time.perf_counter()
-  predict_in_batches(predict, trained_params, images, export_batch)
-  export_ips = len(images) / (time.perf_counter() - start)
+  return stats
 
-  return {
-      "role": role,
-      "model": name,
-      "compute_dtype": settings.compute_dtype,
-      "params": num_params,
-      "dataset": dataset_name,
-      "image_shape": list(image_shape),
-      "batch_size": settings.batch_size,
-      "steps_per_dispatch": per_dispatch,
-      "bare_steps": dispatches * per_dispatch,
-      "loop_steps": steps,
-      "bare_step_images_per_second": round(bare_ips, 1),
-      "loop_images_per_second": round(stats.images_per_second, 1),
-      "loop_to_bare_ratio": round(stats.images_per_second / bare_ips, 3),
-      "export_images_per_second": round(export_ips, 1),
-      "export_to_train_ratio": round(export_ips / bare_ips, 2),
-      "compile_seconds": round(compile_seconds, 2),
-      "loop_compile_seconds": round(stats.compile_seconds, 2),
-      "peak_rss_mb": round(_peak_rss_mb(), 1),
-      "backend": jax.default_backend(),
-      "devices": jax.device_count(),
-      "jax_version": jax.__version__,
-  }
+
+def _time_export(predict, params, images: np.ndarray, export_batch: int) -> float:
+  """Images per second of the forward pass over `images`, compiled before the clock starts."""
+  from distill.inference import predict_in_batches  # noqa: PLC0415
+
+  predict_in_batches(predict, params, images[:export_batch], export_batch)  # compile
+  start = time.perf_counter()
+  predict_in_batches(predict, params, images, export_batch)
+  return len(images) / (time.perf_counter() - start)

@@ -108,29 +108,13 @@ def export_targets(teacher_dirs: Path | list[Path], *, out_dir: Path | None = No
   Returns:
     The path of the written targets.npz.
   """
-  from distill import losses  # noqa: PLC0415
   from distill.targets import save_targets  # noqa: PLC0415
-  from distill.workflow import check_same_data, load_data, read_run_recipe  # noqa: PLC0415
+  from distill.workflow import load_data  # noqa: PLC0415
 
   console = console or Console(quiet)
-  teacher_dirs = [Path(d) for d in ([teacher_dirs] if isinstance(teacher_dirs, (str, Path))
-                                    else teacher_dirs)]
-  if not teacher_dirs:
-    raise UserError("export needs at least one --teacher")
-  if len(set(d.resolve() for d in teacher_dirs)) != len(teacher_dirs):
-    raise UserError("the same --teacher is named twice")
-  if len(teacher_dirs) > 1 and out_dir is None:
-    raise UserError("an ensemble of teachers needs --out DIR for its targets")
-  recipes = [read_run_recipe(d) for d in teacher_dirs]
+  teacher_dirs, recipes = _checked_teachers(teacher_dirs, out_dir)
   recipe = recipes[0]
-  for other, directory in zip(recipes[1:], teacher_dirs[1:], strict=True):
-    check_same_data(recipe, other, f"teacher {directory}")
-  temperature = recipe["export"]["temperature"] if temperature is None else temperature
-  if not (temperature > 0 and np.isfinite(temperature)):
-    raise UserError(f"--temperature must be a positive number, got {temperature}")
-  views = recipe["export"]["views"] if views is None else views
-  if views < 0:
-    raise UserError(f"--views must be 0 (no augmented views) or more, got {views}")
+  temperature, views = _checked_export_settings(recipe, temperature, views)
   out_dir = Path(out_dir) if out_dir is not None else teacher_dirs[0]
   if out_dir != teacher_dirs[0]:
     rundir.check_workdir(out_dir)
@@ -141,6 +125,62 @@ def export_targets(teacher_dirs: Path | list[Path], *, out_dir: Path | None = No
       raise UserError("a streamed data set exports one teacher's targets, without --views")
     return _export_streamed(teacher_dirs[0], out_dir, recipe, dataset, trained=trained,
                             temperature=temperature, console=console)
+  members = _member_outputs(teacher_dirs, recipes, dataset, trained=trained,
+                            test_logits=test_logits, views=views, console=console)
+  arrays, meta = _targets_arrays_and_meta(members, recipe, dataset, temperature=temperature,
+                                          views=views)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  path = save_targets(out_dir, arrays, meta)
+  if not (out_dir / rundir.RECIPE_FILE).exists():
+    # Students read the data settings of their --teacher directory from here.
+    write_json(out_dir / rundir.RECIPE_FILE, recipe)
+  what = f"an ensemble of {len(members)} teachers" if len(members) > 1 else "the teacher"
+  extra = f" and {views} augmented views each" if views else ""
+  console.info(f"exported the targets of {what} for {len(dataset.x_train):,} images{extra} "
+               f"at T={temperature} -> {path}")
+  return path
+
+
+def _checked_teachers(teacher_dirs: Path | list[Path],
+                      out_dir: Path | None) -> tuple[list[Path], list[dict[str, Any]]]:
+  """The teacher folders as a list and their recipes, once they name one data set.
+
+  Raises UserError for no teacher, one named twice, an ensemble without
+  `out_dir`, or teachers trained on different data.
+  """
+  from distill.workflow import check_same_data, read_run_recipe  # noqa: PLC0415
+
+  teacher_dirs = [Path(d) for d in ([teacher_dirs] if isinstance(teacher_dirs, (str, Path))
+                                    else teacher_dirs)]
+  if not teacher_dirs:
+    raise UserError("export needs at least one --teacher")
+  if len(set(d.resolve() for d in teacher_dirs)) != len(teacher_dirs):
+    raise UserError("the same --teacher is named twice")
+  if len(teacher_dirs) > 1 and out_dir is None:
+    raise UserError("an ensemble of teachers needs --out DIR for its targets")
+  recipes = [read_run_recipe(d) for d in teacher_dirs]
+  for other, directory in zip(recipes[1:], teacher_dirs[1:], strict=True):
+    check_same_data(recipes[0], other, f"teacher {directory}")
+  return teacher_dirs, recipes
+
+
+def _checked_export_settings(recipe: dict[str, Any], temperature: float | None,
+                             views: int | None) -> tuple[float, int]:
+  """The temperature and view count asked for (default: the recipe's), checked."""
+  temperature = recipe["export"]["temperature"] if temperature is None else temperature
+  if not (temperature > 0 and np.isfinite(temperature)):
+    raise UserError(f"--temperature must be a positive number, got {temperature}")
+  views = recipe["export"]["views"] if views is None else views
+  if views < 0:
+    raise UserError(f"--views must be 0 (no augmented views) or more, got {views}")
+  return temperature, views
+
+
+def _member_outputs(teacher_dirs: list[Path], recipes: list[dict[str, Any]], dataset, *,
+                    trained, test_logits: np.ndarray | None, views: int,
+                    console: Console) -> list[dict[str, Any]]:
+  """Every teacher's outputs (see `_teacher_outputs`), all labelling the first one's views."""
+  recipe = recipes[0]
   batch = recipe["export"]["batch_size"]
   members = []
   for number, (directory, member_recipe) in enumerate(zip(teacher_dirs, recipes, strict=True)):
@@ -151,6 +191,15 @@ def export_targets(teacher_dirs: Path | list[Path], *, out_dir: Path | None = No
                                     views=views, view_seed=recipe["seed"],
                                     view_augment=recipe["augment"], batch=batch,
                                     console=console))
+  return members
+
+
+def _targets_arrays_and_meta(members: list[dict[str, Any]], recipe: dict[str, Any], dataset, *,
+                             temperature: float,
+                             views: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+  """The arrays of targets.npz (an ensemble's as mean probabilities) and its metadata."""
+  from distill import losses  # noqa: PLC0415
+
   if len(members) == 1:
     arrays = {k: members[0][k] for k in ("train_logits", "test_logits", "view_logits")
               if k in members[0]}
@@ -170,16 +219,7 @@ def export_targets(teacher_dirs: Path | list[Path], *, out_dir: Path | None = No
       "export_images_per_second": round(
           len(dataset.x_train) * len(members) / max(seconds, 1e-9), 1),
   }
-  out_dir.mkdir(parents=True, exist_ok=True)
-  path = save_targets(out_dir, arrays, meta)
-  if not (out_dir / rundir.RECIPE_FILE).exists():
-    # Students read the data settings of their --teacher directory from here.
-    write_json(out_dir / rundir.RECIPE_FILE, recipe)
-  what = f"an ensemble of {len(members)} teachers" if len(members) > 1 else "the teacher"
-  extra = f" and {views} augmented views each" if views else ""
-  console.info(f"exported the targets of {what} for {len(dataset.x_train):,} images{extra} "
-               f"at T={temperature} -> {path}")
-  return path
+  return arrays, meta
 
 
 def _export_streamed(teacher_dir: Path, out_dir: Path, recipe: dict[str, Any], dataset, *,

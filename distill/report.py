@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ def collect_runs(run_dirs: list[Path]) -> tuple[list[dict[str, Any]], list[str]]
   rows, skipped = [], []
   for run_dir in run_dirs:
     run_dir = Path(run_dir)
-    path = run_dir / "summary.json"
+    path = run_dir / rundir.SUMMARY_FILE
     if not path.exists():
       skipped.append(f"{run_dir} (no summary.json: not a finished run)")
       continue
@@ -58,14 +60,19 @@ def _cell(key: str, value: Any) -> str:
   return str(value)
 
 
+def markdown_table(header: list[str], body: list[list[str]]) -> str:
+  """A Markdown table: the header row, the separator, one row per list of cells."""
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(cells) + " |" for cells in body]
+  return "\n".join(lines)
+
+
 def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
   """A fixed-width (or Markdown) table of the runs."""
   header = [title for _, title in COLUMNS]
   body = [[_cell(key, row.get(key)) for key, _ in COLUMNS] for row in rows]
   if markdown:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    return "\n".join(lines)
+    return markdown_table(header, body)
   widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
   fmt = "  ".join(f"{{:{'<' if i < 4 else '>'}{w}}}" for i, w in enumerate(widths))
   return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))]
@@ -129,104 +136,150 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) ->
   Returns:
     The path of report.html.
   """
-  import base64  # noqa: PLC0415
-  import html  # noqa: PLC0415
-
   from tqdm.auto import tqdm  # noqa: PLC0415
 
-  from distill import losses, plots  # noqa: PLC0415
   from distill.io import write_text  # noqa: PLC0415
-  from distill.workflow import load_data  # noqa: PLC0415
 
   rows, skipped = collect_runs(run_dirs)
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   datasets: dict[str, Any] = {}
   teacher_logits: dict[str, np.ndarray] = {}
-  sections: list[str] = []
-  figures: list[Path] = []
-
-  def figure_html(path: Path, caption: str) -> str:
-    figures.append(path)
-    data = base64.b64encode(path.read_bytes()).decode()
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-
-  def dataset_for(row):
-    recipe = read_json(Path(row["run"]) / "recipe.json", "run recipe")
-    key = json.dumps(recipe["data"], sort_keys=True)
-    if key not in datasets:
-      datasets[key] = load_data(recipe)
-    return datasets[key]
-
   progress = tqdm(rows, desc="report", disable=quiet, leave=False)
-  for index, row in enumerate(progress):
-    run_dir = Path(row["run"])
-    slug = f"{index:02d}-{row.get('role')}-{row.get('model')}-{row.get('loss', 'hard')}"
-    title = f"{row.get('role')} {row.get('model')}" + (
-        f" ({row['loss']} labels)" if row.get("role") == "student" else "")
-    parts = [f"<h2>{html.escape(title)} <small>{html.escape(str(run_dir))}</small></h2>"]
-    dataset = dataset_for(row)
-    records = rundir.read_metrics(run_dir)
-    if records:
-      parts.append(figure_html(plots.training_curves(
-          records, title=title, init_loss=row.get("init_loss"),
-          num_classes=dataset.num_classes, path=out_dir / f"{slug}-curves.png"),
-          "Training vs validation loss and accuracy; the star is the measured step-0 loss, "
-          "the dashed line log(n_classes)."))
-    logits = _run_predictions(run_dir)
-    if logits is None or len(logits) != len(dataset.y_test):
-      parts.append("<p class='missing'>No test predictions found for this run.</p>")
-      sections.append("\n".join(parts))
-      continue
-    if row.get("role") == "teacher":
-      teacher_logits[str(run_dir.resolve())] = logits
-    teacher = teacher_logits.get(row.get("teacher_dir", ""))
-    if teacher is None and row.get("teacher_dir"):
-      teacher = _run_predictions(Path(row["teacher_dir"]))
-    metrics = run_metrics(logits, dataset.y_test, teacher)
-    row.update({"test_accuracy": metrics["accuracy"], "test_nll": metrics["nll"],
-                "test_ece": metrics["ece"]})
-    if "agreement" in metrics:
-      row["agreement_with_teacher"] = metrics["agreement"]
-    predictions = logits.argmax(-1)
-    names = dataset.class_names
-    wrong = np.flatnonzero(predictions != dataset.y_test)[:32]
-    parts.append(figure_html(plots.image_grid(
-        dataset.x_test[wrong],
-        [f"{names[predictions[i]]} / {names[dataset.y_test[i]]}" for i in wrong],
-        title=f"{title}: misclassified test images (predicted / true)",
-        path=out_dir / f"{slug}-mistakes.png"), "Misclassified test images: predicted / true."))
-    parts.append(figure_html(plots.confusion_matrix(
-        dataset.y_test, predictions, names, title=f"{title}: confusion (test)",
-        path=out_dir / f"{slug}-confusion.png"), "Confusion matrix on the test set."))
-    probs = np.asarray(losses.softmax(logits))
-    parts.append(figure_html(plots.reliability_diagram(
-        probs.max(-1), predictions == dataset.y_test, ece=metrics["ece"], title=title,
-        path=out_dir / f"{slug}-reliability.png"),
-        "Reliability diagram with expected calibration error."))
-    if teacher is not None:
-      teacher_predictions = teacher.argmax(-1)
-      disagree = np.flatnonzero(predictions != teacher_predictions)[:32]
-      parts.append(f"<p>Top-1 agreement with the teacher on the test set: "
-                   f"<b>{100 * metrics['agreement']:.2f}%</b> "
-                   f"({len(np.flatnonzero(predictions != teacher_predictions))} "
-                   "disagreements).</p>")
-      parts.append(figure_html(plots.image_grid(
+  # Each section fills its row's test metrics in, so the table below shows them.
+  sections = [_run_section(index, row, out_dir, datasets, teacher_logits)
+              for index, row in enumerate(progress)]
+  progress.close()
+
+  overview = _overview_figure(rows, out_dir)
+  page = _page(rows, skipped, format_table(rows, markdown=False), overview, sections)
+  path = out_dir / "report.html"
+  write_text(path, page)
+  return path
+
+
+def _figure_html(path: Path, caption: str) -> str:
+  """A PNG figure embedded in the page, with its caption."""
+  data = base64.b64encode(path.read_bytes()).decode()
+  return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _dataset_for(row: dict[str, Any], datasets: dict[str, Any]):
+  """The data set a run was trained on, loaded once per distinct data section."""
+  from distill.workflow import load_data  # noqa: PLC0415
+
+  recipe = read_json(Path(row["run"]) / rundir.RECIPE_FILE, "run recipe")
+  key = json.dumps(recipe["data"], sort_keys=True)
+  if key not in datasets:
+    datasets[key] = load_data(recipe)
+  return datasets[key]
+
+
+def _run_section(index: int, row: dict[str, Any], out_dir: Path, datasets: dict[str, Any],
+                 teacher_logits: dict[str, np.ndarray]) -> str:
+  """One run's section: its curves and, from its test logits, metrics and figures.
+
+  Updates `row` with the metrics measured from the logits, and records a
+  teacher's logits in `teacher_logits` for the students that follow it.
+  """
+  from distill import plots  # noqa: PLC0415
+
+  run_dir = Path(row["run"])
+  slug = f"{index:02d}-{row.get('role')}-{row.get('model')}-{row.get('loss', 'hard')}"
+  title = f"{row.get('role')} {row.get('model')}" + (
+      f" ({row['loss']} labels)" if row.get("role") == "student" else "")
+  parts = [f"<h2>{html.escape(title)} <small>{html.escape(str(run_dir))}</small></h2>"]
+  dataset = _dataset_for(row, datasets)
+  records = rundir.read_metrics(run_dir)
+  if records:
+    parts.append(_figure_html(plots.training_curves(
+        records, title=title, init_loss=row.get("init_loss"),
+        num_classes=dataset.num_classes, path=out_dir / f"{slug}-curves.png"),
+        "Training vs validation loss and accuracy; the star is the measured step-0 loss, "
+        "the dashed line log(n_classes)."))
+  logits = _run_predictions(run_dir)
+  if logits is None or len(logits) != len(dataset.y_test):
+    parts.append("<p class='missing'>No test predictions found for this run.</p>")
+    return "\n".join(parts)
+  if row.get("role") == "teacher":
+    teacher_logits[str(run_dir.resolve())] = logits
+  teacher = teacher_logits.get(row.get("teacher_dir", ""))
+  if teacher is None and row.get("teacher_dir"):
+    teacher = _run_predictions(Path(row["teacher_dir"]))
+  metrics = run_metrics(logits, dataset.y_test, teacher)
+  row.update({"test_accuracy": metrics["accuracy"], "test_nll": metrics["nll"],
+              "test_ece": metrics["ece"]})
+  if "agreement" in metrics:
+    row["agreement_with_teacher"] = metrics["agreement"]
+  predictions = logits.argmax(-1)
+  parts += _prediction_figures(logits, predictions, dataset, metrics, title, out_dir, slug)
+  if teacher is not None:
+    parts += _teacher_comparison(predictions, teacher, dataset, metrics, title, out_dir, slug)
+  return "\n".join(parts)
+
+
+def _prediction_figures(logits: np.ndarray, predictions: np.ndarray, dataset,
+                        metrics: dict[str, float], title: str, out_dir: Path,
+                        slug: str) -> list[str]:
+  """A run's test mistakes, confusion matrix and reliability diagram, as figures."""
+  from distill import losses, plots  # noqa: PLC0415
+
+  names = dataset.class_names
+  wrong = np.flatnonzero(predictions != dataset.y_test)[:32]
+  parts = [_figure_html(plots.image_grid(
+      dataset.x_test[wrong],
+      [f"{names[predictions[i]]} / {names[dataset.y_test[i]]}" for i in wrong],
+      title=f"{title}: misclassified test images (predicted / true)",
+      path=out_dir / f"{slug}-mistakes.png"), "Misclassified test images: predicted / true.")]
+  parts.append(_figure_html(plots.confusion_matrix(
+      dataset.y_test, predictions, names, title=f"{title}: confusion (test)",
+      path=out_dir / f"{slug}-confusion.png"), "Confusion matrix on the test set."))
+  probs = np.asarray(losses.softmax(logits))
+  parts.append(_figure_html(plots.reliability_diagram(
+      probs.max(-1), predictions == dataset.y_test, ece=metrics["ece"], title=title,
+      path=out_dir / f"{slug}-reliability.png"),
+      "Reliability diagram with expected calibration error."))
+  return parts
+
+
+def _teacher_comparison(predictions: np.ndarray, teacher: np.ndarray, dataset,
+                        metrics: dict[str, float], title: str, out_dir: Path,
+                        slug: str) -> list[str]:
+  """A student's top-1 agreement with its teacher, and a figure of where they disagree."""
+  from distill import plots  # noqa: PLC0415
+
+  names = dataset.class_names
+  teacher_predictions = teacher.argmax(-1)
+  disagree = np.flatnonzero(predictions != teacher_predictions)[:32]
+  return [
+      f"<p>Top-1 agreement with the teacher on the test set: "
+      f"<b>{100 * metrics['agreement']:.2f}%</b> "
+      f"({len(np.flatnonzero(predictions != teacher_predictions))} "
+      "disagreements).</p>",
+      _figure_html(plots.image_grid(
           dataset.x_test[disagree],
           [f"S:{names[predictions[i]]} T:{names[teacher_predictions[i]]}\n"
            f"({names[dataset.y_test[i]]})"
            for i in disagree],
           title=f"{title}: where the student disagrees with the teacher (S / T, true)",
           path=out_dir / f"{slug}-disagreements.png"),
-          "Test images where student (S) and teacher (T) disagree; the true class in brackets."))
-    sections.append("\n".join(parts))
-  progress.close()
+          "Test images where student (S) and teacher (T) disagree; the true class in brackets."),
+  ]
 
-  overview = figure_html(plots.accuracy_vs_params(rows, path=out_dir / "accuracy-vs-params.png"),
-                         "Test accuracy against parameters; the teacher is the star.")
-  table = format_table(rows, markdown=False)
-  page = f"""<!doctype html>
+
+def _overview_figure(rows: list[dict[str, Any]], out_dir: Path) -> str:
+  """The cross-run figure: every run's test accuracy against its parameters."""
+  from distill import plots  # noqa: PLC0415
+
+  return _figure_html(plots.accuracy_vs_params(rows, path=out_dir / "accuracy-vs-params.png"),
+                      "Test accuracy against parameters; the teacher is the star.")
+
+
+def _page(rows: list[dict[str, Any]], skipped: list[str], table: str, overview: str,
+          sections: list[str]) -> str:
+  """The report page: the comparison table, the overview figure and every run's section."""
+  return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>distill report</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
@@ -254,6 +307,3 @@ window.addEventListener("load", () => {{
 </script>
 </body></html>
 """
-  path = out_dir / "report.html"
-  write_text(path, page)
-  return path

@@ -33,6 +33,7 @@ from distill import rundir
 from distill.console import Console
 from distill.errors import UserError
 from distill.io import read_json, write_json, write_text
+from distill.report import markdown_table
 
 MODES = ("hard", "targets", "online", "views")
 SWEEP_JSON = "sweep.json"
@@ -159,7 +160,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
   """The aggregated rows as a Markdown table (percentages, mean ± sample std over seeds)."""
   header = ["student", "mode", "soft loss", "seeds", "params", "test acc %", "agree %",
             "gap closed", "train s"]
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  body = []
   for row in rows:
     teacher = row["role"] == "teacher"
     accuracy = _pct(row["test_accuracy_mean"])
@@ -184,8 +185,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         gap,
         "-" if seconds is None or not np.isfinite(seconds) else f"{seconds:.1f}",
     ]
-    lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+    body.append(cells)
+  return markdown_table(header, body)
 
 
 def _check_overrides(overrides: Iterable[str]) -> None:
@@ -245,7 +246,6 @@ def run_sweep(teacher_dir: Path, out_dir: Path, *, models: Iterable[str] = ("cnn
     folder, whether it was reused, and summary), `settings`, `table` (the
     Markdown text) and the paths `json` and `markdown`.
   """
-  from distill import workflow  # noqa: PLC0415
   from distill.models import model_names  # noqa: PLC0415
 
   console = console or Console(quiet)
@@ -261,8 +261,30 @@ def run_sweep(teacher_dir: Path, out_dir: Path, *, models: Iterable[str] = ("cnn
   # know the teacher's test accuracy.
   teacher = read_json(teacher_summary, "teacher summary") if teacher_summary.exists() else None
   rundir.check_workdir(out_dir)
+  runs = _checked_runs(plan_runs(models, modes, soft_losses, seeds), teacher_dir, out_dir,
+                       recipe, overrides, overwrite=overwrite)
 
-  runs = plan_runs(models, modes, soft_losses, seeds)
+  start = time.perf_counter()
+  _train_missing(runs, teacher_dir, console)
+
+  if teacher is None:
+    teacher = {"test_accuracy": runs[0]["summary"]["teacher_test_accuracy"]}
+  settings = {"teacher_dir": str(teacher_dir), "out_dir": str(out_dir), "models": models,
+              "modes": modes, "soft_losses": soft_losses, "seeds": seeds, "recipe": recipe,
+              "overrides": overrides, "overwrite": overwrite}
+  return _write_sweep(runs, teacher, settings, teacher_dir, out_dir, start=start)
+
+
+def _checked_runs(runs: list[dict[str, Any]], teacher_dir: Path, out_dir: Path,
+                  recipe: str | None, overrides: list[str], *,
+                  overwrite: bool) -> list[dict[str, Any]]:
+  """Gives each planned run its folder, recipe and state; stops on folders of other recipes.
+
+  Every run's recipe is resolved and its folder read before anything trains,
+  so a bad value or a clash fails the sweep at once rather than hours in.
+  """
+  from distill import workflow  # noqa: PLC0415
+
   for run in runs:
     run["dir"] = out_dir / run["name"]
     axis_overrides = [f"student.model={run['model']}", f"seed={run['seed']}",
@@ -278,8 +300,13 @@ def run_sweep(teacher_dir: Path, out_dir: Path, *, models: Iterable[str] = ("cnn
     names += ", ..." if len(clashes) > 3 else ""
     raise UserError(f"{len(clashes)} run folder(s) hold runs made with another recipe: {names}; "
                     "pass --overwrite to retrain them, or choose another --out")
+  return runs
 
-  start = time.perf_counter()
+
+def _train_missing(runs: list[dict[str, Any]], teacher_dir: Path, console: Console) -> None:
+  """Trains (or resumes) every run not finished with its recipe; reads the others' summaries."""
+  from distill import workflow  # noqa: PLC0415
+
   for i, run in enumerate(runs, 1):
     prefix = f"[{i}/{len(runs)}] {run['name']}"
     if run["state"] == "same":
@@ -300,13 +327,12 @@ def run_sweep(teacher_dir: Path, out_dir: Path, *, models: Iterable[str] = ("cnn
                  f"{run['summary']['agreement_with_teacher']:.4f} "
                  f"in {run['summary']['wall_seconds']:.0f}s")
 
-  if teacher is None:
-    teacher = {"test_accuracy": runs[0]["summary"]["teacher_test_accuracy"]}
+
+def _write_sweep(runs: list[dict[str, Any]], teacher: dict[str, Any], settings: dict[str, Any],
+                 teacher_dir: Path, out_dir: Path, *, start: float) -> dict[str, Any]:
+  """Aggregates the finished runs over seeds and writes sweep.json and sweep.md."""
   rows = aggregate(runs, teacher)
   table = format_table(rows)
-  settings = {"teacher_dir": str(teacher_dir), "out_dir": str(out_dir), "models": models,
-              "modes": modes, "soft_losses": soft_losses, "seeds": seeds, "recipe": recipe,
-              "overrides": overrides, "overwrite": overwrite}
   result = {
       "settings": settings,
       "teacher": {key: teacher.get(key) for key in ("model", "params", "test_accuracy",
@@ -319,9 +345,9 @@ def run_sweep(teacher_dir: Path, out_dir: Path, *, models: Iterable[str] = ("cnn
   }
   json_path, md_path = out_dir / SWEEP_JSON, out_dir / SWEEP_MD
   write_json(json_path, result)
-  note = (f"Teacher `{teacher_dir}`; students over seeds {', '.join(map(str, seeds))}: test "
-          "accuracy is the mean ± sample std over seeds, agreement is top-1 agreement with the "
-          "teacher on the test set, gap closed = (mean acc - the same model's hard mean) / "
+  note = (f"Teacher `{teacher_dir}`; students over seeds {', '.join(map(str, settings['seeds']))}: "
+          "test accuracy is the mean ± sample std over seeds, agreement is top-1 agreement with "
+          "the teacher on the test set, gap closed = (mean acc - the same model's hard mean) / "
           "(teacher acc - that hard mean), '-' where the model has no hard run here or its hard "
           "mean already reaches the teacher.")
   write_text(md_path, table + "\n\n" + note + "\n")
