@@ -4,10 +4,11 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+LOWEST := .venv-lowest
 DEMO_DIR := runs/demo
 export KERAS_BACKEND := jax
 
-.PHONY: install data browser demo teacher student test bench clean
+.PHONY: install data browser demo teacher student test test-lowest bench clean
 
 $(BIN)/distill: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,8 +58,16 @@ student: install data ## Train the default CNN student from runs/teacher.
 bench: install data ## distill vs PyTorch (eager, compile) throughput; writes runs/bench/results.jsonl.
 	benchmarks/bench.sh
 
-test: install data browser ## Run the test suite.
+test: install data browser ## Lint (ruff, configured in pyproject.toml), then run the test suite.
+	$(BIN)/ruff check distill tests benchmarks
 	$(BIN)/python -m pytest tests
+
+test-lowest: data browser ## The test suite against the lowest versions pyproject.toml allows (in .venv-lowest).
+	$(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/pip install --quiet --upgrade pip
+	$(LOWEST)/bin/python tests/lowest_pins.py > $(LOWEST)/constraints.txt
+	$(LOWEST)/bin/pip install --quiet -c $(LOWEST)/constraints.txt -e '.[test]'
+	$(LOWEST)/bin/python -m pytest tests
 
 clean: ## Remove run outputs (not the virtualenv).
 	rm -rf runs

@@ -15,13 +15,14 @@ import jax
 import orbax.checkpoint as ocp
 
 from distill.errors import UserError
+from distill.rundir import CHECKPOINTS_DIR
 
 
 class Checkpointer:
   """Saves and restores one run's training state under `workdir/checkpoints`."""
 
   def __init__(self, workdir: Path, max_to_keep: int = 2):
-    self.directory = Path(workdir).resolve() / "checkpoints"
+    self.directory = Path(workdir).resolve() / CHECKPOINTS_DIR
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            enable_async_checkpointing=False)
     try:

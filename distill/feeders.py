@@ -30,6 +30,14 @@ from distill.errors import UserError
 Columns = dict[str, Any]
 
 
+def check_batch_fits(batch_size: int, num_examples: int, what: str = "batch size",
+                     where: str = "") -> None:
+  """Refuses a batch larger than the training split: no step could be drawn from it."""
+  if batch_size > num_examples:
+    raise UserError(f"{what} {batch_size} is larger than the {num_examples} training "
+                    f"examples{where}")
+
+
 class DataOrder:
   """Batch indices as a pure function of (seed, step).
 
@@ -39,9 +47,7 @@ class DataOrder:
   """
 
   def __init__(self, num_examples: int, batch_size: int, seed: int):
-    if batch_size > num_examples:
-      raise UserError(
-          f"batch size {batch_size} is larger than the {num_examples} training examples")
+    check_batch_fits(batch_size, num_examples)
     self.num_examples = num_examples
     self.batch_size = batch_size
     self.seed = seed

@@ -20,7 +20,7 @@ from flax import nnx
 
 from distill import parallel
 from distill.augment import augment_views
-from distill.io import array_sha256
+from distill.io import array_sha256, is_primary_process
 
 
 def normalize(images_uint8: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
@@ -98,7 +98,7 @@ def predict_in_batches(predict, params, images: np.ndarray, batch_size: int,
   outputs = []
   in_flight = None  # (outputs on the device, valid rows) of the previous batch
   starts = range(0, len(images), batch_size)
-  for start in tqdm(starts, desc=progress, disable=progress is None or not parallel.is_primary(),
+  for start in tqdm(starts, desc=progress, disable=progress is None or not is_primary_process(),
                     leave=False, unit="batch"):
     chunk = images[start:start + batch_size]
     valid = len(chunk)

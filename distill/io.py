@@ -113,11 +113,17 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
   _write_atomic(path, lambda f: np.savez(f, **arrays), "wb")
 
 
-def array_sha256(*arrays: np.ndarray) -> str:
-  """Hex sha256 over arrays' dtypes, shapes and bytes, in order."""
+def array_sha256(*arrays: np.ndarray, header_end: str = "") -> str:
+  """Hex sha256 over arrays' dtypes, shapes and bytes, in order.
+
+  Dtype and shape go in too, so a reshape or a relabel-as-int64 that keeps
+  the bytes still changes the digest. `header_end` follows each array's
+  dtype and shape: data set fingerprints use ";" and parameter hashes and
+  checksums "", as the files and summaries written so far record them.
+  """
   digest = hashlib.sha256()
   for array in arrays:
     array = np.ascontiguousarray(array)
-    digest.update(f"{array.dtype.str}{array.shape}".encode())
-    digest.update(array.tobytes())
+    digest.update(f"{array.dtype.str}{array.shape}{header_end}".encode())
+    digest.update(array.reshape(-1).view(np.uint8))  # no copy; empty arrays too
   return digest.hexdigest()

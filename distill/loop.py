@@ -27,6 +27,7 @@ from distill.checkpoint import Checkpointer
 from distill.config import TrainSettings
 from distill.errors import UserError
 from distill.inference import TrainedModel, predict_in_batches
+from distill.io import is_primary_process
 from distill.step import TrainingSetup, prepare_training
 from distill.teaching import HardLabels, Objective
 
@@ -167,7 +168,7 @@ class _Run:
     from tqdm.auto import tqdm  # noqa: PLC0415
 
     self._progress = tqdm(total=self.total_steps, initial=start_step, unit="step",
-                          disable=self.quiet or not parallel.is_primary(),
+                          disable=self.quiet or not is_primary_process(),
                           desc=f"train {self.meta.get('role', '')}".strip(), dynamic_ncols=True,
                           leave=False)
     self._loop_start = time.perf_counter()

@@ -50,11 +50,6 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     raise UserError(f"could not join the distributed run: {e}") from None
 
 
-def is_primary() -> bool:
-  """Whether this process writes files and prints (process 0)."""
-  return jax.process_index() == 0
-
-
 def make_mesh(devices: list[Any] | None = None) -> Mesh:
   """A 1-D mesh over every device of every process, its axis named `data`."""
   devices = jax.devices() if devices is None else devices

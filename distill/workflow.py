@@ -40,9 +40,9 @@ def load_data(recipe: dict[str, Any]):
 
 def check_batch_fits(dataset, settings: config_lib.TrainSettings, role: str) -> None:
   """Refuses a batch larger than the training split before anything is written."""
-  if settings.batch_size > len(dataset.x_train):
-    raise UserError(f"{role}.batch_size {settings.batch_size} is larger than the "
-                    f"{len(dataset.x_train)} training examples of {dataset.name}")
+  from distill.feeders import check_batch_fits as check  # noqa: PLC0415
+
+  check(settings.batch_size, len(dataset.x_train), f"{role}.batch_size", f" of {dataset.name}")
 
 
 def _build_model(recipe: dict[str, Any], role: str, dataset):

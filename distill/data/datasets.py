@@ -11,7 +11,6 @@ exactly which data it saw.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 import os
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from distill.data.formats import (
   read_npz,
 )
 from distill.errors import UserError, one_line
-from distill.io import read_only
+from distill.io import array_sha256, read_only
 
 DATA_ENV = "DISTILL_DATA"
 OFFLINE_ENV = "DISTILL_OFFLINE"
@@ -571,14 +570,8 @@ def _validated(name: str, raw: RawData) -> RawData:
 
 
 def _hash_arrays(*arrays: np.ndarray) -> str:
-  digest = hashlib.sha256()
-  for array in arrays:
-    array = np.ascontiguousarray(array)
-    # Dtype and shape go in too, so a reshape or relabel-as-int64 that keeps
-    # the bytes still changes the digest.
-    digest.update(f"{array.dtype.str}{array.shape};".encode())
-    digest.update(memoryview(array).cast("B"))
-  return digest.hexdigest()
+  """A data set's fingerprint (see `io.array_sha256`)."""
+  return array_sha256(*arrays, header_end=";")
 
 
 def _check_val_size_type(val_size: int | float) -> None:
