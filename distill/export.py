@@ -108,7 +108,7 @@ def export_targets(teacher_dirs: Path | list[Path], *, out_dir: Path | None = No
   Returns:
     The path of the written targets.npz.
   """
-  from distill.targets import save_targets  # noqa: PLC0415
+  from distill.targets import write_targets  # noqa: PLC0415
   from distill.workflow import load_data  # noqa: PLC0415
 
   console = console or Console(quiet)
@@ -130,7 +130,7 @@ def export_targets(teacher_dirs: Path | list[Path], *, out_dir: Path | None = No
   arrays, meta = _targets_arrays_and_meta(members, recipe, dataset, temperature=temperature,
                                           views=views)
   out_dir.mkdir(parents=True, exist_ok=True)
-  path = save_targets(out_dir, arrays, meta)
+  path = write_targets(out_dir, meta, arrays=arrays)
   if not (out_dir / rundir.RECIPE_FILE).exists():
     # Students read the data settings of their --teacher directory from here.
     write_json(out_dir / rundir.RECIPE_FILE, recipe)
@@ -231,9 +231,9 @@ def _export_streamed(teacher_dir: Path, out_dir: Path, recipe: dict[str, Any], d
   logits are in its predictions.npz.
   """
   from distill import losses  # noqa: PLC0415
-  from distill.data.shards import write_target_shards  # noqa: PLC0415
   from distill.data.stream import Rows  # noqa: PLC0415
   from distill.io import is_primary_process  # noqa: PLC0415
+  from distill.targets import write_targets  # noqa: PLC0415
   from distill.workflow import restore_trained  # noqa: PLC0415
 
   model, step = trained or restore_trained(teacher_dir, recipe, "teacher", dataset)
@@ -251,8 +251,7 @@ def _export_streamed(teacher_dir: Path, out_dir: Path, recipe: dict[str, Any], d
           "teacher": teacher_identity(teacher_dir, recipe, step, model.params)}
   start = time.perf_counter()
   if is_primary_process():
-    path = write_target_shards(out_dir, chunks(), meta=meta, num_examples=source.num_examples,
-                               overwrite=True)
+    path = write_targets(out_dir, meta, chunks=chunks(), num_examples=source.num_examples)
   else:  # The forward passes are collective: every process runs them; one writes.
     for _ in chunks():
       pass

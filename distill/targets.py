@@ -8,7 +8,6 @@ from another data set's targets.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -107,50 +106,88 @@ def check_targets_match(meta: dict[str, Any], *, dataset_name: str, fingerprint:
     raise UserError(f"targets {path} were made for other data: " + "; ".join(differences))
 
 
-class _ShardRows:
-  """A streamed split's teacher logits by position, read from target shards on demand."""
+class TargetsStore:
+  """A teacher's exported targets, in either on-disk format, read by global example index.
 
-  ndim = 2
-
-  def __init__(self, shards, global_indices: np.ndarray):
-    self._shards = shards
-    self._global = global_indices
-
-  def __len__(self) -> int:
-    return len(self._global)
-
-  def __getitem__(self, key) -> np.ndarray:
-    return self._shards.read_logits(self._global[key])
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class TeacherTargets:
-  """A teacher's exported targets for the data a student loads, from either on-disk format.
+  A global index names a row of the data the targets were made for: for an
+  in-memory data set the training split's rows (targets.npz holds them in
+  that order), for a streamed one the train source's rows (target shards
+  hold every row, validation included). `rows_for` turns the split a student
+  trains on into those indices.
 
   Attributes:
-    train_logits: [N, C] by position in the training split: an array, or for
-      a streamed data set rows read from the target shards when indexed.
-    view_logits: [N, K, C] of K augmented views, when exported with views.
-    test_logits: [M, C], in the test set's order.
     meta: the targets' metadata (data, split, teacher, temperature, views).
+    test_logits: [M, C], in the test set's order.
+    view_logits: [N, K, C] of K augmented views when exported with views, else None.
   """
 
-  train_logits: Any
-  view_logits: np.ndarray | None
-  test_logits: np.ndarray
-  meta: dict[str, Any]
+  def __init__(self, meta: dict[str, Any], test_logits: np.ndarray,
+               view_logits: np.ndarray | None = None):
+    self.meta = meta
+    self.test_logits = test_logits
+    self.view_logits = view_logits
 
   @property
   def identity(self) -> dict[str, Any]:
     """The teacher that made them: folder, model, checkpoint step, parameter hash."""
     return self.meta["teacher"]
 
+  def read_logits(self, global_indices: np.ndarray) -> np.ndarray:
+    """The teacher's float32 logits [n, C] of the examples at `global_indices`."""
+    raise NotImplementedError
 
-def read_teacher_targets(teacher_dir: Path, dataset) -> TeacherTargets:
-  """The targets in `teacher_dir`, checked against `dataset`.
+  def rows_for(self, dataset) -> Any:
+    """The logits [N, C] of `dataset`'s training split, by position: indexable like an array."""
+    raise NotImplementedError
 
-  They are read from targets.npz, or from target shards if the data set is streamed.
-  """
+
+class _NpzStore(TargetsStore):
+  """targets.npz: every array in memory, rows in the training split's order."""
+
+  def __init__(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]):
+    super().__init__(meta, arrays["test_logits"], arrays.get("view_logits"))
+    self._train_logits = arrays["train_logits"]
+
+  def read_logits(self, global_indices):
+    return self._train_logits[global_indices]
+
+  def rows_for(self, dataset):
+    del dataset  # Checked against it on opening: its split is these rows, in order.
+    return self._train_logits
+
+
+class _ShardStore(TargetsStore):
+  """Target shards: rows of the train source read from disk on demand."""
+
+  def __init__(self, shards, test_logits: np.ndarray):
+    super().__init__(shards.meta, test_logits)
+    self._shards = shards
+
+  def read_logits(self, global_indices):
+    return self._shards.read_logits(np.asarray(global_indices))
+
+  def rows_for(self, dataset):
+    return _SplitRows(self, dataset.x_train.global_indices)
+
+
+class _SplitRows:
+  """A streamed split's teacher logits by position, read from the store when indexed."""
+
+  ndim = 2
+
+  def __init__(self, store: TargetsStore, global_indices: np.ndarray):
+    self._store = store
+    self._global = global_indices
+
+  def __len__(self) -> int:
+    return len(self._global)
+
+  def __getitem__(self, key) -> np.ndarray:
+    return self._store.read_logits(self._global[key])
+
+
+def open_targets(teacher_dir: Path, dataset) -> TargetsStore:
+  """The targets in `teacher_dir`, checked against `dataset` (target shards if it is streamed)."""
   teacher_dir = Path(teacher_dir)
   if getattr(dataset, "streaming", False):
     from distill.data.shards import open_target_shards  # noqa: PLC0415
@@ -164,12 +201,36 @@ def read_teacher_targets(teacher_dir: Path, dataset) -> TeacherTargets:
                         path=shards.path)
     with np.load(teacher_dir / PREDICTIONS_FILE) as predictions:
       test_logits = predictions["test_logits"]
-    return TeacherTargets(_ShardRows(shards, dataset.x_train.global_indices), None, test_logits,
-                          shards.meta)
+    return _ShardStore(shards, test_logits)
   arrays, meta = load_targets(teacher_dir)
   check_targets_match(meta, dataset_name=dataset.name, fingerprint=dataset.fingerprint,
                       train_fingerprint=dataset.split_fingerprint("train"),
                       num_examples=len(dataset.x_train), num_classes=dataset.num_classes,
                       path=teacher_dir / TARGETS_FILE)
-  return TeacherTargets(arrays["train_logits"], arrays.get("view_logits"), arrays["test_logits"],
-                        meta)
+  return _NpzStore(arrays, meta)
+
+
+def write_targets(directory: Path, meta: dict[str, Any], *, arrays=None, chunks=None,
+                  num_examples: int | None = None) -> Path:
+  """Writes a teacher's targets: `arrays` to targets.npz, or `chunks` to target shards.
+
+  Args:
+    directory: the teacher's (or ensemble's) folder.
+    meta: what the targets label (data, split, teacher, temperature, ...).
+    arrays: in memory: train_probs, train_logits, test_logits, optionally
+      view_logits (see `save_targets`).
+    chunks: for a data set larger than memory: (probs, logits) chunks of the
+      train source's rows in order, written as shards without holding them all.
+    num_examples: with `chunks`, the rows they add up to.
+
+  Returns:
+    The path written (targets.npz or the shards folder).
+  """
+  if (arrays is None) == (chunks is None):
+    raise ValueError("write_targets takes arrays or chunks, not both")
+  if arrays is not None:
+    return save_targets(directory, arrays, meta)
+  from distill.data.shards import write_target_shards  # noqa: PLC0415
+
+  return write_target_shards(directory, chunks, meta=meta, num_examples=num_examples,
+                             overwrite=True)

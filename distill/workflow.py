@@ -220,7 +220,7 @@ def _teaching_for_student(recipe: dict[str, Any], teacher_dir: Path, dataset, co
      [M, C], the teacher's identity dict).
   """
   from distill import teaching as teaching_lib  # noqa: PLC0415
-  from distill.targets import read_teacher_targets  # noqa: PLC0415
+  from distill.targets import open_targets  # noqa: PLC0415
 
   settings = config_lib.DistillSettings.of(recipe)
   mode, temperature = settings.teaching, settings.temperature
@@ -240,7 +240,7 @@ def _teaching_for_student(recipe: dict[str, Any], teacher_dir: Path, dataset, co
     return strategy, test_logits, identity
   if mode == "views" and getattr(dataset, "streaming", False):
     raise UserError("teaching=views needs the data set in memory; stream with targets or online")
-  targets = read_teacher_targets(teacher_dir, dataset)
+  targets = open_targets(teacher_dir, dataset)
   if settings.loss == "hard":
     return None, targets.test_logits, targets.identity
   if mode == "views":
@@ -256,7 +256,7 @@ def _teaching_for_student(recipe: dict[str, Any], teacher_dir: Path, dataset, co
     console.warn("student.augment with teaching=targets pairs each augmented view with the "
                  "target of the un-augmented image; the student learns from mismatched pairs. "
                  "Use teaching=online or teaching=views for augmented students.")
-  strategy = teaching_lib.ExportedTargets(teacher_logits=targets.train_logits,
+  strategy = teaching_lib.ExportedTargets(teacher_logits=targets.rows_for(dataset),
                                           temperature=temperature)
   return strategy, targets.test_logits, targets.identity
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from conftest import LOGGED_EVERY_5, TINY, TINY_FLAGS, logged, run_cli, run_distill_process
 
-from distill import bench, config
+from distill import bench, config, workflow
 from distill import data as data_lib
 from distill.data.shards import open_target_shards, write_array_shards
+from distill.targets import open_targets
 
 SET = LOGGED_EVERY_5
 
@@ -45,6 +46,13 @@ def test_streamed_teacher_and_student_match_the_in_memory_runs(digits_shards, tm
   summary = json.loads((tmp_path / "stream" / "summary.json").read_text())
   memory_summary = json.loads((memory / "summary.json").read_text())
   assert summary["test_accuracy"] == pytest.approx(memory_summary["test_accuracy"], abs=2e-3)
+  # One reader over both target formats: a split position's logits, whichever format holds them.
+  stream_data = workflow.load_data(workflow.read_run_recipe(tmp_path / "stream"))
+  memory_data = workflow.load_data(workflow.read_run_recipe(memory))
+  positions = np.arange(0, len(memory_data.x_train), 7)
+  np.testing.assert_allclose(
+      open_targets(tmp_path / "stream", stream_data).rows_for(stream_data)[positions],
+      open_targets(memory, memory_data).rows_for(memory_data)[positions], rtol=1e-4, atol=1e-5)
 
   for teaching in ("targets", "online"):
     result = run_cli("student", "--teacher", memory, "-m", "mlp", "--teaching", teaching,
