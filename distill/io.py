@@ -27,6 +27,13 @@ def is_primary_process() -> bool:
   return jax is None or jax.process_index() == 0
 
 
+def current_umask() -> int:
+  """The process's file-creation mask (os.umask can only be read by setting it)."""
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
 def _write_atomic(path: Path, write: Callable[[Any], None], mode: str) -> None:
   if not is_primary_process():
     return
@@ -41,6 +48,9 @@ def _write_atomic(path: Path, write: Callable[[Any], None], mode: str) -> None:
       write(f)
       f.flush()
       os.fsync(f.fileno())
+      # mkstemp makes the file private (0600); the result is made like any
+      # tool's file: readable by whom the user's umask allows.
+      os.fchmod(f.fileno(), 0o666 & ~current_umask())
     os.replace(tmp, path)
   except BaseException:
     Path(tmp).unlink(missing_ok=True)

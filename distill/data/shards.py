@@ -29,7 +29,13 @@ from typing import Any
 import numpy as np
 
 from distill.errors import UserError, one_line
-from distill.io import check_directory_target, publish_directory, read_json, write_json
+from distill.io import (
+    check_directory_target,
+    current_umask,
+    publish_directory,
+    read_json,
+    write_json,
+)
 from distill.rundir import TARGET_SHARDS_DIR
 
 SHARDS_FILE = "shards.json"
@@ -318,6 +324,8 @@ def _write_shard_folder(directory: Path, chunks: Iterable[Any],
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp",
                                     dir=directory.parent))
+    # mkdtemp makes the folder private (0700); the published one follows the umask.
+    staging.chmod(0o777 & ~current_umask())
   except OSError as e:
     raise UserError(f"cannot write {directory}: {e.strerror}") from None
   writer = _ShardWriter(staging, shard_size)
