@@ -18,6 +18,7 @@ from distill import rundir
 from distill.console import Console
 from distill.errors import UserError
 from distill.io import write_json
+from distill.targets import write_targets
 
 
 def teacher_identity(teacher_dir: Path, recipe: dict[str, Any], step: int, params) -> dict:
@@ -108,7 +109,6 @@ def export_targets(teacher_dirs: Path | list[Path], *, out_dir: Path | None = No
   Returns:
     The path of the written targets.npz.
   """
-  from distill.targets import write_targets  # noqa: PLC0415
   from distill.workflow import load_data  # noqa: PLC0415
 
   console = console or Console(quiet)
@@ -233,7 +233,6 @@ def _export_streamed(teacher_dir: Path, out_dir: Path, recipe: dict[str, Any], d
   from distill import losses  # noqa: PLC0415
   from distill.data.stream import Rows  # noqa: PLC0415
   from distill.io import is_primary_process  # noqa: PLC0415
-  from distill.targets import write_targets  # noqa: PLC0415
   from distill.workflow import restore_trained  # noqa: PLC0415
 
   model, step = trained or restore_trained(teacher_dir, recipe, "teacher", dataset)

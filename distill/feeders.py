@@ -111,8 +111,6 @@ class DeviceFeeder:
     mesh: the devices (see `parallel.make_mesh`).
   """
 
-  on_device = True
-
   def __init__(self, images: np.ndarray, labels: np.ndarray, columns: Columns,
                order: DataOrder, mesh):
     self.order = order
@@ -148,7 +146,6 @@ class HostFeeder:
     threads, buffer: Grain's reading threads and the dispatches read ahead.
   """
 
-  on_device = False
   data: Columns = {}
 
   def __init__(self, images, labels: np.ndarray, columns: Columns, order: DataOrder, mesh, *,

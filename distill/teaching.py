@@ -233,5 +233,3 @@ def _check_rows(logits: Any, num_examples: int, ndim: int, mode: str) -> None:
     raise UserError(f"teaching={mode} needs teacher logits of {ndim} dimensions, one row per "
                     f"training image ({num_examples})")
 
-
-TEACHING_MODES = ("targets", "online", "views")
