@@ -601,3 +601,511 @@ def expected_calibration_error(logits, labels, n_bins=15):
   correct_sum = jnp.zeros(n_bins, jnp.float32).at[bins].add(correct)
   # (n_b / N) * |acc_b - conf_b| = |correct_sum_b - conf_sum_b| / N.
   return jnp.sum(jnp.abs(correct_sum - conf_sum)) / y.shape[0]
+
+
+# ---------------------------------------------------------------------------
+# Method losses: DKD, DIST, feature hints and the DeiT distillation token,
+# with the loss each must have at step 0 for a uniform student.
+# ---------------------------------------------------------------------------
+
+_HINT_KINDS = ("mse", "cosine")
+_TOKEN_VARIANTS = ("hard", "soft")
+# DIST's Pearson eps, as in the reference code; also the norm floor of the
+# cosine hint (torch.nn.functional.cosine_similarity's default).
+_EPS = 1e-8
+
+
+def _check_weight(name, value):
+  try:
+    w = float(value)
+  except TypeError as e:
+    raise ValueError(
+        f"{name} must be a Python number, got {value!r} (under jax.jit, pass "
+        "it as a static argument)") from e
+  # `not w >= 0` is also true for nan, which must be rejected too.
+  if not math.isfinite(w) or not w >= 0.0:
+    raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+  return w
+
+
+def _check_choice(name, value, choices):
+  if value not in choices:
+    raise ValueError(
+        f'unknown {name} {value!r}; expected one of '
+        f'{", ".join(repr(c) for c in choices)}')
+  return value
+
+
+def _check_same_shape(a, b, name_a, name_b):
+  if a.shape != b.shape:
+    raise ValueError(
+        f"{name_a} shape {a.shape} must equal {name_b} shape {b.shape}")
+
+
+def _check_two_classes(logits, name):
+  # With one class there is no non-target class (DKD) and nothing to
+  # correlate (DIST): the losses would be nan or constant.
+  if logits.shape[-1] < 2:
+    raise ValueError(
+        f"{name} must have at least 2 classes on the last axis, got shape "
+        f"{logits.shape}")
+
+
+def _as_teacher(x, name):
+  # The teacher is never differentiated, even if the caller forgets to stop it.
+  return jax.lax.stop_gradient(_as_logits(x, name))
+
+
+def _gather_label(logp, labels):
+  """logp[..., label], NaN for labels outside [0, C) (as in hard CE)."""
+  n_classes = logp.shape[-1]
+  idx = jnp.where(labels < 0, n_classes, labels)
+  return jnp.take_along_axis(
+      logp, idx[..., None], axis=-1, mode="fill", fill_value=jnp.nan)[..., 0]
+
+
+def _max_and_lse_where(x, where):
+  """(m, log(sum(exp(x - m)))) over the entries where ``where``, keepdims.
+
+  m is the max of the included entries along the last axis. Excluded entries
+  become exactly -inf inside the sum, so they contribute exp(-inf) = 0 and no
+  gradient: exact masking, never a finite offset that a large logit could
+  outweigh. At least one entry per row must be included. The two parts are
+  returned apart because adding them rounds: at logits of 1e4 float32 spacing
+  is ~1e-3, which must not land on a log-probability near 0.
+  """
+  masked = jnp.where(where, x, -jnp.inf)
+  # The shift cancels analytically (see log_softmax); it is finite because
+  # some entry is included.
+  shift = jax.lax.stop_gradient(jnp.max(masked, axis=-1, keepdims=True))
+  lse = jnp.log(jnp.sum(jnp.exp(masked - shift), axis=-1, keepdims=True))
+  return shift, lse
+
+
+def _dkd_parts(z, is_target, labels):
+  """The pieces DKD needs from one model's scaled logits z = logits / T.
+
+  Returns (log p_t, log(1 - p_t), log q) where q is the distribution over
+  the non-target classes renormalised to sum to 1 (the entry of log q at the
+  target is finite but meaningless).
+
+  * log(1 - p_t) is a logsumexp over the non-target log-probabilities, never
+    log1p(-p_t): p_t rounds to 1 for a confident model, and log(0) = -inf.
+  * log q is the log-softmax of the non-target logits themselves, shifted by
+    their own max, not log p - log(1 - p_t): when the target dominates, both
+    of those are ~-2e4 and their difference keeps only float32's ~1e-3
+    absolute precision there, which NCKD (weighted by beta) would amplify.
+  """
+  logp = log_softmax(z)
+  log_pt = _gather_label(logp, labels)
+  shift, lse = _max_and_lse_where(logp, ~is_target)
+  z_shift, z_lse = _max_and_lse_where(z, ~is_target)
+  return log_pt, (shift + lse)[..., 0], (z - z_shift) - z_lse
+
+
+def _dkd_per_example(xs, xt, labels, alpha, beta, t):
+  is_target = jnp.arange(xs.shape[-1]) == labels[..., None]
+  s_t, s_nt, s_q = _dkd_parts(xs / t, is_target, labels)
+  t_t, t_nt, t_q = _dkd_parts(xt / t, is_target, labels)
+  # Binary KL(b_t || b_s); exp of a log-probability is <= 1, so every term is
+  # finite even when a probability underflows to 0.
+  tckd = jnp.exp(t_t) * (t_t - s_t) + jnp.exp(t_nt) * (t_nt - s_nt)
+  # Teacher weights of the non-target KL, exactly 0 at the target: exp of
+  # -inf there, not exp(t_q) (which may overflow) zeroed afterwards, so no
+  # 0 * inf reaches the gradient.
+  t_w = jnp.exp(jnp.where(is_target, -jnp.inf, t_q))
+  nckd = jnp.sum(t_w * (t_q - s_q), axis=-1)
+  return (alpha * tckd + beta * nckd) * (t * t)
+
+
+def dkd_loss(student_logits, teacher_logits, labels, *, alpha=1.0, beta=8.0,
+             temperature=4.0, reduction="mean"):
+  """Decoupled knowledge distillation (DKD; Zhao et al., CVPR 2022).
+
+  With p = softmax(logits / T) and t the label of an example:
+
+  * b = [p_t, 1 - p_t], the binary target / non-target probabilities, and
+    ``TCKD = KL(b_teacher || b_student)``;
+  * q_k = p_k / (1 - p_t) for k != t, the non-target classes renormalised,
+    and ``NCKD = KL(q_teacher || q_student)``;
+  * ``loss = (alpha * TCKD + beta * NCKD) * T**2`` per example, then reduced
+    (the default mean matches mdistiller's ``kl_div(size_average=False) *
+    T**2 / batch``).
+
+  Unlike the reference code (which masks the target with a -1000 offset and
+  takes the log of probabilities, so logits of +-1e4 give inf/nan or a wrong
+  NCKD) everything is computed in log space with exact masking: log p_t from
+  the log-softmax, log(1 - p_t) as a logsumexp over the non-target
+  log-probabilities. DKD's warm-up (ramping the loss weight over the first
+  epochs) is a training schedule concern and is not done here.
+
+  Args:
+    student_logits: array [..., C] (C >= 2), any float dtype.
+    teacher_logits: array [..., C]; never differentiated (stop_gradient).
+    labels: integer array [...] of class indices in [0, C); a label outside
+      gives NaN for its example.
+    alpha: Python number >= 0, weight of TCKD.
+    beta: Python number >= 0, weight of NCKD.
+    temperature: Python number > 0 applied to both models.
+    reduction: 'mean', 'sum' or 'none'.
+
+  Returns:
+    float32 scalar, or float32 array [...] for reduction='none'.
+
+  Raises:
+    ValueError: for bad hyperparameters, fewer than 2 classes, non-integer
+      labels or mismatched shapes.
+  """
+  _check_reduction(reduction)
+  a = _check_weight("alpha", alpha)
+  b = _check_weight("beta", beta)
+  t = _check_temperature(temperature)
+  xs = _as_logits(student_logits, "student_logits")
+  xt = _as_teacher(teacher_logits, "teacher_logits")
+  _check_same_shape(xs, xt, "student_logits", "teacher_logits")
+  _check_two_classes(xs, "student_logits")
+  y = _as_labels(labels, xs)
+  return _reduce(_dkd_per_example(xs, xt, y, a, b, t), reduction)
+
+
+def _centred(x, axis):
+  """x - mean(x) along ``axis``, exactly 0 for a constant vector.
+
+  The mean is taken of the differences from the first element: the same
+  function, but a float32 mean of C equal values need not equal them (for
+  C = 10 it is off by ~1e-9, comparable to the Pearson eps), while the
+  differences of equal values are exactly 0.
+  """
+  d = x - jax.lax.index_in_dim(x, 0, axis=axis, keepdims=True)
+  return d - jnp.mean(d, axis=axis, keepdims=True)
+
+
+def _safe_norm(x, axis):
+  """Euclidean norm along ``axis`` with gradient 0 (not nan) at 0."""
+  sq = jnp.sum(x * x, axis=axis)
+  positive = sq > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
+def _pearson(a, b, axis):
+  """DIST's Pearson: cosine of the centred vectors, eps in the denominator."""
+  a = _centred(a, axis)
+  b = _centred(b, axis)
+  return (jnp.sum(a * b, axis=axis)
+          / (_safe_norm(a, axis) * _safe_norm(b, axis) + _EPS))
+
+
+def dist_loss(student_logits, teacher_logits, *, beta=1.0, gamma=1.0,
+              temperature=1.0):
+  """DIST: distillation from a stronger teacher (Huang et al., NeurIPS 2022).
+
+  With y = softmax(logits / T) for a batch [B, C] and
+  ``pearson(u, v) = <u - mean u, v - mean v> / (|u - mean u| |v - mean v| +
+  1e-8)`` (the reference code's eps):
+
+  * ``inter = 1 - mean_i pearson(y_s[i, :], y_t[i, :])`` (over each row's
+    classes);
+  * ``intra = 1 - mean_c pearson(y_s[:, c], y_t[:, c])`` (over the batch);
+  * ``loss = T**2 * (beta * inter + gamma * intra)``.
+
+  The loss couples the examples of a batch, so it takes exactly one batch
+  axis and has no ``reduction``.
+
+  Step 0: a uniform student (e.g. a zero-initialised head) has constant
+  probabilities, so every centred row and column is exactly 0 (the centring
+  is exact for constant vectors, see ``_centred``), each Pearson is
+  0 / (0 + eps) = 0, and the loss is exactly ``T**2 * (beta + gamma)``
+  whatever the teacher (see expected_init_dist). Its gradient there is
+  finite but of order 1 / eps, as in the reference code: the eps-regularised
+  Pearson turns from -1 to 1 within ~eps of a constant vector. Clip
+  gradients (or initialise the head randomly) when DIST starts from an
+  exactly uniform student.
+
+  Args:
+    student_logits: array [B, C] (C >= 2; B >= 2 unless gamma = 0), any
+      float dtype.
+    teacher_logits: array [B, C]; never differentiated (stop_gradient).
+    beta: Python number >= 0, weight of the inter-class (per-example) term.
+    gamma: Python number >= 0, weight of the intra-class (per-class) term.
+    temperature: Python number > 0 applied to both models.
+
+  Returns:
+    float32 scalar.
+
+  Raises:
+    ValueError: for bad hyperparameters, inputs that are not [B, C], or
+      mismatched shapes.
+  """
+  b = _check_weight("beta", beta)
+  g = _check_weight("gamma", gamma)
+  t = _check_temperature(temperature)
+  xs = _as_logits(student_logits, "student_logits")
+  xt = _as_teacher(teacher_logits, "teacher_logits")
+  _check_same_shape(xs, xt, "student_logits", "teacher_logits")
+  if xs.ndim != 2:
+    raise ValueError(
+        f"dist_loss needs a [batch, classes] batch, got shape {xs.shape}")
+  _check_two_classes(xs, "student_logits")
+  if g > 0.0 and xs.shape[0] < 2:
+    raise ValueError(
+        f"gamma={gamma} > 0 weights the intra-class term, a correlation "
+        f"across the batch, which needs at least 2 examples; got shape "
+        f"{xs.shape}")
+  ys = softmax(xs, t)
+  yt = softmax(xt, t)
+  loss = jnp.zeros((), jnp.float32)
+  # A term whose weight is 0 is not computed, so gamma=0 works for B=1.
+  if b > 0.0:
+    loss = loss + b * (1.0 - jnp.mean(_pearson(ys, yt, axis=1)))
+  if g > 0.0:
+    loss = loss + g * (1.0 - jnp.mean(_pearson(ys, yt, axis=0)))
+  return (t * t) * loss
+
+
+def hint_loss(student_features, teacher_features, *, kind="mse",
+              reduction="mean"):
+  """FitNets-style feature matching (hints) on projected student features.
+
+  The student features must already be projected to the teacher's shape
+  [B, ..., D] (the projection is part of the student). Per example b:
+
+  * 'mse': ``mean over every non-batch element of (s - t)**2``;
+  * 'cosine': ``1 - cos(s, t)`` along the last axis, averaged over the other
+    non-batch axes, with ``cos(s, t) = <s, t> / (max(|s|, 1e-8) *
+    max(|t|, 1e-8))`` (torch's cosine_similarity), so a zero vector has
+    cosine 0 and loss 1.
+
+  With a zero-initialised projection the cosine's gradient at step 0 is
+  finite but of order 1e8 (cosine is scale-invariant, so it changes fastest
+  next to 0): clip gradients, or use 'mse' there.
+
+  Args:
+    student_features: array [B, ..., D] (at least 2-D), any float dtype.
+    teacher_features: array of the same shape; never differentiated.
+    kind: 'mse' or 'cosine'.
+    reduction: 'mean', 'sum' or 'none' over the batch axis.
+
+  Returns:
+    float32 scalar, or float32 array [B] for reduction='none'.
+
+  Raises:
+    ValueError: for an unknown kind or reduction, fewer than 2 axes, or
+      mismatched shapes.
+  """
+  _check_reduction(reduction)
+  _check_choice("kind", kind, _HINT_KINDS)
+  s = _as_logits(student_features, "student_features")
+  t = _as_teacher(teacher_features, "teacher_features")
+  _check_same_shape(s, t, "student_features", "teacher_features")
+  if s.ndim < 2:
+    raise ValueError(
+        f"features must be [batch, ..., dim], at least 2-D, got shape "
+        f"{s.shape}")
+  if kind == "mse":
+    per_example = jnp.mean(jnp.square(s - t), axis=tuple(range(1, s.ndim)))
+  else:
+    norms = (jnp.maximum(_safe_norm(s, -1), _EPS)
+             * jnp.maximum(_safe_norm(t, -1), _EPS))
+    cos = jnp.sum(s * t, axis=-1) / norms
+    per_example = jnp.mean(1.0 - cos, axis=tuple(range(1, s.ndim - 1)))
+  return _reduce(per_example, reduction)
+
+
+def token_loss(class_logits, distill_logits, labels, teacher_logits, *,
+               variant="hard", temperature=1.0, reduction="mean"):
+  """DeiT's distillation-token loss (Touvron et al., ICML 2021).
+
+  The class token's head learns the labels and the distillation token's head
+  learns the teacher, with equal weights:
+
+  * 'hard': ``0.5 * CE(class, labels) + 0.5 * CE(distill, argmax teacher)``;
+  * 'soft': ``0.5 * CE(class, labels) + 0.5 * T**2 *
+    soft_CE(distill / T, softmax(teacher / T))``.
+
+  The soft term is a cross-entropy over the classes: it differs from DeiT's
+  KL by the teacher's entropy (same gradients), and is not divided by C as
+  DeiT's code does (its ``kl_div(reduction='sum') / numel``).
+
+  Args:
+    class_logits: array [..., C] from the class token's head.
+    distill_logits: array [..., C] from the distillation token's head.
+    labels: integer array [...] of class indices.
+    teacher_logits: array [..., C]; never differentiated.
+    variant: 'hard' or 'soft'.
+    temperature: Python number > 0, used by 'soft' only (checked always).
+    reduction: 'mean', 'sum' or 'none'.
+
+  Returns:
+    float32 scalar, or float32 array [...] for reduction='none'.
+
+  Raises:
+    ValueError: for bad hyperparameters, non-integer labels or mismatched
+      shapes.
+  """
+  _check_reduction(reduction)
+  _check_choice("variant", variant, _TOKEN_VARIANTS)
+  t = _check_temperature(temperature)
+  xc = _as_logits(class_logits, "class_logits")
+  xd = _as_logits(distill_logits, "distill_logits")
+  xt = _as_teacher(teacher_logits, "teacher_logits")
+  _check_same_shape(xd, xc, "distill_logits", "class_logits")
+  _check_same_shape(xt, xc, "teacher_logits", "class_logits")
+  y = _as_labels(labels, xc)
+  class_term = _hard_ce_per_example(xc, y, 0.0)
+  if variant == "hard":
+    distill_term = _hard_ce_per_example(xd, jnp.argmax(xt, axis=-1), 0.0)
+  else:
+    distill_term = (t * t) * _soft_ce_per_example(xd, softmax(xt, t), t)
+  return _reduce(0.5 * class_term + 0.5 * distill_term, reduction)
+
+
+def token_predictions(class_logits, distill_logits):
+  """DeiT's test-time prediction: the mean of the two heads' softmaxes.
+
+  ``log((softmax(class) + softmax(distill)) / 2)``, computed as
+  ``logaddexp(log_softmax(class), log_softmax(distill)) - log 2`` so it stays
+  finite for logits of +-1e4. The result is a normalised log-distribution,
+  so it is valid logits for any loss or metric here (its softmax is the mean
+  of the softmaxes). DeiT's code averages the logits instead; the paper
+  (and this) averages the softmaxes.
+
+  Args:
+    class_logits: array [..., C], any float dtype.
+    distill_logits: array [..., C] of the same shape.
+
+  Returns:
+    float32 array [..., C].
+
+  Raises:
+    ValueError: for mismatched shapes.
+  """
+  xc = _as_logits(class_logits, "class_logits")
+  xd = _as_logits(distill_logits, "distill_logits")
+  _check_same_shape(xd, xc, "distill_logits", "class_logits")
+  return jnp.logaddexp(log_softmax(xc), log_softmax(xd)) - math.log(2.0)
+
+
+def expected_init_dkd(teacher_logits, labels, *, alpha=1.0, beta=8.0,
+                      temperature=4.0):
+  """dkd_loss (mean reduction) for a uniform student: all-zero logits.
+
+  A uniform student has p_t = 1/C, so b_student = [1/C, (C-1)/C], and its
+  non-target distribution is uniform over C-1 classes. With the teacher's
+  p_t, b and q at temperature T:
+
+  * ``TCKD = p_t log(C p_t) + (1 - p_t) log(C (1 - p_t) / (C - 1))``;
+  * ``NCKD = KL(q_teacher || uniform) = log(C - 1) - H(q_teacher)``;
+  * the result is ``mean over examples of (alpha TCKD + beta NCKD) * T**2``.
+
+  Args:
+    teacher_logits: array [..., C] (C >= 2).
+    labels: integer array [...] of class indices.
+    alpha, beta, temperature: as passed to dkd_loss.
+
+  Returns:
+    The expected loss as a Python float.
+
+  Raises:
+    ValueError: as dkd_loss.
+  """
+  a = _check_weight("alpha", alpha)
+  b = _check_weight("beta", beta)
+  t = _check_temperature(temperature)
+  xt = _as_logits(teacher_logits, "teacher_logits")
+  _check_two_classes(xt, "teacher_logits")
+  y = _as_labels(labels, xt)
+  c = xt.shape[-1]
+  is_target = jnp.arange(c) == y[..., None]
+  t_t, t_nt, t_q = _dkd_parts(xt / t, is_target, y)
+  # KL against the uniform student's b = [1/C, (C-1)/C], written with
+  # log-probabilities so a confident teacher stays finite.
+  tckd = (jnp.exp(t_t) * (t_t + math.log(c))
+          + jnp.exp(t_nt) * (t_nt - math.log((c - 1) / c)))
+  q_w = jnp.exp(jnp.where(is_target, -jnp.inf, t_q))
+  neg_entropy = jnp.sum(q_w * jnp.where(is_target, 0.0, t_q), axis=-1)
+  nckd = math.log(c - 1) + neg_entropy
+  return float(jnp.mean(a * tckd + b * nckd)) * t * t
+
+
+def expected_init_dist(*, beta=1.0, gamma=1.0, temperature=1.0):
+  """dist_loss for a uniform student: ``T**2 * (beta + gamma)``.
+
+  A uniform student's probabilities are constant along both rows and
+  columns, so every centred vector is 0 and every Pearson is
+  0 / (0 + eps) = 0: inter = intra = 1 whatever the teacher.
+
+  Args:
+    beta, gamma, temperature: as passed to dist_loss.
+
+  Returns:
+    The expected loss as a Python float.
+
+  Raises:
+    ValueError: for bad hyperparameters.
+  """
+  b = _check_weight("beta", beta)
+  g = _check_weight("gamma", gamma)
+  t = _check_temperature(temperature)
+  return t * t * (b + g)
+
+
+def expected_init_hint(teacher_features, *, kind="mse"):
+  """hint_loss (mean reduction) for zero student features.
+
+  A zero-initialised projection makes the projected student features 0, so:
+
+  * 'mse': ``mean((0 - t)**2)`` = the mean of the teacher features squared
+    (every example has the same number of elements, so the mean of the
+    per-example means is the overall mean);
+  * 'cosine': ``1 - 0 = 1``, since the cosine of a zero vector is 0.
+
+  Args:
+    teacher_features: array [B, ..., D] (at least 2-D).
+    kind: 'mse' or 'cosine'.
+
+  Returns:
+    The expected loss as a Python float.
+
+  Raises:
+    ValueError: for an unknown kind or features with fewer than 2 axes.
+  """
+  _check_choice("kind", kind, _HINT_KINDS)
+  t = _as_logits(teacher_features, "teacher_features")
+  if t.ndim < 2:
+    raise ValueError(
+        f"features must be [batch, ..., dim], at least 2-D, got shape "
+        f"{t.shape}")
+  if kind == "cosine":
+    return 1.0
+  return float(jnp.mean(jnp.square(t)))
+
+
+def expected_init_token(n_classes, *, variant="hard", temperature=1.0):
+  """token_loss (any reduction's per-example value) for a uniform student.
+
+  Uniform predictions have cross-entropy log(C) against any target that sums
+  to 1: ``-sum_k y_k log(1/C) = log(C)``. That holds for the labels, for the
+  teacher's argmax and for the teacher's softmax alike, so:
+
+  * 'hard': ``0.5 log(C) + 0.5 log(C) = log(C)``;
+  * 'soft': ``0.5 log(C) + 0.5 T**2 log(C)``, which is log(C) at T = 1 (the
+    T**2 factor scales the soft term's value too, not only its gradient).
+
+  Args:
+    n_classes: number of classes C (int >= 2).
+    variant: 'hard' or 'soft'.
+    temperature: Python number > 0, as passed to token_loss.
+
+  Returns:
+    The expected loss as a Python float.
+
+  Raises:
+    ValueError: for invalid arguments.
+  """
+  c = _check_n_classes(n_classes)
+  _check_choice("variant", variant, _TOKEN_VARIANTS)
+  t = _check_temperature(temperature)
+  log_c = math.log(c)
+  if variant == "hard":
+    return log_c
+  return 0.5 * log_c + 0.5 * t * t * log_c
