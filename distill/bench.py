@@ -17,11 +17,13 @@ import resource
 import tempfile
 import time
 from contextlib import closing
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from distill import backend
 from distill import config as config_lib
 from distill.errors import UserError
 
@@ -62,11 +64,12 @@ class _BareStep:
   images_per_second: float
   params: Any
   predict: Any
+  flops_per_step: float | None = None
 
 
 def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int | None = None,
                   bare_steps: int | None = None, synthetic: str | None = None,
-                  quiet: bool = True) -> dict[str, Any]:
+                  quiet: bool = True, count_flops: bool = False) -> dict[str, Any]:
   """Measures training and export throughput for `role`'s model in `recipe`.
 
   Args:
@@ -82,11 +85,16 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int |
     synthetic: 'HxWxC:N:CLASSES' to time on random data of that shape instead of
       loading the recipe's data set (e.g. '32x32x3:50000:10' for CIFAR-10).
     quiet: hide progress bars.
+    count_flops: also compile one optimizer step on its own and report XLA's
+      FLOP count of it (`flops_per_step`, forward + backward + update) and the
+      FLOP/s the bare step reached (`bare_step_flops_per_second`). Off by
+      default: it costs one more compile.
 
   Returns:
     A flat dict: bare_step_images_per_second, loop_images_per_second,
     loop_to_bare_ratio, export_images_per_second, export_to_train_ratio,
-    compile_seconds, peak_rss_mb, and the settings measured.
+    compile_seconds, peak_rss_mb, the settings measured and the backend's
+    choices (`distill.backend`).
   """
   import jax  # noqa: PLC0415
 
@@ -107,13 +115,18 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int |
 
   # 1. The bare step: one compiled K-step function called back to back.
   bare = _time_bare_step(_fresh_model(recipe, settings, data), data, bare_steps=bare_steps,
-                         **training)
+                         count_flops=count_flops, **training)
   # 2. The real loop, at the recipe's cadence (eval/checkpoint no rarer than the run).
   stats = _time_loop(_fresh_model(recipe, settings, data), data, quiet=quiet, **training)
   # 3. Export: the forward pass over every training image.
   export_ips = _time_export(bare.predict, bare.params, data.images,
                             recipe["export"]["batch_size"])
 
+  flops = {}
+  if bare.flops_per_step is not None:
+    steps_per_second = bare.images_per_second / settings.batch_size
+    flops = {"flops_per_step": bare.flops_per_step,
+             "bare_step_flops_per_second": round(bare.flops_per_step * steps_per_second)}
   return {
       "role": role,
       "model": settings.model,
@@ -133,9 +146,11 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int |
       "compile_seconds": round(bare.compile_seconds, 2),
       "loop_compile_seconds": round(stats.compile_seconds, 2),
       "peak_rss_mb": round(_peak_rss_mb(), 1),
+      **flops,
       "backend": jax.default_backend(),
       "devices": jax.device_count(),
       "jax_version": jax.__version__,
+      "backend_choices": backend.choices().as_dict(),
   }
 
 
@@ -184,7 +199,8 @@ def _fresh_model(recipe: dict[str, Any], settings: config_lib.TrainSettings, dat
 
 
 def _time_bare_step(model, data: _BenchData, *, bare_steps: int, objective, teaching,
-                    settings: config_lib.TrainSettings, augment_settings, seed: int) -> _BareStep:
+                    settings: config_lib.TrainSettings, augment_settings, seed: int,
+                    count_flops: bool = False) -> _BareStep:
   """Compiles the K-step function, then times it called back to back on rows made in advance."""
   import jax  # noqa: PLC0415
 
@@ -202,6 +218,7 @@ def _time_bare_step(model, data: _BenchData, *, bare_steps: int, objective, teac
   with closing(setup.feeder.dispatches(plan)) as feed:
     rows = list(feed)
   state = setup.state
+  flops_per_step = _step_flops(setup, state, rows[0]) if count_flops else None
   start = time.perf_counter()
   compiled = setup.compile(state, rows[0])
   compile_seconds = time.perf_counter() - start
@@ -216,7 +233,28 @@ def _time_bare_step(model, data: _BenchData, *, bare_steps: int, objective, teac
   return _BareStep(num_params=num_params, steps=dispatches * per_dispatch,
                    compile_seconds=compile_seconds,
                    images_per_second=dispatches * per_dispatch * settings.batch_size / bare_seconds,
-                   params=state["params"], predict=setup.predict)
+                   params=state["params"], predict=setup.predict, flops_per_step=flops_per_step)
+
+
+def _step_flops(setup, state, rows_K) -> float | None:
+  """XLA's FLOP count of one optimizer step (forward, backward, update), or None if it has none.
+
+  One step is compiled on its own: XLA counts a `lax.scan` body once whatever
+  its length, and an unrolled scan K times, so the K-step dispatch's count
+  does not say how many steps it covers.
+  """
+  import jax  # noqa: PLC0415
+
+  from distill.step import train_step  # noqa: PLC0415
+
+  one_step = jax.tree.map(lambda rows: rows[0], rows_K)
+  compiled = jax.jit(partial(train_step, setup.spec)).lower(
+      setup.feeder.data, setup.stats, setup.teacher_state, state, one_step).compile()
+  cost = compiled.cost_analysis()
+  # Older jax returned one dict per computation, newer ones the dict itself.
+  cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+  flops = (cost or {}).get("flops")
+  return float(flops) if flops and flops > 0 else None
 
 
 def _time_loop(model, data: _BenchData, *, objective, teaching,

@@ -60,6 +60,7 @@ def count_params(model) -> int:
 
 
 def _load_builtin() -> None:
-  # Imported on first use so that `distill --help` never pays for Flax.
-  if not _FACTORIES:
-    from distill.models import cnn, mlp, vit  # noqa: F401, PLC0415
+  # Imported on first use so that `distill --help` never pays for Flax. Always, not only
+  # while the registry is empty: importing one model module first (vit registers cnn too)
+  # must not hide the others. A second import is a dictionary lookup.
+  from distill.models import cnn, mlp, vit  # noqa: F401, PLC0415

@@ -1,0 +1,53 @@
+"""distill.backend: one switch for the per-backend choices, read by the step and the ViT."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+from flax import nnx
+
+from distill import backend, step
+from distill.models import create_model
+
+
+def test_cpu_keeps_the_measured_choices():
+  """CPU: gathered stem, unrolled conv scans, export batch 64, float32 — all measured."""
+  cpu = backend.choices("cpu")
+  assert (cpu.conv_stem, cpu.unroll_conv_scan, cpu.export_batch_size, cpu.compute_dtype,
+          cpu.measured) == ("gathered", True, 64, "float32", True)
+  assert backend.choices() == backend.choices(jax.default_backend())
+
+
+def test_accelerators_get_unmeasured_defaults_named_by_backend():
+  """Any other backend: scans stay scans, float32 default, labelled unmeasured."""
+  for name in ("gpu", "tpu"):
+    choice = backend.choices(name)
+    assert choice.backend == name and not choice.measured
+    assert not choice.unroll_conv_scan and choice.compute_dtype == "float32"
+    assert choice.as_dict()["backend"] == name
+
+
+def _vit_conv_stem(monkeypatch, conv_stem: str):
+  cpu = dataclasses.replace(backend.choices("cpu"), conv_stem=conv_stem)
+  monkeypatch.setattr(backend, "choices", lambda name=None: cpu)
+  return create_model("vit", num_classes=10, image_shape=(28, 28, 1), seed=3, patch=7, width=16,
+                      depth=1, heads=2, stem="conv")
+
+
+def test_both_conv_stems_hold_the_same_weights_and_compute_the_same(monkeypatch):
+  """nnx.Conv and the gathered matmul: same parameters from a seed, same logits."""
+  from distill.models.vit import NeighbourhoodConv  # noqa: PLC0415 (next to its use)
+
+  gathered = _vit_conv_stem(monkeypatch, "gathered")
+  plain = _vit_conv_stem(monkeypatch, "conv")
+  assert isinstance(gathered.stem, NeighbourhoodConv) and type(plain.stem) is nnx.Conv
+  params_a, params_b = nnx.state(gathered, nnx.Param), nnx.state(plain, nnx.Param)
+  assert jax.tree.structure(params_a) == jax.tree.structure(params_b)
+  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
+    np.testing.assert_array_equal(a, b)
+  images = np.random.default_rng(0).normal(size=(4, 28, 28, 1)).astype(np.float32)
+  np.testing.assert_allclose(gathered(images), plain(images), rtol=1e-4, atol=1e-5)
+  # A real convolution on a backend that unrolls conv scans is unrolled; the gathered one is not.
+  assert step.should_unroll(plain) and not step.should_unroll(gathered)
