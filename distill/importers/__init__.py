@@ -1,0 +1,105 @@
+"""Teachers trained elsewhere: timm / Hugging Face ViTs, Keras models, logits, Python callables.
+
+`open_teacher(source)` recognises what SOURCE is and returns a `ForeignTeacher`:
+
+  a folder with config.json + model.safetensors   a timm or transformers ViT (`hf_vit`)
+  FILE.keras                                      a Keras 3 model, run on the JAX backend
+  FILE.npz                                        logits computed anywhere (targets only)
+  package.module:function                         a callable on uint8 NHWC images
+
+Every teacher that can run takes the same input: float32 pixel values in
+[0, 255], NHWC, as the data set stores them (uint8 cast to float). The
+teacher's own preprocessing (resize, grey -> RGB, its mean/std) happens
+inside its `apply`, so it runs in the jitted forward, on the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from distill.errors import UserError
+
+# (params, pixels float32 [B, H, W, C] in 0..255) -> logits [B, C]; traceable by jax.jit.
+ApplyFn = Callable[[Any, Any], Any]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ForeignTeacher:
+  """A teacher the user already has, made ready to label a data set.
+
+  Attributes:
+    kind: 'timm-vit', 'hf-vit', 'keras', 'logits' or 'callable'.
+    source: what the user named (a folder, a file, or module:function).
+    num_classes: classes the teacher predicts.
+    class_names: its own label names, when it has them (else None).
+    apply: the jittable forward pass (see the module docstring), or None when
+      the teacher is only logits.
+    params: the pytree `apply` takes (an online teacher's device state); None
+      for a teacher without parameters of its own.
+    num_params: trainable scalars (0 when unknown).
+    can_teach_online: whether `apply` is a JAX function that can run inside
+      the student's jitted step.
+    logits: for a logits teacher, {'train': [N, C], 'test': [M, C], and
+      optionally 'val'} in the data set's own order; else None.
+    details: what summary.json records about the source (architecture, input
+      size, ...).
+  """
+
+  kind: str
+  source: str
+  num_classes: int
+  class_names: list[str] | None = None
+  apply: ApplyFn | None = None
+  params: Any = None
+  num_params: int = 0
+  can_teach_online: bool = False
+  logits: dict[str, Any] | None = None
+  details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def source_kind(source: str) -> str:
+  """Which importer reads `source`: 'vit', 'keras', 'logits' or 'callable'."""
+  path = Path(source)
+  if path.is_dir():
+    return "vit"
+  if path.suffix == ".keras":
+    return "keras"
+  if path.suffix == ".npz":
+    return "logits"
+  if ":" in source and not path.exists():
+    return "callable"
+  if path.exists():
+    raise UserError(f"{source} is not a teacher distill can import: give a folder with "
+                    "config.json and model.safetensors (timm or transformers ViT), a .keras "
+                    "file, a .npz of logits, or package.module:function")
+  raise UserError(f"{source} does not exist (a teacher to import is a folder, a .keras or .npz "
+                  "file, or package.module:function)")
+
+
+def open_teacher(source: str | Path, *,
+                 image_shape: tuple[int, int, int] | None = None) -> ForeignTeacher:
+  """Reads the teacher at `source` (see the module docstring for what SOURCE may be).
+
+  `image_shape`, the data set's (H, W, C), is what a callable teacher is tried on once,
+  to learn its class count and whether it traces under jax.jit; the others ignore it.
+  """
+  source = str(source)
+  kind = source_kind(source)
+  if kind == "vit":
+    from distill.importers.hf_vit import open_vit  # noqa: PLC0415
+
+    return open_vit(source)
+  if kind == "keras":
+    from distill.importers.keras_model import open_keras  # noqa: PLC0415
+
+    return open_keras(source)
+  if kind == "logits":
+    from distill.importers.logits import open_logits  # noqa: PLC0415
+
+    return open_logits(source)
+  from distill.importers.callable import open_callable  # noqa: PLC0415
+
+  return open_callable(source, image_shape)

@@ -1,0 +1,151 @@
+"""Logits a teacher computed anywhere (PyTorch, a cloud API, ...), saved in a .npz file.
+
+The file holds, in the data set's own order:
+
+  train_logits  [N, C]  every training image, before distill splits off validation (required)
+  test_logits   [M, C]  the test set (required)
+  val_logits    [V, C]  the data set's own validation split, when it has one (optional)
+  class_names   [C]     strings (optional)
+
+Such a teacher only gives targets: it cannot run on new images (augmented
+views, online teaching).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distill.errors import UserError, one_line
+from distill.importers import ForeignTeacher
+
+_SPLITS = {"train_logits": "train", "test_logits": "test", "val_logits": "val"}
+_REQUIRED = ("train_logits", "test_logits")
+_EXPECTED = "train_logits, test_logits, and optionally val_logits and class_names"
+
+
+def _read(path: Path) -> dict[str, np.ndarray]:
+  """Every array in the .npz at `path`, without unpickling anything."""
+  if not path.is_file():
+    raise UserError(f"{path} does not exist")
+  arrays = {}
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      for key in npz.files:
+        try:
+          arrays[key] = npz[key]
+        # numpy refuses object arrays (lists of Python str, ragged lists) without pickle.
+        except ValueError as error:
+          if "allow_pickle" not in str(error):
+            raise
+          raise UserError(f"{key} in {path} is an array of Python objects; save it as plain "
+                          "numbers (logits) or np.array(names, dtype=str) (class_names)") from None
+  except UserError:
+    raise
+  # A damaged or foreign file fails as zipfile, OSError, ValueError or EOFError.
+  except Exception as error:  # pylint: disable=broad-exception-caught
+    raise UserError(f"{path} is not a readable .npz file "
+                    f"({type(error).__name__}: {one_line(error)})") from None
+  return arrays
+
+
+def _check_logits(key: str, array: np.ndarray, path: Path) -> np.ndarray:
+  """`array` as float32 [N, C], or a UserError naming `key` and what is wrong with it."""
+  if array.ndim != 2:
+    raise UserError(f"{key} in {path} has shape {list(array.shape)}; it must be 2-D "
+                    "[images, classes]")
+  if not np.issubdtype(array.dtype, np.floating):
+    raise UserError(f"{key} in {path} has dtype {array.dtype}; logits must be floating point")
+  if array.shape[0] == 0 or array.shape[1] < 2:
+    raise UserError(f"{key} in {path} has shape {list(array.shape)}; it needs at least one row "
+                    "and 2 classes")
+  bad = ~np.isfinite(array)
+  if bad.any():
+    row = int(np.argwhere(bad)[0, 0])
+    raise UserError(f"{key} in {path} has {int(bad.sum()):,} values that are NaN or infinite "
+                    f"(the first in row {row:,})")
+  return array.astype(np.float32)
+
+
+def _class_names(array: np.ndarray, num_classes: int, path: Path) -> list[str]:
+  """class_names as a list of str, checked against the logits' class count."""
+  if array.dtype.kind not in "US" or array.ndim != 1:
+    raise UserError(f"class_names in {path} must be a 1-D array of strings; it has dtype "
+                    f"{array.dtype} and shape {list(array.shape)}")
+  if len(array) != num_classes:
+    raise UserError(f"class_names in {path} has {len(array)} names; the logits have "
+                    f"{num_classes} classes")
+  return [name.decode() if isinstance(name, bytes) else str(name) for name in array.tolist()]
+
+
+def open_logits(path: str | Path) -> ForeignTeacher:
+  """Reads a .npz of teacher logits (see the module docstring for its keys) as a teacher."""
+  path = Path(path)
+  arrays = _read(path)
+  for key in _REQUIRED:
+    if key not in arrays:
+      found = ", ".join(sorted(arrays)) or "no arrays"
+      raise UserError(f"{path} has no {key} (it has {found}; expected {_EXPECTED})")
+  known = {*_SPLITS, "class_names"}
+  # A key that looks like logits but is not one of ours is most likely a misspelling, which
+  # would otherwise drop those logits without a word; anything else (labels, ids) is ignored.
+  for key in sorted(arrays):
+    if key not in known and "logit" in key.lower():
+      raise UserError(f"{path} has an array named {key!r}; expected {_EXPECTED}")
+  logits = {split: _check_logits(key, arrays[key], path)
+            for key, split in _SPLITS.items() if key in arrays}
+  num_classes = logits["train"].shape[1]
+  for key, split in _SPLITS.items():
+    if split in logits and logits[split].shape[1] != num_classes:
+      raise UserError(f"{key} in {path} has {logits[split].shape[1]} classes; train_logits has "
+                      f"{num_classes}")
+  class_names = (_class_names(arrays["class_names"], num_classes, path)
+                 if "class_names" in arrays else None)
+  details: dict[str, Any] = {
+      "file": str(path),
+      "shapes": {key: list(arrays[key].shape) for key in _SPLITS if key in arrays},
+  }
+  ignored = sorted(set(arrays) - known)
+  if ignored:
+    details["ignored_arrays"] = ignored
+  return ForeignTeacher(kind="logits", source=str(path), num_classes=num_classes,
+                        class_names=class_names, logits=logits, details=details)
+
+
+def check_logits_fit(teacher: ForeignTeacher, *, num_train: int, num_test: int,
+                     num_classes: int, num_val: int | None = None) -> None:
+  """Raises UserError, in one line, naming every way a logits teacher does not fit the data.
+
+  Args:
+    teacher: what `open_logits` returned.
+    num_train: the data set's training images, all of them, before distill splits off
+      validation (train_logits label them in that order).
+    num_test: its test images.
+    num_classes: its classes.
+    num_val: the images of its own validation split; None when it has none, and then
+      val_logits have nothing to label.
+  """
+  if teacher.logits is None:
+    raise ValueError(f"{teacher.source} is a {teacher.kind} teacher, not logits")
+  differences = []
+  if teacher.num_classes != num_classes:
+    differences.append(f"the logits have {teacher.num_classes} classes; the data set has "
+                       f"{num_classes}")
+  rows = {split: len(array) for split, array in teacher.logits.items()}
+  if rows["train"] != num_train:
+    differences.append(f"train_logits has {rows['train']:,} rows; the data set's training "
+                       f"images number {num_train:,} (the full training set in its own order, "
+                       "before distill's validation split)")
+  if rows["test"] != num_test:
+    differences.append(f"test_logits has {rows['test']:,} rows; the data set's test images "
+                       f"number {num_test:,}")
+  if "val" in rows and num_val is None:
+    differences.append(f"val_logits has {rows['val']:,} rows, but the data set has no "
+                       "validation split of its own (distill splits it off the training set)")
+  elif "val" in rows and rows["val"] != num_val:
+    differences.append(f"val_logits has {rows['val']:,} rows; the data set's validation images "
+                       f"number {num_val:,}")
+  if differences:
+    raise UserError(f"{teacher.source} does not fit the data: " + "; ".join(differences))
