@@ -62,6 +62,11 @@ def write_text(path: Path, text: str) -> None:
   _write_atomic(path, lambda f: f.write(text), "w")
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+  """Writes `data` to `path` atomically."""
+  _write_atomic(path, lambda f: f.write(data), "wb")
+
+
 def write_json(path: Path, data: Any) -> None:
   """Writes `data` as indented JSON atomically."""
   write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")

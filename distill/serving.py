@@ -1,0 +1,563 @@
+"""Serving a finished run: export its model to StableHLO or ONNX, and predict image classes.
+
+`export_model` writes one self-contained file that takes uint8 NHWC images
+with a symbolic batch dimension, standardises them inside (with the training
+split's pixel statistics) and returns float32 logits [B, num_classes]:
+
+  stablehlo  `jax.export` serialised; load with `jax.export.deserialize`
+             (lowered for cpu, cuda, rocm and tpu where JAX can, else for the
+             platform it was exported on; the sidecar lists them).
+  onnx       converted by jax2onnx, then checked with onnxruntime against JAX
+             on test images before anything is written (`pip install 'distill[onnx]'`).
+
+Beside it goes the sidecar `PATH.json` (see `sidecar_path`): class names,
+input shape and dtype, the data set and its fingerprint, the model, role and
+parameter hash of the run, the distill and JAX versions, the sha256 of the
+exported file, and the measured difference from JAX on test images.
+
+`predict` classifies image files with a run directory (restores the model,
+loading its data set for the pixel statistics) or an exported file (needs only
+the file and its sidecar, not the recipe, the data or the training code).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distill.errors import UserError, one_line
+from distill.io import read_json, write_bytes, write_json
+from distill.rundir import CHECKPOINTS_DIR, SUMMARY_FILE
+
+EXPORT_FORMATS = ("stablehlo", "onnx")
+# ONNX must reproduce JAX's logits this closely (and every argmax) on test images.
+ONNX_TOLERANCE = 1e-4
+# onnxruntime 1.20, the oldest the onnx extra allows, runs opsets up to 21 (jax2onnx's default: 23).
+ONNX_OPSET = 21
+# Test images compared between the exported model and JAX.
+CHECK_IMAGES = 256
+# The exported function's input and output names (ONNX), and the symbolic batch's name.
+INPUT_NAME, OUTPUT_NAME, BATCH_DIM = "images", "logits", "batch"
+# Platforms a StableHLO export is lowered for, so a file made on a CPU runs on an accelerator.
+STABLEHLO_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+# Images per call when predicting: the last chunk is padded, so one shape compiles.
+PREDICT_BATCH = 256
+_INSTALL_ONNX = "pip install 'distill[onnx]'"
+_IMAGE_SUFFIXES_ARRAY = (".npz", ".npy")
+
+
+def sidecar_path(model_path: Path) -> Path:
+  """The sidecar JSON of an exported model file: the same path with `.json` appended."""
+  model_path = Path(model_path)
+  return model_path.with_name(model_path.name + ".json")
+
+
+# --------------------------------------------------------------------------
+# Export.
+
+
+def export_model(run_dir: Path, fmt: str, out: Path, *, overwrite: bool = False,
+                 check_images: int = CHECK_IMAGES) -> dict[str, Any]:
+  """Exports a finished run's model to `out` (StableHLO or ONNX) with its sidecar `out.json`.
+
+  Nothing is written unless every check passes: the format is known, `out`
+  and its sidecar do not exist (or `overwrite`), the run is finished (its
+  summary.json and the checkpoint of its last step), the conversion works and
+  (ONNX) onnxruntime reproduces JAX's logits within `ONNX_TOLERANCE` with the
+  same argmax on `check_images` test images. Both files are written atomically.
+
+  Args:
+    run_dir: a finished teacher or student run directory.
+    fmt: 'stablehlo' or 'onnx'.
+    out: the model file to write; the sidecar is `sidecar_path(out)`.
+    overwrite: replace an existing `out` (and sidecar).
+    check_images: how many test images to compare the export with JAX on.
+
+  Returns:
+    The sidecar's content.
+  """
+  if fmt not in EXPORT_FORMATS:
+    raise UserError(f"unknown export format {fmt!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
+  out = Path(out)
+  _check_out(out, overwrite)
+  if fmt == "onnx":
+    _onnx_modules()  # Fails before the slow restore when the extra is missing.
+  run_dir = Path(run_dir)
+  summary = _finished_summary(run_dir)
+  trained, step, dataset, recipe = _restore(run_dir, summary)
+  forward = _forward(trained)
+  height, width, channels = dataset.image_shape
+  images = _test_images(dataset, check_images)
+  # The model as training evaluates it: the reference every export must match.
+  expected = trained.logits(images, PREDICT_BATCH)
+  if fmt == "stablehlo":
+    data, platforms = _export_stablehlo(forward, (height, width, channels))
+    got = _run_stablehlo(_deserialize_stablehlo(data, out), images)
+    extra: dict[str, Any] = {"platforms": list(platforms)}
+  else:
+    data, extra = _export_onnx(forward, (height, width, channels))
+    got = _run_onnx(_onnx_session(data, out), images)
+  difference, agreement = _compare(got, expected)
+  if fmt == "onnx" and (not difference <= ONNX_TOLERANCE or agreement < 1.0):
+    raise UserError(f"the onnx export differs from JAX on {len(images)} test images: max "
+                    f"|logit difference| {difference:.3g} (tolerance {ONNX_TOLERANCE:g}), "
+                    f"argmax agreement {agreement:.4f}; nothing written")
+  meta = _sidecar(fmt, out, data, run_dir, summary, recipe, dataset, trained, step)
+  meta.update(extra)
+  meta["check"] = {"split": "test", "images": len(images), "max_abs_logit_difference": difference,
+                   "argmax_agreement": agreement,
+                   "tolerance": ONNX_TOLERANCE if fmt == "onnx" else None}
+  # The model first, then its sidecar: the sidecar's file_sha256 tells a reader
+  # whether a crash between the two left an old sidecar beside a new model.
+  write_bytes(out, data)
+  write_json(sidecar_path(out), meta)
+  return meta
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+  """Refuses an --out that is a folder, or that (or whose sidecar) exists without overwrite."""
+  if out.is_dir():
+    raise UserError(f"--out {out} is a folder; give a file path")
+  sidecar = sidecar_path(out)
+  for path in (out, sidecar):
+    if path.exists() and not overwrite:
+      raise UserError(f"{path} already exists; pass --overwrite to replace it")
+
+
+def _finished_summary(run_dir: Path) -> dict[str, Any]:
+  """A finished run's summary; refuses a folder that is not one, before anything is opened."""
+  if not run_dir.is_dir():
+    raise UserError(f"run directory not found: {run_dir}")
+  if not (run_dir / SUMMARY_FILE).exists():
+    raise UserError(f"{run_dir} is not a finished run (no {SUMMARY_FILE}); train it to the end "
+                    "first")
+  summary = read_json(run_dir / SUMMARY_FILE, "run summary")
+  if not isinstance(summary, dict) or summary.get("role") not in ("teacher", "student"):
+    raise UserError(f"{run_dir / SUMMARY_FILE} does not name the run's role (teacher or student)")
+  # Checked here too: restoring would otherwise create an empty checkpoints/ folder.
+  if not (run_dir / CHECKPOINTS_DIR).is_dir():
+    raise UserError(f"{run_dir} has no {CHECKPOINTS_DIR}/ to restore the model from")
+  return summary
+
+
+def _restore(run_dir: Path, summary: dict[str, Any]):
+  """(TrainedModel, step, dataset, recipe) of a finished run; its data must be unchanged."""
+  from distill.workflow import load_data, read_run_recipe, restore_trained  # noqa: PLC0415
+
+  recipe = read_run_recipe(run_dir)
+  dataset = load_data(recipe)
+  recorded = summary.get("dataset_fingerprint")
+  if recorded and recorded != dataset.fingerprint:
+    raise UserError(f"the data set {dataset.name} has changed since {run_dir} was trained "
+                    "(fingerprint differs); its pixel statistics would not be the run's")
+  trained, step = restore_trained(run_dir, recipe, summary["role"], dataset)
+  recorded = summary.get("params_sha256")
+  if recorded and recorded != trained.params_sha256():
+    raise UserError(f"the checkpoint of {run_dir} does not hold the parameters its "
+                    f"{SUMMARY_FILE} records (params_sha256 differs)")
+  return trained, step, dataset, recipe
+
+
+def _forward(trained) -> Callable:
+  """uint8 images [B, H, W, C] -> float32 logits, the parameters and statistics as constants."""
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+  from flax import nnx  # noqa: PLC0415
+
+  from distill import parallel  # noqa: PLC0415
+  from distill.inference import normalize  # noqa: PLC0415
+
+  # Host copies: the exported program must not depend on this process's devices or mesh.
+  params = jax.tree.map(lambda x: np.asarray(parallel.fetch(x)), trained.params)
+  rest = jax.tree.map(lambda x: np.asarray(parallel.fetch(x)), trained.rest)
+  mean, std = (np.asarray(s, np.float32) for s in trained.stats)
+  graphdef = trained.graphdef
+
+  def forward(images_uint8):
+    logits = nnx.merge(graphdef, params, rest)(normalize(images_uint8, mean, std))
+    return logits.astype(jnp.float32)
+
+  return forward
+
+
+def _test_images(dataset, count: int) -> np.ndarray:
+  """The first `count` test images (uint8 [n, H, W, C]), to check the export on."""
+  n = min(count, len(dataset.x_test))
+  if n == 0:
+    raise UserError(f"data set {dataset.name} has no test images to check the export on")
+  # Indexed with an array: a streamed data set's rows read that way too.
+  return np.asarray(dataset.x_test[np.arange(n)], np.uint8)
+
+
+def _input_spec(image_shape: tuple[int, int, int]):
+  """uint8 [batch, H, W, C] with a symbolic batch dimension."""
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  (batch,) = jax.export.symbolic_shape(BATCH_DIM)
+  return jax.ShapeDtypeStruct((batch, *image_shape), jnp.uint8)
+
+
+def _export_stablehlo(forward: Callable, image_shape) -> tuple[bytes, tuple[str, ...]]:
+  """The serialised `jax.export` of `forward` and the platforms it was lowered for."""
+  import jax  # noqa: PLC0415
+
+  spec = _input_spec(image_shape)
+  try:
+    exported = jax.export.export(jax.jit(forward), platforms=STABLEHLO_PLATFORMS)(spec)
+  except Exception:  # An op without a lowering for some platform: export for this one only.
+    try:
+      exported = jax.export.export(jax.jit(forward))(spec)
+    except Exception as e:  # JAX raises many types for what it cannot export.
+      raise UserError(f"stablehlo export failed: {one_line(e)}") from None
+  return bytes(exported.serialize()), tuple(exported.platforms)
+
+
+def _deserialize_stablehlo(data: bytes, path: Path):
+  import jax  # noqa: PLC0415
+
+  try:
+    return jax.export.deserialize(bytearray(data))
+  except Exception as e:  # A damaged file raises from deep in flatbuffers.
+    raise UserError(f"{path} is not a stablehlo export distill can read: {one_line(e)}") from None
+
+
+def _run_stablehlo(exported, images: np.ndarray) -> np.ndarray:
+  def call(chunk):
+    try:
+      return np.asarray(exported.call(chunk))
+    except ValueError as e:  # jax.export's own check: lowered for other platforms than this.
+      raise UserError(f"cannot run this stablehlo export here (lowered for "
+                      f"{', '.join(exported.platforms)}): {one_line(e)}") from None
+
+  return _in_batches(call, images)
+
+
+def _onnx_modules():
+  """(jax2onnx, onnxruntime), imported only when ONNX is asked for."""
+  try:
+    import jax2onnx  # noqa: PLC0415
+    import onnxruntime  # noqa: PLC0415
+  except ImportError as e:
+    raise UserError(f"ONNX needs {e.name or 'jax2onnx and onnxruntime'}: "
+                    f"{_INSTALL_ONNX}") from None
+  return jax2onnx, onnxruntime
+
+
+def _export_onnx(forward: Callable, image_shape) -> tuple[bytes, dict[str, Any]]:
+  """The ONNX model of `forward` (jax2onnx) and what the sidecar records about it."""
+  import importlib.metadata  # noqa: PLC0415
+
+  jax2onnx, onnxruntime = _onnx_modules()
+  # onnx_ir warns about every shape constant it does not type; none of it is actionable.
+  quiet = logging.getLogger("onnx_ir")
+  level = quiet.level
+  quiet.setLevel(logging.ERROR)
+  try:
+    with warnings.catch_warnings():
+      # jax2onnx's plugins read Flax variables the deprecated way: not the user's to fix.
+      warnings.simplefilter("ignore", DeprecationWarning)
+      model = jax2onnx.to_onnx(forward, [_input_spec(image_shape)], model_name="distill",
+                               opset=ONNX_OPSET, input_names=[INPUT_NAME],
+                               output_names=[OUTPUT_NAME])
+    data = model.SerializeToString()
+  except Exception as e:  # A primitive without a jax2onnx plugin raises many types.
+    raise UserError(f"onnx conversion failed: {one_line(e)}") from None
+  finally:
+    quiet.setLevel(level)
+  opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None)
+  return data, {"opset": opset, "jax2onnx_version": importlib.metadata.version("jax2onnx"),
+                "onnxruntime_version": onnxruntime.__version__}
+
+
+def _onnx_session(data: bytes, path: Path):
+  _, onnxruntime = _onnx_modules()
+  options = onnxruntime.SessionOptions()
+  options.log_severity_level = 3  # Errors only: it notes every unused initializer.
+  try:
+    return onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+  except Exception as e:  # onnxruntime raises its own types.
+    raise UserError(f"onnxruntime cannot load {path}: {one_line(e)}") from None
+
+
+def _run_onnx(session, images: np.ndarray) -> np.ndarray:
+  name = session.get_inputs()[0].name
+  return _in_batches(lambda chunk: session.run(None, {name: chunk})[0], images)
+
+
+def _in_batches(call: Callable[[np.ndarray], np.ndarray], images: np.ndarray) -> np.ndarray:
+  """call() over chunks of PREDICT_BATCH images, the last padded, so one shape compiles."""
+  if len(images) <= PREDICT_BATCH:
+    return np.asarray(call(images), np.float32)
+  outputs = []
+  for start in range(0, len(images), PREDICT_BATCH):
+    chunk = images[start:start + PREDICT_BATCH]
+    valid = len(chunk)
+    if valid < PREDICT_BATCH:
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], PREDICT_BATCH - valid, axis=0)])
+    outputs.append(np.asarray(call(chunk), np.float32)[:valid])
+  return np.concatenate(outputs)
+
+
+def _compare(got: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
+  """(max |difference|, share of equal argmax) of two logit arrays."""
+  got, expected = np.asarray(got, np.float32), np.asarray(expected, np.float32)
+  if got.shape != expected.shape:
+    raise UserError(f"the export returned logits of shape {got.shape}, JAX {expected.shape}")
+  difference = float(np.max(np.abs(got - expected)))
+  agreement = float(np.mean(np.argmax(got, -1) == np.argmax(expected, -1)))
+  return difference, agreement
+
+
+def _sidecar(fmt: str, out: Path, data: bytes, run_dir: Path, summary: dict[str, Any],
+             recipe: dict[str, Any], dataset, trained, step: int) -> dict[str, Any]:
+  import jax  # noqa: PLC0415
+
+  import distill  # noqa: PLC0415
+
+  height, width, channels = dataset.image_shape
+  return {
+      "format": fmt,
+      "file": out.name,
+      "file_sha256": hashlib.sha256(data).hexdigest(),
+      "input": {"name": INPUT_NAME, "shape": [BATCH_DIM, height, width, channels],
+                "dtype": "uint8", "layout": "NHWC"},
+      "output": {"name": OUTPUT_NAME, "shape": [BATCH_DIM, dataset.num_classes],
+                 "dtype": "float32", "what": "logits"},
+      "class_names": list(dataset.class_names),
+      "pixel_mean": [float(x) for x in trained.stats[0]],
+      "pixel_std": [float(x) for x in trained.stats[1]],
+      "dataset": dataset.name,
+      "dataset_fingerprint": dataset.fingerprint,
+      "model": summary.get("model", recipe[summary["role"]]["model"]),
+      "role": summary["role"],
+      "params_sha256": trained.params_sha256(),
+      "checkpoint_step": step,
+      "run_dir": str(run_dir.resolve()),
+      "distill_version": distill.__version__,
+      "jax_version": jax.__version__,
+  }
+
+
+# --------------------------------------------------------------------------
+# Predict.
+
+
+def predict(source: Path, image_paths: Sequence[Path], *, top_k: int = 3) -> dict[str, Any]:
+  """The `top_k` classes and probabilities of each image, by a run or an exported model.
+
+  Args:
+    source: a finished run directory, or an exported model file (with its
+      sidecar `sidecar_path(source)`; nothing else is read).
+    image_paths: PNG/JPEG files (Pillow; converted to the model's channels,
+      grayscale or RGB, and resized to its H x W with bilinear filtering), or
+      `.npy` / `.npz` files of uint8 images (the `.npz`'s `images` array, or its
+      only one) shaped [N, H, W, C] or [H, W, C] ([N, H, W] or [H, W] for one
+      channel), used as they are.
+    top_k: classes per image (at most the number of classes).
+
+  Returns:
+    {"source", "format" (run, stablehlo or onnx), "model", "role",
+     "predictions": [{"image", "top": [{"class", "index", "probability"}]}]}.
+  """
+  if top_k < 1:
+    raise UserError(f"--top-k must be at least 1, got {top_k}")
+  if not image_paths:
+    raise UserError("no images given; pass --images FILE...")
+  # Missing images fail before a model is loaded (restoring a run takes seconds).
+  for path in image_paths:
+    _check_image_file(Path(path))
+  source = Path(source)
+  if source.is_dir():
+    classify, meta = _run_classifier(source)
+  elif source.is_file():
+    classify, meta = _exported_classifier(source)
+  else:
+    raise UserError(f"not found: {source} (give a run directory or an exported model file)")
+  names, images = load_images(image_paths, tuple(meta["image_shape"]))
+  logits = classify(images)
+  probabilities = _softmax(logits)
+  class_names = meta["class_names"]
+  k = min(top_k, len(class_names))
+  predictions = []
+  for name, probs in zip(names, probabilities, strict=True):
+    order = np.argsort(-probs, kind="stable")[:k]
+    predictions.append({"image": name, "top": [
+        {"class": class_names[i], "index": int(i), "probability": float(probs[i])}
+        for i in order]})
+  return {"source": str(source), "format": meta["format"], "model": meta["model"],
+          "role": meta["role"], "predictions": predictions}
+
+
+def predict_logits(source: Path, images: np.ndarray) -> np.ndarray:
+  """Float32 logits [N, C] of uint8 images [N, H, W, C] by a run folder or an exported file.
+
+  The images must already have the model's shape (see `load_images` for
+  files of other sizes).
+  """
+  source = Path(source)
+  classify, _ = _run_classifier(source) if source.is_dir() else _exported_classifier(source)
+  return np.asarray(classify(np.asarray(images, np.uint8)), np.float32)
+
+
+def format_predictions(result: dict[str, Any]) -> str:
+  """`predict`'s result as text: one line per image, its top classes with probabilities."""
+  lines = []
+  for prediction in result["predictions"]:
+    top = ", ".join(f"{entry['class']} {entry['probability']:.4f}" for entry in prediction["top"])
+    lines.append(f"{prediction['image']}: {top}")
+  return "\n".join(lines)
+
+
+def _run_classifier(run_dir: Path) -> tuple[Callable, dict[str, Any]]:
+  """A finished run's model as images -> logits, and what `predict` needs to know of it."""
+  summary = _finished_summary(run_dir)
+  trained, _, dataset, recipe = _restore(run_dir, summary)
+  meta = {"format": "run", "image_shape": dataset.image_shape,
+          "class_names": list(dataset.class_names),
+          "model": summary.get("model", recipe[summary["role"]]["model"]),
+          "role": summary["role"]}
+  def classify(images):
+    return trained.logits(images, PREDICT_BATCH)
+
+  return classify, meta
+
+
+def _exported_classifier(path: Path) -> tuple[Callable, dict[str, Any]]:
+  """An exported model file as images -> logits, from the file and its sidecar alone."""
+  meta = read_exported_sidecar(path)
+  data = path.read_bytes()
+  if hashlib.sha256(data).hexdigest() != meta["file_sha256"]:
+    raise UserError(f"{sidecar_path(path)} does not describe {path} (sha256 differs); "
+                    "export the model again")
+  if meta["format"] == "stablehlo":
+    exported = _deserialize_stablehlo(data, path)
+
+    def classify(images):
+      return _run_stablehlo(exported, images)
+  else:
+    session = _onnx_session(data, path)
+
+    def classify(images):
+      return _run_onnx(session, images)
+  shape = meta["input"]["shape"]
+  return classify, {**meta, "image_shape": tuple(int(x) for x in shape[1:])}
+
+
+def read_exported_sidecar(path: Path) -> dict[str, Any]:
+  """The sidecar of an exported model, checked for the keys `predict` reads."""
+  sidecar = sidecar_path(path)
+  if not sidecar.exists():
+    raise UserError(f"{path} has no sidecar {sidecar.name}; is it a file `distill export-model` "
+                    "wrote?")
+  meta = read_json(sidecar, "export sidecar")
+  missing = [key for key in ("format", "input", "class_names", "file_sha256", "model", "role")
+             if not isinstance(meta, dict) or key not in meta]
+  if missing:
+    raise UserError(f"{sidecar} is not an export sidecar (missing {', '.join(missing)})")
+  shape = meta["input"].get("shape") if isinstance(meta["input"], dict) else None
+  if (meta["format"] not in EXPORT_FORMATS or not isinstance(shape, list) or len(shape) != 4
+      or not meta["class_names"]):
+    raise UserError(f"{sidecar} is not an export sidecar distill can read")
+  return meta
+
+
+def _check_image_file(path: Path) -> None:
+  if not path.exists():
+    raise UserError(f"image file not found: {path}")
+  if path.is_dir():
+    raise UserError(f"{path} is a folder, not an image file")
+
+
+def load_images(paths: Sequence[Path],
+                image_shape: tuple[int, int, int]) -> tuple[list[str], np.ndarray]:
+  """Reads image files as the model's uint8 [N, H, W, C] batch; returns (names, images).
+
+  See `predict` for what is accepted. An array file of N images is named
+  `FILE[i]` per image.
+  """
+  names, batches = [], []
+  for path in map(Path, paths):
+    _check_image_file(path)
+    if path.suffix.lower() in _IMAGE_SUFFIXES_ARRAY:
+      images = _read_array_images(path, image_shape)
+      names.extend([str(path)] if len(images) == 1 else
+                   [f"{path}[{i}]" for i in range(len(images))])
+    else:
+      images = _read_picture(path, image_shape)[None]
+      names.append(str(path))
+    batches.append(images)
+  images = np.concatenate(batches)
+  if len(images) == 0:
+    raise UserError("the image files hold no images")
+  return names, images
+
+
+def _read_array_images(path: Path, image_shape: tuple[int, int, int]) -> np.ndarray:
+  """uint8 images from a .npy or .npz, reshaped to [N, H, W, C] when the shape allows."""
+  try:
+    with open(path, "rb") as f:
+      loaded = np.load(f, allow_pickle=False)
+      if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+          keys = list(loaded.files)
+          if "images" in keys:
+            array = loaded["images"]
+          elif len(keys) == 1:
+            array = loaded[keys[0]]
+          else:
+            raise UserError(f"{path} holds arrays {', '.join(keys) or '(none)'}; name the "
+                            "images 'images'")
+      else:
+        array = loaded
+  except UserError:
+    raise
+  except Exception as e:  # numpy and zipfile raise many types.
+    raise UserError(f"cannot read {path} as a {path.suffix} array: {one_line(e)}") from None
+  if array.dtype != np.uint8:
+    raise UserError(f"{path} holds {array.dtype} images; give uint8 pixels (0..255)")
+  height, width, channels = image_shape
+  shape = tuple(array.shape)
+  if shape[1:] == (height, width, channels):
+    return array
+  if shape == (height, width, channels):
+    return array[None]
+  if channels == 1 and shape[1:] == (height, width):
+    return array[..., None]
+  if channels == 1 and shape == (height, width):
+    return array[None, ..., None]
+  raise UserError(f"{path} holds an array of shape {list(shape)}; the model takes uint8 "
+                  f"[N, {height}, {width}, {channels}] images")
+
+
+def _read_picture(path: Path, image_shape: tuple[int, int, int]) -> np.ndarray:
+  """One PNG/JPEG (anything Pillow reads) as uint8 [H, W, C] of the model's size and channels."""
+  from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: PLC0415
+
+  height, width, channels = image_shape
+  if channels not in (1, 3):
+    raise UserError(f"the model takes {channels}-channel images; give them as .npy/.npz arrays")
+  try:
+    with Image.open(path) as image:
+      image = ImageOps.exif_transpose(image)
+      image = image.convert("L" if channels == 1 else "RGB")
+      if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+      pixels = np.asarray(image, np.uint8)
+  except UnidentifiedImageError:
+    raise UserError(f"{path} is not an image file Pillow can read (PNG, JPEG, ...)") from None
+  except OSError as e:
+    raise UserError(f"cannot read image {path}: {one_line(e)}") from None
+  return pixels.reshape(height, width, channels)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+  logits = np.asarray(logits, np.float64)
+  shifted = np.exp(logits - logits.max(-1, keepdims=True))
+  return shifted / shifted.sum(-1, keepdims=True)
