@@ -13,10 +13,10 @@ export KERAS_BACKEND := jax
 $(BIN)/distill: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,onnx]'
 	touch $@
 
-install: $(BIN)/distill ## Create .venv and install distill with its test tools.
+install: $(BIN)/distill ## Create .venv and install distill with its test tools and ONNX export.
 
 data: ## Install Fashion-MNIST from Debian when we can (root + apt), else leave it to keras.
 	@if [ -d /usr/share/datasets/fashion-mnist ]; then \

@@ -80,6 +80,11 @@ def _common_training_options(command):
   return command
 
 
+def _absolute(path: str) -> str:
+  """A path the user typed, made absolute: what a run records must work from anywhere later."""
+  return str(Path(path).expanduser().resolve())
+
+
 def _cli_overrides(role: str, dataset, data_dir, steps, batch_size, seed, model=None,
                    loss=None) -> list[str]:
   pairs = {"data.dataset": dataset, "data.data_dir": data_dir, f"{role}.steps": steps,
@@ -133,9 +138,13 @@ def main(coordinator, num_processes, process_id, distributed):
 @click.option("--workdir", "-w", type=click.Path(), default="runs/teacher", show_default=True,
               help="Run directory (checkpoints, metrics, summary, targets).")
 @click.option("--no-export", is_flag=True, help="Skip exporting soft targets at the end.")
+@click.option("--init-from", default=None, metavar="VIT_FOLDER",
+              help="Fine-tune a timm or Hugging Face ViT (a folder with config.json and "
+                   "model.safetensors) instead of training the recipe's model from scratch; a "
+                   "head for other classes starts at zero.")
 @_user_errors
 def teacher(recipe, overrides, dataset, data_dir, steps, batch_size, seed, restart, overwrite,
-            strict_init_check, quiet, workdir, no_export):
+            strict_init_check, quiet, workdir, no_export, init_from):
   """Train the ViT teacher, evaluate it on the test set, export its soft targets.
 
   The teacher learns from one-hot labels with random crop/resize and flips
@@ -145,12 +154,49 @@ def teacher(recipe, overrides, dataset, data_dir, steps, batch_size, seed, resta
   """
   from distill import workflow  # noqa: PLC0415
 
+  init = [] if init_from is None else [f"teacher.init_from={_absolute(init_from)}"]
   resolved = config_lib.load_recipe(recipe or "fashion_mnist", [
-      *overrides, *_cli_overrides("teacher", dataset, data_dir, steps, batch_size, seed)])
+      *overrides, *_cli_overrides("teacher", dataset, data_dir, steps, batch_size, seed), *init])
   summary = workflow.train_teacher(resolved, Path(workdir), restart=restart, overwrite=overwrite,
                                    strict_init_check=strict_init_check, quiet=quiet,
                                    export=not no_export)
   _say(f"teacher test accuracy: {summary['test_accuracy']:.4f}")
+
+
+@main.command("import-teacher")
+@click.argument("source")
+@click.option("--recipe", "-r", default=None,
+              help="Recipe whose data settings to use [default: fashion_mnist].")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
+@click.option("--dataset", default=None, help="Dataset to label (overrides the recipe).")
+@click.option("--data-dir", default=None, type=click.Path(),
+              help="Where the dataset's files are (overrides the recipe).")
+@click.option("--workdir", "-w", type=click.Path(), default="runs/imported-teacher",
+              show_default=True, help="The teacher run directory to create.")
+@click.option("--overwrite", is_flag=True, help="Replace a finished run in the workdir.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or notes.")
+@_user_errors
+def import_teacher(source, recipe, overrides, dataset, data_dir, workdir, overwrite, quiet):
+  """Make a teacher trained elsewhere a teacher run that students learn from.
+
+  SOURCE is one of: a folder with config.json and model.safetensors (a ViT
+  saved by timm or by transformers), a Keras 3 .keras file, a .npz of logits
+  computed anywhere (train_logits, test_logits, optional val_logits, in the
+  data set's own order), or package.module:function (uint8 NHWC images ->
+  logits). The teacher labels the data set; WORKDIR gets summary.json,
+  predictions.npz and targets.npz like a trained teacher's.
+
+  \b
+    distill import-teacher my-vit/ --dataset fashion_mnist -w runs/vit-import
+    distill import-teacher logits.npz -w runs/logits-teacher
+    distill student --teacher runs/vit-import --model cnn
+  """
+  from distill.imported import import_teacher as run_import  # noqa: PLC0415
+
+  resolved = config_lib.load_recipe(recipe or "fashion_mnist", [
+      *overrides, *_cli_overrides("teacher", dataset, data_dir, None, None, None)])
+  summary = run_import(source, resolved, Path(workdir), overwrite=overwrite, quiet=quiet)
+  _say(f"imported teacher test accuracy: {summary['test_accuracy']:.4f}")
 
 
 @main.command()
@@ -216,13 +262,22 @@ def export(teacher_dirs, out_dir, temperature, views, quiet):
 @click.option("--mixup", type=float, default=None,
               help="With --teaching online: mix image pairs with a Beta(m, m) weight; the "
                    "teacher labels the mixed image. [default: 0, off]")
+@click.option("--method", type=click.Choice(["kd", "dkd", "dist", "token", "hint"]),
+              default=None,
+              help="How the student learns from the teacher: kd (Hinton's loss, -T/--alpha), "
+                   "dkd (decoupled KD: --set student.dkd.alpha/beta), dist (Pearson "
+                   "correlations: student.dist.beta/gamma), token (DeiT's distillation token, "
+                   "ViT students: student.token.variant=hard|soft), hint (FitNets: a student "
+                   "layer matches a teacher layer, needs --teaching online: student.hint.kind/"
+                   "weight/student_layer/teacher_layer). All add the label loss except kd with "
+                   "alpha 1. [default: kd]")
 @click.option("--workdir", "-w", type=click.Path(), default=None,
-              help="Run directory [default: runs/student-MODEL, runs/student-MODEL-hard or "
-                   "runs/student-MODEL-TEACHING].")
+              help="Run directory [default: runs/student-MODEL, runs/student-MODEL-hard, "
+                   "runs/student-MODEL-TEACHING or runs/student-MODEL-METHOD].")
 @_user_errors
 def student(recipe, overrides, dataset, data_dir, steps, batch_size, seed, restart, overwrite,
             strict_init_check, quiet, teacher_dir, model, loss, teaching, temperature, alpha,
-            soft_loss, mixup, workdir):
+            soft_loss, mixup, method, workdir):
   """Train a student against a teacher's exported soft targets.
 
   Without --recipe the student starts from the teacher run's own recipe, so
@@ -235,11 +290,15 @@ def student(recipe, overrides, dataset, data_dir, steps, batch_size, seed, resta
     distill student --model cnn                          # exported targets
     distill student --model cnn --loss hard              # the baseline
     distill student --model cnn --teaching online -T 2   # consistent teaching
+    distill student --model cnn --method dkd -T 4        # decoupled KD
+    distill student --model vit --method token           # DeiT's distillation token
+    distill student --model cnn --method hint --teaching online   # feature hints
   """
   from distill import workflow  # noqa: PLC0415
 
   extra = {"student.teaching": teaching, "student.temperature": temperature,
-           "student.alpha": alpha, "student.soft_loss": soft_loss, "student.mixup": mixup}
+           "student.alpha": alpha, "student.soft_loss": soft_loss, "student.mixup": mixup,
+           "student.method": method}
   resolved = workflow.student_recipe(Path(teacher_dir), recipe, [
       *overrides,
       *_cli_overrides("student", dataset, data_dir, steps, batch_size, seed, model, loss),
@@ -247,8 +306,9 @@ def student(recipe, overrides, dataset, data_dir, steps, batch_size, seed, resta
   if workdir is None:
     student_settings = resolved["student"]
     suffix = ("-hard" if student_settings["loss"] == "hard" else
-              "" if student_settings["teaching"] == "targets" else
-              f"-{student_settings['teaching']}")
+              ("" if student_settings["method"] == "kd" else f"-{student_settings['method']}")
+              + ("" if student_settings["teaching"] == "targets" else
+                 f"-{student_settings['teaching']}"))
     workdir = f"runs/student-{student_settings['model']}{suffix}"
   summary = workflow.train_student(resolved, Path(teacher_dir), Path(workdir), restart=restart,
                                    overwrite=overwrite, strict_init_check=strict_init_check,
@@ -285,7 +345,8 @@ def report(run_dirs, out, quiet):
   PNG beside it: training and validation curves with the step-0 loss against
   log(n_classes), misclassified test images, confusion matrices, reliability
   diagrams with ECE, accuracy against parameters, and the test images where
-  each student disagrees with its teacher.
+  each student disagrees with its teacher. A `distill sweep` folder stands for
+  its teacher and runs, and adds the sweep's table and paired differences.
   """
   from distill.report import write_report  # noqa: PLC0415
 
@@ -348,6 +409,9 @@ def bench(recipe, overrides, role, batch_size, steps, bare_steps, synthetic, as_
 @click.option("--soft-loss", "soft_losses", multiple=True, default=("soft_ce",),
               show_default=True,
               help="soft_ce or kl (repeatable); multiplies every mode but hard.")
+@click.option("--method", "methods", multiple=True, default=("kd",), show_default=True,
+              help="Distillation method, the recipe's student.method: kd, dkd, dist, token, "
+                   "hint (repeatable); multiplies every mode but hard.")
 @click.option("--seed", "seeds", type=int, multiple=True, default=(0, 1, 2), show_default=True,
               help="Seeds (repeatable); each combination runs once per seed.")
 @click.option("--recipe", "-r", default=None,
@@ -359,23 +423,27 @@ def bench(recipe, overrides, role, batch_size, steps, bare_steps, synthetic, as_
               help="Retrain run folders that hold a run made with another recipe.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress notes or bars.")
 @_user_errors
-def sweep(teacher_dir, out, models, modes, soft_losses, seeds, recipe, overrides, steps,
+def sweep(teacher_dir, out, models, modes, soft_losses, methods, seeds, recipe, overrides, steps,
           overwrite, quiet):
   """Train several students against one teacher over seeds; tabulate mean ± std.
 
-  Every model x mode (x soft loss) x seed trains in its own folder under OUT.
+  Every model x mode (x method x soft loss) x seed trains in its own folder
+  under OUT.
   The table (printed, and written to OUT/sweep.md, with everything in
-  OUT/sweep.json) has one row per model, mode and soft loss: test accuracy
+  OUT/sweep.json) has one row per model, mode, method and soft loss: test accuracy
   mean ± sample std over seeds, agreement with the teacher, and "gap closed",
   the share of the teacher's lead over the same model's hard-label baseline
-  that the mode recovers.
+  that the mode recovers. A second table pairs each variant with its
+  baselines (the same model on hard labels; with kd, for other methods) seed
+  by seed: mean ± std of the differences, paired t-test and sign test
+  p-values, and whether the difference is beyond seed noise (p < 0.05).
 
   Everything is checked before the first run trains. Finished runs with the
   same recipe are kept, so re-running the command resumes an interrupted sweep.
 
   \b
-  Run folders: OUT/MODEL-MODE-sSEED, or OUT/MODEL-MODE-SOFT_LOSS-sSEED when
-  more than one --soft-loss is swept.
+  Run folders: OUT/MODEL-MODE[-METHOD][-SOFT_LOSS]-sSEED: the method unless
+  it is kd, the soft loss when more than one --soft-loss is swept.
   Example:
     distill sweep --teacher runs/teacher --model cnn --model mlp \\
       --mode hard --mode targets --seed 0 --seed 1 --seed 2 --out runs/sweep
@@ -384,10 +452,74 @@ def sweep(teacher_dir, out, models, modes, soft_losses, seeds, recipe, overrides
 
   extra = [f"student.steps={steps}"] if steps is not None else []
   result = run_sweep(Path(teacher_dir), Path(out), models=models, modes=modes,
-                     soft_losses=soft_losses, seeds=seeds, recipe=recipe,
+                     soft_losses=soft_losses, seeds=seeds, methods=methods, recipe=recipe,
                      overrides=[*overrides, *extra], overwrite=overwrite, quiet=quiet)
   click.echo(result["table"])
+  if result["paired_table"]:
+    click.echo("\nPaired differences (per seed, p < 0.05 = beyond seed noise):\n"
+               + result["paired_table"])
   click.echo(f"\n{result['markdown']}, {result['json']}")
+
+
+@main.command("export-model")
+@click.argument("run_dir", type=click.Path(), metavar="RUN")
+# A plain string, not click.Choice: the library refuses an unknown format in one line.
+@click.option("--format", "fmt", required=True, metavar="stablehlo|onnx",
+              help="stablehlo: a serialised jax.export (load with jax.export.deserialize); "
+                   "onnx: converted by jax2onnx and checked with onnxruntime "
+                   "(pip install 'distill[onnx]').")
+@click.option("--out", "-o", required=True, type=click.Path(),
+              help="The model file to write; its sidecar goes to OUT.json.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT (and OUT.json).")
+@_user_errors
+def export_model(run_dir, fmt, out, overwrite):
+  """Export a finished run's model as one file: uint8 NHWC images in, float32 logits out.
+
+  The batch dimension is symbolic and the pixel normalisation is inside, so
+  the file needs nothing else. OUT.json records the class names, the input
+  shape and dtype, the data set and its fingerprint, the parameter hash, the
+  model and role, the versions, and how far the export's logits are from
+  JAX's on test images (ONNX must be within 1e-4 with the same argmax).
+
+  \b
+    distill export-model runs/student-cnn --format onnx --out runs/student-cnn.onnx
+  """
+  from distill.serving import export_model as export_lib  # noqa: PLC0415
+
+  meta = export_lib(Path(run_dir), fmt, Path(out), overwrite=overwrite)
+  check = meta["check"]
+  _say(f"{out} ({fmt}, {meta['model']} {meta['role']}): max |logit difference| vs JAX "
+       f"{check['max_abs_logit_difference']:.3g}, argmax agreement "
+       f"{check['argmax_agreement']:.4f} on {check['images']} test images; sidecar {out}.json")
+
+
+@main.command()
+@click.argument("source", type=click.Path(), metavar="RUN|EXPORTED")
+@click.argument("more_images", nargs=-1, type=click.Path(), metavar="")
+@click.option("--images", "images", multiple=True, type=click.Path(), required=True,
+              metavar="FILES...",
+              help="PNG/JPEG files (converted to the model's channels and resized to its "
+                   "H x W), or .npy/.npz files of uint8 images [N, H, W, C]. Several may "
+                   "follow one --images.")
+@click.option("--top-k", "-k", type=int, default=3, show_default=True,
+              help="Classes shown per image.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@_user_errors
+def predict(source, more_images, images, top_k, as_json):
+  """Classify images with a finished run (RUN) or an exported model file (EXPORTED).
+
+  An exported file needs only itself and its sidecar (FILE.json), not the
+  recipe, the data or the training code; a run directory restores the model
+  and loads its data set for the pixel statistics.
+
+  \b
+    distill predict runs/student-cnn.onnx --images shoe.png bag.jpg --top-k 3
+  """
+  from distill import serving  # noqa: PLC0415
+
+  result = serving.predict(Path(source), [Path(p) for p in (*images, *more_images)],
+                           top_k=top_k)
+  click.echo(json.dumps(result) if as_json else serving.format_predictions(result))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,15 @@ _MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "linear": {"head_init_scale": 0.0},
 }
 
+# Each distillation method's own settings, under [student.<method>] (see
+# `distill.teaching.make_objective`); the temperature is the student's.
+_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "dkd": {"alpha": 1.0, "beta": 8.0, "warmup_steps": 0},
+    "dist": {"beta": 1.0, "gamma": 1.0},
+    "token": {"variant": "hard"},
+    "hint": {"kind": "mse", "weight": 1.0, "student_layer": -1, "teacher_layer": -1},
+}
+
 _TRAIN_DEFAULTS: dict[str, Any] = {
     "model": "vit",
     "steps": 1000,
@@ -75,11 +84,14 @@ DEFAULTS: dict[str, Any] = {
         "pad": 4,
         "flip": True,
     },
-    "teacher": {**_TRAIN_DEFAULTS, "model": "vit", **copy.deepcopy(_MODEL_DEFAULTS)},
+    # init_from: a timm / Hugging Face ViT folder to fine-tune instead of training from scratch.
+    "teacher": {**_TRAIN_DEFAULTS, "model": "vit", "init_from": "",
+                **copy.deepcopy(_MODEL_DEFAULTS)},
     "student": {
         **_TRAIN_DEFAULTS,
         "model": "cnn",
         "loss": "soft",
+        "method": "kd",
         "teaching": "targets",
         "temperature": 1.0,
         "alpha": 1.0,
@@ -87,6 +99,7 @@ DEFAULTS: dict[str, Any] = {
         "mixup": 0.0,
         "augment": False,
         **copy.deepcopy(_MODEL_DEFAULTS),
+        **copy.deepcopy(_METHOD_DEFAULTS),
     },
     "export": {"temperature": 1.0, "batch_size": 256, "views": 0},
 }
@@ -96,6 +109,9 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 STUDENT_LOSSES = ("soft", "hard")
 TEACHING_MODES = ("targets", "online", "views")
 SOFT_LOSSES = ("soft_ce", "kl")
+METHODS = ("kd", *_METHOD_DEFAULTS)
+TOKEN_VARIANTS = ("hard", "soft")
+HINT_KINDS = ("mse", "cosine")
 
 
 def _unknown_key(dotted: str, where: str) -> UserError:
@@ -328,9 +344,41 @@ def _validate_distillation(student: dict[str, Any]) -> None:
   if student["loss"] == "hard" and student["teaching"] != "targets":
     raise UserError(f"student.teaching={student['teaching']} needs the teacher's soft labels; "
                     "it cannot be combined with loss=hard")
+  _validate_method(student)
   if student["mixup"] > 0 and (student["teaching"] != "online" or student["alpha"] != 1.0):
     raise UserError("student.mixup needs teaching=online and alpha=1: only a teacher run on "
                     "the mixed images can label them")
+
+
+def _validate_method(student: dict[str, Any]) -> None:
+  """Checks the distillation method and its own table; combinations that cannot work."""
+  method = student["method"]
+  if method not in METHODS:
+    raise UserError(f"student.method must be one of {', '.join(METHODS)}, got '{method}'")
+  if student["loss"] == "hard" or method == "kd":
+    return
+  if method == "token" and student["model"] != "vit":
+    raise UserError(f"student.method=token needs a ViT student (a distillation token sits "
+                    f"beside its class token); the student is '{student['model']}'")
+  if method == "token" and student["token"]["variant"] not in TOKEN_VARIANTS:
+    raise UserError(f"student.token.variant must be one of {', '.join(TOKEN_VARIANTS)}, "
+                    f"got '{student['token']['variant']}'")
+  if method == "hint":
+    if student["teaching"] != "online":
+      raise UserError(f"student.method=hint needs teaching=online: the student matches the "
+                      f"teacher's inner layer, which exported targets do not hold (got "
+                      f"teaching={student['teaching']})")
+    if student["model"] == "linear":
+      raise UserError("student.method=hint needs a student with an inner layer (vit, cnn or "
+                      "mlp); 'linear' has none")
+    if student["hint"]["kind"] not in HINT_KINDS:
+      raise UserError(f"student.hint.kind must be one of {', '.join(HINT_KINDS)}, "
+                      f"got '{student['hint']['kind']}'")
+  for key, value in student.get(method, {}).items():
+    if isinstance(value, float) and not (value >= 0 and math.isfinite(value)):
+      raise UserError(f"student.{method}.{key} must be 0 or positive, got {value}")
+  if method == "dkd" and student["dkd"]["warmup_steps"] < 0:
+    raise UserError("student.dkd.warmup_steps must not be negative")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -372,6 +420,7 @@ class DistillSettings:
   """How a student learns from its teacher (the distillation keys of [student]), typed."""
 
   loss: str
+  method: str
   teaching: str
   temperature: float
   alpha: float
@@ -379,12 +428,26 @@ class DistillSettings:
   mixup: float
   augment: bool
   label_smoothing: float
+  method_options: Mapping[str, Any]
 
   @classmethod
   def of(cls, recipe: dict[str, Any]) -> DistillSettings:
     """The student's distillation settings in a resolved recipe."""
     section = recipe["student"]
-    return cls(**{f.name: section[f.name] for f in dataclasses.fields(cls)})
+    return cls(**{f.name: section[f.name] for f in dataclasses.fields(cls)
+                  if f.name != "method_options"},
+               method_options=types.MappingProxyType(dict(section.get(section["method"], {}))))
+
+  def objective_settings(self) -> dict[str, Any]:
+    """The keyword settings `teaching.make_objective` takes for this student's method."""
+    own = {f"{self.method}_{key}": value for key, value in self.method_options.items()}
+    return {"temperature": self.temperature, "alpha": self.alpha, "soft_loss": self.soft_loss,
+            "label_smoothing": self.label_smoothing, **own}
+
+  @property
+  def objective_name(self) -> str:
+    """The objective this student minimises: 'hard', or its method ('kd', 'dkd', ...)."""
+    return "hard" if self.loss == "hard" else self.method
 
 
 def recipe_hash(recipe: dict[str, Any], role: str) -> str:
@@ -399,6 +462,16 @@ def recipe_hash(recipe: dict[str, Any], role: str) -> str:
   read = {key: value for key, value in recipe.items() if key not in ("teacher", "student")}
   read[role] = {key: value for key, value in section.items()
                 if key not in _MODEL_DEFAULTS or key == section["model"]}
+  if role == "teacher" and not section["init_from"]:
+    read[role].pop("init_from")  # as before the key existed
+  if role == "student":
+    # Only the chosen method's table counts, and plain KD hashes as it did before
+    # methods had names, so earlier runs still resume.
+    method = section["method"]
+    read[role] = {key: value for key, value in read[role].items()
+                  if key not in _METHOD_DEFAULTS or key == method}
+    if method == "kd":
+      read[role].pop("method")
   canonical = json.dumps(read, sort_keys=True, separators=(",", ":"))
   return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

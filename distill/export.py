@@ -141,6 +141,21 @@ def export_targets(teacher_dirs: Path | list[Path], *, out_dir: Path | None = No
   return path
 
 
+def write_teacher_targets(out_dir: Path, recipe: dict[str, Any], dataset, *,
+                          train_logits: np.ndarray, test_logits: np.ndarray,
+                          identity: dict[str, Any], seconds: float) -> Path:
+  """Writes targets.npz for logits already computed (an imported teacher's) at export.temperature.
+
+  The same arrays and metadata `export_targets` writes for a trained teacher.
+  """
+  member = {"train_logits": np.asarray(train_logits, np.float32),
+            "test_logits": np.asarray(test_logits, np.float32), "identity": identity,
+            "seconds": seconds}
+  arrays, meta = _targets_arrays_and_meta([member], recipe, dataset,
+                                          temperature=recipe["export"]["temperature"], views=0)
+  return write_targets(Path(out_dir), meta, arrays=arrays)
+
+
 def _checked_teachers(teacher_dirs: Path | list[Path],
                       out_dir: Path | None) -> tuple[list[Path], list[dict[str, Any]]]:
   """The teacher folders as a list and their recipes, once they name one data set.

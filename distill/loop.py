@@ -37,7 +37,7 @@ class RunStats:
   """What a training run measured about itself (the model is apart: `TrainedModel`)."""
 
   init_loss: float
-  init_loss_expected: float
+  init_loss_expected: float | None  # None: not checked (a fine-tuned model)
   final_train_loss: float
   steps: int
   train_seconds: float  # all stretches of a resumed run, compilation excluded
@@ -49,7 +49,8 @@ class RunStats:
 def fit(*, model: nnx.Module, images, labels: np.ndarray, val_images, val_labels: np.ndarray,
         objective: Objective, settings: TrainSettings, augment_settings: dict[str, Any] | None,
         workdir: Path, seed: int, checkpoint_meta: dict[str, Any],
-        teaching: HardLabels | None = None, strict_init_check: bool = False, quiet: bool = False,
+        teaching: HardLabels | None = None, strict_init_check: bool = False,
+        check_init: bool = True, quiet: bool = False,
         echo: Callable[[str], None] = print,
         warn: Callable[[str], None] = print) -> tuple[TrainedModel, RunStats]:
   """Trains `model`, resuming from a checkpoint in `workdir`; returns it trained, and its stats.
@@ -67,6 +68,8 @@ def fit(*, model: nnx.Module, images, labels: np.ndarray, val_images, val_labels
       its `recipe_hash`.
     teaching: where the soft targets come from (needed by the 'soft' objective).
     strict_init_check: raise instead of warning when the step-0 loss is off.
+    check_init: compare the step-0 loss with the objective's expectation; off
+      for a model that starts from trained weights (its head is not uniform).
     quiet: hide the progress bar.
     echo, warn: where to print normal and loud messages.
   """
@@ -74,9 +77,11 @@ def fit(*, model: nnx.Module, images, labels: np.ndarray, val_images, val_labels
                            teaching=teaching, settings=settings,
                            augment_settings=augment_settings, seed=seed)
   init_loss, expected = _check_init_loss(setup, objective, settings.init_check_tolerance,
-                                         strict_init_check, echo, warn)
+                                         strict_init_check, echo, warn, check_init)
   run = _Run(setup, settings, Path(workdir), checkpoint_meta, quiet)
   start_step = run.resume(echo)
+  if start_step == 0:  # A resumed run's event files already hold step 0.
+    run.tensorboard.init_loss(init_loss, expected)
   last_train_loss = init_loss
   try:
     with _StopFlag() as stop, contextlib.closing(setup.feeder.dispatches(run.plan)) as feed:
@@ -112,10 +117,15 @@ def fit(*, model: nnx.Module, images, labels: np.ndarray, val_images, val_labels
 
 
 def _check_init_loss(setup: TrainingSetup, objective: Objective, tolerance: float,
-                     strict: bool, echo, warn) -> tuple[float, float]:
+                     strict: bool, echo, warn,
+                     check_init: bool = True) -> tuple[float, float | None]:
   """The untrained model's loss on the exact batch step 0 trains on, against what it must be."""
-  init_loss, num_classes, first_targets = setup.first_loss()
-  expected = objective.expected_init_loss(num_classes, first_targets)
+  init_loss, num_classes, first_batch = setup.first_loss()
+  if not check_init:
+    echo(f"step-0 loss {init_loss:.4f}: the model starts from trained weights, so it is not "
+         f"compared with a uniform prediction's log({num_classes})")
+    return init_loss, None
+  expected = objective.expected_init_loss(num_classes, first_batch)
   check = losses.init_loss_check(init_loss, num_classes, expected=expected, tolerance=tolerance)
   if check.ok:
     echo(check.message)
@@ -138,6 +148,7 @@ class _Run:
     self.total_steps = settings.steps
     self.checkpointer = Checkpointer(workdir)
     self.metrics = rundir.MetricsLog(workdir / rundir.METRICS_FILE)
+    self.tensorboard = rundir.TensorBoardLog(workdir / rundir.TENSORBOARD_DIR)
     self.earlier_seconds = 0.0
     self.compile_seconds = 0.0
     self._compiled: dict[int, Any] = {}
@@ -161,6 +172,8 @@ class _Run:
       self.earlier_seconds = float(saved_meta.get("train_seconds", 0.0))
       echo(f"resuming from step {start_step} ({self.checkpointer.directory})")
     self.metrics.start(after_step=start_step if latest is not None else None)
+    self.tensorboard.start(after_step=start_step if latest is not None else None,
+                           note=echo)
     settings = self.settings
     self.plan = dispatch_plan(start_step, self.total_steps, settings.steps_per_dispatch,
                               (settings.log_every, settings.eval_every,
@@ -220,6 +233,7 @@ class _Run:
       record["val_accuracy"] = float(losses.accuracy(val_logits, val_labels))
     record["elapsed_seconds"] = round(time.perf_counter() - self._loop_start, 3)
     self.metrics.append(record)
+    self.tensorboard.append(record)
     self._progress.set_postfix({k: f"{record[k]:.4f}" for k in ("loss", "accuracy", "val_accuracy")
                                 if k in record}, refresh=False)
 
@@ -228,11 +242,14 @@ class _Run:
     self.checkpointer.save(step, self.state, {
         **self.meta, "step": step,
         "train_seconds": round(self.earlier_seconds + self.stretch_seconds(), 3)})
+    # The event files keep up with the checkpoints: a killed run loses no more of them.
+    self.tensorboard.flush()
 
   def close(self) -> None:
     """However the loop ended: the bar and the checkpoints (waiting for a save) are closed."""
     if self._progress is not None:
       self._progress.close()
+    self.tensorboard.close()
     self.checkpointer.close()
 
 

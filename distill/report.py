@@ -129,7 +129,9 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) ->
   """Writes out_dir/report.html (figures embedded) and the figures as PNG files beside it.
 
   Args:
-    run_dirs: finished run directories (teacher and students).
+    run_dirs: finished run directories (teacher and students). A `distill
+      sweep` folder (one holding sweep.json) stands for its teacher and runs,
+      and adds a section with the sweep's table and paired differences.
     out_dir: where report.html and the PNGs go.
     quiet: no progress bar.
 
@@ -140,6 +142,7 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) ->
 
   from distill.io import write_text  # noqa: PLC0415
 
+  run_dirs, sweeps = _expand_sweeps(run_dirs)
   rows, skipped = collect_runs(run_dirs)
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -152,10 +155,64 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) ->
   progress.close()
 
   overview = _overview_figure(rows, out_dir)
-  page = _page(rows, skipped, format_table(rows, markdown=False), overview, sections)
+  page = _page(rows, skipped, format_table(rows, markdown=False), overview, sections,
+               "".join(_sweep_section(sweep_dir, saved) for sweep_dir, saved in sweeps))
   path = out_dir / "report.html"
   write_text(path, page)
   return path
+
+
+def _expand_sweeps(run_dirs: list[Path]) -> tuple[list[Path], list[tuple[Path, dict[str, Any]]]]:
+  """Replaces each sweep folder by its teacher and run folders; returns them and the sweeps.
+
+  The runs are found by name inside the sweep folder (not by the paths
+  sweep.json recorded, which may be relative to another working directory);
+  a folder listed twice is reported once.
+  """
+  from distill.sweep import SWEEP_JSON  # noqa: PLC0415
+
+  expanded: list[Path] = []
+  sweeps = []
+  for run_dir in map(Path, run_dirs):
+    if not (run_dir / SWEEP_JSON).is_file():
+      expanded.append(run_dir)
+      continue
+    saved = read_json(run_dir / SWEEP_JSON, "sweep summary")
+    sweeps.append((run_dir, saved))
+    teacher = Path(saved.get("settings", {}).get("teacher_dir", ""))
+    # An ensemble's folder of targets has no summary: nothing to show for it.
+    if (teacher / rundir.SUMMARY_FILE).is_file():
+      expanded.append(teacher)
+    expanded += [run_dir / run["name"] for run in saved.get("runs", [])]
+  unique: dict[str, Path] = {}
+  for run_dir in expanded:
+    unique.setdefault(str(run_dir.resolve()), run_dir)
+  return list(unique.values()), sweeps
+
+
+def _sweep_section(sweep_dir: Path, saved: dict[str, Any]) -> str:
+  """A sweep's table (mean ± std over seeds) and its paired differences, from its sweep.json."""
+  from distill.sweep import format_table as sweep_table  # noqa: PLC0415
+  from distill.sweep import paired_cells  # noqa: PLC0415
+
+  rows = saved.get("rows", [])
+  parts = [f"<h2>Sweep <small>{html.escape(str(sweep_dir))}</small></h2>",
+           "<p>Test accuracy after each run's last training step, mean ± sample std over "
+           "seeds.</p>", f"<pre>{html.escape(sweep_table(rows))}</pre>",
+           "<h3>Paired differences</h3>"]
+  header, body = paired_cells(rows)
+  if not body:
+    parts.append("<p class='missing'>No paired differences in this sweep.json (no baseline "
+                 "to pair with, or made before they existed: run the sweep again).</p>")
+    return "<section>" + "\n".join(parts) + "</section>"
+  parts.append("<p>Per seed, the variant's test accuracy minus its baseline's with the same "
+               "seed (hard: the same model on hard labels; kd: the same model, mode and soft "
+               "loss with the kd loss; kd targets: with kd on exported targets); p &lt; 0.05 "
+               "counts as beyond seed noise.</p>")
+  cells = lambda tag, row: "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row)  # noqa: E731
+  parts.append("<table class='paired'><tr>" + cells("th", header) + "</tr>"
+               + "".join(f"<tr>{cells('td', row)}</tr>" for row in body) + "</table>")
+  return "<section>" + "\n".join(parts) + "</section>"
 
 
 def _figure_html(path: Path, caption: str) -> str:
@@ -277,8 +334,9 @@ def _overview_figure(rows: list[dict[str, Any]], out_dir: Path) -> str:
 
 
 def _page(rows: list[dict[str, Any]], skipped: list[str], table: str, overview: str,
-          sections: list[str]) -> str:
-  """The report page: the comparison table, the overview figure and every run's section."""
+          sections: list[str], sweeps: str = "") -> str:
+  """The report page: the comparison table, any sweeps' tables, the overview figure and
+  every run's section."""
   return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>distill report</title>
 <style>
@@ -287,11 +345,14 @@ pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
 figure {{ margin: 1em 0; }} img {{ max-width: 100%; }}
 figcaption {{ color: #555; font-size: 0.9em; }} h2 small {{ color: #777; font-weight: normal; }}
 .missing {{ color: #a00; }}
+table.paired {{ border-collapse: collapse; font-size: 0.9em; }}
+table.paired td, table.paired th {{ border: 1px solid #ddd; padding: 0.2em 0.5em; }}
 </style></head><body>
 <h1>distill report</h1>
 <p>{len(rows)} runs{f"; skipped: {html.escape('; '.join(skipped))}" if skipped else ""}.</p>
 <h2>Comparison</h2>
 <pre>{html.escape(table)}</pre>
+{sweeps}
 {overview}
 {''.join(f'<section>{s}</section>' for s in sections)}
 <p id="figure-check"></p>

@@ -7,6 +7,8 @@
   predictions.npz  test and validation logits of the final model (for reports)
   targets.npz      (teachers) soft targets for the training split + test logits,
   targets.json     with their metadata; a streamed teacher writes targets-shards/
+  imported.json    (imported teachers) the source it was read from, instead of checkpoints/
+  tensorboard/     the metrics.jsonl scalars as TensorBoard event files (tensorboardX)
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +30,13 @@ CHECKPOINTS_DIR = "checkpoints"
 TARGETS_FILE = "targets.npz"
 TARGETS_META_FILE = "targets.json"
 TARGET_SHARDS_DIR = "targets-shards"
+# An imported teacher's run: what it was imported from (see `distill.imported`).
+IMPORTED_FILE = "imported.json"
+TENSORBOARD_DIR = "tensorboard"
 # Everything a run writes: what --overwrite and --restart clear.
 RUN_OUTPUTS = (CHECKPOINTS_DIR, METRICS_FILE, SUMMARY_FILE, RECIPE_FILE, TARGETS_FILE,
-               TARGETS_META_FILE, TARGET_SHARDS_DIR, PREDICTIONS_FILE)
+               TARGETS_META_FILE, TARGET_SHARDS_DIR, PREDICTIONS_FILE, IMPORTED_FILE,
+               TENSORBOARD_DIR)
 
 
 class MetricsLog:
@@ -60,6 +67,82 @@ class MetricsLog:
     if is_primary_process():
       with open(self.path, "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+class TensorBoardLog:
+  """tensorboard/: what MetricsLog records, as TensorBoard scalars (tensorboardX, no TensorFlow).
+
+  Tags: train/loss, train/accuracy, train/learning_rate, train/grad_norm,
+  train/teacher_agreement (when taught), val/loss, val/accuracy (at the eval
+  cadence), any other logged number under train/ (val_X under val/), and at
+  step 0 init/loss with init/loss_expected (log(n_classes) for cross-entropy).
+  Only process 0 writes, on tensorboardX's background thread, from the floats
+  the log line already holds: nothing is fetched from the devices for it.
+  """
+
+  def __init__(self, directory: Path):
+    self.directory = Path(directory)
+    self._writer = None
+
+  def start(self, after_step: int | None, note=None) -> None:
+    """Opens a new event file: the only one of a new run, or one more for a resumed run.
+
+    A resumed run's file starts with a purge at `after_step + 1`, so TensorBoard
+    hides what an earlier stretch logged past the checkpoint resumed from
+    (as `MetricsLog.start` cuts those lines). Without tensorboardX installed
+    nothing is written, and `note` (if given) is told so.
+    """
+    from distill.io import is_primary_process  # noqa: PLC0415
+
+    if not is_primary_process():
+      return
+    try:
+      from tensorboardX import SummaryWriter  # noqa: PLC0415
+    except ImportError:
+      # Event files are a convenience: a bare accelerator image (jax, flax, optax, no
+      # tensorboardX) must still train, and metrics.jsonl holds every number anyway.
+      if note is not None:
+        note("tensorboardX is not installed: no TensorBoard event files "
+             "(metrics.jsonl has every number)")
+      return
+
+    if after_step is None:
+      shutil.rmtree(self.directory, ignore_errors=True)
+    # tensorboardX names files by the second and host; two stretches within one
+    # second (a quick resume) must not share a file.
+    self._writer = SummaryWriter(
+        str(self.directory), purge_step=None if after_step is None else after_step + 1,
+        filename_suffix=f".{os.getpid()}.{time.time_ns()}")
+
+  def init_loss(self, loss: float, expected: float | None) -> None:
+    """The step-0 loss and what it must be (None: not checked, a fine-tuned model), at step 0."""
+    if self._writer is not None:
+      self._writer.add_scalar("init/loss", loss, 0)
+      if expected is not None:
+        self._writer.add_scalar("init/loss_expected", expected, 0)
+
+  def append(self, record: dict[str, Any]) -> None:
+    """Adds one metrics record's numbers at its step."""
+    if self._writer is None:
+      return
+    step = record["step"]
+    for key, value in record.items():
+      if key == "step" or not isinstance(value, int | float):
+        continue
+      tag = (f"val/{key[4:]}" if key.startswith("val_") else
+             f"time/{key}" if key == "elapsed_seconds" else f"train/{key}")
+      self._writer.add_scalar(tag, value, step)
+
+  def flush(self) -> None:
+    """Writes what is queued to the event file."""
+    if self._writer is not None:
+      self._writer.flush()
+
+  def close(self) -> None:
+    """Flushes and closes the event file."""
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -21,13 +21,13 @@ import numpy as np
 import optax
 from flax import nnx
 
-from distill import losses, parallel
+from distill import backend, losses, parallel
 from distill.augment import augment
 from distill.config import TrainSettings
 from distill.errors import UserError
 from distill.feeders import DataOrder, make_feeder, pixel_stats
 from distill.inference import TrainedModel, make_predict, normalize
-from distill.teaching import HardLabels, Objective
+from distill.teaching import HardLabels, Objective, logits_of
 
 Batch = dict[str, jax.Array]
 
@@ -55,11 +55,19 @@ def make_optimizer(settings: TrainSettings, total_steps: int) -> optax.GradientT
   return optax.chain(*parts)
 
 
-def initial_state(params, optimizer: optax.GradientTransformation, mesh) -> dict[str, Any]:
-  """{'params', 'opt_state', 'step': 0}, replicated on every device of `mesh`."""
-  return parallel.put_replicated(
-      {"params": params, "opt_state": optimizer.init(params), "step": jnp.asarray(0, jnp.int32)},
-      mesh)
+def initial_state(params, optimizer: optax.GradientTransformation, mesh,
+                  aux: Any = None) -> dict[str, Any]:
+  """{'params', 'opt_state', 'step': 0}, replicated on every device of `mesh`.
+
+  `aux` (an objective's own trainable parameters, e.g. a hint's projection)
+  is trained beside the model's: the state then holds 'aux' too and the
+  optimizer updates the pair (params, aux).
+  """
+  if aux is None:
+    state = {"params": params, "opt_state": optimizer.init(params)}
+  else:
+    state = {"params": params, "aux": aux, "opt_state": optimizer.init((params, aux))}
+  return parallel.put_replicated({**state, "step": jnp.asarray(0, jnp.int32)}, mesh)
 
 
 def should_unroll(model: nnx.Module) -> bool:
@@ -69,10 +77,11 @@ def should_unroll(model: nnx.Module) -> bool:
   same steps in straight-line code (measured here: a 17k-parameter CNN step
   took 967 ms in a scan, 61 ms unrolled). For matmul-only models the scan is
   faster (ViT: 5,240 vs 4,700 images/s) and compiles 6x quicker, so only
-  convolutional models on CPU are unrolled.
+  convolutional models on CPU are unrolled. The choice per backend lives in
+  `distill.backend` (`unroll_conv_scan`).
   """
   has_conv = any(isinstance(module, nnx.Conv) for _, module in nnx.iter_modules(model))
-  return has_conv and jax.default_backend() == "cpu"
+  return has_conv and backend.choices().unroll_conv_scan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,45 +106,58 @@ class StepSpec:
 
 
 def _batch(spec: StepSpec, data: Batch, stats, teacher_state, step, rows):
-  """The images and labels/targets of one step, built on the device from (seed, step).
+  """The images and the batch of one step, built on the device from (seed, step).
 
   Returns:
-    (normalised, augmented images [B, H, W, C]; {'labels', and 'targets' when taught}).
+    (normalised, augmented images [B, H, W, C]; {'labels', 'step', and the
+     teacher's entries when taught: see `HardLabels.targets`}).
   """
   columns = spec.gather(data, rows)
   images = normalize(columns["images"], *stats)
   key = jax.random.fold_in(jax.random.key(spec.seed), step)
-  images, targets = spec.teaching.targets(images, columns, key, teacher_state, spec.augment)
-  batch = {"labels": columns["labels"]}
-  if targets is not None:
-    batch["targets"] = targets
-  return images, batch
+  images, teacher = spec.teaching.targets(images, columns, key, teacher_state, spec.augment)
+  return images, {"labels": columns["labels"], "step": step, **teacher}
 
 
-def _forward(spec: StepSpec, params, images: jax.Array) -> jax.Array:
-  return nnx.merge(spec.graphdef, params, spec.rest)(images)
+def _outputs(spec: StepSpec, params, images: jax.Array):
+  return spec.objective.forward(nnx.merge(spec.graphdef, params, spec.rest), images)
+
+
+def _teacher_choice(batch: Batch) -> jax.Array | None:
+  """The teacher's predicted class per example, when the batch carries the teacher."""
+  for key in ("targets", "teacher_logits"):
+    if key in batch:
+      return jnp.argmax(batch[key], -1)
+  return None
 
 
 def train_step(spec: StepSpec, data: Batch, stats, teacher_state, state, rows):
   """One optimizer step on one batch: (new state, metrics)."""
   images, batch = _batch(spec, data, stats, teacher_state, state["step"], rows)
+  has_aux = "aux" in state
 
-  def loss_fn(params):
-    logits = _forward(spec, params, images)
-    return spec.objective.loss(logits, batch), logits
+  def loss_fn(trainable):
+    params, aux = trainable if has_aux else (trainable, None)
+    outputs = _outputs(spec, params, images)
+    return spec.objective.loss(outputs, batch, aux), logits_of(outputs)
 
-  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-  updates, opt_state = spec.optimizer.update(grads, state["opt_state"], state["params"])
-  params = optax.apply_updates(state["params"], updates)
+  trainable = (state["params"], state["aux"]) if has_aux else state["params"]
+  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+  updates, opt_state = spec.optimizer.update(grads, state["opt_state"], trainable)
+  trainable = optax.apply_updates(trainable, updates)
   metrics = {
       "loss": loss,
       "accuracy": losses.accuracy(logits, batch["labels"]),
       "grad_norm": optax.tree.norm(grads),
   }
-  if "targets" in batch:
-    metrics["teacher_agreement"] = jnp.mean(
-        jnp.argmax(logits, -1) == jnp.argmax(batch["targets"], -1))
-  new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
+  teacher_choice = _teacher_choice(batch)
+  if teacher_choice is not None:
+    metrics["teacher_agreement"] = jnp.mean(jnp.argmax(logits, -1) == teacher_choice)
+  new_state = {"opt_state": opt_state, "step": state["step"] + 1}
+  if has_aux:
+    new_state["params"], new_state["aux"] = trainable
+  else:
+    new_state["params"] = trainable
   return new_state, metrics
 
 
@@ -149,11 +171,12 @@ def train_chunk(spec: StepSpec, state, data: Batch, stats, teacher_state, rows_K
                       rows_K, unroll=spec.unroll)
 
 
-def first_loss(spec: StepSpec, params, data: Batch, stats, teacher_state, rows):
-  """The loss of the untrained model on the first step's exact batch, and its targets."""
+def first_loss(spec: StepSpec, state, data: Batch, stats, teacher_state, rows):
+  """The loss of the untrained model on the first step's exact batch, its logits and the batch."""
   images, batch = _batch(spec, data, stats, teacher_state, 0, rows)
-  logits = _forward(spec, params, images).astype(jnp.float32)
-  return spec.objective.loss(logits, batch), logits, batch.get("targets")
+  outputs = _outputs(spec, state["params"], images)
+  loss = spec.objective.loss(outputs, batch, state.get("aux"))
+  return loss, logits_of(outputs).astype(jnp.float32), batch
 
 
 @dataclasses.dataclass
@@ -184,14 +207,13 @@ class TrainingSetup:
     return self.chunk_fn.lower(state, self.feeder.data, self.stats, self.teacher_state,
                                rows).compile()
 
-  def first_loss(self) -> tuple[float, int, np.ndarray | None]:
-    """(step-0 loss, number of classes, that batch's targets) on the first real batch."""
-    loss, logits, targets = jax.jit(partial(first_loss, self.spec),
-                                    out_shardings=parallel.replicated(self.mesh))(
-        self.state["params"], self.feeder.data, self.stats, self.teacher_state,
-        self.feeder.first_batch())
+  def first_loss(self) -> tuple[float, int, dict[str, np.ndarray]]:
+    """(step-0 loss, number of classes, that batch on the host) on the first real batch."""
+    loss, logits, batch = jax.jit(partial(first_loss, self.spec),
+                                  out_shardings=parallel.replicated(self.mesh))(
+        self.state, self.feeder.data, self.stats, self.teacher_state, self.feeder.first_batch())
     return (float(parallel.fetch(loss)), int(logits.shape[-1]),
-            None if targets is None else parallel.fetch(targets))
+            {key: parallel.fetch(value) for key, value in batch.items()})
 
   def trained(self, params) -> TrainedModel:
     """The model with `params`, ready to predict."""
@@ -240,8 +262,9 @@ def prepare_training(*, model: nnx.Module, images, labels: np.ndarray, objective
       augment_settings=tuple(sorted(augment_settings.items())) if augment_settings else None,
       seed=seed, unroll=should_unroll(model))
   every_device = parallel.replicated(mesh)
+  aux = None if objective.init_aux is None else objective.init_aux()
   return TrainingSetup(
-      spec=spec, state=initial_state(params, optimizer, mesh), feeder=feeder, stats=stats,
+      spec=spec, state=initial_state(params, optimizer, mesh, aux), feeder=feeder, stats=stats,
       teacher_state=teacher_state, schedule=make_schedule(settings, settings.steps),
       chunk_fn=jax.jit(partial(train_chunk, spec), donate_argnums=0,
                        out_shardings=(every_device, every_device)),

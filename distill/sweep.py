@@ -1,12 +1,19 @@
 """Several students against one teacher, over seeds, in one call: `distill sweep`.
 
-Every combination of model x mode (x soft loss) x seed trains in its own run
-directory under the sweep's folder, named `<model>-<mode>[-<soft_loss>]-s<seed>`
-(the soft loss only when more than one is swept). At the end the runs are
+Every combination of model x mode (x method x soft loss) x seed trains in its
+own run directory under the sweep's folder, named
+`<model>-<mode>[-<method>][-<soft_loss>]-s<seed>` (the method unless it is kd,
+the soft loss only when more than one is swept). At the end the runs are
 grouped over seeds and written as `sweep.json` (rows, per-run summaries and the
 sweep's settings) and `sweep.md` (a Markdown table: test accuracy mean ± std,
 agreement with the teacher, and the share of the teacher-vs-hard-label gap each
-mode closes).
+mode closes; then the paired per-seed differences of every variant against
+its baselines, see `distill.stats`).
+
+A run's test accuracy is that of the weights its last training step leaves
+(`loop.fit` returns the final state and the workflow evaluates it), never a
+best epoch or checkpoint, so picking the best of many evaluations cannot flatter
+a variant.
 
 A mode says how the student learns:
 
@@ -14,6 +21,10 @@ A mode says how the student learns:
   targets  the teacher's exported probabilities (loss=soft, teaching=targets)
   online   the teacher run on the student's own batches (loss=soft, teaching=online)
   views    exported probabilities of augmented views (loss=soft, teaching=views)
+
+A method (`student.method`) says which distillation loss the modes other than
+hard use: kd (the classic loss, the default), dkd, dist, token, hint. Hard
+labels involve no teacher, so hard runs are not repeated per method.
 
 Re-running a sweep keeps every finished run whose recipe is unchanged and
 trains only what is missing, so an interrupted sweep picks up where it stopped.
@@ -34,14 +45,19 @@ from distill.console import Console
 from distill.errors import UserError
 from distill.io import read_json, write_json, write_text
 from distill.report import markdown_table
+from distill.stats import compare, format_diff, format_p
 
 MODES = ("hard", "targets", "online", "views")
+# The method every sweep has always trained: the classic distillation loss. Its
+# runs keep the names they had before methods became an axis.
+DEFAULT_METHOD = "kd"
 SWEEP_JSON = "sweep.json"
 SWEEP_MD = "sweep.md"
 # The sweep owns these keys through its axes; a --set for one of them would be
 # silently overridden by (or would silently override) the axis.
 _AXIS_KEYS = {"student.model": "--model", "student.loss": "--mode", "student.teaching": "--mode",
-              "student.soft_loss": "--soft-loss", "seed": "--seed"}
+              "student.soft_loss": "--soft-loss", "student.method": "--method",
+              "seed": "--seed"}
 
 
 def _axis(values: Iterable[Any], name: str, valid: Iterable[Any] | None = None) -> list[Any]:
@@ -58,9 +74,15 @@ def _axis(values: Iterable[Any], name: str, valid: Iterable[Any] | None = None) 
 
 
 def run_name(model: str, mode: str, soft_loss: str | None, seed: int, *,
-             name_soft_loss: bool) -> str:
-  """A run's folder name inside the sweep: `<model>-<mode>[-<soft_loss>]-s<seed>`."""
+             name_soft_loss: bool, method: str | None = None) -> str:
+  """A run's folder name inside the sweep: `<model>-<mode>[-<method>][-<soft_loss>]-s<seed>`.
+
+  The method is named unless it is kd (or None, for hard runs): kd runs keep
+  their names whichever methods a sweep adds, so adding one reuses them.
+  """
   parts = [model, mode]
+  if method not in (None, DEFAULT_METHOD):
+    parts.append(method)
   if name_soft_loss and soft_loss is not None:
     parts.append(soft_loss)
   return "-".join(parts) + f"-s{seed}"
@@ -74,22 +96,34 @@ def mode_overrides(mode: str, soft_loss: str | None) -> list[str]:
 
 
 def plan_runs(models: list[str], modes: list[str], soft_losses: list[str],
-              seeds: list[int]) -> list[dict[str, Any]]:
-  """Every (model, mode, soft loss, seed) of the sweep, in training order.
+              seeds: list[int], methods: Iterable[str] = (DEFAULT_METHOD,)) -> list[dict[str, Any]]:
+  """Every (model, mode, method, soft loss, seed) of the sweep, in training order.
 
-  The soft loss multiplies only the modes that learn from the teacher; the
-  hard baseline runs once per model and seed, with `soft_loss` None.
+  The method and soft loss multiply only the modes that learn from the
+  teacher; the hard baseline runs once per model and seed, with `method` and
+  `soft_loss` None.
   """
   name_soft_loss = len(soft_losses) > 1
   runs = []
   for model in models:
     for mode in modes:
-      for soft_loss in [None] if mode == "hard" else soft_losses:
-        for seed in seeds:
-          runs.append({"name": run_name(model, mode, soft_loss, seed,
-                                        name_soft_loss=name_soft_loss),
-                       "model": model, "mode": mode, "soft_loss": soft_loss, "seed": seed})
+      for method in [None] if mode == "hard" else methods:
+        for soft_loss in [None] if mode == "hard" else soft_losses:
+          for seed in seeds:
+            runs.append({"name": run_name(model, mode, soft_loss, seed, method=method,
+                                          name_soft_loss=name_soft_loss),
+                         "model": model, "mode": mode, "method": method,
+                         "soft_loss": soft_loss, "seed": seed})
   return runs
+
+
+def method_overrides(mode: str, method: str | None) -> list[str]:
+  """The recipe override that picks the run's distillation method.
+
+  Hard runs get kd, the default, so a recipe that sets another method cannot
+  turn the hard-label baseline into something else.
+  """
+  return [f"student.method={DEFAULT_METHOD if mode == 'hard' else method}"]
 
 
 def _sample_std(values: list[float]) -> float:
@@ -101,39 +135,44 @@ def aggregate(runs: list[dict[str, Any]], teacher: dict[str, Any]) -> list[dict[
   """Groups finished runs over seeds into table rows, the teacher's first.
 
   Args:
-    runs: one dict per run with `model`, `mode`, `soft_loss` (None for hard),
-      `seed` and `summary` (the run's summary.json: `params`, `test_accuracy`,
+    runs: one dict per run with `model`, `mode`, `method` (None for hard;
+      kd when missing), `soft_loss` (None for hard), `seed` and `summary` (the
+      run's summary.json: `params`, `test_accuracy` (after the last step),
       `agreement_with_teacher`, `train_seconds`).
     teacher: the teacher's summary.json (`test_accuracy`; `model`, `params`,
       `train_seconds` and `seed` when known).
 
   Returns:
-    Rows with `role`, `model`, `mode`, `soft_loss`, `n` (seeds), `seeds`,
-    `params`, `test_accuracies`, `test_accuracy_mean`, `test_accuracy_std`
-    (sample std, 0 for one seed), `agreement_mean`, `train_seconds_mean` and
-    `gap_closed`: (mean accuracy - the same model's hard mean) / (teacher
-    accuracy - that hard mean), None for the hard rows themselves, without a
-    hard baseline for the model, or when the baseline already matches the
-    teacher (no gap to close).
+    Rows with `role`, `model`, `mode`, `method`, `soft_loss`, `n` (seeds),
+    `seeds`, `params`, `test_accuracies`, `test_accuracy_mean`,
+    `test_accuracy_std` (sample std, 0 for one seed), `agreement_mean`,
+    `train_seconds_mean`, `gap_closed`: (mean accuracy - the same model's hard
+    mean) / (teacher accuracy - that hard mean), None for the hard rows
+    themselves, without a hard baseline for the model, or when the baseline
+    already matches the teacher (no gap to close); and `paired` (see
+    `paired_rows`, empty for the teacher and the hard rows).
   """
   teacher_acc = float(teacher["test_accuracy"])
-  groups: dict[tuple[str, str, str | None], list[dict[str, Any]]] = {}
+  groups: dict[tuple[str, str, str | None, str | None], list[dict[str, Any]]] = {}
   for run in runs:
-    groups.setdefault((run["model"], run["mode"], run["soft_loss"]), []).append(run)
+    method = run.get("method", None if run["mode"] == "hard" else DEFAULT_METHOD)
+    groups.setdefault((run["model"], run["mode"], method, run["soft_loss"]), []).append(run)
 
   rows = [{
-      "role": "teacher", "model": teacher.get("model"), "mode": None, "soft_loss": None,
+      "role": "teacher", "model": teacher.get("model"), "mode": None, "method": None,
+      "soft_loss": None,
       "n": 1, "seeds": [teacher.get("seed")], "params": teacher.get("params"),
       "test_accuracies": [teacher_acc], "test_accuracy_mean": teacher_acc,
       "test_accuracy_std": None, "agreement_mean": None,
-      "train_seconds_mean": teacher.get("train_seconds"), "gap_closed": None,
+      "train_seconds_mean": teacher.get("train_seconds"), "gap_closed": None, "paired": [],
   }]
-  for (model, mode, soft_loss), members in groups.items():
+  for (model, mode, method, soft_loss), members in groups.items():
     summaries = [m["summary"] for m in members]
     accuracies = [float(s["test_accuracy"]) for s in summaries]
     agreements = [s.get("agreement_with_teacher") for s in summaries]
     rows.append({
-        "role": "student", "model": model, "mode": mode, "soft_loss": soft_loss,
+        "role": "student", "model": model, "mode": mode, "method": method,
+        "soft_loss": soft_loss,
         "n": len(members), "seeds": [m["seed"] for m in members],
         "params": summaries[0].get("params"),
         "test_accuracies": accuracies,
@@ -149,7 +188,42 @@ def aggregate(runs: list[dict[str, Any]], teacher: dict[str, Any]) -> list[dict[
     baseline = hard.get(row["model"])
     if row["mode"] != "hard" and baseline is not None and teacher_acc > baseline:
       row["gap_closed"] = (row["test_accuracy_mean"] - baseline) / (teacher_acc - baseline)
+  for row in rows[1:]:
+    row["paired"] = paired_rows(row, rows[1:])
   return rows
+
+
+def paired_rows(row: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """A student row's paired per-seed comparisons (`stats.compare`) with its baselines.
+
+  The baselines: `hard`, the same model on hard labels (for every row but the
+  hard ones); and, for rows of another method, `kd`: the same model, mode and
+  soft loss with the classic kd loss, so that only the method differs, or,
+  when the sweep has no such run (hint, say, needs online teaching, plain KD
+  is usually swept on targets), `kd targets`: the same model and soft loss
+  with kd on exported targets. A baseline the sweep did not train is left out.
+  """
+  def find(mode: str, method: str | None, soft_loss: str | None) -> dict[str, Any] | None:
+    return next((other for other in rows if other["model"] == row["model"]
+                 and other["mode"] == mode and other["method"] == method
+                 and other["soft_loss"] == soft_loss), None)
+
+  if row["mode"] == "hard":
+    return []
+  baselines = [("hard", find("hard", None, None))]
+  if row["method"] != DEFAULT_METHOD:
+    same_mode = find(row["mode"], DEFAULT_METHOD, row["soft_loss"])
+    if same_mode is not None or row["mode"] == "targets":
+      baselines.append((DEFAULT_METHOD, same_mode))
+    else:
+      baselines.append((f"{DEFAULT_METHOD} targets",
+                        find("targets", DEFAULT_METHOD, row["soft_loss"])))
+  return [compare(_by_seed(row), _by_seed(baseline), name)
+          for name, baseline in baselines if baseline is not None]
+
+
+def _by_seed(row: dict[str, Any]) -> dict[int, float]:
+  return dict(zip(row["seeds"], row["test_accuracies"], strict=True))
 
 
 def _pct(value: float | None) -> str:
@@ -158,8 +232,8 @@ def _pct(value: float | None) -> str:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
   """The aggregated rows as a Markdown table (percentages, mean ± sample std over seeds)."""
-  header = ["student", "mode", "soft loss", "seeds", "params", "test acc %", "agree %",
-            "gap closed", "train s"]
+  header = ["student", "mode", "method", "soft loss", "seeds", "params", "test acc %",
+            "agree %", "gap closed", "train s"]
   body = []
   for row in rows:
     teacher = row["role"] == "teacher"
@@ -177,6 +251,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         (f"teacher ({row['model']})" if row["model"] else "teacher") if teacher
         else str(row["model"]),
         "-" if teacher else row["mode"],
+        row.get("method") or "-",
         row["soft_loss"] or "-",
         "-" if teacher else str(row["n"]),
         "-" if row["params"] is None else f"{row['params']:,}",
@@ -187,6 +262,27 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     ]
     body.append(cells)
   return markdown_table(header, body)
+
+
+def format_paired(rows: list[dict[str, Any]]) -> str:
+  """Every row's paired comparisons as a Markdown table, one line per (variant, baseline).
+
+  Empty text when no row has a baseline to pair with (say, a sweep without
+  hard runs and with kd alone).
+  """
+  header, body = paired_cells(rows)
+  return markdown_table(header, body) if body else ""
+
+
+def paired_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+  """The paired table's header and rows of text cells (for Markdown here, HTML in the report)."""
+  header = ["student", "mode", "method", "soft loss", "vs", "seeds", "diff pts",
+            "t-test p", "sign p", "verdict"]
+  body = [[str(row["model"]), row["mode"], row.get("method") or "-", row["soft_loss"] or "-",
+           pair["baseline"], str(pair["n"]), format_diff(pair), format_p(pair["t_p"]),
+           format_p(pair["sign_p"]), pair["verdict"]]
+          for row in rows for pair in row.get("paired", [])]
+  return header, body
 
 
 def _check_overrides(overrides: Iterable[str]) -> None:
@@ -214,8 +310,9 @@ def _finished_state(workdir: Path, expected_hash: str) -> str:
 
 def run_sweep(teacher_dir: Path, out_dir: Path, *, models: Iterable[str] = ("cnn",),
               modes: Iterable[str] = ("hard", "targets"), soft_losses: Iterable[str] = ("soft_ce",),
-              seeds: Iterable[int] = (0, 1, 2), recipe: str | None = None,
-              overrides: Iterable[str] = (), overwrite: bool = False, quiet: bool = False,
+              seeds: Iterable[int] = (0, 1, 2), methods: Iterable[str] = (DEFAULT_METHOD,),
+              recipe: str | None = None, overrides: Iterable[str] = (), overwrite: bool = False,
+              quiet: bool = False,
               console: Console | None = None) -> dict[str, Any]:
   """Trains every student of the sweep against one teacher, then tabulates them over seeds.
 
@@ -235,6 +332,10 @@ def run_sweep(teacher_dir: Path, out_dir: Path, *, models: Iterable[str] = ("cnn
     modes: hard, targets, online, views (see the module docstring).
     soft_losses: soft_ce, kl; each multiplies the modes other than hard.
     seeds: one run per seed for every other combination.
+    methods: distillation methods (`student.method`: kd, dkd, dist, token,
+      hint); each multiplies the modes other than hard. A combination the
+      recipe refuses (hint without online teaching) stops the sweep before
+      anything trains.
     recipe: a recipe name or file for the students (default: the teacher's).
     overrides: `key=value` applied to every run (not the swept keys).
     overwrite: retrain runs that were made with another recipe.
@@ -254,6 +355,7 @@ def run_sweep(teacher_dir: Path, out_dir: Path, *, models: Iterable[str] = ("cnn
   modes = _axis(modes, "mode", MODES)
   soft_losses = _axis(soft_losses, "soft loss", config_lib.SOFT_LOSSES)
   seeds = _axis((int(s) for s in seeds), "seed")
+  methods = _axis(methods, "method", config_lib.METHODS)
   overrides = list(overrides)
   _check_overrides(overrides)
   teacher_summary = teacher_dir / rundir.SUMMARY_FILE
@@ -261,8 +363,8 @@ def run_sweep(teacher_dir: Path, out_dir: Path, *, models: Iterable[str] = ("cnn
   # know the teacher's test accuracy.
   teacher = read_json(teacher_summary, "teacher summary") if teacher_summary.exists() else None
   rundir.check_workdir(out_dir)
-  runs = _checked_runs(plan_runs(models, modes, soft_losses, seeds), teacher_dir, out_dir,
-                       recipe, overrides, overwrite=overwrite)
+  runs = _checked_runs(plan_runs(models, modes, soft_losses, seeds, methods), teacher_dir,
+                       out_dir, recipe, overrides, overwrite=overwrite)
 
   start = time.perf_counter()
   _train_missing(runs, teacher_dir, console)
@@ -270,8 +372,8 @@ def run_sweep(teacher_dir: Path, out_dir: Path, *, models: Iterable[str] = ("cnn
   if teacher is None:
     teacher = {"test_accuracy": runs[0]["summary"]["teacher_test_accuracy"]}
   settings = {"teacher_dir": str(teacher_dir), "out_dir": str(out_dir), "models": models,
-              "modes": modes, "soft_losses": soft_losses, "seeds": seeds, "recipe": recipe,
-              "overrides": overrides, "overwrite": overwrite}
+              "modes": modes, "methods": methods, "soft_losses": soft_losses, "seeds": seeds,
+              "recipe": recipe, "overrides": overrides, "overwrite": overwrite}
   return _write_sweep(runs, teacher, settings, teacher_dir, out_dir, start=start)
 
 
@@ -288,7 +390,8 @@ def _checked_runs(runs: list[dict[str, Any]], teacher_dir: Path, out_dir: Path,
   for run in runs:
     run["dir"] = out_dir / run["name"]
     axis_overrides = [f"student.model={run['model']}", f"seed={run['seed']}",
-                      *mode_overrides(run["mode"], run["soft_loss"])]
+                      *mode_overrides(run["mode"], run["soft_loss"]),
+                      *method_overrides(run["mode"], run["method"])]
     try:
       run["recipe"] = workflow.student_recipe(teacher_dir, recipe, [*overrides, *axis_overrides])
     except UserError as e:
@@ -332,23 +435,44 @@ def _write_sweep(runs: list[dict[str, Any]], teacher: dict[str, Any], settings: 
                  teacher_dir: Path, out_dir: Path, *, start: float) -> dict[str, Any]:
   """Aggregates the finished runs over seeds and writes sweep.json and sweep.md."""
   rows = aggregate(runs, teacher)
-  table = format_table(rows)
+  table, paired = format_table(rows), format_paired(rows)
   result = {
       "settings": settings,
       "teacher": {key: teacher.get(key) for key in ("model", "params", "test_accuracy",
                                                     "train_seconds", "dataset", "steps")},
       "rows": rows,
       "runs": [{"name": run["name"], "dir": str(run["dir"]), "model": run["model"],
-                "mode": run["mode"], "soft_loss": run["soft_loss"], "seed": run["seed"],
-                "reused": run["reused"], "summary": run["summary"]} for run in runs],
+                "mode": run["mode"], "method": run["method"], "soft_loss": run["soft_loss"],
+                "seed": run["seed"], "reused": run["reused"], "summary": run["summary"]}
+               for run in runs],
       "sweep_seconds": round(time.perf_counter() - start, 3),
   }
   json_path, md_path = out_dir / SWEEP_JSON, out_dir / SWEEP_MD
   write_json(json_path, result)
-  note = (f"Teacher `{teacher_dir}`; students over seeds {', '.join(map(str, settings['seeds']))}: "
-          "test accuracy is the mean ± sample std over seeds, agreement is top-1 agreement with "
+  write_text(md_path, sweep_markdown(table, paired, teacher_dir, settings["seeds"]))
+  return {**result, "table": table, "paired_table": paired, "json": json_path,
+          "markdown": md_path}
+
+
+def sweep_markdown(table: str, paired: str, teacher_dir: Path | str, seeds: list[int]) -> str:
+  """sweep.md: a header line on what the numbers are, the table, and the paired differences."""
+  seeds_text = ", ".join(map(str, seeds))
+  header = (f"# Sweep against teacher `{teacher_dir}`, seeds {seeds_text}\n\n"
+            "Every run's test accuracy is the accuracy on the test split after its last "
+            "training step (never a best epoch or checkpoint).")
+  note = ("Test accuracy is the mean ± sample std over seeds, agreement is top-1 agreement with "
           "the teacher on the test set, gap closed = (mean acc - the same model's hard mean) / "
           "(teacher acc - that hard mean), '-' where the model has no hard run here or its hard "
           "mean already reaches the teacher.")
-  write_text(md_path, table + "\n\n" + note + "\n")
-  return {**result, "table": table, "json": json_path, "markdown": md_path}
+  parts = [header, table, note]
+  if paired:
+    parts += ["## Paired differences",
+              "Per seed, the variant's test accuracy minus its baseline's with the same seed "
+              "(same initialisation and data order): hard = the same model on hard labels, "
+              "kd = the same model, mode and soft loss with the kd loss (kd targets: with kd on "
+              "exported targets, where the sweep has no kd run in that mode). diff pts: mean ± "
+              "sample std of those differences in percentage points over the seeds both ran "
+              "(seeds only one ran are left out); t-test p: two-sided paired t-test; sign p: "
+              "exact two-sided sign test, ties dropped. p < 0.05 counts as beyond seed noise.",
+              paired]
+  return "\n\n".join(parts) + "\n"

@@ -49,10 +49,34 @@ def _build_model(recipe: dict[str, Any], role: str, dataset):
   from distill.models import count_params, create_model  # noqa: PLC0415
 
   settings = config_lib.TrainSettings.of(recipe, role)
+  if role == "teacher" and recipe["teacher"]["init_from"]:
+    return _imported_vit(recipe, dataset)
+  options = dict(settings.model_options)
+  if role == "student" and config_lib.DistillSettings.of(recipe).objective_name == "token":
+    options["distill_token"] = True  # DeiT's second token and head
   model = create_model(settings.model, num_classes=dataset.num_classes,
                        image_shape=dataset.image_shape, seed=recipe["seed"],
-                       compute_dtype=settings.compute_dtype, **settings.model_options)
+                       compute_dtype=settings.compute_dtype, **options)
   return settings.model, model, count_params(model)
+
+
+def _imported_vit(recipe: dict[str, Any], dataset):
+  """The timm / Hugging Face ViT named by teacher.init_from, ready to fine-tune on `dataset`.
+
+  It is fed images standardised by the data set's pixel statistics, like any
+  model here, and maps them back to pixels before its own preprocessing.
+  """
+  from distill.feeders import pixel_stats  # noqa: PLC0415
+  from distill.importers.hf_vit import build_vit  # noqa: PLC0415
+  from distill.models import count_params  # noqa: PLC0415
+
+  mean, std = (np.asarray(s, np.float32) for s in pixel_stats(dataset.x_train))
+  model, info = build_vit(recipe["teacher"]["init_from"], num_classes=dataset.num_classes,
+                          input_scale=255.0 * std, input_shift=255.0 * mean, seed=recipe["seed"])
+  # A head kept from the checkpoint does not predict uniformly at step 0: the
+  # init check cannot expect log(C) of it.
+  model.pretrained_head = not info["new_head"]
+  return "vit", model, count_params(model)
 
 
 def _evaluate(model, images, labels: np.ndarray, batch_size: int) -> dict[str, Any]:
@@ -105,7 +129,8 @@ def _base_summary(role: str, model_name: str, num_params: int, dataset, recipe, 
 
 def _fit_and_evaluate(role: str, recipe: dict[str, Any], dataset, model_name: str, model,
                       num_params: int, workdir: Path, start: float, *, teaching, objective,
-                      augment_settings, strict_init_check: bool, console: Console):
+                      augment_settings, strict_init_check: bool, console: Console,
+                      check_init: bool = True):
   """Trains through `loop.fit`, evaluates on validation and test, keeps the predictions.
 
   Returns:
@@ -114,12 +139,19 @@ def _fit_and_evaluate(role: str, recipe: dict[str, Any], dataset, model_name: st
   from distill.loop import fit  # noqa: PLC0415
 
   settings = config_lib.TrainSettings.of(recipe, role)
+  meta = {"role": role, "recipe_hash": config_lib.recipe_hash(recipe, role)}
+  if objective.init_aux is not None:
+    # The objective's own parameters (a hint's projection) are checkpointed with the
+    # model's; their shapes let `restore_trained` read such a checkpoint back.
+    meta["aux_shapes"] = {name: list(value.shape)
+                          for name, value in objective.init_aux().items()}
   trained, stats = fit(
       model=model, images=dataset.x_train, labels=dataset.y_train, teaching=teaching,
       val_images=dataset.x_val, val_labels=dataset.y_val, objective=objective,
       settings=settings, augment_settings=augment_settings, workdir=workdir, seed=recipe["seed"],
-      checkpoint_meta={"role": role, "recipe_hash": config_lib.recipe_hash(recipe, role)},
-      strict_init_check=strict_init_check, quiet=console.quiet, echo=console.info,
+      checkpoint_meta=meta,
+      strict_init_check=strict_init_check, check_init=check_init, quiet=console.quiet,
+      echo=console.info,
       warn=console.warn)
   batch = settings.eval_batch_size
   val = _evaluate(trained, dataset.x_val, dataset.y_val, batch)
@@ -165,7 +197,8 @@ def train_teacher(recipe: dict[str, Any], workdir: Path, *, restart: bool = Fals
   trained, test, summary = _fit_and_evaluate(
       "teacher", recipe, dataset, model_name, model, num_params, workdir, start,
       teaching=None, objective=make_objective("hard", label_smoothing=settings.label_smoothing),
-      augment_settings=recipe["augment"], strict_init_check=strict_init_check, console=console)
+      augment_settings=recipe["augment"], strict_init_check=strict_init_check, console=console,
+      check_init=not getattr(model, "pretrained_head", False))
   if export:
     export_targets(workdir, trained=(trained, settings.steps), dataset=dataset,
                    test_logits=test["logits"], quiet=quiet, console=console)
@@ -178,19 +211,23 @@ def train_teacher(recipe: dict[str, Any], workdir: Path, *, restart: bool = Fals
 
 def restore_trained(run_dir: Path, recipe: dict[str, Any], role: str, dataset):
   """A finished run's model with its final parameters: (TrainedModel, its step)."""
+  import jax.numpy as jnp  # noqa: PLC0415
   from flax import nnx  # noqa: PLC0415
 
   from distill import parallel  # noqa: PLC0415
   from distill.checkpoint import Checkpointer  # noqa: PLC0415
   from distill.feeders import pixel_stats  # noqa: PLC0415
+  from distill.imported import is_imported  # noqa: PLC0415
   from distill.inference import TrainedModel  # noqa: PLC0415
   from distill.step import initial_state, make_optimizer  # noqa: PLC0415
 
+  if is_imported(run_dir):
+    raise UserError(f"{run_dir} is an imported teacher: it has no checkpoint to restore; its "
+                    "targets and predictions are already in the folder")
   _, model, _ = _build_model(recipe, role, dataset)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   settings = config_lib.TrainSettings.of(recipe, role)
   optimizer = make_optimizer(settings, settings.steps)
-  like = initial_state(params, optimizer, parallel.make_mesh())
   checkpointer = Checkpointer(run_dir)
   step = checkpointer.latest_step()
   if step is None:
@@ -198,6 +235,10 @@ def restore_trained(run_dir: Path, recipe: dict[str, Any], role: str, dataset):
   if step != settings.steps:
     raise UserError(f"the run in {run_dir} stopped at step {step} of {settings.steps}; "
                     "finish it first by re-running its command")
+  aux_shapes = checkpointer.restore_meta(step).get("aux_shapes")
+  aux = (None if aux_shapes is None
+         else {name: jnp.zeros(shape, jnp.float32) for name, shape in aux_shapes.items()})
+  like = initial_state(params, optimizer, parallel.make_mesh(), aux)
   state, _ = checkpointer.restore(step, like)
   checkpointer.close()
   return TrainedModel(graphdef, rest, state["params"], pixel_stats(dataset.x_train)), step
@@ -212,8 +253,44 @@ def check_same_data(recipe: dict[str, Any], other: dict[str, Any], what: str) ->
     raise UserError(f"{what} was trained on other data: " + "; ".join(differences))
 
 
-def _teaching_for_student(recipe: dict[str, Any], teacher_dir: Path, dataset, console: Console):
+def _online_teacher(recipe: dict[str, Any], teacher_dir: Path, dataset, *, form: str,
+                    feature_layer: int | None):
+  """The teacher that runs inside the student's step, and its test logits and identity."""
+  from distill import imported  # noqa: PLC0415
+  from distill import teaching as teaching_lib  # noqa: PLC0415
+  from distill.targets import open_targets  # noqa: PLC0415
+
+  settings = config_lib.DistillSettings.of(recipe)
+  if imported.is_imported(teacher_dir):
+    strategy = imported.online_teacher(teacher_dir, dataset, temperature=settings.temperature,
+                                       mixup=settings.mixup, form=form,
+                                       feature_layer=feature_layer)
+    targets = open_targets(teacher_dir, dataset)
+    return strategy, targets.test_logits, targets.identity
+  if (not (teacher_dir / rundir.CHECKPOINTS_DIR).is_dir()
+      and (teacher_dir / rundir.TARGETS_META_FILE).exists()):
+    raise UserError(f"{teacher_dir} holds exported targets but no trained teacher (an "
+                    "ensemble?); online teaching runs one trained teacher. Use "
+                    "--teaching targets or views with it, or name a teacher's run directory.")
+  teacher_recipe = read_run_recipe(teacher_dir)
+  check_same_data(recipe, teacher_recipe, f"teacher {teacher_dir}")
+  model, step = restore_trained(teacher_dir, teacher_recipe, "teacher", dataset)
+  test_logits = model.logits(dataset.x_test, recipe["export"]["batch_size"])
+  identity = teacher_identity(teacher_dir, teacher_recipe, step, model.params)
+  strategy = teaching_lib.OnlineTeacher(
+      apply=teaching_lib.nnx_apply(model.graphdef, model.rest,
+                                   with_features=feature_layer is not None),
+      params=model.params, temperature=settings.temperature, mixup=settings.mixup, form=form,
+      feature_layer=feature_layer)
+  return strategy, test_logits, identity
+
+
+def _teaching_for_student(recipe: dict[str, Any], teacher_dir: Path, dataset, console: Console,
+                          objective):
   """The strategy the student learns by, and the teacher's test logits and identity.
+
+  The strategy hands the teacher over in the form `objective` reads
+  (probabilities or logits, and an inner layer for hints).
 
   Returns:
     (a `teaching` strategy; None for hard labels, the teacher's test logits
@@ -223,21 +300,10 @@ def _teaching_for_student(recipe: dict[str, Any], teacher_dir: Path, dataset, co
   from distill.targets import open_targets  # noqa: PLC0415
 
   settings = config_lib.DistillSettings.of(recipe)
-  mode, temperature = settings.teaching, settings.temperature
+  mode, temperature, form = settings.teaching, settings.temperature, objective.teacher_form
   if mode == "online":
-    if (not (teacher_dir / rundir.CHECKPOINTS_DIR).is_dir()
-        and (teacher_dir / rundir.TARGETS_META_FILE).exists()):
-      raise UserError(f"{teacher_dir} holds exported targets but no trained teacher (an "
-                      "ensemble?); online teaching runs one trained teacher. Use "
-                      "--teaching targets or views with it, or name a teacher's run directory.")
-    teacher_recipe = read_run_recipe(teacher_dir)
-    check_same_data(recipe, teacher_recipe, f"teacher {teacher_dir}")
-    model, step = restore_trained(teacher_dir, teacher_recipe, "teacher", dataset)
-    test_logits = model.logits(dataset.x_test, recipe["export"]["batch_size"])
-    identity = teacher_identity(teacher_dir, teacher_recipe, step, model.params)
-    strategy = teaching_lib.OnlineTeacher(teacher=(model.graphdef, model.rest, model.params),
-                                          temperature=temperature, mixup=settings.mixup)
-    return strategy, test_logits, identity
+    return _online_teacher(recipe, teacher_dir, dataset, form=form,
+                           feature_layer=objective.teacher_layer)
   if mode == "views" and getattr(dataset, "streaming", False):
     raise UserError("teaching=views needs the data set in memory; stream with targets or online")
   targets = open_targets(teacher_dir, dataset)
@@ -250,15 +316,50 @@ def _teaching_for_student(recipe: dict[str, Any], teacher_dir: Path, dataset, co
     views = targets.meta["views"]
     strategy = teaching_lib.ReplayedViews(view_logits=targets.view_logits,
                                           view_seed=views["seed"], view_augment=views["augment"],
-                                          temperature=temperature)
+                                          temperature=temperature, form=form)
     return strategy, targets.test_logits, targets.identity
   if settings.augment:
     console.warn("student.augment with teaching=targets pairs each augmented view with the "
                  "target of the un-augmented image; the student learns from mismatched pairs. "
                  "Use teaching=online or teaching=views for augmented students.")
   strategy = teaching_lib.ExportedTargets(teacher_logits=targets.rows_for(dataset),
-                                          temperature=temperature)
+                                          temperature=temperature, form=form)
   return strategy, targets.test_logits, targets.identity
+
+
+def _hint_geometry(model, teaching, objective, image_shape) -> dict[str, Any]:
+  """Where a hint joins student and teacher: how they meet and the projection's widths."""
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  from distill.teaching import hint_match  # noqa: PLC0415
+
+  images = jax.ShapeDtypeStruct((2, *image_shape), jnp.float32)
+  student = jax.eval_shape(lambda x: objective.forward(model, x)["features"], images)
+  _, teacher_features = jax.eval_shape(teaching.apply, teaching.params, images)
+  teacher = teacher_features[teaching.feature_layer]
+  match = hint_match(student.shape, teacher.shape)
+  return {"hint_match": match, "hint_widths": (int(student.shape[-1]), int(teacher.shape[-1]))}
+
+
+def _student_objective(recipe: dict[str, Any], teacher_dir: Path, dataset, model,
+                       console: Console):
+  """The student's objective and teaching strategy, each fitted to the other.
+
+  Returns:
+    (objective, strategy or None, the teacher's test logits, its identity).
+  """
+  from distill.teaching import make_objective  # noqa: PLC0415
+
+  settings = config_lib.DistillSettings.of(recipe)
+  objective = make_objective(settings.objective_name, **settings.objective_settings())
+  teaching, test_logits, identity = _teaching_for_student(recipe, teacher_dir, dataset, console,
+                                                          objective)
+  if objective.init_aux is not None:
+    geometry = _hint_geometry(model, teaching, objective, dataset.image_shape)
+    objective = make_objective(settings.objective_name, **settings.objective_settings(),
+                               **geometry)
+  return objective, teaching, test_logits, identity
 
 
 def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
@@ -266,18 +367,18 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
                   strict_init_check: bool = False, quiet: bool = False) -> dict[str, Any]:
   """Trains a student against a teacher (or on hard labels, the baseline).
 
-  `recipe['student']` picks the loss ('soft': the distillation loss with
-  temperature, alpha and soft_ce|kl; 'hard': one-hot cross-entropy) and the
-  teaching ('targets': exported probabilities of un-augmented images;
-  'online': the frozen teacher labels the student's own augmented batch;
-  'views': exported targets of K augmented views, replayed exactly). The
-  student refuses a teacher whose data differs from the data it loads.
+  `recipe['student']` picks the loss ('soft': learn from the teacher by
+  `method` — kd, dkd, dist, token or hint, see `teaching.make_objective`;
+  'hard': one-hot cross-entropy) and the teaching ('targets': exported
+  outputs on un-augmented images; 'online': the frozen teacher labels the
+  student's own augmented batch; 'views': exported targets of K augmented
+  views, replayed exactly). The student refuses a teacher whose data differs
+  from the data it loads.
 
   Returns:
     The run's summary (also written to `workdir/summary.json`).
   """
   from distill import losses  # noqa: PLC0415
-  from distill.teaching import make_objective  # noqa: PLC0415
 
   console = Console(quiet)
   teacher_dir, workdir = Path(teacher_dir), Path(workdir)
@@ -285,20 +386,18 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
   check_workdir(workdir)
   settings = config_lib.DistillSettings.of(recipe)
   dataset = load_data(recipe)
-  teaching, teacher_test_logits, identity = _teaching_for_student(recipe, teacher_dir, dataset,
-                                                                   console)
   check_batch_fits(dataset, config_lib.TrainSettings.of(recipe, "student"), "student")
   model_name, model, num_params = _build_model(recipe, "student", dataset)
+  objective, teaching, teacher_test_logits, identity = _student_objective(
+      recipe, teacher_dir, dataset, model, console)
   how = "hard labels" if teaching is None else f"teaching={teaching.name}"
-  console.info(f"student: {model_name}, {num_params:,} parameters, loss={settings.loss}, {how}")
+  console.info(f"student: {model_name}, {num_params:,} parameters, loss={settings.loss}, "
+               f"method={objective.name}, {how}")
   rundir.prepare_workdir(workdir, restart=restart, overwrite=overwrite)
   write_json(workdir / RECIPE_FILE, {**recipe, "teacher_dir": str(teacher_dir.resolve())})
   # Online and views teaching are augmented by construction; targets and hard
   # labels only when the recipe asks.
   augmented = settings.augment or (teaching is not None and teaching.always_augments)
-  objective = make_objective(settings.loss, temperature=settings.temperature,
-                             alpha=settings.alpha, soft_loss=settings.soft_loss,
-                             label_smoothing=settings.label_smoothing)
   _, test, summary = _fit_and_evaluate(
       "student", recipe, dataset, model_name, model, num_params, workdir, start,
       teaching=teaching, objective=objective,
@@ -308,6 +407,8 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
   teacher_summary = read_json(teacher_summary_path) if teacher_summary_path.exists() else {}
   summary.update({
       "loss": settings.loss,
+      "method": "hard" if settings.loss == "hard" else settings.method,
+      "method_options": dict(settings.method_options) if settings.loss != "hard" else {},
       "teaching": "hard" if teaching is None else teaching.name,
       "soft_loss": settings.soft_loss,
       "temperature": settings.temperature,

@@ -5,8 +5,10 @@ import json
 import numpy as np
 import pytest
 from conftest import copy_runs, run_cli
+from scipy import stats as scipy_stats
 
-from distill.sweep import aggregate, format_table, plan_runs
+from distill import report, workflow
+from distill.sweep import aggregate, format_paired, format_table, plan_runs
 
 # 2 models x (hard, targets) x 2 seeds = 8 runs of 10 steps each.
 SWEEP = ["--model", "mlp", "--model", "linear", "--mode", "hard", "--mode", "targets",
@@ -35,14 +37,23 @@ def test_sweep_trains_every_run_and_writes_the_table(swept):
     assert summary["steps"] == 10, name
     assert summary["loss"] == ("hard" if "-hard-" in name else "soft")
     assert summary["seed"] == int(name[-1])
-  table = (out / "sweep.md").read_text()
-  assert table.startswith("| student | mode |")
-  rows = [line for line in table.splitlines() if line.startswith("| ")][1:]
-  assert [r.split(" | ")[0:2] for r in rows] == [
-      ["| teacher (vit)", "-"], ["| mlp", "hard"], ["| mlp", "targets"],
-      ["| linear", "hard"], ["| linear", "targets"]]
+  markdown = (out / "sweep.md").read_text()
+  title, header, table, _, paired_title, _, paired = markdown.strip().split("\n\n")
+  assert title == f"# Sweep against teacher `{root / 'teacher'}`, seeds 0, 1"
+  assert "after its last training step (never a best epoch or checkpoint)" in header
+  assert table.startswith("| student | mode | method |")
+  rows = table.splitlines()[2:]
+  assert [r.split(" | ")[0:3] for r in rows] == [
+      ["| teacher (vit)", "-", "-"], ["| mlp", "hard", "-"], ["| mlp", "targets", "kd"],
+      ["| linear", "hard", "-"], ["| linear", "targets", "kd"]]
   assert " ± " in rows[1] and "baseline" in rows[1]
   assert table.splitlines()[0] in result.stdout
+  assert paired_title == "## Paired differences"
+  assert [r.split(" | ")[0:6] for r in paired.splitlines()[2:]] == [
+      ["| mlp", "targets", "kd", "soft_ce", "hard", "2"],
+      ["| linear", "targets", "kd", "soft_ce", "hard", "2"]]
+  assert all(" pts over hard (2 seeds" in r for r in paired.splitlines()[2:])
+  assert paired.splitlines()[0] in result.stdout
 
 
 def test_means_and_stds_are_numpys_over_the_runs(swept):
@@ -62,6 +73,31 @@ def test_means_and_stds_are_numpys_over_the_runs(swept):
     assert row["agreement_mean"] == pytest.approx(
         np.mean([s["agreement_with_teacher"] for s in summaries]), abs=1e-12)
     assert row["soft_loss"] == (None if row["mode"] == "hard" else "soft_ce")
+    assert row["method"] == (None if row["mode"] == "hard" else "kd")
+  assert [run["method"] for run in saved["runs"]] == [None, None, "kd", "kd"] * 2
+
+
+def test_paired_rows_are_the_per_seed_differences_with_the_hard_run(swept):
+  root, _ = swept
+  out = root / "sweep"
+  saved = json.loads((out / "sweep.json").read_text())
+  for row in saved["rows"]:
+    if row["mode"] != "targets":
+      assert row["paired"] == []
+      continue
+    [paired] = row["paired"]
+    variant, hard = (np.array([s["test_accuracy"] for s in _summaries(
+        out, [f"{row['model']}-{mode}-s{seed}" for seed in (0, 1)])])
+        for mode in ("targets", "hard"))
+    diffs = variant - hard
+    assert paired["baseline"] == "hard" and paired["n"] == 2 and paired["seeds"] == [0, 1]
+    assert paired["mean_diff"] == pytest.approx(diffs.mean(), abs=1e-12)
+    assert paired["std_diff"] == pytest.approx(np.std(diffs, ddof=1), abs=1e-12)
+    if abs(diffs[0] - diffs[1]) > 1e-12:
+      assert paired["t_p"] == pytest.approx(scipy_stats.ttest_rel(variant, hard).pvalue)
+    else:
+      assert paired["t_p"] is None
+    assert paired["verdict"].startswith(f"{100 * diffs.mean():+.2f} ± ")
 
 
 def test_rerun_keeps_finished_runs(swept):
@@ -95,6 +131,10 @@ def test_a_run_made_with_another_recipe_needs_overwrite(swept, tmp_path):
     (["--model", "resnet"], "unknown model 'resnet'; valid: cnn, linear, mlp, vit"),
     (["--soft-loss", "mse"], "unknown soft loss 'mse'; valid: soft_ce, kl"),
     (["--set", "student.model=mlp"], "use --model instead"),
+    (["--method", "fitnet"], "unknown method 'fitnet'; valid: kd, dkd, dist, token, hint"),
+    (["--set", "student.method=dkd"], "use --method instead"),
+    (["--method", "hint", "--mode", "targets", "--model", "mlp"],
+     "mlp-targets-hint-s0: student.method=hint needs teaching=online"),
     (["--set", "student.lr=1"], "unknown recipe key 'student.lr'"),
 ])
 def test_bad_axis_values_are_one_line_errors(swept, tmp_path, args, message):
@@ -116,8 +156,24 @@ def test_plan_names_the_soft_loss_only_when_several_are_swept():
                  "cnn-online-soft_ce-s3", "cnn-online-kl-s3"]
 
 
-def _fake(model, mode, accuracies, soft_loss="soft_ce", params=100):
+def test_methods_multiply_every_mode_but_hard():
+  runs = plan_runs(["cnn"], ["hard", "targets", "online"], ["kl"], [0, 1], ["kd", "dkd", "dist"])
+  assert [run["name"] for run in runs] == [
+      "cnn-hard-s0", "cnn-hard-s1",
+      "cnn-targets-s0", "cnn-targets-s1", "cnn-targets-dkd-s0", "cnn-targets-dkd-s1",
+      "cnn-targets-dist-s0", "cnn-targets-dist-s1",
+      "cnn-online-s0", "cnn-online-s1", "cnn-online-dkd-s0", "cnn-online-dkd-s1",
+      "cnn-online-dist-s0", "cnn-online-dist-s1"]
+  assert [run["method"] for run in runs[:4]] == [None, None, "kd", "kd"]
+  # Without kd the hard runs are still there, once; method and soft loss both named.
+  names = [run["name"] for run in plan_runs(["mlp"], ["hard", "targets"], ["kl", "soft_ce"], [0],
+                                            ["dkd"])]
+  assert names == ["mlp-hard-s0", "mlp-targets-dkd-kl-s0", "mlp-targets-dkd-soft_ce-s0"]
+
+
+def _fake(model, mode, accuracies, soft_loss="soft_ce", params=100, method="kd"):
   return [{"model": model, "mode": mode, "soft_loss": None if mode == "hard" else soft_loss,
+           "method": None if mode == "hard" else method,
            "seed": seed, "summary": {"params": params, "test_accuracy": acc,
                                      "agreement_with_teacher": 0.5, "train_seconds": 2.0}}
           for seed, acc in enumerate(accuracies)]
@@ -141,5 +197,93 @@ def test_gap_closed_arithmetic():
   assert rows[("mlp", "targets", "soft_ce")]["gap_closed"] is None
   assert rows[("linear", "targets", "soft_ce")]["gap_closed"] is None
   table = format_table(list(rows.values()))
-  assert "| cnn | targets | soft_ce | 2 | 100 | 86.00 ± 1.41 | 50.00 | 56% | 2.0 |" in table
-  assert "| teacher (vit) | - | - | - | 1,000 | 90.00 | - | - | 60.0 |" in table
+  assert "| cnn | targets | kd | soft_ce | 2 | 100 | 86.00 ± 1.41 | 50.00 | 56% | 2.0 |" in table
+  assert "| teacher (vit) | - | - | - | - | 1,000 | 90.00 | - | - | 60.0 |" in table
+
+
+def test_paired_baselines_per_variant():
+  teacher = {"model": "vit", "params": 1000, "test_accuracy": 0.90}
+  runs = (_fake("cnn", "hard", [0.80, 0.81, 0.82]) + _fake("cnn", "targets", [0.83, 0.85, 0.84])
+          + _fake("cnn", "targets", [0.84, 0.86, 0.85], method="dkd")
+          + _fake("cnn", "online", [0.86, 0.85, 0.84], method="hint")  # no kd run online
+          + _fake("mlp", "targets", [0.7, 0.7], method="dist"))  # no baseline at all
+  rows = {(r["model"], r["mode"], r["method"]): r for r in aggregate(runs, teacher)}
+  assert rows[("cnn", "hard", None)]["paired"] == []
+  assert [p["baseline"] for p in rows[("cnn", "targets", "kd")]["paired"]] == ["hard"]
+  hard, kd = rows[("cnn", "targets", "dkd")]["paired"]
+  assert (hard["baseline"], kd["baseline"]) == ("hard", "kd")
+  assert hard["mean_diff"] == pytest.approx(0.04) and kd["mean_diff"] == pytest.approx(0.01)
+  assert kd["t_p"] is None and kd["sign_p"] == pytest.approx(0.25)  # +1 point on every seed
+  assert hard["t_p"] == pytest.approx(scipy_stats.ttest_rel([0.84, 0.86, 0.85],
+                                                            [0.80, 0.81, 0.82]).pvalue)
+  assert hard["verdict"] == (f"+4.00 ± 1.00 pts over hard (3 seeds, t-test p = "
+                             f"{hard['t_p']:.3g}): a gain beyond seed noise")
+  assert [p["baseline"] for p in rows[("cnn", "online", "hint")]["paired"]] == ["hard",
+                                                                                 "kd targets"]
+  assert rows[("mlp", "targets", "dist")]["paired"] == []
+  lines = format_paired(list(rows.values())).splitlines()
+  assert lines[0] == ("| student | mode | method | soft loss | vs | seeds | diff pts | t-test p "
+                      "| sign p | verdict |")
+  assert lines[4] == ("| cnn | targets | dkd | soft_ce | kd | 3 | +1.00 ± 0.00 | - | 0.25 | "
+                      "+1.00 ± 0.00 pts over kd (3 seeds, the same difference on every seed, "
+                      "sign test p = 0.25): too few seeds to tell |")
+  assert len(lines) == 2 + 5
+  assert format_paired(aggregate(_fake("cnn", "targets", [0.8]), teacher)) == ""
+
+
+# Test accuracy of a fake run: hard labels 80% + 1 point per seed; kd 2 points more, dkd 3.
+_FAKE_ACCURACY = {("hard", "kd"): 0.80, ("soft", "kd"): 0.82, ("soft", "dkd"): 0.83}
+
+
+@pytest.fixture
+def fake_trainer(monkeypatch):
+  """workflow.train_student replaced by one that writes a summary at once; records the recipes."""
+  recipes = {}
+
+  def train_student(recipe, teacher_dir, workdir, **_):
+    student = recipe["student"]
+    recipes[workdir.name] = recipe
+    summary = {"params": 10, "seed": recipe["seed"], "steps": student["steps"],
+               "test_accuracy": _FAKE_ACCURACY[student["loss"], student["method"]]
+               + 0.01 * recipe["seed"] + (0.001 if recipe["seed"] == 1 else 0.0),
+               "agreement_with_teacher": 0.9, "train_seconds": 1.0, "wall_seconds": 1.0,
+               "recipe_hash": workflow.config_lib.recipe_hash(recipe, "student")}
+    workdir.mkdir(parents=True)
+    (workdir / "summary.json").write_text(json.dumps(summary))
+    return summary
+
+  monkeypatch.setattr(workflow, "train_student", train_student)
+  return recipes
+
+
+def test_method_axis_end_to_end_with_a_fake_trainer(swept, tmp_path, fake_trainer):
+  root, _ = swept
+  result = run_cli("sweep", "--teacher", root / "teacher", "--out", tmp_path, "--model", "mlp",
+                   "--mode", "hard", "--mode", "targets", "--method", "kd", "--method", "dkd",
+                   "--seed", "0", "--seed", "1", "--seed", "2", "-q")
+  assert result.exit_code == 0, result.output
+  names = [f"mlp-{variant}-s{seed}" for variant in ("hard", "targets", "targets-dkd")
+           for seed in (0, 1, 2)]
+  assert list(fake_trainer) == names
+  assert [fake_trainer[name]["student"]["method"] for name in names] == ["kd"] * 6 + ["dkd"] * 3
+  assert [fake_trainer[name]["student"]["loss"] for name in names] == ["hard"] * 3 + ["soft"] * 6
+  saved = json.loads((tmp_path / "sweep.json").read_text())
+  assert saved["settings"]["methods"] == ["kd", "dkd"]
+  assert [run["method"] for run in saved["runs"]] == [None] * 3 + ["kd"] * 3 + ["dkd"] * 3
+  rows = {(row["mode"], row["method"]): row for row in saved["rows"][1:]}
+  assert set(rows) == {("hard", None), ("targets", "kd"), ("targets", "dkd")}
+  hard, kd = rows[("targets", "dkd")]["paired"]
+  assert hard["baseline"] == "hard" and hard["mean_diff"] == pytest.approx(0.03)
+  assert kd["baseline"] == "kd" and kd["n"] == 3 and kd["mean_diff"] == pytest.approx(0.01)
+  assert set(hard) == {"baseline", "n", "seeds", "left_out", "mean_diff", "std_diff", "t_p",
+                       "sign_p", "verdict"}
+  markdown = (tmp_path / "sweep.md").read_text()
+  assert "| mlp | targets | dkd | soft_ce | kd | 3 | +1.00 ± 0.00 | - | 0.25 |" in markdown
+  assert "| mlp | targets | dkd | soft_ce | hard | 3 | +3.00 ± 0.00 |" in markdown
+
+  # A report given the sweep folder covers its runs and shows its paired table.
+  run_dirs, sweeps = report._expand_sweeps([tmp_path, root / "teacher"])
+  assert run_dirs == [root / "teacher", *(tmp_path / name for name in names)]
+  section = report._sweep_section(*sweeps[0])
+  assert "<h3>Paired differences</h3>" in section
+  assert "<td>+3.00 ± 0.00 pts over hard (3 seeds, the same difference" in section

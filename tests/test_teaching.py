@@ -93,8 +93,8 @@ def test_online_teacher_labels_the_students_exact_augmented_batch(teachers):
   recipe = workflow.read_run_recipe(teachers / "t0")
   dataset = workflow.load_data(recipe)
   result, _ = workflow.restore_trained(teachers / "t0", recipe, "teacher", dataset)
-  online = teaching.OnlineTeacher(teacher=(result.graphdef, result.rest, result.params),
-                                  temperature=2.0)
+  online = teaching.OnlineTeacher(apply=teaching.nnx_apply(result.graphdef, result.rest),
+                                  params=result.params, temperature=2.0)
   _, _, setup = _tiny_setup(online, temperature=2.0)
   indices = jnp.asarray(setup.feeder.order.indices(7, 1)[0])
   images, batch = step._batch(setup.spec, setup.feeder.data, setup.stats, setup.teacher_state,

@@ -87,6 +87,11 @@ class Dataset:
   y_test: np.ndarray
   class_names: tuple[str, ...]
   fingerprint: str
+  # Where each training / validation row sits in the source's own training set
+  # (logits computed elsewhere arrive in that order). None: the rows are it, in order.
+  train_source_indices: np.ndarray | None = None
+  val_source_indices: np.ndarray | None = None
+  source_train_size: int | None = None
   _split_fingerprints: dict[str, str] = dataclasses.field(
       default_factory=dict, init=False, repr=False)
 
@@ -227,7 +232,10 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
       x_test=read_only(x_test),
       y_test=read_only(y_test),
       class_names=class_names,
-      fingerprint=fingerprint)
+      fingerprint=fingerprint,
+      train_source_indices=read_only(train_indices),
+      val_source_indices=read_only(val_indices),
+      source_train_size=len(x_train))
 
 
 # --- Loaders -----------------------------------------------------------------

@@ -46,14 +46,21 @@ class ConvStages(nnx.Module):
     return height // 2 ** pools, width // 2 ** pools
 
   def __call__(self, images_BxHxWxC: jax.Array) -> jax.Array:
+    return self.stage_outputs(images_BxHxWxC)[-1]
+
+  def stage_outputs(self, images_BxHxWxC: jax.Array) -> list[jax.Array]:
+    """Each stage's output [B, H', W', C'] (after its pooling), first to last."""
     x = images_BxHxWxC
+    outputs = []
     for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
       x = nnx.relu(norm(conv(x)))
       last_of_stage = (i + 1) % self.blocks_per_stage == 0
       last_block = i + 1 == len(self.convs)
       if last_of_stage and (not last_block or self.pool_last):
         x = nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2))
-    return x
+      if last_of_stage:
+        outputs.append(x)
+    return outputs
 
 
 @register("cnn")
@@ -87,7 +94,12 @@ class CNN(ConvStages):
                                 rngs=rngs)
 
   def __call__(self, images_BxHxWxC: jax.Array) -> jax.Array:
-    x = super().__call__(images_BxHxWxC)
+    return self.forward_features(images_BxHxWxC)[0]
+
+  def forward_features(self, images_BxHxWxC: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
+    """(logits [B, classes], each stage's feature map): what a hint can match."""
+    stages = self.stage_outputs(images_BxHxWxC)
+    x = stages[-1]
     if self.pool == "flatten":
-      return self.head(flatten(x))
-    return self.head(jnp.mean(x, axis=(1, 2)))
+      return self.head(flatten(x)), stages
+    return self.head(jnp.mean(x, axis=(1, 2))), stages

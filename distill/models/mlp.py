@@ -21,10 +21,16 @@ class MLP(nnx.Module):
     self.head = classifier_head(sizes[-1], num_classes, head_init_scale=head_init_scale, rngs=rngs)
 
   def __call__(self, images_BxHxWxC: jax.Array) -> jax.Array:
+    return self.forward_features(images_BxHxWxC)[0]
+
+  def forward_features(self, images_BxHxWxC: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
+    """(logits [B, classes], each hidden layer's output [B, width]): what a hint can match."""
     x = flatten(images_BxHxWxC)
+    hidden = []
     for layer in self.layers:
       x = nnx.gelu(layer(x))
-    return self.head(x)
+      hidden.append(x)
+    return self.head(x), hidden
 
 
 @register("linear")

@@ -1,0 +1,229 @@
+"""An imported teacher's run directory: a teacher trained elsewhere, made a normal teacher run.
+
+`import_teacher` reads SOURCE (see `distill.importers`), labels the recipe's
+data set with it and writes what a trained teacher writes, so
+`distill student --teacher DIR`, `compare` and `report` work unchanged:
+
+  summary.json     role teacher, its source, test and validation accuracy, parameters
+  predictions.npz  test and validation logits, in the test set's order like every run
+  targets.npz      its logits for every training image, with the data fingerprints
+  targets.json
+  recipe.json      the data settings students start from
+  imported.json    what it was imported from (kind, resolved source), instead of checkpoints/
+
+A teacher that runs in JAX (a ViT, a Keras model, a JAX callable) can also
+teach online: `online_teacher` reopens the source and wraps its forward pass.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distill import rundir
+from distill.console import Console
+from distill.errors import UserError
+from distill.io import read_json, write_json, write_npz
+
+
+def is_imported(run_dir: Path) -> bool:
+  """Whether `run_dir` holds an imported teacher (not one distill trained)."""
+  return (Path(run_dir) / rundir.IMPORTED_FILE).exists()
+
+
+def _resolved_source(source: str) -> str:
+  """A file or folder as an absolute path (the run works from any directory later)."""
+  path = Path(source).expanduser()
+  return str(path.resolve()) if path.exists() else source
+
+
+def _pixels(images_uint8, mean, std):
+  """The inverse of the training loop's normalisation: standardised images -> 0..255 floats."""
+  return (images_uint8 * std + mean) * 255.0
+
+
+def teacher_logits(teacher, images: np.ndarray, batch_size: int,
+                   progress: str | None = None) -> np.ndarray:
+  """A runnable foreign teacher's float32 logits [N, C] of uint8 images [N, H, W, C]."""
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  from distill.inference import predict_in_batches  # noqa: PLC0415
+
+  if teacher.can_teach_online:
+    apply = jax.jit(lambda params, chunk: teacher.apply(params, chunk.astype(jnp.float32))
+                    .astype(jnp.float32))
+  else:  # Plain Python on the host, batch by batch.
+    def apply(params, chunk):
+      return np.asarray(teacher.apply(params, np.asarray(chunk, np.float32)), np.float32)
+  return predict_in_batches(apply, teacher.params, images, batch_size, progress=progress)
+
+
+def _split_logits(teacher, dataset) -> dict[str, np.ndarray]:
+  """A logits teacher's rows for distill's train / validation / test splits."""
+  from distill.importers.logits import check_logits_fit  # noqa: PLC0415
+
+  logits = teacher.logits
+  train, test = np.asarray(logits["train"], np.float32), np.asarray(logits["test"], np.float32)
+  if "val" in logits and len(train) == len(dataset.x_train):
+    # Already in distill's split: training rows, then validation rows.
+    check_logits_fit(teacher, num_train=len(dataset.x_train), num_test=len(dataset.x_test),
+                     num_classes=dataset.num_classes, num_val=len(dataset.x_val))
+    return {"train": train, "val": np.asarray(logits["val"], np.float32), "test": test}
+  full = dataset.source_train_size or len(dataset.x_train)
+  check_logits_fit(teacher, num_train=full, num_test=len(dataset.x_test),
+                   num_classes=dataset.num_classes)
+  rows = dataset.train_source_indices
+  if rows is None:
+    return {"train": train, "val": train[:0], "test": test}
+  return {"train": train[rows], "val": train[dataset.val_source_indices], "test": test}
+
+
+def _all_logits(teacher, dataset, batch_size: int, console: Console) -> dict[str, np.ndarray]:
+  if teacher.logits is not None:
+    return _split_logits(teacher, dataset)
+  bar = None if console.quiet else "label the training set"
+  return {"train": teacher_logits(teacher, dataset.x_train, batch_size, progress=bar),
+          "val": teacher_logits(teacher, dataset.x_val, batch_size),
+          "test": teacher_logits(teacher, dataset.x_test, batch_size)}
+
+
+def _identity(workdir: Path, teacher, train_logits: np.ndarray) -> dict[str, Any]:
+  """Which teacher made the targets: a hash of its parameters, or of its logits when it has none."""
+  from distill.inference import params_sha256  # noqa: PLC0415
+  from distill.io import array_sha256  # noqa: PLC0415
+
+  digest = (params_sha256(teacher.params) if teacher.params is not None
+            else array_sha256(train_logits))
+  return {"dir": str(Path(workdir).resolve()), "model": teacher.kind, "checkpoint_step": None,
+          "params_sha256": digest}
+
+
+def import_teacher(source: str, recipe: dict[str, Any], workdir: Path, *,
+                   overwrite: bool = False, quiet: bool = False) -> dict[str, Any]:
+  """Imports a teacher trained elsewhere as a teacher run in `workdir` (see the module docstring).
+
+  Args:
+    source: a timm / transformers ViT folder, a .keras file, a .npz of
+      logits, or package.module:function (see `distill.importers`).
+    recipe: a resolved recipe; its data settings choose the data set.
+    workdir: the run directory to create.
+    overwrite: replace a finished run in `workdir`.
+    quiet: no progress bars or notes.
+
+  Returns:
+    The run's summary (also written to `workdir/summary.json`).
+  """
+  from distill import losses  # noqa: PLC0415
+  from distill.export import write_teacher_targets  # noqa: PLC0415
+  from distill.importers import open_teacher  # noqa: PLC0415
+  from distill.workflow import load_data  # noqa: PLC0415
+
+  console = Console(quiet)
+  workdir = Path(workdir)
+  start = time.perf_counter()
+  rundir.check_workdir(workdir)
+  dataset = load_data(recipe)
+  if getattr(dataset, "streaming", False):
+    raise UserError("import-teacher labels a data set held in memory; a streamed data set "
+                    "is not supported yet")
+  console.info(dataset.describe())
+  teacher = open_teacher(source, image_shape=dataset.image_shape)
+  if teacher.num_classes != dataset.num_classes:
+    raise UserError(f"{source} predicts {teacher.num_classes} classes; {dataset.name} has "
+                    f"{dataset.num_classes}. Import a teacher trained on these classes, or "
+                    "fine-tune it with `distill teacher --init-from SOURCE`")
+  console.info(f"teacher: {teacher.kind} from {source}"
+               + (f", {teacher.num_params:,} parameters" if teacher.num_params else ""))
+  logits = _all_logits(teacher, dataset, recipe["export"]["batch_size"], console)
+  rundir.prepare_workdir(workdir, restart=False, overwrite=overwrite)
+  write_json(workdir / rundir.RECIPE_FILE, recipe)
+  write_json(workdir / rundir.IMPORTED_FILE, {
+      "kind": teacher.kind, "source": _resolved_source(source),
+      "can_teach_online": teacher.can_teach_online, "details": teacher.details})
+  write_npz(workdir / rundir.PREDICTIONS_FILE,
+            {"test_logits": logits["test"], "val_logits": logits["val"]})
+  write_teacher_targets(workdir, recipe, dataset, train_logits=logits["train"],
+                        test_logits=logits["test"],
+                        identity=_identity(workdir, teacher, logits["train"]),
+                        seconds=time.perf_counter() - start)
+  summary = _summary(teacher, source, dataset, recipe, logits, time.perf_counter() - start)
+  if teacher.class_names and list(teacher.class_names) != list(dataset.class_names):
+    console.warn(f"the teacher's class names ({', '.join(map(str, teacher.class_names[:4]))}, "
+                 f"...) differ from {dataset.name}'s; its class i is taken as the data set's "
+                 "class i")
+  write_json(workdir / rundir.SUMMARY_FILE, summary)
+  accuracy = float(losses.accuracy(logits["test"], dataset.y_test))
+  console.info(f"imported teacher test accuracy {accuracy:.4f} "
+               f"(val {summary['val_accuracy']:.4f}) in {summary['wall_seconds']:.0f}s "
+               f"-> {workdir}")
+  return summary
+
+
+def _summary(teacher, source: str, dataset, recipe: dict[str, Any],
+             logits: dict[str, np.ndarray], wall_seconds: float) -> dict[str, Any]:
+  from distill import losses  # noqa: PLC0415
+  from distill.config import recipe_hash  # noqa: PLC0415
+
+  def metrics(split, labels):
+    if len(labels) == 0:
+      return float("nan"), float("nan")
+    return (float(losses.accuracy(logits[split], labels)),
+            float(losses.negative_log_likelihood(logits[split], labels)))
+
+  val_accuracy, val_nll = metrics("val", dataset.y_val)
+  test_accuracy, test_nll = metrics("test", dataset.y_test)
+  return {
+      "role": "teacher",
+      "model": teacher.kind,
+      "imported_from": _resolved_source(source),
+      "source_details": teacher.details,
+      "dataset": dataset.name,
+      "dataset_fingerprint": dataset.fingerprint,
+      "params": teacher.num_params,
+      "steps": 0,
+      "seed": recipe["seed"],
+      "val_accuracy": val_accuracy,
+      "val_nll": val_nll,
+      "test_accuracy": test_accuracy,
+      "test_nll": test_nll,
+      "test_ece": float(losses.expected_calibration_error(logits["test"], dataset.y_test)),
+      "train_seconds": 0.0,
+      "wall_seconds": round(wall_seconds, 3),
+      "recipe_hash": recipe_hash(recipe, "teacher"),
+      "host": platform.node(),
+  }
+
+
+def online_teacher(run_dir: Path, dataset, *, temperature: float, mixup: float, form: str,
+                   feature_layer: int | None):
+  """An imported teacher's `OnlineTeacher`: its forward pass on the student's batches.
+
+  The student's images arrive standardised by the data set's pixel
+  statistics; they are turned back into 0..255 pixels for the teacher, whose
+  own preprocessing runs inside its forward pass.
+  """
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  from distill.feeders import pixel_stats  # noqa: PLC0415
+  from distill.importers import open_teacher  # noqa: PLC0415
+  from distill.teaching import OnlineTeacher  # noqa: PLC0415
+
+  record = read_json(Path(run_dir) / rundir.IMPORTED_FILE, "imported teacher record")
+  if not record.get("can_teach_online"):
+    raise UserError(f"{run_dir} is an imported {record['kind']} teacher, which teaches by "
+                    "targets only (it does not run inside the student's step); use "
+                    "--teaching targets")
+  if feature_layer is not None:
+    raise UserError(f"{run_dir} is an imported {record['kind']} teacher; hints read a teacher's "
+                    "inner layer, which only teachers trained by distill expose. Use another "
+                    "--method")
+  teacher = open_teacher(record["source"], image_shape=dataset.image_shape)
+  mean, std = (jnp.asarray(s, jnp.float32) for s in pixel_stats(dataset.x_train))
+  return OnlineTeacher(apply=lambda params, images: teacher.apply(params,
+                                                                  _pixels(images, mean, std)),
+                       params=teacher.params, temperature=temperature, mixup=mixup, form=form)

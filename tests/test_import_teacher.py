@@ -1,0 +1,161 @@
+"""Teachers trained elsewhere become teacher runs that students learn from (tiny digits)."""
+
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import TINY, TINY_FLAGS, run_cli
+
+from distill import config, losses, workflow
+from distill.feeders import pixel_stats
+from distill.imported import online_teacher
+from distill.importers import open_teacher
+from distill.inference import normalize
+from distill.targets import load_targets
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def digits():
+  return workflow.load_data(config.load_recipe("digits", TINY))
+
+
+def _import(source, workdir, *args):
+  result = run_cli("import-teacher", source, "-r", "digits", "-w", workdir, "-q", *args)
+  return result
+
+
+def _student(teacher_dir, workdir, *args):
+  result = run_cli("student", "--teacher", teacher_dir, "-w", workdir, "-q",
+                   "--strict-init-check", *TINY_FLAGS, *args)
+  assert result.exit_code == 0, result.output
+  return json.loads((workdir / "summary.json").read_text())
+
+
+def _logits_file(path, digits, *, train_rows=None, classes=10, seed=0):
+  rng = np.random.default_rng(seed)
+  train_rows = digits.source_train_size if train_rows is None else train_rows
+  np.savez(path, train_logits=rng.normal(size=(train_rows, classes)).astype(np.float32),
+           test_logits=rng.normal(size=(len(digits.x_test), classes)).astype(np.float32))
+  return path
+
+
+def test_imported_vit_is_a_teacher_run_that_teaches_by_targets_and_online(tmp_path, digits):
+  result = _import(FIXTURES / "vit_timm", tmp_path / "teacher")
+  assert result.exit_code == 0, result.output
+  summary = json.loads((tmp_path / "teacher" / "summary.json").read_text())
+  assert summary["role"] == "teacher" and summary["model"] == "timm-vit"
+  assert summary["imported_from"] == str((FIXTURES / "vit_timm").resolve())
+  predictions = np.load(tmp_path / "teacher" / "predictions.npz")
+  assert predictions["test_logits"].shape == (len(digits.x_test), 10)
+  assert summary["test_accuracy"] == pytest.approx(
+      float(losses.accuracy(predictions["test_logits"], digits.y_test)))
+  arrays, meta = load_targets(tmp_path / "teacher")
+  assert arrays["train_logits"].shape == (len(digits.x_train), 10)
+  assert meta["dataset_fingerprint"] == digits.fingerprint
+  by_targets = _student(tmp_path / "teacher", tmp_path / "s1", "-m", "mlp")
+  online = _student(tmp_path / "teacher", tmp_path / "s2", "-m", "mlp", "--teaching", "online")
+  assert by_targets["teacher_test_accuracy"] == summary["test_accuracy"]
+  assert online["teaching"] == "online"
+  # compare reads an imported teacher like any other run.
+  result = run_cli("compare", tmp_path / "teacher", tmp_path / "s1")
+  assert result.exit_code == 0 and "timm-vit" in result.output
+
+
+def test_online_teacher_sees_pixels_as_the_import_did(tmp_path, digits):
+  """The student's standardised images are mapped back to pixels for the imported teacher."""
+  assert _import(FIXTURES / "vit_hf", tmp_path / "teacher").exit_code == 0
+  strategy = online_teacher(tmp_path / "teacher", digits, temperature=1.0, mixup=0.0,
+                            form="logits", feature_layer=None)
+  stats = [jnp.asarray(s) for s in pixel_stats(digits.x_train)]
+  images = normalize(jnp.asarray(digits.x_test[:6]), *stats)
+  direct = open_teacher(FIXTURES / "vit_hf")
+  want = direct.apply(direct.params, jnp.asarray(digits.x_test[:6], jnp.float32))
+  np.testing.assert_allclose(strategy.apply(strategy.params, images), want, atol=1e-4)
+  stored = np.load(tmp_path / "teacher" / "predictions.npz")["test_logits"][:6]
+  np.testing.assert_allclose(stored, want, atol=1e-4)
+
+
+def test_keras_teacher_imports_with_matching_logits_and_teaches_online(tmp_path, digits):
+  os.environ.setdefault("KERAS_BACKEND", "jax")
+  import keras  # noqa: PLC0415 (after choosing its backend)
+
+  keras.utils.set_random_seed(0)
+  inputs = keras.Input(digits.image_shape)
+  x = keras.layers.Rescaling(1 / 255)(inputs)
+  x = keras.layers.Flatten()(x)
+  x = keras.layers.Dense(16, activation="relu")(x)
+  model = keras.Model(inputs, keras.layers.Dense(10)(x))
+  model.save(tmp_path / "teacher.keras")
+  assert _import(tmp_path / "teacher.keras", tmp_path / "teacher").exit_code == 0
+  stored = np.load(tmp_path / "teacher" / "predictions.npz")["test_logits"]
+  np.testing.assert_allclose(stored, np.asarray(model(digits.x_test.astype(np.float32))),
+                             atol=1e-4)
+  summary = _student(tmp_path / "teacher", tmp_path / "s", "-m", "mlp", "--teaching", "online")
+  assert summary["teaching"] == "online"
+
+
+def test_logits_from_numpy_teach_a_student_end_to_end(tmp_path, digits):
+  source = _logits_file(tmp_path / "logits.npz", digits)
+  assert _import(source, tmp_path / "teacher").exit_code == 0
+  arrays, _ = load_targets(tmp_path / "teacher")
+  # Rows follow distill's split of the data set's own training order.
+  full = np.load(source)["train_logits"]
+  np.testing.assert_array_equal(arrays["train_logits"], full[digits.train_source_indices])
+  summary = _student(tmp_path / "teacher", tmp_path / "s", "-m", "mlp")
+  assert summary["teaching"] == "targets"
+  result = run_cli("student", "--teacher", tmp_path / "teacher", "-w", tmp_path / "s2", "-m",
+                   "mlp", "--teaching", "online", "-q", *TINY_FLAGS)
+  assert result.exit_code == 2
+  assert "teaches by targets only" in result.stderr
+
+
+def test_a_python_callable_teaches(tmp_path, digits, monkeypatch):
+  module = tmp_path / "my_teacher.py"
+  module.write_text(textwrap.dedent("""
+      import jax.numpy as jnp
+
+      def logits(images):
+          x = images.astype(jnp.float32).reshape(images.shape[0], -1) / 255.0
+          return jnp.stack([x[:, i::10].mean(axis=1) for i in range(10)], axis=1)
+  """))
+  monkeypatch.syspath_prepend(str(tmp_path))
+  assert _import("my_teacher:logits", tmp_path / "teacher").exit_code == 0
+  summary = _student(tmp_path / "teacher", tmp_path / "s", "-m", "mlp", "--teaching", "online")
+  assert summary["teaching"] == "online"
+  sys.modules.pop("my_teacher", None)
+
+
+def test_init_from_fine_tunes_an_imported_vit(tmp_path, digits):
+  result = run_cli("teacher", "-r", "digits", "-w", tmp_path / "teacher", "-q",
+                   "--init-from", FIXTURES / "vit_timm", "--strict-init-check", *TINY_FLAGS)
+  assert result.exit_code == 0, result.output
+  summary = json.loads((tmp_path / "teacher" / "summary.json").read_text())
+  recipe = json.loads((tmp_path / "teacher" / "recipe.json").read_text())
+  assert recipe["teacher"]["init_from"] == str((FIXTURES / "vit_timm").resolve())
+  assert summary["init_loss_expected"] is None  # its head starts trained, not uniform
+  # The fine-tuned teacher restores, exports and teaches like any other.
+  student = _student(tmp_path / "teacher", tmp_path / "s", "-m", "mlp", "--teaching", "online")
+  assert student["teacher_test_accuracy"] == summary["test_accuracy"]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda tmp, d: _logits_file(tmp / "l.npz", d, classes=5), "predicts 5 classes"),
+    (lambda tmp, d: _logits_file(tmp / "l.npz", d, train_rows=100), "train_logits has 100 rows"),
+    (lambda tmp, d: (tmp / "empty").mkdir() or tmp / "empty", "config.json"),
+    (lambda tmp, d: "no_such_module_here:fn", "no_such_module_here"),
+    (lambda tmp, d: tmp / "missing.keras", "does not exist"),
+])
+def test_bad_sources_are_one_line_errors_that_write_nothing(tmp_path, digits, make, message):
+  source = make(tmp_path, digits)
+  result = _import(source, tmp_path / "teacher")
+  assert result.exit_code == 2, result.output
+  assert message in result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1
+  assert not (tmp_path / "teacher" / "summary.json").exists()

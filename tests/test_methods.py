@@ -1,0 +1,137 @@
+"""Distillation methods end to end: DKD, DIST, the distillation token and feature hints.
+
+Every run passes `--strict-init-check`, so each method's step-0 expectation
+(derived for a uniform student, see `distill.teaching`) is checked against
+the real first batch, not only in the loss unit tests.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import TINY_FLAGS, run_cli
+from flax import nnx
+
+from distill import config, losses, teaching, workflow
+from distill.errors import UserError
+from distill.inference import normalize
+
+
+def _student(teacher_dir, workdir, *args):
+  result = run_cli("student", "--teacher", teacher_dir, "-w", workdir, "-q",
+                   "--strict-init-check", *TINY_FLAGS, *args)
+  assert result.exit_code == 0, result.output
+  return json.loads((workdir / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("args, method", [
+    (("-m", "mlp", "--method", "dkd", "-T", "4"), "dkd"),
+    (("-m", "mlp", "--method", "dkd", "--teaching", "online"), "dkd"),
+    (("-m", "cnn", "--method", "dist", "-T", "2"), "dist"),
+    (("-m", "vit", "--method", "token"), "token"),
+    (("-m", "vit", "--method", "token", "--set", "student.token.variant=soft", "-T", "2"),
+     "token"),
+    (("-m", "mlp", "--method", "hint", "--teaching", "online"), "hint"),
+    (("-m", "vit", "--method", "hint", "--teaching", "online", "--set",
+      "student.hint.kind=cosine", "--set", "student.vit.width=16"), "hint"),
+])
+def test_every_method_trains_from_the_cli_and_passes_its_strict_step0_check(
+    tiny_digits_runs, tmp_path, args, method):
+  summary = _student(tiny_digits_runs / "teacher", tmp_path / "s", *args)
+  assert summary["method"] == method
+  assert np.isfinite(summary["final_train_loss"])
+  assert summary["init_loss"] == pytest.approx(summary["init_loss_expected"], abs=0.05)
+  assert 0.0 <= summary["test_accuracy"] <= 1.0
+
+
+def test_hint_student_restores_and_exports_from_its_checkpoint(tiny_digits_runs, tmp_path):
+  """The projection is checkpointed beside the student and read back with it."""
+  summary = _student(tiny_digits_runs / "teacher", tmp_path / "s", "-m", "mlp", "--method",
+                     "hint", "--teaching", "online")
+  recipe = workflow.read_run_recipe(tmp_path / "s")
+  dataset = workflow.load_data(recipe)
+  model, step = workflow.restore_trained(tmp_path / "s", recipe, "student", dataset)
+  assert step == summary["steps"]
+  assert model.params_sha256() == summary["params_sha256"]
+
+
+def test_token_student_predicts_the_mean_of_its_two_heads(tiny_digits_runs, tmp_path):
+  _student(tiny_digits_runs / "teacher", tmp_path / "s", "-m", "vit", "--method", "token")
+  recipe = workflow.read_run_recipe(tmp_path / "s")
+  dataset = workflow.load_data(recipe)
+  model, _ = workflow.restore_trained(tmp_path / "s", recipe, "student", dataset)
+  module = nnx.merge(model.graphdef, model.params, model.rest)
+  images = normalize(jnp.asarray(dataset.x_test[:8]), *map(jnp.asarray, model.stats))
+  class_logits, distill_logits = module.token_heads(images)
+  mean = (jax.nn.softmax(class_logits) + jax.nn.softmax(distill_logits)) / 2
+  np.testing.assert_allclose(jax.nn.softmax(module(images)), mean, atol=1e-5)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["student.method=token", "student.model=cnn"], "needs a ViT student"),
+    (["student.method=hint", "student.teaching=targets"], "needs teaching=online"),
+    (["student.method=hint", "student.teaching=online", "student.model=linear"],
+     "inner layer"),
+    (["student.method=nope"], "student.method must be one of kd, dkd, dist, token, hint"),
+    (["student.method=token", "student.model=vit", "student.token.variant=both"],
+     "student.token.variant"),
+    (["student.method=hint", "student.teaching=online", "student.hint.kind=l1"],
+     "student.hint.kind"),
+    (["student.method=dkd", "student.dkd.beta=-1"], "student.dkd.beta"),
+])
+def test_invalid_method_combinations_are_one_line_errors(overrides, message):
+  with pytest.raises(UserError, match=message):
+    config.load_recipe("digits", overrides)
+
+
+def test_cli_refuses_a_token_for_a_cnn_in_one_line(tiny_digits_runs, tmp_path):
+  result = run_cli("student", "--teacher", tiny_digits_runs / "teacher", "-w", tmp_path / "s",
+                   "-m", "cnn", "--method", "token", "-q", *TINY_FLAGS)
+  assert result.exit_code == 2
+  assert "needs a ViT student" in result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_plain_kd_keeps_the_recipe_hash_it_had_before_methods_existed():
+  recipe = config.load_recipe("digits")
+  with_dkd_settings = config.load_recipe("digits", ["student.dkd.beta=2"])
+  assert config.recipe_hash(recipe, "student") == config.recipe_hash(with_dkd_settings, "student")
+  dkd = config.load_recipe("digits", ["student.method=dkd"])
+  assert config.recipe_hash(dkd, "student") != config.recipe_hash(recipe, "student")
+
+
+@pytest.mark.parametrize("method, settings", [
+    ("dkd", {"temperature": 4.0, "dkd_alpha": 1.0, "dkd_beta": 8.0}),
+    ("dist", {"temperature": 2.0, "dist_beta": 2.0, "dist_gamma": 1.0}),
+])
+def test_objectives_are_the_label_loss_plus_the_library_loss(method, settings):
+  logits = jax.random.normal(jax.random.key(0), (8, 5))
+  teacher = 3 * jax.random.normal(jax.random.key(1), (8, 5))
+  labels = jnp.arange(8) % 5
+  objective = teaching.make_objective(method, **settings)
+  assert objective.teacher_form == "logits"
+  batch = {"teacher_logits": teacher, "labels": labels, "step": jnp.asarray(3)}
+  got = objective.loss(logits, batch)
+  if method == "dkd":
+    extra = losses.dkd_loss(logits, teacher, labels, alpha=1.0, beta=8.0, temperature=4.0)
+  else:
+    extra = losses.dist_loss(logits, teacher, beta=2.0, gamma=1.0, temperature=2.0)
+  np.testing.assert_allclose(got, losses.hard_cross_entropy(logits, labels) + extra, rtol=1e-5)
+  zeros = jnp.zeros_like(logits)
+  host = {k: np.asarray(v) for k, v in batch.items()}
+  assert float(objective.loss(zeros, batch)) == pytest.approx(
+      objective.expected_init_loss(5, host), rel=1e-5)
+
+
+def test_dkd_warmup_ramps_its_term_from_zero():
+  objective = teaching.make_objective("dkd", temperature=4.0, dkd_warmup_steps=10)
+  logits = jax.random.normal(jax.random.key(0), (8, 5))
+  teacher = jax.random.normal(jax.random.key(1), (8, 5))
+  labels = jnp.arange(8) % 5
+  at = {step: float(objective.loss(logits, {"teacher_logits": teacher, "labels": labels,
+                                            "step": jnp.asarray(step)})) for step in (0, 5, 20)}
+  ce = float(losses.hard_cross_entropy(logits, labels))
+  assert at[0] == pytest.approx(ce, rel=1e-6)
+  assert at[5] - ce == pytest.approx((at[20] - ce) / 2, rel=1e-5)
