@@ -66,7 +66,7 @@ test-lowest: data browser ## The test suite against the lowest versions pyprojec
 	$(PYTHON) -m venv $(LOWEST)
 	$(LOWEST)/bin/pip install --quiet --upgrade pip
 	$(LOWEST)/bin/python tests/lowest_pins.py > $(LOWEST)/constraints.txt
-	$(LOWEST)/bin/pip install --quiet -c $(LOWEST)/constraints.txt -e '.[test]'
+	$(LOWEST)/bin/pip install --quiet -c $(LOWEST)/constraints.txt -e '.[test,onnx]'
 	$(LOWEST)/bin/python -m pytest tests
 
 clean: ## Remove run outputs (not the virtualenv).

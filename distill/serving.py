@@ -33,12 +33,14 @@ import numpy as np
 
 from distill.errors import UserError, one_line
 from distill.io import read_json, write_bytes, write_json
+from distill import rundir
 from distill.rundir import CHECKPOINTS_DIR, SUMMARY_FILE
 
 EXPORT_FORMATS = ("stablehlo", "onnx")
 # ONNX must reproduce JAX's logits this closely (and every argmax) on test images.
 ONNX_TOLERANCE = 1e-4
-# onnxruntime 1.20, the oldest the onnx extra allows, runs opsets up to 21 (jax2onnx's default: 23).
+# Opset 21 (jax2onnx's default: 23) keeps the files readable by onnxruntime releases before 1.24
+# and by other runtimes that lag behind.
 ONNX_OPSET = 21
 # Test images compared between the exported model and JAX.
 CHECK_IMAGES = 256
@@ -130,13 +132,9 @@ def _check_out(out: Path, overwrite: bool) -> None:
       raise UserError(f"{path} already exists; pass --overwrite to replace it")
 
 
-def _finished_summary(run_dir: Path) -> dict[str, Any]:
+def _finished_summary(run_dir: Path, what: str = "RUN") -> dict[str, Any]:
   """A finished run's summary; refuses a folder that is not one, before anything is opened."""
-  if not run_dir.is_dir():
-    raise UserError(f"run directory not found: {run_dir}")
-  if not (run_dir / SUMMARY_FILE).exists():
-    raise UserError(f"{run_dir} is not a finished run (no {SUMMARY_FILE}); train it to the end "
-                    "first")
+  rundir.check_finished_run(run_dir, what, model=True)
   summary = read_json(run_dir / SUMMARY_FILE, "run summary")
   if not isinstance(summary, dict) or summary.get("role") not in ("teacher", "student"):
     raise UserError(f"{run_dir / SUMMARY_FILE} does not name the run's role (teacher or student)")
@@ -379,7 +377,8 @@ def predict(source: Path, image_paths: Sequence[Path], *, top_k: int = 3) -> dic
   elif source.is_file():
     classify, meta = _exported_classifier(source)
   else:
-    raise UserError(f"not found: {source} (give a run directory or an exported model file)")
+    raise UserError(f"{source} is not found; give a finished run's folder or an exported model "
+                    "file")
   names, images = load_images(image_paths, tuple(meta["image_shape"]))
   logits = classify(images)
   probabilities = _softmax(logits)
@@ -454,8 +453,9 @@ def read_exported_sidecar(path: Path) -> dict[str, Any]:
   """The sidecar of an exported model, checked for the keys `predict` reads."""
   sidecar = sidecar_path(path)
   if not sidecar.exists():
-    raise UserError(f"{path} has no sidecar {sidecar.name}; is it a file `distill export-model` "
-                    "wrote?")
+    raise UserError(f"{path} is a file but no model `distill export-model` wrote (no sidecar "
+                    f"{sidecar.name} beside it); give a finished run's folder or an exported "
+                    "model file")
   meta = read_json(sidecar, "export sidecar")
   missing = [key for key in ("format", "input", "class_names", "file_sha256", "model", "role")
              if not isinstance(meta, dict) or key not in meta]
