@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -93,7 +94,77 @@ def _cli_overrides(role: str, dataset, data_dir, steps, batch_size, seed, model=
   return [f"{key}={value}" for key, value in pairs.items() if value is not None]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def _option_of(command: click.Command, name: str) -> click.Option | None:
+  """The option of `command` spelled `name` (e.g. '--steps'), or None."""
+  for param in command.params:
+    if isinstance(param, click.Option) and name in (*param.opts, *param.secondary_opts):
+      return param
+  return None
+
+
+def _moved(args: list[str], name: str, option: click.Option, after: str | None) -> str:
+  """`distill ARGS` with option `name` (and its value) moved to just after the word `after`
+  (to the front when None), as a line to paste."""
+  import shlex  # noqa: PLC0415
+
+  rest, taken = list(args), []
+  for i, arg in enumerate(rest):
+    if arg == name:
+      width = 1 if option.is_flag or option.count or i + 1 == len(rest) else 2
+      taken, rest = rest[i:i + width], rest[:i] + rest[i + width:]
+      break
+    if arg.startswith(name + "="):
+      taken, rest = [arg], rest[:i] + rest[i + 1:]
+      break
+  at = rest.index(after) + 1 if after in rest else 0
+  return shlex.join(["distill", *rest[:at], *taken, *rest[at:]])
+
+
+class _Command(click.Command):
+  """A command that says where a global option goes when it is given after the command."""
+
+  def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    """click's parsing, except that a global option given here is pointed back before it."""
+    original = list(args)  # click consumes the list it parses
+    try:
+      return super().parse_args(ctx, args)
+    except click.NoSuchOption as e:
+      group = ctx.parent.command if ctx.parent is not None else None
+      option = _option_of(group, e.option_name) if group is not None else None
+      if option is None:
+        raise
+      line = _moved([ctx.info_name, *original], e.option_name, option, None)
+      _fail(UserError(f"{e.option_name} goes before the command: `{line}`"))
+
+
+class _Group(click.Group):
+  """The `distill` group: an option of a command given before it is pointed to its place."""
+
+  command_class = _Command
+
+  def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    """click's parsing, except that a command's option given here names its command."""
+    original = list(args)
+    try:
+      return super().parse_args(ctx, args)
+    except click.NoSuchOption as e:
+      owners = [name for name, command in self.commands.items()
+                if _option_of(command, e.option_name) is not None]
+      if not owners:
+        raise
+      typed = next((arg for arg in original if arg in self.commands), None)
+      command = typed if typed in owners else owners[0]
+      others = [name for name in owners if name != command]
+      also = f" (and {', '.join(others)})" if others else ""
+      option = _option_of(self.commands[command], e.option_name)
+      args_with_command = original if command in original else [*original, command]
+      line = _moved(args_with_command, e.option_name, option, command)
+      _fail(UserError(f"{e.option_name} is an option of `distill {command}`{also}: "
+                      f"write `{line}`"))
+
+
+@click.group(cls=_Group,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="distill")
 @click.option("--coordinator", default=None, metavar="HOST:PORT",
               help="Several hosts: process 0's address, reachable by every process "
@@ -152,6 +223,7 @@ def teacher(recipe, overrides, dataset, data_dir, steps, batch_size, seed, resta
   At the end its softmax probabilities on every (un-augmented) training
   image are written to WORKDIR/targets.npz for students.
   """
+  start = time.perf_counter()
   from distill import workflow  # noqa: PLC0415
 
   init = [] if init_from is None else [f"teacher.init_from={_absolute(init_from)}"]
@@ -160,7 +232,7 @@ def teacher(recipe, overrides, dataset, data_dir, steps, batch_size, seed, resta
   summary = workflow.train_teacher(resolved, Path(workdir), restart=restart, overwrite=overwrite,
                                    strict_init_check=strict_init_check, quiet=quiet,
                                    export=not no_export)
-  _say(f"teacher test accuracy: {summary['test_accuracy']:.4f}")
+  _say(workflow.result_line(summary, Path(workdir), time.perf_counter() - start))
 
 
 @main.command("import-teacher")
@@ -191,12 +263,14 @@ def import_teacher(source, recipe, overrides, dataset, data_dir, workdir, overwr
     distill import-teacher logits.npz -w runs/logits-teacher
     distill student --teacher runs/vit-import --model cnn
   """
+  start = time.perf_counter()
+  from distill import workflow  # noqa: PLC0415
   from distill.imported import import_teacher as run_import  # noqa: PLC0415
 
   resolved = config_lib.load_recipe(recipe or "fashion_mnist", [
       *overrides, *_cli_overrides("teacher", dataset, data_dir, None, None, None)])
   summary = run_import(source, resolved, Path(workdir), overwrite=overwrite, quiet=quiet)
-  _say(f"imported teacher test accuracy: {summary['test_accuracy']:.4f}")
+  _say(workflow.result_line(summary, Path(workdir), time.perf_counter() - start))
 
 
 @main.command()
@@ -294,6 +368,7 @@ def student(recipe, overrides, dataset, data_dir, steps, batch_size, seed, resta
     distill student --model vit --method token           # DeiT's distillation token
     distill student --model cnn --method hint --teaching online   # feature hints
   """
+  start = time.perf_counter()
   from distill import workflow  # noqa: PLC0415
 
   extra = {"student.teaching": teaching, "student.temperature": temperature,
@@ -313,8 +388,7 @@ def student(recipe, overrides, dataset, data_dir, steps, batch_size, seed, resta
   summary = workflow.train_student(resolved, Path(teacher_dir), Path(workdir), restart=restart,
                                    overwrite=overwrite, strict_init_check=strict_init_check,
                                    quiet=quiet)
-  _say(f"student test accuracy: {summary['test_accuracy']:.4f} "
-             f"(teacher {summary['teacher_test_accuracy']:.4f})")
+  _say(workflow.result_line(summary, Path(workdir), time.perf_counter() - start))
 
 
 @main.command()

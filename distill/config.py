@@ -127,18 +127,31 @@ def _unknown_key(dotted: str, where: str) -> UserError:
   )
 
 
-def _coerce(value: Any, default: Any, dotted: str, where: str) -> Any:
-  """Returns `value` converted to the type of `default`, or raises UserError."""
-  expected = type(default)
+def _type_name(default: Any) -> str:
+  """How a key's type is named in errors: 'int', 'bool', 'list of int'."""
+  if isinstance(default, list):
+    return f"list of {type(default[0]).__name__ if default else 'str'}"
+  return type(default).__name__
+
+
+def _coerce(value: Any, default: Any, dotted: str, where: str, *, typed: bool = False) -> Any:
+  """Returns `value` converted to the type of `default`, or raises UserError.
+
+  typed: the value comes from a file with types of its own (TOML, JSON), so it
+  must already be of the key's type (an int is fine for a float key); only
+  --set's text is parsed, so `steps = "10"` or `flip = "yes"` in a recipe is
+  refused like `steps = "ten"` instead of being read as a number.
+  """
+  parse = not typed and isinstance(value, str)
   if isinstance(default, bool):
     if isinstance(value, bool):
       return value
-    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+    if parse and value.lower() in ("true", "false", "1", "0", "yes", "no"):
       return value.lower() in ("true", "1", "yes")
   elif isinstance(default, int):
     if isinstance(value, int) and not isinstance(value, bool):
       return value
-    if isinstance(value, str):
+    if parse:
       try:
         return int(value)
       except ValueError:
@@ -146,7 +159,7 @@ def _coerce(value: Any, default: Any, dotted: str, where: str) -> Any:
   elif isinstance(default, float):
     if isinstance(value, (int, float)) and not isinstance(value, bool):
       return float(value)
-    if isinstance(value, str):
+    if parse:
       try:
         return float(value)
       except ValueError:
@@ -155,17 +168,29 @@ def _coerce(value: Any, default: Any, dotted: str, where: str) -> Any:
     if isinstance(value, str):
       return value
   elif isinstance(default, list):
-    if isinstance(value, str):
+    items = value
+    if parse:
       try:
-        value = json.loads(value)
+        items = json.loads(value)
       except json.JSONDecodeError:
-        value = [v.strip() for v in value.strip("[]").split(",") if v.strip()]
-    if isinstance(value, list):
+        items = [v.strip() for v in value.strip("[]").split(",") if v.strip()]
+    if isinstance(items, list):
       item_default = default[0] if default else ""
-      return [_coerce(v, item_default, dotted, where) for v in value]
+      try:
+        return [_coerce(v, item_default, dotted, where, typed=typed) for v in items]
+      except UserError:
+        pass  # named below as the whole list
+  quoted = ""
+  if typed and isinstance(value, str) and not isinstance(default, str):
+    try:
+      _coerce(value, default, dotted, where)
+      quoted = " (a quoted string: write it without quotes)"
+    except UserError:
+      pass
+  like = json.dumps(default) if isinstance(default, bool) else repr(default)
   raise UserError(
-      f"recipe key '{dotted}' in {where} must be {expected.__name__} "
-      f"(like {default!r}), got {value!r}"
+      f"recipe key '{dotted}' in {where} must be {_type_name(default)} "
+      f"(like {like}), got {value!r}{quoted}"
   )
 
 
@@ -180,7 +205,8 @@ def _merge(base: dict[str, Any], update: dict[str, Any], where: str, prefix: str
                         f"e.g. {dotted}.{next(iter(base[key]))}")
       _merge(base[key], value, where, dotted + ".")
     else:
-      base[key] = _coerce(value, base[key], dotted, where)
+      # A file's values carry their own types: no text is parsed (see `_coerce`).
+      base[key] = _coerce(value, base[key], dotted, where, typed=True)
 
 
 def recipe_names() -> list[str]:
@@ -231,8 +257,25 @@ def load_recipe(recipe: str | None = None,
   for text in overrides:
     key, value = parse_override(text)
     set_key(resolved, key, value, where="--set")
+  absolute_paths(resolved)
   validate(resolved)
   return resolved
+
+
+# Recipe keys that name files or folders.
+PATH_KEYS = (("data", "data_dir"), ("teacher", "init_from"))
+
+
+def absolute_paths(recipe: dict[str, Any]) -> None:
+  """Makes the recipe's paths absolute, in place, from the directory the command was typed in.
+
+  A run records its recipe; a relative path in it would point elsewhere when
+  a student, a report or an export reads the run from another directory.
+  """
+  for section, key in PATH_KEYS:
+    value = recipe[section][key]
+    if value:
+      recipe[section][key] = str(Path(value).expanduser().resolve())
 
 
 def _recipe_chain(path: Path) -> list[tuple[dict[str, Any], str]]:

@@ -27,3 +27,66 @@ class Console:
       return
     bar = "!" * min(max(len(message), 20), 100)
     click.secho(f"{bar}\n{message}\n{bar}", err=True, fg="red", bold=True)
+
+
+def progress(iterable=None, *, total: int | None = None, desc: str = "", unit: str = "it",
+             initial: int = 0, quiet: bool = False):
+  """A progress bar: tqdm's on a terminal; through a pipe, a plain line at every 10%.
+
+  Every bar in distill comes from here. A bar redraws itself with carriage
+  returns, which a log file keeps as one endless line of frames; so when
+  stderr is not a terminal the progress is a few whole lines instead. Hidden
+  when `quiet` and on every process but 0.
+  """
+  import sys  # noqa: PLC0415
+
+  hidden = quiet or not is_primary_process()
+  if not hidden and sys.stderr.isatty():
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    return tqdm(iterable, total=total, initial=initial, desc=desc, unit=unit,
+                dynamic_ncols=True, leave=False)
+  return LineProgress(iterable, total=total, desc=desc, unit=unit, initial=initial,
+                      hidden=hidden)
+
+
+class LineProgress:
+  """tqdm's interface (iterate, update, set_postfix, close) as a line per 10% on stderr."""
+
+  STEPS = 10
+
+  def __init__(self, iterable=None, *, total: int | None, desc: str, unit: str, initial: int,
+               hidden: bool):
+    self.iterable = iterable
+    self.total = len(iterable) if total is None and iterable is not None else total
+    self.desc, self.unit, self.hidden = desc, unit, hidden
+    self.n = initial
+    self.postfix: dict[str, str] = {}
+    self._shown = self._tenth()
+
+  def _tenth(self) -> int:
+    return self.n * self.STEPS // self.total if self.total else 0
+
+  def __iter__(self):
+    for item in self.iterable:
+      yield item
+      self.update(1)
+
+  def update(self, count: int = 1) -> None:
+    """Advances by `count`; prints a line when a new tenth of the total is reached."""
+    self.n += count
+    tenth = self._tenth()
+    if tenth > self._shown and not self.hidden:
+      self._shown = tenth
+      extra = "".join(f", {key}={value}" for key, value in self.postfix.items())
+      units = self.unit + ("es" if self.unit.endswith(("s", "h", "x")) else "s")
+      click.echo(f"{self.desc}: {100 * self.n // self.total}% ({self.n} of {self.total} "
+                 f"{units}){extra}", err=True)
+
+  def set_postfix(self, values: dict[str, str], refresh: bool = True) -> None:
+    """Numbers shown on the next line."""
+    del refresh
+    self.postfix = dict(values)
+
+  def close(self) -> None:
+    """Nothing to clear: the lines stay."""

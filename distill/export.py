@@ -112,7 +112,7 @@ def export_targets(teacher_dirs: Path | list[Path], *, out_dir: Path | None = No
   from distill.workflow import load_data  # noqa: PLC0415
 
   console = console or Console(quiet)
-  teacher_dirs, recipes = _checked_teachers(teacher_dirs, out_dir)
+  teacher_dirs, recipes = _checked_teachers(teacher_dirs, out_dir, restored=trained is None)
   recipe = recipes[0]
   temperature, views = _checked_export_settings(recipe, temperature, views)
   out_dir = Path(out_dir) if out_dir is not None else teacher_dirs[0]
@@ -156,12 +156,13 @@ def write_teacher_targets(out_dir: Path, recipe: dict[str, Any], dataset, *,
   return write_targets(Path(out_dir), meta, arrays=arrays)
 
 
-def _checked_teachers(teacher_dirs: Path | list[Path],
-                      out_dir: Path | None) -> tuple[list[Path], list[dict[str, Any]]]:
+def _checked_teachers(teacher_dirs: Path | list[Path], out_dir: Path | None, *,
+                      restored: bool = True) -> tuple[list[Path], list[dict[str, Any]]]:
   """The teacher folders as a list and their recipes, once they name one data set.
 
-  Raises UserError for no teacher, one named twice, an ensemble without
-  `out_dir`, or teachers trained on different data.
+  Raises UserError for no teacher, a folder that holds no trained teacher
+  (when `restored`: the teachers are read back from their folders), one named
+  twice, an ensemble without `out_dir`, or teachers trained on different data.
   """
   from distill.workflow import check_same_data, read_run_recipe  # noqa: PLC0415
 
@@ -169,6 +170,9 @@ def _checked_teachers(teacher_dirs: Path | list[Path],
                                     else teacher_dirs)]
   if not teacher_dirs:
     raise UserError("export needs at least one --teacher")
+  if restored:
+    for teacher_dir in teacher_dirs:
+      rundir.check_teacher_folder(teacher_dir, needs="checkpoint")
   if len(set(d.resolve() for d in teacher_dirs)) != len(teacher_dirs):
     raise UserError("the same --teacher is named twice")
   if len(teacher_dirs) > 1 and out_dir is None:

@@ -118,7 +118,6 @@ def import_teacher(source: str, recipe: dict[str, Any], workdir: Path, *,
   Returns:
     The run's summary (also written to `workdir/summary.json`).
   """
-  from distill import losses  # noqa: PLC0415
   from distill.export import write_teacher_targets  # noqa: PLC0415
   from distill.importers import open_teacher  # noqa: PLC0415
   from distill.workflow import load_data  # noqa: PLC0415
@@ -157,10 +156,6 @@ def import_teacher(source: str, recipe: dict[str, Any], workdir: Path, *,
                  f"...) differ from {dataset.name}'s; its class i is taken as the data set's "
                  "class i")
   write_json(workdir / rundir.SUMMARY_FILE, summary)
-  accuracy = float(losses.accuracy(logits["test"], dataset.y_test))
-  console.info(f"imported teacher test accuracy {accuracy:.4f} "
-               f"(val {summary['val_accuracy']:.4f}) in {summary['wall_seconds']:.0f}s "
-               f"-> {workdir}")
   return summary
 
 

@@ -20,7 +20,7 @@ from flax import nnx
 
 from distill import parallel
 from distill.augment import augment_views
-from distill.io import array_sha256, is_primary_process
+from distill.io import array_sha256
 
 
 def normalize(images_uint8: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
@@ -90,7 +90,7 @@ def predict_in_batches(predict, params, images: np.ndarray, batch_size: int,
   `progress` names a tqdm bar to show (None: no bar). `pass_indices` also
   hands `predict` each row's index in `images` (for per-example views).
   """
-  from tqdm.auto import tqdm  # noqa: PLC0415
+  from distill.console import progress as progress_bar  # noqa: PLC0415
 
   # Every device gets an equal share of each batch.
   devices = jax.device_count()
@@ -98,8 +98,7 @@ def predict_in_batches(predict, params, images: np.ndarray, batch_size: int,
   outputs = []
   in_flight = None  # (outputs on the device, valid rows) of the previous batch
   starts = range(0, len(images), batch_size)
-  for start in tqdm(starts, desc=progress, disable=progress is None or not is_primary_process(),
-                    leave=False, unit="batch"):
+  for start in progress_bar(starts, desc=progress or "", quiet=progress is None, unit="batch"):
     chunk = images[start:start + batch_size]
     valid = len(chunk)
     indices = np.arange(start, start + batch_size, dtype=np.int32)

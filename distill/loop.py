@@ -27,7 +27,6 @@ from distill.checkpoint import Checkpointer
 from distill.config import TrainSettings
 from distill.errors import UserError
 from distill.inference import TrainedModel, predict_in_batches
-from distill.io import is_primary_process
 from distill.step import TrainingSetup, prepare_training
 from distill.teaching import HardLabels, Objective
 
@@ -178,12 +177,11 @@ class _Run:
     self.plan = dispatch_plan(start_step, self.total_steps, settings.steps_per_dispatch,
                               (settings.log_every, settings.eval_every,
                                settings.checkpoint_every))
-    from tqdm.auto import tqdm  # noqa: PLC0415
+    from distill.console import progress  # noqa: PLC0415
 
-    self._progress = tqdm(total=self.total_steps, initial=start_step, unit="step",
-                          disable=self.quiet or not is_primary_process(),
-                          desc=f"train {self.meta.get('role', '')}".strip(), dynamic_ncols=True,
-                          leave=False)
+    self._progress = progress(total=self.total_steps, initial=start_step, unit="step",
+                              quiet=self.quiet,
+                              desc=f"train {self.meta.get('role', '')}".strip())
     self._loop_start = time.perf_counter()
     return start_step
 

@@ -34,30 +34,57 @@ def _image_for_display(image_HxWxC: np.ndarray) -> tuple[np.ndarray, str | None]
   return image_HxWxC, None
 
 
-def training_curves(records: list[dict[str, Any]], *, title: str, init_loss: float | None,
-                    num_classes: int, path: Path) -> Path:
-  """Loss and accuracy against step, training vs validation, with the init loss marked."""
+def training_curves_figure(records: list[dict[str, Any]], *, title: str,
+                           init_loss: float | None, num_classes: int,
+                           objective: str = "train loss",
+                           init_loss_expected: float | None = None):
+  """The figure of `training_curves`, unsaved (a matplotlib Figure).
+
+  The training loss is the run's own objective (a T²-scaled distillation loss
+  is not a cross-entropy), so it gets its own panel, labelled `objective`,
+  with the step-0 loss and what it should be; the validation cross-entropy,
+  the same measure for every run, gets another beside it.
+  """
   plt = _pyplot()
-  fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
+  fig, (loss_ax, val_ax, acc_ax) = plt.subplots(1, 3, figsize=(14, 3.6))
   steps = [r["step"] for r in records]
-  loss_ax.plot(steps, [r["loss"] for r in records], label="train (batch mean)")
-  val = [r for r in records if "val_loss" in r]
-  if val:
-    loss_ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation")
-  expected = math.log(num_classes)
-  loss_ax.axhline(expected, color="gray", ls="--", lw=1,
-                  label=f"log({num_classes}) = {expected:.3f}")
+  loss_ax.plot(steps, [r["loss"] for r in records], label="batch mean")
+  if init_loss_expected is not None:  # None: not checked (a pretrained head)
+    loss_ax.axhline(init_loss_expected, color="gray", ls="--", lw=1,
+                    label=f"expected at step 0: {init_loss_expected:.3f}")
   if init_loss is not None and math.isfinite(init_loss):
     loss_ax.plot([0], [init_loss], "r*", ms=12, label=f"step-0 loss {init_loss:.3f}")
-  loss_ax.set(xlabel="step", ylabel="cross-entropy", title=f"{title}: loss")
+  loss_ax.set(xlabel="step", ylabel=objective.replace(" (", "\n(", 1),
+              title="training objective")
   loss_ax.legend(fontsize=8)
-  acc_ax.plot(steps, [r["accuracy"] for r in records], label="train (augmented batches)")
+  val = [r for r in records if "val_loss" in r]
+  if val:
+    val_ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", color="C1",
+                label="validation")
+  chance = math.log(num_classes)
+  val_ax.axhline(chance, color="gray", ls="--", lw=1,
+                 label=f"log({num_classes}) = {chance:.3f} (uniform)")
+  val_ax.set(xlabel="step", ylabel="validation cross-entropy (hard labels)",
+             title="validation loss")
+  val_ax.legend(fontsize=8)
+  acc_ax.plot(steps, [r["accuracy"] for r in records], label="train (batches seen)")
   if val:
     acc_ax.plot([r["step"] for r in val], [r["val_accuracy"] for r in val], "o-",
                 label="validation")
-  acc_ax.set(xlabel="step", ylabel="accuracy", title=f"{title}: accuracy", ylim=(0, 1))
+  acc_ax.set(xlabel="step", ylabel="accuracy", title="accuracy", ylim=(0, 1))
   acc_ax.legend(fontsize=8)
-  return _save(fig, path)
+  fig.suptitle(title)
+  fig.tight_layout()
+  return fig
+
+
+def training_curves(records: list[dict[str, Any]], *, title: str, init_loss: float | None,
+                    num_classes: int, path: Path, objective: str = "train loss",
+                    init_loss_expected: float | None = None) -> Path:
+  """Saves `training_curves_figure` as a PNG at `path`; returns the path."""
+  return _save(training_curves_figure(records, title=title, init_loss=init_loss,
+                                      num_classes=num_classes, objective=objective,
+                                      init_loss_expected=init_loss_expected), path)
 
 
 def image_grid(images: np.ndarray, captions: Sequence[str], *, title: str, path: Path,
@@ -129,11 +156,12 @@ def accuracy_vs_params(rows: list[dict[str, Any]], *, path: Path) -> Path:
   fig, ax = plt.subplots(figsize=(6, 4))
   for row in rows:
     is_teacher = row.get("role") == "teacher"
-    label = f"{row.get('model')}" + ("" if is_teacher else f" ({row.get('loss', '?')})")
+    label = row.get("label") or (("teacher " if is_teacher else "") + f"{row.get('model')}"
+                                 + ("" if is_teacher else f" ({row.get('loss', '?')})"))
     ax.scatter(row["params"], row["test_accuracy"], s=120 if is_teacher else 50,
                marker="*" if is_teacher else ("o" if row.get("loss") == "soft" else "s"),
                color="crimson" if is_teacher else None, zorder=3)
-    ax.annotate(("teacher " if is_teacher else "") + label, (row["params"], row["test_accuracy"]),
+    ax.annotate(label, (row["params"], row["test_accuracy"]),
                 fontsize=7, xytext=(4, 4), textcoords="offset points")
   ax.set_xscale("log")
   ax.set(xlabel="parameters", ylabel="test accuracy",

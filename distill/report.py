@@ -19,6 +19,11 @@ COLUMNS = (
     ("role", "role"),
     ("model", "model"),
     ("loss", "loss"),
+    # How a student was taught: runs that differ only here must not look alike.
+    ("teaching", "teaching"),
+    ("method", "method"),
+    ("temperature", "T"),
+    ("alpha", "alpha"),
     ("params", "params"),
     ("test_accuracy", "test acc"),
     ("agreement_with_teacher", "agree"),
@@ -29,26 +34,49 @@ COLUMNS = (
 
 
 def collect_runs(run_dirs: list[Path]) -> tuple[list[dict[str, Any]], list[str]]:
-  """Reads summary.json from each directory; returns (rows, skipped-directory notes)."""
+  """Reads summary.json from each finished run; returns (rows, notes on the folders skipped).
+
+  A folder that holds no finished run is skipped with a note saying what it is
+  (a glob like runs/* also meets reports and exported models); when nothing
+  is left the notes become one error.
+  """
   rows, skipped = [], []
-  for run_dir in run_dirs:
-    run_dir = Path(run_dir)
-    path = run_dir / rundir.SUMMARY_FILE
-    if not path.exists():
-      skipped.append(f"{run_dir} (no summary.json: not a finished run)")
+  for run_dir in map(Path, run_dirs):
+    kind = rundir.folder_kind(run_dir)
+    if kind not in rundir.FINISHED_RUNS:
+      skipped.append(f"{run_dir} is {rundir.describe_folder(run_dir, kind)}")
       continue
-    summary = read_json(path, "run summary")
+    summary = read_json(run_dir / rundir.SUMMARY_FILE, "run summary")
     rows.append({"run": str(run_dir), **summary})
   if not rows:
-    raise UserError("no finished runs among: " + ", ".join(str(d) for d in run_dirs))
+    raise UserError("no finished runs: " + "; ".join(skipped) + ". Give the folders "
+                    "`distill teacher` and `distill student` wrote (e.g. runs/teacher "
+                    "runs/student-cnn)")
   # Teachers first, then students from best to worst.
   rows.sort(key=lambda r: (r.get("role") != "teacher", -r.get("test_accuracy", 0.0)))
   return rows, skipped
 
 
+# Left-aligned in the text table; the others are numbers.
+_TEXT_COLUMNS = ("run", "role", "model", "loss", "teaching", "method")
+# A student's distillation settings: meaningless for teachers and hard-label baselines.
+_TEACHING_KEYS = ("teaching", "method", "temperature", "alpha")
+
+
+def _row_value(row: dict[str, Any], key: str) -> Any:
+  """What the table shows of `row` under `key` (None: nothing to show)."""
+  if key in _TEACHING_KEYS and (row.get("role") != "student" or row.get("loss") == "hard"):
+    return None
+  if key == "method" and row.get("method") is None and row.get("role") == "student":
+    return "kd"  # summaries from before methods had names: all were kd
+  return row.get(key)
+
+
 def _cell(key: str, value: Any) -> str:
   if value is None:
     return "-"
+  if key in ("temperature", "alpha"):
+    return f"{value:g}"
   if key == "params":
     return f"{value:,}"
   if key in ("test_accuracy", "agreement_with_teacher"):
@@ -70,22 +98,23 @@ def markdown_table(header: list[str], body: list[list[str]]) -> str:
 def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
   """A fixed-width (or Markdown) table of the runs."""
   header = [title for _, title in COLUMNS]
-  body = [[_cell(key, row.get(key)) for key, _ in COLUMNS] for row in rows]
+  body = [[_cell(key, _row_value(row, key)) for key, _ in COLUMNS] for row in rows]
   if markdown:
     return markdown_table(header, body)
   widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
-  fmt = "  ".join(f"{{:{'<' if i < 4 else '>'}{w}}}" for i, w in enumerate(widths))
+  fmt = "  ".join(f"{{:{'<' if key in _TEXT_COLUMNS else '>'}{w}}}"
+                  for (key, _), w in zip(COLUMNS, widths, strict=True))
   return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))]
                    + [fmt.format(*cells) for cells in body])
 
 
 def compare_runs(run_dirs: list[Path], *, as_json: bool = False, markdown: bool = False) -> str:
   """The comparison of `run_dirs` as text (a table, Markdown, or JSON lines)."""
-  rows, skipped = collect_runs(run_dirs)
+  rows, skipped = collect_runs(_expand_sweeps(run_dirs)[0])
   if as_json:
     keys = [key for key, _ in COLUMNS] + ["dataset", "steps", "teacher_test_accuracy",
                                           "val_accuracy", "images_per_second"]
-    return json.dumps([{k: row.get(k) for k in keys} for row in rows], indent=2)
+    return json.dumps([{k: _row_value(row, k) for k in keys} for row in rows], indent=2)
   text = format_table(rows, markdown=markdown)
   if skipped:
     text += "\n\nskipped: " + "; ".join(skipped)
@@ -138,8 +167,7 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) ->
   Returns:
     The path of report.html.
   """
-  from tqdm.auto import tqdm  # noqa: PLC0415
-
+  from distill.console import progress as progress_bar  # noqa: PLC0415
   from distill.io import write_text  # noqa: PLC0415
 
   run_dirs, sweeps = _expand_sweeps(run_dirs)
@@ -148,7 +176,9 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) ->
   out_dir.mkdir(parents=True, exist_ok=True)
   datasets: dict[str, Any] = {}
   teacher_logits: dict[str, np.ndarray] = {}
-  progress = tqdm(rows, desc="report", disable=quiet, leave=False)
+  for row in rows:
+    row["label"] = run_label(row)
+  progress = progress_bar(rows, desc="report", quiet=quiet)
   # Each section fills its row's test metrics in, so the table below shows them.
   sections = [_run_section(index, row, out_dir, datasets, teacher_logits)
               for index, row in enumerate(progress)]
@@ -233,6 +263,32 @@ def _dataset_for(row: dict[str, Any], datasets: dict[str, Any]):
   return datasets[key]
 
 
+def run_label(row: dict[str, Any]) -> str:
+  """A run as a person tells it apart: 'student cnn (kd, targets, T=2, alpha=0.5)'."""
+  name = f"{row.get('role')} {row.get('model')}"
+  if row.get("role") != "student":
+    return name
+  if row.get("loss") == "hard":
+    return f"{name} (hard labels)"
+  return (f"{name} ({_row_value(row, 'method')}, {row.get('teaching')}, "
+          f"T={_cell('temperature', row.get('temperature'))}, "
+          f"alpha={_cell('alpha', row.get('alpha'))})")
+
+
+def objective_label(row: dict[str, Any]) -> str:
+  """What a run's logged training loss is, e.g. 'train loss (kd, T²-scaled at T=2)'."""
+  if row.get("role") != "student" or row.get("loss") == "hard":
+    return "train loss (cross-entropy, hard labels)"
+  method = _row_value(row, "method")
+  temperature, alpha = row.get("temperature") or 1.0, row.get("alpha", 1.0)
+  what = method + (": KL" if row.get("soft_loss") == "kl" else "")
+  if temperature != 1:
+    what += f", T²-scaled at T={temperature:g}"
+  if alpha is not None and alpha < 1:
+    what += f", {alpha:g} teacher + {1 - alpha:g} labels"
+  return f"train loss ({what})"
+
+
 def _run_section(index: int, row: dict[str, Any], out_dir: Path, datasets: dict[str, Any],
                  teacher_logits: dict[str, np.ndarray]) -> str:
   """One run's section: its curves and, from its test logits, metrics and figures.
@@ -243,18 +299,22 @@ def _run_section(index: int, row: dict[str, Any], out_dir: Path, datasets: dict[
   from distill import plots  # noqa: PLC0415
 
   run_dir = Path(row["run"])
-  slug = f"{index:02d}-{row.get('role')}-{row.get('model')}-{row.get('loss', 'hard')}"
-  title = f"{row.get('role')} {row.get('model')}" + (
-      f" ({row['loss']} labels)" if row.get("role") == "student" else "")
+  teaching = ("" if row.get("role") != "student" or row.get("loss") == "hard"
+              else f"-{_row_value(row, 'method')}-{row.get('teaching')}")
+  slug = f"{index:02d}-{row.get('role')}-{row.get('model')}-{row.get('loss', 'hard')}{teaching}"
+  title = row["label"]
   parts = [f"<h2>{html.escape(title)} <small>{html.escape(str(run_dir))}</small></h2>"]
   dataset = _dataset_for(row, datasets)
   records = rundir.read_metrics(run_dir)
   if records:
     parts.append(_figure_html(plots.training_curves(
         records, title=title, init_loss=row.get("init_loss"),
-        num_classes=dataset.num_classes, path=out_dir / f"{slug}-curves.png"),
-        "Training vs validation loss and accuracy; the star is the measured step-0 loss, "
-        "the dashed line log(n_classes)."))
+        num_classes=dataset.num_classes, path=out_dir / f"{slug}-curves.png",
+        objective=objective_label(row), init_loss_expected=row.get("init_loss_expected")),
+        f"Left: the training objective, {objective_label(row)}, batch means; the star is the "
+        "measured step-0 loss, the dashed line what it should be. Middle: validation "
+        "cross-entropy on hard labels (the same measure for every run; dashed: log(n_classes), "
+        "a uniform guess). Right: accuracy."))
   logits = _run_predictions(run_dir)
   if logits is None or len(logits) != len(dataset.y_test):
     parts.append("<p class='missing'>No test predictions found for this run.</p>")

@@ -33,6 +33,8 @@ TARGET_SHARDS_DIR = "targets-shards"
 # An imported teacher's run: what it was imported from (see `distill.imported`).
 IMPORTED_FILE = "imported.json"
 TENSORBOARD_DIR = "tensorboard"
+# A `distill sweep` folder's record of its runs (see `distill.sweep`).
+SWEEP_FILE = "sweep.json"
 # Everything a run writes: what --overwrite and --restart clear.
 RUN_OUTPUTS = (CHECKPOINTS_DIR, METRICS_FILE, SUMMARY_FILE, RECIPE_FILE, TARGETS_FILE,
                TARGETS_META_FILE, TARGET_SHARDS_DIR, PREDICTIONS_FILE, IMPORTED_FILE,
@@ -208,3 +210,131 @@ def prepare_workdir(workdir: Path, *, restart: bool, overwrite: bool) -> None:
     except OSError as e:
       raise UserError(f"cannot write to workdir {workdir}: {e.strerror}") from None
   parallel.sync("workdir ready")
+
+
+# --- What a folder is ----------------------------------------------------------
+
+# The kinds `folder_kind` tells apart.
+FINISHED_TEACHER = "teacher"
+IMPORTED_TEACHER = "imported"
+STUDENT = "student"
+TARGETS_ONLY = "targets"
+SWEEP = "sweep"
+UNFINISHED = "unfinished"
+NOT_A_RUN = "other"
+EMPTY = "empty"
+A_FILE = "file"
+MISSING = "missing"
+# A finished run: something `compare`, `report` and the run-reading commands can use.
+FINISHED_RUNS = (FINISHED_TEACHER, IMPORTED_TEACHER, STUDENT)
+# What students learn from: exported targets (and a trained teacher, for online teaching).
+TEACHER_KINDS = (FINISHED_TEACHER, IMPORTED_TEACHER, TARGETS_ONLY)
+
+
+def folder_kind(path: Path) -> str:
+  """What `path` holds, as one of the kinds above; the one place a run folder is classified.
+
+  A finished run has a summary.json naming its role; a folder with any other
+  run output (a recipe, checkpoints, metrics) but no summary is unfinished.
+  """
+  path = Path(path)
+  if not path.exists():
+    return MISSING
+  if not path.is_dir():
+    return A_FILE
+  if not any(path.iterdir()):
+    return EMPTY
+  if (path / SWEEP_FILE).is_file():
+    return SWEEP
+  if (path / SUMMARY_FILE).is_file():
+    if (path / IMPORTED_FILE).exists():
+      return IMPORTED_TEACHER
+    try:
+      role = json.loads((path / SUMMARY_FILE).read_text()).get("role")
+    except (OSError, ValueError, AttributeError):
+      # A damaged summary: the command that reads it names the damage.
+      role = None
+    return STUDENT if role == "student" else FINISHED_TEACHER
+  if (path / TARGETS_META_FILE).is_file() and (path / RECIPE_FILE).is_file():
+    return TARGETS_ONLY  # `distill export --out`: an ensemble's targets, no run of its own
+  if any((path / name).exists() for name in (RECIPE_FILE, CHECKPOINTS_DIR, METRICS_FILE)):
+    return UNFINISHED
+  return NOT_A_RUN
+
+
+def describe_folder(path: Path, kind: str | None = None) -> str:
+  """What `path` is, in words a person can act on, e.g. 'an empty folder'."""
+  kind = kind or folder_kind(path)
+  if kind == STUDENT:
+    teacher = _summary_field(path, "teacher_dir")
+    return "a student run" + (f" (taught by {teacher})" if teacher else "")
+  return {
+      FINISHED_TEACHER: "a finished teacher run",
+      IMPORTED_TEACHER: "an imported teacher",
+      TARGETS_ONLY: "a folder of exported targets (an ensemble's) without a trained teacher",
+      SWEEP: "a sweep folder (`distill sweep`)",
+      UNFINISHED: "an unfinished run (no summary.json): re-run its command to finish it",
+      NOT_A_RUN: "a folder that holds no run (no summary.json or recipe.json)",
+      EMPTY: "an empty folder",
+      A_FILE: "a file, not a run folder",
+      MISSING: "not found",
+  }[kind]
+
+
+def _summary_field(path: Path, key: str) -> Any:
+  try:
+    return json.loads((Path(path) / SUMMARY_FILE).read_text()).get(key)
+  except (OSError, ValueError, AttributeError):
+    return None
+
+
+def check_teacher_folder(path: Path, *, needs: str = "targets") -> str:
+  """Refuses a --teacher that is no teacher, in one line that says what it is; returns its kind.
+
+  needs: 'targets' (a student taught by exported targets: any teacher, or an
+  ensemble's folder of targets), 'model' (online teaching runs the teacher: a
+  trained or an imported one) or 'checkpoint' (export restores a teacher
+  distill trained).
+  """
+  kind = folder_kind(path)
+  accepted = {"targets": TEACHER_KINDS, "model": (FINISHED_TEACHER, IMPORTED_TEACHER),
+              "checkpoint": (FINISHED_TEACHER,)}[needs]
+  if kind in accepted:
+    return kind
+  if kind == STUDENT:
+    teacher = _summary_field(path, "teacher_dir")
+    hint = (f"its teacher is --teacher {teacher}" if teacher
+            else "give a teacher run's folder")
+  elif kind == UNFINISHED:
+    hint = "or give a finished teacher run's folder"
+  elif kind == IMPORTED_TEACHER:
+    hint = ("it has no checkpoint to export from; its targets.npz is already in the folder "
+            "for students")
+  elif kind == TARGETS_ONLY:
+    hint = ("students learn from it with --teaching targets or views; online teaching and "
+            "export need a trained teacher's run folder")
+  elif kind == SWEEP:
+    hint = "give the teacher the sweep learned from (its sweep.json names it)"
+  else:
+    hint = "train one with `distill teacher` (or bring one with `distill import-teacher`)"
+  what = "a student run" if kind == STUDENT else describe_folder(path, kind)
+  raise UserError(f"--teacher {path} is {what}; {hint}")
+
+
+def check_finished_run(path: Path, what: str = "RUN", *, model: bool = False) -> str:
+  """Refuses a folder that is not a finished run, in one line; returns its kind.
+
+  model: the command restores the run's model, which an imported teacher lacks.
+  """
+  kind = folder_kind(path)
+  if kind in FINISHED_RUNS and not (model and kind == IMPORTED_TEACHER):
+    return kind
+  if kind == UNFINISHED:
+    hint = "or give a finished run's folder"
+  elif kind == IMPORTED_TEACHER:
+    hint = ("it has no model of its own to restore; export or run the model it was "
+            "imported from")
+  else:
+    hint = ("give a finished run's folder, the one `distill teacher` or `distill student` "
+            "wrote (e.g. runs/teacher)")
+  raise UserError(f"{what} {path} is {describe_folder(path, kind)}; {hint}")

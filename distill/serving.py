@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from distill import rundir
 from distill.errors import UserError, one_line
 from distill.io import read_json, write_bytes, write_json
-from distill import rundir
 from distill.rundir import CHECKPOINTS_DIR, SUMMARY_FILE
 
 EXPORT_FORMATS = ("stablehlo", "onnx")

@@ -51,7 +51,7 @@ MODES = ("hard", "targets", "online", "views")
 # The method every sweep has always trained: the classic distillation loss. Its
 # runs keep the names they had before methods became an axis.
 DEFAULT_METHOD = "kd"
-SWEEP_JSON = "sweep.json"
+SWEEP_JSON = rundir.SWEEP_FILE
 SWEEP_MD = "sweep.md"
 # The sweep owns these keys through its axes; a --set for one of them would be
 # silently overridden by (or would silently override) the axis.
@@ -358,6 +358,7 @@ def run_sweep(teacher_dir: Path, out_dir: Path, *, models: Iterable[str] = ("cnn
   methods = _axis(methods, "method", config_lib.METHODS)
   overrides = list(overrides)
   _check_overrides(overrides)
+  rundir.check_teacher_folder(teacher_dir, needs="model" if "online" in modes else "targets")
   teacher_summary = teacher_dir / rundir.SUMMARY_FILE
   # A folder of exported targets (an ensemble's) has no summary; its runs still
   # know the teacher's test accuracy.
@@ -371,9 +372,14 @@ def run_sweep(teacher_dir: Path, out_dir: Path, *, models: Iterable[str] = ("cnn
 
   if teacher is None:
     teacher = {"test_accuracy": runs[0]["summary"]["teacher_test_accuracy"]}
-  settings = {"teacher_dir": str(teacher_dir), "out_dir": str(out_dir), "models": models,
-              "modes": modes, "methods": methods, "soft_losses": soft_losses, "seeds": seeds,
-              "recipe": recipe, "overrides": overrides, "overwrite": overwrite}
+  # Absolute, so sweep.json still names the folders when read from another directory.
+  recipe_file = recipe and Path(recipe).expanduser()
+  settings = {"teacher_dir": str(teacher_dir.resolve()), "out_dir": str(out_dir.resolve()),
+              "models": models, "modes": modes, "methods": methods, "soft_losses": soft_losses,
+              "seeds": seeds,
+              "recipe": str(recipe_file.resolve()) if recipe_file and recipe_file.is_file()
+              else recipe,
+              "overrides": overrides, "overwrite": overwrite}
   return _write_sweep(runs, teacher, settings, teacher_dir, out_dir, start=start)
 
 
@@ -441,7 +447,7 @@ def _write_sweep(runs: list[dict[str, Any]], teacher: dict[str, Any], settings: 
       "teacher": {key: teacher.get(key) for key in ("model", "params", "test_accuracy",
                                                     "train_seconds", "dataset", "steps")},
       "rows": rows,
-      "runs": [{"name": run["name"], "dir": str(run["dir"]), "model": run["model"],
+      "runs": [{"name": run["name"], "dir": str(Path(run["dir"]).resolve()), "model": run["model"],
                 "mode": run["mode"], "method": run["method"], "soft_loss": run["soft_loss"],
                 "seed": run["seed"], "reused": run["reused"], "summary": run["summary"]}
                for run in runs],

@@ -38,11 +38,66 @@ def load_data(recipe: dict[str, Any]):
                       train_limit=data["train_limit"] or None)
 
 
-def check_batch_fits(dataset, settings: config_lib.TrainSettings, role: str) -> None:
-  """Refuses a batch larger than the training split before anything is written."""
-  from distill.feeders import check_batch_fits as check  # noqa: PLC0415
+def _largest_power_of_two(limit: int) -> int:
+  """The largest power of two not above `limit` (at least 1)."""
+  return 1 << max(limit, 1).bit_length() - 1
 
-  check(settings.batch_size, len(dataset.x_train), f"{role}.batch_size", f" of {dataset.name}")
+
+def load_fitting_data(recipe: dict[str, Any], role: str, console: Console | None = None):
+  """Loads the recipe's data once every size in the recipe fits it, before anything is written.
+
+  A small data set of one's own meets defaults made for 60,000 images: a
+  validation split that holds out everything, batches larger than the
+  training split. Every such problem is named in ONE error, with the exact
+  options that fix all of them (a teacher's also names the student's batch
+  size, which its students inherit), instead of one error per attempt.
+  Evaluation and export batches need no check: they shrink to the split.
+  """
+  from distill.data.datasets import SplitLeavesNoTraining  # noqa: PLC0415
+
+  data = recipe["data"]
+  where = data["dataset"] + (f" ({data['data_dir']})" if data["data_dir"] else "")
+  problems, fixes = [], []
+  try:
+    dataset = load_data(recipe)
+    train, val = len(dataset.x_train), len(dataset.x_val)
+  except SplitLeavesNoTraining as e:
+    dataset, total = None, e.num_train
+    val = max(1, total // 10)
+    problems.append(f"data.val_size {data['val_size']} holds out {e.count:,} of the {total:,} "
+                    f"training images of {where}, leaving none to train on")
+    fixes.append(f"--set data.val_size={val}")
+    train = total - val
+    if data["train_limit"]:
+      train = min(train, data["train_limit"])
+  if dataset is not None and val == 0:
+    val = max(1, train // 10)
+    problems.append(f"data.val_size {data['val_size']} leaves no validation images of {where}")
+    fixes.append(f"--set data.val_size={val}")
+    train -= val
+  if train < 1:
+    raise UserError(f"{where} has too few training images to hold out a validation split; "
+                    "give it at least 2")
+  roles = [role, "student"] if role == "teacher" else [role]
+  notes = []
+  for each in roles:
+    batch_size = recipe[each]["batch_size"]
+    if batch_size > train:
+      fitting = _largest_power_of_two(train)
+      text = (f"{each}.batch_size {batch_size} is larger than the {train:,} training images"
+              + (" left" if fixes and fixes[0].startswith("--set data.") else ""))
+      fix = (f"--batch-size {fitting}" if each == role
+             else f"--set {each}.batch_size={fitting}")
+      # The student's batch size only matters once a student trains (it inherits the
+      # teacher's recipe): it joins a teacher's error but alone is only a note.
+      (problems if each == role else notes).append(text)
+      fixes.append(fix)
+  if problems:
+    raise UserError("; ".join(problems + notes) + ": pass " + " ".join(fixes))
+  if notes and console is not None:
+    console.warn(f"{notes[0]}: students of this teacher will need {fixes[-1]} (or pass it "
+                 "now, and they inherit it)")
+  return dataset
 
 
 def _build_model(recipe: dict[str, Any], role: str, dataset):
@@ -186,9 +241,8 @@ def train_teacher(recipe: dict[str, Any], workdir: Path, *, restart: bool = Fals
   workdir = Path(workdir)
   start = time.perf_counter()
   check_workdir(workdir)
-  dataset = load_data(recipe)
+  dataset = load_fitting_data(recipe, "teacher", console)
   settings = config_lib.TrainSettings.of(recipe, "teacher")
-  check_batch_fits(dataset, settings, "teacher")
   console.info(dataset.describe())
   model_name, model, num_params = _build_model(recipe, "teacher", dataset)
   console.info(f"teacher: {model_name}, {num_params:,} parameters")
@@ -203,10 +257,41 @@ def train_teacher(recipe: dict[str, Any], workdir: Path, *, restart: bool = Fals
     export_targets(workdir, trained=(trained, settings.steps), dataset=dataset,
                    test_logits=test["logits"], quiet=quiet, console=console)
   write_json(workdir / SUMMARY_FILE, summary)
-  console.info(f"teacher test accuracy {summary['test_accuracy']:.4f} "
-               f"(val {summary['val_accuracy']:.4f}) in {summary['train_seconds']:.0f}s "
-               f"-> {workdir}")
   return summary
+
+
+def _duration(seconds: float) -> str:
+  """Seconds as a person reads them: 4.2s, 3m05s, 1h02m."""
+  if seconds < 60:
+    return f"{seconds:.1f}s"
+  minutes, rest = divmod(round(seconds), 60)
+  return f"{minutes}m{rest:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def result_line(summary: dict[str, Any], workdir: Path, wall_seconds: float | None = None) -> str:
+  """The one line a training (or import) command ends with.
+
+  Test accuracy (with the validation accuracy, or the teacher's and the
+  agreement with it), what the run was, the training time (compilation
+  excluded) and the wall time (`wall_seconds`: the whole command, when the
+  caller timed it; else the summary's), and where the run is.
+  """
+  accuracy = f"test accuracy {summary['test_accuracy']:.4f}"
+  if summary.get("role") == "student":
+    how = ("hard labels" if summary.get("loss") == "hard" else
+           f"{summary.get('method')}, {summary.get('teaching')}, "
+           f"T={summary.get('temperature'):g}, alpha={summary.get('alpha'):g}")
+    head = (f"student {accuracy} (teacher {summary['teacher_test_accuracy']:.4f}, agreement "
+            f"{summary['agreement_with_teacher']:.4f}; {summary.get('model')}, {how})")
+  else:
+    imported = "imported " if summary.get("imported_from") else ""
+    head = (f"{imported}teacher {accuracy} (val {summary['val_accuracy']:.4f}; "
+            f"{summary.get('model')})")
+  wall = summary.get("wall_seconds") if wall_seconds is None else wall_seconds
+  times = [f"{label} {_duration(value)}"
+           for label, value in (("training", summary.get("train_seconds")), ("wall", wall))
+           if value is not None]
+  return ", ".join([head, *times]) + f" -> {workdir}"
 
 
 def restore_trained(run_dir: Path, recipe: dict[str, Any], role: str, dataset):
@@ -267,11 +352,7 @@ def _online_teacher(recipe: dict[str, Any], teacher_dir: Path, dataset, *, form:
                                        feature_layer=feature_layer)
     targets = open_targets(teacher_dir, dataset)
     return strategy, targets.test_logits, targets.identity
-  if (not (teacher_dir / rundir.CHECKPOINTS_DIR).is_dir()
-      and (teacher_dir / rundir.TARGETS_META_FILE).exists()):
-    raise UserError(f"{teacher_dir} holds exported targets but no trained teacher (an "
-                    "ensemble?); online teaching runs one trained teacher. Use "
-                    "--teaching targets or views with it, or name a teacher's run directory.")
+  rundir.check_teacher_folder(teacher_dir, needs="model")
   teacher_recipe = read_run_recipe(teacher_dir)
   check_same_data(recipe, teacher_recipe, f"teacher {teacher_dir}")
   model, step = restore_trained(teacher_dir, teacher_recipe, "teacher", dataset)
@@ -385,8 +466,9 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
   start = time.perf_counter()
   check_workdir(workdir)
   settings = config_lib.DistillSettings.of(recipe)
-  dataset = load_data(recipe)
-  check_batch_fits(dataset, config_lib.TrainSettings.of(recipe, "student"), "student")
+  rundir.check_teacher_folder(teacher_dir,
+                              needs="model" if settings.teaching == "online" else "targets")
+  dataset = load_fitting_data(recipe, "student", console)
   model_name, model, num_params = _build_model(recipe, "student", dataset)
   objective, teaching, teacher_test_logits, identity = _student_objective(
       recipe, teacher_dir, dataset, model, console)
@@ -421,9 +503,6 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
       "agreement_with_teacher": float(losses.top1_agreement(test["logits"], teacher_test_logits)),
   })
   write_json(workdir / SUMMARY_FILE, summary)
-  console.info(f"student {model_name} ({settings.loss}, {how}) test accuracy "
-               f"{summary['test_accuracy']:.4f}, teacher {summary['teacher_test_accuracy']:.4f}, "
-               f"agreement {summary['agreement_with_teacher']:.4f} -> {workdir}")
   return summary
 
 
@@ -448,11 +527,13 @@ def student_recipe(teacher_dir: Path, recipe_path: str | None,
   Starting from the teacher's resolved recipe keeps the data settings (and so
   the split the targets were made on) identical by default.
   """
+  rundir.check_teacher_folder(teacher_dir)
   if recipe_path:
     return config_lib.load_recipe(recipe_path, overrides)
   recipe = read_run_recipe(teacher_dir)
   for text in overrides:
     key, value = config_lib.parse_override(text)
     config_lib.set_key(recipe, key, value)
+  config_lib.absolute_paths(recipe)
   config_lib.validate(recipe)
   return recipe

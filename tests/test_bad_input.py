@@ -54,6 +54,11 @@ def _npz(path, **arrays):
   return path
 
 
+def _toml(path, text):
+  path.write_text(text + "\n")
+  return path
+
+
 IMAGES = np.zeros((20, 8, 8), np.uint8)
 LABELS = np.arange(20) % 4
 
@@ -76,7 +81,67 @@ def _mistakes(tmp, finished):
   a_file.write_text("")
   empty = tmp / "empty"
   empty.mkdir()
+  missing = tmp / "nothing-here"
+  unfinished = tmp / "unfinished"
+  unfinished.mkdir()
+  shutil.copy(finished / "teacher" / "recipe.json", unfinished)
+  student = finished / "student"
+  images = tmp / "images.npy"
+  np.save(images, np.zeros((2, 8, 8, 1), np.uint8))
   teacher = ["teacher", "--recipe", "digits", *TINY_FLAGS]
+  # The wrong kind of folder, wherever a command reads a run: one line saying what it is.
+  not_teachers = [(student, ["a student run", "its teacher is --teacher /"]),
+                  (unfinished, ["an unfinished run", "re-run its command"]),
+                  (a_file, ["a file"]), (empty, ["an empty folder"]), (missing, ["not found"])]
+  not_runs = [(a_file, "a file"), (empty, "an empty folder"), (missing, "not found")]
+  wrong_folders = [
+      *((f"student --teacher {kind}", ["student", "--teacher", folder], words)
+        for folder, words in not_teachers for kind in [folder.name]),
+      *((f"export --teacher {kind}", ["export", "--teacher", folder], words)
+        for folder, words in not_teachers for kind in [folder.name]),
+      *((f"compare {words}", ["compare", folder], [words, "distill teacher"])
+        for folder, words in not_runs),
+      *((f"report {words}", ["report", folder, "--out", tmp / "report"], [words])
+        for folder, words in not_runs),
+      *((f"export-model {words}", ["export-model", folder, "--format", "stablehlo", "--out",
+                                   tmp / "model.bin"], [words, "finished run"])
+        for folder, words in not_runs),
+      ("predict a file", ["predict", a_file, "--images", images], ["a file", "export-model"]),
+      ("predict an empty folder", ["predict", empty, "--images", images], ["an empty folder"]),
+      ("predict a missing path", ["predict", missing, "--images", images], ["not found"]),
+  ]
+  # A recipe file's values are type-checked like --set's: the key, the file, the type.
+  recipe_types = [
+      (f"recipe file {text}", ["teacher", "--recipe", _toml(tmp / f"types-{i}.toml", text)],
+       [key, f"types-{i}.toml", f"must be {kind}"])
+      for i, (text, key, kind) in enumerate([
+          ('[teacher]\nsteps = "ten"', "'teacher.steps'", "int"),
+          ('[teacher]\nsteps = "10"', "'teacher.steps'", "int"),
+          ('[teacher]\nlearning_rate = "fast"', "'teacher.learning_rate'", "float"),
+          ("[augment]\nflip = 3", "'augment.flip'", "bool"),
+          ('[augment]\nflip = "true"', "'augment.flip'", "bool"),
+          ('[student.cnn]\nchannels = "a"', "'student.cnn.channels'", "list of int"),
+          ("[data]\ndataset = 3", "'data.dataset'", "str"),
+      ])]
+  # A data set of one's own, too small for the recipe's sizes: every fix in one line.
+  small = _npz(tmp / "small.npz", x=np.zeros((60, 8, 8), np.uint8), y=np.arange(60) % 3)
+  small_data = [
+      ("small data: validation split and batch sizes",
+       ["teacher", "--recipe", "digits", "--dataset", "npz", "--data-dir", small],
+       ["data.val_size 150", "teacher.batch_size 64", "student.batch_size 64",
+        "pass --set data.val_size=4 --batch-size 32 --set student.batch_size=32"]),
+      ("small data: no validation images",
+       ["teacher", "--recipe", "digits", "--dataset", "npz", "--data-dir", small, "--set",
+        "data.val_size=0", "--batch-size", "8", "--set", "student.batch_size=8"],
+       ["no validation images", "pass --set data.val_size=4"]),
+  ]
+  # Options given on the wrong side of the command say where they go.
+  misplaced = [
+      ("command option before the command", ["--steps", "10", "teacher"],
+       ["--steps is an option of `distill teacher`", "student", "`distill teacher --steps 10`"]),
+      ("global option after the command", ["teacher", "--coordinator", "host:1234"],
+       ["--coordinator goes before the command", "`distill --coordinator host:1234 teacher"]),
+  ]
   return [
       ("missing data folder", ["teacher", "--data-dir", tmp / "nowhere"], ["nowhere"]),
       ("empty data folder", ["teacher", "--data-dir", empty], ["empty"]),
@@ -118,7 +183,9 @@ def _mistakes(tmp, finished):
       ("export at temperature 0", ["export", "--teacher", finished / "teacher", "-T", "0"],
        ["temperature"]),
       ("compare a damaged summary", ["compare", damaged_summary], ["damaged"]),
-      ("student of a folder that is no teacher", ["student", "--teacher", empty], ["not found"]),
+      ("student of a folder that is no teacher", ["student", "--teacher", empty],
+       ["empty folder"]),
+      *wrong_folders, *recipe_types, *small_data, *misplaced,
   ]
 
 

@@ -93,8 +93,8 @@ def test_finished_run_is_not_overwritten(teacher_dir):
     (["teacher", "--recipe", "nope"], "recipe 'nope' not found"),
     (["teacher", "--dataset", "npz", "--data-dir", "/nonexistent/x.npz"], "/nonexistent/x.npz"),
     (["teacher", "--recipe", "digits", "--batch-size", "5000"], "larger than the"),
-    (["student", "--teacher", "/nonexistent/teacher"], "teacher recipe not found"),
-    (["export", "--teacher", "/nonexistent/teacher"], "teacher recipe not found"),
+    (["student", "--teacher", "/nonexistent/teacher"], "is not found"),
+    (["export", "--teacher", "/nonexistent/teacher"], "is not found"),
     (["compare", "/nonexistent/run"], "no finished runs"),
 ])
 def test_user_errors_are_one_line_without_traceback(args, message, tmp_path):

@@ -176,11 +176,11 @@ def test_bad_inputs_are_one_line_and_write_nothing(runs, exported, images, tmp_p
   before = _snapshot(runs / "exports")
   model = exported["stablehlo"]
   _one_line_error(run_cli("export-model", unfinished, "--format", "stablehlo", "--out", out),
-                  "not a finished run")
+                  "an unfinished run (no summary.json)", "re-run its command")
   _one_line_error(run_cli("export-model", short, "--format", "stablehlo", "--out", out),
                   "stopped at step 20 of 30")
   _one_line_error(run_cli("export-model", plain, "--format", "onnx", "--out", out),
-                  "not a finished run")
+                  "an empty folder")
   _one_line_error(run_cli("export-model", runs / "student", "--format", "tflite", "--out", out),
                   "unknown export format", "stablehlo")
   _one_line_error(run_cli("export-model", runs / "student", "--format", "stablehlo", "--out",
@@ -188,8 +188,8 @@ def test_bad_inputs_are_one_line_and_write_nothing(runs, exported, images, tmp_p
   _one_line_error(run_cli("predict", model, "--images", tmp_path / "missing.png"),
                   "not found", "missing.png")
   _one_line_error(run_cli("predict", model, "--images", not_an_image), "not an image")
-  _one_line_error(run_cli("predict", unfinished, "--images", images[0]), "not a finished run")
-  _one_line_error(run_cli("predict", plain, "--images", images[0]), "not a finished run")
+  _one_line_error(run_cli("predict", unfinished, "--images", images[0]), "an unfinished run")
+  _one_line_error(run_cli("predict", plain, "--images", images[0]), "an empty folder")
   _one_line_error(run_cli("predict", model, "--images", images[0], "--top-k", "0"), "--top-k")
   assert not out.exists() and not serving.sidecar_path(out).exists()
   assert not (plain / "checkpoints").exists()

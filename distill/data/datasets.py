@@ -593,14 +593,28 @@ def _check_val_size_type(val_size: int | float) -> None:
     raise UserError(f"val_size must not be negative, got {val_size}")
 
 
+class SplitLeavesNoTraining(UserError):
+  """val_size holds out every training example; `num_train` says how many there are.
+
+  Training commands catch it to name every setting that does not fit the data
+  in one message (see `distill.workflow.load_fitting_data`).
+  """
+
+  def __init__(self, message: str, *, count: int, num_train: int):
+    super().__init__(message)
+    self.count = count
+    self.num_train = num_train
+
+
 def _validation_count(val_size: int | float, num_train: int) -> int:
   if isinstance(val_size, (float, np.floating)):
     count = int(round(val_size * num_train))
   else:
     count = int(val_size)
   if count >= num_train:
-    raise UserError(f"val_size={val_size} holds out {count} of the {num_train} "
-                    "training examples, leaving none to train on")
+    raise SplitLeavesNoTraining(f"val_size={val_size} holds out {count} of the {num_train} "
+                                "training examples, leaving none to train on",
+                                count=count, num_train=num_train)
   return count
 
 
