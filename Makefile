@@ -6,6 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 LOWEST := .venv-lowest
 DEMO_DIR := runs/demo
+# Two pytest processes (pytest-xdist), each test file on one of them so its module fixtures are
+# built once: most of a test is compiling or Python, which one core runs at a time.
+PYTEST_WORKERS ?= -n 2 --dist loadfile
 export KERAS_BACKEND := jax
 
 .PHONY: install data browser demo teacher student test test-lowest bench clean
@@ -60,14 +63,14 @@ bench: install data ## distill vs PyTorch (eager, compile) throughput; writes ru
 
 test: install data browser ## Lint (ruff, configured in pyproject.toml), then run the test suite.
 	$(BIN)/ruff check distill tests benchmarks
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests $(PYTEST_WORKERS)
 
 test-lowest: data browser ## The test suite against the lowest versions pyproject.toml allows (in .venv-lowest).
 	$(PYTHON) -m venv $(LOWEST)
 	$(LOWEST)/bin/pip install --quiet --upgrade pip
 	$(LOWEST)/bin/python tests/lowest_pins.py > $(LOWEST)/constraints.txt
 	$(LOWEST)/bin/pip install --quiet -c $(LOWEST)/constraints.txt -e '.[test,onnx]'
-	$(LOWEST)/bin/python -m pytest tests
+	$(LOWEST)/bin/python -m pytest tests $(PYTEST_WORKERS)
 
 clean: ## Remove run outputs (not the virtualenv).
 	rm -rf runs
