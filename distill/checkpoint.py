@@ -23,8 +23,11 @@ class Checkpointer:
 
   def __init__(self, workdir: Path, max_to_keep: int = 2):
     self.directory = Path(workdir).resolve() / CHECKPOINTS_DIR
+    # Asynchronous: `save` returns once the state is copied off the devices and the
+    # files are written while training goes on (a small model's step is faster than
+    # Orbax's writing). `wait` and `close` wait for the writes.
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                           enable_async_checkpointing=False)
+                                           enable_async_checkpointing=True)
     try:
       self._manager = ocp.CheckpointManager(self.directory, options=options)
     except OSError as e:
@@ -35,9 +38,16 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-    """Saves `state` (a pytree of arrays) and `meta` (JSON) at `step`, synchronously."""
+    """Starts saving `state` (a pytree of arrays) and `meta` (JSON) at `step`.
+
+    The state may be donated to the next step as soon as this returns; the
+    checkpoint is complete (and `latest_step` names it) after `wait`.
+    """
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+  def wait(self) -> None:
+    """Blocks until every checkpoint started so far is on disk."""
     self._manager.wait_until_finished()
 
   def restore(self, step: int, like: Any) -> tuple[Any, dict[str, Any]]:
@@ -57,4 +67,5 @@ class Checkpointer:
 
   def close(self) -> None:
     """Waits for pending writes and releases the manager."""
+    self._manager.wait_until_finished()
     self._manager.close()

@@ -79,6 +79,7 @@ def fit(*, model: nnx.Module, images, labels: np.ndarray, val_images, val_labels
                                          strict_init_check, echo, warn, check_init)
   run = _Run(setup, settings, Path(workdir), checkpoint_meta, quiet)
   start_step = run.resume(echo)
+  run.compile_logging(val_images, val_labels)
   if start_step == 0:  # A resumed run's event files already hold step 0.
     run.tensorboard.init_loss(init_loss, expected)
   last_train_loss = init_loss
@@ -86,9 +87,13 @@ def fit(*, model: nnx.Module, images, labels: np.ndarray, val_images, val_labels
     with _StopFlag() as stop, contextlib.closing(setup.feeder.dispatches(run.plan)) as feed:
       for (first, count), rows in zip(run.plan, feed, strict=True):
         step = run.train(first, count, rows)
+        # The previous dispatch's log line, now that this dispatch keeps the device busy.
+        last_train_loss = run.write_deferred_log(last_train_loss)
         # Read once: a signal handled while this step logs or evaluates
         # must not stop the run before this step's checkpoint is saved.
         stopping = stop.signal_name is not None
+        if run.can_defer_log(step, stopping):
+          continue
         if run.at_log(step) or run.at_checkpoint(step) or stopping:
           # Checked before every save too, so a checkpoint never holds a diverged state.
           record = run.summary_of_window(step)
@@ -152,6 +157,8 @@ class _Run:
     self.compile_seconds = 0.0
     self._compiled: dict[int, Any] = {}
     self._window: list[dict[str, jax.Array]] = []
+    # (step, its window) of a log line written after the next dispatch (`can_defer_log`).
+    self._deferred: tuple[int, list[dict[str, jax.Array]]] | None = None
     self.plan: list[tuple[int, int]] = []
     self._progress = None
 
@@ -189,6 +196,24 @@ class _Run:
     """This stretch's training time so far; compilation is reported apart."""
     return time.perf_counter() - self._loop_start - self.compile_seconds
 
+  def compile_logging(self, val_images, val_labels: np.ndarray) -> None:
+    """Compiles what logging runs (validation forward pass and metrics, the learning rate).
+
+    Done once, before the first dispatch, and counted as compile time: left
+    to the first log, the compiles (and the dozens of eager ops they replace)
+    would stall the device in the middle of training.
+    """
+    started = time.perf_counter()
+    self._learning_rate = jax.jit(self.setup.schedule)
+    self._learning_rate(0).block_until_ready()
+    if len(val_images):
+      batch = min(self.settings.eval_batch_size, len(val_images))
+      logits = predict_in_batches(self.setup.predict, self.state["params"], val_images[:batch],
+                                  batch)
+      jax.block_until_ready(_validation_metrics(
+          np.zeros((len(val_images), logits.shape[-1]), np.float32), np.asarray(val_labels)))
+    self.compile_seconds += time.perf_counter() - started
+
   def train(self, first: int, count: int, rows) -> int:
     """Runs one dispatch of `count` steps (compiling for its length once); returns the step."""
     if count not in self._compiled:
@@ -208,9 +233,43 @@ class _Run:
     """Whether `step` saves a checkpoint (a stop signal saves one too)."""
     return step % self.settings.checkpoint_every == 0 or step == self.total_steps
 
+  def can_defer_log(self, step: int, stopping: bool) -> bool:
+    """Whether `step` only logs training metrics; if so, they are written after the next dispatch.
+
+    Fetching them now would leave the device idle while the host writes the
+    line. Steps that evaluate, checkpoint, stop or end the run need the state
+    of this very step, so they are written at once.
+    """
+    plain = (self.at_log(step) and step % self.settings.eval_every and step < self.total_steps
+             and not self.at_checkpoint(step) and not stopping)
+    if plain:
+      self._deferred = (step, self._window)
+      self._window = []
+    return bool(plain)
+
+  def write_deferred_log(self, last_train_loss: float) -> float:
+    """Writes the log line deferred by `can_defer_log`, if any; returns the latest train loss."""
+    if self._deferred is None:
+      return last_train_loss
+    step, window = self._deferred
+    self._deferred = None
+    record = self._checked(_summarise(window, step))
+    self.log(record, None, None)
+    return record["loss"]
+
   def summary_of_window(self, step: int) -> dict[str, Any]:
-    """The metrics since the last log line; a non-finite loss stops the run here."""
-    record = _summarise(self._window, step)
+    """The metrics since the last log line; a non-finite loss stops the run here.
+
+    A step that logs starts the next window.
+    """
+    record = self._checked(_summarise(self._window, step))
+    if self.at_log(step):
+      self._window = []
+    return record
+
+  def _checked(self, record: dict[str, Any]) -> dict[str, Any]:
+    """`record`, unless its loss is not finite: then the run stops, saying what is kept."""
+    step = record["step"]
     if not math.isfinite(record["loss"]):
       good = self.checkpointer.latest_step()
       kept = (f"the last good checkpoint (step {good}) is kept in {self.checkpointer.directory}"
@@ -220,15 +279,17 @@ class _Run:
     return record
 
   def log(self, record: dict[str, Any], val_images, val_labels) -> None:
-    """Adds the learning rate and (at its cadence) validation, and appends the record."""
-    self._window = []
+    """Adds the learning rate and (at its cadence) validation, and appends the record.
+
+    The metrics window was started again when the record was summarised.
+    """
     step = record["step"]
-    record["learning_rate"] = float(self.setup.schedule(step))
+    record["learning_rate"] = float(self._learning_rate(step))
     if step % self.settings.eval_every == 0 or step == self.total_steps:
       val_logits = predict_in_batches(self.setup.predict, self.state["params"], val_images,
                                       self.settings.eval_batch_size)
-      record["val_loss"] = float(losses.hard_cross_entropy(val_logits, val_labels))
-      record["val_accuracy"] = float(losses.accuracy(val_logits, val_labels))
+      val_loss, val_accuracy = _validation_metrics(val_logits, np.asarray(val_labels))
+      record["val_loss"], record["val_accuracy"] = float(val_loss), float(val_accuracy)
     record["elapsed_seconds"] = round(time.perf_counter() - self._loop_start, 3)
     self.metrics.append(record)
     self.tensorboard.append(record)
@@ -266,6 +327,12 @@ def dispatch_plan(start: int, total: int, per_dispatch: int,
     plan.append((step, count))
     step += count
   return plan
+
+
+@jax.jit
+def _validation_metrics(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Validation cross-entropy and accuracy, one compiled call (not a dozen eager ops)."""
+  return losses.hard_cross_entropy(logits, labels), losses.accuracy(logits, labels)
 
 
 def _summarise(window: list[dict[str, jax.Array]], step: int) -> dict[str, Any]:

@@ -43,14 +43,19 @@ def _logged_steps(workdir):
   return json.loads(lines[-1])["step"] if lines else 0
 
 
-def _kill_after(args, workdir, logged_step):
-  """Starts a run and SIGKILLs it once its log reaches `logged_step` (0: right at start)."""
+def _kill_after(args, workdir, logged_step, checkpoint=None):
+  """Starts a run and SIGKILLs it once its log reaches `logged_step` (0: right at start).
+
+  With `checkpoint`, it also waits until that step's checkpoint is complete
+  (checkpoints are written in the background while training goes on).
+  """
   process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 120
   while time.time() < deadline and process.poll() is None:
     if logged_step == 0 and (workdir / "recipe.json").exists():
       break
-    if logged_step and _logged_steps(workdir) >= logged_step:
+    saved = checkpoint is None or (workdir / "checkpoints" / str(checkpoint)).is_dir()
+    if logged_step and _logged_steps(workdir) >= logged_step and saved:
       break
     time.sleep(0.01)
   if process.poll() is None:
@@ -121,7 +126,7 @@ def test_killed_student_resumes_bit_identically(reference, tmp_path, kill_at):
 def test_resume_with_another_recipe_is_refused(reference, tmp_path):
   workdir = tmp_path / "teacher"
   args = _command("teacher", workdir)
-  _kill_after(args, workdir, 15)
+  _kill_after(args, workdir, 15, checkpoint=10)
   if (workdir / "summary.json").exists():
     pytest.skip("the run finished before it could be killed")
   changed = [*args, "--set", "teacher.learning_rate=0.5"]
