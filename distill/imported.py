@@ -130,15 +130,19 @@ def import_teacher(source: str, recipe: dict[str, Any], workdir: Path, *,
   if getattr(dataset, "streaming", False):
     raise UserError("import-teacher labels a data set held in memory; a streamed data set "
                     "is not supported yet")
-  console.info(dataset.describe())
+  # Every refusal comes before the first note: a mistake is answered in one line.
   teacher = open_teacher(source, image_shape=dataset.image_shape)
   if teacher.num_classes != dataset.num_classes:
     raise UserError(f"{source} predicts {teacher.num_classes} classes; {dataset.name} has "
                     f"{dataset.num_classes}. Import a teacher trained on these classes, or "
                     "fine-tune it with `distill teacher --init-from SOURCE`")
+  if teacher.logits is not None:
+    logits = _split_logits(teacher, dataset)
+  console.info(dataset.describe())
   console.info(f"teacher: {teacher.kind} from {source}"
                + (f", {teacher.num_params:,} parameters" if teacher.num_params else ""))
-  logits = _all_logits(teacher, dataset, recipe["export"]["batch_size"], console)
+  if teacher.logits is None:
+    logits = _all_logits(teacher, dataset, recipe["export"]["batch_size"], console)
   rundir.prepare_workdir(workdir, restart=False, overwrite=overwrite)
   write_json(workdir / rundir.RECIPE_FILE, recipe)
   write_json(workdir / rundir.IMPORTED_FILE, {

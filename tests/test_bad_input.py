@@ -7,9 +7,11 @@ byte-for-byte the same.
 
 import gzip
 import hashlib
+import json
 import os
 import shutil
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,7 +187,43 @@ def _mistakes(tmp, finished):
       ("compare a damaged summary", ["compare", damaged_summary], ["damaged"]),
       ("student of a folder that is no teacher", ["student", "--teacher", empty],
        ["empty folder"]),
-      *wrong_folders, *recipe_types, *small_data, *misplaced,
+      *wrong_folders, *recipe_types, *small_data, *misplaced, *_import_mistakes(tmp, finished),
+  ]
+
+
+def _import_mistakes(tmp, finished):
+  """Teachers from elsewhere that cannot be imported, each aimed at the finished teacher's
+  folder with --overwrite: the refusal must leave that run as it was."""
+  from safetensors.numpy import load_file, save_file  # noqa: PLC0415 (only these rows need it)
+
+  fixture = Path(__file__).parent / "fixtures" / "vit_timm"
+  missing_tensor = tmp / "vit-missing-tensor"
+  shutil.copytree(fixture, missing_tensor)
+  tensors = load_file(missing_tensor / "model.safetensors")
+  tensors.pop("head.weight")
+  save_file(tensors, missing_tensor / "model.safetensors")
+  registers = tmp / "vit-registers"
+  shutil.copytree(fixture, registers)
+  config = json.loads((registers / "config.json").read_text())
+  config.setdefault("model_args", {})["reg_tokens"] = 4
+  (registers / "config.json").write_text(json.dumps(config))
+  rng = np.random.default_rng(0)
+  five_classes = tmp / "five-classes.npz"
+  np.savez(five_classes, train_logits=rng.normal(size=(1437, 5)),
+           test_logits=rng.normal(size=(360, 5)))
+  few_rows = tmp / "few-rows.npz"
+  np.savez(few_rows, train_logits=rng.normal(size=(100, 10)),
+           test_logits=rng.normal(size=(360, 10)))
+  out = ["-r", "digits", "-w", finished / "teacher", "--overwrite"]
+  return [
+      ("import a folder that is no ViT", ["import-teacher", tmp / "empty", *out], ["config.json"]),
+      ("import a ViT missing a tensor", ["import-teacher", missing_tensor, *out], ["head.weight"]),
+      ("import a ViT with registers", ["import-teacher", registers, *out], ["reg"]),
+      ("import logits of other classes", ["import-teacher", five_classes, *out],
+       ["5 classes"]),
+      ("import logits of the wrong count", ["import-teacher", few_rows, *out], ["100 rows"]),
+      ("import an unimportable callable", ["import-teacher", "no_such_module_x:fn", *out],
+       ["no_such_module_x"]),
   ]
 
 
