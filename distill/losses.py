@@ -48,12 +48,16 @@ _INIT_KINDS = ("soft_ce", "kl", "hard")
 # ---------------------------------------------------------------------------
 
 
-def _check_reduction(reduction):
-  if reduction not in _REDUCTIONS:
+def _check_choice(name, value, choices):
+  if value not in choices:
     raise ValueError(
-        f'unknown reduction {reduction!r}; expected one of '
-        f'{", ".join(repr(r) for r in _REDUCTIONS)}')
-  return reduction
+        f'unknown {name} {value!r}; expected one of '
+        f'{", ".join(repr(c) for c in choices)}')
+  return value
+
+
+def _check_reduction(reduction):
+  return _check_choice("reduction", reduction, _REDUCTIONS)
 
 
 def _check_temperature(temperature):
@@ -186,15 +190,19 @@ def softmax(logits, temperature=1.0):
 # ---------------------------------------------------------------------------
 
 
-def _hard_ce_per_example(logits, labels, label_smoothing):
-  logp = log_softmax(logits)
+def _gather_label(logp, labels):
+  """logp[..., label], NaN for labels outside [0, C)."""
   n_classes = logp.shape[-1]
   # Map negative labels out of range so that they, like labels >= C, gather
   # NaN instead of silently wrapping around to the last classes.
   idx = jnp.where(labels < 0, n_classes, labels)
-  picked = jnp.take_along_axis(
+  return jnp.take_along_axis(
       logp, idx[..., None], axis=-1, mode="fill", fill_value=jnp.nan)[..., 0]
-  nll = -picked
+
+
+def _hard_ce_per_example(logits, labels, label_smoothing):
+  logp = log_softmax(logits)
+  nll = -_gather_label(logp, labels)
   if label_smoothing == 0.0:
     return nll
   # Target (1 - s) * one_hot + s / C, written as a mix of the two CEs.
@@ -342,10 +350,7 @@ def distillation_loss(student_logits, *, target_probs=None, labels=None,
   t = _check_temperature(temperature)
   a = _check_alpha(alpha)
   s = _check_label_smoothing(label_smoothing)
-  if kind not in _SOFT_KINDS:
-    raise ValueError(
-        f'unknown kind {kind!r}; expected one of '
-        f'{", ".join(repr(k) for k in _SOFT_KINDS)}')
+  _check_choice("kind", kind, _SOFT_KINDS)
   if a > 0.0 and target_probs is None:
     raise ValueError(
         f"alpha={alpha} > 0 weights the soft term, so target_probs is "
@@ -405,10 +410,7 @@ def expected_init_loss(n_classes, *, kind="soft_ce", temperature=1.0,
     ValueError: for invalid arguments or missing target_probs.
   """
   c = _check_n_classes(n_classes)
-  if kind not in _INIT_KINDS:
-    raise ValueError(
-        f'unknown kind {kind!r}; expected one of '
-        f'{", ".join(repr(k) for k in _INIT_KINDS)}')
+  _check_choice("kind", kind, _INIT_KINDS)
   log_c = math.log(c)
   if kind == "hard":
     return log_c
@@ -628,14 +630,6 @@ def _check_weight(name, value):
   return w
 
 
-def _check_choice(name, value, choices):
-  if value not in choices:
-    raise ValueError(
-        f'unknown {name} {value!r}; expected one of '
-        f'{", ".join(repr(c) for c in choices)}')
-  return value
-
-
 def _check_same_shape(a, b, name_a, name_b):
   if a.shape != b.shape:
     raise ValueError(
@@ -654,14 +648,6 @@ def _check_two_classes(logits, name):
 def _as_teacher(x, name):
   # The teacher is never differentiated, even if the caller forgets to stop it.
   return jax.lax.stop_gradient(_as_logits(x, name))
-
-
-def _gather_label(logp, labels):
-  """logp[..., label], NaN for labels outside [0, C) (as in hard CE)."""
-  n_classes = logp.shape[-1]
-  idx = jnp.where(labels < 0, n_classes, labels)
-  return jnp.take_along_axis(
-      logp, idx[..., None], axis=-1, mode="fill", fill_value=jnp.nan)[..., 0]
 
 
 def _max_and_lse_where(x, where):
