@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import stats
+from test_losses import np_log_softmax, np_logsumexp, np_reduce, np_softmax
 
 import distill
 from distill import losses
@@ -56,18 +57,7 @@ def num_grad(f, x, h=1e-6):
 # ---------------------------------------------------------------------------
 
 
-def np_logsumexp(x, axis=-1):
-  m = np.max(x, axis=axis, keepdims=True)
-  return m + np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True))
 
-
-def np_log_softmax(x, temperature=1.0):
-  x = np.asarray(x, np.float64) / temperature
-  return x - np_logsumexp(x)
-
-
-def np_softmax(x, temperature=1.0):
-  return np.exp(np_log_softmax(x, temperature))
 
 
 def np_kl(p, q):
@@ -168,13 +158,6 @@ def np_token(c, d, labels, t, variant, temperature):
         np_softmax(t, temperature) * np_log_softmax(d, temperature), axis=-1)
   return 0.5 * class_term + 0.5 * distill_term
 
-
-def np_reduce(per_example, reduction):
-  if reduction == "mean":
-    return np.mean(per_example)
-  if reduction == "sum":
-    return np.sum(per_example)
-  return per_example
 
 
 # ---------------------------------------------------------------------------
