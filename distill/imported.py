@@ -83,9 +83,8 @@ def _split_logits(teacher, dataset) -> dict[str, np.ndarray]:
   return {"train": train[rows], "val": train[dataset.val_source_indices], "test": test}
 
 
-def _all_logits(teacher, dataset, batch_size: int, console: Console) -> dict[str, np.ndarray]:
-  if teacher.logits is not None:
-    return _split_logits(teacher, dataset)
+def _run_on_splits(teacher, dataset, batch_size: int, console: Console) -> dict[str, np.ndarray]:
+  """A runnable teacher's logits of distill's train / validation / test splits."""
   bar = None if console.quiet else "label the training set"
   return {"train": teacher_logits(teacher, dataset.x_train, batch_size, progress=bar),
           "val": teacher_logits(teacher, dataset.x_val, batch_size),
@@ -136,13 +135,13 @@ def import_teacher(source: str, recipe: dict[str, Any], workdir: Path, *,
     raise UserError(f"{source} predicts {teacher.num_classes} classes; {dataset.name} has "
                     f"{dataset.num_classes}. Import a teacher trained on these classes, or "
                     "fine-tune it with `distill teacher --init-from SOURCE`")
-  if teacher.logits is not None:
-    logits = _split_logits(teacher, dataset)
+  # A logits file is checked against the data set here; a runnable teacher after the notes.
+  logits = None if teacher.logits is None else _split_logits(teacher, dataset)
   console.info(dataset.describe())
   console.info(f"teacher: {teacher.kind} from {source}"
                + (f", {teacher.num_params:,} parameters" if teacher.num_params else ""))
-  if teacher.logits is None:
-    logits = _all_logits(teacher, dataset, recipe["export"]["batch_size"], console)
+  if logits is None:
+    logits = _run_on_splits(teacher, dataset, recipe["export"]["batch_size"], console)
   rundir.prepare_workdir(workdir, restart=False, overwrite=overwrite)
   write_json(workdir / rundir.RECIPE_FILE, recipe)
   write_json(workdir / rundir.IMPORTED_FILE, {
