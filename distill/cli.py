@@ -533,6 +533,10 @@ def sweep(teacher_dir, out, models, modes, soft_losses, methods, seeds, recipe, 
     click.echo("\nPaired differences (per seed, p < 0.05 = beyond seed noise):\n"
                + result["paired_table"])
   click.echo(f"\n{result['markdown']}, {result['json']}")
+  if result["headline"]:
+    click.echo("\nWhat the teacher bought each student, against the same student on hard labels "
+               "(same seeds):\n" + "\n".join(f"  {line}" for line in result["headline"]))
+    click.echo("\n" + result["verdict"])
 
 
 @main.command("export-model")

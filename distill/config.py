@@ -77,6 +77,9 @@ DEFAULTS: dict[str, Any] = {
         "val_size": 5000,
         "split_seed": 0,
         "train_limit": 0,
+        # Keep the labels of only this many training images (0: all); the rest are
+        # unlabelled images that the teacher labels for its students.
+        "labelled": 0,
     },
     "augment": {
         "crop": "resize",
@@ -364,8 +367,8 @@ def validate(recipe: dict[str, Any]) -> None:
   if recipe["export"]["views"] < 0:
     raise UserError("export.views must be 0 (no augmented views) or more, "
                     f"got {recipe['export']['views']}")
-  if recipe["data"]["val_size"] < 0 or recipe["data"]["train_limit"] < 0:
-    raise UserError("data.val_size and data.train_limit must not be negative")
+  if min(recipe["data"][key] for key in ("val_size", "train_limit", "labelled")) < 0:
+    raise UserError("data.val_size, data.train_limit and data.labelled must not be negative")
 
 
 def _validate_distillation(student: dict[str, Any]) -> None:

@@ -25,6 +25,8 @@ COLUMNS = (
     ("temperature", "T"),
     ("alpha", "alpha"),
     ("params", "params"),
+    # Only when some run had few labels (data.labelled): how many it learned from.
+    ("labels_used", "labels"),
     ("test_accuracy", "test acc"),
     ("agreement_with_teacher", "agree"),
     ("test_nll", "test NLL"),
@@ -65,6 +67,13 @@ _TEACHING_KEYS = ("teaching", "method", "temperature", "alpha")
 
 def _row_value(row: dict[str, Any], key: str) -> Any:
   """What the table shows of `row` under `key` (None: nothing to show)."""
+  if key == "labels_used":
+    labelled = row.get("labelled_images")
+    if labelled is None:
+      return None
+    # A teacher or a hard-label student learns from the labelled images; a taught
+    # student from the teacher alone (methods that read labels are refused then).
+    return labelled if row.get("role") == "teacher" or row.get("loss") == "hard" else 0
   if key in _TEACHING_KEYS and (row.get("role") != "student" or row.get("loss") == "hard"):
     return None
   if key == "method" and row.get("method") is None and row.get("role") == "student":
@@ -79,6 +88,8 @@ def _cell(key: str, value: Any) -> str:
     return f"{value:g}"
   if key == "params":
     return f"{value:,}"
+  if key == "labels_used":
+    return f"{value:,}" if value else "none"
   if key in ("test_accuracy", "agreement_with_teacher"):
     return f"{100 * value:.2f}%"
   if key in ("test_nll", "test_ece"):
@@ -95,22 +106,30 @@ def markdown_table(header: list[str], body: list[list[str]]) -> str:
   return "\n".join(lines)
 
 
+def shown_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+  """COLUMNS, less the labels column when every run had every label."""
+  return [(key, title) for key, title in COLUMNS if key != "labels_used"
+          or any(_row_value(row, key) is not None for row in rows)]
+
+
 def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
   """A fixed-width (or Markdown) table of the runs."""
-  header = [title for _, title in COLUMNS]
-  body = [[_cell(key, _row_value(row, key)) for key, _ in COLUMNS] for row in rows]
+  columns = shown_columns(rows)
+  header = [title for _, title in columns]
+  body = [[_cell(key, _row_value(row, key)) for key, _ in columns] for row in rows]
   if markdown:
     return markdown_table(header, body)
   widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
   fmt = "  ".join(f"{{:{'<' if key in _TEXT_COLUMNS else '>'}{w}}}"
-                  for (key, _), w in zip(COLUMNS, widths, strict=True))
+                  for (key, _), w in zip(columns, widths, strict=True))
   return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))]
                    + [fmt.format(*cells) for cells in body])
 
 
 def compare_runs(run_dirs: list[Path], *, as_json: bool = False, markdown: bool = False) -> str:
   """The comparison of `run_dirs` as text (a table, Markdown, or JSON lines)."""
-  rows, skipped = collect_runs(_expand_sweeps(run_dirs)[0])
+  run_dirs, sweeps = _expand_sweeps(run_dirs)
+  rows, skipped = collect_runs(run_dirs)
   if as_json:
     keys = [key for key, _ in COLUMNS] + ["dataset", "steps", "teacher_test_accuracy",
                                           "val_accuracy", "images_per_second"]
@@ -118,6 +137,13 @@ def compare_runs(run_dirs: list[Path], *, as_json: bool = False, markdown: bool 
   text = format_table(rows, markdown=markdown)
   if skipped:
     text += "\n\nskipped: " + "; ".join(skipped)
+  # A sweep's verdict closes the comparison: what teaching bought, and how surely.
+  from distill.sweep import verdict_sentence  # noqa: PLC0415
+
+  for sweep_dir, saved in sweeps:
+    sentence = verdict_sentence(saved.get("rows", []))
+    if sentence:
+      text += f"\n\n{sweep_dir}: {sentence}"
   return text
 
 

@@ -131,6 +131,13 @@ def _teacher_choice(batch: Batch) -> jax.Array | None:
   return None
 
 
+def _labelled_accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Top-1 accuracy over the batch's labelled rows: an unlabelled image's label is -1."""
+  labelled = (labels >= 0).astype(jnp.float32)
+  correct = losses.accuracy(logits, labels, reduction="none")
+  return jnp.sum(correct * labelled) / jnp.maximum(jnp.sum(labelled), 1.0)
+
+
 def train_step(spec: StepSpec, data: Batch, stats, teacher_state, state, rows):
   """One optimizer step on one batch: (new state, metrics)."""
   images, batch = _batch(spec, data, stats, teacher_state, state["step"], rows)
@@ -147,7 +154,7 @@ def train_step(spec: StepSpec, data: Batch, stats, teacher_state, state, rows):
   trainable = optax.apply_updates(trainable, updates)
   metrics = {
       "loss": loss,
-      "accuracy": losses.accuracy(logits, batch["labels"]),
+      "accuracy": _labelled_accuracy(logits, batch["labels"]),
       "grad_norm": optax.tree.norm(grads),
   }
   teacher_choice = _teacher_choice(batch)

@@ -97,7 +97,7 @@ def check_targets_match(meta: dict[str, Any], *, dataset_name: str, fingerprint:
     differences.append(
         f"dataset fingerprint {str(meta.get('dataset_fingerprint'))[:12]} vs {fingerprint[:12]}")
   if meta.get("train_fingerprint") != train_fingerprint:
-    differences.append("training split (val_size, split_seed or train_limit differ)")
+    differences.append("training split (val_size, split_seed, train_limit or labelled differ)")
   if meta.get("num_examples") != num_examples:
     differences.append(f"{meta.get('num_examples')} examples vs {num_examples}")
   if meta.get("num_classes") != num_classes:

@@ -92,6 +92,9 @@ class Objective:
     init_aux: () -> the objective's own trainable parameters, trained and
       checkpointed with the student (a hint's projection); None when it has
       none.
+    reads_labels: whether the loss reads the label of every example it
+      trains on (hard labels, a hard term, DKD's target class); one that does
+      not can learn from images that have no label.
   """
 
   name: str
@@ -102,6 +105,7 @@ class Objective:
   teacher_layer: int | None = None
   forward: Callable[[nnx.Module, jax.Array], Outputs] = _plain_forward
   init_aux: Callable[[], Any] | None = None
+  reads_labels: bool = True
 
 
 def _hard_objective(label_smoothing: float = 0.0, **_: Any) -> Objective:
@@ -135,7 +139,8 @@ def _kd_objective(temperature: float = 1.0, alpha: float = 1.0, soft_loss: str =
           label_smoothing=label_smoothing),
       uses_targets=True,
       expected_init_loss=lambda n, batch: _kd_expected(
-          n, batch, temperature=temperature, alpha=alpha, soft_loss=soft_loss))
+          n, batch, temperature=temperature, alpha=alpha, soft_loss=soft_loss),
+      reads_labels=alpha < 1.0)
 
 
 def _dkd_objective(temperature: float = 4.0, dkd_alpha: float = 1.0, dkd_beta: float = 8.0,
@@ -274,7 +279,7 @@ def _hint_objective(temperature: float = 1.0, alpha: float = 1.0, soft_loss: str
   return Objective(
       name="hint", loss=loss, uses_targets=True, expected_init_loss=expected,
       teacher_layer=hint_teacher_layer, forward=_hint_forward(hint_student_layer),
-      init_aux=init_aux)
+      init_aux=init_aux, reads_labels=alpha < 1.0)
 
 
 OBJECTIVES: dict[str, Callable[..., Objective]] = {

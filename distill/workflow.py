@@ -30,12 +30,16 @@ def load_data(recipe: dict[str, Any]):
   if data["dataset"] == "stream":
     from distill.data.stream import open_training_stream  # noqa: PLC0415
 
+    if data["labelled"]:
+      raise UserError("data.labelled needs a data set in memory; a streamed one keeps every "
+                      "label (set data.labelled=0)")
     return open_training_stream(data["data_dir"], val_size=data["val_size"],
                                 split_seed=data["split_seed"],
                                 train_limit=data["train_limit"] or None)
   return load_dataset(data["dataset"], data_dir=data["data_dir"] or None,
                       val_size=data["val_size"], split_seed=data["split_seed"],
-                      train_limit=data["train_limit"] or None)
+                      train_limit=data["train_limit"] or None,
+                      labelled=data["labelled"] or None)
 
 
 def _largest_power_of_two(limit: int) -> int:
@@ -82,9 +86,14 @@ def load_fitting_data(recipe: dict[str, Any], role: str, console: Console | None
   notes = []
   for each in roles:
     batch_size = recipe[each]["batch_size"]
-    if batch_size > train:
-      fitting = _largest_power_of_two(train)
-      text = (f"{each}.batch_size {batch_size} is larger than the {train:,} training images"
+    rows = train
+    learns_from_labels = each == "teacher" or recipe["student"]["loss"] == "hard"
+    if getattr(dataset, "partly_labelled", False) and learns_from_labels:
+      rows = dataset.labelled_count  # it trains on the labelled images alone
+    if batch_size > rows:
+      fitting = _largest_power_of_two(rows)
+      text = (f"{each}.batch_size {batch_size} is larger than the {rows:,} "
+              + ("labelled " if rows < train else "") + "training images"
               + (" left" if fixes and fixes[0].startswith("--set data.") else ""))
       fix = (f"--batch-size {fitting}" if each == role
              else f"--set {each}.batch_size={fitting}")
@@ -156,6 +165,8 @@ def _base_summary(role: str, model_name: str, num_params: int, dataset, recipe, 
       "dataset": dataset.name,
       "dataset_fingerprint": dataset.fingerprint,
       "params": num_params,
+      # How many training images had labels, when not all did (data.labelled).
+      "labelled_images": getattr(dataset, "num_labelled", None),
       "steps": stats.steps,
       "batch_size": config_lib.TrainSettings.of(recipe, role).batch_size,
       "seed": recipe["seed"],
@@ -182,6 +193,29 @@ def _base_summary(role: str, model_name: str, num_params: int, dataset, recipe, 
   }
 
 
+def training_rows(dataset, objective, console: Console | None = None):
+  """The images a run trains on, and their labels.
+
+  Every training image, unless some have no label (`data.labelled`): then an
+  objective that learns from labels alone (a teacher, a hard-label student)
+  trains on the labelled images, one that learns from the teacher alone on
+  all of them (their labels, -1, are read by nothing but the training
+  accuracy, which skips them). A method that needs both is refused, in one
+  line naming the ones that work.
+  """
+  if not getattr(dataset, "partly_labelled", False) or not objective.reads_labels:
+    return dataset.x_train, dataset.y_train
+  labelled, total = dataset.labelled_count, len(dataset.x_train)
+  if objective.uses_targets:
+    raise UserError(f"method {objective.name} (with these settings) reads the label of every "
+                    f"image it trains on, but only {labelled:,} of the {total:,} training images "
+                    "have one (data.labelled): use method kd or hint with alpha=1, which learn "
+                    "from the teacher alone")
+  if console is not None:
+    console.info(f"training on the {labelled:,} labelled images of {total:,} (data.labelled)")
+  return dataset.labelled_split()
+
+
 def _fit_and_evaluate(role: str, recipe: dict[str, Any], dataset, model_name: str, model,
                       num_params: int, workdir: Path, start: float, *, teaching, objective,
                       augment_settings, strict_init_check: bool, console: Console,
@@ -200,8 +234,9 @@ def _fit_and_evaluate(role: str, recipe: dict[str, Any], dataset, model_name: st
     # model's; their shapes let `restore_trained` read such a checkpoint back.
     meta["aux_shapes"] = {name: list(value.shape)
                           for name, value in objective.init_aux().items()}
+  images, labels = training_rows(dataset, objective, console)
   trained, stats = fit(
-      model=model, images=dataset.x_train, labels=dataset.y_train, teaching=teaching,
+      model=model, images=images, labels=labels, teaching=teaching,
       val_images=dataset.x_val, val_labels=dataset.y_val, objective=objective,
       settings=settings, augment_settings=augment_settings, workdir=workdir, seed=recipe["seed"],
       checkpoint_meta=meta,
@@ -331,7 +366,7 @@ def restore_trained(run_dir: Path, recipe: dict[str, Any], role: str, dataset):
 
 def check_same_data(recipe: dict[str, Any], other: dict[str, Any], what: str) -> None:
   """Refuses a teacher whose recipe trained on another data set or split."""
-  keys = ("dataset", "data_dir", "val_size", "split_seed", "train_limit")
+  keys = ("dataset", "data_dir", "val_size", "split_seed", "train_limit", "labelled")
   differences = [f"data.{k} {other['data'][k]!r} vs {recipe['data'][k]!r}" for k in keys
                  if other["data"][k] != recipe["data"][k]]
   if differences:
@@ -472,6 +507,7 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
   model_name, model, num_params = _build_model(recipe, "student", dataset)
   objective, teaching, teacher_test_logits, identity = _student_objective(
       recipe, teacher_dir, dataset, model, console)
+  training_rows(dataset, objective)  # a refused combination fails before anything is written
   how = "hard labels" if teaching is None else f"teaching={teaching.name}"
   console.info(f"student: {model_name}, {num_params:,} parameters, loss={settings.loss}, "
                f"method={objective.name}, {how}")

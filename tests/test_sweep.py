@@ -8,7 +8,14 @@ from conftest import copy_runs, run_cli
 from scipy import stats as scipy_stats
 
 from distill import report, workflow
-from distill.sweep import aggregate, format_paired, format_table, plan_runs
+from distill.sweep import (
+  aggregate,
+  format_paired,
+  format_table,
+  headline,
+  plan_runs,
+  verdict_sentence,
+)
 
 # 2 models x (hard, targets) x 2 seeds = 8 runs of 10 steps each.
 SWEEP = ["--model", "mlp", "--model", "linear", "--mode", "hard", "--mode", "targets",
@@ -126,6 +133,22 @@ def test_a_run_made_with_another_recipe_needs_overwrite(swept, tmp_path):
   assert json.loads((tmp_path / "linear-hard-s0" / "summary.json").read_text())["steps"] == 5
 
 
+def test_a_run_taught_by_another_teacher_needs_overwrite(swept, tmp_path):
+  # Same recipe, but the teacher folder was retrained since: the run is not reused.
+  root, _ = swept
+  one = ["--teacher", root / "teacher", "--out", tmp_path, "--model", "linear", "--mode",
+         "targets", "--seed", "0", "--steps", "10", "-q"]
+  assert run_cli("sweep", *one).exit_code == 0
+  summary_path = tmp_path / "linear-targets-s0" / "summary.json"
+  summary = json.loads(summary_path.read_text())
+  summary_path.write_text(json.dumps({**summary, "teacher_params_sha256": "0" * 64}))
+  refused = run_cli("sweep", *one)
+  assert refused.exit_code == 2 and "another recipe or teacher" in refused.stderr
+  assert run_cli("sweep", *one, "--overwrite").exit_code == 0
+  assert json.loads(summary_path.read_text())["teacher_params_sha256"] == summary[
+      "teacher_params_sha256"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--mode", "soft"], "unknown mode 'soft'; valid: hard, targets, online, views"),
     (["--model", "resnet"], "unknown model 'resnet'; valid: cnn, linear, mlp, vit"),
@@ -229,6 +252,36 @@ def test_paired_baselines_per_variant():
                       "sign test p = 0.25): too few seeds to tell |")
   assert len(lines) == 2 + 5
   assert format_paired(aggregate(_fake("cnn", "targets", [0.8]), teacher)) == ""
+
+
+def test_the_verdict_sentence_and_headline_report_every_taught_row():
+  teacher = {"model": "vit", "params": 1000, "test_accuracy": 0.90}
+  runs = (_fake("mlp", "hard", [0.80, 0.81, 0.82]) + _fake("mlp", "targets", [0.83, 0.85, 0.84])
+          + _fake("vit", "hard", [0.70, 0.72, 0.71]) + _fake("vit", "targets", [0.69, 0.73, 0.70])
+          + _fake("linear", "hard", [0.80, 0.80, 0.80])
+          + _fake("linear", "targets", [0.78, 0.77, 0.785]))
+  rows = aggregate(runs, teacher)
+  p_mlp = scipy_stats.ttest_rel([0.83, 0.85, 0.84], [0.80, 0.81, 0.82]).pvalue
+  p_linear = scipy_stats.ttest_rel([0.78, 0.77, 0.785], [0.80, 0.80, 0.80]).pvalue
+  assert p_mlp < 0.05 and p_linear < 0.05
+  assert verdict_sentence(rows) == (
+      "Against the same students on hard labels (same seeds, 3 each), the teacher gained mlp "
+      f"+3.00 points, beyond seed noise (paired p <= {p_mlp:.3g}); and lost linear -2.17 points, "
+      f"beyond seed noise (paired p <= {p_linear:.3g}); and changed vit -0.33 points, within "
+      "seed noise (or too few seeds to tell).")
+  assert [line.split(":")[0] for line in headline(rows)] == [
+      "mlp, kd on targets", "vit, kd on targets", "linear, kd on targets"]
+  assert verdict_sentence(aggregate(_fake("mlp", "targets", [0.8]), teacher)) is None
+
+
+def test_compare_ends_with_the_sweeps_verdict(swept):
+  root, result = swept
+  saved = json.loads((root / "sweep" / "sweep.json").read_text())
+  sentence = verdict_sentence(saved["rows"])
+  assert sentence.startswith("Against the same students on hard labels (same seeds, 2 each)")
+  assert result.stdout.rstrip().endswith(sentence)
+  table = run_cli("compare", root / "sweep").output
+  assert table.rstrip().endswith(f"{root / 'sweep'}: {sentence}")
 
 
 # Test accuracy of a fake run: hard labels 80% + 1 point per seed; kd 2 points more, dkd 3.

@@ -77,6 +77,11 @@ class Dataset:
 
   Images are uint8 [N, H, W, C]; labels are int32 [N]. The arrays are
   read-only so the cached fingerprints can never go stale.
+
+  When only some training images keep their labels (`load_dataset(...,
+  labelled=L)`), they are the first `num_labelled` rows of the training split;
+  the other rows are unlabelled images whose label reads -1, so that nothing
+  can learn from a label the run was not given.
   """
   name: str
   x_train: np.ndarray
@@ -92,6 +97,7 @@ class Dataset:
   train_source_indices: np.ndarray | None = None
   val_source_indices: np.ndarray | None = None
   source_train_size: int | None = None
+  num_labelled: int | None = None
   _split_fingerprints: dict[str, str] = dataclasses.field(
       default_factory=dict, init=False, repr=False)
 
@@ -105,6 +111,21 @@ class Dataset:
     """(height, width, channels) of every image."""
     height, width, channels = self.x_train.shape[1:]
     return (height, width, channels)
+
+  @property
+  def labelled_count(self) -> int:
+    """How many training images have a label (all of them unless `labelled` was given)."""
+    return len(self.x_train) if self.num_labelled is None else self.num_labelled
+
+  @property
+  def partly_labelled(self) -> bool:
+    """Whether some training images have no label (only a teacher can label them)."""
+    return self.labelled_count < len(self.x_train)
+
+  def labelled_split(self) -> tuple[np.ndarray, np.ndarray]:
+    """The training images that have labels, and their labels (the first rows of the split)."""
+    count = self.labelled_count
+    return self.x_train[:count], self.y_train[:count]
 
   def split_fingerprint(self, split: str) -> str:
     """Returns the sha256 hex digest of one split's images and labels.
@@ -133,7 +154,9 @@ class Dataset:
     shown = self.class_names
     if len(shown) > 10:
       shown = (*shown[:5], "...")
-    return (f'{self.name}: {len(self.x_train)} train / {len(self.x_val)} val / '
+    train = (f"{len(self.x_train)} train ({self.labelled_count} labelled)"
+             if self.partly_labelled else f"{len(self.x_train)} train")
+    return (f'{self.name}: {train} / {len(self.x_val)} val / '
             f'{len(self.x_test)} test images of {height}x{width}x{channels}, '
             f'{self.num_classes} classes ({", ".join(shown)})')
 
@@ -166,7 +189,7 @@ def dataset_names() -> list[str]:
 
 def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
                  val_size: int | float = 0.1, split_seed: int = 0,
-                 train_limit: int | None = None,
+                 train_limit: int | None = None, labelled: int | None = None,
                  allow_download: bool | None = None) -> Dataset:
   """Loads, validates, fingerprints and splits a registered dataset.
 
@@ -180,6 +203,10 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
     split_seed: seed of the permutation that picks the validation examples.
     train_limit: keep only this many training examples, for quick runs.
       None (or 0, the recipe's spelling of "no limit") keeps all.
+    labelled: keep the labels of only this many training images (the first
+      rows of the shuffled split, so a random subset); the others become
+      unlabelled images (label -1), which a teacher can still label for its
+      students. None (or 0) keeps every label.
     allow_download: whether keras may download the data when it is not found
       locally. None means allowed unless the environment sets
       DISTILL_OFFLINE=1.
@@ -207,6 +234,11 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
                     f"{train_limit!r}")
   if train_limit == 0:
     train_limit = None
+  if labelled is not None and (
+      isinstance(labelled, bool) or not isinstance(labelled, (int, np.integer)) or labelled < 0):
+    raise UserError(f"labelled must be a non-negative integer or None, got {labelled!r}")
+  if labelled == 0:
+    labelled = None
   if data_dir is not None and not os.fspath(data_dir):
     data_dir = None
   if allow_download is None:
@@ -223,10 +255,17 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
   val_indices, train_indices = order[:num_val], order[num_val:]
   if train_limit is not None:
     train_indices = train_indices[:train_limit]
+  train_labels = y_train[train_indices]
+  if labelled is not None and labelled < len(train_indices):
+    if not np.issubdtype(train_labels.dtype, np.signedinteger):
+      train_labels = train_labels.astype(np.int32)  # room for -1
+    train_labels[labelled:] = -1  # a fancy-indexed copy: the source keeps its labels
+  else:
+    labelled = None
   return Dataset(
       name=name,
       x_train=read_only(x_train[train_indices]),
-      y_train=read_only(y_train[train_indices]),
+      y_train=read_only(train_labels),
       x_val=read_only(x_train[val_indices]),
       y_val=read_only(y_train[val_indices]),
       x_test=read_only(x_test),
@@ -235,7 +274,8 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
       fingerprint=fingerprint,
       train_source_indices=read_only(train_indices),
       val_source_indices=read_only(val_indices),
-      source_train_size=len(x_train))
+      source_train_size=len(x_train),
+      num_labelled=labelled)
 
 
 # --- Loaders -----------------------------------------------------------------
