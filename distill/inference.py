@@ -56,6 +56,60 @@ def make_predict(graphdef, rest, stats, mesh=None) -> Callable[[Any, Any], jax.A
   return predict
 
 
+class DeviceValidation:
+  """A split kept on the devices, scored by one compiled program: (cross-entropy, accuracy).
+
+  The loop's periodic validation: the images travel to the devices once,
+  padded to whole batches [num_batches, B, ...] (padding rows carry label
+  -1 and count for nothing), and each evaluation is a single dispatch that
+  maps the forward pass over the batches and returns two scalars, instead of
+  a transfer, a dispatch and a fetch per batch. Nothing waits for the result
+  until it is read.
+
+  Args:
+    graphdef, rest, stats: the model split and the pixel statistics (see `make_predict`).
+    images, labels: the split, uint8 [N, H, W, C] and int [N], in memory.
+    batch_size: rows per forward pass (rounded up to divide over the devices).
+    mesh: see `parallel.make_mesh`.
+  """
+
+  def __init__(self, graphdef, rest, stats, images: np.ndarray, labels: np.ndarray,
+               batch_size: int, mesh):
+    from distill import losses  # noqa: PLC0415
+
+    devices = mesh.size
+    batch = -(-min(batch_size, len(images)) // devices) * devices
+    num_batches = -(-len(images) // batch)
+    padding = num_batches * batch - len(images)
+    images = np.concatenate([images, np.zeros((padding, *images.shape[1:]), images.dtype)])
+    labels = np.concatenate([np.asarray(labels, np.int32), np.full(padding, -1, np.int32)])
+    sharding = parallel.batch_sharded(mesh, batch_axis=1)
+    self.images = parallel.put(images.reshape(num_batches, batch, *images.shape[1:]), sharding)
+    self.labels = parallel.put(labels.reshape(num_batches, batch), sharding)
+    mean, std = _host_stats(stats)
+
+    def score(params, batch_images, batch_labels):
+      logits = nnx.merge(graphdef, params, rest)(normalize(batch_images, mean, std))
+      logits = logits.astype(jnp.float32)
+      valid = (batch_labels >= 0).astype(jnp.float32)
+      labels_or_zero = jnp.maximum(batch_labels, 0)
+      nll = losses.hard_cross_entropy(logits, labels_or_zero, reduction="none")
+      correct = losses.accuracy(logits, labels_or_zero, reduction="none")
+      return jnp.sum(nll * valid), jnp.sum(correct * valid)
+
+    @partial(jax.jit, out_shardings=parallel.replicated(mesh))
+    def evaluate(params, images_KxB, labels_KxB):
+      nll, correct = jax.lax.map(lambda batch: score(params, *batch), (images_KxB, labels_KxB))
+      count = jnp.sum(labels_KxB >= 0).astype(jnp.float32)
+      return jnp.sum(nll) / count, jnp.sum(correct) / count
+
+    self._evaluate = evaluate
+
+  def __call__(self, params) -> tuple[jax.Array, jax.Array]:
+    """(mean cross-entropy, accuracy) of the model with `params`, still on the device."""
+    return self._evaluate(params, self.images, self.labels)
+
+
 def make_view_predict(graphdef, rest, stats, *, num_views: int, seed: int,
                       augment_settings: dict[str, Any]) -> Callable[..., jax.Array]:
   """A jitted (params, uint8 images [B, ...], example indices [B]) -> logits [B, K, C].

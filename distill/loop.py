@@ -26,7 +26,7 @@ from distill import losses, parallel, rundir
 from distill.checkpoint import Checkpointer
 from distill.config import TrainSettings
 from distill.errors import UserError
-from distill.inference import TrainedModel, predict_in_batches
+from distill.inference import DeviceValidation, TrainedModel, predict_in_batches
 from distill.step import TrainingSetup, prepare_training
 from distill.teaching import HardLabels, Objective
 
@@ -206,7 +206,15 @@ class _Run:
     started = time.perf_counter()
     self._learning_rate = jax.jit(self.setup.schedule)
     self._learning_rate(0).block_until_ready()
-    if len(val_images):
+    self._validation = None
+    if isinstance(val_images, np.ndarray) and len(val_images):
+      # In memory: the split lives on the devices and one program scores it.
+      spec = self.setup.spec
+      self._validation = DeviceValidation(spec.graphdef, spec.rest, self.setup.stats,
+                                          val_images, val_labels, self.settings.eval_batch_size,
+                                          self.setup.mesh)
+      jax.block_until_ready(self._validation(self.state["params"]))
+    elif len(val_images):  # Streamed from disk: batch by batch.
       batch = min(self.settings.eval_batch_size, len(val_images))
       logits = predict_in_batches(self.setup.predict, self.state["params"], val_images[:batch],
                                   batch)
@@ -286,9 +294,12 @@ class _Run:
     step = record["step"]
     record["learning_rate"] = float(self._learning_rate(step))
     if step % self.settings.eval_every == 0 or step == self.total_steps:
-      val_logits = predict_in_batches(self.setup.predict, self.state["params"], val_images,
-                                      self.settings.eval_batch_size)
-      val_loss, val_accuracy = _validation_metrics(val_logits, np.asarray(val_labels))
+      if self._validation is not None:
+        val_loss, val_accuracy = self._validation(self.state["params"])
+      else:
+        val_logits = predict_in_batches(self.setup.predict, self.state["params"], val_images,
+                                        self.settings.eval_batch_size)
+        val_loss, val_accuracy = _validation_metrics(val_logits, np.asarray(val_labels))
       record["val_loss"], record["val_accuracy"] = float(val_loss), float(val_accuracy)
     record["elapsed_seconds"] = round(time.perf_counter() - self._loop_start, 3)
     self.metrics.append(record)

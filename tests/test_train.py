@@ -1,12 +1,17 @@
 import json
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
-from distill import config, workflow
+from distill import config, losses, parallel, workflow
+from distill.data import load_dataset
 from distill.errors import UserError
 from distill.feeders import DataOrder, pixel_stats
+from distill.inference import DeviceValidation, make_predict, predict_in_batches
 from distill.loop import fit
+from distill.models import create_model
 from distill.teaching import make_objective
 
 
@@ -80,3 +85,24 @@ def test_same_seed_same_result(tmp_path, tiny_overrides):
             for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
 
   assert records("a") == records("b") and len(records("a")) == 2
+
+
+@pytest.mark.parametrize("rows, batch_size", [(150, 64), (7, 256), (128, 32)])
+def test_device_validation_scores_like_the_batched_forward_pass(rows, batch_size):
+  # One compiled program over the padded, device-resident split gives what the
+  # batch-by-batch forward pass and the metrics on its logits give.
+  dataset = load_dataset("digits", val_size=rows)
+  model = create_model("mlp", num_classes=10, image_shape=dataset.image_shape, seed=0,
+                       hidden=[16], head_init_scale=1.0)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  stats = pixel_stats(dataset.x_train)
+  mesh = parallel.make_mesh()
+  loss, accuracy = DeviceValidation(graphdef, rest, stats, dataset.x_val, dataset.y_val,
+                                    batch_size, mesh)(params)
+  logits = predict_in_batches(make_predict(graphdef, rest, stats, mesh), params, dataset.x_val,
+                              batch_size)
+  assert float(loss) == pytest.approx(
+      float(losses.hard_cross_entropy(jnp.asarray(logits), dataset.y_val)), rel=1e-6)
+  assert float(accuracy) == pytest.approx(float(losses.accuracy(logits, dataset.y_val)),
+                                          abs=1e-7)
+  assert float(loss) > 0.0
