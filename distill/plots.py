@@ -151,17 +151,28 @@ def reliability_diagram(confidences: np.ndarray, correct: np.ndarray, *, ece: fl
 
 
 def accuracy_vs_params(rows: list[dict[str, Any]], *, path: Path) -> Path:
-  """Test accuracy against parameter count for every run, teacher marked."""
+  """Test accuracy against parameter count for every run, teacher marked.
+
+  Runs that share a label (the seeds of one sweep row) share a colour and one
+  annotation, "label ×n", beside the best of them, so a sweep stays readable.
+  """
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
+  groups: dict[str, list[dict[str, Any]]] = {}
   for row in rows:
     is_teacher = row.get("role") == "teacher"
     label = row.get("label") or (("teacher " if is_teacher else "") + f"{row.get('model')}"
                                  + ("" if is_teacher else f" ({row.get('loss', '?')})"))
-    ax.scatter(row["params"], row["test_accuracy"], s=120 if is_teacher else 50,
-               marker="*" if is_teacher else ("o" if row.get("loss") == "soft" else "s"),
+    groups.setdefault(label, []).append(row)
+  for label, members in groups.items():
+    is_teacher = members[0].get("role") == "teacher"
+    ax.scatter([m["params"] for m in members], [m["test_accuracy"] for m in members],
+               s=120 if is_teacher else 50,
+               marker="*" if is_teacher else ("o" if members[0].get("loss") == "soft" else "s"),
                color="crimson" if is_teacher else None, zorder=3)
-    ax.annotate(label, (row["params"], row["test_accuracy"]),
+    best = max(members, key=lambda m: m["test_accuracy"])
+    ax.annotate(label + (f" ×{len(members)}" if len(members) > 1 else ""),
+                (best["params"], best["test_accuracy"]),
                 fontsize=7, xytext=(4, 4), textcoords="offset points")
   ax.set_xscale("log")
   ax.set(xlabel="parameters", ylabel="test accuracy",

@@ -248,13 +248,19 @@ def _expand_sweeps(run_dirs: list[Path]) -> tuple[list[Path], list[tuple[Path, d
 
 def _sweep_section(sweep_dir: Path, saved: dict[str, Any]) -> str:
   """A sweep's table (mean ± std over seeds) and its paired differences, from its sweep.json."""
-  from distill.sweep import format_table as sweep_table  # noqa: PLC0415
-  from distill.sweep import paired_cells  # noqa: PLC0415
+  from distill.sweep import paired_cells, table_cells, verdict_sentence  # noqa: PLC0415
+
+  def table(css_class: str, header: list[str], body: list[list[str]]) -> str:
+    cells = lambda tag, row: "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row)  # noqa: E731
+    return (f"<table class='{css_class}'><tr>" + cells("th", header) + "</tr>"
+            + "".join(f"<tr>{cells('td', row)}</tr>" for row in body) + "</table>")
 
   rows = saved.get("rows", [])
+  sentence = verdict_sentence(rows)
   parts = [f"<h2>Sweep <small>{html.escape(str(sweep_dir))}</small></h2>",
+           *([f"<p><strong>{html.escape(sentence)}</strong></p>"] if sentence else []),
            "<p>Test accuracy after each run's last training step, mean ± sample std over "
-           "seeds.</p>", f"<pre>{html.escape(sweep_table(rows))}</pre>",
+           "seeds.</p>", table("paired", *table_cells(rows)),
            "<h3>Paired differences</h3>"]
   header, body = paired_cells(rows)
   if not body:
@@ -265,9 +271,7 @@ def _sweep_section(sweep_dir: Path, saved: dict[str, Any]) -> str:
                "seed (hard: the same model on hard labels; kd: the same model, mode and soft "
                "loss with the kd loss; kd targets: with kd on exported targets); p &lt; 0.05 "
                "counts as beyond seed noise.</p>")
-  cells = lambda tag, row: "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row)  # noqa: E731
-  parts.append("<table class='paired'><tr>" + cells("th", header) + "</tr>"
-               + "".join(f"<tr>{cells('td', row)}</tr>" for row in body) + "</table>")
+  parts.append(table("paired", header, body))
   return "<section>" + "\n".join(parts) + "</section>"
 
 

@@ -286,6 +286,11 @@ def _pct(value: float | None) -> str:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
   """The aggregated rows as a Markdown table (percentages, mean ± sample std over seeds)."""
+  return markdown_table(*table_cells(rows))
+
+
+def table_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+  """The sweep table's header and rows of text cells (Markdown here, HTML in the report)."""
   header = ["student", "mode", "method", "soft loss", "seeds", "params", "test acc %",
             "agree %", "gap closed", "train s"]
   body = []
@@ -315,7 +320,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         "-" if seconds is None or not np.isfinite(seconds) else f"{seconds:.1f}",
     ]
     body.append(cells)
-  return markdown_table(header, body)
+  return header, body
 
 
 def format_paired(rows: list[dict[str, Any]]) -> str:

@@ -1,5 +1,6 @@
 """`distill sweep`: several students against one teacher, over seeds, on tiny digits."""
 
+import html
 import json
 
 import numpy as np
@@ -340,3 +341,6 @@ def test_method_axis_end_to_end_with_a_fake_trainer(swept, tmp_path, fake_traine
   section = report._sweep_section(*sweeps[0])
   assert "<h3>Paired differences</h3>" in section
   assert "<td>+3.00 ± 0.00 pts over hard (3 seeds, the same difference" in section
+  # The sweep's own table is a table too, and its verdict sentence heads the section.
+  assert "<td>mlp</td><td>targets</td><td>dkd</td>" in section and "<pre>" not in section
+  assert f"<strong>{html.escape(verdict_sentence(saved['rows']))}</strong>" in section
