@@ -51,7 +51,8 @@ def fit(*, model: nnx.Module, images, labels: np.ndarray, val_images, val_labels
         teaching: HardLabels | None = None, strict_init_check: bool = False,
         check_init: bool = True, quiet: bool = False,
         echo: Callable[[str], None] = print,
-        warn: Callable[[str], None] = print) -> tuple[TrainedModel, RunStats]:
+        warn: Callable[[str], None] = print,
+        stats_images=None) -> tuple[TrainedModel, RunStats]:
   """Trains `model`, resuming from a checkpoint in `workdir`; returns it trained, and its stats.
 
   Args:
@@ -71,10 +72,13 @@ def fit(*, model: nnx.Module, images, labels: np.ndarray, val_images, val_labels
       for a model that starts from trained weights (its head is not uniform).
     quiet: hide the progress bar.
     echo, warn: where to print normal and loud messages.
+    stats_images: where the pixel statistics come from, when not `images`
+      (see `prepare_training`).
   """
   setup = prepare_training(model=model, images=images, labels=labels, objective=objective,
                            teaching=teaching, settings=settings,
-                           augment_settings=augment_settings, seed=seed)
+                           augment_settings=augment_settings, seed=seed,
+                           stats_images=stats_images)
   init_loss, expected = _check_init_loss(setup, objective, settings.init_check_tolerance,
                                          strict_init_check, echo, warn, check_init)
   run = _Run(setup, settings, Path(workdir), checkpoint_meta, quiet)

@@ -231,7 +231,7 @@ class TrainingSetup:
 def prepare_training(*, model: nnx.Module, images, labels: np.ndarray, objective: Objective,
                      teaching: HardLabels | None, settings: TrainSettings,
                      augment_settings: dict[str, Any] | None, seed: int,
-                     mesh=None) -> TrainingSetup:
+                     mesh=None, stats_images=None) -> TrainingSetup:
   """Splits `model`, builds its optimizer and feeder and places the teacher.
 
   Parameters and optimizer state are replicated on every device of `mesh`
@@ -246,6 +246,9 @@ def prepare_training(*, model: nnx.Module, images, labels: np.ndarray, objective
     augment_settings: the recipe's `augment` table, or None for no augmentation.
     seed: seeds the data order and the augmentation.
     mesh: see `parallel.make_mesh`.
+    stats_images: the images the pixel statistics come from (default `images`):
+      every training image, when the run trains on the labelled ones only, so
+      that the model normalises its inputs as it will after a restore.
   """
   mesh = parallel.make_mesh() if mesh is None else mesh
   parallel.check_divides(settings.batch_size, mesh, "batch_size")
@@ -254,7 +257,7 @@ def prepare_training(*, model: nnx.Module, images, labels: np.ndarray, objective
   # A run that does not learn from targets ignores any teacher it is given.
   teaching = teaching if objective.uses_targets else HardLabels()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  mean, std = pixel_stats(images)
+  mean, std = pixel_stats(images if stats_images is None else stats_images)
   stats = parallel.put_replicated(
       (np.asarray(mean, np.float32), np.asarray(std, np.float32)), mesh)
   optimizer = make_optimizer(settings, settings.steps)

@@ -242,7 +242,9 @@ def _fit_and_evaluate(role: str, recipe: dict[str, Any], dataset, model_name: st
       checkpoint_meta=meta,
       strict_init_check=strict_init_check, check_init=check_init, quiet=console.quiet,
       echo=console.info,
-      warn=console.warn)
+      warn=console.warn,
+      # Unlabelled images count too: a restored model normalises by the whole split.
+      stats_images=dataset.x_train)
   batch = settings.eval_batch_size
   val = _evaluate(trained, dataset.x_val, dataset.y_val, batch)
   test = _evaluate(trained, dataset.x_test, dataset.y_test, batch)

@@ -77,6 +77,14 @@ def test_teacher_and_students_with_few_labels(tmp_path):
   assert meta["num_examples"] > 100 and meta["split"]["labelled"] == 100
   with np.load(tmp_path / "teacher" / "targets.npz") as targets:
     assert len(targets["train_probs"]) == meta["num_examples"]
+    at_training = targets["train_logits"]
+  # The teacher restored from its checkpoint normalises its inputs as it did in
+  # training (by every training image, labelled or not): re-exporting gives the same.
+  result = run_cli("export", "--teacher", tmp_path / "teacher", "--out", tmp_path / "again",
+                   "-q")
+  assert result.exit_code == 0, result.output
+  with np.load(tmp_path / "again" / "targets.npz") as targets:
+    np.testing.assert_array_equal(targets["train_logits"], at_training)
   for loss in ("soft", "hard"):
     result = run_cli("student", "--teacher", tmp_path / "teacher", "-w", tmp_path / loss,
                      "--model", "mlp", "--loss", loss, *TINY_FLAGS)
