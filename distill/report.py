@@ -67,13 +67,6 @@ _TEACHING_KEYS = ("teaching", "method", "temperature", "alpha")
 
 def _row_value(row: dict[str, Any], key: str) -> Any:
   """What the table shows of `row` under `key` (None: nothing to show)."""
-  if key == "labels_used":
-    labelled = row.get("labelled_images")
-    if labelled is None:
-      return None
-    # A teacher or a hard-label student learns from the labelled images; a taught
-    # student from the teacher alone (methods that read labels are refused then).
-    return labelled if row.get("role") == "teacher" or row.get("loss") == "hard" else 0
   if key in _TEACHING_KEYS and (row.get("role") != "student" or row.get("loss") == "hard"):
     return None
   if key == "method" and row.get("method") is None and row.get("role") == "student":

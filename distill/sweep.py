@@ -231,12 +231,18 @@ def headline(rows: list[dict[str, Any]]) -> list[str]:
   t-test p = 0.002): a gain beyond seed noise".
   """
   lines = []
+  for row, pair in _against_hard(rows):
+    loss = f", {row['soft_loss']}" if row["soft_loss"] not in (None, "soft_ce") else ""
+    lines.append(f"{row['model']}, {row['method']} on {row['mode']}{loss}: {pair['verdict']}")
+  return lines
+
+
+def _against_hard(rows: list[dict[str, Any]]):
+  """(row, its paired comparison with the same student on hard labels), in table order."""
   for row in rows[1:]:
     for pair in row.get("paired", []):
       if pair["baseline"] == "hard":
-        loss = f", {row['soft_loss']}" if row["soft_loss"] not in (None, "soft_ce") else ""
-        lines.append(f"{row['model']}, {row['method']} on {row['mode']}{loss}: {pair['verdict']}")
-  return lines
+        yield row, pair
 
 
 def verdict_sentence(rows: list[dict[str, Any]]) -> str | None:
@@ -250,16 +256,15 @@ def verdict_sentence(rows: list[dict[str, Any]]) -> str | None:
   gains, losses, unsure, seeds = [], [], [], set()
   several = len({(row["mode"], row["method"], row["soft_loss"]) for row in rows[1:]
                  if row["mode"] != "hard"}) > 1
-  for row in rows[1:]:
-    for pair in row.get("paired", []):
-      if pair["baseline"] != "hard" or not pair["n"]:
-        continue
-      seeds.add(pair["n"])
-      name = row["model"] + (f" ({row['method']} on {row['mode']})" if several else "")
-      p = pair["t_p"] if pair["t_p"] is not None else pair["sign_p"]
-      entry = (f"{name} {100 * pair['mean_diff']:+.2f}", p)
-      beyond = pair["n"] > 1 and p is not None and p < stats.ALPHA
-      (gains if beyond and pair["mean_diff"] > 0 else losses if beyond else unsure).append(entry)
+  for row, pair in _against_hard(rows):
+    if not pair["n"]:
+      continue
+    seeds.add(pair["n"])
+    name = row["model"] + (f" ({row['method']} on {row['mode']})" if several else "")
+    p = pair["t_p"] if pair["t_p"] is not None else pair["sign_p"]
+    entry = (f"{name} {100 * pair['mean_diff']:+.2f}", p)
+    beyond = pair["n"] > 1 and p is not None and p < stats.ALPHA
+    (gains if beyond and pair["mean_diff"] > 0 else losses if beyond else unsure).append(entry)
   if not seeds:
     return None
   count = "/".join(str(n) for n in sorted(seeds))

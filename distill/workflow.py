@@ -250,6 +250,10 @@ def _fit_and_evaluate(role: str, recipe: dict[str, Any], dataset, model_name: st
   test = _evaluate(trained, dataset.x_test, dataset.y_test, batch)
   summary = _base_summary(role, model_name, num_params, dataset, recipe, trained, stats, val,
                           test, time.perf_counter() - start)
+  if getattr(dataset, "partly_labelled", False):
+    # How many labels this run learned from: the rows it trained on, when its objective
+    # reads their labels; none when it learned from the teacher alone.
+    summary["labels_used"] = len(labels) if objective.reads_labels else 0
   write_npz(workdir / PREDICTIONS_FILE,
             {"test_logits": test["logits"], "val_logits": val["logits"]})
   return trained, test, summary
