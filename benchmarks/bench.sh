@@ -14,10 +14,13 @@ if ! $bin/python -c "import torch" 2>/dev/null; then
   # The CPU wheel; kept out of distill's own dependencies.
   $bin/pip install --quiet torch==2.13.0
 fi
+# The CPU model goes beside every figure: speeds differ between CPU types (AMD, Intel).
+cpu=$(grep -m1 "model name" /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || true)
+cpu="${cpu:-$(uname -m)}, $(nproc) cores"
 record() { # name, then the command printing one JSON line
   local name=$1; shift
   echo ">> $name: $*" >&2
-  "$@" | tail -1 | $bin/python -c "import json,sys; d=json.load(sys.stdin); d['name']='$name'; d['command']=sys.argv[1]; print(json.dumps(d))" "$*" >> "$out/results.jsonl"
+  "$@" | tail -1 | $bin/python -c "import json,sys; d=json.load(sys.stdin); d['name']='$name'; d['command']=sys.argv[1]; d['cpu']=sys.argv[2]; print(json.dumps(d))" "$*" "$cpu" >> "$out/results.jsonl"
 }
 
 # The seed's CIFAR-10 teacher: ViT patch 8, width 64, depth 4, batch 256, crop 24 -> 32 + flip.
@@ -35,6 +38,14 @@ record fashion_mnist/distill $bin/distill bench --recipe fashion_mnist "${steps[
 record fashion_mnist/distill-bf16 $bin/distill bench --recipe fashion_mnist "${steps[@]}" --json -q --set teacher.compute_dtype=bfloat16
 record fashion_mnist/torch-eager $bin/python benchmarks/torch_reference.py "${fmnist_torch[@]}"
 record fashion_mnist/torch-compile $bin/python benchmarks/torch_reference.py "${fmnist_torch[@]}" --compile
+
+# The default student (recipes/fashion_mnist.toml [student]): the CNN on soft targets, no
+# augmentation; its convolutions are the slowest thing a CPU user waits for.
+cnn_torch=(--image-shape 28x28x1 --num-examples 55000 --model cnn --channels 32,64 --batch 128
+           --crop none --no-flip --soft-targets --lr 2e-3 --weight-decay 0.01 --steps "$torch_steps")
+record fashion_mnist_student/distill $bin/distill bench --recipe fashion_mnist --role student "${steps[@]}" --json -q
+record fashion_mnist_student/torch-eager $bin/python benchmarks/torch_reference.py "${cnn_torch[@]}"
+record fashion_mnist_student/torch-compile $bin/python benchmarks/torch_reference.py "${cnn_torch[@]}" --compile
 
 # CLI start-up: distill --help, best of 5.
 record cli/help $bin/python -c "

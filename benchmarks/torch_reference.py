@@ -1,14 +1,19 @@
-r"""The same ViT training step in PyTorch, as the reference `distill bench` is compared with.
+r"""The same training steps in PyTorch, as the reference `distill bench` is compared with.
 
 Not part of the package: it needs `pip install torch==2.13.0` (CPU build). It mirrors
 distill's teacher step: uint8 images gathered by random indices, standardised, augmented
 (random crop with resize or pad-and-crop, horizontal flips), a pre-norm ViT, hard-label
-cross-entropy, global-norm clipping and AdamW. Prints one JSON line.
+cross-entropy, global-norm clipping and AdamW. `--model cnn --soft-targets` mirrors the
+default student step instead: the CNN student (3x3 conv + GroupNorm + ReLU stages with 2x2
+max-pools, a head on the flattened map), no augmentation, cross-entropy against a gathered row
+of teacher probabilities. Prints one JSON line.
 
   python benchmarks/torch_reference.py --image-shape 32x32x3 --patch 8 --batch 256 \
     --crop resize --crop-size 24
   python benchmarks/torch_reference.py --image-shape 28x28x1 --patch 7 --stem conv --width 96 \
     --depth 6 --heads 6 --crop pad --pad 2 --compile
+  python benchmarks/torch_reference.py --image-shape 28x28x1 --model cnn --channels 32,64 \
+    --batch 128 --crop none --no-flip --soft-targets --lr 2e-3
 """
 
 from __future__ import annotations
@@ -73,6 +78,30 @@ class ViT(nn.Module):
     return self.head(self.final_norm(tokens[:, 0]))
 
 
+class CNN(nn.Module):
+  """distill.models.cnn.CNN with pool='flatten': per stage, blocks of bias-free 3x3 conv +
+  GroupNorm(min(8, C)) + ReLU, then a 2x2 max-pool; a zero-init head on the flattened map."""
+
+  def __init__(self, image_shape, num_classes, channels, blocks_per_stage):
+    super().__init__()
+    height, width_px, in_channels = image_shape
+    layers = []
+    for out_channels in channels:
+      for _ in range(blocks_per_stage):
+        layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                   nn.GroupNorm(min(8, out_channels), out_channels), nn.ReLU()]
+        in_channels = out_channels
+      layers.append(nn.MaxPool2d(2))
+    self.stages = nn.Sequential(*layers)
+    pooled = (height >> len(channels)) * (width_px >> len(channels))
+    self.head = nn.Linear(pooled * in_channels, num_classes)
+    nn.init.zeros_(self.head.weight)
+    nn.init.zeros_(self.head.bias)
+
+  def forward(self, images_bchw):
+    return self.head(self.stages(images_bchw).flatten(1))
+
+
 def augment(x, crop, crop_size, pad, flip):
   """Batch-wide random crop-resize or pad-crop via one affine grid, plus flips."""
   b, _, h, w = x.shape
@@ -100,6 +129,11 @@ def main():
   parser.add_argument("--image-shape", default="32x32x3")
   parser.add_argument("--num-examples", type=int, default=50000)
   parser.add_argument("--classes", type=int, default=10)
+  parser.add_argument("--model", default="vit", choices=["vit", "cnn"])
+  parser.add_argument("--channels", default="32,64", help="cnn: channels per stage")
+  parser.add_argument("--blocks-per-stage", type=int, default=1, help="cnn: conv blocks per stage")
+  parser.add_argument("--soft-targets", action="store_true",
+                      help="learn from a row of stored probabilities per image (a student)")
   parser.add_argument("--patch", type=int, default=8)
   parser.add_argument("--width", type=int, default=64)
   parser.add_argument("--depth", type=int, default=4)
@@ -124,10 +158,16 @@ def main():
   images = torch.randint(
       0, 256, (args.num_examples, shape[2], shape[0], shape[1]), dtype=torch.uint8)
   labels = torch.randint(0, args.classes, (args.num_examples,))
+  if args.soft_targets:  # what a student reads instead of labels: a stored row per image
+    labels = torch.softmax(torch.randn(args.num_examples, args.classes), dim=1)
   mean = images[:1000].float().div(255).mean(dim=(0, 2, 3), keepdim=True)
   std = images[:1000].float().div(255).std(dim=(0, 2, 3), keepdim=True)
-  model = ViT(shape, args.classes, args.patch, args.width, args.depth, args.heads, args.mlp_ratio,
-              args.stem)
+  if args.model == "cnn":
+    model = CNN(shape, args.classes, [int(c) for c in args.channels.split(",")],
+                args.blocks_per_stage)
+  else:
+    model = ViT(shape, args.classes, args.patch, args.width, args.depth, args.heads,
+                args.mlp_ratio, args.stem)
   optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
 
   def step(indices):
@@ -148,10 +188,11 @@ def main():
   start = time.perf_counter()
   for _ in range(args.steps):
     loss = run(torch.randint(0, args.num_examples, (args.batch,)))
-  float(loss)
+  float(loss.detach())
   seconds = time.perf_counter() - start
   print(json.dumps({
       "framework": "torch.compile" if args.compile else "torch eager",
+      "model": args.model,
       "torch_version": torch.__version__,
       "threads": torch.get_num_threads(),
       "params": sum(p.numel() for p in model.parameters()),
