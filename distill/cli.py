@@ -485,7 +485,8 @@ def bench(recipe, overrides, role, batch_size, steps, bare_steps, synthetic, as_
               help="soft_ce or kl (repeatable); multiplies every mode but hard.")
 @click.option("--method", "methods", multiple=True, default=("kd",), show_default=True,
               help="Distillation method, the recipe's student.method: kd, dkd, dist, token, "
-                   "hint (repeatable); multiplies every mode but hard.")
+                   "hint (repeatable); multiplies every mode but hard. hint always runs "
+                   "online (it matches the teacher's inner layer) and is paired with kd.")
 @click.option("--seed", "seeds", type=int, multiple=True, default=(0, 1, 2), show_default=True,
               help="Seeds (repeatable); each combination runs once per seed.")
 @click.option("--recipe", "-r", default=None,

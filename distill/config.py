@@ -113,6 +113,9 @@ STUDENT_LOSSES = ("soft", "hard")
 TEACHING_MODES = ("targets", "online", "views")
 SOFT_LOSSES = ("soft_ce", "kl")
 METHODS = ("kd", *_METHOD_DEFAULTS)
+# Methods that can learn only one way: hints match the teacher's inner layer, which exported
+# targets do not hold, so the teacher must run in the student's step.
+METHOD_TEACHING = {"hint": "online"}
 TOKEN_VARIANTS = ("hard", "soft")
 HINT_KINDS = ("mse", "cosine")
 
@@ -410,7 +413,7 @@ def _validate_method(student: dict[str, Any]) -> None:
     raise UserError(f"student.token.variant must be one of {', '.join(TOKEN_VARIANTS)}, "
                     f"got '{student['token']['variant']}'")
   if method == "hint":
-    if student["teaching"] != "online":
+    if student["teaching"] != METHOD_TEACHING["hint"]:
       raise UserError(f"student.method=hint needs teaching=online: the student matches the "
                       f"teacher's inner layer, which exported targets do not hold (got "
                       f"teaching={student['teaching']})")

@@ -24,7 +24,10 @@ A mode says how the student learns:
 
 A method (`student.method`) says which distillation loss the modes other than
 hard use: kd (the classic loss, the default), dkd, dist, token, hint. Hard
-labels involve no teacher, so hard runs are not repeated per method.
+labels involve no teacher, so hard runs are not repeated per method. A method
+that can learn only one way runs that way whatever the modes say: hint needs
+the teacher's inner layer, so `--mode targets --method kd --method hint` trains
+kd on exported targets and hint online (paired with kd on targets).
 
 Re-running a sweep keeps every finished run whose recipe is unchanged and
 trains only what is missing, so an interrupted sweep picks up where it stopped.
@@ -101,18 +104,23 @@ def plan_runs(models: list[str], modes: list[str], soft_losses: list[str],
 
   The method and soft loss multiply only the modes that learn from the
   teacher; the hard baseline runs once per model and seed, with `method` and
-  `soft_loss` None.
+  `soft_loss` None. A method with one way to learn (`config.METHOD_TEACHING`:
+  hint, online) takes that mode in place of every teaching mode, once.
   """
   name_soft_loss = len(soft_losses) > 1
-  runs = []
+  runs, planned = [], set()
   for model in models:
     for mode in modes:
       for method in [None] if mode == "hard" else methods:
+        run_mode = mode if method is None else config_lib.METHOD_TEACHING.get(method, mode)
         for soft_loss in [None] if mode == "hard" else soft_losses:
           for seed in seeds:
-            runs.append({"name": run_name(model, mode, soft_loss, seed, method=method,
-                                          name_soft_loss=name_soft_loss),
-                         "model": model, "mode": mode, "method": method,
+            name = run_name(model, run_mode, soft_loss, seed, method=method,
+                            name_soft_loss=name_soft_loss)
+            if name in planned:
+              continue
+            planned.add(name)
+            runs.append({"name": name, "model": model, "mode": run_mode, "method": method,
                          "soft_loss": soft_loss, "seed": seed})
   return runs
 
@@ -406,9 +414,10 @@ def run_sweep(teacher_dir: Path, out_dir: Path, *, models: Iterable[str] = ("cnn
     soft_losses: soft_ce, kl; each multiplies the modes other than hard.
     seeds: one run per seed for every other combination.
     methods: distillation methods (`student.method`: kd, dkd, dist, token,
-      hint); each multiplies the modes other than hard. A combination the
-      recipe refuses (hint without online teaching) stops the sweep before
-      anything trains.
+      hint); each multiplies the modes other than hard, but hint always
+      runs online (it needs the teacher's inner layer). A combination the
+      recipe refuses (a token for a CNN) stops the sweep before anything
+      trains.
     recipe: a recipe name or file for the students (default: the teacher's).
     overrides: `key=value` applied to every run (not the swept keys).
     overwrite: retrain runs that were made with another recipe.
@@ -431,13 +440,15 @@ def run_sweep(teacher_dir: Path, out_dir: Path, *, models: Iterable[str] = ("cnn
   methods = _axis(methods, "method", config_lib.METHODS)
   overrides = list(overrides)
   _check_overrides(overrides)
-  rundir.check_teacher_folder(teacher_dir, needs="model" if "online" in modes else "targets")
+  planned = plan_runs(models, modes, soft_losses, seeds, methods)
+  online = any(run["mode"] == "online" for run in planned)
+  rundir.check_teacher_folder(teacher_dir, needs="model" if online else "targets")
   teacher_summary = teacher_dir / rundir.SUMMARY_FILE
   # A folder of exported targets (an ensemble's) has no summary; its runs still
   # know the teacher's test accuracy.
   teacher = read_json(teacher_summary, "teacher summary") if teacher_summary.exists() else None
   rundir.check_workdir(out_dir)
-  runs = _checked_runs(plan_runs(models, modes, soft_losses, seeds, methods), teacher_dir,
+  runs = _checked_runs(planned, teacher_dir,
                        out_dir, recipe, overrides, overwrite=overwrite,
                        teacher_sha=(teacher or {}).get("params_sha256"))
 

@@ -157,8 +157,8 @@ def test_a_run_taught_by_another_teacher_needs_overwrite(swept, tmp_path):
     (["--set", "student.model=mlp"], "use --model instead"),
     (["--method", "fitnet"], "unknown method 'fitnet'; valid: kd, dkd, dist, token, hint"),
     (["--set", "student.method=dkd"], "use --method instead"),
-    (["--method", "hint", "--mode", "targets", "--model", "mlp"],
-     "mlp-targets-hint-s0: student.method=hint needs teaching=online"),
+    (["--method", "token", "--mode", "targets", "--model", "mlp"],
+     "mlp-targets-token-s0: student.method=token needs a ViT student"),
     (["--set", "student.lr=1"], "unknown recipe key 'student.lr'"),
 ])
 def test_bad_axis_values_are_one_line_errors(swept, tmp_path, args, message):
@@ -193,6 +193,15 @@ def test_methods_multiply_every_mode_but_hard():
   names = [run["name"] for run in plan_runs(["mlp"], ["hard", "targets"], ["kl", "soft_ce"], [0],
                                             ["dkd"])]
   assert names == ["mlp-hard-s0", "mlp-targets-dkd-kl-s0", "mlp-targets-dkd-soft_ce-s0"]
+
+
+def test_hint_runs_online_whatever_the_modes_say():
+  # Hints match the teacher's inner layer, which exported targets do not hold: the
+  # sweep runs them online, once, beside kd on the modes asked for.
+  runs = plan_runs(["cnn"], ["hard", "targets", "views"], ["soft_ce"], [0], ["kd", "hint"])
+  assert [(run["name"], run["mode"]) for run in runs] == [
+      ("cnn-hard-s0", "hard"), ("cnn-targets-s0", "targets"), ("cnn-online-hint-s0", "online"),
+      ("cnn-views-s0", "views")]
 
 
 def _fake(model, mode, accuracies, soft_loss="soft_ce", params=100, method="kd"):
