@@ -241,8 +241,13 @@ def headline(rows: list[dict[str, Any]]) -> list[str]:
   lines = []
   for row, pair in _against_hard(rows):
     loss = f", {row['soft_loss']}" if row["soft_loss"] not in (None, "soft_ce") else ""
-    lines.append(f"{row['model']}, {row['method']} on {row['mode']}{loss}: {pair['verdict']}")
+    lines.append(f"{row['model']}, {_how_taught(row)}{loss}: {pair['verdict']}")
   return lines
+
+
+def _how_taught(row: dict[str, Any]) -> str:
+  """'kd on targets', 'dkd on views', 'hint online': a taught row's method and mode in words."""
+  return f"{row['method']} {'online' if row['mode'] == 'online' else 'on ' + row['mode']}"
 
 
 def _against_hard(rows: list[dict[str, Any]]):
@@ -268,7 +273,7 @@ def verdict_sentence(rows: list[dict[str, Any]]) -> str | None:
     if not pair["n"]:
       continue
     seeds.add(pair["n"])
-    name = row["model"] + (f" ({row['method']} on {row['mode']})" if several else "")
+    name = row["model"] + (f" ({_how_taught(row)})" if several else "")
     p = pair["t_p"] if pair["t_p"] is not None else pair["sign_p"]
     entry = (f"{name} {100 * pair['mean_diff']:+.2f}", p)
     beyond = pair["n"] > 1 and p is not None and p < stats.ALPHA

@@ -282,6 +282,9 @@ def test_the_verdict_sentence_and_headline_report_every_taught_row():
   assert [line.split(":")[0] for line in headline(rows)] == [
       "mlp, kd on targets", "vit, kd on targets", "linear, kd on targets"]
   assert verdict_sentence(aggregate(_fake("mlp", "targets", [0.8]), teacher)) is None
+  hinted = aggregate(runs + _fake("mlp", "online", [0.84, 0.85, 0.86], method="hint"), teacher)
+  assert "mlp, hint online: " in "\n".join(headline(hinted))
+  assert "mlp (hint online) +4.00" in verdict_sentence(hinted)
 
 
 def test_compare_ends_with_the_sweeps_verdict(swept):
