@@ -9,7 +9,6 @@ from distill.errors import UserError
 from distill.models import register
 from distill.models.heads import classifier_head, flatten
 
-
 # Rank of each position of a 2x2 window, first in row-major order highest: the gradient of a
 # window's maximum goes to its first maximal position, as XLA's select-and-scatter sends it.
 _WINDOW_RANK = np.array([[4, 3], [2, 1]], np.int8).reshape(1, 1, 2, 1, 2, 1)
