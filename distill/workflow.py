@@ -88,7 +88,7 @@ def load_fitting_data(recipe: dict[str, Any], role: str, console: Console | None
     batch_size = recipe[each]["batch_size"]
     rows = train
     learns_from_labels = each == "teacher" or recipe["student"]["loss"] == "hard"
-    if getattr(dataset, "partly_labelled", False) and learns_from_labels:
+    if dataset is not None and dataset.partly_labelled and learns_from_labels:
       rows = dataset.labelled_count  # it trains on the labelled images alone
     if batch_size > rows:
       fitting = _largest_power_of_two(rows)
@@ -203,7 +203,7 @@ def training_rows(dataset, objective, console: Console | None = None):
   accuracy, which skips them). A method that needs both is refused, in one
   line naming the ones that work.
   """
-  if not getattr(dataset, "partly_labelled", False) or not objective.reads_labels:
+  if not dataset.partly_labelled or not objective.reads_labels:
     return dataset.x_train, dataset.y_train
   labelled, total = dataset.labelled_count, len(dataset.x_train)
   if objective.uses_targets:
@@ -250,7 +250,7 @@ def _fit_and_evaluate(role: str, recipe: dict[str, Any], dataset, model_name: st
   test = _evaluate(trained, dataset.x_test, dataset.y_test, batch)
   summary = _base_summary(role, model_name, num_params, dataset, recipe, trained, stats, val,
                           test, time.perf_counter() - start)
-  if getattr(dataset, "partly_labelled", False):
+  if dataset.partly_labelled:
     # How many labels this run learned from: the rows it trained on, when its objective
     # reads their labels; none when it learned from the teacher alone.
     summary["labels_used"] = len(labels) if objective.reads_labels else 0

@@ -482,6 +482,8 @@ class StreamedTrainingData:
   class_names = property(lambda self: self.stream.class_names)
   num_classes = property(lambda self: self.stream.num_classes)
   image_shape = property(lambda self: self.stream.image_shape)
+  # Every streamed image keeps its label: the workflow refuses data.labelled for a stream.
+  partly_labelled = False
   streaming = True
 
   def split_fingerprint(self, split: str) -> str:
