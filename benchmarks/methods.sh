@@ -11,9 +11,14 @@
 # teacher's inner layer) and is paired with kd on targets. Each sweep writes OUT/<student>/sweep.md
 # with mean +- std and the paired differences against hard labels and against kd.
 #
+# The teacher trains on every core. The two sweeps then run side by side, each pinned to half of
+# the cores with taskset (small students use a second core poorly, so two at once finish sooner);
+# SIDE_BY_SIDE=0 runs them one after the other on every core. Their train seconds are then
+# per-half-machine figures.
+#
 # Everything resumes: a stopped teacher continues from its last checkpoint, and a sweep keeps the
-# runs it finished, so running the script again picks up where it stopped. On 2 CPU cores the
-# teacher takes 1.2-2 hours and the students several more; the ViT sweep goes first, being cheaper.
+# runs it finished and resumes the one it was in, so running the script again picks up where it
+# stopped. On 2 CPU cores the teacher takes 1.2-2 hours and the students several more.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 distill=${DISTILL:-.venv/bin/distill}
@@ -24,9 +29,29 @@ seeds=(--seed 0 --seed 1 --seed 2)
 if [ ! -f "$teacher/summary.json" ]; then
   "$distill" teacher --recipe fashion_mnist_hybrid --workdir "$teacher"
 fi
-"$distill" sweep --recipe fashion_mnist_vit_student --teacher "$teacher" --out "$out/vit" \
-  --model vit --mode hard --mode targets \
-  --method kd --method dkd --method dist --method token --method hint "${seeds[@]}"
-"$distill" sweep --recipe fashion_mnist_cnn_student --teacher "$teacher" --out "$out/cnn" \
-  --model cnn --mode hard --mode targets \
-  --method kd --method dkd --method dist --method hint "${seeds[@]}"
+vit_sweep=("$distill" sweep --recipe fashion_mnist_vit_student --teacher "$teacher" --out "$out/vit"
+  --model vit --mode hard --mode targets
+  --method kd --method dkd --method dist --method token --method hint "${seeds[@]}")
+cnn_sweep=("$distill" sweep --recipe fashion_mnist_cnn_student --teacher "$teacher" --out "$out/cnn"
+  --model cnn --mode hard --mode targets
+  --method kd --method dkd --method dist --method hint "${seeds[@]}")
+
+cores=$(nproc)
+if [ "${SIDE_BY_SIDE:-1}" = 1 ] && [ "$cores" -ge 2 ] && command -v taskset > /dev/null; then
+  half=$((cores / 2))
+  mkdir -p "$out"
+  echo "the two sweeps side by side: ViT on cores 0-$((half - 1)), CNN on cores $half-$((cores - 1));" \
+    "logs in $out/vit.log and $out/cnn.log"
+  taskset -c "0-$((half - 1))" "${vit_sweep[@]}" > "$out/vit.log" 2>&1 &
+  vit=$!
+  taskset -c "$half-$((cores - 1))" "${cnn_sweep[@]}" > "$out/cnn.log" 2>&1 &
+  cnn=$!
+  # Both finish (or fail) before the script says how they went.
+  status=0
+  wait "$vit" || { status=$?; echo "the ViT sweep failed: see $out/vit.log"; }
+  wait "$cnn" || { status=$?; echo "the CNN sweep failed: see $out/cnn.log"; }
+  [ "$status" = 0 ] && cat "$out/vit/sweep.md" "$out/cnn/sweep.md"
+  exit "$status"
+fi
+"${vit_sweep[@]}"
+"${cnn_sweep[@]}"
