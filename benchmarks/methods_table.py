@@ -30,8 +30,7 @@ def _paired(row, baseline):
 def _diff_cell(result):
   if result is None:
     return "-"
-  p_text = stats.format_p(result["t_p"])
-  return f"{stats.format_diff(result)} (p {'' if p_text.startswith('<') else '= '}{p_text})"
+  return f"{stats.format_diff(result)} ({stats.p_clause('t-test', result['t_p'])})"
 
 
 def main(out_dir):

@@ -109,7 +109,8 @@ def format_p(p: float | None) -> str:
   return "< 0.001" if p < 0.001 else f"{p:.3g}"
 
 
-def _p_clause(name: str, p: float) -> str:
+def p_clause(name: str, p: float) -> str:
+  """A named p-value in words: 't-test p = 0.021', or 't-test p < 0.001' below that."""
   text = format_p(p)
   return f"{name} p {text}" if text.startswith("<") else f"{name} p = {text}"
 
@@ -141,12 +142,12 @@ def verdict(result: Mapping[str, Any]) -> str:
   if n == 1:
     return f"{head} ({seeds}): too few seeds to tell (n = 1)"
   if result["t_p"] is not None:
-    p, detail = result["t_p"], _p_clause("t-test", result["t_p"])
+    p, detail = result["t_p"], p_clause("t-test", result["t_p"])
   elif result["sign_p"] is None:
     return f"{head} ({seeds}): no difference on any seed"
   else:
     p = result["sign_p"]
-    detail = "the same difference on every seed, " + _p_clause("sign test", p)
+    detail = "the same difference on every seed, " + p_clause("sign test", p)
   if p >= ALPHA:
     conclusion = "within seed noise" if result["t_p"] is not None else "too few seeds to tell"
   else:
