@@ -342,9 +342,10 @@ def export(teacher_dirs, out_dir, temperature, views, quiet):
                    "dkd (decoupled KD: --set student.dkd.alpha/beta), dist (Pearson "
                    "correlations: student.dist.beta/gamma), token (DeiT's distillation token, "
                    "ViT students: student.token.variant=hard|soft), hint (FitNets: a student "
-                   "layer matches a teacher layer, needs --teaching online: student.hint.kind/"
-                   "weight/student_layer/teacher_layer). All add the label loss except kd with "
-                   "alpha 1. [default: kd]")
+                   "layer matches a teacher layer, needs --teaching online, not augmented "
+                   "unless student.augment=true: student.hint.kind/weight/student_layer/"
+                   "teacher_layer). All add the label loss except kd with alpha 1. "
+                   "[default: kd]")
 @click.option("--workdir", "-w", type=click.Path(), default=None,
               help="Run directory [default: runs/student-MODEL, runs/student-MODEL-hard, "
                    "runs/student-MODEL-TEACHING or runs/student-MODEL-METHOD].")
@@ -358,7 +359,8 @@ def student(recipe, overrides, dataset, data_dir, steps, batch_size, seed, resta
   the data and split match the targets. Targets made on other data are
   refused. With --teaching targets the student is not augmented by default:
   exported targets belong to un-augmented images. Online and views teaching
-  augment the student and label each view it sees.
+  augment the student and label each view it sees; hints run the teacher
+  online for its inner layer and augment only with student.augment=true.
 
   \b
     distill student --model cnn                          # exported targets
@@ -486,7 +488,8 @@ def bench(recipe, overrides, role, batch_size, steps, bare_steps, synthetic, as_
 @click.option("--method", "methods", multiple=True, default=("kd",), show_default=True,
               help="Distillation method, the recipe's student.method: kd, dkd, dist, token, "
                    "hint (repeatable); multiplies every mode but hard. hint always runs "
-                   "online (it matches the teacher's inner layer) and is paired with kd.")
+                   "online (it matches the teacher's inner layer), un-augmented like exported "
+                   "targets, and is paired with kd on targets.")
 @click.option("--seed", "seeds", type=int, multiple=True, default=(0, 1, 2), show_default=True,
               help="Seeds (repeatable); each combination runs once per seed.")
 @click.option("--recipe", "-r", default=None,

@@ -27,7 +27,8 @@ hard use: kd (the classic loss, the default), dkd, dist, token, hint. Hard
 labels involve no teacher, so hard runs are not repeated per method. A method
 that can learn only one way runs that way whatever the modes say: hint needs
 the teacher's inner layer, so `--mode targets --method kd --method hint` trains
-kd on exported targets and hint online (paired with kd on targets).
+kd on exported targets and hint online (paired with kd on targets: the hint
+run is un-augmented like them, so the pair differs by the hint term alone).
 
 Re-running a sweep keeps every finished run whose recipe is unchanged and
 trains only what is missing, so an interrupted sweep picks up where it stopped.

@@ -403,7 +403,11 @@ class OnlineTeacher(HardLabels):
   normalised images, returning logits, or (logits, [features per layer])
   when `feature_layer` is set; `params` its parameters (the step's device
   state). `mixup` > 0 mixes image pairs with a Beta(mixup, mixup) weight
-  before the teacher labels them.
+  before the teacher labels them. `always_augments` False leaves the
+  augmentation to the recipe's student.augment, as for exported targets:
+  a hint run needs the teacher in the step for its inner layer, not for
+  consistent teaching, and un-augmented it differs from KD on exported
+  targets by the hint term alone.
   """
 
   apply: Callable[[Any, jax.Array], Any]
@@ -412,8 +416,8 @@ class OnlineTeacher(HardLabels):
   mixup: float = 0.0
   form: str = "probs"
   feature_layer: int | None = None
+  always_augments: bool = True
   name = "online"
-  always_augments = True
   gives_features = True
 
   def device_state(self) -> Any:

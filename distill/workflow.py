@@ -6,6 +6,7 @@ same from Python. What a run directory holds is described in `distill.rundir`.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from pathlib import Path
@@ -424,8 +425,13 @@ def _teaching_for_student(recipe: dict[str, Any], teacher_dir: Path, dataset, co
   settings = config_lib.DistillSettings.of(recipe)
   mode, temperature, form = settings.teaching, settings.temperature, objective.teacher_form
   if mode == "online":
-    return _online_teacher(recipe, teacher_dir, dataset, form=form,
-                           feature_layer=objective.teacher_layer)
+    strategy, test_logits, identity = _online_teacher(recipe, teacher_dir, dataset, form=form,
+                                                      feature_layer=objective.teacher_layer)
+    # Hints run the teacher for its inner layer, not for consistent teaching:
+    # they augment only when student.augment asks, like exported targets, so a
+    # hint run and KD on targets see the same images and differ by the hint.
+    hints = objective.teacher_layer is not None
+    return (dataclasses.replace(strategy, always_augments=not hints), test_logits, identity)
   if mode == "views" and getattr(dataset, "streaming", False):
     raise UserError("teaching=views needs the data set in memory; stream with targets or online")
   targets = open_targets(teacher_dir, dataset)
@@ -493,7 +499,8 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
   `method` — kd, dkd, dist, token or hint, see `teaching.make_objective`;
   'hard': one-hot cross-entropy) and the teaching ('targets': exported
   outputs on un-augmented images; 'online': the frozen teacher labels the
-  student's own augmented batch; 'views': exported targets of K augmented
+  student's own augmented batch (un-augmented for hints unless
+  student.augment); 'views': exported targets of K augmented
   views, replayed exactly). The student refuses a teacher whose data differs
   from the data it loads.
 
@@ -519,8 +526,8 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
                f"method={objective.name}, {how}")
   rundir.prepare_workdir(workdir, restart=restart, overwrite=overwrite)
   write_json(workdir / RECIPE_FILE, {**recipe, "teacher_dir": str(teacher_dir.resolve())})
-  # Online and views teaching are augmented by construction; targets and hard
-  # labels only when the recipe asks.
+  # Online teaching (hints excepted) and views are augmented by construction;
+  # targets, hard labels and hints only when the recipe asks.
   augmented = settings.augment or (teaching is not None and teaching.always_augments)
   _, test, summary = _fit_and_evaluate(
       "student", recipe, dataset, model_name, model, num_params, workdir, start,
@@ -538,6 +545,7 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
       "temperature": settings.temperature,
       "alpha": settings.alpha,
       "mixup": settings.mixup,
+      "augmented": augmented,
       "teacher_dir": str(teacher_dir.resolve()),
       "teacher_params_sha256": identity["params_sha256"],
       "teacher_test_accuracy": teacher_summary.get(

@@ -57,6 +57,39 @@ def test_hint_student_restores_and_exports_from_its_checkpoint(tiny_digits_runs,
   assert model.params_sha256() == summary["params_sha256"]
 
 
+def _train_losses(workdir):
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return [row["loss"] for row in rows if "loss" in row]
+
+
+def test_hint_runs_see_the_images_kd_on_targets_sees(tiny_digits_runs, tmp_path):
+  """Hints run the teacher online for its inner layer, un-augmented unless asked.
+
+  At hint weight 0 a hint run is kd with the teacher in the step: on the same
+  un-augmented images in the same order as kd on exported targets, it follows
+  that run's losses step by step. Augmented (student.augment=true), it follows
+  online kd's instead. (The losses sit near log(10) after 20 steps, so they
+  are compared to 1e-6: augmentation moves them by 1e-5 and more.)
+  """
+  teacher = tiny_digits_runs / "teacher"
+  every_5 = ("--set", "student.log_every=5", "-m", "mlp")
+  kd = _student(teacher, tmp_path / "kd", *every_5)
+  hint_flags = (*every_5, "--method", "hint", "--teaching", "online",
+                "--set", "student.hint.weight=0")
+  hint = _student(teacher, tmp_path / "hint", *hint_flags)
+  augmented = _student(teacher, tmp_path / "augmented", *hint_flags,
+                       "--set", "student.augment=true")
+  online_kd = _student(teacher, tmp_path / "online", *every_5, "--teaching", "online")
+  assert (kd["augmented"], hint["augmented"], augmented["augmented"],
+          online_kd["augmented"]) == (False, False, True, True)
+  kd_losses = _train_losses(tmp_path / "kd")
+  assert len(kd_losses) == 4
+  np.testing.assert_allclose(_train_losses(tmp_path / "hint"), kd_losses, rtol=1e-6)
+  augmented_losses = _train_losses(tmp_path / "augmented")
+  np.testing.assert_allclose(augmented_losses, _train_losses(tmp_path / "online"), rtol=1e-6)
+  assert np.max(np.abs(np.subtract(augmented_losses, kd_losses)) / kd_losses) > 1e-5
+
+
 def test_token_student_predicts_the_mean_of_its_two_heads(tiny_digits_runs, tmp_path):
   _student(tiny_digits_runs / "teacher", tmp_path / "s", "-m", "vit", "--method", "token")
   recipe = workflow.read_run_recipe(tmp_path / "s")
