@@ -3,9 +3,9 @@
     python benchmarks/methods_table.py [OUT_DIR]   # reads OUT/{vit,cnn}/sweep.json (runs/methods)
 
 One row per student and method: test accuracy (mean ± sample std over seeds,
-after the last step), the paired per-seed difference against the same student
+after the last step) and per seed, the paired per-seed difference against the same student
 on hard labels and against plain KD with their paired t-test p-values,
-parameters and mean train seconds. The figures are the sweeps' own
+agreement with the teacher, parameters and mean train seconds. The figures are the sweeps' own
 (`distill.sweep` pairs the seeds and `distill.stats` tests them); this only
 lays them side by side.
 """
@@ -34,9 +34,9 @@ def _diff_cell(result):
 
 
 def main(out_dir):
-  print("| student | method | teaching | seeds | params | test acc % | vs hard: diff pts (p) "
-        "| vs KD: diff pts (p) | train s |")
-  print("|---|---|---|---|---|---|---|---|---|")
+  print("| student | method | teaching | seeds | params | test acc % | per seed "
+        "| vs hard: diff pts (p) | vs KD: diff pts (p) | agree % | train s |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
   teacher = None
   for student in ("vit", "cnn"):
     path = Path(out_dir) / student / "sweep.json"
@@ -50,10 +50,11 @@ def main(out_dir):
       method = row["method"] or "hard"
       teaching = "labels" if row["mode"] == "hard" else row["mode"]
       accs = f"{100 * row['test_accuracy_mean']:.2f} ± {100 * row['test_accuracy_std']:.2f}"
+      per_seed = ", ".join(f"{100 * a:.2f}" for a in row["test_accuracies"])
       print(f"| {student} | {method} | {teaching} | {row['n']} | {row['params']:,} | {accs} "
-            f"| {_diff_cell(_paired(row, 'hard'))} "
+            f"| {per_seed} | {_diff_cell(_paired(row, 'hard'))} "
             f"| {_diff_cell(_paired(row, 'kd')) if method not in ('hard', 'kd') else '-'} "
-            f"| {row['train_seconds_mean']:,.0f} |")
+            f"| {100 * row['agreement_mean']:.2f} | {row['train_seconds_mean']:,.0f} |")
   if teacher is not None:
     print(f"\nTeacher: {teacher['model']}, {teacher['params']:,} parameters, "
           f"{100 * teacher['test_accuracy']:.2f}% test.")
