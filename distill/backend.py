@@ -14,6 +14,8 @@ numbers so a device run can confirm or overturn them.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import warnings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +34,8 @@ class BackendChoices:
       pin `export.batch_size` (and `eval_batch_size`) themselves, since it is
       part of a run's recipe hash; this is the value `benchmarks/gpu.sh` sets.
     compute_dtype: the matmul dtype recipes default to ('float32').
+    compiler_options: XLA options (name, value) every jitted model function is
+      compiled with (see `jit`); none on accelerators.
     measured: whether these values were measured on this backend.
   """
 
@@ -41,10 +45,11 @@ class BackendChoices:
   export_batch_size: int
   compute_dtype: str
   measured: bool
+  compiler_options: tuple[tuple[str, str], ...] = ()
 
   def as_dict(self) -> dict[str, object]:
     """The choices as plain JSON-ready values (for bench output)."""
-    return dataclasses.asdict(self)
+    return {**dataclasses.asdict(self), "compiler_options": dict(self.compiler_options)}
 
 
 # Measured on XLA:CPU (2 cores):
@@ -54,8 +59,17 @@ class BackendChoices:
 # - unroll_conv_scan: a 17k-parameter CNN step took 967 ms in a scan, 61 ms unrolled.
 # - export batch 64: the Fashion-MNIST teacher's stem activations stay in cache at 64 images;
 #   its forward pass ran at 7,200 images/s at 64 and 4,900 at 256.
-_CPU = BackendChoices(backend="cpu", conv_stem="gathered", unroll_conv_scan=True,
-                      export_batch_size=64, compute_dtype="float32", measured=True)
+# - compiler_options: convolutions through XLA's own kernels, not YNNPACK's. jaxlib 0.10 hands
+#   dots, reductions and convolutions to YNNPACK; on an Intel Xeon (2 cores) its convolution
+#   kernel gradient took 28-37 ms for a 128x14x14x32 -> 64 layer against 8.7 ms through XLA's,
+#   and the CNN student's step went from 1,535 to 2,351 images/s (the hybrid teacher's from 236
+#   to 355). The list is YNNPACK's default without convolutions: matmul-only models (the ViTs)
+#   compile to the same program either way.
+_CPU = BackendChoices(
+    backend="cpu", conv_stem="gathered", unroll_conv_scan=True, export_batch_size=64,
+    compute_dtype="float32", measured=True,
+    compiler_options=(("xla_cpu_experimental_ynn_fusion_type",
+                       "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"),))
 
 # Accelerators: the usual defaults, unmeasured until a device run (benchmarks/gpu.sh).
 # A while-loop body costs nothing special on GPU/TPU, so scans stay scans (fast compiles, one
@@ -78,3 +92,41 @@ def choices(backend: str | None = None) -> BackendChoices:
   if backend == "cpu":
     return _CPU
   return dataclasses.replace(_ACCELERATOR, backend=backend)
+
+
+@functools.cache
+def compiler_options() -> dict[str, str]:
+  """The backend's `compiler_options` that this jaxlib accepts, as `jax.jit` takes them.
+
+  XLA's option names change between releases: each option is tried once on a
+  trivial function, and one that jaxlib rejects is left out with a warning, so
+  a newer jaxlib compiles with its own defaults instead of failing.
+  """
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  accepted = {}
+  for name, value in choices().compiler_options:
+    try:
+      jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(jnp.zeros(1)).compile()
+    except Exception as error:  # noqa: BLE001 (jaxlib raises its own runtime errors here)
+      warnings.warn(f"XLA option {name}={value} not accepted by jax {jax.__version__}; "
+                    f"compiling without it ({str(error).splitlines()[0]})", stacklevel=2)
+      continue
+    accepted[name] = value
+  return accepted
+
+
+def jit(fun, **kwargs):
+  """`jax.jit(fun, **kwargs)`, compiled with the backend's `compiler_options`.
+
+  Every jitted function that runs a model goes through here, so a choice of
+  XLA kernels (see `BackendChoices.compiler_options`) holds for training,
+  validation and export alike.
+  """
+  import jax  # noqa: PLC0415
+
+  options = compiler_options()
+  if options:
+    kwargs = {**kwargs, "compiler_options": {**options, **kwargs.get("compiler_options", {})}}
+  return jax.jit(fun, **kwargs)

@@ -250,7 +250,7 @@ def _step_flops(setup, state, rows_K) -> float | None:
   from distill.step import train_step  # noqa: PLC0415
 
   one_step = jax.tree.map(lambda rows: rows[0], rows_K)
-  compiled = jax.jit(partial(train_step, setup.spec)).lower(
+  compiled = backend.jit(partial(train_step, setup.spec)).lower(
       setup.feeder.data, setup.stats, setup.teacher_state, state, one_step).compile()
   cost = compiled.cost_analysis()
   # Older jax returned one dict per computation, newer ones the dict itself.

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from distill import rundir
+from distill import backend, rundir
 from distill.console import Console
 from distill.errors import UserError
 from distill.io import read_json, write_json, write_npz
@@ -49,14 +49,13 @@ def _pixels(images_uint8, mean, std):
 def teacher_logits(teacher, images: np.ndarray, batch_size: int,
                    progress: str | None = None) -> np.ndarray:
   """A runnable foreign teacher's float32 logits [N, C] of uint8 images [N, H, W, C]."""
-  import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
 
   from distill.inference import predict_in_batches  # noqa: PLC0415
 
   if teacher.can_teach_online:
-    apply = jax.jit(lambda params, chunk: teacher.apply(params, chunk.astype(jnp.float32))
-                    .astype(jnp.float32))
+    apply = backend.jit(lambda params, chunk: teacher.apply(params, chunk.astype(jnp.float32))
+                        .astype(jnp.float32))
   else:  # Plain Python on the host, batch by batch.
     def apply(params, chunk):
       return np.asarray(teacher.apply(params, np.asarray(chunk, np.float32)), np.float32)

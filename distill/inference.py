@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from distill import parallel
+from distill import backend, parallel
 from distill.augment import augment_views
 from distill.io import array_sha256
 
@@ -45,7 +45,7 @@ def make_predict(graphdef, rest, stats, mesh=None) -> Callable[[Any, Any], jax.A
   mesh = parallel.make_mesh() if mesh is None else mesh
   stats = _host_stats(stats)
 
-  @partial(jax.jit, out_shardings=parallel.replicated(mesh))
+  @partial(backend.jit, out_shardings=parallel.replicated(mesh))
   def predict_sharded(params, images_uint8):
     logits = nnx.merge(graphdef, params, rest)(normalize(images_uint8, *stats))
     return logits.astype(jnp.float32)
@@ -97,7 +97,7 @@ class DeviceValidation:
       correct = losses.accuracy(logits, labels_or_zero, reduction="none")
       return jnp.sum(nll * valid), jnp.sum(correct * valid)
 
-    @partial(jax.jit, out_shardings=parallel.replicated(mesh))
+    @partial(backend.jit, out_shardings=parallel.replicated(mesh))
     def evaluate(params, images_KxB, labels_KxB):
       nll, correct = jax.lax.map(lambda batch: score(params, *batch), (images_KxB, labels_KxB))
       count = jnp.sum(labels_KxB >= 0).astype(jnp.float32)
@@ -121,7 +121,7 @@ def make_view_predict(graphdef, rest, stats, *, num_views: int, seed: int,
   mesh = parallel.make_mesh()
   stats = _host_stats(stats)
 
-  @partial(jax.jit, out_shardings=parallel.replicated(mesh))
+  @partial(backend.jit, out_shardings=parallel.replicated(mesh))
   def predict_sharded(params, images_uint8, indices_B):
     model = nnx.merge(graphdef, params, rest)
     images = normalize(images_uint8, *stats)

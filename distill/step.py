@@ -216,8 +216,8 @@ class TrainingSetup:
 
   def first_loss(self) -> tuple[float, int, dict[str, np.ndarray]]:
     """(step-0 loss, number of classes, that batch on the host) on the first real batch."""
-    loss, logits, batch = jax.jit(partial(first_loss, self.spec),
-                                  out_shardings=parallel.replicated(self.mesh))(
+    loss, logits, batch = backend.jit(partial(first_loss, self.spec),
+                                      out_shardings=parallel.replicated(self.mesh))(
         self.state, self.feeder.data, self.stats, self.teacher_state, self.feeder.first_batch())
     return (float(parallel.fetch(loss)), int(logits.shape[-1]),
             {key: parallel.fetch(value) for key, value in batch.items()})
@@ -276,6 +276,6 @@ def prepare_training(*, model: nnx.Module, images, labels: np.ndarray, objective
   return TrainingSetup(
       spec=spec, state=initial_state(params, optimizer, mesh, aux), feeder=feeder, stats=stats,
       teacher_state=teacher_state, schedule=make_schedule(settings, settings.steps),
-      chunk_fn=jax.jit(partial(train_chunk, spec), donate_argnums=0,
-                       out_shardings=(every_device, every_device)),
+      chunk_fn=backend.jit(partial(train_chunk, spec), donate_argnums=0,
+                           out_shardings=(every_device, every_device)),
       predict=make_predict(graphdef, rest, stats, mesh), pixel_mean=mean, pixel_std=std, mesh=mesh)
