@@ -1,0 +1,127 @@
+"""Where a recipe's training step spends its time, op by op (XLA:CPU or GPU).
+
+Traces the bare jitted step (as `distill bench` times it) with `jax.profiler`,
+the Python tracer off so the trace holds XLA's ops, and prints the heaviest ops
+in milliseconds per optimizer step, grouped by kind, output shape and the JAX
+operation they came from (unrolled steps' copies of an op add up):
+
+    python benchmarks/profile_step.py --recipe cifar10 --synthetic 32x32x3:50000:10
+    python benchmarks/profile_step.py --recipe fashion_mnist --role student --top 20
+
+The trace (`*.xplane.pb`, `perfetto_trace.json.gz`) and the compiled HLO stay in
+--out for TensorBoard, Perfetto or a closer look. On XLA:CPU the per-op events
+need `--xla_cpu_enable_xprof_traceme`, which this script adds to XLA_FLAGS
+before JAX starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import gzip
+import json
+import os
+import re
+from contextlib import closing
+from pathlib import Path
+
+# Runtime bookkeeping and compiler passes in the trace, not the step's own ops.
+_NOT_OPS = re.compile(
+    r"^(ThunkExecutor|TaskDispatcher|Slinky|H2D|Execute|Handle|Parse|Allocate|PythonRef|Device|"
+    r"shard|Common|while|end: )|Compile|Pass|pass|Codegen|simplif|HLO|Emit|mlir|Lower|Checker|"
+    r"insertion|sharding|Canonical")
+
+
+def _arguments() -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--recipe", default="fashion_mnist")
+  parser.add_argument("--role", choices=("teacher", "student"), default="teacher")
+  parser.add_argument("--set", dest="overrides", action="append", default=[],
+                      metavar="KEY=VALUE", help="a recipe override, as `distill --set`")
+  parser.add_argument("--synthetic", help="HxWxC:N:CLASSES random data, as `distill bench`")
+  parser.add_argument("--steps", type=int, default=100, help="optimizer steps traced")
+  parser.add_argument("--top", type=int, default=30, help="op groups printed")
+  parser.add_argument("--out", type=Path, default=Path("runs/profile"))
+  return parser.parse_args()
+
+
+def _thread_names(events: list[dict]) -> dict[tuple, str]:
+  return {(e["pid"], e["tid"]): e["args"]["name"] for e in events
+          if e.get("ph") == "M" and e.get("name") == "thread_name"}
+
+
+def op_times(trace_path: Path) -> collections.Counter:
+  """Total microseconds per HLO op name over the trace, XLA's execution threads only."""
+  events = json.load(gzip.open(trace_path))["traceEvents"]
+  threads = _thread_names(events)
+  totals: collections.Counter = collections.Counter()
+  for event in events:
+    if event.get("ph") != "X" or _NOT_OPS.search(event["name"]):
+      continue
+    thread = threads.get((event["pid"], event.get("tid")), "")
+    # XLA:CPU runs ops on its client and Eigen threads; a GPU trace names its streams.
+    if thread.startswith(("tf_XLAPjRt", "tf_XLAEigen")) or "Stream" in thread:
+      totals[event["name"]] += event["dur"]
+  return totals
+
+
+def group_by_origin(totals: collections.Counter, hlo_text: str) -> collections.Counter:
+  """Sums ops of one kind, output shape and JAX origin (an unrolled scan copies each op)."""
+  groups: collections.Counter = collections.Counter()
+  for name, micros in totals.items():
+    match = re.search(r"%" + re.escape(name) + r" = (\S+) .*?op_name=\"([^\"]*)\"", hlo_text)
+    kind = re.sub(r"\.\d+$", "", name)
+    shape, origin = (match.group(1), match.group(2)) if match else ("", "")
+    origin = re.sub(r"^jit\(\w+\)/(while/body/)?(closed_call/)?", "", origin)
+    groups[(kind, shape, origin)] += micros
+  return groups
+
+
+def main() -> None:
+  args = _arguments()
+  os.environ["XLA_FLAGS"] = " ".join(
+      filter(None, [os.environ.get("XLA_FLAGS"), "--xla_cpu_enable_xprof_traceme=true"]))
+  import jax  # noqa: PLC0415 (after XLA_FLAGS)
+
+  from distill import bench  # noqa: PLC0415
+  from distill import config as config_lib  # noqa: PLC0415
+  from distill.step import prepare_training  # noqa: PLC0415
+
+  recipe = config_lib.load_recipe(args.recipe, overrides=args.overrides)
+  settings = dataclasses.replace(config_lib.TrainSettings.of(recipe, args.role), steps=args.steps)
+  data = bench._resolve_data(recipe, args.synthetic)
+  objective, teaching = bench._objective_and_teaching(args.role, data)
+  training = {"objective": objective, "teaching": teaching, "settings": settings,
+              "augment_settings": recipe["augment"] if args.role == "teacher" else None,
+              "seed": recipe["seed"]}
+  # The trace holds the compile too; compiler events are not ops, so they drop out below.
+  args.out.mkdir(parents=True, exist_ok=True)
+  trace_dir = args.out / "trace"
+  options = jax.profiler.ProfileOptions()
+  options.python_tracer_level = 0
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True, profiler_options=options):
+    bare = bench._time_bare_step(bench._fresh_model(recipe, settings, data), data,
+                                 bare_steps=args.steps, **training)
+
+  setup = prepare_training(model=bench._fresh_model(recipe, settings, data), images=data.images,
+                           labels=data.labels, **training)
+  with closing(setup.feeder.dispatches([(0, settings.steps_per_dispatch)])) as feed:
+    rows = next(iter(feed))
+  hlo_text = setup.compile(setup.state, rows).as_text()
+  (args.out / "step.hlo.txt").write_text(hlo_text)
+
+  # The traced window holds the warm-up dispatch too.
+  traced_steps = bare.steps + settings.steps_per_dispatch
+  totals = op_times(next(trace_dir.glob("**/perfetto_trace.json.gz")))
+  groups = group_by_origin(totals, hlo_text)
+  print(f"{args.recipe} {args.role}: {bare.images_per_second:,.0f} images/s while traced, "
+        f"ops sum to {sum(totals.values()) / 1e3 / traced_steps:.1f} ms a step "
+        f"(both cores' time added up)")
+  for (kind, shape, origin), micros in groups.most_common(args.top):
+    print(f"{micros / 1e3 / traced_steps:7.2f} ms  {kind:26s} {shape[:36]:36s} {origin[-70:]}")
+  print(f"trace and HLO: {args.out}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,27 @@
+"""benchmarks/profile_step.py: a traced step is broken down into XLA ops with their origins."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_profile_lists_the_steps_ops_with_their_jax_origin(tmp_path):
+  result = subprocess.run(
+      [sys.executable, str(ROOT / "benchmarks" / "profile_step.py"), "--recipe", "digits",
+       "--steps", "4", "--top", "5", "--set", "teacher.steps_per_dispatch=2",
+       "--set", "teacher.batch_size=16", "--out", str(tmp_path)],
+      capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = result.stdout.splitlines()
+  assert re.match(r"digits teacher: [\d,]+ images/s while traced, ops sum to [\d.]+ ms", lines[0])
+  op_lines = [line for line in lines[1:] if re.match(r"\s*[\d.]+ ms  \S", line)]
+  assert len(op_lines) == 5
+  # At least one op is traced back to the JAX operation it came from.
+  assert any(re.search(r"(dot_general|reduce_sum|add|mul)", line) for line in op_lines)
+  assert (tmp_path / "step.hlo.txt").read_text().startswith("HloModule")
+  assert list((tmp_path / "trace").glob("**/perfetto_trace.json.gz"))
