@@ -23,7 +23,6 @@ import gzip
 import json
 import os
 import re
-from contextlib import closing
 from pathlib import Path
 
 # Runtime bookkeeping and compiler passes in the trace, not the step's own ops.
@@ -86,7 +85,6 @@ def main() -> None:
 
   from distill import bench  # noqa: PLC0415
   from distill import config as config_lib  # noqa: PLC0415
-  from distill.step import prepare_training  # noqa: PLC0415
 
   recipe = config_lib.load_recipe(args.recipe, overrides=args.overrides)
   settings = dataclasses.replace(config_lib.TrainSettings.of(recipe, args.role), steps=args.steps)
@@ -102,13 +100,8 @@ def main() -> None:
   options.python_tracer_level = 0
   with jax.profiler.trace(trace_dir, create_perfetto_trace=True, profiler_options=options):
     bare = bench._time_bare_step(bench._fresh_model(recipe, settings, data), data,
-                                 bare_steps=args.steps, **training)
-
-  setup = prepare_training(model=bench._fresh_model(recipe, settings, data), images=data.images,
-                           labels=data.labels, **training)
-  with closing(setup.feeder.dispatches([(0, settings.steps_per_dispatch)])) as feed:
-    rows = next(iter(feed))
-  hlo_text = setup.compile(setup.state, rows).as_text()
+                                 bare_steps=args.steps, keep_hlo=True, **training)
+  hlo_text = bare.hlo_text
   (args.out / "step.hlo.txt").write_text(hlo_text)
 
   # The traced window holds the warm-up dispatch too.

@@ -65,6 +65,7 @@ class _BareStep:
   params: Any
   predict: Any
   flops_per_step: float | None = None
+  hlo_text: str | None = None
 
 
 def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int | None = None,
@@ -202,8 +203,12 @@ def _fresh_model(recipe: dict[str, Any], settings: config_lib.TrainSettings, dat
 
 def _time_bare_step(model, data: _BenchData, *, bare_steps: int, objective, teaching,
                     settings: config_lib.TrainSettings, augment_settings, seed: int,
-                    count_flops: bool = False) -> _BareStep:
-  """Compiles the K-step function, then times it called back to back on rows made in advance."""
+                    count_flops: bool = False, keep_hlo: bool = False) -> _BareStep:
+  """Compiles the K-step function, then times it called back to back on rows made in advance.
+
+  `keep_hlo` keeps the compiled program's HLO text (`benchmarks/profile_step.py` names
+  the traced ops from it).
+  """
   import jax  # noqa: PLC0415
 
   from distill.models import count_params  # noqa: PLC0415
@@ -235,7 +240,8 @@ def _time_bare_step(model, data: _BenchData, *, bare_steps: int, objective, teac
   return _BareStep(num_params=num_params, steps=dispatches * per_dispatch,
                    compile_seconds=compile_seconds,
                    images_per_second=dispatches * per_dispatch * settings.batch_size / bare_seconds,
-                   params=state["params"], predict=setup.predict, flops_per_step=flops_per_step)
+                   params=state["params"], predict=setup.predict, flops_per_step=flops_per_step,
+                   hlo_text=compiled.as_text() if keep_hlo else None)
 
 
 def _step_flops(setup, state, rows_K) -> float | None:
