@@ -31,9 +31,10 @@ record cifar10/distill-bf16 $bin/distill bench --recipe cifar10 --synthetic 32x3
 record cifar10/torch-eager $bin/python benchmarks/torch_reference.py "${cifar_torch[@]}"
 record cifar10/torch-compile $bin/python benchmarks/torch_reference.py "${cifar_torch[@]}" --compile
 
-# The default Fashion-MNIST teacher (recipes/fashion_mnist.toml).
-fmnist_torch=(--image-shape 28x28x1 --num-examples 55000 --patch 7 --stem conv --width 96 --depth 4
-              --heads 6 --mlp-ratio 4 --batch 128 --crop pad --pad 2 --steps "$torch_steps")
+# The default Fashion-MNIST teacher (recipes/fashion_mnist.toml): the 9-token hybrid ViT.
+fmnist_torch=(--image-shape 28x28x1 --num-examples 55000 --stem cnn --stem-channels 32,64,128
+              --patch 1 --width 128 --depth 4 --heads 4 --mlp-ratio 2 --batch 128 --crop pad --pad 2
+              --steps "$torch_steps")
 record fashion_mnist/distill $bin/distill bench --recipe fashion_mnist "${steps[@]}" --json -q
 record fashion_mnist/distill-bf16 $bin/distill bench --recipe fashion_mnist "${steps[@]}" --json -q --set teacher.compute_dtype=bfloat16
 record fashion_mnist/torch-eager $bin/python benchmarks/torch_reference.py "${fmnist_torch[@]}"
@@ -41,7 +42,7 @@ record fashion_mnist/torch-compile $bin/python benchmarks/torch_reference.py "${
 
 # The default student (recipes/fashion_mnist.toml [student]): the CNN on soft targets, no
 # augmentation; its convolutions are the slowest thing a CPU user waits for.
-cnn_torch=(--image-shape 28x28x1 --num-examples 55000 --model cnn --channels 32,64 --batch 128
+cnn_torch=(--image-shape 28x28x1 --num-examples 55000 --model cnn --channels 32,64,96 --batch 128
            --crop none --no-flip --soft-targets --lr 2e-3 --weight-decay 0.01 --steps "$torch_steps")
 record fashion_mnist_student/distill $bin/distill bench --recipe fashion_mnist --role student "${steps[@]}" --json -q
 record fashion_mnist_student/torch-eager $bin/python benchmarks/torch_reference.py "${cnn_torch[@]}"

@@ -10,9 +10,9 @@ of teacher probabilities. Prints one JSON line.
 
   python benchmarks/torch_reference.py --image-shape 32x32x3 --patch 8 --batch 256 \
     --crop resize --crop-size 24
-  python benchmarks/torch_reference.py --image-shape 28x28x1 --patch 7 --stem conv --width 96 \
-    --depth 6 --heads 6 --crop pad --pad 2 --compile
-  python benchmarks/torch_reference.py --image-shape 28x28x1 --model cnn --channels 32,64 \
+  python benchmarks/torch_reference.py --image-shape 28x28x1 --stem cnn --stem-channels 32,64,128 \
+    --patch 1 --width 128 --depth 4 --heads 4 --mlp-ratio 2 --batch 128 --crop pad --pad 2 --compile
+  python benchmarks/torch_reference.py --image-shape 28x28x1 --model cnn --channels 32,64,96 \
     --batch 128 --crop none --no-flip --soft-targets --lr 2e-3
 """
 
@@ -47,15 +47,23 @@ class Block(nn.Module):
 
 
 class ViT(nn.Module):
-  """Patch (or conv-stem + patch) embedding, class token, positions, blocks, zero-init head."""
+  """Patch embedding after an optional stem (a 3x3 conv, or conv stages as in distill's hybrid
+  `stem='cnn'`), class token, positions, blocks, zero-init head."""
 
-  def __init__(self, image_shape, num_classes, patch, width, depth, heads, mlp_ratio, stem):
+  def __init__(self, image_shape, num_classes, patch, width, depth, heads, mlp_ratio, stem,
+               stem_channels=(32, 64), stem_blocks_per_stage=1):
     super().__init__()
     height, width_px, channels = image_shape
     self.patch = patch
-    self.stem = nn.Conv2d(channels, width // 2, 3, padding=1) if stem == "conv" else None
-    stem_channels = width // 2 if stem == "conv" else channels
-    self.patch_embed = nn.Linear(patch * patch * stem_channels, width)
+    self.stem, self.cnn_stem = None, None
+    if stem == "conv":
+      self.stem = nn.Conv2d(channels, width // 2, 3, padding=1)
+      channels = width // 2
+    elif stem == "cnn":
+      self.cnn_stem = conv_stages(channels, stem_channels, stem_blocks_per_stage)
+      height, width_px = height >> len(stem_channels), width_px >> len(stem_channels)
+      channels = stem_channels[-1]
+    self.patch_embed = nn.Linear(patch * patch * channels, width)
     tokens = (height // patch) * (width_px // patch) + 1
     self.class_token = nn.Parameter(torch.zeros(1, 1, width))
     self.positions = nn.Parameter(torch.randn(1, tokens, width) * 0.02)
@@ -69,6 +77,8 @@ class ViT(nn.Module):
     x = images_bchw
     if self.stem is not None:
       x = F.gelu(self.stem(x), approximate="tanh")
+    if self.cnn_stem is not None:
+      x = self.cnn_stem(x)
     b, c, h, w = x.shape
     p = self.patch
     x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(
@@ -78,23 +88,29 @@ class ViT(nn.Module):
     return self.head(self.final_norm(tokens[:, 0]))
 
 
+def conv_stages(in_channels, channels, blocks_per_stage):
+  """distill.models.cnn.ConvStages: per stage, blocks of bias-free 3x3 conv + GroupNorm(min(8, C))
+  + ReLU, then a 2x2 max-pool (flooring odd sizes, as distill's does)."""
+  layers = []
+  for out_channels in channels:
+    for _ in range(blocks_per_stage):
+      layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                 nn.GroupNorm(min(8, out_channels), out_channels), nn.ReLU()]
+      in_channels = out_channels
+    layers.append(nn.MaxPool2d(2))
+  return nn.Sequential(*layers)
+
+
 class CNN(nn.Module):
-  """distill.models.cnn.CNN with pool='flatten': per stage, blocks of bias-free 3x3 conv +
-  GroupNorm(min(8, C)) + ReLU, then a 2x2 max-pool; a zero-init head on the flattened map."""
+  """distill.models.cnn.CNN with pool='flatten': conv stages, then a zero-init head on the
+  flattened map."""
 
   def __init__(self, image_shape, num_classes, channels, blocks_per_stage):
     super().__init__()
     height, width_px, in_channels = image_shape
-    layers = []
-    for out_channels in channels:
-      for _ in range(blocks_per_stage):
-        layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-                   nn.GroupNorm(min(8, out_channels), out_channels), nn.ReLU()]
-        in_channels = out_channels
-      layers.append(nn.MaxPool2d(2))
-    self.stages = nn.Sequential(*layers)
+    self.stages = conv_stages(in_channels, channels, blocks_per_stage)
     pooled = (height >> len(channels)) * (width_px >> len(channels))
-    self.head = nn.Linear(pooled * in_channels, num_classes)
+    self.head = nn.Linear(pooled * channels[-1], num_classes)
     nn.init.zeros_(self.head.weight)
     nn.init.zeros_(self.head.bias)
 
@@ -139,7 +155,10 @@ def main():
   parser.add_argument("--depth", type=int, default=4)
   parser.add_argument("--heads", type=int, default=4)
   parser.add_argument("--mlp-ratio", type=int, default=4)
-  parser.add_argument("--stem", default="patch", choices=["patch", "conv"])
+  parser.add_argument("--stem", default="patch", choices=["patch", "conv", "cnn"])
+  parser.add_argument("--stem-channels", default="32,64", help="vit --stem cnn: channels per stage")
+  parser.add_argument("--stem-blocks-per-stage", type=int, default=1,
+                      help="vit --stem cnn: conv blocks per stage")
   parser.add_argument("--batch", type=int, default=256)
   parser.add_argument("--steps", type=int, default=50)
   parser.add_argument("--warmup", type=int, default=5)
@@ -167,7 +186,8 @@ def main():
                 args.blocks_per_stage)
   else:
     model = ViT(shape, args.classes, args.patch, args.width, args.depth, args.heads,
-                args.mlp_ratio, args.stem)
+                args.mlp_ratio, args.stem, [int(c) for c in args.stem_channels.split(",")],
+                args.stem_blocks_per_stage)
   optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
 
   def step(indices):
