@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import gzip
 import json
 import os
@@ -87,25 +86,19 @@ def main() -> None:
   from distill import config as config_lib  # noqa: PLC0415
 
   recipe = config_lib.load_recipe(args.recipe, overrides=args.overrides)
-  settings = dataclasses.replace(config_lib.TrainSettings.of(recipe, args.role), steps=args.steps)
-  data = bench._resolve_data(recipe, args.synthetic)
-  objective, teaching = bench._objective_and_teaching(args.role, data)
-  training = {"objective": objective, "teaching": teaching, "settings": settings,
-              "augment_settings": recipe["augment"] if args.role == "teacher" else None,
-              "seed": recipe["seed"]}
   # The trace holds the compile too; compiler events are not ops, so they drop out below.
   args.out.mkdir(parents=True, exist_ok=True)
   trace_dir = args.out / "trace"
   options = jax.profiler.ProfileOptions()
   options.python_tracer_level = 0
   with jax.profiler.trace(trace_dir, create_perfetto_trace=True, profiler_options=options):
-    bare = bench._time_bare_step(bench._fresh_model(recipe, settings, data), data,
-                                 bare_steps=args.steps, keep_hlo=True, **training)
+    bare = bench.bare_step(recipe, role=args.role, steps=args.steps, synthetic=args.synthetic,
+                           keep_hlo=True)
   hlo_text = bare.hlo_text
   (args.out / "step.hlo.txt").write_text(hlo_text)
 
   # The traced window holds the warm-up dispatch too.
-  traced_steps = bare.steps + settings.steps_per_dispatch
+  traced_steps = bare.steps + config_lib.TrainSettings.of(recipe, args.role).steps_per_dispatch
   totals = op_times(next(trace_dir.glob("**/perfetto_trace.json.gz")))
   groups = group_by_origin(totals, hlo_text)
   print(f"{args.recipe} {args.role}: {bare.images_per_second:,.0f} images/s while traced, "

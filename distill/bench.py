@@ -108,11 +108,7 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int |
     if value <= 0:
       raise UserError(f"{flag} must be positive, got {value}")
   data = _resolve_data(recipe, synthetic)
-  objective, teaching = _objective_and_teaching(role, data)
-  training = {"objective": objective, "teaching": teaching,
-              "settings": dataclasses.replace(settings, steps=steps),
-              "augment_settings": recipe["augment"] if role == "teacher" else None,
-              "seed": recipe["seed"]}
+  training = _training(recipe, role, data, settings, steps)
 
   # 1. The bare step: one compiled K-step function called back to back.
   bare = _time_bare_step(_fresh_model(recipe, settings, data), data, bare_steps=bare_steps,
@@ -199,6 +195,29 @@ def _fresh_model(recipe: dict[str, Any], settings: config_lib.TrainSettings, dat
   return create_model(settings.model, num_classes=data.num_classes, image_shape=data.image_shape,
                       seed=recipe["seed"], compute_dtype=settings.compute_dtype,
                       **dict(settings.model_options))
+
+
+def bare_step(recipe: dict[str, Any], *, role: str, steps: int, synthetic: str | None = None,
+              keep_hlo: bool = False) -> _BareStep:
+  """Compiles and times `role`'s bare step alone, as `run_benchmark` does first.
+
+  For tools that look inside the step (`benchmarks/profile_step.py` traces
+  this call); `keep_hlo` keeps the compiled program's HLO text.
+  """
+  settings = config_lib.TrainSettings.of(recipe, role)
+  data = _resolve_data(recipe, synthetic)
+  return _time_bare_step(_fresh_model(recipe, settings, data), data, bare_steps=steps,
+                         keep_hlo=keep_hlo, **_training(recipe, role, data, settings, steps))
+
+
+def _training(recipe: dict[str, Any], role: str, data: _BenchData,
+              settings: config_lib.TrainSettings, steps: int) -> dict[str, Any]:
+  """What the timed step trains on: `role`'s objective, teaching, settings and augmentation."""
+  objective, teaching = _objective_and_teaching(role, data)
+  return {"objective": objective, "teaching": teaching,
+          "settings": dataclasses.replace(settings, steps=steps),
+          "augment_settings": recipe["augment"] if role == "teacher" else None,
+          "seed": recipe["seed"]}
 
 
 def _time_bare_step(model, data: _BenchData, *, bare_steps: int, objective, teaching,
