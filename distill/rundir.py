@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,26 @@ class MetricsLog:
         f.write(json.dumps(record) + "\n")
 
 
+def _summary_writer_class():
+  """tensorboardX's `SummaryWriter`, imported without importing torch.
+
+  tensorboardX's writer module imports torch whenever it is installed, only to
+  accept torch tensors; distill logs Python floats, and importing torch costs
+  ~2 s of every run's start on 2 cores. While tensorboardX loads, `import
+  torch` is made to fail as if torch were absent (a None entry in sys.modules
+  does that), then the entry is removed so a later `import torch` works.
+  """
+  hide_torch = "torch" not in sys.modules
+  if hide_torch:
+    sys.modules["torch"] = None
+  try:
+    from tensorboardX import SummaryWriter  # noqa: PLC0415
+  finally:
+    if hide_torch and sys.modules.get("torch", 0) is None:
+      del sys.modules["torch"]
+  return SummaryWriter
+
+
 class TensorBoardLog:
   """tensorboard/: what MetricsLog records, as TensorBoard scalars (tensorboardX, no TensorFlow).
 
@@ -99,7 +120,7 @@ class TensorBoardLog:
     if not is_primary_process():
       return
     try:
-      from tensorboardX import SummaryWriter  # noqa: PLC0415
+      SummaryWriter = _summary_writer_class()  # noqa: N806 (a class, named as tensorboardX does)
     except ImportError:
       # Event files are a convenience: a bare accelerator image (jax, flax, optax, no
       # tensorboardX) must still train, and metrics.jsonl holds every number anyway.

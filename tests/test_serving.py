@@ -3,8 +3,11 @@
 import hashlib
 import json
 import math
+import os
 import struct
+import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -302,3 +305,28 @@ def test_a_resumed_run_appends_an_event_file_that_purges_past_its_checkpoint(tmp
   log.start(after_step=None)  # A new run starts over.
   log.close()
   assert len(_events(tmp_path / "tb")) == 1
+
+
+def test_event_files_are_written_without_importing_torch(tmp_path):
+  """tensorboardX imports torch when it can; a run's log must not pay for that (seconds)."""
+  marker = tmp_path / "torch-was-imported"
+  fake = tmp_path / "site" / "torch"
+  fake.mkdir(parents=True)
+  (fake / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+  code = textwrap.dedent(f"""
+      import sys
+      from pathlib import Path
+      from distill import rundir
+      log = rundir.TensorBoardLog(Path({str(tmp_path / 'tb')!r}))
+      log.start(after_step=None)
+      log.append({{"step": 1, "loss": 0.5}})
+      log.close()
+      assert "torch" not in sys.modules
+      import torch  # still importable afterwards
+  """)
+  env = {**os.environ, "PYTHONPATH": str(fake.parent)}
+  result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert _scalars(_events(tmp_path / "tb")[0]) == {"train/loss": {1: 0.5}}
+  assert marker.exists()  # only from the explicit import at the end
