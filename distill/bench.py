@@ -210,6 +210,19 @@ def bare_step(recipe: dict[str, Any], *, role: str, steps: int, synthetic: str |
                          keep_hlo=keep_hlo, **_training(recipe, role, data, settings, steps))
 
 
+def real_loop(recipe: dict[str, Any], *, role: str, steps: int, synthetic: str | None = None,
+              quiet: bool = True):
+  """Times `role`'s real training loop alone (`loop.fit` at the recipe's cadence), as
+  `run_benchmark` does second; returns its `loop.RunStats`.
+
+  For tools that set it beside another trainer (`benchmarks/keras_fit.py`).
+  """
+  settings = config_lib.TrainSettings.of(recipe, role)
+  data = _resolve_data(recipe, synthetic)
+  return _time_loop(_fresh_model(recipe, settings, data), data, quiet=quiet,
+                    **_training(recipe, role, data, settings, steps))
+
+
 def _training(recipe: dict[str, Any], role: str, data: _BenchData,
               settings: config_lib.TrainSettings, steps: int) -> dict[str, Any]:
   """What the timed step trains on: `role`'s objective, teaching, settings and augmentation."""

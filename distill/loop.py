@@ -96,15 +96,16 @@ def fit(*, model: nnx.Module, images, labels: np.ndarray, val_images, val_labels
         # Read once: a signal handled while this step logs or evaluates
         # must not stop the run before this step's checkpoint is saved.
         stopping = stop.signal_name is not None
-        if run.can_defer_log(step, stopping):
+        saving = stopping or run.at_checkpoint(step)  # decided once: it depends on the clock
+        if run.can_defer_log(step, saving):
           continue
-        if run.at_log(step) or run.at_checkpoint(step) or stopping:
+        if run.at_log(step) or saving:
           # Checked before every save too, so a checkpoint never holds a diverged state.
           record = run.summary_of_window(step)
         if run.at_log(step):
           run.log(record, val_images, val_labels)
           last_train_loss = record["loss"]
-        if run.at_checkpoint(step) or stopping:
+        if saving:
           run.save(step)
         if stopping and step < run.total_steps:
           raise UserError(
@@ -194,6 +195,7 @@ class _Run:
                               quiet=self.quiet,
                               desc=f"train {self.meta.get('role', '')}".strip())
     self._loop_start = time.perf_counter()
+    self._last_save = self._loop_start
     return start_step
 
   def stretch_seconds(self) -> float:
@@ -242,18 +244,27 @@ class _Run:
     return step % self.settings.log_every == 0 or step == self.total_steps
 
   def at_checkpoint(self, step: int) -> bool:
-    """Whether `step` saves a checkpoint (a stop signal saves one too)."""
-    return step % self.settings.checkpoint_every == 0 or step == self.total_steps
+    """Whether `step` saves a checkpoint (a stop signal saves one too).
 
-  def can_defer_log(self, step: int, stopping: bool) -> bool:
+    The last step always does; a step at the checkpoint cadence does once
+    `checkpoint_min_seconds` have passed since the last save (or the start of
+    this stretch), so a model that runs the cadence in a second is not slowed
+    by saves, while a killed run still loses at most the larger of the two.
+    """
+    if step == self.total_steps:
+      return True
+    return (step % self.settings.checkpoint_every == 0 and
+            time.perf_counter() - self._last_save >= self.settings.checkpoint_min_seconds)
+
+  def can_defer_log(self, step: int, saving: bool) -> bool:
     """Whether `step` only logs training metrics; if so, they are written after the next dispatch.
 
     Fetching them now would leave the device idle while the host writes the
-    line. Steps that evaluate, checkpoint, stop or end the run need the state
-    of this very step, so they are written at once.
+    line. Steps that evaluate, save a checkpoint (`saving`), or end the run
+    need the state of this very step, so they are written at once.
     """
     plain = (self.at_log(step) and step % self.settings.eval_every and step < self.total_steps
-             and not self.at_checkpoint(step) and not stopping)
+             and not saving)
     if plain:
       self._deferred = (step, self._window)
       self._window = []
@@ -316,6 +327,7 @@ class _Run:
     self.checkpointer.save(step, self.state, {
         **self.meta, "step": step,
         "train_seconds": round(self.earlier_seconds + self.stretch_seconds(), 3)})
+    self._last_save = time.perf_counter()
     # The event files keep up with the checkpoints: a killed run loses no more of them.
     self.tensorboard.flush()
 

@@ -34,6 +34,9 @@ TINY = [
     "teacher.checkpoint_every=10", "teacher.warmup_steps=2", "teacher.steps_per_dispatch=5",
     "student.steps=20", "student.batch_size=32", "student.log_every=10", "student.eval_every=10",
     "student.checkpoint_every=10", "student.warmup_steps=2", "student.steps_per_dispatch=5",
+    # A tiny run takes well under a second: checkpoints at every 10 steps all the same, so
+    # resuming is tested from checkpoints made along the way.
+    "teacher.checkpoint_min_seconds=0", "student.checkpoint_min_seconds=0",
 ]
 
 

@@ -3,7 +3,9 @@
 import json
 
 import pytest
-from conftest import TINY_FLAGS, run_cli
+from conftest import TINY, TINY_FLAGS, run_cli
+
+from distill import bench, config
 
 KEYS = ("bare_step_images_per_second", "loop_images_per_second", "export_images_per_second",
         "compile_seconds", "peak_rss_mb")
@@ -48,3 +50,12 @@ def test_bench_steps_and_synthetic_data():
 def test_bench_rejects_bad_arguments(args, message):
   result = run_cli("bench", "--recipe", "digits", *TINY_FLAGS, "--json", "-q", *args)
   assert result.exit_code == 2 and message in result.output
+
+
+def test_bare_step_and_real_loop_time_the_steps_asked_for():
+  """The two timings `benchmarks/keras_fit.py` sets beside Keras, each on its own."""
+  recipe = config.load_recipe("digits", [*TINY, "student.model=mlp"])
+  bare = bench.bare_step(recipe, role="student", steps=10)
+  loop = bench.real_loop(recipe, role="student", steps=20)
+  assert bare.steps == 10 and bare.images_per_second > 0
+  assert loop.steps == 20 and loop.images_per_second > 0 and loop.init_loss > 0

@@ -30,6 +30,7 @@ def test_defaults_then_file_then_overrides(tmp_path):
     ("teacher.steps=many", ["must be int", "'many'"]),
     ("teacher.steps=0", ["teacher.steps must be positive"]),
     ("teacher.batch_size=-4", ["teacher.batch_size must be positive"]),
+    ("student.checkpoint_min_seconds=-1", ["student.checkpoint_min_seconds must be 0 or more"]),
     ("data.dataset=imagenet", ["unknown dataset 'imagenet'", "fashion_mnist"]),
     ("teacher.model=resnet", ["unknown model 'resnet'", "cnn", "vit"]),
     ("augment.crop=zoom", ["augment.crop must be one of"]),
@@ -138,8 +139,10 @@ def test_the_cnn_student_recipe_stays_under_100k_parameters():
 
 def test_the_recipe_hash_covers_only_what_the_run_reads():
   cnn = config.load_recipe("digits", ["student.model=cnn"])
-  # Another model's settings, or the other role's, leave a CNN student's hash alone...
-  for unread in ("student.vit.width=48", "student.mlp.hidden=[32]", "teacher.steps=7"):
+  # Another model's settings, the other role's, or when checkpoints are saved (nothing the
+  # run computes depends on it) leave a CNN student's hash alone...
+  for unread in ("student.vit.width=48", "student.mlp.hidden=[32]", "teacher.steps=7",
+                 "student.checkpoint_min_seconds=60"):
     edited = config.load_recipe("digits", ["student.model=cnn", unread])
     assert config.recipe_hash(edited, "student") == config.recipe_hash(cnn, "student"), unread
   # ...while its own model's, its role's and the shared sections' settings do not.

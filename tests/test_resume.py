@@ -204,3 +204,32 @@ def test_a_resumed_run_reports_the_training_time_of_every_stretch(tmp_path, monk
   summary = _summary(tmp_path)
   assert summary["resumed_from_step"] == stopped_step < 40
   assert summary["train_seconds"] > seconds_before_stop
+
+
+@pytest.mark.parametrize(("min_seconds", "saved"), [(0, [10, 20, 30, 40]), (3600, [40])])
+def test_periodic_checkpoints_wait_checkpoint_min_seconds_after_the_last(
+    tmp_path, monkeypatch, min_seconds, saved):
+  """A run that passes its checkpoint cadence faster than the floor saves only at its end."""
+  steps = []
+  save = Checkpointer.save
+
+  def recording_save(self, step, state, meta):
+    steps.append(step)
+    return save(self, step, state, meta)
+
+  monkeypatch.setattr(Checkpointer, "save", recording_save)
+  result = run_cli(*_cli_args("teacher", tmp_path),
+                   *set_flags([f"teacher.checkpoint_min_seconds={min_seconds}"]))
+  assert result.exit_code == 0, result.output
+  assert steps == saved
+  assert [line["step"] for line in map(json.loads, (tmp_path / "metrics.jsonl").open())] == [
+      5, 10, 15, 20, 25, 30, 35, 40]
+
+
+def test_a_stop_signal_saves_whatever_the_checkpoint_floor(tmp_path, monkeypatch):
+  _sigterm_while_logging(monkeypatch, at_step=15)
+  result = run_cli(*_cli_args("teacher", tmp_path),
+                   *set_flags(["teacher.checkpoint_min_seconds=3600"]))
+  assert result.exit_code == 130, result.output
+  stopped_step = _stopped_step(result.stderr)
+  assert stopped_step < 40 and _checkpoint_steps(tmp_path) == [stopped_step]
