@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: distill vs the PyTorch reference, same model/batch/optimizer, in one run.
 # Writes runs/bench/results.jsonl (one JSON object per measurement) and prints a Markdown table.
+#   BENCH_STEPS=500 BENCH_ONLY="fashion_mnist fashion_mnist_student" benchmarks/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=.venv/bin
@@ -17,8 +18,13 @@ fi
 # The CPU model goes beside every figure: speeds differ between CPU types (AMD, Intel).
 cpu=$(grep -m1 "model name" /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || true)
 cpu="${cpu:-$(uname -m)}, $(nproc) cores"
+# BENCH_ONLY="fashion_mnist cifar10/torch-eager ..." runs only those groups or rows.
+only=" ${BENCH_ONLY:-} "
 record() { # name, then the command printing one JSON line
   local name=$1; shift
+  if [ -n "${BENCH_ONLY:-}" ] && [[ $only != *" ${name%%/*} "* && $only != *" $name "* ]]; then
+    return
+  fi
   echo ">> $name: $*" >&2
   "$@" | tail -1 | $bin/python -c "import json,sys; d=json.load(sys.stdin); d['name']='$name'; d['command']=sys.argv[1]; d['cpu']=sys.argv[2]; print(json.dumps(d))" "$*" "$cpu" >> "$out/results.jsonl"
 }

@@ -253,8 +253,11 @@ class _Run:
     """
     if step == self.total_steps:
       return True
-    return (step % self.settings.checkpoint_every == 0 and
-            time.perf_counter() - self._last_save >= self.settings.checkpoint_min_seconds)
+    if step % self.settings.checkpoint_every:
+      return False
+    # Every process of a multi-host run saves together, so process 0's clock decides.
+    return parallel.process_zero_decides(
+        time.perf_counter() - self._last_save >= self.settings.checkpoint_min_seconds)
 
   def can_defer_log(self, step: int, saving: bool) -> bool:
     """Whether `step` only logs training metrics; if so, they are written after the next dispatch.

@@ -101,6 +101,19 @@ def fetch(array: jax.Array) -> np.ndarray:
   return np.asarray(array)
 
 
+def process_zero_decides(flag: bool) -> bool:
+  """Process 0's `flag`, on every process (the flag itself when there is one process).
+
+  For a choice read from a clock, which each process reads at its own moment:
+  a collective step such as a checkpoint save must be started by all or none.
+  """
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils  # noqa: PLC0415
+
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
+
+
 def sync(name: str) -> None:
   """Waits until every process reaches this point (a no-op for one process)."""
   if jax.process_count() > 1:
