@@ -212,10 +212,11 @@ def bare_step(recipe: dict[str, Any], *, role: str, steps: int, synthetic: str |
 
 def real_loop(recipe: dict[str, Any], *, role: str, steps: int, synthetic: str | None = None,
               quiet: bool = True):
-  """Times `role`'s real training loop alone (`loop.fit` at the recipe's cadence), as
-  `run_benchmark` does second; returns its `loop.RunStats`.
+  """Times `role`'s real loop alone, as `run_benchmark` does second; returns its `loop.RunStats`.
 
-  For tools that set it beside another trainer (`benchmarks/keras_fit.py`).
+  The loop is `loop.fit` at the recipe's cadence (logs, validations and
+  checkpoints), over `steps` steps. For tools that set it beside another
+  trainer (`benchmarks/keras_fit.py`).
   """
   settings = config_lib.TrainSettings.of(recipe, role)
   data = _resolve_data(recipe, synthetic)
