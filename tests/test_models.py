@@ -25,6 +25,11 @@ def _build(key, image_shape=(28, 28, 1), **extra):
   return create_model(name, num_classes=10, image_shape=image_shape, **SETTINGS[key], **extra)
 
 
+def _forward(model, images):
+  """`model(images)` as one compiled program (called eagerly, each of its ops compiles apart)."""
+  return nnx.jit(lambda m, x: m(x))(model, images)
+
+
 def test_registry_lists_all_models():
   assert model_names() == ["cnn", "linear", "mlp", "vit"]
 
@@ -33,7 +38,7 @@ def test_registry_lists_all_models():
 @pytest.mark.parametrize("image_shape", [(28, 28, 1), (32, 32, 3)])
 def test_shapes_and_params(key, image_shape):
   model = _build(key, image_shape)
-  logits = model(jnp.zeros((3, *image_shape)))
+  logits = _forward(model, jnp.zeros((3, *image_shape)))
   assert logits.shape == (3, 10) and logits.dtype == jnp.float32
   assert count_params(model) > 0
 
@@ -58,7 +63,7 @@ def test_param_counts_match_architecture():
   deeper = _build("vit_cnn", stem_blocks_per_stage=2)
   assert (count_params(deeper) - count_params(vit_cnn)
           == 3 * 3 * 4 * 4 + 2 * 4 + 3 * 3 * 8 * 8 + 2 * 8)
-  assert deeper(jnp.zeros((2, 28, 28, 1))).shape == (2, 10)
+  assert _forward(deeper, jnp.zeros((2, 28, 28, 1))).shape == (2, 10)
 
 
 def test_cnn_keeps_its_checkpoint_layout():
@@ -74,7 +79,7 @@ def test_init_loss_is_log_num_classes(key):
   images = jax.random.normal(jax.random.key(0), (16, 28, 28, 1))
   labels = jnp.arange(16) % 10
   targets = jax.nn.softmax(jax.random.normal(jax.random.key(1), (16, 10)) * 3)
-  logits = model(images)
+  logits = _forward(model, images)
   for loss in (losses.hard_cross_entropy(logits, labels),
                losses.soft_cross_entropy(logits, targets)):
     assert losses.init_loss_check(float(loss), 10).ok
@@ -84,7 +89,7 @@ def test_init_loss_is_log_num_classes(key):
 def test_init_check_fires_for_badly_scaled_head(key):
   model = _build(key, head_init_scale=10.0)
   images = jax.random.normal(jax.random.key(0), (64, 28, 28, 1))
-  loss = float(losses.hard_cross_entropy(model(images), jnp.arange(64) % 10))
+  loss = float(losses.hard_cross_entropy(_forward(model, images), jnp.arange(64) % 10))
   check = losses.init_loss_check(loss, 10)
   assert not check.ok and "WARNING" in check.message
 
@@ -132,9 +137,9 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(key):
   params = jax.tree.leaves(nnx.state(model, nnx.Param))
   assert all(p.dtype == jnp.float32 for p in params)
   images = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
-  logits = model(images)
+  logits = _forward(model, images)
   assert logits.dtype == jnp.float32
-  reference = _build(key, head_init_scale=0.5)(images)
+  reference = _forward(_build(key, head_init_scale=0.5), images)
   scale = float(jnp.abs(reference).max())
   assert scale > 0.1
   np.testing.assert_allclose(logits, reference, atol=0.05 * scale)
