@@ -69,8 +69,8 @@ def bench_stage(recipe_name: str, synthetic: str, dtype: str, *, smoke: bool,
                                synthetic=synthetic, quiet=True, count_flops=True)
   result["recipe"] = recipe_name
   result["export_batch_size"] = export_batch
-  # MFU from XLA's own FLOP count of one compiled step (forward, backward and optimizer update,
-  # see bench._step_flops), over the bare step's time per step.
+  # MFU from XLA's own FLOP count of one lowered step (forward, backward and optimizer update,
+  # before XLA's optimisations; see bench._step_flops), over the bare step's time per step.
   achieved = result.get("bare_step_flops_per_second")
   if achieved:
     # Four significant figures: a CPU smoke run's MFU is ~1e-6 and must not round to 0.
@@ -142,7 +142,7 @@ def _markdown(report: dict[str, Any]) -> str:
       f"{report.get('total_seconds')} s in all",
       f"backend choices: {json.dumps(env.get('backend_choices'))}",
       f"MFU against {report['peak_tflops']} TFLOP/s (H200 dense bf16); FLOPs are XLA's count "
-      "of one compiled step, backward pass and update included.",
+      "of one lowered step, backward pass and update included.",
       "",
       "| stage | ok | bare img/s | loop img/s | compile s | TFLOP/s | MFU | wall s | test acc |",
       "|---|---|---|---|---|---|---|---|---|",
