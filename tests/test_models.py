@@ -27,7 +27,8 @@ def _build(key, image_shape=(28, 28, 1), **extra):
 
 def _forward(model, images):
   """`model(images)` as one compiled program (called eagerly, each of its ops compiles apart)."""
-  return nnx.jit(lambda m, x: m(x))(model, images)
+  graphdef, state = nnx.split(model)
+  return jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))(state, images)
 
 
 def test_registry_lists_all_models():
