@@ -9,6 +9,7 @@ step, logging, validating and checkpointing at the recipe's cadence.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import math
@@ -29,6 +30,10 @@ from distill.errors import UserError
 from distill.inference import DeviceValidation, TrainedModel, predict_in_batches
 from distill.step import TrainingSetup, prepare_training
 from distill.teaching import HardLabels, Objective
+
+# How many dispatches a plain log line waits behind: enough queued work that
+# the device stays busy while the host fetches the metrics and writes the line.
+_LOG_LAG_DISPATCHES = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,13 +96,16 @@ def fit(*, model: nnx.Module, images, labels: np.ndarray, val_images, val_labels
     with _StopFlag() as stop, contextlib.closing(setup.feeder.dispatches(run.plan)) as feed:
       for (first, count), rows in zip(run.plan, feed, strict=True):
         step = run.train(first, count, rows)
-        # The previous dispatch's log line, now that this dispatch keeps the device busy.
-        last_train_loss = run.write_deferred_log(last_train_loss)
         # Read once: a signal handled while this step logs or evaluates
         # must not stop the run before this step's checkpoint is saved.
         stopping = stop.signal_name is not None
         saving = stopping or run.at_checkpoint(step)  # decided once: it depends on the clock
-        if run.can_defer_log(step, saving):
+        deferred = run.can_defer_log(step, saving)
+        # Earlier log lines: those whose steps have dispatches queued behind them,
+        # or all of them before this step syncs, so the lines stay in order.
+        last_train_loss = run.write_deferred_logs(
+            last_train_loss, every_one=not deferred and (run.at_log(step) or saving))
+        if deferred:
           continue
         if run.at_log(step) or saving:
           # Checked before every save too, so a checkpoint never holds a diverged state.
@@ -162,8 +170,10 @@ class _Run:
     self.compile_seconds = 0.0
     self._compiled: dict[int, Any] = {}
     self._window: list[dict[str, jax.Array]] = []
-    # (step, its window) of a log line written after the next dispatch (`can_defer_log`).
-    self._deferred: tuple[int, list[dict[str, jax.Array]]] | None = None
+    self._dispatches = 0
+    # (dispatch count, step, its window) of the log lines not yet written (`can_defer_log`).
+    self._deferred: collections.deque[tuple[int, int, list[dict[str, jax.Array]]]] = (
+        collections.deque())
     self.plan: list[tuple[int, int]] = []
     self._progress = None
 
@@ -203,15 +213,20 @@ class _Run:
     return time.perf_counter() - self._loop_start - self.compile_seconds
 
   def compile_logging(self, val_images, val_labels: np.ndarray) -> None:
-    """Compiles what logging runs (validation forward pass and metrics, the learning rate).
+    """Prepares what logging runs: the validation program, compiled, and the learning rates.
 
     Done once, before the first dispatch, and counted as compile time: left
     to the first log, the compiles (and the dozens of eager ops they replace)
     would stall the device in the middle of training.
     """
     started = time.perf_counter()
-    self._learning_rate = jax.jit(self.setup.schedule)
-    self._learning_rate(0).block_until_ready()
+    # The learning rate of every step that logs, computed now: a program run
+    # at a log line would queue behind the dispatch in flight and leave the
+    # device idle while the host writes the line.
+    log_steps = [first + count for first, count in self.plan if self.at_log(first + count)]
+    rates = (np.asarray(jax.jit(jax.vmap(self.setup.schedule))(np.asarray(log_steps, np.int32)),
+                        np.float64).tolist() if log_steps else [])
+    self._learning_rates = dict(zip(log_steps, rates, strict=True))
     self._validation = None
     if isinstance(val_images, np.ndarray) and len(val_images):
       # In memory: the split lives on the devices and one program scores it.
@@ -236,6 +251,7 @@ class _Run:
       self.compile_seconds += time.perf_counter() - started
     self.state, chunk_metrics = self.setup.run_chunk(self._compiled[count], self.state, rows)
     self._window.append(chunk_metrics)
+    self._dispatches += 1
     self._progress.update(count)
     return first + count
 
@@ -260,28 +276,30 @@ class _Run:
         time.perf_counter() - self._last_save >= self.settings.checkpoint_min_seconds)
 
   def can_defer_log(self, step: int, saving: bool) -> bool:
-    """Whether `step` only logs training metrics; if so, they are written after the next dispatch.
+    """Whether `step` only logs training metrics; if so, they are written a few dispatches later.
 
     Fetching them now would leave the device idle while the host writes the
-    line. Steps that evaluate, save a checkpoint (`saving`), or end the run
-    need the state of this very step, so they are written at once.
+    line; written once `_LOG_LAG_DISPATCHES` more dispatches are queued, they
+    cost the device nothing. Steps that evaluate, save a checkpoint
+    (`saving`), or end the run need the state of this very step, so they are
+    written at once.
     """
     plain = (self.at_log(step) and step % self.settings.eval_every and step < self.total_steps
              and not saving)
     if plain:
-      self._deferred = (step, self._window)
+      self._deferred.append((self._dispatches, step, self._window))
       self._window = []
     return bool(plain)
 
-  def write_deferred_log(self, last_train_loss: float) -> float:
-    """Writes the log line deferred by `can_defer_log`, if any; returns the latest train loss."""
-    if self._deferred is None:
-      return last_train_loss
-    step, window = self._deferred
-    self._deferred = None
-    record = self._checked(_summarise(window, step))
-    self.log(record, None, None)
-    return record["loss"]
+  def write_deferred_logs(self, last_train_loss: float, every_one: bool = False) -> float:
+    """Writes the deferred log lines that are due (`every_one`: all); returns the latest loss."""
+    while self._deferred and (
+        every_one or self._dispatches - self._deferred[0][0] >= _LOG_LAG_DISPATCHES):
+      _, step, window = self._deferred.popleft()
+      record = self._checked(_summarise(window, step))
+      self.log(record, None, None)
+      last_train_loss = record["loss"]
+    return last_train_loss
 
   def summary_of_window(self, step: int) -> dict[str, Any]:
     """The metrics since the last log line; a non-finite loss stops the run here.
@@ -310,7 +328,7 @@ class _Run:
     The metrics window was started again when the record was summarised.
     """
     step = record["step"]
-    record["learning_rate"] = float(self._learning_rate(step))
+    record["learning_rate"] = self._learning_rates[step]
     if step % self.settings.eval_every == 0 or step == self.total_steps:
       if self._validation is not None:
         val_loss, val_accuracy = self._validation(self.state["params"])

@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from distill import config, losses, parallel, workflow
+from distill import config, loop, losses, parallel, workflow
 from distill.data import load_dataset
 from distill.errors import UserError
 from distill.feeders import DataOrder, pixel_stats
 from distill.inference import DeviceValidation, make_predict, predict_in_batches
 from distill.loop import fit
 from distill.models import create_model
+from distill.step import make_schedule
 from distill.teaching import make_objective
 
 
@@ -61,6 +62,30 @@ def test_fit_learns_and_logs(tmp_path, tiny_overrides):
   lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
   assert len(lines) == 6  # every 10 of 60 steps
   assert '"val_accuracy"' in lines[-1]
+
+
+def test_deferred_log_lines_are_whole_in_order_and_the_same_whatever_the_lag(
+    tmp_path, tiny_overrides, monkeypatch):
+  # Plain log lines (no validation, no save) are written a few dispatches late; they must
+  # come out whole, in order, with the learning rate of their own step, whatever the lag.
+  overrides = [*tiny_overrides, "teacher.steps=30", "teacher.model=mlp",
+               "teacher.mlp.hidden=[32]", "teacher.log_every=2", "teacher.steps_per_dispatch=1",
+               "teacher.eval_every=10", "teacher.checkpoint_every=30"]
+  schedule = make_schedule(config.TrainSettings.of(config.load_recipe("digits", overrides),
+                                                   "teacher"), 30)
+  written = {}
+  for lag in (1, 3):
+    monkeypatch.setattr(loop, "_LOG_LAG_DISPATCHES", lag)
+    _, result = _fit(tmp_path / f"lag{lag}", overrides)
+    records = [json.loads(line)
+               for line in (tmp_path / f"lag{lag}" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(2, 31, 2))
+    assert [r["step"] for r in records if "val_accuracy" in r] == [10, 20, 30]
+    for record in records:
+      assert record["learning_rate"] == pytest.approx(float(schedule(record["step"])), rel=1e-5)
+    assert result.final_train_loss == records[-1]["loss"]
+    written[lag] = [{k: v for k, v in r.items() if k != "elapsed_seconds"} for r in records]
+  assert written[1] == written[3]
 
 
 def test_strict_init_check_raises_for_a_badly_scaled_head(tmp_path, tiny_overrides):
