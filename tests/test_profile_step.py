@@ -1,4 +1,4 @@
-"""benchmarks/profile_step.py: a traced step is broken down into XLA ops with their origins."""
+"""benchmarks/profile_step.py and gemm_shapes.py: where a step's time goes."""
 
 from __future__ import annotations
 
@@ -25,3 +25,19 @@ def test_profile_lists_the_steps_ops_with_their_jax_origin(tmp_path):
   assert any(re.search(r"(dot_general|reduce_sum|add|mul)", line) for line in op_lines)
   assert (tmp_path / "step.hlo.txt").read_text().startswith("HloModule")
   assert list((tmp_path / "trace").glob("**/perfetto_trace.json.gz"))
+
+
+def test_gemm_shapes_times_both_matmul_kinds_of_each_shape():
+  result = subprocess.run(
+      [sys.executable, str(ROOT / "benchmarks" / "gemm_shapes.py"), "--shapes", "16x8x4",
+       "32x8x2", "--repeats", "3"],
+      capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines()
+          if re.match(r"\| \d+x\d+x\d+ \|", line)}
+  assert list(rows) == ["16x8x4", "32x8x2"]
+  for line in rows.values():
+    # Every cell is "µs (GFLOP/s)" with positive figures; torch's columns only where it is.
+    timings = re.findall(r"([\d,.]+) \(([\d,.]+)\)", line)
+    assert len(timings) in (2, 4)
+    assert all(float(t.replace(",", "")) > 0 for t, _ in timings)
