@@ -13,12 +13,12 @@ __version__ = "0.1.0"
 
 _LOSSES = (
     "log_softmax", "softmax", "hard_cross_entropy", "soft_cross_entropy", "kl_divergence",
-    "distillation_loss", "expected_init_loss", "init_loss_check", "InitLossCheck", "accuracy",
-    "top1_agreement", "negative_log_likelihood", "expected_calibration_error",
+    "distillation_loss", "expected_init_loss", "init_loss_check", "InitLossCheck",
     "dkd_loss", "dist_loss", "hint_loss", "token_loss", "token_predictions",
 )
+_METRICS = ("accuracy", "top1_agreement", "negative_log_likelihood", "expected_calibration_error")
 
-__all__ = ["__version__", *_LOSSES]
+__all__ = ["__version__", *_LOSSES, *_METRICS]
 
 
 def __getattr__(name):
@@ -26,6 +26,10 @@ def __getattr__(name):
     from distill import losses  # noqa: PLC0415
 
     return getattr(losses, name)
+  if name in _METRICS:
+    from distill import metrics  # noqa: PLC0415
+
+    return getattr(metrics, name)
   raise AttributeError(f"module 'distill' has no attribute {name!r}")
 
 

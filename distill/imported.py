@@ -163,14 +163,14 @@ def import_teacher(source: str, recipe: dict[str, Any], workdir: Path, *,
 
 def _summary(teacher, source: str, dataset, recipe: dict[str, Any],
              logits: dict[str, np.ndarray], wall_seconds: float) -> dict[str, Any]:
-  from distill import losses  # noqa: PLC0415
   from distill.config import recipe_hash  # noqa: PLC0415
+  from distill.metrics import accuracy, expected_calibration_error, negative_log_likelihood  # noqa: PLC0415
 
   def metrics(split, labels):
     if len(labels) == 0:
       return float("nan"), float("nan")
-    return (float(losses.accuracy(logits[split], labels)),
-            float(losses.negative_log_likelihood(logits[split], labels)))
+    return (float(accuracy(logits[split], labels)),
+            float(negative_log_likelihood(logits[split], labels)))
 
   val_accuracy, val_nll = metrics("val", dataset.y_val)
   test_accuracy, test_nll = metrics("test", dataset.y_test)
@@ -188,7 +188,7 @@ def _summary(teacher, source: str, dataset, recipe: dict[str, Any],
       "val_nll": val_nll,
       "test_accuracy": test_accuracy,
       "test_nll": test_nll,
-      "test_ece": float(losses.expected_calibration_error(logits["test"], dataset.y_test)),
+      "test_ece": float(expected_calibration_error(logits["test"], dataset.y_test)),
       "train_seconds": 0.0,
       "wall_seconds": round(wall_seconds, 3),
       "recipe_hash": recipe_hash(recipe, "teacher"),

@@ -76,6 +76,7 @@ class DeviceValidation:
   def __init__(self, graphdef, rest, stats, images: np.ndarray, labels: np.ndarray,
                batch_size: int, mesh):
     from distill import losses  # noqa: PLC0415
+    from distill.metrics import accuracy  # noqa: PLC0415
 
     devices = mesh.size
     batch = -(-min(batch_size, len(images)) // devices) * devices
@@ -94,7 +95,7 @@ class DeviceValidation:
       valid = (batch_labels >= 0).astype(jnp.float32)
       labels_or_zero = jnp.maximum(batch_labels, 0)
       nll = losses.hard_cross_entropy(logits, labels_or_zero, reduction="none")
-      correct = losses.accuracy(logits, labels_or_zero, reduction="none")
+      correct = accuracy(logits, labels_or_zero, reduction="none")
       return jnp.sum(nll * valid), jnp.sum(correct * valid)
 
     @partial(backend.jit, out_shardings=parallel.replicated(mesh))

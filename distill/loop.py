@@ -28,6 +28,7 @@ from distill.checkpoint import Checkpointer
 from distill.config import TrainSettings
 from distill.errors import UserError
 from distill.inference import DeviceValidation, TrainedModel, predict_in_batches
+from distill.metrics import accuracy
 from distill.step import TrainingSetup, prepare_training
 from distill.teaching import HardLabels, Objective
 
@@ -380,7 +381,7 @@ def dispatch_plan(start: int, total: int, per_dispatch: int,
 @jax.jit
 def _validation_metrics(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Validation cross-entropy and accuracy, one compiled call (not a dozen eager ops)."""
-  return losses.hard_cross_entropy(logits, labels), losses.accuracy(logits, labels)
+  return losses.hard_cross_entropy(logits, labels), accuracy(logits, labels)
 
 
 def _summarise(window: list[dict[str, jax.Array]], step: int) -> dict[str, Any]:

@@ -161,15 +161,20 @@ def _run_predictions(run_dir: Path) -> np.ndarray | None:
 def run_metrics(logits: np.ndarray, labels: np.ndarray,
                 teacher_logits: np.ndarray | None = None) -> dict[str, float]:
   """Accuracy, NLL, ECE (and agreement with the teacher) from test logits."""
-  from distill import losses  # noqa: PLC0415
+  from distill.metrics import (  # noqa: PLC0415
+    accuracy,
+    expected_calibration_error,
+    negative_log_likelihood,
+    top1_agreement,
+  )
 
   metrics = {
-      "accuracy": float(losses.accuracy(logits, labels)),
-      "nll": float(losses.negative_log_likelihood(logits, labels)),
-      "ece": float(losses.expected_calibration_error(logits, labels)),
+      "accuracy": float(accuracy(logits, labels)),
+      "nll": float(negative_log_likelihood(logits, labels)),
+      "ece": float(expected_calibration_error(logits, labels)),
   }
   if teacher_logits is not None:
-    metrics["agreement"] = float(losses.top1_agreement(logits, teacher_logits))
+    metrics["agreement"] = float(top1_agreement(logits, teacher_logits))
   return metrics
 
 

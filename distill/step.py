@@ -21,12 +21,13 @@ import numpy as np
 import optax
 from flax import nnx
 
-from distill import backend, losses, parallel
+from distill import backend, parallel
 from distill.augment import augment
 from distill.config import TrainSettings
 from distill.errors import UserError
 from distill.feeders import DataOrder, make_feeder, pixel_stats
 from distill.inference import TrainedModel, make_predict, normalize
+from distill.metrics import accuracy
 from distill.teaching import HardLabels, Objective, logits_of
 
 Batch = dict[str, jax.Array]
@@ -134,7 +135,7 @@ def _teacher_choice(batch: Batch) -> jax.Array | None:
 def _labelled_accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Top-1 accuracy over the batch's labelled rows: an unlabelled image's label is -1."""
   labelled = (labels >= 0).astype(jnp.float32)
-  correct = losses.accuracy(logits, labels, reduction="none")
+  correct = accuracy(logits, labels, reduction="none")
   return jnp.sum(correct * labelled) / jnp.maximum(jnp.sum(labelled), 1.0)
 
 

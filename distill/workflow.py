@@ -145,14 +145,14 @@ def _imported_vit(recipe: dict[str, Any], dataset):
 
 
 def _evaluate(model, images, labels: np.ndarray, batch_size: int) -> dict[str, Any]:
-  from distill import losses  # noqa: PLC0415
+  from distill.metrics import accuracy, expected_calibration_error, negative_log_likelihood  # noqa: PLC0415
 
   logits = model.logits(images, batch_size)
   return {
       "logits": logits,
-      "accuracy": float(losses.accuracy(logits, labels)),
-      "nll": float(losses.negative_log_likelihood(logits, labels)),
-      "ece": float(losses.expected_calibration_error(logits, labels)),
+      "accuracy": float(accuracy(logits, labels)),
+      "nll": float(negative_log_likelihood(logits, labels)),
+      "ece": float(expected_calibration_error(logits, labels)),
   }
 
 
@@ -507,7 +507,7 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
   Returns:
     The run's summary (also written to `workdir/summary.json`).
   """
-  from distill import losses  # noqa: PLC0415
+  from distill.metrics import accuracy, top1_agreement  # noqa: PLC0415
 
   console = Console(quiet)
   teacher_dir, workdir = Path(teacher_dir), Path(workdir)
@@ -549,8 +549,8 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
       "teacher_dir": str(teacher_dir.resolve()),
       "teacher_params_sha256": identity["params_sha256"],
       "teacher_test_accuracy": teacher_summary.get(
-          "test_accuracy", float(losses.accuracy(teacher_test_logits, dataset.y_test))),
-      "agreement_with_teacher": float(losses.top1_agreement(test["logits"], teacher_test_logits)),
+          "test_accuracy", float(accuracy(teacher_test_logits, dataset.y_test))),
+      "agreement_with_teacher": float(top1_agreement(test["logits"], teacher_test_logits)),
   })
   write_json(workdir / SUMMARY_FILE, summary)
   return summary

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from conftest import TINY, TINY_FLAGS, run_cli
 
-from distill import config, losses, workflow
+from distill import config, workflow
 from distill.feeders import pixel_stats
 from distill.imported import online_teacher
 from distill.importers import open_teacher
 from distill.inference import normalize
+from distill.metrics import accuracy
 from distill.targets import load_targets
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -55,7 +56,7 @@ def test_imported_vit_is_a_teacher_run_that_teaches_by_targets_and_online(tmp_pa
   predictions = np.load(tmp_path / "teacher" / "predictions.npz")
   assert predictions["test_logits"].shape == (len(digits.x_test), 10)
   assert summary["test_accuracy"] == pytest.approx(
-      float(losses.accuracy(predictions["test_logits"], digits.y_test)))
+      float(accuracy(predictions["test_logits"], digits.y_test)))
   arrays, meta = load_targets(tmp_path / "teacher")
   assert arrays["train_logits"].shape == (len(digits.x_train), 10)
   assert meta["dataset_fingerprint"] == digits.fingerprint

@@ -8,6 +8,12 @@ import numpy as np
 import pytest
 
 from distill import losses
+from distill.metrics import (
+  accuracy,
+  expected_calibration_error,
+  negative_log_likelihood,
+  top1_agreement,
+)
 
 C = 5
 LEADING_SHAPES = [(4,), (2, 3)]
@@ -217,8 +223,8 @@ def test_low_precision_inputs_give_float32(dtype):
       losses.soft_cross_entropy(xb, tb),
       losses.kl_divergence(xb, tb),
       losses.distillation_loss(xb, target_probs=tb, labels=y, alpha=0.5),
-      losses.accuracy(xb, y),
-      losses.expected_calibration_error(xb, y),
+      accuracy(xb, y),
+      expected_calibration_error(xb, y),
   ]
   for out in outputs:
     assert out.dtype == jnp.float32
@@ -391,8 +397,8 @@ def test_distillation_loss_rejects_invalid_values(kwargs, match):
      "label_smoothing"),
     (lambda: losses.log_softmax(_X, temperature=float("nan")), "temperature"),
     (lambda: losses.hard_cross_entropy(np.float32(1.0), _Y), "class axis"),
-    (lambda: losses.top1_agreement(_X, _X[:2]), "shape"),
-    (lambda: losses.expected_calibration_error(_X, _Y, n_bins=0), "n_bins"),
+    (lambda: top1_agreement(_X, _X[:2]), "shape"),
+    (lambda: expected_calibration_error(_X, _Y, n_bins=0), "n_bins"),
     (lambda: losses.expected_init_loss(1), "n_classes"),
     (lambda: losses.expected_init_loss(C, kind="mse"), "unknown kind"),
     (lambda: losses.expected_init_loss(C, kind="kl"), "needs target_probs"),
@@ -495,14 +501,14 @@ def test_expected_calibration_error_matches_numpy(leading, n_bins):
   big = (50,) + leading
   logits = (rng.normal(size=big + (C,)) * 2.0).astype(np.float32)
   labels = rng.integers(0, C, size=big).astype(np.int32)
-  got = losses.expected_calibration_error(logits, labels, n_bins=n_bins)
+  got = expected_calibration_error(logits, labels, n_bins=n_bins)
   assert_close(got, np_ece(logits, labels, n_bins))
 
 
 def test_expected_calibration_error_of_perfect_confident_model_is_zero():
   labels = np.array([0, 1, 2, 1], np.int32)
   logits = np.eye(3, dtype=np.float32)[labels] * 1e4
-  assert float(losses.expected_calibration_error(logits, labels)) == 0.0
+  assert float(expected_calibration_error(logits, labels)) == 0.0
 
 
 @pytest.mark.parametrize("leading", LEADING_SHAPES)
@@ -510,13 +516,13 @@ def test_accuracy_agreement_and_nll(leading):
   x, y, _ = random_problem(leading)
   x2, _, _ = random_problem(leading, seed=5)
   pred = np.argmax(x, -1)
-  assert_close(losses.accuracy(x, y), np.mean(pred == y))
-  assert_close(losses.accuracy(x, y, reduction="sum"), np.sum(pred == y))
-  assert losses.accuracy(x, y, reduction="none").shape == leading
-  assert_close(losses.top1_agreement(x, x2),
+  assert_close(accuracy(x, y), np.mean(pred == y))
+  assert_close(accuracy(x, y, reduction="sum"), np.sum(pred == y))
+  assert accuracy(x, y, reduction="none").shape == leading
+  assert_close(top1_agreement(x, x2),
                np.mean(pred == np.argmax(x2, -1)))
-  assert float(losses.top1_agreement(x, x)) == 1.0
-  assert_close(losses.negative_log_likelihood(x, y),
+  assert float(top1_agreement(x, x)) == 1.0
+  assert_close(negative_log_likelihood(x, y),
                np.mean(np_hard_ce(x, y)))
-  assert_close(losses.accuracy(np.eye(C, dtype=np.float32), np.arange(C)),
+  assert_close(accuracy(np.eye(C, dtype=np.float32), np.arange(C)),
                1.0)

@@ -11,6 +11,7 @@ from distill.errors import UserError
 from distill.feeders import DataOrder, pixel_stats
 from distill.inference import DeviceValidation, make_predict, predict_in_batches
 from distill.loop import fit
+from distill.metrics import accuracy
 from distill.models import create_model
 from distill.step import make_schedule
 from distill.teaching import make_objective
@@ -122,12 +123,12 @@ def test_device_validation_scores_like_the_batched_forward_pass(rows, batch_size
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   stats = pixel_stats(dataset.x_train)
   mesh = parallel.make_mesh()
-  loss, accuracy = DeviceValidation(graphdef, rest, stats, dataset.x_val, dataset.y_val,
-                                    batch_size, mesh)(params)
+  loss, device_accuracy = DeviceValidation(graphdef, rest, stats, dataset.x_val,
+                                           dataset.y_val, batch_size, mesh)(params)
   logits = predict_in_batches(make_predict(graphdef, rest, stats, mesh), params, dataset.x_val,
                               batch_size)
   assert float(loss) == pytest.approx(
       float(losses.hard_cross_entropy(jnp.asarray(logits), dataset.y_val)), rel=1e-6)
-  assert float(accuracy) == pytest.approx(float(losses.accuracy(logits, dataset.y_val)),
+  assert float(device_accuracy) == pytest.approx(float(accuracy(logits, dataset.y_val)),
                                           abs=1e-7)
   assert float(loss) > 0.0

@@ -1,0 +1,112 @@
+"""Evaluation metrics as pure jax.numpy functions: accuracy, agreement, NLL, calibration.
+
+They follow `distill.losses`' conventions and share its input checks: logits
+with classes on the last axis and any leading batch shape, computed in
+float32 whatever the input dtype, and a ``reduction`` of 'mean', 'sum' or
+'none' where one applies.
+"""
+
+import jax.numpy as jnp
+
+from distill.losses import (
+  _as_labels,
+  _as_logits,
+  _check_reduction,
+  _reduce,
+  hard_cross_entropy,
+  softmax,
+)
+
+
+def accuracy(logits, labels, *, reduction="mean"):
+  """Top-1 accuracy: whether argmax(logits) equals the label.
+
+  Args:
+    logits: array [..., C], any float dtype.
+    labels: integer array [...] of class indices.
+    reduction: 'mean' (fraction correct), 'sum' (number correct, handy for
+      accumulating over batches) or 'none' (per-example 0/1).
+
+  Returns:
+    float32 scalar, or float32 array [...] for reduction='none'.
+  """
+  _check_reduction(reduction)
+  x = _as_logits(logits)
+  y = _as_labels(labels, x)
+  correct = (jnp.argmax(x, axis=-1) == y).astype(jnp.float32)
+  return _reduce(correct, reduction)
+
+
+def top1_agreement(logits_a, logits_b, *, reduction="mean"):
+  """How often two models (e.g. student and teacher) pick the same class.
+
+  Args:
+    logits_a: array [..., C], any float dtype.
+    logits_b: array [..., C] of the same shape.
+    reduction: 'mean' (fraction equal), 'sum' or 'none' (per-example 0/1).
+
+  Returns:
+    float32 scalar, or float32 array [...] for reduction='none'.
+
+  Raises:
+    ValueError: for mismatched shapes or an unknown reduction.
+  """
+  _check_reduction(reduction)
+  a = _as_logits(logits_a, "logits_a")
+  b = _as_logits(logits_b, "logits_b")
+  if a.shape != b.shape:
+    raise ValueError(
+        f"logits_a shape {a.shape} must equal logits_b shape {b.shape}")
+  same = (jnp.argmax(a, axis=-1) == jnp.argmax(b, axis=-1))
+  return _reduce(same.astype(jnp.float32), reduction)
+
+
+def negative_log_likelihood(logits, labels, *, reduction="mean"):
+  """Negative log-likelihood of the labels: unsmoothed hard cross-entropy.
+
+  Args:
+    logits: array [..., C], any float dtype.
+    labels: integer array [...] of class indices in [0, C).
+    reduction: 'mean', 'sum' or 'none'.
+
+  Returns:
+    float32 scalar, or float32 array [...] for reduction='none'.
+  """
+  return hard_cross_entropy(logits, labels, reduction=reduction)
+
+
+def expected_calibration_error(logits, labels, n_bins=15):
+  """Expected calibration error over equal-width confidence bins.
+
+  The confidence of an example is its max softmax probability. Examples go
+  into ``n_bins`` equal-width bins (lo, hi] over [0, 1], and
+  ``ECE = sum_b (n_b / N) * |accuracy_b - mean confidence_b|``; empty bins
+  contribute nothing.
+
+  Args:
+    logits: array [..., C], any float dtype; all leading axes are pooled.
+    labels: integer array [...] of class indices.
+    n_bins: number of bins, an int >= 1.
+
+  Returns:
+    float32 scalar in [0, 1].
+
+  Raises:
+    ValueError: for invalid n_bins or mismatched shapes.
+  """
+  if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+    raise ValueError(f"n_bins must be an int >= 1, got {n_bins!r}")
+  x = _as_logits(logits)
+  y = _as_labels(labels, x)
+  probs = softmax(x).reshape(-1, x.shape[-1])
+  y = y.reshape(-1)
+  confidence = jnp.max(probs, axis=-1)
+  correct = (jnp.argmax(probs, axis=-1) == y).astype(jnp.float32)
+  # Bin b holds confidences in (b / n, (b + 1) / n]; confidence > 0 always,
+  # and the clip only guards rounding at the ends.
+  bins = jnp.clip(jnp.ceil(confidence * n_bins).astype(jnp.int32) - 1,
+                  0, n_bins - 1)
+  conf_sum = jnp.zeros(n_bins, jnp.float32).at[bins].add(confidence)
+  correct_sum = jnp.zeros(n_bins, jnp.float32).at[bins].add(correct)
+  # (n_b / N) * |acc_b - conf_b| = |correct_sum_b - conf_sum_b| / N.
+  return jnp.sum(jnp.abs(correct_sum - conf_sum)) / y.shape[0]
