@@ -158,26 +158,6 @@ def _run_predictions(run_dir: Path) -> np.ndarray | None:
   return None
 
 
-def run_metrics(logits: np.ndarray, labels: np.ndarray,
-                teacher_logits: np.ndarray | None = None) -> dict[str, float]:
-  """Accuracy, NLL, ECE (and agreement with the teacher) from test logits."""
-  from distill.metrics import (  # noqa: PLC0415
-    accuracy,
-    expected_calibration_error,
-    negative_log_likelihood,
-    top1_agreement,
-  )
-
-  metrics = {
-      "accuracy": float(accuracy(logits, labels)),
-      "nll": float(negative_log_likelihood(logits, labels)),
-      "ece": float(expected_calibration_error(logits, labels)),
-  }
-  if teacher_logits is not None:
-    metrics["agreement"] = float(top1_agreement(logits, teacher_logits))
-  return metrics
-
-
 def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) -> Path:
   """Writes out_dir/report.html (figures embedded) and the figures as PNG files beside it.
 
@@ -352,7 +332,9 @@ def _run_section(index: int, row: dict[str, Any], out_dir: Path, datasets: dict[
   teacher = teacher_logits.get(row.get("teacher_dir", ""))
   if teacher is None and row.get("teacher_dir"):
     teacher = _run_predictions(Path(row["teacher_dir"]))
-  metrics = run_metrics(logits, dataset.y_test, teacher)
+  from distill.metrics import summary_metrics  # noqa: PLC0415
+
+  metrics = summary_metrics(logits, dataset.y_test, teacher)
   row.update({"test_accuracy": metrics["accuracy"], "test_nll": metrics["nll"],
               "test_ece": metrics["ece"]})
   if "agreement" in metrics:

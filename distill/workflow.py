@@ -145,15 +145,10 @@ def _imported_vit(recipe: dict[str, Any], dataset):
 
 
 def _evaluate(model, images, labels: np.ndarray, batch_size: int) -> dict[str, Any]:
-  from distill.metrics import accuracy, expected_calibration_error, negative_log_likelihood  # noqa: PLC0415
+  from distill.metrics import summary_metrics  # noqa: PLC0415
 
   logits = model.logits(images, batch_size)
-  return {
-      "logits": logits,
-      "accuracy": float(accuracy(logits, labels)),
-      "nll": float(negative_log_likelihood(logits, labels)),
-      "ece": float(expected_calibration_error(logits, labels)),
-  }
+  return {"logits": logits, **summary_metrics(logits, labels)}
 
 
 def _base_summary(role: str, model_name: str, num_params: int, dataset, recipe, model, stats,

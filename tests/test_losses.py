@@ -12,6 +12,7 @@ from distill.metrics import (
   accuracy,
   expected_calibration_error,
   negative_log_likelihood,
+  summary_metrics,
   top1_agreement,
 )
 
@@ -526,3 +527,18 @@ def test_accuracy_agreement_and_nll(leading):
                np.mean(np_hard_ce(x, y)))
   assert_close(accuracy(np.eye(C, dtype=np.float32), np.arange(C)),
                1.0)
+
+
+def test_summary_metrics_are_the_metrics_as_floats():
+  x, y, _ = random_problem((64,))
+  teacher, _, _ = random_problem((64,), seed=5)
+  alone = summary_metrics(x, y)
+  assert set(alone) == {"accuracy", "nll", "ece"}
+  assert all(type(value) is float for value in alone.values())
+  together = summary_metrics(x, y, teacher)
+  assert together["agreement"] == pytest.approx(float(top1_agreement(x, teacher)))
+  for name, metric in (("accuracy", accuracy), ("nll", negative_log_likelihood),
+                       ("ece", expected_calibration_error)):
+    assert alone[name] == together[name] == pytest.approx(float(metric(x, y)), rel=1e-6)
+  with pytest.raises(ValueError, match="logits_b shape"):
+    summary_metrics(x, y, teacher[:10])

@@ -10,7 +10,7 @@ import pytest
 from conftest import TINY_FLAGS, copy_runs, run_cli
 
 from distill.data import load_dataset
-from distill.report import run_metrics
+from distill.metrics import summary_metrics
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_metrics_match_direct_numpy(report):
     student = p["test_logits"].astype(np.float64)
   with np.load(report / "teacher" / "targets.npz") as t:
     teacher = t["test_logits"].astype(np.float64)
-  metrics = run_metrics(student.astype(np.float32), labels, teacher.astype(np.float32))
+  metrics = summary_metrics(student.astype(np.float32), labels, teacher.astype(np.float32))
   log_probs = student - student.max(-1, keepdims=True)
   log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
   assert metrics["nll"] == pytest.approx(-log_probs[np.arange(len(labels)), labels].mean(),
