@@ -1,7 +1,10 @@
 """`distill bench`: what it measures and reports, on tiny settings (speed is not asserted)."""
 
+import importlib.util
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import TINY, TINY_FLAGS, run_cli
 
@@ -59,3 +62,24 @@ def test_bare_step_and_real_loop_time_the_steps_asked_for():
   loop = bench.real_loop(recipe, role="student", steps=20)
   assert bare.steps == 10 and bare.images_per_second > 0
   assert loop.steps == 20 and loop.images_per_second > 0 and loop.init_loss > 0
+
+
+def test_hand_written_step_of_keras_fit_learns():
+  """keras_fit.py's hand-written JAX student (its floor for distill's step) trains: it fits a
+  rule of the pixels that a linear model can learn."""
+  path = Path(__file__).resolve().parent.parent / "benchmarks" / "keras_fit.py"
+  spec = importlib.util.spec_from_file_location("keras_fit", path)
+  keras_fit = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(keras_fit)
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (64, 28, 28, 1)).astype(np.float32)
+  brighter_left = images[:, :, :14].mean((1, 2, 3)) > images[:, :, 14:].mean((1, 2, 3))
+  targets = np.eye(10, dtype=np.float32)[brighter_left.astype(int)]
+  for name in ("linear", "mlp"):
+    recipe = config.load_recipe("demo", [f"student.model={name}", "student.batch_size=32",
+                                         "student.steps=300", "student.warmup_steps=10"])
+    settings = config.TrainSettings.of(recipe, "student")
+    by_hand = keras_fit.HandWrittenStep(name, [16], images, targets, settings)
+    first = by_hand.last_loss  # after the first 10 steps
+    assert by_hand.images_per_second(290) > 0
+    assert by_hand.last_loss < 0.25 * first, (name, first, by_hand.last_loss)
