@@ -57,9 +57,6 @@ def num_grad(f, x, h=1e-6):
 # ---------------------------------------------------------------------------
 
 
-
-
-
 def np_kl(p, q):
   return float(np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0) / q), 0.0)))
 
@@ -157,7 +154,6 @@ def np_token(c, d, labels, t, variant, temperature):
     distill_term = temperature**2 * -np.sum(
         np_softmax(t, temperature) * np_log_softmax(d, temperature), axis=-1)
   return 0.5 * class_term + 0.5 * distill_term
-
 
 
 # ---------------------------------------------------------------------------

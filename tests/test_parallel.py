@@ -16,9 +16,6 @@ from conftest import LOGGED_EVERY_5, logged, process_env, run_distill_process
 SET = LOGGED_EVERY_5
 
 
-
-
-
 def _assert_same_run(a, b):
   """Same steps, and every logged number equal to float tolerance."""
   ma, mb = logged(a), logged(b)

@@ -14,9 +14,6 @@ from distill.targets import open_targets
 SET = LOGGED_EVERY_5
 
 
-
-
-
 def _losses(workdir):
   return [record["loss"] for record in logged(workdir)]
 
