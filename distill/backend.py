@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import sys
 import warnings
+from pathlib import Path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,3 +133,64 @@ def jit(fun, **kwargs):
   if options:
     kwargs = {**kwargs, "compiler_options": {**options, **kwargs.get("compiler_options", {})}}
   return jax.jit(fun, **kwargs)
+
+
+# JAX's persistent compilation cache, for the `distill` command. Only programs that took at
+# least a second to compile are kept (JAX's default), in at most 1 GiB (the least recently
+# used go first). A 20-step run of the default teacher: 54 s of compiling and 109 s wall the
+# first time, 25 s and 80 s the next (what is left is tracing and lowering, which JAX redoes).
+COMPILATION_CACHE_ENV = "DISTILL_COMPILATION_CACHE"
+_COMPILATION_CACHE_MAX_BYTES = 1 << 30
+
+
+def compilation_cache_dir() -> Path | None:
+  """The folder `enable_compilation_cache` uses, or None when it is off.
+
+  $DISTILL_COMPILATION_CACHE names the folder, or turns the cache off with
+  'off' (or 0, false, no); unset, it is $XDG_CACHE_HOME/distill/xla, by
+  default ~/.cache/distill/xla.
+  """
+  setting = os.environ.get(COMPILATION_CACHE_ENV, "").strip()
+  if setting.lower() in ("off", "0", "false", "no"):
+    return None
+  if setting:
+    return Path(setting).expanduser()
+  root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+  return Path(root) / "distill" / "xla"
+
+
+def enable_compilation_cache() -> Path | None:
+  """Keeps this process's compiled programs on disk for later runs; returns the folder.
+
+  A resumed, repeated or sweep run then loads its training step instead of
+  compiling it again; what it computes is the same, since the cache holds
+  XLA's executables keyed by the program, the compiler options and the
+  jaxlib version. A cache already configured for JAX
+  ($JAX_COMPILATION_CACHE_DIR or `jax.config`) is left as it is and
+  returned. A folder that cannot be written turns the cache off (None).
+  Call it before the first compilation; the `distill` command does for every
+  subcommand but `bench`, which times compilation.
+  """
+  jax = sys.modules.get("jax")
+  configured = os.environ.get("JAX_COMPILATION_CACHE_DIR") or (
+      jax.config.jax_compilation_cache_dir if jax is not None else None)
+  if configured:
+    return Path(configured)
+  folder = compilation_cache_dir()
+  if folder is None:
+    return None
+  try:
+    folder.mkdir(parents=True, exist_ok=True)
+  except OSError:
+    return None  # e.g. a read-only home: compile every time, as without the cache
+  if not os.access(folder, os.W_OK):
+    return None
+  if jax is None:
+    # JAX reads these when it is first imported: a command that never compiles pays nothing.
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(folder)
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(_COMPILATION_CACHE_MAX_BYTES))
+  else:
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    if jax.config.jax_compilation_cache_max_size == -1:
+      jax.config.update("jax_compilation_cache_max_size", _COMPILATION_CACHE_MAX_BYTES)
+  return folder

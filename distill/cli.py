@@ -174,7 +174,8 @@ class _Group(click.Group):
 @click.option("--distributed", is_flag=True,
               help="Join a multi-process run from the cluster's variables (SLURM, Open MPI, "
                    "TPU slices), as jax.distributed.initialize() reads them.")
-def main(coordinator, num_processes, process_id, distributed):
+@click.pass_context
+def main(ctx, coordinator, num_processes, process_id, distributed):
   """Teacher -> student knowledge distillation on JAX.
 
   \b
@@ -202,6 +203,10 @@ def main(coordinator, num_processes, process_id, distributed):
       _fail(e)
   elif num_processes is not None or process_id is not None:
     _fail(UserError("--num-processes and --process-id need --coordinator (or --distributed)"))
+  if ctx.invoked_subcommand != "bench":  # bench times compilation; it must not load programs
+    from distill import backend  # noqa: PLC0415
+
+    backend.enable_compilation_cache()
 
 
 @main.command()

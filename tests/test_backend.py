@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TINY_FLAGS, run_cli
 from flax import nnx
 
 from distill import backend, step
@@ -90,3 +94,63 @@ def test_both_conv_stems_hold_the_same_weights_and_compute_the_same(monkeypatch)
   np.testing.assert_allclose(gathered(images), plain(images), rtol=1e-4, atol=1e-5)
   # A real convolution on a backend that unrolls conv scans is unrolled; the gathered one is not.
   assert step.should_unroll(plain) and not step.should_unroll(gathered)
+
+
+def test_compilation_cache_folder_follows_the_environment(monkeypatch, tmp_path):
+  monkeypatch.delenv(backend.COMPILATION_CACHE_ENV, raising=False)
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  assert backend.compilation_cache_dir() == tmp_path / "distill" / "xla"
+  monkeypatch.setenv(backend.COMPILATION_CACHE_ENV, str(tmp_path / "mine"))
+  assert backend.compilation_cache_dir() == tmp_path / "mine"
+  for off in ("off", "0", "FALSE", "no"):
+    monkeypatch.setenv(backend.COMPILATION_CACHE_ENV, off)
+    assert backend.compilation_cache_dir() is None
+
+
+# Python, in a fresh process: enable the cache, then compile one program.
+_COMPILE_ONCE = ("from distill import backend; print(backend.enable_compilation_cache()); "
+                 "import jax; jax.jit(lambda x: x * 3)(2.0).block_until_ready()")
+
+
+def _compile_once(tmp_path, **env):
+  """Runs _COMPILE_ONCE with `env` (None: unset) and no cache set by the tests."""
+  environ = {key: value for key, value in os.environ.items()
+             if key not in ("JAX_COMPILATION_CACHE_DIR", backend.COMPILATION_CACHE_ENV)}
+  environ.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), JAX_PLATFORMS="cpu",
+                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")  # keep even this tiny one
+  environ.update({key: value for key, value in env.items() if value is not None})
+  result = subprocess.run([sys.executable, "-c", _COMPILE_ONCE], env=environ,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  return result.stdout.strip()
+
+
+def _entries(folder):
+  return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def test_compiled_programs_are_kept_where_the_environment_says(tmp_path):
+  default = tmp_path / "xdg" / "distill" / "xla"
+  assert _compile_once(tmp_path) == str(default)
+  assert _entries(default), "the default folder holds the compiled program"
+  # A cache the user set for JAX wins; 'off' keeps nothing anywhere.
+  own = tmp_path / "own"
+  assert _compile_once(tmp_path / "2", JAX_COMPILATION_CACHE_DIR=str(own)) == str(own)
+  assert _entries(own) and not _entries(tmp_path / "2" / "xdg" / "distill" / "xla")
+  assert _compile_once(tmp_path / "3", DISTILL_COMPILATION_CACHE="off") == "None"
+  assert not (tmp_path / "3" / "xdg").exists()
+  # A folder that cannot be made turns the cache off instead of warning at every compile.
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  assert _compile_once(tmp_path / "4", DISTILL_COMPILATION_CACHE=str(blocker / "x")) == "None"
+
+
+def test_every_command_but_bench_enables_the_cache(monkeypatch, tmp_path):
+  calls = []
+  monkeypatch.setattr(backend, "enable_compilation_cache", lambda: calls.append(1))
+  run_cli("compare", tmp_path)
+  assert calls == [1]
+  result = run_cli("bench", "--recipe", "digits", *TINY_FLAGS, "--steps", 10, "--bare-steps",
+                   10, "--json", "-q")
+  assert result.exit_code == 0, result.output
+  assert calls == [1], "bench times compilation: it must not load compiled programs"
