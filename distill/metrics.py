@@ -1,22 +1,16 @@
 """Evaluation metrics as pure jax.numpy functions: accuracy, agreement, NLL, calibration.
 
-They follow `distill.losses`' conventions and share its input checks: logits
-with classes on the last axis and any leading batch shape, computed in
-float32 whatever the input dtype, and a ``reduction`` of 'mean', 'sum' or
+They follow `distill.losses`' conventions and share its input checks
+(`distill._inputs`): logits with classes on the last axis and any leading
+batch shape, computed in float32 whatever the input dtype, and a ``reduction`` of 'mean', 'sum' or
 'none' where one applies.
 """
 
 import jax
 import jax.numpy as jnp
 
-from distill.losses import (
-  _as_labels,
-  _as_logits,
-  _check_reduction,
-  _reduce,
-  hard_cross_entropy,
-  softmax,
-)
+from distill._inputs import _as_labels, _as_logits, _check_reduction, _check_same_shape, _reduce
+from distill.losses import hard_cross_entropy, softmax
 
 
 def accuracy(logits, labels, *, reduction="mean"):
@@ -55,9 +49,7 @@ def top1_agreement(logits_a, logits_b, *, reduction="mean"):
   _check_reduction(reduction)
   a = _as_logits(logits_a, "logits_a")
   b = _as_logits(logits_b, "logits_b")
-  if a.shape != b.shape:
-    raise ValueError(
-        f"logits_a shape {a.shape} must equal logits_b shape {b.shape}")
+  _check_same_shape(a, b, "logits_a", "logits_b")
   same = (jnp.argmax(a, axis=-1) == jnp.argmax(b, axis=-1))
   return _reduce(same.astype(jnp.float32), reduction)
 

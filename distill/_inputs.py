@@ -1,0 +1,146 @@
+"""Argument and array checks shared by `distill.losses` and `distill.metrics`.
+
+Hyperparameters are Python values checked eagerly, so a mistake raises a
+ValueError before anything is traced; arrays become float32 logits, integer
+labels or stop-gradient targets of matching shapes.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _check_choice(name, value, choices):
+  if value not in choices:
+    raise ValueError(
+        f'unknown {name} {value!r}; expected one of '
+        f'{", ".join(repr(c) for c in choices)}')
+  return value
+
+
+def _check_reduction(reduction):
+  return _check_choice("reduction", reduction, _REDUCTIONS)
+
+
+def _check_temperature(temperature):
+  try:
+    t = float(temperature)
+  except TypeError as e:
+    raise ValueError(
+        f"temperature must be a Python number, got {temperature!r} (under "
+        "jax.jit, pass it as a static argument)") from e
+  if not math.isfinite(t) or t <= 0.0:
+    raise ValueError(
+        f"temperature must be finite and > 0, got {temperature!r}")
+  return t
+
+
+def _check_alpha(alpha):
+  try:
+    a = float(alpha)
+  except TypeError as e:
+    raise ValueError(
+        f"alpha must be a Python number, got {alpha!r} (under jax.jit, pass "
+        "it as a static argument)") from e
+  # `not 0 <= a <= 1` is also true for nan, which must be rejected too.
+  if not 0.0 <= a <= 1.0:
+    raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+  return a
+
+
+def _check_label_smoothing(label_smoothing):
+  try:
+    s = float(label_smoothing)
+  except TypeError as e:
+    raise ValueError(
+        f"label_smoothing must be a Python number, got {label_smoothing!r} "
+        "(under jax.jit, pass it as a static argument)") from e
+  # 1.0 would make the target uniform and the labels irrelevant.
+  if not 0.0 <= s < 1.0:
+    raise ValueError(
+        f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+  return s
+
+
+def _check_n_classes(n_classes):
+  if isinstance(n_classes, bool) or not isinstance(n_classes, int):
+    raise ValueError(f"n_classes must be an int, got {n_classes!r}")
+  if n_classes < 2:
+    raise ValueError(f"n_classes must be >= 2, got {n_classes}")
+  return n_classes
+
+
+def _as_logits(logits, name="logits"):
+  x = jnp.asarray(logits)
+  if x.ndim < 1:
+    raise ValueError(
+        f"{name} must have a class axis (last axis), got a scalar")
+  # float32 even for bf16/f16 inputs: exp/log/sum lose too much otherwise.
+  return x.astype(jnp.float32)
+
+
+def _as_labels(labels, logits):
+  y = jnp.asarray(labels)
+  if not jnp.issubdtype(y.dtype, jnp.integer):
+    raise ValueError(
+        f"labels must be integer class indices, got dtype {y.dtype}; "
+        "pass probabilities to soft_cross_entropy instead")
+  if y.shape != logits.shape[:-1]:
+    raise ValueError(
+        f"labels shape {y.shape} must equal the logits shape without the "
+        f"class axis {logits.shape[:-1]}")
+  return y
+
+
+def _as_targets(target_probs, logits):
+  t = jnp.asarray(target_probs)
+  if t.shape != logits.shape:
+    raise ValueError(
+        f"target_probs shape {t.shape} must equal the logits shape "
+        f"{logits.shape}")
+  # Targets come from a teacher (or are data): they are never differentiated.
+  return jax.lax.stop_gradient(t.astype(jnp.float32))
+
+
+def _reduce(per_example, reduction):
+  if reduction == "mean":
+    return jnp.mean(per_example)
+  if reduction == "sum":
+    return jnp.sum(per_example)
+  return per_example
+
+
+def _check_weight(name, value):
+  try:
+    w = float(value)
+  except TypeError as e:
+    raise ValueError(
+        f"{name} must be a Python number, got {value!r} (under jax.jit, pass "
+        "it as a static argument)") from e
+  # `not w >= 0` is also true for nan, which must be rejected too.
+  if not math.isfinite(w) or not w >= 0.0:
+    raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+  return w
+
+
+def _check_same_shape(a, b, name_a, name_b):
+  if a.shape != b.shape:
+    raise ValueError(
+        f"{name_a} shape {a.shape} must equal {name_b} shape {b.shape}")
+
+
+def _check_two_classes(logits, name):
+  # With one class there is no non-target class (DKD) and nothing to
+  # correlate (DIST): the losses would be nan or constant.
+  if logits.shape[-1] < 2:
+    raise ValueError(
+        f"{name} must have at least 2 classes on the last axis, got shape "
+        f"{logits.shape}")
+
+
+def _as_teacher(x, name):
+  # The teacher is never differentiated, even if the caller forgets to stop it.
+  return jax.lax.stop_gradient(_as_logits(x, name))
