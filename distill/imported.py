@@ -164,16 +164,14 @@ def import_teacher(source: str, recipe: dict[str, Any], workdir: Path, *,
 def _summary(teacher, source: str, dataset, recipe: dict[str, Any],
              logits: dict[str, np.ndarray], wall_seconds: float) -> dict[str, Any]:
   from distill.config import recipe_hash  # noqa: PLC0415
-  from distill.metrics import accuracy, expected_calibration_error, negative_log_likelihood  # noqa: PLC0415
+  from distill.metrics import summary_metrics  # noqa: PLC0415
 
   def metrics(split, labels):
     if len(labels) == 0:
-      return float("nan"), float("nan")
-    return (float(accuracy(logits[split], labels)),
-            float(negative_log_likelihood(logits[split], labels)))
+      return {"accuracy": float("nan"), "nll": float("nan"), "ece": float("nan")}
+    return summary_metrics(logits[split], labels)
 
-  val_accuracy, val_nll = metrics("val", dataset.y_val)
-  test_accuracy, test_nll = metrics("test", dataset.y_test)
+  val, test = metrics("val", dataset.y_val), metrics("test", dataset.y_test)
   return {
       "role": "teacher",
       "model": teacher.kind,
@@ -184,11 +182,11 @@ def _summary(teacher, source: str, dataset, recipe: dict[str, Any],
       "params": teacher.num_params,
       "steps": 0,
       "seed": recipe["seed"],
-      "val_accuracy": val_accuracy,
-      "val_nll": val_nll,
-      "test_accuracy": test_accuracy,
-      "test_nll": test_nll,
-      "test_ece": float(expected_calibration_error(logits["test"], dataset.y_test)),
+      "val_accuracy": val["accuracy"],
+      "val_nll": val["nll"],
+      "test_accuracy": test["accuracy"],
+      "test_nll": test["nll"],
+      "test_ece": test["ece"],
       "train_seconds": 0.0,
       "wall_seconds": round(wall_seconds, 3),
       "recipe_hash": recipe_hash(recipe, "teacher"),

@@ -2,8 +2,8 @@
 
 They follow `distill.losses`' conventions and share its input checks
 (`distill._inputs`): logits with classes on the last axis and any leading
-batch shape, computed in float32 whatever the input dtype, and a ``reduction`` of 'mean', 'sum' or
-'none' where one applies.
+batch shape, computed in float32 whatever the input dtype, and a
+``reduction`` of 'mean', 'sum' or 'none' where one applies.
 """
 
 import jax
