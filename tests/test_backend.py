@@ -113,12 +113,12 @@ _COMPILE_ONCE = ("from distill import backend; print(backend.enable_compilation_
 
 
 def _compile_once(tmp_path, **env):
-  """Runs _COMPILE_ONCE with `env` (None: unset) and no cache set by the tests."""
+  """Runs _COMPILE_ONCE with `env` added, and without the cache the tests set for JAX."""
   environ = {key: value for key, value in os.environ.items()
              if key not in ("JAX_COMPILATION_CACHE_DIR", backend.COMPILATION_CACHE_ENV)}
   environ.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), JAX_PLATFORMS="cpu",
                  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")  # keep even this tiny one
-  environ.update({key: value for key, value in env.items() if value is not None})
+  environ.update(env)
   result = subprocess.run([sys.executable, "-c", _COMPILE_ONCE], env=environ,
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr
