@@ -3,6 +3,8 @@
 import jax
 from flax import nnx
 
+from distill.models import dense
+
 
 def classifier_head(in_features: int, num_classes: int, *, head_init_scale: float,
                     rngs: nnx.Rngs) -> nnx.Linear:
@@ -16,8 +18,8 @@ def classifier_head(in_features: int, num_classes: int, *, head_init_scale: floa
   """
   kernel_init = (nnx.initializers.zeros_init() if head_init_scale == 0
                  else nnx.initializers.normal(head_init_scale))
-  return nnx.Linear(in_features, num_classes, kernel_init=kernel_init,
-                    bias_init=nnx.initializers.zeros_init(), rngs=rngs)
+  return dense.linear(in_features, num_classes, kernel_init=kernel_init,
+                      bias_init=nnx.initializers.zeros_init(), rngs=rngs)
 
 
 def flatten(x: jax.Array) -> jax.Array:

@@ -3,7 +3,7 @@
 import jax
 from flax import nnx
 
-from distill.models import register
+from distill.models import dense, register
 from distill.models.heads import classifier_head, flatten
 
 
@@ -16,7 +16,7 @@ class MLP(nnx.Module):
                dtype=None, rngs: nnx.Rngs):
     in_features = image_shape[0] * image_shape[1] * image_shape[2]
     sizes = [in_features, *hidden]
-    self.layers = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs)
+    self.layers = nnx.List([dense.linear(a, b, dtype=dtype, rngs=rngs)
                             for a, b in zip(sizes[:-1], sizes[1:], strict=True)])
     self.head = classifier_head(sizes[-1], num_classes, head_init_scale=head_init_scale, rngs=rngs)
 

@@ -6,7 +6,7 @@ from flax import nnx
 
 from distill import backend
 from distill.errors import UserError
-from distill.models import register
+from distill.models import dense, register
 from distill.models.cnn import ConvStages
 from distill.models.heads import classifier_head
 
@@ -24,8 +24,8 @@ class EncoderBlock(nnx.Module):
     self.attention = nnx.MultiHeadAttention(num_heads=heads, in_features=width, decode=False,
                                             dtype=dtype, rngs=rngs)
     self.mlp_norm = nnx.LayerNorm(width, epsilon=norm_eps, dtype=jnp.float32, rngs=rngs)
-    self.mlp_in = nnx.Linear(width, width * mlp_ratio, dtype=dtype, rngs=rngs)
-    self.mlp_out = nnx.Linear(width * mlp_ratio, width, dtype=dtype, rngs=rngs)
+    self.mlp_in = dense.linear(width, width * mlp_ratio, dtype=dtype, rngs=rngs)
+    self.mlp_out = dense.linear(width * mlp_ratio, width, dtype=dtype, rngs=rngs)
 
   def __call__(self, tokens_BxTxD: jax.Array) -> jax.Array:
     x = tokens_BxTxD
@@ -145,7 +145,7 @@ class ViT(nnx.Module):
     if width % heads:
       raise UserError(f"vit width {width} must be divisible by heads {heads}")
     self.patch = patch
-    self.patch_embed = nnx.Linear(patch * patch * stem_out, width, dtype=dtype, rngs=rngs)
+    self.patch_embed = dense.linear(patch * patch * stem_out, width, dtype=dtype, rngs=rngs)
     num_tokens = (height // patch) * (width_px // patch) + (2 if distill_token else 1)
     self.class_token = nnx.Param(jnp.zeros((1, 1, width)))
     self.distill_token = nnx.Param(jnp.zeros((1, 1, width))) if distill_token else None
