@@ -10,8 +10,8 @@ student, 7,850), every round times one after another on the same machine:
   as distill does inside its step; one epoch for each `steps_per_execution`
   (1 and 32), compiled and warmed up before the first round; the best counts;
 - the same student written by hand in JAX and optax (`HandWrittenStep`: a
-  scan of the recipe's steps per dispatch over the split kept on the device),
-  the floor a framework on XLA can reach;
+  scan of the recipe's steps per dispatch over the split kept on the device,
+  gradients by plain autodiff): what a JAX user writing the loop gets;
 - distill's bare step (`bench.bare_step`: the compiled dispatch called back to
   back) and its real loop (`bench.real_loop`: `loop.fit` with logging,
   validation and checkpoints at the recipe's cadence), `--steps` steps each.
