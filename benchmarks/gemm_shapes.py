@@ -3,9 +3,10 @@
 A dense layer's step runs two kinds of matmul: the forward pass and the input
 gradient contract the feature axis ("NN": [rows, in] @ [in, out]), while the
 weight gradient contracts the rows of the batch ("TN": [rows, in]ᵀ @ [rows,
-out], a long contraction into a small output). This times both for the shapes
-of the seed CIFAR-10 ViT (4,352 token rows of width 64 and 256) and the demo's
-MLP student (128 rows), best of 5 repeats:
+out], a long contraction into a small output). This times both, and the weight
+gradient as distill's dense layers compute it (`distill.models.dense.
+kernel_gradient`), for the shapes of the seed CIFAR-10 ViT (4,352 token rows of
+width 64 and 256) and the demo's MLP student (128 rows), best of 5 repeats:
 
     python benchmarks/gemm_shapes.py
     python benchmarks/gemm_shapes.py --shapes 4352x64x64 --repeats 2000
@@ -57,14 +58,18 @@ def main() -> None:
     torch.set_num_threads(2)
   except ImportError:
     torch = None
+  from distill.models import dense  # noqa: PLC0415
+
   weight_gradient = backend.jit(lambda x, dy: x.T @ dy)  # TN: contracts the rows
+  # The same sum as distill's dense layers compute it (a narrow output from a copied dyᵀ on CPU).
+  distill_gradient = backend.jit(dense.kernel_gradient)
   forward = backend.jit(lambda x, w: x @ w)  # NN: contracts the features
   rng = np.random.default_rng(0)
   print(f"jax {jax.__version__} ({jax.default_backend()}), "
         f"torch {torch.__version__ if torch else 'not installed'}; µs per matmul, GFLOP/s")
-  header = "| rows×in×out | XLA TN (weight grad) | XLA NN (forward) |"
+  header = "| rows×in×out | XLA TN (weight grad) | distill's weight grad | XLA NN (forward) |"
   if torch:
-    header += " torch TN | torch NN | XLA TN / torch TN |"
+    header += " torch TN | torch NN | XLA TN / torch TN | distill's / torch TN |"
   print(header)
   print("|" + "---|" * (header.count("|") - 1))
   for text in args.shapes:
@@ -75,6 +80,7 @@ def main() -> None:
     flops = 2 * rows * width_in * width_out
     x_j, dy_j, w_j = (jax.device_put(a) for a in (x, dy, w))
     times = [_best_microseconds(weight_gradient, (x_j, dy_j), args.repeats),
+             _best_microseconds(distill_gradient, (x_j, dy_j), args.repeats),
              _best_microseconds(forward, (x_j, w_j), args.repeats)]
     if torch:
       x_t, dy_t, w_t = (torch.from_numpy(a) for a in (x, dy, w))
@@ -82,7 +88,7 @@ def main() -> None:
                 _best_microseconds(lambda a, b: a @ b, (x_t, w_t), args.repeats)]
     cells = [f"{t:,.0f} ({flops / t / 1e3:,.0f})" for t in times]
     if torch:
-      cells.append(f"{times[0] / times[2]:.2f}")
+      cells += [f"{times[0] / times[3]:.2f}", f"{times[1] / times[3]:.2f}"]
     print(f"| {text} | " + " | ".join(cells) + " |")
 
 
