@@ -42,7 +42,9 @@ _DTYPES = ("float32", "bfloat16")
 
 # --smoke: models small enough to compile in seconds on CPU, the same code paths otherwise.
 _SMOKE_BENCH = {"steps": 4, "synthetic_examples": 256}
-_SMOKE_VIT = ["vit.width=32", "vit.depth=1", "vit.heads=2", "vit.mlp_ratio=2"]
+# Narrow conv stages for the hybrid (`stem = "cnn"`); the same three stages, so the same shapes.
+_SMOKE_VIT = ["vit.width=32", "vit.depth=1", "vit.heads=2", "vit.mlp_ratio=2",
+              "vit.stem_channels=[8, 8, 8]"]
 _SMOKE_CADENCE = ["steps_per_dispatch=2", "log_every=2", "eval_every=4", "checkpoint_every=4",
                   "warmup_steps=1"]
 
