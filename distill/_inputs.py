@@ -25,13 +25,18 @@ def _check_reduction(reduction):
   return _check_choice("reduction", reduction, _REDUCTIONS)
 
 
-def _check_temperature(temperature):
+def _python_number(name, value):
+  """`value` as a float; a traced array (under jax.jit) or a non-number says how to pass it."""
   try:
-    t = float(temperature)
+    return float(value)
   except TypeError as e:
     raise ValueError(
-        f"temperature must be a Python number, got {temperature!r} (under "
-        "jax.jit, pass it as a static argument)") from e
+        f"{name} must be a Python number, got {value!r} (under jax.jit, pass "
+        "it as a static argument)") from e
+
+
+def _check_temperature(temperature):
+  t = _python_number("temperature", temperature)
   if not math.isfinite(t) or t <= 0.0:
     raise ValueError(
         f"temperature must be finite and > 0, got {temperature!r}")
@@ -39,12 +44,7 @@ def _check_temperature(temperature):
 
 
 def _check_alpha(alpha):
-  try:
-    a = float(alpha)
-  except TypeError as e:
-    raise ValueError(
-        f"alpha must be a Python number, got {alpha!r} (under jax.jit, pass "
-        "it as a static argument)") from e
+  a = _python_number("alpha", alpha)
   # `not 0 <= a <= 1` is also true for nan, which must be rejected too.
   if not 0.0 <= a <= 1.0:
     raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
@@ -52,12 +52,7 @@ def _check_alpha(alpha):
 
 
 def _check_label_smoothing(label_smoothing):
-  try:
-    s = float(label_smoothing)
-  except TypeError as e:
-    raise ValueError(
-        f"label_smoothing must be a Python number, got {label_smoothing!r} "
-        "(under jax.jit, pass it as a static argument)") from e
+  s = _python_number("label_smoothing", label_smoothing)
   # 1.0 would make the target uniform and the labels irrelevant.
   if not 0.0 <= s < 1.0:
     raise ValueError(
@@ -114,12 +109,7 @@ def _reduce(per_example, reduction):
 
 
 def _check_weight(name, value):
-  try:
-    w = float(value)
-  except TypeError as e:
-    raise ValueError(
-        f"{name} must be a Python number, got {value!r} (under jax.jit, pass "
-        "it as a static argument)") from e
+  w = _python_number(name, value)
   # `not w >= 0` is also true for nan, which must be rejected too.
   if not math.isfinite(w) or not w >= 0.0:
     raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
