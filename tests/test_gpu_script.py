@@ -111,7 +111,10 @@ def test_tensorboard_log_without_tensorboardx_is_a_note(tmp_path, monkeypatch):
   """No tensorboardX: training goes on, no event files, one note saying so."""
   from distill import rundir  # noqa: PLC0415 (after the test's own imports, like the others)
 
-  monkeypatch.setitem(sys.modules, "tensorboardX", None)  # `import tensorboardX` now fails
+  # `import tensorboardX` (and any of its modules, even one an earlier test loaded) now fails.
+  for name in [name for name in sys.modules if name.split(".")[0] == "tensorboardX"]:
+    monkeypatch.setitem(sys.modules, name, None)
+  monkeypatch.setitem(sys.modules, "tensorboardX", None)
   notes = []
   log = rundir.TensorBoardLog(tmp_path / "tensorboard")
   log.start(after_step=None, note=notes.append)
