@@ -172,9 +172,11 @@ class _Run:
     self._compiled: dict[int, Any] = {}
     self._window: list[dict[str, jax.Array]] = []
     self._dispatches = 0
-    # (dispatch count, step, its window) of the log lines not yet written (`can_defer_log`).
-    self._deferred: collections.deque[tuple[int, int, list[dict[str, jax.Array]]]] = (
+    # (dispatch count, step, its window, its validation or None) of the log lines not yet
+    # written (`can_defer_log`).
+    self._deferred: collections.deque[tuple[int, int, list[dict[str, jax.Array]], Any]] = (
         collections.deque())
+    self._validation = None
     self.plan: list[tuple[int, int]] = []
     self._progress = None
 
@@ -277,18 +279,23 @@ class _Run:
         time.perf_counter() - self._last_save >= self.settings.checkpoint_min_seconds)
 
   def can_defer_log(self, step: int, saving: bool) -> bool:
-    """Whether `step` only logs training metrics; if so, they are written a few dispatches later.
+    """Whether `step`'s log line can wait; if so, it is written a few dispatches later.
 
-    Fetching them now would leave the device idle while the host writes the
-    line; written once `_LOG_LAG_DISPATCHES` more dispatches are queued, they
-    cost the device nothing. Steps that evaluate, save a checkpoint
-    (`saving`), or end the run need the state of this very step, so they are
-    written at once.
+    Fetching its metrics now would leave the device idle while the host writes
+    the line; written once `_LOG_LAG_DISPATCHES` more dispatches are queued,
+    they cost the device nothing. A step that validates on the devices starts
+    its validation now, on this step's parameters, and reads the two numbers
+    with the line. Steps that save a checkpoint (`saving`), end the run, or
+    validate batch by batch from disk need this very step's state, so they
+    are written at once.
     """
-    plain = (self.at_log(step) and step % self.settings.eval_every and step < self.total_steps
-             and not saving)
+    evaluates = self.at_eval(step)
+    plain = (self.at_log(step) and step < self.total_steps and not saving
+             and (not evaluates or self._validation is not None))
     if plain:
-      self._deferred.append((self._dispatches, step, self._window))
+      # Queued before the next dispatch, which donates (and so overwrites) these parameters.
+      validation = self._validation(self.state["params"]) if evaluates else None
+      self._deferred.append((self._dispatches, step, self._window, validation))
       self._window = []
     return bool(plain)
 
@@ -296,9 +303,9 @@ class _Run:
     """Writes the deferred log lines that are due (`every_one`: all); returns the latest loss."""
     while self._deferred and (
         every_one or self._dispatches - self._deferred[0][0] >= _LOG_LAG_DISPATCHES):
-      _, step, window = self._deferred.popleft()
+      _, step, window, validation = self._deferred.popleft()
       record = self._checked(_summarise(window, step))
-      self.log(record, None, None)
+      self.log(record, None, None, validation=validation)
       last_train_loss = record["loss"]
     return last_train_loss
 
@@ -323,15 +330,23 @@ class _Run:
                       f"{kept}. Try a lower learning rate.")
     return record
 
-  def log(self, record: dict[str, Any], val_images, val_labels) -> None:
+  def at_eval(self, step: int) -> bool:
+    """Whether `step`'s log line holds a validation."""
+    return step % self.settings.eval_every == 0 or step == self.total_steps
+
+  def log(self, record: dict[str, Any], val_images, val_labels, validation=None) -> None:
     """Adds the learning rate and (at its cadence) validation, and appends the record.
 
-    The metrics window was started again when the record was summarised.
+    `validation` is the (loss, accuracy) pair already started on the devices
+    for this step (see `can_defer_log`); otherwise a step that validates runs
+    it now. The metrics window was started again when the record was summarised.
     """
     step = record["step"]
     record["learning_rate"] = self._learning_rates[step]
-    if step % self.settings.eval_every == 0 or step == self.total_steps:
-      if self._validation is not None:
+    if self.at_eval(step):
+      if validation is not None:
+        val_loss, val_accuracy = validation
+      elif self._validation is not None:
         val_loss, val_accuracy = self._validation(self.state["params"])
       else:
         val_logits = predict_in_batches(self.setup.predict, self.state["params"], val_images,

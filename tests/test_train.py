@@ -67,26 +67,31 @@ def test_fit_learns_and_logs(tmp_path, tiny_overrides):
 
 def test_deferred_log_lines_are_whole_in_order_and_the_same_whatever_the_lag(
     tmp_path, tiny_overrides, monkeypatch):
-  # Plain log lines (no validation, no save) are written a few dispatches late; they must
-  # come out whole, in order, with the learning rate of their own step, whatever the lag.
+  # Log lines that save nothing are written a few dispatches late, validations included (their
+  # program starts at their own step); they must come out whole, in order, with the learning
+  # rate and validation of their own step, whatever the lag, and match a run whose validations
+  # are written at once (every one of its validation steps saves a checkpoint).
   overrides = [*tiny_overrides, "teacher.steps=30", "teacher.model=mlp",
                "teacher.mlp.hidden=[32]", "teacher.log_every=2", "teacher.steps_per_dispatch=1",
-               "teacher.eval_every=10", "teacher.checkpoint_every=30"]
+               "teacher.eval_every=10"]
   schedule = make_schedule(config.TrainSettings.of(config.load_recipe("digits", overrides),
                                                    "teacher"), 30)
   written = {}
-  for lag in (1, 3):
+  for lag, checkpoint_every in ((1, 30), (3, 30), (3, 10)):
     monkeypatch.setattr(loop, "_LOG_LAG_DISPATCHES", lag)
-    _, result = _fit(tmp_path / f"lag{lag}", overrides)
-    records = [json.loads(line)
-               for line in (tmp_path / f"lag{lag}" / "metrics.jsonl").read_text().splitlines()]
+    workdir = tmp_path / f"lag{lag}-checkpoint{checkpoint_every}"
+    _, result = _fit(workdir, [*overrides, f"teacher.checkpoint_every={checkpoint_every}"])
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(2, 31, 2))
     assert [r["step"] for r in records if "val_accuracy" in r] == [10, 20, 30]
     for record in records:
       assert record["learning_rate"] == pytest.approx(float(schedule(record["step"])), rel=1e-5)
     assert result.final_train_loss == records[-1]["loss"]
-    written[lag] = [{k: v for k, v in r.items() if k != "elapsed_seconds"} for r in records]
-  assert written[1] == written[3]
+    written[lag, checkpoint_every] = [{k: v for k, v in r.items() if k != "elapsed_seconds"}
+                                      for r in records]
+  assert written[1, 30] == written[3, 30] == written[3, 10]
+  # The validations moved with training: a stale or later state would repeat or skip one.
+  assert len({r["val_loss"] for r in written[3, 30] if "val_loss" in r}) == 3
 
 
 def test_strict_init_check_raises_for_a_badly_scaled_head(tmp_path, tiny_overrides):
