@@ -213,7 +213,7 @@ class TrainingSetup:
   def compile(self, state, rows):
     """`chunk_fn` compiled for the shapes of `rows` (one per dispatch length)."""
     return self.chunk_fn.lower(state, self.feeder.data, self.stats, self.teacher_state,
-                               rows).compile()
+                               self.feeder.rows_like(rows)).compile()
 
   def first_loss(self) -> tuple[float, int, dict[str, np.ndarray]]:
     """(step-0 loss, number of classes, that batch on the host) on the first real batch."""
