@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,8 @@ def _tensorboardx():
   does that), then the entry is removed so a later `import torch` works.
 
   Returns:
-    (EventsWriter, Event, SessionLog, Summary).
+    A namespace with tensorboardX's `EventsWriter` and its `Event`, `SessionLog`
+    and `Summary` protos.
   """
   hide_torch = "torch" not in sys.modules
   if hide_torch:
@@ -94,7 +96,8 @@ def _tensorboardx():
   finally:
     if hide_torch and sys.modules.get("torch", 0) is None:
       del sys.modules["torch"]
-  return EventsWriter, Event, SessionLog, Summary
+  return types.SimpleNamespace(EventsWriter=EventsWriter, Event=Event, SessionLog=SessionLog,
+                               Summary=Summary)
 
 
 # How often at most the event file is flushed (fsync) between checkpoints, so that a
@@ -123,7 +126,7 @@ class TensorBoardLog:
   def __init__(self, directory: Path):
     self.directory = Path(directory)
     self._writer = None
-    self._protos = None
+    self._tensorboardx = None  # `_tensorboardx()`, once started
     self._last_flush = 0.0
 
   def start(self, after_step: int | None, note=None) -> None:
@@ -139,7 +142,7 @@ class TensorBoardLog:
     if not is_primary_process():
       return
     try:
-      EventsWriter, *self._protos = _tensorboardx()  # noqa: N806 (a class)
+      self._tensorboardx = tbx = _tensorboardx()
     except ImportError:
       # Event files are a convenience: a bare accelerator image (jax, flax, optax, no
       # tensorboardX) must still train, and metrics.jsonl holds every number anyway.
@@ -153,20 +156,20 @@ class TensorBoardLog:
     self.directory.mkdir(parents=True, exist_ok=True)
     # Files are named by the second and host; two stretches within one second (a quick
     # resume) must not share a file.
-    self._writer = EventsWriter(str(self.directory / "events"),
-                                f".{os.getpid()}.{time.time_ns()}")
+    self._writer = tbx.EventsWriter(str(self.directory / "events"),
+                                    f".{os.getpid()}.{time.time_ns()}")
     if after_step is not None:
-      Event, SessionLog, _ = self._protos  # noqa: N806
-      self._writer.write_event(Event(step=after_step + 1, wall_time=time.time(),
-                                     session_log=SessionLog(status=SessionLog.START)))
+      self._writer.write_event(tbx.Event(
+          step=after_step + 1, wall_time=time.time(),
+          session_log=tbx.SessionLog(status=tbx.SessionLog.START)))
     self._last_flush = time.monotonic()
 
   def _write(self, step: int, scalars: dict[str, float]) -> None:
     """One event at `step` holding every scalar of `scalars` ({tag: value})."""
-    Event, _, Summary = self._protos  # noqa: N806
-    summary = Summary(value=[Summary.Value(tag=tag, simple_value=value)
-                             for tag, value in scalars.items()])
-    self._writer.write_event(Event(step=int(step), wall_time=time.time(), summary=summary))
+    tbx = self._tensorboardx
+    summary = tbx.Summary(value=[tbx.Summary.Value(tag=tag, simple_value=value)
+                                 for tag, value in scalars.items()])
+    self._writer.write_event(tbx.Event(step=int(step), wall_time=time.time(), summary=summary))
     if time.monotonic() - self._last_flush >= _TENSORBOARD_FLUSH_SECONDS:
       self.flush()
 
