@@ -293,7 +293,7 @@ def _step_flops(setup, state, rows_K) -> float | None:
 
   one_step = jax.tree.map(lambda rows: rows[0], rows_K)
   lowered = backend.jit(partial(train_step, setup.spec)).lower(
-      setup.feeder.data, setup.stats, setup.teacher_state, state, one_step)
+      *setup.step_inputs(), state, one_step)
   for stage in (lowered, None):
     try:
       cost = (stage or lowered.compile()).cost_analysis()

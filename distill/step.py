@@ -96,7 +96,6 @@ class StepSpec:
   teaching: HardLabels
   gather: Callable[[Batch, Any], Batch]  # the feeder's: (device data, dispatch rows) -> columns
   augment_settings: tuple[tuple[str, Any], ...] | None
-  seed: int
   unroll: bool = False
 
   def augment(self, images: jax.Array, key: jax.Array) -> jax.Array:
@@ -106,8 +105,12 @@ class StepSpec:
     return augment(images, key, dict(self.augment_settings))
 
 
-def _batch(spec: StepSpec, data: Batch, stats, teacher_state, step, rows):
-  """The images and the batch of one step, built on the device from (seed, step).
+def _batch(spec: StepSpec, data: Batch, stats, run_key, teacher_state, step, rows):
+  """The images and the batch of one step, built on the device from (the run's key, step).
+
+  `run_key` is the key data of `jax.random.key(seed)`: an argument rather than
+  a constant of the program, so that runs differing only in their seed share
+  one compiled step.
 
   Returns:
     (normalised, augmented images [B, H, W, C]; {'labels', 'step', and the
@@ -115,7 +118,7 @@ def _batch(spec: StepSpec, data: Batch, stats, teacher_state, step, rows):
   """
   columns = spec.gather(data, rows)
   images = normalize(columns["images"], *stats)
-  key = jax.random.fold_in(jax.random.key(spec.seed), step)
+  key = jax.random.fold_in(jax.random.wrap_key_data(run_key), step)
   images, teacher = spec.teaching.targets(images, columns, key, teacher_state, spec.augment)
   return images, {"labels": columns["labels"], "step": step, **teacher}
 
@@ -139,9 +142,9 @@ def _labelled_accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.sum(correct * labelled) / jnp.maximum(jnp.sum(labelled), 1.0)
 
 
-def train_step(spec: StepSpec, data: Batch, stats, teacher_state, state, rows):
+def train_step(spec: StepSpec, data: Batch, stats, run_key, teacher_state, state, rows):
   """One optimizer step on one batch: (new state, metrics)."""
-  images, batch = _batch(spec, data, stats, teacher_state, state["step"], rows)
+  images, batch = _batch(spec, data, stats, run_key, teacher_state, state["step"], rows)
   has_aux = "aux" in state
 
   def loss_fn(trainable):
@@ -169,19 +172,19 @@ def train_step(spec: StepSpec, data: Batch, stats, teacher_state, state, rows):
   return new_state, metrics
 
 
-def train_chunk(spec: StepSpec, state, data: Batch, stats, teacher_state, rows_K):
+def train_chunk(spec: StepSpec, state, data: Batch, stats, run_key, teacher_state, rows_K):
   """`K` optimizer steps in one dispatch; returns the state and per-step metrics [K].
 
   `spec.unroll` (see `should_unroll`) trades compile time for speed where a
   while-loop body is slow.
   """
-  return jax.lax.scan(partial(train_step, spec, data, stats, teacher_state), state,
+  return jax.lax.scan(partial(train_step, spec, data, stats, run_key, teacher_state), state,
                       rows_K, unroll=spec.unroll)
 
 
-def first_loss(spec: StepSpec, state, data: Batch, stats, teacher_state, rows):
+def first_loss(spec: StepSpec, state, data: Batch, stats, run_key, teacher_state, rows):
   """The loss of the untrained model on the first step's exact batch, its logits and the batch."""
-  images, batch = _batch(spec, data, stats, teacher_state, 0, rows)
+  images, batch = _batch(spec, data, stats, run_key, teacher_state, 0, rows)
   outputs = _outputs(spec, state["params"], images)
   loss = spec.objective.loss(outputs, batch, state.get("aux"))
   return loss, logits_of(outputs).astype(jnp.float32), batch
@@ -198,6 +201,7 @@ class TrainingSetup:
   state: dict[str, Any]
   feeder: Any  # feeders.DeviceFeeder or HostFeeder
   stats: tuple[jax.Array, jax.Array]
+  run_key: jax.Array  # key data of jax.random.key(seed), on every device
   teacher_state: Any
   schedule: optax.Schedule
   chunk_fn: Callable[..., Any]  # jitted K-step dispatch; donates the state
@@ -206,20 +210,24 @@ class TrainingSetup:
   pixel_std: list[float]
   mesh: Any
 
+  def step_inputs(self) -> tuple[Any, ...]:
+    """What every step reads beside the state and its rows: (data, stats, run key, teacher)."""
+    return self.feeder.data, self.stats, self.run_key, self.teacher_state
+
   def run_chunk(self, compiled, state, rows):
     """One dispatch of a compiled `chunk_fn` on the feeder's rows."""
-    return compiled(state, self.feeder.data, self.stats, self.teacher_state, rows)
+    return compiled(state, *self.step_inputs(), rows)
 
   def compile(self, state, rows):
     """`chunk_fn` compiled for the shapes of `rows` (one per dispatch length)."""
-    return self.chunk_fn.lower(state, self.feeder.data, self.stats, self.teacher_state,
+    return self.chunk_fn.lower(state, *self.step_inputs(),
                                self.feeder.rows_like(rows)).compile()
 
   def first_loss(self) -> tuple[float, int, dict[str, np.ndarray]]:
     """(step-0 loss, number of classes, that batch on the host) on the first real batch."""
     loss, logits, batch = backend.jit(partial(first_loss, self.spec),
                                       out_shardings=parallel.replicated(self.mesh))(
-        self.state, self.feeder.data, self.stats, self.teacher_state, self.feeder.first_batch())
+        self.state, *self.step_inputs(), self.feeder.first_batch())
     return (float(parallel.fetch(loss)), int(logits.shape[-1]),
             {key: parallel.fetch(value) for key, value in batch.items()})
 
@@ -271,11 +279,12 @@ def prepare_training(*, model: nnx.Module, images, labels: np.ndarray, objective
       graphdef=graphdef, rest=rest, objective=objective, optimizer=optimizer, teaching=teaching,
       gather=feeder.gather,
       augment_settings=tuple(sorted(augment_settings.items())) if augment_settings else None,
-      seed=seed, unroll=should_unroll(model))
+      unroll=should_unroll(model))
   every_device = parallel.replicated(mesh)
   aux = None if objective.init_aux is None else objective.init_aux()
   return TrainingSetup(
       spec=spec, state=initial_state(params, optimizer, mesh, aux), feeder=feeder, stats=stats,
+      run_key=parallel.put_replicated(jax.random.key_data(jax.random.key(seed)), mesh),
       teacher_state=teacher_state, schedule=make_schedule(settings, settings.steps),
       chunk_fn=backend.jit(partial(train_chunk, spec), donate_argnums=0,
                            out_shardings=(every_device, every_device)),

@@ -97,8 +97,7 @@ def test_online_teacher_labels_the_students_exact_augmented_batch(teachers):
                                   params=result.params, temperature=2.0)
   _, _, setup = _tiny_setup(online, temperature=2.0)
   indices = jnp.asarray(setup.feeder.order.indices(7, 1)[0])
-  images, batch = step._batch(setup.spec, setup.feeder.data, setup.stats, setup.teacher_state,
-                              jnp.asarray(7), indices)
+  images, batch = step._batch(setup.spec, *setup.step_inputs(), jnp.asarray(7), indices)
   # The batch is augmented (not the plain images) and the targets are the teacher's on it.
   plain = normalize(setup.feeder.data["images"][indices], *setup.stats)
   assert not np.allclose(images, plain)

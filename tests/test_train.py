@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from distill import config, loop, losses, parallel, workflow
+from distill import config, loop, losses, parallel, step, workflow
 from distill.data import load_dataset
 from distill.errors import UserError
 from distill.feeders import DataOrder, pixel_stats
@@ -116,6 +116,30 @@ def test_same_seed_same_result(tmp_path, tiny_overrides):
             for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
 
   assert records("a") == records("b") and len(records("a")) == 2
+
+
+def test_runs_differing_only_in_seed_share_one_compiled_step(tiny_overrides):
+  # The seed reaches the step as an argument, not as a constant of its program: a second
+  # seed (an ensemble's next teacher, a sweep's next run) finds the first one's program in
+  # the compilation cache. The seed still decides the augmentation.
+  recipe = config.load_recipe("digits", tiny_overrides)
+  dataset = workflow.load_data(recipe)
+  setups = []
+  for seed in (0, 1):
+    _, model, _ = workflow._build_model(recipe, "teacher", dataset)
+    setups.append(step.prepare_training(
+        model=model, images=dataset.x_train, labels=dataset.y_train,
+        objective=make_objective("hard"), teaching=None,
+        settings=config.TrainSettings.of(recipe, "teacher"),
+        augment_settings=recipe["augment"], seed=seed))
+  rows = next(setups[0].feeder.dispatches([(0, 5)]))
+  programs = [setup.chunk_fn.lower(setup.state, *setup.step_inputs(),
+                                   setup.feeder.rows_like(rows)).as_text()
+              for setup in setups]
+  assert programs[0] == programs[1]
+  images = [step._batch(setup.spec, *setup.step_inputs(), jnp.asarray(3), rows[0])[0]
+            for setup in setups]
+  assert not np.allclose(images[0], images[1])
 
 
 @pytest.mark.parametrize("rows, batch_size", [(150, 64), (7, 256), (128, 32)])
