@@ -86,6 +86,18 @@ def _identifiable_npz(path, count=50):
 # --- IDX ---------------------------------------------------------------------
 
 
+def test_idx_files_are_read_once_until_they_change(tmp_path):
+  arrays = _write_idx_folder(tmp_path / "fm", compress=True)
+  path = str(tmp_path / "fm" / (_IDX_NAMES["y_test"] + ".gz"))
+  first, again = data.read_idx(path), data.read_idx(path)
+  assert np.shares_memory(first, again)  # not gunzipped a second time
+  np.testing.assert_array_equal(again, arrays["y_test"])
+  # Rewritten (another size or time), the file is read afresh.
+  _write_idx_folder(tmp_path / "fm", compress=True, num_test=arrays["y_test"].size + 3)
+  changed = data.read_idx(path)
+  assert changed.size == arrays["y_test"].size + 3 and not np.shares_memory(first, changed)
+
+
 @pytest.mark.parametrize("compress", [True, False])
 def test_idx_round_trip(tmp_path, compress):
   arrays = _write_idx_folder(tmp_path / "fm", compress=compress)

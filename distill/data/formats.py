@@ -8,6 +8,7 @@ naming it.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import pickle
@@ -43,22 +44,19 @@ def read_idx(path: str, expected_magic: int | None = None) -> np.ndarray:
       accepts any uint8 IDX file.
 
   Returns:
-    A read-only uint8 array shaped as the header says.
+    A read-only uint8 array shaped as the header says. A file read before in
+    this process, and unchanged since, is not read again: the array shares
+    the earlier one's memory.
 
   Raises:
     UserError: naming the file if it cannot be read, is not uint8 IDX, has
       the wrong magic or its length does not match its header.
   """
   try:
-    if path.endswith(".gz"):
-      with gzip.open(path, "rb") as stream:
-        data = stream.read()
-    else:
-      with open(path, "rb") as stream:
-        data = stream.read()
-  except (OSError, EOFError, zlib.error) as error:
-    raise UserError(f"cannot read IDX file {path} (damaged or truncated?): "
-                    f"{one_line(error)}") from None
+    stat = os.stat(path)
+  except OSError as error:
+    raise UserError(f"cannot read IDX file {path}: {one_line(error)}") from None
+  data = _file_bytes(path, stat.st_size, stat.st_mtime_ns)
   if len(data) < 4:
     raise UserError(f"IDX file {path} is truncated: {len(data)} bytes, too "
                     "short for a header")
@@ -84,6 +82,26 @@ def read_idx(path: str, expected_magic: int | None = None) -> np.ndarray:
                     f"{dims} ({expected_size} bytes) but it has {len(data)} "
                     "bytes")
   return np.frombuffer(data, np.uint8, offset=header_size).reshape(dims)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_bytes(path: str, size: int, mtime_ns: int) -> bytes:
+  """The bytes of `path`, gunzipped when it ends in .gz; kept for this process.
+
+  Keyed by the file's size and modification time, so a changed file is read
+  again. A sweep trains every student in one process: Fashion-MNIST's four
+  files took 0.5 s to gunzip for each of them.
+  """
+  del size, mtime_ns  # Only the cache's key.
+  try:
+    if path.endswith(".gz"):
+      with gzip.open(path, "rb") as stream:
+        return stream.read()
+    with open(path, "rb") as stream:
+      return stream.read()
+  except (OSError, EOFError, zlib.error) as error:
+    raise UserError(f"cannot read IDX file {path} (damaged or truncated?): "
+                    f"{one_line(error)}") from None
 
 
 def read_idx_set(paths: dict[str, str]) -> tuple[np.ndarray, ...]:
