@@ -1,5 +1,6 @@
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -140,6 +141,25 @@ def test_runs_differing_only_in_seed_share_one_compiled_step(tiny_overrides):
   images = [step._batch(setup.spec, *setup.step_inputs(), jnp.asarray(3), rows[0])[0]
             for setup in setups]
   assert not np.allclose(images[0], images[1])
+
+
+def test_an_unrolled_dispatch_of_any_length_has_no_loop(tiny_overrides):
+  # A convolutional model on CPU runs its steps as straight-line code (`should_unroll`):
+  # inside a while loop a convolution ran ~50x slower. `lax.scan(unroll=True)` over a
+  # single step still emits one, and a dispatch plan may hold one-step dispatches.
+  recipe = config.load_recipe("digits", [*tiny_overrides, "student.model=cnn"])
+  dataset = workflow.load_data(recipe)
+  _, model, _ = workflow._build_model(recipe, "student", dataset)
+  setup = step.prepare_training(
+      model=model, images=dataset.x_train, labels=dataset.y_train,
+      objective=make_objective("hard"), teaching=None,
+      settings=config.TrainSettings.of(recipe, "student"), augment_settings=None, seed=0)
+  assert setup.spec.unroll == (jax.default_backend() == "cpu")
+  for steps in (1, 2):
+    rows = next(setup.feeder.dispatches([(0, steps)]))
+    program = setup.chunk_fn.lower(setup.state, *setup.step_inputs(),
+                                   setup.feeder.rows_like(rows)).as_text()
+    assert ("stablehlo.while" in program) == (not setup.spec.unroll), steps
 
 
 @pytest.mark.parametrize("rows, batch_size", [(150, 64), (7, 256), (128, 32)])
