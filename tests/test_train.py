@@ -119,20 +119,23 @@ def test_same_seed_same_result(tmp_path, tiny_overrides):
   assert records("a") == records("b") and len(records("a")) == 2
 
 
+def _prepared(overrides, role, *, seed, augment):
+  """`step.prepare_training` for a fresh digits `role` model on hard labels."""
+  recipe = config.load_recipe("digits", overrides)
+  dataset = workflow.load_data(recipe)
+  _, model, _ = workflow._build_model(recipe, role, dataset)
+  return step.prepare_training(
+      model=model, images=dataset.x_train, labels=dataset.y_train,
+      objective=make_objective("hard"), teaching=None,
+      settings=config.TrainSettings.of(recipe, role),
+      augment_settings=recipe["augment"] if augment else None, seed=seed)
+
+
 def test_runs_differing_only_in_seed_share_one_compiled_step(tiny_overrides):
   # The seed reaches the step as an argument, not as a constant of its program: a second
   # seed (an ensemble's next teacher, a sweep's next run) finds the first one's program in
   # the compilation cache. The seed still decides the augmentation.
-  recipe = config.load_recipe("digits", tiny_overrides)
-  dataset = workflow.load_data(recipe)
-  setups = []
-  for seed in (0, 1):
-    _, model, _ = workflow._build_model(recipe, "teacher", dataset)
-    setups.append(step.prepare_training(
-        model=model, images=dataset.x_train, labels=dataset.y_train,
-        objective=make_objective("hard"), teaching=None,
-        settings=config.TrainSettings.of(recipe, "teacher"),
-        augment_settings=recipe["augment"], seed=seed))
+  setups = [_prepared(tiny_overrides, "teacher", seed=seed, augment=True) for seed in (0, 1)]
   rows = next(setups[0].feeder.dispatches([(0, 5)]))
   programs = [setup.chunk_fn.lower(setup.state, *setup.step_inputs(),
                                    setup.feeder.rows_like(rows)).as_text()
@@ -147,13 +150,7 @@ def test_an_unrolled_dispatch_of_any_length_has_no_loop(tiny_overrides):
   # A convolutional model on CPU runs its steps as straight-line code (`should_unroll`):
   # inside a while loop a convolution ran ~50x slower. `lax.scan(unroll=True)` over a
   # single step still emits one, and a dispatch plan may hold one-step dispatches.
-  recipe = config.load_recipe("digits", [*tiny_overrides, "student.model=cnn"])
-  dataset = workflow.load_data(recipe)
-  _, model, _ = workflow._build_model(recipe, "student", dataset)
-  setup = step.prepare_training(
-      model=model, images=dataset.x_train, labels=dataset.y_train,
-      objective=make_objective("hard"), teaching=None,
-      settings=config.TrainSettings.of(recipe, "student"), augment_settings=None, seed=0)
+  setup = _prepared([*tiny_overrides, "student.model=cnn"], "student", seed=0, augment=False)
   assert setup.spec.unroll == (jax.default_backend() == "cpu")
   for steps in (1, 2):
     rows = next(setup.feeder.dispatches([(0, steps)]))
