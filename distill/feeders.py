@@ -57,16 +57,26 @@ class DataOrder:
 
   def indices(self, first_step: int, count: int) -> np.ndarray:
     """Indices [count, batch_size] for steps first_step .. first_step+count-1."""
-    rows = []
-    for step in range(first_step, first_step + count):
+    # One slice per epoch the steps fall in, not one per step: a small model's dispatch
+    # takes about a millisecond, and the loop makes these between dispatches.
+    parts = []
+    step, end = first_step, first_step + count
+    while step < end:
       epoch, position = divmod(step, self.steps_per_epoch)
-      if epoch != self._epoch:
-        rng = np.random.default_rng([self.seed, epoch])
-        self._permutation = rng.permutation(self.num_examples).astype(np.int32)
-        self._epoch = epoch
+      steps = min(end - step, self.steps_per_epoch - position)
       start = position * self.batch_size
-      rows.append(self._permutation[start:start + self.batch_size])
-    return np.stack(rows)
+      parts.append(self._epoch_permutation(epoch)[start:start + steps * self.batch_size]
+                   .reshape(steps, self.batch_size))
+      step += steps
+    return np.concatenate(parts)
+
+  def _epoch_permutation(self, epoch: int) -> np.ndarray:
+    """The order of the examples in `epoch` (the latest one is kept)."""
+    if epoch != self._epoch:
+      rng = np.random.default_rng([self.seed, epoch])
+      self._permutation = rng.permutation(self.num_examples).astype(np.int32)
+      self._epoch = epoch
+    return self._permutation
 
   def local_indices(self, first_step: int, count: int) -> np.ndarray:
     """This process's share [count, B / processes] of the batches of `count` steps."""

@@ -24,6 +24,9 @@ def test_data_order_is_a_pure_function_of_seed_and_step():
   # Asking again from the middle (as a resumed run does) gives the same batches.
   again = DataOrder(100, 8, seed=1).indices(17, 13)
   np.testing.assert_array_equal(full[17:], again)
+  # Many steps at once (crossing epochs at steps 12 and 24) give what step by step gives.
+  one_by_one = DataOrder(100, 8, seed=1)
+  np.testing.assert_array_equal(full, np.concatenate([one_by_one.indices(s, 1) for s in range(30)]))
   # Within an epoch (12 steps of 8 out of 100) no example repeats.
   assert len(set(full[:12].ravel())) == 96
   assert not np.array_equal(full, DataOrder(100, 8, seed=2).indices(0, 30))
