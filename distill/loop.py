@@ -45,7 +45,9 @@ class RunStats:
   init_loss_expected: float | None  # None: not checked (a fine-tuned model)
   final_train_loss: float
   steps: int
-  train_seconds: float  # all stretches of a resumed run, compilation excluded
+  # All stretches of a resumed run, compilation excluded; with `fit`'s `final_write`,
+  # up to the final checkpoint's hand-over to Orbax, not its write.
+  train_seconds: float
   compile_seconds: float  # this stretch's
   images_per_second: float  # this stretch's
   resumed_from: int | None
@@ -58,7 +60,8 @@ def fit(*, model: nnx.Module, images, labels: np.ndarray, val_images, val_labels
         check_init: bool = True, quiet: bool = False,
         echo: Callable[[str], None] = print,
         warn: Callable[[str], None] = print,
-        stats_images=None) -> tuple[TrainedModel, RunStats]:
+        stats_images=None,
+        final_write: contextlib.ExitStack | None = None) -> tuple[TrainedModel, RunStats]:
   """Trains `model`, resuming from a checkpoint in `workdir`; returns it trained, and its stats.
 
   Args:
@@ -80,6 +83,10 @@ def fit(*, model: nnx.Module, images, labels: np.ndarray, val_images, val_labels
     echo, warn: where to print normal and loud messages.
     stats_images: where the pixel statistics come from, when not `images`
       (see `prepare_training`).
+    final_write: where to wait for the final checkpoint's write. Given, a run
+      that finishes returns as soon as Orbax has the state, and closing the
+      stack waits for the files, so the caller's evaluation overlaps the
+      write; None: `fit` waits. A run that stops early always waits.
   """
   setup = prepare_training(model=model, images=images, labels=labels, objective=objective,
                            teaching=teaching, settings=settings,
@@ -93,6 +100,7 @@ def fit(*, model: nnx.Module, images, labels: np.ndarray, val_images, val_labels
   if start_step == 0:  # A resumed run's event files already hold step 0.
     run.tensorboard.init_loss(init_loss, expected)
   last_train_loss = init_loss
+  finished = False
   try:
     with _StopFlag() as stop, contextlib.closing(setup.feeder.dispatches(run.plan)) as feed:
       for (first, count), rows in zip(run.plan, feed, strict=True):
@@ -120,8 +128,9 @@ def fit(*, model: nnx.Module, images, labels: np.ndarray, val_images, val_labels
           raise UserError(
               f"stopped by {stop.signal_name} at step {step}; checkpoint saved. "
               "Run the same command again to resume.", exit_code=130)
+    finished = True
   finally:
-    run.close()
+    run.close(final_write if finished else None)
   jax.block_until_ready(run.state)
   seconds = run.stretch_seconds()
   stats = RunStats(
@@ -368,12 +377,19 @@ class _Run:
     # The event files keep up with the checkpoints: a killed run loses no more of them.
     self.tensorboard.flush()
 
-  def close(self) -> None:
-    """However the loop ended: the bar and the checkpoints (waiting for a save) are closed."""
+  def close(self, final_write: contextlib.ExitStack | None = None) -> None:
+    """However the loop ended: the bar, the event files and the checkpoints are closed.
+
+    Closing the checkpoints waits for the last save's write: now, or when
+    `final_write` closes.
+    """
     if self._progress is not None:
       self._progress.close()
     self.tensorboard.close()
-    self.checkpointer.close()
+    if final_write is None:
+      self.checkpointer.close()
+    else:
+      final_write.callback(self.checkpointer.close)
 
 
 def dispatch_plan(start: int, total: int, per_dispatch: int,

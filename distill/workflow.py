@@ -6,6 +6,7 @@ same from Python. What a run directory holds is described in `distill.rundir`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import platform
 import time
@@ -231,27 +232,27 @@ def _fit_and_evaluate(role: str, recipe: dict[str, Any], dataset, model_name: st
     meta["aux_shapes"] = {name: list(value.shape)
                           for name, value in objective.init_aux().items()}
   images, labels = training_rows(dataset, objective, console)
-  trained, stats = fit(
-      model=model, images=images, labels=labels, teaching=teaching,
-      val_images=dataset.x_val, val_labels=dataset.y_val, objective=objective,
-      settings=settings, augment_settings=augment_settings, workdir=workdir, seed=recipe["seed"],
-      checkpoint_meta=meta,
-      strict_init_check=strict_init_check, check_init=check_init, quiet=console.quiet,
-      echo=console.info,
-      warn=console.warn,
-      # Unlabelled images count too: a restored model normalises by the whole split.
-      stats_images=dataset.x_train)
-  batch = settings.eval_batch_size
-  val = _evaluate(trained, dataset.x_val, dataset.y_val, batch)
-  test = _evaluate(trained, dataset.x_test, dataset.y_test, batch)
+  # The final checkpoint is written while the model is evaluated.
+  with contextlib.ExitStack() as final_write:
+    trained, stats = fit(
+        model=model, images=images, labels=labels, teaching=teaching,
+        val_images=dataset.x_val, val_labels=dataset.y_val, objective=objective,
+        settings=settings, augment_settings=augment_settings, workdir=workdir,
+        seed=recipe["seed"], checkpoint_meta=meta, strict_init_check=strict_init_check,
+        check_init=check_init, quiet=console.quiet, echo=console.info, warn=console.warn,
+        # Unlabelled images count too: a restored model normalises by the whole split.
+        stats_images=dataset.x_train, final_write=final_write)
+    batch = settings.eval_batch_size
+    val = _evaluate(trained, dataset.x_val, dataset.y_val, batch)
+    test = _evaluate(trained, dataset.x_test, dataset.y_test, batch)
+    write_npz(workdir / PREDICTIONS_FILE,
+              {"test_logits": test["logits"], "val_logits": val["logits"]})
   summary = _base_summary(role, model_name, num_params, dataset, recipe, trained, stats, val,
                           test, time.perf_counter() - start)
   if dataset.partly_labelled:
     # How many labels this run learned from: the rows it trained on, when its objective
     # reads their labels; none when it learned from the teacher alone.
     summary["labels_used"] = len(labels) if objective.reads_labels else 0
-  write_npz(workdir / PREDICTIONS_FILE,
-            {"test_logits": test["logits"], "val_logits": val["logits"]})
   return trained, test, summary
 
 

@@ -1,3 +1,4 @@
+import contextlib
 import json
 
 import jax
@@ -7,6 +8,7 @@ import pytest
 from flax import nnx
 
 from distill import config, loop, losses, parallel, step, workflow
+from distill.checkpoint import Checkpointer
 from distill.data import load_dataset
 from distill.errors import UserError
 from distill.feeders import DataOrder, pixel_stats
@@ -120,6 +122,32 @@ def test_same_seed_same_result(tmp_path, tiny_overrides):
             for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
 
   assert records("a") == records("b") and len(records("a")) == 2
+
+
+def test_the_final_checkpoint_is_written_while_the_caller_goes_on(tmp_path, tiny_overrides,
+                                                                   monkeypatch):
+  # With `final_write`, a finished run leaves the wait for its last save to the caller, and the
+  # checkpoint is whole once the caller's stack closes; a run that stops early waits itself.
+  waited = []
+  close = Checkpointer.close
+  monkeypatch.setattr(Checkpointer, "close", lambda self: (waited.append(self.directory),
+                                                           close(self))[-1])
+  finished = [*tiny_overrides, "teacher.steps=20", "teacher.model=mlp", "teacher.mlp.hidden=[16]"]
+  with contextlib.ExitStack() as final_write:
+    trained, _ = _fit(tmp_path / "finished", finished, final_write=final_write)
+    assert waited == []
+  assert waited == [tmp_path.resolve() / "finished" / "checkpoints"]
+  restored, step_saved = workflow.restore_trained(
+      tmp_path / "finished", config.load_recipe("digits", finished), "teacher",
+      workflow.load_data(config.load_recipe("digits", finished)))
+  assert step_saved == 20 and restored.params_sha256() == trained.params_sha256()
+
+  waited.clear()
+  with contextlib.ExitStack() as final_write:
+    with pytest.raises(UserError, match="training diverged"):
+      _fit(tmp_path / "diverged", [*finished, "teacher.learning_rate=1e30",
+                                   "teacher.grad_clip=0.0"], final_write=final_write)
+    assert waited == [tmp_path.resolve() / "diverged" / "checkpoints"]
 
 
 def _prepared(overrides, role, *, seed, augment):
