@@ -15,6 +15,10 @@ if ! $bin/python -c "import torch" 2>/dev/null; then
   # The CPU wheel; kept out of distill's own dependencies.
   $bin/pip install --quiet torch==2.13.0
 fi
+# Every process timed here, PyTorch's included, runs with the allocator setting the `distill`
+# command starts itself with (huge pages for XLA's scratch buffers: distill/launcher.py).
+tunables=$($bin/python -c "from distill import launcher; e = launcher.huge_page_environment(); print((e or {}).get('GLIBC_TUNABLES', ''))")
+if [ -n "$tunables" ]; then export GLIBC_TUNABLES=$tunables; fi
 # The CPU model goes beside every figure: speeds differ between CPU types (AMD, Intel).
 cpu=$(grep -m1 "model name" /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || true)
 cpu="${cpu:-$(uname -m)}, $(nproc) cores"

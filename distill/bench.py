@@ -26,6 +26,7 @@ import numpy as np
 from distill import backend
 from distill import config as config_lib
 from distill.errors import UserError
+from distill.launcher import huge_pages_in_use
 
 
 def synthetic_images(num_examples: int, image_shape: tuple[int, int, int], num_classes: int,
@@ -148,6 +149,7 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int |
       "devices": jax.device_count(),
       "jax_version": jax.__version__,
       "backend_choices": backend.choices().as_dict(),
+      "huge_pages": huge_pages_in_use(),
   }
 
 

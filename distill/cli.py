@@ -610,4 +610,7 @@ def predict(source, more_images, images, top_k, as_json):
 
 
 if __name__ == "__main__":
+  from distill.launcher import restart_with_huge_pages
+
+  restart_with_huge_pages()  # As the `distill` command does (see `distill.launcher`).
   main()

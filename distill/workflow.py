@@ -21,6 +21,7 @@ from distill.console import Console
 from distill.errors import UserError
 from distill.export import export_targets, teacher_identity
 from distill.io import read_json, write_json, write_npz
+from distill.launcher import huge_pages_in_use
 from distill.rundir import PREDICTIONS_FILE, RECIPE_FILE, SUMMARY_FILE, check_workdir
 
 
@@ -186,6 +187,7 @@ def _base_summary(role: str, model_name: str, num_params: int, dataset, recipe, 
       "processes": jax.process_count(),
       "backend": jax.default_backend(),
       "jax_version": jax.__version__,
+      "huge_pages": huge_pages_in_use(),
       "host": platform.node(),
   }
 
