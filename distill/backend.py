@@ -148,8 +148,8 @@ def jit(fun, **kwargs):
 # JAX's persistent compilation cache, for the `distill` command, in at most 1 GiB (the least
 # recently used go first). A 20-step run of the default teacher: 54 s of compiling and 109 s
 # wall the first time, 25 s and 80 s the next (what is left is tracing and lowering, which
-# JAX redoes, and loading the cached executable: most of it for this teacher's ten unrolled
-# steps, 48 of 57 s in a profile taken while the VM ran slowly).
+# JAX redoes, and loading the cached executable: most of it when this teacher ran ten unrolled
+# steps a dispatch, 48 of 57 s in a profile taken while the VM ran slowly).
 COMPILATION_CACHE_ENV = "DISTILL_COMPILATION_CACHE"
 _COMPILATION_CACHE_MAX_BYTES = 1 << 30
 # Every program is kept, not only those that took a second to compile (JAX's default): a
