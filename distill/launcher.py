@@ -42,7 +42,7 @@ def restart_environment(environ: Mapping[str, str], glibc_version: str | None,
       or _RESTARTED_ENV in environ):
     return None
   tunables = environ.get("GLIBC_TUNABLES", "")
-  if TUNABLE in tunables or thp_mode != "madvise" or not _at_least(glibc_version, (2, 35)):
+  if TUNABLE in tunables or not _tunable_gives_huge_pages(glibc_version, thp_mode):
     return None
   return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, [tunables, f"{TUNABLE}=1"])),
           _RESTARTED_ENV: "1"}
@@ -52,7 +52,7 @@ def huge_pages_in_use(environ: Mapping[str, str] | None = None) -> bool:
   """Whether this process's large allocations get transparent huge pages (see the module)."""
   environ = os.environ if environ is None else environ
   mode = _thp_mode()
-  return mode == "always" or (mode == "madvise" and _at_least(_glibc_version(), (2, 35))
+  return mode == "always" or (_tunable_gives_huge_pages(_glibc_version(), mode)
                               and f"{TUNABLE}=1" in environ.get("GLIBC_TUNABLES", "").split(":"))
 
 
@@ -99,6 +99,11 @@ def _thp_mode() -> str | None:
     return None
   start, end = text.find("["), text.find("]")
   return text[start + 1:end] if 0 <= start < end else None
+
+
+def _tunable_gives_huge_pages(glibc_version: str | None, thp_mode: str | None) -> bool:
+  """Whether the tunable decides: glibc 2.35 or newer, and huge pages left to `madvise`."""
+  return thp_mode == "madvise" and _at_least(glibc_version, (2, 35))
 
 
 def _at_least(version: str | None, minimum: tuple[int, int]) -> bool:
