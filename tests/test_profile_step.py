@@ -1,4 +1,4 @@
-"""benchmarks/profile_step.py and gemm_shapes.py: where a step's time goes."""
+"""benchmarks/profile_step.py, gemm_shapes.py and ab_step.py: where a step's time goes."""
 
 from __future__ import annotations
 
@@ -41,3 +41,28 @@ def test_gemm_shapes_times_every_matmul_kind_of_each_shape():
     timings = re.findall(r"([\d,.]+) \(([\d,.]+)\)", line)
     assert len(timings) in (3, 5)
     assert all(float(t.replace(",", "")) > 0 for t, _ in timings)
+
+
+def test_ab_step_times_each_variant_in_alternated_windows():
+  result = subprocess.run(
+      [sys.executable, str(ROOT / "benchmarks" / "ab_step.py"), "--recipe", "digits",
+       "--variant", "recipe: teacher.batch_size=16; teacher.steps_per_dispatch=4",
+       "--variant", "changed: teacher.batch_size=16; teacher.steps_per_dispatch=2; "
+                    "backend.transpose_narrow_weight_gradients=false",
+       "--window", "4", "--rounds", "2"],
+      capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = result.stdout.splitlines()
+  assert [line.split(":")[0] for line in lines if "compiled in" in line] == ["recipe", "changed"]
+  assert sum(line.startswith("round ") for line in lines) == 2
+  assert re.search(r"^recipe: median [\d,]+ img/s, 1\.00x of recipe", result.stdout, re.M)
+  assert re.search(r"^changed: median [\d,]+ img/s, [\d.]+x of recipe", result.stdout, re.M)
+
+
+def test_ab_step_names_the_valid_backend_choices():
+  result = subprocess.run(
+      [sys.executable, str(ROOT / "benchmarks" / "ab_step.py"), "--recipe", "digits",
+       "--variant", "a:", "--variant", "b: backend.fast=true"],
+      capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+  assert result.returncode != 0
+  assert "unknown backend choice 'fast'; valid: conv_stem, unroll_conv_scan" in result.stderr

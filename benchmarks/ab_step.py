@@ -1,0 +1,164 @@
+"""Settings A against B in one process: alternated windows of each compiled training step.
+
+Separate `distill bench` processes run minutes apart, and these VMs' speed drifts
+by up to 2x over minutes, so two settings timed that way mostly measure the drift.
+This compiles the role's bare step once per variant, in one process, then times
+equal windows of each in turn (the order reversed every other round) and prints
+each variant's median speed and its median ratio to the first, round by round.
+
+A variant is `NAME: OVERRIDE; OVERRIDE ...`. An override is a recipe `--set`
+(`teacher.steps_per_dispatch=2`) or, with the prefix `backend.`, a field of the
+CPU's `distill.backend.BackendChoices` (`backend.unroll_conv_scan=false`,
+`backend.conv_stem=conv`, `backend.transpose_narrow_weight_gradients=false`,
+`backend.compiler_options=jaxlib` for jaxlib's own XLA defaults, or one option as
+`NAME:VALUE`): the check
+DEVELOPERS.md asks for on a CPU type BENCHMARKS.md has no section for.
+
+    python benchmarks/ab_step.py --recipe fashion_mnist --window 40 --rounds 6 \\
+        --variant "10: teacher.steps_per_dispatch=10" --variant "2: teacher.steps_per_dispatch=2"
+    python benchmarks/ab_step.py --recipe fashion_mnist --role student \\
+        --variant "distill:" --variant "ynn conv: backend.compiler_options=jaxlib"
+
+Run it as `make bench` does, with huge pages for XLA's scratch buffers
+(`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, see `distill/launcher.py`): without
+them every dispatch page-faults its scratch buffer, and settings with fewer
+steps a dispatch lose for that reason alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import statistics
+import time
+from contextlib import closing
+
+
+def parse_variant(text: str) -> tuple[str, list[str], dict[str, object]]:
+  """`NAME: a=1; backend.b=x` -> (name, recipe overrides, backend fields)."""
+  from distill import backend  # noqa: PLC0415
+
+  name, _, body = text.partition(":")
+  overrides, backend_fields = [], {}
+  types = {field.name: field.type for field in dataclasses.fields(backend.BackendChoices)}
+  for item in filter(None, (part.strip() for part in body.split(";"))):
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise SystemExit(f"override {item!r} of variant {name!r} is not KEY=VALUE")
+    if not key.startswith("backend."):
+      overrides.append(item)
+      continue
+    field = key.removeprefix("backend.")
+    if field not in types or field in ("backend", "measured"):
+      valid = ", ".join(f for f in types if f not in ("backend", "measured"))
+      raise SystemExit(f"unknown backend choice {field!r}; valid: {valid}")
+    if field == "compiler_options":
+      if value == "jaxlib":
+        backend_fields[field] = ()
+      elif value == "distill":
+        backend_fields[field] = backend.choices("cpu").compiler_options
+      elif ":" in value:
+        backend_fields[field] = (tuple(value.split(":", 1)),)
+      else:
+        raise SystemExit("backend.compiler_options is 'jaxlib' (XLA's defaults), 'distill' or "
+                         "one XLA option as NAME:VALUE")
+    elif "bool" in str(types[field]):
+      backend_fields[field] = value.lower() in ("1", "true", "yes")
+    elif "int" in str(types[field]):
+      backend_fields[field] = int(value)
+    else:
+      backend_fields[field] = value
+  return name.strip(), overrides, backend_fields
+
+
+@contextlib.contextmanager
+def cpu_choices(fields: dict[str, object]):
+  """`distill.backend`'s CPU choices replaced by `fields` while models are built and compiled."""
+  from distill import backend  # noqa: PLC0415
+
+  original = backend._CPU
+  backend._CPU = dataclasses.replace(original, **fields)
+  backend.compiler_options.cache_clear()
+  try:
+    yield
+  finally:
+    backend._CPU = original
+    backend.compiler_options.cache_clear()
+
+
+def _compiled_step(recipe_name: str, role: str, overrides: list[str],
+                   backend_fields: dict[str, object], window: int):
+  """[setup, compiled step, warmed-up state, the window's rows], and the batch size."""
+  import jax  # noqa: PLC0415
+
+  from distill import bench  # noqa: PLC0415
+  from distill import config as config_lib  # noqa: PLC0415
+  from distill.step import prepare_training  # noqa: PLC0415
+
+  recipe = config_lib.load_recipe(recipe_name, overrides)
+  settings = config_lib.TrainSettings.of(recipe, role)
+  per_dispatch = settings.steps_per_dispatch
+  if window % per_dispatch:
+    raise SystemExit(f"--window {window} is not a multiple of {per_dispatch} steps a dispatch")
+  data = bench._resolve_data(recipe, None)
+  training = bench._training(recipe, role, data, settings, window)
+  with cpu_choices(backend_fields):
+    setup = prepare_training(
+        model=bench._fresh_model(recipe, settings, data), images=data.images,
+        labels=data.labels, objective=training["objective"], teaching=training["teaching"],
+        settings=training["settings"], augment_settings=training["augment_settings"],
+        seed=training["seed"])
+    plan = [(i * per_dispatch, per_dispatch) for i in range(window // per_dispatch)]
+    with closing(setup.feeder.dispatches(plan)) as feed:
+      rows = list(feed)
+    start = time.perf_counter()
+    compiled = setup.compile(setup.state, rows[0])
+    seconds = time.perf_counter() - start
+  state, metrics = setup.run_chunk(compiled, setup.state, rows[0])
+  jax.block_until_ready(metrics)
+  return [setup, compiled, state, rows], settings.batch_size, seconds
+
+
+def main() -> None:
+  """Parses the variants to compare, then times them in alternated windows."""
+  import jax  # noqa: PLC0415
+
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--recipe", default="fashion_mnist")
+  parser.add_argument("--role", choices=("teacher", "student"), default="teacher")
+  parser.add_argument("--variant", action="append", required=True,
+                      help="'NAME: OVERRIDE; ...' (twice or more); an empty body is the recipe")
+  parser.add_argument("--window", type=int, default=40, help="steps per timed window")
+  parser.add_argument("--rounds", type=int, default=6)
+  args = parser.parse_args()
+  variants = [parse_variant(text) for text in args.variant]
+  names = [name for name, _, _ in variants]
+  if len(set(names)) != len(names) or len(names) < 2:
+    parser.error("give two or more --variant, each with its own name")
+  programs, batch_size = {}, 0
+  for name, overrides, backend_fields in variants:
+    programs[name], batch_size, seconds = _compiled_step(
+        args.recipe, args.role, overrides, backend_fields, args.window)
+    print(f"{name}: compiled in {seconds:.1f} s", flush=True)
+  speeds = {name: [] for name in names}
+  for round_index in range(args.rounds):
+    for name in names if round_index % 2 == 0 else names[::-1]:
+      setup, compiled, state, rows = programs[name]
+      start = time.perf_counter()
+      for chunk in rows:
+        state, metrics = setup.run_chunk(compiled, state, chunk)
+      jax.block_until_ready((state, metrics))
+      speeds[name].append(args.window * batch_size / (time.perf_counter() - start))
+      programs[name][2] = state
+    print(f"round {round_index}: " + ", ".join(f"{name}: {speeds[name][-1]:,.0f} img/s"
+                                               for name in names), flush=True)
+  base = names[0]
+  for name in names:
+    ratios = [a / b for a, b in zip(speeds[name], speeds[base], strict=True)]
+    print(f"{name}: median {statistics.median(speeds[name]):,.0f} img/s, "
+          f"{statistics.median(ratios):.2f}x of {base} ({min(ratios):.2f}-{max(ratios):.2f})")
+
+
+if __name__ == "__main__":
+  main()
