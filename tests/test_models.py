@@ -194,6 +194,33 @@ def test_max_pool_2x2_is_nnx_max_pool_bit_for_bit(shape):
     np.testing.assert_array_equal(pull_back(grad_pooled)[0], expected_pull_back(grad_pooled)[0])
 
 
+@pytest.mark.parametrize(("shape", "groups", "dtype"), [
+    ((4, 6, 6, 16), 8, jnp.float32), ((2, 5, 3, 6), 3, jnp.float32), ((3, 4, 4, 8), 8, None)])
+def test_group_norm_is_nnx_group_norm(shape, groups, dtype):
+  # The conv stages' GroupNorm sums its statistics per channel first (faster on
+  # XLA:CPU): the same function and parameters as flax's, to round-off.
+  from distill.models.cnn import GroupNorm  # noqa: PLC0415
+
+  ours = GroupNorm(shape[-1], num_groups=groups, dtype=dtype, rngs=nnx.Rngs(0))
+  flax_norm = nnx.GroupNorm(shape[-1], num_groups=groups, dtype=dtype, rngs=nnx.Rngs(0))
+  for module in (ours, flax_norm):  # scale and bias away from 1 and 0
+    module.scale[...] = jnp.linspace(0.5, 2.0, shape[-1])
+    module.bias[...] = jnp.linspace(-1.0, 1.0, shape[-1])
+  assert jax.tree.structure(nnx.state(ours)) == jax.tree.structure(nnx.state(flax_norm))
+  images = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), shape)
+
+  def loss(module, x):
+    return jnp.sum(jnp.sin(module(x)))
+
+  np.testing.assert_allclose(ours(images), flax_norm(images), rtol=1e-5, atol=1e-5)
+  ours_grads = nnx.grad(loss, argnums=(0, 1))(ours, images)
+  flax_grads = nnx.grad(loss, argnums=(0, 1))(flax_norm, images)
+  np.testing.assert_allclose(ours_grads[1], flax_grads[1], rtol=1e-4, atol=1e-4)
+  for name in ("scale", "bias"):
+    np.testing.assert_allclose(ours_grads[0][name][...], flax_grads[0][name][...],
+                               rtol=1e-4, atol=1e-4)
+
+
 def test_conv_stem_vit_has_no_convolution_and_is_scanned():
   # Convolutions inside lax.scan are slow on XLA:CPU, so such models are
   # unrolled; the matmul stem keeps the ViT teacher on the (cheaper) scan.

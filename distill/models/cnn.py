@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax import lax
 
 from distill.errors import UserError
 from distill.models import register
@@ -55,6 +56,51 @@ def _max_pool_2x2_backward(residuals, grad_pooled):
 max_pool_2x2.defvjp(_max_pool_2x2_forward, _max_pool_2x2_backward)
 
 
+class GroupNorm(nnx.GroupNorm):
+  """`nnx.GroupNorm` over [B, H, W, C], its statistics summed per channel first.
+
+  Flax sums each group's statistics over a [B, H, W, groups, C/groups] view,
+  whose reduced axes straddle the kept one. On XLA:CPU (an AMD EPYC, 2 cores)
+  that took 10.6 ms forward and backward for a 128x28x28x32 activation in 8
+  groups, against 6.5 ms for the same statistics summed over the pixels of
+  each channel ([B, H·W, C] -> [B, C], contiguous rows) and then over each
+  group's channels; the CNN student's step ran 1.05x faster. Same parameters
+  and paths as `nnx.GroupNorm`, so checkpoints load either way; the sums run
+  in another order, so results move in the last bits.
+  """
+
+  def __call__(self, x, *, mask=None):
+    """Normalizes x [B, H, W, C] by the mean and variance of each image's channel groups."""
+    if mask is not None or self.axis_name is not None or self.reduction_axes is not None:
+      return super().__call__(x, mask=mask)
+    batch, channels = x.shape[0], x.shape[-1]
+    x, scale, bias = self.promote_dtype(
+        (x, self.scale[...] if self.scale else None, self.bias[...] if self.bias else None),
+        dtype=self.dtype)
+    # Statistics in at least float32, as flax computes them.
+    rows = jnp.asarray(x, jnp.promote_types(x.dtype, jnp.float32)).reshape(batch, -1, channels)
+    count = rows.shape[1] * self.group_size
+
+    def group_sums(per_channel_BxC):
+      return per_channel_BxC.reshape(batch, self.num_groups, self.group_size).sum(-1)
+
+    def per_channel(per_group_BxG):  # [B, groups] -> [B, 1, 1, C], broadcasting against x
+      return jnp.repeat(per_group_BxG, self.group_size, axis=1).reshape(
+          batch, *([1] * (x.ndim - 2)), channels)
+
+    mean = group_sums(rows.sum(1)) / count
+    mean_of_squares = group_sums((rows * rows).sum(1)) / count
+    # E[x²] - E[x]², clipped at 0 against round-off, as flax's fast variance computes it.
+    variance = jnp.maximum(0.0, mean_of_squares - mean * mean)
+    multiplier = lax.rsqrt(per_channel(variance) + self.epsilon)
+    if scale is not None:
+      multiplier = multiplier * scale
+    y = (x - per_channel(mean)) * multiplier
+    if bias is not None:
+      y = y + bias
+    return jnp.asarray(y, self.dtype)
+
+
 class ConvStages(nnx.Module):
   """Stages of (3x3 conv + GroupNorm + ReLU) x blocks, a 2x2 max-pool between stages.
 
@@ -77,7 +123,7 @@ class ConvStages(nnx.Module):
       for _ in range(blocks_per_stage):
         convs.append(nnx.Conv(in_channels, out_channels, (3, 3), use_bias=False, dtype=dtype,
                               rngs=rngs))
-        norms.append(nnx.GroupNorm(out_channels, num_groups=min(8, out_channels),
+        norms.append(GroupNorm(out_channels, num_groups=min(8, out_channels),
                                    dtype=jnp.float32, rngs=rngs))
         in_channels = out_channels
     self.convs = nnx.List(convs)
