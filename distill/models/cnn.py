@@ -71,8 +71,9 @@ class GroupNorm(nnx.GroupNorm):
 
   def __call__(self, x, *, mask=None):
     """Normalizes x [B, H, W, C] by the mean and variance of each image's channel groups."""
-    if mask is not None or self.axis_name is not None or self.reduction_axes is not None:
-      return super().__call__(x, mask=mask)
+    if (mask is not None or self.axis_name is not None or self.reduction_axes is not None
+        or not self.use_fast_variance):
+      return super().__call__(x, mask=mask)  # settings the conv stages never use: flax's path
     batch, channels = x.shape[0], x.shape[-1]
     x, scale, bias = self.promote_dtype(
         (x, self.scale[...] if self.scale else None, self.bias[...] if self.bias else None),
