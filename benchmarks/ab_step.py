@@ -31,8 +31,6 @@ import argparse
 import contextlib
 import dataclasses
 import statistics
-import time
-from contextlib import closing
 
 
 def parse_variant(text: str) -> tuple[str, list[str], dict[str, object]]:
@@ -41,7 +39,9 @@ def parse_variant(text: str) -> tuple[str, list[str], dict[str, object]]:
 
   name, _, body = text.partition(":")
   overrides, backend_fields = [], {}
-  types = {field.name: field.type for field in dataclasses.fields(backend.BackendChoices)}
+  current = backend.choices("cpu")
+  settable = [field.name for field in dataclasses.fields(current)
+              if field.name not in ("backend", "measured")]
   for item in filter(None, (part.strip() for part in body.split(";"))):
     key, sep, value = item.partition("=")
     if not sep:
@@ -50,25 +50,23 @@ def parse_variant(text: str) -> tuple[str, list[str], dict[str, object]]:
       overrides.append(item)
       continue
     field = key.removeprefix("backend.")
-    if field not in types or field in ("backend", "measured"):
-      valid = ", ".join(f for f in types if f not in ("backend", "measured"))
-      raise SystemExit(f"unknown backend choice {field!r}; valid: {valid}")
+    if field not in settable:
+      raise SystemExit(f"unknown backend choice {field!r}; valid: {', '.join(settable)}")
+    kind = type(getattr(current, field))
     if field == "compiler_options":
       if value == "jaxlib":
         backend_fields[field] = ()
       elif value == "distill":
-        backend_fields[field] = backend.choices("cpu").compiler_options
+        backend_fields[field] = current.compiler_options
       elif ":" in value:
         backend_fields[field] = (tuple(value.split(":", 1)),)
       else:
         raise SystemExit("backend.compiler_options is 'jaxlib' (XLA's defaults), 'distill' or "
                          "one XLA option as NAME:VALUE")
-    elif "bool" in str(types[field]):
+    elif kind is bool:
       backend_fields[field] = value.lower() in ("1", "true", "yes")
-    elif "int" in str(types[field]):
-      backend_fields[field] = int(value)
     else:
-      backend_fields[field] = value
+      backend_fields[field] = kind(value)  # int or str, as the field holds
   return name.strip(), overrides, backend_fields
 
 
@@ -89,41 +87,20 @@ def cpu_choices(fields: dict[str, object]):
 
 def _compiled_step(recipe_name: str, role: str, overrides: list[str],
                    backend_fields: dict[str, object], window: int):
-  """[setup, compiled step, warmed-up state, the window's rows], and the batch size."""
-  import jax  # noqa: PLC0415
-
+  """The role's step under one variant, compiled and warmed up (`bench.compiled_step`)."""
   from distill import bench  # noqa: PLC0415
   from distill import config as config_lib  # noqa: PLC0415
-  from distill.step import prepare_training  # noqa: PLC0415
 
   recipe = config_lib.load_recipe(recipe_name, overrides)
-  settings = config_lib.TrainSettings.of(recipe, role)
-  per_dispatch = settings.steps_per_dispatch
+  per_dispatch = config_lib.TrainSettings.of(recipe, role).steps_per_dispatch
   if window % per_dispatch:
     raise SystemExit(f"--window {window} is not a multiple of {per_dispatch} steps a dispatch")
-  data = bench._resolve_data(recipe, None)
-  training = bench._training(recipe, role, data, settings, window)
-  with cpu_choices(backend_fields):
-    setup = prepare_training(
-        model=bench._fresh_model(recipe, settings, data), images=data.images,
-        labels=data.labels, objective=training["objective"], teaching=training["teaching"],
-        settings=training["settings"], augment_settings=training["augment_settings"],
-        seed=training["seed"])
-    plan = [(i * per_dispatch, per_dispatch) for i in range(window // per_dispatch)]
-    with closing(setup.feeder.dispatches(plan)) as feed:
-      rows = list(feed)
-    start = time.perf_counter()
-    compiled = setup.compile(setup.state, rows[0])
-    seconds = time.perf_counter() - start
-  state, metrics = setup.run_chunk(compiled, setup.state, rows[0])
-  jax.block_until_ready(metrics)
-  return [setup, compiled, state, rows], settings.batch_size, seconds
+  with cpu_choices(backend_fields):  # the model is built and its step compiled under them
+    return bench.compiled_step(recipe, role=role, steps=window)
 
 
 def main() -> None:
   """Parses the variants to compare, then times them in alternated windows."""
-  import jax  # noqa: PLC0415
-
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--recipe", default="fashion_mnist")
   parser.add_argument("--role", choices=("teacher", "student"), default="teacher")
@@ -136,21 +113,14 @@ def main() -> None:
   names = [name for name, _, _ in variants]
   if len(set(names)) != len(names) or len(names) < 2:
     parser.error("give two or more --variant, each with its own name")
-  programs, batch_size = {}, 0
+  steps = {}
   for name, overrides, backend_fields in variants:
-    programs[name], batch_size, seconds = _compiled_step(
-        args.recipe, args.role, overrides, backend_fields, args.window)
-    print(f"{name}: compiled in {seconds:.1f} s", flush=True)
+    steps[name] = _compiled_step(args.recipe, args.role, overrides, backend_fields, args.window)
+    print(f"{name}: compiled in {steps[name].compile_seconds:.1f} s", flush=True)
   speeds = {name: [] for name in names}
   for round_index in range(args.rounds):
     for name in names if round_index % 2 == 0 else names[::-1]:
-      setup, compiled, state, rows = programs[name]
-      start = time.perf_counter()
-      for chunk in rows:
-        state, metrics = setup.run_chunk(compiled, state, chunk)
-      jax.block_until_ready((state, metrics))
-      speeds[name].append(args.window * batch_size / (time.perf_counter() - start))
-      programs[name][2] = state
+      speeds[name].append(steps[name].time_rows())
     print(f"round {round_index}: " + ", ".join(f"{name}: {speeds[name][-1]:,.0f} img/s"
                                                for name in names), flush=True)
   base = names[0]

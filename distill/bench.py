@@ -236,6 +236,82 @@ def _training(recipe: dict[str, Any], role: str, data: _BenchData,
           "seed": recipe["seed"]}
 
 
+@dataclasses.dataclass
+class CompiledStep:
+  """A role's K-step function, compiled and run once, with every dispatch's rows made in advance.
+
+  `rows[0]` was the compile-and-warm-up dispatch; `time_rows` runs the others
+  back to back from `state`, which moves on with them.
+  """
+
+  setup: Any
+  compiled: Any
+  state: Any
+  rows: list
+  compile_seconds: float
+  flops_per_step: float | None
+  steps_per_dispatch: int
+  batch_size: int
+
+  @property
+  def steps(self) -> int:
+    """How many steps one `time_rows` call runs."""
+    return (len(self.rows) - 1) * self.steps_per_dispatch
+
+  def time_rows(self) -> float:
+    """Runs `rows[1:]` and waits for them; returns images per second."""
+    import jax  # noqa: PLC0415
+
+    state, metrics = self.state, None
+    start = time.perf_counter()
+    for chunk in self.rows[1:]:
+      state, metrics = self.setup.run_chunk(self.compiled, state, chunk)
+    jax.block_until_ready((state, metrics))
+    self.state = state
+    return self.steps * self.batch_size / (time.perf_counter() - start)
+
+
+def compiled_step(recipe: dict[str, Any], *, role: str, steps: int,
+                  synthetic: str | None = None) -> CompiledStep:
+  """`role`'s step compiled and warmed up as `bare_step` times it, `steps` steps a window.
+
+  For tools that time several compiled steps against each other
+  (`benchmarks/ab_step.py`).
+  """
+  settings = config_lib.TrainSettings.of(recipe, role)
+  data = _resolve_data(recipe, synthetic)
+  return _compile_step(_fresh_model(recipe, settings, data), data, bare_steps=steps,
+                       **_training(recipe, role, data, settings, steps))
+
+
+def _compile_step(model, data: _BenchData, *, bare_steps: int, objective, teaching,
+                  settings: config_lib.TrainSettings, augment_settings, seed: int,
+                  count_flops: bool = False) -> CompiledStep:
+  """Prepares the K-step function, makes every dispatch's rows, compiles and warms it up."""
+  import jax  # noqa: PLC0415
+
+  from distill.step import prepare_training  # noqa: PLC0415
+
+  per_dispatch = settings.steps_per_dispatch
+  dispatches = max(1, bare_steps // per_dispatch)
+  setup = prepare_training(
+      model=model, images=data.images, labels=data.labels, objective=objective,
+      teaching=teaching, settings=settings, augment_settings=augment_settings, seed=seed)
+  # Every dispatch's rows are made (or read) before the clock starts.
+  plan = [(i * per_dispatch, per_dispatch) for i in range(dispatches + 1)]
+  with closing(setup.feeder.dispatches(plan)) as feed:
+    rows = list(feed)
+  flops_per_step = _step_flops(setup, setup.state, rows[0]) if count_flops else None
+  start = time.perf_counter()
+  compiled = setup.compile(setup.state, rows[0])
+  compile_seconds = time.perf_counter() - start
+  state, metrics = setup.run_chunk(compiled, setup.state, rows[0])  # warm-up
+  jax.block_until_ready(metrics)
+  return CompiledStep(setup=setup, compiled=compiled, state=state, rows=rows,
+                      compile_seconds=compile_seconds, flops_per_step=flops_per_step,
+                      steps_per_dispatch=per_dispatch, batch_size=settings.batch_size)
+
+
 def _time_bare_step(model, data: _BenchData, *, bare_steps: int, objective, teaching,
                     settings: config_lib.TrainSettings, augment_settings, seed: int,
                     count_flops: bool = False, keep_hlo: bool = False) -> _BareStep:
@@ -244,39 +320,19 @@ def _time_bare_step(model, data: _BenchData, *, bare_steps: int, objective, teac
   `keep_hlo` keeps the compiled program's HLO text (`benchmarks/profile_step.py` names
   the traced ops from it).
   """
-  import jax  # noqa: PLC0415
-
   from distill.models import count_params  # noqa: PLC0415
-  from distill.step import prepare_training  # noqa: PLC0415
 
-  per_dispatch = settings.steps_per_dispatch
-  dispatches = max(1, bare_steps // per_dispatch)
   num_params = count_params(model)
-  setup = prepare_training(
-      model=model, images=data.images, labels=data.labels, objective=objective,
-      teaching=teaching, settings=settings, augment_settings=augment_settings, seed=seed)
-  # Every dispatch's rows are made (or read) before the clock starts.
-  plan = [(i * per_dispatch, per_dispatch) for i in range(dispatches + 1)]
-  with closing(setup.feeder.dispatches(plan)) as feed:
-    rows = list(feed)
-  state = setup.state
-  flops_per_step = _step_flops(setup, state, rows[0]) if count_flops else None
-  start = time.perf_counter()
-  compiled = setup.compile(state, rows[0])
-  compile_seconds = time.perf_counter() - start
-  state, metrics = setup.run_chunk(compiled, state, rows[0])  # warm-up
-  jax.block_until_ready(metrics)
-  start = time.perf_counter()
-  for chunk in rows[1:]:
-    state, metrics = setup.run_chunk(compiled, state, chunk)
-  jax.block_until_ready((state, metrics))
-  bare_seconds = time.perf_counter() - start
+  step = _compile_step(model, data, bare_steps=bare_steps, objective=objective,
+                       teaching=teaching, settings=settings, augment_settings=augment_settings,
+                       seed=seed, count_flops=count_flops)
+  images_per_second = step.time_rows()
   # The rows, state and setup go with this frame: only the parameters outlive it.
-  return _BareStep(num_params=num_params, steps=dispatches * per_dispatch,
-                   compile_seconds=compile_seconds,
-                   images_per_second=dispatches * per_dispatch * settings.batch_size / bare_seconds,
-                   params=state["params"], predict=setup.predict, flops_per_step=flops_per_step,
-                   hlo_text=compiled.as_text() if keep_hlo else None)
+  return _BareStep(num_params=num_params, steps=step.steps,
+                   compile_seconds=step.compile_seconds, images_per_second=images_per_second,
+                   params=step.state["params"], predict=step.setup.predict,
+                   flops_per_step=step.flops_per_step,
+                   hlo_text=step.compiled.as_text() if keep_hlo else None)
 
 
 def _step_flops(setup, state, rows_K) -> float | None:
