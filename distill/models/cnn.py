@@ -125,7 +125,7 @@ class ConvStages(nnx.Module):
         convs.append(nnx.Conv(in_channels, out_channels, (3, 3), use_bias=False, dtype=dtype,
                               rngs=rngs))
         norms.append(GroupNorm(out_channels, num_groups=min(8, out_channels),
-                                   dtype=jnp.float32, rngs=rngs))
+                               dtype=jnp.float32, rngs=rngs))
         in_channels = out_channels
     self.convs = nnx.List(convs)
     self.norms = nnx.List(norms)
