@@ -8,6 +8,11 @@ operation they came from (unrolled steps' copies of an op add up):
     python benchmarks/profile_step.py --recipe cifar10 --synthetic 32x32x3:50000:10
     python benchmarks/profile_step.py --recipe fashion_mnist --role student --top 20
 
+XLA:CPU's convolution events end when the work is handed to its thread pool; the
+stretch with no op running that follows is charged to the convolution launched
+last before it, listed as `convolution (async)` (the CNN student's convolutions
+are more than half its step, and their events alone show a few percent).
+
 The trace (`*.xplane.pb`, `perfetto_trace.json.gz`) and the compiled HLO stay in
 --out for TensorBoard, Perfetto or a closer look. On XLA:CPU the per-op events
 need `--xla_cpu_enable_xprof_traceme`, which this script adds to XLA_FLAGS
@@ -64,13 +69,52 @@ def op_times(trace_path: Path) -> collections.Counter:
   return totals
 
 
+def _op_events(events: list[dict], threads: dict[tuple, str]) -> list[dict]:
+  """The step's op events on XLA's execution threads (bookkeeping and markers left out)."""
+  return [e for e in events
+          if e.get("ph") == "X" and not _NOT_OPS.search(e["name"])
+          and not e["name"].startswith("ThreadpoolListener")
+          and threads.get((e["pid"], e.get("tid")), "").startswith(("tf_XLAPjRt", "tf_XLAEigen"))]
+
+
+def async_convolution_times(trace_path: Path, hlo_text: str) -> collections.Counter:
+  """Microseconds in which no op ran while a convolution worked, per convolution (XLA:CPU).
+
+  XLA:CPU hands a convolution to its Eigen thread pool and the op's event ends
+  at the hand-over: the work shows in the trace only as a stretch with no op on
+  any thread, until the next op that needs its result starts. Each such gap
+  inside an execution of the program is charged to the convolution launched
+  last before it (op times alone put the CNN student's step at half its wall
+  time). GPU traces time kernels themselves and have no such gaps to charge.
+  """
+  convolutions = set(re.findall(r"%([\w.-]+) = \S+ convolution\(", hlo_text))
+  events = json.load(gzip.open(trace_path))["traceEvents"]
+  ops = sorted(_op_events(events, _thread_names(events)), key=lambda e: e["ts"])
+  executions = [(e["ts"], e["ts"] + e["dur"]) for e in events
+                if e.get("ph") == "X" and e["name"].startswith("ThunkExecutor::Execute (wait")]
+  charged: collections.Counter = collections.Counter()
+  for start, end in executions:
+    inside = [e for e in ops if start <= e["ts"] < end]
+    busy_until, last_convolution = None, None
+    for event in inside:
+      if busy_until is not None and event["ts"] > busy_until and last_convolution:
+        charged[last_convolution] += event["ts"] - busy_until
+      if event["name"] in convolutions:
+        last_convolution = event["name"]
+      busy_until = max(busy_until or 0, event["ts"] + event["dur"])
+  return charged
+
+
 def group_by_origin(totals: collections.Counter, hlo_text: str) -> collections.Counter:
   """Sums ops of one kind, output shape and JAX origin (an unrolled scan copies each op)."""
   groups: collections.Counter = collections.Counter()
   for name, micros in totals.items():
-    match = re.search(r"%" + re.escape(name) + r" = (\S+) .*?op_name=\"([^\"]*)\"", hlo_text)
+    # The instruction's line: its output shape, and the JAX operation in its metadata, if any
+    # (XLA's own ops, such as layout copies and some convolutions' gradients, have none).
+    line = re.search(r"%" + re.escape(name) + r" = (\S+) [^\n]*", hlo_text)
+    origin = re.search(r"op_name=\"([^\"]*)\"", line.group(0)) if line else None
     kind = re.sub(r"\.\d+$", "", name)
-    shape, origin = (match.group(1), match.group(2)) if match else ("", "")
+    shape, origin = (line.group(1) if line else ""), (origin.group(1) if origin else "")
     origin = re.sub(r"^jit\(\w+\)/(while/body/)?(closed_call/)?", "", origin)
     groups[(kind, shape, origin)] += micros
   return groups
@@ -98,12 +142,21 @@ def main() -> None:
   (args.out / "step.hlo.txt").write_text(hlo_text)
 
   # The traced window holds the warm-up dispatch too.
-  traced_steps = bare.steps + config_lib.TrainSettings.of(recipe, args.role).steps_per_dispatch
-  totals = op_times(next(trace_dir.glob("**/perfetto_trace.json.gz")))
+  settings = config_lib.TrainSettings.of(recipe, args.role)
+  traced_steps = bare.steps + settings.steps_per_dispatch
+  # This run's trace: earlier runs into the same --out left theirs beside it.
+  trace_path = max(trace_dir.glob("**/perfetto_trace.json.gz"), key=lambda p: p.stat().st_mtime)
+  totals = op_times(trace_path)
+  waiting = async_convolution_times(trace_path, hlo_text)
   groups = group_by_origin(totals, hlo_text)
-  print(f"{args.recipe} {args.role}: {bare.images_per_second:,.0f} images/s while traced, "
+  for (kind, shape, origin), micros in group_by_origin(waiting, hlo_text).items():
+    groups[(f"{kind} (async)", shape, origin)] += micros
+  print(f"{args.recipe} {args.role}: {bare.images_per_second:,.0f} images/s while traced "
+        f"({1e3 * settings.batch_size / bare.images_per_second:.1f} ms a step), "
         f"ops sum to {sum(totals.values()) / 1e3 / traced_steps:.1f} ms a step "
-        f"(both cores' time added up)")
+        f"(both cores' time added up), convolutions "
+        f"{sum(waiting.values()) / 1e3 / traced_steps:.1f} ms more on the thread pool, after "
+        f"their ops' events ('(async)')")
   for (kind, shape, origin), micros in groups.most_common(args.top):
     print(f"{micros / 1e3 / traced_steps:7.2f} ms  {kind:26s} {shape[:36]:36s} {origin[-70:]}")
   print(f"trace and HLO: {args.out}")

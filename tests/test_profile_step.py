@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import re
 import subprocess
 import sys
@@ -18,13 +20,51 @@ def test_profile_lists_the_steps_ops_with_their_jax_origin(tmp_path):
       capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
   assert result.returncode == 0, result.stderr[-2000:]
   lines = result.stdout.splitlines()
-  assert re.match(r"digits teacher: [\d,]+ images/s while traced, ops sum to [\d.]+ ms", lines[0])
+  assert re.match(r"digits teacher: [\d,]+ images/s while traced \([\d.]+ ms a step\), ops sum to "
+                  r"[\d.]+ ms a step .*, convolutions [\d.]+ ms more", lines[0])
   op_lines = [line for line in lines[1:] if re.match(r"\s*[\d.]+ ms  \S", line)]
   assert len(op_lines) == 5
   # At least one op is traced back to the JAX operation it came from.
   assert any(re.search(r"(dot_general|reduce_sum|add|mul)", line) for line in op_lines)
   assert (tmp_path / "step.hlo.txt").read_text().startswith("HloModule")
   assert list((tmp_path / "trace").glob("**/perfetto_trace.json.gz"))
+
+
+def test_gaps_with_no_op_are_charged_to_the_convolution_in_flight(tmp_path):
+  # XLA:CPU's convolution events end when the work is handed to the thread pool; the
+  # stretch with no op after them is the convolution's, and nothing else's.
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  try:
+    import profile_step  # noqa: PLC0415 (a script, not a package)
+  finally:
+    sys.path.pop(0)
+
+  def event(name, ts, dur, tid=2):
+    return {"ph": "X", "name": name, "ts": ts, "dur": dur, "pid": 1, "tid": tid}
+
+  def thread(tid, name):
+    return {"ph": "M", "name": "thread_name", "pid": 1, "tid": tid, "args": {"name": name}}
+
+  events = [
+      thread(1, "tf_XLAPjRtCpuClient/7"), thread(2, "tf_XLAEigen/3"), thread(3, "python"),
+      event("ThunkExecutor::Execute (wait for completion)", 0, 200, tid=1),
+      event("fusion.1", 5, 5),         # a gap of 10 before any convolution: nobody's
+      event("convolution.2", 20, 1),   # handed over at 21...
+      event("fusion.3", 21, 4),
+      event("PythonRef", 30, 50, tid=3),  # not an XLA thread: does not fill the gap
+      event("fusion.4", 60, 10),       # ...35 with no op (25 to 60): the convolution's
+      event("convolution.5", 70, 2),
+      event("fusion.6", 75, 5),        # 3 after the second convolution
+      event("fusion.7", 300, 5),       # outside the execution: not charged
+  ]
+  trace = tmp_path / "perfetto_trace.json.gz"
+  with gzip.open(trace, "wt") as file:
+    json.dump({"traceEvents": events}, file)
+  hlo = ("%convolution.2 = f32[8,3,3,4]{3,2,1,0} convolution(%a, %b), window={size=3x3}\n"
+         "%convolution.5 = f32[8,4]{1,0} convolution(%c, %d)\n"
+         "%fusion.1 = f32[8]{0} fusion(%e)\n")
+  assert profile_step.async_convolution_times(trace, hlo) == {"convolution.2": 35,
+                                                              "convolution.5": 3}
 
 
 def test_gemm_shapes_times_every_matmul_kind_of_each_shape():
