@@ -18,6 +18,9 @@ DEVELOPERS.md asks for on a CPU type BENCHMARKS.md has no section for.
         --variant "10: teacher.steps_per_dispatch=10" --variant "2: teacher.steps_per_dispatch=2"
     python benchmarks/ab_step.py --recipe fashion_mnist --role student \\
         --variant "distill:" --variant "ynn conv: backend.compiler_options=jaxlib"
+    python benchmarks/ab_step.py --recipe cifar10 --synthetic 32x32x3:50000:10 --role student \\
+        --variant "gathered: student.model=cnn" \\
+        --variant "conv: student.model=cnn; backend.conv_stem=conv"
 
 Run it as `make bench` does, with huge pages for XLA's scratch buffers
 (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, see `distill/launcher.py`): without
@@ -86,7 +89,7 @@ def cpu_choices(fields: dict[str, object]):
 
 
 def _compiled_step(recipe_name: str, role: str, overrides: list[str],
-                   backend_fields: dict[str, object], window: int):
+                   backend_fields: dict[str, object], window: int, synthetic: str | None):
   """The role's step under one variant, compiled and warmed up (`bench.compiled_step`)."""
   from distill import bench  # noqa: PLC0415
   from distill import config as config_lib  # noqa: PLC0415
@@ -96,7 +99,7 @@ def _compiled_step(recipe_name: str, role: str, overrides: list[str],
   if window % per_dispatch:
     raise SystemExit(f"--window {window} is not a multiple of {per_dispatch} steps a dispatch")
   with cpu_choices(backend_fields):  # the model is built and its step compiled under them
-    return bench.compiled_step(recipe, role=role, steps=window)
+    return bench.compiled_step(recipe, role=role, steps=window, synthetic=synthetic)
 
 
 def main() -> None:
@@ -108,6 +111,8 @@ def main() -> None:
                       help="'NAME: OVERRIDE; ...' (twice or more); an empty body is the recipe")
   parser.add_argument("--window", type=int, default=40, help="steps per timed window")
   parser.add_argument("--rounds", type=int, default=6)
+  parser.add_argument("--synthetic", metavar="HxWxC:N:CLASSES",
+                      help="random data of this shape instead of the recipe's, as `distill bench`")
   args = parser.parse_args()
   variants = [parse_variant(text) for text in args.variant]
   names = [name for name, _, _ in variants]
@@ -115,7 +120,8 @@ def main() -> None:
     parser.error("give two or more --variant, each with its own name")
   steps = {}
   for name, overrides, backend_fields in variants:
-    steps[name] = _compiled_step(args.recipe, args.role, overrides, backend_fields, args.window)
+    steps[name] = _compiled_step(args.recipe, args.role, overrides, backend_fields, args.window,
+                                 args.synthetic)
     print(f"{name}: compiled in {steps[name].compile_seconds:.1f} s", flush=True)
   speeds = {name: [] for name in names}
   for round_index in range(args.rounds):
