@@ -72,28 +72,52 @@ def test_an_option_jaxlib_rejects_is_dropped_with_a_warning(monkeypatch):
     backend.compiler_options.cache_clear()
 
 
-def _vit_conv_stem(monkeypatch, conv_stem: str):
+_FEW_CHANNEL_CONV_MODELS = {
+    "vit conv stem": dict(name="vit", patch=7, width=16, depth=1, heads=2, stem="conv"),
+    "cnn": dict(name="cnn", channels=[8, 16], blocks_per_stage=1, head_init_scale=1.0),
+    "vit cnn stem": dict(name="vit", patch=1, width=16, depth=1, heads=2, stem="cnn",
+                         stem_channels=[8, 16], stem_blocks_per_stage=1),
+}
+
+
+def _build_with_conv_stem(monkeypatch, conv_stem: str, settings: dict):
   cpu = dataclasses.replace(backend.choices("cpu"), conv_stem=conv_stem)
   monkeypatch.setattr(backend, "choices", lambda name=None: cpu)
-  return create_model("vit", num_classes=10, image_shape=(28, 28, 1), seed=3, patch=7, width=16,
-                      depth=1, heads=2, stem="conv")
+  settings = dict(settings)
+  return create_model(settings.pop("name"), num_classes=10, image_shape=(28, 28, 1), seed=3,
+                      **settings)
 
 
-def test_both_conv_stems_hold_the_same_weights_and_compute_the_same(monkeypatch):
-  """nnx.Conv and the gathered matmul: same parameters from a seed, same logits."""
-  from distill.models.vit import NeighbourhoodConv  # noqa: PLC0415 (next to its use)
+@pytest.mark.parametrize("model", list(_FEW_CHANNEL_CONV_MODELS))
+def test_both_conv_stems_hold_the_same_weights_and_compute_the_same(monkeypatch, model):
+  """nnx.Conv and the gathered matmul over the image: same parameters from a seed, same logits.
 
-  gathered = _vit_conv_stem(monkeypatch, "gathered")
-  plain = _vit_conv_stem(monkeypatch, "conv")
-  assert isinstance(gathered.stem, NeighbourhoodConv) and type(plain.stem) is nnx.Conv
+  The choice covers the ViT's conv stem and the conv stages' first layer (CNN
+  student, hybrid ViT stem); deeper conv layers stay `nnx.Conv` either way.
+  """
+  from distill.models.cnn import NeighbourhoodConv  # noqa: PLC0415 (next to its use)
+
+  gathered = _build_with_conv_stem(monkeypatch, "gathered", _FEW_CHANNEL_CONV_MODELS[model])
+  plain = _build_with_conv_stem(monkeypatch, "conv", _FEW_CHANNEL_CONV_MODELS[model])
+
+  def convs(module):
+    return [type(m) for _, m in nnx.iter_modules(module)
+            if isinstance(m, (nnx.Conv, NeighbourhoodConv))]
+
+  assert convs(gathered)[0] is NeighbourhoodConv and set(convs(plain)) == {nnx.Conv}
+  assert convs(gathered)[1:] == convs(plain)[1:]
   params_a, params_b = nnx.state(gathered, nnx.Param), nnx.state(plain, nnx.Param)
   assert jax.tree.structure(params_a) == jax.tree.structure(params_b)
   for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
     np.testing.assert_array_equal(a, b)
   images = np.random.default_rng(0).normal(size=(4, 28, 28, 1)).astype(np.float32)
-  np.testing.assert_allclose(gathered(images), plain(images), rtol=1e-4, atol=1e-5)
-  # A real convolution on a backend that unrolls conv scans is unrolled; the gathered one is not.
-  assert step.should_unroll(plain) and not step.should_unroll(gathered)
+  logits = gathered(images)
+  assert float(jnp.abs(logits).max()) > 1e-3 or model != "cnn"  # a non-zero head compares
+  np.testing.assert_allclose(logits, plain(images), rtol=1e-4, atol=1e-5)
+  # A real convolution on a backend that unrolls conv scans is unrolled; a model whose only
+  # convolution is gathered is not.
+  assert step.should_unroll(plain)
+  assert step.should_unroll(gathered) == (len(convs(gathered)) > 1)
 
 
 def test_compilation_cache_folder_follows_the_environment(monkeypatch, tmp_path):

@@ -147,19 +147,26 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(key):
   assert not np.array_equal(np.asarray(logits), np.asarray(reference)) or key == "linear"
 
 
-@pytest.mark.parametrize("channels", [1, 3])
-def test_neighbourhood_conv_is_nnx_conv(channels):
-  # The ViT's stem computes a 'SAME' 3x3 convolution as one matmul; it must draw
-  # the same weights from a seed and give nnx.Conv's outputs and gradients.
+@pytest.mark.parametrize(("channels", "use_bias"), [(1, True), (3, True), (1, False)])
+def test_neighbourhood_conv_is_nnx_conv(channels, use_bias):
+  # The ViT's conv stem and the conv stages' first layer compute a 'SAME' 3x3
+  # convolution as one matmul; it must draw the same weights from a seed (and
+  # no bias key without a bias) and give nnx.Conv's outputs and gradients.
   # Imported here, not at the top: importing a model module registers its models,
   # and the registry loads the built-in ones only while it is still empty.
-  from distill.models.vit import NeighbourhoodConv  # noqa: PLC0415
+  from distill.models.cnn import NeighbourhoodConv  # noqa: PLC0415
 
-  ours = NeighbourhoodConv(channels, 8, 3, rngs=nnx.Rngs(4))
-  conv = nnx.Conv(channels, 8, (3, 3), rngs=nnx.Rngs(4))
+  rngs_ours, rngs_conv = nnx.Rngs(4), nnx.Rngs(4)
+  ours = NeighbourhoodConv(channels, 8, 3, use_bias=use_bias, rngs=rngs_ours)
+  conv = nnx.Conv(channels, 8, (3, 3), use_bias=use_bias, rngs=rngs_conv)
   np.testing.assert_array_equal(ours.kernel[...], conv.kernel[...])
-  bias = jax.random.normal(jax.random.key(1), (8,))
-  ours.bias[...], conv.bias[...] = bias, bias
+  # The next layer's weights come from the same keys.
+  np.testing.assert_array_equal(jax.random.key_data(rngs_ours.params()),
+                                jax.random.key_data(rngs_conv.params()))
+  assert jax.tree.structure(nnx.state(ours)) == jax.tree.structure(nnx.state(conv))
+  if use_bias:
+    bias = jax.random.normal(jax.random.key(1), (8,))
+    ours.bias[...], conv.bias[...] = bias, bias
   images = jax.random.normal(jax.random.key(2), (2, 12, 10, channels))
   np.testing.assert_allclose(ours(images), conv(images), atol=1e-5)
   # The tiled layout the ViT uses: neighbourhoods first, then project any leading shape.
@@ -170,7 +177,7 @@ def test_neighbourhood_conv_is_nnx_conv(channels):
   def loss(module):
     return jnp.sum(jnp.sin(module(images)))
   ours_grads, conv_grads = nnx.grad(loss)(ours), nnx.grad(loss)(conv)
-  for name in ("kernel", "bias"):
+  for name in ("kernel", "bias") if use_bias else ("kernel",):
     np.testing.assert_allclose(ours_grads[name][...], conv_grads[name][...], rtol=1e-4, atol=1e-4)
 
 
@@ -227,7 +234,7 @@ def test_conv_stem_vit_has_no_convolution_and_is_scanned():
   assert not step.should_unroll(_build("vit_conv"))
   assert step.should_unroll(_build("cnn")) == (jax.default_backend() == "cpu")
   assert step.should_unroll(_build("vit_cnn")) == (jax.default_backend() == "cpu")
-  from distill.models.vit import NeighbourhoodConv  # noqa: PLC0415 (see above)
+  from distill.models.cnn import NeighbourhoodConv  # noqa: PLC0415 (see above)
 
   with pytest.raises(UserError, match="kernel size must be odd"):
     NeighbourhoodConv(1, 4, 2, rngs=nnx.Rngs(0))

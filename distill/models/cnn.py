@@ -6,6 +6,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+from distill import backend
 from distill.errors import UserError
 from distill.models import register
 from distill.models.heads import classifier_head, flatten
@@ -13,6 +14,12 @@ from distill.models.heads import classifier_head, flatten
 # Rank of each position of a 2x2 window, first in row-major order highest: the gradient of a
 # window's maximum goes to its first maximal position, as XLA's select-and-scatter sends it.
 _WINDOW_RANK = np.array([[4, 3], [2, 1]], np.int8).reshape(1, 1, 2, 1, 2, 1)
+
+# A first conv over at most this many input channels (an image's: grey, RGB, RGBA) is computed as
+# one matmul of gathered neighbourhoods where the backend chooses so (`NeighbourhoodConv`). Wider
+# inputs make the gathered copy k·k times too large: at 32 and 64 channels it ran 1.5-2x slower
+# than XLA:CPU's convolution.
+GATHERED_MAX_CHANNELS = 4
 
 
 def _windows_2x2(x_BxHxWxC: jax.Array) -> jax.Array:
@@ -102,6 +109,84 @@ class GroupNorm(nnx.GroupNorm):
     return jnp.asarray(y, self.dtype)
 
 
+class NeighbourhoodConv(nnx.Module):
+  """A stride-1, 'SAME'-padded k×k convolution computed as one matmul.
+
+  It gathers each pixel's k×k neighbourhood into a vector ([B, H, W, k·k·C])
+  and multiplies by the kernel. Parameters (`kernel` [k, k, C, F], and `bias`
+  [F] with `use_bias`), their initialisation and the output are those of
+  `nnx.Conv`, so checkpoints of either load into the other.
+
+  Why not `nnx.Conv`, for an input with few channels (an image's), where the
+  gathered input is small: XLA:CPU runs convolutions inside a `lax.scan` body
+  about 13x slower than straight-line code (see `step.should_unroll`), so a ViT
+  whose only convolution is its stem keeps the scanned multi-step dispatch
+  without one (it compiles in seconds instead of tens of seconds and holds one
+  step's activations, not ten). And the kernel gradient of a convolution makes
+  XLA:CPU lay the whole output gradient out batch-last first, where the
+  matmul's is one product of the narrow neighbourhoods with it: the conv
+  stages' first layer over a 1-channel 128x28x28 batch (32 filters) took 5.3
+  ms forward and backward as a convolution and 3.0 ms as this.
+  """
+
+  def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
+               use_bias: bool = True, dtype=None, rngs: nnx.Rngs):
+    if kernel_size % 2 == 0:
+      raise UserError(f"the convolutional stem's kernel size must be odd, got {kernel_size}")
+    self.kernel_size = kernel_size
+    self.dtype = dtype
+    kernel_shape = (kernel_size, kernel_size, in_features, out_features)
+    # Keys drawn in nnx.Conv's order: a seed gives the weights an nnx.Conv stem would get.
+    self.kernel = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), kernel_shape))
+    self.bias = (nnx.Param(nnx.initializers.zeros_init()(rngs.params(), (out_features,)))
+                 if use_bias else None)
+
+  def neighbourhoods(self, images_BxHxWxC: jax.Array) -> jax.Array:
+    """Each pixel's k×k neighbourhood, zero-padded at the borders: [B, H, W, k·k·C]."""
+    (x,) = nnx.nn.dtypes.promote_dtype((images_BxHxWxC,), dtype=self.dtype)
+    k = self.kernel_size
+    _, height, width, _ = x.shape
+    padded = jnp.pad(x, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)))
+    # Concatenated in the kernel's (row, column, channel) order, so the kernel
+    # flattens to the matching [k*k*C, F] matrix. Cross-correlation, like lax.conv.
+    return jnp.concatenate(
+        [padded[:, dy:dy + height, dx:dx + width, :] for dy in range(k) for dx in range(k)],
+        axis=-1)
+
+  def project(self, neighbourhoods: jax.Array, activation=None) -> jax.Array:
+    """[..., k·k·C] neighbourhoods -> [..., F] outputs, then `activation`.
+
+    Any leading layout works.
+    """
+    x, kernel, bias = nnx.nn.dtypes.promote_dtype(
+        (neighbourhoods, self.kernel[...], None if self.bias is None else self.bias[...]),
+        dtype=self.dtype)
+    # One 2-D matmul: its backward pass (kernel and bias gradients summed over
+    # every pixel) then compiles to plain 2-D dots and reductions, which ran 5x
+    # faster on XLA:CPU than the same sums over a [B, T, p, p, F] activation.
+    rows = x.reshape(-1, x.shape[-1]) @ kernel.reshape(-1, kernel.shape[-1])
+    if bias is not None:
+      rows = rows + bias
+    if activation is not None:
+      rows = activation(rows)
+    return rows.reshape(*x.shape[:-1], kernel.shape[-1])
+
+  def __call__(self, images_BxHxWxC: jax.Array) -> jax.Array:
+    return self.project(self.neighbourhoods(images_BxHxWxC))
+
+
+def _conv_3x3(in_channels: int, out_channels: int, *, first: bool, dtype,
+              rngs: nnx.Rngs) -> nnx.Module:
+  """A bias-free 'SAME' 3x3 conv: the gathered matmul over an image's few channels, if chosen.
+
+  Both kinds hold the same `kernel`, drawn alike, so checkpoints load either way.
+  """
+  if (first and in_channels <= GATHERED_MAX_CHANNELS
+      and backend.choices().conv_stem == "gathered"):
+    return NeighbourhoodConv(in_channels, out_channels, 3, use_bias=False, dtype=dtype, rngs=rngs)
+  return nnx.Conv(in_channels, out_channels, (3, 3), use_bias=False, dtype=dtype, rngs=rngs)
+
+
 class ConvStages(nnx.Module):
   """Stages of (3x3 conv + GroupNorm + ReLU) x blocks, a 2x2 max-pool between stages.
 
@@ -122,8 +207,8 @@ class ConvStages(nnx.Module):
     convs, norms = [], []
     for out_channels in channels:
       for _ in range(blocks_per_stage):
-        convs.append(nnx.Conv(in_channels, out_channels, (3, 3), use_bias=False, dtype=dtype,
-                              rngs=rngs))
+        convs.append(_conv_3x3(in_channels, out_channels, first=not convs, dtype=dtype,
+                               rngs=rngs))
         norms.append(GroupNorm(out_channels, num_groups=min(8, out_channels),
                                dtype=jnp.float32, rngs=rngs))
         in_channels = out_channels

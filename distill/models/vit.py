@@ -7,7 +7,7 @@ from flax import nnx
 from distill import backend
 from distill.errors import UserError
 from distill.models import dense, register
-from distill.models.cnn import ConvStages
+from distill.models.cnn import ConvStages, NeighbourhoodConv
 from distill.models.heads import classifier_head
 
 
@@ -32,63 +32,6 @@ class EncoderBlock(nnx.Module):
     x = x + self.attention(self.attention_norm(x))
     hidden = nnx.gelu(self.mlp_in(self.mlp_norm(x)), approximate=not self.exact_gelu)
     return x + self.mlp_out(hidden)
-
-
-class NeighbourhoodConv(nnx.Module):
-  """A stride-1, 'SAME'-padded k×k convolution computed as one matmul.
-
-  It gathers each pixel's k×k neighbourhood into a vector ([B, H, W, k·k·C])
-  and multiplies by the kernel. Parameters (`kernel` [k, k, C, F], `bias` [F]),
-  their initialisation and the output are those of `nnx.Conv`, so checkpoints
-  of either load into the other.
-
-  Why not `nnx.Conv`: for a stem with few input channels the gathered input is
-  small, and XLA:CPU runs convolutions inside a `lax.scan` body about 13x slower
-  than straight-line code (see `step.should_unroll`). Without a convolution the
-  teacher keeps the scanned multi-step dispatch: it compiles in seconds instead of
-  tens of seconds and holds one step's activations, not ten.
-  """
-
-  def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
-               dtype=None, rngs: nnx.Rngs):
-    if kernel_size % 2 == 0:
-      raise UserError(f"the convolutional stem's kernel size must be odd, got {kernel_size}")
-    self.kernel_size = kernel_size
-    self.dtype = dtype
-    kernel_shape = (kernel_size, kernel_size, in_features, out_features)
-    # Keys drawn in nnx.Conv's order: a seed gives the weights an nnx.Conv stem would get.
-    self.kernel = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), kernel_shape))
-    self.bias = nnx.Param(nnx.initializers.zeros_init()(rngs.params(), (out_features,)))
-
-  def neighbourhoods(self, images_BxHxWxC: jax.Array) -> jax.Array:
-    """Each pixel's k×k neighbourhood, zero-padded at the borders: [B, H, W, k·k·C]."""
-    (x,) = nnx.nn.dtypes.promote_dtype((images_BxHxWxC,), dtype=self.dtype)
-    k = self.kernel_size
-    _, height, width, _ = x.shape
-    padded = jnp.pad(x, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)))
-    # Concatenated in the kernel's (row, column, channel) order, so the kernel
-    # flattens to the matching [k*k*C, F] matrix. Cross-correlation, like lax.conv.
-    return jnp.concatenate(
-        [padded[:, dy:dy + height, dx:dx + width, :] for dy in range(k) for dx in range(k)],
-        axis=-1)
-
-  def project(self, neighbourhoods: jax.Array, activation=None) -> jax.Array:
-    """[..., k·k·C] neighbourhoods -> [..., F] outputs, then `activation`.
-
-    Any leading layout works.
-    """
-    x, kernel, bias = nnx.nn.dtypes.promote_dtype(
-        (neighbourhoods, self.kernel[...], self.bias[...]), dtype=self.dtype)
-    # One 2-D matmul: its backward pass (kernel and bias gradients summed over
-    # every pixel) then compiles to plain 2-D dots and reductions, which ran 5x
-    # faster on XLA:CPU than the same sums over a [B, T, p, p, F] activation.
-    rows = x.reshape(-1, x.shape[-1]) @ kernel.reshape(-1, kernel.shape[-1]) + bias
-    if activation is not None:
-      rows = activation(rows)
-    return rows.reshape(*x.shape[:-1], kernel.shape[-1])
-
-  def __call__(self, images_BxHxWxC: jax.Array) -> jax.Array:
-    return self.project(self.neighbourhoods(images_BxHxWxC))
 
 
 @register("vit")
