@@ -181,6 +181,36 @@ def test_neighbourhood_conv_is_nnx_conv(channels, use_bias):
     np.testing.assert_allclose(ours_grads[name][...], conv_grads[name][...], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_vit_attention_is_jax_attention_with_the_softmax_gradient_written_out(dtype):
+  # The ViT's attention_fn must give flax's (jax.nn.dot_product_attention's) outputs
+  # bit for bit, so checkpoints predict as before, and its gradients to round-off.
+  from distill.models.vit import attention, softmax_last  # noqa: PLC0415 (see above)
+
+  query, key, value = (jax.random.normal(jax.random.key(i), (3, 5, 2, 8)).astype(dtype)
+                       for i in range(3))
+  np.testing.assert_array_equal(jax.jit(attention)(query, key, value),
+                                jax.jit(nnx.dot_product_attention)(query, key, value))
+
+  def loss(function):
+    return lambda *qkv: jnp.sum(jnp.sin(3.0 * function(*qkv).astype(jnp.float32)))
+
+  ours = jax.grad(loss(attention), argnums=(0, 1, 2))(query, key, value)
+  flax_grads = jax.grad(loss(nnx.dot_product_attention), argnums=(0, 1, 2))(query, key, value)
+  tolerance = 1e-5 if dtype == jnp.float32 else 0.05
+  for a, b in zip(ours, flax_grads, strict=True):
+    assert float(jnp.abs(b.astype(jnp.float32)).max()) > 0.1
+    np.testing.assert_allclose(a.astype(jnp.float32), b.astype(jnp.float32), atol=tolerance)
+  logits = jax.random.normal(jax.random.key(5), (4, 7))
+  cotangent = jax.random.normal(jax.random.key(6), (4, 7))
+  np.testing.assert_allclose(jax.vjp(softmax_last, logits)[1](cotangent)[0],
+                             jax.vjp(jax.nn.softmax, logits)[1](cotangent)[0], atol=1e-6)
+  # A mask (which the ViT never passes) goes to flax's own function.
+  mask = jnp.tril(jnp.ones((5, 5), bool))[None, None]
+  np.testing.assert_array_equal(attention(query, key, value, mask=mask),
+                                nnx.dot_product_attention(query, key, value, mask=mask))
+
+
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (3, 7, 9, 4), (1, 5, 4, 2)])
 def test_max_pool_2x2_is_nnx_max_pool_bit_for_bit(shape):
   # The conv stages pool with a reshape and their own gradient instead of XLA's

@@ -2,13 +2,77 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from jax import lax
 
 from distill import backend
 from distill.errors import UserError
 from distill.models import dense, register
 from distill.models.cnn import ConvStages, NeighbourhoodConv
 from distill.models.heads import classifier_head
+
+
+@jax.custom_vjp
+def softmax_last(logits: jax.Array) -> jax.Array:
+  """`jax.nn.softmax` over the last axis, its gradient written out as a VJP.
+
+  The same values. jax's softmax defines a JVP, and the transpose of that JVP
+  sums the attention scores' gradient over a [1, B, heads, T, S] view that
+  XLA:CPU reduced slowly: 7.9 of the CIFAR-10 ViT's ~80 ms of ops a step,
+  against 2.6 ms for the same sum written here, and the step ran 1.08x faster
+  (compiled steps alternated in one process, 12 rounds). The gradient is
+  p·(g - Σ p·g), summed in another order than jax's, so results move in the
+  last bits.
+  """
+  return jax.nn.softmax(logits, axis=-1)
+
+
+def _softmax_last_forward(logits):
+  probs = jax.nn.softmax(logits, axis=-1)
+  return probs, probs
+
+
+def _softmax_last_backward(probs, grad):
+  weighted = grad * probs
+  return (weighted - probs * weighted.sum(axis=-1, keepdims=True),)
+
+
+softmax_last.defvjp(_softmax_last_forward, _softmax_last_backward)
+
+
+def attention(query: jax.Array, key: jax.Array, value: jax.Array, *, mask=None,
+              dropout_rate: float = 0.0, deterministic: bool = True, dtype=None,
+              module=None, is_causal: bool = False, **options) -> jax.Array:
+  """The ViT's `attention_fn`: `nnx.dot_product_attention`, its softmax from `softmax_last`.
+
+  For the ViT's unmasked attention without dropout, the computation of
+  `jax.nn.dot_product_attention`'s XLA path (which `nnx.dot_product_attention`
+  calls then): scores in float32 (bfloat16 inputs multiplied with float32
+  accumulation), scaled by 1/sqrt(depth), softmax, then the weighted values.
+  Anything else (a mask, dropout, sown weights) goes to flax's function.
+  """
+  if (mask is not None or is_causal or module is not None or query.ndim != 4
+      or (dropout_rate > 0.0 and not deterministic) or options.get("bias") is not None):
+    return nnx.dot_product_attention(
+        query, key, value, mask=mask, dropout_rate=dropout_rate, deterministic=deterministic,
+        dtype=dtype, module=module, is_causal=is_causal, **options)
+  query, key, value = nnx.nn.dtypes.promote_dtype((query, key, value), dtype=dtype)
+  precision = lax.DotAlgorithmPreset.BF16_BF16_F32 if query.dtype == jnp.bfloat16 else None
+  scale = jnp.array(1.0 / np.sqrt(query.shape[-1]), dtype=jnp.promote_types(query.dtype,
+                                                                             jnp.float32))
+
+  def heads_attention(query_BxTxNxH):
+    logits = jnp.einsum("BTNH,BSNH->BNTS", query_BxTxNxH, key, precision=precision,
+                        preferred_element_type=scale.dtype) * scale
+    probs = softmax_last(logits.astype(jnp.float32)).astype(key.dtype)
+    return jnp.einsum("BNTS,BSNH->BTNH", probs, value)
+
+  # Mapped over a unit axis of query-head groups, as jax lays out grouped-query attention:
+  # the same program as jax's, so the forward pass gives its values to the last bit.
+  batch, tokens, heads, depth = query.shape
+  grouped = query.reshape(batch, tokens, heads, 1, depth)
+  return jax.vmap(heads_attention, in_axes=3, out_axes=3)(grouped).reshape(query.shape)
 
 
 class EncoderBlock(nnx.Module):
@@ -22,7 +86,7 @@ class EncoderBlock(nnx.Module):
     # Norms compute in float32 whatever the matmul dtype: their statistics need it.
     self.attention_norm = nnx.LayerNorm(width, epsilon=norm_eps, dtype=jnp.float32, rngs=rngs)
     self.attention = nnx.MultiHeadAttention(num_heads=heads, in_features=width, decode=False,
-                                            dtype=dtype, rngs=rngs)
+                                            dtype=dtype, attention_fn=attention, rngs=rngs)
     self.mlp_norm = nnx.LayerNorm(width, epsilon=norm_eps, dtype=jnp.float32, rngs=rngs)
     self.mlp_in = dense.linear(width, width * mlp_ratio, dtype=dtype, rngs=rngs)
     self.mlp_out = dense.linear(width * mlp_ratio, width, dtype=dtype, rngs=rngs)
