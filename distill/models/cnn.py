@@ -117,22 +117,22 @@ class NeighbourhoodConv(nnx.Module):
   [F] with `use_bias`), their initialisation and the output are those of
   `nnx.Conv`, so checkpoints of either load into the other.
 
-  Why not `nnx.Conv`, for an input with few channels (an image's), where the
-  gathered input is small: XLA:CPU runs convolutions inside a `lax.scan` body
-  about 13x slower than straight-line code (see `step.should_unroll`), so a ViT
-  whose only convolution is its stem keeps the scanned multi-step dispatch
-  without one (it compiles in seconds instead of tens of seconds and holds one
-  step's activations, not ten). And the kernel gradient of a convolution makes
-  XLA:CPU lay the whole output gradient out batch-last first, where the
-  matmul's is one product of the narrow neighbourhoods with it: the conv
-  stages' first layer over a 1-channel 128x28x28 batch (32 filters) took 5.3
-  ms forward and backward as a convolution and 3.0 ms as this.
+  Why not `nnx.Conv` over an image's few channels, whose gathered copy is
+  small: XLA:CPU runs convolutions inside a `lax.scan` body about 13x slower
+  than straight-line code (see `step.should_unroll`), so a ViT whose only
+  convolution is its stem keeps the scanned multi-step dispatch without one
+  (it compiles in seconds instead of tens of seconds and holds one step's
+  activations, not ten). And a convolution's kernel gradient makes XLA:CPU
+  lay the whole output gradient out batch-last first, where the matmul's is
+  one product of the narrow neighbourhoods with it: the conv stages' first
+  layer over a 1-channel 128x28x28 batch (32 filters) took 5.3 ms forward and
+  backward as a convolution and 3.0 ms as this.
   """
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
                use_bias: bool = True, dtype=None, rngs: nnx.Rngs):
     if kernel_size % 2 == 0:
-      raise UserError(f"the convolutional stem's kernel size must be odd, got {kernel_size}")
+      raise UserError(f"a gathered convolution's kernel size must be odd, got {kernel_size}")
     self.kernel_size = kernel_size
     self.dtype = dtype
     kernel_shape = (kernel_size, kernel_size, in_features, out_features)
