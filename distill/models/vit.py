@@ -53,9 +53,11 @@ def attention(query: jax.Array, key: jax.Array, value: jax.Array, *, mask=None,
   """
   if (mask is not None or is_causal or module is not None or query.ndim != 4
       or (dropout_rate > 0.0 and not deterministic) or options.get("bias") is not None):
+    if is_causal:  # flax 0.12.1 has no `is_causal` (and never passes it)
+      options["is_causal"] = True
     return nnx.dot_product_attention(
         query, key, value, mask=mask, dropout_rate=dropout_rate, deterministic=deterministic,
-        dtype=dtype, module=module, is_causal=is_causal, **options)
+        dtype=dtype, module=module, **options)
   query, key, value = nnx.nn.dtypes.promote_dtype((query, key, value), dtype=dtype)
   precision = lax.DotAlgorithmPreset.BF16_BF16_F32 if query.dtype == jnp.bfloat16 else None
   scale = jnp.array(1.0 / np.sqrt(query.shape[-1]), dtype=jnp.promote_types(query.dtype,
