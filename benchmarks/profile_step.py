@@ -49,35 +49,37 @@ def _arguments() -> argparse.Namespace:
   return parser.parse_args()
 
 
-def _thread_names(events: list[dict]) -> dict[tuple, str]:
-  return {(e["pid"], e["tid"]): e["args"]["name"] for e in events
-          if e.get("ph") == "M" and e.get("name") == "thread_name"}
+def read_trace(trace_path: Path) -> list[dict]:
+  """The events of a `perfetto_trace.json.gz`."""
+  with gzip.open(trace_path) as file:
+    return json.load(file)["traceEvents"]
 
 
-def op_times(trace_path: Path) -> collections.Counter:
-  """Total microseconds per HLO op name over the trace, XLA's execution threads only."""
-  events = json.load(gzip.open(trace_path))["traceEvents"]
-  threads = _thread_names(events)
-  totals: collections.Counter = collections.Counter()
-  for event in events:
-    if event.get("ph") != "X" or _NOT_OPS.search(event["name"]):
-      continue
+def op_events(events: list[dict]) -> list[dict]:
+  """The step's op events, start-ordered: XLA's execution threads only, bookkeeping left out."""
+  threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
+             if e.get("ph") == "M" and e.get("name") == "thread_name"}
+
+  def on_an_execution_thread(event):
     thread = threads.get((event["pid"], event.get("tid")), "")
     # XLA:CPU runs ops on its client and Eigen threads; a GPU trace names its streams.
-    if thread.startswith(("tf_XLAPjRt", "tf_XLAEigen")) or "Stream" in thread:
-      totals[event["name"]] += event["dur"]
+    return thread.startswith(("tf_XLAPjRt", "tf_XLAEigen")) or "Stream" in thread
+
+  return sorted((e for e in events
+                 if e.get("ph") == "X" and not _NOT_OPS.search(e["name"])
+                 and not e["name"].startswith("ThreadpoolListener")  # zero-length markers
+                 and on_an_execution_thread(e)), key=lambda e: e["ts"])
+
+
+def op_times(events: list[dict]) -> collections.Counter:
+  """Total microseconds per HLO op name over the trace's events."""
+  totals: collections.Counter = collections.Counter()
+  for event in op_events(events):
+    totals[event["name"]] += event["dur"]
   return totals
 
 
-def _op_events(events: list[dict], threads: dict[tuple, str]) -> list[dict]:
-  """The step's op events on XLA's execution threads (bookkeeping and markers left out)."""
-  return [e for e in events
-          if e.get("ph") == "X" and not _NOT_OPS.search(e["name"])
-          and not e["name"].startswith("ThreadpoolListener")
-          and threads.get((e["pid"], e.get("tid")), "").startswith(("tf_XLAPjRt", "tf_XLAEigen"))]
-
-
-def async_convolution_times(trace_path: Path, hlo_text: str) -> collections.Counter:
+def async_convolution_times(events: list[dict], hlo_text: str) -> collections.Counter:
   """Microseconds in which no op ran while a convolution worked, per convolution (XLA:CPU).
 
   XLA:CPU hands a convolution to its Eigen thread pool and the op's event ends
@@ -88,15 +90,13 @@ def async_convolution_times(trace_path: Path, hlo_text: str) -> collections.Coun
   time). GPU traces time kernels themselves and have no such gaps to charge.
   """
   convolutions = set(re.findall(r"%([\w.-]+) = \S+ convolution\(", hlo_text))
-  events = json.load(gzip.open(trace_path))["traceEvents"]
-  ops = sorted(_op_events(events, _thread_names(events)), key=lambda e: e["ts"])
+  ops = op_events(events)
   executions = [(e["ts"], e["ts"] + e["dur"]) for e in events
                 if e.get("ph") == "X" and e["name"].startswith("ThunkExecutor::Execute (wait")]
   charged: collections.Counter = collections.Counter()
   for start, end in executions:
-    inside = [e for e in ops if start <= e["ts"] < end]
     busy_until, last_convolution = None, None
-    for event in inside:
+    for event in (e for e in ops if start <= e["ts"] < end):
       if busy_until is not None and event["ts"] > busy_until and last_convolution:
         charged[last_convolution] += event["ts"] - busy_until
       if event["name"] in convolutions:
@@ -146,8 +146,9 @@ def main() -> None:
   traced_steps = bare.steps + settings.steps_per_dispatch
   # This run's trace: earlier runs into the same --out left theirs beside it.
   trace_path = max(trace_dir.glob("**/perfetto_trace.json.gz"), key=lambda p: p.stat().st_mtime)
-  totals = op_times(trace_path)
-  waiting = async_convolution_times(trace_path, hlo_text)
+  events = read_trace(trace_path)
+  totals = op_times(events)
+  waiting = async_convolution_times(events, hlo_text)
   groups = group_by_origin(totals, hlo_text)
   for (kind, shape, origin), micros in group_by_origin(waiting, hlo_text).items():
     groups[(f"{kind} (async)", shape, origin)] += micros
