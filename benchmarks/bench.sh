@@ -19,9 +19,8 @@ fi
 # command starts itself with (huge pages for XLA's scratch buffers: distill/launcher.py).
 tunables=$($bin/python -c "from distill import launcher; e = launcher.huge_page_environment(); print((e or {}).get('GLIBC_TUNABLES', ''))")
 if [ -n "$tunables" ]; then export GLIBC_TUNABLES=$tunables; fi
-# The CPU model goes beside every figure: speeds differ between CPU types (AMD, Intel).
-cpu=$(grep -m1 "model name" /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || true)
-cpu="${cpu:-$(uname -m)}, $(nproc) cores"
+# The CPU goes beside every figure: speeds differ between CPU types and generations.
+cpu=$($bin/python -c "from distill import backend; print(backend.cpu_description())")
 # BENCH_ONLY="fashion_mnist cifar10/torch-eager ..." runs only those groups or rows.
 only=" ${BENCH_ONLY:-} "
 record() { # name, then the command printing one JSON line

@@ -126,6 +126,7 @@ def _environment() -> dict[str, Any]:
       "device_count": jax.device_count(),
       "jax_version": jax.__version__,
       "python": sys.version.split()[0],
+      "cpu": backend.cpu_description(),
       "backend": jax.default_backend(),
       "backend_choices": backend.choices().as_dict(),
   }

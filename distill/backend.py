@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import platform
 import sys
 import warnings
 from pathlib import Path
@@ -109,6 +110,36 @@ def choices(backend: str | None = None) -> BackendChoices:
   if backend == "cpu":
     return _CPU
   return dataclasses.replace(_ACCELERATOR, backend=backend)
+
+
+def cpu_description(cpuinfo: str | None = None, cores: int | None = None) -> str:
+  """This machine's CPU as `make bench` and run summaries record it beside a speed.
+
+  e.g. 'AMD EPYC (family 25, model 17), 2 cores'. Cloud VMs often report a
+  model name shared by several CPU generations ('AMD EPYC'), whose speeds
+  differ, so the vendor's family and model numbers go with it. `cpuinfo` is
+  /proc/cpuinfo's text (read here when None; off Linux, `platform` names the
+  processor), `cores` the cores this process may run on.
+  """
+  if cpuinfo is None:
+    try:
+      cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+      cpuinfo = ""
+  if cores is None:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  fields = {}
+  for line in cpuinfo.splitlines():
+    key, sep, value = line.partition(":")
+    if not sep:
+      if fields:
+        break  # the first processor's block is enough
+      continue
+    fields.setdefault(key.strip(), value.strip())
+  name = fields.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+  if fields.get("cpu family") and fields.get("model"):
+    name += f" (family {fields['cpu family']}, model {fields['model']})"
+  return f"{name}, {cores} cores"
 
 
 @functools.cache

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from distill import backend, rundir
 from distill import config as config_lib
-from distill import rundir
 from distill.console import Console
 from distill.errors import UserError
 from distill.export import export_targets, teacher_identity
@@ -189,6 +189,7 @@ def _base_summary(role: str, model_name: str, num_params: int, dataset, recipe, 
       "jax_version": jax.__version__,
       "huge_pages": huge_pages_in_use(),
       "host": platform.node(),
+      "cpu": backend.cpu_description(),
   }
 
 

@@ -30,6 +30,32 @@ def test_cpu_keeps_the_measured_choices():
   assert backend.choices() == backend.choices(jax.default_backend())
 
 
+# Two processors of a 2-core cloud VM, as its /proc/cpuinfo reads (trimmed).
+_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC
+flags\t\t: fpu avx512f
+
+processor\t: 1
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC
+"""
+
+
+def test_cpu_description_tells_generations_with_one_model_name_apart():
+  """A VM's generic model name gets the family and model that tell Zen 4 from Zen 5."""
+  assert backend.cpu_description(_CPUINFO, cores=2) == "AMD EPYC (family 25, model 17), 2 cores"
+  zen5 = _CPUINFO.replace("cpu family\t: 25", "cpu family\t: 26")
+  assert backend.cpu_description(zen5, cores=2).startswith("AMD EPYC (family 26, model 17)")
+  # Without /proc/cpuinfo (macOS, Windows) the platform's own name stands in.
+  assert backend.cpu_description("", cores=8).endswith(", 8 cores")
+  assert backend.cpu_description().endswith(" cores")
+
+
 def test_accelerators_get_unmeasured_defaults_named_by_backend():
   """Any other backend: scans stay scans, float32 default, labelled unmeasured."""
   for name in ("gpu", "tpu"):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import TINY, TINY_FLAGS, run_cli
 
-from distill import bench, config
+from distill import backend, bench, config
 
 KEYS = ("bare_step_images_per_second", "loop_images_per_second", "export_images_per_second",
         "compile_seconds", "peak_rss_mb")
@@ -34,6 +34,7 @@ def test_bench_reports_every_measure_and_its_settings(role):
   assert report["role"] == role and report["recipe"] == "digits"
   assert report["batch_size"] == 32 and report["steps_per_dispatch"] == 5
   assert report["bare_steps"] == 10 and report["backend"] == "cpu"
+  assert report["cpu"] == backend.cpu_description() and report["device_kind"] == "cpu"
   assert report["model"] == ("vit" if role == "teacher" else "cnn")
   # By default the loop runs one eval/checkpoint period (TINY: both every 10 steps).
   assert report["loop_steps"] == 10
