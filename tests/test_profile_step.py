@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import TINY
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -106,3 +108,27 @@ def test_ab_step_names_the_valid_backend_choices():
       capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
   assert result.returncode != 0
   assert "unknown backend choice 'fast'; valid: conv_stem, unroll_conv_scan" in result.stderr
+
+
+def test_loop_share_times_a_recipes_loop_against_its_bare_step():
+  """One round of a tiny digits student: a table row with the loop's share of the bare step."""
+  result = subprocess.run(
+      [sys.executable, str(ROOT / "benchmarks" / "loop_share.py"), "--rounds", "1",
+       "--max-steps", "20", "--json", "--case",
+       "digits:student:" + ";".join(item for item in TINY if item.startswith("student."))],
+      capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  row = json.loads(result.stdout.splitlines()[-1])
+  assert row["case"].startswith("digits:student") and row["model"] == "cnn"
+  assert row["steps"] == 20 and row["bare"] > 0 and row["loop"] > 0
+  assert row["range"] == [row["loop_to_bare"]] * 2  # one round: its ratio is the median
+  assert abs(row["loop_to_bare"] - row["loop"] / row["bare"]) < 0.01
+  assert re.search(r"^\| digits:student\S* \| cnn \| 20 \| [\d,]+ \| [\d,]+ \| [\d.]+ \(",
+                   result.stdout, re.M)
+
+
+def test_loop_share_names_the_roles():
+  result = subprocess.run(
+      [sys.executable, str(ROOT / "benchmarks" / "loop_share.py"), "--case", "digits:teach"],
+      capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+  assert result.returncode != 0 and "the role is 'teacher' or 'student'" in result.stderr
