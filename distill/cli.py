@@ -406,7 +406,9 @@ def student(recipe, overrides, dataset, data_dir, steps, batch_size, seed, resta
 def compare(run_dirs, as_json, markdown):
   """Compare finished runs side by side: accuracy, agreement with the teacher, NLL, time.
 
-  Directories without a summary.json are skipped with a note.
+  Directories without a summary.json are skipped with a note. Runs trained on
+  different machines (CPU types, accelerators) get a note too: their training
+  times do not compare.
   """
   from distill.report import compare_runs  # noqa: PLC0415
 

@@ -119,15 +119,48 @@ def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
                    + [fmt.format(*cells) for cells in body])
 
 
+def machine_of(row: dict[str, Any]) -> str | None:
+  """What a run's speed was measured on: its accelerator (kind and count), or its CPU.
+
+  None for runs written before summaries recorded it.
+  """
+  if row.get("backend", "cpu") != "cpu":
+    return f"{row.get('device_kind') or row['backend']} x {row.get('devices', 1)}"
+  return row.get("cpu")
+
+
+def machines_note(rows: list[dict[str, Any]]) -> str | None:
+  """A warning when the runs' training times come from different machines, else None.
+
+  Times of one recipe move 2x between CPU generations, so a column of
+  seconds from several machines is not a comparison of the runs.
+  """
+  counts: dict[str, int] = {}
+  for row in rows:
+    machine = machine_of(row)
+    if machine:
+      counts[machine] = counts.get(machine, 0) + 1
+  if len(counts) < 2:
+    return None
+  machines = "; ".join(f"{name} ({count} run{'s' if count > 1 else ''})"
+                       for name, count in counts.items())
+  return (f"train s comes from {len(counts)} machines, so compare times only within one: "
+          f"{machines}")
+
+
 def compare_runs(run_dirs: list[Path], *, as_json: bool = False, markdown: bool = False) -> str:
   """The comparison of `run_dirs` as text (a table, Markdown, or JSON lines)."""
   run_dirs, sweeps = _expand_sweeps(run_dirs)
   rows, skipped = collect_runs(run_dirs)
   if as_json:
     keys = [key for key, _ in COLUMNS] + ["dataset", "steps", "teacher_test_accuracy",
-                                          "val_accuracy", "images_per_second"]
+                                          "val_accuracy", "images_per_second", "cpu",
+                                          "device_kind"]
     return json.dumps([{k: _row_value(row, k) for k in keys} for row in rows], indent=2)
   text = format_table(rows, markdown=markdown)
+  note = machines_note(rows)
+  if note:
+    text += f"\n\n{note}"
   if skipped:
     text += "\n\nskipped: " + "; ".join(skipped)
   # A sweep's verdict closes the comparison: what teaching bought, and how surely.
@@ -407,6 +440,7 @@ def _page(rows: list[dict[str, Any]], skipped: list[str], table: str, overview: 
           sections: list[str], sweeps: str = "") -> str:
   """The report page: the comparison table, any sweeps' tables, the overview figure and
   every run's section."""
+  machines = machines_note(rows)
   return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>distill report</title>
 <style>
@@ -422,6 +456,7 @@ table.paired td, table.paired th {{ border: 1px solid #ddd; padding: 0.2em 0.5em
 <p>{len(rows)} runs{f"; skipped: {html.escape('; '.join(skipped))}" if skipped else ""}.</p>
 <h2>Comparison</h2>
 <pre>{html.escape(table)}</pre>
+{f"<p>{html.escape(machines)}</p>" if machines else ""}
 {sweeps}
 {overview}
 {''.join(f'<section>{s}</section>' for s in sections)}

@@ -190,6 +190,7 @@ def _base_summary(role: str, model_name: str, num_params: int, dataset, recipe, 
       "huge_pages": huge_pages_in_use(),
       "host": platform.node(),
       "cpu": backend.cpu_description(),
+      "device_kind": jax.devices()[0].device_kind,
   }
 
 

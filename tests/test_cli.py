@@ -49,6 +49,13 @@ def test_student_soft_and_hard_then_compare(teacher_dir, tmp_path):
   assert table.exit_code == 0, table.output
   lines = table.output.splitlines()
   assert "teacher" in lines[2] and "skipped" in table.output
+  assert "machines" not in table.output  # every run here trained on this machine
+  # A run copied in from another machine: its seconds are not comparable, and compare says so.
+  moved = tmp_path / "linear-hard" / "summary.json"
+  moved.write_text(json.dumps({**json.loads(moved.read_text()), "cpu": "Other CPU, 64 cores"}))
+  table = run_cli("compare", teacher_dir, tmp_path / "cnn", tmp_path / "linear-hard")
+  assert "train s comes from 2 machines" in table.output
+  assert "Other CPU, 64 cores (1 run)" in table.output
   as_json = run_cli("compare", "--json", teacher_dir, tmp_path / "cnn")
   rows = json.loads(as_json.stdout)
   assert [r["role"] for r in rows] == ["teacher", "student"]

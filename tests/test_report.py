@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import TINY_FLAGS, copy_runs, run_cli
 
+from distill import report as report_lib
 from distill.data import load_dataset
 from distill.metrics import summary_metrics
 
@@ -87,3 +88,16 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
   assert match, result.stderr[-2000:]
   loaded, total = map(int, match.groups())
   assert total == 15 and loaded == total
+
+
+def test_compare_warns_when_times_come_from_different_machines():
+  """Seconds from two CPUs (or a CPU and a GPU) are flagged; one machine, or old runs, are not."""
+  zen4 = {"backend": "cpu", "cpu": "AMD EPYC (family 25, model 17), 2 cores"}
+  zen5 = {"backend": "cpu", "cpu": "AMD EPYC (family 26, model 17), 2 cores"}
+  h200 = {"backend": "gpu", "device_kind": "NVIDIA H200", "devices": 1, "cpu": "Intel Xeon"}
+  assert report_lib.machine_of(h200) == "NVIDIA H200 x 1"
+  assert report_lib.machines_note([zen4, zen4, {"backend": "cpu"}]) is None
+  note = report_lib.machines_note([zen4, zen5, zen4, h200])
+  assert note.startswith("train s comes from 3 machines, so compare times only within one")
+  assert "AMD EPYC (family 25, model 17), 2 cores (2 runs)" in note
+  assert "NVIDIA H200 x 1 (1 run)" in note
