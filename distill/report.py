@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import collections
 import html
 import json
 from pathlib import Path
@@ -135,11 +136,7 @@ def machines_note(rows: list[dict[str, Any]]) -> str | None:
   Times of one recipe move 2x between CPU generations, so a column of
   seconds from several machines is not a comparison of the runs.
   """
-  counts: dict[str, int] = {}
-  for row in rows:
-    machine = machine_of(row)
-    if machine:
-      counts[machine] = counts.get(machine, 0) + 1
+  counts = collections.Counter(filter(None, map(machine_of, rows)))
   if len(counts) < 2:
     return None
   machines = "; ".join(f"{name} ({count} run{'s' if count > 1 else ''})"
