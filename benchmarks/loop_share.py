@@ -47,11 +47,8 @@ def parse_case(text: str) -> tuple[str, str, list[str]]:
   return recipe, role, [item.strip() for item in overrides.split(";") if item.strip()]
 
 
-def window_steps(recipe: dict, role: str, max_steps: int) -> int:
-  """The role's whole run, at most `max_steps`, in whole dispatches."""
-  from distill import config  # noqa: PLC0415
-
-  settings = config.TrainSettings.of(recipe, role)
+def window_steps(settings, max_steps: int) -> int:
+  """The role's whole run (`config.TrainSettings`), at most `max_steps`, in whole dispatches."""
   steps = min(settings.steps, max_steps)
   return max(settings.steps_per_dispatch, steps - steps % settings.steps_per_dispatch)
 
@@ -62,20 +59,18 @@ def measure(case: str, rounds: int, max_steps: int, echo=print) -> dict:
 
   recipe_name, role, overrides = parse_case(case)
   recipe = config.load_recipe(recipe_name, overrides)
-  steps = window_steps(recipe, role, max_steps)
+  settings = config.TrainSettings.of(recipe, role)
+  steps = window_steps(settings, max_steps)
   synthetic = SYNTHETIC.get(recipe_name)
+  timers = {"bare": bench.bare_step, "loop": bench.real_loop}
   speeds = {"bare": [], "loop": []}
   for round_index in range(rounds):
     for kind in ("bare", "loop") if round_index % 2 == 0 else ("loop", "bare"):
-      if kind == "bare":
-        timed = bench.bare_step(recipe, role=role, steps=steps, synthetic=synthetic)
-      else:
-        timed = bench.real_loop(recipe, role=role, steps=steps, synthetic=synthetic)
+      timed = timers[kind](recipe, role=role, steps=steps, synthetic=synthetic)
       speeds[kind].append(timed.images_per_second)
     echo(f"  {case} round {round_index + 1}: bare {speeds['bare'][-1]:,.0f} img/s, "
          f"loop {speeds['loop'][-1]:,.0f} img/s")
   ratios = [loop / bare for loop, bare in zip(speeds["loop"], speeds["bare"], strict=True)]
-  settings = config.TrainSettings.of(recipe, role)
   return {"case": case, "model": settings.model, "steps": steps,
           "bare": round(statistics.median(speeds["bare"])),
           "loop": round(statistics.median(speeds["loop"])),
