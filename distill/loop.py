@@ -83,10 +83,12 @@ def fit(*, model: nnx.Module, images, labels: np.ndarray, val_images, val_labels
     echo, warn: where to print normal and loud messages.
     stats_images: where the pixel statistics come from, when not `images`
       (see `prepare_training`).
-    final_write: where to wait for the final checkpoint's write. Given, a run
-      that finishes returns as soon as Orbax has the state, and closing the
-      stack waits for the files, so the caller's evaluation overlaps the
-      write; None: `fit` waits. A run that stops early always waits.
+    final_write: where to wait for the final checkpoint. Given, a run that
+      finishes hands its last state to Orbax from a thread of its own and
+      returns; closing the stack waits for that handoff and the files, so the
+      caller's evaluation overlaps both (it must not donate the returned
+      parameters before). None: `fit` waits. A run that stops early always
+      waits.
   """
   setup = prepare_training(model=model, images=images, labels=labels, objective=objective,
                            teaching=teaching, settings=settings,
@@ -123,7 +125,9 @@ def fit(*, model: nnx.Module, images, labels: np.ndarray, val_images, val_labels
           run.log(record, val_images, val_labels)
           last_train_loss = record["loss"]
         if saving:
-          run.save(step)
+          # The caller waits for the last save's write (`final_write`), so it can
+          # take the handoff to Orbax too.
+          run.save(step, in_background=final_write is not None and step == run.total_steps)
         if stopping and step < run.total_steps:
           raise UserError(
               f"stopped by {stop.signal_name} at step {step}; checkpoint saved. "
@@ -368,11 +372,20 @@ class _Run:
     self._progress.set_postfix({k: f"{record[k]:.4f}" for k in ("loss", "accuracy", "val_accuracy")
                                 if k in record}, refresh=False)
 
-  def save(self, step: int) -> None:
-    """Checkpoints the state, with the training time of every stretch so far."""
-    self.checkpointer.save(step, self.state, {
-        **self.meta, "step": step,
-        "train_seconds": round(self.earlier_seconds + self.stretch_seconds(), 3)})
+  def save(self, step: int, in_background: bool = False) -> None:
+    """Checkpoints the state, with the training time of every stretch so far.
+
+    `in_background`: the state is handed to Orbax from a thread of its own
+    (`Checkpointer.save_in_background`), for a save after which nothing
+    donates the state. In one process only: a multi-process save meets the
+    other processes at barriers, which stay in the loop's order.
+    """
+    meta = {**self.meta, "step": step,
+            "train_seconds": round(self.earlier_seconds + self.stretch_seconds(), 3)}
+    if in_background and jax.process_count() == 1:
+      self.checkpointer.save_in_background(step, self.state, meta)
+    else:
+      self.checkpointer.save(step, self.state, meta)
     self._last_save = time.perf_counter()
     # The event files keep up with the checkpoints: a killed run loses no more of them.
     self.tensorboard.flush()
