@@ -227,6 +227,10 @@ def test_max_pool_2x2_is_nnx_max_pool_bit_for_bit(shape):
     pooled, pull_back = jax.vjp(max_pool_2x2, images)
     expected, expected_pull_back = jax.vjp(reference, images)
     np.testing.assert_array_equal(pooled, expected)
+    # Without a gradient the pool takes its elementwise form (faster to evaluate on CPU):
+    # the same bits, eager and compiled.
+    np.testing.assert_array_equal(max_pool_2x2(images), expected)
+    np.testing.assert_array_equal(jax.jit(max_pool_2x2)(images), expected)
     grad_pooled = jax.random.normal(jax.random.key(1), pooled.shape)
     np.testing.assert_array_equal(pull_back(grad_pooled)[0], expected_pull_back(grad_pooled)[0])
 
