@@ -57,6 +57,8 @@ class Checkpointer:
     student's whole run. The state must not be donated or deleted until
     `wait` or `close`, which wait for the handoff and raise what it raised.
     """
+    if self._handoff is not None:  # one handoff at a time: an earlier one's error is raised
+      self._handoff.result()
     executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="distill-save")
     self._handoff = executor.submit(self.save, step, state, meta)
     executor.shutdown(wait=False)  # the thread ends with the save
