@@ -12,7 +12,7 @@ CPU's `distill.backend.BackendChoices` (`backend.unroll_conv_scan=false`,
 `backend.conv_stem=conv`, `backend.transpose_narrow_weight_gradients=false`,
 `backend.compiler_options=jaxlib` for jaxlib's own XLA defaults, or one option as
 `NAME:VALUE`): the check
-DEVELOPERS.md asks for on a CPU type BENCHMARKS.md has no section for.
+DEVELOPERS.md asks for on a CPU type BENCHMARKS.md has no rows for.
 
     python benchmarks/ab_step.py --recipe fashion_mnist --window 40 --rounds 6 \\
         --variant "10: teacher.steps_per_dispatch=10" --variant "2: teacher.steps_per_dispatch=2"
