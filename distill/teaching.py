@@ -378,6 +378,7 @@ class ExportedTargets(HardLabels):
   name = "targets"
 
   def columns(self, num_examples: int, on_device: bool) -> dict[str, Any]:
+    """The teacher's logits, or on the device its probabilities at the temperature."""
     _check_rows(self.teacher_logits, num_examples, 2, self.name)
     if on_device and self.form == "probs":
       # Softened once for the whole split, not again at every step.
@@ -388,6 +389,7 @@ class ExportedTargets(HardLabels):
     return {"teacher_logits": self.teacher_logits}
 
   def targets(self, images, columns, key, device_state, augment):
+    """The batch's exported targets, read from its columns (see `HardLabels.targets`)."""
     del device_state
     images = augment(images, key)
     if "targets" in columns:
@@ -421,9 +423,11 @@ class OnlineTeacher(HardLabels):
   gives_features = True
 
   def device_state(self) -> Any:
+    """The teacher's parameters, placed on the devices once for the whole run."""
     return self.params
 
   def targets(self, images, columns, key, device_state, augment):
+    """The teacher's outputs on the student's augmented (and mixed) batch."""
     del columns
     images = augment(images, key)
     if self.mixup > 0:
@@ -461,12 +465,14 @@ class ReplayedViews(HardLabels):
   always_augments = True
 
   def columns(self, num_examples: int, on_device: bool) -> dict[str, Any]:
+    """Every view's logits, on the device (views cannot be streamed)."""
     if not on_device:
       raise UserError("teaching=views needs the data set in memory; stream with targets or online")
     _check_rows(self.view_logits, num_examples, 3, self.name)
     return {"view_logits": np.asarray(self.view_logits, np.float32)}
 
   def targets(self, images, columns, key, device_state, augment):
+    """One stored view per example, drawn at random: its image, rebuilt, and its logits."""
     del device_state, augment  # The views carry their own augmentation.
     indices_B = columns["index"]
     views_B = jax.random.randint(jax.random.fold_in(key, 1), indices_B.shape, 0,
