@@ -1,5 +1,6 @@
 """The project's Markdown documents link only to files and headings that exist."""
 
+import functools
 import re
 from pathlib import Path
 
@@ -21,8 +22,12 @@ def _prose_lines(path: Path) -> list[str]:
   return lines
 
 
-def _anchors(path: Path) -> set[str]:
-  """The fragments GitHub gives the document's headings (a repeated one gets -1, -2, ...)."""
+@functools.cache
+def _anchors(path: Path) -> frozenset[str]:
+  """The fragments GitHub gives the document's headings (a repeated one gets -1, -2, ...).
+
+  Cached: a document is linked many times, from itself and the others.
+  """
   anchors, seen = set(), {}
   for line in _prose_lines(path):
     heading = re.match(r"#{1,6}\s+(.*)", line)
@@ -31,7 +36,7 @@ def _anchors(path: Path) -> set[str]:
       count = seen.get(slug, 0)
       seen[slug] = count + 1
       anchors.add(slug if count == 0 else f"{slug}-{count}")
-  return anchors
+  return frozenset(anchors)
 
 
 def test_anchors_follow_githubs_rule():
