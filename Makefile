@@ -5,13 +5,19 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 LOWEST := .venv-lowest
+NEWEST := .venv-newest
+# jax 0.11 needs Python >= 3.12, so the newest stack pyproject.toml allows is tested on the first
+# python3.12 or python3.13 found on PATH or in pyenv (the GPU machine runs 3.12).
+PYTHON_NEWEST ?= $(shell for v in 3.12 3.13; do \
+  PYENV_VERSION=$$(pyenv latest $$v 2>/dev/null) python$$v -c 'import sys; print(sys.executable)' \
+  2>/dev/null && break; done)
 DEMO_DIR := runs/demo
 # Two pytest processes (pytest-xdist), each test file on one of them so its module fixtures are
 # built once: most of a test is compiling or Python, which one core runs at a time.
 PYTEST_WORKERS ?= -n 2 --dist loadfile
 export KERAS_BACKEND := jax
 
-.PHONY: install data browser demo teacher student test test-lowest bench clean
+.PHONY: install data browser demo teacher student test test-lowest test-newest bench clean
 
 $(BIN)/distill: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +75,18 @@ test-lowest: data browser ## The test suite against the lowest versions pyprojec
 	$(LOWEST)/bin/python tests/lowest_pins.py > $(LOWEST)/constraints.txt
 	$(LOWEST)/bin/pip install --quiet -c $(LOWEST)/constraints.txt -e '.[test,onnx]'
 	$(LOWEST)/bin/python -m pytest tests $(PYTEST_WORKERS)
+
+test-newest: data browser ## The test suite against the newest versions pyproject.toml allows, on Python 3.12+ (in .venv-newest).
+ifeq ($(PYTHON_NEWEST),)
+	@echo "test-newest skipped: no python3.12 or python3.13 on PATH or in pyenv"
+else
+	$(PYTHON_NEWEST) -m venv $(NEWEST)
+	$(NEWEST)/bin/pip install --quiet --upgrade pip
+	$(NEWEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[test,onnx]'
+	@$(NEWEST)/bin/python -c 'import sys, jax, flax; \
+	  print(f"Python {sys.version.split()[0]}, jax {jax.__version__}, flax {flax.__version__}")'
+	$(NEWEST)/bin/python -m pytest tests $(PYTEST_WORKERS)
+endif
 
 clean: ## Remove run outputs (not the virtualenv).
 	rm -rf runs
