@@ -11,6 +11,7 @@ NEWEST := .venv-newest
 PYTHON_NEWEST ?= $(shell for v in 3.12 3.13; do \
   PYENV_VERSION=$$(pyenv latest $$v 2>/dev/null) python$$v -c 'import sys; print(sys.executable)' \
   2>/dev/null && break; done)
+PYTHON_NEWEST := $(PYTHON_NEWEST)
 DEMO_DIR := runs/demo
 # Two pytest processes (pytest-xdist), each test file on one of them so its module fixtures are
 # built once: most of a test is compiling or Python, which one core runs at a time.
