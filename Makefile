@@ -13,6 +13,9 @@ PYTHON_NEWEST ?= $(shell for v in 3.12 3.13; do \
   2>/dev/null && break; done)
 PYTHON_NEWEST := $(PYTHON_NEWEST)
 DEMO_DIR := runs/demo
+# The demo's students train two at a time, one core each, where there are two cores or more:
+# small students use a second core poorly (BENCHMARKS.md, "Sweeps on several cores").
+DEMO_JOBS ?= $(shell [ "$$(nproc 2>/dev/null || echo 1)" -ge 2 ] && echo 2 || echo 1)
 # Two pytest processes (pytest-xdist), each test file on one of them so its module fixtures are
 # built once: most of a test is compiling or Python, which one core runs at a time.
 PYTEST_WORKERS ?= -n 2 --dist loadfile
@@ -53,7 +56,8 @@ browser: ## Debian's Chromium, for the test that renders report.html (when root 
 demo: install data ## Few labels: a teacher on 2,000 labels teaches students over 55,000 images (3 seeds).
 	$(BIN)/distill teacher --recipe demo --workdir $(DEMO_DIR)/teacher --overwrite
 	$(BIN)/distill sweep --teacher $(DEMO_DIR)/teacher --out $(DEMO_DIR)/students --overwrite \
-	  --model linear --model mlp --model vit --mode hard --mode targets --seed 0 --seed 1 --seed 2
+	  --model linear --model mlp --model vit --mode hard --mode targets --seed 0 --seed 1 --seed 2 \
+	  --jobs $(DEMO_JOBS)
 	$(BIN)/distill report $(DEMO_DIR)/teacher $(DEMO_DIR)/students --out runs/demo-report -q
 	$(BIN)/distill compare $(DEMO_DIR)/teacher $(DEMO_DIR)/students
 

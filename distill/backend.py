@@ -115,7 +115,8 @@ def choices(backend: str | None = None) -> BackendChoices:
 def cpu_description(cpuinfo: str | None = None, cores: int | None = None) -> str:
   """This machine's CPU as `make bench` and run summaries record it beside a speed.
 
-  e.g. 'AMD EPYC (family 25, model 17), 2 cores'. Cloud VMs often report a
+  e.g. 'AMD EPYC (family 25, model 17), 2 cores' ('1 core' for a sweep's
+  one-core worker). Cloud VMs often report a
   model name shared by several CPU generations ('AMD EPYC'), whose speeds
   differ, so the vendor's family and model numbers go with it. `cpuinfo` is
   /proc/cpuinfo's text (read here when None; off Linux, `platform` names the
@@ -140,7 +141,7 @@ def cpu_description(cpuinfo: str | None = None, cores: int | None = None) -> str
   name = fields.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
   if fields.get("cpu family") and fields.get("model"):
     name += f" (family {fields['cpu family']}, model {fields['model']})"
-  return f"{name}, {cores} cores"
+  return f"{name}, {cores} core{'' if cores == 1 else 's'}"
 
 
 @functools.cache

@@ -134,15 +134,16 @@ def machines_note(rows: list[dict[str, Any]]) -> str | None:
   """A warning when the runs' training times come from different machines, else None.
 
   Times of one recipe move 2x between CPU generations, so a column of
-  seconds from several machines is not a comparison of the runs.
+  seconds from several machines is not a comparison of the runs; nor from
+  one machine's different core counts (a sweep's `--jobs` workers).
   """
   counts = collections.Counter(filter(None, map(machine_of, rows)))
   if len(counts) < 2:
     return None
   machines = "; ".join(f"{name} ({count} run{'s' if count > 1 else ''})"
                        for name, count in counts.items())
-  return (f"train s comes from {len(counts)} machines, so compare times only within one: "
-          f"{machines}")
+  return (f"train s comes from {len(counts)} machines or core counts, so compare times only "
+          f"within one: {machines}")
 
 
 def compare_runs(run_dirs: list[Path], *, as_json: bool = False, markdown: bool = False) -> str:

@@ -32,10 +32,14 @@ run is un-augmented like them, so the pair differs by the hint term alone).
 
 Re-running a sweep keeps every finished run whose recipe is unchanged and
 trains only what is missing, so an interrupted sweep picks up where it stopped.
+With `jobs` > 1 the runs train side by side, each in a process of its own on
+its share of the CPU cores (`distill.workers`).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -399,7 +403,7 @@ def run_sweep(teacher_dir: Path, out_dir: Path, *, models: Iterable[str] = ("cnn
               modes: Iterable[str] = ("hard", "targets"), soft_losses: Iterable[str] = ("soft_ce",),
               seeds: Iterable[int] = (0, 1, 2), methods: Iterable[str] = (DEFAULT_METHOD,),
               recipe: str | None = None, overrides: Iterable[str] = (), overwrite: bool = False,
-              quiet: bool = False,
+              quiet: bool = False, jobs: int = 1,
               console: Console | None = None) -> dict[str, Any]:
   """Trains every student of the sweep against one teacher, then tabulates them over seeds.
 
@@ -428,6 +432,9 @@ def run_sweep(teacher_dir: Path, out_dir: Path, *, models: Iterable[str] = ("cnn
     overrides: `key=value` applied to every run (not the swept keys).
     overwrite: retrain runs that were made with another recipe.
     quiet: no progress notes or bars.
+    jobs: how many runs train at once, each in a process of its own on its
+      share of the CPU cores (see `distill.workers`); 1 trains them one
+      after the other in this process.
     console: where to print (default: stderr).
 
   Returns:
@@ -458,8 +465,12 @@ def run_sweep(teacher_dir: Path, out_dir: Path, *, models: Iterable[str] = ("cnn
                        out_dir, recipe, overrides, overwrite=overwrite,
                        teacher_sha=(teacher or {}).get("params_sha256"))
 
+  if jobs != 1:
+    from distill import workers  # noqa: PLC0415
+
+    workers.core_shares(workers.available_cores(), jobs)  # enough cores, before anything trains
   start = time.perf_counter()
-  _train_missing(runs, teacher_dir, console)
+  _train_missing(runs, teacher_dir, console, jobs)
 
   if teacher is None:
     teacher = {"test_accuracy": runs[0]["summary"]["teacher_test_accuracy"]}
@@ -505,29 +516,100 @@ def _checked_runs(runs: list[dict[str, Any]], teacher_dir: Path, out_dir: Path,
   return runs
 
 
-def _train_missing(runs: list[dict[str, Any]], teacher_dir: Path, console: Console) -> None:
-  """Trains (or resumes) every run not finished with its recipe; reads the others' summaries."""
-  from distill import workflow  # noqa: PLC0415
+def _train_missing(runs: list[dict[str, Any]], teacher_dir: Path, console: Console,
+                   jobs: int = 1) -> None:
+  """Trains (or resumes) every run not finished with its recipe; reads the others' summaries.
 
+  `jobs` > 1 trains that many runs at once, each in a process of its own on
+  its share of the CPU cores (`distill.workers`).
+  """
+  missing = []
   for i, run in enumerate(runs, 1):
-    prefix = f"[{i}/{len(runs)}] {run['name']}"
-    if run["state"] == "same":
-      run["summary"] = read_json(run["dir"] / rundir.SUMMARY_FILE, "run summary")
-      run["reused"] = True
-      console.info(f"{prefix}: finished earlier with the same recipe, kept "
-                   f"(test accuracy {run['summary']['test_accuracy']:.4f})")
+    run["label"] = f"[{i}/{len(runs)}] {run['name']}"
+    if run["state"] != "same":
+      missing.append(run)
       continue
-    console.info(f"{prefix}: training" + (" (resuming)" if run["state"] == "resume" else ""))
+    run["summary"] = read_json(run["dir"] / rundir.SUMMARY_FILE, "run summary")
+    run["reused"] = True
+    console.info(f"{run['label']}: finished earlier with the same recipe, kept "
+                 f"(test accuracy {run['summary']['test_accuracy']:.4f})")
+  if jobs > 1 and len(missing) > 1:
+    _train_side_by_side(missing, teacher_dir, console, min(jobs, len(missing)))
+    return
+  for run in missing:
+    console.info(f"{run['label']}: training" + (" (resuming)" if run["state"] == "resume" else ""))
+    with _naming(run):
+      run["summary"] = train_run(run["recipe"], teacher_dir, run["dir"], run["state"])
+    _trained(run, console)
+
+
+def train_run(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, state: str,
+              check_cpu: bool = False) -> dict[str, Any]:
+  """Trains one run of the sweep in this process (a worker's task); returns its summary.
+
+  `state` is `_finished_state`'s: an unfinished run of another recipe starts
+  over, a finished one is replaced. `check_cpu`: refuse an accelerator (for
+  workers sharing out CPU cores).
+  """
+  from distill import workers, workflow  # noqa: PLC0415
+
+  if check_cpu:
+    workers.check_cpu()
+  return workflow.train_student(recipe, teacher_dir, workdir,
+                                restart=state == "other-unfinished",
+                                overwrite=state == "other-finished", quiet=True)
+
+
+def _train_side_by_side(missing: list[dict[str, Any]], teacher_dir: Path, console: Console,
+                        jobs: int) -> None:
+  """`missing`'s runs, `jobs` at a time in worker processes; stops at the first that fails.
+
+  The runs already training when one fails, or when Ctrl-C stops the sweep,
+  finish or save a checkpoint first, so running the sweep again resumes them.
+  """
+  from concurrent.futures.process import BrokenProcessPool  # noqa: PLC0415
+
+  from distill import workers  # noqa: PLC0415
+
+  with workers.core_pool(jobs) as (pool, how):
+    console.info(f"training {len(missing)} runs, {how}")
+    # Seed by seed: runs that differ only in their seed run the same programs, so the first
+    # seed's runs go first, each compiling its own, and the later seeds find them in the
+    # compilation cache rather than two workers compiling one program at once.
+    seeds = list(dict.fromkeys(run["seed"] for run in missing))
+    order = sorted(missing, key=lambda run: seeds.index(run["seed"]))
+    futures = {pool.submit(train_run, run["recipe"], teacher_dir, run["dir"], run["state"],
+                           check_cpu=True): run for run in order}
     try:
-      run["summary"] = workflow.train_student(
-          run["recipe"], teacher_dir, run["dir"], restart=run["state"] == "other-unfinished",
-          overwrite=run["state"] == "other-finished", quiet=True)
-    except UserError as e:
-      raise UserError(f"{run['name']}: {e}", exit_code=e.exit_code) from None
-    run["reused"] = False
-    console.info(f"{prefix}: test accuracy {run['summary']['test_accuracy']:.4f}, agreement "
-                 f"{run['summary']['agreement_with_teacher']:.4f} "
-                 f"in {run['summary']['wall_seconds']:.0f}s")
+      for future in concurrent.futures.as_completed(futures):
+        run = futures[future]
+        with _naming(run):
+          try:
+            run["summary"] = future.result()
+          except BrokenProcessPool:
+            raise UserError("a worker process died (out of memory?) while training; "
+                            "run the sweep again to resume, with fewer --jobs") from None
+        _trained(run, console)
+    except KeyboardInterrupt:
+      raise UserError("stopped by SIGINT; the runs in training saved checkpoints. "
+                      "Run the same command again to resume.", exit_code=130) from None
+
+
+@contextlib.contextmanager
+def _naming(run: dict[str, Any]):
+  """A UserError while `run` trains, with the run's name in front."""
+  try:
+    yield
+  except UserError as e:
+    raise UserError(f"{run['name']}: {e}", exit_code=e.exit_code) from None
+
+
+def _trained(run: dict[str, Any], console: Console) -> None:
+  """Marks `run` as trained here and prints its result line."""
+  run["reused"] = False
+  summary = run["summary"]
+  console.info(f"{run['label']}: test accuracy {summary['test_accuracy']:.4f}, agreement "
+               f"{summary['agreement_with_teacher']:.4f} in {summary['wall_seconds']:.0f}s")
 
 
 def _write_sweep(runs: list[dict[str, Any]], teacher: dict[str, Any], settings: dict[str, Any],

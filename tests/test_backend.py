@@ -53,7 +53,8 @@ def test_cpu_description_tells_generations_with_one_model_name_apart():
   assert backend.cpu_description(zen5, cores=2).startswith("AMD EPYC (family 26, model 17)")
   # Without /proc/cpuinfo (macOS, Windows) the platform's own name stands in.
   assert backend.cpu_description("", cores=8).endswith(", 8 cores")
-  assert backend.cpu_description().endswith(" cores")
+  assert backend.cpu_description().endswith((" cores", " 1 core"))
+  assert backend.cpu_description("", cores=1).endswith(", 1 core")
 
 
 def test_accelerators_get_unmeasured_defaults_named_by_backend():

@@ -98,6 +98,7 @@ def test_compare_warns_when_times_come_from_different_machines():
   assert report_lib.machine_of(h200) == "NVIDIA H200 x 1"
   assert report_lib.machines_note([zen4, zen4, {"backend": "cpu"}]) is None
   note = report_lib.machines_note([zen4, zen5, zen4, h200])
-  assert note.startswith("train s comes from 3 machines, so compare times only within one")
+  assert note.startswith(
+      "train s comes from 3 machines or core counts, so compare times only within one")
   assert "AMD EPYC (family 25, model 17), 2 cores (2 runs)" in note
   assert "NVIDIA H200 x 1 (1 run)" in note

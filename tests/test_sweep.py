@@ -8,7 +8,7 @@ import pytest
 from conftest import copy_runs, run_cli
 from scipy import stats as scipy_stats
 
-from distill import report, workflow
+from distill import report, workers, workflow
 from distill.sweep import (
   aggregate,
   format_paired,
@@ -356,3 +356,27 @@ def test_method_axis_end_to_end_with_a_fake_trainer(swept, tmp_path, fake_traine
   # The sweep's own table is a table too, and its verdict sentence heads the section.
   assert "<td>mlp</td><td>targets</td><td>dkd</td>" in section and "<pre>" not in section
   assert f"<strong>{html.escape(verdict_sentence(saved['rows']))}</strong>" in section
+
+
+@pytest.mark.skipif(len(workers.available_cores()) < 2, reason="two jobs need two cores")
+def test_jobs_train_the_runs_in_worker_processes_one_core_each(swept, tmp_path):
+  root, _ = swept
+  args = ["--teacher", root / "teacher", "--model", "linear", "--mode", "hard", "--mode",
+          "targets", "--seed", "0", "--steps", "10"]
+  result = run_cli("sweep", *args, "--out", tmp_path / "two", "--jobs", "2")
+  assert result.exit_code == 0, result.output
+  assert "training 2 runs, 2 at a time, 1 core each" in result.stderr
+  names = ["linear-hard-s0", "linear-targets-s0"]
+  summaries = _summaries(tmp_path / "two", names)
+  # Each run trained pinned to one core, in a worker process of its own.
+  assert all(summary["cpu"].endswith(", 1 core") for summary in summaries)
+  alone = {run["name"]: run["summary"] for run in json.loads(
+      (root / "sweep" / "sweep.json").read_text())["runs"]}
+  for name, summary in zip(names, summaries, strict=True):
+    # The same runs as the module's sweep trained one after the other; only the threads differ.
+    assert summary["recipe_hash"] == alone[name]["recipe_hash"]
+    assert summary["test_accuracy"] == pytest.approx(alone[name]["test_accuracy"], abs=0.03)
+  # Run again, the finished runs are kept, and no worker starts for them.
+  again = run_cli("sweep", *args, "--out", tmp_path / "two", "--jobs", "2")
+  assert again.exit_code == 0 and again.stderr.count("same recipe, kept") == 2
+  assert "at a time" not in again.stderr
