@@ -509,8 +509,8 @@ def bench(recipe, overrides, role, batch_size, steps, bare_steps, synthetic, as_
 @click.option("--jobs", "-j", type=int, default=1, show_default=True,
               help="Runs trained at once, each in a process of its own on its share of the CPU "
                    "cores. Small students use a second core poorly: on 2 cores the demo's 18 "
-                   "runs took 63 s with --jobs 2, 103 s with 1. A run's last digits depend on "
-                   "how many cores it has.")
+                   "runs took 62-77 s with --jobs 2, 93-116 s with 1. A run's last digits "
+                   "depend on how many cores it has.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress notes or bars.")
 @_user_errors
 def sweep(teacher_dir, out, models, modes, soft_losses, methods, seeds, recipe, overrides, steps,

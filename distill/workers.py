@@ -4,8 +4,9 @@ A small model's step gains little or nothing from a second core on XLA:CPU:
 the demo's linear student trains as fast on one core as on two (its second
 XLA thread mostly spins, waiting for work), its ViT student within 3%. A
 sweep of such runs finishes sooner with the runs side by side, one process
-per share of the cores (BENCHMARKS.md, "Sweeps": the demo's 18 runs in 63 s
-as two one-core jobs against 103 s one after the other on 2 cores).
+per share of the cores (BENCHMARKS.md, "Sweeps on several cores": on 2 cores,
+the demo's 18 runs in 62-77 s as two one-core jobs against 93-116 s one after
+the other).
 
 Each worker is a fresh interpreter (`spawn`: no JAX state is copied from the
 parent), pinned to its share of the cores, with XLA told that share's size
