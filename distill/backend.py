@@ -128,8 +128,9 @@ def cpu_description(cpuinfo: str | None = None, cores: int | None = None) -> str
     except OSError:
       cpuinfo = ""
   if cores is None:
-    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-             else os.cpu_count() or 1)
+    from distill.workers import available_cores  # noqa: PLC0415
+
+    cores = len(available_cores())
   fields = {}
   for line in cpuinfo.splitlines():
     key, sep, value = line.partition(":")

@@ -1,6 +1,7 @@
 """distill.workers: runs side by side, each process on its own share of the CPU cores."""
 
 import os
+import sys
 
 import pytest
 
@@ -32,7 +33,7 @@ def test_describe_says_how_the_cores_were_shared():
 
 def _what_a_worker_sees():
   return (sorted(os.sched_getaffinity(0)), os.environ.get(workers.XLA_THREADS_ENV),
-          "jax" in __import__("sys").modules)
+          "jax" in sys.modules)
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity")
