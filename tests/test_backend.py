@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TINY_FLAGS, run_cli
+from conftest import TINY_FLAGS, copy_runs, run_cli
 from flax import nnx
 
 from distill import backend, step
@@ -65,6 +66,44 @@ def test_accelerators_get_unmeasured_defaults_named_by_backend():
     assert not choice.unroll_conv_scan and choice.compute_dtype == "float32"
     assert choice.as_dict()["backend"] == name
     assert choice.compiler_options == ()  # XLA:CPU's options never reach an accelerator
+
+
+def _train_cnn_student(workdir, teacher):
+  """A TINY digits CNN student on hard labels, at a rate where 20 steps learn: its test accuracy."""
+  result = run_cli("student", "--teacher", teacher, "--workdir", workdir, "--loss", "hard", "-q",
+                   *TINY_FLAGS, "--set", "student.learning_rate=1e-2")
+  assert result.exit_code == 0, result.output
+  return json.loads((workdir / "summary.json").read_text())["test_accuracy"]
+
+
+def test_the_accelerator_choices_train_a_cnn_here_as_the_cpu_ones_do(monkeypatch, tmp_path,
+                                                                      tiny_digits_runs):
+  """What a GPU would run, run on this CPU first: the lent device's minutes are scarce.
+
+  Under the accelerator's choices the CNN's steps run inside a `lax.scan`, the
+  head's kernel gradient is one dot and no XLA:CPU option applies. The student
+  trains, validates and evaluates end to end, as well as under the CPU's
+  choices (each choice computes the same numbers up to rounding; see
+  test_train's scan-against-unrolled test, test_dense and the convolution
+  test above), which 20 steps at a high rate amplify to about a point.
+  """
+  copy_runs(tiny_digits_runs, tmp_path, teacher="teacher")
+  cpu_accuracy = _train_cnn_student(tmp_path / "cpu", tmp_path / "teacher")
+  accelerator = backend.choices("gpu")
+  monkeypatch.setattr(backend, "choices", lambda name=None: accelerator)
+  unrolled = []
+  should_unroll = step.should_unroll
+  monkeypatch.setattr(step, "should_unroll",
+                      lambda model: unrolled.append(should_unroll(model)) or unrolled[-1])
+  backend.compiler_options.cache_clear()
+  try:
+    assert backend.compiler_options() == {}
+    accuracy = _train_cnn_student(tmp_path / "gpu", tmp_path / "teacher")
+  finally:
+    backend.compiler_options.cache_clear()
+  assert unrolled and not any(unrolled), "the CNN's steps run in a scan"
+  assert cpu_accuracy > 0.5, "the student learns, so the comparison means something"
+  assert abs(accuracy - cpu_accuracy) < 0.05
 
 
 def _conv_gradients(x, w):

@@ -1,4 +1,5 @@
 import contextlib
+import dataclasses
 import json
 import threading
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from distill import config, loop, losses, parallel, step, workflow
+from distill import backend, config, loop, losses, parallel, step, workflow
 from distill.checkpoint import Checkpointer
 from distill.data import load_dataset
 from distill.errors import UserError
@@ -222,6 +223,33 @@ def test_an_unrolled_dispatch_of_any_length_has_no_loop(tiny_overrides):
     program = setup.chunk_fn.lower(setup.state, *setup.step_inputs(),
                                    setup.feeder.rows_like(rows)).as_text()
     assert ("stablehlo.while" in program) == (not setup.spec.unroll), steps
+
+
+
+def test_a_cnn_dispatch_computes_the_same_scanned_as_unrolled(monkeypatch, tiny_overrides):
+  # CPUs unroll a convolutional model's steps; accelerators keep the scan (`distill.backend`).
+  # Both must compute the same steps: each step's batch, loss and gradient over two 5-step
+  # dispatches. The rate is tiny because Adam's first steps move every parameter by about the
+  # rate whatever its gradient's size: a gradient that rounds to the other sign in one program
+  # would move its parameter the other way, and the two would part by a few per cent of what
+  # training moved (the two programs round differently at the optimisation level the tests
+  # compile with). The update itself is the same code in both; test_backend trains a CNN
+  # student end to end under the accelerator's choices.
+  overrides = [*tiny_overrides, "student.model=cnn", "student.learning_rate=1e-12"]
+  runs = []
+  for unroll in (True, False):
+    chosen = dataclasses.replace(backend.choices("cpu"), unroll_conv_scan=unroll)
+    monkeypatch.setattr(backend, "choices", lambda name=None, chosen=chosen: chosen)
+    setup = _prepared(overrides, "student", seed=0, augment=False)
+    assert setup.spec.unroll == unroll
+    state, metrics = setup.state, []
+    for rows in setup.feeder.dispatches([(0, 5), (5, 5)]):
+      state, dispatch_metrics = setup.run_chunk(setup.compile(state, rows), state, rows)
+      metrics.append(np.stack([dispatch_metrics["loss"], dispatch_metrics["grad_norm"]]))
+    runs.append(np.concatenate(metrics, axis=1))
+  unrolled, scanned = runs
+  assert len(set(unrolled[1].round(5))) == 10, "each step sees its own batch"
+  np.testing.assert_allclose(scanned, unrolled, rtol=1e-5)
 
 
 @pytest.mark.parametrize("rows, batch_size", [(150, 64), (7, 256), (128, 32)])
