@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The prepared device check: throughput, MFU and an end-to-end demo on whatever accelerator
-# JAX finds, written to $OUT/gpu.json and $OUT/gpu.md (see benchmarks/gpu_bench.py).
+# The prepared device check: throughput, MFU, an end-to-end demo and a profile on whatever
+# accelerator JAX finds, written to $OUT/gpu.json and $OUT/gpu.md (see benchmarks/gpu_bench.py).
 # Needs no install: python3 from PATH (or $PYTHON) with jax, flax, optax, orbax, click, numpy.
 # The demo stage reads Fashion-MNIST from data/fashion-mnist (benchmarks/carry_data.sh fills it).
 #   OUT=/tmp/gpu benchmarks/gpu.sh            # on the device, about 5-8 minutes

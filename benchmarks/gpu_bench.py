@@ -9,7 +9,10 @@ short still leaves what it measured:
   the real split's size), each in float32 and bfloat16 compute: bare-step
   and loop images/s, compile seconds, XLA's FLOPs per step and MFU;
 - the demo teacher and its CNN student (recipes/demo.toml) trained end to end
-  on Fashion-MNIST read from --data-dir: wall time and test accuracy.
+  on Fashion-MNIST read from --data-dir: wall time and test accuracy;
+- a `jax.profiler` trace of the CIFAR-10 ViT's bare step (benchmarks/profile_step.py):
+  its heaviest ops in gpu.json and gpu.md, the trace and the step's HLO in OUT,
+  so a run that misses a goal already holds the profile that says why.
 
 `--smoke` runs the same stages with tiny models, data and step counts, to
 check the path on CPU in about a minute. Needs no install: run it from the
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -114,6 +118,42 @@ def demo_stage(data_dir: str | None, workdir: Path, *, smoke: bool) -> dict[str,
   }
 
 
+# The profile: steps traced, op groups kept, and the largest file brought back (the device
+# tool returns files of up to 16 MiB).
+_PROFILE_STEPS = 100
+_PROFILE_TOP = 15
+_PROFILE_MAX_FILE_BYTES = 15 << 20
+
+
+def profile_stage(recipe_name: str, synthetic: str, *, smoke: bool, out: Path) -> dict[str, Any]:
+  """`jax.profiler` over the recipe's teacher bare step: its top ops; trace and HLO to `out`."""
+  import profile_step  # noqa: PLC0415 (benchmarks/, this script's own folder)
+
+  from distill import config  # noqa: PLC0415
+
+  overrides, steps = [], _PROFILE_STEPS
+  if smoke:
+    shape, _, classes = synthetic.split(":")
+    synthetic = f"{shape}:{_SMOKE_BENCH['synthetic_examples']}:{classes}"
+    steps = _SMOKE_BENCH["steps"]
+    overrides += [*_settings_overrides("teacher", _SMOKE_VIT + _SMOKE_CADENCE),
+                  "teacher.batch_size=32"]
+  recipe = config.load_recipe(recipe_name, overrides)
+  with tempfile.TemporaryDirectory(prefix="distill-profile-") as folder:
+    found = profile_step.profile(recipe, role="teacher", steps=steps, synthetic=synthetic,
+                                 out=Path(folder), top=_PROFILE_TOP)
+    kept = {}
+    for key, name in (("trace", "profile_trace.json.gz"), ("hlo", "profile_step.hlo.txt")):
+      source = Path(found.pop(key))
+      size = source.stat().st_size
+      if size <= _PROFILE_MAX_FILE_BYTES:
+        shutil.copyfile(source, out / name)
+        kept[name] = size
+      else:
+        kept[name] = f"not kept: {size} bytes"
+  return {"recipe": recipe_name, "steps": steps, **found, "files": kept}
+
+
 def _environment() -> dict[str, Any]:
   import jax  # noqa: PLC0415
 
@@ -165,7 +205,18 @@ def _markdown(report: dict[str, Any]) -> str:
               str(result.get("loop_images_per_second", "")),
               str(result.get("compile_seconds", "")), str(result.get("bare_step_tflops", "")),
               str(result.get("mfu", "")), str(stage.get("seconds", "")), ""]
+    if "top_ops" in result:  # the profile: its own table below
+      continue
     lines.append("| " + " | ".join(cells) + " |")
+  profile = (report["stages"].get("profile") or {}).get("result")
+  if profile:
+    lines += ["", f"## Profile: {profile['recipe']} teacher, {profile['steps']} steps traced",
+              "", f"{profile['images_per_second']} img/s while traced, {profile['ms_per_step']} "
+              f"ms a step; ops sum to {profile['ops_ms_per_step']} ms a step. Files: "
+              f"{json.dumps(profile['files'])}", "",
+              "| ms a step | op | shape | from |", "|---|---|---|---|"]
+    lines += [f"| {op['ms_per_step']} | {op['kind']} | {op['shape'][:40]} | "
+              f"{op['origin'][-60:]} |" for op in profile["top_ops"]]
   return "\n".join(lines) + "\n"
 
 
@@ -197,8 +248,10 @@ def main(argv: list[str] | None = None) -> int:
   if args.smoke:
     # The smoke run checks the path, not the speed: XLA's least LLVM optimisation compiles
     # the tiny models about twice as fast on CPU. Set before anything initialises JAX.
+    # XLA:CPU records its ops in a profile only with traceme on (a GPU's kernels always are).
     os.environ["XLA_FLAGS"] = " ".join(
-        [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]).strip()
+        [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0",
+         "--xla_cpu_enable_xprof_traceme=true"]).strip()
   started = time.perf_counter()
   args.out.mkdir(parents=True, exist_ok=True)
   data_dir = args.data_dir
@@ -241,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
               peak_tflops=args.peak_tflops))
   with tempfile.TemporaryDirectory(prefix="distill-gpu-") as workdir:
     run("demo end to end", lambda: demo_stage(data_dir, Path(workdir), smoke=args.smoke))
+  recipe_name, synthetic = _BENCH_RECIPES[0]
+  run("profile", lambda: profile_stage(recipe_name, synthetic, smoke=args.smoke, out=args.out))
   print(_markdown(report))
   return 0 if all(stage["ok"] for stage in report["stages"].values()) else 1
 

@@ -120,31 +120,34 @@ def group_by_origin(totals: collections.Counter, hlo_text: str) -> collections.C
   return groups
 
 
-def main() -> None:
-  args = _arguments()
-  os.environ["XLA_FLAGS"] = " ".join(
-      filter(None, [os.environ.get("XLA_FLAGS"), "--xla_cpu_enable_xprof_traceme=true"]))
-  import jax  # noqa: PLC0415 (after XLA_FLAGS)
+def profile(recipe, *, role: str, steps: int, synthetic: str | None, out: Path,
+            top: int = 30) -> dict:
+  """Traces `role`'s bare step for `steps` steps and ranks its ops (JAX must start after
+  `--xla_cpu_enable_xprof_traceme` is in XLA_FLAGS for XLA:CPU's per-op events).
+
+  Returns images/s while traced, ms a step, the ops' and the convolutions' thread-pool
+  ms a step, the `top` op groups (ms a step, kind, output shape, JAX origin) and the
+  paths of the trace and the step's HLO, both left in `out`.
+  """
+  import jax  # noqa: PLC0415
 
   from distill import bench  # noqa: PLC0415
   from distill import config as config_lib  # noqa: PLC0415
 
-  recipe = config_lib.load_recipe(args.recipe, overrides=args.overrides)
   # The trace holds the compile too; compiler events are not ops, so they drop out below.
-  args.out.mkdir(parents=True, exist_ok=True)
-  trace_dir = args.out / "trace"
+  out.mkdir(parents=True, exist_ok=True)
+  trace_dir = out / "trace"
   options = jax.profiler.ProfileOptions()
   options.python_tracer_level = 0
   with jax.profiler.trace(trace_dir, create_perfetto_trace=True, profiler_options=options):
-    bare = bench.bare_step(recipe, role=args.role, steps=args.steps, synthetic=args.synthetic,
-                           keep_hlo=True)
+    bare = bench.bare_step(recipe, role=role, steps=steps, synthetic=synthetic, keep_hlo=True)
   hlo_text = bare.hlo_text
-  (args.out / "step.hlo.txt").write_text(hlo_text)
+  (out / "step.hlo.txt").write_text(hlo_text)
 
   # The traced window holds the warm-up dispatch too.
-  settings = config_lib.TrainSettings.of(recipe, args.role)
+  settings = config_lib.TrainSettings.of(recipe, role)
   traced_steps = bare.steps + settings.steps_per_dispatch
-  # This run's trace: earlier runs into the same --out left theirs beside it.
+  # This run's trace: earlier runs into the same folder left theirs beside it.
   trace_path = max(trace_dir.glob("**/perfetto_trace.json.gz"), key=lambda p: p.stat().st_mtime)
   events = read_trace(trace_path)
   totals = op_times(events)
@@ -152,14 +155,37 @@ def main() -> None:
   groups = group_by_origin(totals, hlo_text)
   for (kind, shape, origin), micros in group_by_origin(waiting, hlo_text).items():
     groups[(f"{kind} (async)", shape, origin)] += micros
-  print(f"{args.recipe} {args.role}: {bare.images_per_second:,.0f} images/s while traced "
-        f"({1e3 * settings.batch_size / bare.images_per_second:.1f} ms a step), "
-        f"ops sum to {sum(totals.values()) / 1e3 / traced_steps:.1f} ms a step "
+  return {
+      "images_per_second": round(bare.images_per_second, 1),
+      "ms_per_step": round(1e3 * settings.batch_size / bare.images_per_second, 3),
+      "ops_ms_per_step": round(sum(totals.values()) / 1e3 / traced_steps, 3),
+      "async_convolution_ms_per_step": round(sum(waiting.values()) / 1e3 / traced_steps, 3),
+      "top_ops": [{"ms_per_step": round(micros / 1e3 / traced_steps, 4), "kind": kind,
+                   "shape": shape, "origin": origin}
+                  for (kind, shape, origin), micros in groups.most_common(top)],
+      "trace": str(trace_path),
+      "hlo": str(out / "step.hlo.txt"),
+  }
+
+
+def main() -> None:
+  args = _arguments()
+  os.environ["XLA_FLAGS"] = " ".join(
+      filter(None, [os.environ.get("XLA_FLAGS"), "--xla_cpu_enable_xprof_traceme=true"]))
+  from distill import config as config_lib  # noqa: PLC0415
+
+  recipe = config_lib.load_recipe(args.recipe, overrides=args.overrides)
+  found = profile(recipe, role=args.role, steps=args.steps, synthetic=args.synthetic,
+                  out=args.out, top=args.top)
+  print(f"{args.recipe} {args.role}: {found['images_per_second']:,.0f} images/s while traced "
+        f"({found['ms_per_step']:.1f} ms a step), "
+        f"ops sum to {found['ops_ms_per_step']:.1f} ms a step "
         f"(both cores' time added up), convolutions "
-        f"{sum(waiting.values()) / 1e3 / traced_steps:.1f} ms more on the thread pool, after "
+        f"{found['async_convolution_ms_per_step']:.1f} ms more on the thread pool, after "
         f"their ops' events ('(async)')")
-  for (kind, shape, origin), micros in groups.most_common(args.top):
-    print(f"{micros / 1e3 / traced_steps:7.2f} ms  {kind:26s} {shape[:36]:36s} {origin[-70:]}")
+  for op in found["top_ops"]:
+    print(f"{op['ms_per_step']:7.2f} ms  {op['kind']:26s} {op['shape'][:36]:36s} "
+          f"{op['origin'][-70:]}")
   print(f"trace and HLO: {args.out}")
 
 

@@ -12,6 +12,7 @@ prepends '.' to PYTHONPATH rather than replacing it, so the shim stays in force.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -90,7 +91,7 @@ def test_gpu_script_smoke_runs_every_stage(tmp_path):
   assert not failed, (failed, result.stderr[-3000:])
   assert result.returncode == 0, result.stderr[-3000:]
   stages = report["stages"]
-  assert len(stages) == 6, list(stages)
+  assert len(stages) == 7, list(stages)
   env = stages["environment"]["result"]
   assert env["backend"] == "cpu" and env["backend_choices"]["unroll_conv_scan"] is True
   assert env["cpu"].endswith((" cores", " 1 core"))
@@ -105,6 +106,17 @@ def test_gpu_script_smoke_runs_every_stage(tmp_path):
     assert demo[role]["images_per_second"] > 0
     assert 0.0 <= demo[role]["test_accuracy"] <= 1.0
   assert demo["student"]["model"] == "cnn"
+  # The profile: the step's heaviest ops, traced back to JAX, and the trace to take home.
+  profile = stages["profile"]["result"]
+  assert profile["recipe"] == "cifar10" and profile["ms_per_step"] > 0
+  assert len(profile["top_ops"]) == 15 and all(op["ms_per_step"] > 0 for op in profile["top_ops"])
+  assert any("dot_general" in op["origin"] for op in profile["top_ops"])
+  assert json.loads(gzip.open(out / "profile_trace.json.gz").read())["traceEvents"]
+  assert (out / "profile_step.hlo.txt").read_text().startswith("HloModule")
+  assert "## Profile: cifar10 teacher" in (out / "gpu.md").read_text()
+  # What comes back from the device: at most 8 plain files, none in a hidden name.
+  assert sorted(path.name for path in out.iterdir()) == [
+      "gpu.json", "gpu.md", "profile_step.hlo.txt", "profile_trace.json.gz"]
   print(f"gpu.sh --smoke took {seconds:.0f} s")
 
 
