@@ -7,6 +7,7 @@ operation they came from (unrolled steps' copies of an op add up):
 
     python benchmarks/profile_step.py --recipe cifar10 --synthetic 32x32x3:50000:10
     python benchmarks/profile_step.py --recipe fashion_mnist --role student --top 20
+    python benchmarks/profile_step.py --read runs/gpu --top 40   # what gpu.sh brought back
 
 XLA:CPU's convolution events end when the work is handed to its thread pool; the
 stretch with no op running that follows is charged to the convolution launched
@@ -46,6 +47,9 @@ def _arguments() -> argparse.Namespace:
   parser.add_argument("--steps", type=int, default=100, help="optimizer steps traced")
   parser.add_argument("--top", type=int, default=30, help="op groups printed")
   parser.add_argument("--out", type=Path, default=Path("runs/profile"))
+  parser.add_argument("--read", type=Path, metavar="FOLDER",
+                      help="trace nothing: rank the ops of a trace brought back by gpu.sh "
+                           "(FOLDER/profile_trace.json.gz with profile_step.hlo.txt and gpu.json)")
   return parser.parse_args()
 
 
@@ -149,27 +153,55 @@ def profile(recipe, *, role: str, steps: int, synthetic: str | None, out: Path,
   traced_steps = bare.steps + settings.steps_per_dispatch
   # This run's trace: earlier runs into the same folder left theirs beside it.
   trace_path = max(trace_dir.glob("**/perfetto_trace.json.gz"), key=lambda p: p.stat().st_mtime)
-  events = read_trace(trace_path)
+  return {
+      "images_per_second": round(bare.images_per_second, 1),
+      "ms_per_step": round(1e3 * settings.batch_size / bare.images_per_second, 3),
+      **rank_ops(read_trace(trace_path), hlo_text, traced_steps=traced_steps, top=top),
+      "trace": str(trace_path),
+      "hlo": str(out / "step.hlo.txt"),
+  }
+
+
+def rank_ops(events: list[dict], hlo_text: str, *, traced_steps: int, top: int) -> dict:
+  """The trace's op time per step: all ops, convolutions' thread-pool time, the `top` groups."""
   totals = op_times(events)
   waiting = async_convolution_times(events, hlo_text)
   groups = group_by_origin(totals, hlo_text)
   for (kind, shape, origin), micros in group_by_origin(waiting, hlo_text).items():
     groups[(f"{kind} (async)", shape, origin)] += micros
   return {
-      "images_per_second": round(bare.images_per_second, 1),
-      "ms_per_step": round(1e3 * settings.batch_size / bare.images_per_second, 3),
+      "traced_steps": traced_steps,
       "ops_ms_per_step": round(sum(totals.values()) / 1e3 / traced_steps, 3),
       "async_convolution_ms_per_step": round(sum(waiting.values()) / 1e3 / traced_steps, 3),
       "top_ops": [{"ms_per_step": round(micros / 1e3 / traced_steps, 4), "kind": kind,
                    "shape": shape, "origin": origin}
                   for (kind, shape, origin), micros in groups.most_common(top)],
-      "trace": str(trace_path),
-      "hlo": str(out / "step.hlo.txt"),
   }
+
+
+def _print_ops(top_ops: list[dict]) -> None:
+  for op in top_ops:
+    print(f"{op['ms_per_step']:7.2f} ms  {op['kind']:26s} {op['shape'][:36]:36s} "
+          f"{op['origin'][-70:]}")
+
+
+def read_brought_back(folder: Path, top: int) -> None:
+  """Prints the op ranking of the trace, HLO and gpu.json that `benchmarks/gpu.sh` wrote."""
+  profile = json.loads((folder / "gpu.json").read_text())["stages"]["profile"]["result"]
+  ranked = rank_ops(read_trace(folder / "profile_trace.json.gz"),
+                    (folder / "profile_step.hlo.txt").read_text(),
+                    traced_steps=profile["traced_steps"], top=top)
+  print(f"{profile['recipe']} teacher on the device: {profile['images_per_second']:,.0f} "
+        f"images/s while traced ({profile['ms_per_step']:.2f} ms a step), ops sum to "
+        f"{ranked['ops_ms_per_step']:.2f} ms a step")
+  _print_ops(ranked["top_ops"])
 
 
 def main() -> None:
   args = _arguments()
+  if args.read:
+    read_brought_back(args.read, args.top)
+    return
   os.environ["XLA_FLAGS"] = " ".join(
       filter(None, [os.environ.get("XLA_FLAGS"), "--xla_cpu_enable_xprof_traceme=true"]))
   from distill import config as config_lib  # noqa: PLC0415
@@ -183,9 +215,7 @@ def main() -> None:
         f"(both cores' time added up), convolutions "
         f"{found['async_convolution_ms_per_step']:.1f} ms more on the thread pool, after "
         f"their ops' events ('(async)')")
-  for op in found["top_ops"]:
-    print(f"{op['ms_per_step']:7.2f} ms  {op['kind']:26s} {op['shape'][:36]:36s} "
-          f"{op['origin'][-70:]}")
+  _print_ops(found["top_ops"])
   print(f"trace and HLO: {args.out}")
 
 

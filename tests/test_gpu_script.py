@@ -117,6 +117,13 @@ def test_gpu_script_smoke_runs_every_stage(tmp_path):
   # What comes back from the device: at most 8 plain files, none in a hidden name.
   assert sorted(path.name for path in out.iterdir()) == [
       "gpu.json", "gpu.md", "profile_step.hlo.txt", "profile_trace.json.gz"]
+  # Brought back, the trace ranks its ops here again, without the device: the same top op.
+  read = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_step.py"), "--read",
+                         str(out), "--top", "3"], capture_output=True, text=True, timeout=120)
+  assert read.returncode == 0, read.stderr[-2000:]
+  lines = read.stdout.splitlines()
+  assert lines[0].startswith("cifar10 teacher on the device: ") and len(lines) == 4
+  assert profile["top_ops"][0]["origin"][-70:] in lines[1]
   print(f"gpu.sh --smoke took {seconds:.0f} s")
 
 
