@@ -69,9 +69,9 @@ def test_accelerators_get_unmeasured_defaults_named_by_backend():
 
 
 def _train_cnn_student(workdir, teacher):
-  """A TINY digits CNN student on hard labels, at a rate where 20 steps learn: its test accuracy."""
+  """A TINY digits CNN student on hard labels, 60 steps at a rate that learns: its test accuracy."""
   result = run_cli("student", "--teacher", teacher, "--workdir", workdir, "--loss", "hard", "-q",
-                   *TINY_FLAGS, "--set", "student.learning_rate=1e-2")
+                   *TINY_FLAGS, "--set", "student.learning_rate=1e-2", "--set", "student.steps=60")
   assert result.exit_code == 0, result.output
   return json.loads((workdir / "summary.json").read_text())["test_accuracy"]
 
@@ -83,9 +83,10 @@ def test_the_accelerator_choices_train_a_cnn_here_as_the_cpu_ones_do(monkeypatch
   Under the accelerator's choices the CNN's steps run inside a `lax.scan`, the
   head's kernel gradient is one dot and no XLA:CPU option applies. The student
   trains, validates and evaluates end to end, as well as under the CPU's
-  choices (each choice computes the same numbers up to rounding; see
+  choices: each choice computes the same numbers up to rounding (see
   test_train's scan-against-unrolled test, test_dense and the convolution
-  test above), which 20 steps at a high rate amplify to about a point.
+  test above), which Adam's first steps can amplify, so the two students
+  are compared by their accuracy (92.2% both, on an AMD EPYC).
   """
   copy_runs(tiny_digits_runs, tmp_path, teacher="teacher")
   cpu_accuracy = _train_cnn_student(tmp_path / "cpu", tmp_path / "teacher")
@@ -102,8 +103,8 @@ def test_the_accelerator_choices_train_a_cnn_here_as_the_cpu_ones_do(monkeypatch
   finally:
     backend.compiler_options.cache_clear()
   assert unrolled and not any(unrolled), "the CNN's steps run in a scan"
-  assert cpu_accuracy > 0.5, "the student learns, so the comparison means something"
-  assert abs(accuracy - cpu_accuracy) < 0.05
+  assert cpu_accuracy > 0.8, "the student learns, so the comparison means something"
+  assert abs(accuracy - cpu_accuracy) < 0.03
 
 
 def _conv_gradients(x, w):
