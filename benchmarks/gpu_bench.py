@@ -58,6 +58,13 @@ def _settings_overrides(role: str, keys: list[str]) -> list[str]:
   return [f"{role}.{key}" for key in keys]
 
 
+def _smoke_teacher(synthetic: str) -> tuple[str, int, list[str]]:
+  """--smoke's (synthetic data spec, steps, teacher overrides) for a bench-like stage."""
+  shape, _, classes = synthetic.split(":")
+  return (f"{shape}:{_SMOKE_BENCH['synthetic_examples']}:{classes}", _SMOKE_BENCH["steps"],
+          [*_settings_overrides("teacher", _SMOKE_VIT + _SMOKE_CADENCE), "teacher.batch_size=32"])
+
+
 def bench_stage(recipe_name: str, synthetic: str, dtype: str, *, smoke: bool,
                 export_batch: int, peak_tflops: float) -> dict[str, Any]:
   """One `distill bench` of the recipe's teacher in `dtype`, with XLA's FLOPs and MFU."""
@@ -66,11 +73,8 @@ def bench_stage(recipe_name: str, synthetic: str, dtype: str, *, smoke: bool,
   overrides = [f"teacher.compute_dtype={dtype}", f"export.batch_size={export_batch}"]
   steps = None  # `distill bench`'s default: one period of the recipe's eval/checkpoint cadence
   if smoke:
-    shape, _, classes = synthetic.split(":")
-    synthetic = f"{shape}:{_SMOKE_BENCH['synthetic_examples']}:{classes}"
-    steps = _SMOKE_BENCH["steps"]
-    overrides += [*_settings_overrides("teacher", _SMOKE_VIT + _SMOKE_CADENCE),
-                  "teacher.batch_size=32"]
+    synthetic, steps, tiny = _smoke_teacher(synthetic)
+    overrides += tiny
   recipe = config.load_recipe(recipe_name, overrides)
   result = bench.run_benchmark(recipe, role="teacher", steps=steps, bare_steps=steps,
                                synthetic=synthetic, quiet=True, count_flops=True)
@@ -134,11 +138,7 @@ def profile_stage(recipe_name: str, synthetic: str, *, smoke: bool, out: Path) -
 
   overrides, steps = [], _PROFILE_STEPS
   if smoke:
-    shape, _, classes = synthetic.split(":")
-    synthetic = f"{shape}:{_SMOKE_BENCH['synthetic_examples']}:{classes}"
-    steps = _SMOKE_BENCH["steps"]
-    overrides += [*_settings_overrides("teacher", _SMOKE_VIT + _SMOKE_CADENCE),
-                  "teacher.batch_size=32"]
+    synthetic, steps, overrides = _smoke_teacher(synthetic)
   recipe = config.load_recipe(recipe_name, overrides)
   with tempfile.TemporaryDirectory(prefix="distill-profile-") as folder:
     found = profile_step.profile(recipe, role="teacher", steps=steps, synthetic=synthetic,
