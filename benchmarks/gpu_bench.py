@@ -193,6 +193,8 @@ def _markdown(report: dict[str, Any]) -> str:
   ]
   for name, stage in report["stages"].items():
     result = stage.get("result") or {}
+    if "top_ops" in result:  # the profile: its own table below
+      continue
     cells = [name, "yes" if stage["ok"] else f"no: {stage.get('error', '')[:60]}"]
     if "teacher" in result:  # the end-to-end demo: one row per model
       for role in ("teacher", "student"):
@@ -206,8 +208,6 @@ def _markdown(report: dict[str, Any]) -> str:
               str(result.get("loop_images_per_second", "")),
               str(result.get("compile_seconds", "")), str(result.get("bare_step_tflops", "")),
               str(result.get("mfu", "")), str(stage.get("seconds", "")), ""]
-    if "top_ops" in result:  # the profile: its own table below
-      continue
     lines.append("| " + " | ".join(cells) + " |")
   profile = (report["stages"].get("profile") or {}).get("result")
   if profile:
