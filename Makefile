@@ -88,8 +88,14 @@ else
 	$(PYTHON_NEWEST) -m venv $(NEWEST)
 	$(NEWEST)/bin/pip install --quiet --upgrade pip
 	$(NEWEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[test,onnx]'
+	@# jax2onnx 0.17 (the onnx extra) holds orbax-checkpoint below 0.11.37 but never imports it.
+	@# Resolving distill's own requirements again brings the newest Orbax they allow, as a user
+	@# without the extra gets it; pip then reports jax2onnx's pin as a conflict, and goes on.
+	$(NEWEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[test]'
 	@$(NEWEST)/bin/python -c 'import sys, jax, flax; \
-	  print(f"Python {sys.version.split()[0]}, jax {jax.__version__}, flax {flax.__version__}")'
+	  import orbax.checkpoint as ocp; \
+	  print(f"Python {sys.version.split()[0]}, jax {jax.__version__}, flax {flax.__version__}, " \
+	        f"orbax-checkpoint {ocp.__version__}")'
 	$(NEWEST)/bin/python -m pytest tests $(PYTEST_WORKERS)
 endif
 
