@@ -315,8 +315,9 @@ def result_line(summary: dict[str, Any], workdir: Path, wall_seconds: float | No
 
   Test accuracy (with the validation accuracy, or the teacher's and the
   agreement with it), what the run was, the training time (compilation
-  excluded) and the wall time (`wall_seconds`: the whole command, when the
-  caller timed it; else the summary's), and where the run is.
+  excluded; a resumed run's counts the stretches before it, so it can exceed
+  the wall time) and the wall time (`wall_seconds`: the whole command, when
+  the caller timed it; else the summary's), and where the run is.
   """
   accuracy = f"test accuracy {summary['test_accuracy']:.4f}"
   if summary.get("role") == "student":
@@ -333,6 +334,8 @@ def result_line(summary: dict[str, Any], workdir: Path, wall_seconds: float | No
   times = [f"{label} {_duration(value)}"
            for label, value in (("training", summary.get("train_seconds")), ("wall", wall))
            if value is not None]
+  if summary.get("resumed_from_step") and summary.get("train_seconds") is not None:
+    times[0] += f" (resumed from step {summary['resumed_from_step']:,})"
   return ", ".join([head, *times]) + f" -> {workdir}"
 
 

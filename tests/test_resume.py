@@ -201,6 +201,8 @@ def test_a_resumed_run_reports_the_training_time_of_every_stretch(tmp_path, monk
   summary = _summary(tmp_path)
   assert summary["resumed_from_step"] == stopped_step < 40
   assert summary["train_seconds"] > seconds_before_stop
+  # Its result line says so, since that time can exceed the command's wall time.
+  assert f"(resumed from step {stopped_step})," in result.output.splitlines()[-1]
 
 
 @pytest.mark.parametrize(("min_seconds", "saved"), [(0, [10, 20, 30, 40]), (3600, [40])])
