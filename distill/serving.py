@@ -353,8 +353,10 @@ def predict(source: Path, image_paths: Sequence[Path], *, top_k: int = 3) -> dic
   Args:
     source: a finished run directory, or an exported model file (with its
       sidecar `sidecar_path(source)`; nothing else is read).
-    image_paths: PNG/JPEG files (Pillow; converted to the model's channels,
-      grayscale or RGB, and resized to its H x W with bilinear filtering), or
+    image_paths: PNG/JPEG files (Pillow; turned upright by their EXIF
+      orientation, converted to the model's channels, grayscale or RGB, and
+      scaled to cover its H x W and center-cropped, as an image folder's
+      training images are: `distill.data.stream.decode_image`), or
       `.npy` / `.npz` files of uint8 images (the `.npz`'s `images` array, or its
       only one) shaped [N, H, W, C] or [H, W, C] ([N, H, W] or [H, W] for one
       channel), used as they are.
@@ -537,24 +539,13 @@ def _read_array_images(path: Path, image_shape: tuple[int, int, int]) -> np.ndar
 
 
 def _read_picture(path: Path, image_shape: tuple[int, int, int]) -> np.ndarray:
-  """One PNG/JPEG (anything Pillow reads) as uint8 [H, W, C] of the model's size and channels."""
-  from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: PLC0415
+  """One PNG/JPEG (anything Pillow reads) as the model's uint8 [H, W, C], as it was trained."""
+  from distill.data.stream import decode_image  # noqa: PLC0415
 
-  height, width, channels = image_shape
-  if channels not in (1, 3):
-    raise UserError(f"the model takes {channels}-channel images; give them as .npy/.npz arrays")
-  try:
-    with Image.open(path) as image:
-      image = ImageOps.exif_transpose(image)
-      image = image.convert("L" if channels == 1 else "RGB")
-      if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
-      pixels = np.asarray(image, np.uint8)
-  except UnidentifiedImageError:
-    raise UserError(f"{path} is not an image file Pillow can read (PNG, JPEG, ...)") from None
-  except OSError as e:
-    raise UserError(f"cannot read image {path}: {one_line(e)}") from None
-  return pixels.reshape(height, width, channels)
+  if image_shape[-1] not in (1, 3):
+    raise UserError(f"the model takes {image_shape[-1]}-channel images; give them as .npy/.npz "
+                    "arrays")
+  return decode_image(path, image_shape)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

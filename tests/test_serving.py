@@ -235,6 +235,30 @@ def test_images_of_the_wrong_shape_or_type_are_refused(tmp_path):
   assert batch.shape == (3, 8, 8, 1) and len(names) == 3
 
 
+def _sideways_picture(path):
+  """A 16-wide, 8-high PNG, white on its left half, stored turned a quarter: EXIF orientation 6
+  (shown turned 90 degrees clockwise, so upright it is 8 wide and 16 high, white on top)."""
+  pixels = np.zeros((8, 16), np.uint8)
+  pixels[:, :8] = 255
+  exif = Image.Exif()
+  exif[0x0112] = 6  # Orientation
+  Image.fromarray(pixels).save(path, exif=exif)
+
+
+def test_pictures_are_predicted_as_an_image_folder_trains_on_them(tmp_path):
+  """Upright by their EXIF orientation, then scaled to cover the model's size and
+  center-cropped: not squashed, not sideways. Both readers give the same pixels."""
+  from distill.data.stream import ImageFolderSource  # noqa: PLC0415
+
+  (tmp_path / "folder" / "only").mkdir(parents=True)
+  _sideways_picture(tmp_path / "folder" / "only" / "sideways.png")
+  _, batch = serving.load_images([tmp_path / "folder" / "only" / "sideways.png"], (8, 8, 1))
+  picture = batch[0, :, :, 0]
+  assert (picture[:4] == 255).all() and (picture[4:] == 0).all(), picture
+  trained_on, _ = ImageFolderSource(tmp_path / "folder", 8, grayscale=True).read(np.arange(1))
+  np.testing.assert_array_equal(trained_on[0], batch[0])
+
+
 # --------------------------------------------------------------------------
 # TensorBoard.
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # The in-memory loader's validation-size rules, reused so a stream and an
 # in-memory copy of the same data split identically.
@@ -172,9 +172,9 @@ class ImageFolderSource(StreamSource):
 
   Classes are the sub-folders of root sorted by name; within a class, files
   (sub-folders included) are sorted by relative path, and global indices run
-  class by class in that order. Each image is converted to RGB (or grayscale),
-  scaled so it covers `image_size` and center-cropped to it, like
-  `PIL.ImageOps.fit`. Hidden files and folders (".name") are skipped.
+  class by class in that order. Each image is read by `decode_image`: turned
+  upright, converted to RGB (or grayscale), scaled so it covers `image_size`
+  and center-cropped to it. Hidden files and folders (".name") are skipped.
   """
 
   kind = "image-folder"
@@ -226,19 +226,39 @@ class ImageFolderSource(StreamSource):
     return images, self._labels[indices]
 
   def _decode(self, path: Path) -> np.ndarray:
-    height, width, _ = self.image_shape
-    try:
-      with Image.open(path) as image:
-        # Lets the JPEG decoder scale down by 1/2..1/8 while staying at least
-        # as large as the target: most of the decoding time for large photos.
-        image.draft(self._mode, (width, height))
-        if image.mode == "P" and "transparency" in image.info:
-          image = image.convert("RGBA")  # Pillow warns on palette -> RGB otherwise.
-        image = image.convert(self._mode)
-        image = ImageOps.fit(image, (width, height), method=Image.Resampling.BILINEAR)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-      raise UserError(f"cannot read image {path}: {one_line(e)}") from None
-    return np.asarray(image, np.uint8).reshape(self.image_shape)
+    return decode_image(path, self.image_shape)
+
+
+def decode_image(path: str | os.PathLike, image_shape: Sequence[int]) -> np.ndarray:
+  """One image file (anything Pillow reads) as uint8 [H, W, C], as distill trains on it.
+
+  Turned upright by its EXIF orientation, converted to grayscale (C = 1) or
+  RGB (C = 3), scaled so it covers H x W and center-cropped to it
+  (`PIL.ImageOps.fit`, bilinear). An image folder's training images and the
+  pictures `distill predict` classifies both go through here, so a model is
+  served what it was trained on.
+
+  Raises:
+    UserError: naming a file Pillow cannot decode.
+  """
+  height, width, channels = image_shape
+  mode = "L" if channels == 1 else "RGB"
+  try:
+    with Image.open(path) as image:
+      # Lets the JPEG decoder scale down by 1/2..1/8 while staying at least as large
+      # as the target whichever way it is turned: most of the decoding time for photos.
+      image.draft(mode, (max(width, height),) * 2)
+      image = ImageOps.exif_transpose(image)
+      if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # Pillow warns on palette -> RGB otherwise.
+      image = image.convert(mode)
+      image = ImageOps.fit(image, (width, height), method=Image.Resampling.BILINEAR)
+  except UnidentifiedImageError:
+    raise UserError(f"cannot read image {path}: not an image file Pillow can read "
+                    "(PNG, JPEG, ...)") from None
+  except (OSError, ValueError, Image.DecompressionBombError) as e:
+    raise UserError(f"cannot read image {path}: {one_line(e)}") from None
+  return np.asarray(image, np.uint8).reshape(height, width, channels)
 
 
 def open_source(path: str | os.PathLike, *, image_size: int | Sequence[int] | None = None,
