@@ -213,7 +213,7 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) ->
   teacher_logits: dict[str, np.ndarray] = {}
   for row in rows:
     row["label"] = run_label(row)
-  progress = progress_bar(rows, desc="report", quiet=quiet)
+  progress = progress_bar(rows, desc="report", quiet=quiet, unit="run")
   # Each section fills its row's test metrics in, so the table below shows them.
   sections = [_run_section(index, row, out_dir, datasets, teacher_logits)
               for index, row in enumerate(progress)]
