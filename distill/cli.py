@@ -593,8 +593,9 @@ def export_model(run_dir, fmt, out, overwrite):
 @click.argument("more_images", nargs=-1, type=click.Path(), metavar="")
 @click.option("--images", "images", multiple=True, type=click.Path(), required=True,
               metavar="FILES...",
-              help="PNG/JPEG files (converted to the model's channels and resized to its "
-                   "H x W), or .npy/.npz files of uint8 images [N, H, W, C]. Several may "
+              help="PNG/JPEG files (turned upright, converted to the model's channels, "
+                   "scaled to cover its H x W and center-cropped, as image folders are for "
+                   "training), or .npy/.npz files of uint8 images [N, H, W, C]. Several may "
                    "follow one --images.")
 @click.option("--top-k", "-k", type=int, default=3, show_default=True,
               help="Classes shown per image.")
