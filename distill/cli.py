@@ -331,9 +331,11 @@ def export(teacher_dirs, out_dir, temperature, views, quiet):
                    "by `distill export --views K`. [default: targets]")
 @click.option("--temperature", "-T", type=float, default=None,
               help="Distillation temperature: student and teacher logits are divided by T and "
-                   "the soft term is scaled by T^2. [default: 1]")
+                   "the soft term is scaled by T^2. [default: the recipe's "
+                   "student.temperature: 2 in fashion_mnist, 1 in digits and demo]")
 @click.option("--alpha", type=float, default=None,
-              help="Weight of the teacher's term; 1 - alpha goes to hard labels. [default: 1]")
+              help="Weight of the teacher's term; 1 - alpha goes to hard labels. [default: the "
+                   "recipe's student.alpha: 0.5 in fashion_mnist, 1 in digits and demo]")
 @click.option("--soft-loss", type=click.Choice(["soft_ce", "kl"]), default=None,
               help="soft_ce starts at log(n_classes); kl (same gradient) starts at "
                    "log(n_classes) - H(teacher). The init check expects the right one. "

@@ -324,6 +324,18 @@ def test_bad_callable_specs(teachers_module, spec, message):
   assert "\n" not in str(caught.value)
 
 
+def test_a_callable_in_the_current_folder_imports(tmp_path, monkeypatch):
+  """`distill import-teacher here:f` finds here.py in the folder it runs from, as `python -m`
+  would, though the console script's folder is what Python put on sys.path."""
+  (tmp_path / "teacher_in_this_folder.py").write_text(textwrap.dedent(_SOURCE))
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(sys, "path", [entry for entry in sys.path if entry not in ("", ".")])
+  monkeypatch.delitem(sys.modules, "teacher_in_this_folder", raising=False)
+  teacher = open_callable("teacher_in_this_folder:jax_teacher", (28, 28, 1))
+  assert (teacher.num_classes, teacher.can_teach_online) == (10, True)
+  assert sys.path[-1] == str(tmp_path)  # Last: an installed package is never hidden.
+
+
 def test_open_teacher_passes_the_image_shape_to_callables(teachers_module):
   with pytest.raises(ValueError, match="image_shape"):
     open_teacher(f"{teachers_module}:jax_teacher")

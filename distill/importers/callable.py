@@ -9,6 +9,8 @@ is called on concrete NumPy batches only.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Any
 
 import jax
@@ -33,13 +35,21 @@ def _parse(source: str) -> tuple[str, list[str]]:
 
 
 def _resolve(source: str) -> Any:
-  """The object `source` names, imported."""
+  """The object `source` names, imported.
+
+  A module in the current folder imports too, as with `python -m`: the
+  `distill` script's own folder is what Python puts on `sys.path`. The folder
+  goes last, so it never hides an installed package.
+  """
   module_name, names = _parse(source)
+  if os.getcwd() not in sys.path:
+    sys.path.append(os.getcwd())
   try:
     target = importlib.import_module(module_name)
   except ImportError as error:
     raise UserError(f"cannot import module {module_name} for teacher {source} "
-                    f"({one_line(error)})") from None
+                    f"({one_line(error)}); it must be importable from the current folder or "
+                    "sys.path (PYTHONPATH)") from None
   # The module's own code may fail in any way while it is imported.
   except Exception as error:  # pylint: disable=broad-exception-caught
     raise UserError(f"importing module {module_name} for teacher {source} failed "
