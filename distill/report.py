@@ -6,6 +6,7 @@ import base64
 import collections
 import html
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +210,7 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) ->
   rows, skipped = collect_runs(run_dirs)
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
+  _remove_earlier_figures(out_dir)
   datasets: dict[str, Any] = {}
   teacher_logits: dict[str, np.ndarray] = {}
   for row in rows:
@@ -225,6 +227,25 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) ->
   path = out_dir / "report.html"
   write_text(path, page)
   return path
+
+
+# The figures a report writes beside report.html (`_run_section`, `_overview_figure`).
+_FIGURE_NAME = re.compile(
+    r"(\d{2,}-.+-(curves|mistakes|confusion|reliability|disagreements)|accuracy-vs-params)\.png")
+
+
+def _remove_earlier_figures(out_dir: Path) -> None:
+  """An earlier report's figures, gone before a new report is written in its folder.
+
+  Otherwise the figures of runs the new report leaves out would stay beside
+  it, looking like part of it. Only a folder holding report.html is touched,
+  and only files named as a report names its figures.
+  """
+  if not (out_dir / "report.html").is_file():
+    return
+  for path in out_dir.iterdir():
+    if path.is_file() and _FIGURE_NAME.fullmatch(path.name):
+      path.unlink()
 
 
 def _expand_sweeps(run_dirs: list[Path]) -> tuple[list[Path], list[tuple[Path, dict[str, Any]]]]:

@@ -37,6 +37,20 @@ def test_every_figure_is_written_and_embedded(report):
   assert "agreement with the teacher" in page
 
 
+def test_a_report_written_again_in_its_folder_keeps_no_earlier_figure(report, tmp_path):
+  """Fewer runs into the same --out: the figures of the runs left out are gone, and a file of
+  the user's beside them stays."""
+  out = tmp_path / "out"
+  shutil.copytree(report / "out", out)
+  (out / "notes.png").write_bytes(b"not a figure of the report")
+  result = run_cli("report", report / "teacher", "--out", out, "-q")
+  assert result.exit_code == 0, result.output
+  pngs = sorted(p.name for p in out.glob("*.png"))
+  assert len(pngs) == 4 + 1 + 1 and "notes.png" in pngs, pngs
+  assert all(name.startswith("00-teacher-") for name in pngs
+             if name not in ("notes.png", "accuracy-vs-params.png")), pngs
+
+
 def _numpy_ece(logits, labels, bins=15):
   probs = np.exp(logits - logits.max(-1, keepdims=True))
   probs /= probs.sum(-1, keepdims=True)
