@@ -81,8 +81,8 @@ def _cell(key: str, value: Any) -> str:
     return "-"
   if key in ("temperature", "alpha"):
     return f"{value:g}"
-  if key == "params":
-    return f"{value:,}"
+  if key == "params":  # 0: a teacher imported as logits or a function, of unknown size
+    return f"{value:,}" if value else "-"
   if key == "labels_used":
     return f"{value:,}" if value else "none"
   if key in ("test_accuracy", "agreement_with_teacher"):

@@ -104,6 +104,23 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
   assert total == 15 and loaded == total
 
 
+def test_a_teacher_of_unknown_size_shows_no_parameter_count(tmp_path):
+  """A teacher imported as logits records 0 parameters: the table shows '-', and the
+  accuracy-vs-parameters figure leaves it out rather than at 0 on a log axis."""
+  rows = [{"run": "logits-teacher", "role": "teacher", "model": "logits", "params": 0,
+           "test_accuracy": 0.97},
+          {"run": "student", "role": "student", "model": "cnn", "loss": "soft",
+           "params": 1922, "test_accuracy": 0.95}]
+  header, _, teacher, student = (
+      [cell.strip() for cell in line.strip("|").split("|")]
+      for line in report_lib.format_table(rows, markdown=True).splitlines())
+  column = header.index("params")
+  assert (teacher[column], student[column]) == ("-", "1,922"), (header, teacher, student)
+  from distill import plots  # noqa: PLC0415
+
+  assert plots.accuracy_vs_params(rows, path=tmp_path / "a.png").stat().st_size > 0
+
+
 def test_compare_warns_when_times_come_from_different_machines():
   """Seconds from two CPUs (or a CPU and a GPU) are flagged; one machine, or old runs, are not."""
   zen4 = {"backend": "cpu", "cpu": "AMD EPYC (family 25, model 17), 2 cores"}
