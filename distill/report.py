@@ -26,6 +26,8 @@ COLUMNS = (
     ("method", "method"),
     ("temperature", "T"),
     ("alpha", "alpha"),
+    # Only when some student mixed its images (--mixup): runs must not look alike without it.
+    ("mixup", "mixup"),
     ("params", "params"),
     # Only when some run had few labels (data.labelled): how many it learned from.
     ("labels_used", "labels"),
@@ -64,7 +66,9 @@ def collect_runs(run_dirs: list[Path]) -> tuple[list[dict[str, Any]], list[str]]
 # Left-aligned in the text table; the others are numbers.
 _TEXT_COLUMNS = ("run", "role", "model", "loss", "teaching", "method")
 # A student's distillation settings: meaningless for teachers and hard-label baselines.
-_TEACHING_KEYS = ("teaching", "method", "temperature", "alpha")
+_TEACHING_KEYS = ("teaching", "method", "temperature", "alpha", "mixup")
+# Columns shown only when some run has a value in them.
+_OPTIONAL_COLUMNS = ("labels_used", "mixup")
 
 
 def _row_value(row: dict[str, Any], key: str) -> Any:
@@ -73,13 +77,15 @@ def _row_value(row: dict[str, Any], key: str) -> Any:
     return None
   if key == "method" and row.get("method") is None and row.get("role") == "student":
     return "kd"  # summaries from before methods had names: all were kd
+  if key == "mixup":
+    return row.get(key) or None  # 0: off
   return row.get(key)
 
 
 def _cell(key: str, value: Any) -> str:
   if value is None:
     return "-"
-  if key in ("temperature", "alpha"):
+  if key in ("temperature", "alpha", "mixup"):
     return f"{value:g}"
   if key == "params":  # 0: a teacher imported as logits or a function, of unknown size
     return f"{value:,}" if value else "-"
@@ -102,8 +108,9 @@ def markdown_table(header: list[str], body: list[list[str]]) -> str:
 
 
 def shown_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
-  """COLUMNS, less the labels column when every run had every label."""
-  return [(key, title) for key, title in COLUMNS if key != "labels_used"
+  """COLUMNS, less the labels column when every run had every label, and the mixup column
+  when no run mixed."""
+  return [(key, title) for key, title in COLUMNS if key not in _OPTIONAL_COLUMNS
           or any(_row_value(row, key) is not None for row in rows)]
 
 

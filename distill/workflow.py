@@ -323,7 +323,8 @@ def result_line(summary: dict[str, Any], workdir: Path, wall_seconds: float | No
   if summary.get("role") == "student":
     how = ("hard labels" if summary.get("loss") == "hard" else
            f"{summary.get('method')}, {summary.get('teaching')}, "
-           f"T={summary.get('temperature'):g}, alpha={summary.get('alpha'):g}")
+           f"T={summary.get('temperature'):g}, alpha={summary.get('alpha'):g}"
+           + (f", mixup={summary['mixup']:g}" if summary.get("mixup") else ""))
     head = (f"student {accuracy} (teacher {summary['teacher_test_accuracy']:.4f}, agreement "
             f"{summary['agreement_with_teacher']:.4f}; {summary.get('model')}, {how})")
   else:

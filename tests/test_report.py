@@ -4,6 +4,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,6 +120,26 @@ def test_a_teacher_of_unknown_size_shows_no_parameter_count(tmp_path):
   from distill import plots  # noqa: PLC0415
 
   assert plots.accuracy_vs_params(rows, path=tmp_path / "a.png").stat().st_size > 0
+
+
+def test_mixup_is_shown_where_a_run_used_it():
+  """Two online students that differ only in --mixup must not look alike: the table gains a
+  mixup column and the result line says it; without mixup neither mentions it."""
+  from distill.workflow import result_line  # noqa: PLC0415
+
+  student = {"role": "student", "model": "cnn", "loss": "soft", "teaching": "online",
+             "method": "kd", "temperature": 2.0, "alpha": 1.0, "params": 1922,
+             "test_accuracy": 0.95, "teacher_test_accuracy": 0.97,
+             "agreement_with_teacher": 0.96, "train_seconds": 1.0}
+  plain, mixed = {**student, "run": "online", "mixup": 0.0}, {**student, "run": "mixup",
+                                                              "mixup": 0.2}
+  header, _, *body = report_lib.format_table([plain, mixed], markdown=True).splitlines()
+  column = [cell.strip() for cell in header.strip("|").split("|")].index("mixup")
+  assert [[cell.strip() for cell in row.strip("|").split("|")][column] for row in body] == [
+      "-", "0.2"]
+  assert "mixup" not in report_lib.format_table([plain])
+  assert "alpha=1, mixup=0.2)" in result_line(mixed, Path("runs/mixup"))
+  assert "mixup" not in result_line(plain, Path("runs/online"))
 
 
 def test_compare_warns_when_times_come_from_different_machines():
