@@ -155,8 +155,9 @@ def accuracy_vs_params(rows: list[dict[str, Any]], *, path: Path) -> Path:
 
   Runs that share a label (the seeds of one sweep row) share a colour and one
   annotation, "label ×n", beside the best of them, so a sweep stays readable.
-  Runs of unknown size (a teacher imported as logits or a function: 0
-  parameters in its summary) have no place on the axis and are left out.
+  Runs of unknown size (a teacher imported as logits or a function: no
+  parameter count in its summary, or 0 in older ones) have no place on the
+  axis and are left out.
   """
   rows = [row for row in rows if row.get("params")]
   plt = _pyplot()

@@ -87,7 +87,7 @@ def _cell(key: str, value: Any) -> str:
     return "-"
   if key in ("temperature", "alpha", "mixup"):
     return f"{value:g}"
-  if key == "params":  # 0: a teacher imported as logits or a function, of unknown size
+  if key == "params":  # 0: a teacher imported as logits or a function before its size was None
     return f"{value:,}" if value else "-"
   if key == "labels_used":
     return f"{value:,}" if value else "none"

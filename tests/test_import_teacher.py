@@ -109,6 +109,8 @@ def test_logits_from_numpy_teach_a_student_end_to_end(tmp_path, digits):
   # Rows follow distill's split of the data set's own training order.
   full = np.load(source)["train_logits"]
   np.testing.assert_array_equal(arrays["train_logits"], full[digits.train_source_indices])
+  # Logits tell nothing of the model's size: its summary says so, rather than 0 parameters.
+  assert json.loads((tmp_path / "teacher" / "summary.json").read_text())["params"] is None
   summary = _student(tmp_path / "teacher", tmp_path / "s", "-m", "mlp")
   assert summary["teaching"] == "targets"
   result = run_cli("student", "--teacher", tmp_path / "teacher", "-w", tmp_path / "s2", "-m",
