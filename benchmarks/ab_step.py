@@ -8,11 +8,12 @@ each variant's median speed and its median ratio to the first, round by round.
 
 A variant is `NAME: OVERRIDE; OVERRIDE ...`. An override is a recipe `--set`
 (`teacher.steps_per_dispatch=2`) or, with the prefix `backend.`, a field of the
-CPU's `distill.backend.BackendChoices` (`backend.unroll_conv_scan=false`,
+running backend's `distill.backend.BackendChoices` (`backend.unroll_conv_scan=false`,
 `backend.conv_stem=conv`, `backend.transpose_narrow_weight_gradients=false`,
 `backend.compiler_options=jaxlib` for jaxlib's own XLA defaults, or one option as
 `NAME:VALUE`): the check
-DEVELOPERS.md asks for on a CPU type BENCHMARKS.md has no rows for.
+DEVELOPERS.md asks for on a CPU type BENCHMARKS.md has no rows for, and the one
+`benchmarks/gpu_choices.sh` runs on a GPU.
 
     python benchmarks/ab_step.py --recipe fashion_mnist --window 40 --rounds 6 \\
         --variant "10: teacher.steps_per_dispatch=10" --variant "2: teacher.steps_per_dispatch=2"
@@ -42,7 +43,7 @@ def parse_variant(text: str) -> tuple[str, list[str], dict[str, object]]:
 
   name, _, body = text.partition(":")
   overrides, backend_fields = [], {}
-  current = backend.choices("cpu")
+  current = backend.choices()
   settable = [field.name for field in dataclasses.fields(current)
               if field.name not in ("backend", "measured")]
   for item in filter(None, (part.strip() for part in body.split(";"))):
@@ -74,31 +75,34 @@ def parse_variant(text: str) -> tuple[str, list[str], dict[str, object]]:
 
 
 @contextlib.contextmanager
-def cpu_choices(fields: dict[str, object]):
-  """`distill.backend`'s CPU choices replaced by `fields` while models are built and compiled."""
+def backend_choices(fields: dict[str, object]):
+  """The running backend's `distill.backend` choices replaced by `fields` while models are
+  built and compiled (the CPU's or the accelerators' table, whichever `choices()` reads)."""
   from distill import backend  # noqa: PLC0415
 
-  original = backend._CPU
-  backend._CPU = dataclasses.replace(original, **fields)
+  table = {"cpu": "_CPU", "gpu": "_GPU"}.get(backend.choices().backend, "_ACCELERATOR")
+  original = getattr(backend, table)
+  setattr(backend, table, dataclasses.replace(original, **fields))
   backend.compiler_options.cache_clear()
   try:
     yield
   finally:
-    backend._CPU = original
+    setattr(backend, table, original)
     backend.compiler_options.cache_clear()
 
 
 def _compiled_step(recipe_name: str, role: str, overrides: list[str],
                    backend_fields: dict[str, object], window: int, synthetic: str | None):
   """The role's step under one variant, compiled and warmed up (`bench.compiled_step`)."""
-  from distill import bench  # noqa: PLC0415
+  from distill import backend, bench  # noqa: PLC0415
   from distill import config as config_lib  # noqa: PLC0415
 
   recipe = config_lib.load_recipe(recipe_name, overrides)
-  per_dispatch = config_lib.TrainSettings.of(recipe, role).steps_per_dispatch
-  if window % per_dispatch:
-    raise SystemExit(f"--window {window} is not a multiple of {per_dispatch} steps a dispatch")
-  with cpu_choices(backend_fields):  # the model is built and its step compiled under them
+  with backend_choices(backend_fields):  # the model is built and its step compiled under them
+    per_dispatch = backend.steps_per_dispatch(
+        config_lib.TrainSettings.of(recipe, role).steps_per_dispatch)
+    if window % per_dispatch:
+      raise SystemExit(f"--window {window} is not a multiple of {per_dispatch} steps a dispatch")
     return bench.compiled_step(recipe, role=role, steps=window, synthetic=synthetic)
 
 
