@@ -46,6 +46,11 @@ class BackendChoices:
       `distill.models.dense`).
     compiler_options: XLA options (name, value) every jitted model function is
       compiled with (see `jit`); none on accelerators.
+    min_steps_per_dispatch: the fewest optimizer steps one dispatch runs
+      (`steps_per_dispatch`): a recipe's smaller `steps_per_dispatch` is raised to
+      it. Recipes may pick few steps a dispatch for XLA:CPU, which unrolls them;
+      an accelerator runs them in a scan, and pays its per-dispatch cost less often
+      with more. Dispatches still end at every log, validation and checkpoint step.
     measured: whether these values were measured on this backend.
   """
 
@@ -57,6 +62,7 @@ class BackendChoices:
   measured: bool
   transpose_narrow_weight_gradients: bool = False
   compiler_options: tuple[tuple[str, str], ...] = ()
+  min_steps_per_dispatch: int = 1
 
   def as_dict(self) -> dict[str, object]:
     """The choices as plain JSON-ready values (for bench output)."""
@@ -88,20 +94,31 @@ _CPU = BackendChoices(
     compiler_options=(("xla_cpu_experimental_ynn_fusion_type",
                        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"),))
 
-# Accelerators: the usual defaults, unmeasured until a device run (benchmarks/gpu.sh).
-# A while-loop body costs nothing special on GPU/TPU, so scans stay scans (fast compiles, one
-# step's activations). The gathered stem is kept: it is one matmul, which accelerators do well,
-# and keeping it leaves one code path to trust. Float32 stays the default compute; gpu.sh
-# measures bfloat16 beside it. The export batch is larger so the device is not launch-bound.
-# A head's kernel gradient stays one dot: GPU and TPU matmuls take transposed operands as they are.
-_ACCELERATOR = BackendChoices(backend="", conv_stem="gathered", unroll_conv_scan=False,
-                              export_batch_size=1024, compute_dtype="float32", measured=False)
+# Measured on one NVIDIA H200 (jax 0.11.2, benchmarks/gpu.sh and gpu_choices.sh; BENCHMARKS.md,
+# "On a GPU"), each against the others in one process (benchmarks/ab_step.py, medians of 4 rounds):
+# - conv_stem 'gathered': the CNN student's step ran at 242,865 images/s against 187,268 with
+#   nnx.Conv (0.77x), the hybrid Fashion-MNIST teacher's at 26,790 against 25,624 (0.96x).
+# - unroll_conv_scan False: unrolled, the CNN student ran at 0.36x and the hybrid teacher at 0.74x
+#   (a while-loop body costs nothing special on a GPU, and a scan compiles one step's program).
+# - min_steps_per_dispatch 10: the hybrid teacher at the 2 steps a dispatch its recipe picks for
+#   XLA:CPU ran at 42,784 images/s, at 10 at 107,372 (2.6x), at 50 no faster (1.00x); the CIFAR-10
+#   ViT gained 1.03x from 10 to 50.
+# - compute_dtype float32: bfloat16 ran the CIFAR-10 ViT's loop 1.14x faster but the hybrid
+#   teacher's 0.93x: these models are too small to be bound by matmul throughput (MFU < 1%).
+# - export_batch_size 1024 and no XLA options: taken, not compared.
+_GPU = BackendChoices(backend="gpu", conv_stem="gathered", unroll_conv_scan=False,
+                      export_batch_size=1024, compute_dtype="float32", measured=True,
+                      min_steps_per_dispatch=10)
+
+# Other accelerators (TPU): the GPU's choices, unmeasured until a run on one.
+_ACCELERATOR = dataclasses.replace(_GPU, backend="", measured=False)
 
 
 def choices(backend: str | None = None) -> BackendChoices:
   """The choices for `backend` (default: `jax.default_backend()`).
 
-  Any backend other than 'cpu' gets the accelerator defaults, labelled with its name.
+  'cpu' and 'gpu' get their measured choices; any other backend the GPU's,
+  labelled with its name and as unmeasured.
   """
   if backend is None:
     import jax  # noqa: PLC0415 (only a call without a backend needs JAX)
@@ -109,7 +126,15 @@ def choices(backend: str | None = None) -> BackendChoices:
     backend = jax.default_backend()
   if backend == "cpu":
     return _CPU
+  if backend == "gpu":
+    return _GPU
   return dataclasses.replace(_ACCELERATOR, backend=backend)
+
+
+def steps_per_dispatch(recipe_value: int, backend: str | None = None) -> int:
+  """The optimizer steps one dispatch runs: the recipe's `steps_per_dispatch`, or the
+  backend's `min_steps_per_dispatch` where that is more (see `BackendChoices`)."""
+  return max(recipe_value, choices(backend).min_steps_per_dispatch)
 
 
 def cpu_description(cpuinfo: str | None = None, cores: int | None = None) -> str:

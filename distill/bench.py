@@ -133,7 +133,7 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int |
       "dataset": data.name,
       "image_shape": list(data.image_shape),
       "batch_size": settings.batch_size,
-      "steps_per_dispatch": settings.steps_per_dispatch,
+      "steps_per_dispatch": backend.steps_per_dispatch(settings.steps_per_dispatch),
       "bare_steps": bare.steps,
       "loop_steps": steps,
       "bare_step_images_per_second": round(bare.images_per_second, 1),
@@ -294,7 +294,7 @@ def _compile_step(model, data: _BenchData, *, bare_steps: int, objective, teachi
 
   from distill.step import prepare_training  # noqa: PLC0415
 
-  per_dispatch = settings.steps_per_dispatch
+  per_dispatch = backend.steps_per_dispatch(settings.steps_per_dispatch)
   dispatches = max(1, bare_steps // per_dispatch)
   setup = prepare_training(
       model=model, images=data.images, labels=data.labels, objective=objective,

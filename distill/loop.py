@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from distill import losses, parallel, rundir
+from distill import backend, losses, parallel, rundir
 from distill.checkpoint import Checkpointer
 from distill.config import TrainSettings
 from distill.errors import UserError
@@ -212,7 +212,8 @@ class _Run:
     self.tensorboard.start(after_step=start_step if latest is not None else None,
                            note=echo)
     settings = self.settings
-    self.plan = dispatch_plan(start_step, self.total_steps, settings.steps_per_dispatch,
+    self.plan = dispatch_plan(start_step, self.total_steps,
+                              backend.steps_per_dispatch(settings.steps_per_dispatch),
                               (settings.log_every, settings.eval_every,
                                settings.checkpoint_every))
     from distill.console import progress  # noqa: PLC0415

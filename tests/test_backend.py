@@ -15,7 +15,7 @@ import pytest
 from conftest import TINY_FLAGS, copy_runs, run_cli
 from flax import nnx
 
-from distill import backend, step
+from distill import backend, loop, step
 from distill.models import create_model
 
 
@@ -58,14 +58,24 @@ def test_cpu_description_tells_generations_with_one_model_name_apart():
   assert backend.cpu_description("", cores=1).endswith(", 1 core")
 
 
-def test_accelerators_get_unmeasured_defaults_named_by_backend():
-  """Any other backend: scans stay scans, float32 default, labelled unmeasured."""
+def test_accelerators_keep_scans_and_only_the_gpu_is_measured():
+  """GPU and TPU: scans stay scans, float32 default, 10 steps a dispatch at least; only the GPU's
+  choices were measured (on an H200), a TPU takes them labelled unmeasured."""
   for name in ("gpu", "tpu"):
     choice = backend.choices(name)
-    assert choice.backend == name and not choice.measured
+    assert choice.backend == name and choice.measured == (name == "gpu")
     assert not choice.unroll_conv_scan and choice.compute_dtype == "float32"
+    assert choice.conv_stem == "gathered" and choice.min_steps_per_dispatch == 10
     assert choice.as_dict()["backend"] == name
     assert choice.compiler_options == ()  # XLA:CPU's options never reach an accelerator
+
+
+def test_a_dispatch_runs_the_recipes_steps_or_the_accelerators_minimum():
+  """The CPU runs a recipe's steps_per_dispatch as it is (its values were picked there); a GPU
+  raises a smaller one to 10 and keeps a larger one."""
+  assert [backend.steps_per_dispatch(n, "cpu") for n in (1, 2, 10, 50)] == [1, 2, 10, 50]
+  assert [backend.steps_per_dispatch(n, "gpu") for n in (1, 2, 10, 50)] == [10, 10, 10, 50]
+  assert backend.steps_per_dispatch(2) == backend.steps_per_dispatch(2, jax.default_backend())
 
 
 def _train_cnn_student(workdir, teacher):
@@ -96,6 +106,10 @@ def test_the_accelerator_choices_train_a_cnn_here_as_the_cpu_ones_do(monkeypatch
   should_unroll = step.should_unroll
   monkeypatch.setattr(step, "should_unroll",
                       lambda model: unrolled.append(should_unroll(model)) or unrolled[-1])
+  plans = []
+  dispatch_plan = loop.dispatch_plan
+  monkeypatch.setattr(loop, "dispatch_plan",
+                      lambda *args: plans.append(dispatch_plan(*args)) or plans[-1])
   backend.compiler_options.cache_clear()
   try:
     assert backend.compiler_options() == {}
@@ -103,6 +117,8 @@ def test_the_accelerator_choices_train_a_cnn_here_as_the_cpu_ones_do(monkeypatch
   finally:
     backend.compiler_options.cache_clear()
   assert unrolled and not any(unrolled), "the CNN's steps run in a scan"
+  # TINY's 5 steps a dispatch are raised to the GPU's 10, which its logs every 10 steps allow.
+  assert plans and {count for _, count in plans[0]} == {10}
   assert cpu_accuracy > 0.8, "the student learns, so the comparison means something"
   assert abs(accuracy - cpu_accuracy) < 0.03
 
