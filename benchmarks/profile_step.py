@@ -136,27 +136,24 @@ def profile(recipe, *, role: str, steps: int, synthetic: str | None, out: Path,
   import jax  # noqa: PLC0415
 
   from distill import bench  # noqa: PLC0415
-  from distill import config as config_lib  # noqa: PLC0415
 
-  # The trace holds the compile too; compiler events are not ops, so they drop out below.
+  # Compiled and warmed up before the trace starts: on a GPU the compile runs the autotuner's
+  # candidate kernels on the device, which would otherwise rank among the step's ops.
+  step = bench.compiled_step(recipe, role=role, steps=steps, synthetic=synthetic)
+  hlo_text = step.compiled.as_text()
   out.mkdir(parents=True, exist_ok=True)
+  (out / "step.hlo.txt").write_text(hlo_text)
   trace_dir = out / "trace"
   options = jax.profiler.ProfileOptions()
   options.python_tracer_level = 0
   with jax.profiler.trace(trace_dir, create_perfetto_trace=True, profiler_options=options):
-    bare = bench.bare_step(recipe, role=role, steps=steps, synthetic=synthetic, keep_hlo=True)
-  hlo_text = bare.hlo_text
-  (out / "step.hlo.txt").write_text(hlo_text)
-
-  # The traced window holds the warm-up dispatch too.
-  settings = config_lib.TrainSettings.of(recipe, role)
-  traced_steps = bare.steps + settings.steps_per_dispatch
+    images_per_second = step.time_rows()
   # This run's trace: earlier runs into the same folder left theirs beside it.
   trace_path = max(trace_dir.glob("**/perfetto_trace.json.gz"), key=lambda p: p.stat().st_mtime)
   return {
-      "images_per_second": round(bare.images_per_second, 1),
-      "ms_per_step": round(1e3 * settings.batch_size / bare.images_per_second, 3),
-      **rank_ops(read_trace(trace_path), hlo_text, traced_steps=traced_steps, top=top),
+      "images_per_second": round(images_per_second, 1),
+      "ms_per_step": round(1e3 * step.batch_size / images_per_second, 3),
+      **rank_ops(read_trace(trace_path), hlo_text, traced_steps=step.steps, top=top),
       "trace": str(trace_path),
       "hlo": str(out / "step.hlo.txt"),
   }
