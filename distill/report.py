@@ -337,9 +337,9 @@ def run_label(row: dict[str, Any]) -> str:
     return name
   if row.get("loss") == "hard":
     return f"{name} (hard labels)"
+  alpha = "" if row.get("alpha") is None else f", alpha={_cell('alpha', row['alpha'])}"
   return (f"{name} ({_row_value(row, 'method')}, {row.get('teaching')}, "
-          f"T={_cell('temperature', row.get('temperature'))}, "
-          f"alpha={_cell('alpha', row.get('alpha'))})")
+          f"T={_cell('temperature', row.get('temperature'))}{alpha})")
 
 
 def objective_label(row: dict[str, Any]) -> str:

@@ -31,6 +31,7 @@ arrays never are.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -292,6 +293,12 @@ OBJECTIVES: dict[str, Callable[..., Objective]] = {
 }
 # What a student on the teacher's soft labels learns by, before methods had names.
 OBJECTIVES["soft"] = _kd_objective
+
+
+def reads_setting(name: str, key: str) -> bool:
+  """Whether the registered objective `name` reads the student setting `key` ('alpha' is read
+  by kd and hint only: dkd has its own `student.dkd.alpha`, dist and token none)."""
+  return name in OBJECTIVES and key in inspect.signature(OBJECTIVES[name]).parameters
 
 
 def make_objective(name: str, **settings: Any) -> Objective:

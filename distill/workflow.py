@@ -323,7 +323,8 @@ def result_line(summary: dict[str, Any], workdir: Path, wall_seconds: float | No
   if summary.get("role") == "student":
     how = ("hard labels" if summary.get("loss") == "hard" else
            f"{summary.get('method')}, {summary.get('teaching')}, "
-           f"T={summary.get('temperature'):g}, alpha={summary.get('alpha'):g}"
+           f"T={summary.get('temperature'):g}"
+           + (f", alpha={summary['alpha']:g}" if summary.get("alpha") is not None else "")
            + (f", mixup={summary['mixup']:g}" if summary.get("mixup") else ""))
     head = (f"student {accuracy} (teacher {summary['teacher_test_accuracy']:.4f}, agreement "
             f"{summary['agreement_with_teacher']:.4f}; {summary.get('model')}, {how})")
@@ -511,6 +512,7 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
   Returns:
     The run's summary (also written to `workdir/summary.json`).
   """
+  from distill import teaching as teaching_lib  # noqa: PLC0415
   from distill.metrics import accuracy, top1_agreement  # noqa: PLC0415
 
   console = Console(quiet)
@@ -547,7 +549,8 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
       "teaching": "hard" if teaching is None else teaching.name,
       "soft_loss": settings.soft_loss,
       "temperature": settings.temperature,
-      "alpha": settings.alpha,
+      # None where the method reads no alpha, so tables and the result line show none.
+      "alpha": settings.alpha if teaching_lib.reads_setting(objective.name, "alpha") else None,
       "mixup": settings.mixup,
       "augmented": augmented,
       "teacher_dir": str(teacher_dir.resolve()),
