@@ -379,6 +379,7 @@ def student(recipe, overrides, dataset, data_dir, steps, batch_size, seed, resta
   """
   start = time.perf_counter()
   from distill import workflow  # noqa: PLC0415
+  from distill.console import Console  # noqa: PLC0415
 
   extra = {"student.teaching": teaching, "student.temperature": temperature,
            "student.alpha": alpha, "student.soft_loss": soft_loss, "student.mixup": mixup,
@@ -386,7 +387,8 @@ def student(recipe, overrides, dataset, data_dir, steps, batch_size, seed, resta
   resolved = workflow.student_recipe(Path(teacher_dir), recipe, [
       *overrides,
       *_cli_overrides("student", dataset, data_dir, steps, batch_size, seed, model, loss),
-      *(f"{key}={value}" for key, value in extra.items() if value is not None)])
+      *(f"{key}={value}" for key, value in extra.items() if value is not None)],
+      console=Console(quiet))
   if workdir is None:
     student_settings = resolved["student"]
     suffix = ("-hard" if student_settings["loss"] == "hard" else

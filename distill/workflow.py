@@ -577,14 +577,20 @@ def read_run_recipe(run_dir: Path) -> dict[str, Any]:
   return recipe
 
 
-def student_recipe(teacher_dir: Path, recipe_path: str | None,
-                   overrides: list[str]) -> dict[str, Any]:
+def student_recipe(teacher_dir: Path, recipe_path: str | None, overrides: list[str],
+                   console: Console | None = None) -> dict[str, Any]:
   """The recipe a student starts from: the teacher's own, unless another is given.
 
   Starting from the teacher's resolved recipe keeps the data settings (and so
-  the split the targets were made on) identical by default.
+  the split the targets were made on) identical by default. `teacher.*`
+  overrides are accepted (one set of flags can serve both commands) but change
+  nothing: the teacher is the run in `teacher_dir`; `console` says so.
   """
   rundir.check_teacher_folder(teacher_dir)
+  ignored = [text.partition("=")[0] for text in overrides if text.startswith("teacher.")]
+  if ignored and console is not None:
+    console.info(f"note: {', '.join(ignored)} change{'s' if len(ignored) == 1 else ''} nothing "
+                 f"for a student: its teacher is the run in {teacher_dir}")
   if recipe_path:
     return config_lib.load_recipe(recipe_path, overrides)
   recipe = read_run_recipe(teacher_dir)

@@ -84,6 +84,21 @@ def test_student_refuses_targets_from_other_data(teacher_dir, tmp_path):
   assert not (tmp_path / "s").exists()
 
 
+def test_teacher_settings_given_to_a_student_are_noted_as_unused(teacher_dir, capsys):
+  """One set of flags may serve both commands; the student says which of them it cannot use."""
+  from distill import workflow  # noqa: PLC0415
+  from distill.console import Console  # noqa: PLC0415
+
+  recipe = workflow.student_recipe(teacher_dir, None, ["teacher.steps=7", "student.steps=3"],
+                                   console=Console())
+  assert recipe["student"]["steps"] == 3
+  note = capsys.readouterr().err
+  assert "note: teacher.steps changes nothing for a student" in note and str(teacher_dir) in note
+  workflow.student_recipe(teacher_dir, None, ["student.steps=3"], console=Console())
+  workflow.student_recipe(teacher_dir, None, ["teacher.steps=7"], console=Console(quiet=True))
+  assert capsys.readouterr().err == ""
+
+
 def test_finished_run_is_not_overwritten(teacher_dir):
   before = (teacher_dir / "summary.json").read_text()
   result = run_cli("teacher", "--recipe", "digits", "--workdir", teacher_dir, *TINY_FLAGS)
