@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from distill import config as config_lib
+from distill import interrupts
 from distill.errors import UserError
 
 _RECIPE_HELP = ("Recipe: a TOML file or the name of a packaged recipe "
@@ -35,6 +36,7 @@ def _user_errors(command):
 
   @functools.wraps(command)
   def wrapper(*args, **kwargs):
+    interrupts.listen()  # a Ctrl-C JAX's callbacks drop still stops the loop (see the module)
     try:
       return command(*args, **kwargs)
     except UserError as e:

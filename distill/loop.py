@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from distill import backend, losses, parallel, rundir
+from distill import backend, interrupts, losses, parallel, rundir
 from distill.checkpoint import Checkpointer
 from distill.config import TrainSettings
 from distill.errors import UserError
@@ -452,6 +452,8 @@ class _StopFlag:
     self._previous: dict[int, Any] = {}
 
   def __enter__(self):
+    # A Ctrl-C from before the loop that Python dropped (see distill.interrupts).
+    self.signal_name = interrupts.take()
     for sig in (signal.SIGINT, signal.SIGTERM):
       try:
         self._previous[sig] = signal.signal(sig, self._handle)

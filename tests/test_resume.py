@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import TINY, run_cli, set_flags
 
-from distill import loop
+from distill import interrupts, loop
 from distill.checkpoint import Checkpointer
 
 # Enough steps and checkpoints that kills land before, between and after checkpoints.
@@ -133,6 +133,25 @@ def test_resume_with_another_recipe_is_refused(tmp_path, monkeypatch):
   restarted = run_cli(*changed, "--restart")
   assert restarted.exit_code == 0, restarted.output
   assert _summary(tmp_path)["resumed_from_step"] is None
+
+
+def test_a_ctrl_c_dropped_before_the_loop_still_stops_it(tmp_path):
+  """Python drops a KeyboardInterrupt raised in a garbage-collector callback (as JAX's are);
+  the signal is remembered, so the loop that starts next stops at its first dispatch."""
+  interrupts.listen()
+  try:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(1)  # the handler runs here, and raises
+  except KeyboardInterrupt:
+    pass  # dropped, as a gc callback's would be
+  stopped = run_cli(*_cli_args("teacher", tmp_path))
+  assert stopped.exit_code == 130, stopped.output
+  step = int(re.search(r"stopped by SIGINT at step (\d+); checkpoint saved",
+                       stopped.stderr).group(1))
+  assert _checkpoint_steps(tmp_path) == [step] and step < 40  # RESUME's teacher.steps
+  assert interrupts.take() is None  # taken once: the resumed run trains to its end
+  assert run_cli(*_cli_args("teacher", tmp_path)).exit_code == 0
+  assert _summary(tmp_path)["resumed_from_step"] == step
 
 
 def _checkpoint_steps(workdir):

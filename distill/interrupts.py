@@ -1,0 +1,37 @@
+"""Ctrl-C before a training loop listens for it: remembered, so it is never lost.
+
+Python raises KeyboardInterrupt in whatever code runs when SIGINT arrives. In
+a run's first seconds that can be a callback JAX runs from the garbage
+collector, where Python prints the exception and drops it, and the command
+went on to train to its end. `listen()`, at every command's start, keeps
+Python's behaviour (KeyboardInterrupt at once) and also remembers the signal;
+a training loop that starts after one was dropped takes it (`take()`) and
+stops at its first dispatch with a checkpoint, as if Ctrl-C came then.
+"""
+
+from __future__ import annotations
+
+import signal
+
+_pending: str | None = None
+
+
+def _interrupt(signum, frame) -> None:
+  global _pending
+  _pending = signal.Signals(signum).name
+  raise KeyboardInterrupt
+
+
+def listen() -> None:
+  """Remembers SIGINT from now on, still raising KeyboardInterrupt (main thread only)."""
+  try:
+    signal.signal(signal.SIGINT, _interrupt)
+  except ValueError:  # not the main thread: signals stay as they are
+    pass
+
+
+def take() -> str | None:
+  """The signal remembered since `listen()` ('SIGINT'), if one came; forgets it."""
+  global _pending
+  name, _pending = _pending, None
+  return name
