@@ -14,7 +14,8 @@ PYTHON_NEWEST ?= $(shell for v in 3.12 3.13; do \
 PYTHON_NEWEST := $(PYTHON_NEWEST)
 DEMO_DIR := runs/demo
 # The demo's students train two at a time, one core each, where there are two cores or more:
-# small students use a second core poorly (BENCHMARKS.md, "Sweeps on several cores").
+# small students use a second core poorly (BENCHMARKS.md, "Sweeps on several cores"). Where JAX
+# finds a GPU the sweep trains them one at a time instead.
 DEMO_JOBS ?= $(shell [ "$$(nproc 2>/dev/null || echo 1)" -ge 2 ] && echo 2 || echo 1)
 # Two pytest processes (pytest-xdist), each test file on one of them so its module fixtures are
 # built once: most of a test is compiling or Python, which one core runs at a time.

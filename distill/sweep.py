@@ -468,6 +468,7 @@ def run_sweep(teacher_dir: Path, out_dir: Path, *, models: Iterable[str] = ("cnn
   if jobs != 1:
     from distill import workers  # noqa: PLC0415
 
+    jobs = workers.jobs_on_this_backend(jobs, console.info)
     workers.core_shares(workers.available_cores(), jobs)  # enough cores, before anything trains
   start = time.perf_counter()
   _train_missing(runs, teacher_dir, console, jobs)

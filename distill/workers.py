@@ -79,6 +79,22 @@ def _start_worker(shares) -> None:
   signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def jobs_on_this_backend(jobs: int, note) -> int:
+  """`jobs` where JAX trains on the CPU; 1 on an accelerator, with a `note` that says why.
+
+  Jobs share out CPU cores. On a GPU the runs train one at a time, so the same
+  command (`make demo`'s `--jobs 2`) works on either machine.
+  """
+  import jax  # noqa: PLC0415
+
+  backend = jax.default_backend()
+  if jobs == 1 or backend == "cpu":
+    return jobs
+  note(f"--jobs {jobs} shares out CPU cores, but JAX trains on {backend} here: "
+       "the runs train one at a time")
+  return 1
+
+
 def check_cpu() -> None:
   """Refuses to go on in a worker whose JAX found an accelerator: jobs share CPU cores only."""
   import jax  # noqa: PLC0415

@@ -25,6 +25,19 @@ def test_impossible_job_counts_are_one_line_errors(jobs, message):
     workers.core_shares([0, 1], jobs)
 
 
+def test_jobs_share_cpu_cores_and_an_accelerator_trains_one_run_at_a_time(monkeypatch):
+  """`make demo`'s --jobs 2 on a GPU machine: one run at a time, and a note, not an error."""
+  import jax  # noqa: PLC0415
+
+  notes = []
+  assert workers.jobs_on_this_backend(2, notes.append) == 2 and not notes  # the CPU here
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert workers.jobs_on_this_backend(1, notes.append) == 1 and not notes
+  assert workers.jobs_on_this_backend(2, notes.append) == 1
+  assert notes == ["--jobs 2 shares out CPU cores, but JAX trains on gpu here: "
+                   "the runs train one at a time"]
+
+
 def test_describe_says_how_the_cores_were_shared():
   assert workers.describe([[0], [1]]) == "2 at a time, 1 core each (cores 0 | 1)"
   assert workers.describe([[0, 1, 2], [3, 4]]) == (
