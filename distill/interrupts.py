@@ -5,8 +5,9 @@ a run's first seconds that can be a callback JAX runs from the garbage
 collector, where Python prints the exception and drops it, and the command
 went on to train to its end. `listen()`, at every command's start, keeps
 Python's behaviour (KeyboardInterrupt at once) and also remembers the signal;
-a training loop that starts after one was dropped takes it (`take()`) and
-stops at its first dispatch with a checkpoint, as if Ctrl-C came then.
+where the exception would be dropped it is not raised at all. A training loop
+that starts after such a signal takes it (`take()`) and stops at its first
+dispatch with a checkpoint, as if Ctrl-C came then.
 """
 
 from __future__ import annotations
@@ -14,11 +15,18 @@ from __future__ import annotations
 import signal
 
 _pending: str | None = None
+# Functions in which Python drops a raised exception, printing a traceback that only alarms:
+# JAX's garbage-collector callback and finalizers.
+_DROPPING = ("_xla_gc_callback", "__del__")
 
 
 def _interrupt(signum, frame) -> None:
   global _pending
   _pending = signal.Signals(signum).name
+  while frame is not None:
+    if frame.f_code.co_name in _DROPPING:
+      return  # remembered only: the loop stops at its first dispatch
+    frame = frame.f_back
   raise KeyboardInterrupt
 
 

@@ -144,6 +144,8 @@ def test_a_ctrl_c_dropped_before_the_loop_still_stops_it(tmp_path):
     time.sleep(1)  # the handler runs here, and raises
   except KeyboardInterrupt:
     pass  # dropped, as a gc callback's would be
+  else:
+    raise AssertionError("outside a callback Ctrl-C raises at once")
   stopped = run_cli(*_cli_args("teacher", tmp_path))
   assert stopped.exit_code == 130, stopped.output
   step = int(re.search(r"stopped by SIGINT at step (\d+); checkpoint saved",
@@ -152,6 +154,18 @@ def test_a_ctrl_c_dropped_before_the_loop_still_stops_it(tmp_path):
   assert interrupts.take() is None  # taken once: the resumed run trains to its end
   assert run_cli(*_cli_args("teacher", tmp_path)).exit_code == 0
   assert _summary(tmp_path)["resumed_from_step"] == step
+
+
+def test_a_ctrl_c_inside_jaxs_gc_callback_is_remembered_not_raised():
+  """Python would print the KeyboardInterrupt's traceback there and drop it: none is raised."""
+  interrupts.listen()
+
+  def _xla_gc_callback():  # the name of JAX's callback, which the handler looks for
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(1)  # the handler runs here
+
+  _xla_gc_callback()  # no KeyboardInterrupt
+  assert interrupts.take() == "SIGINT" and interrupts.take() is None
 
 
 def _checkpoint_steps(workdir):
