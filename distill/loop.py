@@ -212,8 +212,11 @@ class _Run:
     self.tensorboard.start(after_step=start_step if latest is not None else None,
                            note=echo)
     settings = self.settings
-    self.plan = dispatch_plan(start_step, self.total_steps,
-                              backend.steps_per_dispatch(settings.steps_per_dispatch),
+    per_dispatch = backend.steps_per_dispatch(settings.steps_per_dispatch)
+    if per_dispatch != settings.steps_per_dispatch:
+      echo(f"{per_dispatch} steps a dispatch, not the recipe's {settings.steps_per_dispatch}: "
+           f"{backend.choices().backend} runs them in one compiled loop (distill/backend.py)")
+    self.plan = dispatch_plan(start_step, self.total_steps, per_dispatch,
                               (settings.log_every, settings.eval_every,
                                settings.checkpoint_every))
     from distill.console import progress  # noqa: PLC0415

@@ -79,11 +79,12 @@ def test_a_dispatch_runs_the_recipes_steps_or_the_accelerators_minimum():
 
 
 def _train_cnn_student(workdir, teacher):
-  """A TINY digits CNN student on hard labels, 60 steps at a rate that learns: its test accuracy."""
-  result = run_cli("student", "--teacher", teacher, "--workdir", workdir, "--loss", "hard", "-q",
+  """A TINY digits CNN student on hard labels, 60 steps at a rate that learns: its test accuracy
+  and what it printed on stderr."""
+  result = run_cli("student", "--teacher", teacher, "--workdir", workdir, "--loss", "hard",
                    *TINY_FLAGS, "--set", "student.learning_rate=1e-2", "--set", "student.steps=60")
   assert result.exit_code == 0, result.output
-  return json.loads((workdir / "summary.json").read_text())["test_accuracy"]
+  return json.loads((workdir / "summary.json").read_text())["test_accuracy"], result.stderr
 
 
 def test_the_accelerator_choices_train_a_cnn_here_as_the_cpu_ones_do(monkeypatch, tmp_path,
@@ -99,7 +100,7 @@ def test_the_accelerator_choices_train_a_cnn_here_as_the_cpu_ones_do(monkeypatch
   are compared by their accuracy (92.2% both, on an AMD EPYC).
   """
   copy_runs(tiny_digits_runs, tmp_path, teacher="teacher")
-  cpu_accuracy = _train_cnn_student(tmp_path / "cpu", tmp_path / "teacher")
+  cpu_accuracy, cpu_notes = _train_cnn_student(tmp_path / "cpu", tmp_path / "teacher")
   accelerator = backend.choices("gpu")
   monkeypatch.setattr(backend, "choices", lambda name=None: accelerator)
   unrolled = []
@@ -113,12 +114,14 @@ def test_the_accelerator_choices_train_a_cnn_here_as_the_cpu_ones_do(monkeypatch
   backend.compiler_options.cache_clear()
   try:
     assert backend.compiler_options() == {}
-    accuracy = _train_cnn_student(tmp_path / "gpu", tmp_path / "teacher")
+    accuracy, notes = _train_cnn_student(tmp_path / "gpu", tmp_path / "teacher")
   finally:
     backend.compiler_options.cache_clear()
   assert unrolled and not any(unrolled), "the CNN's steps run in a scan"
   # TINY's 5 steps a dispatch are raised to the GPU's 10, which its logs every 10 steps allow.
   assert plans and {count for _, count in plans[0]} == {10}
+  assert "10 steps a dispatch, not the recipe's 5: gpu runs them" in notes
+  assert "steps a dispatch" not in cpu_notes
   assert cpu_accuracy > 0.8, "the student learns, so the comparison means something"
   assert abs(accuracy - cpu_accuracy) < 0.03
 
