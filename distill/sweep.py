@@ -544,18 +544,15 @@ def _train_missing(runs: list[dict[str, Any]], teacher_dir: Path, console: Conso
     _trained(run, console)
 
 
-def train_run(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, state: str,
-              check_cpu: bool = False) -> dict[str, Any]:
+def train_run(recipe: dict[str, Any], teacher_dir: Path, workdir: Path,
+              state: str) -> dict[str, Any]:
   """Trains one run of the sweep in this process (a worker's task); returns its summary.
 
   `state` is `_finished_state`'s: an unfinished run of another recipe starts
-  over, a finished one is replaced. `check_cpu`: refuse an accelerator (for
-  workers sharing out CPU cores).
+  over, a finished one is replaced.
   """
-  from distill import workers, workflow  # noqa: PLC0415
+  from distill import workflow  # noqa: PLC0415
 
-  if check_cpu:
-    workers.check_cpu()
   return workflow.train_student(recipe, teacher_dir, workdir,
                                 restart=state == "other-unfinished",
                                 overwrite=state == "other-finished", quiet=True)
@@ -579,8 +576,8 @@ def _train_side_by_side(missing: list[dict[str, Any]], teacher_dir: Path, consol
     # compilation cache rather than two workers compiling one program at once.
     seeds = list(dict.fromkeys(run["seed"] for run in missing))
     order = sorted(missing, key=lambda run: seeds.index(run["seed"]))
-    futures = {pool.submit(train_run, run["recipe"], teacher_dir, run["dir"], run["state"],
-                           check_cpu=True): run for run in order}
+    futures = {pool.submit(train_run, run["recipe"], teacher_dir, run["dir"], run["state"]): run
+               for run in order}
     try:
       for future in concurrent.futures.as_completed(futures):
         run = futures[future]

@@ -72,8 +72,6 @@ def _start_worker(shares) -> None:
   """
   cores = shares.get()
   os.environ[XLA_THREADS_ENV] = str(len(cores))
-  # A GPU's memory is not taken whole by each worker before `check_cpu` can refuse it.
-  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   if hasattr(os, "sched_setaffinity"):
     os.sched_setaffinity(0, cores)
   signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -83,7 +81,8 @@ def jobs_on_this_backend(jobs: int, note) -> int:
   """`jobs` where JAX trains on the CPU; 1 on an accelerator, with a `note` that says why.
 
   Jobs share out CPU cores. On a GPU the runs train one at a time, so the same
-  command (`make demo`'s `--jobs 2`) works on either machine.
+  command (`make demo`'s `--jobs 2`) works on either machine. Decided here, in
+  the parent, once: workers start only where JAX trains on the CPU.
   """
   import jax  # noqa: PLC0415
 
@@ -93,16 +92,6 @@ def jobs_on_this_backend(jobs: int, note) -> int:
   note(f"--jobs {jobs} shares out CPU cores, but JAX trains on {backend} here: "
        "the runs train one at a time")
   return 1
-
-
-def check_cpu() -> None:
-  """Refuses to go on in a worker whose JAX found an accelerator: jobs share CPU cores only."""
-  import jax  # noqa: PLC0415
-
-  backend = jax.default_backend()
-  if backend != "cpu":
-    raise UserError(f"--jobs shares out CPU cores, but JAX trains on {backend} here; "
-                    "train one run at a time (--jobs 1)")
 
 
 @contextlib.contextmanager
