@@ -77,17 +77,21 @@ def parse_variant(text: str) -> tuple[str, list[str], dict[str, object]]:
 @contextlib.contextmanager
 def backend_choices(fields: dict[str, object]):
   """The running backend's `distill.backend` choices replaced by `fields` while models are
-  built and compiled (the CPU's or the accelerators' table, whichever `choices()` reads)."""
+  built and compiled (the entry `choices()` reads for it)."""
   from distill import backend  # noqa: PLC0415
 
-  table = {"cpu": "_CPU", "gpu": "_GPU"}.get(backend.choices().backend, "_ACCELERATOR")
-  original = getattr(backend, table)
-  setattr(backend, table, dataclasses.replace(original, **fields))
+  current = backend.choices()
+  measured = backend._MEASURED
+  original = measured.get(current.backend)
+  measured[current.backend] = dataclasses.replace(current, **fields)
   backend.compiler_options.cache_clear()
   try:
     yield
   finally:
-    setattr(backend, table, original)
+    if original is None:
+      del measured[current.backend]
+    else:
+      measured[current.backend] = original
     backend.compiler_options.cache_clear()
 
 

@@ -113,6 +113,10 @@ _GPU = BackendChoices(backend="gpu", conv_stem="gathered", unroll_conv_scan=Fals
 # Other accelerators (TPU): the GPU's choices, unmeasured until a run on one.
 _ACCELERATOR = dataclasses.replace(_GPU, backend="", measured=False)
 
+# The backends whose choices were measured (`benchmarks/ab_step.py` replaces an entry while it
+# times a variant).
+_MEASURED = {"cpu": _CPU, "gpu": _GPU}
+
 
 def choices(backend: str | None = None) -> BackendChoices:
   """The choices for `backend` (default: `jax.default_backend()`).
@@ -124,10 +128,8 @@ def choices(backend: str | None = None) -> BackendChoices:
     import jax  # noqa: PLC0415 (only a call without a backend needs JAX)
 
     backend = jax.default_backend()
-  if backend == "cpu":
-    return _CPU
-  if backend == "gpu":
-    return _GPU
+  if backend in _MEASURED:
+    return _MEASURED[backend]
   return dataclasses.replace(_ACCELERATOR, backend=backend)
 
 
