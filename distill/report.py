@@ -236,9 +236,18 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) ->
   return path
 
 
-# The figures a report writes beside report.html (`_run_section`, `_overview_figure`).
+# The figures a report writes beside report.html: each run's (`_figure_path`, its slug starts
+# with the run's two-digit index) and the overview (`_overview_figure`).
+_RUN_FIGURES = ("curves", "mistakes", "confusion", "reliability", "disagreements")
+_OVERVIEW_FIGURE = "accuracy-vs-params.png"
 _FIGURE_NAME = re.compile(
-    r"(\d{2,}-.+-(curves|mistakes|confusion|reliability|disagreements)|accuracy-vs-params)\.png")
+    rf"\d{{2,}}-.+-({'|'.join(_RUN_FIGURES)})\.png|{re.escape(_OVERVIEW_FIGURE)}")
+
+
+def _figure_path(out_dir: Path, slug: str, kind: str) -> Path:
+  """Where a run's figure of `kind` (one of `_RUN_FIGURES`) goes."""
+  assert kind in _RUN_FIGURES, kind  # else a later report would not remove it
+  return out_dir / f"{slug}-{kind}.png"
 
 
 def _remove_earlier_figures(out_dir: Path) -> None:
@@ -376,7 +385,7 @@ def _run_section(index: int, row: dict[str, Any], out_dir: Path, datasets: dict[
   if records:
     parts.append(_figure_html(plots.training_curves(
         records, title=title, init_loss=row.get("init_loss"),
-        num_classes=dataset.num_classes, path=out_dir / f"{slug}-curves.png",
+        num_classes=dataset.num_classes, path=_figure_path(out_dir, slug, "curves"),
         objective=objective_label(row), init_loss_expected=row.get("init_loss_expected")),
         f"Left: the training objective, {objective_label(row)}, batch means; the star is the "
         "measured step-0 loss, the dashed line what it should be. Middle: validation "
@@ -417,14 +426,15 @@ def _prediction_figures(logits: np.ndarray, predictions: np.ndarray, dataset,
       dataset.x_test[wrong],
       [f"{names[predictions[i]]} / {names[dataset.y_test[i]]}" for i in wrong],
       title=f"{title}: misclassified test images (predicted / true)",
-      path=out_dir / f"{slug}-mistakes.png"), "Misclassified test images: predicted / true.")]
+      path=_figure_path(out_dir, slug, "mistakes")),
+      "Misclassified test images: predicted / true.")]
   parts.append(_figure_html(plots.confusion_matrix(
       dataset.y_test, predictions, names, title=f"{title}: confusion (test)",
-      path=out_dir / f"{slug}-confusion.png"), "Confusion matrix on the test set."))
+      path=_figure_path(out_dir, slug, "confusion")), "Confusion matrix on the test set."))
   probs = np.asarray(losses.softmax(logits))
   parts.append(_figure_html(plots.reliability_diagram(
       probs.max(-1), predictions == dataset.y_test, ece=metrics["ece"], title=title,
-      path=out_dir / f"{slug}-reliability.png"),
+      path=_figure_path(out_dir, slug, "reliability")),
       "Reliability diagram with expected calibration error."))
   return parts
 
@@ -449,7 +459,7 @@ def _teacher_comparison(predictions: np.ndarray, teacher: np.ndarray, dataset,
            f"({names[dataset.y_test[i]]})"
            for i in disagree],
           title=f"{title}: where the student disagrees with the teacher (S / T, true)",
-          path=out_dir / f"{slug}-disagreements.png"),
+          path=_figure_path(out_dir, slug, "disagreements")),
           "Test images where student (S) and teacher (T) disagree; the true class in brackets."),
   ]
 
@@ -458,7 +468,7 @@ def _overview_figure(rows: list[dict[str, Any]], out_dir: Path) -> str:
   """The cross-run figure: every run's test accuracy against its parameters."""
   from distill import plots  # noqa: PLC0415
 
-  return _figure_html(plots.accuracy_vs_params(rows, path=out_dir / "accuracy-vs-params.png"),
+  return _figure_html(plots.accuracy_vs_params(rows, path=out_dir / _OVERVIEW_FIGURE),
                       "Test accuracy against parameters; the teacher is the star.")
 
 
