@@ -44,6 +44,8 @@ class BackendChoices:
       gradient (a classifier head's) from a transposed copy of its output
       gradient, which XLA:CPU can hand to its fast dot kernels (see
       `distill.models.dense`).
+    narrow_output_width: outputs narrower than this count as narrow for
+      `transpose_narrow_weight_gradients` (32: a head over tens of classes).
     compiler_options: XLA options (name, value) every jitted model function is
       compiled with (see `jit`); none on accelerators.
     min_steps_per_dispatch: the fewest optimizer steps one dispatch runs
@@ -61,6 +63,7 @@ class BackendChoices:
   compute_dtype: str
   measured: bool
   transpose_narrow_weight_gradients: bool = False
+  narrow_output_width: int = 32
   compiler_options: tuple[tuple[str, str], ...] = ()
   min_steps_per_dispatch: int = 1
 
@@ -88,6 +91,9 @@ class BackendChoices:
 #   canonical order. A 10-class head's kernel gradient [rows, in]^T @ [rows, 10] is not one,
 #   and ran at 65-72 us through XLA's own dot (128 x 256 x 10) against 17-20 us as
 #   (g^T @ x)^T from a copied g^T; the MLP student's step gained 5%, the linear one's 8%.
+#   narrow_output_width 32: with 65, which adds the CIFAR-10 ViT's patch embedding (192 -> 64)
+#   and second MLP layer (256 -> 64), its step ran at 1.01x (rounds 0.93-1.12x; Intel Xeon
+#   model 207, jax 0.11.2), within the rounds' noise.
 _CPU = BackendChoices(
     backend="cpu", conv_stem="gathered", unroll_conv_scan=True, export_batch_size=64,
     compute_dtype="float32", measured=True, transpose_narrow_weight_gradients=True,
@@ -103,8 +109,9 @@ _CPU = BackendChoices(
 # - min_steps_per_dispatch 10: the hybrid teacher at the 2 steps a dispatch its recipe picks for
 #   XLA:CPU ran at 42,784 images/s, at 10 at 107,372 (2.6x), at 50 no faster (1.00x); the CIFAR-10
 #   ViT gained 1.03x from 10 to 50.
-# - compute_dtype float32: bfloat16 ran the CIFAR-10 ViT's loop 1.14x faster but the hybrid
-#   teacher's 0.93x: these models are too small to be bound by matmul throughput (MFU < 1%).
+# - compute_dtype float32: bfloat16 ran the loops 1.09x (hybrid teacher, 10 steps a dispatch)
+#   to 1.14x (CIFAR-10 ViT) faster: too little for a recipe's results to depend on the machine,
+#   with bfloat16's accuracy on them unmeasured (these models are small: MFU < 1%).
 # - export_batch_size 1024 and no XLA options: taken, not compared.
 _GPU = BackendChoices(backend="gpu", conv_stem="gathered", unroll_conv_scan=False,
                       export_batch_size=1024, compute_dtype="float32", measured=True,

@@ -84,3 +84,18 @@ def test_products_that_are_not_a_dense_layer_are_left_to_dot_general():
 
   assert "custom_vjp_call" in jaxpr(x, kernel, plain)
   assert "custom_vjp_call" not in jaxpr(x, y, batched)
+
+
+@pytest.mark.parametrize("width, transposed", [(32, False), (49, True)])
+def test_the_backends_narrow_output_width_picks_the_layers_that_transpose(
+    width, transposed, monkeypatch):
+  chosen = dataclasses.replace(backend.choices(), transpose_narrow_weight_gradients=True,
+                               narrow_output_width=width)
+  monkeypatch.setattr(backend, "choices", lambda backend_name=None: chosen)
+  layer, _ = _pair(64, 48)
+  graphdef, params = nnx.split(layer)
+  x = jnp.ones((16, 64))
+  gradient = jax.make_jaxpr(jax.grad(
+      lambda p: jnp.sum(nnx.merge(graphdef, p)(x))))(params)
+  # The transposed path is the one that keeps its transposes behind optimisation barriers.
+  assert ("optimization_barrier" in str(gradient)) is transposed

@@ -28,10 +28,6 @@ from jax import lax
 
 from distill import backend
 
-# Outputs narrower than this count as narrow (a head over tens of classes): measured on
-# XLA:CPU with 10-class heads, where copying the gradient is far cheaper than the slow dot.
-NARROW_OUTPUT = 32
-
 
 def linear(in_features: int, out_features: int, **kwargs) -> nnx.Linear:
   """`nnx.Linear(in_features, out_features, **kwargs)` computing its kernel gradient by rows."""
@@ -84,8 +80,9 @@ _dense.defvjp(_dense_forward, _dense_backward)
 
 def kernel_gradient(x_rows: jax.Array, grad_rows: jax.Array) -> jax.Array:
   """Σ over rows of x ⊗ grad: [rows, in], [rows, out] -> [in, out]."""
-  if (grad_rows.shape[1] < NARROW_OUTPUT
-      and backend.choices().transpose_narrow_weight_gradients):
+  choices = backend.choices()
+  if (choices.transpose_narrow_weight_gradients
+      and grad_rows.shape[1] < choices.narrow_output_width):
     # The barriers keep XLA from folding the transposes back into the dot, which would
     # restore the non-canonical operand order this avoids.
     grad_t = lax.optimization_barrier(grad_rows.T)
