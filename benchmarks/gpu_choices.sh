@@ -36,6 +36,6 @@ conv_variants() {  # $1: overrides every variant shares
     --window "$window" --rounds "$rounds" "${variants[@]}"
   echo
   echo "## CIFAR-10 recipe: its whole loop ($loop_steps steps x 256, evaluations and checkpoints)"
-  "$py" -c 'from distill.launcher import main; main()' bench --recipe cifar10 \
+  "$py" -m distill bench --recipe cifar10 \
     --synthetic 32x32x3:50000:10 --steps "$loop_steps" --bare-steps "$bare_steps" --json -q
 } 2>&1 | tee "$OUT/choices.txt"

@@ -70,3 +70,13 @@ def test_a_process_restarts_once_with_the_same_arguments():
   off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                        env={**environ, launcher.HUGE_PAGES_ENV: "off"}, timeout=60)
   assert off.stdout.startswith("None ")
+
+
+def test_python_dash_m_distill_runs_the_command_through_its_restart():
+  # `python -m distill` restarts itself the same way (sys.orig_argv keeps the `-m distill`).
+  environ = {key: value for key, value in os.environ.items()
+             if key not in ("GLIBC_TUNABLES", launcher.HUGE_PAGES_ENV, launcher._RESTARTED_ENV)}
+  result = subprocess.run([sys.executable, "-m", "distill", "teacher", "--help"], env=environ,
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith("Usage: python -m distill teacher")
