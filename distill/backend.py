@@ -53,6 +53,10 @@ class BackendChoices:
       it. Recipes may pick few steps a dispatch for XLA:CPU, which unrolls them;
       an accelerator runs them in a scan, and pays its per-dispatch cost less often
       with more. Dispatches still end at every log, validation and checkpoint step.
+    fused_qkv: compute a ViT block's query, key and value projections as one
+      matmul over a joined kernel (`distill.models.vit.self_attention`), as
+      PyTorch's and timm's attention do, instead of `nnx.MultiHeadAttention`'s
+      three. The parameters are the same either way.
     measured: whether these values were measured on this backend.
   """
 
@@ -66,6 +70,7 @@ class BackendChoices:
   narrow_output_width: int = 32
   compiler_options: tuple[tuple[str, str], ...] = ()
   min_steps_per_dispatch: int = 1
+  fused_qkv: bool = True
 
   def as_dict(self) -> dict[str, object]:
     """The choices as plain JSON-ready values (for bench output)."""
@@ -94,6 +99,9 @@ class BackendChoices:
 #   narrow_output_width 32: with 65, which adds the CIFAR-10 ViT's patch embedding (192 -> 64)
 #   and second MLP layer (256 -> 64), its step ran at 1.01x (rounds 0.93-1.12x; Intel Xeon
 #   model 207, jax 0.11.2), within the rounds' noise.
+# - fused_qkv: on a Zen 4 EPYC the CIFAR-10 ViT's step ran at 1.02x (rounds 0.94-1.26x), the demo
+#   teacher's at 1.00x (0.96-1.06x), the hybrid teacher's at 1.02x (0.81-1.11x); its traced ops
+#   summed to 62.8 ms a step against 69.5. Kept for its fewer ops, which a GPU's launches favour.
 _CPU = BackendChoices(
     backend="cpu", conv_stem="gathered", unroll_conv_scan=True, export_batch_size=64,
     compute_dtype="float32", measured=True, transpose_narrow_weight_gradients=True,
@@ -112,7 +120,7 @@ _CPU = BackendChoices(
 # - compute_dtype float32: bfloat16 ran the loops 1.09x (hybrid teacher, 10 steps a dispatch)
 #   to 1.14x (CIFAR-10 ViT) faster: too little for a recipe's results to depend on the machine,
 #   with bfloat16's accuracy on them unmeasured (these models are small: MFU < 1%).
-# - export_batch_size 1024 and no XLA options: taken, not compared.
+# - export_batch_size 1024, fused_qkv and no XLA options: taken, not compared.
 _GPU = BackendChoices(backend="gpu", conv_stem="gathered", unroll_conv_scan=False,
                       export_batch_size=1024, compute_dtype="float32", measured=True,
                       min_steps_per_dispatch=10)

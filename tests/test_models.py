@@ -211,6 +211,41 @@ def test_vit_attention_is_jax_attention_with_the_softmax_gradient_written_out(dt
                                 nnx.dot_product_attention(query, key, value, mask=mask))
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_fused_self_attention_is_the_modules_own(dtype):
+  # One [D, 3·heads·depth] product for query, key and value must give the module's outputs
+  # (checkpoints predict as before) and its parameters' gradients to round-off.
+  from distill.models.vit import attention, self_attention  # noqa: PLC0415 (see above)
+
+  layer = nnx.MultiHeadAttention(num_heads=4, in_features=32, decode=False, dtype=dtype,
+                                 attention_fn=attention, rngs=nnx.Rngs(0))
+  for index, projection in enumerate((layer.query, layer.key, layer.value, layer.out)):
+    projection.bias[...] = jax.random.normal(jax.random.key(10 + index), projection.bias.shape)
+  x = jax.random.normal(jax.random.key(1), (3, 5, 32))
+  graphdef, params = nnx.split(layer)
+
+  def loss(function):
+    def value(params):
+      out = function(nnx.merge(graphdef, params), x).astype(jnp.float32)
+      return jnp.sum(jnp.sin(3.0 * out))
+    return value
+
+  fused = jax.jit(lambda p: self_attention(nnx.merge(graphdef, p), x))(params)
+  plain = jax.jit(lambda p: nnx.merge(graphdef, p)(x))(params)
+  assert fused.dtype == plain.dtype == dtype
+  tolerance = 1e-5 if dtype == jnp.float32 else 0.05
+  np.testing.assert_allclose(fused.astype(jnp.float32), plain.astype(jnp.float32),
+                             atol=tolerance)
+  ours = jax.jit(jax.grad(loss(self_attention)))(params)
+  flax_grads = jax.jit(jax.grad(loss(lambda module, inputs: module(inputs))))(params)
+  for (path, a), (_, b) in zip(jax.tree_util.tree_leaves_with_path(ours),
+                               jax.tree_util.tree_leaves_with_path(flax_grads), strict=True):
+    # The key's bias moves every score of a query alike, which the softmax cancels.
+    if "key" not in str(path[0]) or "bias" not in str(path[1]):
+      assert float(jnp.abs(b).max()) > 0.01, path
+    np.testing.assert_allclose(a, b, atol=tolerance * 10, rtol=tolerance, err_msg=str(path))
+
+
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (3, 7, 9, 4), (1, 5, 4, 2)])
 def test_max_pool_2x2_is_nnx_max_pool_bit_for_bit(shape):
   # The conv stages pool with a reshape and their own gradient instead of XLA's

@@ -76,6 +76,35 @@ def attention(query: jax.Array, key: jax.Array, value: jax.Array, *, mask=None,
   return jax.vmap(heads_attention, in_axes=3, out_axes=3)(grouped).reshape(query.shape)
 
 
+def self_attention(layer: nnx.MultiHeadAttention, x_BxTxD: jax.Array) -> jax.Array:
+  """`layer(x_BxTxD)` with its query, key and value projections computed as one product.
+
+  The three [D, heads, depth] kernels are joined into one [D, 3·heads·depth]
+  matrix for the step (a copy of 3·D² numbers), so the forward pass runs one
+  matmul where `nnx.MultiHeadAttention` runs three, and the backward pass one
+  kernel gradient and one input gradient (as PyTorch's and timm's fused `qkv`
+  do). Both products are `dense` layers, whose kernel gradient is taken by
+  rows. The parameters stay the module's own, so checkpoints and imported
+  weights load as before; values agree with `layer(x)` to float rounding.
+  """
+  projections = (layer.query, layer.key, layer.value)
+  width = x_BxTxD.shape[-1]
+  kernel = jnp.concatenate([p.kernel[...] for p in projections], axis=1).reshape(width, -1)
+  bias = jnp.concatenate([p.bias[...] for p in projections], axis=0).reshape(-1)
+  x, kernel, bias = nnx.nn.dtypes.promote_dtype((x_BxTxD, kernel, bias), dtype=layer.dtype)
+  qkv = dense.rows_dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ()))) + bias
+  # Split along the last axis, where each is one contiguous block: the gradient joins
+  # them back in place, where a [3, ...] axis moved to the front would cost a transpose.
+  query, key, value = (part.reshape(*x.shape[:-1], layer.num_heads, layer.head_dim)
+                       for part in jnp.split(qkv, 3, axis=-1))
+  heads = layer.attention_fn(query, key, value, dtype=layer.dtype)
+  out_kernel = layer.out.kernel[...].reshape(-1, layer.out_features)
+  heads, out_kernel, out_bias = nnx.nn.dtypes.promote_dtype(
+      (heads.reshape(*x.shape[:-1], -1), out_kernel, layer.out.bias[...]), dtype=layer.dtype)
+  return dense.rows_dot_general(heads, out_kernel,
+                                (((heads.ndim - 1,), (0,)), ((), ()))) + out_bias
+
+
 class EncoderBlock(nnx.Module):
   """Pre-norm transformer block: x + MHA(LN(x)), then x + MLP(LN(x))."""
 
@@ -94,7 +123,9 @@ class EncoderBlock(nnx.Module):
 
   def __call__(self, tokens_BxTxD: jax.Array) -> jax.Array:
     x = tokens_BxTxD
-    x = x + self.attention(self.attention_norm(x))
+    normed = self.attention_norm(x)
+    x = x + (self_attention(self.attention, normed) if backend.choices().fused_qkv
+             else self.attention(normed))
     hidden = nnx.gelu(self.mlp_in(self.mlp_norm(x)), approximate=not self.exact_gelu)
     return x + self.mlp_out(hidden)
 
