@@ -45,7 +45,8 @@ class BackendChoices:
       gradient, which XLA:CPU can hand to its fast dot kernels (see
       `distill.models.dense`).
     narrow_output_width: outputs narrower than this count as narrow for
-      `transpose_narrow_weight_gradients` (32: a head over tens of classes).
+      `transpose_narrow_weight_gradients` (a head over tens of classes, and on
+      the CPU every layer at most 64 wide).
     compiler_options: XLA options (name, value) every jitted model function is
       compiled with (see `jit`); none on accelerators.
     min_steps_per_dispatch: the fewest optimizer steps one dispatch runs
@@ -96,15 +97,19 @@ class BackendChoices:
 #   canonical order. A 10-class head's kernel gradient [rows, in]^T @ [rows, 10] is not one,
 #   and ran at 65-72 us through XLA's own dot (128 x 256 x 10) against 17-20 us as
 #   (g^T @ x)^T from a copied g^T; the MLP student's step gained 5%, the linear one's 8%.
-#   narrow_output_width 32: with 65, which adds the CIFAR-10 ViT's patch embedding (192 -> 64)
-#   and second MLP layer (256 -> 64), its step ran at 1.01x (rounds 0.93-1.12x; Intel Xeon
-#   model 207, jax 0.11.2), within the rounds' noise.
+#   narrow_output_width 65 (layers up to 64 wide, where 32 took only the heads): the CIFAR-10
+#   ViT's patch embedding (192 -> 64), attention output (64 -> 64) and second MLP layer
+#   (256 -> 64) then take it too, and its step ran 1.05-1.07x faster in three A/Bs of 12-24
+#   rounds on a Zen 4 EPYC; the demo teacher and the two ViT students within noise (0.98-1.02x).
+#   On an Intel Xeon (model 207, jax 0.11.2) 65 ran at 1.01x, before the attention output was
+#   a dense layer.
 # - fused_qkv: on a Zen 4 EPYC the CIFAR-10 ViT's step ran at 1.02x (rounds 0.94-1.26x), the demo
 #   teacher's at 1.00x (0.96-1.06x), the hybrid teacher's at 1.02x (0.81-1.11x); its traced ops
 #   summed to 62.8 ms a step against 69.5. Kept for its fewer ops, which a GPU's launches favour.
 _CPU = BackendChoices(
     backend="cpu", conv_stem="gathered", unroll_conv_scan=True, export_batch_size=64,
     compute_dtype="float32", measured=True, transpose_narrow_weight_gradients=True,
+    narrow_output_width=65,
     compiler_options=(("xla_cpu_experimental_ynn_fusion_type",
                        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"),))
 

@@ -9,7 +9,8 @@ the backward pass computes the kernel gradient:
   XLA:CPU lays both 3-D operands out again ([B, T, F] -> [F, B, T]) before
   its dot. Flattened to [B·T, in]ᵀ @ [B·T, out] the same sum needs no copy
   (the CIFAR-10 ViT's step: 8% faster on an Intel Xeon).
-* For a narrow output (a classifier head), optionally as (gᵀ @ x)ᵀ from a
+* For a narrow output (a classifier head; on the CPU any layer up to 64
+  wide, `BackendChoices.narrow_output_width`), optionally as (gᵀ @ x)ᵀ from a
   transposed copy of the small gradient g (`BackendChoices.
   transpose_narrow_weight_gradients`). XLA:CPU hands a dot to YNNPACK's fast
   kernels only when its operands come in canonical row-major order; the head's
