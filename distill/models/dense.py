@@ -53,6 +53,11 @@ def rows_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precisio
                          preferred_element_type=preferred_element_type, out_sharding=out_sharding)
 
 
+def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """x [..., in] @ kernel [in, out], as a `linear` layer computes it (kernel gradient by rows)."""
+  return _dense(x, kernel)
+
+
 def _contract_last(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """x [..., in] @ kernel [in, out], as `nnx.Linear` computes it."""
   return lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))

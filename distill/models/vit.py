@@ -92,7 +92,7 @@ def self_attention(layer: nnx.MultiHeadAttention, x_BxTxD: jax.Array) -> jax.Arr
   kernel = jnp.concatenate([p.kernel[...] for p in projections], axis=1).reshape(width, -1)
   bias = jnp.concatenate([p.bias[...] for p in projections], axis=0).reshape(-1)
   x, kernel, bias = nnx.nn.dtypes.promote_dtype((x_BxTxD, kernel, bias), dtype=layer.dtype)
-  qkv = dense.rows_dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ()))) + bias
+  qkv = dense.matmul(x, kernel) + bias
   # Split along the last axis, where each is one contiguous block: the gradient joins
   # them back in place, where a [3, ...] axis moved to the front would cost a transpose.
   query, key, value = (part.reshape(*x.shape[:-1], layer.num_heads, layer.head_dim)
@@ -101,8 +101,7 @@ def self_attention(layer: nnx.MultiHeadAttention, x_BxTxD: jax.Array) -> jax.Arr
   out_kernel = layer.out.kernel[...].reshape(-1, layer.out_features)
   heads, out_kernel, out_bias = nnx.nn.dtypes.promote_dtype(
       (heads.reshape(*x.shape[:-1], -1), out_kernel, layer.out.bias[...]), dtype=layer.dtype)
-  return dense.rows_dot_general(heads, out_kernel,
-                                (((heads.ndim - 1,), (0,)), ((), ()))) + out_bias
+  return dense.matmul(heads, out_kernel) + out_bias
 
 
 class EncoderBlock(nnx.Module):
