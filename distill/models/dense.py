@@ -37,7 +37,7 @@ def linear(in_features: int, out_features: int, **kwargs) -> nnx.Linear:
 
 def rows_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=None,
                      preferred_element_type=None, out_sharding=None) -> jax.Array:
-  """`lax.dot_general` for a dense layer, with the kernel gradient of `_dense`.
+  """`lax.dot_general` for a dense layer, with the kernel gradient of `matmul`.
 
   A product that is not a dense layer's plain [..., in] @ [in, out] (batch
   dimensions, a precision, an output type or sharding) is left to
@@ -48,14 +48,9 @@ def rows_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precisio
            and tuple(rhs_contracting) == (0,) and not lhs_batch and not rhs_batch
            and precision is None and preferred_element_type is None and out_sharding is None)
   if plain:
-    return _dense(lhs, rhs)
+    return matmul(lhs, rhs)
   return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                          preferred_element_type=preferred_element_type, out_sharding=out_sharding)
-
-
-def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """x [..., in] @ kernel [in, out], as a `linear` layer computes it (kernel gradient by rows)."""
-  return _dense(x, kernel)
 
 
 def _contract_last(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -64,16 +59,19 @@ def _contract_last(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 @jax.custom_vjp
-def _dense(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """x [..., in] @ kernel [in, out]; the backward pass is `_dense_backward`."""
+def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """x [..., in] @ kernel [in, out], as a `linear` layer computes it (kernel gradient by rows).
+
+  The backward pass is `_matmul_backward`.
+  """
   return _contract_last(x, kernel)
 
 
-def _dense_forward(x, kernel):
+def _matmul_forward(x, kernel):
   return _contract_last(x, kernel), (x, kernel)
 
 
-def _dense_backward(residuals, grad):
+def _matmul_backward(residuals, grad):
   x, kernel = residuals
   # The input gradient is the one autodiff gives: grad [..., out] @ kernelᵀ.
   grad_x = lax.dot_general(grad, kernel, (((grad.ndim - 1,), (1,)), ((), ())))
@@ -81,7 +79,7 @@ def _dense_backward(residuals, grad):
   return grad_x, kernel_gradient(x.reshape(-1, in_features), grad.reshape(-1, out_features))
 
 
-_dense.defvjp(_dense_forward, _dense_backward)
+matmul.defvjp(_matmul_forward, _matmul_backward)
 
 
 def kernel_gradient(x_rows: jax.Array, grad_rows: jax.Array) -> jax.Array:
