@@ -53,9 +53,9 @@ def _kill_after(args, workdir, logged_step):
     if logged_step and _logged_steps(workdir) >= logged_step:
       break
     time.sleep(0.01)
-  if process.poll() is None:
-    process.send_signal(signal.SIGKILL)
-  process.wait()
+  assert process.poll() is None, "the run ended before the kill"
+  process.send_signal(signal.SIGKILL)
+  assert process.wait() == -signal.SIGKILL
 
 
 def _assert_no_damaged_files(workdir):
@@ -70,6 +70,13 @@ def _assert_no_damaged_files(workdir):
     elif path.suffix == ".npz":
       with np.load(path) as arrays:
         [arrays[name] for name in arrays.files]
+
+
+def _resumes_from_the_latest_checkpoint(args, workdir):
+  """Finishes a killed run; asserts it resumed from its newest checkpoint (from scratch: none)."""
+  saved = _checkpoint_steps(workdir) if (workdir / "checkpoints").is_dir() else []
+  _finish(args)
+  assert _summary(workdir)["resumed_from_step"] == (max(saved) if saved else None)
 
 
 def _finish(args):
@@ -96,7 +103,7 @@ def test_killed_teacher_resumes_bit_identically(reference, tmp_path, kill_at):
   args = _command("teacher", workdir)
   _kill_after(args, workdir, kill_at)
   _assert_no_damaged_files(workdir)
-  _finish(args)
+  _resumes_from_the_latest_checkpoint(args, workdir)
   resumed, expected = _summary(workdir), _summary(reference / "teacher")
   assert resumed["params_sha256"] == expected["params_sha256"]
   assert resumed["test_accuracy"] == expected["test_accuracy"]
@@ -114,7 +121,7 @@ def test_killed_student_resumes_bit_identically(reference, tmp_path, kill_at):
   args = _command("student", workdir, reference / "teacher")
   _kill_after(args, workdir, kill_at)
   _assert_no_damaged_files(workdir)
-  _finish(args)
+  _resumes_from_the_latest_checkpoint(args, workdir)
   assert _summary(workdir)["params_sha256"] == _summary(reference / "student")["params_sha256"]
 
 

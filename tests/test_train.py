@@ -233,8 +233,10 @@ def test_a_cnn_dispatch_computes_the_same_scanned_as_unrolled(monkeypatch, tiny_
   # would move its parameter the other way, and the two would part by a few per cent of what
   # training moved (the two programs round differently at the optimisation level the tests
   # compile with). The update itself is the same code in both; test_backend trains a CNN
-  # student end to end under the accelerator's choices.
-  overrides = [*tiny_overrides, "student.model=cnn", "student.learning_rate=1e-12"]
+  # student end to end under the accelerator's choices. The head starts non-zero: a zero head
+  # passes no gradient back, and the convolutions' backward pass would go uncompared.
+  overrides = [*tiny_overrides, "student.model=cnn", "student.learning_rate=1e-12",
+               "student.cnn.head_init_scale=0.5"]
   runs = []
   for unroll in (True, False):
     chosen = dataclasses.replace(backend.choices("cpu"), unroll_conv_scan=unroll)
@@ -250,6 +252,7 @@ def test_a_cnn_dispatch_computes_the_same_scanned_as_unrolled(monkeypatch, tiny_
     runs.append(np.concatenate(metrics, axis=1))
   unrolled, scanned = runs
   assert len(set(unrolled[1].round(5))) == 10, "each step sees its own batch"
+  assert np.abs(unrolled[0] - np.log(10)).min() > 1e-3, "a head that is not zero"
   np.testing.assert_allclose(scanned, unrolled, rtol=1e-5)
 
 
