@@ -255,14 +255,36 @@ def test_at_least_fifteen_mistakes_each_clear_and_harmless(finished, tmp_path):
     assert _snapshot(finished / name) == before[name], f"{name} run was modified"
 
 
-def test_read_only_workdir(tmp_path, finished):
-  if os.geteuid() == 0:
-    pytest.skip("root writes through read-only permissions; 'workdir under a file' covers it")
+def test_read_only_workdir(tmp_path, monkeypatch):
   read_only = tmp_path / "ro"
   read_only.mkdir()
   read_only.chmod(0o500)
+  if os.geteuid() == 0:  # Root writes through permissions: give the answer others get.
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kwargs: (
+        Path(path) != read_only and access(path, mode, **kwargs)))
   result = run_cli("teacher", "--recipe", "digits", "--workdir", read_only / "run", *TINY_FLAGS)
-  assert result.exit_code == 2 and "cannot" in result.stderr
+  assert result.exit_code == 2, result.output
+  assert f"cannot write to workdir {read_only / 'run'}: {read_only} is read-only" in result.stderr
+  assert not (read_only / "run").exists()
+
+
+def test_a_workdir_that_refuses_writes_stops_before_training(tmp_path, monkeypatch):
+  # Permissions can allow what the file system refuses (a full disk, a read-only mount): the
+  # run writes a probe file first and reports the system's reason in one line.
+  write_text = Path.write_text
+
+  def refuse_the_probe(path, *args, **kwargs):
+    if path.name == ".write-test":
+      raise OSError(30, "Read-only file system")
+    return write_text(path, *args, **kwargs)
+
+  monkeypatch.setattr(Path, "write_text", refuse_the_probe)
+  result = run_cli("teacher", "--recipe", "digits", "--workdir", tmp_path / "run", *TINY_FLAGS)
+  assert result.exit_code == 2, result.output
+  assert f"cannot write to workdir {tmp_path / 'run'}: Read-only file system" in result.stderr
+  assert "Traceback" not in result.output
+  assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 def test_diverging_run_stops_with_the_step_and_exits_nonzero(tmp_path):

@@ -248,15 +248,19 @@ def test_host_feeder_reads_image_folders_and_stops_early(tmp_path):
   source = stream.open_source(root, image_size=3)
   labels = np.arange(15) // 5
   feeder = _feeder(source, labels, DataOrder(15, batch_size=2, seed=0))
-  threads_before = threading.active_count()
+  threads_before = set(threading.enumerate())
   dispatches = feeder.dispatches([(step, 1) for step in range(7)])
   first = _host(next(dispatches))
   positions = DataOrder(15, batch_size=2, seed=0).indices(0, 1)
   for image, position in zip(first["images"][0], positions[0], strict=True):
     np.testing.assert_array_equal(image, np.broadcast_to(colours[position], (3, 3, 3)))
   np.testing.assert_array_equal(first["labels"], positions // 5)
+  readers = set(threading.enumerate()) - threads_before
+  assert readers, "Grain reads ahead in threads of its own"
   dispatches.close()  # Stops Grain's threads and drops what they read ahead.
-  assert threading.active_count() <= threads_before + 2
+  for thread in readers:
+    thread.join(timeout=10)
+  assert not [thread.name for thread in readers if thread.is_alive()]
 
 
 def test_host_feeder_passes_read_errors_on(tmp_path):
