@@ -236,11 +236,23 @@ def test_a_resumed_run_reports_the_training_time_of_every_stretch(tmp_path, monk
   seconds_before_stop = checkpointer.restore_meta(stopped_step)["train_seconds"]
   checkpointer.close()
   assert seconds_before_stop > 0
+  # The stretch before the stop is made to have taken an hour more, so the sum is told from
+  # the resumed stretch alone whatever the two took on this machine.
+  restore_meta = Checkpointer.restore_meta
+
+  def restore_an_hour_later(self, step):
+    meta = restore_meta(self, step)
+    return {**meta, "train_seconds": meta["train_seconds"] + 3600.0}
+
+  monkeypatch.setattr(Checkpointer, "restore_meta", restore_an_hour_later)
+  started = time.perf_counter()
   result = run_cli(*args)
+  resumed_wall_seconds = time.perf_counter() - started
   assert result.exit_code == 0, result.output
   summary = _summary(tmp_path)
   assert summary["resumed_from_step"] == stopped_step < 40
-  assert summary["train_seconds"] > seconds_before_stop
+  earlier = 3600.0 + seconds_before_stop
+  assert earlier < summary["train_seconds"] < earlier + resumed_wall_seconds
   # Its result line says so, since that time can exceed the command's wall time.
   assert f"(resumed from step {stopped_step})," in result.output.splitlines()[-1]
 
