@@ -2,6 +2,7 @@
 
 import functools
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -586,51 +587,75 @@ def test_expected_init_token(n_classes, variant, temperature):
 # ---------------------------------------------------------------------------
 
 
-def test_bad_arguments_raise():
+# Each call with the start of the message its own check raises: a bare ValueError would also
+# accept one JAX raises for a bad shape deeper in, so a missing check could go unnoticed.
+@pytest.mark.parametrize("call, message", [
+    (lambda s, y: losses.dkd_loss(s, s, y, alpha=-1.0), "alpha must be finite and >= 0, got -1.0"),
+    (lambda s, y: losses.dkd_loss(s, s, y, beta=float("nan")),
+     "beta must be finite and >= 0, got nan"),
+    (lambda s, y: losses.dkd_loss(s, s, y, alpha=None), "alpha must be a Python number, got None"),
+    (lambda s, y: losses.dkd_loss(s, s, y, temperature=0.0),
+     "temperature must be finite and > 0, got 0.0"),
+    (lambda s, y: losses.dkd_loss(s, s, y, reduction="avg"), "unknown reduction 'avg'"),
+    (lambda s, y: losses.dkd_loss(s[:, :1], s[:, :1], y),
+     "student_logits must have at least 2 classes on the last axis, got shape (4, 1)"),
+    (lambda s, y: losses.dkd_loss(s, s[:, :4], y),
+     "student_logits shape (4, 5) must equal teacher_logits shape (4, 4)"),
+    (lambda s, y: losses.dkd_loss(s, s, y.astype(np.float32)),
+     "labels must be integer class indices, got dtype float32"),
+    (lambda s, y: losses.dkd_loss(s, s, y[:3]),
+     "labels shape (3,) must equal the logits shape without the class axis (4,)"),
+    (lambda s, y: losses.dist_loss(s, s, beta=-1.0), "beta must be finite and >= 0, got -1.0"),
+    (lambda s, y: losses.dist_loss(s, s, gamma=float("inf")),
+     "gamma must be finite and >= 0, got inf"),
+    (lambda s, y: losses.dist_loss(s, s, temperature=-2.0),
+     "temperature must be finite and > 0, got -2.0"),
+    (lambda s, y: losses.dist_loss(s[None], s[None]),
+     "dist_loss needs a [batch, classes] batch, got shape (1, 4, 5)"),
+    (lambda s, y: losses.dist_loss(s[0], s[0]),
+     "dist_loss needs a [batch, classes] batch, got shape (5,)"),
+    (lambda s, y: losses.dist_loss(s[:1], s[:1]),
+     "gamma=1.0 > 0 weights the intra-class term"),
+    (lambda s, y: losses.dist_loss(s[:, :1], s[:, :1]),
+     "student_logits must have at least 2 classes on the last axis, got shape (4, 1)"),
+    (lambda s, y: losses.dist_loss(s, s[:3]),
+     "student_logits shape (4, 5) must equal teacher_logits shape (3, 5)"),
+    (lambda s, y: losses.hint_loss(s, s, kind="l1"), "unknown kind 'l1'"),
+    (lambda s, y: losses.hint_loss(s, s, reduction="max"), "unknown reduction 'max'"),
+    (lambda s, y: losses.hint_loss(s[0], s[0]),
+     "features must be [batch, ..., dim], at least 2-D, got shape (5,)"),
+    (lambda s, y: losses.hint_loss(s, s[:, :3]),
+     "student_features shape (4, 5) must equal teacher_features shape (4, 3)"),
+    (lambda s, y: losses.token_loss(s, s, y, s, variant="medium"), "unknown variant 'medium'"),
+    (lambda s, y: losses.token_loss(s, s, y, s, temperature=float("nan")),
+     "temperature must be finite and > 0, got nan"),
+    (lambda s, y: losses.token_loss(s, s, y, s, reduction=None), "unknown reduction None"),
+    (lambda s, y: losses.token_loss(s, s[:, :3], y, s),
+     "distill_logits shape (4, 3) must equal class_logits shape (4, 5)"),
+    (lambda s, y: losses.token_loss(s, s, y, s[:, :3]),
+     "teacher_logits shape (4, 3) must equal class_logits shape (4, 5)"),
+    (lambda s, y: losses.token_predictions(s, s[:3]),
+     "distill_logits shape (3, 5) must equal class_logits shape (4, 5)"),
+    (lambda s, y: losses.expected_init_dkd(s, y, alpha=-0.5),
+     "alpha must be finite and >= 0, got -0.5"),
+    (lambda s, y: losses.expected_init_dkd(s[:, :1], y),
+     "teacher_logits must have at least 2 classes on the last axis, got shape (4, 1)"),
+    (lambda s, y: losses.expected_init_dist(beta=-1.0), "beta must be finite and >= 0, got -1.0"),
+    (lambda s, y: losses.expected_init_dist(temperature=0.0),
+     "temperature must be finite and > 0, got 0.0"),
+    (lambda s, y: losses.expected_init_hint(s, kind="l2"), "unknown kind 'l2'"),
+    (lambda s, y: losses.expected_init_hint(s[0]),
+     "features must be [batch, ..., dim], at least 2-D, got shape (5,)"),
+    (lambda s, y: losses.expected_init_token(1), "n_classes must be >= 2, got 1"),
+    (lambda s, y: losses.expected_init_token(5, variant="x"), "unknown variant 'x'"),
+    (lambda s, y: losses.expected_init_token(5, temperature=0.0),
+     "temperature must be finite and > 0, got 0.0"),
+])
+def test_bad_arguments_raise(call, message):
   s = rand_logits(72, (4, 5))
   y = rand_labels(73, (4,), 5)
-  bad_calls = [
-      lambda: losses.dkd_loss(s, s, y, alpha=-1.0),
-      lambda: losses.dkd_loss(s, s, y, beta=float("nan")),
-      lambda: losses.dkd_loss(s, s, y, alpha=None),
-      lambda: losses.dkd_loss(s, s, y, temperature=0.0),
-      lambda: losses.dkd_loss(s, s, y, reduction="avg"),
-      lambda: losses.dkd_loss(s[:, :1], s[:, :1], y),
-      lambda: losses.dkd_loss(s, s[:, :4], y),
-      lambda: losses.dkd_loss(s, s, y.astype(np.float32)),
-      lambda: losses.dkd_loss(s, s, y[:3]),
-      lambda: losses.dist_loss(s, s, beta=-1.0),
-      lambda: losses.dist_loss(s, s, gamma=float("inf")),
-      lambda: losses.dist_loss(s, s, temperature=-2.0),
-      lambda: losses.dist_loss(s[None], s[None]),
-      lambda: losses.dist_loss(s[0], s[0]),
-      lambda: losses.dist_loss(s[:1], s[:1]),
-      lambda: losses.dist_loss(s[:, :1], s[:, :1]),
-      lambda: losses.dist_loss(s, s[:3]),
-      lambda: losses.hint_loss(s, s, kind="l1"),
-      lambda: losses.hint_loss(s, s, reduction="max"),
-      lambda: losses.hint_loss(s[0], s[0]),
-      lambda: losses.hint_loss(s, s[:, :3]),
-      lambda: losses.token_loss(s, s, y, s, variant="medium"),
-      lambda: losses.token_loss(s, s, y, s, temperature=float("nan")),
-      lambda: losses.token_loss(s, s, y, s, reduction=None),
-      lambda: losses.token_loss(s, s[:, :3], y, s),
-      lambda: losses.token_loss(s, s, y, s[:, :3]),
-      lambda: losses.token_predictions(s, s[:3]),
-      lambda: losses.expected_init_dkd(s, y, alpha=-0.5),
-      lambda: losses.expected_init_dkd(s[:, :1], y),
-      lambda: losses.expected_init_dist(beta=-1.0),
-      lambda: losses.expected_init_dist(temperature=0.0),
-      lambda: losses.expected_init_hint(s, kind="l2"),
-      lambda: losses.expected_init_hint(s[0]),
-      lambda: losses.expected_init_token(1),
-      lambda: losses.expected_init_token(5, variant="x"),
-      lambda: losses.expected_init_token(5, temperature=0.0),
-  ]
-  for i, call in enumerate(bad_calls):
-    with pytest.raises(ValueError):
-      call()
-      pytest.fail(f"bad call {i} did not raise")
+  with pytest.raises(ValueError, match="^" + re.escape(message)):
+    call(s, y)
 
 
 def test_top_level_exports():

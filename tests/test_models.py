@@ -124,11 +124,16 @@ def test_unknown_model_and_bad_setting():
 
 
 def test_same_seed_same_params():
-  a = create_model("mlp", num_classes=10, image_shape=(8, 8, 1), seed=3, hidden=[8])
-  b = create_model("mlp", num_classes=10, image_shape=(8, 8, 1), seed=3, hidden=[8])
-  x = np.random.default_rng(0).normal(size=(2, 8, 8, 1)).astype(np.float32)
-  np.testing.assert_array_equal(np.asarray(a.layers[0](x.reshape(2, -1))),
-                                np.asarray(b.layers[0](x.reshape(2, -1))))
+  def params(seed):
+    model = create_model("mlp", num_classes=10, image_shape=(8, 8, 1), seed=seed, hidden=[8])
+    return jax.tree.leaves(nnx.state(model, nnx.Param))
+
+  first, again, other = params(3), params(3), params(4)
+  assert len(first) == len(again) == len(other) > 0
+  for a, b in zip(first, again, strict=True):
+    np.testing.assert_array_equal(a, b)
+  # Zero-initialised leaves (biases, the head) match whatever the seed, so only some must differ.
+  assert any(not np.array_equal(a, b) for a, b in zip(first, other, strict=True))
 
 
 @pytest.mark.parametrize("key", SETTINGS)

@@ -152,7 +152,10 @@ def test_mixup_blends_with_the_reversed_batch():
   images = jnp.arange(4.0).reshape(4, 1, 1, 1)
   mixed = augment.mixup(images, jax.random.key(0), 0.5)
   weight = (mixed[0] - images[3]) / (images[0] - images[3])
-  assert 0.0 <= float(weight[0, 0, 0]) <= 1.0
+  # Strictly inside: weight 1 (mixup doing nothing) or 0 (only the reversed batch) fits the
+  # formula below too, so it would prove no blending.
+  assert 0.0 < float(weight[0, 0, 0]) < 1.0
+  assert not np.allclose(mixed, images)
   np.testing.assert_allclose(mixed[:, 0, 0, 0],
                              weight[0, 0, 0] * images[:, 0, 0, 0]
                              + (1 - weight[0, 0, 0]) * images[::-1, 0, 0, 0], rtol=1e-6)
