@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import TINY, TINY_FLAGS, run_cli
+from conftest import TINY, TINY_FLAGS, run_cli, set_flags
 from flax import nnx
 
 from distill import augment, config, losses, step, teaching, workflow
@@ -52,6 +52,37 @@ def test_every_teaching_trains_and_passes_the_strict_init_check(teachers, tmp_pa
   records = [json.loads(line)
              for line in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
   assert ("teacher_agreement" in records[-1]) == (teaching != "hard")
+
+
+# Small models at a rate that learns: the shared tiny runs stay near chance, where a student
+# that learned nothing from its targets would pass for one that did.
+LEARNING = ["teacher.model=mlp", "teacher.mlp.hidden=[64]", "teacher.learning_rate=3e-3",
+            "teacher.batch_size=32", "teacher.warmup_steps=2", "teacher.steps=150",
+            "student.learning_rate=3e-3", "student.batch_size=32", "student.warmup_steps=2",
+            "student.steps=150"]
+
+
+@pytest.fixture(scope="module")
+def learned_teacher(tmp_path_factory):
+  """A digits teacher that knows something: an MLP at a rate that learns."""
+  workdir = tmp_path_factory.mktemp("learned") / "teacher"
+  result = run_cli("teacher", "-r", "digits", "-w", workdir, "-q", *set_flags(LEARNING))
+  assert result.exit_code == 0, result.output
+  return workdir
+
+
+@pytest.mark.parametrize("teaching", ["targets", "online"])
+def test_a_student_learns_what_its_teacher_knows(learned_teacher, tmp_path, teaching):
+  """Soft labels alone (alpha 1) carry the teacher's answers: the student agrees with the
+  teacher on most test images. Targets on the wrong rows, or an online teacher fed other
+  images than the student's, would leave it near chance."""
+  teacher_summary = json.loads((learned_teacher / "summary.json").read_text())
+  assert teacher_summary["test_accuracy"] > 0.75
+  summary = _student(learned_teacher, tmp_path / "student", "-m", "linear", "--teaching",
+                     teaching, *set_flags(LEARNING))
+  assert summary["alpha"] == 1 and summary["teaching"] == teaching
+  assert summary["agreement_with_teacher"] > 0.8
+  assert summary["test_accuracy"] > 0.7
 
 
 def test_kl_starts_below_log_c_by_the_teachers_entropy(teachers, tmp_path):
