@@ -90,6 +90,28 @@ def _run_on_splits(teacher, dataset, batch_size: int, console: Console) -> dict[
           "test": teacher_logits(teacher, dataset.x_test, batch_size)}
 
 
+def _check_labels(logits: dict[str, np.ndarray], source: str) -> None:
+  """Refuses, before anything is written, labels no student should learn from.
+
+  NaN or infinite logits would only surface later as a student's diverging
+  loss. Probabilities given as logits would pass every shape check and teach
+  the softmax of probabilities: nearly uniform targets, while the teacher's
+  accuracy looks right.
+  """
+  for split in ("train", "val", "test"):
+    bad = ~np.isfinite(logits[split])
+    if bad.any():
+      row = int(np.argwhere(bad)[0, 0])
+      raise UserError(f"{source} gives {int(bad.sum()):,} logits that are NaN or infinite for "
+                      f"the {split} images (the first in row {row:,}); a teacher's logits must "
+                      "be finite")
+  train = logits["train"]
+  if (train >= 0).all() and np.allclose(train.sum(axis=-1), 1.0, atol=1e-3):
+    raise UserError(f"{source} gives probabilities (every row is at least 0 and sums to 1), "
+                    "not logits; give their log (np.log(probs)) or the scores before the "
+                    "softmax")
+
+
 def _identity(workdir: Path, teacher, train_logits: np.ndarray) -> dict[str, Any]:
   """Which teacher made the targets: a hash of its parameters, or of its logits when it has none."""
   from distill.inference import params_sha256  # noqa: PLC0415
@@ -131,9 +153,11 @@ def import_teacher(source: str, recipe: dict[str, Any], workdir: Path, *,
   # Every refusal comes before the first note: a mistake is answered in one line.
   teacher = open_teacher(source, image_shape=dataset.image_shape)
   if teacher.num_classes != dataset.num_classes:
+    # Only a ViT folder can be fine-tuned on the data set's classes.
+    fix = (" or fine-tune it with `distill teacher --init-from SOURCE`"
+           if teacher.kind in ("timm-vit", "hf-vit") else "")
     raise UserError(f"{source} predicts {teacher.num_classes} classes; {dataset.name} has "
-                    f"{dataset.num_classes}. Import a teacher trained on these classes, or "
-                    "fine-tune it with `distill teacher --init-from SOURCE`")
+                    f"{dataset.num_classes}. Import a teacher trained on these classes{fix}")
   # A logits file is checked against the data set here; a runnable teacher after the notes.
   logits = None if teacher.logits is None else _split_logits(teacher, dataset)
   console.info(dataset.describe())
@@ -141,6 +165,7 @@ def import_teacher(source: str, recipe: dict[str, Any], workdir: Path, *,
                + (f", {teacher.num_params:,} parameters" if teacher.num_params else ""))
   if logits is None:
     logits = _run_on_splits(teacher, dataset, recipe["export"]["batch_size"], console)
+  _check_labels(logits, source)
   rundir.prepare_workdir(workdir, restart=False, overwrite=overwrite)
   write_json(workdir / rundir.RECIPE_FILE, recipe)
   write_json(workdir / rundir.IMPORTED_FILE, {

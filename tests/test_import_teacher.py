@@ -148,17 +148,51 @@ def test_init_from_fine_tunes_an_imported_vit(tmp_path, digits):
   assert student["teacher_test_accuracy"] == summary["test_accuracy"]
 
 
+def _callable_module(folder, body):
+  """A module `bad_teacher` in `folder` whose `logits(images)` returns `body`."""
+  (folder / "bad_teacher.py").write_text(textwrap.dedent(f"""
+      import numpy as np
+
+      def logits(images):
+          scores = np.random.default_rng(0).normal(size=(len(images), 10))
+          return {body}
+  """))
+  sys.modules.pop("bad_teacher", None)
+  return "bad_teacher:logits"
+
+
+def _probabilities_file(path, digits):
+  source = np.load(_logits_file(path, digits))
+
+  def softmax(x):
+    return np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)
+
+  np.savez(path, train_logits=softmax(source["train_logits"]),
+           test_logits=softmax(source["test_logits"]))
+  return path
+
+
 @pytest.mark.parametrize("make, message", [
-    (lambda tmp, d: _logits_file(tmp / "l.npz", d, classes=5), "predicts 5 classes"),
+    (lambda tmp, d: _logits_file(tmp / "l.npz", d, classes=5),
+     "predicts 5 classes; digits has 10. Import a teacher trained on these classes\n"),
     (lambda tmp, d: _logits_file(tmp / "l.npz", d, train_rows=100), "train_logits has 100 rows"),
     (lambda tmp, d: (tmp / "empty").mkdir() or tmp / "empty", "config.json"),
     (lambda tmp, d: "no_such_module_here:fn", "no_such_module_here"),
     (lambda tmp, d: tmp / "missing.keras", "does not exist"),
+    (lambda tmp, d: _callable_module(tmp, "np.where(np.arange(10) == 3, np.nan, scores)"),
+     "bad_teacher:logits gives 1,288 logits that are NaN or infinite for the train images "
+     "(the first in row 0)"),
+    (lambda tmp, d: _callable_module(tmp, "np.exp(scores) / np.exp(scores).sum(1, keepdims=True)"),
+     "bad_teacher:logits gives probabilities (every row is at least 0 and sums to 1), not logits"),
+    (lambda tmp, d: _probabilities_file(tmp / "p.npz", d), "gives probabilities"),
 ])
-def test_bad_sources_are_one_line_errors_that_write_nothing(tmp_path, digits, make, message):
+def test_bad_sources_are_one_line_errors_that_write_nothing(tmp_path, digits, make, message,
+                                                            monkeypatch):
+  monkeypatch.syspath_prepend(str(tmp_path))
   source = make(tmp_path, digits)
   result = _import(source, tmp_path / "teacher")
   assert result.exit_code == 2, result.output
   assert message in result.stderr
+  assert "--init-from" not in result.stderr  # only a ViT folder can be fine-tuned
   assert len(result.stderr.strip().splitlines()) == 1
   assert not (tmp_path / "teacher" / "summary.json").exists()
