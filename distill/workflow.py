@@ -592,11 +592,37 @@ def student_recipe(teacher_dir: Path, recipe_path: str | None, overrides: list[s
     console.info(f"note: {', '.join(ignored)} change{'s' if len(ignored) == 1 else ''} nothing "
                  f"for a student: its teacher is the run in {teacher_dir}")
   if recipe_path:
-    return config_lib.load_recipe(recipe_path, overrides)
-  recipe = read_run_recipe(teacher_dir)
-  for text in overrides:
-    key, value = config_lib.parse_override(text)
-    config_lib.set_key(recipe, key, value)
-  config_lib.absolute_paths(recipe)
-  config_lib.validate(recipe)
+    recipe = config_lib.load_recipe(recipe_path, overrides)
+  else:
+    recipe = read_run_recipe(teacher_dir)
+    for text in overrides:
+      key, value = config_lib.parse_override(text)
+      config_lib.set_key(recipe, key, value)
+    config_lib.absolute_paths(recipe)
+    config_lib.validate(recipe)
+  _check_hint_layers(recipe, teacher_dir)
   return recipe
+
+
+def _check_hint_layers(recipe: dict[str, Any], teacher_dir: Path) -> None:
+  """A hint's layers must exist in the student and in the teacher the run in `teacher_dir` trained.
+
+  Checked from the recipes alone, so a sweep refuses before its first run.
+  Other teacher folders (imported, exported targets) refuse hints themselves.
+  """
+  from distill.models import inner_layer_count  # noqa: PLC0415
+
+  student = recipe["student"]
+  if (student["loss"] == "hard" or student["method"] != "hint"
+      or rundir.folder_kind(teacher_dir) != rundir.FINISHED_TEACHER):
+    return
+  teacher = read_run_recipe(teacher_dir)["teacher"]
+  for role, section, key in (("student", student, "student_layer"),
+                             ("teacher", teacher, "teacher_layer")):
+    layer, model = student["hint"][key], section["model"]
+    count = inner_layer_count(model, section.get(model, {}))
+    if count is not None and not -count <= layer < count:
+      layers = ("no inner layer" if count == 0 else "1 inner layer (0, or -1)" if count == 1
+                else f"{count} inner layers (0 to {count - 1}, or {-count} to -1 from the last)")
+      raise UserError(f"student.hint.{key}={layer} is out of range: the {model} {role} has "
+                      f"{layers}")

@@ -132,6 +132,35 @@ def test_cli_refuses_a_token_for_a_cnn_in_one_line(tiny_digits_runs, tmp_path):
   assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("args, message", [
+    (("-m", "cnn", "--set", "student.hint.student_layer=2"),
+     "student.hint.student_layer=2 is out of range: the cnn student has 2 inner layers "
+     "(0 to 1, or -2 to -1 from the last)"),
+    (("-m", "mlp", "--set", "student.hint.student_layer=-2"),
+     "student.hint.student_layer=-2 is out of range: the mlp student has 1 inner layer (0, or -1)"),
+    (("-m", "cnn", "--set", "student.hint.teacher_layer=1"),  # TINY's teacher has one block
+     "student.hint.teacher_layer=1 is out of range: the vit teacher has 1 inner layer (0, or -1)"),
+])
+def test_a_hint_layer_out_of_range_is_a_one_line_error_before_anything_runs(
+    tiny_digits_runs, tmp_path, args, message):
+  result = run_cli("student", "--teacher", tiny_digits_runs / "teacher", "-w", tmp_path / "s",
+                   "--method", "hint", "--teaching", "online", "-q", *TINY_FLAGS, *args)
+  assert result.exit_code == 2, result.output
+  assert result.stderr.strip() == f"error: {message}"
+  assert not (tmp_path / "s").exists()
+
+
+def test_a_sweep_refuses_a_hint_layer_out_of_range_before_its_first_run(tiny_digits_runs,
+                                                                         tmp_path):
+  result = run_cli("sweep", "--teacher", tiny_digits_runs / "teacher", "--model", "cnn",
+                   "--mode", "hard", "--mode", "online", "--method", "hint", "--seed", "0",
+                   "--steps", "5", "--set", "student.hint.student_layer=5", "--out",
+                   tmp_path / "sweep", "-q")
+  assert result.exit_code == 2, result.output
+  assert "cnn-online-hint-s0: student.hint.student_layer=5 is out of range" in result.stderr
+  assert not list((tmp_path / "sweep").glob("*/metrics.jsonl"))  # the hard run did not train
+
+
 def test_plain_kd_keeps_the_recipe_hash_it_had_before_methods_existed():
   recipe = config.load_recipe("digits")
   with_dkd_settings = config.load_recipe("digits", ["student.dkd.beta=2"])

@@ -6,7 +6,7 @@ from flax import nnx
 
 from distill import losses, step
 from distill.errors import UserError
-from distill.models import count_params, create_model, model_names
+from distill.models import count_params, create_model, inner_layer_count, model_names
 
 SETTINGS = {
     "vit": {"patch": 4, "width": 32, "depth": 2, "heads": 4, "mlp_ratio": 2},
@@ -312,3 +312,17 @@ def test_conv_stem_vit_has_no_convolution_and_is_scanned():
 
   with pytest.raises(UserError, match="kernel size must be odd"):
     NeighbourhoodConv(1, 4, 2, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("name, settings", [
+    ("vit", dict(patch=4, width=8, depth=3, heads=2)),
+    ("vit", dict(patch=1, width=8, depth=2, heads=2, stem="cnn", stem_channels=[4, 8])),
+    ("cnn", dict(channels=[4, 8, 8], blocks_per_stage=1)),
+    ("mlp", dict(hidden=[8, 4])),
+])
+def test_inner_layer_count_is_what_forward_features_returns(name, settings):
+  """Recipes are checked against the count before any model is built: it must be the truth."""
+  model = create_model(name, num_classes=3, image_shape=(8, 8, 1), **settings)
+  _, features = model.forward_features(jnp.zeros((2, 8, 8, 1)))
+  assert inner_layer_count(name, settings) == len(features) > 1
+  assert inner_layer_count("linear", {}) == 0

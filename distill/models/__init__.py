@@ -31,6 +31,20 @@ def model_names() -> list[str]:
   return sorted(_FACTORIES)
 
 
+def inner_layer_count(name: str, settings: dict[str, Any]) -> int | None:
+  """How many inner layers model `name` built with `settings` exposes to a hint.
+
+  The length of the list `forward_features` returns, known from the settings
+  alone, so a recipe is checked before any model is built. None for a model
+  that does not say (one registered from outside).
+  """
+  _load_builtin()
+  if name not in _FACTORIES:
+    raise UserError(f"unknown model '{name}'; valid: {', '.join(sorted(_FACTORIES))}")
+  count = getattr(_FACTORIES[name], "inner_layer_count", None)
+  return None if count is None else int(count(settings))
+
+
 def create_model(name: str, *, num_classes: int, image_shape: tuple[int, int, int],
                  seed: int = 0, compute_dtype: str = "float32", **settings: Any):
   """Builds the registered model `name` with freshly initialised parameters.

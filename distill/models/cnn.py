@@ -266,6 +266,11 @@ class CNN(ConvStages):
   price of a larger head (7 x 7 x 64 x 10 weights on 28 x 28 images).
   """
 
+  @staticmethod
+  def inner_layer_count(settings: dict) -> int:
+    """One inner layer a stage (`forward_features`), for `models.inner_layer_count`."""
+    return len(settings["channels"])
+
   def __init__(self, *, num_classes: int, image_shape: tuple[int, int, int],
                channels: list[int] = (32, 64), blocks_per_stage: int = 2,
                pool: str = "mean", head_init_scale: float = 0.0, dtype=None,

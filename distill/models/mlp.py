@@ -11,6 +11,11 @@ from distill.models.heads import classifier_head, flatten
 class MLP(nnx.Module):
   """Flatten, GELU hidden layers, linear head."""
 
+  @staticmethod
+  def inner_layer_count(settings: dict) -> int:
+    """One inner layer a hidden layer (`forward_features`), for `models.inner_layer_count`."""
+    return len(settings["hidden"])
+
   def __init__(self, *, num_classes: int, image_shape: tuple[int, int, int],
                hidden: list[int] = (512, 256), head_init_scale: float = 0.0,
                dtype=None, rngs: nnx.Rngs):
@@ -36,6 +41,12 @@ class MLP(nnx.Module):
 @register("linear")
 class Linear(nnx.Module):
   """Multinomial logistic regression on raw pixels."""
+
+  @staticmethod
+  def inner_layer_count(settings: dict) -> int:
+    """None: the pixels go straight to the head (for `models.inner_layer_count`)."""
+    del settings
+    return 0
 
   def __init__(self, *, num_classes: int, image_shape: tuple[int, int, int],
                head_init_scale: float = 0.0, dtype=None, rngs: nnx.Rngs):

@@ -148,6 +148,11 @@ class ViT(nnx.Module):
   mean softmax, as DeiT does at test time.
   """
 
+  @staticmethod
+  def inner_layer_count(settings: dict) -> int:
+    """One inner layer an encoder block (`forward_features`), for `models.inner_layer_count`."""
+    return int(settings["depth"])
+
   def __init__(self, *, num_classes: int, image_shape: tuple[int, int, int], patch: int = 4,
                width: int = 64, depth: int = 4, heads: int = 4, mlp_ratio: int = 4,
                stem: str = "patch", stem_channels: list[int] = (32, 64),
