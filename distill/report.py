@@ -24,6 +24,8 @@ COLUMNS = (
     # How a student was taught: runs that differ only here must not look alike.
     ("teaching", "teaching"),
     ("method", "method"),
+    # Only when some student learned by KL: soft cross-entropy and KL runs must not look alike.
+    ("soft_loss", "soft loss"),
     ("temperature", "T"),
     ("alpha", "alpha"),
     # Only when some student mixed its images (--mixup): runs must not look alike without it.
@@ -64,11 +66,11 @@ def collect_runs(run_dirs: list[Path]) -> tuple[list[dict[str, Any]], list[str]]
 
 
 # Left-aligned in the text table; the others are numbers.
-_TEXT_COLUMNS = ("run", "role", "model", "loss", "teaching", "method")
+_TEXT_COLUMNS = ("run", "role", "model", "loss", "teaching", "method", "soft_loss")
 # A student's distillation settings: meaningless for teachers and hard-label baselines.
-_TEACHING_KEYS = ("teaching", "method", "temperature", "alpha", "mixup")
-# Columns shown only when some run has a value in them.
-_OPTIONAL_COLUMNS = ("labels_used", "mixup")
+_TEACHING_KEYS = ("teaching", "method", "soft_loss", "temperature", "alpha", "mixup")
+# Columns shown only when some run has a value in them (the soft loss: other than soft_ce).
+_OPTIONAL_COLUMNS = ("labels_used", "mixup", "soft_loss")
 
 
 def _row_value(row: dict[str, Any], key: str) -> Any:
@@ -79,6 +81,8 @@ def _row_value(row: dict[str, Any], key: str) -> Any:
     return "kd"  # summaries from before methods had names: all were kd
   if key == "mixup":
     return row.get(key) or None  # 0: off
+  if key == "soft_loss":
+    return row.get(key) or "soft_ce"  # summaries from before KL was offered: soft_ce
   return row.get(key)
 
 
@@ -108,10 +112,15 @@ def markdown_table(header: list[str], body: list[list[str]]) -> str:
 
 
 def shown_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
-  """COLUMNS, less the labels column when every run had every label, and the mixup column
-  when no run mixed."""
-  return [(key, title) for key, title in COLUMNS if key not in _OPTIONAL_COLUMNS
-          or any(_row_value(row, key) is not None for row in rows)]
+  """COLUMNS, less the labels column when every run had every label, the mixup column when
+  no run mixed, and the soft loss when every student used soft cross-entropy."""
+  def shown(key):
+    values = [_row_value(row, key) for row in rows]
+    if key == "soft_loss":
+      return "kl" in values
+    return key not in _OPTIONAL_COLUMNS or any(value is not None for value in values)
+
+  return [(key, title) for key, title in COLUMNS if shown(key)]
 
 
 def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
@@ -347,7 +356,8 @@ def run_label(row: dict[str, Any]) -> str:
   if row.get("loss") == "hard":
     return f"{name} (hard labels)"
   alpha = "" if row.get("alpha") is None else f", alpha={_cell('alpha', row['alpha'])}"
-  return (f"{name} ({_row_value(row, 'method')}, {row.get('teaching')}, "
+  kl = ", KL" if row.get("soft_loss") == "kl" else ""
+  return (f"{name} ({_row_value(row, 'method')}{kl}, {row.get('teaching')}, "
           f"T={_cell('temperature', row.get('temperature'))}{alpha})")
 
 

@@ -322,7 +322,8 @@ def result_line(summary: dict[str, Any], workdir: Path, wall_seconds: float | No
   accuracy = f"test accuracy {summary['test_accuracy']:.4f}"
   if summary.get("role") == "student":
     how = ("hard labels" if summary.get("loss") == "hard" else
-           f"{summary.get('method')}, {summary.get('teaching')}, "
+           f"{summary.get('method')}{', KL' if summary.get('soft_loss') == 'kl' else ''}, "
+           f"{summary.get('teaching')}, "
            f"T={summary.get('temperature'):g}"
            + (f", alpha={summary['alpha']:g}" if summary.get("alpha") is not None else "")
            + (f", mixup={summary['mixup']:g}" if summary.get("mixup") else ""))

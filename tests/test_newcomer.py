@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from conftest import TINY, copy_runs, run_cli, set_flags
 
-from distill import plots, rundir
+from distill import plots, report, rundir
 from distill.report import compare_runs, objective_label
 
 # TINY without its batch sizes (the digits recipe's 64 are too large for the data below), and
@@ -29,16 +29,22 @@ def test_compare_tells_apart_runs_that_differ_only_in_their_teaching(tmp_path,
   summary = json.loads(path.read_text())
   path.write_text(json.dumps({**summary, "method": "dkd", "teaching": "online",
                               "temperature": 4.0, "alpha": 0.5}))
+  # Soft cross-entropy everywhere: no soft loss column to read past.
+  assert "soft loss" not in compare_runs([runs / "teacher", runs / "kd", runs / "dkd"])
+  path.write_text(json.dumps({**json.loads(path.read_text()), "soft_loss": "kl"}))
   table = compare_runs([runs / "teacher", runs / "kd", runs / "dkd"])
-  header = table.splitlines()[0].split()
-  assert {"teaching", "method", "T", "alpha"} <= set(header)
+  header = table.splitlines()[0].replace("soft loss", "soft_loss").split()
+  assert {"teaching", "method", "soft_loss", "T", "alpha"} <= set(header)
   rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[2:] if line.strip()}
   kd, dkd = rows[str(runs / "kd")], rows[str(runs / "dkd")]
-  column = {name: header.index(name) - 1 for name in ("teaching", "method", "T", "alpha")}
-  assert [kd[i] for i in column.values()] == ["targets", "kd", "1", "1"]
-  assert [dkd[i] for i in column.values()] == ["online", "dkd", "4", "0.5"]
+  column = {name: header.index(name) - 1
+            for name in ("teaching", "method", "soft_loss", "T", "alpha")}
+  assert [kd[i] for i in column.values()] == ["targets", "kd", "soft_ce", "1", "1"]
+  assert [dkd[i] for i in column.values()] == ["online", "dkd", "kl", "4", "0.5"]
   as_json = json.loads(compare_runs([runs / "dkd"], as_json=True))[0]
-  assert (as_json["method"], as_json["teaching"], as_json["temperature"]) == ("dkd", "online", 4)
+  assert (as_json["method"], as_json["teaching"], as_json["soft_loss"],
+          as_json["temperature"]) == ("dkd", "online", "kl", 4)
+  assert report.run_label(as_json) == "student cnn (dkd, KL, online, T=4, alpha=0.5)"
 
 
 def test_small_own_data_with_relative_paths_fails_once_then_works_from_anywhere(
