@@ -263,7 +263,9 @@ def import_teacher(source, recipe, overrides, dataset, data_dir, workdir, overwr
   computed anywhere (train_logits, test_logits, optional val_logits, in the
   data set's own order), or package.module:function (uint8 NHWC images ->
   logits). The teacher labels the data set; WORKDIR gets summary.json,
-  predictions.npz and targets.npz like a trained teacher's.
+  predictions.npz and targets.npz like a trained teacher's. A teacher that
+  runs in JAX (a ViT, a Keras model, a JAX function) also labels K augmented
+  views per image with --set export.views=K, for --teaching views.
 
   \b
     distill import-teacher my-vit/ --dataset fashion_mnist -w runs/vit-import
@@ -282,8 +284,8 @@ def import_teacher(source, recipe, overrides, dataset, data_dir, workdir, overwr
 
 @main.command()
 @click.option("--teacher", "teacher_dirs", required=True, multiple=True, type=click.Path(),
-              help="A trained teacher's run directory. Repeat it to export an ensemble: the "
-                   "teachers' probabilities are averaged.")
+              help="A teacher's run directory: trained, or imported from a model that runs. "
+                   "Repeat it to export an ensemble: the teachers' probabilities are averaged.")
 @click.option("--out", "out_dir", type=click.Path(), default=None,
               help="Where targets.npz goes [default: the teacher's directory; required for an "
                    "ensemble].")
@@ -301,7 +303,9 @@ def export(teacher_dirs, out_dir, temperature, views, quiet):
   Writes targets.npz (atomically) with the dataset fingerprint, split, the
   teachers' identities and checkpoints, temperature and class names.
   `distill teacher` already does this at the end; use this to re-export, to
-  add augmented views, or to combine teachers:
+  add augmented views, or to combine teachers. An imported teacher runs again
+  from the source its imported.json names (a .npz of logits cannot; views
+  need a teacher that runs in JAX):
 
   \b
     distill export --teacher runs/teacher --views 8

@@ -50,12 +50,20 @@ def _teacher_outputs(teacher_dir: Path, recipe: dict[str, Any], dataset, *, trai
                      view_augment: dict[str, Any], batch: int, console: Console) -> dict[str, Any]:
   """One teacher's logits on the training split (plain and, if asked, K views) and test set.
 
+  A trained teacher is restored from its checkpoint (or is `trained`, in
+  memory); an imported one is reopened from its source (`imported.RunnableTeacher`).
   `test_logits` are reused when the caller has them (right after training).
   Every member of an ensemble labels the same views: (view_seed, view_augment).
   """
+  from distill import imported  # noqa: PLC0415
   from distill.workflow import restore_trained  # noqa: PLC0415
 
-  model, step = trained or restore_trained(teacher_dir, recipe, "teacher", dataset)
+  from_import = imported.is_imported(teacher_dir)
+  if from_import:
+    # Reopened from its source: it runs where a trained teacher's model would.
+    model = imported.exporting_teacher(teacher_dir, dataset)
+  else:
+    model, step = trained or restore_trained(teacher_dir, recipe, "teacher", dataset)
   bar = None if console.quiet else f"export {teacher_dir.name}"
   start = time.perf_counter()
   outputs = {"train_logits": model.logits(dataset.x_train, batch, progress=bar)}
@@ -66,7 +74,8 @@ def _teacher_outputs(teacher_dir: Path, recipe: dict[str, Any], dataset, *, trai
     outputs["view_logits"] = model.view_logits(
         dataset.x_train, batch, num_views=views, seed=view_seed, augment_settings=view_augment,
         progress=None if console.quiet else f"export {views} views")
-  outputs["identity"] = teacher_identity(teacher_dir, recipe, step, model.params)
+  outputs["identity"] = (model.identity(outputs["train_logits"]) if from_import
+                         else teacher_identity(teacher_dir, recipe, step, model.params))
   outputs["seconds"] = seconds
   return outputs
 
@@ -94,7 +103,9 @@ def export_targets(teacher_dirs: Path | list[Path], *, out_dir: Path | None = No
   The test logits ride along so students can measure agreement.
 
   Args:
-    teacher_dirs: one trained teacher's run directory, or several.
+    teacher_dirs: one teacher's run directory, or several: trained by distill,
+      or imported with a model that runs (a ViT, a Keras model, a function;
+      views need it to run in JAX).
     out_dir: where targets.npz goes (default: the teacher's own directory;
       required for an ensemble).
     temperature: softmax temperature of the stored `train_probs` (default:
@@ -110,12 +121,16 @@ def export_targets(teacher_dirs: Path | list[Path], *, out_dir: Path | None = No
   Returns:
     The path of the written targets.npz.
   """
+  from distill import imported  # noqa: PLC0415
   from distill.workflow import load_data  # noqa: PLC0415
 
   console = console or Console(quiet)
   teacher_dirs, recipes = _checked_teachers(teacher_dirs, out_dir, restored=trained is None)
   recipe = recipes[0]
   temperature, views = _checked_export_settings(recipe, temperature, views)
+  for teacher_dir in teacher_dirs:
+    if imported.is_imported(teacher_dir):
+      imported.check_exportable(teacher_dir, views)
   out_dir = Path(out_dir) if out_dir is not None else teacher_dirs[0]
   if out_dir != teacher_dirs[0]:
     rundir.check_workdir(out_dir)
@@ -144,16 +159,22 @@ def export_targets(teacher_dirs: Path | list[Path], *, out_dir: Path | None = No
 
 def write_teacher_targets(out_dir: Path, recipe: dict[str, Any], dataset, *,
                           train_logits: np.ndarray, test_logits: np.ndarray,
-                          identity: dict[str, Any], seconds: float) -> Path:
+                          identity: dict[str, Any], seconds: float,
+                          view_logits: np.ndarray | None = None) -> Path:
   """Writes targets.npz for logits already computed (an imported teacher's) at export.temperature.
 
-  The same arrays and metadata `export_targets` writes for a trained teacher.
+  The same arrays and metadata `export_targets` writes for a trained teacher;
+  `view_logits` [N, K, C] are K views labelled with the recipe's seed and
+  augment settings (see `TrainedModel.view_logits`).
   """
   member = {"train_logits": np.asarray(train_logits, np.float32),
             "test_logits": np.asarray(test_logits, np.float32), "identity": identity,
             "seconds": seconds}
-  arrays, meta = _targets_arrays_and_meta([member], recipe, dataset,
-                                          temperature=recipe["export"]["temperature"], views=0)
+  if view_logits is not None:
+    member["view_logits"] = np.asarray(view_logits, np.float32)
+  arrays, meta = _targets_arrays_and_meta(
+      [member], recipe, dataset, temperature=recipe["export"]["temperature"],
+      views=0 if view_logits is None else view_logits.shape[1])
   return write_targets(Path(out_dir), meta, arrays=arrays)
 
 
@@ -161,7 +182,7 @@ def _checked_teachers(teacher_dirs: Path | list[Path], out_dir: Path | None, *,
                       restored: bool = True) -> tuple[list[Path], list[dict[str, Any]]]:
   """The teacher folders as a list and their recipes, once they name one data set.
 
-  Raises UserError for no teacher, a folder that holds no trained teacher
+  Raises UserError for no teacher, a folder that holds no teacher to run
   (when `restored`: the teachers are read back from their folders), one named
   twice, an ensemble without `out_dir`, or teachers trained on different data.
   """
@@ -173,7 +194,7 @@ def _checked_teachers(teacher_dirs: Path | list[Path], out_dir: Path | None, *,
     raise UserError("export needs at least one --teacher")
   if restored:
     for teacher_dir in teacher_dirs:
-      rundir.check_teacher_folder(teacher_dir, needs="checkpoint")
+      rundir.check_teacher_folder(teacher_dir, needs="model")
   if len(set(d.resolve() for d in teacher_dirs)) != len(teacher_dirs):
     raise UserError("the same --teacher is named twice")
   if len(teacher_dirs) > 1 and out_dir is None:

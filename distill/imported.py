@@ -12,11 +12,14 @@ data set with it and writes what a trained teacher writes, so
   imported.json    what it was imported from (kind, resolved source), instead of checkpoints/
 
 A teacher that runs in JAX (a ViT, a Keras model, a JAX callable) can also
-teach online: `online_teacher` reopens the source and wraps its forward pass.
+teach online (`online_teacher` reopens the source and wraps its forward pass)
+and label augmented views like a trained teacher: `--set export.views=K` here,
+or `distill export --teacher DIR --views K` later (`exporting_teacher`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from pathlib import Path
@@ -60,6 +63,113 @@ def teacher_logits(teacher, images: np.ndarray, batch_size: int,
     def apply(params, chunk):
       return np.asarray(teacher.apply(params, np.asarray(chunk, np.float32)), np.float32)
   return predict_in_batches(apply, teacher.params, images, batch_size, progress=progress)
+
+
+def _standardised_apply(teacher, stats):
+  """The teacher's forward pass on images standardised by `stats` (the data set's pixel stats).
+
+  Students and augmented views work on standardised images; they are turned
+  back into 0..255 pixels for the teacher, whose own preprocessing runs inside
+  its `apply`.
+  """
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  mean, std = (jnp.asarray(s, jnp.float32) for s in stats)
+  return lambda params, images: teacher.apply(params, _pixels(images, mean, std))
+
+
+def _check_makes_views(kind: str, can_teach_online: bool, who: str, asked: str, fix: str) -> None:
+  """Refuses augmented views of a teacher that cannot run on them, in one line.
+
+  Views are augmented on the device inside a jitted pass, so only a teacher
+  whose forward pass is a JAX function can label them.
+  """
+  if can_teach_online:
+    return
+  what = ("only logits computed elsewhere" if kind == "logits"
+          else "a function that runs only on the host, not under jax.jit")
+  raise UserError(f"{who} cannot label augmented views ({asked}): it has no model to run on "
+                  f"augmented images, {what}; {fix}")
+
+
+def check_exportable(run_dir: Path, views: int) -> None:
+  """Refuses `distill export` of an imported teacher that cannot run (or run on `views`)."""
+  record = read_json(Path(run_dir) / rundir.IMPORTED_FILE, "imported teacher record")
+  if views:
+    _check_makes_views(record["kind"], record.get("can_teach_online", False),
+                       f"--teacher {run_dir}", f"--views {views}",
+                       "its targets.npz already teaches with --teaching targets")
+  if record["kind"] == "logits":
+    raise UserError(f"--teacher {run_dir} is an imported logits teacher: it has no model to "
+                    "run, so there is nothing to export again; its targets.npz is already in "
+                    "the folder for students, who re-temper it with their own --temperature")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RunnableTeacher:
+  """An imported teacher that runs, with the passes `distill.export` makes of a trained one.
+
+  `logits` is the pass the import labelled the data set with; `view_logits`
+  is `TrainedModel.view_logits` itself, run on this teacher's forward pass, so
+  its views are augmented exactly like a trained teacher's (and the student's
+  replayed ones).
+
+  Attributes:
+    teacher: the `ForeignTeacher` (its `apply` is not None).
+    dataset: the data set it labels; its pixel statistics standardise the views.
+    run_dir: the imported teacher's run directory (named in its identity).
+  """
+
+  teacher: Any
+  dataset: Any
+  run_dir: Path
+
+  @property
+  def params(self) -> Any:
+    """The teacher's parameters (None for a function that holds its own)."""
+    return self.teacher.params
+
+  def logits(self, images, batch_size: int, progress: str | None = None) -> np.ndarray:
+    """Float32 logits [N, C] of uint8 images [N, ...] (see `teacher_logits`)."""
+    return teacher_logits(self.teacher, images, batch_size, progress=progress)
+
+  def view_logits(self, images, batch_size: int, *, num_views: int, seed: int,
+                  augment_settings: dict[str, Any], progress: str | None = None) -> np.ndarray:
+    """Logits [N, K, C] of K augmented views of each image (see `TrainedModel.view_logits`)."""
+    from flax import nnx  # noqa: PLC0415
+
+    from distill.feeders import pixel_stats  # noqa: PLC0415
+    from distill.inference import TrainedModel  # noqa: PLC0415
+
+    stats = pixel_stats(self.dataset.x_train)
+    apply = _standardised_apply(self.teacher, stats)
+
+    class ForeignModel(nnx.Module):
+      """The teacher as the NNX model `TrainedModel` merges: its parameters one `nnx.Param`."""
+
+      def __init__(self, params):
+        self.weights = nnx.Param(params)
+
+      def __call__(self, images):
+        return apply(self.weights.get_value(), images)
+
+    graphdef, params, rest = nnx.split(ForeignModel(self.teacher.params), nnx.Param, ...)
+    return TrainedModel(graphdef, rest, params, stats).view_logits(
+        images, batch_size, num_views=num_views, seed=seed, augment_settings=augment_settings,
+        progress=progress)
+
+  def identity(self, train_logits: np.ndarray) -> dict[str, Any]:
+    """Which teacher made a set of targets (see `_identity`)."""
+    return _identity(self.run_dir, self.teacher, train_logits)
+
+
+def exporting_teacher(run_dir: Path, dataset) -> RunnableTeacher:
+  """The imported teacher in `run_dir` reopened from its source, for `distill export`."""
+  from distill.importers import open_teacher  # noqa: PLC0415
+
+  record = read_json(Path(run_dir) / rundir.IMPORTED_FILE, "imported teacher record")
+  return RunnableTeacher(open_teacher(record["source"], image_shape=dataset.image_shape),
+                         dataset, Path(run_dir))
 
 
 def _split_logits(teacher, dataset) -> dict[str, np.ndarray]:
@@ -145,6 +255,7 @@ def import_teacher(source: str, recipe: dict[str, Any], workdir: Path, *,
   console = Console(quiet)
   workdir = Path(workdir)
   start = time.perf_counter()
+  views = recipe["export"]["views"]
   rundir.check_workdir(workdir)
   dataset = load_data(recipe)
   if getattr(dataset, "streaming", False):
@@ -152,6 +263,9 @@ def import_teacher(source: str, recipe: dict[str, Any], workdir: Path, *,
                     "is not supported yet")
   # Every refusal comes before the first note: a mistake is answered in one line.
   teacher = open_teacher(source, image_shape=dataset.image_shape)
+  if views:
+    _check_makes_views(teacher.kind, teacher.can_teach_online, source, f"export.views={views}",
+                       "import it with export.views=0 and teach with --teaching targets")
   if teacher.num_classes != dataset.num_classes:
     # Only a ViT folder can be fine-tuned on the data set's classes.
     fix = (" or fine-tune it with `distill teacher --init-from SOURCE`"
@@ -163,9 +277,15 @@ def import_teacher(source: str, recipe: dict[str, Any], workdir: Path, *,
   console.info(dataset.describe())
   console.info(f"teacher: {teacher.kind} from {source}"
                + (f", {teacher.num_params:,} parameters" if teacher.num_params else ""))
+  batch = recipe["export"]["batch_size"]
   if logits is None:
-    logits = _run_on_splits(teacher, dataset, recipe["export"]["batch_size"], console)
+    logits = _run_on_splits(teacher, dataset, batch, console)
   _check_labels(logits, source)
+  # Labelled like a trained teacher's views (see `distill.export`), before anything is written.
+  view_logits = None if not views else RunnableTeacher(teacher, dataset, workdir).view_logits(
+      dataset.x_train, batch, num_views=views, seed=recipe["seed"],
+      augment_settings=recipe["augment"],
+      progress=None if console.quiet else f"label {views} views")
   rundir.prepare_workdir(workdir, restart=False, overwrite=overwrite)
   write_json(workdir / rundir.RECIPE_FILE, recipe)
   write_json(workdir / rundir.IMPORTED_FILE, {
@@ -174,7 +294,7 @@ def import_teacher(source: str, recipe: dict[str, Any], workdir: Path, *,
   write_npz(workdir / rundir.PREDICTIONS_FILE,
             {"test_logits": logits["test"], "val_logits": logits["val"]})
   write_teacher_targets(workdir, recipe, dataset, train_logits=logits["train"],
-                        test_logits=logits["test"],
+                        test_logits=logits["test"], view_logits=view_logits,
                         identity=_identity(workdir, teacher, logits["train"]),
                         seconds=time.perf_counter() - start)
   summary = _summary(teacher, source, dataset, recipe, logits, time.perf_counter() - start)
@@ -225,11 +345,8 @@ def online_teacher(run_dir: Path, dataset, *, temperature: float, mixup: float, 
   """An imported teacher's `OnlineTeacher`: its forward pass on the student's batches.
 
   The student's images arrive standardised by the data set's pixel
-  statistics; they are turned back into 0..255 pixels for the teacher, whose
-  own preprocessing runs inside its forward pass.
+  statistics (see `_standardised_apply`).
   """
-  import jax.numpy as jnp  # noqa: PLC0415
-
   from distill.feeders import pixel_stats  # noqa: PLC0415
   from distill.importers import open_teacher  # noqa: PLC0415
   from distill.teaching import OnlineTeacher  # noqa: PLC0415
@@ -244,7 +361,5 @@ def online_teacher(run_dir: Path, dataset, *, temperature: float, mixup: float, 
                     "inner layer, which only teachers trained by distill expose. Use another "
                     "--method")
   teacher = open_teacher(record["source"], image_shape=dataset.image_shape)
-  mean, std = (jnp.asarray(s, jnp.float32) for s in pixel_stats(dataset.x_train))
-  return OnlineTeacher(apply=lambda params, images: teacher.apply(params,
-                                                                  _pixels(images, mean, std)),
+  return OnlineTeacher(apply=_standardised_apply(teacher, pixel_stats(dataset.x_train)),
                        params=teacher.params, temperature=temperature, mixup=mixup, form=form)

@@ -316,7 +316,7 @@ def folder_kind(path: Path) -> str:
       role = None
     return STUDENT if role == "student" else FINISHED_TEACHER
   if (path / TARGETS_META_FILE).is_file() and (path / RECIPE_FILE).is_file():
-    return TARGETS_ONLY  # `distill export --out`: an ensemble's targets, no run of its own
+    return TARGETS_ONLY  # `distill export --out`: targets (one teacher's or an ensemble's) alone
   if any((path / name).exists() for name in (RECIPE_FILE, CHECKPOINTS_DIR, METRICS_FILE)):
     return UNFINISHED
   return NOT_A_RUN
@@ -328,10 +328,11 @@ def describe_folder(path: Path, kind: str | None = None) -> str:
   if kind == STUDENT:
     teacher = _summary_field(path, "teacher_dir")
     return "a student run" + (f" (taught by {teacher})" if teacher else "")
+  if kind == TARGETS_ONLY:
+    return _describe_targets_only(path)
   return {
       FINISHED_TEACHER: "a finished teacher run",
       IMPORTED_TEACHER: "an imported teacher",
-      TARGETS_ONLY: "a folder of exported targets (an ensemble's) without a trained teacher",
       SWEEP: "a sweep folder (`distill sweep`)",
       UNFINISHED: "an unfinished run (no summary.json): re-run its command to finish it",
       NOT_A_RUN: "a folder that holds no run (no summary.json or recipe.json)",
@@ -339,6 +340,20 @@ def describe_folder(path: Path, kind: str | None = None) -> str:
       A_FILE: "a file, not a run folder",
       MISSING: "not found",
   }[kind]
+
+
+def _describe_targets_only(path: Path) -> str:
+  """A folder `distill export --out` wrote: whose targets (one teacher's or an ensemble's), at T."""
+  try:
+    meta = json.loads((Path(path) / TARGETS_META_FILE).read_text())
+    teachers = meta.get("teachers") or [meta["teacher"]]
+    whose = (f"an ensemble of {len(teachers)} teachers" if len(teachers) > 1
+             else f"one teacher ({teachers[0]['dir']})")
+    whose += f" at T={meta['temperature']:g}"
+  except (OSError, ValueError, AttributeError, KeyError, TypeError, IndexError):
+    # Damaged metadata: the command that loads the targets names the damage.
+    whose = "a teacher or an ensemble"
+  return f"a folder of exported targets of {whose}, with no run of its own"
 
 
 def _summary_field(path: Path, key: str) -> Any:
@@ -351,14 +366,13 @@ def _summary_field(path: Path, key: str) -> Any:
 def check_teacher_folder(path: Path, *, needs: str = "targets") -> str:
   """Refuses a --teacher that is no teacher, in one line that says what it is; returns its kind.
 
-  needs: 'targets' (a student taught by exported targets: any teacher, or an
-  ensemble's folder of targets), 'model' (online teaching runs the teacher: a
-  trained or an imported one) or 'checkpoint' (export restores a teacher
-  distill trained).
+  needs: 'targets' (a student taught by exported targets: any teacher, or a
+  folder of exported targets) or 'model' (online teaching and export run the
+  teacher: a trained or an imported one; an imported one that cannot run is
+  refused later, by what reads its imported.json).
   """
   kind = folder_kind(path)
-  accepted = {"targets": TEACHER_KINDS, "model": (FINISHED_TEACHER, IMPORTED_TEACHER),
-              "checkpoint": (FINISHED_TEACHER,)}[needs]
+  accepted = {"targets": TEACHER_KINDS, "model": (FINISHED_TEACHER, IMPORTED_TEACHER)}[needs]
   if kind in accepted:
     return kind
   if kind == STUDENT:
@@ -367,12 +381,9 @@ def check_teacher_folder(path: Path, *, needs: str = "targets") -> str:
             else "give a teacher run's folder")
   elif kind == UNFINISHED:
     hint = "or give a finished teacher run's folder"
-  elif kind == IMPORTED_TEACHER:
-    hint = ("it has no checkpoint to export from; its targets.npz is already in the folder "
-            "for students")
   elif kind == TARGETS_ONLY:
     hint = ("students learn from it with --teaching targets or views; online teaching and "
-            "export need a trained teacher's run folder")
+            "export need a teacher's own run folder")
   elif kind == SWEEP:
     hint = "give the teacher the sweep learned from (its sweep.json names it)"
   else:

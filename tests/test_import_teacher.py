@@ -12,6 +12,7 @@ import pytest
 from conftest import TINY, TINY_FLAGS, run_cli
 
 from distill import config, workflow
+from distill.augment import augment_views
 from distill.feeders import pixel_stats
 from distill.imported import online_teacher
 from distill.importers import open_teacher
@@ -81,6 +82,91 @@ def test_online_teacher_sees_pixels_as_the_import_did(tmp_path, digits):
   np.testing.assert_allclose(strategy.apply(strategy.params, images), want, atol=1e-4)
   stored = np.load(tmp_path / "teacher" / "predictions.npz")["test_logits"][:6]
   np.testing.assert_allclose(stored, want, atol=1e-4)
+
+
+def test_imported_vit_exports_views_like_a_trained_teacher(tmp_path, digits):
+  """import-teacher --set export.views=K and export --views K label the views students replay."""
+  teacher = tmp_path / "teacher"
+  assert _import(FIXTURES / "vit_hf", teacher, "--set", "export.views=2").exit_code == 0
+  arrays, meta = load_targets(teacher)
+  recipe = config.load_recipe("digits", [])
+  assert arrays["view_logits"].shape == (len(digits.x_train), 2, 10)
+  assert meta["views"] == {"count": 2, "seed": recipe["seed"], "augment": recipe["augment"]}
+  # View v of image i is what the online teacher answers to the student's view v of image i.
+  strategy = online_teacher(teacher, digits, temperature=1.0, mixup=0.0, form="logits",
+                            feature_layer=None)
+  stats = [jnp.asarray(s) for s in pixel_stats(digits.x_train)]
+  rows = jnp.arange(8, dtype=jnp.int32)
+  for view in range(2):
+    images = augment_views(normalize(jnp.asarray(digits.x_train[:8]), *stats), rows,
+                           jnp.full_like(rows, view), recipe["seed"], recipe["augment"])
+    np.testing.assert_allclose(arrays["view_logits"][:8, view],
+                               strategy.apply(strategy.params, images), atol=1e-4)
+  # Re-exported from the source imported.json names: the same views, at another temperature.
+  result = run_cli("export", "--teacher", teacher, "--views", 2, "-T", 3, "--out",
+                   tmp_path / "again", "-q")
+  assert result.exit_code == 0, result.output
+  again, again_meta = load_targets(tmp_path / "again")
+  for name in ("train_logits", "test_logits", "view_logits"):
+    np.testing.assert_allclose(again[name], arrays[name], atol=1e-5)
+  assert again_meta["temperature"] == 3.0 and again_meta["views"] == meta["views"]
+  assert again_meta["teacher"] == meta["teacher"]
+
+
+def test_views_exported_for_an_imported_vit_teach_a_student(tmp_path):
+  """The README's order: import, then `distill export --views K` into the teacher's folder."""
+  teacher = tmp_path / "teacher"
+  assert _import(FIXTURES / "vit_timm", teacher).exit_code == 0
+  result = run_cli("student", "--teacher", teacher, "-w", tmp_path / "refused", "-q", "-m",
+                   "mlp", "--teaching", "views", *TINY_FLAGS)
+  assert result.exit_code == 2 and "holds no augmented views" in result.stderr
+  result = run_cli("export", "--teacher", teacher, "--views", 2, "-q")
+  assert result.exit_code == 0, result.output
+  arrays, meta = load_targets(teacher)
+  assert arrays["view_logits"].shape[1] == 2 and meta["teacher"]["model"] == "timm-vit"
+  summary = _student(teacher, tmp_path / "s", "-m", "mlp", "--teaching", "views")
+  assert summary["teaching"] == "views"
+
+
+def test_a_logits_teacher_cannot_make_views(tmp_path, digits):
+  """No model to run on augmented images: refused in one line, on import and on export."""
+  source = _logits_file(tmp_path / "logits.npz", digits)
+  result = _import(source, tmp_path / "refused", "--set", "export.views=2")
+  assert result.exit_code == 2
+  assert "cannot label augmented views (export.views=2): it has no model" in result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1
+  assert not (tmp_path / "refused").exists()
+  teacher = tmp_path / "teacher"
+  assert _import(source, teacher).exit_code == 0
+  before = {path.name: path.read_bytes() for path in teacher.iterdir()}
+  for args, message in [(("--views", 2), "cannot label augmented views (--views 2): it has "
+                                         "no model to run on augmented images"),
+                        (("-T", 2), "has no model to run, so there is nothing to export")]:
+    result = run_cli("export", "--teacher", teacher, *args, "--out", tmp_path / "out", "-q")
+    assert result.exit_code == 2 and message in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+  assert {path.name: path.read_bytes() for path in teacher.iterdir()} == before
+  assert not (tmp_path / "out").exists()
+
+
+def test_a_host_only_function_exports_again_but_makes_no_views(tmp_path, digits, monkeypatch):
+  """A function that does not trace runs on the host: plain targets yes, augmented views no."""
+  monkeypatch.syspath_prepend(str(tmp_path))
+  source = _callable_module(tmp_path, "np.asarray(images, np.float32).reshape(len(images), -1)"
+                                      "[:, :10] + scores")
+  result = _import(source, tmp_path / "refused", "--set", "export.views=2")
+  assert result.exit_code == 2
+  assert "a function that runs only on the host, not under jax.jit" in result.stderr
+  assert not (tmp_path / "refused").exists()
+  assert _import(source, tmp_path / "teacher").exit_code == 0
+  result = run_cli("export", "--teacher", tmp_path / "teacher", "--views", 2, "-q")
+  assert result.exit_code == 2 and "cannot label augmented views (--views 2)" in result.stderr
+  result = run_cli("export", "--teacher", tmp_path / "teacher", "-T", 2, "--out",
+                   tmp_path / "again", "-q")
+  assert result.exit_code == 0, result.output
+  np.testing.assert_array_equal(load_targets(tmp_path / "again")[0]["train_logits"],
+                                load_targets(tmp_path / "teacher")[0]["train_logits"])
+  sys.modules.pop("bad_teacher", None)
 
 
 def test_keras_teacher_imports_with_matching_logits_and_teaches_online(tmp_path, digits):
