@@ -38,6 +38,17 @@ def listen() -> None:
     pass
 
 
+def remember(signum: int) -> None:
+  """Keeps a stop signal for the next training loop without raising (a handler's body).
+
+  For a process that must not be interrupted where it is: a sweep's worker
+  between runs (distill.workers). The run that starts next stops at its first
+  dispatch with a checkpoint, as after a dropped Ctrl-C.
+  """
+  global _pending
+  _pending = signal.Signals(signum).name
+
+
 def take() -> str | None:
   """The signal remembered since `listen()` ('SIGINT'), if one came; forgets it."""
   global _pending

@@ -558,17 +558,24 @@ def train_run(recipe: dict[str, Any], teacher_dir: Path, workdir: Path,
                                 overwrite=state == "other-finished", quiet=True)
 
 
+# How the loop's stop message ends, and how the sweep's does.
+_RESUME = "Run the same command again to resume."
+
+
 def _train_side_by_side(missing: list[dict[str, Any]], teacher_dir: Path, console: Console,
                         jobs: int) -> None:
   """`missing`'s runs, `jobs` at a time in worker processes; stops at the first that fails.
 
-  The runs already training when one fails, or when Ctrl-C stops the sweep,
-  finish or save a checkpoint first, so running the sweep again resumes them.
+  No run starts once one has failed or a stop signal (Ctrl-C, SIGTERM) has
+  come. Those in training when one fails finish; a stop signal stops them at a
+  checkpoint. Either way the sweep waits for its workers to exit, and running
+  the same command again resumes the runs.
   """
   from concurrent.futures.process import BrokenProcessPool  # noqa: PLC0415
 
   from distill import workers  # noqa: PLC0415
 
+  stopped = not_started = 0
   with workers.core_pool(jobs) as (pool, how):
     console.info(f"training {len(missing)} runs, {how}")
     # Seed by seed: runs that differ only in their seed run the same programs, so the first
@@ -578,19 +585,38 @@ def _train_side_by_side(missing: list[dict[str, Any]], teacher_dir: Path, consol
     order = sorted(missing, key=lambda run: seeds.index(run["seed"]))
     futures = {pool.submit(train_run, run["recipe"], teacher_dir, run["dir"], run["state"]): run
                for run in order}
-    try:
-      for future in concurrent.futures.as_completed(futures):
-        run = futures[future]
-        with _naming(run):
-          try:
-            run["summary"] = future.result()
-          except BrokenProcessPool:
-            raise UserError("a worker process died (out of memory?) while training; "
-                            "run the sweep again to resume, with fewer --jobs") from None
-        _trained(run, console)
-    except KeyboardInterrupt:
-      raise UserError("stopped by SIGINT; the runs in training saved checkpoints. "
-                      "Run the same command again to resume.", exit_code=130) from None
+    for future in concurrent.futures.as_completed(futures):
+      run = futures[future]
+      try:
+        run["summary"] = future.result()
+      except workers.NotStarted:
+        not_started += 1  # the sweep was stopped before a worker took the run up
+        continue
+      except BrokenProcessPool:
+        raise UserError(f"{run['name']}: a worker process died (out of memory?) while "
+                        "training; run the sweep again to resume, with fewer --jobs") from None
+      except UserError as e:
+        if pool.signal_name is None:
+          raise UserError(f"{run['name']}: {e}", exit_code=e.exit_code) from None
+        # Stopped by the signal, as the loop says ("stopped by SIGTERM at step N; checkpoint
+        # saved"); how to resume is said once, for the whole sweep.
+        console.info(f"{run['label']}: {str(e).removesuffix(' ' + _RESUME)}")
+        stopped += 1
+        continue
+      _trained(run, console)
+  if pool.signal_name is not None:
+    parts = []
+    if stopped:
+      parts.append(f"{_runs(stopped)} in training saved a checkpoint")
+    if not_started:
+      parts.append(f"{not_started if stopped else _runs(not_started)} did not start")
+    what = ", ".join(parts) or "every run had finished"
+    raise UserError(f"stopped by {pool.signal_name}: {what}. {_RESUME}", exit_code=130)
+
+
+def _runs(count: int) -> str:
+  """'1 run', '2 runs'."""
+  return f"{count} run{'s' if count != 1 else ''}"
 
 
 @contextlib.contextmanager

@@ -14,6 +14,13 @@ before JAX starts (`PJRT_NPROC`, read once when JAX's CPU client is made), so
 two workers never contend for one core. A run's floating-point sums depend on
 how many threads it has, so a run trained as one of several jobs matches the
 same run trained alone to the last few digits, not bit for bit.
+
+A stop signal to the sweep (Ctrl-C, SIGTERM) closes the pool: no run starts
+after it, and each worker is sent the signal once, so a run in training saves
+a checkpoint and stops as a single run does. A worker runs in a process group
+of its own, so the terminal's Ctrl-C reaches it through the sweep alone: a
+second copy of the signal would stop its run at once, without that checkpoint.
+A worker whose sweep died exits too, its run stopped at a checkpoint.
 """
 
 from __future__ import annotations
@@ -23,12 +30,29 @@ import contextlib
 import multiprocessing
 import os
 import signal
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
+from distill import interrupts
 from distill.errors import UserError
 
 # The size of XLA:CPU's thread pool, read once when a process makes its CPU client.
 XLA_THREADS_ENV = "PJRT_NPROC"
+# The signals a training loop stops at with a checkpoint (loop._StopFlag).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# How often a worker looks for a stop its sweep asks for, and for its sweep's death.
+WATCH_SECONDS = 0.05
+# The pool's state, shared with its workers (written by the parent, read by the workers):
+# closed (no call starts once set), the stop signal's number, how many times it came.
+_CLOSED, _SIGNUM, _SIGNALS = range(3)
+# A worker's own: the shared state, its sweep's process id, whether it is running a call.
+_worker: dict[str, Any] = {"state": None, "parent": None, "busy": False}
+
+
+class NotStarted(Exception):
+  """A call a worker took up after its pool closed (a stop or a failure): it did not run."""
 
 
 def available_cores() -> list[int]:
@@ -63,18 +87,74 @@ def describe(shares: list[list[int]]) -> str:
   return f"{len(shares)} at a time, {each} {noun} each (cores {where})"
 
 
-def _start_worker(shares) -> None:
+def _start_worker(shares, state, parent: int) -> None:
   """A worker's first act, before JAX starts: its share of the cores, and XLA's threads sized to it.
 
-  Ctrl-C reaches every process of the terminal's group. A worker that is
-  training saves a checkpoint and stops (the loop's own handler, installed
-  for the run); an idle one leaves the stop to the parent.
+  Also how it hears of a stop. It leaves the terminal's process group (Ctrl-C
+  goes to the sweep, which passes it on once) and keeps a stop signal that
+  comes between runs for the next run's loop (`interrupts.remember`), never
+  raising where it waits for work. A watcher thread passes on each stop signal
+  the sweep gets and notices the sweep's death. The sweep holds the stop
+  signals back while it starts a worker (`Pool.submit`), so one that comes
+  before this point waits for the handlers below.
   """
   cores = shares.get()
   os.environ[XLA_THREADS_ENV] = str(len(cores))
   if hasattr(os, "sched_setaffinity"):
     os.sched_setaffinity(0, cores)
-  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  _worker.update(state=state, parent=parent)
+  if hasattr(os, "setpgrp"):
+    os.setpgrp()
+    # Outside the terminal's foreground group a write to it would stop this process
+    # (SIGTTOU) where the terminal says `tostop`; ignored, the write goes through.
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+  for sig in STOP_SIGNALS:
+    signal.signal(sig, _between_runs)
+  # Started while the signals are held back, so the thread never takes one: they all
+  # go to the main thread, where the handlers run.
+  threading.Thread(target=_watch, name="distill-stop-watch", daemon=True).start()
+  if hasattr(signal, "pthread_sigmask"):
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def _between_runs(signum, frame) -> None:
+  """A worker's handler outside a run's loop: the signal is kept for the next loop."""
+  interrupts.remember(signum)
+
+
+def _sweep_gone() -> bool:
+  """Whether the process that started this worker has died (it is someone else's child now)."""
+  return os.getppid() != _worker["parent"]
+
+
+def _watch() -> None:
+  """A worker's thread: passes on the sweep's stop signals to the main thread; exits with it."""
+  main, passed = threading.main_thread().ident, 0
+  state = _worker["state"]
+  while True:
+    time.sleep(WATCH_SECONDS)
+    if _sweep_gone():
+      if not _worker["busy"]:
+        os._exit(1)  # no run to stop, and no one left to take a result
+      # The run stops at a checkpoint; the worker exits after it (`_call_if_open`).
+      signal.pthread_kill(main, signal.SIGTERM)
+      return
+    while passed < state[_SIGNALS] and state[_SIGNUM]:  # the number is written first
+      signal.pthread_kill(main, state[_SIGNUM])
+      passed += 1
+
+
+def _call_if_open(fn: Callable, args: tuple) -> Any:
+  """A worker's task: `fn(*args)`, unless the pool closed before the worker took it up."""
+  if _worker["state"][_CLOSED] or _sweep_gone():
+    raise NotStarted
+  _worker["busy"] = True
+  try:
+    return fn(*args)
+  finally:
+    _worker["busy"] = False
+    if _sweep_gone():
+      os._exit(1)  # the result has no one to go to
 
 
 def jobs_on_this_backend(jobs: int, note) -> int:
@@ -94,24 +174,96 @@ def jobs_on_this_backend(jobs: int, note) -> int:
   return 1
 
 
+class Pool:
+  """What `core_pool` yields: runs calls in its workers until it is closed.
+
+  The first stop signal (SIGINT, SIGTERM) to this process closes it
+  (`signal_name` says which came) and is passed on to every worker: a run in
+  training saves a checkpoint and stops. A second is passed on too (a run
+  stops at once, as a second Ctrl-C stops a single run) and raises
+  KeyboardInterrupt here.
+  """
+
+  def __init__(self, executor: concurrent.futures.ProcessPoolExecutor, state):
+    self.executor = executor
+    self.signal_name: str | None = None
+    self._state = state
+
+  def submit(self, fn: Callable, *args) -> concurrent.futures.Future:
+    """Runs `fn(*args)` in a worker; the future raises NotStarted if the pool closes first."""
+    # A worker this starts inherits the held signals: one that came before it listens
+    # waits for it (see `_start_worker`).
+    with _signals_held():
+      return self.executor.submit(_call_if_open, fn, args)
+
+  def close(self) -> None:
+    """No call starts from now on; those running go on."""
+    self._state[_CLOSED] = 1
+
+  def _on_signal(self, signum, frame) -> None:
+    self.close()
+    self._state[_SIGNUM] = signum
+    self._state[_SIGNALS] += 1  # after the number: a worker reads the count, then the number
+    if self.signal_name is not None:
+      raise KeyboardInterrupt
+    self.signal_name = signal.Signals(signum).name
+
+
 @contextlib.contextmanager
-def core_pool(jobs: int) -> Iterator[tuple[concurrent.futures.ProcessPoolExecutor, str]]:
+def _signals_held() -> Iterator[None]:
+  """The stop signals held back from this thread, and the processes it starts, in the block."""
+  if not hasattr(signal, "pthread_sigmask"):
+    yield
+    return
+  previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+  try:
+    yield
+  finally:
+    signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
+def _listening(pool: Pool) -> Iterator[None]:
+  """The stop signals go to `pool` in the block (main thread only; elsewhere they stay)."""
+  previous = {}
+  for sig in STOP_SIGNALS:
+    try:
+      previous[sig] = signal.signal(sig, pool._on_signal)
+    except ValueError:  # not the main thread
+      pass
+  try:
+    yield
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def core_pool(jobs: int) -> Iterator[tuple[Pool, str]]:
   """A pool of `jobs` worker processes, each on its own share of this process's cores.
 
   Yields the pool and a line that says how the cores were shared. Leaving
-  the block waits for the runs in progress; a pending one is cancelled when
-  the block is left by an error.
+  the block waits for the calls in progress and for the workers to exit; left
+  by an error, the pool closes first, so no further call starts. The stop
+  signals go to the pool from before its first worker starts until the last
+  has exited (see `Pool`).
   """
   shares = core_shares(available_cores(), jobs)
   context = multiprocessing.get_context("spawn")
+  # Made first, as it starts multiprocessing's resource tracker: started later, for a
+  # worker, the tracker would let through the signals `Pool.submit` holds back.
   queue = context.Queue()
   for share in shares:
     queue.put(share)
-  pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context,
-                                                initializer=_start_worker, initargs=(queue,))
-  try:
-    yield pool, describe(shares)
-  except BaseException:
-    pool.shutdown(wait=True, cancel_futures=True)
-    raise
-  pool.shutdown(wait=True)
+  state = context.RawArray("i", 3)  # no lock: one writer, and a signal handler may write
+  executor = concurrent.futures.ProcessPoolExecutor(
+      jobs, mp_context=context, initializer=_start_worker, initargs=(queue, state, os.getpid()))
+  pool = Pool(executor, state)
+  with _listening(pool):
+    try:
+      yield pool, describe(shares)
+    except BaseException:
+      pool.close()
+      executor.shutdown(wait=True, cancel_futures=True)
+      raise
+    executor.shutdown(wait=True)

@@ -2,11 +2,18 @@
 
 import html
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import copy_runs, logged, run_cli
+from conftest import copy_runs, logged, process_env, run_cli, set_flags
 from scipy import stats as scipy_stats
+from test_workers import children, running, wait_until
 
 from distill import report, workers, workflow
 from distill.sweep import (
@@ -386,3 +393,95 @@ def test_jobs_train_the_runs_in_worker_processes_one_core_each(swept, tmp_path):
   again = run_cli("sweep", *args, "--out", tmp_path / "two", "--jobs", "2")
   assert again.exit_code == 0 and again.stderr.count("same recipe, kept") == 2
   assert "at a time" not in again.stderr
+
+
+# 2 runs at a time, each training for about 2 s (as the tests compile it): 2,000 steps of 256
+# images, one a dispatch, logged every 50 steps, checkpointed only at the end or at a stop.
+STOPPED = ["--model", "mlp", "--mode", "hard", "--mode", "targets", "--seed", "0", "--seed", "1",
+           "--steps", "2000", "--jobs", "2",
+           *set_flags(["student.batch_size=256", "student.steps_per_dispatch=1",
+                       "student.log_every=50", "student.eval_every=2000",
+                       "student.checkpoint_every=2000"])]
+FIRST = ["mlp-hard-s0", "mlp-targets-s0"]  # the first seed's runs train first
+
+
+def _stop_a_sweep(root, send):
+  """Starts a sweep of 4 runs, 2 at a time, and once the first 2 have logged a step, `send`s
+  it a stop signal; checks that no run starts after it and no worker outlives the sweep.
+  Returns the sweep's exit status, its stderr and its folder."""
+  out, log = root / "sweep", root / "stderr.txt"
+  # To a file, not a pipe: a worker left behind would hold a pipe open, and reading it hang.
+  with log.open("w") as stderr:
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "distill.cli", "sweep", "--teacher", str(root / "teacher"),
+         "--out", str(out), *STOPPED], env=process_env(1), stderr=stderr, start_new_session=True)
+  workers_seen = []
+  try:
+    wait_until(lambda: all((out / name / "metrics.jsonl").exists()
+                           and (out / name / "metrics.jsonl").read_text() for name in FIRST),
+               120, "the first runs did not log a step")
+    started = sorted(path.name for path in out.iterdir())
+    workers_seen = children(sweep.pid)
+    send(sweep.pid)
+    sweep.wait(timeout=60)
+    # Every process the sweep started is gone: its workers (and multiprocessing's helper).
+    wait_until(lambda: not any(running(pid) for pid in workers_seen), 10,
+               "a worker outlived the sweep")
+  finally:
+    sweep.kill()
+    for pid in workers_seen:
+      if running(pid):
+        os.kill(pid, signal.SIGKILL)
+  stderr = log.read_text()
+  assert started == FIRST, stderr
+  # No run started after the signal.
+  assert sorted(path.name for path in out.iterdir()) == started, stderr
+  return sweep.returncode, stderr, out
+
+
+def _stopped_steps(stderr, out, name):
+  """Each first run's step at the stop, as the sweep says, and its checkpoint there."""
+  steps = {}
+  for run in FIRST:
+    match = re.search(rf"\] {run}: stopped by {name} at step (\d+); checkpoint saved\.\n", stderr)
+    assert match, stderr
+    steps[run] = int(match.group(1))
+    assert 50 <= steps[run] < 2000
+    assert sorted(p.name for p in (out / run / "checkpoints").iterdir()
+                  if p.name.isdigit()) == [str(steps[run])]
+  return steps
+
+
+needs_two_cores_and_proc = pytest.mark.skipif(
+    len(workers.available_cores()) < 2 or not Path("/proc/self/stat").exists(),
+    reason="two jobs need two cores; reads /proc")
+
+
+@needs_two_cores_and_proc
+def test_sigterm_stops_a_parallel_sweep_at_checkpoints_and_the_same_command_resumes(
+    tiny_digits_runs, tmp_path):
+  """As `kill` or a job scheduler stops it: the runs in training save a checkpoint, none
+  starts after, no worker is left, and the exit status is a single run's (130)."""
+  root = copy_runs(tiny_digits_runs, tmp_path, teacher="teacher")
+  status, stderr, out = _stop_a_sweep(root, lambda pid: os.kill(pid, signal.SIGTERM))
+  assert status == 130, stderr
+  assert stderr.endswith("error: stopped by SIGTERM: 2 runs in training saved a checkpoint, "
+                         "2 did not start. Run the same command again to resume.\n"), stderr
+  steps = _stopped_steps(stderr, out, "SIGTERM")
+  resumed = run_cli("sweep", "--teacher", root / "teacher", "--out", out, "-q", *STOPPED)
+  assert resumed.exit_code == 0, resumed.output
+  names = [f"mlp-{mode}-s{seed}" for mode in ("hard", "targets") for seed in (0, 1)]
+  summaries = dict(zip(names, _summaries(out, names), strict=True))
+  assert all(summary["steps"] == 2000 for summary in summaries.values())
+  assert {name: summaries[name]["resumed_from_step"] for name in FIRST} == steps
+
+
+@needs_two_cores_and_proc
+def test_ctrl_c_to_a_parallel_sweeps_group_starts_no_run_after_it(tiny_digits_runs, tmp_path):
+  """Ctrl-C in a terminal signals every process of the sweep's group at once."""
+  root = copy_runs(tiny_digits_runs, tmp_path, teacher="teacher")
+  status, stderr, out = _stop_a_sweep(root, lambda pid: os.killpg(pid, signal.SIGINT))
+  assert status == 130, stderr
+  assert stderr.endswith("error: stopped by SIGINT: 2 runs in training saved a checkpoint, "
+                         "2 did not start. Run the same command again to resume.\n"), stderr
+  _stopped_steps(stderr, out, "SIGINT")

@@ -1,11 +1,15 @@
 """distill.workers: runs side by side, each process on its own share of the CPU cores."""
 
 import os
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from distill import workers
+from distill import interrupts, workers
 from distill.errors import UserError
 
 
@@ -60,3 +64,102 @@ def test_each_worker_runs_on_its_share_with_as_many_xla_threads():
     assert cores in shares and threads == str(len(cores))
     # The share is set before anything starts JAX, whose CPU client reads it once.
     assert not jax_started
+
+
+def children(pid):
+  """The processes whose parent is `pid` (Linux's /proc)."""
+  found = []
+  for stat in Path("/proc").glob("[0-9]*/stat"):
+    try:
+      fields = stat.read_text().rsplit(")", 1)[1].split()
+    except OSError:  # gone since the listing
+      continue
+    if int(fields[1]) == pid:
+      found.append(int(stat.parent.name))
+  return found
+
+
+def running(pid):
+  """Whether process `pid` is alive: neither gone nor a zombie no one has reaped yet."""
+  try:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+  except OSError:
+    return False
+
+
+def wait_until(condition, seconds, what):
+  """Polls `condition` until it holds; fails with `what` after `seconds`."""
+  deadline = time.monotonic() + seconds
+  while not condition():
+    assert time.monotonic() < deadline, f"{what}: not after {seconds} s"
+    time.sleep(0.01)
+
+
+def _until_a_stop_signal(started):
+  """A call that marks its start and waits for a stop signal: what reached its worker."""
+  Path(started, str(os.getpid())).touch()
+  deadline = time.monotonic() + 20
+  while (first := interrupts.take()) is None:
+    assert time.monotonic() < deadline, "no stop signal reached the worker"
+    time.sleep(0.01)
+  time.sleep(10 * workers.WATCH_SECONDS)  # time enough for a second copy of the signal to come
+  return first, interrupts.take(), os.getpgrp() == os.getpid(), os.getpid()
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+
+
+@needs_proc
+@pytest.mark.skipif(len(workers.available_cores()) < 2, reason="needs two cores to share")
+def test_a_stop_signal_reaches_each_running_call_once_and_no_waiting_call_starts(tmp_path):
+  """What a sweep's runs rely on: a stop signal to the sweep (in a group of its own, so not
+  the workers' as well) is passed on once to each worker, and no call starts after it."""
+  handler = signal.getsignal(signal.SIGTERM)
+  with workers.core_pool(2) as (pool, _):
+    futures = [pool.submit(_until_a_stop_signal, tmp_path) for _ in range(4)]
+    wait_until(lambda: len(list(tmp_path.iterdir())) == 2, 60, "the first two calls did not start")
+    assert signal.getsignal(signal.SIGTERM) is not handler  # else the signal would end pytest
+    os.kill(os.getpid(), signal.SIGTERM)  # the pool's handler takes it
+    results = [future.exception() or future.result() for future in futures]
+  assert pool.signal_name == "SIGTERM"
+  passed_on, waiting = results[:2], results[2:]
+  assert [result[:3] for result in passed_on] == [("SIGTERM", None, True)] * 2
+  assert all(isinstance(result, workers.NotStarted) for result in waiting)
+  assert len(list(tmp_path.iterdir())) == 2  # the waiting calls never began
+  assert not any(running(result[3]) for result in passed_on)  # the workers exited
+  assert signal.getsignal(signal.SIGTERM) is handler  # and this process's handler is put back
+
+
+_DYING_SWEEP = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from test_workers import _until_a_stop_signal
+from distill import workers
+with workers.core_pool(2) as (pool, _):
+  calls = [pool.submit(_until_a_stop_signal, {started!r}) for _ in range(2)]
+  time.sleep(600)
+"""
+
+
+@needs_proc
+@pytest.mark.skipif(len(workers.available_cores()) < 2, reason="needs two cores to share")
+def test_workers_stop_their_calls_and_exit_when_the_sweep_dies(tmp_path):
+  """A sweep killed outright (SIGKILL, or SIGHUP when its terminal closes, which no longer
+  reaches workers in their own group) leaves no worker behind."""
+  started = tmp_path / "started"
+  started.mkdir()
+  script = _DYING_SWEEP.format(tests=str(Path(__file__).parent), started=str(started))
+  # Its output to a file: killed, it leaves multiprocessing's tracker a warning to print.
+  with (tmp_path / "output.txt").open("w") as output:
+    sweep = subprocess.Popen([sys.executable, "-c", script], stdout=output, stderr=output,
+                             start_new_session=True)
+  try:
+    wait_until(lambda: len(list(started.iterdir())) == 2, 60, "the calls did not start")
+    pids = [int(path.name) for path in started.iterdir()]
+    sweep.kill()
+    sweep.wait()
+    wait_until(lambda: not any(running(pid) for pid in pids), 10, "a worker outlived its sweep")
+  finally:
+    for pid in [int(path.name) for path in started.iterdir()]:
+      if running(pid):
+        os.kill(pid, signal.SIGKILL)
