@@ -43,10 +43,18 @@ def remember(signum: int) -> None:
 
   For a process that must not be interrupted where it is: a sweep's worker
   between runs (distill.workers). The run that starts next stops at its first
-  dispatch with a checkpoint, as after a dropped Ctrl-C.
+  dispatch with a checkpoint, as after a dropped Ctrl-C; a run in training
+  stops at its next dispatch, as if the signal had come to it (a worker's
+  watcher passes on its sweep's first stop this way, so a copy of the same
+  signal sent to the worker directly does not count twice).
   """
   global _pending
   _pending = signal.Signals(signum).name
+
+
+def requested() -> str | None:
+  """The signal remembered (`remember`, or a dropped Ctrl-C), if any, without forgetting it."""
+  return _pending
 
 
 def take() -> str | None:

@@ -451,12 +451,17 @@ class _StopFlag:
   """
 
   def __init__(self):
-    self.signal_name: str | None = None
+    self._signal_name: str | None = None
     self._previous: dict[int, Any] = {}
+
+  @property
+  def signal_name(self) -> str | None:
+    """The stop signal that came, to this loop or remembered for it (`interrupts.remember`)."""
+    return self._signal_name or interrupts.requested()
 
   def __enter__(self):
     # A Ctrl-C from before the loop that Python dropped (see distill.interrupts).
-    self.signal_name = interrupts.take()
+    self._signal_name = interrupts.take()
     for sig in (signal.SIGINT, signal.SIGTERM):
       try:
         self._previous[sig] = signal.signal(sig, self._handle)
@@ -467,7 +472,7 @@ class _StopFlag:
   def _handle(self, signum, frame):
     if self.signal_name is not None:
       raise KeyboardInterrupt
-    self.signal_name = signal.Signals(signum).name
+    self._signal_name = signal.Signals(signum).name
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():

@@ -128,7 +128,13 @@ def _sweep_gone() -> bool:
 
 
 def _watch() -> None:
-  """A worker's thread: passes on the sweep's stop signals to the main thread; exits with it."""
+  """A worker's thread: passes on the sweep's stop signals to the main thread; exits with it.
+
+  The first is remembered for the run's loop (`interrupts.remember`), not sent:
+  where every process gets the signal at once (a batch system's cancel), the
+  worker's own copy and the sweep's are one stop with its checkpoint, not two.
+  Later ones are sent, and stop the run at once like a second Ctrl-C.
+  """
   main, passed = threading.main_thread().ident, 0
   state = _worker["state"]
   while True:
@@ -137,10 +143,13 @@ def _watch() -> None:
       if not _worker["busy"]:
         os._exit(1)  # no run to stop, and no one left to take a result
       # The run stops at a checkpoint; the worker exits after it (`_call_if_open`).
-      signal.pthread_kill(main, signal.SIGTERM)
+      interrupts.remember(signal.SIGTERM)
       return
     while passed < state[_SIGNALS] and state[_SIGNUM]:  # the number is written first
-      signal.pthread_kill(main, state[_SIGNUM])
+      if passed == 0:
+        interrupts.remember(state[_SIGNUM])
+      else:
+        signal.pthread_kill(main, state[_SIGNUM])
       passed += 1
 
 
