@@ -214,16 +214,19 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) ->
       sweep` folder (one holding sweep.json) stands for its teacher and runs,
       and adds a section with the sweep's table and paired differences.
     out_dir: where report.html and the PNGs go.
-    quiet: no progress bar.
+    quiet: no progress bar, and no note of the folders skipped (the page lists them too).
 
   Returns:
     The path of report.html.
   """
+  from distill.console import Console  # noqa: PLC0415
   from distill.console import progress as progress_bar  # noqa: PLC0415
   from distill.io import write_text  # noqa: PLC0415
 
   run_dirs, sweeps = _expand_sweeps(run_dirs)
   rows, skipped = collect_runs(run_dirs)
+  if skipped:  # said where the command runs, as `compare` says it, not only on the page
+    Console(quiet).info("skipped: " + "; ".join(skipped))
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   _remove_earlier_figures(out_dir)
@@ -385,9 +388,9 @@ def _run_section(index: int, row: dict[str, Any], out_dir: Path, datasets: dict[
   from distill import plots  # noqa: PLC0415
 
   run_dir = Path(row["run"])
-  teaching = ("" if row.get("role") != "student" or row.get("loss") == "hard"
-              else f"-{_row_value(row, 'method')}-{row.get('teaching')}")
-  slug = f"{index:02d}-{row.get('role')}-{row.get('model')}-{row.get('loss', 'hard')}{teaching}"
+  # Named after the run's folder, which tells runs apart (seeds, say) where their settings
+  # do not; the index keeps two folders of one name apart.
+  slug = f"{index:02d}-{re.sub(r'[^A-Za-z0-9._-]+', '_', run_dir.resolve().name)}"
   title = row["label"]
   parts = [f"<h2>{html.escape(title)} <small>{html.escape(str(run_dir))}</small></h2>"]
   dataset = _dataset_for(row, datasets)

@@ -32,6 +32,9 @@ def test_every_figure_is_written_and_embedded(report):
   pngs = sorted(p.name for p in out.glob("*.png"))
   # Teacher: curves, mistakes, confusion, reliability; each student adds disagreements.
   assert len(pngs) == 4 + 5 + 5 + 1, pngs
+  # Each run's figures are named after its folder.
+  assert {name.split("-", 1)[1].rsplit("-", 1)[0] for name in pngs
+          if name != "accuracy-vs-params.png"} == {"teacher", "cnn", "mlp-hard"}
   page = (out / "report.html").read_text()
   assert page.count('src="data:image/png;base64,') == len(pngs)
   assert "http://" not in page and "https://" not in page  # self-contained
@@ -50,6 +53,14 @@ def test_a_report_written_again_in_its_folder_keeps_no_earlier_figure(report, tm
   assert len(pngs) == 4 + 1 + 1 and "notes.png" in pngs, pngs
   assert all(name.startswith("00-teacher-") for name in pngs
              if name not in ("notes.png", "accuracy-vs-params.png")), pngs
+
+
+def test_a_report_says_which_folders_it_skipped(report, tmp_path):
+  (tmp_path / "empty").mkdir()
+  result = run_cli("report", report / "teacher", tmp_path / "empty", "--out", tmp_path / "out")
+  assert result.exit_code == 0, result.output
+  assert f"skipped: {tmp_path / 'empty'}" in result.stderr  # as compare says it
+  assert "skipped" in (tmp_path / "out" / "report.html").read_text()
 
 
 def _numpy_ece(logits, labels, bins=15):
