@@ -360,8 +360,9 @@ def export(teacher_dirs, out_dir, temperature, views, quiet):
                    "teacher_layer). All add the label loss except kd with alpha 1. "
                    "[default: kd]")
 @click.option("--workdir", "-w", type=click.Path(), default=None,
-              help="Run directory [default: runs/student-MODEL, runs/student-MODEL-hard, "
-                   "runs/student-MODEL-TEACHING or runs/student-MODEL-METHOD].")
+              help="Run directory [default: runs/student-MODEL, then -hard for hard labels, "
+                   "or -METHOD for a method other than kd and -TEACHING for online or views, "
+                   "e.g. runs/student-cnn-hint-online].")
 @_user_errors
 def student(recipe, overrides, dataset, data_dir, steps, batch_size, seed, restart, overwrite,
             strict_init_check, quiet, teacher_dir, model, loss, teaching, temperature, alpha,

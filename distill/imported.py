@@ -181,11 +181,12 @@ def _split_logits(teacher, dataset) -> dict[str, np.ndarray]:
   if "val" in logits and len(train) == len(dataset.x_train):
     # Already in distill's split: training rows, then validation rows.
     check_logits_fit(teacher, num_train=len(dataset.x_train), num_test=len(dataset.x_test),
-                     num_classes=dataset.num_classes, num_val=len(dataset.x_val))
+                     num_classes=dataset.num_classes, num_val=len(dataset.x_val),
+                     dataset_name=dataset.name)
     return {"train": train, "val": np.asarray(logits["val"], np.float32), "test": test}
   full = dataset.source_train_size or len(dataset.x_train)
   check_logits_fit(teacher, num_train=full, num_test=len(dataset.x_test),
-                   num_classes=dataset.num_classes)
+                   num_classes=dataset.num_classes, dataset_name=dataset.name)
   rows = dataset.train_source_indices
   if rows is None:
     return {"train": train, "val": train[:0], "test": test}

@@ -115,7 +115,8 @@ def open_logits(path: str | Path) -> ForeignTeacher:
 
 
 def check_logits_fit(teacher: ForeignTeacher, *, num_train: int, num_test: int,
-                     num_classes: int, num_val: int | None = None) -> None:
+                     num_classes: int, num_val: int | None = None,
+                     dataset_name: str = "the data") -> None:
   """Raises UserError, in one line, naming every way a logits teacher does not fit the data.
 
   Args:
@@ -126,6 +127,7 @@ def check_logits_fit(teacher: ForeignTeacher, *, num_train: int, num_test: int,
     num_classes: its classes.
     num_val: the images of its own validation split; None when it has none, and then
       val_logits have nothing to label.
+    dataset_name: the data set, as the error names it (the recipe chose it, perhaps by default).
   """
   if teacher.logits is None:
     raise ValueError(f"{teacher.source} is a {teacher.kind} teacher, not logits")
@@ -148,4 +150,4 @@ def check_logits_fit(teacher: ForeignTeacher, *, num_train: int, num_test: int,
     differences.append(f"val_logits has {rows['val']:,} rows; the data set's validation images "
                        f"number {num_val:,}")
   if differences:
-    raise UserError(f"{teacher.source} does not fit the data: " + "; ".join(differences))
+    raise UserError(f"{teacher.source} does not fit {dataset_name}: " + "; ".join(differences))
