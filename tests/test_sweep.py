@@ -456,8 +456,9 @@ def _stopped_steps(stderr, out, name, started):
     assert 50 <= steps[run] < 3000
     assert sorted(p.name for p in (out / run / "checkpoints").iterdir()
                   if p.name.isdigit()) == [str(steps[run])]
-  # Run logs reach the disk late, so the first runs may both have finished (their workers
-  # waiting for work) by the time the test sees them train: then none was stopped.
+  # Each run trains for about a second after compiling, and the loop writes its log lines a
+  # few dispatches behind: on a loaded machine both first runs may have finished (their workers
+  # waiting for work) by the time the test sees a line, and then none was stopped.
   stopped, not_started = len(steps), 4 - len(started)
   said = [f"{stopped} run{'s' if stopped > 1 else ''} in training saved a checkpoint"] * bool(
       stopped)
