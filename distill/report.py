@@ -69,8 +69,9 @@ def collect_runs(run_dirs: list[Path]) -> tuple[list[dict[str, Any]], list[str]]
 _TEXT_COLUMNS = ("run", "role", "model", "loss", "teaching", "method", "soft_loss")
 # A student's distillation settings: meaningless for teachers and hard-label baselines.
 _TEACHING_KEYS = ("teaching", "method", "soft_loss", "temperature", "alpha", "mixup")
-# Columns shown only when some run has a value in them (the soft loss: other than soft_ce).
-_OPTIONAL_COLUMNS = ("labels_used", "mixup", "soft_loss")
+# Columns shown only when some run has a value in them other than the one every run would
+# have without the option (none; for the soft loss, soft cross-entropy).
+_OPTIONAL_COLUMNS = {"labels_used": None, "mixup": None, "soft_loss": "soft_ce"}
 
 
 def _row_value(row: dict[str, Any], key: str) -> Any:
@@ -114,13 +115,8 @@ def markdown_table(header: list[str], body: list[list[str]]) -> str:
 def shown_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
   """COLUMNS, less the labels column when every run had every label, the mixup column when
   no run mixed, and the soft loss when every student used soft cross-entropy."""
-  def shown(key):
-    values = [_row_value(row, key) for row in rows]
-    if key == "soft_loss":
-      return "kl" in values
-    return key not in _OPTIONAL_COLUMNS or any(value is not None for value in values)
-
-  return [(key, title) for key, title in COLUMNS if shown(key)]
+  return [(key, title) for key, title in COLUMNS if key not in _OPTIONAL_COLUMNS
+          or any(_row_value(row, key) not in (None, _OPTIONAL_COLUMNS[key]) for row in rows)]
 
 
 def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:

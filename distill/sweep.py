@@ -504,7 +504,7 @@ def _checked_runs(runs: list[dict[str, Any]], teacher_dir: Path, out_dir: Path,
     try:
       run["recipe"] = workflow.student_recipe(teacher_dir, recipe, [*overrides, *axis_overrides])
     except UserError as e:
-      raise UserError(f"{run['name']}: {e}", exit_code=e.exit_code) from None
+      raise _named(run, e) from None
     run["state"] = _finished_state(run["dir"], config_lib.recipe_hash(run["recipe"], "student"),
                                    teacher_sha)
   clashes = [run for run in runs if run["state"].startswith("other")]
@@ -593,11 +593,11 @@ def _train_side_by_side(missing: list[dict[str, Any]], teacher_dir: Path, consol
         not_started += 1  # the sweep was stopped before a worker took the run up
         continue
       except BrokenProcessPool:
-        raise UserError(f"{run['name']}: a worker process died (out of memory?) while "
-                        "training; run the sweep again to resume, with fewer --jobs") from None
+        raise _named(run, UserError("a worker process died (out of memory?) while training; "
+                                    "run the sweep again to resume, with fewer --jobs")) from None
       except UserError as e:
         if pool.signal_name is None:
-          raise UserError(f"{run['name']}: {e}", exit_code=e.exit_code) from None
+          raise _named(run, e) from None
         # Stopped by the signal, as the loop says ("stopped by SIGTERM at step N; checkpoint
         # saved"); how to resume is said once, for the whole sweep.
         console.info(f"{run['label']}: {str(e).removesuffix(' ' + _RESUME)}")
@@ -625,7 +625,12 @@ def _naming(run: dict[str, Any]):
   try:
     yield
   except UserError as e:
-    raise UserError(f"{run['name']}: {e}", exit_code=e.exit_code) from None
+    raise _named(run, e) from None
+
+
+def _named(run: dict[str, Any], error: UserError) -> UserError:
+  """`error` with the name of the run it is about in front."""
+  return UserError(f"{run['name']}: {error}", exit_code=error.exit_code)
 
 
 def _trained(run: dict[str, Any], console: Console) -> None:
