@@ -88,12 +88,18 @@ def _absolute(path: str) -> str:
   return str(Path(path).expanduser().resolve())
 
 
-def _cli_overrides(role: str, dataset, data_dir, steps, batch_size, seed, model=None,
-                   loss=None) -> list[str]:
-  pairs = {"data.dataset": dataset, "data.data_dir": data_dir, f"{role}.steps": steps,
-           f"{role}.batch_size": batch_size, "seed": seed, f"{role}.model": model,
-           f"{role}.loss": loss}
-  return [f"{key}={value}" for key, value in pairs.items() if value is not None]
+def _training_flags(role: str, dataset, data_dir, steps, batch_size, seed,
+                    **more) -> dict[str, tuple[str, object]]:
+  """The common training options as `config.with_flags` takes them: flag -> (key, value).
+
+  `more`: a command's own flags, by option name (`model`, `loss`, ...), set `{role}.NAME`.
+  """
+  flags = {"--dataset": ("data.dataset", dataset), "--data-dir": ("data.data_dir", data_dir),
+           "--steps": (f"{role}.steps", steps), "--batch-size": (f"{role}.batch_size", batch_size),
+           "--seed": ("seed", seed)}
+  flags.update({f"--{name.replace('_', '-')}": (f"{role}.{name}", value)
+                for name, value in more.items()})
+  return flags
 
 
 def _option_of(command: click.Command, name: str) -> click.Option | None:
@@ -233,9 +239,10 @@ def teacher(recipe, overrides, dataset, data_dir, steps, batch_size, seed, resta
   start = time.perf_counter()
   from distill import workflow  # noqa: PLC0415
 
-  init = [] if init_from is None else [f"teacher.init_from={_absolute(init_from)}"]
-  resolved = config_lib.load_recipe(recipe or "fashion_mnist", [
-      *overrides, *_cli_overrides("teacher", dataset, data_dir, steps, batch_size, seed), *init])
+  init_from = None if init_from is None else _absolute(init_from)
+  resolved = config_lib.load_recipe(recipe or "fashion_mnist", config_lib.with_flags(
+      overrides, _training_flags("teacher", dataset, data_dir, steps, batch_size, seed,
+                                 init_from=init_from)))
   summary = workflow.train_teacher(resolved, Path(workdir), restart=restart, overwrite=overwrite,
                                    strict_init_check=strict_init_check, quiet=quiet,
                                    export=not no_export)
@@ -276,8 +283,8 @@ def import_teacher(source, recipe, overrides, dataset, data_dir, workdir, overwr
   from distill import workflow  # noqa: PLC0415
   from distill.imported import import_teacher as run_import  # noqa: PLC0415
 
-  resolved = config_lib.load_recipe(recipe or "fashion_mnist", [
-      *overrides, *_cli_overrides("teacher", dataset, data_dir, None, None, None)])
+  resolved = config_lib.load_recipe(recipe or "fashion_mnist", config_lib.with_flags(
+      overrides, _training_flags("teacher", dataset, data_dir, None, None, None)))
   summary = run_import(source, resolved, Path(workdir), overwrite=overwrite, quiet=quiet)
   _say(workflow.result_line(summary, Path(workdir), time.perf_counter() - start))
 
@@ -388,14 +395,12 @@ def student(recipe, overrides, dataset, data_dir, steps, batch_size, seed, resta
   from distill import workflow  # noqa: PLC0415
   from distill.console import Console  # noqa: PLC0415
 
-  extra = {"student.teaching": teaching, "student.temperature": temperature,
-           "student.alpha": alpha, "student.soft_loss": soft_loss, "student.mixup": mixup,
-           "student.method": method}
-  resolved = workflow.student_recipe(Path(teacher_dir), recipe, [
-      *overrides,
-      *_cli_overrides("student", dataset, data_dir, steps, batch_size, seed, model, loss),
-      *(f"{key}={value}" for key, value in extra.items() if value is not None)],
-      console=Console(quiet))
+  flags = _training_flags("student", dataset, data_dir, steps, batch_size, seed, model=model,
+                          loss=loss, teaching=teaching, temperature=temperature, alpha=alpha,
+                          soft_loss=soft_loss, mixup=mixup, method=method)
+  resolved = workflow.student_recipe(Path(teacher_dir), recipe,
+                                     config_lib.with_flags(overrides, flags),
+                                     console=Console(quiet))
   if workdir is None:
     student_settings = resolved["student"]
     suffix = ("-hard" if student_settings["loss"] == "hard" else
@@ -477,8 +482,8 @@ def bench(recipe, overrides, role, batch_size, steps, bare_steps, synthetic, as_
   """
   from distill import bench as bench_lib  # noqa: PLC0415
 
-  extra = [f"{role}.batch_size={batch_size}"] if batch_size is not None else []
-  resolved = config_lib.load_recipe(recipe, [*overrides, *extra])
+  resolved = config_lib.load_recipe(recipe, config_lib.with_flags(
+      overrides, {"--batch-size": (f"{role}.batch_size", batch_size)}))
   result = bench_lib.run_benchmark(resolved, role=role, steps=steps, bare_steps=bare_steps,
                                    synthetic=synthetic, quiet=quiet)
   result["recipe"] = recipe
@@ -551,11 +556,11 @@ def sweep(teacher_dir, out, models, modes, soft_losses, methods, seeds, recipe, 
   """
   from distill.sweep import run_sweep  # noqa: PLC0415
 
-  extra = [f"student.steps={steps}"] if steps is not None else []
   result = run_sweep(Path(teacher_dir), Path(out), models=models, modes=modes,
                      soft_losses=soft_losses, seeds=seeds, methods=methods, recipe=recipe,
-                     overrides=[*overrides, *extra], overwrite=overwrite, quiet=quiet,
-                     jobs=jobs)
+                     overrides=config_lib.with_flags(overrides,
+                                                     {"--steps": ("student.steps", steps)}),
+                     overwrite=overwrite, quiet=quiet, jobs=jobs)
   click.echo(result["table"])
   if result["paired_table"]:
     click.echo("\nPaired differences (per seed, p < 0.05 = beyond seed noise):\n"

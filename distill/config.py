@@ -15,7 +15,7 @@ import json
 import math
 import tomllib
 import types
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +247,52 @@ def parse_override(text: str) -> tuple[str, str]:
   return key.strip(), value.strip()
 
 
+def _default_of(dotted: str, where: str) -> Any:
+  """The default value of a dotted key (its type is the key's), or an unknown-key error."""
+  node: Any = DEFAULTS
+  for part in dotted.split("."):
+    if not isinstance(node, dict) or part not in node:
+      raise _unknown_key(dotted, where)
+    node = node[part]
+  if isinstance(node, dict):
+    raise _unknown_key(dotted, where)
+  return node
+
+
+def with_flags(overrides: Sequence[str], flags: Mapping[str, tuple[str, Any]]) -> list[str]:
+  """`--set` overrides, then the ones a command's own flags give, refusing a disagreement.
+
+  Args:
+    overrides: the `--set key=value` strings, in the order given.
+    flags: flag spelling -> (the recipe key it sets, its value or None when not
+      given), e.g. {"--steps": ("student.steps", 50)}.
+
+  Returns:
+    The overrides to apply: `overrides`, then one `key=value` per flag given.
+
+  A flag and a `--set` of the same key with different values (`--steps 50
+  --set student.steps=80`) are refused: either one winning would train
+  another run than the other asks for, without a word.
+  """
+  combined = list(overrides)
+  set_values = dict(parse_override(text) for text in overrides)  # the last --set of a key counts
+  for flag, (key, value) in flags.items():
+    if value is None:
+      continue
+    if key in set_values:
+      default = _default_of(key, "--set")
+      given = [_coerce(set_values[key], default, key, "--set"),
+               _coerce(str(value), default, key, flag)]
+      if tuple(key.split(".")) in PATH_KEYS:  # ./data and data are one folder
+        given = [Path(path).expanduser().resolve() for path in given]
+      same = given[0] == given[1]
+      if not same:
+        raise UserError(f"{flag} {value} and --set {key}={set_values[key]} disagree; "
+                        f"give one of them")
+    combined.append(f"{key}={value}")
+  return combined
+
+
 def load_recipe(recipe: str | None = None,
                 overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
   """Builds the resolved recipe: defaults, then the recipe file, then overrides.
@@ -332,8 +378,17 @@ def set_key(recipe: dict[str, Any], dotted: str, value: Any, where: str = "--set
   node[last] = _coerce(value, default[last], dotted, where)
 
 
-def validate(recipe: dict[str, Any]) -> None:
-  """Checks value ranges that types alone cannot express."""
+def _one_of(dotted: str, value: str, valid: Sequence[str]) -> None:
+  if value not in valid:
+    raise UserError(f"{dotted} must be one of {', '.join(valid)}, got '{value}'")
+
+
+def _validate_names(recipe: dict[str, Any]) -> None:
+  """Checks the keys whose value is one of a set of names (data set, model, method...).
+
+  Each such key is valid or not on its own, whatever the rest of the recipe
+  says, so `check_overrides` can run these checks before a recipe is read.
+  """
   from distill.data import dataset_names  # noqa: PLC0415
   from distill.models import model_names  # noqa: PLC0415 (keeps --help fast)
 
@@ -341,17 +396,40 @@ def validate(recipe: dict[str, Any]) -> None:
   names = [*dataset_names(), "stream"]
   if recipe["data"]["dataset"] not in names:
     raise UserError(f"unknown dataset '{recipe['data']['dataset']}'; valid: {', '.join(names)}")
-  if recipe["augment"]["crop"] not in CROP_MODES:
-    raise UserError(f"augment.crop must be one of {', '.join(CROP_MODES)}, "
-                    f"got '{recipe['augment']['crop']}'")
-  if recipe["student"]["loss"] not in STUDENT_LOSSES:
-    raise UserError(f"student.loss must be one of {', '.join(STUDENT_LOSSES)}, "
-                    f"got '{recipe['student']['loss']}'")
+  _one_of("augment.crop", recipe["augment"]["crop"], CROP_MODES)
+  for role in ("teacher", "student"):
+    if recipe[role]["model"] not in model_names():
+      raise UserError(f"unknown model '{recipe[role]['model']}' for {role}; "
+                      f"valid: {', '.join(model_names())}")
+    _one_of(f"{role}.compute_dtype", recipe[role]["compute_dtype"], COMPUTE_DTYPES)
+  student = recipe["student"]
+  for key, valid in (("loss", STUDENT_LOSSES), ("teaching", TEACHING_MODES),
+                     ("soft_loss", SOFT_LOSSES), ("method", METHODS)):
+    _one_of(f"student.{key}", student[key], valid)
+  _one_of("student.token.variant", student["token"]["variant"], TOKEN_VARIANTS)
+  _one_of("student.hint.kind", student["hint"]["kind"], HINT_KINDS)
+
+
+def check_overrides(overrides: Sequence[str]) -> None:
+  """Refuses `key=value` overrides that no recipe could accept, before any recipe is read.
+
+  An unknown key, a value of the wrong type or a name that is not among the
+  valid ones (`--model nope`) is an error whatever recipe the overrides go
+  over, so a command says so before it looks for the files the recipe needs
+  (a student's teacher run).
+  """
+  recipe = copy.deepcopy(DEFAULTS)
+  for text in overrides:
+    key, value = parse_override(text)
+    set_key(recipe, key, value, where="--set")
+  _validate_names(recipe)
+
+
+def validate(recipe: dict[str, Any]) -> None:
+  """Checks names (`_validate_names`), then value ranges and combinations that types cannot."""
+  _validate_names(recipe)
   for role in ("teacher", "student"):
     section = recipe[role]
-    if section["model"] not in model_names():
-      raise UserError(f"unknown model '{section['model']}' for {role}; "
-                      f"valid: {', '.join(model_names())}")
     for key in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
                 "steps_per_dispatch", "eval_batch_size"):
       if section[key] <= 0:
@@ -364,9 +442,6 @@ def validate(recipe: dict[str, Any]) -> None:
                       f"got {section['checkpoint_min_seconds']}")
     if section["warmup_steps"] < 0 or section["weight_decay"] < 0 or section["grad_clip"] < 0:
       raise UserError(f"{role}.warmup_steps, weight_decay and grad_clip must not be negative")
-    if section["compute_dtype"] not in COMPUTE_DTYPES:
-      raise UserError(f"{role}.compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, "
-                      f"got '{section['compute_dtype']}'")
     if not 0.0 <= section["label_smoothing"] < 1.0:
       raise UserError(f"{role}.label_smoothing must be in [0, 1), got {section['label_smoothing']}")
   _validate_distillation(recipe["student"])
@@ -382,12 +457,6 @@ def validate(recipe: dict[str, Any]) -> None:
 
 def _validate_distillation(student: dict[str, Any]) -> None:
   """Checks the student's distillation settings, naming the valid values."""
-  if student["teaching"] not in TEACHING_MODES:
-    raise UserError(f"student.teaching must be one of {', '.join(TEACHING_MODES)}, "
-                    f"got '{student['teaching']}'")
-  if student["soft_loss"] not in SOFT_LOSSES:
-    raise UserError(f"student.soft_loss must be one of {', '.join(SOFT_LOSSES)}, "
-                    f"got '{student['soft_loss']}'")
   if not (student["temperature"] > 0 and math.isfinite(student["temperature"])):
     raise UserError(f"student.temperature must be a positive number, got {student['temperature']}")
   if not 0.0 <= student["alpha"] <= 1.0:
@@ -408,16 +477,11 @@ def _validate_distillation(student: dict[str, Any]) -> None:
 def _validate_method(student: dict[str, Any]) -> None:
   """Checks the distillation method and its own table; combinations that cannot work."""
   method = student["method"]
-  if method not in METHODS:
-    raise UserError(f"student.method must be one of {', '.join(METHODS)}, got '{method}'")
   if student["loss"] == "hard" or method == "kd":
     return
   if method == "token" and student["model"] != "vit":
     raise UserError(f"student.method=token needs a ViT student (a distillation token sits "
                     f"beside its class token); the student is '{student['model']}'")
-  if method == "token" and student["token"]["variant"] not in TOKEN_VARIANTS:
-    raise UserError(f"student.token.variant must be one of {', '.join(TOKEN_VARIANTS)}, "
-                    f"got '{student['token']['variant']}'")
   if method == "hint":
     if student["teaching"] != METHOD_TEACHING["hint"]:
       raise UserError(f"student.method=hint needs teaching=online: the student matches the "
@@ -426,9 +490,6 @@ def _validate_method(student: dict[str, Any]) -> None:
     if student["model"] == "linear":
       raise UserError("student.method=hint needs a student with an inner layer (vit, cnn or "
                       "mlp); 'linear' has none")
-    if student["hint"]["kind"] not in HINT_KINDS:
-      raise UserError(f"student.hint.kind must be one of {', '.join(HINT_KINDS)}, "
-                      f"got '{student['hint']['kind']}'")
   for key, value in student.get(method, {}).items():
     if isinstance(value, float) and not (value >= 0 and math.isfinite(value)):
       raise UserError(f"student.{method}.{key} must be 0 or positive, got {value}")

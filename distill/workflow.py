@@ -579,14 +579,20 @@ def read_run_recipe(run_dir: Path) -> dict[str, Any]:
 
 
 def student_recipe(teacher_dir: Path, recipe_path: str | None, overrides: list[str],
-                   console: Console | None = None) -> dict[str, Any]:
+                   console: Console | None = None, *,
+                   for_hard_labels_too: bool = False) -> dict[str, Any]:
   """The recipe a student starts from: the teacher's own, unless another is given.
 
   Starting from the teacher's resolved recipe keeps the data settings (and so
   the split the targets were made on) identical by default. `teacher.*`
   overrides are accepted (one set of flags can serve both commands) but change
   nothing: the teacher is the run in `teacher_dir`; `console` says so.
+  Distillation settings given to a hard-label student (`--loss hard -T 4`)
+  are refused, since it learns from labels alone, unless
+  `for_hard_labels_too`: a sweep gives one set of overrides to its soft and
+  hard runs alike.
   """
+  config_lib.check_overrides(overrides)  # `--model nope` is named before a missing teacher
   rundir.check_teacher_folder(teacher_dir)
   ignored = [text.partition("=")[0] for text in overrides if text.startswith("teacher.")]
   if ignored and console is not None:
@@ -601,8 +607,30 @@ def student_recipe(teacher_dir: Path, recipe_path: str | None, overrides: list[s
       config_lib.set_key(recipe, key, value)
     config_lib.absolute_paths(recipe)
     config_lib.validate(recipe)
+  if recipe["student"]["loss"] == "hard" and not for_hard_labels_too:
+    _refuse_unused_by_hard_labels(overrides)
   _check_hint_layers(recipe, teacher_dir)
   return recipe
+
+
+# The student keys that only a student taught by its teacher reads.
+_DISTILLATION_KEYS = ("teaching", "temperature", "alpha", "soft_loss", "mixup", "method",
+                      *config_lib.METHODS)
+
+
+def _refuse_unused_by_hard_labels(overrides: list[str]) -> None:
+  """Refuses an override of a distillation setting for a student on hard labels.
+
+  Such a student learns from one-hot labels, without its teacher, so the
+  setting would change nothing and the run would not be the one asked for.
+  """
+  for text in overrides:
+    key, value = config_lib.parse_override(text)
+    role, _, rest = key.partition(".")
+    if role == "student" and rest.split(".")[0] in _DISTILLATION_KEYS:
+      raise UserError(f"{key}={value} changes nothing for a student on hard labels "
+                      f"(student.loss=hard learns from one-hot labels, not from its teacher): "
+                      f"drop it, or train with the soft loss")
 
 
 def _check_hint_layers(recipe: dict[str, Any], teacher_dir: Path) -> None:

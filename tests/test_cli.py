@@ -99,6 +99,40 @@ def test_teacher_settings_given_to_a_student_are_noted_as_unused(teacher_dir, ca
   assert capsys.readouterr().err == ""
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--loss", "hard", "-T", "4"], "student.temperature=4.0 changes nothing for a student on "
+                                    "hard labels"),
+    (["--loss", "hard", "--alpha", "0.5"], "student.alpha=0.5 changes nothing"),
+    (["--loss", "hard", "--set", "student.dkd.beta=2"], "student.dkd.beta=2 changes nothing"),
+    (["--steps", "5", "--set", "student.steps=8"], "--steps 5 and --set student.steps=8 "
+                                                   "disagree"),
+])
+def test_a_student_refuses_settings_it_would_ignore(teacher_dir, tmp_path, args, message):
+  result = run_cli("student", "--teacher", teacher_dir, "--workdir", tmp_path / "s", *args)
+  assert result.exit_code == 2, result.output
+  assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+  assert not (tmp_path / "s").exists()
+
+
+def test_a_sweeps_hard_runs_take_the_distillation_settings_of_its_soft_runs(teacher_dir,
+                                                                            tmp_path):
+  """A sweep's overrides serve its soft and hard runs alike: there they are not refused."""
+  result = run_cli("sweep", "--teacher", teacher_dir, "--out", tmp_path, "--model", "linear",
+                   "--mode", "hard", "--mode", "targets", "--seed", "0", "--steps", "5",
+                   "--set", "student.temperature=3", "-q")
+  assert result.exit_code == 0, result.output
+  taught = json.loads((tmp_path / "linear-targets-s0" / "summary.json").read_text())
+  assert taught["temperature"] == 3.0
+  assert (tmp_path / "linear-hard-s0" / "summary.json").is_file()
+
+
+def test_a_bad_model_name_is_named_before_a_missing_teacher(tmp_path):
+  result = run_cli("student", "--teacher", tmp_path / "none", "--model", "nope")
+  assert result.exit_code == 2
+  assert result.stderr.strip() == ("error: unknown model 'nope' for student; "
+                                   "valid: cnn, linear, mlp, vit")
+
+
 def test_finished_run_is_not_overwritten(teacher_dir):
   before = (teacher_dir / "summary.json").read_text()
   result = run_cli("teacher", "--recipe", "digits", "--workdir", teacher_dir, *TINY_FLAGS)

@@ -44,6 +44,48 @@ def test_bad_overrides_name_the_problem(override, words):
     assert word in str(error.value)
 
 
+def test_a_flag_and_a_set_of_one_key_must_agree():
+  flags = {"--steps": ("student.steps", 50), "--seed": ("seed", None)}
+  assert config.with_flags(["teacher.steps=3"], flags) == ["teacher.steps=3", "student.steps=50"]
+  # The same value spelled two ways, and the same folder, are no disagreement.
+  assert config.with_flags(["student.steps=50"], flags)[-1] == "student.steps=50"
+  assert config.with_flags(["student.temperature=4"],
+                           {"--temperature": ("student.temperature", 4.0)})
+  assert config.with_flags(["data.data_dir=./data/x"], {"--data-dir": ("data.data_dir", "data/x")})
+  with pytest.raises(UserError, match=r"^--steps 50 and --set student.steps=80 disagree; "
+                                      r"give one of them$"):
+    config.with_flags(["student.steps=80"], flags)
+  # Of several --set of one key the last counts, as when they are applied.
+  with pytest.raises(UserError, match="--set student.steps=80 disagree"):
+    config.with_flags(["student.steps=50", "student.steps=80"], flags)
+  with pytest.raises(UserError, match="unknown recipe key 'student.stepz'"):
+    config.with_flags(["student.stepz=80"], {"--steps": ("student.stepz", 50)})
+
+
+@pytest.mark.parametrize("override, words", [
+    ("student.model=nope", ["unknown model 'nope' for student", "cnn"]),
+    ("student.method=fitnet", ["student.method must be one of kd, dkd"]),
+    ("student.hint.kind=l1", ["student.hint.kind must be one of mse, cosine, got 'l1'"]),
+    ("student.token.variant=x", ["student.token.variant must be one of hard, soft"]),
+    ("teacher.compute_dtype=float16", ["teacher.compute_dtype must be one of"]),
+    ("student.stepz=3", ["unknown recipe key 'student.stepz'"]),
+    ("student.steps=many", ["must be int"]),
+])
+def test_overrides_no_recipe_could_take_are_refused_before_one_is_read(override, words):
+  with pytest.raises(UserError) as error:
+    config.check_overrides([override])
+  for word in words:
+    assert word in str(error.value)
+  with pytest.raises(UserError) as loaded:  # the same words when a recipe is loaded
+    config.load_recipe("digits", [override])
+  assert str(loaded.value) == str(error.value)
+
+
+def test_overrides_valid_only_beside_others_wait_for_the_recipe():
+  # mixup needs online teaching, which the teacher's recipe (not the defaults) may choose.
+  config.check_overrides(["student.mixup=0.4", "student.steps=0"])
+
+
 def test_unknown_key_in_file(tmp_path):
   path = tmp_path / "r.toml"
   path.write_text("[teacher]\nlearning_rat = 1.0\n")
