@@ -41,9 +41,9 @@ def _user_errors(command):
       return command(*args, **kwargs)
     except UserError as e:
       _fail(e)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
       click.secho("interrupted", err=True, fg="red")
-      sys.exit(130)
+      sys.exit(interrupts.exit_status(interrupts.interrupted_by(e)))
 
   return wrapper
 

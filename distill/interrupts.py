@@ -8,11 +8,15 @@ Python's behaviour (KeyboardInterrupt at once) and also remembers the signal;
 where the exception would be dropped it is not raised at all. A training loop
 that starts after such a signal takes it (`take()`) and stops at its first
 dispatch with a checkpoint, as if Ctrl-C came then.
+
+A command a stop signal ends exits with that signal's status (`exit_status`):
+130 after SIGINT, 143 after SIGTERM.
 """
 
 from __future__ import annotations
 
 import signal
+from typing import NoReturn
 
 _pending: str | None = None
 # Functions in which Python drops a raised exception, printing a traceback that only alarms:
@@ -62,3 +66,29 @@ def take() -> str | None:
   global _pending
   name, _pending = _pending, None
   return name
+
+
+def exit_status(signal_name: str) -> int:
+  """The exit status of a command that the signal `signal_name` ('SIGTERM') stopped.
+
+  128 + the signal's number, as shells and batch systems report a process a
+  signal ended (130 for SIGINT, 143 for SIGTERM): a script or a scheduler tells
+  a cancel from a Ctrl-C, and either from an error (2), even though the run
+  stopped cleanly at a checkpoint.
+  """
+  return 128 + signal.Signals[signal_name].value
+
+
+def stop_at_once(signum: int) -> NoReturn:
+  """Raises KeyboardInterrupt for a second stop signal (a handler's body), naming the signal.
+
+  A plain KeyboardInterrupt says nothing of the signal behind it; the name
+  lets the command exit with that signal's status (`interrupted_by`).
+  """
+  raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def interrupted_by(error: KeyboardInterrupt) -> str:
+  """The stop signal behind `error`: the one `stop_at_once` named, else SIGINT (Python's own)."""
+  name = error.args[0] if error.args else None
+  return name if name in signal.Signals.__members__ else "SIGINT"

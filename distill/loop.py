@@ -131,7 +131,8 @@ def fit(*, model: nnx.Module, images, labels: np.ndarray, val_images, val_labels
         if stopping and step < run.total_steps:
           raise UserError(
               f"stopped by {stop.signal_name} at step {step}; checkpoint saved. "
-              "Run the same command again to resume.", exit_code=130)
+              "Run the same command again to resume.",
+              exit_code=interrupts.exit_status(stop.signal_name))
     finished = True
   finally:
     run.close(final_write if finished else None)
@@ -471,7 +472,7 @@ class _StopFlag:
 
   def _handle(self, signum, frame):
     if self.signal_name is not None:
-      raise KeyboardInterrupt
+      interrupts.stop_at_once(signum)
     self._signal_name = signal.Signals(signum).name
 
   def __exit__(self, *exc):

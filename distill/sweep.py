@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from distill import config as config_lib
-from distill import rundir, stats
+from distill import interrupts, rundir, stats
 from distill.console import Console
 from distill.errors import UserError
 from distill.io import read_json, write_json, write_text
@@ -612,7 +612,8 @@ def _train_side_by_side(missing: list[dict[str, Any]], teacher_dir: Path, consol
     if not_started:
       parts.append(f"{not_started if stopped else _runs(not_started)} did not start")
     what = ", ".join(parts) or "every run had finished"
-    raise UserError(f"stopped by {pool.signal_name}: {what}. {_RESUME}", exit_code=130)
+    raise UserError(f"stopped by {pool.signal_name}: {what}. {_RESUME}",
+                    exit_code=interrupts.exit_status(pool.signal_name))
 
 
 def _runs(count: int) -> str:

@@ -214,7 +214,7 @@ class Pool:
     self._state[_SIGNUM] = signum
     self._state[_SIGNALS] += 1  # after the number: a worker reads the count, then the number
     if self.signal_name is not None:
-      raise KeyboardInterrupt
+      interrupts.stop_at_once(signum)
     self.signal_name = signal.Signals(signum).name
 
 

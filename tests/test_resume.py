@@ -131,7 +131,7 @@ def test_resume_with_another_recipe_is_refused(tmp_path, monkeypatch):
   args = _cli_args("teacher", tmp_path)
   with monkeypatch.context() as patch:
     _sigterm_while_logging(patch, at_step=15)
-    assert run_cli(*args).exit_code == 130
+    assert run_cli(*args).exit_code == 143
   changed = [*args, "--set", "teacher.learning_rate=0.5"]
   refused = run_cli(*changed)
   assert refused.exit_code == 2, refused.output
@@ -189,7 +189,9 @@ def _stopped_step(message):
 BETWEEN_CHECKPOINTS = ["teacher.steps=4000", "teacher.checkpoint_every=1000"]
 
 
-def test_sigterm_saves_the_stopped_step_and_exits_130(tmp_path):
+def test_sigterm_saves_the_stopped_step_and_exits_143(tmp_path):
+  """A batch system's cancel: the run stops at a checkpoint and exits 128 + SIGTERM's 15, as a
+  process SIGTERM ended, so the scheduler tells it from a Ctrl-C (130) or an error (2)."""
   workdir = tmp_path / "teacher"
   args = _command("teacher", workdir) + set_flags(BETWEEN_CHECKPOINTS)
   process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -198,7 +200,7 @@ def test_sigterm_saves_the_stopped_step_and_exits_130(tmp_path):
     time.sleep(0.01)
   process.send_signal(signal.SIGTERM)
   _, stderr = process.communicate(timeout=120)
-  assert process.returncode == 130, stderr
+  assert process.returncode == 143, stderr
   assert _checkpoint_steps(workdir) == [_stopped_step(stderr)]
 
 
@@ -219,7 +221,7 @@ def test_a_signal_handled_while_logging_still_saves_before_stopping(tmp_path, mo
   subprocess test above can only hit by chance, made certain here."""
   _sigterm_while_logging(monkeypatch, at_step=15)
   result = run_cli(*_cli_args("teacher", tmp_path), *set_flags(BETWEEN_CHECKPOINTS))
-  assert result.exit_code == 130, result.output
+  assert result.exit_code == 143, result.output
   assert _checkpoint_steps(tmp_path) == [_stopped_step(result.stderr)]
 
 
@@ -230,7 +232,7 @@ def test_a_resumed_run_reports_the_training_time_of_every_stretch(tmp_path, monk
   with monkeypatch.context() as patch:
     _sigterm_while_logging(patch, at_step=30)
     stopped = run_cli(*args)
-  assert stopped.exit_code == 130, stopped.output
+  assert stopped.exit_code == 143, stopped.output
   stopped_step = _stopped_step(stopped.stderr)
   checkpointer = Checkpointer(tmp_path)
   seconds_before_stop = checkpointer.restore_meta(stopped_step)["train_seconds"]
@@ -281,6 +283,6 @@ def test_a_stop_signal_saves_whatever_the_checkpoint_floor(tmp_path, monkeypatch
   _sigterm_while_logging(monkeypatch, at_step=15)
   result = run_cli(*_cli_args("teacher", tmp_path),
                    *set_flags(["teacher.checkpoint_min_seconds=3600"]))
-  assert result.exit_code == 130, result.output
+  assert result.exit_code == 143, result.output
   stopped_step = _stopped_step(result.stderr)
   assert stopped_step < 40 and _checkpoint_steps(tmp_path) == [stopped_step]

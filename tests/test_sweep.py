@@ -15,7 +15,7 @@ from conftest import copy_runs, logged, process_env, run_cli, set_flags
 from scipy import stats as scipy_stats
 from test_workers import children, running, wait_until
 
-from distill import report, workers, workflow
+from distill import loop, report, workers, workflow
 from distill.sweep import (
   aggregate,
   format_paired,
@@ -395,6 +395,26 @@ def test_jobs_train_the_runs_in_worker_processes_one_core_each(swept, tmp_path):
   assert "at a time" not in again.stderr
 
 
+def test_sigterm_stops_a_sweep_of_one_run_at_a_time_with_sigterms_status(
+    tiny_digits_runs, tmp_path, monkeypatch):
+  """The loop's stop, named by the sweep, keeps the loop's exit status (143: SIGTERM's)."""
+  root = copy_runs(tiny_digits_runs, tmp_path, teacher="teacher")
+  summarise = loop._summarise
+
+  def summarise_then_signal(window, step):  # the loop gets SIGTERM in its first log step
+    if step == 5:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return summarise(window, step)
+
+  monkeypatch.setattr(loop, "_summarise", summarise_then_signal)
+  result = run_cli("sweep", "--teacher", root / "teacher", "--out", root / "sweep", "--model",
+                   "linear", "--mode", "hard", "--seed", "0", "--steps", "40", "-q",
+                   *set_flags(["student.log_every=5", "student.steps_per_dispatch=5"]))
+  assert result.exit_code == 143, result.output
+  assert re.search(r"linear-hard-s0: stopped by SIGTERM at step \d+; checkpoint saved",
+                   result.stderr), result.stderr
+
+
 # 2 runs at a time, each training for about 3 s (as the tests compile it): 3,000 steps of 256
 # images, one a dispatch, logged every 50 steps, checkpointed only at the end or at a stop. Four
 # seeds of one mode: the first two runs are the same program, so they start together (two modes
@@ -480,10 +500,11 @@ needs_two_cores_and_proc = pytest.mark.skipif(
 def test_sigterm_stops_a_parallel_sweep_at_checkpoints_and_the_same_command_resumes(
     tiny_digits_runs, tmp_path):
   """As `kill` or a job scheduler stops it: the runs in training save a checkpoint, none
-  starts after, no worker is left, and the exit status is a single run's (130)."""
+  starts after, no worker is left, and the exit status is a single run's (143: 128 + SIGTERM's
+  15, as a process SIGTERM ended)."""
   root = copy_runs(tiny_digits_runs, tmp_path, teacher="teacher")
   status, stderr, out, started = _stop_a_sweep(root, lambda pid: os.kill(pid, signal.SIGTERM))
-  assert status == 130, stderr
+  assert status == 143, stderr
   steps = _stopped_steps(stderr, out, "SIGTERM", started)
   resumed = run_cli("sweep", "--teacher", root / "teacher", "--out", out, "-q", *STOPPED)
   assert resumed.exit_code == 0, resumed.output
