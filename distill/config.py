@@ -575,6 +575,28 @@ def recipe_hash(recipe: dict[str, Any], role: str) -> str:
   not train are left out, so editing `student.vit.*` leaves a CNN student's
   hash (and so its checkpoints and sweep runs) alone.
   """
+  canonical = json.dumps(_read_by(recipe, role), sort_keys=True, separators=(",", ":"))
+  return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def recipe_differences(old: dict[str, Any], new: dict[str, Any], role: str) -> list[str]:
+  """What a `role` run reads that differs between two recipes, as 'key: old -> new' lines.
+
+  The keys `recipe_hash` covers, so two recipes of one hash have none.
+  """
+  def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+      return {prefix: node}
+    return {key: value for name, child in node.items()
+            for key, value in flat(child, f"{prefix}.{name}" if prefix else name).items()}
+
+  before, after = flat(_read_by(old, role)), flat(_read_by(new, role))
+  return [f"{key}: {json.dumps(before.get(key))} -> {json.dumps(after.get(key))}"
+          for key in sorted(before.keys() | after.keys()) if before.get(key) != after.get(key)]
+
+
+def _read_by(recipe: dict[str, Any], role: str) -> dict[str, Any]:
+  """The part of a resolved recipe that a `role` run reads (`recipe_hash`'s input)."""
   section = recipe[role]
   read = {key: value for key, value in recipe.items() if key not in ("teacher", "student")}
   # When periodic checkpoints are saved changes no number the run computes.
@@ -591,8 +613,7 @@ def recipe_hash(recipe: dict[str, Any], role: str) -> str:
                   if key not in _METHOD_DEFAULTS or key == method}
     if method == "kd":
       read[role].pop("method")
-  canonical = json.dumps(read, sort_keys=True, separators=(",", ":"))
-  return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+  return read
 
 
 def merge_resolved(recipe: dict[str, Any], other: dict[str, Any], where: str) -> None:

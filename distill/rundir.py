@@ -240,6 +240,13 @@ def check_workdir(workdir: Path) -> None:
     raise UserError(f"cannot write to workdir {workdir}: {ancestor} is read-only")
 
 
+def check_not_finished(workdir: Path, *, overwrite: bool) -> None:
+  """Refuses a workdir that holds a finished run, unless `overwrite` replaces it."""
+  if (Path(workdir) / SUMMARY_FILE).exists() and not overwrite:
+    raise UserError(f"{workdir} already holds a finished run; pass --overwrite to replace it, "
+                    "or choose another --workdir")
+
+
 def prepare_workdir(workdir: Path, *, restart: bool, overwrite: bool) -> None:
   """Decides what happens to an existing run directory, before anything is written.
 
@@ -252,9 +259,7 @@ def prepare_workdir(workdir: Path, *, restart: bool, overwrite: bool) -> None:
 
   workdir = Path(workdir)
   finished = (workdir / SUMMARY_FILE).exists()
-  if finished and not overwrite:
-    raise UserError(f"{workdir} already holds a finished run; pass --overwrite to replace it, "
-                    "or choose another --workdir")
+  check_not_finished(workdir, overwrite=overwrite)
   # Every process decides the same; one clears and probes, the others wait for it.
   parallel.sync("workdir checked")
   if is_primary_process():

@@ -283,6 +283,7 @@ def train_teacher(recipe: dict[str, Any], workdir: Path, *, restart: bool = Fals
   workdir = Path(workdir)
   start = time.perf_counter()
   check_workdir(workdir)
+  check_existing_run(workdir, recipe, "teacher", restart=restart, overwrite=overwrite)
   dataset = load_fitting_data(recipe, "teacher", console)
   settings = config_lib.TrainSettings.of(recipe, "teacher")
   console.info(dataset.describe())
@@ -300,6 +301,33 @@ def train_teacher(recipe: dict[str, Any], workdir: Path, *, restart: bool = Fals
                    test_logits=test["logits"], quiet=quiet, console=console)
   write_json(workdir / SUMMARY_FILE, summary)
   return summary
+
+
+def check_existing_run(workdir: Path, recipe: dict[str, Any], role: str, *, restart: bool,
+                       overwrite: bool) -> None:
+  """Refuses a workdir's earlier run that this command may not take up, before data is loaded.
+
+  A finished run needs `overwrite`. An unfinished one resumes only with the
+  recipe it started with (its recipe.json; the loop checks its checkpoint
+  too): otherwise the error names the keys that differ, unless `restart`
+  discards the run.
+  """
+  rundir.check_not_finished(workdir, overwrite=overwrite)
+  saved_path, checkpoints = workdir / RECIPE_FILE, workdir / rundir.CHECKPOINTS_DIR
+  # Orbax names a finished checkpoint by its step alone; without one there is nothing to resume.
+  resumable = checkpoints.is_dir() and any(path.name.isdigit() for path in checkpoints.iterdir())
+  if restart or (workdir / SUMMARY_FILE).exists() or not resumable or not saved_path.is_file():
+    return
+  saved = read_json(saved_path, "run recipe")
+  saved.pop("teacher_dir", None)
+  try:
+    changed = config_lib.recipe_differences(saved, recipe, role)
+  except (KeyError, TypeError):  # a recipe.json of another layout: the loop's check decides
+    return
+  if changed:
+    shown = "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
+    raise UserError(f"{workdir} holds an unfinished run with a different recipe ({shown}); "
+                    "re-run with --restart to start over, or use another --workdir")
 
 
 def _duration(seconds: float) -> str:
@@ -520,6 +548,7 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
   teacher_dir, workdir = Path(teacher_dir), Path(workdir)
   start = time.perf_counter()
   check_workdir(workdir)
+  check_existing_run(workdir, recipe, "student", restart=restart, overwrite=overwrite)
   settings = config_lib.DistillSettings.of(recipe)
   rundir.check_teacher_folder(teacher_dir,
                               needs="model" if settings.teaching == "online" else "targets")

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from conftest import run_cli
 
 from distill import rundir
@@ -39,3 +40,43 @@ def test_compare_describes_one_teacher_exported_elsewhere(tmp_path, tiny_digits_
   assert (f"teacher-T3 is a folder of exported targets of one teacher ({teacher.resolve()}) "
           "at T=3, with no run of its own") in result.output
   assert "ensemble" not in result.output
+
+
+def _unfinished_run(path, recipe, steps=(15,)):
+  """A folder a stopped run leaves: its recipe.json and checkpoints named by their steps."""
+  (path / rundir.CHECKPOINTS_DIR).mkdir(parents=True)
+  for step in steps:
+    (path / rundir.CHECKPOINTS_DIR / str(step)).mkdir()
+  (path / rundir.RECIPE_FILE).write_text(json.dumps(recipe))
+  return path
+
+
+def test_an_unfinished_run_of_another_recipe_is_refused_naming_what_differs(tmp_path):
+  """Checked before the data loads, from the run's recipe.json, which the refusal leaves alone."""
+  from distill import config, workflow  # noqa: PLC0415
+  from distill.errors import UserError  # noqa: PLC0415
+
+  started = config.load_recipe("digits")
+  run = _unfinished_run(tmp_path / "run", started)
+  saved = (run / rundir.RECIPE_FILE).read_text()
+  changed = config.load_recipe("digits", ["teacher.learning_rate=0.5", "seed=3",
+                                          "student.steps=7"])
+  with pytest.raises(UserError) as error:
+    workflow.check_existing_run(run, changed, "teacher", restart=False, overwrite=False)
+  assert str(error.value) == (
+      f"{run} holds an unfinished run with a different recipe (seed: 0 -> 3; "
+      "teacher.learning_rate: 0.002 -> 0.5); re-run with --restart to start over, or use "
+      "another --workdir")  # student.steps is no teacher's business
+  assert (run / rundir.RECIPE_FILE).read_text() == saved
+  many = config.load_recipe("digits", [f"teacher.{key}={value}" for key, value in (
+      ("steps", 9), ("batch_size", 8), ("warmup_steps", 1), ("log_every", 3))])
+  with pytest.raises(UserError, match=r"teacher.steps: 1500 -> 9; and 1 more\)"):
+    workflow.check_existing_run(run, many, "teacher", restart=False, overwrite=False)
+  # Resumed with its own recipe, restarted, or with no checkpoint to resume: no refusal.
+  workflow.check_existing_run(run, started, "teacher", restart=False, overwrite=False)
+  workflow.check_existing_run(run, changed, "teacher", restart=True, overwrite=False)
+  unsaved = _unfinished_run(tmp_path / "unsaved", started, steps=())
+  workflow.check_existing_run(unsaved, changed, "teacher", restart=False, overwrite=False)
+  (run / rundir.SUMMARY_FILE).write_text("{}")
+  with pytest.raises(UserError, match="already holds a finished run; pass --overwrite"):
+    workflow.check_existing_run(run, started, "teacher", restart=False, overwrite=False)
