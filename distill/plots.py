@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -150,36 +151,152 @@ def reliability_diagram(confidences: np.ndarray, correct: np.ndarray, *, ece: fl
   return _save(fig, path)
 
 
-def accuracy_vs_params(rows: list[dict[str, Any]], *, path: Path) -> Path:
-  """Test accuracy against parameter count for every run, teacher marked.
+# How far apart (in decades of parameters, as a share of the axis's span) the points of one
+# column stand: twins of one size (hard and soft, KD and KL) would otherwise hide each other's
+# markers and bars.
+_DODGE = 0.03
 
-  Runs that share a label (the seeds of one sweep row) share a colour and one
-  annotation, "label ×n", beside the best of them, so a sweep stays readable.
-  Runs of unknown size (a teacher imported as logits or a function: no
-  parameter count in its summary, or 0 in older ones) have no place on the
-  axis and are left out.
+
+def accuracy_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """The points of `accuracy_vs_params`: one per label and size, in drawing order.
+
+  A row's `label` names the run as a person tells it apart (without its seed),
+  its `series` how it was taught (the legend's entry, shared by every model);
+  rows without them get ones made of role, model and loss. Runs that share a
+  label and a parameter count (one sweep row's seeds) become one point:
+  `mean`, `low` and `high` are their test accuracies' mean, min and max,
+  `runs` how many. Points of about one size form a column (`column`: its
+  index) and are spread across it, teachers first, then in order of series:
+  `x` is where a point is drawn, `params` its true size. Runs of unknown size
+  (a teacher imported as logits or a function: no parameter count in its
+  summary, or 0 in older ones) have no place on the axis and are left out.
   """
-  rows = [row for row in rows if row.get("params")]
-  plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(6, 4))
-  groups: dict[str, list[dict[str, Any]]] = {}
+  groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
   for row in rows:
-    is_teacher = row.get("role") == "teacher"
-    label = row.get("label") or (("teacher " if is_teacher else "") + f"{row.get('model')}"
-                                 + ("" if is_teacher else f" ({row.get('loss', '?')})"))
-    groups.setdefault(label, []).append(row)
-  for label, members in groups.items():
-    is_teacher = members[0].get("role") == "teacher"
-    ax.scatter([m["params"] for m in members], [m["test_accuracy"] for m in members],
-               s=120 if is_teacher else 50,
-               marker="*" if is_teacher else ("o" if members[0].get("loss") == "soft" else "s"),
-               color="crimson" if is_teacher else None, zorder=3)
-    best = max(members, key=lambda m: m["test_accuracy"])
-    ax.annotate(label + (f" ×{len(members)}" if len(members) > 1 else ""),
-                (best["params"], best["test_accuracy"]),
-                fontsize=7, xytext=(4, 4), textcoords="offset points")
+    if row.get("params"):
+      groups.setdefault((_point_label(row), row["params"]), []).append(row)
+  points = []
+  for (label, params), members in groups.items():
+    accuracies = np.array([m["test_accuracy"] for m in members], np.float64)
+    first = members[0]
+    points.append({"label": label, "series": _point_series(first), "role": first.get("role"),
+                   "loss": first.get("loss"), "model": first.get("model"), "params": params,
+                   "runs": len(members), "mean": float(accuracies.mean()),
+                   "low": float(accuracies.min()), "high": float(accuracies.max())})
+  points.sort(key=lambda p: (p["params"], *_series_rank(p), p["label"]))
+  if not points:
+    return points
+  logs = [math.log10(p["params"]) for p in points]
+  step = _DODGE * max(logs[-1] - logs[0], 1.0)
+  # A size joins the column before it when their spreads across the axis would meet.
+  columns: list[list[dict[str, Any]]] = []
+  for _, same in itertools.groupby(points, key=lambda p: p["params"]):
+    same = list(same)
+    if columns and (math.log10(same[0]["params"]) - _column_center(columns[-1])
+                    < step * ((len(columns[-1]) + len(same)) / 2 + 1)):
+      columns[-1] += same
+    else:
+      columns.append(same)
+  for index, column in enumerate(columns):
+    center = _column_center(column)
+    for slot, point in enumerate(column):
+      point["column"] = index
+      point["x"] = 10 ** (center + step * (slot - (len(column) - 1) / 2))
+  return points
+
+
+def _column_center(column: list[dict[str, Any]]) -> float:
+  """Where a column of points stands: the mean log10 of their sizes."""
+  return float(np.mean([math.log10(p["params"]) for p in column]))
+
+
+def _point_label(row: dict[str, Any]) -> str:
+  if row.get("label"):
+    return row["label"]
+  if row.get("role") == "teacher":
+    return f"teacher {row.get('model')}"
+  return f"student {row.get('model')} ({row.get('loss', '?')})"
+
+
+def _point_series(row: dict[str, Any]) -> str:
+  if row.get("series"):
+    return row["series"]
+  return "teacher" if row.get("role") == "teacher" else f"{row.get('loss', '?')} targets"
+
+
+def _series_rank(point: dict[str, Any]) -> tuple:
+  """Teachers, then hard labels (the baseline), then the ways of teaching by name: the same
+  order in every column and in the legend, whatever the runs' accuracies."""
+  return (point["role"] != "teacher", point["loss"] != "hard", point["series"])
+
+
+def _point_marker(point: dict[str, Any]) -> str:
+  if point["role"] == "teacher":
+    return "*"
+  return "s" if point["loss"] == "hard" else "o"
+
+
+def column_ticks(points: list[dict[str, Any]]) -> list[tuple[float, str]]:
+  """Where each column of `accuracy_points` sits on the axis and what it says: its models
+  above their sizes, e.g. cnn above 1,922. They are the axis's only labels, so a point moved
+  aside in its column is read by its column, not by its exact x."""
+  ticks = []
+  for index in sorted({p["column"] for p in points}):
+    column = [p for p in points if p["column"] == index]
+    models = " / ".join(dict.fromkeys(str(p["model"]) for p in column))
+    sizes = " / ".join(f"{size:,}" for size in sorted({p["params"] for p in column}))
+    ticks.append((10 ** _column_center(column), f"{models}\n{sizes}"))
+  return ticks
+
+
+def accuracy_vs_params_figure(rows: list[dict[str, Any]]):
+  """The figure of `accuracy_vs_params`, unsaved (a matplotlib Figure).
+
+  No text sits among the points: one legend entry per series (how a student
+  was taught, or the teacher) gives its marker and colour, and each column's
+  model and size label the axis beneath it.
+  """
+  from matplotlib.ticker import NullLocator  # noqa: PLC0415
+
+  plt = _pyplot()
+  points = accuracy_points(rows)
+  fig, ax = plt.subplots(figsize=(7, 4))
+  series = list(dict.fromkeys(p["series"] for p in sorted(points, key=_series_rank)))
+  teachers = [s for s in series if any(p["series"] == s and p["role"] == "teacher"
+                                       for p in points)]
+  # The teacher keeps the report's crimson; the students take tab10 less its red, so no
+  # student's colour passes for the teacher's.
+  palette = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 3]
+  students = iter(palette * (len(series) // len(palette) + 1))
+  colours = {name: "crimson" if teachers and name == teachers[0] else next(students)
+             for name in series}
+  for name in series:
+    members = [p for p in points if p["series"] == name]
+    runs = sorted({p["runs"] for p in members})
+    count = f"{runs[0]} runs" if len(runs) == 1 else f"{runs[0]}-{runs[-1]} runs"
+    marker = _point_marker(members[0])
+    ax.errorbar([p["x"] for p in members], [p["mean"] for p in members],
+                yerr=[[p["mean"] - p["low"] for p in members],
+                      [p["high"] - p["mean"] for p in members]],
+                fmt=marker, ms=13 if marker == "*" else 7, color=colours[name], capsize=3,
+                lw=1, zorder=3, label=name + ("" if runs == [1] else f" (mean of {count})"))
   ax.set_xscale("log")
-  ax.set(xlabel="parameters", ylabel="test accuracy",
-         title="accuracy vs size (o: soft targets, s: hard labels)")
+  ticks = column_ticks(points)
+  ax.set_xticks([x for x, _ in ticks], [text for _, text in ticks], fontsize=8)
+  ax.xaxis.set_minor_locator(NullLocator())
+  ax.set(xlabel="parameters (points of one size side by side)", ylabel="test accuracy",
+         title="accuracy vs size (bars: min to max over a label's runs)")
   ax.grid(alpha=0.3)
-  return _save(fig, path)
+  if not points:  # only teachers of unknown size
+    ax.text(0.5, 0.5, "no run of known size", ha="center", transform=ax.transAxes)
+    return fig
+  low, high = min(p["x"] for p in points), max(p["x"] for p in points)
+  margin = 10 ** (0.1 * max(math.log10(high / low), 1.0))
+  ax.set_xlim(low / margin, high * margin)
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+  return fig
+
+
+def accuracy_vs_params(rows: list[dict[str, Any]], *, path: Path) -> Path:
+  """Saves `accuracy_vs_params_figure` as a PNG at `path`; returns the path."""
+  return _save(accuracy_vs_params_figure(rows), path)

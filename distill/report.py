@@ -229,7 +229,8 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) ->
   datasets: dict[str, Any] = {}
   teacher_logits: dict[str, np.ndarray] = {}
   for row in rows:
-    row["label"] = run_label(row)
+    # The overview figure draws a label's runs (seeds) as one point, coloured by its series.
+    row["label"], row["series"] = run_label(row), how_taught(row)
   progress = progress_bar(rows, desc="report", quiet=quiet, unit="run")
   # Each section fills its row's test metrics in, so the table below shows them.
   sections = [_run_section(index, row, out_dir, datasets, teacher_logits)
@@ -352,12 +353,20 @@ def run_label(row: dict[str, Any]) -> str:
   name = f"{row.get('role')} {row.get('model')}"
   if row.get("role") != "student":
     return name
+  return f"{name} ({how_taught(row)})"
+
+
+def how_taught(row: dict[str, Any]) -> str:
+  """How a run learned, whatever its model: 'kd, targets, T=2, alpha=0.5', 'hard labels', or
+  'teacher'; the accuracy-vs-size figure's legend names its series so."""
+  if row.get("role") != "student":
+    return str(row.get("role"))
   if row.get("loss") == "hard":
-    return f"{name} (hard labels)"
+    return "hard labels"
   alpha = "" if row.get("alpha") is None else f", alpha={_cell('alpha', row['alpha'])}"
   kl = ", KL" if row.get("soft_loss") == "kl" else ""
-  return (f"{name} ({_row_value(row, 'method')}{kl}, {row.get('teaching')}, "
-          f"T={_cell('temperature', row.get('temperature'))}{alpha})")
+  return (f"{_row_value(row, 'method')}{kl}, {row.get('teaching')}, "
+          f"T={_cell('temperature', row.get('temperature'))}{alpha}")
 
 
 def objective_label(row: dict[str, Any]) -> str:
@@ -478,7 +487,10 @@ def _overview_figure(rows: list[dict[str, Any]], out_dir: Path) -> str:
   from distill import plots  # noqa: PLC0415
 
   return _figure_html(plots.accuracy_vs_params(rows, path=out_dir / _OVERVIEW_FIGURE),
-                      "Test accuracy against parameters; the teacher is the star.")
+                      "Test accuracy against parameters: a point is the mean over the runs "
+                      "of one label (seeds), its bar their lowest and highest; the colour says "
+                      "how a student was taught, the star is the teacher, and runs of one size "
+                      "stand side by side above their model's name.")
 
 
 def _page(rows: list[dict[str, Any]], skipped: list[str], table: str, overview: str,

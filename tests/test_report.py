@@ -130,6 +130,7 @@ def test_a_teacher_of_unknown_size_shows_no_parameter_count(tmp_path):
   assert (teacher[column], student[column]) == ("-", "1,922"), (header, teacher, student)
   from distill import plots  # noqa: PLC0415
 
+  assert [p["model"] for p in plots.accuracy_points(rows)] == ["cnn"]
   assert plots.accuracy_vs_params(rows, path=tmp_path / "a.png").stat().st_size > 0
 
 
@@ -165,3 +166,69 @@ def test_compare_warns_when_times_come_from_different_machines():
       "train s comes from 3 machines or core counts, so compare times only within one")
   assert "AMD EPYC (family 25, model 17), 2 cores (2 runs)" in note
   assert "NVIDIA H200 x 1 (1 run)" in note
+
+
+def _sweep_rows():
+  """A sweep's rows as compare reads them: a teacher, three seeds each of one CNN on hard labels
+  and with kd (one size, accuracies within a point: the twins that used to hide each other's
+  labels), and one MLP."""
+  rows = [{"run": "teacher", "role": "teacher", "model": "resnet", "params": 272_474,
+           "test_accuracy": 0.91}]
+  for seed, (hard, soft) in enumerate([(0.842, 0.853), (0.851, 0.858), (0.846, 0.849)]):
+    rows += [{"run": f"cnn-hard-{seed}", "role": "student", "model": "cnn", "loss": "hard",
+              "params": 20_586, "test_accuracy": hard},
+             {"run": f"cnn-kd-{seed}", "role": "student", "model": "cnn", "loss": "soft",
+              "teaching": "targets", "method": "kd", "temperature": 4.0, "alpha": 0.9,
+              "params": 20_586, "test_accuracy": soft}]
+  rows.append({"run": "mlp-kd", "role": "student", "model": "mlp", "loss": "soft",
+               "teaching": "targets", "method": "kd", "temperature": 4.0, "alpha": 0.9,
+               "params": 101_770, "test_accuracy": 0.82})
+  for row in rows:  # as write_report labels them
+    row["label"], row["series"] = report_lib.run_label(row), report_lib.how_taught(row)
+  return rows
+
+
+def test_accuracy_figure_draws_a_labels_seeds_as_one_point(tmp_path):
+  """The seeds of one label are one point (mean, bar from min to max); runs of one size stand
+  apart in their column, and the figure writes no text among the points."""
+  from distill import plots  # noqa: PLC0415
+
+  rows = _sweep_rows()
+  points = {p["label"]: p for p in plots.accuracy_points(rows)}
+  assert len(points) == 4, list(points)
+  kd = points["student cnn (kd, targets, T=4, alpha=0.9)"]
+  assert (kd["runs"], kd["params"]) == (3, 20_586)
+  assert (kd["mean"], kd["low"], kd["high"]) == pytest.approx((0.8533333, 0.849, 0.858))
+  hard = points["student cnn (hard labels)"]
+  assert (hard["runs"], hard["low"], hard["high"]) == (3, 0.842, 0.851)
+  # One column, two places in it: the baseline first, both near their true size.
+  assert hard["column"] == kd["column"] and hard["x"] < kd["x"]
+  assert all(abs(np.log10(p["x"] / 20_586)) < 0.1 for p in (hard, kd))
+  assert len({p["x"] for p in points.values()}) == len(points)
+  # The columns' models and sizes are the axis's labels, under each column.
+  assert [text for _, text in plots.column_ticks(list(points.values()))] == [
+      "cnn\n20,586", "mlp\n101,770", "resnet\n272,474"]
+  figure = plots.accuracy_vs_params_figure(rows)
+  ax = figure.axes[0]
+  assert len(ax.texts) == 0
+  assert [text.get_text() for text in ax.get_legend().get_texts()] == [
+      "teacher", "hard labels (mean of 3 runs)", "kd, targets, T=4, alpha=0.9 (mean of 1-3 runs)"]
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  plt.close(figure)
+  assert plots.accuracy_vs_params(rows, path=tmp_path / "a.png").stat().st_size > 0
+
+
+def test_accuracy_figure_spreads_sizes_too_close_to_tell_apart():
+  """Two models a few parameters apart share a column, named after both, rather than drawing
+  their points over each other."""
+  from distill import plots  # noqa: PLC0415
+
+  rows = [{"role": "student", "model": model, "loss": "soft", "params": params,
+           "test_accuracy": 0.9} for model, params in (("cnn", 1922), ("mlp", 1930),
+                                                        ("wide", 200_000))]
+  points = plots.accuracy_points(rows)
+  assert [p["column"] for p in points] == [0, 0, 1]
+  assert points[0]["x"] < points[1]["x"]
+  assert [text for _, text in plots.column_ticks(points)] == [
+      "cnn / mlp\n1,922 / 1,930", "wide\n200,000"]
