@@ -401,17 +401,11 @@ def student(recipe, overrides, dataset, data_dir, steps, batch_size, seed, resta
   resolved = workflow.student_recipe(Path(teacher_dir), recipe,
                                      config_lib.with_flags(overrides, flags),
                                      console=Console(quiet))
-  if workdir is None:
-    student_settings = resolved["student"]
-    suffix = ("-hard" if student_settings["loss"] == "hard" else
-              ("" if student_settings["method"] == "kd" else f"-{student_settings['method']}")
-              + ("" if student_settings["teaching"] == "targets" else
-                 f"-{student_settings['teaching']}"))
-    workdir = f"runs/student-{student_settings['model']}{suffix}"
-  summary = workflow.train_student(resolved, Path(teacher_dir), Path(workdir), restart=restart,
+  workdir = workflow.default_student_workdir(resolved) if workdir is None else Path(workdir)
+  summary = workflow.train_student(resolved, Path(teacher_dir), workdir, restart=restart,
                                    overwrite=overwrite, strict_init_check=strict_init_check,
                                    quiet=quiet)
-  _say(workflow.result_line(summary, Path(workdir), time.perf_counter() - start))
+  _say(workflow.result_line(summary, workdir, time.perf_counter() - start))
 
 
 @main.command()

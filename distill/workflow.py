@@ -662,6 +662,22 @@ def _refuse_unused_by_hard_labels(overrides: list[str]) -> None:
                       f"drop it, or train with the soft loss")
 
 
+def default_student_workdir(recipe: dict[str, Any]) -> Path:
+  """Where `distill student` writes without --workdir: runs/student-MODEL, then what sets it apart.
+
+  '-hard' for hard labels; else the method unless it is kd, and the teaching
+  unless it is targets: runs/student-cnn, runs/student-cnn-hard,
+  runs/student-cnn-hint-online.
+  """
+  student = recipe["student"]
+  if student["loss"] == "hard":
+    parts = ["hard"]
+  else:
+    parts = [student["method"]] if student["method"] != "kd" else []
+    parts += [student["teaching"]] if student["teaching"] != "targets" else []
+  return Path("runs") / "-".join(["student", student["model"], *parts])
+
+
 def _check_hint_layers(recipe: dict[str, Any], teacher_dir: Path) -> None:
   """A hint's layers must exist in the student and in the teacher the run in `teacher_dir` trained.
 

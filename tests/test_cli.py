@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,3 +174,17 @@ def test_losses_importable_from_the_package():
   logits = np.array([[2.0, 0.0, -1.0]])
   assert float(distill.soft_cross_entropy(logits, np.array([[1.0, 0.0, 0.0]]))) == pytest.approx(
       float(distill.hard_cross_entropy(logits, np.array([0]))), rel=1e-6)
+
+
+@pytest.mark.parametrize("overrides, name", [
+    ([], "student-cnn"),
+    (["student.loss=hard"], "student-cnn-hard"),
+    (["student.model=mlp", "student.teaching=online"], "student-mlp-online"),
+    (["student.method=dkd"], "student-cnn-dkd"),
+    (["student.method=hint", "student.teaching=online"], "student-cnn-hint-online"),
+])
+def test_a_students_default_workdir_says_how_it_was_taught(overrides, name):
+  from distill import config, workflow  # noqa: PLC0415
+
+  recipe = config.load_recipe("digits", overrides)
+  assert workflow.default_student_workdir(recipe) == Path("runs") / name
