@@ -7,6 +7,7 @@ import collections
 import html
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ COLUMNS = (
     ("role", "role"),
     ("model", "model"),
     ("loss", "loss"),
+    # Only when the students learned from more than one teacher: whose student each is (the
+    # teacher's folder, as short as tells it from the others).
+    ("teacher", "teacher"),
     # How a student was taught: runs that differ only here must not look alike.
     ("teaching", "teaching"),
     ("method", "method"),
@@ -66,12 +70,17 @@ def collect_runs(run_dirs: list[Path]) -> tuple[list[dict[str, Any]], list[str]]
 
 
 # Left-aligned in the text table; the others are numbers.
-_TEXT_COLUMNS = ("run", "role", "model", "loss", "teaching", "method", "soft_loss")
+_TEXT_COLUMNS = ("run", "role", "model", "loss", "teacher", "teaching", "method", "soft_loss")
 # A student's distillation settings: meaningless for teachers and hard-label baselines.
-_TEACHING_KEYS = ("teaching", "method", "soft_loss", "temperature", "alpha", "mixup")
+_TEACHING_KEYS = ("teacher", "teaching", "method", "soft_loss", "temperature", "alpha", "mixup")
+# The teacher column's value without the option: the one teacher that every student shares,
+# whichever it is.
+_SHARED = object()
 # Columns shown only when some run has a value in them other than the one every run would
-# have without the option (none; for the soft loss, soft cross-entropy).
-_OPTIONAL_COLUMNS = {"labels_used": None, "mixup": None, "soft_loss": "soft_ce"}
+# have without the option (none; for the soft loss, soft cross-entropy; for the teacher, the
+# teacher of the first student).
+_OPTIONAL_COLUMNS = {"labels_used": None, "mixup": None, "soft_loss": "soft_ce",
+                     "teacher": _SHARED}
 
 
 def _row_value(row: dict[str, Any], key: str) -> Any:
@@ -114,13 +123,62 @@ def markdown_table(header: list[str], body: list[list[str]]) -> str:
 
 def shown_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
   """COLUMNS, less the labels column when every run had every label, the mixup column when
-  no run mixed, and the soft loss when every student used soft cross-entropy."""
-  return [(key, title) for key, title in COLUMNS if key not in _OPTIONAL_COLUMNS
-          or any(_row_value(row, key) not in (None, _OPTIONAL_COLUMNS[key]) for row in rows)]
+  no run mixed, the soft loss when every student used soft cross-entropy, and the teacher
+  when every student learned from one (`rows` as `with_teacher_names` gives them)."""
+  return [(key, title) for key, title in COLUMNS
+          if key not in _OPTIONAL_COLUMNS or _option_used(rows, key)]
+
+
+def _option_used(rows: list[dict[str, Any]], key: str) -> bool:
+  """Whether some run's value under the optional column `key` differs from the one every run
+  would have without the option."""
+  values = [value for value in (_row_value(row, key) for row in rows) if value is not None]
+  default = _OPTIONAL_COLUMNS[key]
+  if default is _SHARED:
+    default = values[0] if values else None
+  return any(value != default for value in values)
+
+
+def with_teacher_names(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """`rows`, each with `teacher`: the folder a student learned from (its teacher_dir), or a
+  teacher's own, named by the fewest trailing parts of its path that tell it from the others
+  among the rows (runs/teacher and runs/teacher-hybrid: teacher, teacher-hybrid), so that a
+  student's teacher reads as that teacher's folder does.
+
+  Rows without either (a summary from before teacher_dir was recorded) are left as they are.
+  """
+  folders = [_teacher_folder(row) for row in rows]
+  names = short_names(folder for folder in folders if folder)
+  return [{**row, "teacher": names[folder]} if folder else row
+          for row, folder in zip(rows, folders, strict=True)]
+
+
+def _teacher_folder(row: dict[str, Any]) -> str | None:
+  """The absolute path of the teacher a row is, or that it learned from; None if unknown."""
+  if row.get("role") == "teacher":
+    folder = row.get("run")
+  else:
+    folder = row.get("teacher_dir")
+  return str(Path(folder).resolve()) if folder else None
+
+
+def short_names(paths: Iterable[str]) -> dict[str, str]:
+  """Each of `paths` (strings) to its fewest trailing parts that no other of them ends with:
+  a/teacher and b/teacher-hybrid become teacher and teacher-hybrid, a/teacher and b/teacher
+  keep their parent folders."""
+  parts = {path: Path(path).parts for path in set(paths)}
+  names = {}
+  for path, own in parts.items():
+    others = [other for key, other in parts.items() if key != path]
+    count = next((count for count in range(1, len(own))
+                  if all(other[-count:] != own[-count:] for other in others)), len(own))
+    names[path] = str(Path(*own[-count:]))
+  return names
 
 
 def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
   """A fixed-width (or Markdown) table of the runs."""
+  rows = with_teacher_names(rows)
   columns = shown_columns(rows)
   header = [title for _, title in columns]
   body = [[_cell(key, _row_value(row, key)) for key, _ in columns] for row in rows]
@@ -164,9 +222,12 @@ def compare_runs(run_dirs: list[Path], *, as_json: bool = False, markdown: bool 
   run_dirs, sweeps = _expand_sweeps(run_dirs)
   rows, skipped = collect_runs(run_dirs)
   if as_json:
-    keys = [key for key, _ in COLUMNS] + ["dataset", "steps", "teacher_test_accuracy",
-                                          "val_accuracy", "images_per_second", "cpu",
-                                          "device_kind"]
+    # `teacher` as the table names it, `teacher_dir` as the student's summary recorded it
+    # (a hard-label baseline's too: the teacher its agreement was measured against).
+    rows = with_teacher_names(rows)
+    keys = [key for key, _ in COLUMNS] + ["dataset", "steps", "teacher_dir",
+                                          "teacher_test_accuracy", "val_accuracy",
+                                          "images_per_second", "cpu", "device_kind"]
     return json.dumps([{k: _row_value(row, k) for k in keys} for row in rows], indent=2)
   text = format_table(rows, markdown=markdown)
   note = machines_note(rows)
@@ -223,6 +284,10 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) ->
   rows, skipped = collect_runs(run_dirs)
   if skipped:  # said where the command runs, as `compare` says it, not only on the page
     Console(quiet).info("skipped: " + "; ".join(skipped))
+  rows = with_teacher_names(rows)
+  # Students of two teachers, or two teachers, must not look alike in titles and the figure.
+  name_teachers = (_option_used(rows, "teacher")
+                   or sum(row.get("role") == "teacher" for row in rows) > 1)
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   _remove_earlier_figures(out_dir)
@@ -230,7 +295,8 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) ->
   teacher_logits: dict[str, np.ndarray] = {}
   for row in rows:
     # The overview figure draws a label's runs (seeds) as one point, coloured by its series.
-    row["label"], row["series"] = run_label(row), how_taught(row)
+    row["label"] = run_label(row, name_teacher=name_teachers)
+    row["series"] = how_taught(row, name_teacher=name_teachers)
   progress = progress_bar(rows, desc="report", quiet=quiet, unit="run")
   # Each section fills its row's test metrics in, so the table below shows them.
   sections = [_run_section(index, row, out_dir, datasets, teacher_logits)
@@ -348,25 +414,35 @@ def _dataset_for(row: dict[str, Any], datasets: dict[str, Any]):
   return datasets[key]
 
 
-def run_label(row: dict[str, Any]) -> str:
-  """A run as a person tells it apart: 'student cnn (kd, targets, T=2, alpha=0.5)'."""
+def run_label(row: dict[str, Any], *, name_teacher: bool = False) -> str:
+  """A run as a person tells it apart: 'student cnn (kd, targets, T=2, alpha=0.5)'.
+
+  With `name_teacher` (several teachers among the runs), a teacher's label
+  and a distilled student's name the teacher's folder as `with_teacher_names`
+  does: 'teacher cnn (teacher-hybrid)', 'student cnn (kd, ..., from teacher-hybrid)'.
+  """
   name = f"{row.get('role')} {row.get('model')}"
-  if row.get("role") != "student":
-    return name
-  return f"{name} ({how_taught(row)})"
+  if row.get("role") == "student":
+    return f"{name} ({how_taught(row, name_teacher=name_teacher)})"
+  if name_teacher and row.get("teacher"):
+    return f"{name} ({row['teacher']})"
+  return name
 
 
-def how_taught(row: dict[str, Any]) -> str:
+def how_taught(row: dict[str, Any], *, name_teacher: bool = False) -> str:
   """How a run learned, whatever its model: 'kd, targets, T=2, alpha=0.5', 'hard labels', or
-  'teacher'; the accuracy-vs-size figure's legend names its series so."""
+  'teacher'; the accuracy-vs-size figure's legend names its series so. `name_teacher` as in
+  `run_label`."""
+  teacher = row.get("teacher") if name_teacher else None
   if row.get("role") != "student":
-    return str(row.get("role"))
+    return str(row.get("role")) + (f" ({teacher})" if teacher else "")
   if row.get("loss") == "hard":
     return "hard labels"
   alpha = "" if row.get("alpha") is None else f", alpha={_cell('alpha', row['alpha'])}"
   kl = ", KL" if row.get("soft_loss") == "kl" else ""
   return (f"{_row_value(row, 'method')}{kl}, {row.get('teaching')}, "
-          f"T={_cell('temperature', row.get('temperature'))}{alpha}")
+          f"T={_cell('temperature', row.get('temperature'))}{alpha}"
+          + (f", from {teacher}" if teacher else ""))
 
 
 def objective_label(row: dict[str, Any]) -> str:

@@ -232,3 +232,63 @@ def test_accuracy_figure_spreads_sizes_too_close_to_tell_apart():
   assert points[0]["x"] < points[1]["x"]
   assert [text for _, text in plots.column_ticks(points)] == [
       "cnn / mlp\n1,922 / 1,930", "wide\n200,000"]
+
+
+def _write_summary(run_dir, **summary):
+  run_dir.mkdir(parents=True)
+  (run_dir / "summary.json").write_text(json.dumps(summary))
+  return run_dir
+
+
+def test_compare_names_each_students_teacher_when_they_have_several(tmp_path):
+  """Students of two teachers side by side: a teacher column names each one's teacher folder,
+  empty for teachers and hard-label baselines; students of one teacher need no such column."""
+  runs = tmp_path / "runs"
+  kd = {"role": "student", "model": "cnn", "loss": "soft", "teaching": "targets", "method": "kd",
+        "temperature": 2.0, "alpha": 1.0, "params": 1922}
+  teacher = _write_summary(runs / "teacher", role="teacher", model="vit", params=90_000,
+                           test_accuracy=0.97)
+  hybrid = _write_summary(runs / "teacher-hybrid", role="teacher", model="hybrid",
+                          params=120_000, test_accuracy=0.98)
+  students = [
+      _write_summary(runs / "cnn", **kd, teacher_dir=str(teacher), test_accuracy=0.95),
+      _write_summary(runs / "cnn-hybrid", **kd, teacher_dir=str(hybrid), test_accuracy=0.96),
+      _write_summary(runs / "cnn-hard", role="student", model="cnn", loss="hard",
+                     teaching="hard", method="hard", params=1922, teacher_dir=str(teacher),
+                     test_accuracy=0.94)]
+  table = report_lib.compare_runs([teacher, hybrid, *students], markdown=True)
+  header, _, *body = ([cell.strip() for cell in line.strip("|").split("|")]
+                      for line in table.splitlines())
+  assert header[:5] == ["run", "role", "model", "loss", "teacher"], header
+  assert {row[0]: row[4] for row in body} == {
+      str(teacher): "-", str(hybrid): "-", str(runs / "cnn"): "teacher",
+      str(runs / "cnn-hybrid"): "teacher-hybrid", str(runs / "cnn-hard"): "-"}
+  assert "teacher-hybrid" in report_lib.compare_runs([teacher, hybrid, *students])
+  as_json = {row["run"]: row for row in json.loads(
+      report_lib.compare_runs([teacher, hybrid, *students], as_json=True))}
+  assert as_json[str(runs / "cnn-hybrid")]["teacher"] == "teacher-hybrid"
+  assert as_json[str(runs / "cnn-hybrid")]["teacher_dir"] == str(hybrid)
+  assert as_json[str(runs / "cnn-hard")]["teacher"] is None
+  assert as_json[str(runs / "cnn-hard")]["teacher_dir"] == str(teacher)
+  assert as_json[str(teacher)]["teacher"] is None
+  # One teacher (the hard baseline's is no teacher it learned from): no column.
+  one = report_lib.compare_runs([teacher, students[0], students[2]], markdown=True)
+  assert "teacher" not in one.splitlines()[0].split("|")[2:]
+  assert json.loads(report_lib.compare_runs([students[0]], as_json=True))[0]["teacher"] == (
+      "teacher")
+  # The report's titles and figure tell the two teachers' runs apart the same way.
+  rows = report_lib.with_teacher_names(report_lib.collect_runs([teacher, hybrid, *students])[0])
+  assert {report_lib.run_label(row, name_teacher=True) for row in rows} == {
+      "teacher vit (teacher)", "teacher hybrid (teacher-hybrid)",
+      "student cnn (kd, targets, T=2, alpha=1, from teacher)",
+      "student cnn (kd, targets, T=2, alpha=1, from teacher-hybrid)", "student cnn (hard labels)"}
+
+
+def test_teachers_are_named_by_as_much_of_their_path_as_tells_them_apart():
+  assert report_lib.short_names(["/w/runs/teacher", "/w/runs/teacher-hybrid"]) == {
+      "/w/runs/teacher": "teacher", "/w/runs/teacher-hybrid": "teacher-hybrid"}
+  assert report_lib.short_names(["/w/digits/teacher", "/w/fashion/teacher", "/w/x"]) == {
+      "/w/digits/teacher": "digits/teacher", "/w/fashion/teacher": "fashion/teacher",
+      "/w/x": "x"}
+  assert report_lib.short_names(["/teacher", "/a/teacher"]) == {
+      "/teacher": "/teacher", "/a/teacher": "a/teacher"}
