@@ -431,8 +431,8 @@ def run_label(row: dict[str, Any], *, name_teacher: bool = False) -> str:
 
 def how_taught(row: dict[str, Any], *, name_teacher: bool = False) -> str:
   """How a run learned, whatever its model: 'kd, targets, T=2, alpha=0.5', 'hard labels', or
-  'teacher'; the accuracy-vs-size figure's legend names its series so. `name_teacher` as in
-  `run_label`."""
+  'teacher'; the accuracy-vs-size figure's legend names its series so, and a training command's
+  result line its student. `name_teacher` as in `run_label`."""
   teacher = row.get("teacher") if name_teacher else None
   if row.get("role") != "student":
     return str(row.get("role")) + (f" ({teacher})" if teacher else "")
@@ -440,8 +440,10 @@ def how_taught(row: dict[str, Any], *, name_teacher: bool = False) -> str:
     return "hard labels"
   alpha = "" if row.get("alpha") is None else f", alpha={_cell('alpha', row['alpha'])}"
   kl = ", KL" if row.get("soft_loss") == "kl" else ""
+  mixup = _row_value(row, "mixup")
   return (f"{_row_value(row, 'method')}{kl}, {row.get('teaching')}, "
           f"T={_cell('temperature', row.get('temperature'))}{alpha}"
+          + (f", mixup={_cell('mixup', mixup)}" if mixup else "")
           + (f", from {teacher}" if teacher else ""))
 
 

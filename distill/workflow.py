@@ -347,16 +347,13 @@ def result_line(summary: dict[str, Any], workdir: Path, wall_seconds: float | No
   the wall time) and the wall time (`wall_seconds`: the whole command, when
   the caller timed it; else the summary's), and where the run is.
   """
+  from distill.report import how_taught  # noqa: PLC0415
+
   accuracy = f"test accuracy {summary['test_accuracy']:.4f}"
   if summary.get("role") == "student":
-    how = ("hard labels" if summary.get("loss") == "hard" else
-           f"{summary.get('method')}{', KL' if summary.get('soft_loss') == 'kl' else ''}, "
-           f"{summary.get('teaching')}, "
-           f"T={summary.get('temperature'):g}"
-           + (f", alpha={summary['alpha']:g}" if summary.get("alpha") is not None else "")
-           + (f", mixup={summary['mixup']:g}" if summary.get("mixup") else ""))
     head = (f"student {accuracy} (teacher {summary['teacher_test_accuracy']:.4f}, agreement "
-            f"{summary['agreement_with_teacher']:.4f}; {summary.get('model')}, {how})")
+            f"{summary['agreement_with_teacher']:.4f}; {summary.get('model')}, "
+            f"{how_taught(summary)})")
   else:
     imported = "imported " if summary.get("imported_from") else ""
     head = (f"{imported}teacher {accuracy} (val {summary['val_accuracy']:.4f}; "

@@ -136,7 +136,7 @@ def test_a_teacher_of_unknown_size_shows_no_parameter_count(tmp_path):
 
 def test_mixup_is_shown_where_a_run_used_it():
   """Two online students that differ only in --mixup must not look alike: the table gains a
-  mixup column and the result line says it; without mixup neither mentions it."""
+  mixup column, and the result line and the report's labels say it; without mixup none does."""
   from distill.workflow import result_line  # noqa: PLC0415
 
   student = {"role": "student", "model": "cnn", "loss": "soft", "teaching": "online",
@@ -152,6 +152,9 @@ def test_mixup_is_shown_where_a_run_used_it():
   assert "mixup" not in report_lib.format_table([plain])
   assert "alpha=1, mixup=0.2)" in result_line(mixed, Path("runs/mixup"))
   assert "mixup" not in result_line(plain, Path("runs/online"))
+  # The report's labels and the figure's legend come from the same words.
+  assert report_lib.run_label(mixed) == "student cnn (kd, online, T=2, alpha=1, mixup=0.2)"
+  assert report_lib.how_taught(plain) == "kd, online, T=2, alpha=1"
 
 
 def test_compare_warns_when_times_come_from_different_machines():
