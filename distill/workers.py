@@ -21,6 +21,11 @@ a checkpoint and stops as a single run does. A worker runs in a process group
 of its own, so the terminal's Ctrl-C reaches it through the sweep alone: a
 second copy of the signal would stop its run at once, without that checkpoint.
 A worker whose sweep died exits too, its run stopped at a checkpoint.
+
+In a group of its own a worker does not get the terminal's Ctrl-Z (SIGTSTP)
+either: the sweep passes job control on. It stops its workers, then itself,
+and continues them when it is continued (the shell's `fg` or `bg`), so a
+suspended sweep leaves nothing training in the background.
 """
 
 from __future__ import annotations
@@ -42,6 +47,11 @@ from distill.errors import UserError
 XLA_THREADS_ENV = "PJRT_NPROC"
 # The signals a training loop stops at with a checkpoint (loop._StopFlag).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Job control the sweep passes on to its workers: Ctrl-Z, and the shell's `fg` or `bg` (POSIX).
+JOB_CONTROL_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTSTP", "SIGCONT")
+                            if hasattr(signal, name))
+# Every signal a pool handles: held back while it starts a worker (`Pool.submit`).
+_POOL_SIGNALS = STOP_SIGNALS + JOB_CONTROL_SIGNALS
 # How often a worker looks for a stop its sweep asks for, and for its sweep's death.
 WATCH_SECONDS = 0.05
 # The pool's state, shared with its workers (written by the parent, read by the workers):
@@ -114,7 +124,7 @@ def _start_worker(shares, state, parent: int) -> None:
   # go to the main thread, where the handlers run.
   threading.Thread(target=_watch, name="distill-stop-watch", daemon=True).start()
   if hasattr(signal, "pthread_sigmask"):
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _POOL_SIGNALS)
 
 
 def _between_runs(signum, frame) -> None:
@@ -191,6 +201,9 @@ class Pool:
   training saves a checkpoint and stops. A second is passed on too (a run
   stops at once, as a second Ctrl-C stops a single run) and raises
   KeyboardInterrupt here.
+
+  SIGTSTP (Ctrl-Z) stops every worker, then this process; SIGCONT continues
+  the workers.
   """
 
   def __init__(self, executor: concurrent.futures.ProcessPoolExecutor, state):
@@ -217,14 +230,52 @@ class Pool:
       interrupts.stop_at_once(signum)
     self.signal_name = signal.Signals(signum).name
 
+  def _on_suspend(self, signum, frame) -> None:
+    """SIGTSTP: stops the workers, then this process as SIGTSTP does where it is not handled."""
+    # SIGSTOP, which a worker can neither catch nor ignore: it stops with the sweep, always.
+    self._signal_workers(signal.SIGSTOP)
+    signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+    # Raised in this thread, unblocked (a handler can run where `submit` holds signals back),
+    # the stop takes effect before `raise_signal` returns.
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTSTP])
+    try:
+      signal.raise_signal(signal.SIGTSTP)  # stopped here until SIGCONT
+    finally:
+      signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+      signal.signal(signal.SIGTSTP, self._on_suspend)
+    # Running again, or never stopped: a process in an orphaned process group (its parent
+    # in another session) ignores SIGTSTP, and its workers must not stay stopped either.
+    self._signal_workers(signal.SIGCONT)
+
+  def _on_continue(self, signum, frame) -> None:
+    """SIGCONT: continues the workers (this process was continued before the handler ran)."""
+    self._signal_workers(signal.SIGCONT)
+
+  def _signal_workers(self, signum: int) -> None:
+    """Sends `signum` to each worker's process group: the worker and whatever it started."""
+    # The executor's own record is the one that holds a worker still starting, before it
+    # could tell anyone its id; None once the executor has shut down.
+    for pid in list(getattr(self.executor, "_processes", None) or ()):
+      try:
+        os.killpg(pid, signum)
+      except ProcessLookupError:
+        # No group of that id: a worker still starting (in this process's group until
+        # `_start_worker` leaves it), or one that has exited.
+        with contextlib.suppress(ProcessLookupError):
+          os.kill(pid, signum)
+
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-  """The stop signals held back from this thread, and the processes it starts, in the block."""
+  """The pool's signals held back from this thread, and what it starts, in the block.
+
+  A worker started in the block is in the executor's record (`_signal_workers`)
+  before a SIGTSTP that came meanwhile is handled.
+  """
   if not hasattr(signal, "pthread_sigmask"):
     yield
     return
-  previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+  previous = signal.pthread_sigmask(signal.SIG_BLOCK, _POOL_SIGNALS)
   try:
     yield
   finally:
@@ -233,11 +284,14 @@ def _signals_held() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _listening(pool: Pool) -> Iterator[None]:
-  """The stop signals go to `pool` in the block (main thread only; elsewhere they stay)."""
+  """The pool's signals go to `pool` in the block (main thread only; elsewhere they stay)."""
+  handlers = {sig: pool._on_signal for sig in STOP_SIGNALS}
+  if JOB_CONTROL_SIGNALS:
+    handlers.update({signal.SIGTSTP: pool._on_suspend, signal.SIGCONT: pool._on_continue})
   previous = {}
-  for sig in STOP_SIGNALS:
+  for sig, handler in handlers.items():
     try:
-      previous[sig] = signal.signal(sig, pool._on_signal)
+      previous[sig] = signal.signal(sig, handler)
     except ValueError:  # not the main thread
       pass
   try:
@@ -254,8 +308,8 @@ def core_pool(jobs: int) -> Iterator[tuple[Pool, str]]:
   Yields the pool and a line that says how the cores were shared. Leaving
   the block waits for the calls in progress and for the workers to exit; left
   by an error, the pool closes first, so no further call starts. The stop
-  signals go to the pool from before its first worker starts until the last
-  has exited (see `Pool`).
+  and job-control signals go to the pool from before its first worker starts
+  until the last has exited (see `Pool`).
   """
   shares = core_shares(available_cores(), jobs)
   context = multiprocessing.get_context("spawn")

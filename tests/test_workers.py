@@ -195,3 +195,73 @@ def test_workers_stop_their_calls_and_exit_when_the_sweep_dies(tmp_path):
     for pid in [int(path.name) for path in started.iterdir()]:
       if running(pid):
         os.kill(pid, signal.SIGKILL)
+
+
+def _count_until_done(folder):
+  """A call that adds a byte to a file named by its process id, over and over, until
+  `folder`/done exists: the file's size is its progress."""
+  progress = Path(folder, str(os.getpid()))
+  while not Path(folder, "done").exists():
+    with progress.open("ab") as file:
+      file.write(b".")
+    time.sleep(0.005)
+  return os.getpid()
+
+
+_SUSPENDED_SWEEP = """
+import signal, sys
+sys.path.insert(0, {tests!r})
+from test_workers import _count_until_done
+from distill import workers
+with workers.core_pool(2) as (pool, _):
+  calls = [pool.submit(_count_until_done, {folder!r}) for _ in range(2)]
+  print(sorted(call.result() for call in calls))
+print(all(signal.getsignal(sig) is signal.SIG_DFL for sig in workers.JOB_CONTROL_SIGNALS))
+"""
+
+
+def state(pid):
+  """Process `pid`'s state letter in /proc: 'T' once it has stopped."""
+  return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@needs_proc
+@pytest.mark.skipif(len(workers.available_cores()) < 2, reason="needs two cores to share")
+def test_ctrl_z_stops_the_workers_with_the_sweep_and_fg_continues_them(tmp_path):
+  """A worker in a group of its own never gets the terminal's SIGTSTP: the sweep stops its
+  workers before itself, and continues them when it is continued."""
+  folder = tmp_path / "progress"
+  folder.mkdir()
+  script = _SUSPENDED_SWEEP.format(tests=str(Path(__file__).parent), folder=str(folder))
+  with (tmp_path / "output.txt").open("w") as output:
+    # A group of its own in this session, as a shell's job (a new session would make it an
+    # orphaned group, which ignores SIGTSTP); the signals go to its process alone, never
+    # to this one.
+    sweep = subprocess.Popen([sys.executable, "-c", script], stdout=output, stderr=output,
+                             process_group=0)
+  pids = []
+  try:
+    wait_until(lambda: len(list(folder.iterdir())) == 2, 60, "the calls did not start")
+    pids = [int(path.name) for path in folder.iterdir()]
+
+    def progress():
+      return [(folder / str(pid)).stat().st_size for pid in pids]
+
+    os.kill(sweep.pid, signal.SIGTSTP)
+    wait_until(lambda: all(state(pid) == "T" for pid in [sweep.pid, *pids]), 10,
+               "the sweep and its workers did not all stop")
+    # Stopped processes write nothing: a write under way when the stop came ended before it.
+    stopped_at = progress()
+    time.sleep(0.2)
+    assert progress() == stopped_at
+    os.kill(sweep.pid, signal.SIGCONT)
+    wait_until(lambda: all(now > then for now, then in zip(progress(), stopped_at, strict=True)),
+               10, "the workers did not continue")
+    (folder / "done").touch()
+    assert sweep.wait(timeout=60) == 0, (tmp_path / "output.txt").read_text()
+  finally:
+    sweep.kill()
+    for pid in pids:
+      if running(pid):
+        os.kill(pid, signal.SIGKILL)
+  assert (tmp_path / "output.txt").read_text() == f"{sorted(pids)}\nTrue\n"
