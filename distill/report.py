@@ -110,8 +110,18 @@ def _cell(key: str, value: Any) -> str:
   if key in ("test_nll", "test_ece"):
     return f"{value:.4f}"
   if key == "train_seconds":
-    return f"{value:.0f}"
+    return seconds_cell(value)
   return str(value)
+
+
+def seconds_cell(seconds: float) -> str:
+  """A training time as the table shows it: whole seconds from 10 s up, tenths below, and two
+  significant digits below a second, so that tiny runs do not all read 0."""
+  if seconds >= 9.95:  # what rounds to 10.0 reads as 10
+    return f"{seconds:.0f}"
+  if seconds >= 0.995:
+    return f"{seconds:.1f}"
+  return f"{seconds:.2g}" if seconds > 0 else "0"
 
 
 def markdown_table(header: list[str], body: list[list[str]]) -> str:

@@ -295,3 +295,16 @@ def test_teachers_are_named_by_as_much_of_their_path_as_tells_them_apart():
       "/w/x": "x"}
   assert report_lib.short_names(["/teacher", "/a/teacher"]) == {
       "/teacher": "/teacher", "/a/teacher": "a/teacher"}
+
+
+def test_train_seconds_keep_their_precision_for_short_runs():
+  """Sub-second and few-second runs (tiny models, tiny data) read as their times, not 0;
+  long runs keep whole seconds."""
+  rows = [{"run": f"run-{seconds}", "role": "teacher", "model": "cnn", "params": 1922,
+           "test_accuracy": 0.9 - index / 100, "train_seconds": seconds}
+          for index, seconds in enumerate((0.3456, 0.034, 4.56, 123.4, 0.0))]
+  header, _, *body = ([cell.strip() for cell in line.strip("|").split("|")]
+                      for line in report_lib.format_table(rows, markdown=True).splitlines())
+  column = header.index("train s")
+  assert [row[column] for row in body] == ["0.35", "0.034", "4.6", "123", "0"]
+  assert report_lib.seconds_cell(9.97) == "10" and report_lib.seconds_cell(0.996) == "1.0"
