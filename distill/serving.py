@@ -92,7 +92,8 @@ def export_model(run_dir: Path, fmt: str, out: Path, *, overwrite: bool = False,
     _onnx_modules()  # Fails before the slow restore when the extra is missing.
   run_dir = Path(run_dir)
   summary = _finished_summary(run_dir)
-  trained, step, dataset, recipe = _restore(run_dir, summary)
+  trained, step, dataset, recipe = _restore(
+      run_dir, summary, needs_data="to check the export against JAX on its test images")
   forward = _forward(trained)
   height, width, channels = dataset.image_shape
   images = _test_images(dataset, check_images)
@@ -144,22 +145,46 @@ def _finished_summary(run_dir: Path, what: str = "RUN") -> dict[str, Any]:
   return summary
 
 
-def _restore(run_dir: Path, summary: dict[str, Any]):
-  """(TrainedModel, step, dataset, recipe) of a finished run; its data must be unchanged."""
-  from distill.workflow import load_data, read_run_recipe, restore_trained  # noqa: PLC0415
+def _restore(run_dir: Path, summary: dict[str, Any], needs_data: str | None = None):
+  """(TrainedModel, step, dataset, recipe) of a finished run; its data must be unchanged.
+
+  needs_data: why the caller needs the run's data set (a clause for the error
+  when it cannot be loaded); None: the inputs the summary records will do
+  where it has them, and `dataset` is those `RecordedInputs`.
+  """
+  from distill.workflow import (  # noqa: PLC0415
+      RecordedInputs,
+      load_data,
+      read_run_recipe,
+      restore_trained,
+  )
 
   recipe = read_run_recipe(run_dir)
-  dataset = load_data(recipe)
+  recorded_inputs = RecordedInputs.of(summary)
+  if needs_data is None and recorded_inputs is not None:
+    trained, step = restore_trained(run_dir, recipe, summary["role"], recorded_inputs)
+    _check_params(run_dir, summary, trained)
+    return trained, step, recorded_inputs, recipe
+  try:
+    dataset = load_data(recipe)
+  except UserError as e:
+    why = needs_data or "for its pixel statistics (runs trained since record them)"
+    raise UserError(f"{e}: {run_dir} needs the data set it trained on {why}") from None
   recorded = summary.get("dataset_fingerprint")
   if recorded and recorded != dataset.fingerprint:
     raise UserError(f"the data set {dataset.name} has changed since {run_dir} was trained "
                     "(fingerprint differs); its pixel statistics would not be the run's")
   trained, step = restore_trained(run_dir, recipe, summary["role"], dataset)
+  _check_params(run_dir, summary, trained)
+  return trained, step, dataset, recipe
+
+
+def _check_params(run_dir: Path, summary: dict[str, Any], trained) -> None:
+  """Refuses a checkpoint whose parameters are not the ones the run's summary records."""
   recorded = summary.get("params_sha256")
   if recorded and recorded != trained.params_sha256():
     raise UserError(f"the checkpoint of {run_dir} does not hold the parameters its "
                     f"{SUMMARY_FILE} records (params_sha256 differs)")
-  return trained, step, dataset, recipe
 
 
 def _forward(trained) -> Callable:

@@ -112,7 +112,53 @@ def load_fitting_data(recipe: dict[str, Any], role: str, console: Console | None
   return dataset
 
 
+@dataclasses.dataclass(frozen=True)
+class RecordedInputs:
+  """What a finished run's model takes in, as its summary records it: enough to rebuild it.
+
+  Stands in for the data set where a run's model is restored to classify
+  images (`distill predict RUN`), so a run folder copied elsewhere predicts
+  without the data it trained on.
+  """
+
+  name: str
+  image_shape: tuple[int, int, int]
+  class_names: tuple[str, ...]
+  stats: tuple[list[float], list[float]]  # per-channel pixel mean and std (0..1 scale)
+
+  @property
+  def num_classes(self) -> int:
+    """How many classes the model tells apart."""
+    return len(self.class_names)
+
+  @classmethod
+  def of(cls, summary: dict[str, Any]) -> RecordedInputs | None:
+    """The inputs a run's summary records; None for runs from before summaries held them."""
+    inputs = summary.get("inputs")
+    if not isinstance(inputs, dict):
+      return None
+    return cls(name=summary.get("dataset", ""), image_shape=tuple(inputs["image_shape"]),
+               class_names=tuple(inputs["class_names"]),
+               stats=(list(inputs["pixel_mean"]), list(inputs["pixel_std"])))
+
+  @classmethod
+  def record(cls, dataset, stats) -> dict[str, Any]:
+    """A summary's `inputs` entry for a model trained on `dataset` with pixel `stats`."""
+    mean, std = stats
+    return {"image_shape": [int(x) for x in dataset.image_shape],
+            "class_names": [str(name) for name in dataset.class_names],
+            "pixel_mean": [float(x) for x in mean], "pixel_std": [float(x) for x in std]}
+
+
+def _input_stats(dataset) -> tuple[list[float], list[float]]:
+  """The pixel statistics a model of `dataset` normalises by: recorded, or of its train split."""
+  from distill.feeders import pixel_stats  # noqa: PLC0415
+
+  return dataset.stats if isinstance(dataset, RecordedInputs) else pixel_stats(dataset.x_train)
+
+
 def _build_model(recipe: dict[str, Any], role: str, dataset):
+  """(model name, the model for `dataset` (or its `RecordedInputs`), its parameter count)."""
   from distill.models import count_params, create_model  # noqa: PLC0415
 
   settings = config_lib.TrainSettings.of(recipe, role)
@@ -133,11 +179,10 @@ def _imported_vit(recipe: dict[str, Any], dataset):
   It is fed images standardised by the data set's pixel statistics, like any
   model here, and maps them back to pixels before its own preprocessing.
   """
-  from distill.feeders import pixel_stats  # noqa: PLC0415
   from distill.importers.hf_vit import build_vit  # noqa: PLC0415
   from distill.models import count_params  # noqa: PLC0415
 
-  mean, std = (np.asarray(s, np.float32) for s in pixel_stats(dataset.x_train))
+  mean, std = (np.asarray(s, np.float32) for s in _input_stats(dataset))
   model, info = build_vit(recipe["teacher"]["init_from"], num_classes=dataset.num_classes,
                           input_scale=255.0 * std, input_shift=255.0 * mean, seed=recipe["seed"])
   # A head kept from the checkpoint does not predict uniformly at step 0: the
@@ -162,6 +207,8 @@ def _base_summary(role: str, model_name: str, num_params: int, dataset, recipe, 
       "model": model_name,
       "dataset": dataset.name,
       "dataset_fingerprint": dataset.fingerprint,
+      # What the model takes in, so `distill predict RUN` needs no data set.
+      "inputs": RecordedInputs.record(dataset, model.stats),
       "params": num_params,
       # How many training images had labels, when not all did (data.labelled).
       "labelled_images": getattr(dataset, "num_labelled", None),
@@ -368,13 +415,15 @@ def result_line(summary: dict[str, Any], workdir: Path, wall_seconds: float | No
 
 
 def restore_trained(run_dir: Path, recipe: dict[str, Any], role: str, dataset):
-  """A finished run's model with its final parameters: (TrainedModel, its step)."""
+  """A finished run's model with its final parameters: (TrainedModel, its step).
+
+  `dataset`: the data set the run trained on, or the `RecordedInputs` its summary holds.
+  """
   import jax.numpy as jnp  # noqa: PLC0415
   from flax import nnx  # noqa: PLC0415
 
   from distill import parallel  # noqa: PLC0415
   from distill.checkpoint import Checkpointer  # noqa: PLC0415
-  from distill.feeders import pixel_stats  # noqa: PLC0415
   from distill.imported import is_imported  # noqa: PLC0415
   from distill.inference import TrainedModel  # noqa: PLC0415
   from distill.step import initial_state, make_optimizer  # noqa: PLC0415
@@ -399,7 +448,7 @@ def restore_trained(run_dir: Path, recipe: dict[str, Any], role: str, dataset):
   like = initial_state(params, optimizer, parallel.make_mesh(), aux)
   state, _ = checkpointer.restore(step, like)
   checkpointer.close()
-  return TrainedModel(graphdef, rest, state["params"], pixel_stats(dataset.x_train)), step
+  return TrainedModel(graphdef, rest, state["params"], _input_stats(dataset)), step
 
 
 def check_same_data(recipe: dict[str, Any], other: dict[str, Any], what: str) -> None:

@@ -151,6 +151,36 @@ def test_predict_from_an_export_needs_only_the_file_and_its_sidecar(exported, im
   assert len(_lines(run_cli("predict", alone, "--images", images[1]))) == 3
 
 
+def _data_moved(run, missing):
+  """`run` as it reads on a machine without its data: the recipe names a file not there."""
+  recipe = json.loads((run / "recipe.json").read_text())
+  recipe["data"].update(dataset="npz", data_dir=str(missing))
+  (run / "recipe.json").write_text(json.dumps(recipe))
+  return run
+
+
+def test_a_run_folder_predicts_without_the_data_it_trained_on(runs, images, tmp_path):
+  """Its summary records what the model takes in (shape, classes, pixel statistics), so a run
+  folder copied to another machine still predicts; export-model, which checks the export on
+  the run's test images, says why it needs them."""
+  predict = ["--images", *images, "--json"]
+  here = json.loads(_lines(run_cli("predict", runs / "student", *predict))[0])["predictions"]
+  moved = _data_moved(copy_runs(runs, tmp_path, moved="student") / "moved", tmp_path / "gone.npz")
+  assert json.loads(_lines(run_cli("predict", moved, *predict))[0])["predictions"] == here
+  _one_line_error(run_cli("export-model", moved, "--format", "stablehlo", "--out",
+                          tmp_path / "m.stablehlo"),
+                  "gone.npz", "needs the data set it trained on to check the export against JAX")
+  # A run from before summaries recorded its inputs predicts from its data set, or says why
+  # it needs it.
+  old = copy_runs(runs, tmp_path, old="student") / "old"
+  summary = json.loads((old / "summary.json").read_text())
+  del summary["inputs"]
+  (old / "summary.json").write_text(json.dumps(summary))
+  assert json.loads(_lines(run_cli("predict", old, *predict))[0])["predictions"] == here
+  _one_line_error(run_cli("predict", _data_moved(old, tmp_path / "gone.npz"), *predict),
+                  "needs the data set it trained on for its pixel statistics")
+
+
 def _one_line_error(result, *words):
   stderr = result.stderr.strip()
   assert result.exit_code == 2, result.output
