@@ -308,7 +308,7 @@ def load_recipe(recipe: str | None = None,
   path = resolve_recipe_path(recipe)
   if path is not None:
     for table, where in _recipe_chain(path):
-      _merge(resolved, table, where)
+      _merge(resolved, _beside(table, Path(where).parent), where)
   for text in overrides:
     key, value = parse_override(text)
     set_key(resolved, key, value, where="--set")
@@ -319,6 +319,22 @@ def load_recipe(recipe: str | None = None,
 
 # Recipe keys that name files or folders.
 PATH_KEYS = (("data", "data_dir"), ("teacher", "init_from"))
+
+
+def _beside(table: dict[str, Any], folder: Path) -> dict[str, Any]:
+  """A recipe file's table with its relative paths taken from the file's own `folder`.
+
+  As its `base` is: a recipe and its data can move together. A path found
+  only from the directory the command runs in stays as it was written.
+  """
+  table = copy.deepcopy(table)
+  for section, key in PATH_KEYS:
+    value = table.get(section, {}).get(key) if isinstance(table.get(section), dict) else None
+    if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+      candidate = folder / value
+      if candidate.exists():
+        table[section][key] = str(candidate)
+  return table
 
 
 def absolute_paths(recipe: dict[str, Any]) -> None:
@@ -359,7 +375,11 @@ def _recipe_chain(path: Path) -> list[tuple[dict[str, Any], str]]:
     if not isinstance(base, str) or not base:
       raise UserError(f"recipe {path}: base must be a recipe name or path, got {base!r}")
     beside = path.parent / base
-    path = beside if beside.is_file() else resolve_recipe_path(base)
+    try:
+      path = beside if beside.is_file() else resolve_recipe_path(base)
+    except UserError:
+      raise UserError(f"recipe {path}: its base '{base}' is neither a file beside it nor a "
+                      f"packaged recipe ({', '.join(recipe_names())})") from None
   return chain[::-1]
 
 
@@ -453,6 +473,10 @@ def validate(recipe: dict[str, Any]) -> None:
                     f"got {recipe['export']['views']}")
   if min(recipe["data"][key] for key in ("val_size", "train_limit", "labelled")) < 0:
     raise UserError("data.val_size, data.train_limit and data.labelled must not be negative")
+  # Seeds feed numpy's generators, which take none below 0.
+  for key, value in (("seed", recipe["seed"]), ("data.split_seed", recipe["data"]["split_seed"])):
+    if value < 0:
+      raise UserError(f"{key} must be 0 or more, got {value}")
 
 
 def _validate_distillation(student: dict[str, Any]) -> None:

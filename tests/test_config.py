@@ -36,6 +36,8 @@ def test_defaults_then_file_then_overrides(tmp_path):
     ("augment.crop=zoom", ["augment.crop must be one of"]),
     ("teacher.learning_rate=nan", ["learning_rate must be a positive number"]),
     ("no_equals_sign", ["key=value"]),
+    ("seed=-1", ["seed must be 0 or more, got -1"]),
+    ("data.split_seed=-3", ["data.split_seed must be 0 or more, got -3"]),
 ])
 def test_bad_overrides_name_the_problem(override, words):
   with pytest.raises(UserError) as error:
@@ -123,11 +125,28 @@ def test_base_recipe_comes_first_and_the_variant_wins(tmp_path):
       "digits", ["teacher.steps=3"])
 
 
+def test_a_recipe_files_relative_data_dir_is_found_beside_it(tmp_path, monkeypatch):
+  """As its base is, so a recipe and its data move together; a path that is only found from
+  the directory the command runs in keeps working."""
+  (tmp_path / "project" / "data").mkdir(parents=True)
+  (tmp_path / "project" / "data" / "mine.npz").write_bytes(b"")
+  recipe_file = tmp_path / "project" / "mine.toml"
+  recipe_file.write_text('base = "digits"\n[data]\ndataset = "npz"\ndata_dir = "data/mine.npz"\n')
+  monkeypatch.chdir(tmp_path)
+  recipe = config.load_recipe(str(recipe_file))
+  assert recipe["data"]["data_dir"] == str(tmp_path / "project" / "data" / "mine.npz")
+  (tmp_path / "elsewhere.npz").write_bytes(b"")
+  recipe_file.write_text('[data]\ndataset = "npz"\ndata_dir = "elsewhere.npz"\n')
+  assert config.load_recipe(str(recipe_file))["data"]["data_dir"] == str(
+      tmp_path / "elsewhere.npz")
+
+
 @pytest.mark.parametrize("text, words", [
     ('base = "loop.toml"\n', ["bases form a cycle", "loop.toml -> ", "loop.toml"]),
     ("base = 3\n", ["base must be a recipe name or path, got 3"]),
     ('base = ""\n', ["base must be a recipe name or path, got ''"]),
-    ('base = "no_such_recipe"\n', ["recipe 'no_such_recipe' not found", "digits"]),
+    ('base = "no_such_recipe"\n', ["/loop.toml: its base 'no_such_recipe' is neither a file "
+                                    "beside it nor a packaged recipe (", "digits"]),
     ('base = "digits"\n[teacher]\nstepz = 3\n', ["unknown recipe key 'teacher.stepz'"]),
 ])
 def test_bad_base_names_the_problem(tmp_path, text, words):
