@@ -108,24 +108,60 @@ def image_grid(images: np.ndarray, captions: Sequence[str], *, title: str, path:
   return _save(fig, path)
 
 
-def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, class_names: Sequence[str], *,
-                     title: str, path: Path) -> Path:
-  """Counts of (true, predicted) pairs, rows normalised in the colour, counts written in."""
+# Above this many classes a confusion matrix's cells are too small to hold their counts, or its
+# ticks their class names: it is drawn as a picture at a fixed size (a 100-class one grew
+# to ~4900 px and 1.3 MB, embedded as base64 in report.html), its axes ticked by class index.
+CONFUSION_NUMBERED_CLASSES = 30
+# The side of a many-class matrix's figure, in inches.
+_CONFUSION_PICTURE_INCHES = 9.0
+
+
+def confusion_matrix_figure(labels: np.ndarray, predictions: np.ndarray,
+                            class_names: Sequence[str], *, title: str):
+  """The figure of `confusion_matrix`, unsaved (a matplotlib Figure).
+
+  Up to `CONFUSION_NUMBERED_CLASSES` classes each cell holds its count and
+  each tick its class name; above, the figure keeps a fixed size, the cells
+  only their colour and the axes a few class indices.
+  """
   plt = _pyplot()
   n = len(class_names)
   counts = np.zeros((n, n), np.int64)
   np.add.at(counts, (labels, predictions), 1)
   fractions = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-  fig, ax = plt.subplots(figsize=(0.55 * n + 2.5, 0.55 * n + 2))
-  ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
-  for i in range(n):
-    for j in range(n):
-      ax.text(j, i, counts[i, j], ha="center", va="center", fontsize=7,
-              color="white" if fractions[i, j] > 0.5 else "black")
-  ax.set_xticks(range(n), class_names, rotation=60, ha="right", fontsize=8)
-  ax.set_yticks(range(n), class_names, fontsize=8)
-  ax.set(xlabel="predicted", ylabel="true", title=title)
-  return _save(fig, path)
+  numbered = n <= CONFUSION_NUMBERED_CLASSES
+  if numbered:
+    fig, ax = plt.subplots(figsize=(0.55 * n + 2.5, 0.55 * n + 2))
+  else:
+    side = _CONFUSION_PICTURE_INCHES
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+  image = ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+  if numbered:
+    for i in range(n):
+      for j in range(n):
+        ax.text(j, i, counts[i, j], ha="center", va="center", fontsize=7,
+                color="white" if fractions[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), class_names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), class_names, fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    return fig
+  # About ten ticks a side, at round indices.
+  every = max(1, round(n / 10, -1) if n >= 50 else 5)
+  ticks = range(0, n, int(every))
+  ax.set_xticks(ticks, [str(t) for t in ticks], fontsize=8)
+  ax.set_yticks(ticks, [str(t) for t in ticks], fontsize=8)
+  fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04,
+               label="share of the true class's test images")
+  ax.set(xlabel=f"predicted class (index of {n})", ylabel=f"true class (index of {n})",
+         title=f"{title}\n{n} classes: colour only, no counts")
+  return fig
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, class_names: Sequence[str], *,
+                     title: str, path: Path) -> Path:
+  """Counts of (true, predicted) pairs, rows normalised in the colour, counts written in while
+  the cells can hold them (see `confusion_matrix_figure`); saved as a PNG at `path`."""
+  return _save(confusion_matrix_figure(labels, predictions, class_names, title=title), path)
 
 
 def reliability_diagram(confidences: np.ndarray, correct: np.ndarray, *, ece: float, title: str,

@@ -308,3 +308,32 @@ def test_train_seconds_keep_their_precision_for_short_runs():
   column = header.index("train s")
   assert [row[column] for row in body] == ["0.35", "0.034", "4.6", "123", "0"]
   assert report_lib.seconds_cell(9.97) == "10" and report_lib.seconds_cell(0.996) == "1.0"
+
+
+def test_a_many_class_confusion_matrix_stays_small_and_numberless(tmp_path):
+  """100 classes: a figure of fixed size (it grew to ~4900 px and 1.3 MB, embedded in
+  report.html as base64) without the counts its cells are too small for, ticked by class index;
+  10 classes keep their counts and names."""
+  import matplotlib.image  # noqa: PLC0415
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  from distill import plots  # noqa: PLC0415
+
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 100, 5000)
+  predictions = np.where(rng.random(5000) < 0.5, labels, rng.integers(0, 100, 5000))
+  names = [f"class_{i}" for i in range(100)]
+  figure = plots.confusion_matrix_figure(labels, predictions, names, title="wide")
+  ax = figure.axes[0]
+  assert len(ax.texts) == 0
+  assert len(ax.get_xticks()) <= 12 and "class_7" not in {
+      t.get_text() for t in ax.get_xticklabels()}
+  plt.close(figure)
+  path = plots.confusion_matrix(labels, predictions, names, title="wide", path=tmp_path / "c.png")
+  height, width = matplotlib.image.imread(path).shape[:2]
+  assert max(height, width) <= 1200 and path.stat().st_size < 200_000, (height, width)
+  assert len(report_lib._figure_html(path, "confusion")) < 300_000
+  few = plots.confusion_matrix_figure(labels % 10, predictions % 10, names[:10], title="ten")
+  assert len(few.axes[0].texts) == 100
+  assert [t.get_text() for t in few.axes[0].get_xticklabels()] == names[:10]
+  plt.close(few)
