@@ -167,9 +167,12 @@ def _build_model(recipe: dict[str, Any], role: str, dataset):
   options = dict(settings.model_options)
   if role == "student" and config_lib.DistillSettings.of(recipe).objective_name == "token":
     options["distill_token"] = True  # DeiT's second token and head
-  model = create_model(settings.model, num_classes=dataset.num_classes,
-                       image_shape=dataset.image_shape, seed=recipe["seed"],
-                       compute_dtype=settings.compute_dtype, **options)
+  try:
+    model = create_model(settings.model, num_classes=dataset.num_classes,
+                         image_shape=dataset.image_shape, seed=recipe["seed"],
+                         compute_dtype=settings.compute_dtype, **options)
+  except UserError as e:  # say which of the recipe's models, and where its settings are
+    raise UserError(f"the {role} ({role}.{settings.model}.*): {e}") from None
   return settings.model, model, count_params(model)
 
 

@@ -150,6 +150,8 @@ def test_finished_run_is_not_overwritten(teacher_dir):
     (["teacher", "--recipe", "nope"], "recipe 'nope' not found"),
     (["teacher", "--dataset", "npz", "--data-dir", "/nonexistent/x.npz"], "/nonexistent/x.npz"),
     (["teacher", "--recipe", "digits", "--batch-size", "5000"], "larger than the"),
+    (["teacher", "--recipe", "digits", "--set", "teacher.vit.patch=3"],
+     "the teacher (teacher.vit.*): vit patch 3 must divide the image size 8x8; 1, 2, 4, 8 do"),
     (["student", "--teacher", "/nonexistent/teacher"], "is not found"),
     (["export", "--teacher", "/nonexistent/teacher"], "is not found"),
     (["compare", "/nonexistent/run"], "no finished runs"),

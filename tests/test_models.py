@@ -96,11 +96,12 @@ def test_init_check_fires_for_badly_scaled_head(key):
 
 
 def test_vit_rejects_bad_geometry():
-  with pytest.raises(UserError, match="patch 5 must divide"):
+  with pytest.raises(UserError, match="patch 5 must divide the image size 28x28; 1, 2, 4, 7, 14, "
+                                      "28 do"):
     create_model("vit", num_classes=10, image_shape=(28, 28, 1), patch=5)
   with pytest.raises(UserError, match="divisible by heads"):
     create_model("vit", num_classes=10, image_shape=(28, 28, 1), width=30, heads=4)
-  with pytest.raises(UserError, match="patch 2 must divide the stem output size 7x7"):
+  with pytest.raises(UserError, match="patch 2 must divide the stem output size 7x7; 1, 7 do"):
     create_model("vit", num_classes=10, image_shape=(28, 28, 1), patch=2, stem="cnn")
   with pytest.raises(UserError, match="stem must be 'patch', 'conv' or 'cnn', got 'resnet'"):
     create_model("vit", num_classes=10, image_shape=(28, 28, 1), stem="resnet")

@@ -1,5 +1,7 @@
 """Vision Transformer (Dosovitskiy et al. 2021), sized by the recipe."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -182,9 +184,11 @@ class ViT(nnx.Module):
     self.stem = conv_stem
     self.cnn_stem = cnn_stem
     if height % patch or width_px % patch:
+      fitting = [str(size) for size in range(1, math.gcd(height, width_px) + 1)
+                 if height % size == 0 and width_px % size == 0]
       raise UserError(f"vit patch {patch} must divide the "
                       f"{'stem output' if stem == 'cnn' else 'image'} "
-                      f"size {height}x{width_px}")
+                      f"size {height}x{width_px}; {', '.join(fitting)} do")
     if width % heads:
       raise UserError(f"vit width {width} must be divisible by heads {heads}")
     self.patch = patch
