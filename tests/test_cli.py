@@ -21,8 +21,10 @@ def test_teacher_writes_a_complete_run(teacher_dir):
   summary = json.loads((teacher_dir / "summary.json").read_text())
   for key in ("role", "model", "dataset", "params", "steps", "init_loss", "init_loss_expected",
               "final_train_loss", "val_accuracy", "test_accuracy", "train_seconds",
-              "images_per_second", "params_sha256", "cpu"):
+              "images_per_second", "params_sha256", "cpu", "inputs"):
     assert key in summary, key
+  assert summary["inputs"]["image_shape"] == [8, 8, 1]
+  assert summary["inputs"]["class_names"] == [str(digit) for digit in range(10)]
   assert summary["role"] == "teacher" and summary["steps"] == 20
   assert summary["init_loss"] == pytest.approx(np.log(10), abs=1e-4)
   assert json.loads((teacher_dir / "recipe.json").read_text())["data"]["dataset"] == "digits"
