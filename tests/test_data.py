@@ -3,6 +3,7 @@
 import gzip
 import os
 import pickle
+import re
 import sys
 import types
 
@@ -305,9 +306,145 @@ def test_npz_label_beyond_class_names(tmp_path):
 
 def test_npz_wrong_image_dtype(tmp_path):
   np.savez(tmp_path / "mine.npz", x=np.zeros((4, 2, 2), np.float32),
-           y=np.zeros(4, np.int64))
+           y=np.arange(4) % 2)
   with pytest.raises(UserError, match="key 'x' must be uint8"):
     load_dataset("npz", data_dir=tmp_path / "mine.npz")
+
+
+def _load_npz(path, warn=None, **arrays):
+  """Saves `arrays` as an npz at `path` and loads it; notes go to `warn` (a list's append)."""
+  np.savez(path, **arrays)
+  return load_dataset("npz", data_dir=path, val_size=2, warn=warn)
+
+
+_X = np.arange(40 * 6 * 6, dtype=np.uint32).reshape(40, 6, 6).astype(np.uint8)
+
+
+def test_npz_of_one_class_is_refused_when_it_loads(tmp_path):
+  # A classifier of one class crashed only after the model was built.
+  path = tmp_path / "mine.npz"
+  with pytest.raises(UserError, match=r"every image in key 'y' has label 0; a classifier needs "
+                                      r"at least two classes"):
+    _load_npz(path, x=_X, y=np.zeros(40, np.int64))
+  with pytest.raises(UserError, match=r"has label 3; a classifier needs at least two"):
+    _load_npz(path, x=_X, y=np.full(40, 3))
+  with pytest.raises(UserError, match=r"has label 1 \(class 'dog'\)"):
+    _load_npz(path, x=_X, y=np.ones(40, np.int64), class_names=np.array(["cat", "dog"]))
+  # The other label only in the held-out test split: training would see one class.
+  _, (lone,) = datasets._fixed_test_holdout(5)
+  y = np.zeros(5, np.int64)
+  y[lone] = 1
+  with pytest.raises(UserError, match="npz: every training image has label 0"):
+    _load_npz(path, x=_X[:5], y=y)
+
+
+def test_npz_labels_that_skip_classes_warn_and_name_them(tmp_path, capsys):
+  path = tmp_path / "mine.npz"
+  notes = []
+  dataset = _load_npz(path, notes.append, x=_X, y=np.arange(40) % 10 + 1)
+  assert dataset.num_classes == 11
+  (note,) = notes
+  assert "class 0 of the 11 has no training images" in note
+  assert "labels are class indices 0..K-1" in note
+  assert "np.unique(y, return_inverse=True)" in note
+
+  notes.clear()
+  assert _load_npz(path, notes.append, x=_X, y=np.arange(40) % 3 * 4 + (np.arange(40) % 3 == 2)
+                   ).num_classes == 10  # labels 0, 4 and 9
+  assert "7 of the 10 classes (1, 2, 3, 5, 6 and 2 more) have no training images" in notes[0]
+
+  # Without `warn`, the console's warning, on stderr.
+  _load_npz(path, x=_X, y=np.arange(40) % 3 * 4)
+  assert "have no training images" in capsys.readouterr().err
+
+
+def test_npz_classes_empty_for_a_reason_do_not_warn(tmp_path):
+  path = tmp_path / "mine.npz"
+  notes = []
+  # Named classes are the user's: one without images is not a numbering mistake.
+  _load_npz(path, notes.append, x=_X, y=np.arange(40) % 2 * 4,
+            class_names=np.array(list("abcde")))
+  # Classes emptied by data.labelled, train_limit or the validation split are not either.
+  np.savez(path, x=_X, y=np.arange(40) % 4)
+  dataset = load_dataset("npz", data_dir=path, val_size=10, labelled=1, train_limit=3,
+                         warn=notes.append)
+  assert dataset.labelled_count == 1 and dataset.num_classes == 4
+  assert notes == []
+
+
+def test_npz_label_ids_that_would_make_absurd_class_counts_are_refused(tmp_path):
+  path = tmp_path / "mine.npz"
+  # One id of 10**9 would have built 10**9 class names and a head to match.
+  with pytest.raises(UserError, match=r"labels up to 1,000,000,000, which makes "
+                                      r"1,000,000,001 classes, but only 3 distinct labels occur "
+                                      r"\(0, 1, 1000000000\).*np.unique.*more than 1,000 classes"):
+    _load_npz(path, x=_X, y=np.r_[np.arange(39) % 2, 10**9])
+  # Also when the id is only in the test split.
+  with pytest.raises(UserError, match="1,000,000,001 classes"):
+    _load_npz(path, x=_X, y=np.arange(40) % 2, x_test=_X[:2], y_test=np.array([0, 10**9]))
+  # A stray 999 among ten labels: 1,000 classes are possible, and the note names the gap.
+  notes = []
+  assert _load_npz(path, notes.append, x=_X, y=np.r_[np.arange(39) % 10, 999]
+                   ).num_classes == 1000
+  assert "989 of the 1,000 classes (10, 11, 12, 13, 14 and 984 more)" in notes[0]
+
+
+@pytest.mark.parametrize("shape, looks_channels_first", [
+    ((2, 3, 32, 32), True), ((2, 1, 28, 28), True), ((2, 4, 9, 7), True),
+    ((2, 32, 32, 3), False), ((2, 4, 4, 3), False), ((2, 3, 8, 3), False), ((2, 3, 4, 4), False),
+    ((2, 1, 28, 1), False), ((2, 28, 28), False)])
+def test_channels_first_rule_spares_real_nhwc_sets(shape, looks_channels_first):
+  assert datasets.channels_first(shape) is looks_channels_first
+
+
+def test_npz_channels_first_images_are_refused_with_the_transpose(tmp_path):
+  path = tmp_path / "mine.npz"
+  x = np.zeros((40, 3, 8, 8), np.uint8)
+  with pytest.raises(UserError, match=r"key 'x' has shape \(40, 3, 8, 8\), which looks "
+                                      r"channels-first.*`x.transpose\(0, 2, 3, 1\)`"):
+    _load_npz(path, x=x, y=np.arange(40) % 2)
+  # With float pixels too, both fixes in one line.
+  with pytest.raises(UserError, match=r"got float32; they look like 0..1 floats.*"
+                                      r"it also has shape \(40, 3, 8, 8\)"):
+    _load_npz(path, x=x.astype(np.float32), y=np.arange(40) % 2)
+  assert _load_npz(path, x=np.zeros((40, 4, 4, 3), np.uint8),
+                   y=np.arange(40) % 2).image_shape == (4, 4, 3)
+
+
+@pytest.mark.parametrize("x, hint", [
+    (np.full((4, 2, 2), 0.5, np.float32), "`(x * 255).round().astype(np.uint8)`"),
+    (np.full((4, 2, 2), 200.0), "they lie in 0..255: convert with `x.round().astype(np.uint8)`"),
+    (np.full((4, 2, 2), -1.5, np.float32), "range over -1.5..-1.5 (normalised?)"),
+    (np.full((4, 2, 2), 7, np.int64), "`x.astype(np.uint8)`"),
+])
+def test_npz_image_type_rejections_say_how_to_convert(tmp_path, x, hint):
+  with pytest.raises(UserError, match=f"must be uint8 images .*{re.escape(hint)}"):
+    _load_npz(tmp_path / "mine.npz", x=x, y=np.arange(4) % 2)
+
+
+@pytest.mark.parametrize("y, hint", [
+    (np.array(["cat", "dog"] * 20), "got <U3; for class names as labels, save `classes, y = "
+                                    "np.unique(y, return_inverse=True)` and pass the names as "
+                                    "`class_names=classes`"),
+    (np.arange(40.0) % 2, "got float64; they are whole numbers: save `y.astype(np.int64)`"),
+    (np.eye(2, dtype=np.int64)[np.arange(40) % 2], "for one-hot labels, save `y.argmax(axis=1)`"),
+])
+def test_npz_label_rejections_say_how_to_convert(tmp_path, y, hint):
+  with pytest.raises(UserError, match=re.escape(hint)):
+    _load_npz(tmp_path / "mine.npz", x=_X, y=y)
+
+
+def test_npz_reads_keras_names(tmp_path):
+  path = tmp_path / "keras.npz"
+  dataset = _load_npz(path, x_train=_X, y_train=np.arange(40) % 2, x_test=_X[:6],
+                      y_test=np.arange(6) % 2)
+  assert (len(dataset.x_train) + len(dataset.x_val), len(dataset.x_test)) == (40, 6)
+  with pytest.raises(UserError, match="key 'x_train' must be uint8"):
+    _load_npz(path, x_train=_X.astype(np.float32), y_train=np.arange(40) % 2)
+  with pytest.raises(UserError, match="has both 'x' and 'x_train'; keep one"):
+    _load_npz(path, x=_X, x_train=_X, y=np.arange(40) % 2)
+  with pytest.raises(UserError, match=r"no key 'y' \(or 'y_train'\) \(it has: x\)"):
+    _load_npz(path, x=_X)
 
 
 # --- digits ------------------------------------------------------------------

@@ -61,12 +61,17 @@ _CIFAR10_FOLDER = "cifar-10-batches-py"
 
 
 class RawData(NamedTuple):
-  """What a registered loader returns, before validation and splitting."""
+  """What a registered loader returns, before validation and splitting.
+
+  `notes` are the loader's remarks on data it accepts but the user should
+  hear about (classes without images); `load_dataset` passes each to `warn`.
+  """
   x_train: np.ndarray
   y_train: np.ndarray
   x_test: np.ndarray
   y_test: np.ndarray
   class_names: tuple[str, ...]
+  notes: tuple[str, ...] = ()
 
 
 # eq=False: comparing or hashing datasets field by field would touch every
@@ -190,7 +195,8 @@ def dataset_names() -> list[str]:
 def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
                  val_size: int | float = 0.1, split_seed: int = 0,
                  train_limit: int | None = None, labelled: int | None = None,
-                 allow_download: bool | None = None) -> Dataset:
+                 allow_download: bool | None = None,
+                 warn: Callable[[str], None] | None = None) -> Dataset:
   """Loads, validates, fingerprints and splits a registered dataset.
 
   Args:
@@ -210,6 +216,9 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
     allow_download: whether keras may download the data when it is not found
       locally. None means allowed unless the environment sets
       DISTILL_OFFLINE=1.
+    warn: called with each warning about data that loads but looks wrong
+      (e.g. classes with no images, from labels that are not 0..K-1); None
+      prints it as `distill.console.Console.warn` does.
 
   Returns:
     The Dataset.
@@ -247,7 +256,13 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
     data_dir = _checked_data_dir(data_dir)
 
   raw = loader(data_dir=data_dir, allow_download=allow_download)
-  x_train, y_train, x_test, y_test, class_names = _validated(name, raw)
+  x_train, y_train, x_test, y_test, class_names, notes = _validated(name, raw)
+  if notes and warn is None:
+    from distill.console import Console  # noqa: PLC0415 (only when there is something to say)
+
+    warn = Console().warn
+  for note in notes:
+    warn(note)
   fingerprint = _hash_arrays(x_train, y_train, x_test, y_test)
 
   num_val = _validation_count(val_size, len(x_train))
@@ -403,7 +418,10 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 @register("npz")
 def _load_npz(*, data_dir: str | None, allow_download: bool) -> RawData:
-  """A user's own .npz: x, y, optional x_test, y_test and class_names."""
+  """A user's own .npz: x, y, optional x_test, y_test and class_names.
+
+  keras' names x_train and y_train are read as x and y.
+  """
   del allow_download  # A user's own file has nowhere to come from.
   usage = ("arrays x (uint8 [N,H,W] or [N,H,W,C]) and y (int [N]), optional "
            "x_test, y_test, class_names")
@@ -415,9 +433,12 @@ def _load_npz(*, data_dir: str | None, allow_download: bool) -> RawData:
                     f"folder ({usage})")
   path = data_dir
   arrays = read_npz(path, optional=("x_test", "y_test", "class_names"),
-                    required=("x", "y"))
-  x = _checked_images(arrays["x"], f"{path}: key 'x'")
-  y = _checked_labels(arrays["y"], f"{path}: key 'y'", len(x), "key 'x'")
+                    required=("x", "y"), aliases={"x": "x_train", "y": "y_train"})
+  # Messages name the key the file uses.
+  x_key = "x" if "x" in arrays else "x_train"
+  y_key = "y" if "y" in arrays else "y_train"
+  x = _checked_images(arrays[x_key], f"{path}: key {x_key!r}")
+  y = _checked_labels(arrays[y_key], f"{path}: key {y_key!r}", len(x), f"key {x_key!r}")
   has_x_test, has_y_test = "x_test" in arrays, "y_test" in arrays
   if has_x_test != has_y_test:
     missing = "y_test" if has_x_test else "x_test"
@@ -427,19 +448,21 @@ def _load_npz(*, data_dir: str | None, allow_download: bool) -> RawData:
     x_test = _checked_images(arrays["x_test"], f"{path}: key 'x_test'")
     y_test = _checked_labels(arrays["y_test"], f"{path}: key 'y_test'",
                              len(x_test), "key 'x_test'")
+  notes = ()
   if "class_names" in arrays:
     class_names = class_names_from_array(arrays["class_names"], path)
-    for key, labels in (("y", y), ("y_test", y_test if has_x_test else None)):
+    for key, labels in ((y_key, y), ("y_test", y_test if has_x_test else None)):
       if labels is not None and len(labels) and labels.max() >= len(
           class_names):
         raise UserError(
             f"{path}: key {key!r} has label {int(labels.max())} but "
             f"class_names lists only {len(class_names)} classes")
+    # Named classes are the user's word for what the classes are: one with
+    # no images is theirs to have (a class list shared with other data).
   else:
-    top_label = int(y.max())
-    if has_x_test:
-      top_label = max(top_label, int(y_test.max()))
-    class_names = tuple(str(label) for label in range(top_label + 1))
+    class_names, notes = _classes_from_labels(
+        y, y_test if has_x_test else None, f"{path}: key {y_key!r}")
+  _check_two_classes(y, class_names, f"{path}: every image in key {y_key!r}")
   if not has_x_test:
     if len(x) < 2:
       raise UserError(f"{path}: key 'x' has {len(x)} example(s); need at "
@@ -448,7 +471,69 @@ def _load_npz(*, data_dir: str | None, allow_download: bool) -> RawData:
     train_indices, test_indices = _fixed_test_holdout(len(x))
     x, y, x_test, y_test = (x[train_indices], y[train_indices],
                             x[test_indices], y[test_indices])
-  return RawData(x, y, x_test, y_test, class_names)
+  return RawData(x, y, x_test, y_test, class_names, notes)
+
+
+# Labels are class indices, so an npz without class_names has max(label) + 1
+# classes. More than this many, and more than _MAX_CLASSES_PER_LABEL for each
+# label that occurs, is taken for labels that are not indices (ids, a stray
+# 999 or 10**9), whose classes and head would mostly be empty, or not fit in memory.
+_MAX_UNNAMED_CLASSES = 1000
+_MAX_CLASSES_PER_LABEL = 100
+_REMAP = ("remap them with `classes, y = np.unique(y, return_inverse=True)` and save "
+          "`class_names=classes.astype(str)`")
+
+
+def _classes_from_labels(y: np.ndarray, y_test: np.ndarray | None,
+                         what: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """Class names 0..max(label) for labels without names, and a note on classes without images.
+
+  Raises:
+    UserError: when the labels' range is absurd for how few labels occur
+      (see _MAX_UNNAMED_CLASSES).
+  """
+  present = np.unique(y if y_test is None else np.concatenate([y, y_test]))
+  num_classes = int(present[-1]) + 1
+  if (num_classes > _MAX_UNNAMED_CLASSES
+      and num_classes > _MAX_CLASSES_PER_LABEL * len(present)):
+    raise UserError(
+        f"{what} has labels up to {int(present[-1]):,}, which makes {num_classes:,} classes, "
+        f"but only {len(present)} distinct labels occur ({_first_few(present)}); labels are "
+        f"class indices 0..K-1: {_REMAP} (refused: more than {_MAX_UNNAMED_CLASSES:,} classes "
+        f"and over {_MAX_CLASSES_PER_LABEL} per label present)")
+  class_names = tuple(str(label) for label in range(num_classes))
+  # The user's whole training key, before any split: a class emptied by the
+  # validation split, train_limit or data.labelled is not the labels' doing.
+  empty = np.setdiff1d(np.arange(num_classes), y)
+  if not len(empty):
+    return class_names, ()
+  which = (f"class {empty[0]} of the {num_classes:,} has" if len(empty) == 1 else
+           f"{len(empty):,} of the {num_classes:,} classes ({_first_few(empty)}) have")
+  return class_names, (
+      f"{what}: {which} no training images; labels are class indices 0..K-1 with K = largest "
+      f"label + 1, so gaps in yours make empty classes: if they are not indices, {_REMAP}",)
+
+
+def _first_few(values, limit: int = 5) -> str:
+  """'1, 2, 3, 4, 5 and 12 more': the first `limit` values of many."""
+  values = [str(value) for value in np.asarray(values).tolist()]
+  shown = ", ".join(values[:limit])
+  return shown + (f" and {len(values) - limit:,} more" if len(values) > limit else "")
+
+
+def _check_two_classes(labels: np.ndarray, class_names: tuple[str, ...], subject: str) -> None:
+  """Refuses labels of a single class: a classifier would have nothing to tell apart.
+
+  `subject` begins the message: '<where>: every training image'.
+  """
+  present = np.unique(labels)
+  if len(present) >= 2:
+    return
+  label = int(present[0])
+  name = class_names[label] if label < len(class_names) else str(label)
+  named = "" if name == str(label) else f" (class {name!r})"
+  raise UserError(f"{subject} has label {label}{named}; a classifier needs at least two "
+                  "classes: add images of another class")
 
 
 # --- Search and error reporting ----------------------------------------------
@@ -565,7 +650,12 @@ def _checked_images(x: np.ndarray, what: str) -> np.ndarray:
   """uint8 images as NHWC, adding a channel axis to [N, H, W]."""
   x = np.asarray(x)
   if x.dtype != np.uint8:
-    raise UserError(f"{what} must be uint8 images (0..255), got {x.dtype}")
+    # Both problems at once: a file fixed for one should not fail on the other.
+    also = (f"; it also has {channels_first_advice(x.shape)}" if channels_first(x.shape)
+            else "")
+    raise UserError(f"{what} must be uint8 images (0..255), got {x.dtype}{uint8_hint(x)}{also}")
+  if channels_first(x.shape):
+    raise UserError(f"{what} has {channels_first_advice(x.shape)}")
   if x.ndim == 3:
     x = x[..., np.newaxis]
   elif x.ndim != 4:
@@ -586,9 +676,12 @@ def _checked_labels(y: np.ndarray, what: str, num_images: int,
   if y.ndim == 2 and y.shape[1] == 1:  # keras returns some labels as [N, 1].
     y = y[:, 0]
   if y.ndim != 1:
-    raise UserError(f"{what} must be labels shaped [N], got shape {y.shape}")
+    one_hot = (y.ndim == 2 and y.size and np.isin(y, (0, 1)).all()
+               and (y.sum(axis=1) == 1).all())
+    hint = "; for one-hot labels, save `y.argmax(axis=1)`" if one_hot else ""
+    raise UserError(f"{what} must be labels shaped [N], got shape {y.shape}{hint}")
   if not np.issubdtype(y.dtype, np.integer):
-    raise UserError(f"{what} must hold integer labels, got {y.dtype}")
+    raise UserError(f"{what} must hold integer labels, got {y.dtype}{_label_dtype_hint(y)}")
   if len(y) != num_images:
     raise UserError(f"{what} has {len(y)} labels but {images_what} has "
                     f"{num_images} images")
@@ -598,6 +691,54 @@ def _checked_labels(y: np.ndarray, what: str, num_images: int,
     raise UserError(f"{what} has label {int(y.max())}, outside [0, "
                     f"{num_classes}) for {num_classes} classes")
   return y
+
+
+def uint8_hint(x: np.ndarray) -> str:
+  """How to turn non-uint8 images into uint8 0..255, as '; ...' to end a message ('' if unsure)."""
+  if x.dtype == np.bool_:
+    return "; convert with `(x * 255).astype(np.uint8)`"
+  if not x.size or x.dtype.kind not in "fiu":
+    return ""
+  if x.dtype.kind == "f" and not np.isfinite(x).all():
+    return "; they hold NaN or infinite values: fix those, then scale them to 0..255"
+  low, high = x.min().item(), x.max().item()
+  floats = x.dtype.kind == "f"
+  if floats and low >= 0 and high <= 1:
+    return "; they look like 0..1 floats: convert with `(x * 255).round().astype(np.uint8)`"
+  if low >= 0 and high <= 255:
+    rounded = ".round()" if floats else ""
+    return f"; they lie in 0..255: convert with `x{rounded}.astype(np.uint8)`"
+  normalised = " (normalised?)" if floats else ""
+  return (f"; they range over {low:g}..{high:g}{normalised}: scale them to 0..255, then "
+          "`.astype(np.uint8)`")
+
+
+def channels_first(shape: tuple[int, ...]) -> bool:
+  """Whether an image array's shape is PyTorch's [N, C, H, W] rather than [N, H, W, C].
+
+  Axis 1 of 1, 3 or 4 with both later axes above 4: read as NHWC, those would
+  be images at most 4 pixels high with more than 4 channels, which no real
+  image set is, while channels-first images would train as scrambled pixels
+  (or fail a ViT's patch check).
+  """
+  return len(shape) == 4 and shape[1] in (1, 3, 4) and min(shape[2:]) > 4
+
+
+def channels_first_advice(shape: tuple[int, ...]) -> str:
+  """What is wrong with a channels-first image array and the fix: 'shape ..., which ...'."""
+  return (f"shape {tuple(shape)}, which looks channels-first [N, C, H, W]; images must be "
+          "channels-last [N, H, W, C]: convert with `x.transpose(0, 2, 3, 1)`")
+
+
+def _label_dtype_hint(y: np.ndarray) -> str:
+  """How to turn labels of another type into integer class indices ('; ...', or '')."""
+  if y.dtype.kind in "USO":
+    return ("; for class names as labels, save `classes, y = np.unique(y, "
+            "return_inverse=True)` and pass the names as `class_names=classes`")
+  if y.dtype.kind == "b" or (y.dtype.kind == "f" and np.isfinite(y).all()
+                             and (y == np.round(y)).all()):
+    return "; they are whole numbers: save `y.astype(np.int64)`"
+  return ""
 
 
 def _validated(name: str, raw: RawData) -> RawData:
@@ -613,8 +754,10 @@ def _validated(name: str, raw: RawData) -> RawData:
                             "x_train", len(class_names))
   y_test = _checked_labels(raw.y_test, f"{name} y_test", len(x_test), "x_test",
                            len(class_names))
+  # After any held-out test split: what the model will train on.
+  _check_two_classes(y_train, class_names, f"{name}: every training image")
   return RawData(x_train, y_train.astype(np.int32), x_test,
-                 y_test.astype(np.int32), class_names)
+                 y_test.astype(np.int32), class_names, tuple(raw.notes))
 
 
 def _hash_arrays(*arrays: np.ndarray) -> str:

@@ -123,9 +123,22 @@ def read_idx_set(paths: dict[str, str]) -> tuple[np.ndarray, ...]:
 # --- npz ---------------------------------------------------------------------
 
 
-def read_npz(path: str, required: tuple[str, ...],
-             optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-  """Reads the named arrays from an .npz without ever unpickling."""
+def read_npz(path: str, required: tuple[str, ...], optional: tuple[str, ...] = (),
+             aliases: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+  """Reads the named arrays from an .npz without ever unpickling.
+
+  Args:
+    path: the file.
+    required: keys that must be there (an error names the keys it has).
+    optional: keys read when they are there.
+    aliases: required key -> another name that may stand in for it (keras'
+      'x_train' for 'x'). The array comes back under the name the file uses;
+      a file with both names is refused, as either could be meant.
+
+  Returns:
+    The arrays by key.
+  """
+  aliases = aliases or {}
   try:
     archive = np.load(path, allow_pickle=False)
   except (OSError, ValueError, EOFError) as error:
@@ -135,11 +148,21 @@ def read_npz(path: str, required: tuple[str, ...],
                     "named arrays")
   arrays = {}
   with archive:
+    present = []
     for key in required:
-      if key not in archive.files:
-        raise UserError(f'{path} has no key {key!r} (it has: '
+      alias = aliases.get(key)
+      if key in archive.files and alias in archive.files:
+        raise UserError(f"{path} has both {key!r} and {alias!r}; keep one of them "
+                        "(they mean the same array here)")
+      if key in archive.files:
+        present.append(key)
+      elif alias in archive.files:
+        present.append(alias)
+      else:
+        spelled = f"{key!r}" + (f" (or {alias!r})" if alias else "")
+        raise UserError(f'{path} has no key {spelled} (it has: '
                         f'{", ".join(archive.files) or "nothing"})')
-    for key in (*required, *optional):
+    for key in (*present, *optional):
       if key not in archive.files:
         continue
       try:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from distill.data.datasets import channels_first, channels_first_advice, uint8_hint
 from distill.errors import UserError, one_line
 from distill.io import (
     check_directory_target,
@@ -170,7 +171,10 @@ def _image_columns(chunk_number: int, chunk: Any, *, num_classes: int) -> dict[s
   images, labels = np.asarray(images), np.asarray(labels)
   what = f"chunk {chunk_number}"
   if images.dtype != np.uint8:
-    raise UserError(f"{what}: images must be uint8 (0..255), got {images.dtype}")
+    raise UserError(f"{what}: images must be uint8 (0..255), got {images.dtype}"
+                    f"{uint8_hint(images)}")
+  if channels_first(images.shape):
+    raise UserError(f"{what}: images have {channels_first_advice(images.shape)}")
   if images.ndim == 3:
     images = images[..., np.newaxis]
   if images.ndim != 4 or 0 in images.shape[1:]:
