@@ -2,6 +2,7 @@
 
 import json
 import threading
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -149,7 +150,8 @@ def test_image_folder_resizes_and_labels_by_sorted_class(tmp_path):
 
 def test_image_folder_mistakes_are_clear(tmp_path):
   root, _ = _image_folder(tmp_path / "folder")
-  with pytest.raises(UserError, match="image size"):
+  with pytest.raises(UserError, match="give open_source the size .* e.g. image_size=64 .*"
+                                      "write_array_shards"):
     stream.open_source(root)
   (root / "cat" / "notes.txt").write_text("not an image")
   with pytest.raises(UserError, match="notes.txt is not an image file"):
@@ -197,10 +199,76 @@ def test_split_layout_and_validation_carve(tmp_path, shards):
   assert (len(data.train_indices), len(data.val_indices), len(data.test)) == (12, 3, 3)
   assert data.image_shape == (5, 5, 3) and data.class_names == CLASSES
   (folders / "test" / "ant").rename(folders / "test" / "aardvark")
-  with pytest.raises(UserError, match="differ"):
+  # Both lists began alike, so their first names hid the difference: name it.
+  with pytest.raises(UserError, match="have different classes: test lacks 'ant'; test has "
+                                      "'aardvark', which train lacks"):
     stream.open_stream_dataset(folders, image_size=5)
   with pytest.raises(UserError, match="not resized"):
     stream.open_stream_dataset(root, image_size=7)
+
+
+def test_classes_in_another_order_are_named(tmp_path, shards):
+  _, images, labels = shards
+  write_array_shards(tmp_path / "data" / "train", (images, labels), class_names=CLASSES)
+  write_array_shards(tmp_path / "data" / "test", (images, labels), class_names=CLASSES[::-1])
+  with pytest.raises(UserError, match="the same classes in another order"):
+    stream.open_stream_dataset(tmp_path / "data")
+
+
+def test_one_class_is_refused_when_the_stream_opens(tmp_path):
+  images, _ = _arrays(n=6)
+  write_array_shards(tmp_path / "one" / "train", (images, np.zeros(6, int)), class_names=["ant"])
+  with pytest.raises(UserError, match="train has one class, 'ant'; a classifier needs at least "
+                                      "two classes"):
+    stream.open_stream_dataset(tmp_path / "one")
+  # Two names, but every training image has the same label.
+  for split in ("train", "test"):
+    write_array_shards(tmp_path / "same" / split, (images, np.ones(6, int)),
+                       class_names=["ant", "bee"])
+  with pytest.raises(UserError, match=r"every image of .*train has label 1 \(class 'bee'\); "
+                                      "a classifier needs at least two classes"):
+    stream.open_training_stream(tmp_path / "same", val_size=1, split_seed=0, train_limit=None)
+
+
+def test_training_from_an_image_folder_says_how_to_convert_it(tmp_path):
+  photos = tmp_path / "photos"
+  _image_folder(photos / "train")
+  _image_folder(photos / "test", sizes=((8, 8),))
+  # No option takes an image size for training: the way out is converting the folder.
+  with pytest.raises(UserError, match=r"photos/train has no shards.json: --dataset stream trains "
+                                      r"from array shards.*open_source\(folder, image_size=...\)"
+                                      r".*write_array_shards.*'Data larger than memory'") as error:
+    stream.open_training_stream(photos, val_size=1, split_seed=0, train_limit=None)
+  assert "image_size=224" not in str(error.value)
+
+
+def _readme_block_after(marker):
+  """The first ```python block after `marker` in the README."""
+  text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+  start = text.index("```python\n", text.index(marker)) + len("```python\n")
+  return text[start:text.index("```", start)]
+
+
+def test_readme_conversion_snippet_makes_shards_training_opens(tmp_path, monkeypatch):
+  # The snippet every message about image folders points at must keep working.
+  monkeypatch.chdir(tmp_path)
+  _image_folder(tmp_path / "photos" / "train")
+  _image_folder(tmp_path / "photos" / "test", sizes=((8, 8), (9, 5)))
+  exec(_readme_block_after("Convert an image folder to shards once"), {})  # noqa: S102
+  data = stream.open_training_stream("data/photos-64", val_size=3, split_seed=0, train_limit=None)
+  assert data.image_shape == (64, 64, 3) and data.class_names == CLASSES
+  assert (len(data.x_train), len(data.x_val), len(data.x_test)) == (12, 3, 6)
+
+
+def test_shard_chunks_say_how_to_fix_their_images(tmp_path):
+  labels = np.arange(4) % 3
+  with pytest.raises(UserError, match=r"images have shape \(4, 3, 8, 8\), which looks "
+                                      r"channels-first.*x.transpose\(0, 2, 3, 1\)"):
+    write_array_shards(tmp_path / "a", (np.zeros((4, 3, 8, 8), np.uint8), labels),
+                       class_names=CLASSES)
+  with pytest.raises(UserError, match=r"got float64; they look like 0..1 floats: convert with "
+                                      r"`\(x \* 255\).round\(\).astype\(np.uint8\)`"):
+    write_array_shards(tmp_path / "b", (np.full((4, 8, 8), 0.5), labels), class_names=CLASSES)
 
 
 def _feeder(source, labels, order, rows=None, **options):

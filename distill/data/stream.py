@@ -43,6 +43,11 @@ from distill.data.shards import (
 from distill.errors import UserError, one_line
 from distill.io import read_json, read_only
 
+# Where the README shows how an image folder becomes array shards, for messages.
+CONVERT_HINT = ("read it with distill.data.stream.open_source(folder, image_size=...) and write "
+                "it with distill.data.shards.write_array_shards, as the README section 'Data "
+                "larger than memory' shows")
+
 # Lower-case suffixes Pillow decodes; ImageNet's own files end in ".JPEG".
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -290,8 +295,9 @@ def open_source(path: str | os.PathLike, *, image_size: int | Sequence[int] | No
                       "not converted; leave out grayscale or convert them again")
     return source
   if image_size is None:
-    raise UserError(f"{path} is an image folder (no {SHARDS_FILE}); give the image size to "
-                    "resize its images to, e.g. image_size=224")
+    raise UserError(f"{path} is an image folder (no {SHARDS_FILE}): give open_source the size "
+                    "to resize its images to, e.g. image_size=64 (to train from it, convert it to "
+                    f"array shards once: {CONVERT_HINT})")
   return ImageFolderSource(path, image_size, grayscale=grayscale)
 
 
@@ -420,10 +426,12 @@ def open_stream_dataset(root: str | os.PathLike, *, image_size: int | Sequence[i
     test = open_source(root / "test", **options) if (root / "test").exists() else None
   else:
     train, test = open_source(root, **options), None
+  if train.num_classes < 2:
+    raise UserError(f"{train.path} has one class, {train.class_names[0]!r}; a classifier needs "
+                    "at least two classes: add images of another class")
   if test is not None:
     if test.class_names != train.class_names:
-      raise UserError(f"{test.path} has classes ({', '.join(test.class_names[:5])}, ...) that "
-                      f"differ from {train.path}'s ({', '.join(train.class_names[:5])}, ...)")
+      raise UserError(_class_mismatch(train, test))
     if test.image_shape != train.image_shape:
       raise UserError(f"{test.path} has {test.image_shape} images but {train.path} has "
                       f"{train.image_shape}")
@@ -525,16 +533,27 @@ def open_training_stream(root: str | os.PathLike, *, val_size: int | float, spli
   """
   if not root:
     raise UserError("--dataset stream needs --data-dir: a folder with train/ and test/ shards")
+  root = Path(root)
+  # Before opening: an image folder cannot open without an image size, which
+  # training takes from nowhere; what the user can do is convert it.
+  split_layout = (root / "train").is_dir() and not (root / SHARDS_FILE).is_file()
+  for split in (root / "train", root / "test") if split_layout else (root,):
+    if split.is_dir() and not (split / SHARDS_FILE).is_file():
+      raise UserError(f"{split} has no {SHARDS_FILE}: --dataset stream trains from array shards, "
+                      "decoded once rather than every epoch; convert an image folder "
+                      f"(<class>/<image files>) to them once ({CONVERT_HINT}) and pass the folder "
+                      "holding the shards' train/ and test/ as --data-dir")
   stream = open_stream_dataset(root, val_size=val_size, split_seed=split_seed,
                                train_limit=train_limit)
-  for source in (stream.train, stream.test):
-    if source is None:
-      raise UserError(f"{root} has no test/ split; streamed training evaluates on it")
-    if not isinstance(source, ArrayShardSource):
-      raise UserError(f"{source.path} is an image folder; convert it to array shards first "
-                      "(distill.data.shards.write_array_shards) so it is decoded once, "
-                      "not every epoch")
+  if stream.test is None:
+    raise UserError(f"{root} has no test/ split; streamed training evaluates on it")
   train_labels = _all_labels(stream.train)
+  present = np.unique(train_labels)
+  if len(present) < 2:
+    label = int(present[0])
+    raise UserError(f"every image of {stream.train.path} has label {label} (class "
+                    f"{stream.class_names[label]!r}); a classifier needs at least two classes: "
+                    "add images of another class")
   return StreamedTrainingData(
       stream=stream,
       x_train=Rows(stream.train, stream.train_indices), y_train=train_labels[stream.train_indices],
@@ -545,6 +564,29 @@ def open_training_stream(root: str | os.PathLike, *, val_size: int | float, spli
 
 # --------------------------------------------------------------------------
 # Small helpers.
+
+
+def _class_mismatch(train: StreamSource, test: StreamSource) -> str:
+  """The error for a test split whose classes are not the training split's: which differ."""
+  train_names, test_names = set(train.class_names), set(test.class_names)
+  missing = [name for name in train.class_names if name not in test_names]
+  extra = [name for name in test.class_names if name not in train_names]
+  parts = []
+  if missing:
+    parts.append(f"test lacks {_some_names(missing)}")
+  if extra:
+    parts.append(f"test has {_some_names(extra)}, which train lacks")
+  if not parts:  # Shards can name the same classes in another order.
+    parts.append(f"the same classes in another order (train: {_some_names(train.class_names)}; "
+                 f"test: {_some_names(test.class_names)}), which would swap their labels")
+  return (f"{test.path} and {train.path} have different classes: {'; '.join(parts)}; "
+          "both splits need the same classes")
+
+
+def _some_names(names: Sequence[str], limit: int = 5) -> str:
+  """"'a', 'b' and 3 more": the first `limit` names quoted."""
+  shown = ", ".join(repr(name) for name in names[:limit])
+  return shown + (f" and {len(names) - limit:,} more" if len(names) > limit else "")
 
 
 def _image_files(class_dir: Path) -> list[tuple[str, int]]:
