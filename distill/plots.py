@@ -206,7 +206,17 @@ def accuracy_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   `x` is where a point is drawn, `params` its true size. Runs of unknown size
   (a teacher imported as logits or a function: no parameter count in its
   summary, or 0 in older ones) have no place on the axis and are left out.
+
+  Raises:
+    ValueError: when the rows span more than one data set (their accuracies
+      share no scale: draw one figure per data set).
   """
+  datasets = sorted({str(row.get("dataset_name") or row.get("dataset")) for row in rows
+                     if row.get("dataset_name") or row.get("dataset")})
+  fingerprints = {row["dataset_fingerprint"] for row in rows if row.get("dataset_fingerprint")}
+  if len(datasets) > 1 or len(fingerprints) > 1:
+    raise ValueError(f"runs of {max(len(datasets), len(fingerprints))} data sets "
+                     f"({', '.join(datasets)}) on one accuracy axis: draw one figure per data set")
   groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
   for row in rows:
     if row.get("params"):
@@ -285,12 +295,13 @@ def column_ticks(points: list[dict[str, Any]]) -> list[tuple[float, str]]:
   return ticks
 
 
-def accuracy_vs_params_figure(rows: list[dict[str, Any]]):
+def accuracy_vs_params_figure(rows: list[dict[str, Any]], *, dataset: str | None = None):
   """The figure of `accuracy_vs_params`, unsaved (a matplotlib Figure).
 
   No text sits among the points: one legend entry per series (how a student
   was taught, or the teacher) gives its marker and colour, and each column's
-  model and size label the axis beneath it.
+  model and size label the axis beneath it. The rows are one data set's
+  (see `accuracy_points`); `dataset` names it in the title.
   """
   from matplotlib.ticker import NullLocator  # noqa: PLC0415
 
@@ -320,8 +331,9 @@ def accuracy_vs_params_figure(rows: list[dict[str, Any]]):
   ticks = column_ticks(points)
   ax.set_xticks([x for x, _ in ticks], [text for _, text in ticks], fontsize=8)
   ax.xaxis.set_minor_locator(NullLocator())
+  on = f" on {dataset}" if dataset else ""
   ax.set(xlabel="parameters (points of one size side by side)", ylabel="test accuracy",
-         title="accuracy vs size (bars: min to max over a label's runs)")
+         title=f"accuracy vs size{on} (bars: min to max over a label's runs)")
   ax.grid(alpha=0.3)
   if not points:  # only teachers of unknown size
     ax.text(0.5, 0.5, "no run of known size", ha="center", transform=ax.transAxes)
@@ -333,6 +345,7 @@ def accuracy_vs_params_figure(rows: list[dict[str, Any]]):
   return fig
 
 
-def accuracy_vs_params(rows: list[dict[str, Any]], *, path: Path) -> Path:
-  """Saves `accuracy_vs_params_figure` as a PNG at `path`; returns the path."""
-  return _save(accuracy_vs_params_figure(rows), path)
+def accuracy_vs_params(rows: list[dict[str, Any]], *, path: Path,
+                       dataset: str | None = None) -> Path:
+  """Saves `accuracy_vs_params_figure` (one data set's runs) as a PNG at `path`; returns it."""
+  return _save(accuracy_vs_params_figure(rows, dataset=dataset), path)

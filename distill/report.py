@@ -19,6 +19,8 @@ from distill.io import read_json
 
 COLUMNS = (
     ("run", "run"),
+    # Only when the runs used more than one data set: which (see `with_dataset_names`).
+    ("dataset", "dataset"),
     ("role", "role"),
     ("model", "model"),
     ("loss", "loss"),
@@ -59,18 +61,111 @@ def collect_runs(run_dirs: list[Path]) -> tuple[list[dict[str, Any]], list[str]]
       skipped.append(f"{run_dir} is {rundir.describe_folder(run_dir, kind)}")
       continue
     summary = read_json(run_dir / rundir.SUMMARY_FILE, "run summary")
-    rows.append({"run": str(run_dir), **summary})
+    rows.append({"run": str(run_dir), **summary, **_data_dir_of(run_dir)})
   if not rows:
     raise UserError("no finished runs: " + "; ".join(skipped) + ". Give the folders "
                     "`distill teacher` and `distill student` wrote (e.g. runs/teacher "
                     "runs/student-cnn)")
-  # Teachers first, then students from best to worst.
-  rows.sort(key=lambda r: (r.get("role") != "teacher", -r.get("test_accuracy", 0.0)))
-  return rows, skipped
+  # The runs of one data set together (in the order the folders came), and within them
+  # teachers first, then students from best to worst: no ranking across data sets.
+  keys = dataset_keys(rows)
+  first = {key: index for index, key in reversed(list(enumerate(keys)))}
+  ranked = sorted(zip(rows, keys, strict=True),
+                  key=lambda pair: (first[pair[1]], pair[0].get("role") != "teacher",
+                                    -pair[0].get("test_accuracy", 0.0)))
+  return [row for row, _ in ranked], skipped
+
+
+def _data_dir_of(run_dir: Path) -> dict[str, str]:
+  """{"data_dir": ...} from the run's recipe when it read its data from a path (an npz file, a
+  stream's folder), else {}: summary.json names such data only 'npz' or by the folder's name."""
+  path = run_dir / rundir.RECIPE_FILE
+  try:
+    recipe = read_json(path, "run recipe") if path.is_file() else {}
+  except UserError:  # a damaged recipe costs the column its path, not the comparison
+    recipe = {}
+  data = recipe.get("data") if isinstance(recipe, dict) else None
+  data_dir = data.get("data_dir") if isinstance(data, dict) else None
+  return {"data_dir": str(data_dir)} if data_dir else {}
+
+
+def dataset_keys(rows: list[dict[str, Any]]) -> list[Any]:
+  """What tells each row's data set from another's: its `dataset_fingerprint` (a hash of the
+  data's arrays, so two different files both loaded as 'npz' differ, and one file read from
+  two paths does not), else its name and data_dir; None for a row naming no data set.
+
+  A row without a fingerprint (an older summary) takes the fingerprint of a row that names the
+  same data set at the same place, so that it does not count as one more.
+  """
+  known = {(row.get("dataset"), row.get("data_dir")): row["dataset_fingerprint"]
+           for row in rows if row.get("dataset") and row.get("dataset_fingerprint")}
+  keys = []
+  for row in rows:
+    place = (row.get("dataset"), row.get("data_dir"))
+    if row.get("dataset_fingerprint"):
+      keys.append(row["dataset_fingerprint"])
+    else:
+      keys.append(known.get(place, place) if row.get("dataset") else None)
+  return keys
+
+
+def with_dataset_names(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """`rows`, each with `dataset_name`: its data set as a person reads it, one name per data set
+  (`dataset_keys`) among the rows. A registered data set keeps its name (digits), an npz file
+  takes its file's stem (shapes for shapes.npz); data sets that would share a name add their
+  paths' distinguishing parts, or else their fingerprints' first digits.
+
+  Rows naming no data set are left as they are; calling it again changes nothing.
+  """
+  keys = dataset_keys(rows)
+  first: dict[Any, dict[str, Any]] = {}
+  for row, key in zip(rows, keys, strict=True):
+    if key is not None:
+      first.setdefault(key, row)
+  by_base: dict[str, list[Any]] = {}
+  for key, row in first.items():
+    by_base.setdefault(_dataset_base_name(row), []).append(key)
+  names = {}
+  for base, same in by_base.items():
+    if len(same) == 1:
+      names[same[0]] = base
+      continue
+    places = [first[key].get("data_dir") for key in same]
+    resolved = [str(Path(place).resolve()) for place in places] if all(places) else []
+    if resolved and len(set(resolved)) == len(resolved):
+      short = short_names(resolved)
+      for key, place in zip(same, resolved, strict=True):
+        names[key] = f"{base} ({short[place]})"
+    else:  # one path read twice with different contents, or no path recorded
+      for index, key in enumerate(same):
+        mark = key[:8] if isinstance(key, str) else f"#{index + 1}"
+        names[key] = f"{base} ({mark})"
+  return [row if key is None else {**row, "dataset_name": names[key]}
+          for row, key in zip(rows, keys, strict=True)]
+
+
+def _dataset_base_name(row: dict[str, Any]) -> str:
+  """A data set's own name: the summary's, or for an npz file the file's stem."""
+  name = str(row.get("dataset"))
+  if name == "npz" and row.get("data_dir"):
+    return Path(row["data_dir"]).stem
+  return name
+
+
+def datasets_note(rows: list[dict[str, Any]]) -> str | None:
+  """A warning when the runs used more than one data set, else None: their accuracies (a
+  3-class set's 100% beside a 100-class set's 1%) measure different things."""
+  names = list(dict.fromkeys(row["dataset_name"] for row in with_dataset_names(rows)
+                             if row.get("dataset_name")))
+  if len(names) < 2:
+    return None
+  return (f"these runs used {len(names)} data sets ({', '.join(names)}): their accuracies "
+          "do not compare across data sets")
 
 
 # Left-aligned in the text table; the others are numbers.
-_TEXT_COLUMNS = ("run", "role", "model", "loss", "teacher", "teaching", "method", "soft_loss")
+_TEXT_COLUMNS = ("run", "dataset", "role", "model", "loss", "teacher", "teaching", "method",
+                 "soft_loss")
 # A student's distillation settings: meaningless for teachers and hard-label baselines.
 _TEACHING_KEYS = ("teacher", "teaching", "method", "soft_loss", "temperature", "alpha", "mixup")
 # The teacher column's value without the option: the one teacher that every student shares,
@@ -78,9 +173,9 @@ _TEACHING_KEYS = ("teacher", "teaching", "method", "soft_loss", "temperature", "
 _SHARED = object()
 # Columns shown only when some run has a value in them other than the one every run would
 # have without the option (none; for the soft loss, soft cross-entropy; for the teacher, the
-# teacher of the first student).
+# teacher of the first student; for the data set, the first run's).
 _OPTIONAL_COLUMNS = {"labels_used": None, "mixup": None, "soft_loss": "soft_ce",
-                     "teacher": _SHARED}
+                     "teacher": _SHARED, "dataset": _SHARED}
 
 
 def _row_value(row: dict[str, Any], key: str) -> Any:
@@ -93,6 +188,8 @@ def _row_value(row: dict[str, Any], key: str) -> Any:
     return row.get(key) or None  # 0: off
   if key == "soft_loss":
     return row.get(key) or "soft_ce"  # summaries from before KL was offered: soft_ce
+  if key == "dataset":  # as `with_dataset_names` names it, where it has
+    return row.get("dataset_name") or row.get(key)
   return row.get(key)
 
 
@@ -133,8 +230,9 @@ def markdown_table(header: list[str], body: list[list[str]]) -> str:
 
 def shown_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
   """COLUMNS, less the labels column when every run had every label, the mixup column when
-  no run mixed, the soft loss when every student used soft cross-entropy, and the teacher
-  when every student learned from one (`rows` as `with_teacher_names` gives them)."""
+  no run mixed, the soft loss when every student used soft cross-entropy, the teacher when
+  every student learned from one, and the data set when every run used one (`rows` as
+  `with_teacher_names` and `with_dataset_names` give them)."""
   return [(key, title) for key, title in COLUMNS
           if key not in _OPTIONAL_COLUMNS or _option_used(rows, key)]
 
@@ -188,7 +286,7 @@ def short_names(paths: Iterable[str]) -> dict[str, str]:
 
 def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
   """A fixed-width (or Markdown) table of the runs."""
-  rows = with_teacher_names(rows)
+  rows = with_dataset_names(with_teacher_names(rows))
   columns = shown_columns(rows)
   header = [title for _, title in columns]
   body = [[_cell(key, _row_value(row, key)) for key, _ in columns] for row in rows]
@@ -234,15 +332,17 @@ def compare_runs(run_dirs: list[Path], *, as_json: bool = False, markdown: bool 
   if as_json:
     # `teacher` as the table names it, `teacher_dir` as the student's summary recorded it
     # (a hard-label baseline's too: the teacher its agreement was measured against).
-    rows = with_teacher_names(rows)
-    keys = [key for key, _ in COLUMNS] + ["dataset", "steps", "teacher_dir",
-                                          "teacher_test_accuracy", "val_accuracy",
-                                          "images_per_second", "cpu", "device_kind"]
+    # `dataset` as the table names it; its fingerprint and path tell data sets apart exactly.
+    rows = with_dataset_names(with_teacher_names(rows))
+    keys = [key for key, _ in COLUMNS] + ["dataset_fingerprint", "data_dir", "steps",
+                                          "teacher_dir", "teacher_test_accuracy",
+                                          "val_accuracy", "images_per_second", "cpu",
+                                          "device_kind"]
     return json.dumps([{k: _row_value(row, k) for k in keys} for row in rows], indent=2)
   text = format_table(rows, markdown=markdown)
-  note = machines_note(rows)
-  if note:
-    text += f"\n\n{note}"
+  for note in (datasets_note(rows), machines_note(rows)):
+    if note:
+      text += f"\n\n{note}"
   if skipped:
     text += "\n\nskipped: " + "; ".join(skipped)
   # A sweep's verdict closes the comparison: what teaching bought, and how surely.
@@ -294,10 +394,12 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) ->
   rows, skipped = collect_runs(run_dirs)
   if skipped:  # said where the command runs, as `compare` says it, not only on the page
     Console(quiet).info("skipped: " + "; ".join(skipped))
-  rows = with_teacher_names(rows)
+  rows = with_dataset_names(with_teacher_names(rows))
   # Students of two teachers, or two teachers, must not look alike in titles and the figure.
   name_teachers = (_option_used(rows, "teacher")
                    or sum(row.get("role") == "teacher" for row in rows) > 1)
+  # Nor must runs of two data sets: each title says its run's.
+  name_datasets = _option_used(rows, "dataset")
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   _remove_earlier_figures(out_dir)
@@ -306,6 +408,8 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) ->
   for row in rows:
     # The overview figure draws a label's runs (seeds) as one point, coloured by its series.
     row["label"] = run_label(row, name_teacher=name_teachers)
+    if name_datasets and _row_value(row, "dataset"):
+      row["label"] += f" on {_row_value(row, 'dataset')}"
     row["series"] = how_taught(row, name_teacher=name_teachers)
   progress = progress_bar(rows, desc="report", quiet=quiet, unit="run")
   # Each section fills its row's test metrics in, so the table below shows them.
@@ -313,7 +417,7 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) ->
               for index, row in enumerate(progress)]
   progress.close()
 
-  overview = _overview_figure(rows, out_dir)
+  overview = _overview_figures(rows, out_dir)
   page = _page(rows, skipped, format_table(rows, markdown=False), overview, sections,
                "".join(_sweep_section(sweep_dir, saved) for sweep_dir, saved in sweeps))
   path = out_dir / "report.html"
@@ -322,11 +426,12 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) ->
 
 
 # The figures a report writes beside report.html: each run's (`_figure_path`, its slug starts
-# with the run's two-digit index) and the overview (`_overview_figure`).
+# with the run's two-digit index) and the overview, one per data set (`_overview_figures`:
+# accuracy-vs-params.png, or accuracy-vs-params-DATASET.png for each of several).
 _RUN_FIGURES = ("curves", "mistakes", "confusion", "reliability", "disagreements")
-_OVERVIEW_FIGURE = "accuracy-vs-params.png"
+_OVERVIEW_FIGURE = "accuracy-vs-params"
 _FIGURE_NAME = re.compile(
-    rf"\d{{2,}}-.+-({'|'.join(_RUN_FIGURES)})\.png|{re.escape(_OVERVIEW_FIGURE)}")
+    rf"\d{{2,}}-.+-({'|'.join(_RUN_FIGURES)})\.png|{_OVERVIEW_FIGURE}(-[A-Za-z0-9._-]+)?\.png")
 
 
 def _figure_path(out_dir: Path, slug: str, kind: str) -> Path:
@@ -570,22 +675,43 @@ def _teacher_comparison(predictions: np.ndarray, teacher: np.ndarray, dataset,
   ]
 
 
-def _overview_figure(rows: list[dict[str, Any]], out_dir: Path) -> str:
-  """The cross-run figure: every run's test accuracy against its parameters."""
+def _overview_figures(rows: list[dict[str, Any]], out_dir: Path) -> str:
+  """The cross-run figures: every run's test accuracy against its parameters, one figure per
+  data set (a 3-class set's accuracies on one axis with a 100-class set's would read as a
+  ranking), each named after its data set when there are several."""
   from distill import plots  # noqa: PLC0415
 
-  return _figure_html(plots.accuracy_vs_params(rows, path=out_dir / _OVERVIEW_FIGURE),
-                      "Test accuracy against parameters: a point is the mean over the runs "
-                      "of one label (seeds), its bar their lowest and highest; the colour says "
-                      "how a student was taught, the star is the teacher, and runs of one size "
-                      "stand side by side above their model's name.")
+  groups: dict[Any, list[dict[str, Any]]] = {}
+  for row in rows:
+    groups.setdefault(_row_value(row, "dataset"), []).append(row)
+  caption = ("Test accuracy against parameters{on}: a point is the mean over the runs of one "
+             "label (seeds), its bar their lowest and highest; the colour says how a student "
+             "was taught, the star is the teacher, and runs of one size stand side by side "
+             "above their model's name.")
+  if len(groups) == 1:
+    (dataset, members), = groups.items()
+    path = plots.accuracy_vs_params(members, path=out_dir / f"{_OVERVIEW_FIGURE}.png",
+                                    dataset=dataset)
+    return _figure_html(path, caption.format(on=f" on {dataset}" if dataset else ""))
+  figures, slugs = [], set()
+  for dataset, members in groups.items():
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", str(dataset or "unknown")).strip("_") or "data"
+    slug = next(candidate for candidate in (slug, *(f"{slug}-{i}" for i in range(2, 1000)))
+                if candidate not in slugs)
+    slugs.add(slug)
+    name = dataset or "an unrecorded data set"
+    path = plots.accuracy_vs_params(members, path=out_dir / f"{_OVERVIEW_FIGURE}-{slug}.png",
+                                    dataset=name)
+    figures.append(_figure_html(path, caption.format(on=f" on {name}, one figure per data "
+                                                        "set")))
+  return "\n".join(figures)
 
 
 def _page(rows: list[dict[str, Any]], skipped: list[str], table: str, overview: str,
           sections: list[str], sweeps: str = "") -> str:
   """The report page: the comparison table, any sweeps' tables, the overview figure and
   every run's section."""
-  machines = machines_note(rows)
+  notes = [note for note in (datasets_note(rows), machines_note(rows)) if note]
   return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>distill report</title>
 <style>
@@ -601,7 +727,7 @@ table.paired td, table.paired th {{ border: 1px solid #ddd; padding: 0.2em 0.5em
 <p>{len(rows)} runs{f"; skipped: {html.escape('; '.join(skipped))}" if skipped else ""}.</p>
 <h2>Comparison</h2>
 <pre>{html.escape(table)}</pre>
-{f"<p>{html.escape(machines)}</p>" if machines else ""}
+{"".join(f"<p>{html.escape(note)}</p>" for note in notes)}
 {sweeps}
 {overview}
 {''.join(f'<section>{s}</section>' for s in sections)}

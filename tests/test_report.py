@@ -337,3 +337,85 @@ def test_a_many_class_confusion_matrix_stays_small_and_numberless(tmp_path):
   assert len(few.axes[0].texts) == 100
   assert [t.get_text() for t in few.axes[0].get_xticklabels()] == names[:10]
   plt.close(few)
+
+
+def _dataset_runs(root):
+  """Runs of five data sets, as a new user's runs/* met them: a 3-class set's teacher at 100%,
+  digits at ~50%, and three npz files (each summary says only 'npz'), two of them shapes.npz in
+  different folders; one more digits student from before summaries held fingerprints."""
+  def run(name, dataset, fingerprint, accuracy, data_dir="", role="teacher"):
+    run_dir = _write_summary(root / name, role=role, model="cnn", loss="soft", params=1922,
+                             dataset=dataset, test_accuracy=accuracy, train_seconds=1.0,
+                             **({"dataset_fingerprint": fingerprint} if fingerprint else {}))
+    (run_dir / "recipe.json").write_text(json.dumps({"data": {"dataset": dataset,
+                                                              "data_dir": data_dir}}))
+    return run_dir
+
+  return [run("iris", "iris", "a" * 64, 1.0), run("digits", "digits", "b" * 64, 0.52),
+          run("shapes", "npz", "c" * 64, 0.008, "/data/shapes.npz"),
+          run("digits-old", "digits", None, 0.50, role="student"),
+          run("letters", "npz", "d" * 64, 0.3, "/data/letters.npz"),
+          run("shapes-2", "npz", "e" * 64, 0.4, "/other/shapes.npz")]
+
+
+def test_compare_names_each_runs_data_set_when_they_used_several(tmp_path):
+  """Runs of several data sets: a dataset column (an npz file by its stem; files of one name
+  by their folders), the runs of each data set together, and a note that their accuracies do
+  not compare; --json carries the name, fingerprint and path. One data set: neither."""
+  runs = _dataset_runs(tmp_path / "runs")
+  table = report_lib.compare_runs(runs, markdown=True)
+  header, _, *body = ([cell.strip() for cell in line.strip("|").split("|")]
+                      for line in table.split("\n\n")[0].splitlines())
+  assert header[:2] == ["run", "dataset"], header
+  assert [(Path(row[0]).name, row[1]) for row in body] == [
+      ("iris", "iris"), ("digits", "digits"), ("digits-old", "digits"),
+      ("shapes", "shapes (data/shapes.npz)"), ("letters", "letters"),
+      ("shapes-2", "shapes (other/shapes.npz)")]
+  assert ("these runs used 5 data sets (iris, digits, shapes (data/shapes.npz), letters, "
+          "shapes (other/shapes.npz)): their accuracies do not compare across data sets") in table
+  as_json = {Path(row["run"]).name: row for row in json.loads(
+      report_lib.compare_runs(runs, as_json=True))}
+  assert (as_json["shapes"]["dataset"], as_json["shapes"]["dataset_fingerprint"],
+          as_json["shapes"]["data_dir"]) == ("shapes (data/shapes.npz)", "c" * 64,
+                                             "/data/shapes.npz")
+  assert as_json["digits-old"]["dataset"] == "digits"
+  # Two npz files both recorded as 'npz' are two data sets even where their stems differ.
+  two_npz = report_lib.compare_runs([runs[2], runs[4]])
+  assert "2 data sets (shapes, letters)" in two_npz and "shapes" in two_npz.splitlines()[2]
+  # One data set (an older summary without a fingerprint counts as the same): no column.
+  one = report_lib.compare_runs([runs[1], runs[3]], markdown=True)
+  assert "dataset" not in one.splitlines()[0] and "data sets" not in one
+  assert report_lib.datasets_note(report_lib.collect_runs(runs[:2])[0]) is not None
+  # One path read twice, its file changed between: told apart by their fingerprints.
+  changed = [{"dataset": "npz", "data_dir": place, "dataset_fingerprint": mark * 64}
+             for mark, place in (("f", "x.npz"), ("a", "./x.npz"))]
+  assert [row["dataset_name"] for row in report_lib.with_dataset_names(changed)] == [
+      "x (ffffffff)", "x (aaaaaaaa)"]
+
+
+def test_the_report_draws_one_accuracy_figure_per_data_set(tmp_path):
+  """The accuracy-vs-parameters figure never puts two data sets on one axis: the report draws
+  one per data set, named after it in its file, title and caption, and says the accuracies do
+  not compare; the figure function refuses rows of several."""
+  from distill import plots  # noqa: PLC0415
+
+  rows = report_lib.with_dataset_names(report_lib.collect_runs(
+      _dataset_runs(tmp_path / "runs"))[0])
+  with pytest.raises(ValueError, match="one figure per data set"):
+    plots.accuracy_points(rows)
+  out = tmp_path / "out"
+  out.mkdir()
+  overview = report_lib._overview_figures(rows, out)
+  assert sorted(p.name for p in out.glob("*.png")) == sorted(
+      f"accuracy-vs-params-{name}.png" for name in (
+          "iris", "digits", "shapes_data_shapes.npz", "letters", "shapes_other_shapes.npz"))
+  assert overview.count("<figure>") == 5 and "on digits, one figure per data set" in overview
+  assert all(report_lib._FIGURE_NAME.fullmatch(p.name) for p in out.glob("*.png"))
+  digits = [row for row in rows if row["dataset"] == "digits"]
+  figure = plots.accuracy_vs_params_figure(digits, dataset="digits")
+  assert "on digits" in figure.axes[0].get_title()
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  plt.close(figure)
+  page = report_lib._page(rows, [], report_lib.format_table(rows), overview, [])
+  assert "their accuracies do not compare across data sets" in page
