@@ -61,8 +61,10 @@ def _common_training_options(command):
       click.option("--recipe", "-r", default=None, help=_RECIPE_HELP),
       click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP),
       click.option("--dataset", default=None,
-                   help="Dataset: fashion_mnist (default), mnist, cifar10, digits, npz, or stream "
-                        "(array shards on disk, larger than memory; see --data-dir)."),
+                   help="Dataset: fashion_mnist (default), mnist, cifar10, digits, npz (your "
+                        "own: x uint8 [N, H, W(, C)], y integer labels 0..K-1, optional x_test, "
+                        "y_test and class_names; keras' x_train, y_train are read too), or "
+                        "stream (array shards on disk, larger than memory; see --data-dir)."),
       click.option("--data-dir", default=None, type=click.Path(),
                    help="Where the data is (a folder, the .npz file for --dataset npz, or the "
                         "folder holding train/ and test/ shards for --dataset stream)."),
