@@ -50,8 +50,8 @@ def test_four_devices_train_like_one(one_device_teacher, tmp_path):
 
 
 def test_a_batch_that_does_not_split_across_devices_is_refused(tmp_path):
-  result = run_distill_process("teacher", "-r", "digits", "-w", tmp_path / "t", "-q", *SET,
-                    "--batch-size", "30", devices=4, check=False)
+  result = run_distill_process("teacher", "-r", "digits", "-w", tmp_path / "t", "-q",
+                               "--set", "teacher.batch_size=30", devices=4, check=False)
   assert result.returncode == 2
   assert "batch_size 30 does not divide across 4 devices" in result.stderr
   assert "Traceback" not in result.stderr
