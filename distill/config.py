@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -247,18 +248,6 @@ def parse_override(text: str) -> tuple[str, str]:
   return key.strip(), value.strip()
 
 
-def _default_of(dotted: str, where: str) -> Any:
-  """The default value of a dotted key (its type is the key's), or an unknown-key error."""
-  node: Any = DEFAULTS
-  for part in dotted.split("."):
-    if not isinstance(node, dict) or part not in node:
-      raise _unknown_key(dotted, where)
-    node = node[part]
-  if isinstance(node, dict):
-    raise _unknown_key(dotted, where)
-  return node
-
-
 def with_flags(overrides: Sequence[str], flags: Mapping[str, tuple[str, Any]]) -> list[str]:
   """`--set` overrides, then the ones a command's own flags give, refusing a disagreement.
 
@@ -280,13 +269,14 @@ def with_flags(overrides: Sequence[str], flags: Mapping[str, tuple[str, Any]]) -
     if value is None:
       continue
     if key in set_values:
-      default = _default_of(key, "--set")
-      given = [_coerce(set_values[key], default, key, "--set"),
-               _coerce(str(value), default, key, flag)]
-      if tuple(key.split(".")) in PATH_KEYS:  # ./data and data are one folder
-        given = [Path(path).expanduser().resolve() for path in given]
-      same = given[0] == given[1]
-      if not same:
+      # Each value as a recipe would hold it (typed, paths made absolute), to compare.
+      given = []
+      for text, where in ((set_values[key], "--set"), (str(value), flag)):
+        recipe = copy.deepcopy(DEFAULTS)
+        set_key(recipe, key, text, where=where)
+        absolute_paths(recipe)  # ./data and data are one folder
+        given.append(functools.reduce(lambda node, part: node[part], key.split("."), recipe))
+      if given[0] != given[1]:
         raise UserError(f"{flag} {value} and --set {key}={set_values[key]} disagree; "
                         f"give one of them")
     combined.append(f"{key}={value}")

@@ -6,6 +6,7 @@ import base64
 import collections
 import html
 import json
+import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -211,9 +212,11 @@ def _cell(key: str, value: Any) -> str:
   return str(value)
 
 
-def seconds_cell(seconds: float) -> str:
+def seconds_cell(seconds: float | None) -> str:
   """A training time as the table shows it: whole seconds from 10 s up, tenths below, and two
   significant digits below a second, so that tiny runs do not all read 0."""
+  if seconds is None or not math.isfinite(seconds):
+    return "-"
   if seconds >= 9.95:  # what rounds to 10.0 reads as 10
     return f"{seconds:.0f}"
   if seconds >= 0.995:
@@ -332,13 +335,16 @@ def compare_runs(run_dirs: list[Path], *, as_json: bool = False, markdown: bool 
   if as_json:
     # `teacher` as the table names it, `teacher_dir` as the student's summary recorded it
     # (a hard-label baseline's too: the teacher its agreement was measured against).
-    # `dataset` as the table names it; its fingerprint and path tell data sets apart exactly.
+    # `dataset` as the run recorded it, `dataset_name` as the table names it; its fingerprint
+    # and path tell data sets apart exactly.
     rows = with_dataset_names(with_teacher_names(rows))
-    keys = [key for key, _ in COLUMNS] + ["dataset_fingerprint", "data_dir", "steps",
+    keys = [key for key, _ in COLUMNS] + ["dataset_name", "dataset_fingerprint", "data_dir",
+                                          "steps",
                                           "teacher_dir", "teacher_test_accuracy",
                                           "val_accuracy", "images_per_second", "cpu",
                                           "device_kind"]
-    return json.dumps([{k: _row_value(row, k) for k in keys} for row in rows], indent=2)
+    return json.dumps([{**{k: _row_value(row, k) for k in keys}, "dataset": row.get("dataset")}
+                       for row in rows], indent=2)
   text = format_table(rows, markdown=markdown)
   for note in (datasets_note(rows), machines_note(rows)):
     if note:

@@ -52,7 +52,7 @@ from distill import interrupts, rundir, stats
 from distill.console import Console
 from distill.errors import UserError
 from distill.io import read_json, write_json, write_text
-from distill.report import markdown_table
+from distill.report import markdown_table, seconds_cell
 from distill.stats import compare, format_diff, format_p
 
 MODES = ("hard", "targets", "online", "views")
@@ -340,7 +340,7 @@ def table_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]
         accuracy,
         _pct(row["agreement_mean"]),
         gap,
-        "-" if seconds is None or not np.isfinite(seconds) else f"{seconds:.1f}",
+        seconds_cell(seconds),
     ]
     body.append(cells)
   return header, body

@@ -51,9 +51,11 @@ def test_a_flag_and_a_set_of_one_key_must_agree():
   assert config.with_flags(["teacher.steps=3"], flags) == ["teacher.steps=3", "student.steps=50"]
   # The same value spelled two ways, and the same folder, are no disagreement.
   assert config.with_flags(["student.steps=50"], flags)[-1] == "student.steps=50"
-  assert config.with_flags(["student.temperature=4"],
-                           {"--temperature": ("student.temperature", 4.0)})
-  assert config.with_flags(["data.data_dir=./data/x"], {"--data-dir": ("data.data_dir", "data/x")})
+  assert config.with_flags(["student.temperature=4"], {
+      "--temperature": ("student.temperature", 4.0)}) == ["student.temperature=4",
+                                                           "student.temperature=4.0"]
+  assert config.with_flags(["data.data_dir=./data/x"], {"--data-dir": (
+      "data.data_dir", "data/x")}) == ["data.data_dir=./data/x", "data.data_dir=data/x"]
   with pytest.raises(UserError, match=r"^--steps 50 and --set student.steps=80 disagree; "
                                       r"give one of them$"):
     config.with_flags(["student.steps=80"], flags)
