@@ -18,6 +18,13 @@ from typing import NamedTuple
 
 import numpy as np
 
+from distill.data.checks import (
+  channels_first,
+  channels_first_advice,
+  check_two_classes,
+  first_few,
+  uint8_hint,
+)
 from distill.data.formats import (
   class_names_from_array,
   looks_like_cifar_folder,
@@ -462,7 +469,7 @@ def _load_npz(*, data_dir: str | None, allow_download: bool) -> RawData:
   else:
     class_names, notes = _classes_from_labels(
         y, y_test if has_x_test else None, f"{path}: key {y_key!r}")
-  _check_two_classes(y, class_names, f"{path}: every image in key {y_key!r}")
+  check_two_classes(y, class_names, f"{path}: every image in key {y_key!r}")
   if not has_x_test:
     if len(x) < 2:
       raise UserError(f"{path}: key 'x' has {len(x)} example(s); need at "
@@ -498,7 +505,7 @@ def _classes_from_labels(y: np.ndarray, y_test: np.ndarray | None,
       and num_classes > _MAX_CLASSES_PER_LABEL * len(present)):
     raise UserError(
         f"{what} has labels up to {int(present[-1]):,}, which makes {num_classes:,} classes, "
-        f"but only {len(present)} distinct labels occur ({_first_few(present)}); labels are "
+        f"but only {len(present)} distinct labels occur ({first_few(present)}); labels are "
         f"class indices 0..K-1: {_REMAP} (refused: more than {_MAX_UNNAMED_CLASSES:,} classes "
         f"and over {_MAX_CLASSES_PER_LABEL} per label present)")
   class_names = tuple(str(label) for label in range(num_classes))
@@ -508,32 +515,12 @@ def _classes_from_labels(y: np.ndarray, y_test: np.ndarray | None,
   if not len(empty):
     return class_names, ()
   which = (f"class {empty[0]} of the {num_classes:,} has" if len(empty) == 1 else
-           f"{len(empty):,} of the {num_classes:,} classes ({_first_few(empty)}) have")
+           f"{len(empty):,} of the {num_classes:,} classes ({first_few(empty)}) have")
   return class_names, (
       f"{what}: {which} no training images; labels are class indices 0..K-1 with K = largest "
       f"label + 1, so gaps in yours make empty classes: if they are not indices, {_REMAP}",)
 
 
-def _first_few(values, limit: int = 5) -> str:
-  """'1, 2, 3, 4, 5 and 12 more': the first `limit` values of many."""
-  values = [str(value) for value in np.asarray(values).tolist()]
-  shown = ", ".join(values[:limit])
-  return shown + (f" and {len(values) - limit:,} more" if len(values) > limit else "")
-
-
-def _check_two_classes(labels: np.ndarray, class_names: tuple[str, ...], subject: str) -> None:
-  """Refuses labels of a single class: a classifier would have nothing to tell apart.
-
-  `subject` begins the message: '<where>: every training image'.
-  """
-  present = np.unique(labels)
-  if len(present) >= 2:
-    return
-  label = int(present[0])
-  name = class_names[label] if label < len(class_names) else str(label)
-  named = "" if name == str(label) else f" (class {name!r})"
-  raise UserError(f"{subject} has label {label}{named}; a classifier needs at least two "
-                  "classes: add images of another class")
 
 
 # --- Search and error reporting ----------------------------------------------
@@ -693,42 +680,6 @@ def _checked_labels(y: np.ndarray, what: str, num_images: int,
   return y
 
 
-def uint8_hint(x: np.ndarray) -> str:
-  """How to turn non-uint8 images into uint8 0..255, as '; ...' to end a message ('' if unsure)."""
-  if x.dtype == np.bool_:
-    return "; convert with `(x * 255).astype(np.uint8)`"
-  if not x.size or x.dtype.kind not in "fiu":
-    return ""
-  if x.dtype.kind == "f" and not np.isfinite(x).all():
-    return "; they hold NaN or infinite values: fix those, then scale them to 0..255"
-  low, high = x.min().item(), x.max().item()
-  floats = x.dtype.kind == "f"
-  if floats and low >= 0 and high <= 1:
-    return "; they look like 0..1 floats: convert with `(x * 255).round().astype(np.uint8)`"
-  if low >= 0 and high <= 255:
-    rounded = ".round()" if floats else ""
-    return f"; they lie in 0..255: convert with `x{rounded}.astype(np.uint8)`"
-  normalised = " (normalised?)" if floats else ""
-  return (f"; they range over {low:g}..{high:g}{normalised}: scale them to 0..255, then "
-          "`.astype(np.uint8)`")
-
-
-def channels_first(shape: tuple[int, ...]) -> bool:
-  """Whether an image array's shape is PyTorch's [N, C, H, W] rather than [N, H, W, C].
-
-  Axis 1 of 1, 3 or 4 with both later axes above 4: read as NHWC, those would
-  be images at most 4 pixels high with more than 4 channels, which no real
-  image set is, while channels-first images would train as scrambled pixels
-  (or fail a ViT's patch check).
-  """
-  return len(shape) == 4 and shape[1] in (1, 3, 4) and min(shape[2:]) > 4
-
-
-def channels_first_advice(shape: tuple[int, ...]) -> str:
-  """What is wrong with a channels-first image array and the fix: 'shape ..., which ...'."""
-  return (f"shape {tuple(shape)}, which looks channels-first [N, C, H, W]; images must be "
-          "channels-last [N, H, W, C]: convert with `x.transpose(0, 2, 3, 1)`")
-
 
 def _label_dtype_hint(y: np.ndarray) -> str:
   """How to turn labels of another type into integer class indices ('; ...', or '')."""
@@ -755,7 +706,7 @@ def _validated(name: str, raw: RawData) -> RawData:
   y_test = _checked_labels(raw.y_test, f"{name} y_test", len(x_test), "x_test",
                            len(class_names))
   # After any held-out test split: what the model will train on.
-  _check_two_classes(y_train, class_names, f"{name}: every training image")
+  check_two_classes(y_train, class_names, f"{name}: every training image")
   return RawData(x_train, y_train.astype(np.int32), x_test,
                  y_test.astype(np.int32), class_names, tuple(raw.notes))
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from distill.data.datasets import channels_first, channels_first_advice, uint8_hint
+from distill.data.checks import channels_first, channels_first_advice, uint8_hint
 from distill.errors import UserError, one_line
 from distill.io import (
     check_directory_target,

@@ -31,6 +31,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # The in-memory loader's validation-size rules, reused so a stream and an
 # in-memory copy of the same data split identically.
+from distill.data.checks import check_two_classes, first_few
 from distill.data.datasets import _check_val_size_type, _validation_count
 from distill.data.shards import (
   MAX_EXAMPLES,
@@ -548,12 +549,7 @@ def open_training_stream(root: str | os.PathLike, *, val_size: int | float, spli
   if stream.test is None:
     raise UserError(f"{root} has no test/ split; streamed training evaluates on it")
   train_labels = _all_labels(stream.train)
-  present = np.unique(train_labels)
-  if len(present) < 2:
-    label = int(present[0])
-    raise UserError(f"every image of {stream.train.path} has label {label} (class "
-                    f"{stream.class_names[label]!r}); a classifier needs at least two classes: "
-                    "add images of another class")
+  check_two_classes(train_labels, stream.class_names, f"every image of {stream.train.path}")
   return StreamedTrainingData(
       stream=stream,
       x_train=Rows(stream.train, stream.train_indices), y_train=train_labels[stream.train_indices],
@@ -573,20 +569,19 @@ def _class_mismatch(train: StreamSource, test: StreamSource) -> str:
   extra = [name for name in test.class_names if name not in train_names]
   parts = []
   if missing:
-    parts.append(f"test lacks {_some_names(missing)}")
+    parts.append(f"test lacks {first_few(missing, quoted=True)}")
   if extra:
-    parts.append(f"test has {_some_names(extra)}, which train lacks")
+    parts.append(f"test has {first_few(extra, quoted=True)}, which train lacks")
   if not parts:  # Shards can name the same classes in another order.
-    parts.append(f"the same classes in another order (train: {_some_names(train.class_names)}; "
-                 f"test: {_some_names(test.class_names)}), which would swap their labels")
+    train_names, test_names = (first_few(names, quoted=True)
+                               for names in (train.class_names, test.class_names))
+    parts.append(f"the same classes in another order (train: {train_names}; test: {test_names}), "
+                 "which would swap their labels")
   return (f"{test.path} and {train.path} have different classes: {'; '.join(parts)}; "
           "both splits need the same classes")
 
 
-def _some_names(names: Sequence[str], limit: int = 5) -> str:
-  """"'a', 'b' and 3 more": the first `limit` names quoted."""
-  shown = ", ".join(repr(name) for name in names[:limit])
-  return shown + (f" and {len(names) - limit:,} more" if len(names) > limit else "")
+
 
 
 def _image_files(class_dir: Path) -> list[tuple[str, int]]:
