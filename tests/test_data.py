@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from distill import data
-from distill.data import datasets, load_dataset
+from distill.data import checks, datasets, load_dataset
 from distill.errors import UserError
 
 _IDX_NAMES = {
@@ -394,7 +394,7 @@ def test_npz_label_ids_that_would_make_absurd_class_counts_are_refused(tmp_path)
     ((2, 32, 32, 3), False), ((2, 4, 4, 3), False), ((2, 3, 8, 3), False), ((2, 3, 4, 4), False),
     ((2, 1, 28, 1), False), ((2, 28, 28), False)])
 def test_channels_first_rule_spares_real_nhwc_sets(shape, looks_channels_first):
-  assert datasets.channels_first(shape) is looks_channels_first
+  assert checks.channels_first(shape) is looks_channels_first
 
 
 def test_npz_channels_first_images_are_refused_with_the_transpose(tmp_path):
