@@ -168,7 +168,8 @@ def _restore(run_dir: Path, summary: dict[str, Any], needs_data: str | None = No
   try:
     dataset = load_data(recipe)
   except UserError as e:
-    why = needs_data or "for its pixel statistics (runs trained since record them)"
+    why = needs_data or ("for its pixel statistics, which runs trained before they were "
+                         "recorded lack: put the data back where its recipe.json says, or retrain")
     raise UserError(f"{e}: {run_dir} needs the data set it trained on {why}") from None
   recorded = summary.get("dataset_fingerprint")
   if recorded and recorded != dataset.fingerprint:
