@@ -226,6 +226,21 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
   return records
 
 
+def saved_recipe(run_dir: Path) -> dict[str, Any] | None:
+  """The recipe a run recorded (its recipe.json, without the student's teacher_dir), or None.
+
+  As written, not laid over today's defaults (`workflow.read_run_recipe` does that).
+  """
+  from distill.io import read_json  # noqa: PLC0415
+
+  path = Path(run_dir) / RECIPE_FILE
+  if not path.is_file():
+    return None
+  saved = read_json(path, "run recipe")
+  saved.pop("teacher_dir", None)
+  return saved
+
+
 def check_workdir(workdir: Path) -> None:
   """Fails early, before any work, when `workdir` cannot be created or written."""
   workdir = Path(workdir)

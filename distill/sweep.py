@@ -390,10 +390,8 @@ def _finished_state(workdir: Path, expected_hash: str, teacher_sha: str | None =
     same_teacher = teacher_sha is None or taught_by is None or taught_by == teacher_sha
     return ("same" if summary.get("recipe_hash") == expected_hash and same_teacher
             else "other-finished")
-  recipe_path = workdir / rundir.RECIPE_FILE
-  if recipe_path.exists():
-    saved = read_json(recipe_path, "run recipe")
-    saved.pop("teacher_dir", None)
+  saved = rundir.saved_recipe(workdir)
+  if saved is not None:
     return ("resume" if config_lib.recipe_hash(saved, "student") == expected_hash
             else "other-unfinished")
   return "new"

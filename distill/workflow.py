@@ -363,13 +363,12 @@ def check_existing_run(workdir: Path, recipe: dict[str, Any], role: str, *, rest
   discards the run.
   """
   rundir.check_not_finished(workdir, overwrite=overwrite)
-  saved_path, checkpoints = workdir / RECIPE_FILE, workdir / rundir.CHECKPOINTS_DIR
+  checkpoints = workdir / rundir.CHECKPOINTS_DIR
   # Orbax names a finished checkpoint by its step alone; without one there is nothing to resume.
   resumable = checkpoints.is_dir() and any(path.name.isdigit() for path in checkpoints.iterdir())
-  if restart or (workdir / SUMMARY_FILE).exists() or not resumable or not saved_path.is_file():
+  saved = rundir.saved_recipe(workdir)
+  if restart or (workdir / SUMMARY_FILE).exists() or not resumable or saved is None:
     return
-  saved = read_json(saved_path, "run recipe")
-  saved.pop("teacher_dir", None)
   try:
     changed = config_lib.recipe_differences(saved, recipe, role)
   except (KeyError, TypeError):  # a recipe.json of another layout: the loop's check decides
@@ -648,8 +647,9 @@ def read_run_recipe(run_dir: Path) -> dict[str, Any]:
   Recipes written before a key existed still load, with that key's default.
   """
   path = Path(run_dir) / RECIPE_FILE
-  saved = read_json(path, "teacher recipe")
-  saved.pop("teacher_dir", None)
+  saved = rundir.saved_recipe(run_dir)
+  if saved is None:
+    raise UserError(f"run recipe not found: {path}")
   recipe = config_lib.load_recipe(None, [])
   config_lib.merge_resolved(recipe, saved, where=str(path))
   config_lib.validate(recipe)

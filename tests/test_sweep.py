@@ -238,7 +238,7 @@ def test_gap_closed_arithmetic():
   assert rows[("linear", "targets", "soft_ce")]["gap_closed"] is None
   table = format_table(list(rows.values()))
   assert "| cnn | targets | kd | soft_ce | 2 | 100 | 86.00 ± 1.41 | 50.00 | 56% | 2.0 |" in table
-  assert "| teacher (vit) | - | - | - | - | 1,000 | 90.00 | - | - | 60.0 |" in table
+  assert "| teacher (vit) | - | - | - | - | 1,000 | 90.00 | - | - | 60 |" in table
 
 
 def test_paired_baselines_per_variant():
