@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -443,8 +444,8 @@ def _stop_a_sweep(root, send):
     wait_until(lambda: all((out / name / "metrics.jsonl").exists()
                            and (out / name / "metrics.jsonl").read_text() for name in FIRST),
                120, "the first runs did not log a step")
-    started = sorted(path.name for path in out.iterdir())
     workers_seen = children(sweep.pid)
+    signalled_ns = time.time_ns()
     send(sweep.pid)
     sweep.wait(timeout=60)
     # Every process the sweep started is gone: its workers (and multiprocessing's helper).
@@ -456,9 +457,14 @@ def _stop_a_sweep(root, send):
       if running(pid):
         os.kill(pid, signal.SIGKILL)
   stderr = log.read_text()
+  # No run started after the signal: each run folder's first file (its first write) is older.
+  # Read from the files, not from a listing taken just before the signal, which a run starting
+  # in between (a first run finished on a loaded machine) would miss.
+  started = sorted(path.name for path in out.iterdir())
+  for name in started:
+    first_write = min(entry.stat().st_mtime_ns for entry in [out / name, *(out / name).iterdir()])
+    assert first_write <= signalled_ns, f"{name} started after the signal\n{stderr}"
   assert set(FIRST) <= set(started), stderr
-  # No run started after the signal.
-  assert sorted(path.name for path in out.iterdir()) == started, stderr
   return sweep.returncode, stderr, out, started
 
 
