@@ -299,12 +299,28 @@ def load_recipe(recipe: str | None = None,
   if path is not None:
     for table, where in _recipe_chain(path):
       _merge(resolved, _beside(table, Path(where).parent), where)
+  return resolve_overrides(resolved, overrides)
+
+
+def resolve_overrides(recipe: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+  """Applies `key=value` overrides to a recipe in place, makes its paths absolute, validates it.
+
+  A data set given without a data_dir (`--dataset digits` over a recipe that
+  reads an npz file) drops the recipe's data_dir: a folder belongs to the data
+  set it holds. Returns `recipe`.
+  """
+  keys = set()
   for text in overrides:
     key, value = parse_override(text)
-    set_key(resolved, key, value, where="--set")
-  absolute_paths(resolved)
-  validate(resolved)
-  return resolved
+    before = recipe["data"]["dataset"]
+    set_key(recipe, key, value, where="--set")
+    keys.add(key)
+    if key == "data.dataset" and recipe["data"]["dataset"] != before and (
+        "data.data_dir" not in keys):
+      recipe["data"]["data_dir"] = ""
+  absolute_paths(recipe)
+  validate(recipe)
+  return recipe
 
 
 # Recipe keys that name files or folders.

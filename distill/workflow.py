@@ -679,12 +679,7 @@ def student_recipe(teacher_dir: Path, recipe_path: str | None, overrides: list[s
   if recipe_path:
     recipe = config_lib.load_recipe(recipe_path, overrides)
   else:
-    recipe = read_run_recipe(teacher_dir)
-    for text in overrides:
-      key, value = config_lib.parse_override(text)
-      config_lib.set_key(recipe, key, value)
-    config_lib.absolute_paths(recipe)
-    config_lib.validate(recipe)
+    recipe = config_lib.resolve_overrides(read_run_recipe(teacher_dir), overrides)
   if recipe["student"]["loss"] == "hard" and not for_hard_labels_too:
     _refuse_unused_by_hard_labels(overrides)
   _check_hint_layers(recipe, teacher_dir)

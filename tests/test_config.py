@@ -143,6 +143,20 @@ def test_a_recipe_files_relative_data_dir_is_found_beside_it(tmp_path, monkeypat
       tmp_path / "elsewhere.npz")
 
 
+def test_another_data_set_leaves_the_recipes_data_dir_behind(tmp_path):
+  """--dataset digits over a recipe that reads an npz file: the file was that data set's."""
+  (tmp_path / "mine.npz").write_bytes(b"")
+  recipe_file = tmp_path / "mine.toml"
+  recipe_file.write_text('base = "digits"\n[data]\ndataset = "npz"\ndata_dir = "mine.npz"\n')
+  assert config.load_recipe(str(recipe_file), ["data.dataset=digits"])["data"]["data_dir"] == ""
+  # The same data set again, or a folder given with it, keeps what was asked for.
+  assert config.load_recipe(str(recipe_file), ["data.dataset=npz"])["data"]["data_dir"] == str(
+      tmp_path / "mine.npz")
+  moved = config.load_recipe(str(recipe_file), [f"data.data_dir={tmp_path}",
+                                                "data.dataset=fashion_mnist"])
+  assert moved["data"]["data_dir"] == str(tmp_path)
+
+
 @pytest.mark.parametrize("text, words", [
     ('base = "loop.toml"\n', ["bases form a cycle", "loop.toml -> ", "loop.toml"]),
     ("base = 3\n", ["base must be a recipe name or path, got 3"]),
