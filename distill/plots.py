@@ -301,6 +301,24 @@ def column_ticks(points: list[dict[str, Any]]) -> list[tuple[float, str]]:
   return ticks
 
 
+# Column labels nearer than this share of the axis would touch ("203,530302,602"): the
+# second of two such labels goes two lines lower.
+_TICK_CLEARANCE = 0.12
+
+
+def staggered(ticks: list[tuple[float, str]],
+              limits: tuple[float, float]) -> list[tuple[float, str]]:
+  """`column_ticks` on a log axis over `limits`, each label that would touch the one before it
+  moved below it (one row down of two), so neighbouring sizes stay readable."""
+  span = math.log10(limits[1] / limits[0])
+  placed, lowered = [], False
+  for index, (x, text) in enumerate(ticks):
+    close = index > 0 and math.log10(x / ticks[index - 1][0]) / span < _TICK_CLEARANCE
+    lowered = close and not lowered
+    placed.append((x, "\n\n" + text if lowered else text))
+  return placed
+
+
 def accuracy_vs_params_figure(rows: list[dict[str, Any]], *, dataset: str | None = None):
   """The figure of `accuracy_vs_params`, unsaved (a matplotlib Figure).
 
@@ -334,8 +352,6 @@ def accuracy_vs_params_figure(rows: list[dict[str, Any]], *, dataset: str | None
                 fmt=marker, ms=13 if marker == "*" else 7, color=colours[name], capsize=3,
                 lw=1, zorder=3, label=name + ("" if runs == [1] else f" (mean of {count})"))
   ax.set_xscale("log")
-  ticks = column_ticks(points)
-  ax.set_xticks([x for x, _ in ticks], [text for _, text in ticks], fontsize=8)
   ax.xaxis.set_minor_locator(NullLocator())
   on = f" on {dataset}" if dataset else ""
   ax.set(xlabel="parameters (points of one size side by side)", ylabel="test accuracy",
@@ -347,6 +363,8 @@ def accuracy_vs_params_figure(rows: list[dict[str, Any]], *, dataset: str | None
   low, high = min(p["x"] for p in points), max(p["x"] for p in points)
   margin = 10 ** (0.1 * max(math.log10(high / low), 1.0))
   ax.set_xlim(low / margin, high * margin)
+  ticks = staggered(column_ticks(points), (low / margin, high * margin))
+  ax.set_xticks([x for x, _ in ticks], [text for _, text in ticks], fontsize=8)
   ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
   return fig
 

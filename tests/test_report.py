@@ -237,6 +237,25 @@ def test_accuracy_figure_spreads_sizes_too_close_to_tell_apart():
       "cnn / mlp\n1,922 / 1,930", "wide\n200,000"]
 
 
+def test_neighbouring_column_labels_are_staggered_not_run_together():
+  """The demo's MLP student (203,530) and ViT teacher (302,602) sit near each other on the log
+  axis: the second label goes below the first instead of running into it."""
+  from distill import plots  # noqa: PLC0415
+
+  rows = [{"role": role, "model": model, "loss": "soft", "params": params, "test_accuracy": 0.8}
+          for role, model, params in (("student", "linear", 7_850), ("student", "vit", 19_658),
+                                      ("student", "mlp", 203_530), ("teacher", "vit", 302_602))]
+  figure = plots.accuracy_vs_params_figure(rows)
+  labels = [label.get_text() for label in figure.axes[0].get_xticklabels()]
+  assert labels == ["linear\n7,850", "vit\n19,658", "mlp\n203,530", "\n\nvit\n302,602"]
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  plt.close(figure)
+  # Of three labels in a row that touch, the middle one goes down, the others stay up.
+  ticks = plots.staggered([(100.0, "a"), (120.0, "b"), (144.0, "c")], (10.0, 10_000.0))
+  assert [text for _, text in ticks] == ["a", "\n\nb", "c"]
+
+
 def _write_summary(run_dir, **summary):
   run_dir.mkdir(parents=True)
   (run_dir / "summary.json").write_text(json.dumps(summary))
