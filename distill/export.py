@@ -29,6 +29,12 @@ def teacher_identity(teacher_dir: Path, recipe: dict[str, Any], step: int, param
           "checkpoint_step": step, "params_sha256": params_sha256(params)}
 
 
+def summary_identity(teacher_dir: Path, summary: dict[str, Any]) -> dict:
+  """`teacher_identity` as a finished teacher run's summary records it (no checkpoint read)."""
+  return {"dir": str(Path(teacher_dir).resolve()), "model": summary.get("model"),
+          "checkpoint_step": summary.get("steps"), "params_sha256": summary.get("params_sha256")}
+
+
 def _targets_data_meta(recipe: dict[str, Any], dataset, temperature: float,
                        **split_extra) -> dict[str, Any]:
   """The data a targets file labels (checked by students before they train) and its T."""

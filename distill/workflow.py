@@ -516,9 +516,9 @@ def _teaching_for_student(recipe: dict[str, Any], teacher_dir: Path, dataset, co
     return (dataclasses.replace(strategy, always_augments=not hints), test_logits, identity)
   if mode == "views" and getattr(dataset, "streaming", False):
     raise UserError("teaching=views needs the data set in memory; stream with targets or online")
-  targets = open_targets(teacher_dir, dataset)
   if settings.loss == "hard":
-    return None, targets.test_logits, targets.identity
+    return None, *_teacher_beside_hard_labels(teacher_dir, dataset)
+  targets = open_targets(teacher_dir, dataset)
   if mode == "views":
     if targets.view_logits is None:
       raise UserError(f"{teacher_dir}/targets.npz holds no augmented views; export them with "
@@ -535,6 +535,32 @@ def _teaching_for_student(recipe: dict[str, Any], teacher_dir: Path, dataset, co
   strategy = teaching_lib.ExportedTargets(teacher_logits=targets.rows_for(dataset),
                                           temperature=temperature, form=form)
   return strategy, targets.test_logits, targets.identity
+
+
+def _teacher_beside_hard_labels(teacher_dir: Path, dataset) -> tuple[np.ndarray, dict[str, Any]]:
+  """(test logits, identity) of the teacher a hard-label student is compared with.
+
+  From the teacher's targets; a teacher run that exported none (`distill
+  teacher --no-export`) gives them from its own predictions and summary: a
+  student on labels learns nothing from targets, so it does not need them.
+  """
+  from distill.export import summary_identity  # noqa: PLC0415
+  from distill.targets import open_targets  # noqa: PLC0415
+
+  exported = any((teacher_dir / name).exists()
+                 for name in (rundir.TARGETS_FILE, rundir.TARGET_SHARDS_DIR))
+  if (exported or rundir.folder_kind(teacher_dir) != rundir.FINISHED_TEACHER
+      or not (teacher_dir / PREDICTIONS_FILE).is_file()):
+    targets = open_targets(teacher_dir, dataset)
+    return targets.test_logits, targets.identity
+  summary = read_json(teacher_dir / SUMMARY_FILE, "teacher summary")
+  if summary.get("dataset_fingerprint") != dataset.fingerprint:
+    raise UserError(f"the teacher in {teacher_dir} was trained on other data "
+                    f"({summary.get('dataset')}) than this student's ({dataset.name}): its "
+                    "test predictions do not compare")
+  with np.load(teacher_dir / PREDICTIONS_FILE) as predictions:
+    test_logits = predictions["test_logits"]
+  return test_logits, summary_identity(teacher_dir, summary)
 
 
 def _hint_geometry(model, teaching, objective, image_shape) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The whole workflow through the CLI, on digits, at a few seconds per run."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,33 @@ def test_student_soft_and_hard_then_compare(teacher_dir, tmp_path):
   as_json = run_cli("compare", "--json", teacher_dir, tmp_path / "cnn")
   rows = json.loads(as_json.stdout)
   assert [r["role"] for r in rows] == ["teacher", "student"]
+
+
+def test_a_hard_label_student_needs_no_exported_targets(teacher_dir, tmp_path):
+  """A teacher trained with --no-export: a student on labels compares with the teacher's own
+  test predictions; one taught by targets is still sent to `distill export`."""
+  bare = tmp_path / "bare-teacher"
+  shutil.copytree(teacher_dir, bare)
+  for name in ("targets.npz", "targets.json"):
+    (bare / name).unlink()
+  hard = run_cli("student", "--teacher", bare, "--model", "linear", "--loss", "hard",
+                 "--workdir", tmp_path / "hard", "-q", *TINY_FLAGS)
+  assert hard.exit_code == 0, hard.output
+  summary = json.loads((tmp_path / "hard" / "summary.json").read_text())
+  teacher = json.loads((teacher_dir / "summary.json").read_text())
+  assert summary["teacher_params_sha256"] == teacher["params_sha256"]
+  with np.load(tmp_path / "hard" / "predictions.npz") as student, np.load(
+      teacher_dir / "predictions.npz") as taught_by:
+    agreement = np.mean(student["test_logits"].argmax(-1) == taught_by["test_logits"].argmax(-1))
+  assert summary["agreement_with_teacher"] == pytest.approx(agreement)
+  soft = run_cli("student", "--teacher", bare, "--workdir", tmp_path / "soft", *TINY_FLAGS)
+  assert soft.exit_code == 2 and "distill export --teacher" in soft.stderr
+  # Predictions of other data do not compare: refused, not compared.
+  moved = json.loads((bare / "summary.json").read_text())
+  (bare / "summary.json").write_text(json.dumps({**moved, "dataset_fingerprint": "0" * 64}))
+  other = run_cli("student", "--teacher", bare, "--loss", "hard", "--workdir", tmp_path / "o",
+                  *TINY_FLAGS)
+  assert other.exit_code == 2 and "was trained on other data" in other.stderr
 
 
 def test_export_again_at_another_temperature(teacher_dir):
