@@ -92,7 +92,7 @@ def bench_stage(recipe_name: str, synthetic: str, dtype: str, *, smoke: bool,
 
 def demo_stage(data_dir: str | None, workdir: Path, *, smoke: bool) -> dict[str, Any]:
   """recipes/demo.toml's teacher, then its CNN student, on Fashion-MNIST: wall time, accuracy."""
-  from distill import config, workflow  # noqa: PLC0415
+  from distill import config, run_recipe, workflow  # noqa: PLC0415
 
   overrides = [f"data.data_dir={data_dir}"] if data_dir else []
   student_overrides = ["student.model=cnn"]
@@ -109,7 +109,7 @@ def demo_stage(data_dir: str | None, workdir: Path, *, smoke: bool) -> dict[str,
                                    overwrite=True, restart=True, quiet=True)
   teacher_wall = time.perf_counter() - start
   start = time.perf_counter()
-  recipe = workflow.student_recipe(teacher_dir, None, [*overrides, *student_overrides])
+  recipe = run_recipe.student_recipe(teacher_dir, None, [*overrides, *student_overrides])
   student = workflow.train_student(recipe, teacher_dir, student_dir, overwrite=True,
                                    restart=True, quiet=True)
   student_wall = time.perf_counter() - start

@@ -394,16 +394,16 @@ def student(recipe, overrides, dataset, data_dir, steps, batch_size, seed, resta
     distill student --model cnn --method hint --teaching online   # feature hints
   """
   start = time.perf_counter()
-  from distill import workflow  # noqa: PLC0415
+  from distill import run_recipe, workflow  # noqa: PLC0415
   from distill.console import Console  # noqa: PLC0415
 
   flags = _training_flags("student", dataset, data_dir, steps, batch_size, seed, model=model,
                           loss=loss, teaching=teaching, temperature=temperature, alpha=alpha,
                           soft_loss=soft_loss, mixup=mixup, method=method)
-  resolved = workflow.student_recipe(Path(teacher_dir), recipe,
+  resolved = run_recipe.student_recipe(Path(teacher_dir), recipe,
                                      config_lib.with_flags(overrides, flags),
                                      console=Console(quiet))
-  workdir = workflow.default_student_workdir(resolved) if workdir is None else Path(workdir)
+  workdir = run_recipe.default_student_workdir(resolved) if workdir is None else Path(workdir)
   summary = workflow.train_student(resolved, Path(teacher_dir), workdir, restart=restart,
                                    overwrite=overwrite, strict_init_check=strict_init_check,
                                    quiet=quiet)

@@ -229,7 +229,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 def saved_recipe(run_dir: Path) -> dict[str, Any] | None:
   """The recipe a run recorded (its recipe.json, without the student's teacher_dir), or None.
 
-  As written, not laid over today's defaults (`workflow.read_run_recipe` does that).
+  As written, not laid over today's defaults (`run_recipe.read_run_recipe` does that).
   """
   from distill.io import read_json  # noqa: PLC0415
 

@@ -152,12 +152,8 @@ def _restore(run_dir: Path, summary: dict[str, Any], needs_data: str | None = No
   when it cannot be loaded); None: the inputs the summary records will do
   where it has them, and `dataset` is those `RecordedInputs`.
   """
-  from distill.workflow import (  # noqa: PLC0415
-      RecordedInputs,
-      load_data,
-      read_run_recipe,
-      restore_trained,
-  )
+  from distill.run_recipe import read_run_recipe  # noqa: PLC0415
+  from distill.workflow import RecordedInputs, load_data, restore_trained  # noqa: PLC0415
 
   recipe = read_run_recipe(run_dir)
   recorded_inputs = RecordedInputs.of(summary)

@@ -492,7 +492,7 @@ def _checked_runs(runs: list[dict[str, Any]], teacher_dir: Path, out_dir: Path,
   Every run's recipe is resolved and its folder read before anything trains,
   so a bad value or a clash fails the sweep at once rather than hours in.
   """
-  from distill import workflow  # noqa: PLC0415
+  from distill import run_recipe  # noqa: PLC0415
 
   for run in runs:
     run["dir"] = out_dir / run["name"]
@@ -500,8 +500,8 @@ def _checked_runs(runs: list[dict[str, Any]], teacher_dir: Path, out_dir: Path,
                       *mode_overrides(run["mode"], run["soft_loss"]),
                       *method_overrides(run["mode"], run["method"])]
     try:
-      run["recipe"] = workflow.student_recipe(teacher_dir, recipe, [*overrides, *axis_overrides],
-                                              for_hard_labels_too=True)
+      run["recipe"] = run_recipe.student_recipe(
+          teacher_dir, recipe, [*overrides, *axis_overrides], for_hard_labels_too=True)
     except UserError as e:
       raise _named(run, e) from None
     run["state"] = _finished_state(run["dir"], config_lib.recipe_hash(run["recipe"], "student"),

@@ -117,16 +117,16 @@ def test_student_refuses_targets_from_other_data(teacher_dir, tmp_path):
 
 def test_teacher_settings_given_to_a_student_are_noted_as_unused(teacher_dir, capsys):
   """One set of flags may serve both commands; the student says which of them it cannot use."""
-  from distill import workflow  # noqa: PLC0415
+  from distill import run_recipe  # noqa: PLC0415
   from distill.console import Console  # noqa: PLC0415
 
-  recipe = workflow.student_recipe(teacher_dir, None, ["teacher.steps=7", "student.steps=3"],
+  recipe = run_recipe.student_recipe(teacher_dir, None, ["teacher.steps=7", "student.steps=3"],
                                    console=Console())
   assert recipe["student"]["steps"] == 3
   note = capsys.readouterr().err
   assert "note: teacher.steps changes nothing for a student" in note and str(teacher_dir) in note
-  workflow.student_recipe(teacher_dir, None, ["student.steps=3"], console=Console())
-  workflow.student_recipe(teacher_dir, None, ["teacher.steps=7"], console=Console(quiet=True))
+  run_recipe.student_recipe(teacher_dir, None, ["student.steps=3"], console=Console())
+  run_recipe.student_recipe(teacher_dir, None, ["teacher.steps=7"], console=Console(quiet=True))
   assert capsys.readouterr().err == ""
 
 
@@ -216,7 +216,7 @@ def test_losses_importable_from_the_package():
     (["student.method=hint", "student.teaching=online"], "student-cnn-hint-online"),
 ])
 def test_a_students_default_workdir_says_how_it_was_taught(overrides, name):
-  from distill import config, workflow  # noqa: PLC0415
+  from distill import config, run_recipe  # noqa: PLC0415
 
   recipe = config.load_recipe("digits", overrides)
-  assert workflow.default_student_workdir(recipe) == Path("runs") / name
+  assert run_recipe.default_student_workdir(recipe) == Path("runs") / name

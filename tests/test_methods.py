@@ -14,7 +14,7 @@ import pytest
 from conftest import TINY_FLAGS, run_cli
 from flax import nnx
 
-from distill import config, losses, report, teaching, workflow
+from distill import config, losses, report, run_recipe, teaching, workflow
 from distill.errors import UserError
 from distill.inference import normalize
 
@@ -55,7 +55,7 @@ def test_hint_student_restores_and_exports_from_its_checkpoint(tiny_digits_runs,
   """The projection is checkpointed beside the student and read back with it."""
   summary = _student(tiny_digits_runs / "teacher", tmp_path / "s", "-m", "mlp", "--method",
                      "hint", "--teaching", "online")
-  recipe = workflow.read_run_recipe(tmp_path / "s")
+  recipe = run_recipe.read_run_recipe(tmp_path / "s")
   dataset = workflow.load_data(recipe)
   model, step = workflow.restore_trained(tmp_path / "s", recipe, "student", dataset)
   assert step == summary["steps"]
@@ -97,7 +97,7 @@ def test_hint_runs_see_the_images_kd_on_targets_sees(tiny_digits_runs, tmp_path)
 
 def test_token_student_predicts_the_mean_of_its_two_heads(tiny_digits_runs, tmp_path):
   _student(tiny_digits_runs / "teacher", tmp_path / "s", "-m", "vit", "--method", "token")
-  recipe = workflow.read_run_recipe(tmp_path / "s")
+  recipe = run_recipe.read_run_recipe(tmp_path / "s")
   dataset = workflow.load_data(recipe)
   model, _ = workflow.restore_trained(tmp_path / "s", recipe, "student", dataset)
   module = nnx.merge(model.graphdef, model.params, model.rest)

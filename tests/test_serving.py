@@ -15,7 +15,8 @@ from conftest import copy_runs, run_cli
 from PIL import Image
 
 from distill import rundir, serving
-from distill.workflow import load_data, read_run_recipe
+from distill.run_recipe import read_run_recipe
+from distill.workflow import load_data
 
 TOLERANCE = 1e-4
 

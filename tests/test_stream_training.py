@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import LOGGED_EVERY_5, TINY, TINY_FLAGS, logged, run_cli, run_distill_process
 
-from distill import bench, config, workflow
+from distill import bench, config, run_recipe, workflow
 from distill import data as data_lib
 from distill.data.shards import open_target_shards, write_array_shards
 from distill.targets import open_targets
@@ -57,8 +57,8 @@ def test_streamed_teacher_and_student_match_the_in_memory_runs(digits_shards, tm
   memory_summary = json.loads((memory / "summary.json").read_text())
   assert summary["test_accuracy"] == pytest.approx(memory_summary["test_accuracy"], abs=2e-3)
   # One reader over both target formats: a split position's logits, whichever format holds them.
-  stream_data = workflow.load_data(workflow.read_run_recipe(tmp_path / "stream"))
-  memory_data = workflow.load_data(workflow.read_run_recipe(memory))
+  stream_data = workflow.load_data(run_recipe.read_run_recipe(tmp_path / "stream"))
+  memory_data = workflow.load_data(run_recipe.read_run_recipe(memory))
   positions = np.arange(0, len(memory_data.x_train), 7)
   np.testing.assert_allclose(
       open_targets(tmp_path / "stream", stream_data).rows_for(stream_data)[positions],

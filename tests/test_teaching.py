@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from conftest import TINY, TINY_FLAGS, run_cli, set_flags
 from flax import nnx
 
-from distill import augment, config, losses, step, teaching, workflow
+from distill import augment, config, losses, run_recipe, step, teaching, workflow
 from distill.cli import main
 from distill.inference import normalize
 from distill.targets import load_targets
@@ -128,7 +128,7 @@ def _tiny_setup(strategy, **objective_settings):
 
 
 def test_online_teacher_labels_the_students_exact_augmented_batch(teachers):
-  recipe = workflow.read_run_recipe(teachers / "t0")
+  recipe = run_recipe.read_run_recipe(teachers / "t0")
   dataset = workflow.load_data(recipe)
   result, _ = workflow.restore_trained(teachers / "t0", recipe, "teacher", dataset)
   online = teaching.OnlineTeacher(apply=teaching.nnx_apply(result.graphdef, result.rest),
@@ -147,7 +147,7 @@ def test_views_replay_exactly_what_the_teacher_labelled(teachers):
   arrays, meta = load_targets(teachers / "t0")
   assert arrays["view_logits"].shape == (len(arrays["train_logits"]), 3, 10)
   assert meta["views"]["count"] == 3
-  recipe = workflow.read_run_recipe(teachers / "t0")
+  recipe = run_recipe.read_run_recipe(teachers / "t0")
   dataset = workflow.load_data(recipe)
   result, _ = workflow.restore_trained(teachers / "t0", recipe, "teacher", dataset)
   images = normalize(jnp.asarray(dataset.x_train), *map(jnp.asarray, result.stats))
@@ -233,7 +233,7 @@ def test_ensemble_members_label_the_same_views(teachers, tmp_path):
   ensemble, meta = load_targets(tmp_path / "ens")
   probs = []
   for name in ("t0", "t1"):
-    recipe = workflow.read_run_recipe(teachers / name)
+    recipe = run_recipe.read_run_recipe(teachers / name)
     dataset = workflow.load_data(recipe)
     member, _ = workflow.restore_trained(teachers / name, recipe, "teacher", dataset)
     images = normalize(jnp.asarray(dataset.x_train[[5]]), *map(jnp.asarray, member.stats))

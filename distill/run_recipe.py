@@ -1,0 +1,123 @@
+"""The recipe a run reads: a finished run's own (its recipe.json), and a student's.
+
+A student starts from its teacher run's recipe, with the user's overrides on
+top; everything that can be refused from the recipes alone (a name no recipe
+takes, settings a hard-label student would ignore, hint layers that do not
+exist) is refused here, before any data is loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from distill import config as config_lib
+from distill import rundir
+from distill.console import Console
+from distill.errors import UserError
+from distill.rundir import RECIPE_FILE
+
+
+def read_run_recipe(run_dir: Path) -> dict[str, Any]:
+  """A run's recipe.json, laid over today's defaults and validated.
+
+  Recipes written before a key existed still load, with that key's default.
+  """
+  path = Path(run_dir) / RECIPE_FILE
+  saved = rundir.saved_recipe(run_dir)
+  if saved is None:
+    raise UserError(f"run recipe not found: {path}")
+  recipe = config_lib.load_recipe(None, [])
+  config_lib.merge_resolved(recipe, saved, where=str(path))
+  config_lib.validate(recipe)
+  return recipe
+
+
+def student_recipe(teacher_dir: Path, recipe_path: str | None, overrides: list[str],
+                   console: Console | None = None, *,
+                   for_hard_labels_too: bool = False) -> dict[str, Any]:
+  """The recipe a student starts from: the teacher's own, unless another is given.
+
+  Starting from the teacher's resolved recipe keeps the data settings (and so
+  the split the targets were made on) identical by default. `teacher.*`
+  overrides are accepted (one set of flags can serve both commands) but change
+  nothing: the teacher is the run in `teacher_dir`; `console` says so.
+  Distillation settings given to a hard-label student (`--loss hard -T 4`)
+  are refused, since it learns from labels alone, unless
+  `for_hard_labels_too`: a sweep gives one set of overrides to its soft and
+  hard runs alike.
+  """
+  config_lib.check_overrides(overrides)  # `--model nope` is named before a missing teacher
+  rundir.check_teacher_folder(teacher_dir)
+  ignored = [text.partition("=")[0] for text in overrides if text.startswith("teacher.")]
+  if ignored and console is not None:
+    console.info(f"note: {', '.join(ignored)} change{'s' if len(ignored) == 1 else ''} nothing "
+                 f"for a student: its teacher is the run in {teacher_dir}")
+  if recipe_path:
+    recipe = config_lib.load_recipe(recipe_path, overrides)
+  else:
+    recipe = config_lib.resolve_overrides(read_run_recipe(teacher_dir), overrides)
+  if recipe["student"]["loss"] == "hard" and not for_hard_labels_too:
+    _refuse_unused_by_hard_labels(overrides)
+  _check_hint_layers(recipe, teacher_dir)
+  return recipe
+
+
+# The student keys that only a student taught by its teacher reads.
+_DISTILLATION_KEYS = ("teaching", "temperature", "alpha", "soft_loss", "mixup", "method",
+                      *config_lib.METHODS)
+
+
+def _refuse_unused_by_hard_labels(overrides: list[str]) -> None:
+  """Refuses an override of a distillation setting for a student on hard labels.
+
+  Such a student learns from one-hot labels, without its teacher, so the
+  setting would change nothing and the run would not be the one asked for.
+  """
+  for text in overrides:
+    key, value = config_lib.parse_override(text)
+    role, _, rest = key.partition(".")
+    if role == "student" and rest.split(".")[0] in _DISTILLATION_KEYS:
+      raise UserError(f"{key}={value} changes nothing for a student on hard labels "
+                      f"(student.loss=hard learns from one-hot labels, not from its teacher): "
+                      f"drop it, or train with the soft loss")
+
+
+def default_student_workdir(recipe: dict[str, Any]) -> Path:
+  """Where `distill student` writes without --workdir: runs/student-MODEL, then what sets it apart.
+
+  '-hard' for hard labels; else the method unless it is kd, and the teaching
+  unless it is targets: runs/student-cnn, runs/student-cnn-hard,
+  runs/student-cnn-hint-online.
+  """
+  student = recipe["student"]
+  if student["loss"] == "hard":
+    parts = ["hard"]
+  else:
+    parts = [student["method"]] if student["method"] != "kd" else []
+    parts += [student["teaching"]] if student["teaching"] != "targets" else []
+  return Path("runs") / "-".join(["student", student["model"], *parts])
+
+
+def _check_hint_layers(recipe: dict[str, Any], teacher_dir: Path) -> None:
+  """A hint's layers must exist in the student and in the teacher the run in `teacher_dir` trained.
+
+  Checked from the recipes alone, so a sweep refuses before its first run.
+  Other teacher folders (imported, exported targets) refuse hints themselves.
+  """
+  from distill.models import inner_layer_count  # noqa: PLC0415
+
+  student = recipe["student"]
+  if (student["loss"] == "hard" or student["method"] != "hint"
+      or rundir.folder_kind(teacher_dir) != rundir.FINISHED_TEACHER):
+    return
+  teacher = read_run_recipe(teacher_dir)["teacher"]
+  for role, section, key in (("student", student, "student_layer"),
+                             ("teacher", teacher, "teacher_layer")):
+    layer, model = student["hint"][key], section["model"]
+    count = inner_layer_count(model, section.get(model, {}))
+    if count is not None and not -count <= layer < count:
+      layers = ("no inner layer" if count == 0 else "1 inner layer (0, or -1)" if count == 1
+                else f"{count} inner layers (0 to {count - 1}, or {-count} to -1 from the last)")
+      raise UserError(f"student.hint.{key}={layer} is out of range: the {model} {role} has "
+                      f"{layers}")
