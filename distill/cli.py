@@ -422,7 +422,7 @@ def compare(run_dirs, as_json, markdown):
   different machines (CPU types, accelerators) get a note too: their training
   times do not compare.
   """
-  from distill.report import compare_runs  # noqa: PLC0415
+  from distill.compare import compare_runs  # noqa: PLC0415
 
   click.echo(compare_runs([Path(d) for d in run_dirs], as_json=as_json, markdown=markdown))
 

@@ -1,368 +1,32 @@
-"""Side-by-side comparison of finished runs."""
+"""The HTML report of finished runs: their table, curves and figures (`distill report`)."""
 
 from __future__ import annotations
 
 import base64
-import collections
 import html
 import json
-import math
 import re
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from distill import rundir
-from distill.errors import UserError
-from distill.io import read_json
-
-COLUMNS = (
-    ("run", "run"),
-    # Only when the runs used more than one data set: which (see `with_dataset_names`).
-    ("dataset", "dataset"),
-    ("role", "role"),
-    ("model", "model"),
-    ("loss", "loss"),
-    # Only when the students learned from more than one teacher: whose student each is (the
-    # teacher's folder, as short as tells it from the others).
-    ("teacher", "teacher"),
-    # How a student was taught: runs that differ only here must not look alike.
-    ("teaching", "teaching"),
-    ("method", "method"),
-    # Only when some student learned by KL: soft cross-entropy and KL runs must not look alike.
-    ("soft_loss", "soft loss"),
-    ("temperature", "T"),
-    ("alpha", "alpha"),
-    # Only when some student mixed its images (--mixup): runs must not look alike without it.
-    ("mixup", "mixup"),
-    ("params", "params"),
-    # Only when some run had few labels (data.labelled): how many it learned from.
-    ("labels_used", "labels"),
-    ("test_accuracy", "test acc"),
-    ("agreement_with_teacher", "agree"),
-    ("test_nll", "test NLL"),
-    ("test_ece", "ECE"),
-    ("train_seconds", "train s"),
+from distill.compare import (
+  collect_runs,
+  datasets_note,
+  expand_sweeps,
+  format_table,
+  how_taught,
+  machines_note,
+  objective_label,
+  option_used,
+  row_value,
+  run_label,
+  with_dataset_names,
+  with_teacher_names,
 )
-
-
-def collect_runs(run_dirs: list[Path]) -> tuple[list[dict[str, Any]], list[str]]:
-  """Reads summary.json from each finished run; returns (rows, notes on the folders skipped).
-
-  A folder that holds no finished run is skipped with a note saying what it is
-  (a glob like runs/* also meets reports and exported models); when nothing
-  is left the notes become one error.
-  """
-  rows, skipped = [], []
-  for run_dir in map(Path, run_dirs):
-    kind = rundir.folder_kind(run_dir)
-    if kind not in rundir.FINISHED_RUNS:
-      skipped.append(f"{run_dir} is {rundir.describe_folder(run_dir, kind)}")
-      continue
-    summary = read_json(run_dir / rundir.SUMMARY_FILE, "run summary")
-    rows.append({"run": str(run_dir), **summary, **_data_dir_of(run_dir)})
-  if not rows:
-    raise UserError("no finished runs: " + "; ".join(skipped) + ". Give the folders "
-                    "`distill teacher` and `distill student` wrote (e.g. runs/teacher "
-                    "runs/student-cnn)")
-  # The runs of one data set together (in the order the folders came), and within them
-  # teachers first, then students from best to worst: no ranking across data sets.
-  keys = dataset_keys(rows)
-  first = {key: index for index, key in reversed(list(enumerate(keys)))}
-  ranked = sorted(zip(rows, keys, strict=True),
-                  key=lambda pair: (first[pair[1]], pair[0].get("role") != "teacher",
-                                    -pair[0].get("test_accuracy", 0.0)))
-  return [row for row, _ in ranked], skipped
-
-
-def _data_dir_of(run_dir: Path) -> dict[str, str]:
-  """{"data_dir": ...} from the run's recipe when it read its data from a path (an npz file, a
-  stream's folder), else {}: summary.json names such data only 'npz' or by the folder's name."""
-  path = run_dir / rundir.RECIPE_FILE
-  try:
-    recipe = read_json(path, "run recipe") if path.is_file() else {}
-  except UserError:  # a damaged recipe costs the column its path, not the comparison
-    recipe = {}
-  data = recipe.get("data") if isinstance(recipe, dict) else None
-  data_dir = data.get("data_dir") if isinstance(data, dict) else None
-  return {"data_dir": str(data_dir)} if data_dir else {}
-
-
-def dataset_keys(rows: list[dict[str, Any]]) -> list[Any]:
-  """What tells each row's data set from another's: its `dataset_fingerprint` (a hash of the
-  data's arrays, so two different files both loaded as 'npz' differ, and one file read from
-  two paths does not), else its name and data_dir; None for a row naming no data set.
-
-  A row without a fingerprint (an older summary) takes the fingerprint of a row that names the
-  same data set at the same place, so that it does not count as one more.
-  """
-  known = {(row.get("dataset"), row.get("data_dir")): row["dataset_fingerprint"]
-           for row in rows if row.get("dataset") and row.get("dataset_fingerprint")}
-  keys = []
-  for row in rows:
-    place = (row.get("dataset"), row.get("data_dir"))
-    if row.get("dataset_fingerprint"):
-      keys.append(row["dataset_fingerprint"])
-    else:
-      keys.append(known.get(place, place) if row.get("dataset") else None)
-  return keys
-
-
-def with_dataset_names(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """`rows`, each with `dataset_name`: its data set as a person reads it, one name per data set
-  (`dataset_keys`) among the rows. A registered data set keeps its name (digits), an npz file
-  takes its file's stem (shapes for shapes.npz); data sets that would share a name add their
-  paths' distinguishing parts, or else their fingerprints' first digits.
-
-  Rows naming no data set are left as they are; calling it again changes nothing.
-  """
-  keys = dataset_keys(rows)
-  first: dict[Any, dict[str, Any]] = {}
-  for row, key in zip(rows, keys, strict=True):
-    if key is not None:
-      first.setdefault(key, row)
-  by_base: dict[str, list[Any]] = {}
-  for key, row in first.items():
-    by_base.setdefault(_dataset_base_name(row), []).append(key)
-  names = {}
-  for base, same in by_base.items():
-    if len(same) == 1:
-      names[same[0]] = base
-      continue
-    places = [first[key].get("data_dir") for key in same]
-    resolved = [str(Path(place).resolve()) for place in places] if all(places) else []
-    if resolved and len(set(resolved)) == len(resolved):
-      short = short_names(resolved)
-      for key, place in zip(same, resolved, strict=True):
-        names[key] = f"{base} ({short[place]})"
-    else:  # one path read twice with different contents, or no path recorded
-      for index, key in enumerate(same):
-        mark = key[:8] if isinstance(key, str) else f"#{index + 1}"
-        names[key] = f"{base} ({mark})"
-  return [row if key is None else {**row, "dataset_name": names[key]}
-          for row, key in zip(rows, keys, strict=True)]
-
-
-def _dataset_base_name(row: dict[str, Any]) -> str:
-  """A data set's own name: the summary's, or for an npz file the file's stem."""
-  name = str(row.get("dataset"))
-  if name == "npz" and row.get("data_dir"):
-    return Path(row["data_dir"]).stem
-  return name
-
-
-def datasets_note(rows: list[dict[str, Any]]) -> str | None:
-  """A warning when the runs used more than one data set, else None: their accuracies (a
-  3-class set's 100% beside a 100-class set's 1%) measure different things."""
-  names = list(dict.fromkeys(row["dataset_name"] for row in with_dataset_names(rows)
-                             if row.get("dataset_name")))
-  if len(names) < 2:
-    return None
-  return (f"these runs used {len(names)} data sets ({', '.join(names)}): their accuracies "
-          "do not compare across data sets")
-
-
-# Left-aligned in the text table; the others are numbers.
-_TEXT_COLUMNS = ("run", "dataset", "role", "model", "loss", "teacher", "teaching", "method",
-                 "soft_loss")
-# A student's distillation settings: meaningless for teachers and hard-label baselines.
-_TEACHING_KEYS = ("teacher", "teaching", "method", "soft_loss", "temperature", "alpha", "mixup")
-# The teacher column's value without the option: the one teacher that every student shares,
-# whichever it is.
-_SHARED = object()
-# Columns shown only when some run has a value in them other than the one every run would
-# have without the option (none; for the soft loss, soft cross-entropy; for the teacher, the
-# teacher of the first student; for the data set, the first run's).
-_OPTIONAL_COLUMNS = {"labels_used": None, "mixup": None, "soft_loss": "soft_ce",
-                     "teacher": _SHARED, "dataset": _SHARED}
-
-
-def _row_value(row: dict[str, Any], key: str) -> Any:
-  """What the table shows of `row` under `key` (None: nothing to show)."""
-  if key in _TEACHING_KEYS and (row.get("role") != "student" or row.get("loss") == "hard"):
-    return None
-  if key == "method" and row.get("method") is None and row.get("role") == "student":
-    return "kd"  # summaries from before methods had names: all were kd
-  if key == "mixup":
-    return row.get(key) or None  # 0: off
-  if key == "soft_loss":
-    return row.get(key) or "soft_ce"  # summaries from before KL was offered: soft_ce
-  if key == "dataset":  # as `with_dataset_names` names it, where it has
-    return row.get("dataset_name") or row.get(key)
-  return row.get(key)
-
-
-def _cell(key: str, value: Any) -> str:
-  if value is None:
-    return "-"
-  if key in ("temperature", "alpha", "mixup"):
-    return f"{value:g}"
-  if key == "params":  # 0: a teacher imported as logits or a function before its size was None
-    return f"{value:,}" if value else "-"
-  if key == "labels_used":
-    return f"{value:,}" if value else "none"
-  if key in ("test_accuracy", "agreement_with_teacher"):
-    return f"{100 * value:.2f}%"
-  if key in ("test_nll", "test_ece"):
-    return f"{value:.4f}"
-  if key == "train_seconds":
-    return seconds_cell(value)
-  return str(value)
-
-
-def seconds_cell(seconds: float | None) -> str:
-  """A training time as the table shows it: whole seconds from 10 s up, tenths below, and two
-  significant digits below a second, so that tiny runs do not all read 0."""
-  if seconds is None or not math.isfinite(seconds):
-    return "-"
-  if seconds >= 9.95:  # what rounds to 10.0 reads as 10
-    return f"{seconds:.0f}"
-  if seconds >= 0.995:
-    return f"{seconds:.1f}"
-  return f"{seconds:.2g}" if seconds > 0 else "0"
-
-
-def markdown_table(header: list[str], body: list[list[str]]) -> str:
-  """A Markdown table: the header row, the separator, one row per list of cells."""
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  lines += ["| " + " | ".join(cells) + " |" for cells in body]
-  return "\n".join(lines)
-
-
-def shown_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
-  """COLUMNS, less the labels column when every run had every label, the mixup column when
-  no run mixed, the soft loss when every student used soft cross-entropy, the teacher when
-  every student learned from one, and the data set when every run used one (`rows` as
-  `with_teacher_names` and `with_dataset_names` give them)."""
-  return [(key, title) for key, title in COLUMNS
-          if key not in _OPTIONAL_COLUMNS or _option_used(rows, key)]
-
-
-def _option_used(rows: list[dict[str, Any]], key: str) -> bool:
-  """Whether some run's value under the optional column `key` differs from the one every run
-  would have without the option."""
-  values = [value for value in (_row_value(row, key) for row in rows) if value is not None]
-  default = _OPTIONAL_COLUMNS[key]
-  if default is _SHARED:
-    default = values[0] if values else None
-  return any(value != default for value in values)
-
-
-def with_teacher_names(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """`rows`, each with `teacher`: the folder a student learned from (its teacher_dir), or a
-  teacher's own, named by the fewest trailing parts of its path that tell it from the others
-  among the rows (runs/teacher and runs/teacher-hybrid: teacher, teacher-hybrid), so that a
-  student's teacher reads as that teacher's folder does.
-
-  Rows without either (a summary from before teacher_dir was recorded) are left as they are.
-  """
-  folders = [_teacher_folder(row) for row in rows]
-  names = short_names(folder for folder in folders if folder)
-  return [{**row, "teacher": names[folder]} if folder else row
-          for row, folder in zip(rows, folders, strict=True)]
-
-
-def _teacher_folder(row: dict[str, Any]) -> str | None:
-  """The absolute path of the teacher a row is, or that it learned from; None if unknown."""
-  if row.get("role") == "teacher":
-    folder = row.get("run")
-  else:
-    folder = row.get("teacher_dir")
-  return str(Path(folder).resolve()) if folder else None
-
-
-def short_names(paths: Iterable[str]) -> dict[str, str]:
-  """Each of `paths` (strings) to its fewest trailing parts that no other of them ends with:
-  a/teacher and b/teacher-hybrid become teacher and teacher-hybrid, a/teacher and b/teacher
-  keep their parent folders."""
-  parts = {path: Path(path).parts for path in set(paths)}
-  names = {}
-  for path, own in parts.items():
-    others = [other for key, other in parts.items() if key != path]
-    count = next((count for count in range(1, len(own))
-                  if all(other[-count:] != own[-count:] for other in others)), len(own))
-    names[path] = str(Path(*own[-count:]))
-  return names
-
-
-def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
-  """A fixed-width (or Markdown) table of the runs."""
-  rows = with_dataset_names(with_teacher_names(rows))
-  columns = shown_columns(rows)
-  header = [title for _, title in columns]
-  body = [[_cell(key, _row_value(row, key)) for key, _ in columns] for row in rows]
-  if markdown:
-    return markdown_table(header, body)
-  widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
-  fmt = "  ".join(f"{{:{'<' if key in _TEXT_COLUMNS else '>'}{w}}}"
-                  for (key, _), w in zip(columns, widths, strict=True))
-  return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))]
-                   + [fmt.format(*cells) for cells in body])
-
-
-def machine_of(row: dict[str, Any]) -> str | None:
-  """What a run's speed was measured on: its accelerator (kind and count), or its CPU.
-
-  None for runs written before summaries recorded it.
-  """
-  if row.get("backend", "cpu") != "cpu":
-    return f"{row.get('device_kind') or row['backend']} x {row.get('devices', 1)}"
-  return row.get("cpu")
-
-
-def machines_note(rows: list[dict[str, Any]]) -> str | None:
-  """A warning when the runs' training times come from different machines, else None.
-
-  Times of one recipe move 2x between CPU generations, so a column of
-  seconds from several machines is not a comparison of the runs; nor from
-  one machine's different core counts (a sweep's `--jobs` workers).
-  """
-  counts = collections.Counter(filter(None, map(machine_of, rows)))
-  if len(counts) < 2:
-    return None
-  machines = "; ".join(f"{name} ({count} run{'s' if count > 1 else ''})"
-                       for name, count in counts.items())
-  return (f"train s comes from {len(counts)} machines or core counts, so compare times only "
-          f"within one: {machines}")
-
-
-def compare_runs(run_dirs: list[Path], *, as_json: bool = False, markdown: bool = False) -> str:
-  """The comparison of `run_dirs` as text (a table, Markdown, or JSON lines)."""
-  run_dirs, sweeps = _expand_sweeps(run_dirs)
-  rows, skipped = collect_runs(run_dirs)
-  if as_json:
-    # `teacher` as the table names it, `teacher_dir` as the student's summary recorded it
-    # (a hard-label baseline's too: the teacher its agreement was measured against).
-    # `dataset` as the run recorded it, `dataset_name` as the table names it; its fingerprint
-    # and path tell data sets apart exactly.
-    rows = with_dataset_names(with_teacher_names(rows))
-    keys = [key for key, _ in COLUMNS] + ["dataset_name", "dataset_fingerprint", "data_dir",
-                                          "steps",
-                                          "teacher_dir", "teacher_test_accuracy",
-                                          "val_accuracy", "images_per_second", "cpu",
-                                          "device_kind"]
-    return json.dumps([{**{k: _row_value(row, k) for k in keys}, "dataset": row.get("dataset")}
-                       for row in rows], indent=2)
-  text = format_table(rows, markdown=markdown)
-  for note in (datasets_note(rows), machines_note(rows)):
-    if note:
-      text += f"\n\n{note}"
-  if skipped:
-    text += "\n\nskipped: " + "; ".join(skipped)
-  # A sweep's verdict closes the comparison: what teaching bought, and how surely.
-  from distill.sweep import verdict_sentence  # noqa: PLC0415
-
-  for sweep_dir, saved in sweeps:
-    sentence = verdict_sentence(saved.get("rows", []))
-    if sentence:
-      text += f"\n\n{sweep_dir}: {sentence}"
-  return text
-
-
-# --------------------------------------------------------------------------
-# The HTML report.
+from distill.io import read_json
 
 
 def _run_predictions(run_dir: Path) -> np.ndarray | None:
@@ -396,16 +60,16 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) ->
   from distill.console import progress as progress_bar  # noqa: PLC0415
   from distill.io import write_text  # noqa: PLC0415
 
-  run_dirs, sweeps = _expand_sweeps(run_dirs)
+  run_dirs, sweeps = expand_sweeps(run_dirs)
   rows, skipped = collect_runs(run_dirs)
   if skipped:  # said where the command runs, as `compare` says it, not only on the page
     Console(quiet).info("skipped: " + "; ".join(skipped))
   rows = with_dataset_names(with_teacher_names(rows))
   # Students of two teachers, or two teachers, must not look alike in titles and the figure.
-  name_teachers = (_option_used(rows, "teacher")
+  name_teachers = (option_used(rows, "teacher")
                    or sum(row.get("role") == "teacher" for row in rows) > 1)
   # Nor must runs of two data sets: each title says its run's.
-  name_datasets = _option_used(rows, "dataset")
+  name_datasets = option_used(rows, "dataset")
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   _remove_earlier_figures(out_dir)
@@ -414,8 +78,8 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) ->
   for row in rows:
     # The overview figure draws a label's runs (seeds) as one point, coloured by its series.
     row["label"] = run_label(row, name_teacher=name_teachers)
-    if name_datasets and _row_value(row, "dataset"):
-      row["label"] += f" on {_row_value(row, 'dataset')}"
+    if name_datasets and row_value(row, "dataset"):
+      row["label"] += f" on {row_value(row, 'dataset')}"
     row["series"] = how_taught(row, name_teacher=name_teachers)
   progress = progress_bar(rows, desc="report", quiet=quiet, unit="run")
   # Each section fills its row's test metrics in, so the table below shows them.
@@ -460,32 +124,6 @@ def _remove_earlier_figures(out_dir: Path) -> None:
       path.unlink()
 
 
-def _expand_sweeps(run_dirs: list[Path]) -> tuple[list[Path], list[tuple[Path, dict[str, Any]]]]:
-  """Replaces each sweep folder by its teacher and run folders; returns them and the sweeps.
-
-  The runs are found by name inside the sweep folder (not by the paths
-  sweep.json recorded, which may be relative to another working directory);
-  a folder listed twice is reported once.
-  """
-  from distill.sweep import SWEEP_JSON  # noqa: PLC0415
-
-  expanded: list[Path] = []
-  sweeps = []
-  for run_dir in map(Path, run_dirs):
-    if not (run_dir / SWEEP_JSON).is_file():
-      expanded.append(run_dir)
-      continue
-    saved = read_json(run_dir / SWEEP_JSON, "sweep summary")
-    sweeps.append((run_dir, saved))
-    teacher = Path(saved.get("settings", {}).get("teacher_dir", ""))
-    # An ensemble's folder of targets has no summary: nothing to show for it.
-    if (teacher / rundir.SUMMARY_FILE).is_file():
-      expanded.append(teacher)
-    expanded += [run_dir / run["name"] for run in saved.get("runs", [])]
-  unique: dict[str, Path] = {}
-  for run_dir in expanded:
-    unique.setdefault(str(run_dir.resolve()), run_dir)
-  return list(unique.values()), sweeps
 
 
 def _sweep_section(sweep_dir: Path, saved: dict[str, Any]) -> str:
@@ -534,52 +172,6 @@ def _dataset_for(row: dict[str, Any], datasets: dict[str, Any]):
     datasets[key] = load_data(recipe)
   return datasets[key]
 
-
-def run_label(row: dict[str, Any], *, name_teacher: bool = False) -> str:
-  """A run as a person tells it apart: 'student cnn (kd, targets, T=2, alpha=0.5)'.
-
-  With `name_teacher` (several teachers among the runs), a teacher's label
-  and a distilled student's name the teacher's folder as `with_teacher_names`
-  does: 'teacher cnn (teacher-hybrid)', 'student cnn (kd, ..., from teacher-hybrid)'.
-  """
-  name = f"{row.get('role')} {row.get('model')}"
-  if row.get("role") == "student":
-    return f"{name} ({how_taught(row, name_teacher=name_teacher)})"
-  if name_teacher and row.get("teacher"):
-    return f"{name} ({row['teacher']})"
-  return name
-
-
-def how_taught(row: dict[str, Any], *, name_teacher: bool = False) -> str:
-  """How a run learned, whatever its model: 'kd, targets, T=2, alpha=0.5', 'hard labels', or
-  'teacher'; the accuracy-vs-size figure's legend names its series so, and a training command's
-  result line its student. `name_teacher` as in `run_label`."""
-  teacher = row.get("teacher") if name_teacher else None
-  if row.get("role") != "student":
-    return str(row.get("role")) + (f" ({teacher})" if teacher else "")
-  if row.get("loss") == "hard":
-    return "hard labels"
-  alpha = "" if row.get("alpha") is None else f", alpha={_cell('alpha', row['alpha'])}"
-  kl = ", KL" if row.get("soft_loss") == "kl" else ""
-  mixup = _row_value(row, "mixup")
-  return (f"{_row_value(row, 'method')}{kl}, {row.get('teaching')}, "
-          f"T={_cell('temperature', row.get('temperature'))}{alpha}"
-          + (f", mixup={_cell('mixup', mixup)}" if mixup else "")
-          + (f", from {teacher}" if teacher else ""))
-
-
-def objective_label(row: dict[str, Any]) -> str:
-  """What a run's logged training loss is, e.g. 'train loss (kd, T²-scaled at T=2)'."""
-  if row.get("role") != "student" or row.get("loss") == "hard":
-    return "train loss (cross-entropy, hard labels)"
-  method = _row_value(row, "method")
-  temperature, alpha = row.get("temperature") or 1.0, row.get("alpha", 1.0)
-  what = method + (": KL" if row.get("soft_loss") == "kl" else "")
-  if temperature != 1:
-    what += f", T²-scaled at T={temperature:g}"
-  if alpha is not None and alpha < 1:
-    what += f", {alpha:g} teacher + {1 - alpha:g} labels"
-  return f"train loss ({what})"
 
 
 def _run_section(index: int, row: dict[str, Any], out_dir: Path, datasets: dict[str, Any],
@@ -689,7 +281,7 @@ def _overview_figures(rows: list[dict[str, Any]], out_dir: Path) -> str:
 
   groups: dict[Any, list[dict[str, Any]]] = {}
   for row in rows:
-    groups.setdefault(_row_value(row, "dataset"), []).append(row)
+    groups.setdefault(row_value(row, "dataset"), []).append(row)
   caption = ("Test accuracy against parameters{on}: a point is the mean over the runs of one "
              "label (seeds), its bar their lowest and highest; the colour says how a student "
              "was taught, the star is the teacher, and runs of one size stand side by side "

@@ -49,10 +49,10 @@ import numpy as np
 
 from distill import config as config_lib
 from distill import interrupts, rundir, stats
+from distill.compare import markdown_table, seconds_cell
 from distill.console import Console
 from distill.errors import UserError
 from distill.io import read_json, write_json, write_text
-from distill.report import markdown_table, seconds_cell
 from distill.stats import compare, format_diff, format_p
 
 MODES = ("hard", "targets", "online", "views")

@@ -397,7 +397,7 @@ def result_line(summary: dict[str, Any], workdir: Path, wall_seconds: float | No
   the wall time) and the wall time (`wall_seconds`: the whole command, when
   the caller timed it; else the summary's), and where the run is.
   """
-  from distill.report import how_taught  # noqa: PLC0415
+  from distill.compare import how_taught  # noqa: PLC0415
 
   accuracy = f"test accuracy {summary['test_accuracy']:.4f}"
   if summary.get("role") == "student":

@@ -14,7 +14,7 @@ import pytest
 from conftest import TINY_FLAGS, run_cli
 from flax import nnx
 
-from distill import config, losses, report, run_recipe, teaching, workflow
+from distill import compare, config, losses, run_recipe, teaching, workflow
 from distill.errors import UserError
 from distill.inference import normalize
 
@@ -45,7 +45,7 @@ def test_every_method_trains_from_the_cli_and_passes_its_strict_step0_check(
   reads_alpha = method == "hint"
   assert (summary["alpha"] is not None) == reads_alpha
   assert ("alpha=" in workflow.result_line(summary, tmp_path / "s")) == reads_alpha
-  assert ("alpha=" in report.run_label(summary)) == reads_alpha
+  assert ("alpha=" in compare.run_label(summary)) == reads_alpha
   assert np.isfinite(summary["final_train_loss"])
   assert summary["init_loss"] == pytest.approx(summary["init_loss_expected"], abs=0.05)
   assert 0.0 <= summary["test_accuracy"] <= 1.0

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from conftest import TINY, copy_runs, run_cli, set_flags
 
-from distill import plots, report, rundir
-from distill.report import compare_runs, objective_label
+from distill import compare, plots, rundir
+from distill.compare import compare_runs, objective_label
 
 # TINY without its batch sizes (the digits recipe's 64 are too large for the data below), and
 # one dispatch of 5 steps.
@@ -44,7 +44,7 @@ def test_compare_tells_apart_runs_that_differ_only_in_their_teaching(tmp_path,
   as_json = json.loads(compare_runs([runs / "dkd"], as_json=True))[0]
   assert (as_json["method"], as_json["teaching"], as_json["soft_loss"],
           as_json["temperature"]) == ("dkd", "online", "kl", 4)
-  assert report.run_label(as_json) == "student cnn (dkd, KL, online, T=4, alpha=0.5)"
+  assert compare.run_label(as_json) == "student cnn (dkd, KL, online, T=4, alpha=0.5)"
 
 
 def test_small_own_data_with_relative_paths_fails_once_then_works_from_anywhere(

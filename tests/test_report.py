@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import TINY_FLAGS, copy_runs, run_cli
 
+from distill import compare as compare_lib
 from distill import report as report_lib
 from distill.data import load_dataset
 from distill.metrics import summary_metrics
@@ -125,7 +126,7 @@ def test_a_teacher_of_unknown_size_shows_no_parameter_count(tmp_path):
            "params": 1922, "test_accuracy": 0.95}]
   header, _, teacher, student = (
       [cell.strip() for cell in line.strip("|").split("|")]
-      for line in report_lib.format_table(rows, markdown=True).splitlines())
+      for line in compare_lib.format_table(rows, markdown=True).splitlines())
   column = header.index("params")
   assert (teacher[column], student[column]) == ("-", "1,922"), (header, teacher, student)
   from distill import plots  # noqa: PLC0415
@@ -145,16 +146,16 @@ def test_mixup_is_shown_where_a_run_used_it():
              "agreement_with_teacher": 0.96, "train_seconds": 1.0}
   plain, mixed = {**student, "run": "online", "mixup": 0.0}, {**student, "run": "mixup",
                                                               "mixup": 0.2}
-  header, _, *body = report_lib.format_table([plain, mixed], markdown=True).splitlines()
+  header, _, *body = compare_lib.format_table([plain, mixed], markdown=True).splitlines()
   column = [cell.strip() for cell in header.strip("|").split("|")].index("mixup")
   assert [[cell.strip() for cell in row.strip("|").split("|")][column] for row in body] == [
       "-", "0.2"]
-  assert "mixup" not in report_lib.format_table([plain])
+  assert "mixup" not in compare_lib.format_table([plain])
   assert "alpha=1, mixup=0.2)" in result_line(mixed, Path("runs/mixup"))
   assert "mixup" not in result_line(plain, Path("runs/online"))
   # The report's labels and the figure's legend come from the same words.
-  assert report_lib.run_label(mixed) == "student cnn (kd, online, T=2, alpha=1, mixup=0.2)"
-  assert report_lib.how_taught(plain) == "kd, online, T=2, alpha=1"
+  assert compare_lib.run_label(mixed) == "student cnn (kd, online, T=2, alpha=1, mixup=0.2)"
+  assert compare_lib.how_taught(plain) == "kd, online, T=2, alpha=1"
 
 
 def test_compare_warns_when_times_come_from_different_machines():
@@ -162,9 +163,9 @@ def test_compare_warns_when_times_come_from_different_machines():
   zen4 = {"backend": "cpu", "cpu": "AMD EPYC (family 25, model 17), 2 cores"}
   zen5 = {"backend": "cpu", "cpu": "AMD EPYC (family 26, model 17), 2 cores"}
   h200 = {"backend": "gpu", "device_kind": "NVIDIA H200", "devices": 1, "cpu": "Intel Xeon"}
-  assert report_lib.machine_of(h200) == "NVIDIA H200 x 1"
-  assert report_lib.machines_note([zen4, zen4, {"backend": "cpu"}]) is None
-  note = report_lib.machines_note([zen4, zen5, zen4, h200])
+  assert compare_lib.machine_of(h200) == "NVIDIA H200 x 1"
+  assert compare_lib.machines_note([zen4, zen4, {"backend": "cpu"}]) is None
+  note = compare_lib.machines_note([zen4, zen5, zen4, h200])
   assert note.startswith(
       "train s comes from 3 machines or core counts, so compare times only within one")
   assert "AMD EPYC (family 25, model 17), 2 cores (2 runs)" in note
@@ -187,7 +188,7 @@ def _sweep_rows():
                "teaching": "targets", "method": "kd", "temperature": 4.0, "alpha": 0.9,
                "params": 101_770, "test_accuracy": 0.82})
   for row in rows:  # as write_report labels them
-    row["label"], row["series"] = report_lib.run_label(row), report_lib.how_taught(row)
+    row["label"], row["series"] = compare_lib.run_label(row), compare_lib.how_taught(row)
   return rows
 
 
@@ -278,41 +279,41 @@ def test_compare_names_each_students_teacher_when_they_have_several(tmp_path):
       _write_summary(runs / "cnn-hard", role="student", model="cnn", loss="hard",
                      teaching="hard", method="hard", params=1922, teacher_dir=str(teacher),
                      test_accuracy=0.94)]
-  table = report_lib.compare_runs([teacher, hybrid, *students], markdown=True)
+  table = compare_lib.compare_runs([teacher, hybrid, *students], markdown=True)
   header, _, *body = ([cell.strip() for cell in line.strip("|").split("|")]
                       for line in table.splitlines())
   assert header[:5] == ["run", "role", "model", "loss", "teacher"], header
   assert {row[0]: row[4] for row in body} == {
       str(teacher): "-", str(hybrid): "-", str(runs / "cnn"): "teacher",
       str(runs / "cnn-hybrid"): "teacher-hybrid", str(runs / "cnn-hard"): "-"}
-  assert "teacher-hybrid" in report_lib.compare_runs([teacher, hybrid, *students])
+  assert "teacher-hybrid" in compare_lib.compare_runs([teacher, hybrid, *students])
   as_json = {row["run"]: row for row in json.loads(
-      report_lib.compare_runs([teacher, hybrid, *students], as_json=True))}
+      compare_lib.compare_runs([teacher, hybrid, *students], as_json=True))}
   assert as_json[str(runs / "cnn-hybrid")]["teacher"] == "teacher-hybrid"
   assert as_json[str(runs / "cnn-hybrid")]["teacher_dir"] == str(hybrid)
   assert as_json[str(runs / "cnn-hard")]["teacher"] is None
   assert as_json[str(runs / "cnn-hard")]["teacher_dir"] == str(teacher)
   assert as_json[str(teacher)]["teacher"] is None
   # One teacher (the hard baseline's is no teacher it learned from): no column.
-  one = report_lib.compare_runs([teacher, students[0], students[2]], markdown=True)
+  one = compare_lib.compare_runs([teacher, students[0], students[2]], markdown=True)
   assert "teacher" not in one.splitlines()[0].split("|")[2:]
-  assert json.loads(report_lib.compare_runs([students[0]], as_json=True))[0]["teacher"] == (
+  assert json.loads(compare_lib.compare_runs([students[0]], as_json=True))[0]["teacher"] == (
       "teacher")
   # The report's titles and figure tell the two teachers' runs apart the same way.
-  rows = report_lib.with_teacher_names(report_lib.collect_runs([teacher, hybrid, *students])[0])
-  assert {report_lib.run_label(row, name_teacher=True) for row in rows} == {
+  rows = compare_lib.with_teacher_names(compare_lib.collect_runs([teacher, hybrid, *students])[0])
+  assert {compare_lib.run_label(row, name_teacher=True) for row in rows} == {
       "teacher vit (teacher)", "teacher hybrid (teacher-hybrid)",
       "student cnn (kd, targets, T=2, alpha=1, from teacher)",
       "student cnn (kd, targets, T=2, alpha=1, from teacher-hybrid)", "student cnn (hard labels)"}
 
 
 def test_teachers_are_named_by_as_much_of_their_path_as_tells_them_apart():
-  assert report_lib.short_names(["/w/runs/teacher", "/w/runs/teacher-hybrid"]) == {
+  assert compare_lib.short_names(["/w/runs/teacher", "/w/runs/teacher-hybrid"]) == {
       "/w/runs/teacher": "teacher", "/w/runs/teacher-hybrid": "teacher-hybrid"}
-  assert report_lib.short_names(["/w/digits/teacher", "/w/fashion/teacher", "/w/x"]) == {
+  assert compare_lib.short_names(["/w/digits/teacher", "/w/fashion/teacher", "/w/x"]) == {
       "/w/digits/teacher": "digits/teacher", "/w/fashion/teacher": "fashion/teacher",
       "/w/x": "x"}
-  assert report_lib.short_names(["/teacher", "/a/teacher"]) == {
+  assert compare_lib.short_names(["/teacher", "/a/teacher"]) == {
       "/teacher": "/teacher", "/a/teacher": "a/teacher"}
 
 
@@ -323,11 +324,11 @@ def test_train_seconds_keep_their_precision_for_short_runs():
            "test_accuracy": 0.9 - index / 100, "train_seconds": seconds}
           for index, seconds in enumerate((0.3456, 0.034, 4.56, 123.4, 0.0))]
   header, _, *body = ([cell.strip() for cell in line.strip("|").split("|")]
-                      for line in report_lib.format_table(rows, markdown=True).splitlines())
+                      for line in compare_lib.format_table(rows, markdown=True).splitlines())
   column = header.index("train s")
   assert [row[column] for row in body] == ["0.35", "0.034", "4.6", "123", "0"]
-  assert report_lib.seconds_cell(9.97) == "10" and report_lib.seconds_cell(0.996) == "1.0"
-  assert report_lib.seconds_cell(float("nan")) == report_lib.seconds_cell(None) == "-"
+  assert compare_lib.seconds_cell(9.97) == "10" and compare_lib.seconds_cell(0.996) == "1.0"
+  assert compare_lib.seconds_cell(float("nan")) == compare_lib.seconds_cell(None) == "-"
   # A sweep's table writes its runs' mean seconds the same way.
   from distill.sweep import table_cells  # noqa: PLC0415
 
@@ -393,7 +394,7 @@ def test_compare_names_each_runs_data_set_when_they_used_several(tmp_path):
   by their folders), the runs of each data set together, and a note that their accuracies do
   not compare; --json carries the name, fingerprint and path. One data set: neither."""
   runs = _dataset_runs(tmp_path / "runs")
-  table = report_lib.compare_runs(runs, markdown=True)
+  table = compare_lib.compare_runs(runs, markdown=True)
   header, _, *body = ([cell.strip() for cell in line.strip("|").split("|")]
                       for line in table.split("\n\n")[0].splitlines())
   assert header[:2] == ["run", "dataset"], header
@@ -404,22 +405,22 @@ def test_compare_names_each_runs_data_set_when_they_used_several(tmp_path):
   assert ("these runs used 5 data sets (iris, digits, shapes (data/shapes.npz), letters, "
           "shapes (other/shapes.npz)): their accuracies do not compare across data sets") in table
   as_json = {Path(row["run"]).name: row for row in json.loads(
-      report_lib.compare_runs(runs, as_json=True))}
+      compare_lib.compare_runs(runs, as_json=True))}
   assert (as_json["shapes"]["dataset"], as_json["shapes"]["dataset_name"],
           as_json["shapes"]["dataset_fingerprint"], as_json["shapes"]["data_dir"]) == (
               "npz", "shapes (data/shapes.npz)", "c" * 64, "/data/shapes.npz")
   assert as_json["digits-old"]["dataset"] == as_json["digits-old"]["dataset_name"] == "digits"
   # Two npz files both recorded as 'npz' are two data sets even where their stems differ.
-  two_npz = report_lib.compare_runs([runs[2], runs[4]])
+  two_npz = compare_lib.compare_runs([runs[2], runs[4]])
   assert "2 data sets (shapes, letters)" in two_npz and "shapes" in two_npz.splitlines()[2]
   # One data set (an older summary without a fingerprint counts as the same): no column.
-  one = report_lib.compare_runs([runs[1], runs[3]], markdown=True)
+  one = compare_lib.compare_runs([runs[1], runs[3]], markdown=True)
   assert "dataset" not in one.splitlines()[0] and "data sets" not in one
-  assert report_lib.datasets_note(report_lib.collect_runs(runs[:2])[0]) is not None
+  assert compare_lib.datasets_note(compare_lib.collect_runs(runs[:2])[0]) is not None
   # One path read twice, its file changed between: told apart by their fingerprints.
   changed = [{"dataset": "npz", "data_dir": place, "dataset_fingerprint": mark * 64}
              for mark, place in (("f", "x.npz"), ("a", "./x.npz"))]
-  assert [row["dataset_name"] for row in report_lib.with_dataset_names(changed)] == [
+  assert [row["dataset_name"] for row in compare_lib.with_dataset_names(changed)] == [
       "x (ffffffff)", "x (aaaaaaaa)"]
 
 
@@ -429,7 +430,7 @@ def test_the_report_draws_one_accuracy_figure_per_data_set(tmp_path):
   not compare; the figure function refuses rows of several."""
   from distill import plots  # noqa: PLC0415
 
-  rows = report_lib.with_dataset_names(report_lib.collect_runs(
+  rows = compare_lib.with_dataset_names(compare_lib.collect_runs(
       _dataset_runs(tmp_path / "runs"))[0])
   with pytest.raises(ValueError, match="one figure per data set"):
     plots.accuracy_points(rows)
@@ -447,5 +448,5 @@ def test_the_report_draws_one_accuracy_figure_per_data_set(tmp_path):
   import matplotlib.pyplot as plt  # noqa: PLC0415
 
   plt.close(figure)
-  page = report_lib._page(rows, [], report_lib.format_table(rows), overview, [])
+  page = report_lib._page(rows, [], compare_lib.format_table(rows), overview, [])
   assert "their accuracies do not compare across data sets" in page

@@ -16,7 +16,7 @@ from conftest import copy_runs, logged, process_env, run_cli, set_flags
 from scipy import stats as scipy_stats
 from test_workers import children, running, wait_until
 
-from distill import loop, report, workers, workflow
+from distill import compare, loop, report, workers, workflow
 from distill.sweep import (
   aggregate,
   format_paired,
@@ -356,7 +356,7 @@ def test_method_axis_end_to_end_with_a_fake_trainer(swept, tmp_path, fake_traine
   assert "| mlp | targets | dkd | soft_ce | hard | 3 | +3.00 ± 0.00 |" in markdown
 
   # A report given the sweep folder covers its runs and shows its paired table.
-  run_dirs, sweeps = report._expand_sweeps([tmp_path, root / "teacher"])
+  run_dirs, sweeps = compare.expand_sweeps([tmp_path, root / "teacher"])
   assert run_dirs == [root / "teacher", *(tmp_path / name for name in names)]
   section = report._sweep_section(*sweeps[0])
   assert "<h3>Paired differences</h3>" in section
