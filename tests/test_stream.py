@@ -99,8 +99,10 @@ def test_one_pair_of_arrays_and_overwrite(tmp_path):
 def test_bad_chunks_are_user_errors(tmp_path):
   images, labels = _arrays(n=4)
   for chunk, match in [((images.astype(np.float32), labels), "uint8"),
-                       ((images, labels[:3]), "3 labels for 4 images"),
+                       ((images, labels[:3]), "has 3 labels but chunk 0 \\(images\\) has 4"),
                        ((images, labels + 3), "outside"),
+                       # One check of labels serves npz files and shards: the same advice.
+                       ((images, np.eye(3, dtype=np.int64)[labels]), r"y.argmax\(axis=1\)"),
                        ((images[:0], labels[:0]), "no examples")]:
     with pytest.raises(UserError, match=match):
       write_array_shards(tmp_path / "bad", [chunk], class_names=CLASSES)
@@ -262,7 +264,7 @@ def test_readme_conversion_snippet_makes_shards_training_opens(tmp_path, monkeyp
 
 def test_shard_chunks_say_how_to_fix_their_images(tmp_path):
   labels = np.arange(4) % 3
-  with pytest.raises(UserError, match=r"images have shape \(4, 3, 8, 8\), which looks "
+  with pytest.raises(UserError, match=r"\(images\) has shape \(4, 3, 8, 8\), which looks "
                                       r"channels-first.*x.transpose\(0, 2, 3, 1\)"):
     write_array_shards(tmp_path / "a", (np.zeros((4, 3, 8, 8), np.uint8), labels),
                        class_names=CLASSES)

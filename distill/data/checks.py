@@ -67,3 +67,105 @@ def first_few(values, limit: int = 5, *, quoted: bool = False) -> str:
   values = [repr(value) if quoted else str(value) for value in np.asarray(values).tolist()]
   shown = ", ".join(values[:limit])
   return shown + (f" and {len(values) - limit:,} more" if len(values) > limit else "")
+
+
+def checked_images(x: np.ndarray, what: str, *, allow_empty: bool = False) -> np.ndarray:
+  """uint8 images as NHWC, adding a channel axis to [N, H, W].
+
+  `allow_empty` lets N be 0 (one chunk of a stream may be); `what` names the
+  array in the message, e.g. "data.npz: key 'x'".
+  """
+  x = np.asarray(x)
+  if x.dtype != np.uint8:
+    # Both problems at once: a file fixed for one should not fail on the other.
+    also = (f"; it also has {channels_first_advice(x.shape)}" if channels_first(x.shape)
+            else "")
+    raise UserError(f"{what} must be uint8 images (0..255), got {x.dtype}{uint8_hint(x)}{also}")
+  if channels_first(x.shape):
+    raise UserError(f"{what} has {channels_first_advice(x.shape)}")
+  if x.ndim == 3:
+    x = x[..., np.newaxis]
+  elif x.ndim != 4:
+    raise UserError(f"{what} must be images shaped [N,H,W] or [N,H,W,C], got "
+                    f"shape {x.shape}")
+  if not len(x) and not allow_empty:
+    raise UserError(f"{what} is empty")
+  if 0 in x.shape[1:]:
+    raise UserError(f"{what} has empty images, shape {x.shape}")
+  return np.ascontiguousarray(x)
+
+
+def checked_labels(y: np.ndarray, what: str, num_images: int,
+                    images_what: str, num_classes: int | None = None
+                    ) -> np.ndarray:
+  """Integer labels as a flat array, one per image, in [0, num_classes)."""
+  y = np.asarray(y)
+  if y.ndim == 2 and y.shape[1] == 1:  # keras returns some labels as [N, 1].
+    y = y[:, 0]
+  if y.ndim != 1:
+    one_hot = (y.ndim == 2 and y.size and np.isin(y, (0, 1)).all()
+               and (y.sum(axis=1) == 1).all())
+    hint = "; for one-hot labels, save `y.argmax(axis=1)`" if one_hot else ""
+    raise UserError(f"{what} must be labels shaped [N], got shape {y.shape}{hint}")
+  if not np.issubdtype(y.dtype, np.integer):
+    raise UserError(f"{what} must hold integer labels, got {y.dtype}{label_dtype_hint(y)}")
+  if len(y) != num_images:
+    raise UserError(f"{what} has {len(y)} labels but {images_what} has "
+                    f"{num_images} images")
+  if len(y) and y.min() < 0:
+    raise UserError(f"{what} has negative label {int(y.min())}")
+  if num_classes is not None and len(y) and y.max() >= num_classes:
+    raise UserError(f"{what} has label {int(y.max())}, outside [0, "
+                    f"{num_classes}) for {num_classes} classes")
+  return y
+
+
+def label_dtype_hint(y: np.ndarray) -> str:
+  """How to turn labels of another type into integer class indices ('; ...', or '')."""
+  if y.dtype.kind in "USO":
+    return ("; for class names as labels, save `classes, y = np.unique(y, "
+            "return_inverse=True)` and pass the names as `class_names=classes`")
+  if y.dtype.kind == "b" or (y.dtype.kind == "f" and np.isfinite(y).all()
+                             and (y == np.round(y)).all()):
+    return "; they are whole numbers: save `y.astype(np.int64)`"
+  return ""
+
+
+# Labels are class indices, so an npz without class_names has max(label) + 1
+# classes. More than this many, and more than _MAX_CLASSES_PER_LABEL for each
+# label that occurs, is taken for labels that are not indices (ids, a stray
+# 999 or 10**9), whose classes and head would mostly be empty, or not fit in memory.
+_MAX_UNNAMED_CLASSES = 1000
+_MAX_CLASSES_PER_LABEL = 100
+_REMAP = ("remap them with `classes, y = np.unique(y, return_inverse=True)` and save "
+          "`class_names=classes.astype(str)`")
+
+
+def classes_from_labels(y: np.ndarray, y_test: np.ndarray | None,
+                         what: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """Class names 0..max(label) for labels without names, and a note on classes without images.
+
+  Raises:
+    UserError: when the labels' range is absurd for how few labels occur
+      (see _MAX_UNNAMED_CLASSES).
+  """
+  present = np.unique(y if y_test is None else np.concatenate([y, y_test]))
+  num_classes = int(present[-1]) + 1
+  if (num_classes > _MAX_UNNAMED_CLASSES
+      and num_classes > _MAX_CLASSES_PER_LABEL * len(present)):
+    raise UserError(
+        f"{what} has labels up to {int(present[-1]):,}, which makes {num_classes:,} classes, "
+        f"but only {len(present)} distinct labels occur ({first_few(present)}); labels are "
+        f"class indices 0..K-1: {_REMAP} (refused: more than {_MAX_UNNAMED_CLASSES:,} classes "
+        f"and over {_MAX_CLASSES_PER_LABEL} per label present)")
+  class_names = tuple(str(label) for label in range(num_classes))
+  # The user's whole training key, before any split: a class emptied by the
+  # validation split, train_limit or data.labelled is not the labels' doing.
+  empty = np.setdiff1d(np.arange(num_classes), y)
+  if not len(empty):
+    return class_names, ()
+  which = (f"class {empty[0]} of the {num_classes:,} has" if len(empty) == 1 else
+           f"{len(empty):,} of the {num_classes:,} classes ({first_few(empty)}) have")
+  return class_names, (
+      f"{what}: {which} no training images; labels are class indices 0..K-1 with K = largest "
+      f"label + 1, so gaps in yours make empty classes: if they are not indices, {_REMAP}",)

@@ -19,11 +19,10 @@ from typing import NamedTuple
 import numpy as np
 
 from distill.data.checks import (
-  channels_first,
-  channels_first_advice,
   check_two_classes,
-  first_few,
-  uint8_hint,
+  checked_images,
+  checked_labels,
+  classes_from_labels,
 )
 from distill.data.formats import (
   class_names_from_array,
@@ -444,16 +443,16 @@ def _load_npz(*, data_dir: str | None, allow_download: bool) -> RawData:
   # Messages name the key the file uses.
   x_key = "x" if "x" in arrays else "x_train"
   y_key = "y" if "y" in arrays else "y_train"
-  x = _checked_images(arrays[x_key], f"{path}: key {x_key!r}")
-  y = _checked_labels(arrays[y_key], f"{path}: key {y_key!r}", len(x), f"key {x_key!r}")
+  x = checked_images(arrays[x_key], f"{path}: key {x_key!r}")
+  y = checked_labels(arrays[y_key], f"{path}: key {y_key!r}", len(x), f"key {x_key!r}")
   has_x_test, has_y_test = "x_test" in arrays, "y_test" in arrays
   if has_x_test != has_y_test:
     missing = "y_test" if has_x_test else "x_test"
     raise UserError(f"{path}: key {missing!r} is missing; give both x_test "
                     "and y_test or neither")
   if has_x_test:
-    x_test = _checked_images(arrays["x_test"], f"{path}: key 'x_test'")
-    y_test = _checked_labels(arrays["y_test"], f"{path}: key 'y_test'",
+    x_test = checked_images(arrays["x_test"], f"{path}: key 'x_test'")
+    y_test = checked_labels(arrays["y_test"], f"{path}: key 'y_test'",
                              len(x_test), "key 'x_test'")
   notes = ()
   if "class_names" in arrays:
@@ -467,7 +466,7 @@ def _load_npz(*, data_dir: str | None, allow_download: bool) -> RawData:
     # Named classes are the user's word for what the classes are: one with
     # no images is theirs to have (a class list shared with other data).
   else:
-    class_names, notes = _classes_from_labels(
+    class_names, notes = classes_from_labels(
         y, y_test if has_x_test else None, f"{path}: key {y_key!r}")
   check_two_classes(y, class_names, f"{path}: every image in key {y_key!r}")
   if not has_x_test:
@@ -479,48 +478,6 @@ def _load_npz(*, data_dir: str | None, allow_download: bool) -> RawData:
     x, y, x_test, y_test = (x[train_indices], y[train_indices],
                             x[test_indices], y[test_indices])
   return RawData(x, y, x_test, y_test, class_names, notes)
-
-
-# Labels are class indices, so an npz without class_names has max(label) + 1
-# classes. More than this many, and more than _MAX_CLASSES_PER_LABEL for each
-# label that occurs, is taken for labels that are not indices (ids, a stray
-# 999 or 10**9), whose classes and head would mostly be empty, or not fit in memory.
-_MAX_UNNAMED_CLASSES = 1000
-_MAX_CLASSES_PER_LABEL = 100
-_REMAP = ("remap them with `classes, y = np.unique(y, return_inverse=True)` and save "
-          "`class_names=classes.astype(str)`")
-
-
-def _classes_from_labels(y: np.ndarray, y_test: np.ndarray | None,
-                         what: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-  """Class names 0..max(label) for labels without names, and a note on classes without images.
-
-  Raises:
-    UserError: when the labels' range is absurd for how few labels occur
-      (see _MAX_UNNAMED_CLASSES).
-  """
-  present = np.unique(y if y_test is None else np.concatenate([y, y_test]))
-  num_classes = int(present[-1]) + 1
-  if (num_classes > _MAX_UNNAMED_CLASSES
-      and num_classes > _MAX_CLASSES_PER_LABEL * len(present)):
-    raise UserError(
-        f"{what} has labels up to {int(present[-1]):,}, which makes {num_classes:,} classes, "
-        f"but only {len(present)} distinct labels occur ({first_few(present)}); labels are "
-        f"class indices 0..K-1: {_REMAP} (refused: more than {_MAX_UNNAMED_CLASSES:,} classes "
-        f"and over {_MAX_CLASSES_PER_LABEL} per label present)")
-  class_names = tuple(str(label) for label in range(num_classes))
-  # The user's whole training key, before any split: a class emptied by the
-  # validation split, train_limit or data.labelled is not the labels' doing.
-  empty = np.setdiff1d(np.arange(num_classes), y)
-  if not len(empty):
-    return class_names, ()
-  which = (f"class {empty[0]} of the {num_classes:,} has" if len(empty) == 1 else
-           f"{len(empty):,} of the {num_classes:,} classes ({first_few(empty)}) have")
-  return class_names, (
-      f"{what}: {which} no training images; labels are class indices 0..K-1 with K = largest "
-      f"label + 1, so gaps in yours make empty classes: if they are not indices, {_REMAP}",)
-
-
 
 
 # --- Search and error reporting ----------------------------------------------
@@ -633,77 +590,18 @@ def _find_idx_files(folder: str, search: _Search) -> dict[str, str] | None:
 # --- Validation, fingerprints, splits ----------------------------------------
 
 
-def _checked_images(x: np.ndarray, what: str) -> np.ndarray:
-  """uint8 images as NHWC, adding a channel axis to [N, H, W]."""
-  x = np.asarray(x)
-  if x.dtype != np.uint8:
-    # Both problems at once: a file fixed for one should not fail on the other.
-    also = (f"; it also has {channels_first_advice(x.shape)}" if channels_first(x.shape)
-            else "")
-    raise UserError(f"{what} must be uint8 images (0..255), got {x.dtype}{uint8_hint(x)}{also}")
-  if channels_first(x.shape):
-    raise UserError(f"{what} has {channels_first_advice(x.shape)}")
-  if x.ndim == 3:
-    x = x[..., np.newaxis]
-  elif x.ndim != 4:
-    raise UserError(f"{what} must be images shaped [N,H,W] or [N,H,W,C], got "
-                    f"shape {x.shape}")
-  if not len(x):
-    raise UserError(f"{what} is empty")
-  if 0 in x.shape[1:]:
-    raise UserError(f"{what} has empty images, shape {x.shape}")
-  return np.ascontiguousarray(x)
-
-
-def _checked_labels(y: np.ndarray, what: str, num_images: int,
-                    images_what: str, num_classes: int | None = None
-                    ) -> np.ndarray:
-  """Integer labels as a flat array, one per image, in [0, num_classes)."""
-  y = np.asarray(y)
-  if y.ndim == 2 and y.shape[1] == 1:  # keras returns some labels as [N, 1].
-    y = y[:, 0]
-  if y.ndim != 1:
-    one_hot = (y.ndim == 2 and y.size and np.isin(y, (0, 1)).all()
-               and (y.sum(axis=1) == 1).all())
-    hint = "; for one-hot labels, save `y.argmax(axis=1)`" if one_hot else ""
-    raise UserError(f"{what} must be labels shaped [N], got shape {y.shape}{hint}")
-  if not np.issubdtype(y.dtype, np.integer):
-    raise UserError(f"{what} must hold integer labels, got {y.dtype}{_label_dtype_hint(y)}")
-  if len(y) != num_images:
-    raise UserError(f"{what} has {len(y)} labels but {images_what} has "
-                    f"{num_images} images")
-  if len(y) and y.min() < 0:
-    raise UserError(f"{what} has negative label {int(y.min())}")
-  if num_classes is not None and len(y) and y.max() >= num_classes:
-    raise UserError(f"{what} has label {int(y.max())}, outside [0, "
-                    f"{num_classes}) for {num_classes} classes")
-  return y
-
-
-
-def _label_dtype_hint(y: np.ndarray) -> str:
-  """How to turn labels of another type into integer class indices ('; ...', or '')."""
-  if y.dtype.kind in "USO":
-    return ("; for class names as labels, save `classes, y = np.unique(y, "
-            "return_inverse=True)` and pass the names as `class_names=classes`")
-  if y.dtype.kind == "b" or (y.dtype.kind == "f" and np.isfinite(y).all()
-                             and (y == np.round(y)).all()):
-    return "; they are whole numbers: save `y.astype(np.int64)`"
-  return ""
-
-
 def _validated(name: str, raw: RawData) -> RawData:
   class_names = tuple(str(class_name) for class_name in raw.class_names)
   if not class_names:
     raise UserError(f"{name} has no class names")
-  x_train = _checked_images(raw.x_train, f"{name} x_train")
-  x_test = _checked_images(raw.x_test, f"{name} x_test")
+  x_train = checked_images(raw.x_train, f"{name} x_train")
+  x_test = checked_images(raw.x_test, f"{name} x_test")
   if x_train.shape[1:] != x_test.shape[1:]:
     raise UserError(f"{name}: train images are {x_train.shape[1:]} but test "
                     f"images are {x_test.shape[1:]}")
-  y_train = _checked_labels(raw.y_train, f"{name} y_train", len(x_train),
+  y_train = checked_labels(raw.y_train, f"{name} y_train", len(x_train),
                             "x_train", len(class_names))
-  y_test = _checked_labels(raw.y_test, f"{name} y_test", len(x_test), "x_test",
+  y_test = checked_labels(raw.y_test, f"{name} y_test", len(x_test), "x_test",
                            len(class_names))
   # After any held-out test split: what the model will train on.
   check_two_classes(y_train, class_names, f"{name}: every training image")

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from distill.data.checks import channels_first, channels_first_advice, uint8_hint
+from distill.data.checks import checked_images, checked_labels
 from distill.errors import UserError, one_line
 from distill.io import (
     check_directory_target,
@@ -168,26 +168,10 @@ def _image_columns(chunk_number: int, chunk: Any, *, num_classes: int) -> dict[s
     images, labels = chunk
   except (TypeError, ValueError):
     raise UserError(f"chunk {chunk_number} must be a pair (images, labels)") from None
-  images, labels = np.asarray(images), np.asarray(labels)
-  what = f"chunk {chunk_number}"
-  if images.dtype != np.uint8:
-    raise UserError(f"{what}: images must be uint8 (0..255), got {images.dtype}"
-                    f"{uint8_hint(images)}")
-  if channels_first(images.shape):
-    raise UserError(f"{what}: images have {channels_first_advice(images.shape)}")
-  if images.ndim == 3:
-    images = images[..., np.newaxis]
-  if images.ndim != 4 or 0 in images.shape[1:]:
-    raise UserError(f"{what}: images must be shaped [n, H, W, C] or [n, H, W], got {images.shape}")
-  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-    raise UserError(f"{what}: labels must be integers shaped [n], "
-                    f"got {labels.dtype} {labels.shape}")
-  if len(labels) != len(images):
-    raise UserError(f"{what}: {len(labels)} labels for {len(images)} images")
-  if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-    bad = labels[(labels < 0) | (labels >= num_classes)][0]
-    raise UserError(f"{what}: label {bad} is outside [0, {num_classes}) for "
-                    f"{num_classes} classes")
+  images_what = f"chunk {chunk_number} (images)"
+  images = checked_images(images, images_what, allow_empty=True)
+  labels = checked_labels(labels, f"chunk {chunk_number} (labels)", len(images), images_what,
+                          num_classes)
   return {"images": images, "labels": labels.astype(np.int32)}
 
 
