@@ -253,9 +253,9 @@ class Pool:
 
   def _signal_workers(self, signum: int) -> None:
     """Sends `signum` to each worker's process group: the worker and whatever it started."""
-    # The executor's own record is the one that holds a worker still starting, before it
-    # could tell anyone its id; None once the executor has shut down.
-    for pid in list(getattr(self.executor, "_processes", None) or ()):
+    # multiprocessing's record of this process's children holds a worker still starting,
+    # before it could tell anyone its id; the pool's workers are the sweep's only children.
+    for pid in (child.pid for child in multiprocessing.active_children()):
       try:
         os.killpg(pid, signum)
       except ProcessLookupError:
@@ -269,7 +269,7 @@ class Pool:
 def _signals_held() -> Iterator[None]:
   """The pool's signals held back from this thread, and what it starts, in the block.
 
-  A worker started in the block is in the executor's record (`_signal_workers`)
+  A worker started in the block is in multiprocessing's record of children (`_signal_workers`)
   before a SIGTSTP that came meanwhile is handled.
   """
   if not hasattr(signal, "pthread_sigmask"):
