@@ -72,6 +72,7 @@ def expand_sweeps(run_dirs: list[Path]) -> tuple[list[Path], list[tuple[Path, di
     unique.setdefault(str(run_dir.resolve()), run_dir)
   return list(unique.values()), sweeps
 
+
 def collect_runs(run_dirs: list[Path]) -> tuple[list[dict[str, Any]], list[str]]:
   """Reads summary.json from each finished run; returns (rows, notes on the folders skipped).
 
@@ -86,7 +87,7 @@ def collect_runs(run_dirs: list[Path]) -> tuple[list[dict[str, Any]], list[str]]
       skipped.append(f"{run_dir} is {rundir.describe_folder(run_dir, kind)}")
       continue
     summary = read_json(run_dir / rundir.SUMMARY_FILE, "run summary")
-    rows.append({"run": str(run_dir), **summary, **_data_dir_of(run_dir)})
+    rows.append({"run": str(run_dir), **summary, **_data_of(run_dir, summary)})
   if not rows:
     raise UserError("no finished runs: " + "; ".join(skipped) + ". Give the folders "
                     "`distill teacher` and `distill student` wrote (e.g. runs/teacher "
@@ -101,17 +102,21 @@ def collect_runs(run_dirs: list[Path]) -> tuple[list[dict[str, Any]], list[str]]
   return [row for row, _ in ranked], skipped
 
 
-def _data_dir_of(run_dir: Path) -> dict[str, str]:
-  """{"data_dir": ...} from the run's recipe when it read its data from a path (an npz file, a
-  stream's folder), else {}: summary.json names such data only 'npz' or by the folder's name."""
+def _data_of(run_dir: Path, summary: dict[str, Any]) -> dict[str, str]:
+  """What the run's recipe adds to its summary about its data: {"data_dir": ...} when it read
+  its data from a path (an npz file, a stream's folder; summary.json names such data only 'npz'
+  or by the folder's name), and {"dataset": ...} for a summary too old to name its data set."""
   path = run_dir / rundir.RECIPE_FILE
   try:
     recipe = read_json(path, "run recipe") if path.is_file() else {}
-  except UserError:  # a damaged recipe costs the column its path, not the comparison
+  except UserError:  # a damaged recipe costs the columns their values, not the comparison
     recipe = {}
   data = recipe.get("data") if isinstance(recipe, dict) else None
-  data_dir = data.get("data_dir") if isinstance(data, dict) else None
-  return {"data_dir": str(data_dir)} if data_dir else {}
+  data = data if isinstance(data, dict) else {}
+  found = {"data_dir": str(data["data_dir"])} if data.get("data_dir") else {}
+  if not summary.get("dataset") and data.get("dataset"):
+    found["dataset"] = str(data["dataset"])
+  return found
 
 
 def dataset_keys(rows: list[dict[str, Any]]) -> list[Any]:

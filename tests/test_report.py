@@ -417,6 +417,13 @@ def test_compare_names_each_runs_data_set_when_they_used_several(tmp_path):
   one = compare_lib.compare_runs([runs[1], runs[3]], markdown=True)
   assert "dataset" not in one.splitlines()[0] and "data sets" not in one
   assert compare_lib.datasets_note(compare_lib.collect_runs(runs[:2])[0]) is not None
+  # A summary too old to name its data set takes the name from its recipe: with the digits,
+  # not a data set of its own.
+  oldest = _write_summary(tmp_path / "runs" / "digits-oldest", role="student", model="cnn",
+                          loss="hard", params=1922, test_accuracy=0.4, train_seconds=1.0)
+  (oldest / "recipe.json").write_text(json.dumps({"data": {"dataset": "digits"}}))
+  rows = json.loads(compare_lib.compare_runs([runs[1], oldest], as_json=True))
+  assert [row.get("dataset_name") for row in rows] == ["digits", "digits"]
   # One path read twice, its file changed between: told apart by their fingerprints.
   changed = [{"dataset": "npz", "data_dir": place, "dataset_fingerprint": mark * 64}
              for mark, place in (("f", "x.npz"), ("a", "./x.npz"))]
