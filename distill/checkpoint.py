@@ -91,3 +91,18 @@ class Checkpointer:
       self.wait()
     finally:
       self._manager.close()
+
+
+def latest_meta(workdir: Path) -> dict[str, Any] | None:
+  """The JSON record of the newest checkpoint under `workdir/checkpoints`.
+
+  None when there is none, or it cannot be read: restoring it says why.
+  """
+  checkpointer = Checkpointer(workdir)
+  try:
+    latest = checkpointer.latest_step()
+    return None if latest is None else checkpointer.restore_meta(latest)
+  except Exception:  # Orbax raises many types for a damaged checkpoint.
+    return None
+  finally:
+    checkpointer.close()

@@ -359,25 +359,32 @@ def check_existing_run(workdir: Path, recipe: dict[str, Any], role: str, *, rest
   """Refuses a workdir's earlier run that this command may not take up, before data is loaded.
 
   A finished run needs `overwrite`. An unfinished one resumes only with the
-  recipe it started with (its recipe.json; the loop checks its checkpoint
-  too): otherwise the error names the keys that differ, unless `restart`
-  discards the run.
+  recipe it started with, whose hash its newest checkpoint holds: otherwise
+  the error names the keys that differ from its recipe.json, unless `restart`
+  discards the run. Refused here, the run's recipe.json is left as it was.
   """
+  from distill.checkpoint import latest_meta  # noqa: PLC0415
+
   rundir.check_not_finished(workdir, overwrite=overwrite)
   checkpoints = workdir / rundir.CHECKPOINTS_DIR
   # Orbax names a finished checkpoint by its step alone; without one there is nothing to resume.
   resumable = checkpoints.is_dir() and any(path.name.isdigit() for path in checkpoints.iterdir())
+  if restart or (workdir / SUMMARY_FILE).exists() or not resumable:
+    return
   saved = rundir.saved_recipe(workdir)
-  if restart or (workdir / SUMMARY_FILE).exists() or not resumable or saved is None:
-    return
   try:
-    changed = config_lib.recipe_differences(saved, recipe, role)
-  except (KeyError, TypeError):  # a recipe.json of another layout: the loop's check decides
-    return
-  if changed:
-    shown = "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
-    raise UserError(f"{workdir} holds an unfinished run with a different recipe ({shown}); "
-                    "re-run with --restart to start over, or use another --workdir")
+    changed = config_lib.recipe_differences(saved, recipe, role) if saved else []
+  except (KeyError, TypeError):  # a recipe.json of another layout names no keys
+    changed = []
+  if not changed:
+    meta = latest_meta(workdir)
+    if meta is None or meta.get("recipe_hash") == config_lib.recipe_hash(recipe, role):
+      return
+    # recipe.json is missing, or was edited since the run started: the checkpoint decides.
+    changed = ["which keys, its recipe.json cannot say"]
+  shown = "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
+  raise UserError(f"{workdir} holds an unfinished run with a different recipe ({shown}); "
+                  "re-run with --restart to start over, or use another --workdir")
 
 
 def _duration(seconds: float) -> str:

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 from conftest import run_cli
 
@@ -75,6 +76,23 @@ def test_an_unfinished_run_of_another_recipe_is_refused_naming_what_differs(tmp_
   # Resumed with its own recipe, restarted, or with no checkpoint to resume: no refusal.
   workflow.check_existing_run(run, started, "teacher", restart=False, overwrite=False)
   workflow.check_existing_run(run, changed, "teacher", restart=True, overwrite=False)
+  # Without recipe.json (or with one edited by hand), the newest checkpoint's recipe hash decides,
+  # still before the data loads and without writing recipe.json.
+  from distill.checkpoint import Checkpointer  # noqa: PLC0415
+
+  saved_run = tmp_path / "checkpointed"
+  checkpointer = Checkpointer(saved_run)
+  checkpointer.save(15, {"step": np.zeros((), np.int32)},
+                    {"recipe_hash": config.recipe_hash(started, "teacher")})
+  checkpointer.close()
+  with pytest.raises(UserError, match=r"different recipe \(which keys, its recipe.json cannot "
+                                      r"say\); re-run with --restart"):
+    workflow.check_existing_run(saved_run, changed, "teacher", restart=False, overwrite=False)
+  assert not (saved_run / rundir.RECIPE_FILE).exists()
+  workflow.check_existing_run(saved_run, started, "teacher", restart=False, overwrite=False)
+  (saved_run / rundir.RECIPE_FILE).write_text(json.dumps(changed))  # edited by hand
+  with pytest.raises(UserError, match="cannot say"):
+    workflow.check_existing_run(saved_run, changed, "teacher", restart=False, overwrite=False)
   unsaved = _unfinished_run(tmp_path / "unsaved", started, steps=())
   workflow.check_existing_run(unsaved, changed, "teacher", restart=False, overwrite=False)
   (run / rundir.SUMMARY_FILE).write_text("{}")
