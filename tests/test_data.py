@@ -334,8 +334,15 @@ def test_npz_of_one_class_is_refused_when_it_loads(tmp_path):
   _, (lone,) = datasets._fixed_test_holdout(5)
   y = np.zeros(5, np.int64)
   y[lone] = 1
-  with pytest.raises(UserError, match="npz: every training image has label 0"):
+  with pytest.raises(UserError, match=r"mine.npz: without x_test and y_test, a fixed 20% of key "
+                                      r"'x' is held out as the test split, and it took every "
+                                      r"image of class '1', leaving one class to train on"):
     _load_npz(path, x=_X[:5], y=y)
+  # Or the validation split and train_limit: the settings that did it are named.
+  with pytest.raises(UserError, match=r"digits: data.val_size 0.1 held out 144 and "
+                                      r"data.train_limit 1 kept 1 of its 1,438 training images, "
+                                      r"and those left all have label \d; a classifier needs"):
+    load_dataset("digits", val_size=0.1, train_limit=1)
 
 
 def test_npz_labels_that_skip_classes_warn_and_name_them(tmp_path, capsys):

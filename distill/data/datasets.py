@@ -23,6 +23,7 @@ from distill.data.checks import (
   checked_images,
   checked_labels,
   classes_from_labels,
+  first_few,
 )
 from distill.data.formats import (
   class_names_from_array,
@@ -277,6 +278,14 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
   if train_limit is not None:
     train_indices = train_indices[:train_limit]
   train_labels = y_train[train_indices]
+  if len(np.unique(train_labels)) < 2:  # two classes before the split (`_validated`)
+    cut = f"data.val_size {val_size!r} held out {num_val:,}" + (
+        f" and data.train_limit {train_limit} kept {len(train_indices):,}"
+        if train_limit is not None else "")
+    raise UserError(
+        f"{name}: {cut} of its {len(x_train):,} training images, and those left all have "
+        f"label {int(train_labels[0])}; a classifier needs two classes: hold out fewer, keep "
+        "more, or pass another data.split_seed")
   if labelled is not None and labelled < len(train_indices):
     if not np.issubdtype(train_labels.dtype, np.signedinteger):
       train_labels = train_labels.astype(np.int32)  # room for -1
@@ -477,6 +486,13 @@ def _load_npz(*, data_dir: str | None, allow_download: bool) -> RawData:
     train_indices, test_indices = _fixed_test_holdout(len(x))
     x, y, x_test, y_test = (x[train_indices], y[train_indices],
                             x[test_indices], y[test_indices])
+    if len(np.unique(y)) < 2:  # the file has two classes (checked above): the split took one
+      taken = np.setdiff1d(y_test, y)
+      raise UserError(
+          f"{path}: without x_test and y_test, a fixed {_TEST_HOLDOUT_FRACTION:.0%} of key "
+          f"{x_key!r} is held out as the test split, and it took every image of class "
+          f"{first_few([class_names[label] for label in taken], quoted=True)}, leaving one "
+          "class to train on: add more images of it, or save your own x_test and y_test")
   return RawData(x, y, x_test, y_test, class_names, notes)
 
 
