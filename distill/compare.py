@@ -250,7 +250,7 @@ def seconds_cell(seconds: float | None) -> str:
     return f"{seconds:.0f}"
   if seconds >= 0.995:
     return f"{seconds:.1f}"
-  return f"{seconds:.2g}" if seconds > 0 else "0"
+  return f"{seconds:#.2g}" if seconds > 0 else "0"  # 0.90, not 0.9
 
 
 def markdown_table(header: list[str], body: list[list[str]]) -> str:

@@ -328,6 +328,7 @@ def test_train_seconds_keep_their_precision_for_short_runs():
   column = header.index("train s")
   assert [row[column] for row in body] == ["0.35", "0.034", "4.6", "123", "0"]
   assert compare_lib.seconds_cell(9.97) == "10" and compare_lib.seconds_cell(0.996) == "1.0"
+  assert compare_lib.seconds_cell(0.9) == "0.90"  # two digits, as its neighbours in the column
   assert compare_lib.seconds_cell(float("nan")) == compare_lib.seconds_cell(None) == "-"
   # A sweep's table writes its runs' mean seconds the same way.
   from distill.sweep import table_cells  # noqa: PLC0415
