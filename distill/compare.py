@@ -381,7 +381,7 @@ def compare_runs(run_dirs: list[Path], *, as_json: bool = False, markdown: bool 
   if skipped:
     text += "\n\nskipped: " + "; ".join(skipped)
   # A sweep's verdict closes the comparison: what teaching bought, and how surely.
-  from distill.sweep import verdict_sentence  # noqa: PLC0415
+  from distill.sweep_results import verdict_sentence  # noqa: PLC0415
 
   for sweep_dir, saved in sweeps:
     sentence = verdict_sentence(saved.get("rows", []))

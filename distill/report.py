@@ -128,7 +128,7 @@ def _remove_earlier_figures(out_dir: Path) -> None:
 
 def _sweep_section(sweep_dir: Path, saved: dict[str, Any]) -> str:
   """A sweep's table (mean ± std over seeds) and its paired differences, from its sweep.json."""
-  from distill.sweep import paired_cells, table_cells, verdict_sentence  # noqa: PLC0415
+  from distill.sweep_results import paired_cells, table_cells, verdict_sentence  # noqa: PLC0415
 
   def table(css_class: str, header: list[str], body: list[list[str]]) -> str:
     cells = lambda tag, row: "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row)  # noqa: E731

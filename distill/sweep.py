@@ -8,7 +8,7 @@ grouped over seeds and written as `sweep.json` (rows, per-run summaries and the
 sweep's settings) and `sweep.md` (a Markdown table: test accuracy mean ± std,
 agreement with the teacher, and the share of the teacher-vs-hard-label gap each
 mode closes; then the paired per-seed differences of every variant against
-its baselines, see `distill.stats`).
+its baselines; `distill.sweep_results` makes them).
 
 A run's test accuracy is that of the weights its last training step leaves
 (`loop.fit` returns the final state and the workflow evaluates it), never a
@@ -45,20 +45,22 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from distill import config as config_lib
-from distill import interrupts, rundir, stats
-from distill.compare import markdown_table, seconds_cell
+from distill import interrupts, rundir
 from distill.console import Console
 from distill.errors import UserError
 from distill.io import read_json, write_json, write_text
-from distill.stats import compare, format_diff, format_p
+from distill.sweep_results import (
+  DEFAULT_METHOD,
+  aggregate,
+  format_paired,
+  format_table,
+  headline,
+  sweep_markdown,
+  verdict_sentence,
+)
 
 MODES = ("hard", "targets", "online", "views")
-# The method every sweep has always trained: the classic distillation loss. Its
-# runs keep the names they had before methods became an axis.
-DEFAULT_METHOD = "kd"
 SWEEP_JSON = rundir.SWEEP_FILE
 SWEEP_MD = "sweep.md"
 # The sweep owns these keys through its axes; a --set for one of them would be
@@ -137,234 +139,6 @@ def method_overrides(mode: str, method: str | None) -> list[str]:
   turn the hard-label baseline into something else.
   """
   return [f"student.method={DEFAULT_METHOD if mode == 'hard' else method}"]
-
-
-def _sample_std(values: list[float]) -> float:
-  # ddof=1: the seeds are a sample of what the recipe could give; one seed has no spread.
-  return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
-def aggregate(runs: list[dict[str, Any]], teacher: dict[str, Any]) -> list[dict[str, Any]]:
-  """Groups finished runs over seeds into table rows, the teacher's first.
-
-  Args:
-    runs: one dict per run with `model`, `mode`, `method` (None for hard;
-      kd when missing), `soft_loss` (None for hard), `seed` and `summary` (the
-      run's summary.json: `params`, `test_accuracy` (after the last step),
-      `agreement_with_teacher`, `train_seconds`).
-    teacher: the teacher's summary.json (`test_accuracy`; `model`, `params`,
-      `train_seconds` and `seed` when known).
-
-  Returns:
-    Rows with `role`, `model`, `mode`, `method`, `soft_loss`, `n` (seeds),
-    `seeds`, `params`, `test_accuracies`, `test_accuracy_mean`,
-    `test_accuracy_std` (sample std, 0 for one seed), `agreement_mean`,
-    `train_seconds_mean`, `gap_closed`: (mean accuracy - the same model's hard
-    mean) / (teacher accuracy - that hard mean), None for the hard rows
-    themselves, without a hard baseline for the model, or when the baseline
-    already matches the teacher (no gap to close); and `paired` (see
-    `paired_rows`, empty for the teacher and the hard rows).
-  """
-  teacher_acc = float(teacher["test_accuracy"])
-  groups: dict[tuple[str, str, str | None, str | None], list[dict[str, Any]]] = {}
-  for run in runs:
-    method = run.get("method", None if run["mode"] == "hard" else DEFAULT_METHOD)
-    groups.setdefault((run["model"], run["mode"], method, run["soft_loss"]), []).append(run)
-
-  rows = [{
-      "role": "teacher", "model": teacher.get("model"), "mode": None, "method": None,
-      "soft_loss": None,
-      "n": 1, "seeds": [teacher.get("seed")], "params": teacher.get("params"),
-      "test_accuracies": [teacher_acc], "test_accuracy_mean": teacher_acc,
-      "test_accuracy_std": None, "agreement_mean": None,
-      "train_seconds_mean": teacher.get("train_seconds"), "gap_closed": None, "paired": [],
-  }]
-  for (model, mode, method, soft_loss), members in groups.items():
-    summaries = [m["summary"] for m in members]
-    accuracies = [float(s["test_accuracy"]) for s in summaries]
-    agreements = [s.get("agreement_with_teacher") for s in summaries]
-    rows.append({
-        "role": "student", "model": model, "mode": mode, "method": method,
-        "soft_loss": soft_loss,
-        "n": len(members), "seeds": [m["seed"] for m in members],
-        "params": summaries[0].get("params"),
-        "test_accuracies": accuracies,
-        "test_accuracy_mean": float(np.mean(accuracies)),
-        "test_accuracy_std": _sample_std(accuracies),
-        "agreement_mean": (float(np.mean(agreements))
-                           if all(a is not None for a in agreements) else None),
-        "train_seconds_mean": float(np.mean([s.get("train_seconds", np.nan) for s in summaries])),
-        "gap_closed": None,
-    })
-  hard = {row["model"]: row["test_accuracy_mean"] for row in rows[1:] if row["mode"] == "hard"}
-  for row in rows[1:]:
-    baseline = hard.get(row["model"])
-    if row["mode"] != "hard" and baseline is not None and teacher_acc > baseline:
-      row["gap_closed"] = (row["test_accuracy_mean"] - baseline) / (teacher_acc - baseline)
-  for row in rows[1:]:
-    row["paired"] = paired_rows(row, rows[1:])
-  return rows
-
-
-def paired_rows(row: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """A student row's paired per-seed comparisons (`stats.compare`) with its baselines.
-
-  The baselines: `hard`, the same model on hard labels (for every row but the
-  hard ones); and, for rows of another method, `kd`: the same model, mode and
-  soft loss with the classic kd loss, so that only the method differs, or,
-  when the sweep has no such run (hint, say, needs online teaching, plain KD
-  is usually swept on targets), `kd targets`: the same model and soft loss
-  with kd on exported targets. A baseline the sweep did not train is left out.
-  """
-  def find(mode: str, method: str | None, soft_loss: str | None) -> dict[str, Any] | None:
-    return next((other for other in rows if other["model"] == row["model"]
-                 and other["mode"] == mode and other["method"] == method
-                 and other["soft_loss"] == soft_loss), None)
-
-  if row["mode"] == "hard":
-    return []
-  baselines = [("hard", find("hard", None, None))]
-  if row["method"] != DEFAULT_METHOD:
-    same_mode = find(row["mode"], DEFAULT_METHOD, row["soft_loss"])
-    if same_mode is not None or row["mode"] == "targets":
-      baselines.append((DEFAULT_METHOD, same_mode))
-    else:
-      baselines.append((f"{DEFAULT_METHOD} targets",
-                        find("targets", DEFAULT_METHOD, row["soft_loss"])))
-  return [compare(_by_seed(row), _by_seed(baseline), name)
-          for name, baseline in baselines if baseline is not None]
-
-
-def headline(rows: list[dict[str, Any]]) -> list[str]:
-  """Plain sentences on what teaching bought each student over its hard labels, and how surely.
-
-  One per taught row that has a hard-label twin in the sweep, in table order:
-  every row is reported, none picked as the best (that would choose on the
-  test set). e.g. "mlp, kd on targets: +3.12 ± 0.20 pts over hard (3 seeds,
-  t-test p = 0.002): a gain beyond seed noise".
-  """
-  lines = []
-  for row, pair in _against_hard(rows):
-    loss = f", {row['soft_loss']}" if row["soft_loss"] not in (None, "soft_ce") else ""
-    lines.append(f"{row['model']}, {_how_taught(row)}{loss}: {pair['verdict']}")
-  return lines
-
-
-def _how_taught(row: dict[str, Any]) -> str:
-  """'kd on targets', 'dkd on views', 'hint online': a taught row's method and mode in words."""
-  return f"{row['method']} {'online' if row['mode'] == 'online' else 'on ' + row['mode']}"
-
-
-def _against_hard(rows: list[dict[str, Any]]):
-  """(row, its paired comparison with the same student on hard labels), in table order."""
-  for row in rows[1:]:
-    for pair in row.get("paired", []):
-      if pair["baseline"] == "hard":
-        yield row, pair
-
-
-def verdict_sentence(rows: list[dict[str, Any]]) -> str | None:
-  """One plain sentence on what teaching bought over hard labels across the sweep, and how surely.
-
-  Every taught row with a hard-label twin counts (none is picked as the best),
-  grouped by verdict: e.g. "Against the same students on hard labels (same
-  seeds, 3 each), the teacher gained linear +2.61, mlp +2.64 points, beyond
-  seed noise (paired t-test p <= 0.004)." None when no row has a hard twin.
-  """
-  gains, losses, unsure, seeds = [], [], [], set()
-  several = len({(row["mode"], row["method"], row["soft_loss"]) for row in rows[1:]
-                 if row["mode"] != "hard"}) > 1
-  for row, pair in _against_hard(rows):
-    if not pair["n"]:
-      continue
-    seeds.add(pair["n"])
-    name = row["model"] + (f" ({_how_taught(row)})" if several else "")
-    p = pair["t_p"] if pair["t_p"] is not None else pair["sign_p"]
-    entry = (f"{name} {100 * pair['mean_diff']:+.2f}", p)
-    beyond = pair["n"] > 1 and p is not None and p < stats.ALPHA
-    (gains if beyond and pair["mean_diff"] > 0 else losses if beyond else unsure).append(entry)
-  if not seeds:
-    return None
-  count = "/".join(str(n) for n in sorted(seeds))
-  clauses = []
-  for entries, how in ((gains, "gained"), (losses, "lost")):
-    if entries:
-      worst = max(p for _, p in entries)
-      clauses.append(f"{how} {', '.join(text for text, _ in entries)} points, beyond seed noise "
-                     f"(paired p {'<' if worst < 0.001 else '<='} {max(worst, 0.001):.3g})")
-  if unsure:
-    clauses.append(f"changed {', '.join(text for text, _ in unsure)} points, within seed noise "
-                   "(or too few seeds to tell)")
-  return (f"Against the same students on hard labels (same seeds, {count} each), the teacher "
-          + "; and ".join(clauses) + ".")
-
-
-def _by_seed(row: dict[str, Any]) -> dict[int, float]:
-  return dict(zip(row["seeds"], row["test_accuracies"], strict=True))
-
-
-def _pct(value: float | None) -> str:
-  return "-" if value is None else f"{100 * value:.2f}"
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-  """The aggregated rows as a Markdown table (percentages, mean ± sample std over seeds)."""
-  return markdown_table(*table_cells(rows))
-
-
-def table_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-  """The sweep table's header and rows of text cells (Markdown here, HTML in the report)."""
-  header = ["student", "mode", "method", "soft loss", "seeds", "params", "test acc %",
-            "agree %", "gap closed", "train s"]
-  body = []
-  for row in rows:
-    teacher = row["role"] == "teacher"
-    accuracy = _pct(row["test_accuracy_mean"])
-    if not teacher and row["n"] > 1:
-      accuracy += f" ± {100 * row['test_accuracy_std']:.2f}"
-    if row["mode"] == "hard":
-      gap = "baseline"
-    elif row["gap_closed"] is None:
-      gap = "-"
-    else:
-      gap = f"{100 * row['gap_closed']:.0f}%"
-    seconds = row["train_seconds_mean"]
-    cells = [
-        (f"teacher ({row['model']})" if row["model"] else "teacher") if teacher
-        else str(row["model"]),
-        "-" if teacher else row["mode"],
-        row.get("method") or "-",
-        row["soft_loss"] or "-",
-        "-" if teacher else str(row["n"]),
-        "-" if row["params"] is None else f"{row['params']:,}",
-        accuracy,
-        _pct(row["agreement_mean"]),
-        gap,
-        seconds_cell(seconds),
-    ]
-    body.append(cells)
-  return header, body
-
-
-def format_paired(rows: list[dict[str, Any]]) -> str:
-  """Every row's paired comparisons as a Markdown table, one line per (variant, baseline).
-
-  Empty text when no row has a baseline to pair with (say, a sweep without
-  hard runs and with kd alone).
-  """
-  header, body = paired_cells(rows)
-  return markdown_table(header, body) if body else ""
-
-
-def paired_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-  """The paired table's header and rows of text cells (for Markdown here, HTML in the report)."""
-  header = ["student", "mode", "method", "soft loss", "vs", "seeds", "diff pts",
-            "t-test p", "sign p", "verdict"]
-  body = [[str(row["model"]), row["mode"], row.get("method") or "-", row["soft_loss"] or "-",
-           pair["baseline"], str(pair["n"]), format_diff(pair), format_p(pair["t_p"]),
-           format_p(pair["sign_p"]), pair["verdict"]]
-          for row in rows for pair in row.get("paired", [])]
-  return header, body
 
 
 def _check_overrides(overrides: Iterable[str]) -> None:
@@ -663,27 +437,3 @@ def _write_sweep(runs: list[dict[str, Any]], teacher: dict[str, Any], settings: 
   return {**result, "table": table, "paired_table": paired, "headline": headline(rows),
           "verdict": verdict_sentence(rows),
           "json": json_path, "markdown": md_path}
-
-
-def sweep_markdown(table: str, paired: str, teacher_dir: Path | str, seeds: list[int]) -> str:
-  """sweep.md: a header line on what the numbers are, the table, and the paired differences."""
-  seeds_text = ", ".join(map(str, seeds))
-  header = (f"# Sweep against teacher `{teacher_dir}`, seeds {seeds_text}\n\n"
-            "Every run's test accuracy is the accuracy on the test split after its last "
-            "training step (never a best epoch or checkpoint).")
-  note = ("Test accuracy is the mean ± sample std over seeds, agreement is top-1 agreement with "
-          "the teacher on the test set, gap closed = (mean acc - the same model's hard mean) / "
-          "(teacher acc - that hard mean), '-' where the model has no hard run here or its hard "
-          "mean already reaches the teacher.")
-  parts = [header, table, note]
-  if paired:
-    parts += ["## Paired differences",
-              "Per seed, the variant's test accuracy minus its baseline's with the same seed "
-              "(same initialisation and data order): hard = the same model on hard labels, "
-              "kd = the same model, mode and soft loss with the kd loss (kd targets: with kd on "
-              "exported targets, where the sweep has no kd run in that mode). diff pts: mean ± "
-              "sample std of those differences in percentage points over the seeds both ran "
-              "(seeds only one ran are left out); t-test p: two-sided paired t-test; sign p: "
-              "exact two-sided sign test, ties dropped. p < 0.05 counts as beyond seed noise.",
-              paired]
-  return "\n\n".join(parts) + "\n"

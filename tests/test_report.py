@@ -331,7 +331,7 @@ def test_train_seconds_keep_their_precision_for_short_runs():
   assert compare_lib.seconds_cell(0.9) == "0.90"  # two digits, as its neighbours in the column
   assert compare_lib.seconds_cell(float("nan")) == compare_lib.seconds_cell(None) == "-"
   # A sweep's table writes its runs' mean seconds the same way.
-  from distill.sweep import table_cells  # noqa: PLC0415
+  from distill.sweep_results import table_cells  # noqa: PLC0415
 
   student = {"role": "student", "model": "cnn", "params": 1922, "mode": "hard", "method": None,
              "soft_loss": None, "n": 1, "test_accuracy_mean": 0.8, "test_accuracy_std": 0.0,

@@ -17,14 +17,8 @@ from scipy import stats as scipy_stats
 from test_workers import children, running, wait_until
 
 from distill import compare, loop, report, workers, workflow
-from distill.sweep import (
-  aggregate,
-  format_paired,
-  format_table,
-  headline,
-  plan_runs,
-  verdict_sentence,
-)
+from distill.sweep import plan_runs
+from distill.sweep_results import aggregate, format_paired, format_table, headline, verdict_sentence
 
 # 2 models x (hard, targets) x 2 seeds = 8 runs of 10 steps each.
 SWEEP = ["--model", "mlp", "--model", "linear", "--mode", "hard", "--mode", "targets",
