@@ -147,10 +147,40 @@ class _Command(click.Command):
       _fail(UserError(f"{e.option_name} goes before the command: `{line}`"))
 
 
+# `distill --help` lists the commands by what a person does with them, in the order they do it,
+# not alphabetically (where `bench` came first and `teacher` last).
+# Each command's line there is its `short_help`, short enough to stand whole in 80 columns.
+_COMMAND_SECTIONS = (
+    ("Train and compare", ("teacher", "student", "sweep", "compare", "report")),
+    ("Teachers", ("import-teacher", "export")),
+    ("Ship a student", ("export-model", "predict")),
+    ("Measure", ("bench",)),
+)
+
+
 class _Group(click.Group):
   """The `distill` group: an option of a command given before it is pointed to its place."""
 
   command_class = _Command
+
+  def list_commands(self, ctx: click.Context) -> list[str]:
+    """The commands in the order of `_COMMAND_SECTIONS`, then any other."""
+    ordered = [name for _, names in _COMMAND_SECTIONS for name in names if name in self.commands]
+    return ordered + sorted(set(self.commands) - set(ordered))
+
+  def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    """The commands under the headings of `_COMMAND_SECTIONS`, each with its first line."""
+    listed = [name for name in self.list_commands(ctx) if not self.commands[name].hidden]
+    sections = [(title, [name for name in names if name in listed])
+                for title, names in _COMMAND_SECTIONS]
+    others = [name for name in listed if not any(name in names for _, names in sections)]
+    width = max(map(len, listed))  # one column for every section
+    limit = formatter.width - 6 - width
+    for title, names in [*sections, ("Other commands", others)]:
+      if names:
+        with formatter.section(title):
+          formatter.write_dl([(name.ljust(width), self.commands[name].get_short_help_str(limit))
+                              for name in names])
 
   def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
     """click's parsing, except that a command's option given here names its command."""
@@ -190,12 +220,12 @@ def main(ctx, coordinator, num_processes, process_id, distributed):
 
   \b
   The workflow:
-    distill teacher                 train a ViT teacher (hard labels + augmentation)
+    distill teacher                 train a ViT teacher on augmented hard labels
                                     and export its soft targets
     distill student --model cnn     train a student on those soft targets
     distill student --model cnn --loss hard   the same student on hard labels
     distill compare runs/*          student vs teacher, side by side
-    distill report runs/*           report.html with curves, mistakes, calibration
+    distill report runs/*           report.html: curves, mistakes, calibration
 
   Every run checks its step-0 loss against log(n_classes) and warns loudly
   when it is off. Runs resume from their last checkpoint when re-run.
@@ -219,7 +249,7 @@ def main(ctx, coordinator, num_processes, process_id, distributed):
     backend.enable_compilation_cache()
 
 
-@main.command()
+@main.command(short_help="Train the ViT teacher and export its soft targets.")
 @_common_training_options
 @click.option("--workdir", "-w", type=click.Path(), default="runs/teacher", show_default=True,
               help="Run directory (checkpoints, metrics, summary, targets).")
@@ -251,7 +281,7 @@ def teacher(recipe, overrides, dataset, data_dir, steps, batch_size, seed, resta
   _say(workflow.result_line(summary, Path(workdir), time.perf_counter() - start))
 
 
-@main.command("import-teacher")
+@main.command("import-teacher", short_help="Make a teacher trained elsewhere a teacher run.")
 @click.argument("source")
 @click.option("--recipe", "-r", default=None,
               help="Recipe whose data settings to use [default: fashion_mnist].")
@@ -291,7 +321,7 @@ def import_teacher(source, recipe, overrides, dataset, data_dir, workdir, overwr
   _say(workflow.result_line(summary, Path(workdir), time.perf_counter() - start))
 
 
-@main.command()
+@main.command(short_help="Export the targets of a teacher or an ensemble (T, views).")
 @click.option("--teacher", "teacher_dirs", required=True, multiple=True, type=click.Path(),
               help="A teacher's run directory: trained, or imported from a model that runs. "
                    "Repeat it to export an ensemble: the teachers' probabilities are averaged.")
@@ -329,7 +359,7 @@ def export(teacher_dirs, out_dir, temperature, views, quiet):
   _say(str(path))
 
 
-@main.command()
+@main.command(short_help="Train a student against a teacher's soft targets.")
 @_common_training_options
 @click.option("--teacher", "teacher_dir", type=click.Path(), default="runs/teacher",
               show_default=True, help="The teacher run whose targets to learn from.")
@@ -410,7 +440,7 @@ def student(recipe, overrides, dataset, data_dir, steps, batch_size, seed, resta
   _say(workflow.result_line(summary, workdir, time.perf_counter() - start))
 
 
-@main.command()
+@main.command(short_help="Compare finished runs side by side.")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @click.option("--markdown", is_flag=True, help="Print a Markdown table.")
@@ -427,7 +457,7 @@ def compare(run_dirs, as_json, markdown):
   click.echo(compare_runs([Path(d) for d in run_dirs], as_json=as_json, markdown=markdown))
 
 
-@main.command()
+@main.command(short_help="Write report.html: curves, mistakes, calibration.")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "-o", type=click.Path(), default="runs/report", show_default=True,
               help="Folder for report.html and the PNG figures.")
@@ -449,7 +479,7 @@ def report(run_dirs, out, quiet):
   click.echo(f"report: {path.resolve()}")
 
 
-@main.command()
+@main.command(short_help="Measure training and export throughput, compile time.")
 @click.option("--recipe", "-r", default="fashion_mnist", show_default=True, help=_RECIPE_HELP)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
 @click.option("--role", type=click.Choice(["teacher", "student"]), default="teacher",
@@ -490,7 +520,7 @@ def bench(recipe, overrides, role, batch_size, steps, bare_steps, synthetic, as_
       click.echo(f"{key:>30}: {value}")
 
 
-@main.command()
+@main.command(short_help="Train students over models, modes and seeds; pair them.")
 @click.option("--teacher", "teacher_dir", type=click.Path(), default="runs/teacher",
               show_default=True, help="The teacher run every student learns from.")
 @click.option("--out", "-o", type=click.Path(), default="runs/sweep", show_default=True,
@@ -568,7 +598,7 @@ def sweep(teacher_dir, out, models, modes, soft_losses, methods, seeds, recipe, 
     click.echo("\n" + result["verdict"])
 
 
-@main.command("export-model")
+@main.command("export-model", short_help="Export a run's model as one StableHLO or ONNX file.")
 @click.argument("run_dir", type=click.Path(), metavar="RUN")
 # A plain string, not click.Choice: the library refuses an unknown format in one line.
 @click.option("--format", "fmt", required=True, metavar="stablehlo|onnx",
@@ -600,7 +630,7 @@ def export_model(run_dir, fmt, out, overwrite):
        f"{check['argmax_agreement']:.4f} on {check['images']} test images; sidecar {out}.json")
 
 
-@main.command()
+@main.command(short_help="Classify images with a run or an exported model.")
 @click.argument("source", type=click.Path(), metavar="RUN|EXPORTED")
 @click.argument("more_images", nargs=-1, type=click.Path(), metavar="")
 @click.option("--images", "images", multiple=True, type=click.Path(), required=True,

@@ -1,6 +1,7 @@
 """The whole workflow through the CLI, on digits, at a few seconds per run."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from conftest import TINY_FLAGS, copy_runs, run_cli
 
 import distill
@@ -200,6 +202,21 @@ def test_help_does_not_import_jax():
           "print('jax' in sys.modules)")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "False"
+
+
+def test_help_lists_every_command_whole_in_the_order_of_the_workflow():
+  from distill.cli import main  # noqa: PLC0415
+
+  result = CliRunner().invoke(main, ["--help"], terminal_width=80)
+  assert result.exit_code == 0, result.output
+  listed = re.findall(r"^  ([a-z-]+) +(\S.*)$", result.output.split("Train and compare:")[1],
+                      re.MULTILINE)
+  assert [name for name, _ in listed] == ["teacher", "student", "sweep", "compare", "report",
+                                          "import-teacher", "export", "export-model", "predict",
+                                          "bench"]
+  assert sorted(name for name, _ in listed) == sorted(main.commands)  # none left out
+  assert not [line for _, line in listed if line.endswith("...")]  # none cut short
+  assert all(len(line) <= 80 for line in result.output.splitlines())
 
 
 def test_losses_importable_from_the_package():
