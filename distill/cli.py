@@ -416,12 +416,12 @@ def student(recipe, overrides, dataset, data_dir, steps, batch_size, seed, resta
   online for its inner layer and augment only with student.augment=true.
 
   \b
-    distill student --model cnn                          # exported targets
-    distill student --model cnn --loss hard              # the baseline
-    distill student --model cnn --teaching online -T 2   # consistent teaching
-    distill student --model cnn --method dkd -T 4        # decoupled KD
-    distill student --model vit --method token           # DeiT's distillation token
-    distill student --model cnn --method hint --teaching online   # feature hints
+    distill student --model cnn                         # exported targets
+    distill student --model cnn --loss hard             # the baseline
+    distill student --model cnn --teaching online -T 2  # consistent teaching
+    distill student --model cnn --method dkd -T 4       # decoupled KD
+    distill student --model vit --method token          # DeiT's token
+    distill student --model cnn --method hint --teaching online  # hints
   """
   start = time.perf_counter()
   from distill import run_recipe, workflow  # noqa: PLC0415
@@ -619,7 +619,8 @@ def export_model(run_dir, fmt, out, overwrite):
   JAX's on test images (ONNX must be within 1e-4 with the same argmax).
 
   \b
-    distill export-model runs/student-cnn --format onnx --out runs/student-cnn.onnx
+    distill export-model runs/student-cnn --format onnx --out cnn.onnx
+    distill export-model runs/student-cnn --format stablehlo --out cnn.stablehlo
   """
   from distill.serving import export_model as export_lib  # noqa: PLC0415
 
