@@ -22,7 +22,7 @@ from distill.errors import UserError
 from distill.export import export_targets, teacher_identity
 from distill.io import read_json, write_json, write_npz
 from distill.launcher import huge_pages_in_use
-from distill.run_recipe import read_run_recipe
+from distill.run_recipe import default_student_workdir, read_run_recipe
 from distill.rundir import PREDICTIONS_FILE, RECIPE_FILE, SUMMARY_FILE, check_workdir
 
 
@@ -629,6 +629,11 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
   console = Console(quiet)
   teacher_dir, workdir = Path(teacher_dir), Path(workdir)
   start = time.perf_counter()
+  if workdir.resolve() == teacher_dir.resolve():
+    # Checked before the finished-run check, whose advice (--overwrite) would replace the teacher.
+    raise UserError(f"--workdir {workdir} is the teacher's own folder: the student would replace "
+                    f"its teacher; give it a folder of its own, e.g. --workdir "
+                    f"{teacher_dir.parent / default_student_workdir(recipe).name}")
   check_workdir(workdir)
   check_existing_run(workdir, recipe, "student", restart=restart, overwrite=overwrite)
   settings = config_lib.DistillSettings.of(recipe)

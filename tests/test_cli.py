@@ -204,6 +204,21 @@ def test_help_does_not_import_jax():
   assert out.stdout.strip() == "False"
 
 
+def test_a_student_may_not_train_in_its_teachers_folder(tiny_digits_runs, tmp_path):
+  # Its teacher's finished run once met the advice to pass --overwrite, which replaced it.
+  teacher = copy_runs(tiny_digits_runs, tmp_path, teacher="teacher") / "teacher"
+  before = sorted(path.name for path in teacher.iterdir())
+  for extra in ([], ["--overwrite"]):
+    result = run_cli("student", "--teacher", teacher, "--workdir", teacher / "." , "-q",
+                     *TINY_FLAGS, *extra)
+    assert result.exit_code == 2, result.output
+    assert (f"error: --workdir {teacher} is the teacher's own folder: the student would "
+            f"replace its teacher; give it a folder of its own, e.g. --workdir "
+            f"{tmp_path / 'student-cnn'}") in result.stderr
+    assert "--overwrite" not in result.stderr
+  assert sorted(path.name for path in teacher.iterdir()) == before
+
+
 def test_help_lists_every_command_whole_in_the_order_of_the_workflow():
   from distill.cli import main  # noqa: PLC0415
 
