@@ -173,6 +173,16 @@ def test_bad_axis_values_are_one_line_errors(swept, tmp_path, args, message):
   assert not (tmp_path / "out").exists()
 
 
+def test_a_sweep_may_not_write_into_its_teachers_folder(swept):
+  root, _ = swept
+  before = sorted(path.name for path in (root / "teacher").iterdir())
+  result = run_cli("sweep", "--teacher", root / "teacher", "--out", root / "teacher")
+  assert result.exit_code == 2, result.output
+  assert (f"error: --out {root / 'teacher'} is the teacher's own folder; give the sweep a folder "
+          f"of its own, e.g. --out {root / 'sweep'}") in result.stderr
+  assert sorted(path.name for path in (root / "teacher").iterdir()) == before
+
+
 def test_plan_names_the_soft_loss_only_when_several_are_swept():
   one = [run["name"] for run in plan_runs(["cnn"], ["hard", "targets"], ["kl"], [0])]
   assert one == ["cnn-hard-s0", "cnn-targets-s0"]
