@@ -56,9 +56,32 @@ def _say(text: str) -> None:
     click.echo(text)
 
 
-def _common_training_options(command):
+# The packaged recipes a first run meets; an option's help shows its default in each.
+_FIRST_RECIPES = ("fashion_mnist", "digits", "demo")
+
+
+def _recipe_default(key: str) -> str:
+  """'[default: the recipe's KEY: 2 in fashion_mnist, 1 in digits and demo]', read from the
+  packaged recipes, so that the help cannot drift from them."""
+  found: dict[str, list[str]] = {}
+  for name in _FIRST_RECIPES:
+    value = config_lib.recipe_as_written(name)
+    for part in key.split("."):
+      value = value[part]
+    shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else f"{value:g}"
+    found.setdefault(shown, []).append(name)
+  def listed(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+  where = ", ".join(f"{value} in {listed(names)}" for value, names in found.items())
+  return f"[default: the recipe's {key}: {where}]"
+
+
+def _common_training_options(role: str):
+  """The options `distill teacher` and `distill student` share, their help written for `role`."""
+  recipe_default = ("[default: fashion_mnist]" if role == "teacher" else
+                    "[default: the teacher run's own recipe, so that data and split match]")
   options = [
-      click.option("--recipe", "-r", default=None, help=_RECIPE_HELP),
+      click.option("--recipe", "-r", default=None, help=f"{_RECIPE_HELP} {recipe_default}"),
       click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP),
       click.option("--dataset", default=None,
                    help="Dataset: fashion_mnist (default), mnist, cifar10, digits, npz (your "
@@ -69,20 +92,23 @@ def _common_training_options(command):
                    help="Where the data is (a folder, the .npz file for --dataset npz, or the "
                         "folder holding train/ and test/ shards for --dataset stream)."),
       click.option("--steps", type=int, default=None,
-                   help="Training steps (overrides the recipe)."),
+                   help=f"Training steps. {_recipe_default(f'{role}.steps')}"),
       click.option("--batch-size", type=int, default=None,
-                   help="Batch size (overrides the recipe)."),
+                   help=f"Batch size. {_recipe_default(f'{role}.batch_size')}"),
       click.option("--seed", type=int, default=None,
-                   help="Seed for init, data order and augmentation."),
+                   help=f"Seed for init, data order and augmentation. {_recipe_default('seed')}"),
       click.option("--restart", is_flag=True, help="Discard an unfinished run in the workdir."),
       click.option("--overwrite", is_flag=True, help="Replace a finished run in the workdir."),
       click.option("--strict-init-check", is_flag=True,
                    help="Fail (instead of warning) if the step-0 loss is not log(n_classes)."),
       click.option("--quiet", "-q", is_flag=True, help="No progress bars or notes."),
   ]
-  for option in reversed(options):
-    command = option(command)
-  return command
+
+  def decorate(command):
+    for option in reversed(options):
+      command = option(command)
+    return command
+  return decorate
 
 
 def _absolute(path: str) -> str:
@@ -250,7 +276,7 @@ def main(ctx, coordinator, num_processes, process_id, distributed):
 
 
 @main.command(short_help="Train the ViT teacher and export its soft targets.")
-@_common_training_options
+@_common_training_options("teacher")
 @click.option("--workdir", "-w", type=click.Path(), default="runs/teacher", show_default=True,
               help="Run directory (checkpoints, metrics, summary, targets).")
 @click.option("--no-export", is_flag=True, help="Skip exporting soft targets at the end.")
@@ -360,7 +386,7 @@ def export(teacher_dirs, out_dir, temperature, views, quiet):
 
 
 @main.command(short_help="Train a student against a teacher's soft targets.")
-@_common_training_options
+@_common_training_options("student")
 @click.option("--teacher", "teacher_dir", type=click.Path(), default="runs/teacher",
               show_default=True, help="The teacher run whose targets to learn from.")
 @click.option("--model", "-m", default=None,
@@ -376,11 +402,10 @@ def export(teacher_dirs, out_dir, temperature, views, quiet):
                    "by `distill export --views K`. [default: targets]")
 @click.option("--temperature", "-T", type=float, default=None,
               help="Distillation temperature: student and teacher logits are divided by T and "
-                   "the soft term is scaled by T^2. [default: the recipe's "
-                   "student.temperature: 2 in fashion_mnist, 1 in digits and demo]")
+                   "the soft term is scaled by T^2. " + _recipe_default("student.temperature"))
 @click.option("--alpha", type=float, default=None,
-              help="Weight of the teacher's term; 1 - alpha goes to hard labels. [default: the "
-                   "recipe's student.alpha: 0.5 in fashion_mnist, 1 in digits and demo]")
+              help="Weight of the teacher's term; 1 - alpha goes to hard labels. "
+                   + _recipe_default("student.alpha"))
 @click.option("--soft-loss", type=click.Choice(["soft_ce", "kl"]), default=None,
               help="soft_ce starts at log(n_classes); kl (same gradient) starts at "
                    "log(n_classes) - H(teacher). The init check expects the right one. "

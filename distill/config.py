@@ -294,12 +294,20 @@ def load_recipe(recipe: str | None = None,
   Returns:
     A nested dict with every key of `DEFAULTS`, validated.
   """
+  return resolve_overrides(recipe_as_written(recipe), overrides)
+
+
+def recipe_as_written(recipe: str | None) -> dict[str, Any]:
+  """The defaults, then the recipe file and its bases, unvalidated: what the files say.
+
+  Cheap enough for help texts (validating imports the model registry, and with it JAX).
+  """
   resolved = copy.deepcopy(DEFAULTS)
   path = resolve_recipe_path(recipe)
   if path is not None:
     for table, where in _recipe_chain(path):
       _merge(resolved, _beside(table, Path(where).parent), where)
-  return resolve_overrides(resolved, overrides)
+  return resolved
 
 
 def resolve_overrides(recipe: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

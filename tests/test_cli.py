@@ -236,6 +236,21 @@ def test_help_lists_every_command_whole_in_the_order_of_the_workflow():
     assert [line for line in shown.splitlines() if len(line) > 80] == [], command
 
 
+def test_training_help_shows_each_recipes_defaults():
+  from distill import config  # noqa: PLC0415
+  from distill.cli import main  # noqa: PLC0415
+
+  for role in ("teacher", "student"):
+    shown = " ".join(CliRunner().invoke(main, [role, "--help"]).output.split())
+    for key in ("steps", "batch_size"):
+      values = {name: config.load_recipe(name)[role][key] for name in ("fashion_mnist", "digits")}
+      assert f"[default: the recipe's {role}.{key}: {values['fashion_mnist']:,} in fashion_mnist" \
+          in shown, (role, key)
+      assert f"{values['digits']:,} in digits" in shown, (role, key)
+  assert "[default: fashion_mnist]" in " ".join(
+      CliRunner().invoke(main, ["teacher", "--help"]).output.split())
+
+
 def test_losses_importable_from_the_package():
   logits = np.array([[2.0, 0.0, -1.0]])
   assert float(distill.soft_cross_entropy(logits, np.array([[1.0, 0.0, 0.0]]))) == pytest.approx(
