@@ -220,6 +220,8 @@ def row_value(row: dict[str, Any], key: str) -> Any:
     return row.get(key) or "soft_ce"  # summaries from before KL was offered: soft_ce
   if key == "dataset":  # as `with_dataset_names` names it, where it has
     return row.get("dataset_name") or row.get(key)
+  if key == "train_seconds" and row.get("imported_from"):
+    return None  # trained elsewhere: its summary's 0 is no time of its training
   return row.get(key)
 
 

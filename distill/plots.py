@@ -211,7 +211,8 @@ def accuracy_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   index) and are spread across it, teachers first, then in order of series:
   `x` is where a point is drawn, `params` its true size. Runs of unknown size
   (a teacher imported as logits or a function: no parameter count in its
-  summary, or 0 in older ones) have no place on the axis and are left out.
+  summary, or 0 in older ones) have no place on the axis and are left out
+  (the figure draws them as lines across).
 
   Raises:
     ValueError: when the rows span more than one data set (their accuracies
@@ -351,6 +352,16 @@ def accuracy_vs_params_figure(rows: list[dict[str, Any]], *, dataset: str | None
                       [p["high"] - p["mean"] for p in members]],
                 fmt=marker, ms=13 if marker == "*" else 7, color=colours[name], capsize=3,
                 lw=1, zorder=3, label=name + ("" if runs == [1] else f" (mean of {count})"))
+  # A run of unknown size (a teacher imported as logits or a function) has no place on the
+  # size axis, but its accuracy is what its students are measured against: a line across.
+  unsized = {}
+  for row in rows:
+    if not row.get("params") and row.get("test_accuracy") is not None:
+      unsized.setdefault(_point_label(row), []).append(row)
+  for label, members in unsized.items():
+    ax.axhline(float(np.mean([row["test_accuracy"] for row in members])), ls="--", lw=1,
+               color="crimson" if members[0].get("role") == "teacher" else "grey", zorder=2,
+               label=f"{label} (size unknown)")
   ax.set_xscale("log")
   ax.xaxis.set_minor_locator(NullLocator())
   on = f" on {dataset}" if dataset else ""
@@ -359,6 +370,8 @@ def accuracy_vs_params_figure(rows: list[dict[str, Any]], *, dataset: str | None
   ax.grid(alpha=0.3)
   if not points:  # only teachers of unknown size
     ax.text(0.5, 0.5, "no run of known size", ha="center", transform=ax.transAxes)
+    if unsized:
+      ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     return fig
   low, high = min(p["x"] for p in points), max(p["x"] for p in points)
   margin = 10 ** (0.1 * max(math.log10(high / low), 1.0))

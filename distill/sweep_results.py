@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from distill import stats
-from distill.compare import markdown_table, seconds_cell
+from distill.compare import markdown_table, row_value, seconds_cell
 from distill.stats import compare, format_diff, format_p
 
 # The method every sweep has always trained: the classic distillation loss. Its
@@ -61,7 +61,9 @@ def aggregate(runs: list[dict[str, Any]], teacher: dict[str, Any]) -> list[dict[
       "n": 1, "seeds": [teacher.get("seed")], "params": teacher.get("params"),
       "test_accuracies": [teacher_acc], "test_accuracy_mean": teacher_acc,
       "test_accuracy_std": None, "agreement_mean": None,
-      "train_seconds_mean": teacher.get("train_seconds"), "gap_closed": None, "paired": [],
+      # None for a teacher trained elsewhere (`row_value`): its time is not known here.
+      "train_seconds_mean": row_value(teacher, "train_seconds"), "gap_closed": None,
+      "paired": [],
   }]
   for (model, mode, method, soft_loss), members in groups.items():
     summaries = [m["summary"] for m in members]

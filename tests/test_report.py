@@ -223,6 +223,25 @@ def test_accuracy_figure_draws_a_labels_seeds_as_one_point(tmp_path):
   assert plots.accuracy_vs_params(rows, path=tmp_path / "a.png").stat().st_size > 0
 
 
+def test_accuracy_figure_draws_a_teacher_of_unknown_size_as_a_line_across():
+  """A teacher imported as logits has no parameter count: no point, but its students' mark."""
+  from distill import plots  # noqa: PLC0415
+
+  imported = {"run": "runs/logits-teacher", "role": "teacher", "model": "logits", "params": None,
+              "test_accuracy": 0.91}
+  student = {"run": "runs/cnn", "role": "student", "model": "cnn", "loss": "hard",
+             "params": 1922, "test_accuracy": 0.85}
+  for rows in ([imported, student], [imported]):
+    figure = plots.accuracy_vs_params_figure(rows)
+    ax = figure.axes[0]
+    assert [line.get_ydata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"] == [
+        0.91]
+    assert "teacher logits (size unknown)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    plt.close(figure)
+
+
 def test_accuracy_figure_spreads_sizes_too_close_to_tell_apart():
   """Two models a few parameters apart share a column, named after both, rather than drawing
   their points over each other."""
@@ -329,6 +348,10 @@ def test_train_seconds_keep_their_precision_for_short_runs():
   assert [row[column] for row in body] == ["0.35", "0.034", "4.6", "123", "0"]
   assert compare_lib.seconds_cell(9.97) == "10" and compare_lib.seconds_cell(0.996) == "1.0"
   assert compare_lib.seconds_cell(0.9) == "0.90"  # two digits, as its neighbours in the column
+  # A teacher imported from elsewhere trained for no time distill knows of: no 0 in the column.
+  imported = {"run": "logits", "role": "teacher", "model": "logits", "params": None,
+              "test_accuracy": 0.9, "train_seconds": 0.0, "imported_from": "/data/logits.npz"}
+  assert compare_lib.format_table([imported], markdown=True).splitlines()[2].endswith("| - |")
   assert compare_lib.seconds_cell(float("nan")) == compare_lib.seconds_cell(None) == "-"
   # A sweep's table writes its runs' mean seconds the same way.
   from distill.sweep_results import table_cells  # noqa: PLC0415
