@@ -290,6 +290,25 @@ def test_pictures_are_predicted_as_an_image_folder_trains_on_them(tmp_path):
   np.testing.assert_array_equal(trained_on[0], batch[0])
 
 
+def test_16_bit_pictures_are_scaled_to_8_bits_not_clipped(tmp_path):
+  """Pillow's convert('L') clips 16-bit pixels at 255: a 16-bit digit would read all white."""
+  pixels = (np.arange(64).reshape(8, 8) * 4).astype(np.uint8)
+  Image.fromarray(pixels).save(tmp_path / "g8.png")
+  Image.fromarray(pixels.astype(np.uint16) * 257).save(tmp_path / "g16.png")  # mode I;16
+  Image.fromarray(pixels.astype(np.int32) * 257).save(tmp_path / "g32.tif")  # mode I
+  for name, modes in (("g16.png", ("I;16", "I")), ("g32.tif", ("I",))):
+    with Image.open(tmp_path / name) as image:  # Older Pillows open 16-bit PNGs as mode I.
+      assert image.mode in modes, image.mode
+  for shape in ((8, 8, 1), (8, 8, 3)):
+    _, batch = serving.load_images([tmp_path / n for n in ("g8.png", "g16.png", "g32.tif")],
+                                   shape)
+    for image in batch:
+      np.testing.assert_array_equal(image, np.repeat(pixels[..., None], shape[-1], -1))
+  Image.fromarray(np.full((8, 8), 70000, np.int32)).save(tmp_path / "wide.tif")
+  with pytest.raises(serving.UserError, match="wide.tif.*beyond 16 bits"):
+    serving.load_images([tmp_path / "wide.tif"], (8, 8, 1))
+
+
 # --------------------------------------------------------------------------
 # TensorBoard.
 

@@ -238,9 +238,9 @@ class ImageFolderSource(StreamSource):
 def decode_image(path: str | os.PathLike, image_shape: Sequence[int]) -> np.ndarray:
   """One image file (anything Pillow reads) as uint8 [H, W, C], as distill trains on it.
 
-  Turned upright by its EXIF orientation, converted to grayscale (C = 1) or
-  RGB (C = 3), scaled so it covers H x W and center-cropped to it
-  (`PIL.ImageOps.fit`, bilinear). An image folder's training images and the
+  Turned upright by its EXIF orientation, 16-bit grayscale scaled to 8 bits,
+  converted to grayscale (C = 1) or RGB (C = 3), scaled so it covers H x W and
+  center-cropped to it (`PIL.ImageOps.fit`, bilinear). An image folder's training images and the
   pictures `distill predict` classifies both go through here, so a model is
   served what it was trained on.
 
@@ -257,6 +257,14 @@ def decode_image(path: str | os.PathLike, image_shape: Sequence[int]) -> np.ndar
       image = ImageOps.exif_transpose(image)
       if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")  # Pillow warns on palette -> RGB otherwise.
+      if image.mode == "I" or image.mode.startswith("I;16"):
+        # 16-bit grayscale (mode I too: older Pillows open 16-bit PNGs so), which Pillow's
+        # convert clips at 255: keep each pixel's top byte instead.
+        pixels = np.asarray(image)
+        if pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
+          raise UserError(f"cannot read image {path}: its pixels range over {pixels.min()}.."
+                          f"{pixels.max()}, beyond 16 bits; save it with 8- or 16-bit pixels")
+        image = Image.fromarray((pixels.astype(np.uint32) >> 8).astype(np.uint8))
       image = image.convert(mode)
       image = ImageOps.fit(image, (width, height), method=Image.Resampling.BILINEAR)
   except UnidentifiedImageError:
