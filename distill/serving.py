@@ -275,25 +275,48 @@ def _export_onnx(forward: Callable, image_shape) -> tuple[bytes, dict[str, Any]]
   import importlib.metadata  # noqa: PLC0415
 
   jax2onnx, onnxruntime = _onnx_modules()
+  spec = _input_spec(image_shape)
+
+  def convert(function):
+    with warnings.catch_warnings():
+      # jax2onnx's plugins read Flax variables the deprecated way: not the user's to fix.
+      warnings.simplefilter("ignore", DeprecationWarning)
+      return jax2onnx.to_onnx(function, [spec], model_name="distill", opset=ONNX_OPSET,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+
   # onnx_ir warns about every shape constant it does not type; none of it is actionable.
   quiet = logging.getLogger("onnx_ir")
   level = quiet.level
   quiet.setLevel(logging.ERROR)
   try:
-    with warnings.catch_warnings():
-      # jax2onnx's plugins read Flax variables the deprecated way: not the user's to fix.
-      warnings.simplefilter("ignore", DeprecationWarning)
-      model = jax2onnx.to_onnx(forward, [_input_spec(image_shape)], model_name="distill",
-                               opset=ONNX_OPSET, input_names=[INPUT_NAME],
-                               output_names=[OUTPUT_NAME])
+    try:
+      model = convert(forward)
+    except Exception as first:  # A primitive without a jax2onnx plugin raises many types.
+      # jax2onnx replaces some calls by plugins of its own, and some of those need every
+      # dimension constant: its jax.image.resize (an imported ViT resizing its inputs)
+      # refuses the symbolic batch. JAX's own ops for the same calls take it: convert those.
+      try:
+        model = convert(_as_jax_ops(forward, spec))
+      except Exception:
+        raise UserError(f"onnx conversion failed: {one_line(first)}") from None
     data = model.SerializeToString()
-  except Exception as e:  # A primitive without a jax2onnx plugin raises many types.
-    raise UserError(f"onnx conversion failed: {one_line(e)}") from None
   finally:
     quiet.setLevel(level)
   opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None)
   return data, {"opset": opset, "jax2onnx_version": importlib.metadata.version("jax2onnx"),
                 "onnxruntime_version": onnxruntime.__version__}
+
+
+def _as_jax_ops(forward: Callable, spec) -> Callable:
+  """`forward` as the primitives JAX traces it to, so jax2onnx sees no call it would replace."""
+  import jax  # noqa: PLC0415
+
+  traced = jax.make_jaxpr(forward)(spec)
+
+  def forward_ops(images_uint8):
+    return jax.core.eval_jaxpr(traced.jaxpr, traced.consts, images_uint8)[0]
+
+  return forward_ops
 
 
 def _onnx_session(data: bytes, path: Path):

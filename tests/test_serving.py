@@ -8,10 +8,11 @@ import struct
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import copy_runs, run_cli
+from conftest import TINY_FLAGS, copy_runs, run_cli
 from PIL import Image
 
 from distill import rundir, serving
@@ -19,6 +20,7 @@ from distill.run_recipe import read_run_recipe
 from distill.workflow import load_data
 
 TOLERANCE = 1e-4
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture(scope="module")
@@ -288,6 +290,27 @@ def test_pictures_are_predicted_as_an_image_folder_trains_on_them(tmp_path):
   assert (picture[:4] == 255).all() and (picture[4:] == 0).all(), picture
   trained_on, _ = ImageFolderSource(tmp_path / "folder", 8, grayscale=True).read(np.arange(1))
   np.testing.assert_array_equal(trained_on[0], batch[0])
+
+
+def test_onnx_exports_a_model_that_resizes_its_inputs(tmp_path):
+  """A ViT fine-tuned on 8x8 digits from a 32x32 checkpoint resizes inside the model;
+  jax2onnx's own jax.image.resize cannot take the symbolic batch, JAX's ops for it can."""
+  pytest.importorskip("jax2onnx")
+  result = run_cli("teacher", "-r", "digits", "-w", tmp_path / "vit", "-q",
+                   "--init-from", FIXTURES / "vit_timm", *TINY_FLAGS,
+                   "--set", "teacher.steps=10", "--set", "teacher.eval_every=5")
+  assert result.exit_code == 0, result.output
+  result = run_cli("export-model", tmp_path / "vit", "--format", "onnx", "--out",
+                   tmp_path / "vit.onnx")
+  assert result.exit_code == 0, result.output
+  meta = json.loads(serving.sidecar_path(tmp_path / "vit.onnx").read_text())
+  assert meta["input"]["shape"] == ["batch", 8, 8, 1] and meta["model"] == "vit"
+  assert meta["check"]["max_abs_logit_difference"] <= TOLERANCE
+  expected = _jax_test_logits(tmp_path / "vit")
+  digits = load_data(read_run_recipe(tmp_path / "vit")).x_test
+  for batch in (1, 5):  # Any batch size, one file.
+    logits = _exported_logits("onnx", tmp_path / "vit.onnx", np.asarray(digits[:batch]))
+    np.testing.assert_allclose(logits, expected[:batch], atol=TOLERANCE, rtol=0)
 
 
 def test_16_bit_pictures_are_scaled_to_8_bits_not_clipped(tmp_path):
