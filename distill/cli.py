@@ -626,10 +626,11 @@ def sweep(teacher_dir, out, models, modes, soft_losses, methods, seeds, recipe, 
 @main.command("export-model", short_help="Export a run's model as one StableHLO or ONNX file.")
 @click.argument("run_dir", type=click.Path(), metavar="RUN")
 # A plain string, not click.Choice: the library refuses an unknown format in one line.
-@click.option("--format", "fmt", required=True, metavar="stablehlo|onnx",
+@click.option("--format", "fmt", metavar="stablehlo|onnx",
               help="stablehlo: a serialised jax.export (load with jax.export.deserialize); "
                    "onnx: converted by jax2onnx and checked with onnxruntime "
-                   "(pip install 'distill[onnx]').")
+                   "(pip install 'distill[onnx]'). Default: from OUT's extension "
+                   "(.stablehlo or .onnx).")
 @click.option("--out", "-o", required=True, type=click.Path(),
               help="The model file to write; its sidecar goes to OUT.json.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT (and OUT.json).")
@@ -642,17 +643,19 @@ def export_model(run_dir, fmt, out, overwrite):
   shape and dtype, the data set and its fingerprint, the parameter hash, the
   model and role, the versions, and how far the export's logits are from
   JAX's on test images (ONNX must be within 1e-4 with the same argmax).
+  Those test images come from the run's data set, so it must be where the
+  run's recipe.json says (predict needs no data).
 
   \b
-    distill export-model runs/student-cnn --format onnx --out cnn.onnx
-    distill export-model runs/student-cnn --format stablehlo --out cnn.stablehlo
+    distill export-model runs/student-cnn --out cnn.onnx
+    distill export-model runs/student-cnn --out cnn.stablehlo
   """
   from distill.serving import export_model as export_lib  # noqa: PLC0415
 
   meta = export_lib(Path(run_dir), fmt, Path(out), overwrite=overwrite)
   check = meta["check"]
-  _say(f"{out} ({fmt}, {meta['model']} {meta['role']}): max |logit difference| vs JAX "
-       f"{check['max_abs_logit_difference']:.3g}, argmax agreement "
+  _say(f"{out} ({meta['format']}, {meta['model']} {meta['role']}): max |logit difference| vs "
+       f"JAX {check['max_abs_logit_difference']:.3g}, argmax agreement "
        f"{check['argmax_agreement']:.4f} on {check['images']} test images; sidecar {out}.json")
 
 
@@ -672,12 +675,14 @@ def export_model(run_dir, fmt, out, overwrite):
 def predict(source, more_images, images, top_k, as_json):
   """Classify images with a finished run (RUN) or an exported model file (EXPORTED).
 
-  An exported file needs only itself and its sidecar (FILE.json), not the
-  recipe, the data or the training code; a run directory restores the model
-  and loads its data set for the pixel statistics.
+  Give the model first, then the images. An exported file needs only itself
+  and its sidecar (FILE.json), not the recipe, the data or the training code;
+  a run directory restores the model from its checkpoint, with the input
+  shape, classes and pixel statistics its summary.json records (no data).
 
   \b
-    distill predict runs/student-cnn.onnx --images shoe.png bag.jpg --top-k 3
+    distill predict cnn.onnx --images shoe.png bag.jpg --top-k 3
+    distill predict runs/student-cnn --images shoe.png
   """
   from distill import serving  # noqa: PLC0415
 

@@ -15,15 +15,17 @@ input shape and dtype, the data set and its fingerprint, the model, role and
 parameter hash of the run, the distill and JAX versions, the sha256 of the
 exported file, and the measured difference from JAX on test images.
 
-`predict` classifies image files with a run directory (restores the model,
-loading its data set for the pixel statistics) or an exported file (needs only
-the file and its sidecar, not the recipe, the data or the training code).
+`predict` classifies image files with a run directory (restores the model from
+what its summary records: no data needed, except for runs from before
+summaries recorded their inputs) or an exported file (needs only the file and
+its sidecar, not the recipe, the data or the training code).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from distill import rundir
+from distill.data.checks import channels_first, channels_first_advice, uint8_hint
 from distill.errors import UserError, one_line
 from distill.io import read_json, write_bytes, write_json
 from distill.rundir import CHECKPOINTS_DIR, SUMMARY_FILE
@@ -51,7 +54,11 @@ STABLEHLO_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 # Images per call when predicting: the last chunk is padded, so one shape compiles.
 PREDICT_BATCH = 256
 _INSTALL_ONNX = "pip install 'distill[onnx]'"
+# What an --out file's extension says its format is (`export_format`).
+FORMAT_OF_SUFFIX = {".onnx": "onnx", ".stablehlo": "stablehlo"}
 _IMAGE_SUFFIXES_ARRAY = (".npz", ".npy")
+# The finished runs whose model distill restores (an imported teacher has none).
+_MODEL_RUNS = (rundir.FINISHED_TEACHER, rundir.STUDENT)
 
 
 def sidecar_path(model_path: Path) -> Path:
@@ -64,7 +71,7 @@ def sidecar_path(model_path: Path) -> Path:
 # Export.
 
 
-def export_model(run_dir: Path, fmt: str, out: Path, *, overwrite: bool = False,
+def export_model(run_dir: Path, fmt: str | None, out: Path, *, overwrite: bool = False,
                  check_images: int = CHECK_IMAGES) -> dict[str, Any]:
   """Exports a finished run's model to `out` (StableHLO or ONNX) with its sidecar `out.json`.
 
@@ -76,7 +83,7 @@ def export_model(run_dir: Path, fmt: str, out: Path, *, overwrite: bool = False,
 
   Args:
     run_dir: a finished teacher or student run directory.
-    fmt: 'stablehlo' or 'onnx'.
+    fmt: 'stablehlo' or 'onnx'; None: from `out`'s extension (`export_format`).
     out: the model file to write; the sidecar is `sidecar_path(out)`.
     overwrite: replace an existing `out` (and sidecar).
     check_images: how many test images to compare the export with JAX on.
@@ -84,16 +91,16 @@ def export_model(run_dir: Path, fmt: str, out: Path, *, overwrite: bool = False,
   Returns:
     The sidecar's content.
   """
-  if fmt not in EXPORT_FORMATS:
-    raise UserError(f"unknown export format {fmt!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
   out = Path(out)
+  fmt = export_format(fmt, out)
   _check_out(out, overwrite)
   if fmt == "onnx":
     _onnx_modules()  # Fails before the slow restore when the extra is missing.
   run_dir = Path(run_dir)
   summary = _finished_summary(run_dir)
   trained, step, dataset, recipe = _restore(
-      run_dir, summary, needs_data="to check the export against JAX on its test images")
+      run_dir, summary, needs_data="to check the export against JAX on its test images: put "
+      "the data back where its recipe.json says (`distill predict` needs no data)")
   forward = _forward(trained)
   height, width, channels = dataset.image_shape
   images = _test_images(dataset, check_images)
@@ -123,6 +130,29 @@ def export_model(run_dir: Path, fmt: str, out: Path, *, overwrite: bool = False,
   return meta
 
 
+def export_format(fmt: str | None, out: Path) -> str:
+  """The export format: `fmt`, or the one `out`'s extension names (.onnx, .stablehlo).
+
+  Refuses an unknown `fmt`, a `fmt` that contradicts a known extension (a
+  StableHLO file named .onnx misleads whoever loads it), and no `fmt` with an
+  extension that names no format.
+  """
+  out = Path(out)
+  suffix = out.suffix.lower()
+  named = FORMAT_OF_SUFFIX.get(suffix)
+  if fmt is None:
+    if named is None:
+      raise UserError(f"cannot tell the export format from --out {out.name}; pass --format "
+                      "stablehlo or --format onnx, or name the file .stablehlo or .onnx")
+    return named
+  if fmt not in EXPORT_FORMATS:
+    raise UserError(f"unknown export format {fmt!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
+  if named is not None and named != fmt:
+    raise UserError(f"--format {fmt} but --out {out.name} ends in {suffix}, the extension of "
+                    f"{named}; name the file {out.stem}.{fmt} or pass --format {named}")
+  return fmt
+
+
 def _check_out(out: Path, overwrite: bool) -> None:
   """Refuses an --out that is a folder, or that (or whose sidecar) exists without overwrite."""
   if out.is_dir():
@@ -135,6 +165,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 def _finished_summary(run_dir: Path, what: str = "RUN") -> dict[str, Any]:
   """A finished run's summary; refuses a folder that is not one, before anything is opened."""
+  _check_model_run(run_dir, what)
   rundir.check_finished_run(run_dir, what, model=True)
   summary = read_json(run_dir / SUMMARY_FILE, "run summary")
   if not isinstance(summary, dict) or summary.get("role") not in ("teacher", "student"):
@@ -143,6 +174,38 @@ def _finished_summary(run_dir: Path, what: str = "RUN") -> dict[str, Any]:
   if not (run_dir / CHECKPOINTS_DIR).is_dir():
     raise UserError(f"{run_dir} has no {CHECKPOINTS_DIR}/ to restore the model from")
   return summary
+
+
+def _check_model_run(path: Path, what: str) -> None:
+  """Refuses, saying what to give instead, the folders near a run that people give for one.
+
+  An imported teacher (no model of distill's to restore), a folder of runs
+  (names the runs in it) and a folder inside a run (names the run). Other
+  folders are left to `rundir.check_finished_run`.
+  """
+  kind = rundir.folder_kind(path)
+  if kind == rundir.IMPORTED_TEACHER:
+    record = read_json(path / rundir.IMPORTED_FILE, "imported teacher record")
+    source = record.get("source") if isinstance(record, dict) else None
+    came_from = f" ({source})" if source else ""
+    raise UserError(f"{what} {path} is an imported teacher: distill holds its outputs, not a "
+                    f"model it can restore or export; run it where it came from{came_from}, or "
+                    "give a student it taught (students predict and export)")
+  if kind != rundir.NOT_A_RUN:
+    return
+  runs = sorted(child.name for child in path.iterdir()
+                if child.is_dir() and rundir.folder_kind(child) in _MODEL_RUNS)
+  if len(runs) == 1:
+    raise UserError(f"{what} {path} is a folder of runs, not a run; give the one in it: "
+                    f"{path / runs[0]}")
+  if runs:
+    shown = ", ".join(runs[:5]) + (f" and {len(runs) - 5} more" if len(runs) > 5 else "")
+    raise UserError(f"{what} {path} is a folder of runs, not a run; give one of them: {shown} "
+                    f"(e.g. {path / runs[0]})")
+  for parent in Path(os.path.abspath(path)).parents[:3]:
+    if rundir.folder_kind(parent) in (*_MODEL_RUNS, rundir.UNFINISHED):
+      shown = parent if path.is_absolute() else os.path.relpath(parent)
+      raise UserError(f"{what} {path} is inside the run folder {shown}; give that folder")
 
 
 def _restore(run_dir: Path, summary: dict[str, Any], needs_data: str | None = None):
@@ -415,10 +478,11 @@ def predict(source: Path, image_paths: Sequence[Path], *, top_k: int = 3) -> dic
     raise UserError(f"--top-k must be at least 1, got {top_k}")
   if not image_paths:
     raise UserError("no images given; pass --images FILE...")
+  source = Path(source)
+  _check_model_first(source, [Path(path) for path in image_paths])
   # Missing images fail before a model is loaded (restoring a run takes seconds).
   for path in image_paths:
     _check_image_file(Path(path))
-  source = Path(source)
   if source.is_dir():
     classify, meta = _run_classifier(source)
   elif source.is_file():
@@ -439,6 +503,30 @@ def predict(source: Path, image_paths: Sequence[Path], *, top_k: int = 3) -> dic
         for i in order]})
   return {"source": str(source), "format": meta["format"], "model": meta["model"],
           "role": meta["role"], "predictions": predictions}
+
+
+def _is_model(path: Path) -> bool:
+  """Whether `path` is something `predict` classifies with: a run folder or an exported file."""
+  if path.is_dir():
+    return rundir.folder_kind(path) in rundir.FINISHED_RUNS
+  return path.is_file() and sidecar_path(path).is_file()
+
+
+def _check_model_first(source: Path, image_paths: list[Path]) -> None:
+  """Refuses a model given among the images (`--images A B MODEL`) in place of the source.
+
+  The command line takes one value per --images and the rest as positional
+  arguments, so `--images A B MODEL` arrives as source B and images [A, MODEL].
+  """
+  if _is_model(source):
+    return
+  models = [path for path in image_paths if _is_model(path)]
+  if not models:
+    return
+  images = [path for path in image_paths if path != models[0]]
+  images = [*images[:1], source, *images[1:]]
+  raise UserError(f"{source} is no model but {models[0]} is; give the model first: distill "
+                  f"predict {models[0]} --images {' '.join(map(str, images))}")
 
 
 def predict_logits(source: Path, images: np.ndarray) -> np.ndarray:
@@ -500,6 +588,9 @@ def read_exported_sidecar(path: Path) -> dict[str, Any]:
   """The sidecar of an exported model, checked for the keys `predict` reads."""
   sidecar = sidecar_path(path)
   if not sidecar.exists():
+    model = path.with_name(path.name.removesuffix(".json"))
+    if path.name.endswith(".json") and model.is_file():
+      raise UserError(f"{path} is the sidecar of {model}; give the model file {model}")
     raise UserError(f"{path} is a file but no model `distill export-model` wrote (no sidecar "
                     f"{sidecar.name} beside it); give a finished run's folder or an exported "
                     "model file")
@@ -567,10 +658,16 @@ def _read_array_images(path: Path, image_shape: tuple[int, int, int]) -> np.ndar
     raise
   except Exception as e:  # numpy and zipfile raise many types.
     raise UserError(f"cannot read {path} as a {path.suffix} array: {one_line(e)}") from None
-  if array.dtype != np.uint8:
-    raise UserError(f"{path} holds {array.dtype} images; give uint8 pixels (0..255)")
   height, width, channels = image_shape
   shape = tuple(array.shape)
+  # The advice an npz data set gets (`checked_images`), so a file fixed once fits both.
+  wrong_way = channels_first(shape) and shape[1:] != (height, width, channels)
+  if array.dtype != np.uint8:
+    also = f"; it also has {channels_first_advice(shape)}" if wrong_way else ""
+    raise UserError(f"{path} must hold uint8 images (0..255), got {array.dtype}"
+                    f"{uint8_hint(array)}{also}")
+  if wrong_way:
+    raise UserError(f"{path} has {channels_first_advice(shape)}")
   if shape[1:] == (height, width, channels):
     return array
   if shape == (height, width, channels):

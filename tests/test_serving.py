@@ -45,8 +45,10 @@ def exported(runs):
       pytest.importorskip("jax2onnx")
       pytest.importorskip("onnxruntime")
     out = runs / "exports" / name
-    result = run_cli("export-model", runs / "student", "--format", fmt, "--out", out)
+    # No --format: the extension names it.
+    result = run_cli("export-model", runs / "student", "--out", out)
     assert result.exit_code == 0, result.output
+    assert f"({fmt}, cnn student)" in result.stdout
     paths[fmt] = out
   return paths
 
@@ -172,7 +174,8 @@ def test_a_run_folder_predicts_without_the_data_it_trained_on(runs, images, tmp_
   assert json.loads(_lines(run_cli("predict", moved, *predict))[0])["predictions"] == here
   _one_line_error(run_cli("export-model", moved, "--format", "stablehlo", "--out",
                           tmp_path / "m.stablehlo"),
-                  "gone.npz", "needs the data set it trained on to check the export against JAX")
+                  "gone.npz", "needs the data set it trained on to check the export against JAX",
+                  "put the data back where its recipe.json says")
   # A run from before summaries recorded its inputs predicts from its data set, or says why
   # it needs it.
   old = copy_runs(runs, tmp_path, old="student") / "old"
@@ -208,19 +211,19 @@ def test_bad_inputs_are_one_line_and_write_nothing(runs, exported, images, tmp_p
   plain.mkdir()
   not_an_image = tmp_path / "notes.png"
   not_an_image.write_text("not a picture")
-  out = tmp_path / "model.onnx"
+  out = tmp_path / "model.stablehlo"
   before = _snapshot(runs / "exports")
   model = exported["stablehlo"]
-  _one_line_error(run_cli("export-model", unfinished, "--format", "stablehlo", "--out", out),
+  _one_line_error(run_cli("export-model", unfinished, "--out", out),
                   "an unfinished run (no summary.json)", "re-run its command")
   _one_line_error(run_cli("export-model", short, "--format", "stablehlo", "--out", out),
                   "stopped at step 20 of 30")
-  _one_line_error(run_cli("export-model", plain, "--format", "onnx", "--out", out),
+  _one_line_error(run_cli("export-model", plain, "--format", "stablehlo", "--out", out),
                   "an empty folder")
-  _one_line_error(run_cli("export-model", runs / "student", "--format", "tflite", "--out", out),
-                  "unknown export format", "stablehlo")
-  _one_line_error(run_cli("export-model", runs / "student", "--format", "stablehlo", "--out",
-                          model), "already exists", "--overwrite")
+  _one_line_error(run_cli("export-model", runs / "student", "--format", "tflite", "--out",
+                          tmp_path / "model.bin"), "unknown export format", "stablehlo")
+  _one_line_error(run_cli("export-model", runs / "student", "--out", model),
+                  "already exists", "--overwrite")
   _one_line_error(run_cli("predict", model, "--images", tmp_path / "missing.png"),
                   "not found", "missing.png")
   _one_line_error(run_cli("predict", model, "--images", not_an_image), "not an image")
@@ -292,6 +295,21 @@ def test_pictures_are_predicted_as_an_image_folder_trains_on_them(tmp_path):
   np.testing.assert_array_equal(trained_on[0], batch[0])
 
 
+def test_the_format_follows_the_out_extension_and_may_not_contradict_it(runs, tmp_path):
+  assert serving.export_format(None, Path("m.onnx")) == "onnx"
+  assert serving.export_format(None, Path("m.StableHLO")) == "stablehlo"
+  assert serving.export_format("onnx", Path("model.bin")) == "onnx"
+  with pytest.raises(serving.UserError, match="cannot tell the export format.*--format"):
+    serving.export_format(None, Path("model.bin"))
+  _one_line_error(run_cli("export-model", runs / "student", "--format", "stablehlo", "--out",
+                          tmp_path / "weird.onnx"),
+                  "--format stablehlo but --out weird.onnx ends in .onnx",
+                  "name the file weird.stablehlo or pass --format onnx")
+  _one_line_error(run_cli("export-model", runs / "student", "--out", tmp_path / "model"),
+                  "cannot tell the export format from --out model", "--format stablehlo")
+  assert not list(tmp_path.iterdir())
+
+
 def test_onnx_exports_a_model_that_resizes_its_inputs(tmp_path):
   """A ViT fine-tuned on 8x8 digits from a 32x32 checkpoint resizes inside the model;
   jax2onnx's own jax.image.resize cannot take the symbolic batch, JAX's ops for it can."""
@@ -300,8 +318,7 @@ def test_onnx_exports_a_model_that_resizes_its_inputs(tmp_path):
                    "--init-from", FIXTURES / "vit_timm", *TINY_FLAGS,
                    "--set", "teacher.steps=10", "--set", "teacher.eval_every=5")
   assert result.exit_code == 0, result.output
-  result = run_cli("export-model", tmp_path / "vit", "--format", "onnx", "--out",
-                   tmp_path / "vit.onnx")
+  result = run_cli("export-model", tmp_path / "vit", "--out", tmp_path / "vit.onnx")
   assert result.exit_code == 0, result.output
   meta = json.loads(serving.sidecar_path(tmp_path / "vit.onnx").read_text())
   assert meta["input"]["shape"] == ["batch", 8, 8, 1] and meta["model"] == "vit"
@@ -330,6 +347,59 @@ def test_16_bit_pictures_are_scaled_to_8_bits_not_clipped(tmp_path):
   Image.fromarray(np.full((8, 8), 70000, np.int32)).save(tmp_path / "wide.tif")
   with pytest.raises(serving.UserError, match="wide.tif.*beyond 16 bits"):
     serving.load_images([tmp_path / "wide.tif"], (8, 8, 1))
+
+
+def test_help_says_what_each_command_reads():
+  predict_help = " ".join(run_cli("predict", "--help").stdout.split())
+  assert "loads its data set" not in predict_help
+  assert "summary.json records (no data)" in predict_help
+  assert "Give the model first" in predict_help
+  export_help = " ".join(run_cli("export-model", "--help").stdout.split())
+  assert "must be where the run's recipe.json says" in export_help
+  assert "Default: from OUT's extension" in export_help
+
+
+def test_a_model_given_among_the_images_is_named_to_go_first(runs, exported, images):
+  model = exported["stablehlo"]
+  # Click takes one value per --images: the second image becomes the source.
+  for source in (model, runs / "student"):
+    _one_line_error(run_cli("predict", "--images", images[0], images[1], source),
+                    f"{images[1]} is no model but {source} is; give the model first: "
+                    f"distill predict {source} --images {images[0]} {images[1]}")
+  _one_line_error(run_cli("predict", "--images", images[0], images[1], images[2], model),
+                  f"distill predict {model} --images {images[0]} {images[1]} {images[2]}")
+
+
+def test_near_misses_for_the_model_say_what_to_give(runs, exported, images, tmp_path):
+  model = exported["onnx" if "onnx" in exported else "stablehlo"]
+  _one_line_error(run_cli("predict", serving.sidecar_path(model), "--images", images[0]),
+                  f"is the sidecar of {model}; give the model file {model}")
+  _one_line_error(run_cli("predict", runs, "--images", images[0]),
+                  f"RUN {runs} is a folder of runs", "student, teacher",
+                  f"(e.g. {runs / 'student'})")
+  _one_line_error(run_cli("predict", runs / "student" / "checkpoints", "--images", images[0]),
+                  f"is inside the run folder {runs / 'student'}; give that folder")
+  imported = copy_runs(runs, tmp_path, imported="teacher") / "imported"
+  (imported / rundir.IMPORTED_FILE).write_text(json.dumps(
+      {"kind": "keras", "source": "/models/net.keras"}))
+  for command in (["predict", imported, "--images", images[0]],
+                  ["export-model", imported, "--out", tmp_path / "m.stablehlo"]):
+    _one_line_error(run_cli(*command), "is an imported teacher",
+                    "run it where it came from (/models/net.keras)",
+                    "give a student it taught (students predict and export)")
+
+
+def test_array_files_get_the_numpy_fix_an_npz_data_set_gets(tmp_path):
+  np.save(tmp_path / "unit.npy", np.full((2, 8, 8, 1), 0.5, np.float32))
+  np.save(tmp_path / "nchw.npy", np.zeros((2, 3, 32, 32), np.uint8))
+  np.save(tmp_path / "nchw_floats.npy", np.zeros((2, 3, 32, 32), np.float32))
+  for name, shape, words in (
+      ("unit.npy", (8, 8, 1), "(x * 255).round().astype(np.uint8)"),
+      ("nchw.npy", (32, 32, 3), "x.transpose(0, 2, 3, 1)"),
+      ("nchw_floats.npy", (32, 32, 3), "x.transpose(0, 2, 3, 1)")):
+    with pytest.raises(serving.UserError, match=None) as error:
+      serving.load_images([tmp_path / name], shape)
+    assert words in str(error.value) and name in str(error.value), error.value
 
 
 # --------------------------------------------------------------------------
