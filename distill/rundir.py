@@ -423,8 +423,8 @@ def check_finished_run(path: Path, what: str = "RUN", *, model: bool = False) ->
   if kind == UNFINISHED:
     hint = "or give a finished run's folder"
   elif kind == IMPORTED_TEACHER:
-    hint = ("it has no model of its own to restore; export or run the model it was "
-            "imported from")
+    hint = ("distill holds only its outputs, no model to restore: run it where it came from, "
+            "or use a student it taught")
   else:
     hint = ("give a finished run's folder, the one `distill teacher` or `distill student` "
             "wrote (e.g. runs/teacher)")
