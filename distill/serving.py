@@ -541,10 +541,13 @@ def predict_logits(source: Path, images: np.ndarray) -> np.ndarray:
 
 
 def format_predictions(result: dict[str, Any]) -> str:
-  """`predict`'s result as text: one line per image, its top classes with probabilities."""
+  """`predict`'s result as text: one line per image, its top classes with probabilities,
+  e.g. 'digit.png: 0 17.14%, 8 14.51%' (`--json` keeps every digit)."""
   lines = []
   for prediction in result["predictions"]:
-    top = ", ".join(f"{entry['class']} {entry['probability']:.4f}" for entry in prediction["top"])
+    # A percentage, so that a class named by a number (digits' "0") does not read as a score.
+    top = ", ".join(f"{entry['class']} {100 * entry['probability']:.2f}%"
+                    for entry in prediction["top"])
     lines.append(f"{prediction['image']}: {top}")
   return "\n".join(lines)
 

@@ -4,6 +4,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -134,7 +135,8 @@ def test_predict_prints_top_k_from_the_run_and_both_exports(runs, exported, imag
     for line in lines:
       entries = line.rsplit(": ", 1)[1].split(", ")
       assert len(entries) == 3
-      assert all(entry.split()[0] in dataset.class_names for entry in entries)
+      assert all(entry.rsplit(" ", 1)[0] in dataset.class_names for entry in entries)
+      assert all(re.fullmatch(r"\d{1,3}\.\d\d%", entry.rsplit(" ", 1)[1]) for entry in entries)
     result = json.loads(_lines(run_cli("predict", source, "--images", *images, "-k", "2",
                                        "--json"))[0])
     assert len(result["predictions"]) == 5
