@@ -160,7 +160,7 @@ def test_logits_file_loads(tmp_path):
     np.testing.assert_allclose(teacher.logits[split], arrays[f"{split}_logits"], rtol=1e-6)
   assert teacher.class_names == names.tolist()
   assert teacher.details["ignored_arrays"] == ["train_labels"]
-  check_logits_fit(teacher, num_train=60, num_test=20, num_classes=10, num_val=10)
+  assert check_logits_fit(teacher, num_train=60, num_test=20, num_classes=10, num_val=10)
 
 
 def _with(**changes):
@@ -204,21 +204,72 @@ def test_unreadable_logits_file(tmp_path):
     open_teacher(tmp_path / "bad.npz")
 
 
-def test_logits_that_do_not_fit_the_data(tmp_path):
-  np.savez(tmp_path / "t.npz", **_logit_arrays(train=59_000, classes=2))
-  teacher = open_teacher(tmp_path / "t.npz")
-  with pytest.raises(UserError, match=(
-      r"train_logits has 59,000 rows; the data set's training images number 60,000 \(the full "
-      r"training set in its own order, before distill's validation split\)")):
-    check_logits_fit(teacher, num_train=60_000, num_test=20, num_classes=2, num_val=10)
-  with pytest.raises(UserError, match="test_logits has 20 rows; .* test images number 21"):
-    check_logits_fit(teacher, num_train=59_000, num_test=21, num_classes=2, num_val=10)
-  with pytest.raises(UserError, match="the logits have 2 classes; the data set has 10"):
-    check_logits_fit(teacher, num_train=59_000, num_test=20, num_classes=10, num_val=10)
-  with pytest.raises(UserError, match="val_logits has 10 rows; .* validation images number 11"):
-    check_logits_fit(teacher, num_train=59_000, num_test=20, num_classes=2, num_val=11)
-  with pytest.raises(UserError, match="val_logits .* no validation split of its own"):
-    check_logits_fit(teacher, num_train=59_000, num_test=20, num_classes=2)
+def _fit(tmp_path, arrays, **sizes):
+  """check_logits_fit of a file of `arrays` against a data set of `sizes`; its error, or None."""
+  np.savez(tmp_path / "t.npz", **arrays)
+  try:
+    return check_logits_fit(open_teacher(tmp_path / "t.npz"), **{"num_classes": 2, **sizes})
+  except UserError as error:
+    assert "\n" not in str(error)
+    return str(error)
+
+
+# digits as the digits recipe splits it: 1,438 training images = 1,288 training rows + 150.
+_DIGITS = {"num_train": 1_288, "num_val": 150, "num_test": 359, "dataset_name": "digits"}
+_BOTH_SHAPES = ("it takes train_logits of all 1,438 training images in its own order, or of "
+                "distill's 1,288 training rows with val_logits of its 150 validation rows")
+
+
+def test_logits_fit_in_either_shape(tmp_path):
+  assert _fit(tmp_path, _logit_arrays(train=1_438, test=359, val=0, classes=2), **_DIGITS) is False
+  assert _fit(tmp_path, _logit_arrays(train=1_288, test=359, val=150, classes=2), **_DIGITS)
+
+
+def test_logits_of_the_wrong_row_count_state_both_shapes(tmp_path):
+  # With val_logits, the training rows expected are distill's 1,288, not all 1,438.
+  message = _fit(tmp_path, _logit_arrays(train=1_000, test=359, val=150, classes=2), **_DIGITS)
+  assert "train_logits has 1,000 rows and val_logits 150; " + _BOTH_SHAPES in message
+  message = _fit(tmp_path, _logit_arrays(train=1_000, test=359, val=0, classes=2), **_DIGITS)
+  assert "train_logits has 1,000 rows; " + _BOTH_SHAPES in message
+  # All training images and val_logits too: the validation rows are labelled twice.
+  message = _fit(tmp_path, _logit_arrays(train=1_438, test=359, val=150, classes=2), **_DIGITS)
+  assert ("train_logits has all 1,438 training images, which already cover the 150 validation "
+          "rows; drop val_logits") in message
+  assert "no validation split" not in message
+  message = _fit(tmp_path, _logit_arrays(train=1_288, test=359, val=140, classes=2), **_DIGITS)
+  assert "train_logits has 1,288 rows and val_logits 140; " + _BOTH_SHAPES in message
+  message = _fit(tmp_path, _logit_arrays(train=1_438, test=358, val=0, classes=2), **_DIGITS)
+  assert message.endswith("does not fit digits: test_logits has 358 rows; the data set's test "
+                          "images number 359")
+  message = _fit(tmp_path, _logit_arrays(train=1_438, test=359, val=0, classes=10), **_DIGITS)
+  assert "the logits have 10 classes; the data set has 2" in message
+  # A data set that comes unsplit (a stream) has no validation rows for val_logits.
+  message = _fit(tmp_path, _logit_arrays(train=60, test=20, val=10, classes=2), num_train=60,
+                 num_val=None, num_test=20)
+  assert "val_logits has 10 rows, but the data set has no validation split" in message
+
+
+def test_logits_made_for_another_packaged_data_set_name_it(tmp_path):
+  sizes = {"num_train": 55_000, "num_val": 5_000, "num_test": 10_000,
+           "dataset_name": "fashion_mnist", "named_as": "fashion_mnist (the recipe's data set)"}
+  for val in (0, 150):
+    message = _fit(tmp_path, _logit_arrays(train=1_438 - val, test=359, val=val, classes=2),
+                   **sizes)
+    assert message.startswith(f"{tmp_path / 't.npz'} does not fit fashion_mnist (the recipe's "
+                              "data set): ")
+    assert message.endswith("; the rows fit digits: pass --recipe digits")
+  message = _fit(tmp_path, _logit_arrays(train=60_000, test=10_000, val=0, classes=2),
+                 **_DIGITS)
+  assert message.endswith("the rows fit fashion_mnist or mnist: pass --recipe fashion_mnist "
+                          "or --dataset mnist")
+
+
+def test_packaged_sizes_are_the_data_sets_own():
+  from distill.data import load_dataset  # noqa: PLC0415
+  from distill.importers.logits import _PACKAGED_SIZES  # noqa: PLC0415
+
+  digits = load_dataset("digits", val_size=150)
+  assert _PACKAGED_SIZES["digits"] == (digits.source_train_size, len(digits.x_test))
 
 
 # --- callables ----------------------------------------------------------------
@@ -241,6 +292,10 @@ _SOURCE = """
       images = np.asarray(images)
       assert images.dtype == np.uint8
       return (images.reshape(len(images), -1).astype(np.float32) / 255) @ WEIGHTS
+
+
+    def list_teacher(images):
+      return [[float(score) for score in row] for row in numpy_teacher(images)]
 
 
     class Model:
@@ -298,6 +353,15 @@ def test_numpy_callable_computes_logits_but_not_online(teachers_module):
   np.testing.assert_allclose(logits, _reference(pixels), rtol=1e-5, atol=1e-5)
 
 
+def test_callable_returning_python_lists_runs_on_the_host(teachers_module):
+  teacher = open_teacher(f"{teachers_module}:list_teacher", image_shape=(28, 28, 1))
+  assert (teacher.num_classes, teacher.can_teach_online) == (10, False)
+  pixels = _pixels(seed=3)
+  logits = teacher.apply(teacher.params, pixels)
+  assert isinstance(logits, np.ndarray) and logits.dtype == np.float32
+  np.testing.assert_allclose(logits, _reference(pixels), rtol=1e-5, atol=1e-5)
+
+
 def test_callable_method_of_an_object(teachers_module):
   teacher = open_callable(f"{teachers_module}:model.predict", (28, 28, 1))
   assert (teacher.num_classes, teacher.can_teach_online) == (4, True)
@@ -314,7 +378,7 @@ def test_callable_method_of_an_object(teachers_module):
      "cannot import module broken_teacher_module .*No module named 'no_such_dependency_xyz'"),
     (f"{_MODULE}:missing", f"{_MODULE} has no attribute 'missing'"),
     (f"{_MODULE}:model.missing", f"{_MODULE}.model has no attribute 'missing'"),
-    (f"{_MODULE}:NOT_CALLABLE", "is a int, not a function"),
+    (f"{_MODULE}:NOT_CALLABLE", "NOT_CALLABLE is not callable: it is an int, not a function"),
     (f"{_MODULE}:flat", r"returned \[2\] for 2 images; .* logits \[batch, classes\]"),
     (f"{_MODULE}:crashes", "failed on 2 black uint8 images .*RuntimeError: out of cheese"),
 ])

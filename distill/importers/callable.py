@@ -60,7 +60,9 @@ def _resolve(source: str) -> Any:
       raise UserError(f"{owner} has no attribute {name!r} (teacher {source})")
     target = getattr(target, name)
   if not callable(target):
-    raise UserError(f"{source} is a {type(target).__name__}, not a function")
+    kind = type(target).__name__
+    article = "an" if kind[:1].lower() in "aeiou" else "a"
+    raise UserError(f"{source} is not callable: it is {article} {kind}, not a function")
   return target
 
 
@@ -93,6 +95,10 @@ def open_callable(source: str, image_shape: tuple[int, int, int] | None = None) 
   def apply(params, pixels):
     del params  # The function holds its own weights.
     outputs = function(_to_uint8(pixels))
+    if isinstance(outputs, (list, tuple)):
+      # Rows of scores as Python lists: an array like any other. Under jax.jit a list of
+      # tracers stacks with jnp; NumPy cannot take tracers, so such a function runs on the host.
+      outputs = np.asarray(outputs) if isinstance(pixels, np.ndarray) else jnp.asarray(outputs)
     check(outputs, pixels.shape[0])
     # Concrete NumPy in, NumPy out: a function that cannot trace never meets jnp here.
     if isinstance(pixels, np.ndarray) and not isinstance(outputs, jax.Array):

@@ -1,10 +1,12 @@
 """Logits a teacher computed anywhere (PyTorch, a cloud API, ...), saved in a .npz file.
 
-The file holds, in the data set's own order:
+The file holds:
 
-  train_logits  [N, C]  every training image, before distill splits off validation (required)
+  train_logits  [N, C]  every training image in the data set's own order, before distill
+                        splits off validation; or, with val_logits, distill's training rows
+                        (`x_train` of `distill.workflow.load_data`) (required)
   test_logits   [M, C]  the test set (required)
-  val_logits    [V, C]  the data set's own validation split, when it has one (optional)
+  val_logits    [V, C]  distill's validation rows (`x_val`) (optional)
   class_names   [C]     strings (optional)
 
 Such a teacher only gives targets: it cannot run on new images (augmented
@@ -114,20 +116,49 @@ def open_logits(path: str | Path) -> ForeignTeacher:
                         class_names=class_names, logits=logits, details=details)
 
 
-def check_logits_fit(teacher: ForeignTeacher, *, num_train: int, num_test: int,
-                     num_classes: int, num_val: int | None = None,
-                     dataset_name: str = "the data") -> None:
+# The packaged data sets' sizes (all training images, test images), to name the one a logits
+# file of the wrong row count fits. Kept here rather than loaded: loading Fashion-MNIST or
+# CIFAR-10 to word an error may mean a download. tests/test_import_foreign.py checks digits.
+_PACKAGED_SIZES = {"digits": (1_438, 359), "fashion_mnist": (60_000, 10_000),
+                   "mnist": (60_000, 10_000), "cifar10": (50_000, 10_000)}
+# How to choose each: its own recipe where it has one.
+_CHOOSE = {"digits": "--recipe digits", "fashion_mnist": "--recipe fashion_mnist",
+           "mnist": "--dataset mnist", "cifar10": "--recipe cifar10"}
+
+
+def _fitting_datasets(rows: dict[str, int], dataset_name: str) -> list[str]:
+  """The other packaged data sets whose training and test sizes the logits' rows match."""
+  train = rows["train"] + rows.get("val", 0)
+  return [name for name, sizes in _PACKAGED_SIZES.items()
+          if name != dataset_name and sizes == (train, rows["test"])]
+
+
+def check_logits_fit(teacher: ForeignTeacher, *, num_train: int, num_val: int | None,
+                     num_test: int, num_classes: int, num_full: int | None = None,
+                     dataset_name: str = "the data", named_as: str | None = None) -> bool:
   """Raises UserError, in one line, naming every way a logits teacher does not fit the data.
+
+  A file fits in one of two shapes: train_logits of all `num_full` training
+  images in the data set's own order (distill splits them as it
+  splits the images), or train_logits of distill's `num_train` training rows
+  with val_logits of its `num_val` validation rows. The error states both,
+  with the numbers, and names another packaged data set the rows do fit.
 
   Args:
     teacher: what `open_logits` returned.
-    num_train: the data set's training images, all of them, before distill splits off
-      validation (train_logits label them in that order).
+    num_train: distill's training rows (after its validation split).
+    num_val: distill's validation rows; None when the data set comes unsplit (a stream's
+      rows are its training set), and then val_logits have nothing to label.
     num_test: its test images.
     num_classes: its classes.
-    num_val: the images of its own validation split; None when it has none, and then
-      val_logits have nothing to label.
-    dataset_name: the data set, as the error names it (the recipe chose it, perhaps by default).
+    num_full: all its training images, before the validation split (and data.train_limit);
+      default `num_train + num_val`.
+    dataset_name: the data set's name, to match against the packaged ones.
+    named_as: how the error names the data set (say, how the recipe chose it); default
+      `dataset_name`.
+
+  Returns:
+    Whether the file has val_logits in distill's split (the second shape).
   """
   if teacher.logits is None:
     raise ValueError(f"{teacher.source} is a {teacher.kind} teacher, not logits")
@@ -136,18 +167,35 @@ def check_logits_fit(teacher: ForeignTeacher, *, num_train: int, num_test: int,
     differences.append(f"the logits have {teacher.num_classes} classes; the data set has "
                        f"{num_classes}")
   rows = {split: len(array) for split, array in teacher.logits.items()}
-  if rows["train"] != num_train:
-    differences.append(f"train_logits has {rows['train']:,} rows; the data set's training "
-                       f"images number {num_train:,} (the full training set in its own order, "
-                       "before distill's validation split)")
+  full = num_full or num_train + (num_val or 0)
+  split = "val" in rows
+  row_problem = None
+  if split and num_val is None:
+    row_problem = (f"val_logits has {rows['val']:,} rows, but the data set has no validation "
+                   "split to label; give train_logits alone")
+  elif split and rows["train"] == full:
+    row_problem = (f"train_logits has all {full:,} training images, which already cover the "
+                   f"{num_val:,} validation rows; drop val_logits")
+  elif split and (rows["train"], rows["val"]) != (num_train, num_val):
+    row_problem = f"train_logits has {rows['train']:,} rows and val_logits {rows['val']:,}"
+  elif not split and rows["train"] != full:
+    row_problem = f"train_logits has {rows['train']:,} rows"
+  if row_problem:
+    differences.append(row_problem)
   if rows["test"] != num_test:
     differences.append(f"test_logits has {rows['test']:,} rows; the data set's test images "
                        f"number {num_test:,}")
-  if "val" in rows and num_val is None:
-    differences.append(f"val_logits has {rows['val']:,} rows, but the data set has no "
-                       "validation split of its own (distill splits it off the training set)")
-  elif "val" in rows and rows["val"] != num_val:
-    differences.append(f"val_logits has {rows['val']:,} rows; the data set's validation images "
-                       f"number {num_val:,}")
-  if differences:
-    raise UserError(f"{teacher.source} does not fit {dataset_name}: " + "; ".join(differences))
+  if not differences:
+    return split
+  if row_problem:
+    accepted = f"it takes train_logits of all {full:,} training images in its own order"
+    if num_val is not None:
+      accepted += (f", or of distill's {num_train:,} training rows with val_logits of its "
+                   f"{num_val:,} validation rows")
+    differences.append(accepted)
+  others = _fitting_datasets(rows, dataset_name)
+  if others:
+    differences.append(f"the rows fit {' or '.join(others)}: pass "
+                       + " or ".join(_CHOOSE[name] for name in others))
+  raise UserError(f"{teacher.source} does not fit {named_as or dataset_name}: "
+                  + "; ".join(differences))
