@@ -177,17 +177,31 @@ def _build_model(recipe: dict[str, Any], role: str, dataset):
   return settings.model, model, count_params(model)
 
 
-def _imported_vit(recipe: dict[str, Any], dataset):
+def _imported_vit(recipe: dict[str, Any], dataset, *, restoring: bool = False):
   """The timm / Hugging Face ViT named by teacher.init_from, ready to fine-tune on `dataset`.
 
   It is fed images standardised by the data set's pixel statistics, like any
   model here, and maps them back to pixels before its own preprocessing.
+  `restoring`: a finished teacher's model is rebuilt (a run's `RecordedInputs`
+  say so too), so a missing folder is named as that run's.
   """
-  from distill.importers.hf_vit import build_vit  # noqa: PLC0415
+  from distill.importers.hf_vit import build_vit, check_init_from  # noqa: PLC0415
   from distill.models import count_params  # noqa: PLC0415
 
+  source = recipe["teacher"]["init_from"]
+  if not Path(source).exists():
+    # A fine-tuned teacher's model is rebuilt from that folder before its checkpoint loads.
+    # Only a finished run is restored from its recorded inputs: then the user named the run.
+    if restoring or isinstance(dataset, RecordedInputs):
+      raise UserError(f"this teacher was fine-tuned from {source} (teacher.init_from in its "
+                      "recipe.json), which is gone: put that ViT folder back there to restore "
+                      "the teacher")
+    raise UserError(f"teacher.init_from {source} not found: --init-from takes a timm or "
+                    "transformers ViT folder, and a teacher fine-tuned from one (its "
+                    "recipe.json names it) needs that folder back where it was")
+  check_init_from(source)
   mean, std = (np.asarray(s, np.float32) for s in _input_stats(dataset))
-  model, info = build_vit(recipe["teacher"]["init_from"], num_classes=dataset.num_classes,
+  model, info = build_vit(source, num_classes=dataset.num_classes,
                           input_scale=255.0 * std, input_shift=255.0 * mean, seed=recipe["seed"])
   # A head kept from the checkpoint does not predict uniformly at step 0: the
   # init check cannot expect log(C) of it.

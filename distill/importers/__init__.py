@@ -64,6 +64,7 @@ def source_kind(source: str) -> str:
   """Which importer reads `source`: 'vit', 'keras', 'logits' or 'callable'."""
   path = Path(source)
   if path.is_dir():
+    _check_not_a_run(path)
     return "vit"
   if path.suffix == ".keras":
     return "keras"
@@ -77,6 +78,25 @@ def source_kind(source: str) -> str:
                     "file, a .npz of logits, or package.module:function")
   raise UserError(f"{source} does not exist (a teacher to import is a folder, a .keras or .npz "
                   "file, or package.module:function)")
+
+
+def _check_not_a_run(folder: Path) -> None:
+  """Refuses a folder distill wrote (a run, exported targets), which is not a ViT to import."""
+  from distill import rundir  # noqa: PLC0415
+
+  if (folder / "config.json").is_file():
+    return  # A ViT's folder, whatever else lies beside it.
+  kind = rundir.folder_kind(folder)
+  if kind in (rundir.FINISHED_TEACHER, rundir.IMPORTED_TEACHER, rundir.TARGETS_ONLY):
+    what = ("already a distill teacher run" if kind == rundir.FINISHED_TEACHER
+            else "already an imported teacher" if kind == rundir.IMPORTED_TEACHER
+            else rundir.describe_folder(folder, kind))
+    raise UserError(f"{folder} is {what}: students learn from it as it is, with "
+                    f"`distill student --teacher {folder}`; there is nothing to import")
+  if kind == rundir.STUDENT:
+    raise UserError(f"{folder} is {rundir.describe_folder(folder, kind)}, not a teacher to "
+                    "import (a folder to import holds a timm or transformers ViT: config.json "
+                    "and model.safetensors)")
 
 
 def open_teacher(source: str | Path, *,

@@ -198,6 +198,29 @@ def build_vit(folder: str | Path, *, num_classes: int | None = None, input_scale
   return model, info
 
 
+def check_init_from(folder: str | Path) -> None:
+  """Refuses, in one line, an --init-from that cannot be fine-tuned: missing, or not a ViT folder.
+
+  Only a ViT folder is rebuilt as a model distill trains; a Keras model, a
+  .npz of logits or a function teaches only as an import.
+  """
+  path = Path(folder)
+  if not path.exists():
+    raise UserError(f"--init-from {folder} not found (it takes a timm or transformers ViT "
+                    "folder: config.json and model.safetensors)")
+  if path.is_dir():
+    if not (path / "config.json").is_file() and (path / "summary.json").is_file():
+      raise UserError(f"--init-from {folder} is a distill run, not a ViT folder; a teacher "
+                      f"run teaches as it is: `distill student --teacher {folder}`")
+    return
+  if path.suffix not in (".keras", ".npz"):
+    raise UserError(f"--init-from {folder} is a file, not a folder; it takes a timm or "
+                    "transformers ViT folder (config.json and model.safetensors)")
+  what = "a Keras model" if path.suffix == ".keras" else "a .npz file of logits"
+  raise UserError(f"--init-from {folder} is {what}: only a timm or transformers ViT folder can "
+                  f"be fine-tuned, and {what} is import-only: `distill import-teacher {folder}`")
+
+
 def read_spec(folder: str | Path) -> VitSpec:
   """Recognises the folder's layout and checks its tensors; raises UserError if it can't import."""
   return _read(folder)[0]
@@ -231,6 +254,9 @@ def _build(folder, *, num_classes, input_scale, input_shift, seed):
 
 def _read(folder) -> tuple[VitSpec, dict[str, np.ndarray]]:
   path = Path(folder)
+  if not path.exists():
+    raise UserError(f"{folder} does not exist (a ViT to import is a folder with config.json "
+                    "and model.safetensors)")
   if not path.is_dir():
     raise UserError(f"{folder} is not a folder (a ViT to import is a folder with config.json "
                     "and model.safetensors)")
