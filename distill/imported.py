@@ -165,11 +165,25 @@ class RunnableTeacher:
 
 def exporting_teacher(run_dir: Path, dataset) -> RunnableTeacher:
   """The imported teacher in `run_dir` reopened from its source, for `distill export`."""
+  record = read_json(Path(run_dir) / rundir.IMPORTED_FILE, "imported teacher record")
+  return RunnableTeacher(_reopen(run_dir, record, dataset), dataset, Path(run_dir))
+
+
+def _reopen(run_dir: Path, record: dict[str, Any], dataset):
+  """The source an imported teacher was made from, opened again (a `ForeignTeacher`).
+
+  The user named the run, not the source: a source moved since the import is
+  said in those terms, not as a bad SOURCE argument of import-teacher.
+  """
   from distill.importers import open_teacher  # noqa: PLC0415
 
-  record = read_json(Path(run_dir) / rundir.IMPORTED_FILE, "imported teacher record")
-  return RunnableTeacher(open_teacher(record["source"], image_shape=dataset.image_shape),
-                         dataset, Path(run_dir))
+  source = record["source"]
+  if record["kind"] != "callable" and not Path(source).exists():
+    raise UserError(f"{run_dir} was imported from {source}, which is gone: put it back there, "
+                    f"or import it again from where it is now with `distill import-teacher "
+                    f"SOURCE -w {run_dir} --overwrite`; students taught by its targets "
+                    "(--teaching targets) need only this folder")
+  return open_teacher(source, image_shape=dataset.image_shape)
 
 
 def _split_logits(teacher, dataset) -> dict[str, np.ndarray]:
@@ -178,16 +192,17 @@ def _split_logits(teacher, dataset) -> dict[str, np.ndarray]:
 
   logits = teacher.logits
   train, test = np.asarray(logits["train"], np.float32), np.asarray(logits["test"], np.float32)
-  if "val" in logits and len(train) == len(dataset.x_train):
-    # Already in distill's split: training rows, then validation rows.
-    check_logits_fit(teacher, num_train=len(dataset.x_train), num_test=len(dataset.x_test),
-                     num_classes=dataset.num_classes, num_val=len(dataset.x_val),
-                     dataset_name=dataset.name)
-    return {"train": train, "val": np.asarray(logits["val"], np.float32), "test": test}
-  full = dataset.source_train_size or len(dataset.x_train)
-  check_logits_fit(teacher, num_train=full, num_test=len(dataset.x_test),
-                   num_classes=dataset.num_classes, dataset_name=dataset.name)
   rows = dataset.train_source_indices
+  # The recipe may have chosen the data set by default: say how to choose another.
+  named_as = (f"{dataset.name} (the recipe's data set; pass --recipe or --dataset for "
+              "another)")
+  in_split = check_logits_fit(
+      teacher, num_train=len(dataset.x_train),
+      num_val=None if rows is None else len(dataset.x_val), num_test=len(dataset.x_test),
+      num_classes=dataset.num_classes, num_full=dataset.source_train_size,
+      dataset_name=dataset.name, named_as=named_as)
+  if in_split:  # Already in distill's split: training rows, then validation rows.
+    return {"train": train, "val": np.asarray(logits["val"], np.float32), "test": test}
   if rows is None:
     return {"train": train, "val": train[:0], "test": test}
   return {"train": train[rows], "val": train[dataset.val_source_indices], "test": test}
@@ -223,6 +238,124 @@ def _check_labels(logits: dict[str, np.ndarray], source: str) -> None:
                     "softmax")
 
 
+def _check_not_in_source(workdir: Path, source: str) -> None:
+  """Refuses a workdir that is the teacher's own folder or inside it.
+
+  The run's files (summary.json, targets.npz, ...) would land among the
+  model's own, and `--overwrite` later deletes by those names.
+  """
+  folder = Path(source).expanduser()
+  if not folder.is_dir():
+    return
+  folder, target = folder.resolve(), workdir.expanduser().resolve()
+  if target == folder or folder in target.parents:
+    where = "the teacher's own folder" if target == folder else f"inside {source}, the teacher"
+    raise UserError(f"--workdir {workdir} is {where}: the run's files would mix with the "
+                    f"model's; give the run a folder of its own, e.g. --workdir "
+                    f"runs/{folder.name}-import")
+
+
+def _fitting_note(teacher, image_shape: tuple[int, int, int]) -> str | None:
+  """A note when the teacher resizes the data set's images or repeats their channel, else None.
+
+  A model made for other images still runs (see `distill.importers`), but the
+  user should hear that it sees the images changed.
+  """
+  shape = teacher.details.get("input_shape") or teacher.details.get("input_size")
+  if not shape or len(shape) < 2:
+    return None  # A flat input (an MLP's), or a size the model leaves open.
+  height, width, channels = image_shape
+  want_h, want_w = shape[0] or height, shape[1] or width
+  want_c = (shape[2] if len(shape) > 2 else 1) or channels
+  changes = []
+  if (want_h, want_w) != (height, width):
+    changes.append(f"resized to {want_h}x{want_w}")
+  if want_c != channels:
+    changes.append(f"repeated to {want_c} channels")
+  if not changes:
+    return None
+  return (f"note: the data set's {height}x{width}x{channels} images are "
+          f"{' and '.join(changes)} to fit the teacher's input")
+
+
+# Thresholds of the warnings about labels no student should quietly learn from.
+# At or below 1.5x chance a teacher has learnt nothing usable of these classes: an untrained
+# model sits at chance, and classes in another order fall below it.
+_CHANCE_FACTOR = 1.5
+# Targets whose median top probability stays above this at T=4 (a usual distillation
+# temperature) are one-hot at every temperature students use. Trained models' logits differ by
+# ~2-20 between the top two classes, which T=4 softens; a model fed inputs 255x too large
+# (scaling done outside it) gives gaps in the hundreds, which no temperature softens. The
+# median, not the mean: a few uncertain images pull the mean below any threshold.
+_ONE_HOT_TOP_PROBABILITY = 0.999
+_SOFTEST_TEMPERATURE = 4.0
+# A test NLL this many times what the accuracy implies (see `_expected_nll`), and at least
+# _NLL_FLOOR nats: trained models, even overconfident ones, come within ~2x of it.
+_NLL_FACTOR = 5.0
+_NLL_FLOOR = 1.0
+
+
+def _top_probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
+  """Each row's largest value of softmax(logits / temperature), in float64."""
+  scaled = np.asarray(logits, np.float64) / temperature
+  scaled -= scaled.max(axis=1, keepdims=True)
+  return 1.0 / np.exp(scaled).sum(axis=1)
+
+
+def _expected_nll(accuracy: float, num_classes: int) -> float:
+  """The NLL of a calibrated model of this accuracy that spreads its doubt evenly.
+
+  It gives its top class probability `accuracy` and each other class
+  (1 - accuracy) / (C - 1): a yardstick a trained model's test NLL comes near.
+  """
+  a = min(max(accuracy, 1e-6), 1 - 1e-6)
+  return float(-(a * np.log(a) + (1 - a) * np.log((1 - a) / (num_classes - 1))))
+
+
+def _label_warnings(teacher, dataset, train_logits: np.ndarray,
+                    summary: dict[str, Any]) -> list[str]:
+  """Loud warnings about labels that import but would teach students little or nothing.
+
+  A teacher at chance (classes in another order, wrong preprocessing, not
+  trained), or one whose targets are one-hot (inputs scaled outside the model),
+  passes every shape check; students would then learn from it in silence.
+  """
+  accuracy, nll = summary["test_accuracy"], summary["test_nll"]
+  classes = dataset.num_classes
+  chance = 1.0 / classes
+  inputs = {"keras": "distill feeds a Keras model raw 0..255 pixels, NHWC",
+            "callable": "distill gives the function uint8 0..255 pixels, NHWC",
+            "logits": "the logits must be of inputs preprocessed as in training"}.get(
+                teacher.kind, "the ViT's config.json gives its mean and std")
+  if accuracy <= _CHANCE_FACTOR * chance:
+    return [f"the imported teacher's test accuracy is {accuracy:.4f}, at or near chance "
+            f"({chance:.4f} for {classes} classes): are its classes in the same order as the data "
+            f"set's ({dataset.name}), and its preprocessing right? ({inputs}) Students would "
+            "learn from these labels"]
+  soft_top = float(np.median(_top_probabilities(train_logits, _SOFTEST_TEMPERATURE)))
+  expected = _expected_nll(accuracy, classes)
+  one_hot = soft_top > _ONE_HOT_TOP_PROBABILITY
+  overconfident = nll > max(_NLL_FACTOR * expected, _NLL_FLOOR)
+  if not (one_hot or overconfident):
+    return []
+  facts = []
+  if one_hot:
+    top = float(np.mean(_top_probabilities(train_logits, 1.0)))
+    facts.append(f"its targets are one-hot (mean top probability {top:.7f} over the training "
+                 f"images; median {soft_top:.5f} even at T={_SOFTEST_TEMPERATURE:g})")
+  if overconfident:
+    facts.append(f"its test NLL {nll:.2f} is far above the ~{expected:.2f} its accuracy "
+                 f"{accuracy:.4f} implies")
+  cause = {"keras": "inputs scaled outside the model: distill gives it 0..255 pixels, so add "
+                    "a keras.layers.Rescaling(1/255) layer (or whatever scaling it was trained "
+                    "with) in front and save it again, or export its logits (.npz)",
+           "callable": "inputs scaled outside the function: it gets uint8 0..255 pixels, so "
+                       "scale them inside it as in training"}.get(
+                           teacher.kind, "inputs not preprocessed as in training")
+  return [f"the imported teacher is overconfident: {' and '.join(facts)}, so students learn "
+          f"little beyond the hard labels. Likely cause: {cause}"]
+
+
 def _identity(workdir: Path, teacher, train_logits: np.ndarray) -> dict[str, Any]:
   """Which teacher made the targets: a hash of its parameters, or of its logits when it has none."""
   from distill.inference import params_sha256  # noqa: PLC0415
@@ -251,14 +384,18 @@ def import_teacher(source: str, recipe: dict[str, Any], workdir: Path, *,
   """
   from distill.export import write_teacher_targets  # noqa: PLC0415
   from distill.importers import open_teacher  # noqa: PLC0415
-  from distill.workflow import load_data  # noqa: PLC0415
+  from distill.workflow import load_fitting_data  # noqa: PLC0415
 
   console = Console(quiet)
   workdir = Path(workdir)
   start = time.perf_counter()
   views = recipe["export"]["views"]
   rundir.check_workdir(workdir)
-  dataset = load_data(recipe)
+  _check_not_in_source(workdir, source)
+  # The teacher path's check of data.val_size (and its note on the batch size students
+  # inherit); the teacher's own batch size is set to 1, since an imported teacher never trains.
+  dataset = load_fitting_data({**recipe, "teacher": {**recipe["teacher"], "batch_size": 1}},
+                              "teacher", console)
   if getattr(dataset, "streaming", False):
     raise UserError("import-teacher labels a data set held in memory; a streamed data set "
                     "is not supported yet")
@@ -278,6 +415,9 @@ def import_teacher(source: str, recipe: dict[str, Any], workdir: Path, *,
   console.info(dataset.describe())
   console.info(f"teacher: {teacher.kind} from {source}"
                + (f", {teacher.num_params:,} parameters" if teacher.num_params else ""))
+  fitting = _fitting_note(teacher, dataset.image_shape)
+  if fitting:
+    console.info(fitting)
   batch = recipe["export"]["batch_size"]
   if logits is None:
     logits = _run_on_splits(teacher, dataset, batch, console)
@@ -299,6 +439,8 @@ def import_teacher(source: str, recipe: dict[str, Any], workdir: Path, *,
                         identity=_identity(workdir, teacher, logits["train"]),
                         seconds=time.perf_counter() - start)
   summary = _summary(teacher, source, dataset, recipe, logits, time.perf_counter() - start)
+  for warning in _label_warnings(teacher, dataset, logits["train"], summary):
+    console.warn(warning)
   if teacher.class_names and list(teacher.class_names) != list(dataset.class_names):
     console.warn(f"the teacher's class names ({', '.join(map(str, teacher.class_names[:4]))}, "
                  f"...) differ from {dataset.name}'s; its class i is taken as the data set's "
@@ -349,7 +491,6 @@ def online_teacher(run_dir: Path, dataset, *, temperature: float, mixup: float, 
   statistics (see `_standardised_apply`).
   """
   from distill.feeders import pixel_stats  # noqa: PLC0415
-  from distill.importers import open_teacher  # noqa: PLC0415
   from distill.teaching import OnlineTeacher  # noqa: PLC0415
 
   record = read_json(Path(run_dir) / rundir.IMPORTED_FILE, "imported teacher record")
@@ -361,6 +502,6 @@ def online_teacher(run_dir: Path, dataset, *, temperature: float, mixup: float, 
     raise UserError(f"{run_dir} is an imported {record['kind']} teacher; hints read a teacher's "
                     "inner layer, which only teachers trained by distill expose. Use another "
                     "--method")
-  teacher = open_teacher(record["source"], image_shape=dataset.image_shape)
+  teacher = _reopen(run_dir, record, dataset)
   return OnlineTeacher(apply=_standardised_apply(teacher, pixel_stats(dataset.x_train)),
                        params=teacher.params, temperature=temperature, mixup=mixup, form=form)

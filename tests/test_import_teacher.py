@@ -2,6 +2,8 @@
 
 import json
 import os
+import shlex
+import shutil
 import sys
 import textwrap
 from pathlib import Path
@@ -222,16 +224,31 @@ def test_a_python_callable_teaches(tmp_path, digits, monkeypatch):
 
 
 def test_init_from_fine_tunes_an_imported_vit(tmp_path, digits):
+  source = shutil.copytree(FIXTURES / "vit_timm", tmp_path / "vit_timm")
   result = run_cli("teacher", "-r", "digits", "-w", tmp_path / "teacher", "-q",
-                   "--init-from", FIXTURES / "vit_timm", "--strict-init-check", *TINY_FLAGS)
+                   "--init-from", source, "--strict-init-check", *TINY_FLAGS)
   assert result.exit_code == 0, result.output
   summary = json.loads((tmp_path / "teacher" / "summary.json").read_text())
   recipe = json.loads((tmp_path / "teacher" / "recipe.json").read_text())
-  assert recipe["teacher"]["init_from"] == str((FIXTURES / "vit_timm").resolve())
+  assert recipe["teacher"]["init_from"] == str(source.resolve())
   assert summary["init_loss_expected"] is None  # its head starts trained, not uniform
   # The fine-tuned teacher restores, exports and teaches like any other.
   student = _student(tmp_path / "teacher", tmp_path / "s", "-m", "mlp", "--teaching", "online")
   assert student["teacher_test_accuracy"] == summary["test_accuracy"]
+  # Its model is rebuilt from the folder it was fine-tuned from: once that is gone, the error
+  # says so in terms of the run, not of an --init-from the user never typed here.
+  source.rename(tmp_path / "moved")
+  np.save(tmp_path / "images.npy", digits.x_test[:2])
+  result = run_cli("predict", tmp_path / "teacher", "--images", tmp_path / "images.npy")
+  assert result.exit_code == 2, result.output
+  assert (f"this teacher was fine-tuned from {source.resolve()} (teacher.init_from in its "
+          "recipe.json), which is gone: put that ViT folder back there") in result.stderr
+  # export-model loads the data set, and is not yet told it restores: the wording fits both.
+  result = run_cli("export-model", tmp_path / "teacher", "--format", "stablehlo", "--out",
+                   tmp_path / "t.stablehlo")
+  assert result.exit_code == 2, result.output
+  assert (f"teacher.init_from {source.resolve()} not found: " in result.stderr
+          and "needs that folder back where it was" in result.stderr)
 
 
 def _callable_module(folder, body):
@@ -282,3 +299,151 @@ def test_bad_sources_are_one_line_errors_that_write_nothing(tmp_path, digits, ma
   assert "--init-from" not in result.stderr  # only a ViT folder can be fine-tuned
   assert len(result.stderr.strip().splitlines()) == 1
   assert not (tmp_path / "teacher" / "summary.json").exists()
+
+
+# --- rough edges a new user met ---------------------------------------------
+
+
+def _split_logits_file(path, digits, *, shift=0, scale=3.0):
+  """Logits in distill's split that score each image's own label `scale` higher, classes
+  rolled by `shift`: accuracy 1 unshifted, 0 shifted by one."""
+  def logits(labels):
+    return np.roll(scale * np.eye(10, dtype=np.float32)[labels], shift, axis=1)
+
+  np.savez(path, train_logits=logits(digits.y_train), val_logits=logits(digits.y_val),
+           test_logits=logits(digits.y_test))
+  return path
+
+
+def test_a_workdir_in_the_teachers_own_folder_is_refused(tmp_path):
+  source = tmp_path / "vit_copy"
+  shutil.copytree(FIXTURES / "vit_timm", source)
+  before = sorted(path.name for path in source.rglob("*"))
+  for workdir in (source, source / "runs" / "t"):
+    result = _import(source, workdir)
+    assert result.exit_code == 2, result.output
+    assert (f"--workdir {workdir} is " in result.stderr
+            and "give the run a folder of its own, e.g. --workdir runs/vit_copy-import"
+            in result.stderr)
+    assert len(result.stderr.strip().splitlines()) == 1
+  assert sorted(path.name for path in source.rglob("*")) == before
+
+
+def test_a_teacher_at_chance_warns_loudly(tmp_path, digits):
+  rotated = _split_logits_file(tmp_path / "rotated.npz", digits, shift=1)
+  result = _import(rotated, tmp_path / "rotated")
+  assert result.exit_code == 0, result.output
+  assert ("test accuracy is 0.0000, at or near chance (0.1000 for 10 classes): are its classes "
+          "in the same order as the data set's (digits), and its preprocessing right?"
+          ) in result.stderr
+  right = _split_logits_file(tmp_path / "right.npz", digits)
+  result = _import(right, tmp_path / "right")
+  assert result.exit_code == 0 and result.stderr == "", result.stderr
+
+
+def _centroid_keras(digits, path, *, rescaling):
+  """A linear Keras model made on pixels / 255 (nearest class mean), with or without the
+  Rescaling layer that makes it take 0..255 pixels."""
+  os.environ.setdefault("KERAS_BACKEND", "jax")
+  import keras  # noqa: PLC0415 (after choosing its backend)
+
+  x = digits.x_train.reshape(len(digits.x_train), -1).astype(np.float32) / 255
+  means = np.stack([x[digits.y_train == c].mean(axis=0) for c in range(10)], axis=1)
+  inputs = keras.Input(digits.image_shape)
+  h = keras.layers.Rescaling(1 / 255)(inputs) if rescaling else inputs
+  dense = keras.layers.Dense(10)
+  outputs = dense(keras.layers.Flatten()(h))
+  dense.set_weights([2 * means, -(means * means).sum(axis=0)])
+  keras.Model(inputs, outputs).save(path)
+  return path
+
+
+def test_a_keras_teacher_scaled_outside_the_model_warns(tmp_path, digits):
+  """Without its Rescaling layer the model still ranks classes right, but its targets are
+  one-hot: distill feeds it 0..255 pixels."""
+  result = _import(_centroid_keras(digits, tmp_path / "bare.keras", rescaling=False),
+                   tmp_path / "bare")
+  assert result.exit_code == 0, result.output
+  summary = json.loads((tmp_path / "bare" / "summary.json").read_text())
+  assert summary["test_accuracy"] > 0.8 and summary["test_nll"] > 10
+  assert "its targets are one-hot" in result.stderr
+  assert f"its test NLL {summary['test_nll']:.2f} is far above" in result.stderr
+  assert "add a keras.layers.Rescaling(1/255) layer" in result.stderr
+  result = _import(_centroid_keras(digits, tmp_path / "scaled.keras", rescaling=True),
+                   tmp_path / "scaled")
+  assert result.exit_code == 0 and result.stderr == "", result.stderr
+
+
+def test_a_teacher_for_other_images_says_it_resizes_them(tmp_path):
+  result = run_cli("import-teacher", FIXTURES / "vit_timm", "-r", "digits", "-w",
+                   tmp_path / "t")
+  assert result.exit_code == 0, result.output
+  assert ("note: the data set's 8x8x1 images are resized to 32x32 and repeated to 3 channels "
+          "to fit the teacher's input") in result.stderr
+
+
+def test_the_readme_logits_example_runs_as_written(tmp_path, monkeypatch):
+  readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+  section = readme[readme.index("### Bring your own teacher"):readme.index("### Ship your")]
+  code, after = section.split("```python\n")[1].split("```", 1)
+  command = next(line for line in after.splitlines()
+                 if line.startswith("distill import-teacher logits.npz"))
+  monkeypatch.chdir(tmp_path)
+  # A stand-in for the user's model: scores from the pixels, any will do.
+  exec(code, {"my_logits": lambda images: images.reshape(len(images), -1)[:, :10]  # noqa: S102
+              .astype(np.float32)})
+  args = shlex.split(command.partition("#")[0])[1:]
+  result = run_cli(*args, "-q")
+  assert result.exit_code == 0, result.output
+  teacher = Path(args[args.index("-w") + 1])
+  assert json.loads((teacher / "summary.json").read_text())["dataset"] == "digits"
+
+
+def test_import_names_the_val_size_that_fits_like_the_teacher_does(tmp_path, digits):
+  """The fashion_mnist recipe holds out 5,000 images: more than digits has."""
+  source = _logits_file(tmp_path / "lr.npz", digits)
+  result = run_cli("import-teacher", source, "--dataset", "digits", "-w", tmp_path / "z", "-q")
+  assert result.exit_code == 2
+  assert ("data.val_size 5000 holds out 5,000 of the 1,438 training images of digits, leaving "
+          "none to train on: pass --set data.val_size=143") in result.stderr
+  assert not (tmp_path / "z").exists()
+
+
+def test_a_moved_source_is_named_as_the_runs_source(tmp_path, digits):
+  source = tmp_path / "vit_digits"
+  shutil.copytree(FIXTURES / "vit_hf", source)
+  teacher = tmp_path / "vit-import"
+  assert _import(source, teacher).exit_code == 0
+  source.rename(tmp_path / "moved")
+  gone = (f"{teacher} was imported from {source}, which is gone: put it back there, or import "
+          "it again")
+  result = run_cli("export", "--teacher", teacher, "-T", 2, "--out", tmp_path / "out", "-q")
+  assert result.exit_code == 2 and gone in result.stderr, result.output
+  assert "--teaching targets) need only this folder" in result.stderr
+  result = run_cli("student", "--teacher", teacher, "-w", tmp_path / "s", "-q", "-m", "mlp",
+                   "--teaching", "online", *TINY_FLAGS)
+  assert result.exit_code == 2 and gone in result.stderr, result.output
+  # Its targets still teach.
+  assert _student(teacher, tmp_path / "s2", "-m", "mlp")["teaching"] == "targets"
+
+
+def test_a_distill_run_or_a_keras_file_is_not_a_vit_to_import_or_fine_tune(tmp_path, digits):
+  run = tmp_path / "teacher"
+  run.mkdir()
+  (run / "summary.json").write_text(json.dumps({"role": "teacher"}))
+  result = _import(run, tmp_path / "again")
+  assert result.exit_code == 2
+  assert (f"{run} is already a distill teacher run: students learn from it as it is, with "
+          f"`distill student --teacher {run}`") in result.stderr
+  keras_file = _centroid_keras(digits, tmp_path / "digits.keras", rescaling=True)
+  for init_from, message in [
+      (tmp_path / "nowhere", f"teacher.init_from {tmp_path / 'nowhere'} not found: "
+                             "--init-from takes a timm or transformers ViT folder"),
+      (keras_file, f"--init-from {keras_file} is a Keras model: only a timm or transformers "
+                   "ViT folder can be fine-tuned, and a Keras model is import-only: `distill "
+                   f"import-teacher {keras_file}`"),
+      (run, f"--init-from {run} is a distill run, not a ViT folder")]:
+    result = run_cli("teacher", "-r", "digits", "-w", tmp_path / "ft", "-q", "--init-from",
+                     init_from, *TINY_FLAGS)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
