@@ -158,13 +158,17 @@ def _input_stats(dataset) -> tuple[list[float], list[float]]:
   return dataset.stats if isinstance(dataset, RecordedInputs) else pixel_stats(dataset.x_train)
 
 
-def _build_model(recipe: dict[str, Any], role: str, dataset):
-  """(model name, the model for `dataset` (or its `RecordedInputs`), its parameter count)."""
+def _build_model(recipe: dict[str, Any], role: str, dataset, *,
+                 restoring: Path | None = None):
+  """(model name, the model for `dataset` (or its `RecordedInputs`), its parameter count).
+
+  `restoring`: the finished run whose model this is, rebuilt to restore its checkpoint.
+  """
   from distill.models import count_params, create_model  # noqa: PLC0415
 
   settings = config_lib.TrainSettings.of(recipe, role)
   if role == "teacher" and recipe["teacher"]["init_from"]:
-    return _imported_vit(recipe, dataset)
+    return _imported_vit(recipe, dataset, restoring=restoring)
   options = dict(settings.model_options)
   if role == "student" and config_lib.DistillSettings.of(recipe).objective_name == "token":
     options["distill_token"] = True  # DeiT's second token and head
@@ -177,13 +181,13 @@ def _build_model(recipe: dict[str, Any], role: str, dataset):
   return settings.model, model, count_params(model)
 
 
-def _imported_vit(recipe: dict[str, Any], dataset, *, restoring: bool = False):
+def _imported_vit(recipe: dict[str, Any], dataset, *, restoring: Path | None = None):
   """The timm / Hugging Face ViT named by teacher.init_from, ready to fine-tune on `dataset`.
 
   It is fed images standardised by the data set's pixel statistics, like any
   model here, and maps them back to pixels before its own preprocessing.
-  `restoring`: a finished teacher's model is rebuilt (a run's `RecordedInputs`
-  say so too), so a missing folder is named as that run's.
+  `restoring`: the finished teacher whose model is rebuilt (a run's
+  `RecordedInputs` say one is), so a missing folder is named as that run's.
   """
   from distill.importers.hf_vit import build_vit, check_init_from  # noqa: PLC0415
   from distill.models import count_params  # noqa: PLC0415
@@ -193,7 +197,8 @@ def _imported_vit(recipe: dict[str, Any], dataset, *, restoring: bool = False):
     # A fine-tuned teacher's model is rebuilt from that folder before its checkpoint loads.
     # Only a finished run is restored from its recorded inputs: then the user named the run.
     if restoring or isinstance(dataset, RecordedInputs):
-      raise UserError(f"this teacher was fine-tuned from {source} (teacher.init_from in its "
+      run = restoring or "this teacher"
+      raise UserError(f"{run} was fine-tuned from {source} (teacher.init_from in its "
                       "recipe.json), which is gone: put that ViT folder back there to restore "
                       "the teacher")
     raise UserError(f"teacher.init_from {source} not found: --init-from takes a timm or "
@@ -353,7 +358,12 @@ def train_teacher(recipe: dict[str, Any], workdir: Path, *, restart: bool = Fals
   settings = config_lib.TrainSettings.of(recipe, "teacher")
   console.info(dataset.describe())
   model_name, model, num_params = _build_model(recipe, "teacher", dataset)
-  console.info(f"teacher: {model_name}, {num_params:,} parameters")
+  fine_tuned = ""
+  if recipe["teacher"]["init_from"]:
+    head = ("its own head" if model.pretrained_head
+            else f"a new head for {dataset.num_classes} classes")
+    fine_tuned = f", fine-tuned from {recipe['teacher']['init_from']} with {head}"
+  console.info(f"teacher: {model_name}, {num_params:,} parameters{fine_tuned}")
   rundir.prepare_workdir(workdir, restart=restart, overwrite=overwrite)
   write_json(workdir / RECIPE_FILE, recipe)
   trained, test, summary = _fit_and_evaluate(
@@ -455,7 +465,7 @@ def restore_trained(run_dir: Path, recipe: dict[str, Any], role: str, dataset):
   if is_imported(run_dir):
     raise UserError(f"{run_dir} is an imported teacher: it has no checkpoint to restore; its "
                     "targets and predictions are already in the folder")
-  _, model, _ = _build_model(recipe, role, dataset)
+  _, model, _ = _build_model(recipe, role, dataset, restoring=Path(run_dir))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   settings = config_lib.TrainSettings.of(recipe, role)
   optimizer = make_optimizer(settings, settings.steps)
