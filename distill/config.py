@@ -8,6 +8,7 @@ training with a default.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -144,6 +145,25 @@ def _type_name(default: Any) -> str:
   return type(default).__name__
 
 
+# Keys whose int default is a count that may also be given as a fraction of the whole.
+_COUNT_OR_FRACTION = {"data.val_size": "of the training images"}
+
+
+def _count_or_fraction(value: Any, dotted: str, where: str, *, typed: bool) -> int | float:
+  """A count (int, 0 or more) or a fraction in [0, 1) for a `_COUNT_OR_FRACTION` key."""
+  if not typed and isinstance(value, str):
+    with contextlib.suppress(ValueError):
+      value = int(value)
+    with contextlib.suppress(ValueError, TypeError):
+      value = float(value) if isinstance(value, str) else value
+  if isinstance(value, int) and not isinstance(value, bool):
+    return value
+  if isinstance(value, float) and 0.0 <= value < 1.0:
+    return value
+  raise UserError(f"recipe key '{dotted}' in {where} must be a count (like 5000) or a fraction "
+                  f"{_COUNT_OR_FRACTION[dotted]} in [0, 1) (like 0.1), got {value!r}")
+
+
 def _coerce(value: Any, default: Any, dotted: str, where: str, *, typed: bool = False) -> Any:
   """Returns `value` converted to the type of `default`, or raises UserError.
 
@@ -152,6 +172,8 @@ def _coerce(value: Any, default: Any, dotted: str, where: str, *, typed: bool = 
   --set's text is parsed, so `steps = "10"` or `flip = "yes"` in a recipe is
   refused like `steps = "ten"` instead of being read as a number.
   """
+  if dotted in _COUNT_OR_FRACTION:
+    return _count_or_fraction(value, dotted, where, typed=typed)
   parse = not typed and isinstance(value, str)
   if isinstance(default, bool):
     if isinstance(value, bool):

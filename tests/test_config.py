@@ -90,6 +90,19 @@ def test_overrides_valid_only_beside_others_wait_for_the_recipe():
   config.check_overrides(["student.mixup=0.4", "student.steps=0"])
 
 
+def test_val_size_is_a_count_or_a_fraction_in_a_file_and_in_set(tmp_path):
+  # As the README says, and as the data loaders take it.
+  path = tmp_path / "frac.toml"
+  path.write_text('base = "digits"\n[data]\nval_size = 0.2\n')
+  assert config.load_recipe(str(path))["data"]["val_size"] == 0.2
+  assert config.load_recipe("digits", ["data.val_size=0.1"])["data"]["val_size"] == 0.1
+  assert config.load_recipe("digits", ["data.val_size=143"])["data"]["val_size"] == 143
+  for bad in ("1.5", "-0.2", "ten"):
+    with pytest.raises(UserError, match=r"data.val_size' in --set must be a count \(like 5000\) "
+                                        r"or a fraction of the training images in \[0, 1\)"):
+      config.load_recipe("digits", [f"data.val_size={bad}"])
+
+
 def test_unknown_key_in_file(tmp_path):
   path = tmp_path / "r.toml"
   path.write_text("[teacher]\nlearning_rat = 1.0\n")
