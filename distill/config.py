@@ -339,6 +339,9 @@ def resolve_overrides(recipe: dict[str, Any], overrides: Sequence[str]) -> dict[
   reads an npz file) drops the recipe's data_dir: a folder belongs to the data
   set it holds. Returns `recipe`.
   """
+  if isinstance(overrides, str):  # one "key=value" would be read as its characters
+    raise UserError(f"overrides must be a list of 'key=value' strings, got the string "
+                    f"{overrides!r}: pass [{overrides!r}]")
   keys = set()
   for text in overrides:
     key, value = parse_override(text)
@@ -429,8 +432,11 @@ def set_key(recipe: dict[str, Any], dotted: str, value: Any, where: str = "--set
       raise _unknown_key(dotted, where)
     node, default = node[part], default[part]
   last = parts[-1]
-  if last not in node or isinstance(node[last], dict):
+  if last not in node:
     raise _unknown_key(dotted, where)
+  if isinstance(node[last], dict):  # a table: its keys take values, not the table
+    keys = ", ".join(f"{dotted}.{key}" for key in node[last])
+    raise UserError(f"recipe key '{dotted}' in {where} is a table; set its keys: {keys}")
   node[last] = _coerce(value, default[last], dotted, where)
 
 
@@ -679,3 +685,16 @@ def _read_by(recipe: dict[str, Any], role: str) -> dict[str, Any]:
 def merge_resolved(recipe: dict[str, Any], other: dict[str, Any], where: str) -> None:
   """Merges another resolved recipe (e.g. a teacher run's recipe.json) into `recipe`."""
   _merge(recipe, other, where)
+
+
+def checked_recipe(recipe: dict[str, Any], where: str = "the recipe given") -> dict[str, Any]:
+  """A resolved recipe built or edited in Python, checked as a recipe file is.
+
+  Unknown keys, values of the wrong type and out-of-range values are refused
+  with the same one-line errors (`steps = -5` would otherwise train nothing
+  and write a finished run). Returns a copy laid over the defaults.
+  """
+  resolved = copy.deepcopy(DEFAULTS)
+  _merge(resolved, recipe, where)
+  validate(resolved)
+  return resolved

@@ -349,6 +349,7 @@ def train_teacher(recipe: dict[str, Any], workdir: Path, *, restart: bool = Fals
   """
   from distill.teaching import make_objective  # noqa: PLC0415
 
+  recipe = config_lib.checked_recipe(recipe)  # a dict edited in Python is checked too
   console = Console(quiet)
   workdir = Path(workdir)
   start = time.perf_counter()
@@ -650,6 +651,7 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
   from distill import teaching as teaching_lib  # noqa: PLC0415
   from distill.metrics import accuracy, top1_agreement  # noqa: PLC0415
 
+  recipe = config_lib.checked_recipe(recipe)  # a dict edited in Python is checked too
   console = Console(quiet)
   teacher_dir, workdir = Path(teacher_dir), Path(workdir)
   start = time.perf_counter()

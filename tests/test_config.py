@@ -103,6 +103,23 @@ def test_val_size_is_a_count_or_a_fraction_in_a_file_and_in_set(tmp_path):
       config.load_recipe("digits", [f"data.val_size={bad}"])
 
 
+def test_a_recipe_edited_in_python_is_checked_before_a_run_starts(tmp_path):
+  from distill import workflow  # noqa: PLC0415
+
+  for key, value, words in (("steps", -5, "teacher.steps must be positive, got -5"),
+                            ("steps", "30", "'teacher.steps' in the recipe given must be int"),
+                            ("stpes", 30, "unknown recipe key 'teacher.stpes'")):
+    recipe = config.load_recipe("digits")
+    recipe["teacher"][key] = value
+    with pytest.raises(UserError, match=words):
+      workflow.train_teacher(recipe, tmp_path / "run", quiet=True)
+    recipe = config.load_recipe("digits")
+    recipe["student"][key] = value
+    with pytest.raises(UserError, match=words.replace("teacher", "student")):
+      workflow.train_student(recipe, tmp_path / "teacher", tmp_path / "student", quiet=True)
+  assert not list(tmp_path.iterdir())  # nothing written: no run to --restart later
+
+
 def test_unknown_key_in_file(tmp_path):
   path = tmp_path / "r.toml"
   path.write_text("[teacher]\nlearning_rat = 1.0\n")
