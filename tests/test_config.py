@@ -38,12 +38,20 @@ def test_defaults_then_file_then_overrides(tmp_path):
     ("no_equals_sign", ["key=value"]),
     ("seed=-1", ["seed must be 0 or more, got -1"]),
     ("data.split_seed=-3", ["data.split_seed must be 0 or more, got -3"]),
+    ("teacher.vit=3", ["'teacher.vit' in --set is a table; set its keys: teacher.vit.patch, "
+                       "teacher.vit.width"]),
 ])
 def test_bad_overrides_name_the_problem(override, words):
   with pytest.raises(UserError) as error:
     config.load_recipe("digits", [override])
   for word in words:
     assert word in str(error.value)
+
+
+def test_one_override_given_as_a_string_is_named():
+  with pytest.raises(UserError, match=r"overrides must be a list of 'key=value' strings, got the "
+                                      r"string 'teacher.steps=5': pass \['teacher.steps=5'\]"):
+    config.load_recipe("digits", "teacher.steps=5")
 
 
 def test_a_flag_and_a_set_of_one_key_must_agree():
