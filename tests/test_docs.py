@@ -60,3 +60,30 @@ def test_links_reach_existing_files_and_headings(document):
       elif fragment and linked.suffix == ".md" and fragment not in _anchors(linked):
         broken.append(f"{target}: no such heading")
   assert not broken, f"{document}: " + "; ".join(broken)
+
+
+def _python_blocks(path: Path) -> list[str]:
+  """The document's ```python blocks."""
+  return re.findall(r"```python\n(.*?)```", path.read_text(), re.DOTALL)
+
+
+def test_readme_python_names_what_the_package_has():
+  """Every `module.name` a README snippet takes from a distill module, and every name it imports
+  from one, exists: a function moved to another module broke a snippet before."""
+  import importlib  # noqa: PLC0415
+
+  missing = []
+  for block in _python_blocks(ROOT / "README.md"):
+    modules = {}
+    for package, names in re.findall(r"^from (distill[\w.]*) import ([\w, ]+)", block, re.M):
+      for name in (name.strip() for name in names.split(",")):
+        try:
+          modules[name] = importlib.import_module(f"{package}.{name}")
+        except ModuleNotFoundError:  # a function or class of the package, not a module
+          if not hasattr(importlib.import_module(package), name):
+            missing.append(f"{package}.{name}")
+    for module_name, attribute in re.findall(r"\b(\w+)\.(\w+)\(", block):
+      module = modules.get(module_name)
+      if module is not None and not hasattr(module, attribute):
+        missing.append(f"{module.__name__}.{attribute}")
+  assert missing == []
