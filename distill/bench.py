@@ -166,6 +166,10 @@ def _resolve_data(recipe: dict[str, Any], synthetic: str | None) -> _BenchData:
     except (ValueError, AssertionError):
       raise UserError("--synthetic expects HxWxC:N:CLASSES like 32x32x3:50000:10, "
                       f"got '{synthetic}'") from None
+    if min(image_shape) < 1 or num_examples < 1 or num_classes < 2:
+      # A classifier's step-0 check (log of the classes) needs two classes at least.
+      raise UserError(f"--synthetic {synthetic}: the sizes and N must be at least 1 and "
+                      "CLASSES at least 2, like 32x32x3:50000:10")
     images, labels = synthetic_images(num_examples, image_shape, num_classes)
     val_images, val_labels = synthetic_images(1000, image_shape, num_classes, seed=1)
     return _BenchData(images, labels, val_images, val_labels, image_shape, num_classes,

@@ -50,6 +50,8 @@ def test_bench_steps_and_synthetic_data():
     (["--steps", "0"], "--steps must be positive, got 0"),
     (["--bare-steps", "-1"], "--bare-steps must be positive, got -1"),
     (["--synthetic", "32x32:10"], "--synthetic expects HxWxC:N:CLASSES"),
+    (["--synthetic", "8x8x1:100:1"], "CLASSES at least 2"),
+    (["--synthetic", "8x0x1:100:4"], "the sizes and N must be at least 1"),
 ])
 def test_bench_rejects_bad_arguments(args, message):
   result = run_cli("bench", "--recipe", "digits", *TINY_FLAGS, "--json", "-q", *args)
