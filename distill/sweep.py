@@ -289,9 +289,21 @@ def _checked_runs(runs: list[dict[str, Any]], teacher_dir: Path, out_dir: Path,
     names = ", ".join(str(run["dir"]) for run in clashes[:3])
     names += ", ..." if len(clashes) > 3 else ""
     raise UserError(f"{len(clashes)} run folder(s) hold runs made with another recipe or "
-                    f"teacher: {names}; "
+                    f"teacher: {names} ({clashes[0]['name']}: {_what_changed(clashes[0])}); "
                     "pass --overwrite to retrain them, or choose another --out")
   return runs
+
+
+def _what_changed(run: dict[str, Any]) -> str:
+  """What differs between a run folder's recipe and the one the sweep would give it now."""
+  saved = rundir.saved_recipe(run["dir"])
+  try:
+    changed = config_lib.recipe_differences(saved, run["recipe"], "student") if saved else []
+  except (KeyError, TypeError):  # a recipe.json of another layout names no keys
+    changed = []
+  if not changed:
+    return "the same recipe, taught by another teacher" if saved else "its recipe is unknown"
+  return "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
 
 
 def _train_missing(runs: list[dict[str, Any]], teacher_dir: Path, console: Console,

@@ -130,6 +130,7 @@ def test_a_run_made_with_another_recipe_needs_overwrite(swept, tmp_path):
   assert run_cli("sweep", *one, "--steps", "10").exit_code == 0
   refused = run_cli("sweep", *one, "--steps", "5")
   assert refused.exit_code == 2 and "another recipe" in refused.stderr
+  assert "(linear-hard-s0: student.steps: 10 -> 5)" in refused.stderr  # what changed
   assert "--overwrite" in refused.stderr
   assert json.loads((tmp_path / "linear-hard-s0" / "summary.json").read_text())["steps"] == 10
   assert run_cli("sweep", *one, "--steps", "5", "--overwrite").exit_code == 0
@@ -147,6 +148,7 @@ def test_a_run_taught_by_another_teacher_needs_overwrite(swept, tmp_path):
   summary_path.write_text(json.dumps({**summary, "teacher_params_sha256": "0" * 64}))
   refused = run_cli("sweep", *one)
   assert refused.exit_code == 2 and "another recipe or teacher" in refused.stderr
+  assert "(linear-targets-s0: the same recipe, taught by another teacher)" in refused.stderr
   assert run_cli("sweep", *one, "--overwrite").exit_code == 0
   assert json.loads(summary_path.read_text())["teacher_params_sha256"] == summary[
       "teacher_params_sha256"]
