@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import difflib
 import functools
 import hashlib
 import json
@@ -258,8 +259,15 @@ def resolve_recipe_path(recipe: str | None) -> Path | None:
     if candidate.is_file():
       return candidate
   known = recipe_names()
-  raise UserError(f"recipe '{recipe}' not found "
-                  f"(a file path, or one of: {', '.join(known) or 'none'})")
+  if path.is_dir():
+    files = sorted(child.name for child in path.glob("*.toml"))
+    raise UserError(f"recipe '{recipe}' is a folder; give one of its recipe files"
+                    + (f": {', '.join(str(path / name) for name in files[:5])}" if files
+                       else " (it holds no .toml file)"))
+  close = difflib.get_close_matches(recipe, known, n=1)
+  guess = f"did you mean '{close[0]}'? " if close else ""
+  raise UserError(f"recipe '{recipe}' not found ({guess}a file path, or one of: "
+                  f"{', '.join(known) or 'none'})")
 
 
 def parse_override(text: str) -> tuple[str, str]:

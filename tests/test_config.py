@@ -142,6 +142,13 @@ def test_bad_toml_and_missing_recipe(tmp_path):
     config.load_recipe(str(path))
   with pytest.raises(UserError, match="not found.*digits"):
     config.load_recipe("no_such_recipe")
+  with pytest.raises(UserError, match=r"recipe 'digit' not found \(did you mean 'digits'\?"):
+    config.load_recipe("digit")
+  (tmp_path / "mine").mkdir()
+  (tmp_path / "mine" / "a.toml").write_text('base = "digits"\n')
+  with pytest.raises(UserError, match=f"recipe '{tmp_path / 'mine'}' is a folder; give one of its "
+                                      f"recipe files: {tmp_path / 'mine' / 'a.toml'}"):
+    config.load_recipe(str(tmp_path / "mine"))
 
 
 def test_recipe_hash_tracks_changes():
