@@ -88,14 +88,21 @@ def load_targets(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]
 
 def check_targets_match(meta: dict[str, Any], *, dataset_name: str, fingerprint: str,
                         train_fingerprint: str, num_examples: int, num_classes: int,
-                        path: Path | str = "targets") -> None:
-  """Raises UserError naming every way the targets differ from the loaded data."""
+                        path: Path | str = "targets", name_is_folder: bool = False) -> None:
+  """Raises UserError naming every way the targets differ from the loaded data.
+
+  name_is_folder: `dataset_name` is only the data's folder (a stream's), so it
+  is not compared: the fingerprints say whether the data is the same, as for
+  an npz file, whose name is 'npz' wherever the file lies.
+  """
   differences = []
-  if meta.get("dataset") != dataset_name:
+  if meta.get("dataset") != dataset_name and not name_is_folder:
     differences.append(f"dataset {meta.get('dataset')!r} vs {dataset_name!r}")
   if meta.get("dataset_fingerprint") != fingerprint:
-    differences.append(
-        f"dataset fingerprint {str(meta.get('dataset_fingerprint'))[:12]} vs {fingerprint[:12]}")
+    names = (f" (folder {meta.get('dataset')!r} vs {dataset_name!r})" if name_is_folder
+             and meta.get("dataset") != dataset_name else "")
+    differences.append(f"dataset fingerprint {str(meta.get('dataset_fingerprint'))[:12]} vs "
+                       f"{fingerprint[:12]}{names}")
   if meta.get("train_fingerprint") != train_fingerprint:
     differences.append("training split (val_size, split_seed, train_limit or labelled differ)")
   if meta.get("num_examples") != num_examples:
@@ -195,10 +202,11 @@ def open_targets(teacher_dir: Path, dataset) -> TargetsStore:
     source = dataset.stream.train
     shards = open_target_shards(teacher_dir, num_examples=source.num_examples,
                                 num_classes=dataset.num_classes)
+    # A moved or renamed shard folder is the same data: its name is only where it lies.
     check_targets_match(shards.meta, dataset_name=dataset.name, fingerprint=dataset.fingerprint,
                         train_fingerprint=dataset.split_fingerprint("train"),
                         num_examples=source.num_examples, num_classes=dataset.num_classes,
-                        path=shards.path)
+                        path=shards.path, name_is_folder=True)
     with np.load(teacher_dir / PREDICTIONS_FILE) as predictions:
       test_logits = predictions["test_logits"]
     return _ShardStore(shards, test_logits)

@@ -1,6 +1,7 @@
 """Training from array shards on disk: the same run as from memory, on 1 and 2 devices."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from conftest import LOGGED_EVERY_5, TINY, TINY_FLAGS, logged, run_cli, run_dist
 from distill import bench, config, run_recipe, workflow
 from distill import data as data_lib
 from distill.data.shards import open_target_shards, write_array_shards
+from distill.errors import UserError
 from distill.targets import open_targets
 
 SET = LOGGED_EVERY_5
@@ -93,3 +95,37 @@ def test_overwriting_a_streamed_teacher_removes_its_old_target_shards(digits_sha
   assert again.exit_code == 0, again.output
   # Left behind, the old shards would teach students the replaced teacher's targets.
   assert not (workdir / "targets-shards").exists()
+
+
+@pytest.fixture(scope="module")
+def streamed_teacher(digits_shards, tmp_path_factory):
+  """A TINY teacher trained on `digits_shards`, with its target shards."""
+  workdir = tmp_path_factory.mktemp("streamed-teacher") / "teacher"
+  result = run_cli("teacher", "-r", "digits", "-w", workdir, "-q", *TINY_FLAGS,
+                   "--dataset", "stream", "--data-dir", digits_shards)
+  assert result.exit_code == 0, result.output
+  return workdir
+
+
+def _stream_data(data_dir):
+  return workflow.load_data(config.load_recipe("digits", [
+      *TINY, "data.dataset=stream", f"data.data_dir={data_dir}"]))
+
+
+def test_target_shards_follow_their_data_to_another_folder(digits_shards, streamed_teacher,
+                                                          tmp_path):
+  moved = tmp_path / "moved"
+  shutil.copytree(digits_shards, moved)
+  # The same data under another folder's name: the targets still fit it.
+  store = open_targets(streamed_teacher, _stream_data(moved))
+  assert store.meta["dataset"] == digits_shards.name
+  # Other data in that folder is still refused.
+  raw = data_lib.DATASETS["digits"](data_dir=None, allow_download=False)
+  images = raw.x_train.copy()
+  images[0] = 255 - images[0]
+  write_array_shards(moved / "train", (images, raw.y_train), class_names=raw.class_names,
+                     shard_size=300, overwrite=True)
+  with pytest.raises(UserError, match="made for other data: dataset fingerprint .* vs .* "
+                                      r"\(folder '.*' vs 'moved'\)"):
+    open_targets(streamed_teacher, _stream_data(moved))
+
