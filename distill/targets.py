@@ -16,7 +16,13 @@ import numpy as np
 
 from distill.errors import UserError
 from distill.io import array_sha256, write_json, write_npz
-from distill.rundir import PREDICTIONS_FILE, TARGETS_FILE, TARGETS_META_FILE
+from distill.rundir import (
+    PREDICTIONS_FILE,
+    TARGET_SHARDS_DIR,
+    TARGETS_FILE,
+    TARGETS_META_FILE,
+    saved_recipe,
+)
 
 FORMAT_VERSION = 1
 _ARRAYS = ("train_probs", "train_logits", "test_logits")
@@ -193,9 +199,41 @@ class _SplitRows:
     return self._store.read_logits(self._global[key])
 
 
+def _check_same_kind_of_data(teacher_dir: Path, dataset) -> None:
+  """Refuses a student whose data is streamed when its teacher's was in memory, or the reverse.
+
+  Streamed data has target shards, in-memory data targets.npz; telling such a
+  student to export its teacher's targets would go round in circles, since
+  the export writes the teacher's kind again.
+  """
+  streaming = getattr(dataset, "streaming", False)
+  has_npz = (teacher_dir / TARGETS_FILE).is_file()
+  has_shards = (teacher_dir / TARGET_SHARDS_DIR).is_dir()
+  if has_shards if streaming else has_npz:
+    return
+  data = (saved_recipe(teacher_dir) or {}).get("data") or {}
+  teacher_streamed = has_shards or (not has_npz and data.get("dataset") == "stream")
+  if teacher_streamed == streaming:
+    return  # Targets of the same kind, or none: the loaders below say what to do.
+  take = "or leave out --dataset and --data-dir to take the teacher's"
+  if teacher_streamed:
+    where = data.get("data_dir") or "the teacher's shard folder"
+    raise UserError(f"the teacher in {teacher_dir} was trained on streamed data ({where}) and its "
+                    f"targets are shards, but this student's data ({dataset.name}) is in memory; "
+                    f"give the student the same data: --dataset stream --data-dir {where} "
+                    f"({take})")
+  name = data.get("dataset") or "the teacher's data set"
+  flags = f"--dataset {name}" + (f" --data-dir {data['data_dir']}" if data.get("data_dir")
+                                 else "")
+  raise UserError(f"the teacher in {teacher_dir} was trained on {name} in memory and its targets "
+                  f"are {TARGETS_FILE}, but this student streams {dataset.name}; "
+                  f"give the student the same data: {flags} ({take})")
+
+
 def open_targets(teacher_dir: Path, dataset) -> TargetsStore:
   """The targets in `teacher_dir`, checked against `dataset` (target shards if it is streamed)."""
   teacher_dir = Path(teacher_dir)
+  _check_same_kind_of_data(teacher_dir, dataset)
   if getattr(dataset, "streaming", False):
     from distill.data.shards import open_target_shards  # noqa: PLC0415
 

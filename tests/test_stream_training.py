@@ -129,3 +129,20 @@ def test_target_shards_follow_their_data_to_another_folder(digits_shards, stream
                                       r"\(folder '.*' vs 'moved'\)"):
     open_targets(streamed_teacher, _stream_data(moved))
 
+
+def test_a_student_on_the_other_kind_of_data_than_its_teacher_is_told_which(
+    digits_shards, streamed_teacher, tiny_digits_runs, tmp_path):
+  # A streamed teacher's targets are shards: exporting again would write shards again.
+  result = run_cli("student", "--teacher", streamed_teacher, "--dataset", "digits",
+                   "-w", tmp_path / "memory-student", "-q", *TINY_FLAGS)
+  assert result.exit_code != 0
+  assert "trained on streamed data" in result.output
+  assert f"--dataset stream --data-dir {digits_shards}" in result.output
+  assert "distill export" not in result.output
+  # And the reverse: an in-memory teacher's targets.npz for a streamed student.
+  result = run_cli("student", "--teacher", tiny_digits_runs / "teacher", "--dataset", "stream",
+                   "--data-dir", digits_shards, "-w", tmp_path / "stream-student", "-q",
+                   *TINY_FLAGS)
+  assert result.exit_code != 0
+  assert "trained on digits in memory" in result.output
+  assert "give the student the same data: --dataset digits " in result.output
