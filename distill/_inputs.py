@@ -9,6 +9,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -61,11 +62,13 @@ def _check_label_smoothing(label_smoothing):
 
 
 def _check_n_classes(n_classes):
-  if isinstance(n_classes, bool) or not isinstance(n_classes, int):
+  # numpy integers are accepted: `labels.max() + 1` is one. Bools are not (np.bool_ is no
+  # np.integer).
+  if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)):
     raise ValueError(f"n_classes must be an int, got {n_classes!r}")
   if n_classes < 2:
     raise ValueError(f"n_classes must be >= 2, got {n_classes}")
-  return n_classes
+  return int(n_classes)
 
 
 def _as_logits(logits, name="logits"):

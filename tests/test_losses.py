@@ -412,6 +412,14 @@ def test_other_functions_reject_invalid_values(call, match):
     call()
 
 
+def test_n_classes_may_be_a_numpy_integer():
+  # `labels.max() + 1` is an np.int64.
+  assert losses.expected_init_loss(np.int64(C)) == pytest.approx(math.log(C))
+  assert losses.init_loss_check(math.log(C), np.int32(C)).ok
+  with pytest.raises(ValueError, match="n_classes must be an int, got np.True_"):
+    losses.expected_init_loss(np.bool_(True))
+
+
 def test_out_of_range_labels_give_nan():
   x, _, _ = random_problem((4,))
   labels = np.array([0, C, -1, 1], np.int32)

@@ -582,6 +582,11 @@ def test_expected_init_token(n_classes, variant, temperature):
     assert got == pytest.approx(math.log(n_classes))
 
 
+def test_expected_init_token_takes_a_numpy_n_classes():
+  # `labels.max() + 1` is an np.int64.
+  assert losses.expected_init_token(np.int64(5)) == pytest.approx(math.log(5))
+
+
 # ---------------------------------------------------------------------------
 # Validation and exports.
 # ---------------------------------------------------------------------------
@@ -603,6 +608,7 @@ def test_expected_init_token(n_classes, variant, temperature):
      "student_logits shape (4, 5) must equal teacher_logits shape (4, 4)"),
     (lambda s, y: losses.dkd_loss(s, s, y.astype(np.float32)),
      "labels must be integer class indices, got dtype float32"),
+    (lambda s, y: losses.expected_init_token(np.bool_(True)), "n_classes must be an int"),
     (lambda s, y: losses.dkd_loss(s, s, y[:3]),
      "labels shape (3,) must equal the logits shape without the class axis (4,)"),
     (lambda s, y: losses.dist_loss(s, s, beta=-1.0), "beta must be finite and >= 0, got -1.0"),
