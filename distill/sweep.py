@@ -48,6 +48,7 @@ from typing import Any
 from distill import config as config_lib
 from distill import interrupts, rundir
 from distill.console import Console
+from distill.data.checks import first_few
 from distill.errors import UserError
 from distill.io import read_json, write_json, write_text
 from distill.sweep_results import (
@@ -259,6 +260,14 @@ def run_sweep(teacher_dir: Path, out_dir: Path, *, models: Iterable[str] = ("cnn
               "recipe": str(recipe_file.resolve()) if recipe_file and recipe_file.is_file()
               else recipe,
               "overrides": overrides, "overwrite": overwrite}
+  names = {run["name"] for run in runs}
+  others = sorted(child.name for child in out_dir.iterdir()
+                  if child.name not in names and (child / rundir.SUMMARY_FILE).is_file())
+  if others:  # the earlier table covered them; this one will not
+    console.info(f"note: {SWEEP_MD} and {SWEEP_JSON} cover this command's {len(runs)} run(s); "
+                 f"{len(others)} other finished run(s) in {out_dir} ({first_few(others)}) are "
+                 "left out: give their --model, --mode, --method and --seed values too to "
+                 "tabulate them")
   return _write_sweep(runs, teacher, settings, teacher_dir, out_dir, start=start)
 
 

@@ -4,6 +4,7 @@ import html
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -121,6 +122,18 @@ def test_rerun_keeps_finished_runs(swept):
   assert result.stderr.count("same recipe, kept") == 8 and "[8/8]" in result.stderr
   assert {name: (out / name / "summary.json").stat().st_mtime_ns for name in RUN_NAMES} == before
   assert json.loads((out / "sweep.json").read_text())["rows"] == rows
+  assert "left out" not in result.stderr
+
+
+def test_a_rerun_with_fewer_runs_says_what_its_table_leaves_out(swept, tmp_path):
+  root, _ = swept
+  out = shutil.copytree(root / "sweep", tmp_path / "sweep")
+  result = run_cli("sweep", "--teacher", root / "teacher", "--out", out, "--model", "mlp",
+                   "--mode", "hard", "--seed", "0", "--steps", "10")
+  assert result.exit_code == 0, result.output
+  assert ("note: sweep.md and sweep.json cover this command's 1 run(s); 7 other finished run(s) "
+          f"in {out} (linear-hard-s0, linear-hard-s1, linear-targets-s0, linear-targets-s1, "
+          "mlp-hard-s1 and 2 more) are left out") in result.stderr
 
 
 def test_a_run_made_with_another_recipe_needs_overwrite(swept, tmp_path):
