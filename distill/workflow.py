@@ -486,9 +486,16 @@ def restore_trained(run_dir: Path, recipe: dict[str, Any], role: str, dataset):
   return TrainedModel(graphdef, rest, state["params"], _input_stats(dataset)), step
 
 
-def check_same_data(recipe: dict[str, Any], other: dict[str, Any], what: str) -> None:
-  """Refuses a teacher whose recipe trained on another data set or split."""
+def check_same_data(recipe: dict[str, Any], other: dict[str, Any], what: str, *,
+                    same_contents: bool = False) -> None:
+  """Refuses a teacher whose recipe trained on another data set or split.
+
+  `same_contents`: the data's fingerprints match, so a data_dir that differs
+  is the same data moved or copied (an npz file, a shard folder), not other data.
+  """
   keys = ("dataset", "data_dir", "val_size", "split_seed", "train_limit", "labelled")
+  if same_contents:
+    keys = tuple(key for key in keys if key != "data_dir")
   differences = [f"data.{k} {other['data'][k]!r} vs {recipe['data'][k]!r}" for k in keys
                  if other["data"][k] != recipe["data"][k]]
   if differences:
@@ -511,7 +518,9 @@ def _online_teacher(recipe: dict[str, Any], teacher_dir: Path, dataset, *, form:
     return strategy, targets.test_logits, targets.identity
   rundir.check_teacher_folder(teacher_dir, needs="model")
   teacher_recipe = read_run_recipe(teacher_dir)
-  check_same_data(recipe, teacher_recipe, f"teacher {teacher_dir}")
+  teacher_summary = read_json(teacher_dir / SUMMARY_FILE, "teacher summary")
+  check_same_data(recipe, teacher_recipe, f"teacher {teacher_dir}",
+                  same_contents=teacher_summary.get("dataset_fingerprint") == dataset.fingerprint)
   model, step = restore_trained(teacher_dir, teacher_recipe, "teacher", dataset)
   test_logits = model.logits(dataset.x_test, recipe["export"]["batch_size"])
   identity = teacher_identity(teacher_dir, teacher_recipe, step, model.params)

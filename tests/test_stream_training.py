@@ -119,6 +119,10 @@ def test_target_shards_follow_their_data_to_another_folder(digits_shards, stream
   # The same data under another folder's name: the targets still fit it.
   store = open_targets(streamed_teacher, _stream_data(moved))
   assert store.meta["dataset"] == digits_shards.name
+  # Online teaching too: the teacher's recipe names the old folder, its fingerprint the data.
+  result = run_cli("student", "--teacher", streamed_teacher, "--data-dir", moved, "--teaching",
+                   "online", "-m", "mlp", "-w", tmp_path / "online", "-q", *TINY_FLAGS)
+  assert result.exit_code == 0, result.output
   # Other data in that folder is still refused.
   raw = data_lib.DATASETS["digits"](data_dir=None, allow_download=False)
   images = raw.x_train.copy()
