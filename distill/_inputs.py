@@ -76,6 +76,8 @@ def _as_logits(logits, name="logits"):
   if x.ndim < 1:
     raise ValueError(
         f"{name} must have a class axis (last axis), got a scalar")
+  if x.shape[-1] == 0:
+    raise ValueError(f"{name} have no classes (shape {x.shape}); the last axis holds the classes")
   # float32 even for bf16/f16 inputs: exp/log/sum lose too much otherwise.
   return x.astype(jnp.float32)
 

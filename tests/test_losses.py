@@ -420,6 +420,13 @@ def test_n_classes_may_be_a_numpy_integer():
     losses.expected_init_loss(np.bool_(True))
 
 
+def test_logits_without_classes_say_so():
+  with pytest.raises(ValueError, match=r"^logits have no classes \(shape \(4, 0\)\)"):
+    losses.softmax(np.zeros((4, 0), np.float32))
+  # An empty batch is fine: only the class axis must not be empty.
+  assert losses.softmax(np.zeros((0, C), np.float32)).shape == (0, C)
+
+
 def test_out_of_range_labels_give_nan():
   x, _, _ = random_problem((4,))
   labels = np.array([0, C, -1, 1], np.int32)

@@ -609,6 +609,8 @@ def test_expected_init_token_takes_a_numpy_n_classes():
     (lambda s, y: losses.dkd_loss(s, s, y.astype(np.float32)),
      "labels must be integer class indices, got dtype float32"),
     (lambda s, y: losses.expected_init_token(np.bool_(True)), "n_classes must be an int"),
+    (lambda s, y: losses.dkd_loss(s[:, :0], s[:, :0], y),
+     "student_logits have no classes (shape (4, 0))"),
     (lambda s, y: losses.dkd_loss(s, s, y[:3]),
      "labels shape (3,) must equal the logits shape without the class axis (4,)"),
     (lambda s, y: losses.dist_loss(s, s, beta=-1.0), "beta must be finite and >= 0, got -1.0"),
