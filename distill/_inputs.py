@@ -26,18 +26,25 @@ def _check_reduction(reduction):
   return _check_choice("reduction", reduction, _REDUCTIONS)
 
 
-def _python_number(name, value):
+def _python_number(name, value, what="a Python number"):
   """`value` as a float; a traced array (under jax.jit) or a non-number says how to pass it."""
+  # float() would take '2' and True silently, so strings and bools are refused first.
+  dtype = getattr(value, "dtype", None)
+  if (isinstance(value, (str, bytes, bool))
+      or (dtype is not None and np.dtype(dtype).kind in "bUSO")):
+    raise ValueError(f"{name} must be {what}, got {value!r} (a {type(value).__name__})")
   try:
     return float(value)
-  except TypeError as e:
-    raise ValueError(
-        f"{name} must be a Python number, got {value!r} (under jax.jit, pass "
-        "it as a static argument)") from e
+  except (TypeError, ValueError) as e:
+    if isinstance(value, jax.core.Tracer):
+      raise ValueError(
+          f"{name} must be {what}, got {value!r} (under jax.jit, pass it as a "
+          "static argument)") from e
+    raise ValueError(f"{name} must be {what}, got {value!r} (a {type(value).__name__})") from e
 
 
 def _check_temperature(temperature):
-  t = _python_number("temperature", temperature)
+  t = _python_number("temperature", temperature, "a positive number")
   if not math.isfinite(t) or t <= 0.0:
     raise ValueError(
         f"temperature must be finite and > 0, got {temperature!r}")

@@ -1,6 +1,7 @@
 """Tests for distill.losses against direct float64 numpy formulas."""
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -425,6 +426,33 @@ def test_logits_without_classes_say_so():
     losses.softmax(np.zeros((4, 0), np.float32))
   # An empty batch is fine: only the class axis must not be empty.
   assert losses.softmax(np.zeros((0, C), np.float32)).shape == (0, C)
+
+
+@pytest.mark.parametrize("temperature, message", [
+    ("2", "temperature must be a positive number, got '2' (a str)"),
+    ("abc", "temperature must be a positive number, got 'abc' (a str)"),
+    (True, "temperature must be a positive number, got True (a bool)"),
+    (np.array(True), "temperature must be a positive number, got array(True) (a ndarray)"),
+    ([1.0], "temperature must be a positive number, got [1.0] (a list)"),
+])
+@pytest.mark.parametrize("loss", [
+    lambda t: losses.soft_cross_entropy(_X, _T, temperature=t),
+    lambda t: losses.kl_divergence(_X, _T, temperature=t),
+    lambda t: losses.distillation_loss(_X, target_probs=_T, temperature=t),
+    lambda t: losses.softmax(_X, temperature=t),
+    lambda t: losses.expected_init_loss(C, temperature=t),
+])
+def test_temperature_must_be_a_number_not_a_string_or_bool(loss, temperature, message):
+  with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+    loss(temperature)
+
+
+def test_temperature_jit_advice_only_for_a_traced_value():
+  with pytest.raises(ValueError, match=r"under jax\.jit, pass it as a static argument"):
+    jax.jit(lambda t: losses.soft_cross_entropy(_X, _T, temperature=t))(2.0)
+  # Numpy scalars are numbers.
+  assert_close(losses.soft_cross_entropy(_X, _T, temperature=np.float32(2.0)),
+               losses.soft_cross_entropy(_X, _T, temperature=2.0))
 
 
 def test_out_of_range_labels_give_nan():
