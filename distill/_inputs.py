@@ -89,12 +89,43 @@ def _as_logits(logits, name="logits"):
   return x.astype(jnp.float32)
 
 
-def _as_labels(labels, logits):
+def _labels_advice(y, logits, soft_ce):
+  """What to do with non-integer labels `y`; soft_ce: the caller is hard_cross_entropy."""
+  if y.shape == logits.shape[:-1]:
+    return f"got dtype {y.dtype} (shape {y.shape}); pass labels.astype(int)"
+  if y.shape != logits.shape:
+    if soft_ce:
+      return f"got dtype {y.dtype}; pass probabilities to soft_cross_entropy instead"
+    return (f"got dtype {y.dtype} (shape {y.shape}); pass integers of shape "
+            f"{logits.shape[:-1]}")
+  # Only reached on the way to an error, so reading the values costs a correct call nothing;
+  # a traced array's values are unknown, and its shape alone has to do.
+  if isinstance(y, jax.core.Tracer):
+    if soft_ce:
+      return (f"got dtype {y.dtype} with the logits' class axis (shape {y.shape}); pass "
+              "labels.argmax(-1) if they are one-hot, or probabilities to soft_cross_entropy")
+    return (f"got dtype {y.dtype} with the logits' class axis (shape {y.shape}); "
+            "pass labels.argmax(-1)")
+  v = np.asarray(y)
+  if np.isin(v, (0, 1)).all() and (v.sum(axis=-1) == 1).all():
+    return f"got one-hot rows (dtype {y.dtype}, shape {y.shape}); pass labels.argmax(-1)"
+  if soft_ce:
+    return (f"got dtype {y.dtype} (shape {y.shape}); pass probabilities to "
+            "soft_cross_entropy instead")
+  return (f"got dtype {y.dtype} with the logits' class axis (shape {y.shape}); "
+          "pass labels.argmax(-1)")
+
+
+def _as_labels(labels, logits, *, soft_ce=False):
+  """Integer labels of the logits' shape without the class axis.
+
+  soft_ce: the caller is hard_cross_entropy, whose float labels may belong in
+  soft_cross_entropy; everywhere else (metrics, DKD) they need argmax or astype.
+  """
   y = jnp.asarray(labels)
   if not jnp.issubdtype(y.dtype, jnp.integer):
     raise ValueError(
-        f"labels must be integer class indices, got dtype {y.dtype}; "
-        "pass probabilities to soft_cross_entropy instead")
+        "labels must be integer class indices, " + _labels_advice(y, logits, soft_ce))
   if y.shape != logits.shape[:-1]:
     raise ValueError(
         f"labels shape {y.shape} must equal the logits shape without the "

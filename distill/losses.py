@@ -145,7 +145,7 @@ def hard_cross_entropy(logits, labels, *, label_smoothing=0.0,
   _check_reduction(reduction)
   s = _check_label_smoothing(label_smoothing)
   x = _as_logits(logits)
-  y = _as_labels(labels, x)
+  y = _as_labels(labels, x, soft_ce=True)
   return _reduce(_hard_ce_per_example(x, y, s), reduction)
 
 

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from distill._inputs import _as_labels, _as_logits, _check_reduction, _check_same_shape, _reduce
-from distill.losses import hard_cross_entropy, softmax
+from distill.losses import _hard_ce_per_example, softmax
 
 
 def accuracy(logits, labels, *, reduction="mean"):
@@ -65,7 +65,12 @@ def negative_log_likelihood(logits, labels, *, reduction="mean"):
   Returns:
     float32 scalar, or float32 array [...] for reduction='none'.
   """
-  return hard_cross_entropy(logits, labels, reduction=reduction)
+  # Not hard_cross_entropy itself: its advice for float labels (soft_cross_entropy) is no
+  # fix for a metric.
+  _check_reduction(reduction)
+  x = _as_logits(logits)
+  y = _as_labels(labels, x)
+  return _reduce(_hard_ce_per_example(x, y, 0.0), reduction)
 
 
 def expected_calibration_error(logits, labels, n_bins=15):

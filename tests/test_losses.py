@@ -413,6 +413,39 @@ def test_other_functions_reject_invalid_values(call, match):
     call()
 
 
+def _one_hot(y):
+  return np.eye(C, dtype=np.float32)[y]
+
+
+@pytest.mark.parametrize("call", [
+    lambda x, y: accuracy(x, y),
+    lambda x, y: expected_calibration_error(x, y),
+    lambda x, y: negative_log_likelihood(x, y),
+    lambda x, y: summary_metrics(x, y),  # traced under jax.jit: the shape says it
+    lambda x, y: losses.hard_cross_entropy(x, y),
+    lambda x, y: losses.distillation_loss(x, labels=y, alpha=0.0),
+])
+def test_one_hot_labels_are_told_to_take_argmax(call):
+  with pytest.raises(ValueError, match=r"^labels must be integer class indices, .*; pass "
+                     r"labels\.argmax\(-1\)") as raised:
+    call(_X, _one_hot(_Y))
+  assert "soft_cross_entropy" not in str(raised.value)
+
+
+def test_probability_labels_keep_soft_cross_entropy_advice_only_in_hard_cross_entropy():
+  probs = np_softmax(_X).astype(np.float32)
+  with pytest.raises(ValueError, match="pass probabilities to soft_cross_entropy instead$"):
+    losses.hard_cross_entropy(_X, probs)
+  for metric in (accuracy, negative_log_likelihood, expected_calibration_error):
+    with pytest.raises(ValueError, match=r"pass labels\.argmax\(-1\)$"):
+      metric(_X, probs)
+
+
+def test_float_class_indices_are_told_to_cast():
+  with pytest.raises(ValueError, match=r"shape \(4,\)\); pass labels\.astype\(int\)$"):
+    accuracy(_X, _Y.astype(np.float32))
+
+
 def test_n_classes_may_be_a_numpy_integer():
   # `labels.max() + 1` is an np.int64.
   assert losses.expected_init_loss(np.int64(C)) == pytest.approx(math.log(C))

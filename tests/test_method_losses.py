@@ -608,6 +608,9 @@ def test_expected_init_token_takes_a_numpy_n_classes():
      "student_logits shape (4, 5) must equal teacher_logits shape (4, 4)"),
     (lambda s, y: losses.dkd_loss(s, s, y.astype(np.float32)),
      "labels must be integer class indices, got dtype float32"),
+    (lambda s, y: losses.dkd_loss(s, s, np.eye(5, dtype=np.float32)[y]),
+     "labels must be integer class indices, got one-hot rows (dtype float32, shape (4, 5)); "
+     "pass labels.argmax(-1)"),
     (lambda s, y: losses.dkd_loss(s, s, y, temperature="2"),
      "temperature must be a positive number, got '2' (a str)"),
     (lambda s, y: losses.dist_loss(s, s, temperature=True),
