@@ -6,6 +6,8 @@ batch shape, computed in float32 whatever the input dtype, and a
 ``reduction`` of 'mean', 'sum' or 'none' where one applies.
 """
 
+import operator
+
 import jax
 import jax.numpy as jnp
 
@@ -92,8 +94,13 @@ def expected_calibration_error(logits, labels, n_bins=15):
   Raises:
     ValueError: for invalid n_bins or mismatched shapes.
   """
-  if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+  try:  # a numpy integer (from a computation) is a count too; a bool is not
+    count = None if isinstance(n_bins, bool) else operator.index(n_bins)
+  except TypeError:
+    count = None
+  if count is None or count < 1:
     raise ValueError(f"n_bins must be an int >= 1, got {n_bins!r}")
+  n_bins = count
   x = _as_logits(logits)
   y = _as_labels(labels, x)
   probs = softmax(x).reshape(-1, x.shape[-1])

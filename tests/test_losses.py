@@ -401,6 +401,7 @@ def test_distillation_loss_rejects_invalid_values(kwargs, match):
     (lambda: losses.hard_cross_entropy(np.float32(1.0), _Y), "class axis"),
     (lambda: top1_agreement(_X, _X[:2]), "shape"),
     (lambda: expected_calibration_error(_X, _Y, n_bins=0), "n_bins"),
+    (lambda: expected_calibration_error(_X, _Y, n_bins=np.bool_(True)), "n_bins"),
     (lambda: losses.expected_init_loss(1), "n_classes"),
     (lambda: losses.expected_init_loss(C, kind="mse"), "unknown kind"),
     (lambda: losses.expected_init_loss(C, kind="kl"), "needs target_probs"),
@@ -572,7 +573,7 @@ def test_init_loss_check_is_frozen():
 
 
 @pytest.mark.parametrize("leading", LEADING_SHAPES)
-@pytest.mark.parametrize("n_bins", [1, 10, 15])
+@pytest.mark.parametrize("n_bins", [1, 10, 15, np.int64(15)])
 def test_expected_calibration_error_matches_numpy(leading, n_bins):
   rng = np.random.default_rng(3)
   big = (50,) + leading
