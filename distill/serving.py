@@ -374,7 +374,10 @@ def _as_jax_ops(forward: Callable, spec) -> Callable:
   """`forward` as the primitives JAX traces it to, so jax2onnx sees no call it would replace."""
   import jax  # noqa: PLC0415
 
-  traced = jax.make_jaxpr(forward)(spec)
+  # With jit disabled, the jitted functions inside (jax.image.resize is one) are traced
+  # inline: no nested jit call is left, which jax2onnx's plugin for it cannot lower on JAX 0.12.
+  with jax.disable_jit():
+    traced = jax.make_jaxpr(forward)(spec)
 
   def forward_ops(images_uint8):
     return jax.core.eval_jaxpr(traced.jaxpr, traced.consts, images_uint8)[0]
