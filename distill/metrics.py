@@ -10,6 +10,7 @@ import operator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from distill._inputs import _as_labels, _as_logits, _check_reduction, _check_same_shape, _reduce
 from distill.losses import _hard_ce_per_example, softmax
@@ -95,7 +96,8 @@ def expected_calibration_error(logits, labels, n_bins=15):
     ValueError: for invalid n_bins or mismatched shapes.
   """
   try:  # a numpy integer (from a computation) is a count too; a bool is not
-    count = None if isinstance(n_bins, bool) else operator.index(n_bins)
+    # np.bool_ too: older numpy gives it an __index__.
+    count = None if isinstance(n_bins, (bool, np.bool_)) else operator.index(n_bins)
   except TypeError:
     count = None
   if count is None or count < 1:
