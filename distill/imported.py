@@ -296,10 +296,10 @@ _NLL_FLOOR = 1.0
 
 
 def _top_probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
-  """Each row's largest value of softmax(logits / temperature), in float64."""
-  scaled = np.asarray(logits, np.float64) / temperature
-  scaled -= scaled.max(axis=1, keepdims=True)
-  return 1.0 / np.exp(scaled).sum(axis=1)
+  """Each row's largest value of softmax(logits / temperature), the loss library's softmax."""
+  from distill.losses import softmax  # noqa: PLC0415
+
+  return np.asarray(softmax(logits, temperature=temperature)).max(axis=-1)
 
 
 def _expected_nll(accuracy: float, num_classes: int) -> float:
