@@ -669,6 +669,22 @@ def recipe_differences(old: dict[str, Any], new: dict[str, Any], role: str) -> l
           for key in sorted(before.keys() | after.keys()) if before.get(key) != after.get(key)]
 
 
+def run_recipe_changes(run_dir: Path, recipe: dict[str, Any], role: str) -> str | None:
+  """What `recipe` changes of the one a run folder's recipe.json holds, for a refusal: the first
+  three `recipe_differences` lines ('student.steps: 10 -> 5; ...; and 2 more'). None when none
+  differ, or when recipe.json is missing or of another layout (it names no keys)."""
+  from distill import rundir  # noqa: PLC0415
+
+  saved = rundir.saved_recipe(run_dir)
+  try:
+    changed = recipe_differences(saved, recipe, role) if saved else []
+  except (KeyError, TypeError):  # a recipe.json of another layout names no keys
+    changed = []
+  if not changed:
+    return None
+  return "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
+
+
 def _read_by(recipe: dict[str, Any], role: str) -> dict[str, Any]:
   """The part of a resolved recipe that a `role` run reads (`recipe_hash`'s input)."""
   section = recipe[role]

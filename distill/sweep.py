@@ -305,14 +305,11 @@ def _checked_runs(runs: list[dict[str, Any]], teacher_dir: Path, out_dir: Path,
 
 def _what_changed(run: dict[str, Any]) -> str:
   """What differs between a run folder's recipe and the one the sweep would give it now."""
-  saved = rundir.saved_recipe(run["dir"])
-  try:
-    changed = config_lib.recipe_differences(saved, run["recipe"], "student") if saved else []
-  except (KeyError, TypeError):  # a recipe.json of another layout names no keys
-    changed = []
-  if not changed:
-    return "the same recipe, taught by another teacher" if saved else "its recipe is unknown"
-  return "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
+  changes = config_lib.run_recipe_changes(run["dir"], run["recipe"], "student")
+  if changes is None:
+    known = rundir.saved_recipe(run["dir"]) is not None
+    return "the same recipe, taught by another teacher" if known else "its recipe is unknown"
+  return changes
 
 
 def _train_missing(runs: list[dict[str, Any]], teacher_dir: Path, console: Console,

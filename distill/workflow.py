@@ -396,18 +396,13 @@ def check_existing_run(workdir: Path, recipe: dict[str, Any], role: str, *, rest
   resumable = checkpoints.is_dir() and any(path.name.isdigit() for path in checkpoints.iterdir())
   if restart or (workdir / SUMMARY_FILE).exists() or not resumable:
     return
-  saved = rundir.saved_recipe(workdir)
-  try:
-    changed = config_lib.recipe_differences(saved, recipe, role) if saved else []
-  except (KeyError, TypeError):  # a recipe.json of another layout names no keys
-    changed = []
-  if not changed:
+  shown = config_lib.run_recipe_changes(workdir, recipe, role)
+  if shown is None:
     meta = latest_meta(workdir)
     if meta is None or meta.get("recipe_hash") == config_lib.recipe_hash(recipe, role):
       return
     # recipe.json is missing, or was edited since the run started: the checkpoint decides.
-    changed = ["which keys, its recipe.json cannot say"]
-  shown = "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
+    shown = "which keys, its recipe.json cannot say"
   raise UserError(f"{workdir} holds an unfinished run with a different recipe ({shown}); "
                   "re-run with --restart to start over, or use another --workdir")
 
