@@ -60,12 +60,17 @@ def _say(text: str) -> None:
 _FIRST_RECIPES = ("fashion_mnist", "digits", "demo")
 
 
+@functools.cache
+def _first_recipes() -> dict[str, dict]:
+  """The `_FIRST_RECIPES` as written, read once for every option's help."""
+  return {name: config_lib.recipe_as_written(name) for name in _FIRST_RECIPES}
+
+
 def _recipe_default(key: str) -> str:
   """'[default: the recipe's KEY: 2 in fashion_mnist, 1 in digits and demo]', read from the
   packaged recipes, so that the help cannot drift from them."""
   found: dict[str, list[str]] = {}
-  for name in _FIRST_RECIPES:
-    value = config_lib.recipe_as_written(name)
+  for name, value in _first_recipes().items():
     for part in key.split("."):
       value = value[part]
     shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else f"{value:g}"
