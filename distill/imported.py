@@ -245,14 +245,10 @@ def _check_not_in_source(workdir: Path, source: str) -> None:
   model's own, and `--overwrite` later deletes by those names.
   """
   folder = Path(source).expanduser()
-  if not folder.is_dir():
-    return
-  folder, target = folder.resolve(), workdir.expanduser().resolve()
-  if target == folder or folder in target.parents:
-    where = "the teacher's own folder" if target == folder else f"inside {source}, the teacher"
-    raise UserError(f"--workdir {workdir} is {where}: the run's files would mix with the "
-                    f"model's; give the run a folder of its own, e.g. --workdir "
-                    f"runs/{folder.name}-import")
+  if folder.is_dir():
+    rundir.check_apart_from_teacher(
+        workdir, source, flag="--workdir", why=": the run's files would mix with the model's",
+        whose="the run", instead=f"runs/{folder.resolve().name}-import", inside=True)
 
 
 def _fitting_note(teacher, image_shape: tuple[int, int, int]) -> str | None:

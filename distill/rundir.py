@@ -255,6 +255,27 @@ def check_workdir(workdir: Path) -> None:
     raise UserError(f"cannot write to workdir {workdir}: {ancestor} is read-only")
 
 
+def check_apart_from_teacher(path: Path, teacher: Path | str, *, flag: str, why: str,
+                            whose: str, instead: Path | str, inside: bool = False) -> None:
+  """Refuses a run's `flag` folder that is its teacher's own folder (with `inside`, or within it).
+
+  A student, a sweep or an import there would replace the teacher or mix its
+  files with the teacher's; checked before the finished-run check, whose
+  advice (--overwrite) would do just that. `why` ends the first clause
+  (': the student would replace its teacher'), `whose` names who needs a
+  folder of its own, `instead` suggests one.
+  """
+  here, folder = Path(path).expanduser().resolve(), Path(teacher).expanduser().resolve()
+  if here == folder:
+    where = "the teacher's own folder"
+  elif inside and folder in here.parents:
+    where = f"inside {teacher}, the teacher"
+  else:
+    return
+  raise UserError(f"{flag} {path} is {where}{why}; give {whose} a folder of its own, e.g. "
+                  f"{flag} {instead}")
+
+
 def check_not_finished(workdir: Path, *, overwrite: bool) -> None:
   """Refuses a workdir that holds a finished run, unless `overwrite` replaces it."""
   if (Path(workdir) / SUMMARY_FILE).exists() and not overwrite:

@@ -233,10 +233,9 @@ def run_sweep(teacher_dir: Path, out_dir: Path, *, models: Iterable[str] = ("cnn
   # A folder of exported targets (an ensemble's) has no summary; its runs still
   # know the teacher's test accuracy.
   teacher = read_json(teacher_summary, "teacher summary") if teacher_summary.exists() else None
-  if out_dir.resolve() == teacher_dir.resolve():
-    # Its sweep.json there would make the teacher's folder read as a sweep's.
-    raise UserError(f"--out {out_dir} is the teacher's own folder; give the sweep a folder of "
-                    f"its own, e.g. --out {teacher_dir.parent / 'sweep'}")
+  # Its sweep.json there would make the teacher's folder read as a sweep's.
+  rundir.check_apart_from_teacher(out_dir, teacher_dir, flag="--out", why="", whose="the sweep",
+                                  instead=teacher_dir.parent / "sweep")
   rundir.check_workdir(out_dir)
   runs = _checked_runs(planned, teacher_dir,
                        out_dir, recipe, overrides, overwrite=overwrite,

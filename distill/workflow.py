@@ -659,11 +659,9 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
   console = Console(quiet)
   teacher_dir, workdir = Path(teacher_dir), Path(workdir)
   start = time.perf_counter()
-  if workdir.resolve() == teacher_dir.resolve():
-    # Checked before the finished-run check, whose advice (--overwrite) would replace the teacher.
-    raise UserError(f"--workdir {workdir} is the teacher's own folder: the student would replace "
-                    f"its teacher; give it a folder of its own, e.g. --workdir "
-                    f"{teacher_dir.parent / default_student_workdir(recipe).name}")
+  rundir.check_apart_from_teacher(
+      workdir, teacher_dir, flag="--workdir", why=": the student would replace its teacher",
+      whose="it", instead=teacher_dir.parent / default_student_workdir(recipe).name)
   check_workdir(workdir)
   check_existing_run(workdir, recipe, "student", restart=restart, overwrite=overwrite)
   settings = config_lib.DistillSettings.of(recipe)
