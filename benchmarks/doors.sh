@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from distill import workflow
-from distill.serving import predict_logits
+from distill.predict import predict_logits
 
 out = Path(sys.argv[1])
 recipe = workflow.read_run_recipe(out / "student-mlp")

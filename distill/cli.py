@@ -655,7 +655,7 @@ def export_model(run_dir, fmt, out, overwrite):
     distill export-model runs/student-cnn --out cnn.onnx
     distill export-model runs/student-cnn --out cnn.stablehlo
   """
-  from distill.serving import export_model as export_lib  # noqa: PLC0415
+  from distill.model_export import export_model as export_lib  # noqa: PLC0415
 
   meta = export_lib(Path(run_dir), fmt, Path(out), overwrite=overwrite)
   check = meta["check"]
@@ -689,11 +689,11 @@ def predict(source, more_images, images, top_k, as_json):
     distill predict cnn.onnx --images shoe.png bag.jpg --top-k 3
     distill predict runs/student-cnn --images shoe.png
   """
-  from distill import serving  # noqa: PLC0415
+  from distill import predict as predict_lib  # noqa: PLC0415
 
-  result = serving.predict(Path(source), [Path(p) for p in (*images, *more_images)],
-                           top_k=top_k)
-  click.echo(json.dumps(result) if as_json else serving.format_predictions(result))
+  result = predict_lib.predict(Path(source), [Path(p) for p in (*images, *more_images)],
+                               top_k=top_k)
+  click.echo(json.dumps(result) if as_json else predict_lib.format_predictions(result))
 
 
 if __name__ == "__main__":

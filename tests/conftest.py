@@ -123,6 +123,42 @@ def copy_runs(shared, destination, **names):
   return destination
 
 
+# The runs the export and predict tests share (test_model_export, test_predict), per module.
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_digits_runs):
+  """Copies of the shared TINY digits teacher and student (CNN) runs."""
+  return copy_runs(tiny_digits_runs, tmp_path_factory.mktemp("exported-runs"), teacher="teacher",
+                   student="student")
+
+
+@pytest.fixture(scope="module")
+def dataset(runs):
+  """The digits data set the runs were trained on."""
+  from distill.run_recipe import read_run_recipe  # noqa: PLC0415
+  from distill.workflow import load_data  # noqa: PLC0415
+
+  return load_data(read_run_recipe(runs / "student"))
+
+
+@pytest.fixture(scope="module")
+def exported(runs):
+  """The student exported to both formats through the CLI: {format: model path}."""
+  paths = {}
+  for fmt, name in (("stablehlo", "student.stablehlo"), ("onnx", "student.onnx")):
+    if fmt == "onnx":
+      pytest.importorskip("jax2onnx")
+      pytest.importorskip("onnxruntime")
+    out = runs / "exports" / name
+    # No --format: the extension names it.
+    result = run_cli("export-model", runs / "student", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert f"({fmt}, cnn student)" in result.stdout
+    paths[fmt] = out
+  return paths
+
+
 @pytest.fixture
 def tiny_overrides():
   """Overrides shrinking the digits recipe to a few seconds per run."""

@@ -1,0 +1,279 @@
+"""Classifying images with a finished run or an exported model file (`distill predict`).
+
+`predict` classifies image files with a run directory (restores the model from
+what its summary records: no data needed, except for runs from before
+summaries recorded their inputs) or an exported file (needs only the file and
+its sidecar, not the recipe, the data or the training code). Restoring a run
+and running an exported file are distill.model_export's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distill import rundir
+from distill.data.checks import channels_first, channels_first_advice, uint8_hint
+from distill.errors import UserError, one_line
+from distill.io import read_json
+from distill.model_export import (
+    EXPORT_FORMATS,
+    PREDICT_BATCH,
+    deserialize_stablehlo,
+    finished_summary,
+    onnx_session,
+    restore,
+    run_onnx,
+    run_stablehlo,
+    sidecar_path,
+)
+
+_IMAGE_SUFFIXES_ARRAY = (".npz", ".npy")
+
+
+def predict(source: Path, image_paths: Sequence[Path], *, top_k: int = 3) -> dict[str, Any]:
+  """The `top_k` classes and probabilities of each image, by a run or an exported model.
+
+  Args:
+    source: a finished run directory, or an exported model file (with its
+      sidecar `sidecar_path(source)`; nothing else is read).
+    image_paths: PNG/JPEG files (Pillow; turned upright by their EXIF
+      orientation, converted to the model's channels, grayscale or RGB, and
+      scaled to cover its H x W and center-cropped, as an image folder's
+      training images are: `distill.data.stream.decode_image`), or
+      `.npy` / `.npz` files of uint8 images (the `.npz`'s `images` array, or its
+      only one) shaped [N, H, W, C] or [H, W, C] ([N, H, W] or [H, W] for one
+      channel), used as they are.
+    top_k: classes per image (at most the number of classes).
+
+  Returns:
+    {"source", "format" (run, stablehlo or onnx), "model", "role",
+     "predictions": [{"image", "top": [{"class", "index", "probability"}]}]}.
+  """
+  if top_k < 1:
+    raise UserError(f"--top-k must be at least 1, got {top_k}")
+  if not image_paths:
+    raise UserError("no images given; pass --images FILE...")
+  source = Path(source)
+  _check_model_first(source, [Path(path) for path in image_paths])
+  # Missing images fail before a model is loaded (restoring a run takes seconds).
+  for path in image_paths:
+    _check_image_file(Path(path))
+  if source.is_dir():
+    classify, meta = _run_classifier(source)
+  elif source.is_file():
+    classify, meta = _exported_classifier(source)
+  else:
+    raise UserError(f"{source} is not found; give a finished run's folder or an exported model "
+                    "file")
+  names, images = load_images(image_paths, tuple(meta["image_shape"]))
+  logits = classify(images)
+  probabilities = _softmax(logits)
+  class_names = meta["class_names"]
+  k = min(top_k, len(class_names))
+  predictions = []
+  for name, probs in zip(names, probabilities, strict=True):
+    order = np.argsort(-probs, kind="stable")[:k]
+    predictions.append({"image": name, "top": [
+        {"class": class_names[i], "index": int(i), "probability": float(probs[i])}
+        for i in order]})
+  return {"source": str(source), "format": meta["format"], "model": meta["model"],
+          "role": meta["role"], "predictions": predictions}
+
+
+def _is_model(path: Path) -> bool:
+  """Whether `path` is something `predict` classifies with: a run folder or an exported file."""
+  if path.is_dir():
+    return rundir.folder_kind(path) in rundir.FINISHED_RUNS
+  return path.is_file() and sidecar_path(path).is_file()
+
+
+def _check_model_first(source: Path, image_paths: list[Path]) -> None:
+  """Refuses a model given among the images (`--images A B MODEL`) in place of the source.
+
+  The command line takes one value per --images and the rest as positional
+  arguments, so `--images A B MODEL` arrives as source B and images [A, MODEL].
+  """
+  if _is_model(source):
+    return
+  models = [path for path in image_paths if _is_model(path)]
+  if not models:
+    return
+  images = [path for path in image_paths if path != models[0]]
+  images = [*images[:1], source, *images[1:]]
+  raise UserError(f"{source} is no model but {models[0]} is; give the model first: distill "
+                  f"predict {models[0]} --images {' '.join(map(str, images))}")
+
+
+def predict_logits(source: Path, images: np.ndarray) -> np.ndarray:
+  """Float32 logits [N, C] of uint8 images [N, H, W, C] by a run folder or an exported file.
+
+  The images must already have the model's shape (see `load_images` for
+  files of other sizes).
+  """
+  source = Path(source)
+  classify, _ = _run_classifier(source) if source.is_dir() else _exported_classifier(source)
+  return np.asarray(classify(np.asarray(images, np.uint8)), np.float32)
+
+
+def format_predictions(result: dict[str, Any]) -> str:
+  """`predict`'s result as text: one line per image, its top classes with probabilities,
+  e.g. 'digit.png: 0 17.14%, 8 14.51%' (`--json` keeps every digit)."""
+  lines = []
+  for prediction in result["predictions"]:
+    # A percentage, so that a class named by a number (digits' "0") does not read as a score.
+    top = ", ".join(f"{entry['class']} {100 * entry['probability']:.2f}%"
+                    for entry in prediction["top"])
+    lines.append(f"{prediction['image']}: {top}")
+  return "\n".join(lines)
+
+
+def _run_classifier(run_dir: Path) -> tuple[Callable, dict[str, Any]]:
+  """A finished run's model as images -> logits, and what `predict` needs to know of it."""
+  summary = finished_summary(run_dir)
+  trained, _, dataset, recipe = restore(run_dir, summary)
+  meta = {"format": "run", "image_shape": dataset.image_shape,
+          "class_names": list(dataset.class_names),
+          "model": summary.get("model", recipe[summary["role"]]["model"]),
+          "role": summary["role"]}
+  def classify(images):
+    return trained.logits(images, PREDICT_BATCH)
+
+  return classify, meta
+
+
+def _exported_classifier(path: Path) -> tuple[Callable, dict[str, Any]]:
+  """An exported model file as images -> logits, from the file and its sidecar alone."""
+  meta = read_exported_sidecar(path)
+  data = path.read_bytes()
+  if hashlib.sha256(data).hexdigest() != meta["file_sha256"]:
+    raise UserError(f"{sidecar_path(path)} does not describe {path} (sha256 differs); "
+                    "export the model again")
+  if meta["format"] == "stablehlo":
+    exported = deserialize_stablehlo(data, path)
+
+    def classify(images):
+      return run_stablehlo(exported, images)
+  else:
+    session = onnx_session(data, path)
+
+    def classify(images):
+      return run_onnx(session, images)
+  shape = meta["input"]["shape"]
+  return classify, {**meta, "image_shape": tuple(int(x) for x in shape[1:])}
+
+
+def read_exported_sidecar(path: Path) -> dict[str, Any]:
+  """The sidecar of an exported model, checked for the keys `predict` reads."""
+  sidecar = sidecar_path(path)
+  if not sidecar.exists():
+    model = path.with_name(path.name.removesuffix(".json"))
+    if path.name.endswith(".json") and model.is_file():
+      raise UserError(f"{path} is the sidecar of {model}; give the model file {model}")
+    raise UserError(f"{path} is a file but no model `distill export-model` wrote (no sidecar "
+                    f"{sidecar.name} beside it); give a finished run's folder or an exported "
+                    "model file")
+  meta = read_json(sidecar, "export sidecar")
+  missing = [key for key in ("format", "input", "class_names", "file_sha256", "model", "role")
+             if not isinstance(meta, dict) or key not in meta]
+  if missing:
+    raise UserError(f"{sidecar} is not an export sidecar (missing {', '.join(missing)})")
+  shape = meta["input"].get("shape") if isinstance(meta["input"], dict) else None
+  if (meta["format"] not in EXPORT_FORMATS or not isinstance(shape, list) or len(shape) != 4
+      or not meta["class_names"]):
+    raise UserError(f"{sidecar} is not an export sidecar distill can read")
+  return meta
+
+
+def _check_image_file(path: Path) -> None:
+  if not path.exists():
+    raise UserError(f"image file not found: {path}")
+  if path.is_dir():
+    raise UserError(f"{path} is a folder, not an image file")
+
+
+def load_images(paths: Sequence[Path],
+                image_shape: tuple[int, int, int]) -> tuple[list[str], np.ndarray]:
+  """Reads image files as the model's uint8 [N, H, W, C] batch; returns (names, images).
+
+  See `predict` for what is accepted. An array file of N images is named
+  `FILE[i]` per image.
+  """
+  names, batches = [], []
+  for path in map(Path, paths):
+    _check_image_file(path)
+    if path.suffix.lower() in _IMAGE_SUFFIXES_ARRAY:
+      images = _read_array_images(path, image_shape)
+      names.extend([str(path)] if len(images) == 1 else
+                   [f"{path}[{i}]" for i in range(len(images))])
+    else:
+      images = _read_picture(path, image_shape)[None]
+      names.append(str(path))
+    batches.append(images)
+  images = np.concatenate(batches)
+  if len(images) == 0:
+    raise UserError("the image files hold no images")
+  return names, images
+
+
+def _read_array_images(path: Path, image_shape: tuple[int, int, int]) -> np.ndarray:
+  """uint8 images from a .npy or .npz, reshaped to [N, H, W, C] when the shape allows."""
+  try:
+    with open(path, "rb") as f:
+      loaded = np.load(f, allow_pickle=False)
+      if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+          keys = list(loaded.files)
+          if "images" in keys:
+            array = loaded["images"]
+          elif len(keys) == 1:
+            array = loaded[keys[0]]
+          else:
+            raise UserError(f"{path} holds arrays {', '.join(keys) or '(none)'}; name the "
+                            "images 'images'")
+      else:
+        array = loaded
+  except UserError:
+    raise
+  except Exception as e:  # numpy and zipfile raise many types.
+    raise UserError(f"cannot read {path} as a {path.suffix} array: {one_line(e)}") from None
+  height, width, channels = image_shape
+  shape = tuple(array.shape)
+  # The advice an npz data set gets (`checked_images`), so a file fixed once fits both.
+  wrong_way = channels_first(shape) and shape[1:] != (height, width, channels)
+  if array.dtype != np.uint8:
+    also = f"; it also has {channels_first_advice(shape)}" if wrong_way else ""
+    raise UserError(f"{path} must hold uint8 images (0..255), got {array.dtype}"
+                    f"{uint8_hint(array)}{also}")
+  if wrong_way:
+    raise UserError(f"{path} has {channels_first_advice(shape)}")
+  if shape[1:] == (height, width, channels):
+    return array
+  if shape == (height, width, channels):
+    return array[None]
+  if channels == 1 and shape[1:] == (height, width):
+    return array[..., None]
+  if channels == 1 and shape == (height, width):
+    return array[None, ..., None]
+  raise UserError(f"{path} holds an array of shape {list(shape)}; the model takes uint8 "
+                  f"[N, {height}, {width}, {channels}] images")
+
+
+def _read_picture(path: Path, image_shape: tuple[int, int, int]) -> np.ndarray:
+  """One PNG/JPEG (anything Pillow reads) as the model's uint8 [H, W, C], as it was trained."""
+  from distill.data.stream import decode_image  # noqa: PLC0415
+
+  if image_shape[-1] not in (1, 3):
+    raise UserError(f"the model takes {image_shape[-1]}-channel images; give them as .npy/.npz "
+                    "arrays")
+  return decode_image(path, image_shape)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+  logits = np.asarray(logits, np.float64)
+  shifted = np.exp(logits - logits.max(-1, keepdims=True))
+  return shifted / shifted.sum(-1, keepdims=True)

@@ -1,0 +1,242 @@
+"""Predicting image classes with a run folder or an exported model file (`distill predict`)."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+from conftest import copy_runs, run_cli
+from PIL import Image
+from test_model_export import jax_test_logits, one_line_error
+
+from distill import rundir
+from distill.errors import UserError
+from distill.model_export import sidecar_path
+from distill.predict import load_images
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory, dataset):
+  """Test images as a PNG (resized up, so it must be resized back), a .npy and a .npz."""
+  folder = tmp_path_factory.mktemp("images")
+  Image.fromarray(dataset.x_test[0, :, :, 0]).resize((32, 32)).save(folder / "digit.png")
+  np.save(folder / "three.npy", dataset.x_test[1:4])
+  np.savez(folder / "one.npz", images=dataset.x_test[4])
+  return [folder / "digit.png", folder / "three.npy", folder / "one.npz"]
+
+
+def _lines(result):
+  assert result.exit_code == 0, result.output
+  return result.stdout.strip().splitlines()
+
+
+def test_predict_prints_top_k_from_the_run_and_both_exports(runs, exported, images, dataset):
+  sources = [runs / "student", *exported.values()]
+  tops = []
+  for source in sources:
+    lines = _lines(run_cli("predict", source, "--images", *images, "--top-k", "3"))
+    assert len(lines) == 5, lines  # One PNG, three from the .npy, one from the .npz.
+    assert lines[0].startswith(f"{images[0]}: ") and lines[1].startswith(f"{images[1]}[0]: ")
+    for line in lines:
+      entries = line.rsplit(": ", 1)[1].split(", ")
+      assert len(entries) == 3
+      assert all(entry.rsplit(" ", 1)[0] in dataset.class_names for entry in entries)
+      assert all(re.fullmatch(r"\d{1,3}\.\d\d%", entry.rsplit(" ", 1)[1]) for entry in entries)
+    result = json.loads(_lines(run_cli("predict", source, "--images", *images, "-k", "2",
+                                       "--json"))[0])
+    assert len(result["predictions"]) == 5
+    tops.append([p["top"][0]["index"] for p in result["predictions"]])
+    for prediction in result["predictions"]:
+      probabilities = [entry["probability"] for entry in prediction["top"]]
+      assert len(probabilities) == 2 and probabilities == sorted(probabilities, reverse=True)
+  # The .npy/.npz images are used as they are: every source agrees with the run's test logits.
+  expected = jax_test_logits(runs / "student")[1:5].argmax(-1).tolist()
+  for top in tops:
+    assert top[1:] == expected and top == tops[0]
+
+
+def test_predict_from_an_export_needs_only_the_file_and_its_sidecar(exported, images, tmp_path):
+  alone = tmp_path / "elsewhere" / "model.stablehlo"
+  alone.parent.mkdir()
+  alone.write_bytes(exported["stablehlo"].read_bytes())
+  sidecar_path(alone).write_text(sidecar_path(exported["stablehlo"]).read_text())
+  assert len(_lines(run_cli("predict", alone, "--images", images[1]))) == 3
+
+
+def _data_moved(run, missing):
+  """`run` as it reads on a machine without its data: the recipe names a file not there."""
+  recipe = json.loads((run / "recipe.json").read_text())
+  recipe["data"].update(dataset="npz", data_dir=str(missing))
+  (run / "recipe.json").write_text(json.dumps(recipe))
+  return run
+
+
+def test_a_run_folder_predicts_without_the_data_it_trained_on(runs, images, tmp_path):
+  """Its summary records what the model takes in (shape, classes, pixel statistics), so a run
+  folder copied to another machine still predicts; export-model, which checks the export on
+  the run's test images, says why it needs them."""
+  predict = ["--images", *images, "--json"]
+  here = json.loads(_lines(run_cli("predict", runs / "student", *predict))[0])["predictions"]
+  moved = _data_moved(copy_runs(runs, tmp_path, moved="student") / "moved", tmp_path / "gone.npz")
+  assert json.loads(_lines(run_cli("predict", moved, *predict))[0])["predictions"] == here
+  one_line_error(run_cli("export-model", moved, "--format", "stablehlo", "--out",
+                          tmp_path / "m.stablehlo"),
+                  "gone.npz", "needs the data set it trained on to check the export against JAX",
+                  "put the data back where its recipe.json says")
+  # A run from before summaries recorded its inputs predicts from its data set, or says why
+  # it needs it.
+  old = copy_runs(runs, tmp_path, old="student") / "old"
+  summary = json.loads((old / "summary.json").read_text())
+  del summary["inputs"]
+  (old / "summary.json").write_text(json.dumps(summary))
+  assert json.loads(_lines(run_cli("predict", old, *predict))[0])["predictions"] == here
+  one_line_error(run_cli("predict", _data_moved(old, tmp_path / "gone.npz"), *predict),
+                  "needs the data set it trained on for its pixel statistics")
+
+
+def _snapshot(folder):
+  return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_bad_inputs_are_one_line_and_write_nothing(runs, exported, images, tmp_path):
+  unfinished = copy_runs(runs, tmp_path, unfinished="student") / "unfinished"
+  (unfinished / "summary.json").unlink()
+  short = copy_runs(runs, tmp_path, short="student") / "short"
+  recipe = json.loads((short / "recipe.json").read_text())
+  recipe["student"]["steps"] = 30
+  (short / "recipe.json").write_text(json.dumps(recipe))
+  plain = tmp_path / "plain"
+  plain.mkdir()
+  not_an_image = tmp_path / "notes.png"
+  not_an_image.write_text("not a picture")
+  out = tmp_path / "model.stablehlo"
+  before = _snapshot(runs / "exports")
+  model = exported["stablehlo"]
+  one_line_error(run_cli("export-model", unfinished, "--out", out),
+                  "an unfinished run (no summary.json)", "re-run its command")
+  one_line_error(run_cli("export-model", short, "--format", "stablehlo", "--out", out),
+                  "stopped at step 20 of 30")
+  one_line_error(run_cli("export-model", plain, "--format", "stablehlo", "--out", out),
+                  "an empty folder")
+  one_line_error(run_cli("export-model", runs / "student", "--format", "tflite", "--out",
+                          tmp_path / "model.bin"), "unknown export format", "stablehlo")
+  one_line_error(run_cli("export-model", runs / "student", "--out", model),
+                  "already exists", "--overwrite")
+  one_line_error(run_cli("predict", model, "--images", tmp_path / "missing.png"),
+                  "not found", "missing.png")
+  one_line_error(run_cli("predict", model, "--images", not_an_image), "not an image")
+  one_line_error(run_cli("predict", unfinished, "--images", images[0]), "an unfinished run")
+  one_line_error(run_cli("predict", plain, "--images", images[0]), "an empty folder")
+  one_line_error(run_cli("predict", model, "--images", images[0], "--top-k", "0"), "--top-k")
+  assert not out.exists() and not sidecar_path(out).exists()
+  assert not (plain / "checkpoints").exists()
+  assert _snapshot(runs / "exports") == before
+
+
+def test_images_of_the_wrong_shape_or_type_are_refused(tmp_path):
+  np.save(tmp_path / "floats.npy", np.zeros((2, 8, 8, 1), np.float32))
+  np.save(tmp_path / "wide.npy", np.zeros((2, 9, 8, 1), np.uint8))
+  np.savez(tmp_path / "two.npz", a=np.zeros((8, 8), np.uint8), b=np.zeros((8, 8), np.uint8))
+  shape = (8, 8, 1)
+  for name, words in (("floats.npy", "uint8"), ("wide.npy", "shape"), ("two.npz", "'images'")):
+    with pytest.raises(UserError, match=words):
+      load_images([tmp_path / name], shape)
+  np.save(tmp_path / "gray.npy", np.zeros((3, 8, 8), np.uint8))
+  names, batch = load_images([tmp_path / "gray.npy"], shape)
+  assert batch.shape == (3, 8, 8, 1) and len(names) == 3
+
+
+def _sideways_picture(path):
+  """A 16-wide, 8-high PNG, white on its left half, stored turned a quarter: EXIF orientation 6
+  (shown turned 90 degrees clockwise, so upright it is 8 wide and 16 high, white on top)."""
+  pixels = np.zeros((8, 16), np.uint8)
+  pixels[:, :8] = 255
+  exif = Image.Exif()
+  exif[0x0112] = 6  # Orientation
+  Image.fromarray(pixels).save(path, exif=exif)
+
+
+def test_pictures_are_predicted_as_an_image_folder_trains_on_them(tmp_path):
+  """Upright by their EXIF orientation, then scaled to cover the model's size and
+  center-cropped: not squashed, not sideways. Both readers give the same pixels."""
+  from distill.data.stream import ImageFolderSource  # noqa: PLC0415
+
+  (tmp_path / "folder" / "only").mkdir(parents=True)
+  _sideways_picture(tmp_path / "folder" / "only" / "sideways.png")
+  _, batch = load_images([tmp_path / "folder" / "only" / "sideways.png"], (8, 8, 1))
+  picture = batch[0, :, :, 0]
+  assert (picture[:4] == 255).all() and (picture[4:] == 0).all(), picture
+  trained_on, _ = ImageFolderSource(tmp_path / "folder", 8, grayscale=True).read(np.arange(1))
+  np.testing.assert_array_equal(trained_on[0], batch[0])
+
+
+def test_16_bit_pictures_are_scaled_to_8_bits_not_clipped(tmp_path):
+  """Pillow's convert('L') clips 16-bit pixels at 255: a 16-bit digit would read all white."""
+  pixels = (np.arange(64).reshape(8, 8) * 4).astype(np.uint8)
+  Image.fromarray(pixels).save(tmp_path / "g8.png")
+  Image.fromarray(pixels.astype(np.uint16) * 257).save(tmp_path / "g16.png")  # mode I;16
+  Image.fromarray(pixels.astype(np.int32) * 257).save(tmp_path / "g32.tif")  # mode I
+  for name, modes in (("g16.png", ("I;16", "I")), ("g32.tif", ("I",))):
+    with Image.open(tmp_path / name) as image:  # Older Pillows open 16-bit PNGs as mode I.
+      assert image.mode in modes, image.mode
+  for shape in ((8, 8, 1), (8, 8, 3)):
+    _, batch = load_images([tmp_path / n for n in ("g8.png", "g16.png", "g32.tif")],
+                                   shape)
+    for image in batch:
+      np.testing.assert_array_equal(image, np.repeat(pixels[..., None], shape[-1], -1))
+  Image.fromarray(np.full((8, 8), 70000, np.int32)).save(tmp_path / "wide.tif")
+  with pytest.raises(UserError, match="wide.tif.*beyond 16 bits"):
+    load_images([tmp_path / "wide.tif"], (8, 8, 1))
+
+
+def test_help_says_what_each_command_reads():
+  predict_help = " ".join(run_cli("predict", "--help").stdout.split())
+  assert "loads its data set" not in predict_help
+  assert "summary.json records (no data)" in predict_help
+  assert "Give the model first" in predict_help
+  export_help = " ".join(run_cli("export-model", "--help").stdout.split())
+  assert "must be where the run's recipe.json says" in export_help
+  assert "Default: from OUT's extension" in export_help
+
+
+def test_a_model_given_among_the_images_is_named_to_go_first(runs, exported, images):
+  model = exported["stablehlo"]
+  # Click takes one value per --images: the second image becomes the source.
+  for source in (model, runs / "student"):
+    one_line_error(run_cli("predict", "--images", images[0], images[1], source),
+                    f"{images[1]} is no model but {source} is; give the model first: "
+                    f"distill predict {source} --images {images[0]} {images[1]}")
+  one_line_error(run_cli("predict", "--images", images[0], images[1], images[2], model),
+                  f"distill predict {model} --images {images[0]} {images[1]} {images[2]}")
+
+
+def test_near_misses_for_the_model_say_what_to_give(runs, exported, images, tmp_path):
+  model = exported["onnx" if "onnx" in exported else "stablehlo"]
+  one_line_error(run_cli("predict", sidecar_path(model), "--images", images[0]),
+                  f"is the sidecar of {model}; give the model file {model}")
+  one_line_error(run_cli("predict", runs, "--images", images[0]),
+                  f"RUN {runs} is a folder of runs", "student, teacher",
+                  f"(e.g. {runs / 'student'})")
+  one_line_error(run_cli("predict", runs / "student" / "checkpoints", "--images", images[0]),
+                  f"is inside the run folder {runs / 'student'}; give that folder")
+  imported = copy_runs(runs, tmp_path, imported="teacher") / "imported"
+  (imported / rundir.IMPORTED_FILE).write_text(json.dumps(
+      {"kind": "keras", "source": "/models/net.keras"}))
+  for command in (["predict", imported, "--images", images[0]],
+                  ["export-model", imported, "--out", tmp_path / "m.stablehlo"]):
+    one_line_error(run_cli(*command), "is an imported teacher",
+                    "run it where it came from (/models/net.keras)",
+                    "give a student it taught (students predict and export)")
+
+
+def test_array_files_get_the_numpy_fix_an_npz_data_set_gets(tmp_path):
+  np.save(tmp_path / "unit.npy", np.full((2, 8, 8, 1), 0.5, np.float32))
+  np.save(tmp_path / "nchw.npy", np.zeros((2, 3, 32, 32), np.uint8))
+  np.save(tmp_path / "nchw_floats.npy", np.zeros((2, 3, 32, 32), np.float32))
+  for name, shape, words in (
+      ("unit.npy", (8, 8, 1), "(x * 255).round().astype(np.uint8)"),
+      ("nchw.npy", (32, 32, 3), "x.transpose(0, 2, 3, 1)"),
+      ("nchw_floats.npy", (32, 32, 3), "x.transpose(0, 2, 3, 1)")):
+    with pytest.raises(UserError, match=None) as error:
+      load_images([tmp_path / name], shape)
+    assert words in str(error.value) and name in str(error.value), error.value
