@@ -94,10 +94,12 @@ def fit(*, model: nnx.Module, images, labels: np.ndarray, val_images, val_labels
                            teaching=teaching, settings=settings,
                            augment_settings=augment_settings, seed=seed,
                            stats_images=stats_images)
+  run = _Run(setup, settings, Path(workdir), checkpoint_meta, quiet)
+  # Resuming is said first: the step-0 check that follows is of the run's start,
+  # which a resumed run recomputes from the same seed and data.
+  start_step = run.resume(echo)
   init_loss, expected = _check_init_loss(setup, objective, settings.init_check_tolerance,
                                          strict_init_check, echo, warn, check_init)
-  run = _Run(setup, settings, Path(workdir), checkpoint_meta, quiet)
-  start_step = run.resume(echo)
   run.compile_logging(val_images, val_labels)
   if start_step == 0:  # A resumed run's event files already hold step 0.
     run.tensorboard.init_loss(init_loss, expected)
