@@ -49,10 +49,8 @@ def student_recipe(teacher_dir: Path, recipe_path: str | None, overrides: list[s
   """
   config_lib.check_overrides(overrides)  # `--model nope` is named before a missing teacher
   rundir.check_teacher_folder(teacher_dir)
-  ignored = [text.partition("=")[0] for text in overrides if text.startswith("teacher.")]
-  if ignored and console is not None:
-    console.info(f"note: {', '.join(ignored)} change{'s' if len(ignored) == 1 else ''} nothing "
-                 f"for a student: its teacher is the run in {teacher_dir}")
+  if console is not None:
+    note_teacher_overrides(overrides, teacher_dir, console)
   if recipe_path:
     recipe = config_lib.load_recipe(recipe_path, overrides)
   else:
@@ -61,6 +59,14 @@ def student_recipe(teacher_dir: Path, recipe_path: str | None, overrides: list[s
     _refuse_unused_by_hard_labels(overrides)
   _check_hint_layers(recipe, teacher_dir)
   return recipe
+
+
+def note_teacher_overrides(overrides: list[str], teacher_dir: Path, console: Console) -> None:
+  """Says that `teacher.*` overrides change nothing for students of the run in `teacher_dir`."""
+  ignored = [text.partition("=")[0] for text in overrides if text.startswith("teacher.")]
+  if ignored:
+    console.info(f"note: {', '.join(ignored)} change{'s' if len(ignored) == 1 else ''} nothing "
+                 f"for a student: its teacher is the run in {teacher_dir}")
 
 
 # The student keys that only a student taught by its teacher reads.

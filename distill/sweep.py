@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from distill import config as config_lib
-from distill import interrupts, rundir
+from distill import interrupts, run_recipe, rundir
 from distill.console import Console
 from distill.data.checks import first_few
 from distill.errors import UserError
@@ -229,6 +229,7 @@ def run_sweep(teacher_dir: Path, out_dir: Path, *, models: Iterable[str] = ("cnn
   planned = plan_runs(models, modes, soft_losses, seeds, methods)
   online = any(run["mode"] == "online" for run in planned)
   rundir.check_teacher_folder(teacher_dir, needs="model" if online else "targets")
+  run_recipe.note_teacher_overrides(overrides, teacher_dir, console)
   teacher_summary = teacher_dir / rundir.SUMMARY_FILE
   # A folder of exported targets (an ensemble's) has no summary; its runs still
   # know the teacher's test accuracy.
@@ -278,8 +279,6 @@ def _checked_runs(runs: list[dict[str, Any]], teacher_dir: Path, out_dir: Path,
   Every run's recipe is resolved and its folder read before anything trains,
   so a bad value or a clash fails the sweep at once rather than hours in.
   """
-  from distill import run_recipe  # noqa: PLC0415
-
   for run in runs:
     run["dir"] = out_dir / run["name"]
     axis_overrides = [f"student.model={run['model']}", f"seed={run['seed']}",

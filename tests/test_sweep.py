@@ -136,6 +136,17 @@ def test_a_rerun_with_fewer_runs_says_what_its_table_leaves_out(swept, tmp_path)
           "mlp-hard-s1 and 2 more) are left out") in result.stderr
 
 
+def test_teacher_overrides_are_noted_as_changing_no_run(swept, tmp_path):
+  root, _ = swept
+  out = shutil.copytree(root / "sweep", tmp_path / "sweep")
+  result = run_cli("sweep", "--teacher", root / "teacher", "--out", out, "--model", "mlp",
+                   "--mode", "hard", "--seed", "0", "--steps", "10", "--set", "teacher.steps=3")
+  assert result.exit_code == 0, result.output
+  assert (f"note: teacher.steps changes nothing for a student: its teacher is the run in "
+          f"{root / 'teacher'}") in result.stderr
+  assert "same recipe, kept" in result.stderr
+
+
 def test_a_run_made_with_another_recipe_needs_overwrite(swept, tmp_path):
   root, _ = swept
   one = ["--teacher", root / "teacher", "--out", tmp_path, "--model", "linear", "--mode", "hard",
