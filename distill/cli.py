@@ -73,7 +73,12 @@ def _recipe_default(key: str) -> str:
   for name, value in _first_recipes().items():
     for part in key.split("."):
       value = value[part]
-    shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else f"{value:g}"
+    if isinstance(value, str):
+      shown = value
+    elif isinstance(value, int) and not isinstance(value, bool):
+      shown = f"{value:,}"
+    else:
+      shown = f"{value:g}"
     found.setdefault(shown, []).append(name)
   def listed(names: list[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
@@ -85,14 +90,17 @@ def _common_training_options(role: str):
   """The options `distill teacher` and `distill student` share, their help written for `role`."""
   recipe_default = ("[default: fashion_mnist]" if role == "teacher" else
                     "[default: the teacher run's own recipe, so that data and split match]")
+  dataset_default = (_recipe_default("data.dataset") if role == "teacher"
+                     else "[default: the teacher's data]")
   options = [
       click.option("--recipe", "-r", default=None, help=f"{_RECIPE_HELP} {recipe_default}"),
       click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP),
       click.option("--dataset", default=None,
-                   help="Dataset: fashion_mnist (default), mnist, cifar10, digits, npz (your "
-                        "own: x uint8 [N, H, W(, C)], y integer labels 0..K-1, optional x_test, "
-                        "y_test and class_names; keras' x_train, y_train are read too), or "
-                        "stream (array shards on disk, larger than memory; see --data-dir)."),
+                   help="Dataset: fashion_mnist, mnist, cifar10, digits, npz (your own: x "
+                        "uint8 [N, H, W(, C)], y integer labels 0..K-1, optional x_test, y_test "
+                        "and class_names; keras' x_train, y_train are read too), or stream "
+                        "(array shards on disk, larger than memory; see --data-dir). "
+                        f"{dataset_default}"),
       click.option("--data-dir", default=None, type=click.Path(),
                    help="Where the data is (a folder, the .npz file for --dataset npz, or the "
                         "folder holding train/ and test/ shards for --dataset stream)."),

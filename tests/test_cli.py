@@ -247,8 +247,13 @@ def test_training_help_shows_each_recipes_defaults():
       assert f"[default: the recipe's {role}.{key}: {values['fashion_mnist']:,} in fashion_mnist" \
           in shown, (role, key)
       assert f"{values['digits']:,} in digits" in shown, (role, key)
-  assert "[default: fashion_mnist]" in " ".join(
-      CliRunner().invoke(main, ["teacher", "--help"]).output.split())
+  teacher_help, student_help = (" ".join(CliRunner().invoke(main, [role, "--help"]).output.split())
+                                 for role in ("teacher", "student"))
+  assert "[default: fashion_mnist]" in teacher_help
+  assert ("[default: the recipe's data.dataset: fashion_mnist in fashion_mnist and demo, digits "
+          "in digits]") in teacher_help
+  # A student's data is its teacher's unless given: no recipe's dataset is its default.
+  assert "see --data-dir). [default: the teacher's data]" in student_help
 
 
 def test_losses_importable_from_the_package():
