@@ -27,9 +27,10 @@ import numpy as np
 
 from distill import workflow
 from distill.predict import predict_logits
+from distill.run_recipe import read_run_recipe
 
 out = Path(sys.argv[1])
-recipe = workflow.read_run_recipe(out / "student-mlp")
+recipe = read_run_recipe(out / "student-mlp")
 dataset = workflow.load_data(recipe)
 jax_logits = np.load(out / "student-mlp" / "predictions.npz")["test_logits"]
 rows = {}

@@ -193,7 +193,7 @@ def _checked_teachers(teacher_dirs: Path | list[Path], out_dir: Path | None, *,
   twice, an ensemble without `out_dir`, or teachers trained on different data.
   """
   from distill.run_recipe import read_run_recipe  # noqa: PLC0415
-  from distill.workflow import check_same_data  # noqa: PLC0415
+  from distill.student_teaching import check_same_data  # noqa: PLC0415
 
   teacher_dirs = [Path(d) for d in ([teacher_dirs] if isinstance(teacher_dirs, (str, Path))
                                     else teacher_dirs)]
