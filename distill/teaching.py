@@ -154,7 +154,8 @@ def _dkd_objective(temperature: float = 4.0, dkd_alpha: float = 1.0, dkd_beta: f
   def ramp(step):
     if dkd_warmup_steps <= 0:
       return 1.0
-    return jnp.minimum(step.astype(jnp.float32) / dkd_warmup_steps, 1.0)
+    # `step` is a traced int32 in the jitted step, a Python int in the step-0 check.
+    return jnp.minimum(jnp.asarray(step, jnp.float32) / dkd_warmup_steps, 1.0)
 
   def loss(logits, batch, aux=None):
     return (losses.hard_cross_entropy(logits, batch["labels"], label_smoothing=label_smoothing)

@@ -29,6 +29,8 @@ def _student(teacher_dir, workdir, *args):
 @pytest.mark.parametrize("args, method", [
     (("-m", "mlp", "--method", "dkd", "-T", "4"), "dkd"),
     (("-m", "mlp", "--method", "dkd", "--teaching", "online"), "dkd"),
+    # The step-0 check hands the ramp a Python int, the jitted step a traced one.
+    (("-m", "mlp", "--method", "dkd", "--set", "student.dkd.warmup_steps=10"), "dkd"),
     (("-m", "cnn", "--method", "dist", "-T", "2"), "dist"),
     (("-m", "vit", "--method", "token"), "token"),
     (("-m", "vit", "--method", "token", "--set", "student.token.variant=soft", "-T", "2"),
