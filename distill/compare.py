@@ -436,3 +436,111 @@ def objective_label(row: dict[str, Any]) -> str:
   if alpha is not None and alpha < 1:
     what += f", {alpha:g} teacher + {1 - alpha:g} labels"
   return f"train loss ({what})"
+
+
+# Recipe keys that say when a run logs, evaluates or checkpoints, or how it hands steps to
+# the device, not what it learns: runs that differ only in them are one setting.
+_BOOKKEEPING = ("log_every", "eval_every", "checkpoint_every", "steps_per_dispatch",
+                "eval_batch_size", "init_check_tolerance")
+
+
+def with_settings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """`rows` (each with `label`, as the report names its runs), each with `setting`,
+  `setting_note` and `repeat`, so that a figure draws the seeds of one setting as one point.
+
+  Runs of one label and size are one setting when their recipes (recipe.json) differ in nothing
+  but the seed and what only logs, evaluates or checkpoints (`config.recipe_differences`):
+  `setting` numbers a label's settings, and where a label has several, `setting_note` names
+  what tells each from the others ('20,000 steps', 'dist beta=2 gamma=2'), else ''. `repeat`
+  marks a run an earlier row already is: the same folder, or the same setting and seed with
+  identical parameters (a run reached again through a sweep folder). A row whose recipe
+  cannot be read joins its label's first setting.
+  """
+  rows = [dict(row) for row in rows]
+  recipes = [_run_recipe(row) for row in rows]
+  groups: dict[tuple[Any, Any], list[int]] = {}
+  for index, row in enumerate(rows):
+    groups.setdefault((row.get("label"), row.get("params")), []).append(index)
+  for members in groups.values():
+    firsts: list[int] = []  # each setting's first row
+    for index in [i for i in members if recipes[i] is not None]:
+      number = next((number for number, first in enumerate(firsts)
+                     if not _setting_differences(rows[first], recipes[first], recipes[index])),
+                    None)
+      if number is None:
+        number = len(firsts)
+        firsts.append(index)
+      rows[index]["setting"] = number
+    keys = sorted({key for first in firsts[1:]
+                   for key in _setting_differences(rows[first], recipes[firsts[0]],
+                                                   recipes[first])})
+    for index in members:
+      setting = rows[index].setdefault("setting", 0)
+      rows[index]["setting_note"] = (_setting_note(keys, recipes[firsts[setting]])
+                                     if len(firsts) > 1 else "")
+  seen: set[Any] = set()
+  for row, recipe in zip(rows, recipes, strict=True):
+    identities = {("folder", str(Path(row["run"]).resolve()) if row.get("run") else id(row))}
+    seed = row.get("seed", (recipe or {}).get("seed"))
+    if recipe is not None and row.get("params_sha256"):
+      identities.add((row.get("label"), row.get("params"), row["setting"], seed,
+                      row["params_sha256"]))
+    row["repeat"] = bool(identities & seen)
+    seen |= identities
+  return rows
+
+
+def _run_recipe(row: dict[str, Any]) -> dict[str, Any] | None:
+  """A row's run recipe (recipe.json laid over today's defaults); None where the run has none
+  that reads (a teacher imported as logits, a damaged file)."""
+  from distill.run_recipe import read_run_recipe  # noqa: PLC0415
+
+  try:
+    return read_run_recipe(Path(row["run"])) if row.get("run") else None
+  except (UserError, KeyError, TypeError, ValueError):
+    return None
+
+
+def _setting_differences(row: dict[str, Any], old: dict[str, Any],
+                         new: dict[str, Any]) -> list[str]:
+  """The recipe keys a run of `row`'s role reads that differ between two recipes, less the seed
+  and `_BOOKKEEPING`."""
+  from distill.config import recipe_differences  # noqa: PLC0415
+
+  role = "teacher" if row.get("role") == "teacher" else "student"
+  try:
+    lines = recipe_differences(old, new, role)
+  except (KeyError, TypeError):  # a recipe of another layout names no keys
+    return []
+  keys = [line.split(": ", 1)[0] for line in lines]
+  return [key for key in keys if key != "seed" and key.split(".")[-1] not in _BOOKKEEPING]
+
+
+def _setting_note(keys: list[str], recipe: dict[str, Any]) -> str:
+  """A setting's values of the recipe keys that tell it from its label's others, in few words:
+  'dist beta=2 gamma=2' (one table's keys together), '20,000 steps', 'data labelled=100'."""
+  parts: dict[tuple[str, str], list[str]] = {}  # (table, '') or ('', own key): its words
+  for key in keys:
+    *path, name = key.split(".")
+    value: Any = recipe
+    for part in (*path, name):
+      value = value.get(part) if isinstance(value, dict) else None
+    if path[:1] in (["teacher"], ["student"]):
+      path = path[1:]  # the run's own section goes without saying
+    if path:  # a table's keys read together: 'dist beta=2 gamma=2'
+      parts.setdefault((" ".join(path), ""), []).append(f"{name}={_setting_value(value)}")
+    elif name == "steps" and isinstance(value, int):
+      parts[("", key)] = [f"{value:,} steps"]
+    else:
+      parts[("", key)] = [f"{name}={_setting_value(value)}"]
+  return ", ".join(" ".join([table, *words]) if table else words[0]
+                   for (table, _), words in parts.items())
+
+
+def _setting_value(value: Any) -> str:
+  """A recipe value as a setting's note writes it: 0.5, true, [32,64], resize."""
+  if isinstance(value, float):
+    return f"{value:g}"
+  if isinstance(value, (bool, list, dict)) or value is None:
+    return json.dumps(value, separators=(",", ":"))
+  return str(value)

@@ -205,9 +205,10 @@ def accuracy_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   A row's `label` names the run as a person tells it apart (without its seed),
   its `series` how it was taught (the legend's entry, shared by every model);
   rows without them get ones made of role, model and loss. Runs that share a
-  label and a parameter count (one sweep row's seeds) become one point:
-  `mean`, `low` and `high` are their test accuracies' mean, min and max,
-  `runs` how many. Points of about one size form a column (`column`: its
+  label, a parameter count and a `setting` (`compare.with_settings`: one
+  sweep row's seeds) become one point: `mean`, `low` and `high` are their test
+  accuracies' mean, min and max, `runs` how many; a row marked `repeat` (a run
+  another row already is) is left out. Points of about one size form a column (`column`: its
   index) and are spread across it, teachers first, then in order of series:
   `x` is where a point is drawn, `params` its true size. Runs of unknown size
   (a teacher imported as logits or a function: no parameter count in its
@@ -224,12 +225,12 @@ def accuracy_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   if len(datasets) > 1 or len(fingerprints) > 1:
     raise ValueError(f"runs of {max(len(datasets), len(fingerprints))} data sets "
                      f"({', '.join(datasets)}) on one accuracy axis: draw one figure per data set")
-  groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+  groups: dict[tuple[str, int, Any], list[dict[str, Any]]] = {}
   for row in rows:
-    if row.get("params"):
-      groups.setdefault((_point_label(row), row["params"]), []).append(row)
+    if row.get("params") and not row.get("repeat"):
+      groups.setdefault((_point_label(row), row["params"], row.get("setting")), []).append(row)
   points = []
-  for (label, params), members in groups.items():
+  for (label, params, _), members in groups.items():
     accuracies = np.array([m["test_accuracy"] for m in members], np.float64)
     first = members[0]
     points.append({"label": label, "series": _point_series(first), "role": first.get("role"),
@@ -356,7 +357,7 @@ def accuracy_vs_params_figure(rows: list[dict[str, Any]], *, dataset: str | None
   # size axis, but its accuracy is what its students are measured against: a line across.
   unsized = {}
   for row in rows:
-    if not row.get("params") and row.get("test_accuracy") is not None:
+    if not row.get("params") and row.get("test_accuracy") is not None and not row.get("repeat"):
       unsized.setdefault(_point_label(row), []).append(row)
   for label, members in unsized.items():
     ax.axhline(float(np.mean([row["test_accuracy"] for row in members])), ls="--", lw=1,

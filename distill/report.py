@@ -24,6 +24,7 @@ from distill.compare import (
   row_value,
   run_label,
   with_dataset_names,
+  with_settings,
   with_teacher_names,
 )
 from distill.io import read_json
@@ -75,12 +76,7 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) ->
   _remove_earlier_figures(out_dir)
   datasets: dict[str, Any] = {}
   teacher_logits: dict[str, np.ndarray] = {}
-  for row in rows:
-    # The overview figure draws a label's runs (seeds) as one point, coloured by its series.
-    row["label"] = run_label(row, name_teacher=name_teachers)
-    if name_datasets and row_value(row, "dataset"):
-      row["label"] += f" on {row_value(row, 'dataset')}"
-    row["series"] = how_taught(row, name_teacher=name_teachers)
+  rows = _labelled(rows, name_teachers=name_teachers, name_datasets=name_datasets)
   progress = progress_bar(rows, desc="report", quiet=quiet, unit="run")
   # Each section fills its row's test metrics in, so the table below shows them.
   sections = [_run_section(index, row, out_dir, datasets, teacher_logits)
@@ -93,6 +89,25 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) ->
   path = out_dir / "report.html"
   write_text(path, page)
   return path
+
+
+def _labelled(rows: list[dict[str, Any]], *, name_teachers: bool,
+              name_datasets: bool) -> list[dict[str, Any]]:
+  """`rows`, each with `label` (how its title names it) and `series` (its legend entry), and
+  `with_settings`' marks: the overview figure draws the runs of one setting (seeds) as one
+  point, coloured by its series, so runs of one label but different settings take what tells
+  them apart ('20,000 steps') into both."""
+  for row in rows:
+    row["label"] = run_label(row, name_teacher=name_teachers)
+    if name_datasets and row_value(row, "dataset"):
+      row["label"] += f" on {row_value(row, 'dataset')}"
+    row["series"] = how_taught(row, name_teacher=name_teachers)
+  rows = with_settings(rows)
+  for row in rows:
+    if row["setting_note"]:
+      row["label"] += f", {row['setting_note']}"
+      row["series"] += f", {row['setting_note']}"
+  return rows
 
 
 # The figures a report writes beside report.html: each run's (`_figure_path`, its slug starts
@@ -283,9 +298,9 @@ def _overview_figures(rows: list[dict[str, Any]], out_dir: Path) -> str:
   for row in rows:
     groups.setdefault(row_value(row, "dataset"), []).append(row)
   caption = ("Test accuracy against parameters{on}: a point is the mean over the runs of one "
-             "label (seeds), its bar their lowest and highest; the colour says how a student "
-             "was taught, the star is the teacher, and runs of one size stand side by side "
-             "above their model's name.")
+             "setting (seeds; a run reached twice counts once), its bar their lowest and "
+             "highest; the colour says how a student was taught, the star is the teacher, and "
+             "runs of one size stand side by side above their model's name.")
   if len(groups) == 1:
     (dataset, members), = groups.items()
     path = plots.accuracy_vs_params(members, path=out_dir / f"{_OVERVIEW_FIGURE}.png",

@@ -326,6 +326,57 @@ def test_compare_names_each_students_teacher_when_they_have_several(tmp_path):
       "student cnn (kd, targets, T=2, alpha=1, from teacher-hybrid)", "student cnn (hard labels)"}
 
 
+def _setting_runs(runs):
+  """A new user's runs/*: two DIST students of one seed but different beta and gamma, a kd
+  student at 200 steps (two seeds, logged at different rates) and one at 20,000, and a hard
+  baseline reached twice (its own folder, and the same recipe and seed in a sweep's)."""
+  kd = {"loss": "soft", "teaching": "targets", "method": "kd", "temperature": 1.0, "alpha": 1.0}
+  dist = {**kd, "method": "dist", "alpha": None}
+  hard = {"loss": "hard", "teaching": "hard", "method": "hard"}
+
+  def run(name, recipe, seed, accuracy, sha, **summary):
+    run_dir = _write_summary(runs / name, role="student", model="cnn", params=1922, seed=seed,
+                             test_accuracy=accuracy, params_sha256=sha * 64, **summary)
+    (run_dir / "recipe.json").write_text(json.dumps({"seed": seed, **recipe}))
+    return run_dir
+
+  return [
+      _write_summary(runs / "teacher", role="teacher", model="vit", params=44_266,
+                     test_accuracy=0.64),
+      run("dist-a", {"student": {"method": "dist"}}, 0, 0.59, "a", **dist,
+          method_options={"beta": 1.0, "gamma": 1.0}),
+      run("dist-b", {"student": {"method": "dist", "dist": {"beta": 2.0, "gamma": 2.0}}}, 0,
+          0.57, "b", **dist, method_options={"beta": 2.0, "gamma": 2.0}),
+      run("kd-s0", {"student": {"steps": 200}}, 0, 0.46, "c", **kd),
+      run("kd-s1", {"student": {"steps": 200, "eval_every": 50}}, 1, 0.48, "d", **kd),
+      run("kd-long", {"student": {"steps": 20_000}}, 0, 0.90, "e", **kd),
+      run("student-cnn-hard", {"student": {"loss": "hard"}}, 0, 0.73, "f", **hard),
+      run("sweep/cnn-hard-s0", {"student": {"loss": "hard"}}, 0, 0.73, "f", **hard),
+      run("sweep/cnn-hard-s1", {"student": {"loss": "hard"}}, 1, 0.52, "g", **hard)]
+
+
+def test_accuracy_figure_draws_one_point_per_setting_and_a_run_reached_twice_once(tmp_path):
+  """Runs are one point only when their recipes differ in nothing but the seed (and when they
+  logged): settings that share a label are told apart in it and in the legend, and a run
+  reached twice (its recipe, seed and parameters the same) counts once."""
+  from distill import plots  # noqa: PLC0415
+
+  rows, _ = compare_lib.collect_runs(_setting_runs(tmp_path / "runs"))
+  rows = report_lib._labelled(compare_lib.with_teacher_names(rows), name_teachers=False,
+                              name_datasets=False)
+  assert {p["label"]: p["runs"] for p in plots.accuracy_points(rows)} == {
+      "teacher vit": 1, "student cnn (hard labels)": 2,
+      "student cnn (dist, targets, T=1), dist beta=1 gamma=1": 1,
+      "student cnn (dist, targets, T=1), dist beta=2 gamma=2": 1,
+      "student cnn (kd, targets, T=1, alpha=1), 200 steps": 2,
+      "student cnn (kd, targets, T=1, alpha=1), 20,000 steps": 1}
+  hard = next(p for p in plots.accuracy_points(rows) if p["series"] == "hard labels")
+  assert (hard["mean"], hard["low"]) == pytest.approx((0.625, 0.52))
+  assert [Path(row["run"]).name for row in rows if row["repeat"]] == ["cnn-hard-s0"]
+  assert {row["series"] for row in rows if row.get("method") == "kd"} == {
+      "kd, targets, T=1, alpha=1, 200 steps", "kd, targets, T=1, alpha=1, 20,000 steps"}
+
+
 def test_teachers_are_named_by_as_much_of_their_path_as_tells_them_apart():
   assert compare_lib.short_names(["/w/runs/teacher", "/w/runs/teacher-hybrid"]) == {
       "/w/runs/teacher": "teacher", "/w/runs/teacher-hybrid": "teacher-hybrid"}
