@@ -27,7 +27,8 @@ COLUMNS = (
     ("teacher", "teacher"),
     # How a student was taught: runs that differ only here must not look alike.
     ("teaching", "teaching"),
-    ("method", "method"),
+    # The method with its own settings where they are not the defaults: 'dist beta=2 gamma=2'.
+  ("method", "method"),
     # Only when some student learned by KL: soft cross-entropy and KL runs must not look alike.
     ("soft_loss", "soft loss"),
     ("temperature", "T"),
@@ -197,7 +198,8 @@ def datasets_note(rows: list[dict[str, Any]]) -> str | None:
 _TEXT_COLUMNS = ("run", "dataset", "role", "model", "loss", "teacher", "teaching", "method",
                  "soft_loss")
 # A student's distillation settings: meaningless for teachers and hard-label baselines.
-_TEACHING_KEYS = ("teacher", "teaching", "method", "soft_loss", "temperature", "alpha", "mixup")
+_TEACHING_KEYS = ("teacher", "teaching", "method", "method_options", "soft_loss", "temperature",
+                  "alpha", "mixup")
 # The teacher column's value without the option: the one teacher that every student shares,
 # whichever it is.
 _SHARED = object()
@@ -323,7 +325,8 @@ def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
   rows = with_dataset_names(with_teacher_names(rows))
   columns = shown_columns(rows)
   header = [title for _, title in columns]
-  body = [[_cell(key, row_value(row, key)) for key, _ in columns] for row in rows]
+  body = [[_cell(key, method_text(row) if key == "method" else row_value(row, key))
+           for key, _ in columns] for row in rows]
   if markdown:
     return markdown_table(header, body)
   widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
@@ -369,7 +372,9 @@ def compare_runs(run_dirs: list[Path], *, as_json: bool = False, markdown: bool 
     # `dataset` as the run recorded it, `dataset_name` as the table names it; its fingerprint
     # and path tell data sets apart exactly.
     rows = with_dataset_names(with_teacher_names(rows))
-    keys = [key for key, _ in COLUMNS] + ["dataset_name", "dataset_fingerprint", "data_dir",
+    # `method_options` as the summary recorded them, the defaults too.
+    keys = [key for key, _ in COLUMNS] + ["method_options", "dataset_name",
+                                          "dataset_fingerprint", "data_dir",
                                           "steps",
                                           "teacher_dir", "teacher_test_accuracy",
                                           "val_accuracy", "images_per_second", "cpu",
@@ -418,17 +423,33 @@ def how_taught(row: dict[str, Any], *, name_teacher: bool = False) -> str:
   alpha = "" if row.get("alpha") is None else f", alpha={_cell('alpha', row['alpha'])}"
   kl = ", KL" if row.get("soft_loss") == "kl" else ""
   mixup = row_value(row, "mixup")
-  return (f"{row_value(row, 'method')}{kl}, {row.get('teaching')}, "
+  return (f"{method_text(row)}{kl}, {row.get('teaching')}, "
           f"T={_cell('temperature', row.get('temperature'))}{alpha}"
           + (f", mixup={_cell('mixup', mixup)}" if mixup else "")
           + (f", from {teacher}" if teacher else ""))
+
+
+def method_text(row: dict[str, Any]) -> str | None:
+  """A student's method as the table, the report and the result line name it: with those of
+  its own settings (`method_options`) that are not their defaults, 'dist beta=2 gamma=2',
+  'hint kind=cosine', else 'kd', 'dist'; None where `row_value` shows no method."""
+  from distill.config import DEFAULTS  # noqa: PLC0415
+
+  method = row_value(row, "method")
+  if method is None:
+    return None
+  defaults = DEFAULTS["student"].get(method)
+  defaults = defaults if isinstance(defaults, dict) else {}
+  options = row.get("method_options") or {}
+  return " ".join([method, *(f"{key}={_setting_value(value)}" for key, value in options.items()
+                             if value != defaults.get(key))])
 
 
 def objective_label(row: dict[str, Any]) -> str:
   """What a run's logged training loss is, e.g. 'train loss (kd, T²-scaled at T=2)'."""
   if row.get("role") != "student" or row.get("loss") == "hard":
     return "train loss (cross-entropy, hard labels)"
-  method = row_value(row, "method")
+  method = method_text(row)
   temperature, alpha = row.get("temperature") or 1.0, row.get("alpha", 1.0)
   what = method + (": KL" if row.get("soft_loss") == "kl" else "")
   if temperature != 1:

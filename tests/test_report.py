@@ -366,8 +366,7 @@ def test_accuracy_figure_draws_one_point_per_setting_and_a_run_reached_twice_onc
                               name_datasets=False)
   assert {p["label"]: p["runs"] for p in plots.accuracy_points(rows)} == {
       "teacher vit": 1, "student cnn (hard labels)": 2,
-      "student cnn (dist, targets, T=1), dist beta=1 gamma=1": 1,
-      "student cnn (dist, targets, T=1), dist beta=2 gamma=2": 1,
+      "student cnn (dist, targets, T=1)": 1, "student cnn (dist beta=2 gamma=2, targets, T=1)": 1,
       "student cnn (kd, targets, T=1, alpha=1), 200 steps": 2,
       "student cnn (kd, targets, T=1, alpha=1), 20,000 steps": 1}
   hard = next(p for p in plots.accuracy_points(rows) if p["series"] == "hard labels")
@@ -375,6 +374,31 @@ def test_accuracy_figure_draws_one_point_per_setting_and_a_run_reached_twice_onc
   assert [Path(row["run"]).name for row in rows if row["repeat"]] == ["cnn-hard-s0"]
   assert {row["series"] for row in rows if row.get("method") == "kd"} == {
       "kd, targets, T=1, alpha=1, 200 steps", "kd, targets, T=1, alpha=1, 20,000 steps"}
+
+
+def test_method_settings_show_in_the_table_json_and_labels(tmp_path):
+  """Two DIST students that differ only in beta and gamma do not read alike: the method cell,
+  the report's labels and legend, and the result line name the settings that are not the
+  defaults; --json carries every row's method_options."""
+  _, dist, dist_wide, *_ = _setting_runs(tmp_path / "runs")
+  header, _, *body = ([cell.strip() for cell in line.strip("|").split("|")] for line in
+                      compare_lib.compare_runs([dist, dist_wide], markdown=True).splitlines())
+  assert [row[header.index("method")] for row in body] == ["dist", "dist beta=2 gamma=2"]
+  as_json = {Path(row["run"]).name: row for row in json.loads(
+      compare_lib.compare_runs([dist, dist_wide], as_json=True))}
+  assert (as_json["dist-b"]["method"], as_json["dist-b"]["method_options"]) == (
+      "dist", {"beta": 2.0, "gamma": 2.0})
+  assert compare_lib.run_label(as_json["dist-b"]) == (
+      "student cnn (dist beta=2 gamma=2, targets, T=1)")
+  assert compare_lib.objective_label(as_json["dist-b"]) == "train loss (dist beta=2 gamma=2)"
+  student = {"role": "student", "loss": "soft"}
+  assert [compare_lib.method_text({**student, "method": method, "method_options": options})
+          for method, options in (
+              ("dkd", {"alpha": 1.0, "beta": 8.0, "warmup_steps": 100}),
+              ("token", {"variant": "soft"}), ("token", {"variant": "hard"}),
+              ("hint", {"kind": "cosine", "weight": 1.0, "student_layer": -1,
+                        "teacher_layer": 2}))] == [
+      "dkd warmup_steps=100", "token variant=soft", "token", "hint kind=cosine teacher_layer=2"]
 
 
 def test_teachers_are_named_by_as_much_of_their_path_as_tells_them_apart():
