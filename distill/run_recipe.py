@@ -35,17 +35,18 @@ def read_run_recipe(run_dir: Path) -> dict[str, Any]:
 
 def student_recipe(teacher_dir: Path, recipe_path: str | None, overrides: list[str],
                    console: Console | None = None, *,
-                   for_hard_labels_too: bool = False) -> dict[str, Any]:
+                   shared_overrides: bool = False) -> dict[str, Any]:
   """The recipe a student starts from: the teacher's own, unless another is given.
 
   Starting from the teacher's resolved recipe keeps the data settings (and so
   the split the targets were made on) identical by default. `teacher.*`
   overrides are accepted (one set of flags can serve both commands) but change
   nothing: the teacher is the run in `teacher_dir`; `console` says so.
-  Distillation settings given to a hard-label student (`--loss hard -T 4`)
-  are refused, since it learns from labels alone, unless
-  `for_hard_labels_too`: a sweep gives one set of overrides to its soft and
-  hard runs alike.
+  Settings the run would not read are refused (`--loss hard -T 4`: a student
+  on hard labels learns from labels alone; `--method dkd --alpha 0.5`: DKD
+  weighs its terms with `student.dkd.*`), unless `shared_overrides`: a sweep
+  gives one set of overrides to its runs of every method and to its hard
+  runs alike.
   """
   config_lib.check_overrides(overrides)  # `--model nope` is named before a missing teacher
   rundir.check_teacher_folder(teacher_dir)
@@ -55,8 +56,8 @@ def student_recipe(teacher_dir: Path, recipe_path: str | None, overrides: list[s
     recipe = config_lib.load_recipe(recipe_path, overrides)
   else:
     recipe = config_lib.resolve_overrides(read_run_recipe(teacher_dir), overrides)
-  if recipe["student"]["loss"] == "hard" and not for_hard_labels_too:
-    _refuse_unused_by_hard_labels(overrides)
+  if not shared_overrides:
+    _refuse_unread_settings(overrides, recipe["student"])
   _check_hint_layers(recipe, teacher_dir)
   return recipe
 
@@ -74,19 +75,45 @@ _DISTILLATION_KEYS = ("teaching", "temperature", "alpha", "soft_loss", "mixup", 
                       *config_lib.METHODS)
 
 
-def _refuse_unused_by_hard_labels(overrides: list[str]) -> None:
-  """Refuses an override of a distillation setting for a student on hard labels.
+# Why a method does not read a student setting, for the refusal.
+_UNREAD_BECAUSE = {
+    ("dkd", "alpha"): "DKD weighs its terms with student.dkd.alpha and student.dkd.beta",
+    ("dist", "alpha"): "DIST weighs its terms with student.dist.beta and student.dist.gamma",
+    ("token", "alpha"): "a distillation token's two heads are weighed equally",
+    ("token", "temperature"): "a token of variant hard learns the teacher's top class; "
+                              "student.token.variant=soft reads it",
+}
 
-  Such a student learns from one-hot labels, without its teacher, so the
-  setting would change nothing and the run would not be the one asked for.
+
+def _refuse_unread_settings(overrides: list[str], student: dict[str, Any]) -> None:
+  """Refuses an override of a student setting that the run would not read.
+
+  A student on hard labels reads no distillation setting; a method reads
+  only its own table (`student.dkd.*`) and those of -T, --alpha and
+  --soft-loss its loss takes (`teaching.reads_setting`). The setting would
+  change nothing, and the run would not be the one asked for.
   """
+  from distill.teaching import reads_setting  # noqa: PLC0415
+
+  method = student["method"]
   for text in overrides:
     key, value = config_lib.parse_override(text)
     role, _, rest = key.partition(".")
-    if role == "student" and rest.split(".")[0] in _DISTILLATION_KEYS:
+    name = rest.split(".")[0]
+    if role != "student" or name not in _DISTILLATION_KEYS:
+      continue
+    if student["loss"] == "hard":
       raise UserError(f"{key}={value} changes nothing for a student on hard labels "
                       f"(student.loss=hard learns from one-hot labels, not from its teacher): "
                       f"drop it, or train with the soft loss")
+    if name in config_lib.METHODS and name != method:
+      raise UserError(f"{key}={value} changes nothing for method {method}: it is a setting of "
+                      f"method {name}; drop it, or train with --method {name}")
+    if (name in ("temperature", "alpha", "soft_loss")
+        and not reads_setting(method, name, student.get(method))):
+      readers = [other for other in config_lib.METHODS if reads_setting(other, name)]
+      why = _UNREAD_BECAUSE.get((method, name), f"only {' and '.join(readers)} read it")
+      raise UserError(f"{key}={value} changes nothing for method {method} ({why}): drop it")
 
 
 def default_student_workdir(recipe: dict[str, Any]) -> Path:

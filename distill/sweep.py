@@ -286,7 +286,7 @@ def _checked_runs(runs: list[dict[str, Any]], teacher_dir: Path, out_dir: Path,
                       *method_overrides(run["mode"], run["method"])]
     try:
       run["recipe"] = run_recipe.student_recipe(
-          teacher_dir, recipe, [*overrides, *axis_overrides], for_hard_labels_too=True)
+          teacher_dir, recipe, [*overrides, *axis_overrides], shared_overrides=True)
     except UserError as e:
       raise _named(run, e) from None
     run["state"] = _finished_state(run["dir"], config_lib.recipe_hash(run["recipe"], "student"),

@@ -296,10 +296,18 @@ OBJECTIVES: dict[str, Callable[..., Objective]] = {
 OBJECTIVES["soft"] = _kd_objective
 
 
-def reads_setting(name: str, key: str) -> bool:
-  """Whether the registered objective `name` reads the student setting `key` ('alpha' is read
-  by kd and hint only: dkd has its own `student.dkd.alpha`, dist and token none)."""
-  return name in OBJECTIVES and key in inspect.signature(OBJECTIVES[name]).parameters
+def reads_setting(name: str, key: str, method_options: Mapping[str, Any] | None = None) -> bool:
+  """Whether the registered objective `name` reads the student setting `key`.
+
+  'alpha' is read by kd and hint only (dkd has its own `student.dkd.alpha`,
+  dist and token none); 'soft_loss' by kd and hint; 'temperature' by all but
+  'hard' and a token of `method_options` variant 'hard', which learns the
+  teacher's top class.
+  """
+  if name not in OBJECTIVES or key not in inspect.signature(OBJECTIVES[name]).parameters:
+    return False
+  return not (name == "token" and key == "temperature"
+              and (method_options or {}).get("variant", "hard") == "hard")
 
 
 def make_objective(name: str, **settings: Any) -> Objective:

@@ -539,10 +539,11 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
       "method": "hard" if settings.loss == "hard" else settings.method,
       "method_options": dict(settings.method_options) if settings.loss != "hard" else {},
       "teaching": "hard" if teaching is None else teaching.name,
-      "soft_loss": settings.soft_loss,
-      "temperature": settings.temperature,
-      # None where the method reads no alpha, so tables and the result line show none.
-      "alpha": settings.alpha if teaching_lib.reads_setting(objective.name, "alpha") else None,
+      # None where the objective does not read the setting (hard labels read none), so
+      # tables and the result line show none.
+      **{key: getattr(settings, key)
+         if teaching_lib.reads_setting(objective.name, key, settings.method_options) else None
+         for key in ("soft_loss", "temperature", "alpha")},
       "mixup": settings.mixup,
       "augmented": augmented,
       "teacher_dir": str(teacher_dir.resolve()),

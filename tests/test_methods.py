@@ -46,6 +46,10 @@ def test_every_method_trains_from_the_cli_and_passes_its_strict_step0_check(
   # Only kd and hint read student.alpha: the others record none, and their lines show none.
   reads_alpha = method == "hint"
   assert (summary["alpha"] is not None) == reads_alpha
+  # Nor a soft loss but kd's and hint's, nor a temperature a hard token.
+  assert (summary["soft_loss"] is not None) == (method == "hint")
+  assert (summary["temperature"] is None) == (
+      method == "token" and summary["method_options"]["variant"] == "hard")
   assert ("alpha=" in workflow.result_line(summary, tmp_path / "s")) == reads_alpha
   assert ("alpha=" in compare.run_label(summary)) == reads_alpha
   assert np.isfinite(summary["final_train_loss"])
@@ -124,6 +128,31 @@ def test_token_student_predicts_the_mean_of_its_two_heads(tiny_digits_runs, tmp_
 def test_invalid_method_combinations_are_one_line_errors(overrides, message):
   with pytest.raises(UserError, match=message):
     config.load_recipe("digits", overrides)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--method", "dkd", "--alpha", "0.5"),
+     "student.alpha=0.5 changes nothing for method dkd (DKD weighs its terms with "
+     "student.dkd.alpha and student.dkd.beta): drop it"),
+    (("--method", "dkd", "--soft-loss", "kl"),
+     "student.soft_loss=kl changes nothing for method dkd (only kd and hint read it): drop it"),
+    (("-m", "vit", "--method", "token", "-T", "5"),
+     "student.temperature=5.0 changes nothing for method token (a token of variant hard "
+     "learns the teacher's top class; student.token.variant=soft reads it): drop it"),
+    (("--method", "kd", "--set", "student.dist.beta=2"),
+     "student.dist.beta=2 changes nothing for method kd: it is a setting of method dist; "
+     "drop it, or train with --method dist"),
+    (("--loss", "hard", "--method", "dkd"),
+     "student.method=dkd changes nothing for a student on hard labels (student.loss=hard learns "
+     "from one-hot labels, not from its teacher): drop it, or train with the soft loss"),
+])
+def test_settings_the_method_would_not_read_are_refused(tiny_digits_runs, tmp_path, args,
+                                                        message):
+  result = run_cli("student", "--teacher", tiny_digits_runs / "teacher", "-w", tmp_path / "s",
+                   "-q", *TINY_FLAGS, *args)
+  assert result.exit_code == 2, result.output
+  assert result.stderr.strip() == f"error: {message}"
+  assert not (tmp_path / "s").exists()
 
 
 def test_cli_refuses_a_token_for_a_cnn_in_one_line(tiny_digits_runs, tmp_path):
