@@ -86,6 +86,14 @@ def _recipe_default(key: str) -> str:
   return f"[default: the recipe's {key}: {where}]"
 
 
+def _method_settings(method: str) -> str:
+  """'student.dkd.alpha=1, beta=8, warmup_steps=0': a method's settings and their defaults."""
+  table = config_lib.DEFAULTS["student"][method]
+  return f"student.{method}." + ", ".join(
+      f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+      for key, value in table.items())
+
+
 def _common_training_options(role: str):
   """The options `distill teacher` and `distill student` share, their help written for `role`."""
   recipe_default = ("[default: fashion_mnist]" if role == "teacher" else
@@ -428,18 +436,20 @@ def export(teacher_dirs, out_dir, temperature, views, quiet):
                    "teacher labels the mixed image. [default: 0, off]")
 @click.option("--method", type=click.Choice(["kd", "dkd", "dist", "token", "hint"]),
               default=None,
-              help="How the student learns from the teacher: kd (Hinton's loss, -T/--alpha), "
-                   "dkd (decoupled KD: --set student.dkd.alpha/beta), dist (Pearson "
-                   "correlations: student.dist.beta/gamma), token (DeiT's distillation token, "
-                   "ViT students: student.token.variant=hard|soft), hint (FitNets: a student "
-                   "layer matches a teacher layer, needs --teaching online, not augmented "
-                   "unless student.augment=true: student.hint.kind/weight/student_layer/"
-                   "teacher_layer). All add the label loss except kd with alpha 1. "
-                   "[default: kd]")
+              help="How the student learns from the teacher: kd (Hinton's loss, -T, --alpha, "
+                   "--soft-loss), dkd (decoupled KD, -T; "
+                   f"{_method_settings('dkd')}), dist (Pearson correlations, -T; "
+                   f"{_method_settings('dist')}), token (DeiT's distillation token, ViT "
+                   f"students; {_method_settings('token')}, or soft, which reads -T), hint "
+                   "(FitNets: a student layer matches a teacher layer; needs --teaching online; "
+                   "not augmented unless student.augment=true; kd's settings and "
+                   f"{_method_settings('hint')}). kd and hint at alpha 1 read no labels; the "
+                   "others add the label loss. [default: kd]")
 @click.option("--workdir", "-w", type=click.Path(), default=None,
               help="Run directory [default: runs/student-MODEL, then -hard for hard labels, "
-                   "or -METHOD for a method other than kd and -TEACHING for online or views, "
-                   "e.g. runs/student-cnn-hint-online].")
+                   "or -METHOD for a method other than kd, its variant if not the default "
+                   "(-soft, -cosine) and -TEACHING for online or views, e.g. "
+                   "runs/student-cnn-hint-online].")
 @_user_errors
 def student(recipe, overrides, dataset, data_dir, steps, batch_size, seed, restart, overwrite,
             strict_init_check, quiet, teacher_dir, model, loss, teaching, temperature, alpha,

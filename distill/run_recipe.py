@@ -119,15 +119,21 @@ def _refuse_unread_settings(overrides: list[str], student: dict[str, Any]) -> No
 def default_student_workdir(recipe: dict[str, Any]) -> Path:
   """Where `distill student` writes without --workdir: runs/student-MODEL, then what sets it apart.
 
-  '-hard' for hard labels; else the method unless it is kd, and the teaching
-  unless it is targets: runs/student-cnn, runs/student-cnn-hard,
+  '-hard' for hard labels; else the method unless it is kd, the method's
+  named variants that are not the default (a token's 'soft', a hint's
+  'cosine'), and the teaching unless it is targets: runs/student-cnn,
+  runs/student-cnn-hard, runs/student-vit-token-soft,
   runs/student-cnn-hint-online.
   """
   student = recipe["student"]
   if student["loss"] == "hard":
     parts = ["hard"]
   else:
-    parts = [student["method"]] if student["method"] != "kd" else []
+    method = student["method"]
+    parts = [method] if method != "kd" else []
+    defaults = config_lib.DEFAULTS["student"].get(method, {})
+    parts += [value for key, value in student.get(method, {}).items()
+              if isinstance(value, str) and value != defaults[key]]
     parts += [student["teaching"]] if student["teaching"] != "targets" else []
   return Path("runs") / "-".join(["student", student["model"], *parts])
 

@@ -268,6 +268,11 @@ def test_losses_importable_from_the_package():
     (["student.model=mlp", "student.teaching=online"], "student-mlp-online"),
     (["student.method=dkd"], "student-cnn-dkd"),
     (["student.method=hint", "student.teaching=online"], "student-cnn-hint-online"),
+    # A method's named variant, so the README's hard and soft tokens do not share a folder.
+    (["student.model=vit", "student.method=token", "student.token.variant=soft"],
+     "student-vit-token-soft"),
+    (["student.method=hint", "student.teaching=online", "student.hint.kind=cosine"],
+     "student-cnn-hint-cosine-online"),
 ])
 def test_a_students_default_workdir_says_how_it_was_taught(overrides, name):
   from distill import config, run_recipe  # noqa: PLC0415
