@@ -51,27 +51,41 @@ def expand_sweeps(run_dirs: list[Path]) -> tuple[list[Path], list[tuple[Path, di
 
   The runs are found by name inside the sweep folder (not by the paths
   sweep.json recorded, which may be relative to another working directory);
-  a folder listed twice is reported once.
+  a folder listed twice is reported once, named as it was given (runs/teacher
+  given beside a sweep of it), and a sweep's teacher given only through a
+  relative sweep folder relative to the working directory when it is under it.
   """
   from distill.sweep import SWEEP_JSON  # noqa: PLC0415
 
   expanded: list[Path] = []
+  given: dict[str, Path] = {}
   sweeps = []
   for run_dir in map(Path, run_dirs):
     if not (run_dir / SWEEP_JSON).is_file():
       expanded.append(run_dir)
+      given.setdefault(str(run_dir.resolve()), run_dir)
       continue
     saved = read_json(run_dir / SWEEP_JSON, "sweep summary")
     sweeps.append((run_dir, saved))
     teacher = Path(saved.get("settings", {}).get("teacher_dir", ""))
     # An ensemble's folder of targets has no summary: nothing to show for it.
     if (teacher / rundir.SUMMARY_FILE).is_file():
-      expanded.append(teacher)
+      expanded.append(teacher if run_dir.is_absolute() else _under_cwd(teacher))
     expanded += [run_dir / run["name"] for run in saved.get("runs", [])]
   unique: dict[str, Path] = {}
   for run_dir in expanded:
-    unique.setdefault(str(run_dir.resolve()), run_dir)
+    key = str(run_dir.resolve())
+    unique.setdefault(key, given.get(key, run_dir))
   return list(unique.values()), sweeps
+
+
+def _under_cwd(path: Path) -> Path:
+  """`path` relative to the working directory when it lies under it (sweep.json records its
+  teacher's absolute path, which a user who typed runs/sweep never did), else as it is."""
+  try:
+    return path.resolve().relative_to(Path.cwd().resolve())
+  except ValueError:
+    return path
 
 
 def collect_runs(run_dirs: list[Path]) -> tuple[list[dict[str, Any]], list[str]]:

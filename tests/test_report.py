@@ -401,6 +401,24 @@ def test_method_settings_show_in_the_table_json_and_labels(tmp_path):
       "dkd warmup_steps=100", "token variant=soft", "token", "hint kind=cosine teacher_layer=2"]
 
 
+def test_a_sweeps_teacher_is_named_as_the_user_gave_it(tmp_path, monkeypatch):
+  """runs/* meets the sweep folder before runs/teacher: the teacher reads runs/teacher there as
+  it does when given first, and as it does when only the sweep is given (sweep.json records
+  its absolute path); a sweep given by its absolute path names it so."""
+  monkeypatch.chdir(tmp_path)
+  teacher = _write_summary(tmp_path / "runs" / "teacher", role="teacher", model="vit",
+                           params=44_266, test_accuracy=0.64)
+  _write_summary(tmp_path / "runs" / "sweep" / "cnn-hard-s0", role="student", model="cnn",
+                 loss="hard", params=1922, test_accuracy=0.73)
+  (tmp_path / "runs" / "sweep" / "sweep.json").write_text(json.dumps(
+      {"settings": {"teacher_dir": str(teacher)}, "runs": [{"name": "cnn-hard-s0"}], "rows": []}))
+  sweep, given = Path("runs/sweep"), Path("runs/teacher")
+  for folders in ([sweep, given], [given, sweep], [sweep]):
+    assert compare_lib.expand_sweeps(folders)[0] == [given, sweep / "cnn-hard-s0"], folders
+    assert compare_lib.compare_runs(folders).splitlines()[2].startswith("runs/teacher "), folders
+  assert compare_lib.expand_sweeps([tmp_path / sweep])[0][0] == teacher
+
+
 def test_teachers_are_named_by_as_much_of_their_path_as_tells_them_apart():
   assert compare_lib.short_names(["/w/runs/teacher", "/w/runs/teacher-hybrid"]) == {
       "/w/runs/teacher": "teacher", "/w/runs/teacher-hybrid": "teacher-hybrid"}
