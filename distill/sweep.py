@@ -397,14 +397,16 @@ def _train_side_by_side(missing: list[dict[str, Any]], teacher_dir: Path, consol
         stopped += 1
         continue
       _trained(run, console)
-  if pool.signal_name is not None:
+  if pool.signal_name is not None and not (stopped or not_started):
+    # Nothing was left to stop: the tables take a moment, and are what the runs were for.
+    console.info(f"{pool.signal_name} came after every run had finished; writing the tables")
+  elif pool.signal_name is not None:
     parts = []
     if stopped:
       parts.append(f"{_runs(stopped)} in training saved a checkpoint")
     if not_started:
       parts.append(f"{not_started if stopped else _runs(not_started)} did not start")
-    what = ", ".join(parts) or "every run had finished"
-    raise UserError(f"stopped by {pool.signal_name}: {what}. {_RESUME}",
+    raise UserError(f"stopped by {pool.signal_name}: {', '.join(parts)}. {_RESUME}",
                     exit_code=interrupts.exit_status(pool.signal_name))
 
 

@@ -1,5 +1,7 @@
 """`distill sweep`: several students against one teacher, over seeds, on tiny digits."""
 
+import concurrent.futures
+import contextlib
 import html
 import json
 import os
@@ -19,7 +21,14 @@ from test_workers import children, running, wait_until
 
 from distill import compare, loop, report, workers, workflow
 from distill.sweep import plan_runs
-from distill.sweep_results import aggregate, format_paired, format_table, headline, verdict_sentence
+from distill.sweep_results import (
+  aggregate,
+  format_paired,
+  format_table,
+  gap_note,
+  headline,
+  verdict_sentence,
+)
 
 # 2 models x (hard, targets) x 2 seeds = 8 runs of 10 steps each.
 SWEEP = ["--model", "mlp", "--model", "linear", "--mode", "hard", "--mode", "targets",
@@ -272,6 +281,27 @@ def test_gap_closed_arithmetic():
   assert "| teacher (vit) | - | - | - | - | 1,000 | 90.00 | - | - | 60 |" in table
 
 
+def test_an_empty_gap_closed_says_why_under_the_table():
+  """Where the hard-label baseline beats the teacher every taught row's gap closed is '-': a
+  line under the table (printed, in sweep.md and in the report) says why, and so it does for
+  a model without a hard run; a teacher ahead of every baseline needs no such line."""
+  teacher = {"model": "vit", "params": 1000, "test_accuracy": 0.64}
+  rows = aggregate(_fake("cnn", "hard", [0.73, 0.71]) + _fake("cnn", "targets", [0.46, 0.47]),
+                   teacher)
+  table = format_table(rows).split("\n\n")
+  assert table[0].splitlines()[-1].endswith("| 50.00 | - | 2.0 |")
+  assert table[1:] == ["gap closed is '-': cnn (72.00%) on hard labels already reaches the "
+                       "teacher (64.00%), so there is no gap to close."]
+  assert ("cnn (72.00%) on hard labels already reaches the teacher (64.00%)"
+          in report._sweep_section(Path("runs/sweep"), {"rows": rows}))
+  no_hard = aggregate(_fake("cnn", "hard", [0.73]) + _fake("cnn", "targets", [0.46])
+                      + _fake("mlp", "targets", [0.5]), teacher)
+  assert gap_note(no_hard).endswith(
+      "gap to close; mlp has no hard-label run to measure it from (add --mode hard).")
+  behind = aggregate(_fake("cnn", "hard", [0.5]) + _fake("cnn", "targets", [0.55]), teacher)
+  assert gap_note(behind) is None and "\n\n" not in format_table(behind)
+
+
 def test_paired_baselines_per_variant():
   teacher = {"model": "vit", "params": 1000, "test_accuracy": 0.90}
   runs = (_fake("cnn", "hard", [0.80, 0.81, 0.82]) + _fake("cnn", "targets", [0.83, 0.85, 0.84])
@@ -394,6 +424,31 @@ def test_method_axis_end_to_end_with_a_fake_trainer(swept, tmp_path, fake_traine
   # The sweep's own table is a table too, and its verdict sentence heads the section.
   assert "<td>mlp</td><td>targets</td><td>dkd</td>" in section and "<pre>" not in section
   assert f"<strong>{html.escape(verdict_sentence(saved['rows']))}</strong>" in section
+
+
+@pytest.mark.skipif(len(workers.available_cores()) < 2, reason="two jobs need two cores")
+def test_a_stop_signal_after_every_run_finished_still_writes_the_tables(
+    swept, tmp_path, fake_trainer, monkeypatch):
+  class SignalledPool:  # runs each call at once, and a Ctrl-C came while they ran
+    signal_name = "SIGINT"
+
+    def submit(self, function, *args):
+      future = concurrent.futures.Future()
+      future.set_result(function(*args))
+      return future
+
+  @contextlib.contextmanager
+  def core_pool(jobs):
+    yield SignalledPool(), "in this process"
+
+  monkeypatch.setattr(workers, "core_pool", core_pool)
+  root, _ = swept
+  result = run_cli("sweep", "--teacher", root / "teacher", "--out", tmp_path, "--model", "mlp",
+                   "--mode", "hard", "--seed", "0", "--seed", "1", "--jobs", "2")
+  assert result.exit_code == 0, result.output
+  assert "SIGINT came after every run had finished; writing the tables" in result.stderr
+  assert "resume" not in result.stderr
+  assert (tmp_path / "sweep.md").is_file()
 
 
 @pytest.mark.skipif(len(workers.available_cores()) < 2, reason="two jobs need two cores")
