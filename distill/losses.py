@@ -17,6 +17,21 @@ Hyperparameters (temperature, alpha, label smoothing, reduction, kind) are
 Python values checked eagerly, so a mistake raises a ``ValueError`` before
 anything is traced. Under ``jax.jit`` pass them as static arguments.
 
+What the teacher is given as differs by loss, so read the argument names:
+
+* ``target_probs`` (soft_cross_entropy, kl_divergence, distillation_loss):
+  probabilities, e.g. ``softmax(teacher_logits, temperature=T)``;
+* ``teacher_logits`` (dkd_loss, dist_loss, token_loss): logits, which the
+  loss divides by T and softmaxes itself. Probabilities are valid logits too,
+  so passing them here cannot be refused: it gives a different loss silently.
+
+Concrete arrays are also checked for values: labels must lie in [0, C) and
+``target_probs`` rows must be >= 0 and sum to 1 (within 1e-2), else a one-line
+``ValueError`` says what to pass. Traced arrays (any array inside
+``jax.jit``, or one that ``grad`` differentiates or ``vmap`` maps over) are
+not checked, since reading them would need a host sync, so a compiled loss is
+unchanged: there a bad label gives NaN for its example.
+
 Teacher targets are wrapped in ``jax.lax.stop_gradient`` inside the soft
 losses: a distillation loss must never push gradients into the teacher, even
 when the caller forgets to stop them.
@@ -47,6 +62,7 @@ from distill._inputs import (
   _check_choice,
   _check_label_smoothing,
   _check_n_classes,
+  _check_probabilities,
   _check_reduction,
   _check_same_shape,
   _check_temperature,
@@ -125,8 +141,9 @@ def hard_cross_entropy(logits, labels, *, label_smoothing=0.0,
                        reduction="mean"):
   """Cross-entropy against integer labels, optionally label-smoothed.
 
-  Labels outside [0, C) give NaN for their example rather than a silently
-  wrong loss.
+  Concrete labels outside [0, C) raise ValueError; traced ones (under
+  jax.jit, where they cannot be read) give NaN for their example rather than
+  a silently wrong loss.
 
   Args:
     logits: array [..., C] of any float dtype.
@@ -139,8 +156,8 @@ def hard_cross_entropy(logits, labels, *, label_smoothing=0.0,
     float32 scalar, or float32 array [...] for reduction='none'.
 
   Raises:
-    ValueError: for bad hyperparameters, non-integer labels or mismatched
-      shapes.
+    ValueError: for bad hyperparameters, non-integer labels, concrete labels
+      outside [0, C) or mismatched shapes.
   """
   _check_reduction(reduction)
   s = _check_label_smoothing(label_smoothing)
@@ -173,13 +190,12 @@ def soft_cross_entropy(logits, target_probs, *, temperature=1.0,
   """Cross-entropy against a target distribution: -sum(t * log_softmax(x/T)).
 
   No T^2 factor is applied here; ``distillation_loss`` applies it. Targets are
-  not differentiated (stop_gradient) and are assumed to be probabilities
-  summing to 1 over the last axis; this is not checked.
+  not differentiated (stop_gradient).
 
   Args:
     logits: array [..., C] of student logits, any float dtype.
-    target_probs: array [..., C] of target probabilities (e.g. a teacher's
-      softmax at the same temperature).
+    target_probs: array [..., C] of target probabilities, not logits: e.g.
+      ``softmax(teacher_logits, temperature=T)`` at the same temperature.
     temperature: Python number > 0 dividing the student logits.
     reduction: 'mean', 'sum' or 'none'.
 
@@ -187,7 +203,9 @@ def soft_cross_entropy(logits, target_probs, *, temperature=1.0,
     float32 scalar, or float32 array [...] for reduction='none'.
 
   Raises:
-    ValueError: for a bad temperature or reduction, or mismatched shapes.
+    ValueError: for a bad temperature or reduction, mismatched shapes, or
+      concrete target_probs that are not probabilities (a negative entry, or
+      a row not summing to 1 within 1e-2).
   """
   _check_reduction(reduction)
   t = _check_temperature(temperature)
@@ -206,7 +224,8 @@ def kl_divergence(logits, target_probs, *, temperature=1.0, reduction="mean"):
 
   Args:
     logits: array [..., C] of student logits, any float dtype.
-    target_probs: array [..., C] of target probabilities summing to 1; not
+    target_probs: array [..., C] of target probabilities summing to 1, not
+      logits: e.g. ``softmax(teacher_logits, temperature=T)``; not
       differentiated (stop_gradient).
     temperature: Python number > 0 dividing the student logits.
     reduction: 'mean', 'sum' or 'none'.
@@ -215,7 +234,9 @@ def kl_divergence(logits, target_probs, *, temperature=1.0, reduction="mean"):
     float32 scalar, or float32 array [...] for reduction='none'.
 
   Raises:
-    ValueError: for a bad temperature or reduction, or mismatched shapes.
+    ValueError: for a bad temperature or reduction, mismatched shapes, or
+      concrete target_probs that are not probabilities (a negative entry, or
+      a row not summing to 1 within 1e-2).
   """
   _check_reduction(reduction)
   t = _check_temperature(temperature)
@@ -240,10 +261,11 @@ def distillation_loss(student_logits, *, target_probs=None, labels=None,
 
   Args:
     student_logits: array [..., C], any float dtype.
-    target_probs: array [..., C] of teacher probabilities, normally the
-      teacher's softmax at the same temperature; never differentiated.
-      Required when alpha > 0.
-    labels: integer array [...] of class indices. Required when alpha < 1.
+    target_probs: array [..., C] of teacher probabilities, not logits:
+      normally ``softmax(teacher_logits, temperature=T)`` at the same
+      temperature; never differentiated. Required when alpha > 0.
+    labels: integer array [...] of class indices in [0, C). Required when
+      alpha < 1.
     temperature: Python number, finite and > 0.
     alpha: Python number in [0, 1], the weight of the soft term.
     kind: 'soft_ce' or 'kl', the soft term.
@@ -254,8 +276,9 @@ def distillation_loss(student_logits, *, target_probs=None, labels=None,
     float32 scalar, or float32 array [...] for reduction='none'.
 
   Raises:
-    ValueError: for any invalid hyperparameter, a missing input, or
-      mismatched shapes.
+    ValueError: for any invalid hyperparameter, a missing input, mismatched
+      shapes, or (for concrete arrays) labels outside [0, C) or target_probs
+      that are not probabilities.
   """
   _check_reduction(reduction)
   t = _check_temperature(temperature)
@@ -311,14 +334,15 @@ def expected_init_loss(n_classes, *, kind="soft_ce", temperature=1.0,
       ignored.
     temperature: Python number > 0, as passed to distillation_loss.
     alpha: Python number in [0, 1], as passed to distillation_loss.
-    target_probs: array [..., C] of target probabilities; required for
-      kind='kl' with alpha > 0, ignored otherwise.
+    target_probs: array [..., C] of target probabilities (not logits);
+      required for kind='kl' with alpha > 0, ignored otherwise.
 
   Returns:
     The expected loss as a Python float.
 
   Raises:
-    ValueError: for invalid arguments or missing target_probs.
+    ValueError: for invalid arguments, missing target_probs, or concrete
+      target_probs that are not probabilities.
   """
   c = _check_n_classes(n_classes)
   _check_choice("kind", kind, _INIT_KINDS)
@@ -338,6 +362,8 @@ def expected_init_loss(n_classes, *, kind="soft_ce", temperature=1.0,
       raise ValueError(
           f"target_probs must have {c} classes on the last axis, got shape "
           f"{targets.shape}")
+    # The entropy below means nothing for logits or unnormalised rows.
+    _check_probabilities(target_probs)
     # Same 0 * log 0 = 0 convention as kl_divergence.
     plogp = targets * _safe_log(targets)
     soft = log_c + float(jnp.mean(jnp.sum(plogp, axis=-1)))
@@ -506,9 +532,11 @@ def dkd_loss(student_logits, teacher_logits, labels, *, alpha=1.0, beta=8.0,
 
   Args:
     student_logits: array [..., C] (C >= 2), any float dtype.
-    teacher_logits: array [..., C]; never differentiated (stop_gradient).
-    labels: integer array [...] of class indices in [0, C); a label outside
-      gives NaN for its example.
+    teacher_logits: array [..., C] of the teacher's logits, not
+      probabilities (softmaxed here at T; probabilities would be read as
+      logits, a silently different loss); never differentiated.
+    labels: integer array [...] of class indices in [0, C); concrete labels
+      outside raise ValueError, traced ones give NaN for their example.
     alpha: Python number >= 0, weight of TCKD.
     beta: Python number >= 0, weight of NCKD.
     temperature: Python number > 0 applied to both models.
@@ -519,7 +547,7 @@ def dkd_loss(student_logits, teacher_logits, labels, *, alpha=1.0, beta=8.0,
 
   Raises:
     ValueError: for bad hyperparameters, fewer than 2 classes, non-integer
-      labels or mismatched shapes.
+      labels, concrete labels outside [0, C) or mismatched shapes.
   """
   _check_reduction(reduction)
   a = _check_weight("alpha", alpha)
@@ -589,7 +617,8 @@ def dist_loss(student_logits, teacher_logits, *, beta=1.0, gamma=1.0,
   Args:
     student_logits: array [B, C] (C >= 2; B >= 2 unless gamma = 0), any
       float dtype.
-    teacher_logits: array [B, C]; never differentiated (stop_gradient).
+    teacher_logits: array [B, C] of the teacher's logits, not probabilities
+      (softmaxed here at T); never differentiated (stop_gradient).
     beta: Python number >= 0, weight of the inter-class (per-example) term.
     gamma: Python number >= 0, weight of the intra-class (per-class) term.
     temperature: Python number > 0 applied to both models.
@@ -694,8 +723,9 @@ def token_loss(class_logits, distill_logits, labels, teacher_logits, *,
   Args:
     class_logits: array [..., C] from the class token's head.
     distill_logits: array [..., C] from the distillation token's head.
-    labels: integer array [...] of class indices.
-    teacher_logits: array [..., C]; never differentiated.
+    labels: integer array [...] of class indices in [0, C).
+    teacher_logits: array [..., C] of the teacher's logits, not probabilities
+      (argmaxed, or softmaxed here at T); never differentiated.
     variant: 'hard' or 'soft'.
     temperature: Python number > 0, used by 'soft' only (checked always).
     reduction: 'mean', 'sum' or 'none'.
@@ -704,8 +734,8 @@ def token_loss(class_logits, distill_logits, labels, teacher_logits, *,
     float32 scalar, or float32 array [...] for reduction='none'.
 
   Raises:
-    ValueError: for bad hyperparameters, non-integer labels or mismatched
-      shapes.
+    ValueError: for bad hyperparameters, non-integer labels, concrete labels
+      outside [0, C) or mismatched shapes.
   """
   _check_reduction(reduction)
   _check_choice("variant", variant, _TOKEN_VARIANTS)
@@ -763,8 +793,8 @@ def expected_init_dkd(teacher_logits, labels, *, alpha=1.0, beta=8.0,
   * the result is ``mean over examples of (alpha TCKD + beta NCKD) * T**2``.
 
   Args:
-    teacher_logits: array [..., C] (C >= 2).
-    labels: integer array [...] of class indices.
+    teacher_logits: array [..., C] (C >= 2) of the teacher's logits.
+    labels: integer array [...] of class indices in [0, C).
     alpha, beta, temperature: as passed to dkd_loss.
 
   Returns:

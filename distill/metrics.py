@@ -3,7 +3,8 @@
 They follow `distill.losses`' conventions and share its input checks
 (`distill._inputs`): logits with classes on the last axis and any leading
 batch shape, computed in float32 whatever the input dtype, and a
-``reduction`` of 'mean', 'sum' or 'none' where one applies.
+``reduction`` of 'mean', 'sum' or 'none' where one applies. Concrete labels
+outside [0, C) raise ValueError; traced ones (under jax.jit) are not checked.
 """
 
 import operator
