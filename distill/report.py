@@ -143,7 +143,12 @@ def _remove_earlier_figures(out_dir: Path) -> None:
 
 def _sweep_section(sweep_dir: Path, saved: dict[str, Any]) -> str:
   """A sweep's table (mean ± std over seeds) and its paired differences, from its sweep.json."""
-  from distill.sweep_results import paired_cells, table_cells, verdict_sentence  # noqa: PLC0415
+  from distill.sweep_results import (  # noqa: PLC0415
+    gap_note,
+    paired_cells,
+    table_cells,
+    verdict_sentence,
+  )
 
   def table(css_class: str, header: list[str], body: list[list[str]]) -> str:
     cells = lambda tag, row: "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row)  # noqa: E731
@@ -156,6 +161,7 @@ def _sweep_section(sweep_dir: Path, saved: dict[str, Any]) -> str:
            *([f"<p><strong>{html.escape(sentence)}</strong></p>"] if sentence else []),
            "<p>Test accuracy after each run's last training step, mean ± sample std over "
            "seeds.</p>", table("paired", *table_cells(rows)),
+           *([f"<p>{html.escape(gap_note(rows))}</p>"] if gap_note(rows) else []),
            "<h3>Paired differences</h3>"]
   header, body = paired_cells(rows)
   if not body:

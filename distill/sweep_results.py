@@ -194,8 +194,33 @@ def _pct(value: float | None) -> str:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-  """The aggregated rows as a Markdown table (percentages, mean ± sample std over seeds)."""
-  return markdown_table(*table_cells(rows))
+  """The aggregated rows as a Markdown table (percentages, mean ± sample std over seeds), and
+  under it `gap_note`'s line where it has one."""
+  note = gap_note(rows)
+  return markdown_table(*table_cells(rows)) + (f"\n\n{note}" if note else "")
+
+
+def gap_note(rows: list[dict[str, Any]]) -> str | None:
+  """One line on why taught rows' gap closed reads '-': their model's hard-label baseline
+  already reaches the teacher (no gap to close), or the sweep has none; None where no taught
+  row's is empty."""
+  if not rows:
+    return None
+  teacher = rows[0]["test_accuracy_mean"]
+  hard = {row["model"]: row["test_accuracy_mean"] for row in rows[1:] if row["mode"] == "hard"}
+  empty = list(dict.fromkeys(row["model"] for row in rows[1:]
+                             if row["mode"] != "hard" and row["gap_closed"] is None))
+  reached = [model for model in empty if model in hard]
+  missing = [model for model in empty if model not in hard]
+  reasons = []
+  if reached:
+    models = " and ".join(f"{model} ({_pct(hard[model])}%)" for model in reached)
+    reasons.append(f"{models} on hard labels already reach{'es' if len(reached) == 1 else ''} "
+                   f"the teacher ({_pct(teacher)}%), so there is no gap to close")
+  if missing:
+    reasons.append(f"{' and '.join(missing)} ha{'s' if len(missing) == 1 else 've'} no hard-label "
+                   "run to measure it from (add --mode hard)")
+  return f"gap closed is '-': {'; '.join(reasons)}." if reasons else None
 
 
 def table_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:

@@ -58,7 +58,11 @@ def test_sweep_trains_every_run_and_writes_the_table(swept):
     assert summary["loss"] == ("hard" if "-hard-" in name else "soft")
     assert summary["seed"] == int(name[-1])
   markdown = (out / "sweep.md").read_text()
-  title, header, table, _, paired_title, _, paired = markdown.strip().split("\n\n")
+  title, header, table, *gap, _, paired_title, _, paired = markdown.strip().split("\n\n")
+  # Under the table, a line on why gap closed reads '-' where it does (a tiny teacher may
+  # trail its students' hard-label baselines).
+  assert gap == [note for note in [gap_note(json.loads((out / "sweep.json").read_text())["rows"])]
+                 if note]
   assert title == f"# Sweep against teacher `{root / 'teacher'}`, seeds 0, 1"
   assert "after its last training step (never a best epoch or checkpoint)" in header
   assert table.startswith("| student | mode | method |")
