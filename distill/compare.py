@@ -260,15 +260,16 @@ def _cell(key: str, value: Any) -> str:
 
 
 def seconds_cell(seconds: float | None) -> str:
-  """A training time as the table shows it: whole seconds from 10 s up, tenths below, and two
-  significant digits below a second, so that tiny runs do not all read 0."""
+  """A training time as the tables show it: three significant figures at every size (0.170,
+  1.50, 20.0, 123), so that a column reads alike and tiny runs do not all read 0; whole seconds
+  from 100 s up, where three figures would round seconds away (3618, not 3.62e+03)."""
   if seconds is None or not math.isfinite(seconds):
     return "-"
-  if seconds >= 9.95:  # what rounds to 10.0 reads as 10
+  if seconds <= 0:
+    return "0"
+  if seconds >= 99.95:  # what rounds to 100 at three figures reads as 100
     return f"{seconds:.0f}"
-  if seconds >= 0.995:
-    return f"{seconds:.1f}"
-  return f"{seconds:#.2g}" if seconds > 0 else "0"  # 0.90, not 0.9
+  return f"{seconds:#.3g}"  # '#' keeps the trailing zeros: 20.0, not 20
 
 
 def markdown_table(header: list[str], body: list[list[str]]) -> str:

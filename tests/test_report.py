@@ -429,18 +429,19 @@ def test_teachers_are_named_by_as_much_of_their_path_as_tells_them_apart():
       "/teacher": "/teacher", "/a/teacher": "a/teacher"}
 
 
-def test_train_seconds_keep_their_precision_for_short_runs():
-  """Sub-second and few-second runs (tiny models, tiny data) read as their times, not 0;
-  long runs keep whole seconds."""
+def test_train_seconds_read_alike_and_keep_their_precision_for_short_runs():
+  """Every time reads in three significant figures (sub-second runs of tiny models too, not
+  0), never fewer: 0.170, 1.50 and 20.0 in one column, not 0.17, 1.5 and 20; from 100 s up,
+  whole seconds."""
   rows = [{"run": f"run-{seconds}", "role": "teacher", "model": "cnn", "params": 1922,
            "test_accuracy": 0.9 - index / 100, "train_seconds": seconds}
           for index, seconds in enumerate((0.3456, 0.034, 4.56, 123.4, 0.0))]
   header, _, *body = ([cell.strip() for cell in line.strip("|").split("|")]
                       for line in compare_lib.format_table(rows, markdown=True).splitlines())
   column = header.index("train s")
-  assert [row[column] for row in body] == ["0.35", "0.034", "4.6", "123", "0"]
-  assert compare_lib.seconds_cell(9.97) == "10" and compare_lib.seconds_cell(0.996) == "1.0"
-  assert compare_lib.seconds_cell(0.9) == "0.90"  # two digits, as its neighbours in the column
+  assert [row[column] for row in body] == ["0.346", "0.0340", "4.56", "123", "0"]
+  assert [compare_lib.seconds_cell(seconds) for seconds in (0.17, 1.5, 20, 9.996, 99.96, 3618.4)
+          ] == ["0.170", "1.50", "20.0", "10.0", "100", "3618"]
   # A teacher imported from elsewhere trained for no time distill knows of: no 0 in the column.
   imported = {"run": "logits", "role": "teacher", "model": "logits", "params": None,
               "test_accuracy": 0.9, "train_seconds": 0.0, "imported_from": "/data/logits.npz"}
@@ -452,7 +453,7 @@ def test_train_seconds_keep_their_precision_for_short_runs():
   student = {"role": "student", "model": "cnn", "params": 1922, "mode": "hard", "method": None,
              "soft_loss": None, "n": 1, "test_accuracy_mean": 0.8, "test_accuracy_std": 0.0,
              "agreement_mean": 0.9, "gap_closed": None, "train_seconds_mean": 0.034}
-  assert table_cells([student])[1][0][-1] == "0.034"
+  assert table_cells([student])[1][0][-1] == "0.0340"
 
 
 def test_a_many_class_confusion_matrix_stays_small_and_numberless(tmp_path):

@@ -281,8 +281,8 @@ def test_gap_closed_arithmetic():
   assert rows[("mlp", "targets", "soft_ce")]["gap_closed"] is None
   assert rows[("linear", "targets", "soft_ce")]["gap_closed"] is None
   table = format_table(list(rows.values()))
-  assert "| cnn | targets | kd | soft_ce | 2 | 100 | 86.00 ± 1.41 | 50.00 | 56% | 2.0 |" in table
-  assert "| teacher (vit) | - | - | - | - | 1,000 | 90.00 | - | - | 60 |" in table
+  assert "| cnn | targets | kd | soft_ce | 2 | 100 | 86.00 ± 1.41 | 50.00 | 56% | 2.00 |" in table
+  assert "| teacher (vit) | - | - | - | - | 1,000 | 90.00 | - | - | 60.0 |" in table
 
 
 def test_an_empty_gap_closed_says_why_under_the_table():
@@ -293,7 +293,7 @@ def test_an_empty_gap_closed_says_why_under_the_table():
   rows = aggregate(_fake("cnn", "hard", [0.73, 0.71]) + _fake("cnn", "targets", [0.46, 0.47]),
                    teacher)
   table = format_table(rows).split("\n\n")
-  assert table[0].splitlines()[-1].endswith("| 50.00 | - | 2.0 |")
+  assert table[0].splitlines()[-1].endswith("| 50.00 | - | 2.00 |")
   assert table[1:] == ["gap closed is '-': cnn (72.00%) on hard labels already reaches the "
                        "teacher (64.00%), so there is no gap to close."]
   assert ("cnn (72.00%) on hard labels already reaches the teacher (64.00%)"
