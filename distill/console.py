@@ -71,17 +71,27 @@ class LineProgress:
     for item in self.iterable:
       yield item
       self.update(1)
+    self.close()
 
   def update(self, count: int = 1) -> None:
-    """Advances by `count`; prints a line when a new tenth of the total is reached."""
+    """Advances by `count`; prints a line when a new tenth of the total is reached.
+
+    The last line waits for `close`, so that it shows the numbers of the end
+    (a loop logs its last step after the step itself).
+    """
     self.n += count
     tenth = self._tenth()
-    if tenth > self._shown and not self.hidden:
-      self._shown = tenth
-      extra = "".join(f", {key}={value}" for key, value in self.postfix.items())
-      units = self.unit + ("es" if self.unit.endswith(("s", "h", "x")) else "s")
-      click.echo(f"{self.desc}: {100 * self.n // self.total}% ({self.n} of {self.total} "
-                 f"{units}){extra}", err=True)
+    if tenth > self._shown and (self.total is None or self.n < self.total):
+      self._show(tenth)
+
+  def _show(self, tenth: int) -> None:
+    self._shown = tenth
+    if self.hidden:
+      return
+    extra = "".join(f", {key}={value}" for key, value in self.postfix.items())
+    units = self.unit + ("es" if self.unit.endswith(("s", "h", "x")) else "s")
+    click.echo(f"{self.desc}: {100 * self.n // self.total}% ({self.n} of {self.total} "
+               f"{units}){extra}", err=True)
 
   def set_postfix(self, values: dict[str, str], refresh: bool = True) -> None:
     """Numbers shown on the next line."""
@@ -89,4 +99,7 @@ class LineProgress:
     self.postfix = dict(values)
 
   def close(self) -> None:
-    """Nothing to clear: the lines stay."""
+    """Prints the last line, if the end was reached and it is not shown yet; the lines stay."""
+    tenth = self._tenth()
+    if tenth > self._shown:
+      self._show(tenth)

@@ -193,6 +193,7 @@ class _Run:
     self._deferred: collections.deque[tuple[int, int, list[dict[str, jax.Array]], Any]] = (
         collections.deque())
     self._validation = None
+    self._last_validation: tuple[int, float] | None = None  # (step, accuracy), for the bar
     self.plan: list[tuple[int, int]] = []
     self._progress = None
 
@@ -376,8 +377,15 @@ class _Run:
     record["elapsed_seconds"] = round(time.perf_counter() - self._loop_start, 3)
     self.metrics.append(record)
     self.tensorboard.append(record)
-    self._progress.set_postfix({k: f"{record[k]:.4f}" for k in ("loss", "accuracy", "val_accuracy")
-                                if k in record}, refresh=False)
+    if "val_accuracy" in record:
+      self._last_validation = (step, record["val_accuracy"])
+    # The step the numbers are from: the bar runs ahead of the log lines, which are
+    # written when their step's dispatch has finished (`can_defer_log`).
+    shown = {"step": f"{step:,}", **{key: f"{record[key]:.4f}" for key in ("loss", "accuracy")}}
+    if self._last_validation is not None:
+      at, value = self._last_validation
+      shown["val_accuracy"] = f"{value:.4f}" + (f" (step {at:,})" if at != step else "")
+    self._progress.set_postfix(shown, refresh=False)
 
   def save(self, step: int, in_background: bool = False) -> None:
     """Checkpoints the state, with the training time of every stretch so far.

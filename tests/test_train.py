@@ -63,14 +63,22 @@ def _fit(tmp_path, overrides, **kwargs):
   return fit(**defaults)
 
 
-def test_fit_learns_and_logs(tmp_path, tiny_overrides):
+def test_fit_learns_and_logs(tmp_path, tiny_overrides, capsys):
   _, result = _fit(tmp_path, [*tiny_overrides, "teacher.steps=60", "teacher.model=mlp",
-                                   "teacher.mlp.hidden=[64]", "teacher.learning_rate=3e-3"])
+                                   "teacher.mlp.hidden=[64]", "teacher.learning_rate=3e-3"],
+                   quiet=False)
   assert result.init_loss == pytest.approx(np.log(10), abs=1e-5)
   assert result.final_train_loss < result.init_loss - 0.3
   lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
   assert len(lines) == 6  # every 10 of 60 steps
   assert '"val_accuracy"' in lines[-1]
+  # The progress's last line shows the last step's numbers, not an earlier log line's, and
+  # each line names the step its numbers are from.
+  last = json.loads(lines[-1])
+  bar = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train:")]
+  assert bar[-1] == (f"train: 100% (60 of 60 steps), step=60, loss={last['loss']:.4f}, "
+                     f"accuracy={last['accuracy']:.4f}, val_accuracy={last['val_accuracy']:.4f}")
+  assert all("step=" in line for line in bar if "loss=" in line)
 
 
 def test_deferred_log_lines_are_whole_in_order_and_the_same_whatever_the_lag(
