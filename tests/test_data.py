@@ -598,6 +598,28 @@ def test_bad_data_dir_is_named(tmp_path):
     load_dataset("fashion_mnist", data_dir=tmp_path / "other")
 
 
+def test_data_dir_of_another_kind_of_data_names_the_dataset_that_reads_it(tmp_path):
+  mine = _identifiable_npz(tmp_path / "mine.npz")
+  with pytest.raises(UserError, match=(
+      rf"^--data-dir {re.escape(mine)} is an \.npz file, and the recipe's dataset is "
+      "fashion_mnist: add --dataset npz$")):
+    load_dataset("fashion_mnist", data_dir=mine)
+  shards = tmp_path / "shards"
+  for split in ("train", "test"):
+    (shards / split).mkdir(parents=True)
+    (shards / split / "shards.json").write_text("{}")  # only its name is looked at
+  with pytest.raises(UserError, match="is a folder of array shards, .*: add --dataset stream$"):
+    load_dataset("cifar10", data_dir=shards)
+  photos = tmp_path / "photos"
+  for name in ("cat", "dog"):
+    (photos / "train" / name).mkdir(parents=True)
+    (photos / "train" / name / "0.png").write_bytes(b"")
+  for folder in (photos, photos / "train"):
+    with pytest.raises(UserError, match="is a folder of images in class sub-folders, .*"
+                                        "write_array_shards.*--dataset stream$"):
+      load_dataset("mnist", data_dir=folder)
+
+
 # --- Fingerprints and the Dataset object -------------------------------------
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import itertools
 import os
 from collections.abc import Callable
 from typing import NamedTuple
@@ -33,6 +34,7 @@ from distill.data.formats import (
   read_keras_npz,
   read_npz,
 )
+from distill.data.shards import SHARDS_FILE
 from distill.errors import UserError, one_line
 from distill.io import array_sha256, read_only
 
@@ -334,7 +336,7 @@ def _load_fashion_mnist(*, data_dir: str | None,
   if data_dir is None and allow_download:
     return RawData(*_download_with_keras("fashion_mnist", search),
                    FASHION_MNIST_CLASSES)
-  raise search.not_found(allow_download, explicit=data_dir is not None)
+  raise search.not_found(allow_download, data_dir)
 
 
 @register("mnist")
@@ -366,7 +368,7 @@ def _load_mnist(*, data_dir: str | None, allow_download: bool) -> RawData:
     search.looked_in(npz_path)
   if data_dir is None and allow_download:
     return RawData(*_download_with_keras("mnist", search), DIGIT_CLASSES)
-  raise search.not_found(allow_download, explicit=data_dir is not None)
+  raise search.not_found(allow_download, data_dir)
 
 
 @register("cifar10")
@@ -394,7 +396,7 @@ def _load_cifar10(*, data_dir: str | None, allow_download: bool) -> RawData:
     search.looked_in(folder)
   if data_dir is None and allow_download:
     return RawData(*_download_with_keras("cifar10", search), CIFAR10_CLASSES)
-  raise search.not_found(allow_download, explicit=data_dir is not None)
+  raise search.not_found(allow_download, data_dir)
 
 
 @register("digits")
@@ -511,11 +513,16 @@ class _Search:
     """Records a place that did not have the data (with why, if useful)."""
     self.places.append(place if note is None else f"{place} ({note})")
 
-  def not_found(self, allow_download: bool, explicit: bool = False,
+  def not_found(self, allow_download: bool, data_dir: str | None = None,
                 download_error: BaseException | None = None) -> UserError:
-    """Builds the one-line error for data that could not be found."""
+    """Builds the one-line error for data that could not be found (in `data_dir`, if given)."""
     looked = ", ".join(self.places) or "nowhere"
-    if explicit:
+    if data_dir is not None:
+      other = _other_kind_of_data(data_dir)
+      if other is not None:
+        what, fix = other
+        return UserError(f"--data-dir {data_dir} is {what}, and the recipe's dataset is "
+                         f"{self.dataset}: {fix}")
       return UserError(f"{self.dataset} not found in the given data dir; "
                        f"looked in: {looked}. To get it: {self.how_to_get}")
     if download_error is not None:
@@ -528,6 +535,42 @@ class _Search:
       download = ""
     return UserError(f"{self.dataset} not found; looked in: {looked}"
                      f"{download}. To get it: {self.how_to_get}")
+
+
+def _other_kind_of_data(path: str) -> tuple[str, str] | None:
+  """(what it is, what to do) when `path` holds data another --dataset reads, else None.
+
+  Cheap: a file's name, and a look at a few entries of a folder, never a read.
+  """
+  from distill.data.stream import CONVERT_HINT  # noqa: PLC0415 (stream imports this module)
+
+  if os.path.isfile(path):
+    return ("an .npz file", "add --dataset npz") if path.lower().endswith(".npz") else None
+  roots = [path, os.path.join(path, "train")]
+  if any(os.path.isfile(os.path.join(root, SHARDS_FILE)) for root in roots):
+    return "a folder of array shards", "add --dataset stream"
+  if any(_holds_class_folders(root) for root in roots):
+    return ("a folder of images in class sub-folders",
+            f"convert it to array shards once ({CONVERT_HINT}) and pass those with "
+            "--dataset stream")
+  return None
+
+
+def _holds_class_folders(path: str, look_at: int = 20) -> bool:
+  """Whether one of the first sub-folders of `path` holds an image among its first files."""
+  from distill.data.stream import IMAGE_EXTENSIONS  # noqa: PLC0415 (stream imports this module)
+
+  try:
+    with os.scandir(path) as entries:
+      folders = [entry.path for entry in itertools.islice(entries, look_at) if entry.is_dir()]
+    for folder in folders:
+      with os.scandir(folder) as entries:
+        if any(entry.name.lower().endswith(IMAGE_EXTENSIONS)
+               for entry in itertools.islice(entries, look_at)):
+          return True
+  except OSError:  # unreadable: say nothing rather than guess
+    return False
+  return False
 
 
 def _offline_from_env() -> bool:
