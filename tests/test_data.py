@@ -441,6 +441,29 @@ def test_npz_label_rejections_say_how_to_convert(tmp_path, y, hint):
     _load_npz(tmp_path / "mine.npz", x=_X, y=y)
 
 
+_RAGGED = np.empty(2, object)
+_RAGGED[:] = [np.zeros((4, 4), np.uint8), np.zeros((5, 3), np.uint8)]
+
+
+@pytest.mark.parametrize("key, arrays", [
+    ("x", {"x": _RAGGED, "y": np.arange(2)}),
+    ("x_train", {"x_train": _RAGGED, "y_train": np.arange(2)}),
+    ("x_test", {"x": _X, "y": np.arange(40) % 2, "x_test": _RAGGED, "y_test": np.arange(2)}),
+])
+def test_npz_images_of_different_sizes_are_told_to_resize(tmp_path, key, arrays):
+  # No dtype makes them one array (the advice for other object arrays): resizing does.
+  with pytest.raises(UserError, match=rf"key '{key}' is an object array \(images of different "
+                                      r"sizes\?\).*must share one height and width: resize "
+                                      r"them first.*Image.fromarray\(image\).resize"):
+    _load_npz(tmp_path / "mine.npz", **arrays)
+
+
+def test_npz_object_labels_are_told_to_save_a_plain_array(tmp_path):
+  with pytest.raises(UserError, match=r"key 'y' cannot be read without pickle; save it as a "
+                                      r"plain array \(strings as dtype=str\)"):
+    _load_npz(tmp_path / "mine.npz", x=_X, y=np.array(["cat", "dog"] * 20, object))
+
+
 def test_npz_reads_keras_names(tmp_path):
   path = tmp_path / "keras.npz"
   dataset = _load_npz(path, x_train=_X, y_train=np.arange(40) % 2, x_test=_X[:6],

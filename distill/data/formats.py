@@ -123,6 +123,11 @@ def read_idx_set(paths: dict[str, str]) -> tuple[np.ndarray, ...]:
 # --- npz ---------------------------------------------------------------------
 
 
+# Keys that hold images: one saved as an object array is (almost always) images of
+# different sizes, which no plain array can hold, so the fix is resizing, not a dtype.
+_IMAGE_KEYS = ("x", "x_train", "x_test")
+
+
 def read_npz(path: str, required: tuple[str, ...], optional: tuple[str, ...] = (),
              aliases: dict[str, str] | None = None) -> dict[str, np.ndarray]:
   """Reads the named arrays from an .npz without ever unpickling.
@@ -170,6 +175,12 @@ def read_npz(path: str, required: tuple[str, ...], optional: tuple[str, ...] = (
       except ValueError as error:
         # Object arrays (e.g. a list of Python str) need pickle, which we
         # refuse to run on data files.
+        if key in _IMAGE_KEYS and "pickle" in str(error):
+          raise UserError(f"{path}: key {key!r} is an object array (images of different "
+                          "sizes?), which cannot be read without pickle; images must share one "
+                          "height and width: resize them first, e.g. with PIL "
+                          "`Image.fromarray(image).resize((width, height))`, and save "
+                          "`np.stack(images)`") from None
         raise UserError(f"{path}: key {key!r} cannot be read without pickle; "
                         "save it as a plain array (strings as dtype=str): "
                         f"{one_line(error)}") from None
