@@ -356,6 +356,7 @@ def train_teacher(recipe: dict[str, Any], workdir: Path, *, restart: bool = Fals
   start = time.perf_counter()
   check_workdir(workdir)
   check_existing_run(workdir, recipe, "teacher", restart=restart, overwrite=overwrite)
+  split_across_devices(recipe, "teacher", console)
   dataset = load_fitting_data(recipe, "teacher", console)
   settings = config_lib.TrainSettings.of(recipe, "teacher")
   console.info(dataset.describe())
@@ -378,6 +379,20 @@ def train_teacher(recipe: dict[str, Any], workdir: Path, *, restart: bool = Fals
                    test_logits=test["logits"], quiet=quiet, console=console)
   write_json(workdir / SUMMARY_FILE, summary)
   return summary
+
+
+def split_across_devices(recipe: dict[str, Any], role: str, console: Console) -> None:
+  """Refuses a `role` batch that does not split evenly across the devices, before any data
+  loads or any file is written; on several devices, says how each batch is split."""
+  import jax  # noqa: PLC0415
+
+  from distill import parallel  # noqa: PLC0415
+
+  batch_size, mesh = recipe[role]["batch_size"], parallel.make_mesh()
+  parallel.check_divides(batch_size, mesh, f"{role}.batch_size")
+  if mesh.size > 1:
+    console.info(f"data-parallel on {mesh.size} {jax.devices()[0].platform} devices: each batch "
+                 f"of {batch_size:,} is {batch_size // mesh.size:,} per device")
 
 
 def check_existing_run(workdir: Path, recipe: dict[str, Any], role: str, *, restart: bool,
@@ -511,6 +526,7 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
       whose="it", instead=teacher_dir.parent / default_student_workdir(recipe).name)
   check_workdir(workdir)
   check_existing_run(workdir, recipe, "student", restart=restart, overwrite=overwrite)
+  split_across_devices(recipe, "student", console)
   settings = config_lib.DistillSettings.of(recipe)
   rundir.check_teacher_folder(teacher_dir,
                               needs="model" if settings.teaching == "online" else "targets")

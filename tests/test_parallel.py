@@ -37,8 +37,11 @@ def one_device_teacher(teacher_logged_every_5):
 
 def test_four_devices_train_like_one(one_device_teacher, tmp_path):
   # The teacher augments on the device; online teaching runs the teacher inside the step.
-  run_distill_process("teacher", "-r", "digits", "-w", tmp_path / "teacher-4", "-q", *SET,
-                      devices=4)
+  result = run_distill_process("teacher", "-r", "digits", "-w", tmp_path / "teacher-4", *SET,
+                               devices=4)
+  batch = json.loads((tmp_path / "teacher-4" / "recipe.json").read_text())["teacher"]["batch_size"]
+  assert (f"data-parallel on 4 cpu devices: each batch of {batch} is {batch // 4} per device"
+          in result.stderr)
   one, four = _assert_same_run(one_device_teacher, tmp_path / "teacher-4")
   assert (one["devices"], four["devices"]) == (1, 4)
   assert four["processes"] == 1
@@ -53,8 +56,9 @@ def test_a_batch_that_does_not_split_across_devices_is_refused(tmp_path):
   result = run_distill_process("teacher", "-r", "digits", "-w", tmp_path / "t", "-q",
                                "--set", "teacher.batch_size=30", devices=4, check=False)
   assert result.returncode == 2
-  assert "batch_size 30 does not divide across 4 devices" in result.stderr
-  assert "Traceback" not in result.stderr
+  assert result.stderr.strip() == ("error: teacher.batch_size 30 does not divide across 4 "
+                                   "devices; choose a multiple of 4")
+  assert not (tmp_path / "t").exists()  # refused before anything is written or loaded
 
 
 def _free_port():
