@@ -435,11 +435,13 @@ def how_taught(row: dict[str, Any], *, name_teacher: bool = False) -> str:
     return str(row.get("role")) + (f" ({teacher})" if teacher else "")
   if row.get("loss") == "hard":
     return "hard labels"
+  # A setting the run's method does not read is None in its summary, and not shown.
+  temperature = ("" if row.get("temperature") is None
+                 else f", T={_cell('temperature', row['temperature'])}")
   alpha = "" if row.get("alpha") is None else f", alpha={_cell('alpha', row['alpha'])}"
   kl = ", KL" if row.get("soft_loss") == "kl" else ""
   mixup = row_value(row, "mixup")
-  return (f"{method_text(row)}{kl}, {row.get('teaching')}, "
-          f"T={_cell('temperature', row.get('temperature'))}{alpha}"
+  return (f"{method_text(row)}{kl}, {row.get('teaching')}{temperature}{alpha}"
           + (f", mixup={_cell('mixup', mixup)}" if mixup else "")
           + (f", from {teacher}" if teacher else ""))
 

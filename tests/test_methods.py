@@ -50,6 +50,8 @@ def test_every_method_trains_from_the_cli_and_passes_its_strict_step0_check(
   assert (summary["soft_loss"] is not None) == (method == "hint")
   assert (summary["temperature"] is None) == (
       method == "token" and summary["method_options"]["variant"] == "hard")
+  assert (", T=" in workflow.result_line(summary, tmp_path / "s")) == (
+      summary["temperature"] is not None)
   assert ("alpha=" in workflow.result_line(summary, tmp_path / "s")) == reads_alpha
   assert ("alpha=" in compare.run_label(summary)) == reads_alpha
   assert np.isfinite(summary["final_train_loss"])
