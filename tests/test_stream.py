@@ -1,6 +1,7 @@
 """Streamed data sets: shards and image folders on disk, read ahead by HostFeeder, target shards."""
 
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -260,6 +261,22 @@ def test_readme_conversion_snippet_makes_shards_training_opens(tmp_path, monkeyp
   data = stream.open_training_stream("data/photos-64", val_size=3, split_seed=0, train_limit=None)
   assert data.image_shape == (64, 64, 3) and data.class_names == CLASSES
   assert (len(data.x_train), len(data.x_val), len(data.x_test)) == (12, 3, 6)
+
+
+def test_readme_says_how_the_conversion_keeps_shape_and_grayscale(tmp_path, monkeypatch):
+  # image_size=64 silently made non-square grayscale photos 64x64 RGB; the options the README
+  # names beside the snippet must keep both.
+  monkeypatch.chdir(tmp_path)
+  snippet = _readme_block_after("Convert an image folder to shards once")
+  readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+  after = readme.split(snippet, 1)[1]
+  options = re.search(r"e\.g\. `(image_size=\(\d+, \d+\),\s+grayscale=True)`", after)
+  assert options and "image_size=64" in snippet, "no options named beside the snippet's size"
+  _image_folder(tmp_path / "photos" / "train")
+  _image_folder(tmp_path / "photos" / "test", sizes=((8, 8),))
+  exec(snippet.replace("image_size=64", " ".join(options[1].split())), {})  # noqa: S102
+  data = stream.open_training_stream("data/photos-64", val_size=3, split_seed=0, train_limit=None)
+  assert data.image_shape == (20, 28, 1)
 
 
 def test_shard_chunks_say_how_to_fix_their_images(tmp_path):
