@@ -61,6 +61,7 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, quiet: bool = False) ->
   from distill.console import progress as progress_bar  # noqa: PLC0415
   from distill.io import write_text  # noqa: PLC0415
 
+  rundir.check_workdir(Path(out_dir), "--out")  # before the runs are read
   run_dirs, sweeps = expand_sweeps(run_dirs)
   rows, skipped = collect_runs(run_dirs)
   if skipped:  # said where the command runs, as `compare` says it, not only on the page

@@ -241,18 +241,21 @@ def saved_recipe(run_dir: Path) -> dict[str, Any] | None:
   return saved
 
 
-def check_workdir(workdir: Path) -> None:
-  """Fails early, before any work, when `workdir` cannot be created or written."""
+def check_workdir(workdir: Path, what: str = "workdir") -> None:
+  """Fails early, before any work, when `workdir` cannot be created or written.
+
+  `what` names the folder in the message ('workdir', or a report's '--out').
+  """
   workdir = Path(workdir)
   if workdir.exists() and not workdir.is_dir():
-    raise UserError(f"workdir {workdir} exists and is not a directory")
+    raise UserError(f"{what} {workdir} exists and is not a directory")
   ancestor = workdir
   while not ancestor.exists():
     ancestor = ancestor.parent
   if not ancestor.is_dir():
-    raise UserError(f"cannot create workdir {workdir}: {ancestor} is not a directory")
+    raise UserError(f"cannot create {what} {workdir}: {ancestor} is not a directory")
   if not os.access(ancestor, os.W_OK | os.X_OK):
-    raise UserError(f"cannot write to workdir {workdir}: {ancestor} is read-only")
+    raise UserError(f"cannot write to {what} {workdir}: {ancestor} is read-only")
 
 
 def check_apart_from_teacher(path: Path, teacher: Path | str, *, flag: str, why: str,

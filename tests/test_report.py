@@ -64,6 +64,20 @@ def test_a_report_says_which_folders_it_skipped(report, tmp_path):
   assert "skipped" in (tmp_path / "out" / "report.html").read_text()
 
 
+@pytest.mark.parametrize("out, message", [
+    ("a-file.npz", "--out {out} exists and is not a directory"),
+    ("a-file.npz/report", "cannot create --out {out}: {parent} is not a directory"),
+])
+def test_an_out_folder_that_cannot_be_written_is_a_one_line_error(report, tmp_path, out,
+                                                                  message):
+  (tmp_path / "a-file.npz").write_bytes(b"")
+  out = tmp_path / out
+  result = run_cli("report", report / "teacher", "--out", out, "-q")
+  assert result.exit_code == 2
+  parent = tmp_path / "a-file.npz"
+  assert result.stderr.strip() == "error: " + message.format(out=out, parent=parent)
+
+
 def _numpy_ece(logits, labels, bins=15):
   probs = np.exp(logits - logits.max(-1, keepdims=True))
   probs /= probs.sum(-1, keepdims=True)
