@@ -56,7 +56,7 @@ def _online_teacher(recipe: dict[str, Any], teacher_dir: Path, dataset, *, form:
     strategy = imported.online_teacher(teacher_dir, dataset, temperature=settings.temperature,
                                        mixup=settings.mixup, form=form,
                                        feature_layer=feature_layer)
-    targets = open_targets(teacher_dir, dataset)
+    targets = open_targets(teacher_dir, dataset, recipe["data"])
     return strategy, targets.test_logits, targets.identity
   rundir.check_teacher_folder(teacher_dir, needs="model")
   teacher_recipe = read_run_recipe(teacher_dir)
@@ -101,8 +101,8 @@ def _teaching_for_student(recipe: dict[str, Any], teacher_dir: Path, dataset, co
   if mode == "views" and getattr(dataset, "streaming", False):
     raise UserError("teaching=views needs the data set in memory; stream with targets or online")
   if settings.loss == "hard":
-    return None, *_teacher_beside_hard_labels(teacher_dir, dataset)
-  targets = open_targets(teacher_dir, dataset)
+    return None, *_teacher_beside_hard_labels(teacher_dir, dataset, recipe)
+  targets = open_targets(teacher_dir, dataset, recipe["data"])
   if mode == "views":
     if targets.view_logits is None:
       raise UserError(f"{teacher_dir}/targets.npz holds no augmented views; export them with "
@@ -121,7 +121,8 @@ def _teaching_for_student(recipe: dict[str, Any], teacher_dir: Path, dataset, co
   return strategy, targets.test_logits, targets.identity
 
 
-def _teacher_beside_hard_labels(teacher_dir: Path, dataset) -> tuple[np.ndarray, dict[str, Any]]:
+def _teacher_beside_hard_labels(teacher_dir: Path, dataset,
+                                recipe: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
   """(test logits, identity) of the teacher a hard-label student is compared with.
 
   From the teacher's targets; a teacher run that exported none (`distill
@@ -134,7 +135,7 @@ def _teacher_beside_hard_labels(teacher_dir: Path, dataset) -> tuple[np.ndarray,
                  for name in (rundir.TARGETS_FILE, rundir.TARGET_SHARDS_DIR))
   if (exported or rundir.folder_kind(teacher_dir) != rundir.FINISHED_TEACHER
       or not (teacher_dir / PREDICTIONS_FILE).is_file()):
-    targets = open_targets(teacher_dir, dataset)
+    targets = open_targets(teacher_dir, dataset, recipe["data"])
     return targets.test_logits, targets.identity
   summary = read_json(teacher_dir / SUMMARY_FILE, "teacher summary")
   if summary.get("dataset_fingerprint") != dataset.fingerprint:

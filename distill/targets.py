@@ -92,14 +92,22 @@ def load_targets(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]
   return loaded, meta
 
 
+# The recipe's data settings that choose the training split's rows from the data.
+_SPLIT_SETTINGS = ("val_size", "split_seed", "train_limit", "labelled")
+
+
 def check_targets_match(meta: dict[str, Any], *, dataset_name: str, fingerprint: str,
                         train_fingerprint: str, num_examples: int, num_classes: int,
-                        path: Path | str = "targets", name_is_folder: bool = False) -> None:
+                        path: Path | str = "targets", name_is_folder: bool = False,
+                        split: dict[str, Any] | None = None) -> None:
   """Raises UserError naming every way the targets differ from the loaded data.
 
   name_is_folder: `dataset_name` is only the data's folder (a stream's), so it
   is not compared: the fingerprints say whether the data is the same, as for
   an npz file, whose name is 'npz' wherever the file lies.
+  split: the recipe's data settings (val_size, split_seed, train_limit,
+  labelled) that chose the training split, compared with the targets' own to
+  name those that differ; None: not known.
   """
   differences = []
   if meta.get("dataset") != dataset_name and not name_is_folder:
@@ -110,13 +118,31 @@ def check_targets_match(meta: dict[str, Any], *, dataset_name: str, fingerprint:
     differences.append(f"dataset fingerprint {str(meta.get('dataset_fingerprint'))[:12]} vs "
                        f"{fingerprint[:12]}{names}")
   if meta.get("train_fingerprint") != train_fingerprint:
-    differences.append("training split (val_size, split_seed, train_limit or labelled differ)")
+    differences.extend(_split_differences(meta.get("split"), split,
+                                          same_data=meta.get("dataset_fingerprint") == fingerprint))
   if meta.get("num_examples") != num_examples:
     differences.append(f"{meta.get('num_examples')} examples vs {num_examples}")
   if meta.get("num_classes") != num_classes:
     differences.append(f"{meta.get('num_classes')} classes vs {num_classes}")
   if differences:
     raise UserError(f"targets {path} were made for other data: " + "; ".join(differences))
+
+
+def _split_differences(theirs: dict[str, Any] | None, ours: dict[str, Any] | None, *,
+                       same_data: bool) -> list[str]:
+  """How two training splits of unequal rows differ: the settings that do, where known.
+
+  Other data makes other rows by itself, so the split is named only when its
+  settings differ, or when the data is the same (then only the split can differ).
+  """
+  if theirs is not None and ours is not None:
+    settings = [f"data.{key} {theirs.get(key)!r} vs {ours.get(key)!r}"
+                for key in _SPLIT_SETTINGS if theirs.get(key) != ours.get(key)]
+    if settings:
+      return [f"training split ({', '.join(settings)})"]
+  if same_data:
+    return ["training split (val_size, split_seed, train_limit or labelled differ)"]
+  return []
 
 
 class TargetsStore:
@@ -230,8 +256,12 @@ def _check_same_kind_of_data(teacher_dir: Path, dataset) -> None:
                   f"give the student the same data: {flags} ({take})")
 
 
-def open_targets(teacher_dir: Path, dataset) -> TargetsStore:
-  """The targets in `teacher_dir`, checked against `dataset` (target shards if it is streamed)."""
+def open_targets(teacher_dir: Path, dataset, split: dict[str, Any] | None = None) -> TargetsStore:
+  """The targets in `teacher_dir`, checked against `dataset` (target shards if it is streamed).
+
+  split: the recipe's data settings that split `dataset`, for naming those
+  that differ from the targets' (see `check_targets_match`).
+  """
   teacher_dir = Path(teacher_dir)
   _check_same_kind_of_data(teacher_dir, dataset)
   if getattr(dataset, "streaming", False):
@@ -244,7 +274,7 @@ def open_targets(teacher_dir: Path, dataset) -> TargetsStore:
     check_targets_match(shards.meta, dataset_name=dataset.name, fingerprint=dataset.fingerprint,
                         train_fingerprint=dataset.split_fingerprint("train"),
                         num_examples=source.num_examples, num_classes=dataset.num_classes,
-                        path=shards.path, name_is_folder=True)
+                        path=shards.path, name_is_folder=True, split=split)
     with np.load(teacher_dir / PREDICTIONS_FILE) as predictions:
       test_logits = predictions["test_logits"]
     return _ShardStore(shards, test_logits)
@@ -252,7 +282,7 @@ def open_targets(teacher_dir: Path, dataset) -> TargetsStore:
   check_targets_match(meta, dataset_name=dataset.name, fingerprint=dataset.fingerprint,
                       train_fingerprint=dataset.split_fingerprint("train"),
                       num_examples=len(dataset.x_train), num_classes=dataset.num_classes,
-                      path=teacher_dir / TARGETS_FILE)
+                      path=teacher_dir / TARGETS_FILE, split=split)
   return _NpzStore(arrays, meta)
 
 

@@ -61,3 +61,26 @@ def test_mismatch_names_every_difference():
   message = str(error.value)
   for word in ("dataset 'digits' vs 'fashion_mnist'", "fingerprint", "3 classes vs 10"):
     assert word in message
+
+
+def test_mismatch_names_the_split_only_where_it_differs():
+  split = {"val_size": 150, "split_seed": 0, "train_limit": 0, "labelled": 0}
+  meta = {**META, "num_examples": 6, "num_classes": 3, "split": {"name": "train", **split}}
+
+  def message(fingerprint, **ours):
+    with pytest.raises(UserError) as error:
+      check_targets_match(meta, dataset_name="digits", fingerprint=fingerprint,
+                          train_fingerprint="u" * 64, num_examples=6, num_classes=3,
+                          split={**split, **ours})
+    return str(error.value).split("were made for other data: ")[1]
+
+  # Other data with the same settings: its rows differ because the data does, not the split.
+  assert message("a" * 64) == "dataset fingerprint ffffffffffff vs aaaaaaaaaaaa"
+  # Settings that differ are named, with both values.
+  assert message("a" * 64, split_seed=7) == ("dataset fingerprint ffffffffffff vs aaaaaaaaaaaa; "
+                                             "training split (data.split_seed 0 vs 7)")
+  assert message("f" * 64, val_size=0.1, labelled=20) == (
+      "training split (data.val_size 150 vs 0.1, data.labelled 0 vs 20)")
+  # The same data and settings but other rows: only the split can differ.
+  assert message("f" * 64) == (
+      "training split (val_size, split_seed, train_limit or labelled differ)")
