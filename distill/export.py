@@ -157,10 +157,24 @@ def export_targets(teacher_dirs: Path | list[Path], *, out_dir: Path | None = No
     # Students read the data settings of their --teacher directory from here.
     write_json(out_dir / rundir.RECIPE_FILE, recipe)
   what = f"an ensemble of {len(members)} teachers" if len(members) > 1 else "the teacher"
+  if len(members) > 1:  # no run of its own shows an ensemble's accuracy: say it here
+    what += f" ({_ensemble_accuracies(arrays, members, dataset)})"
   extra = f" and {views} augmented views each" if views else ""
   console.info(f"exported the targets of {what} for {len(dataset.x_train):,} images{extra} "
                f"at T={temperature} -> {path}")
   return path
+
+
+def _ensemble_accuracies(arrays: dict[str, np.ndarray], members: list[dict[str, Any]],
+                         dataset) -> str:
+  """'test accuracy 83.12%; its teachers 80.50%, 81.20%': the ensemble's against its members'."""
+  from distill.metrics import accuracy  # noqa: PLC0415
+
+  def percent(logits: np.ndarray) -> str:
+    return f"{100 * float(accuracy(logits, dataset.y_test)):.2f}%"
+
+  return (f"test accuracy {percent(arrays['test_logits'])}; its teachers "
+          + ", ".join(percent(member["test_logits"]) for member in members))
 
 
 def write_teacher_targets(out_dir: Path, recipe: dict[str, Any], dataset, *,

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from conftest import TINY, TINY_FLAGS, run_cli, set_flags
 from flax import nnx
 
-from distill import augment, config, losses, run_recipe, step, teaching, workflow
+from distill import augment, config, losses, metrics, run_recipe, step, teaching, workflow
 from distill.cli import main
 from distill.inference import normalize
 from distill.targets import load_targets
@@ -167,10 +167,16 @@ def test_views_replay_exactly_what_the_teacher_labelled(teachers):
 
 def test_ensemble_averages_probabilities_and_keeps_every_identity(teachers, tmp_path):
   result = run_cli("export", "--teacher", teachers / "t0", "--teacher", teachers / "t1",
-                "--out", tmp_path / "ens", "-q")
+                "--out", tmp_path / "ens")
   assert result.exit_code == 0, result.output
   ensemble, meta = load_targets(tmp_path / "ens")
   members = [load_targets(teachers / name)[0] for name in ("t0", "t1")]
+  # No run of its own shows an ensemble's accuracy, so the export says it, beside its members'.
+  y_test = workflow.load_data(run_recipe.read_run_recipe(teachers / "t0")).y_test
+  accuracies = [100 * float(metrics.accuracy(arrays["test_logits"], y_test))
+                for arrays in (ensemble, *members)]
+  assert (f"an ensemble of 2 teachers (test accuracy {accuracies[0]:.2f}%; its teachers "
+          f"{accuracies[1]:.2f}%, {accuracies[2]:.2f}%)") in result.stderr
   want = np.mean([jax.nn.softmax(m["train_logits"]) for m in members], axis=0)
   np.testing.assert_allclose(ensemble["train_probs"], want, atol=1e-5)
   assert [t["dir"] for t in meta["teachers"]] == [
