@@ -498,7 +498,16 @@ def compare(run_dirs, as_json, markdown):
 
   Directories without a summary.json are skipped with a note. Runs trained on
   different machines (CPU types, accelerators) get a note too: their training
-  times do not compare.
+  times do not compare. A sweep's folder stands for its teacher and runs.
+
+  The columns: T and alpha are the distillation's temperature and the
+  teacher's weight ('-' where the run's method reads none); agree is the
+  share of test images where the run's top class is its teacher's; test NLL
+  the mean negative log-likelihood; ECE the expected calibration error (0 to
+  1, 15 confidence bins); train s the training seconds, compilation excluded.
+  Shown only where runs differ in them: dataset, teacher, soft loss (soft_ce
+  or KL), mixup (images mixed with a Beta(m, m) weight) and labels (how many
+  labelled images a run learnt from, data.labelled).
   """
   from distill.compare import compare_runs  # noqa: PLC0415
 

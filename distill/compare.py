@@ -28,7 +28,7 @@ COLUMNS = (
     # How a student was taught: runs that differ only here must not look alike.
     ("teaching", "teaching"),
     # The method with its own settings where they are not the defaults: 'dist beta=2 gamma=2'.
-  ("method", "method"),
+    ("method", "method"),
     # Only when some student learned by KL: soft cross-entropy and KL runs must not look alike.
     ("soft_loss", "soft loss"),
     ("temperature", "T"),

@@ -256,6 +256,17 @@ def test_training_help_shows_each_recipes_defaults():
   assert "see --data-dir). [default: the teacher's data]" in student_help
 
 
+def test_compare_help_explains_every_column():
+  from distill.cli import main  # noqa: PLC0415
+  from distill.compare import COLUMNS  # noqa: PLC0415
+
+  shown = " ".join(CliRunner().invoke(main, ["compare", "--help"]).output.split())
+  explained = shown.partition("The columns:")[2]
+  plain = {"run", "role", "model", "loss", "teaching", "method", "params", "test acc"}
+  for _, header in COLUMNS:
+    assert header in plain or header in explained, header
+
+
 def test_losses_importable_from_the_package():
   logits = np.array([[2.0, 0.0, -1.0]])
   assert float(distill.soft_cross_entropy(logits, np.array([[1.0, 0.0, 0.0]]))) == pytest.approx(
