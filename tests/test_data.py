@@ -441,6 +441,38 @@ def test_npz_label_rejections_say_how_to_convert(tmp_path, y, hint):
     _load_npz(tmp_path / "mine.npz", x=_X, y=y)
 
 
+@pytest.mark.parametrize("arrays, fix", [
+    # Counted from 1: the shift, for every key that needs it.
+    ({"y": np.arange(40) % 2 + 1},
+     "labels are class indices 0..1 and these run 1..2: save `y - 1`"),
+    ({"y_train": np.arange(40) % 2 + 1, "x_test": _X[:2], "y_test": np.array([1, 2])},
+     "these run 1..2: save `y_train - 1` and `y_test - 1`"),
+    ({"y": np.arange(40) % 2 * 3}, "labels are class indices 0..1: give class_names a name for "
+                                   "every label up to 3, or remap them with `classes, y = "
+                                   "np.unique(y, return_inverse=True)`"),
+])
+def test_npz_labels_beyond_class_names_say_how_to_fix_them(tmp_path, arrays, fix):
+  images = {"x_train" if "y_train" in arrays else "x": _X}
+  with pytest.raises(UserError, match=r"has label \d but class_names lists only 2 classes; .*"
+                                      + re.escape(fix)):
+    _load_npz(tmp_path / "mine.npz", **images, **arrays, class_names=np.array(["cat", "dog"]))
+
+
+@pytest.mark.parametrize("y, fix", [
+    (np.arange(40) % 3 - 1, "has negative label -1; labels are class indices 0..K-1: remap them "
+                            "with `classes, y = np.unique(y, return_inverse=True)` and save "
+                            "`class_names=classes.astype(str)`; if -1 marks images without a "
+                            "label, leave them out: `keep = y >= 0`, then save `x[keep]` and "
+                            "`y[keep]`"),
+    (np.arange(40) % 3 - 5, "has negative label -5; labels are class indices 0..K-1: remap them "
+                            "with `classes, y = np.unique(y, return_inverse=True)` and save "
+                            "`class_names=classes.astype(str)`"),
+])
+def test_npz_negative_labels_say_how_to_fix_them(tmp_path, y, fix):
+  with pytest.raises(UserError, match=re.escape(fix) + "$"):
+    _load_npz(tmp_path / "mine.npz", x=_X, y=y)
+
+
 _RAGGED = np.empty(2, object)
 _RAGGED[:] = [np.zeros((4, 4), np.uint8), np.zeros((5, 3), np.uint8)]
 

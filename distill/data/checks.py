@@ -113,10 +113,10 @@ def checked_labels(y: np.ndarray, what: str, num_images: int,
     raise UserError(f"{what} has {len(y)} labels but {images_what} has "
                     f"{num_images} images")
   if len(y) and y.min() < 0:
-    raise UserError(f"{what} has negative label {int(y.min())}")
+    raise UserError(f"{what} has negative label {int(y.min())}; {label_range_fix(y)}")
   if num_classes is not None and len(y) and y.max() >= num_classes:
     raise UserError(f"{what} has label {int(y.max())}, outside [0, "
-                    f"{num_classes}) for {num_classes} classes")
+                    f"{num_classes}) for {num_classes} classes; {label_range_fix(y, num_classes)}")
   return y
 
 
@@ -139,6 +139,28 @@ _MAX_UNNAMED_CLASSES = 1000
 _MAX_CLASSES_PER_LABEL = 100
 _REMAP = ("remap them with `classes, y = np.unique(y, return_inverse=True)` and save "
           "`class_names=classes.astype(str)`")
+
+
+def label_range_fix(labels: np.ndarray, num_classes: int | None = None,
+                    keys: tuple[str, ...] = ("y",)) -> str:
+  """How to bring labels outside 0..num_classes-1 into it, ending with the numpy call.
+
+  `labels`: every label of `keys` (the arrays the call names); `num_classes`:
+  how many classes there are (class_names'), None where the labels decide.
+  """
+  low, high = int(labels.min()), int(labels.max())
+  if num_classes is not None and low == 1 and high == num_classes:  # counted from 1
+    shifted = " and ".join(f"`{key} - 1`" for key in keys)
+    return (f"labels are class indices 0..{num_classes - 1} and these run 1..{num_classes}: "
+            f"save {shifted}")
+  if num_classes is None or low < 0:
+    indices, remap = "0..K-1", _REMAP
+  else:  # named classes: more names would fit the labels too
+    indices = f"0..{num_classes - 1}"
+    remap = f"give class_names a name for every label up to {high}, or {_REMAP}"
+  unlabelled = ("; if -1 marks images without a label, leave them out: `keep = y >= 0`, then "
+                "save `x[keep]` and `y[keep]`" if low == -1 else "")
+  return f"labels are class indices {indices}: {remap}{unlabelled}"
 
 
 def classes_from_labels(y: np.ndarray, y_test: np.ndarray | None,

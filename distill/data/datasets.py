@@ -25,6 +25,7 @@ from distill.data.checks import (
   checked_labels,
   classes_from_labels,
   first_few,
+  label_range_fix,
 )
 from distill.data.formats import (
   class_names_from_array,
@@ -468,12 +469,15 @@ def _load_npz(*, data_dir: str | None, allow_download: bool) -> RawData:
   notes = ()
   if "class_names" in arrays:
     class_names = class_names_from_array(arrays["class_names"], path)
+    # Both keys' labels decide the fix, so that a file fixed for y does not fail on y_test.
+    keys, every = ((y_key, "y_test"), np.concatenate([y, y_test])) if has_x_test else ((y_key,), y)
     for key, labels in ((y_key, y), ("y_test", y_test if has_x_test else None)):
       if labels is not None and len(labels) and labels.max() >= len(
           class_names):
         raise UserError(
             f"{path}: key {key!r} has label {int(labels.max())} but "
-            f"class_names lists only {len(class_names)} classes")
+            f"class_names lists only {len(class_names)} classes; "
+            f"{label_range_fix(every, len(class_names), keys)}")
     # Named classes are the user's word for what the classes are: one with
     # no images is theirs to have (a class list shared with other data).
   else:
