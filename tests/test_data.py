@@ -365,18 +365,40 @@ def test_npz_labels_that_skip_classes_warn_and_name_them(tmp_path, capsys):
   assert "have no training images" in capsys.readouterr().err
 
 
-def test_npz_classes_empty_for_a_reason_do_not_warn(tmp_path):
+def test_npz_classes_empty_for_a_reason_are_no_numbering_mistake(tmp_path):
   path = tmp_path / "mine.npz"
   notes = []
   # Named classes are the user's: one without images is not a numbering mistake.
   _load_npz(path, notes.append, x=_X, y=np.arange(40) % 2 * 4,
             class_names=np.array(list("abcde")))
-  # Classes emptied by data.labelled, train_limit or the validation split are not either.
+  assert notes == []
+  # Classes emptied by data.labelled, train_limit or the validation split are not either, but
+  # training never sees them labelled: that is said, with the settings that did it.
   np.savez(path, x=_X, y=np.arange(40) % 4)
   dataset = load_dataset("npz", data_dir=path, val_size=10, labelled=1, train_limit=3,
                          warn=notes.append)
   assert dataset.labelled_count == 1 and dataset.num_classes == 4
-  assert notes == []
+  (note,) = notes
+  assert "labels are class indices" not in note
+  kept = int(dataset.y_train[0])
+  lost = ", ".join(f"'{label}'" for label in range(4) if label != kept)
+  assert note == ("npz: data.val_size 10 held out 10 and data.train_limit 3 kept 3 and "
+                  f"data.labelled 1 kept the labels of 1 of its 32 training images, which left "
+                  f"no labelled training image of class {lost}: training never sees them "
+                  "labelled; hold out fewer, keep more, or pass another data.split_seed")
+
+
+def test_npz_classes_the_test_holdout_took_whole_are_named(tmp_path):
+  lone = datasets._fixed_test_holdout(10)[1][0]
+  y = np.arange(10) % 2
+  y[lone] = 2
+  notes = []
+  dataset = _load_npz(tmp_path / "mine.npz", notes.append, x=_X[:10], y=y)
+  assert 2 not in dataset.y_train and dataset.num_classes == 3
+  assert notes == [f"{tmp_path / 'mine.npz'}: without x_test and y_test, a fixed 20% of key 'x' "
+                   "is held out as the test split, and it took every image of class '2': the "
+                   "model never learns it; add more images of it, or save your own x_test and "
+                   "y_test"]
 
 
 def test_npz_label_ids_that_would_make_absurd_class_counts_are_refused(tmp_path):

@@ -267,12 +267,17 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
 
   raw = loader(data_dir=data_dir, allow_download=allow_download)
   x_train, y_train, x_test, y_test, class_names, notes = _validated(name, raw)
-  if notes and warn is None:
-    from distill.console import Console  # noqa: PLC0415 (only when there is something to say)
 
-    warn = Console().warn
-  for note in notes:
+  def say(note: str) -> None:
+    nonlocal warn
+    if warn is None:
+      from distill.console import Console  # noqa: PLC0415 (only when there is something to say)
+
+      warn = Console().warn
     warn(note)
+
+  for note in notes:
+    say(note)
   fingerprint = _hash_arrays(x_train, y_train, x_test, y_test)
 
   num_val = _validation_count(val_size, len(x_train))
@@ -281,10 +286,10 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
   if train_limit is not None:
     train_indices = train_indices[:train_limit]
   train_labels = y_train[train_indices]
+  cut = f"data.val_size {val_size!r} held out {num_val:,}" + (
+      f" and data.train_limit {train_limit} kept {len(train_indices):,}"
+      if train_limit is not None else "")
   if len(np.unique(train_labels)) < 2:  # two classes before the split (`_validated`)
-    cut = f"data.val_size {val_size!r} held out {num_val:,}" + (
-        f" and data.train_limit {train_limit} kept {len(train_indices):,}"
-        if train_limit is not None else "")
     raise UserError(
         f"{name}: {cut} of its {len(x_train):,} training images, and those left all have "
         f"label {int(train_labels[0])}; a classifier needs two classes: hold out fewer, keep "
@@ -293,8 +298,18 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
     if not np.issubdtype(train_labels.dtype, np.signedinteger):
       train_labels = train_labels.astype(np.int32)  # room for -1
     train_labels[labelled:] = -1  # a fancy-indexed copy: the source keeps its labels
+    cut += f" and data.labelled {labelled} kept the labels of {labelled:,}"
   else:
     labelled = None
+  # A class the data has but the training split lost: no model learns it from labels, though
+  # its test and validation images still count against it.
+  emptied = np.setdiff1d(np.unique(y_train), train_labels)
+  if len(emptied):
+    which = first_few([class_names[label] for label in emptied], quoted=True)
+    say(f"{name}: {cut} of its {len(x_train):,} training images, which left no labelled "
+        f"training image of class {which}: training never sees "
+        f"{'it' if len(emptied) == 1 else 'them'} labelled; hold out fewer, keep more, or pass "
+        "another data.split_seed")
   return Dataset(
       name=name,
       x_train=read_only(x_train[train_indices]),
@@ -499,6 +514,14 @@ def _load_npz(*, data_dir: str | None, allow_download: bool) -> RawData:
           f"{x_key!r} is held out as the test split, and it took every image of class "
           f"{first_few([class_names[label] for label in taken], quoted=True)}, leaving one "
           "class to train on: add more images of it, or save your own x_test and y_test")
+    taken = np.setdiff1d(y_test, y)
+    if len(taken):  # still two classes to train on, but the model never learns these
+      notes = (*notes,
+               f"{path}: without x_test and y_test, a fixed {_TEST_HOLDOUT_FRACTION:.0%} of key "
+               f"{x_key!r} is held out as the test split, and it took every image of class "
+               f"{first_few([class_names[label] for label in taken], quoted=True)}: the model "
+               f"never learns {'it' if len(taken) == 1 else 'them'}; add more images of "
+               f"{'it' if len(taken) == 1 else 'them'}, or save your own x_test and y_test")
   return RawData(x, y, x_test, y_test, class_names, notes)
 
 
