@@ -328,7 +328,7 @@ def _train_missing(runs: list[dict[str, Any]], teacher_dir: Path, console: Conso
     console.info(f"{run['label']}: finished earlier with the same recipe, kept "
                  f"(test accuracy {run['summary']['test_accuracy']:.4f})")
   if jobs > 1 and len(missing) > 1:
-    _train_side_by_side(missing, teacher_dir, console, min(jobs, len(missing)))
+    _train_side_by_side(missing, teacher_dir, console, min(jobs, len(missing)), total=len(runs))
     return
   for run in missing:
     console.info(f"{run['label']}: training" + (" (resuming)" if run["state"] == "resume" else ""))
@@ -356,8 +356,11 @@ _RESUME = "Run the same command again to resume."
 
 
 def _train_side_by_side(missing: list[dict[str, Any]], teacher_dir: Path, console: Console,
-                        jobs: int) -> None:
+                        jobs: int, total: int) -> None:
   """`missing`'s runs, `jobs` at a time in worker processes; stops at the first that fails.
+
+  Runs finish in no set order, so each result line counts the sweep's `total` runs finished
+  so far ('[5/18] mlp-hard-s1'), not the run's place in the plan.
 
   No run starts once one has failed or a stop signal (Ctrl-C, SIGTERM) has
   come. Those in training when one fails finish; a stop signal stops them at a
@@ -369,6 +372,7 @@ def _train_side_by_side(missing: list[dict[str, Any]], teacher_dir: Path, consol
   from distill import workers  # noqa: PLC0415
 
   stopped = not_started = 0
+  finished = total - len(missing)  # those kept from earlier
   with workers.core_pool(jobs) as (pool, how):
     console.info(f"training {len(missing)} runs, {how}")
     # Seed by seed: runs that differ only in their seed run the same programs, so the first
@@ -396,7 +400,8 @@ def _train_side_by_side(missing: list[dict[str, Any]], teacher_dir: Path, consol
         console.info(f"{run['label']}: {str(e).removesuffix(' ' + _RESUME)}")
         stopped += 1
         continue
-      _trained(run, console)
+      finished += 1
+      _trained(run, console, label=f"[{finished}/{total}] {run['name']}")
   if pool.signal_name is not None and not (stopped or not_started):
     # Nothing was left to stop: the tables take a moment, and are what the runs were for.
     console.info(f"{pool.signal_name} came after every run had finished; writing the tables")
@@ -429,11 +434,11 @@ def _named(run: dict[str, Any], error: UserError) -> UserError:
   return UserError(f"{run['name']}: {error}", exit_code=error.exit_code)
 
 
-def _trained(run: dict[str, Any], console: Console) -> None:
-  """Marks `run` as trained here and prints its result line."""
+def _trained(run: dict[str, Any], console: Console, label: str | None = None) -> None:
+  """Marks `run` as trained here and prints its result line (headed `label`, else its own)."""
   run["reused"] = False
   summary = run["summary"]
-  console.info(f"{run['label']}: test accuracy {summary['test_accuracy']:.4f}, agreement "
+  console.info(f"{label or run['label']}: test accuracy {summary['test_accuracy']:.4f}, agreement "
                f"{summary['agreement_with_teacher']:.4f} in {summary['wall_seconds']:.0f}s")
 
 

@@ -464,6 +464,10 @@ def test_jobs_train_the_runs_in_worker_processes_one_core_each(swept, tmp_path):
   assert result.exit_code == 0, result.output
   assert "training 2 runs, 2 at a time, 1 core each" in result.stderr
   names = ["linear-hard-s0", "linear-targets-s0"]
+  # Result lines count the runs finished, whichever finished first.
+  finished = re.findall(r"^\[(\d)/2\] (\S+): test accuracy", result.stderr, re.MULTILINE)
+  assert [count for count, _ in finished] == ["1", "2"]
+  assert sorted(name for _, name in finished) == names
   summaries = _summaries(tmp_path / "two", names)
   # Each run trained pinned to one core, in a worker process of its own.
   assert all(summary["cpu"].endswith(", 1 core") for summary in summaries)
