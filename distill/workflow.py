@@ -377,6 +377,8 @@ def train_teacher(recipe: dict[str, Any], workdir: Path, *, restart: bool = Fals
   if export:
     export_targets(workdir, trained=(trained, settings.steps), dataset=dataset,
                    test_logits=test["logits"], quiet=quiet, console=console)
+    # The run's wall time covers its export, as the command's result line does.
+    summary["wall_seconds"] = round(time.perf_counter() - start, 3)
   write_json(workdir / SUMMARY_FILE, summary)
   return summary
 
