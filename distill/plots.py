@@ -366,8 +366,10 @@ def accuracy_vs_params_figure(rows: list[dict[str, Any]], *, dataset: str | None
   ax.set_xscale("log")
   ax.xaxis.set_minor_locator(NullLocator())
   on = f" on {dataset}" if dataset else ""
+  # Bars only where a point is the mean of several runs: a figure of single runs has none.
+  bars = " (bars: min to max over a label's runs)" if any(p["runs"] > 1 for p in points) else ""
   ax.set(xlabel="parameters (points of one size side by side)", ylabel="test accuracy",
-         title=f"accuracy vs size{on} (bars: min to max over a label's runs)")
+         title=f"accuracy vs size{on}{bars}")
   ax.grid(alpha=0.3)
   if not points:  # only teachers of unknown size
     ax.text(0.5, 0.5, "no run of known size", ha="center", transform=ax.transAxes)

@@ -229,6 +229,7 @@ def test_accuracy_figure_draws_a_labels_seeds_as_one_point(tmp_path):
   figure = plots.accuracy_vs_params_figure(rows)
   ax = figure.axes[0]
   assert len(ax.texts) == 0
+  assert ax.get_title() == "accuracy vs size (bars: min to max over a label's runs)"
   assert [text.get_text() for text in ax.get_legend().get_texts()] == [
       "teacher", "hard labels (mean of 3 runs)", "kd, targets, T=4, alpha=0.9 (mean of 1-3 runs)"]
   import matplotlib.pyplot as plt  # noqa: PLC0415
@@ -248,6 +249,7 @@ def test_accuracy_figure_draws_a_teacher_of_unknown_size_as_a_line_across():
   for rows in ([imported, student], [imported]):
     figure = plots.accuracy_vs_params_figure(rows)
     ax = figure.axes[0]
+    assert ax.get_title() == "accuracy vs size"  # single runs: no bars to explain
     assert [line.get_ydata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"] == [
         0.91]
     assert "teacher logits (size unknown)" in [t.get_text() for t in ax.get_legend().get_texts()]
