@@ -233,7 +233,9 @@ def row_value(row: dict[str, Any], key: str) -> Any:
   if key == "mixup":
     return row.get(key) or None  # 0: off
   if key == "soft_loss":
-    return row.get(key) or "soft_ce"  # summaries from before KL was offered: soft_ce
+    # Summaries from before KL was offered have no key: soft_ce. None is a method's that
+    # reads no soft loss (dkd, dist, token).
+    return row[key] if key in row else "soft_ce"
   if key == "dataset":  # as `with_dataset_names` names it, where it has
     return row.get("dataset_name") or row.get(key)
   if key == "train_seconds" and row.get("imported_from"):

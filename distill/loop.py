@@ -3,7 +3,7 @@
 What differs between a teacher and a student (the model, the objective, the
 teaching strategy, whether to augment) is chosen before the loop and handed
 to it in a `step.TrainingSetup`; the loop itself is the same: check the
-step-0 loss, resume, then run the feeder's dispatches through the compiled
+resume, check the step-0 loss, then run the feeder's dispatches through the compiled
 step, logging, validating and checkpointing at the recipe's cadence.
 """
 
@@ -100,6 +100,7 @@ def fit(*, model: nnx.Module, images, labels: np.ndarray, val_images, val_labels
   start_step = run.resume(echo)
   init_loss, expected = _check_init_loss(setup, objective, settings.init_check_tolerance,
                                          strict_init_check, echo, warn, check_init)
+  run.start_progress()  # after the lines above: a terminal's bar would take their line
   run.compile_logging(val_images, val_labels)
   if start_step == 0:  # A resumed run's event files already hold step 0.
     run.tensorboard.init_loss(init_loss, expected)
@@ -195,6 +196,7 @@ class _Run:
     self._validation = None
     self._last_validation: tuple[int, float] | None = None  # (step, accuracy), for the bar
     self.plan: list[tuple[int, int]] = []
+    self._start_step = 0
     self._progress = None
 
   def resume(self, echo) -> int:
@@ -223,14 +225,18 @@ class _Run:
     self.plan = dispatch_plan(start_step, self.total_steps, per_dispatch,
                               (settings.log_every, settings.eval_every,
                                settings.checkpoint_every))
+    self._start_step = start_step
+    return start_step
+
+  def start_progress(self) -> None:
+    """Shows the progress bar from the first planned step, and starts the stretch's clocks."""
     from distill.console import progress  # noqa: PLC0415
 
-    self._progress = progress(total=self.total_steps, initial=start_step, unit="step",
+    self._progress = progress(total=self.total_steps, initial=self._start_step, unit="step",
                               quiet=self.quiet,
                               desc=f"train {self.meta.get('role', '')}".strip())
     self._loop_start = time.perf_counter()
     self._last_save = self._loop_start
-    return start_step
 
   def stretch_seconds(self) -> float:
     """This stretch's training time so far; compilation is reported apart."""

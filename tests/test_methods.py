@@ -52,6 +52,7 @@ def test_every_method_trains_from_the_cli_and_passes_its_strict_step0_check(
       method == "token" and summary["method_options"]["variant"] == "hard")
   assert (", T=" in workflow.result_line(summary, tmp_path / "s")) == (
       summary["temperature"] is not None)
+  assert compare.row_value(summary, "soft_loss") == summary["soft_loss"]  # None: no soft_ce
   assert ("alpha=" in workflow.result_line(summary, tmp_path / "s")) == reads_alpha
   assert ("alpha=" in compare.run_label(summary)) == reads_alpha
   assert np.isfinite(summary["final_train_loss"])

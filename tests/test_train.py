@@ -63,10 +63,22 @@ def _fit(tmp_path, overrides, **kwargs):
   return fit(**defaults)
 
 
-def test_fit_learns_and_logs(tmp_path, tiny_overrides, capsys):
+def test_fit_learns_and_logs(tmp_path, tiny_overrides, capsys, monkeypatch):
+  from distill import console  # noqa: PLC0415
+
+  said = []
+  bar = console.progress
+
+  def progress(*args, **kwargs):
+    said.append("the bar")
+    return bar(*args, **kwargs)
+
+  monkeypatch.setattr(console, "progress", progress)
   _, result = _fit(tmp_path, [*tiny_overrides, "teacher.steps=60", "teacher.model=mlp",
                                    "teacher.mlp.hidden=[64]", "teacher.learning_rate=3e-3"],
-                   quiet=False)
+                   quiet=False, echo=said.append)
+  # The step-0 check is said before the bar starts: on a terminal, the bar would take its line.
+  assert said[-1] == "the bar" and said[-2].startswith("init loss ")
   assert result.init_loss == pytest.approx(np.log(10), abs=1e-5)
   assert result.final_train_loss < result.init_loss - 0.3
   lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
