@@ -31,7 +31,6 @@ arrays never are.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -96,6 +95,9 @@ class Objective:
     reads_labels: whether the loss reads the label of every example it
       trains on (hard labels, a hard term, DKD's target class); one that does
       not can learn from images that have no label.
+    reads: the shared student settings its loss reads, of 'temperature',
+      'alpha' and 'soft_loss' (a method's own table aside): a summary records
+      the others as None, and a run refuses them given (`reads_setting`).
   """
 
   name: str
@@ -107,6 +109,7 @@ class Objective:
   forward: Callable[[nnx.Module, jax.Array], Outputs] = _plain_forward
   init_aux: Callable[[], Any] | None = None
   reads_labels: bool = True
+  reads: frozenset[str] = frozenset()
 
 
 def _hard_objective(label_smoothing: float = 0.0, **_: Any) -> Objective:
@@ -130,6 +133,10 @@ def _kd_expected(n, batch, *, temperature, alpha, soft_loss):
                                    target_probs=batch.get("targets"))
 
 
+# What plain KD's loss reads of the shared student settings; a hint reads them too.
+_KD_READS = frozenset({"temperature", "alpha", "soft_loss"})
+
+
 def _kd_objective(temperature: float = 1.0, alpha: float = 1.0, soft_loss: str = "soft_ce",
                   label_smoothing: float = 0.0, **_: Any) -> Objective:
   """`alpha * T^2 * soft(student/T, teacher at T) + (1 - alpha) * hard CE` (Hinton et al. 2015)."""
@@ -141,7 +148,7 @@ def _kd_objective(temperature: float = 1.0, alpha: float = 1.0, soft_loss: str =
       uses_targets=True,
       expected_init_loss=lambda n, batch: _kd_expected(
           n, batch, temperature=temperature, alpha=alpha, soft_loss=soft_loss),
-      reads_labels=alpha < 1.0)
+      reads_labels=alpha < 1.0, reads=_KD_READS)
 
 
 def _dkd_objective(temperature: float = 4.0, dkd_alpha: float = 1.0, dkd_beta: float = 8.0,
@@ -170,7 +177,7 @@ def _dkd_objective(temperature: float = 4.0, dkd_alpha: float = 1.0, dkd_beta: f
         temperature=temperature)
 
   return Objective(name="dkd", loss=loss, uses_targets=True, expected_init_loss=expected,
-                   teacher_form="logits")
+                   teacher_form="logits", reads=frozenset({"temperature"}))
 
 
 def _dist_objective(temperature: float = 1.0, dist_beta: float = 1.0, dist_gamma: float = 1.0,
@@ -184,7 +191,8 @@ def _dist_objective(temperature: float = 1.0, dist_beta: float = 1.0, dist_gamma
   return Objective(
       name="dist", loss=loss, uses_targets=True, teacher_form="logits",
       expected_init_loss=lambda n, batch: math.log(n) + losses.expected_init_dist(
-          beta=dist_beta, gamma=dist_gamma, temperature=temperature))
+          beta=dist_beta, gamma=dist_gamma, temperature=temperature),
+      reads=frozenset({"temperature"}))
 
 
 def _token_forward(model: nnx.Module, images: jax.Array) -> Outputs:
@@ -206,7 +214,9 @@ def _token_objective(temperature: float = 1.0, token_variant: str = "hard",
   return Objective(
       name="token", loss=loss, uses_targets=True, teacher_form="logits", forward=_token_forward,
       expected_init_loss=lambda n, batch: losses.expected_init_token(
-          n, variant=token_variant, temperature=temperature))
+          n, variant=token_variant, temperature=temperature),
+      # A hard token learns the teacher's top class, at no temperature.
+      reads=frozenset({"temperature"}) if token_variant == "soft" else frozenset())
 
 
 HINT_MATCHES = ("tokens", "pooled")
@@ -281,7 +291,7 @@ def _hint_objective(temperature: float = 1.0, alpha: float = 1.0, soft_loss: str
   return Objective(
       name="hint", loss=loss, uses_targets=True, expected_init_loss=expected,
       teacher_layer=hint_teacher_layer, forward=_hint_forward(hint_student_layer),
-      init_aux=init_aux, reads_labels=alpha < 1.0)
+      init_aux=init_aux, reads_labels=alpha < 1.0, reads=_KD_READS)
 
 
 OBJECTIVES: dict[str, Callable[..., Objective]] = {
@@ -297,17 +307,13 @@ OBJECTIVES["soft"] = _kd_objective
 
 
 def reads_setting(name: str, key: str, method_options: Mapping[str, Any] | None = None) -> bool:
-  """Whether the registered objective `name` reads the student setting `key`.
-
-  'alpha' is read by kd and hint only (dkd has its own `student.dkd.alpha`,
-  dist and token none); 'soft_loss' by kd and hint; 'temperature' by all but
-  'hard' and a token of `method_options` variant 'hard', which learns the
-  teacher's top class.
-  """
-  if name not in OBJECTIVES or key not in inspect.signature(OBJECTIVES[name]).parameters:
+  """Whether the registered objective `name`, with its own settings `method_options` (a
+  token's variant), reads the shared student setting `key` ('temperature', 'alpha' or
+  'soft_loss'): see `Objective.reads`."""
+  if name not in OBJECTIVES:
     return False
-  return not (name == "token" and key == "temperature"
-              and (method_options or {}).get("variant", "hard") == "hard")
+  options = {f"{name}_{option}": value for option, value in (method_options or {}).items()}
+  return key in OBJECTIVES[name](**options).reads
 
 
 def make_objective(name: str, **settings: Any) -> Objective:

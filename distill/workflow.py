@@ -516,7 +516,6 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
   Returns:
     The run's summary (also written to `workdir/summary.json`).
   """
-  from distill import teaching as teaching_lib  # noqa: PLC0415
   from distill.metrics import accuracy, top1_agreement  # noqa: PLC0415
 
   recipe = config_lib.checked_recipe(recipe)  # a dict edited in Python is checked too
@@ -559,8 +558,7 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
       "teaching": "hard" if teaching is None else teaching.name,
       # None where the objective does not read the setting (hard labels read none), so
       # tables and the result line show none.
-      **{key: getattr(settings, key)
-         if teaching_lib.reads_setting(objective.name, key, settings.method_options) else None
+      **{key: getattr(settings, key) if key in objective.reads else None
          for key in ("soft_loss", "temperature", "alpha")},
       "mixup": settings.mixup,
       "augmented": augmented,
