@@ -653,6 +653,18 @@ def recipe_hash(recipe: dict[str, Any], role: str) -> str:
   return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+# The data settings that choose a training split's rows from its data.
+SPLIT_KEYS = ("val_size", "split_seed", "train_limit", "labelled")
+
+
+def data_differences(theirs: Mapping[str, Any], ours: Mapping[str, Any],
+                     keys: Sequence[str]) -> list[str]:
+  """'data.KEY THEIRS vs OURS' for each of `keys` whose values differ in two recipes' data
+  tables (or a targets file's record of them), for a refusal that names them."""
+  return [f"data.{key} {theirs.get(key)!r} vs {ours.get(key)!r}" for key in keys
+          if theirs.get(key) != ours.get(key)]
+
+
 def recipe_differences(old: dict[str, Any], new: dict[str, Any], role: str) -> list[str]:
   """What a `role` run reads that differs between two recipes, as 'key: old -> new' lines.
 

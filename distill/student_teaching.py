@@ -34,11 +34,8 @@ def check_same_data(recipe: dict[str, Any], other: dict[str, Any], what: str, *,
   `same_contents`: the data's fingerprints match, so a data_dir that differs
   is the same data moved or copied (an npz file, a shard folder), not other data.
   """
-  keys = ("dataset", "data_dir", "val_size", "split_seed", "train_limit", "labelled")
-  if same_contents:
-    keys = tuple(key for key in keys if key != "data_dir")
-  differences = [f"data.{k} {other['data'][k]!r} vs {recipe['data'][k]!r}" for k in keys
-                 if other["data"][k] != recipe["data"][k]]
+  keys = ("dataset", *(() if same_contents else ("data_dir",)), *config_lib.SPLIT_KEYS)
+  differences = config_lib.data_differences(other["data"], recipe["data"], keys)
   if differences:
     raise UserError(f"{what} was trained on other data: " + "; ".join(differences))
 

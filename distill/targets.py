@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from distill.config import SPLIT_KEYS, data_differences
 from distill.errors import UserError
 from distill.io import array_sha256, write_json, write_npz
 from distill.rundir import (
@@ -92,10 +93,6 @@ def load_targets(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]
   return loaded, meta
 
 
-# The recipe's data settings that choose the training split's rows from the data.
-_SPLIT_SETTINGS = ("val_size", "split_seed", "train_limit", "labelled")
-
-
 def check_targets_match(meta: dict[str, Any], *, dataset_name: str, fingerprint: str,
                         train_fingerprint: str, num_examples: int, num_classes: int,
                         path: Path | str = "targets", name_is_folder: bool = False,
@@ -136,8 +133,7 @@ def _split_differences(theirs: dict[str, Any] | None, ours: dict[str, Any] | Non
   settings differ, or when the data is the same (then only the split can differ).
   """
   if theirs is not None and ours is not None:
-    settings = [f"data.{key} {theirs.get(key)!r} vs {ours.get(key)!r}"
-                for key in _SPLIT_SETTINGS if theirs.get(key) != ours.get(key)]
+    settings = data_differences(theirs, ours, SPLIT_KEYS)
     if settings:
       return [f"training split ({', '.join(settings)})"]
   if same_data:
