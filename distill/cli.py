@@ -90,8 +90,7 @@ def _method_settings(method: str) -> str:
   """'student.dkd.alpha=1, beta=8, warmup_steps=0': a method's settings and their defaults."""
   table = config_lib.DEFAULTS["student"][method]
   return f"student.{method}." + ", ".join(
-      f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
-      for key, value in table.items())
+      f"{key}={config_lib.setting_text(value)}" for key, value in table.items())
 
 
 def _common_training_options(role: str):

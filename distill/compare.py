@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from distill import rundir
+from distill.config import changed_method_options, setting_text
 from distill.errors import UserError
 from distill.io import read_json
 
@@ -452,16 +453,11 @@ def method_text(row: dict[str, Any]) -> str | None:
   """A student's method as the table, the report and the result line name it: with those of
   its own settings (`method_options`) that are not their defaults, 'dist beta=2 gamma=2',
   'hint kind=cosine', else 'kd', 'dist'; None where `row_value` shows no method."""
-  from distill.config import DEFAULTS  # noqa: PLC0415
-
   method = row_value(row, "method")
   if method is None:
     return None
-  defaults = DEFAULTS["student"].get(method)
-  defaults = defaults if isinstance(defaults, dict) else {}
-  options = row.get("method_options") or {}
-  return " ".join([method, *(f"{key}={_setting_value(value)}" for key, value in options.items()
-                             if value != defaults.get(key))])
+  changed = changed_method_options(method, row.get("method_options") or {})
+  return " ".join([method, *(f"{key}={setting_text(value)}" for key, value in changed.items())])
 
 
 def objective_label(row: dict[str, Any]) -> str:
@@ -568,19 +564,12 @@ def _setting_note(keys: list[str], recipe: dict[str, Any]) -> str:
     if path[:1] in (["teacher"], ["student"]):
       path = path[1:]  # the run's own section goes without saying
     if path:  # a table's keys read together: 'dist beta=2 gamma=2'
-      parts.setdefault((" ".join(path), ""), []).append(f"{name}={_setting_value(value)}")
+      parts.setdefault((" ".join(path), ""), []).append(f"{name}={setting_text(value)}")
     elif name == "steps" and isinstance(value, int):
       parts[("", key)] = [f"{value:,} steps"]
     else:
-      parts[("", key)] = [f"{name}={_setting_value(value)}"]
+      parts[("", key)] = [f"{name}={setting_text(value)}"]
   return ", ".join(" ".join([table, *words]) if table else words[0]
                    for (table, _), words in parts.items())
 
 
-def _setting_value(value: Any) -> str:
-  """A recipe value as a setting's note writes it: 0.5, true, [32,64], resize."""
-  if isinstance(value, float):
-    return f"{value:g}"
-  if isinstance(value, (bool, list, dict)) or value is None:
-    return json.dumps(value, separators=(",", ":"))
-  return str(value)

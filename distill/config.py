@@ -653,6 +653,22 @@ def recipe_hash(recipe: dict[str, Any], role: str) -> str:
   return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def changed_method_options(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
+  """Those of a method's own settings (`student.<method>.*`) that are not their defaults:
+  what tells a run of the method apart ({} for kd, which has no table)."""
+  defaults = _METHOD_DEFAULTS.get(method, {})
+  return {key: value for key, value in options.items() if value != defaults.get(key)}
+
+
+def setting_text(value: Any) -> str:
+  """A recipe value as a note or a help text writes it: 0.5, 8, true, [32,64], resize."""
+  if isinstance(value, float):
+    return f"{value:g}"
+  if isinstance(value, (bool, list, dict)) or value is None:
+    return json.dumps(value, separators=(",", ":"))
+  return str(value)
+
+
 # The data settings that choose a training split's rows from its data.
 SPLIT_KEYS = ("val_size", "split_seed", "train_limit", "labelled")
 

@@ -131,9 +131,8 @@ def default_student_workdir(recipe: dict[str, Any]) -> Path:
   else:
     method = student["method"]
     parts = [method] if method != "kd" else []
-    defaults = config_lib.DEFAULTS["student"].get(method, {})
-    parts += [value for key, value in student.get(method, {}).items()
-              if isinstance(value, str) and value != defaults[key]]
+    parts += [value for value in config_lib.changed_method_options(
+        method, student.get(method, {})).values() if isinstance(value, str)]
     parts += [student["teaching"]] if student["teaching"] != "targets" else []
   return Path("runs") / "-".join(["student", student["model"], *parts])
 
