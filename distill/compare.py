@@ -541,14 +541,13 @@ def _setting_differences(row: dict[str, Any], old: dict[str, Any],
                          new: dict[str, Any]) -> list[str]:
   """The recipe keys a run of `row`'s role reads that differ between two recipes, less the seed
   and `_BOOKKEEPING`."""
-  from distill.config import recipe_differences  # noqa: PLC0415
+  from distill.config import differing_keys  # noqa: PLC0415
 
   role = "teacher" if row.get("role") == "teacher" else "student"
   try:
-    lines = recipe_differences(old, new, role)
+    keys = differing_keys(old, new, role)
   except (KeyError, TypeError):  # a recipe of another layout names no keys
     return []
-  keys = [line.split(": ", 1)[0] for line in lines]
   return [key for key in keys if key != "seed" and key.split(".")[-1] not in _BOOKKEEPING]
 
 

@@ -681,11 +681,9 @@ def data_differences(theirs: Mapping[str, Any], ours: Mapping[str, Any],
           if theirs.get(key) != ours.get(key)]
 
 
-def recipe_differences(old: dict[str, Any], new: dict[str, Any], role: str) -> list[str]:
-  """What a `role` run reads that differs between two recipes, as 'key: old -> new' lines.
-
-  The keys `recipe_hash` covers, so two recipes of one hash have none.
-  """
+def differing_keys(old: dict[str, Any], new: dict[str, Any], role: str) -> dict[str, tuple]:
+  """{dotted key: (old value, new value)} of what a `role` run reads that differs between two
+  recipes, in key order: the keys `recipe_hash` covers, so two recipes of one hash have none."""
   def flat(node: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(node, dict):
       return {prefix: node}
@@ -693,8 +691,14 @@ def recipe_differences(old: dict[str, Any], new: dict[str, Any], role: str) -> l
             for key, value in flat(child, f"{prefix}.{name}" if prefix else name).items()}
 
   before, after = flat(_read_by(old, role)), flat(_read_by(new, role))
-  return [f"{key}: {json.dumps(before.get(key))} -> {json.dumps(after.get(key))}"
-          for key in sorted(before.keys() | after.keys()) if before.get(key) != after.get(key)]
+  return {key: (before.get(key), after.get(key)) for key in sorted(before.keys() | after.keys())
+          if before.get(key) != after.get(key)}
+
+
+def recipe_differences(old: dict[str, Any], new: dict[str, Any], role: str) -> list[str]:
+  """`differing_keys` as 'key: old -> new' lines, for a message."""
+  return [f"{key}: {json.dumps(before)} -> {json.dumps(after)}"
+          for key, (before, after) in differing_keys(old, new, role).items()]
 
 
 def run_recipe_changes(run_dir: Path, recipe: dict[str, Any], role: str) -> str | None:
