@@ -162,7 +162,7 @@ def _sweep_section(sweep_dir: Path, saved: dict[str, Any]) -> str:
            *([f"<p><strong>{html.escape(sentence)}</strong></p>"] if sentence else []),
            "<p>Test accuracy after each run's last training step, mean ± sample std over "
            "seeds.</p>", table("paired", *table_cells(rows)),
-           *([f"<p>{html.escape(gap_note(rows))}</p>"] if gap_note(rows) else []),
+           *([f"<p>{html.escape(note)}</p>"] if (note := gap_note(rows)) else []),
            "<h3>Paired differences</h3>"]
   header, body = paired_cells(rows)
   if not body:

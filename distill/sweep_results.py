@@ -82,7 +82,7 @@ def aggregate(runs: list[dict[str, Any]], teacher: dict[str, Any]) -> list[dict[
         "train_seconds_mean": float(np.mean([s.get("train_seconds", np.nan) for s in summaries])),
         "gap_closed": None,
     })
-  hard = {row["model"]: row["test_accuracy_mean"] for row in rows[1:] if row["mode"] == "hard"}
+  hard = _hard_means(rows)
   for row in rows[1:]:
     baseline = hard.get(row["model"])
     if row["mode"] != "hard" and baseline is not None and teacher_acc > baseline:
@@ -90,6 +90,11 @@ def aggregate(runs: list[dict[str, Any]], teacher: dict[str, Any]) -> list[dict[
   for row in rows[1:]:
     row["paired"] = paired_rows(row, rows[1:])
   return rows
+
+
+def _hard_means(rows: list[dict[str, Any]]) -> dict[str, float]:
+  """{model: its mean test accuracy on hard labels}: the baseline each gap is measured from."""
+  return {row["model"]: row["test_accuracy_mean"] for row in rows[1:] if row["mode"] == "hard"}
 
 
 def paired_rows(row: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -207,7 +212,7 @@ def gap_note(rows: list[dict[str, Any]]) -> str | None:
   if not rows:
     return None
   teacher = rows[0]["test_accuracy_mean"]
-  hard = {row["model"]: row["test_accuracy_mean"] for row in rows[1:] if row["mode"] == "hard"}
+  hard = _hard_means(rows)
   empty = list(dict.fromkeys(row["model"] for row in rows[1:]
                              if row["mode"] != "hard" and row["gap_closed"] is None))
   reached = [model for model in empty if model in hard]
