@@ -507,21 +507,17 @@ def _load_npz(*, data_dir: str | None, allow_download: bool) -> RawData:
     train_indices, test_indices = _fixed_test_holdout(len(x))
     x, y, x_test, y_test = (x[train_indices], y[train_indices],
                             x[test_indices], y[test_indices])
-    if len(np.unique(y)) < 2:  # the file has two classes (checked above): the split took one
-      taken = np.setdiff1d(y_test, y)
-      raise UserError(
-          f"{path}: without x_test and y_test, a fixed {_TEST_HOLDOUT_FRACTION:.0%} of key "
-          f"{x_key!r} is held out as the test split, and it took every image of class "
-          f"{first_few([class_names[label] for label in taken], quoted=True)}, leaving one "
-          "class to train on: add more images of it, or save your own x_test and y_test")
-    taken = np.setdiff1d(y_test, y)
-    if len(taken):  # still two classes to train on, but the model never learns these
-      notes = (*notes,
-               f"{path}: without x_test and y_test, a fixed {_TEST_HOLDOUT_FRACTION:.0%} of key "
-               f"{x_key!r} is held out as the test split, and it took every image of class "
-               f"{first_few([class_names[label] for label in taken], quoted=True)}: the model "
-               f"never learns {'it' if len(taken) == 1 else 'them'}; add more images of "
-               f"{'it' if len(taken) == 1 else 'them'}, or save your own x_test and y_test")
+    taken = np.setdiff1d(y_test, y)  # classes the holdout took whole
+    if len(taken):
+      it = "it" if len(taken) == 1 else "them"
+      took = (f"{path}: without x_test and y_test, a fixed {_TEST_HOLDOUT_FRACTION:.0%} of key "
+              f"{x_key!r} is held out as the test split, and it took every image of class "
+              f"{first_few([class_names[label] for label in taken], quoted=True)}")
+      if len(np.unique(y)) < 2:  # the file has two classes (checked above): the split took one
+        raise UserError(f"{took}, leaving one class to train on: add more images of {it}, or "
+                        "save your own x_test and y_test")
+      notes = (*notes, f"{took}: the model never learns {it}; add more images of {it}, or save "
+                       "your own x_test and y_test")
   return RawData(x, y, x_test, y_test, class_names, notes)
 
 
