@@ -397,7 +397,7 @@ def _train_side_by_side(missing: list[dict[str, Any]], teacher_dir: Path, consol
           raise _named(run, e) from None
         # Stopped by the signal, as the loop says ("stopped by SIGTERM at step N; checkpoint
         # saved"); how to resume is said once, for the whole sweep.
-        console.info(f"{run['label']}: {str(e).removesuffix(' ' + _RESUME)}")
+        console.info(f"{run['name']}: {str(e).removesuffix(' ' + _RESUME)}")
         stopped += 1
         continue
       finished += 1

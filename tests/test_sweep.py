@@ -567,7 +567,8 @@ def _stopped_steps(stderr, out, name, started):
   line counts them, and the runs that did not start (4 runs: never every one finished)."""
   steps = {}
   for run in started:
-    match = re.search(rf"\] {run}: stopped by {name} at step (\d+); checkpoint saved\.\n", stderr)
+    match = re.search(rf"^{run}: stopped by {name} at step (\d+); checkpoint saved\.\n", stderr,
+                      re.MULTILINE)
     if match is None:
       assert (out / run / "summary.json").exists(), stderr  # it finished before the stop
       continue
