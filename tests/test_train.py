@@ -2,6 +2,7 @@ import contextlib
 import dataclasses
 import json
 import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -91,6 +92,24 @@ def test_fit_learns_and_logs(tmp_path, tiny_overrides, capsys, monkeypatch):
   assert bar[-1] == (f"train: 100% (60 of 60 steps), step=60, loss={last['loss']:.4f}, "
                      f"accuracy={last['accuracy']:.4f}, val_accuracy={last['val_accuracy']:.4f}")
   assert all("step=" in line for line in bar if "loss=" in line)
+
+
+def test_a_teachers_wall_time_covers_its_export(tmp_path, tiny_overrides, monkeypatch):
+  export, exported = workflow.export_targets, []
+
+  def slow_export(*args, **kwargs):  # a second longer, so a wall time without it falls short
+    time.sleep(1.0)
+    path = export(*args, **kwargs)
+    exported.append(time.perf_counter())
+    return path
+
+  monkeypatch.setattr(workflow, "export_targets", slow_export)
+  recipe = config.load_recipe("digits", tiny_overrides)
+  called = time.perf_counter()
+  summary = workflow.train_teacher(recipe, tmp_path / "t", quiet=True)
+  # From the call to the export's end, less what precedes the run's own clock (milliseconds).
+  assert summary["wall_seconds"] >= exported[0] - called - 0.5
+  assert json.loads((tmp_path / "t" / "summary.json").read_text()) == summary
 
 
 def test_deferred_log_lines_are_whole_in_order_and_the_same_whatever_the_lag(
