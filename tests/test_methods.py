@@ -151,11 +151,15 @@ def test_invalid_method_combinations_are_one_line_errors(overrides, message):
 ])
 def test_settings_the_method_would_not_read_are_refused(tiny_digits_runs, tmp_path, args,
                                                         message):
-  result = run_cli("student", "--teacher", tiny_digits_runs / "teacher", "-w", tmp_path / "s",
-                   "-q", *TINY_FLAGS, *args)
+  _refused_in_one_line(tiny_digits_runs / "teacher", tmp_path / "s", args, message)
+
+
+def _refused_in_one_line(teacher_dir, workdir, args, message):
+  """`distill student ARGS` stops with `message` alone, exit status 2, before writing."""
+  result = run_cli("student", "--teacher", teacher_dir, "-w", workdir, "-q", *TINY_FLAGS, *args)
   assert result.exit_code == 2, result.output
   assert result.stderr.strip() == f"error: {message}"
-  assert not (tmp_path / "s").exists()
+  assert not workdir.exists()
 
 
 def test_cli_refuses_a_token_for_a_cnn_in_one_line(tiny_digits_runs, tmp_path):
@@ -177,11 +181,8 @@ def test_cli_refuses_a_token_for_a_cnn_in_one_line(tiny_digits_runs, tmp_path):
 ])
 def test_a_hint_layer_out_of_range_is_a_one_line_error_before_anything_runs(
     tiny_digits_runs, tmp_path, args, message):
-  result = run_cli("student", "--teacher", tiny_digits_runs / "teacher", "-w", tmp_path / "s",
-                   "--method", "hint", "--teaching", "online", "-q", *TINY_FLAGS, *args)
-  assert result.exit_code == 2, result.output
-  assert result.stderr.strip() == f"error: {message}"
-  assert not (tmp_path / "s").exists()
+  _refused_in_one_line(tiny_digits_runs / "teacher", tmp_path / "s",
+                       ("--method", "hint", "--teaching", "online", *args), message)
 
 
 def test_a_sweep_refuses_a_hint_layer_out_of_range_before_its_first_run(tiny_digits_runs,
