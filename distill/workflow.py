@@ -356,7 +356,7 @@ def train_teacher(recipe: dict[str, Any], workdir: Path, *, restart: bool = Fals
   start = time.perf_counter()
   check_workdir(workdir)
   check_existing_run(workdir, recipe, "teacher", restart=restart, overwrite=overwrite)
-  split_across_devices(recipe, "teacher", console)
+  check_batch_splits(recipe, "teacher", console)
   dataset = load_fitting_data(recipe, "teacher", console)
   settings = config_lib.TrainSettings.of(recipe, "teacher")
   console.info(dataset.describe())
@@ -383,7 +383,7 @@ def train_teacher(recipe: dict[str, Any], workdir: Path, *, restart: bool = Fals
   return summary
 
 
-def split_across_devices(recipe: dict[str, Any], role: str, console: Console) -> None:
+def check_batch_splits(recipe: dict[str, Any], role: str, console: Console) -> None:
   """Refuses a `role` batch that does not split evenly across the devices, before any data
   loads or any file is written; on several devices, says how each batch is split."""
   import jax  # noqa: PLC0415
@@ -527,7 +527,7 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
       whose="it", instead=teacher_dir.parent / default_student_workdir(recipe).name)
   check_workdir(workdir)
   check_existing_run(workdir, recipe, "student", restart=restart, overwrite=overwrite)
-  split_across_devices(recipe, "student", console)
+  check_batch_splits(recipe, "student", console)
   settings = config_lib.DistillSettings.of(recipe)
   rundir.check_teacher_folder(teacher_dir,
                               needs="model" if settings.teaching == "online" else "targets")
