@@ -86,34 +86,42 @@ _UNREAD_BECAUSE = {
 
 
 def _refuse_unread_settings(overrides: list[str], student: dict[str, Any]) -> None:
-  """Refuses an override of a student setting that the run would not read.
+  """Refuses an override of a student setting that the run would not read (`unread_setting`):
+  it would change nothing, and the run would not be the one asked for."""
+  for text in overrides:
+    reason = unread_setting(text, student)
+    if reason is not None:
+      raise UserError(reason)
 
-  A student on hard labels reads no distillation setting; a method reads
-  only its own table (`student.dkd.*`) and those of -T, --alpha and
-  --soft-loss its loss takes (`teaching.reads_setting`). The setting would
-  change nothing, and the run would not be the one asked for.
+
+def unread_setting(override: str, student: dict[str, Any]) -> str | None:
+  """Why a student of the resolved section `student` would not read `override` ('key=value'),
+  as a refusal words it; None when it reads it (or it is no distillation setting).
+
+  A student on hard labels reads no distillation setting; a method reads only
+  its own table (`student.dkd.*`) and those of -T, --alpha and --soft-loss its
+  loss takes (`teaching.reads_setting`).
   """
   from distill.teaching import reads_setting  # noqa: PLC0415
 
-  method = student["method"]
-  for text in overrides:
-    key, value = config_lib.parse_override(text)
-    role, _, rest = key.partition(".")
-    name = rest.split(".")[0]
-    if role != "student" or name not in _DISTILLATION_KEYS:
-      continue
-    if student["loss"] == "hard":
-      raise UserError(f"{key}={value} changes nothing for a student on hard labels "
-                      f"(student.loss=hard learns from one-hot labels, not from its teacher): "
-                      f"drop it, or train with the soft loss")
-    if name in config_lib.METHODS and name != method:
-      raise UserError(f"{key}={value} changes nothing for method {method}: it is a setting of "
-                      f"method {name}; drop it, or train with --method {name}")
-    if (name in ("temperature", "alpha", "soft_loss")
-        and not reads_setting(method, name, student.get(method))):
-      readers = [other for other in config_lib.METHODS if reads_setting(other, name)]
-      why = _UNREAD_BECAUSE.get((method, name), f"only {' and '.join(readers)} read it")
-      raise UserError(f"{key}={value} changes nothing for method {method} ({why}): drop it")
+  key, value = config_lib.parse_override(override)
+  role, _, rest = key.partition(".")
+  name, method = rest.split(".")[0], student["method"]
+  if role != "student" or name not in _DISTILLATION_KEYS:
+    return None
+  if student["loss"] == "hard":
+    return (f"{key}={value} changes nothing for a student on hard labels (student.loss=hard "
+            "learns from one-hot labels, not from its teacher): drop it, or train with the soft "
+            "loss")
+  if name in config_lib.METHODS and name != method:
+    return (f"{key}={value} changes nothing for method {method}: it is a setting of method "
+            f"{name}; drop it, or train with --method {name}")
+  if (name in ("temperature", "alpha", "soft_loss")
+      and not reads_setting(method, name, student.get(method))):
+    readers = [other for other in config_lib.METHODS if reads_setting(other, name)]
+    why = _UNREAD_BECAUSE.get((method, name), f"only {' and '.join(readers)} read it")
+    return f"{key}={value} changes nothing for method {method} ({why}): drop it"
+  return None
 
 
 def default_student_workdir(recipe: dict[str, Any]) -> Path:

@@ -103,7 +103,9 @@ def mode_overrides(mode: str, soft_loss: str | None) -> list[str]:
   """The recipe overrides that make a student learn in `mode`."""
   if mode == "hard":
     return ["student.loss=hard", "student.teaching=targets"]
-  return ["student.loss=soft", f"student.teaching={mode}", f"student.soft_loss={soft_loss}"]
+  # None: the run's method reads no soft loss (see `plan_runs`).
+  return ["student.loss=soft", f"student.teaching={mode}",
+          *([f"student.soft_loss={soft_loss}"] if soft_loss is not None else [])]
 
 
 def plan_runs(models: list[str], modes: list[str], soft_losses: list[str],
@@ -112,16 +114,21 @@ def plan_runs(models: list[str], modes: list[str], soft_losses: list[str],
 
   The method and soft loss multiply only the modes that learn from the
   teacher; the hard baseline runs once per model and seed, with `method` and
-  `soft_loss` None. A method with one way to learn (`config.METHOD_TEACHING`:
-  hint, online) takes that mode in place of every teaching mode, once.
+  `soft_loss` None. The soft loss multiplies only the methods that read one
+  (kd, hint): a dkd, dist or token run has `soft_loss` None, once. A method
+  with one way to learn (`config.METHOD_TEACHING`: hint, online) takes that
+  mode in place of every teaching mode, once.
   """
+  from distill.teaching import reads_setting  # noqa: PLC0415
+
   name_soft_loss = len(soft_losses) > 1
   runs, planned = [], set()
   for model in models:
     for mode in modes:
       for method in [None] if mode == "hard" else methods:
         run_mode = mode if method is None else config_lib.METHOD_TEACHING.get(method, mode)
-        for soft_loss in [None] if mode == "hard" else soft_losses:
+        reads_soft_loss = method is not None and reads_setting(method, "soft_loss")
+        for soft_loss in soft_losses if reads_soft_loss else [None]:
           for seed in seeds:
             name = run_name(model, run_mode, soft_loss, seed, method=method,
                             name_soft_loss=name_soft_loss)
@@ -291,6 +298,13 @@ def _checked_runs(runs: list[dict[str, Any]], teacher_dir: Path, out_dir: Path,
       raise _named(run, e) from None
     run["state"] = _finished_state(run["dir"], config_lib.recipe_hash(run["recipe"], "student"),
                                    teacher_sha)
+  # One set of overrides serves every run, so a run may ignore one; no run reading it is a
+  # mistake, refused as `distill student` refuses it.
+  for text in overrides:
+    reasons = [run_recipe.unread_setting(text, run["recipe"]["student"]) for run in runs]
+    if all(reasons):
+      taught = [reason for run, reason in zip(runs, reasons, strict=True) if run["method"]]
+      raise UserError(f"no run of the sweep reads --set {text}: {(taught or reasons)[0]}")
   clashes = [run for run in runs if run["state"].startswith("other")]
   if clashes and not overwrite:
     names = ", ".join(str(run["dir"]) for run in clashes[:3])

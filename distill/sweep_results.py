@@ -116,12 +116,13 @@ def paired_rows(row: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[st
     return []
   baselines = [("hard", find("hard", None, None))]
   if row["method"] != DEFAULT_METHOD:
-    same_mode = find(row["mode"], DEFAULT_METHOD, row["soft_loss"])
+    # A method that reads no soft loss (dkd, dist, token) meets kd's classic soft CE.
+    soft_loss = row["soft_loss"] or "soft_ce"
+    same_mode = find(row["mode"], DEFAULT_METHOD, soft_loss)
     if same_mode is not None or row["mode"] == "targets":
       baselines.append((DEFAULT_METHOD, same_mode))
     else:
-      baselines.append((f"{DEFAULT_METHOD} targets",
-                        find("targets", DEFAULT_METHOD, row["soft_loss"])))
+      baselines.append((f"{DEFAULT_METHOD} targets", find("targets", DEFAULT_METHOD, soft_loss)))
   return [compare(_by_seed(row), _by_seed(baseline), name)
           for name, baseline in baselines if baseline is not None]
 

@@ -240,10 +240,12 @@ def test_methods_multiply_every_mode_but_hard():
       "cnn-online-s0", "cnn-online-s1", "cnn-online-dkd-s0", "cnn-online-dkd-s1",
       "cnn-online-dist-s0", "cnn-online-dist-s1"]
   assert [run["method"] for run in runs[:4]] == [None, None, "kd", "kd"]
-  # Without kd the hard runs are still there, once; method and soft loss both named.
-  names = [run["name"] for run in plan_runs(["mlp"], ["hard", "targets"], ["kl", "soft_ce"], [0],
-                                            ["dkd"])]
-  assert names == ["mlp-hard-s0", "mlp-targets-dkd-kl-s0", "mlp-targets-dkd-soft_ce-s0"]
+  # The soft loss multiplies only the methods that read one (kd, hint): a dkd or dist run
+  # takes none, so it is not trained twice under two names.
+  assert [run["soft_loss"] for run in runs] == [None] * 2 + (["kl"] * 2 + [None] * 4) * 2
+  runs = plan_runs(["mlp"], ["hard", "targets"], ["kl", "soft_ce"], [0], ["kd", "dkd"])
+  assert [run["name"] for run in runs] == [
+      "mlp-hard-s0", "mlp-targets-kl-s0", "mlp-targets-soft_ce-s0", "mlp-targets-dkd-s0"]
 
 
 def test_hint_runs_online_whatever_the_modes_say():
@@ -416,8 +418,8 @@ def test_method_axis_end_to_end_with_a_fake_trainer(swept, tmp_path, fake_traine
   assert set(hard) == {"baseline", "n", "seeds", "left_out", "mean_diff", "std_diff", "t_p",
                        "sign_p", "verdict"}
   markdown = (tmp_path / "sweep.md").read_text()
-  assert "| mlp | targets | dkd | soft_ce | kd | 3 | +1.00 ± 0.00 | - | 0.25 |" in markdown
-  assert "| mlp | targets | dkd | soft_ce | hard | 3 | +3.00 ± 0.00 |" in markdown
+  assert "| mlp | targets | dkd | - | kd | 3 | +1.00 ± 0.00 | - | 0.25 |" in markdown
+  assert "| mlp | targets | dkd | - | hard | 3 | +3.00 ± 0.00 |" in markdown
 
   # A report given the sweep folder covers its runs and shows its paired table.
   run_dirs, sweeps = compare.expand_sweeps([tmp_path, root / "teacher"])
@@ -428,6 +430,27 @@ def test_method_axis_end_to_end_with_a_fake_trainer(swept, tmp_path, fake_traine
   # The sweep's own table is a table too, and its verdict sentence heads the section.
   assert "<td>mlp</td><td>targets</td><td>dkd</td>" in section and "<pre>" not in section
   assert f"<strong>{html.escape(verdict_sentence(saved['rows']))}</strong>" in section
+
+
+def test_an_override_no_run_reads_is_refused_one_some_run_reads_is_kept(
+    swept, tmp_path, fake_trainer):
+  root, _ = swept
+  args = ["sweep", "--teacher", root / "teacher", "--model", "mlp", "--mode", "hard", "--mode",
+          "targets", "--seed", "0", "-q"]
+  result = run_cli(*args, "--method", "dkd", "--set", "student.dist.beta=2", "--out",
+                   tmp_path / "a")
+  assert result.exit_code == 2
+  assert result.stderr.strip() == (
+      "error: no run of the sweep reads --set student.dist.beta=2: student.dist.beta=2 changes "
+      "nothing for method dkd: it is a setting of method dist; drop it, or train with --method "
+      "dist")
+  assert not fake_trainer
+  # kd reads alpha, dkd and the hard runs do not: the sweep runs, each run as it reads it.
+  result = run_cli(*args, "--method", "kd", "--method", "dkd", "--set", "student.alpha=0.5",
+                   "--out", tmp_path / "b")
+  assert result.exit_code == 0, result.output
+  assert {name: recipe["student"]["alpha"] for name, recipe in fake_trainer.items()} == {
+      "mlp-hard-s0": 0.5, "mlp-targets-s0": 0.5, "mlp-targets-dkd-s0": 0.5}
 
 
 @pytest.mark.skipif(len(workers.available_cores()) < 2, reason="two jobs need two cores")
