@@ -382,10 +382,10 @@ def test_npz_classes_empty_for_a_reason_are_no_numbering_mistake(tmp_path):
   assert "labels are class indices" not in note
   kept = int(dataset.y_train[0])
   lost = ", ".join(f"'{label}'" for label in range(4) if label != kept)
-  assert note == ("npz: data.val_size 10 held out 10 and data.train_limit 3 kept 3 and "
-                  f"data.labelled 1 kept the labels of 1 of its 32 training images, which left "
+  assert note == ("npz: data.val_size 10 held out 10 and data.train_limit 3 kept 3 of its 32 "
+                  "training images, and data.labelled kept the labels of 1 of the 3, which left "
                   f"no labelled training image of class {lost}: training never sees them "
-                  "labelled; hold out fewer, keep more, or pass another data.split_seed")
+                  "labelled; raise data.labelled, or pass another data.split_seed")
 
 
 def test_npz_classes_the_test_holdout_took_whole_are_named(tmp_path):

@@ -288,17 +288,18 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
   train_labels = y_train[train_indices]
   cut = f"data.val_size {val_size!r} held out {num_val:,}" + (
       f" and data.train_limit {train_limit} kept {len(train_indices):,}"
-      if train_limit is not None else "")
+      if train_limit is not None else "") + f" of its {len(x_train):,} training images"
+  advice = "hold out fewer, keep more, or pass another data.split_seed"
   if len(np.unique(train_labels)) < 2:  # two classes before the split (`_validated`)
     raise UserError(
-        f"{name}: {cut} of its {len(x_train):,} training images, and those left all have "
-        f"label {int(train_labels[0])}; a classifier needs two classes: hold out fewer, keep "
-        "more, or pass another data.split_seed")
+        f"{name}: {cut}, and those left all have label {int(train_labels[0])}; a classifier "
+        f"needs two classes: {advice}")
   if labelled is not None and labelled < len(train_indices):
     if not np.issubdtype(train_labels.dtype, np.signedinteger):
       train_labels = train_labels.astype(np.int32)  # room for -1
     train_labels[labelled:] = -1  # a fancy-indexed copy: the source keeps its labels
-    cut += f" and data.labelled {labelled} kept the labels of {labelled:,}"
+    cut += f", and data.labelled kept the labels of {labelled:,} of the {len(train_indices):,}"
+    advice = "raise data.labelled, or pass another data.split_seed"
   else:
     labelled = None
   # A class the data has but the training split lost: no model learns it from labels, though
@@ -306,10 +307,8 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
   emptied = np.setdiff1d(np.unique(y_train), train_labels)
   if len(emptied):
     which = first_few([class_names[label] for label in emptied], quoted=True)
-    say(f"{name}: {cut} of its {len(x_train):,} training images, which left no labelled "
-        f"training image of class {which}: training never sees "
-        f"{'it' if len(emptied) == 1 else 'them'} labelled; hold out fewer, keep more, or pass "
-        "another data.split_seed")
+    say(f"{name}: {cut}, which left no labelled training image of class {which}: training "
+        f"never sees {'it' if len(emptied) == 1 else 'them'} labelled; {advice}")
   return Dataset(
       name=name,
       x_train=read_only(x_train[train_indices]),
