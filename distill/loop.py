@@ -387,10 +387,11 @@ class _Run:
       self._last_validation = (step, record["val_accuracy"])
     # The step the numbers are from: the bar runs ahead of the log lines, which are
     # written when their step's dispatch has finished (`can_defer_log`).
-    shown = {"step": f"{step:,}", **{key: f"{record[key]:.4f}" for key in ("loss", "accuracy")}}
+    # Steps as the bar counts them: 1200, not 1,200.
+    shown = {"step": str(step), **{key: f"{record[key]:.4f}" for key in ("loss", "accuracy")}}
     if self._last_validation is not None:
       at, value = self._last_validation
-      shown["val_accuracy"] = f"{value:.4f}" + (f" (step {at:,})" if at != step else "")
+      shown["val_accuracy"] = f"{value:.4f}" + (f" (step {at})" if at != step else "")
     self._progress.set_postfix(shown, refresh=False)
 
   def save(self, step: int, in_background: bool = False) -> None:

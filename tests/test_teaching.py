@@ -173,10 +173,10 @@ def test_ensemble_averages_probabilities_and_keeps_every_identity(teachers, tmp_
   members = [load_targets(teachers / name)[0] for name in ("t0", "t1")]
   # No run of its own shows an ensemble's accuracy, so the export says it, beside its members'.
   y_test = workflow.load_data(run_recipe.read_run_recipe(teachers / "t0")).y_test
-  accuracies = [100 * float(metrics.accuracy(arrays["test_logits"], y_test))
+  accuracies = [float(metrics.accuracy(arrays["test_logits"], y_test))
                 for arrays in (ensemble, *members)]
-  assert (f"an ensemble of 2 teachers (test accuracy {accuracies[0]:.2f}%; its teachers "
-          f"{accuracies[1]:.2f}%, {accuracies[2]:.2f}%)") in result.stderr
+  assert (f"an ensemble of 2 teachers (test accuracy {accuracies[0]:.4f}; its teachers "
+          f"{accuracies[1]:.4f}, {accuracies[2]:.4f})") in result.stderr
   want = np.mean([jax.nn.softmax(m["train_logits"]) for m in members], axis=0)
   np.testing.assert_allclose(ensemble["train_probs"], want, atol=1e-5)
   assert [t["dir"] for t in meta["teachers"]] == [
