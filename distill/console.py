@@ -81,7 +81,7 @@ class LineProgress:
     """
     self.n += count
     tenth = self._tenth()
-    if tenth > self._shown and (self.total is None or self.n < self.total):
+    if tenth > self._shown and self.n < self.total:  # a tenth counts only with a total
       self._show(tenth)
 
   def _show(self, tenth: int) -> None:

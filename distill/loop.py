@@ -100,7 +100,7 @@ def fit(*, model: nnx.Module, images, labels: np.ndarray, val_images, val_labels
   start_step = run.resume(echo)
   init_loss, expected = _check_init_loss(setup, objective, settings.init_check_tolerance,
                                          strict_init_check, echo, warn, check_init)
-  run.start_progress()  # after the lines above: a terminal's bar would take their line
+  run.start_progress(start_step)  # after the lines above: a terminal's bar would take their line
   run.compile_logging(val_images, val_labels)
   if start_step == 0:  # A resumed run's event files already hold step 0.
     run.tensorboard.init_loss(init_loss, expected)
@@ -196,7 +196,6 @@ class _Run:
     self._validation = None
     self._last_validation: tuple[int, float] | None = None  # (step, accuracy), for the bar
     self.plan: list[tuple[int, int]] = []
-    self._start_step = 0
     self._progress = None
 
   def resume(self, echo) -> int:
@@ -225,14 +224,13 @@ class _Run:
     self.plan = dispatch_plan(start_step, self.total_steps, per_dispatch,
                               (settings.log_every, settings.eval_every,
                                settings.checkpoint_every))
-    self._start_step = start_step
     return start_step
 
-  def start_progress(self) -> None:
-    """Shows the progress bar from the first planned step, and starts the stretch's clocks."""
+  def start_progress(self, start_step: int) -> None:
+    """Shows the progress bar from `start_step` (`resume`'s), and starts the stretch's clocks."""
     from distill.console import progress  # noqa: PLC0415
 
-    self._progress = progress(total=self.total_steps, initial=self._start_step, unit="step",
+    self._progress = progress(total=self.total_steps, initial=start_step, unit="step",
                               quiet=self.quiet,
                               desc=f"train {self.meta.get('role', '')}".strip())
     self._loop_start = time.perf_counter()
