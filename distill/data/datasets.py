@@ -1,8 +1,9 @@
-"""Image-classification datasets: find them, check them, split them.
+"""Image-classification datasets: load them, check them, split them.
 
 Every dataset is loaded from local files when they can be found (an explicit
-data_dir, $DISTILL_DATA, a system package, the keras cache) and downloaded
-through keras only as a last resort, so runs work offline and reproducibly.
+data_dir, $DISTILL_DATA, a system package, the keras cache; the search is
+`distill.data.locate`'s) and downloaded through keras only as a last resort,
+so runs work offline and reproducibly.
 Whatever the source, the result is a `Dataset` of uint8 NHWC images with int32
 labels, a held-out validation split, and fingerprints that let a run record
 exactly which data it saw.
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import itertools
 import os
 from collections.abc import Callable
 from typing import NamedTuple
@@ -35,12 +35,19 @@ from distill.data.formats import (
   read_keras_npz,
   read_npz,
 )
-from distill.data.shards import SHARDS_FILE
-from distill.errors import UserError, one_line
+from distill.data.locate import (
+  OFFLINE_ENV,
+  Search,
+  checked_data_dir,
+  download_with_keras,
+  env_data_folders,
+  find_idx_files,
+  keras_datasets_dir,
+  offline_from_env,
+)
+from distill.errors import UserError
 from distill.io import array_sha256, read_only
 
-DATA_ENV = "DISTILL_DATA"
-OFFLINE_ENV = "DISTILL_OFFLINE"
 # Module-level so tests can point it elsewhere; the Debian dataset-* packages
 # install under here.
 DEBIAN_DATASETS_DIR = "/usr/share/datasets"
@@ -57,15 +64,6 @@ SPLITS = ("train", "val", "test")
 # independent of split_seed, so the test set never moves between experiments.
 _TEST_HOLDOUT_SEED = 0
 _TEST_HOLDOUT_FRACTION = 0.2
-
-# Role -> accepted base names (each also tried with .gz). The dotted spelling is
-# how some MNIST mirrors name the same files.
-_IDX_FILES = {
-    "x_train": ("train-images-idx3-ubyte", "train-images.idx3-ubyte"),
-    "y_train": ("train-labels-idx1-ubyte", "train-labels.idx1-ubyte"),
-    "x_test": ("t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"),
-    "y_test": ("t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"),
-}
 
 _CIFAR10_FOLDER = "cifar-10-batches-py"
 
@@ -261,9 +259,9 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
   if data_dir is not None and not os.fspath(data_dir):
     data_dir = None
   if allow_download is None:
-    allow_download = not _offline_from_env()
+    allow_download = not offline_from_env()
   if data_dir is not None:
-    data_dir = _checked_data_dir(data_dir)
+    data_dir = checked_data_dir(data_dir)
 
   raw = loader(data_dir=data_dir, allow_download=allow_download)
   x_train, y_train, x_test, y_test, class_names, notes = _validated(name, raw)
@@ -332,7 +330,7 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
 def _load_fashion_mnist(*, data_dir: str | None,
                         allow_download: bool) -> RawData:
   """Fashion-MNIST from IDX files, else keras' download."""
-  search = _Search("fashion_mnist", how_to_get=(
+  search = Search("fashion_mnist", how_to_get=(
       "install it with `apt-get install dataset-fashion-mnist`, or pass "
       "--data-dir / set DISTILL_DATA to a folder holding "
       "train-images-idx3-ubyte.gz and the other three IDX files"))
@@ -340,16 +338,16 @@ def _load_fashion_mnist(*, data_dir: str | None,
     folders = [data_dir, os.path.join(data_dir, "fashion-mnist")]
   else:
     folders = [
-        *_env_data_folders("fashion-mnist", ""),
+        *env_data_folders("fashion-mnist", ""),
         os.path.join(DEBIAN_DATASETS_DIR, "fashion-mnist"),
-        os.path.join(_keras_datasets_dir(), "fashion-mnist"),
+        os.path.join(keras_datasets_dir(), "fashion-mnist"),
     ]
   for folder in folders:
-    paths = _find_idx_files(folder, search)
+    paths = find_idx_files(folder, search)
     if paths is not None:
       return RawData(*read_idx_set(paths), FASHION_MNIST_CLASSES)
   if data_dir is None and allow_download:
-    return RawData(*_download_with_keras("fashion_mnist", search),
+    return RawData(*download_with_keras("fashion_mnist", search),
                    FASHION_MNIST_CLASSES)
   raise search.not_found(allow_download, data_dir)
 
@@ -357,7 +355,7 @@ def _load_fashion_mnist(*, data_dir: str | None,
 @register("mnist")
 def _load_mnist(*, data_dir: str | None, allow_download: bool) -> RawData:
   """MNIST from IDX files or keras' cached mnist.npz, else keras' download."""
-  search = _Search("mnist", how_to_get=(
+  search = Search("mnist", how_to_get=(
       "pass --data-dir / set DISTILL_DATA to a folder with mnist/ IDX files "
       "(train-images-idx3-ubyte.gz etc.) or mnist.npz, or let keras "
       f"download it (needs network and no {OFFLINE_ENV}=1)"))
@@ -369,12 +367,12 @@ def _load_mnist(*, data_dir: str | None, allow_download: bool) -> RawData:
   else:
     # Only the mnist/ subfolder of $DISTILL_DATA: its top level is where
     # fashion-mnist's identically named IDX files are allowed to live.
-    idx_folders = _env_data_folders("mnist")
+    idx_folders = env_data_folders("mnist")
     npz_files = [os.path.join(folder, "mnist.npz")
-                 for folder in _env_data_folders("")]
-    npz_files.append(os.path.join(_keras_datasets_dir(), "mnist.npz"))
+                 for folder in env_data_folders("")]
+    npz_files.append(os.path.join(keras_datasets_dir(), "mnist.npz"))
   for folder in idx_folders:
-    paths = _find_idx_files(folder, search)
+    paths = find_idx_files(folder, search)
     if paths is not None:
       return RawData(*read_idx_set(paths), DIGIT_CLASSES)
   for npz_path in npz_files:
@@ -382,23 +380,23 @@ def _load_mnist(*, data_dir: str | None, allow_download: bool) -> RawData:
       return RawData(*read_keras_npz(npz_path), DIGIT_CLASSES)
     search.looked_in(npz_path)
   if data_dir is None and allow_download:
-    return RawData(*_download_with_keras("mnist", search), DIGIT_CLASSES)
+    return RawData(*download_with_keras("mnist", search), DIGIT_CLASSES)
   raise search.not_found(allow_download, data_dir)
 
 
 @register("cifar10")
 def _load_cifar10(*, data_dir: str | None, allow_download: bool) -> RawData:
   """CIFAR-10 from the python pickle batches, else keras' download."""
-  search = _Search("cifar10", how_to_get=(
+  search = Search("cifar10", how_to_get=(
       "pass --data-dir / set DISTILL_DATA to the cifar-10-batches-py folder "
       "(extracted from cifar-10-python.tar.gz) or its parent, or let keras "
       f"download it (needs network and no {OFFLINE_ENV}=1)"))
   if data_dir is not None:
     folders = [data_dir, os.path.join(data_dir, _CIFAR10_FOLDER)]
   else:
-    keras_dir = _keras_datasets_dir()
+    keras_dir = keras_datasets_dir()
     folders = [
-        *_env_data_folders(_CIFAR10_FOLDER, ""),
+        *env_data_folders(_CIFAR10_FOLDER, ""),
         # keras 3 extracts the archive into a folder named after the fname it
         # passes to get_file ('cifar-10-batches-py-target'); older versions
         # extracted straight into datasets/.
@@ -410,7 +408,7 @@ def _load_cifar10(*, data_dir: str | None, allow_download: bool) -> RawData:
       return RawData(*read_cifar10_folder(folder, CIFAR10_CLASSES))
     search.looked_in(folder)
   if data_dir is None and allow_download:
-    return RawData(*_download_with_keras("cifar10", search), CIFAR10_CLASSES)
+    return RawData(*download_with_keras("cifar10", search), CIFAR10_CLASSES)
   raise search.not_found(allow_download, data_dir)
 
 
@@ -518,154 +516,6 @@ def _load_npz(*, data_dir: str | None, allow_download: bool) -> RawData:
       notes = (*notes, f"{took}: the model never learns {it}; add more images of {it}, or save "
                        "your own x_test and y_test")
   return RawData(x, y, x_test, y_test, class_names, notes)
-
-
-# --- Search and error reporting ----------------------------------------------
-
-
-class _Search:
-  """Remembers every place a loader looked, to report a miss in one line."""
-
-  def __init__(self, dataset: str, how_to_get: str):
-    self.dataset = dataset
-    self.how_to_get = how_to_get
-    self.places: list[str] = []
-
-  def looked_in(self, place: str, note: str | None = None) -> None:
-    """Records a place that did not have the data (with why, if useful)."""
-    self.places.append(place if note is None else f"{place} ({note})")
-
-  def not_found(self, allow_download: bool, data_dir: str | None = None,
-                download_error: BaseException | None = None) -> UserError:
-    """Builds the one-line error for data that could not be found (in `data_dir`, if given)."""
-    looked = ", ".join(self.places) or "nowhere"
-    if data_dir is not None:
-      other = _other_kind_of_data(data_dir)
-      if other is not None:
-        what, fix = other
-        return UserError(f"--data-dir {data_dir} is {what}, and the recipe's dataset is "
-                         f"{self.dataset}: {fix}")
-      return UserError(f"{self.dataset} not found in the given data dir; "
-                       f"looked in: {looked}. To get it: {self.how_to_get}")
-    if download_error is not None:
-      download = ("; downloading with keras failed: "
-                  f"{one_line(download_error)}")
-    elif not allow_download:
-      download = (f"; downloads are off ({OFFLINE_ENV}=1 or "
-                  "allow_download=False)")
-    else:
-      download = ""
-    return UserError(f"{self.dataset} not found; looked in: {looked}"
-                     f"{download}. To get it: {self.how_to_get}")
-
-
-def _other_kind_of_data(path: str) -> tuple[str, str] | None:
-  """(what it is, what to do) when `path` holds data another --dataset reads, else None.
-
-  Cheap: a file's name, and a look at a few entries of a folder, never a read.
-  """
-  from distill.data.stream import CONVERT_HINT  # noqa: PLC0415 (stream imports this module)
-
-  if os.path.isfile(path):
-    return ("an .npz file", "add --dataset npz") if path.lower().endswith(".npz") else None
-  roots = [path, os.path.join(path, "train")]
-  if any(os.path.isfile(os.path.join(root, SHARDS_FILE)) for root in roots):
-    return "a folder of array shards", "add --dataset stream"
-  if any(_holds_class_folders(root) for root in roots):
-    return ("a folder of images in class sub-folders",
-            f"convert it to array shards once ({CONVERT_HINT}) and pass those with "
-            "--dataset stream")
-  return None
-
-
-def _holds_class_folders(path: str, look_at: int = 20) -> bool:
-  """Whether one of the first sub-folders of `path` holds an image among its first files."""
-  from distill.data.stream import IMAGE_EXTENSIONS  # noqa: PLC0415 (stream imports this module)
-
-  try:
-    with os.scandir(path) as entries:
-      folders = [entry.path for entry in itertools.islice(entries, look_at) if entry.is_dir()]
-    for folder in folders:
-      with os.scandir(folder) as entries:
-        if any(entry.name.lower().endswith(IMAGE_EXTENSIONS)
-               for entry in itertools.islice(entries, look_at)):
-          return True
-  except OSError:  # unreadable: say nothing rather than guess
-    return False
-  return False
-
-
-def _offline_from_env() -> bool:
-  return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes")
-
-
-def _checked_data_dir(data_dir: str | os.PathLike) -> str:
-  path = os.path.expanduser(os.fspath(data_dir))
-  if not os.path.exists(path):
-    raise UserError(f"data dir {path} does not exist")
-  if os.path.isdir(path) and not os.listdir(path):
-    raise UserError(f"data dir {path} is empty")
-  return path
-
-
-def _env_data_folders(*subfolders: str) -> list[str]:
-  """$DISTILL_DATA joined with each subfolder ('' for itself), if it is set."""
-  root = os.environ.get(DATA_ENV)
-  if not root:
-    return []
-  root = os.path.expanduser(root)
-  return [os.path.join(root, sub) if sub else root for sub in subfolders]
-
-
-def _keras_datasets_dir() -> str:
-  """Where keras caches downloads, resolved the way keras itself does."""
-  keras_home = os.environ.get("KERAS_HOME")
-  if not keras_home:
-    base = os.path.expanduser("~")
-    if not os.access(base, os.W_OK):
-      base = "/tmp"
-    keras_home = os.path.join(base, ".keras")
-  return os.path.join(os.path.expanduser(keras_home), "datasets")
-
-
-def _download_with_keras(module_name: str,
-                         search: _Search) -> tuple[np.ndarray, ...]:
-  """Calls keras.datasets.<module_name>.load_data(), which may download."""
-  # keras picks its backend at import; jax is what the rest of distill uses,
-  # and a missing TensorFlow must not break a data download.
-  os.environ.setdefault("KERAS_BACKEND", "jax")
-  try:
-    import keras  # noqa: PLC0415 (lazy: slow import, only needed for downloads)
-    (x_train, y_train), (x_test, y_test) = getattr(
-        keras.datasets, module_name).load_data()
-  # Network, disk and archive failures surface as many exception types; any
-  # of them means "not available", which the user should read in one line.
-  except Exception as error:  # pylint: disable=broad-exception-caught
-    raise search.not_found(True, download_error=error) from error
-  return x_train, y_train, x_test, y_test
-
-
-# --- IDX ---------------------------------------------------------------------
-
-
-def _find_idx_files(folder: str, search: _Search) -> dict[str, str] | None:
-  """Paths of the four IDX files in folder, or None (recorded in search)."""
-  if not os.path.isdir(folder):
-    search.looked_in(folder)
-    return None
-  found, missing = {}, []
-  for role, base_names in _IDX_FILES.items():
-    candidates = [os.path.join(folder, base + suffix)
-                  for base in base_names for suffix in (".gz", "")]
-    existing = [path for path in candidates if os.path.isfile(path)]
-    if existing:
-      found[role] = existing[0]
-    else:
-      missing.append(base_names[0] + "(.gz)")
-  if missing:
-    search.looked_in(folder, "missing " + ", ".join(missing) if found else None)
-    return None
-  return found
 
 
 # --- Validation, fingerprints, splits ----------------------------------------
