@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from distill import stats
+from distill.compare import seconds_cell
 
 _METHOD_ORDER = ("hard", "kd", "dkd", "dist", "token", "hint")
 
@@ -54,7 +55,7 @@ def main(out_dir):
       print(f"| {student} | {method} | {teaching} | {row['n']} | {row['params']:,} | {accs} "
             f"| {per_seed} | {_diff_cell(_paired(row, 'hard'))} "
             f"| {_diff_cell(_paired(row, 'kd')) if method not in ('hard', 'kd') else '-'} "
-            f"| {100 * row['agreement_mean']:.2f} | {row['train_seconds_mean']:,.0f} |")
+            f"| {100 * row['agreement_mean']:.2f} | {seconds_cell(row['train_seconds_mean'])} |")
   if teacher is not None:
     print(f"\nTeacher: {teacher['model']}, {teacher['params']:,} parameters, "
           f"{100 * teacher['test_accuracy']:.2f}% test.")

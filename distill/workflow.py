@@ -223,7 +223,7 @@ def _evaluate(model, images, labels: np.ndarray, batch_size: int) -> dict[str, A
 
 
 def _base_summary(role: str, model_name: str, num_params: int, dataset, recipe, model, stats,
-                  val: dict[str, Any], test: dict[str, Any], wall_seconds: float) -> dict[str, Any]:
+                  val: dict[str, Any], test: dict[str, Any]) -> dict[str, Any]:
   import jax  # noqa: PLC0415
 
   return {
@@ -249,7 +249,8 @@ def _base_summary(role: str, model_name: str, num_params: int, dataset, recipe, 
       "test_ece": test["ece"],
       "train_seconds": round(stats.train_seconds, 3),
       "compile_seconds": round(stats.compile_seconds, 3),
-      "wall_seconds": round(wall_seconds, 3),
+      # Stamped by `_write_summary` once the run's last step (a teacher's export) is done.
+      "wall_seconds": None,
       "images_per_second": round(stats.images_per_second, 1),
       "params_sha256": model.params_sha256(),
       "recipe_hash": config_lib.recipe_hash(recipe, role),
@@ -289,7 +290,7 @@ def training_rows(dataset, objective, console: Console | None = None):
 
 
 def _fit_and_evaluate(role: str, recipe: dict[str, Any], dataset, model_name: str, model,
-                      num_params: int, workdir: Path, start: float, *, teaching, objective,
+                      num_params: int, workdir: Path, *, teaching, objective,
                       augment_settings, strict_init_check: bool, console: Console,
                       check_init: bool = True):
   """Trains through `loop.fit`, evaluates on validation and test, keeps the predictions.
@@ -323,7 +324,7 @@ def _fit_and_evaluate(role: str, recipe: dict[str, Any], dataset, model_name: st
     write_npz(workdir / PREDICTIONS_FILE,
               {"test_logits": test["logits"], "val_logits": val["logits"]})
   summary = _base_summary(role, model_name, num_params, dataset, recipe, trained, stats, val,
-                          test, time.perf_counter() - start)
+                          test)
   if dataset.partly_labelled:
     # How many labels this run learned from: the rows it trained on, when its objective
     # reads their labels; none when it learned from the teacher alone.
@@ -370,15 +371,20 @@ def train_teacher(recipe: dict[str, Any], workdir: Path, *, restart: bool = Fals
   rundir.prepare_workdir(workdir, restart=restart, overwrite=overwrite)
   write_json(workdir / RECIPE_FILE, recipe)
   trained, test, summary = _fit_and_evaluate(
-      "teacher", recipe, dataset, model_name, model, num_params, workdir, start,
+      "teacher", recipe, dataset, model_name, model, num_params, workdir,
       teaching=None, objective=make_objective("hard", label_smoothing=settings.label_smoothing),
       augment_settings=recipe["augment"], strict_init_check=strict_init_check, console=console,
       check_init=not getattr(model, "pretrained_head", False))
   if export:
     export_targets(workdir, trained=(trained, settings.steps), dataset=dataset,
                    test_logits=test["logits"], quiet=quiet, console=console)
-    # The run's wall time covers its export, as the command's result line does.
-    summary["wall_seconds"] = round(time.perf_counter() - start, 3)
+  return _write_summary(workdir, summary, start)
+
+
+def _write_summary(workdir: Path, summary: dict[str, Any], start: float) -> dict[str, Any]:
+  """Stamps the run's wall time since `start` (the command's, as its result line shows it) on
+  `summary` and writes it to the run directory: the run's last file. Returns the summary."""
+  summary["wall_seconds"] = round(time.perf_counter() - start, 3)
   write_json(workdir / SUMMARY_FILE, summary)
   return summary
 
@@ -545,7 +551,7 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
   # targets, hard labels and hints only when the recipe asks.
   augmented = settings.augment or (teaching is not None and teaching.always_augments)
   _, test, summary = _fit_and_evaluate(
-      "student", recipe, dataset, model_name, model, num_params, workdir, start,
+      "student", recipe, dataset, model_name, model, num_params, workdir,
       teaching=teaching, objective=objective,
       augment_settings=recipe["augment"] if augmented else None,
       strict_init_check=strict_init_check, console=console)
@@ -568,5 +574,4 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
           "test_accuracy", float(accuracy(teacher_test_logits, dataset.y_test))),
       "agreement_with_teacher": float(top1_agreement(test["logits"], teacher_test_logits)),
   })
-  write_json(workdir / SUMMARY_FILE, summary)
-  return summary
+  return _write_summary(workdir, summary, start)
