@@ -295,6 +295,23 @@ def main(ctx, coordinator, num_processes, process_id, distributed):
     backend.enable_compilation_cache()
 
 
+@main.result_callback()
+def _leave_together(*_args, **_kwargs):
+  """After a command that succeeded, a multi-process run's processes leave it together.
+
+  JAX's own exit handler shuts the distributed system down only after it has
+  torn down the backends, and process 0, whose coordination service the others
+  still poll, could then abort at exit (`Check failed` in the service) after a
+  finished run. Leaving through the shutdown barrier first, while everything is
+  alive, lets every process go once all have finished. Not after a failure: the
+  barrier would wait for processes that may never come.
+  """
+  if "jax" in sys.modules:  # a command that never imported JAX joined no run
+    from distill import parallel  # noqa: PLC0415
+
+    parallel.leave()
+
+
 @main.command(short_help="Train the ViT teacher and export its soft targets.")
 @_common_training_options("teacher")
 @click.option("--workdir", "-w", type=click.Path(), default="runs/teacher", show_default=True,

@@ -50,6 +50,13 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     raise UserError(f"could not join the distributed run: {e}") from None
 
 
+def leave() -> None:
+  """Leaves a multi-process run through JAX's shutdown barrier (waits for every process);
+  nothing when this process joined none."""
+  if jax.distributed.is_initialized():
+    jax.distributed.shutdown()
+
+
 def make_mesh(devices: list[Any] | None = None) -> Mesh:
   """A 1-D mesh over every device of every process, its axis named `data`."""
   devices = jax.devices() if devices is None else devices
