@@ -19,6 +19,9 @@ import signal
 from typing import NoReturn
 
 _pending: str | None = None
+# Whether a stop signal has reached this process's own handlers during the stop now under way:
+# then another one is a second stop (`arrived`).
+_arrived = False
 # Functions in which Python drops a raised exception, printing a traceback that only alarms:
 # JAX's garbage-collector callback and finalizers.
 _DROPPING = ("_xla_gc_callback", "__del__")
@@ -26,6 +29,7 @@ _DROPPING = ("_xla_gc_callback", "__del__")
 
 def _interrupt(signum, frame) -> None:
   global _pending
+  arrived(signum)
   _pending = signal.Signals(signum).name
   while frame is not None:
     if frame.f_code.co_name in _DROPPING:
@@ -56,15 +60,36 @@ def remember(signum: int) -> None:
   _pending = signal.Signals(signum).name
 
 
+def arrived(signum: int) -> bool:
+  """Notes that a stop signal reached one of this process's handlers (a handler's body): True
+  when one had reached them before, in the stop now under way, so this is a second stop.
+
+  A signal a sweep's worker hears of only through its sweep (`remember`, by the
+  worker's watcher) has not arrived: where a batch system's cancel reaches
+  every process at once, the worker's own copy may come before or after the
+  sweep's, and the two are one stop. The watcher passes later stops on by
+  sending them, after calling this itself, so that they count as second ones.
+  """
+  global _arrived
+  del signum  # every stop signal is one kind of stop
+  before, _arrived = _arrived, True
+  return before
+
+
 def requested() -> str | None:
   """The signal remembered (`remember`, or a dropped Ctrl-C), if any, without forgetting it."""
   return _pending
 
 
 def take() -> str | None:
-  """The signal remembered since `listen()` ('SIGINT'), if one came; forgets it."""
-  global _pending
+  """The signal remembered since `listen()` ('SIGINT'), if one came; forgets it.
+
+  Without one, no stop is under way: the next signal to arrive is a first one.
+  """
+  global _pending, _arrived
   name, _pending = _pending, None
+  if name is None:
+    _arrived = False
   return name
 
 

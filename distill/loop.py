@@ -486,7 +486,8 @@ class _StopFlag:
     return self
 
   def _handle(self, signum, frame):
-    if self.signal_name is not None:
+    # A second stop, unless the first only came through a sweep (`interrupts.arrived`).
+    if interrupts.arrived(signum) and self.signal_name is not None:
       interrupts.stop_at_once(signum)
     self._signal_name = signal.Signals(signum).name
 

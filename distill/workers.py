@@ -129,6 +129,7 @@ def _start_worker(shares, state, parent: int) -> None:
 
 def _between_runs(signum, frame) -> None:
   """A worker's handler outside a run's loop: the signal is kept for the next loop."""
+  interrupts.arrived(signum)
   interrupts.remember(signum)
 
 
@@ -142,8 +143,9 @@ def _watch() -> None:
 
   The first is remembered for the run's loop (`interrupts.remember`), not sent:
   where every process gets the signal at once (a batch system's cancel), the
-  worker's own copy and the sweep's are one stop with its checkpoint, not two.
-  Later ones are sent, and stop the run at once like a second Ctrl-C.
+  worker's own copy and the sweep's are one stop with its checkpoint, not two,
+  whichever comes first (`interrupts.arrived`). Later ones are sent, and stop
+  the run at once like a second Ctrl-C.
   """
   main, passed = threading.main_thread().ident, 0
   state = _worker["state"]
@@ -159,6 +161,7 @@ def _watch() -> None:
       if passed == 0:
         interrupts.remember(state[_SIGNUM])
       else:
+        interrupts.arrived(state[_SIGNUM])  # so that the loop's handler takes it as a second
         signal.pthread_kill(main, state[_SIGNUM])
       passed += 1
 

@@ -130,18 +130,22 @@ def test_a_stop_signal_reaches_each_running_call_once_and_no_waiting_call_starts
   assert signal.getsignal(signal.SIGTERM) is handler  # and this process's handler is put back
 
 
-def _a_loop_until_stopped(started):
-  """A training loop's stop flag, waiting for a stop: 'stopped at once' if a second one came."""
+def _a_loop_until_stopped(folder):
+  """A training loop's stop flag, waiting for a stop: 'stopped at once' if a second one came.
+
+  Touches folder/started/PID once it listens and folder/stopped/PID once a stop reached it.
+  """
   from distill import loop  # noqa: PLC0415 (in the worker)
 
   with loop._StopFlag() as stop:
-    Path(started, str(os.getpid())).touch()
+    Path(folder, "started", str(os.getpid())).touch()
     deadline = time.monotonic() + 20
     while stop.signal_name is None:
       assert time.monotonic() < deadline, "no stop signal reached the loop"
       time.sleep(0.01)
+    Path(folder, "stopped", str(os.getpid())).touch()
     try:
-      time.sleep(10 * workers.WATCH_SECONDS)  # time enough for a second copy of the signal
+      time.sleep(20 * workers.WATCH_SECONDS)  # time enough for a second copy of the signal
     except KeyboardInterrupt:
       return "stopped at once"
   return stop.signal_name
@@ -149,15 +153,26 @@ def _a_loop_until_stopped(started):
 
 @needs_proc
 @pytest.mark.skipif(len(workers.available_cores()) < 2, reason="needs two cores to share")
-def test_a_signal_sent_to_every_process_at_once_stops_each_run_once(tmp_path):
+@pytest.mark.parametrize("sweep_first", [False, True], ids=["workers-first", "sweep-first"])
+def test_a_signal_sent_to_every_process_at_once_stops_each_run_once(tmp_path, sweep_first):
   """A batch system's cancel signals the sweep and its workers together: each worker's own copy
-  and the one the sweep passes on are one stop (a checkpoint), not two (a stop at once)."""
+  and the one the sweep passes on are one stop (a checkpoint), not two (a stop at once), in
+  whichever order they reach the worker."""
+  started, stopped = tmp_path / "started", tmp_path / "stopped"
+  started.mkdir()
+  stopped.mkdir()
   with workers.core_pool(2) as (pool, _):
     futures = [pool.submit(_a_loop_until_stopped, tmp_path) for _ in range(2)]
-    wait_until(lambda: len(list(tmp_path.iterdir())) == 2, 60, "the calls did not start")
-    for pid in [int(path.name) for path in tmp_path.iterdir()]:
+    wait_until(lambda: len(list(started.iterdir())) == 2, 60, "the calls did not start")
+    pids = [int(path.name) for path in started.iterdir()]
+    if sweep_first:
+      os.kill(os.getpid(), signal.SIGTERM)  # the pool's handler takes it and passes it on
+      wait_until(lambda: len(list(stopped.iterdir())) == 2, 20,
+                 "the sweep's stop did not reach the loops")
+    for pid in pids:
       os.kill(pid, signal.SIGTERM)
-    os.kill(os.getpid(), signal.SIGTERM)  # the pool's handler takes it
+    if not sweep_first:
+      os.kill(os.getpid(), signal.SIGTERM)
     results = [future.result() for future in futures]
   assert results == ["SIGTERM", "SIGTERM"]
 
