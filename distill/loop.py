@@ -210,6 +210,9 @@ class _Run:
             "re-run with --restart to start over, or use another --workdir")
       self.state, _ = self.checkpointer.restore(latest, self.state)
       start_step = int(self.state["step"])
+      # The steps since the last log line, so that the next line averages them all, as an
+      # uninterrupted run's does.
+      self._window = _window_from_meta(saved_meta.get("log_window"))
       # Earlier stretches' training time, so a resumed run reports its whole cost.
       self.earlier_seconds = float(saved_meta.get("train_seconds", 0.0))
       echo(f"resuming from step {start_step} ({self.checkpointer.directory})")
@@ -401,7 +404,9 @@ class _Run:
     other processes at barriers, which stay in the loop's order.
     """
     meta = {**self.meta, "step": step,
-            "train_seconds": round(self.earlier_seconds + self.stretch_seconds(), 3)}
+            "train_seconds": round(self.earlier_seconds + self.stretch_seconds(), 3),
+            # A step between log lines keeps the metrics of the steps since the last one.
+            "log_window": _window_to_meta(self._window)}
     if in_background and jax.process_count() == 1:
       self.checkpointer.save_in_background(step, self.state, meta)
     else:
@@ -446,6 +451,25 @@ def dispatch_plan(start: int, total: int, per_dispatch: int,
 def _validation_metrics(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Validation cross-entropy and accuracy, one compiled call (not a dozen eager ops)."""
   return losses.hard_cross_entropy(logits, labels), accuracy(logits, labels)
+
+
+def _window_to_meta(window: list[dict[str, jax.Array]]) -> dict[str, Any] | None:
+  """The per-step metrics of `window` as JSON, exactly: {key: {dtype, values}}; None if empty."""
+  if not window:
+    return None
+  fetched = jax.tree.map(parallel.fetch, window)
+  joined = {key: np.concatenate([np.atleast_1d(chunk[key]) for chunk in fetched])
+            for key in fetched[0]}
+  # A float32 value is exactly a Python float, and JSON writes that float back exactly.
+  return {key: {"dtype": str(values.dtype), "values": values.tolist()}
+          for key, values in joined.items()}
+
+
+def _window_from_meta(saved: dict[str, Any] | None) -> list[dict[str, Any]]:
+  """The window `_window_to_meta` saved, as one chunk of numpy arrays; [] for None."""
+  if not saved:
+    return []
+  return [{key: np.asarray(entry["values"], entry["dtype"]) for key, entry in saved.items()}]
 
 
 def _summarise(window: list[dict[str, jax.Array]], step: int) -> dict[str, Any]:

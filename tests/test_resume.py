@@ -108,11 +108,7 @@ def test_killed_teacher_resumes_bit_identically(reference, tmp_path, kill_at):
   assert resumed["params_sha256"] == expected["params_sha256"]
   assert resumed["test_accuracy"] == expected["test_accuracy"]
   # The metrics log of the resumed run is the uninterrupted one, line for line (less timings).
-  def strip(path):
-    return [{k: v for k, v in json.loads(line).items() if k != "elapsed_seconds"}
-            for line in path.read_text().splitlines()]
-
-  assert strip(workdir / "metrics.jsonl") == strip(reference / "teacher" / "metrics.jsonl")
+  assert _metrics_less_timings(workdir) == _metrics_less_timings(reference / "teacher")
 
 
 @pytest.mark.parametrize("kill_at", [10, 25])
@@ -286,3 +282,36 @@ def test_a_stop_signal_saves_whatever_the_checkpoint_floor(tmp_path, monkeypatch
   assert result.exit_code == 143, result.output
   stopped_step = _stopped_step(result.stderr)
   assert stopped_step < 40 and _checkpoint_steps(tmp_path) == [stopped_step]
+
+
+def _metrics_less_timings(workdir):
+  return [{key: value for key, value in json.loads(line).items() if key != "elapsed_seconds"}
+          for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_run_stopped_between_log_lines_resumes_to_the_same_log(tmp_path, monkeypatch):
+  """Stopped at step 17 of lines every 10, the resumed run's line of step 20 still averages
+  steps 11 to 20 (those before the stop come back from the checkpoint), so its log and its
+  final train loss are the uninterrupted run's."""
+  flags = set_flags(["teacher.steps_per_dispatch=1", "teacher.log_every=10",
+                     "teacher.checkpoint_every=1000"])
+  reference = tmp_path / "reference"
+  assert run_cli(*_cli_args("teacher", reference), *flags).exit_code == 0
+  workdir = tmp_path / "stopped"
+  train = loop._Run.train
+
+  def train_then_signal(self, first, count, rows):
+    step = train(self, first, count, rows)
+    if step == 17:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return step
+
+  with monkeypatch.context() as patch:
+    patch.setattr(loop._Run, "train", train_then_signal)
+    stopped = run_cli(*_cli_args("teacher", workdir), *flags)
+  assert stopped.exit_code == 143, stopped.output
+  assert _stopped_step(stopped.stderr) == 17
+  assert run_cli(*_cli_args("teacher", workdir), *flags).exit_code == 0
+  assert _summary(workdir)["resumed_from_step"] == 17
+  assert _metrics_less_timings(workdir) == _metrics_less_timings(reference)
+  assert _summary(workdir)["final_train_loss"] == _summary(reference)["final_train_loss"]
