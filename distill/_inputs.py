@@ -144,9 +144,11 @@ def _as_labels(labels, logits, *, soft_ce=False):
     raise ValueError(
         "labels must be integer class indices, " + _labels_advice(y, logits, soft_ce))
   if y.shape != logits.shape[:-1]:
+    one_hot = ("; if they are one-hot rows, pass labels.argmax(-1)"
+               if y.shape == logits.shape else "")
     raise ValueError(
         f"labels shape {y.shape} must equal the logits shape without the "
-        f"class axis {logits.shape[:-1]}")
+        f"class axis {logits.shape[:-1]}{one_hot}")
   # The original, not `y`: jnp.asarray wraps int64 labels past int32 into range.
   _check_label_range(labels, logits.shape[-1])
   return y

@@ -13,7 +13,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill._inputs import _as_labels, _as_logits, _check_reduction, _check_same_shape, _reduce
+from distill._inputs import (
+    _as_labels,
+    _as_logits,
+    _check_label_range,
+    _check_reduction,
+    _check_same_shape,
+    _reduce,
+)
 from distill.losses import _hard_ce_per_example, softmax
 
 
@@ -132,6 +139,14 @@ def summary_metrics(logits, labels, teacher_logits=None) -> dict[str, float]:
     {'accuracy', 'nll', 'ece'} as Python floats, and 'agreement' (top-1
     agreement with the teacher) when teacher_logits is given.
   """
+  # Inside the compiled program below the labels are traced, where their range cannot be
+  # read: concrete ones are checked here, as the metrics called one by one check them.
+  # Lists (and numbers) as arrays: the compiled program would take a list for a tree of scalars.
+  logits, labels, teacher_logits = (
+      a if a is None or hasattr(a, "dtype") else np.asarray(a)
+      for a in (logits, labels, teacher_logits))
+  if np.ndim(logits) >= 1 and np.issubdtype(labels.dtype, np.integer):  # others: told below
+    _check_label_range(labels, np.shape(logits)[-1])
   # One compiled program per shape instead of one per operation: evaluated eagerly, the
   # metrics compile some forty small programs (about a second) on every run.
   return {name: float(value)

@@ -432,6 +432,9 @@ def test_one_hot_labels_are_told_to_take_argmax(call):
                      r"labels\.argmax\(-1\)") as raised:
     call(_X, _one_hot(_Y))
   assert "soft_cross_entropy" not in str(raised.value)
+  # Integer one-hot rows too (inside jit JAX adds lines of its own to the message).
+  with pytest.raises(ValueError, match=r"; if they are one-hot rows, pass labels\.argmax\(-1\)"):
+    call(_X, _one_hot(_Y).astype(np.int32))
 
 
 def test_probability_labels_keep_soft_cross_entropy_advice_only_in_hard_cross_entropy():
@@ -519,6 +522,8 @@ _LABEL_TAKERS = {
     "accuracy": lambda x, y: accuracy(x, y),
     "negative_log_likelihood": lambda x, y: negative_log_likelihood(x, y),
     "expected_calibration_error": lambda x, y: expected_calibration_error(x, y),
+    # Its metrics are computed in one compiled program, where labels are traced.
+    "summary_metrics": lambda x, y: summary_metrics(x, y)["nll"],
 }
 
 # Every function that takes target probabilities, called as (logits, targets).
