@@ -173,7 +173,9 @@ def _reopen(run_dir: Path, record: dict[str, Any], dataset):
   """The source an imported teacher was made from, opened again (a `ForeignTeacher`).
 
   The user named the run, not the source: a source moved since the import is
-  said in those terms, not as a bad SOURCE argument of import-teacher.
+  said in those terms, not as a bad SOURCE argument of import-teacher. One
+  whose weights changed since (a model saved over the file) is refused: the
+  run's summary and targets describe the model imported.
   """
   from distill.importers import open_teacher  # noqa: PLC0415
 
@@ -183,7 +185,17 @@ def _reopen(run_dir: Path, record: dict[str, Any], dataset):
                     f"or import it again from where it is now with `distill import-teacher "
                     f"SOURCE -w {run_dir} --overwrite`; students taught by its targets "
                     "(--teaching targets) need only this folder")
-  return open_teacher(source, image_shape=dataset.image_shape)
+  teacher = open_teacher(source, image_shape=dataset.image_shape)
+  recorded = record.get("params_sha256")
+  if recorded and teacher.params is not None:
+    from distill.inference import params_sha256  # noqa: PLC0415
+
+    if params_sha256(teacher.params) != recorded:
+      raise UserError(f"{run_dir} was imported from {source}, whose weights have changed since: "
+                      "its summary and targets are the old model's. Put the old file back, or "
+                      f"import the new one with `distill import-teacher {source} -w {run_dir} "
+                      "--overwrite`")
+  return teacher
 
 
 def _split_logits(teacher, dataset) -> dict[str, np.ndarray]:
@@ -236,6 +248,36 @@ def _check_labels(logits: dict[str, np.ndarray], source: str) -> None:
     raise UserError(f"{source} gives probabilities (every row is at least 0 and sums to 1), "
                     "not logits; give their log (np.log(probs)) or the scores before the "
                     "softmax")
+
+
+def _check_rows_in_order(logits: dict[str, np.ndarray], dataset, source: str) -> None:
+  """Refuses a logits file whose training or validation rows are not the data set's images.
+
+  Rows in another order (shuffled, or distill's training and validation rows
+  joined as if they were the data set's own order) fit every shape check,
+  and the teacher's test accuracy looks right; but students would learn
+  another image's label for each image. A teacher far better than chance on
+  the test images is near as good on the images it labels for training.
+  """
+  def agreement(split: str, labels: np.ndarray) -> float | None:
+    labelled = labels >= 0  # data.labelled leaves rows without a label (-1)
+    if not labelled.any():
+      return None
+    return float(np.mean(np.argmax(logits[split][labelled], -1) == labels[labelled]))
+
+  test = agreement("test", dataset.y_test)
+  if test is None or test <= _CHANCE_FACTOR / dataset.num_classes:
+    return  # a teacher near chance is warned about as such (`_label_warnings`)
+  for split, name, labels in (("train", "training", dataset.y_train),
+                              ("val", "validation", dataset.y_val)):
+    found = agreement(split, labels)
+    if found is not None and found < test / 2:
+      raise UserError(
+          f"{source}: the logits of the {name} images agree with their labels on "
+          f"{found:.1%} of them, against {test:.1%} of the test images: its rows are not the "
+          f"data set's images in order. train_logits holds the whole training set of "
+          f"{dataset.name} in its own order (without val_logits), or distill's training "
+          "rows with val_logits for its validation rows (README, 'Bring your own teacher')")
 
 
 def _check_not_in_source(workdir: Path, source: str) -> None:
@@ -322,12 +364,16 @@ def _label_warnings(teacher, dataset, train_logits: np.ndarray,
   inputs = {"keras": "distill feeds a Keras model raw 0..255 pixels, NHWC",
             "callable": "distill gives the function uint8 0..255 pixels, NHWC",
             "logits": "the logits must be of inputs preprocessed as in training"}.get(
-                teacher.kind, "the ViT's config.json gives its mean and std")
+                teacher.kind, "the ViT's mean and std come from its preprocessor_config.json "
+                              "(transformers) or config.json (timm)")
+  # A model made for images of another size was most likely trained on another data set.
+  other_data = _other_size(teacher, dataset)
   if accuracy <= _CHANCE_FACTOR * chance:
     return [f"the imported teacher's test accuracy is {accuracy:.4f}, at or near chance "
-            f"({chance:.4f} for {classes} classes): are its classes in the same order as the data "
-            f"set's ({dataset.name}), and its preprocessing right? ({inputs}) Students would "
-            "learn from these labels"]
+            f"({chance:.4f} for {classes} classes): "
+            + (f"{other_data}. Else: " if other_data else "")
+            + f"are its classes in the same order as the data set's ({dataset.name}), and its "
+            f"preprocessing right? ({inputs}) Students would learn from these labels"]
   soft_top = float(np.median(_top_probabilities(train_logits, _SOFTEST_TEMPERATURE)))
   expected = _expected_nll(accuracy, classes)
   one_hot = soft_top > _ONE_HOT_TOP_PROBABILITY
@@ -348,8 +394,22 @@ def _label_warnings(teacher, dataset, train_logits: np.ndarray,
            "callable": "inputs scaled outside the function: it gets uint8 0..255 pixels, so "
                        "scale them inside it as in training"}.get(
                            teacher.kind, "inputs not preprocessed as in training")
+  if other_data:
+    cause = f"{other_data}. Else: {cause}"
   return [f"the imported teacher is overconfident: {' and '.join(facts)}, so students learn "
           f"little beyond the hard labels. Likely cause: {cause}"]
+
+
+def _other_size(teacher, dataset) -> str | None:
+  """A question for the warnings when the teacher takes images of another size than the data
+  set's (it was likely trained on another data set), else None."""
+  shape = teacher.details.get("input_shape") or teacher.details.get("input_size")
+  height, width, _ = dataset.image_shape
+  if not shape or len(shape) < 2 or None in shape[:2] or tuple(shape[:2]) == (height, width):
+    return None
+  return (f"it takes {shape[0]}x{shape[1]} images and those of {dataset.name} are "
+          f"{height}x{width}: "
+          "was it trained on another data set? Pass that one's --recipe or --dataset")
 
 
 def _identity(workdir: Path, teacher, train_logits: np.ndarray) -> dict[str, Any]:
@@ -408,6 +468,9 @@ def import_teacher(source: str, recipe: dict[str, Any], workdir: Path, *,
                     f"{dataset.num_classes}. Import a teacher trained on these classes{fix}")
   # A logits file is checked against the data set here; a runnable teacher after the notes.
   logits = None if teacher.logits is None else _split_logits(teacher, dataset)
+  if logits is not None:
+    _check_labels(logits, source)
+    _check_rows_in_order(logits, dataset, source)
   console.info(dataset.describe())
   console.info(f"teacher: {teacher.kind} from {source}"
                + (f", {teacher.num_params:,} parameters" if teacher.num_params else ""))
@@ -417,7 +480,7 @@ def import_teacher(source: str, recipe: dict[str, Any], workdir: Path, *,
   batch = recipe["export"]["batch_size"]
   if logits is None:
     logits = _run_on_splits(teacher, dataset, batch, console)
-  _check_labels(logits, source)
+    _check_labels(logits, source)
   # Labelled like a trained teacher's views (see `distill.export`), before anything is written.
   view_logits = None if not views else RunnableTeacher(teacher, dataset, workdir).view_logits(
       dataset.x_train, batch, num_views=views, seed=recipe["seed"],
@@ -425,14 +488,17 @@ def import_teacher(source: str, recipe: dict[str, Any], workdir: Path, *,
       progress=None if console.quiet else f"label {views} views")
   rundir.prepare_workdir(workdir, restart=False, overwrite=overwrite)
   write_json(workdir / rundir.RECIPE_FILE, recipe)
+  identity = _identity(workdir, teacher, logits["train"])
   write_json(workdir / rundir.IMPORTED_FILE, {
       "kind": teacher.kind, "source": _resolved_source(source),
-      "can_teach_online": teacher.can_teach_online, "details": teacher.details})
+      "can_teach_online": teacher.can_teach_online, "details": teacher.details,
+      # What reopening the source must find again (`_reopen`); None for a function's own.
+      "params_sha256": identity["params_sha256"] if teacher.params is not None else None})
   write_npz(workdir / rundir.PREDICTIONS_FILE,
             {"test_logits": logits["test"], "val_logits": logits["val"]})
   write_teacher_targets(workdir, recipe, dataset, train_logits=logits["train"],
                         test_logits=logits["test"], view_logits=view_logits,
-                        identity=_identity(workdir, teacher, logits["train"]),
+                        identity=identity,
                         seconds=time.perf_counter() - start)
   summary = _summary(teacher, source, dataset, recipe, logits, time.perf_counter() - start)
   for warning in _label_warnings(teacher, dataset, logits["train"], summary):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -448,3 +449,75 @@ def test_a_distill_run_or_a_keras_file_is_not_a_vit_to_import_or_fine_tune(tmp_p
                      init_from, *TINY_FLAGS)
     assert result.exit_code == 2, result.output
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def _good_logits(labels, seed):
+  """Logits of a good teacher for `labels`: the right class ahead, by a margin, on most rows."""
+  rng = np.random.default_rng(seed)
+  return (4.0 * np.eye(10, dtype=np.float32)[labels]
+          + rng.normal(size=(len(labels), 10)).astype(np.float32))
+
+
+@pytest.mark.parametrize("mistake", ["shuffled", "train and val joined"])
+def test_logits_whose_rows_are_not_the_data_sets_order_are_refused(tmp_path, digits, mistake):
+  """Rows out of order fit every shape and leave the test accuracy right; students would
+  learn other images' labels."""
+  source_labels = np.empty(digits.source_train_size, np.int64)
+  source_labels[digits.train_source_indices] = digits.y_train
+  source_labels[digits.val_source_indices] = digits.y_val
+  train = _good_logits(source_labels, seed=0)
+  test = _good_logits(digits.y_test, seed=1)
+  np.savez(tmp_path / "good.npz", train_logits=train, test_logits=test)
+  assert _import(tmp_path / "good.npz", tmp_path / "good").exit_code == 0
+  if mistake == "shuffled":
+    train = train[np.random.default_rng(2).permutation(len(train))]
+  else:  # distill's training rows then its validation rows, without val_logits
+    train = np.concatenate([train[digits.train_source_indices],
+                            train[digits.val_source_indices]])
+  np.savez(tmp_path / "bad.npz", train_logits=train, test_logits=test)
+  result = _import(tmp_path / "bad.npz", tmp_path / "bad")
+  assert result.exit_code == 2
+  assert re.search(r"the logits of the (training|validation) images agree with their labels on "
+                   r"[0-9.]+% of them, against 9[0-9.]+% of the test images: its rows are not "
+                   r"the data set's images in order", result.stderr), result.stderr
+  assert not (tmp_path / "bad").exists()
+
+
+def test_a_source_changed_since_the_import_is_refused_where_it_is_reopened(tmp_path):
+  """Online teaching and `distill export` reopen the source: other weights there would teach
+  while the run's summary and targets still describe the model imported."""
+  from safetensors.numpy import load_file, save_file  # noqa: PLC0415
+
+  source = shutil.copytree(FIXTURES / "vit_timm", tmp_path / "vit")
+  teacher = tmp_path / "teacher"
+  assert _import(source, teacher).exit_code == 0
+  tensors = load_file(source / "model.safetensors")
+  name = sorted(tensors)[0]
+  tensors[name] = tensors[name] + np.float32(0.01)  # a retrained model saved over the file
+  save_file(tensors, source / "model.safetensors")
+  changed = rf"{teacher} was imported from {source}, whose weights have changed since"
+  result = run_cli("student", "--teacher", teacher, "-w", tmp_path / "s", "-q", "-m", "mlp",
+                   "--teaching", "online", *TINY_FLAGS)
+  assert result.exit_code == 2 and re.search(changed, result.stderr), result.output
+  result = run_cli("export", "--teacher", teacher, "-T", 2, "--out", tmp_path / "again", "-q")
+  assert result.exit_code == 2 and re.search(changed, result.stderr), result.output
+  # Students of its targets need only the folder.
+  assert _student(teacher, tmp_path / "by-targets", "-m", "mlp")["teaching"] == "targets"
+
+
+def test_a_teacher_made_for_images_of_another_size_is_asked_about_its_data_set(tmp_path):
+  """An untrained-looking teacher of 16x16 inputs on digits' 8x8 images: the warning asks
+  first whether it was trained on another data set."""
+  os.environ.setdefault("KERAS_BACKEND", "jax")
+  import keras  # noqa: PLC0415 (after choosing its backend)
+
+  keras.utils.set_random_seed(0)
+  inputs = keras.Input((16, 16, 1))
+  x = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
+  keras.Model(inputs, keras.layers.Dense(10)(x)).save(tmp_path / "other.keras")
+  result = run_cli("import-teacher", tmp_path / "other.keras", "-r", "digits", "-w",
+                   tmp_path / "teacher")
+  assert result.exit_code == 0, result.output
+  assert ("at or near chance (0.1000 for 10 classes): it takes 16x16 images and those of digits "
+          "are 8x8: was it trained on another data set? Pass that one's --recipe or --dataset. "
+          "Else: are its classes") in " ".join(result.stderr.split())
