@@ -163,7 +163,9 @@ def verdict_sentence(rows: list[dict[str, Any]]) -> str | None:
   seeds, 3 each), the teacher gained linear +2.61, mlp +2.64 points, beyond
   seed noise (paired t-test p <= 0.004)." None when no row has a hard twin.
   """
-  gains, losses, unsure, seeds = [], [], [], set()
+  gains, losses, seeds = [], [], set()
+  # Those within the noise, by why: the t-test says so, no seed differs, or too few seeds.
+  noise, same, few = [], [], []
   several = len({(row["mode"], row["method"], row["soft_loss"]) for row in rows[1:]
                  if row["mode"] != "hard"}) > 1
   for row, pair in _against_hard(rows):
@@ -173,8 +175,14 @@ def verdict_sentence(rows: list[dict[str, Any]]) -> str | None:
     name = row["model"] + (f" ({_how_taught(row)})" if several else "")
     p = pair["t_p"] if pair["t_p"] is not None else pair["sign_p"]
     entry = (f"{name} {100 * pair['mean_diff']:+.2f}", p)
-    beyond = pair["n"] > 1 and p is not None and p < stats.ALPHA
-    (gains if beyond and pair["mean_diff"] > 0 else losses if beyond else unsure).append(entry)
+    if pair["n"] > 1 and p is not None and p < stats.ALPHA:
+      (gains if pair["mean_diff"] > 0 else losses).append(entry)
+    elif pair["n"] > 1 and pair["t_p"] is not None:
+      noise.append(entry)
+    elif pair["n"] > 1 and pair["sign_p"] is None:
+      same.append(entry)
+    else:  # one seed, or one difference on every seed that the sign test cannot call yet
+      few.append(entry)
   if not seeds:
     return None
   count = "/".join(str(n) for n in sorted(seeds))
@@ -184,9 +192,15 @@ def verdict_sentence(rows: list[dict[str, Any]]) -> str | None:
       worst = max(p for _, p in entries)
       clauses.append(f"{how} {', '.join(text for text, _ in entries)} points, beyond seed noise "
                      f"(paired p {'<' if worst < 0.001 else '<='} {max(worst, 0.001):.3g})")
-  if unsure:
-    clauses.append(f"changed {', '.join(text for text, _ in unsure)} points, within seed noise "
-                   "(or too few seeds to tell)")
+  if noise:
+    least = min(p for _, p in noise)
+    clauses.append(f"changed {', '.join(text for text, _ in noise)} points, within seed noise "
+                   f"(paired t-test p {'=' if len(noise) == 1 else '>='} {least:.3g})")
+  if same:
+    clauses.append(f"changed {', '.join(text for text, _ in same)} points: no difference on "
+                   "any seed")
+  if few:
+    clauses.append(f"changed {', '.join(text for text, _ in few)} points: too few seeds to tell")
   return (f"Against the same students on hard labels (same seeds, {count} each), the teacher "
           + "; and ".join(clauses) + ".")
 

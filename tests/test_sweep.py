@@ -347,12 +347,21 @@ def test_the_verdict_sentence_and_headline_report_every_taught_row():
   rows = aggregate(runs, teacher)
   p_mlp = scipy_stats.ttest_rel([0.83, 0.85, 0.84], [0.80, 0.81, 0.82]).pvalue
   p_linear = scipy_stats.ttest_rel([0.78, 0.77, 0.785], [0.80, 0.80, 0.80]).pvalue
+  p_vit = scipy_stats.ttest_rel([0.69, 0.73, 0.70], [0.70, 0.72, 0.71]).pvalue
   assert p_mlp < 0.05 and p_linear < 0.05
   assert verdict_sentence(rows) == (
       "Against the same students on hard labels (same seeds, 3 each), the teacher gained mlp "
       f"+3.00 points, beyond seed noise (paired p <= {p_mlp:.3g}); and lost linear -2.17 points, "
       f"beyond seed noise (paired p <= {p_linear:.3g}); and changed vit -0.33 points, within "
-      "seed noise (or too few seeds to tell).")
+      f"seed noise (paired t-test p = {p_vit:.3g}).")
+  # Why a change is not called: no seed differs, or one seed (or one difference) is too few.
+  level = aggregate(_fake("mlp", "hard", [0.80, 0.81]) + _fake("mlp", "targets", [0.80, 0.81])
+                    + _fake("cnn", "hard", [0.80, 0.81]) + _fake("cnn", "targets", [0.81, 0.82]),
+                    teacher)
+  assert verdict_sentence(level) == (
+      "Against the same students on hard labels (same seeds, 2 each), the teacher changed mlp "
+      "+0.00 points: no difference on any seed; and changed cnn +1.00 points: too few seeds to "
+      "tell.")
   assert [line.split(":")[0] for line in headline(rows)] == [
       "mlp, kd on targets", "vit, kd on targets", "linear, kd on targets"]
   assert verdict_sentence(aggregate(_fake("mlp", "targets", [0.8]), teacher)) is None
