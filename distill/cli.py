@@ -21,8 +21,17 @@ from distill.errors import UserError
 
 _RECIPE_HELP = ("Recipe: a TOML file or the name of a packaged recipe "
                 f"({', '.join(config_lib.recipe_names())}).")
-_SET_HELP = ("Override any recipe key, e.g. --set teacher.steps=500 --set teacher.vit.depth=6 "
-             "(repeatable). Unknown keys are errors that list the valid ones.")
+
+
+def _set_help(*examples: str) -> str:
+  """--set's help, with examples of keys the command reads."""
+  shown = " ".join(f"--set {example}" for example in examples)
+  return (f"Override any recipe key, e.g. {shown} (repeatable). Unknown keys are errors that "
+          "list the valid ones.")
+
+
+_SET_HELP = _set_help("teacher.steps=500", "teacher.vit.depth=6")
+_STUDENT_SET_HELP = _set_help("student.steps=500", "student.cnn.blocks_per_stage=2")
 
 
 def _fail(error: UserError):
@@ -101,7 +110,8 @@ def _common_training_options(role: str):
                      else "[default: the teacher's data]")
   options = [
       click.option("--recipe", "-r", default=None, help=f"{_RECIPE_HELP} {recipe_default}"),
-      click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP),
+      click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                   help=_SET_HELP if role == "teacher" else _STUDENT_SET_HELP),
       click.option("--dataset", default=None,
                    help="Dataset: fashion_mnist, mnist, cifar10, digits, npz (your own: x "
                         "uint8 [N, H, W(, C)], y integer labels 0..K-1, optional x_test, y_test "
@@ -348,7 +358,8 @@ def teacher(recipe, overrides, dataset, data_dir, steps, batch_size, seed, resta
 @click.argument("source")
 @click.option("--recipe", "-r", default=None,
               help="Recipe whose data settings to use [default: fashion_mnist].")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help=_set_help("data.val_size=0.1", "export.temperature=2"))
 @click.option("--dataset", default=None, help="Dataset to label (overrides the recipe).")
 @click.option("--data-dir", default=None, type=click.Path(),
               help="Where the dataset's files are (overrides the recipe).")
@@ -617,7 +628,7 @@ def bench(recipe, overrides, role, batch_size, steps, bare_steps, synthetic, as_
 @click.option("--recipe", "-r", default=None,
               help=_RECIPE_HELP + " Default: the teacher run's own recipe.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help=_SET_HELP + " Applied to every run.")
+              help=_STUDENT_SET_HELP + " Applied to every run.")
 @click.option("--steps", type=int, default=None, help="Student training steps (every run).")
 @click.option("--overwrite", is_flag=True,
               help="Retrain run folders that hold a run made with another recipe.")

@@ -254,6 +254,11 @@ def test_training_help_shows_each_recipes_defaults():
           "in digits]") in teacher_help
   # A student's data is its teacher's unless given: no recipe's dataset is its default.
   assert "see --data-dir). [default: the teacher's data]" in student_help
+  # --set's examples are keys the command reads: a student reads none of teacher.*.
+  for command, role in (("teacher", "teacher"), ("student", "student"), ("sweep", "student")):
+    shown = " ".join(CliRunner().invoke(main, [command, "--help"]).output.split())
+    examples = re.findall(r"--set (\w+)\.", shown)
+    assert examples and set(examples) == {role}, (command, examples)
 
 
 def test_compare_help_explains_every_column():
