@@ -404,13 +404,15 @@ def check_batch_splits(recipe: dict[str, Any], role: str, console: Console) -> N
 
 
 def check_existing_run(workdir: Path, recipe: dict[str, Any], role: str, *, restart: bool,
-                       overwrite: bool) -> None:
+                       overwrite: bool, teacher_dir: Path | None = None) -> None:
   """Refuses a workdir's earlier run that this command may not take up, before data is loaded.
 
   A finished run needs `overwrite`. An unfinished one resumes only with the
   recipe it started with, whose hash its newest checkpoint holds: otherwise
   the error names the keys that differ from its recipe.json, unless `restart`
   discards the run. Refused here, the run's recipe.json is left as it was.
+  A student's recipe starts from its teacher's (`teacher_dir`): changes that
+  came from there are said to, since the user changed nothing of the student.
   """
   from distill.checkpoint import latest_meta  # noqa: PLC0415
 
@@ -427,8 +429,24 @@ def check_existing_run(workdir: Path, recipe: dict[str, Any], role: str, *, rest
       return
     # recipe.json is missing, or was edited since the run started: the checkpoint decides.
     shown = "which keys, its recipe.json cannot say"
+  elif teacher_dir is not None and _changed_by_teacher(workdir, recipe, teacher_dir):
+    shown += (f", as the teacher's recipe in {teacher_dir} now has it: was the teacher trained "
+              "again since?")
   raise UserError(f"{workdir} holds an unfinished run with a different recipe ({shown}); "
                   "re-run with --restart to start over, or use another --workdir")
+
+
+def _changed_by_teacher(workdir: Path, recipe: dict[str, Any], teacher_dir: Path) -> bool:
+  """Whether every key a student's `recipe` changes of its unfinished run's recipe.json holds
+  the value its teacher's recipe.json gives it now (the student's recipe starts from it)."""
+  saved, teacher = rundir.saved_recipe(workdir), rundir.saved_recipe(teacher_dir)
+  try:
+    changed = config_lib.differing_keys(saved, recipe, "student")
+    teachers = config_lib.differing_keys(saved, teacher, "student")
+  except (KeyError, TypeError):  # a recipe.json of another layout
+    return False
+  return bool(changed) and all(key in teachers and teachers[key][1] == new
+                               for key, (_, new) in changed.items())
 
 
 def _duration(seconds: float) -> str:
@@ -532,7 +550,8 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
       workdir, teacher_dir, flag="--workdir", why=": the student would replace its teacher",
       whose="it", instead=teacher_dir.parent / default_student_workdir(recipe).name)
   check_workdir(workdir)
-  check_existing_run(workdir, recipe, "student", restart=restart, overwrite=overwrite)
+  check_existing_run(workdir, recipe, "student", restart=restart, overwrite=overwrite,
+                     teacher_dir=teacher_dir)
   check_batch_splits(recipe, "student", console)
   settings = config_lib.DistillSettings.of(recipe)
   rundir.check_teacher_folder(teacher_dir,

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -136,6 +137,28 @@ def test_resume_with_another_recipe_is_refused(tmp_path, monkeypatch):
   restarted = run_cli(*changed, "--restart")
   assert restarted.exit_code == 0, restarted.output
   assert _summary(tmp_path)["resumed_from_step"] is None
+
+
+def test_a_student_refused_for_its_retrained_teachers_recipe_says_so(reference, tmp_path,
+                                                                     monkeypatch):
+  """A student's recipe starts from its teacher's: retrained with another seed, the teacher
+  changes the recipe of its unfinished student, which the user never touched."""
+  teacher = tmp_path / "teacher"
+  shutil.copytree(reference / "teacher", teacher)
+  student = tmp_path / "student"
+  with monkeypatch.context() as patch:
+    _sigterm_while_logging(patch, at_step=15)
+    assert run_cli(*_cli_args("student", student, teacher)).exit_code == 143
+  assert run_cli(*_cli_args("teacher", teacher), "--seed", "5", "--overwrite").exit_code == 0
+  refused = run_cli(*_cli_args("student", student, teacher))
+  assert refused.exit_code == 2, refused.output
+  assert (f"holds an unfinished run with a different recipe (seed: 0 -> 5, as the teacher's "
+          f"recipe in {teacher} now has it: was the teacher trained again since?)"
+          ) in " ".join(refused.stderr.split())
+  # A change the user made is not put on the teacher.
+  refused = run_cli(*_cli_args("student", student, reference / "teacher"),
+                    "--set", "student.learning_rate=0.5")
+  assert refused.exit_code == 2 and "the teacher's recipe" not in refused.stderr
 
 
 def test_a_ctrl_c_dropped_before_the_loop_still_stops_it(tmp_path):
