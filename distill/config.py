@@ -134,9 +134,39 @@ def _unknown_key(dotted: str, where: str) -> UserError:
   siblings = ([f"{parent + '.' if parent else ''}{k}" for k in node]
               if isinstance(node, dict) and node else [])
   choices = siblings or [k for k in DEFAULTS]
+  close = _close_key(dotted, choices)
+  guess = f"did you mean '{close}'? " if close else ""
   return UserError(
-      f"unknown recipe key '{dotted}' in {where}; valid keys here: {', '.join(choices)}"
+      f"unknown recipe key '{dotted}' in {where}; {guess}valid keys here: {', '.join(choices)}"
   )
+
+
+# Short names users bring from other tools, for the guess of an unknown key.
+_KEY_ALIASES = {"lr": "learning_rate", "wd": "weight_decay", "bs": "batch_size",
+                "batch": "batch_size", "warmup": "warmup_steps", "temp": "temperature",
+                "t": "temperature"}
+
+
+def _close_key(dotted: str, choices: list[str]) -> str | None:
+  """The key an unknown `dotted` key most likely meant: a sibling by its last part ('lr' ->
+  'learning_rate', 'dpth' -> 'depth'), or the same key under a misspelt table ('teachr.steps'
+  -> 'teacher.steps'); None when nothing is close."""
+  name = dotted.rpartition(".")[2]
+  by_name = {choice.rpartition(".")[2]: choice for choice in choices}
+  alias = _KEY_ALIASES.get(name.lower())
+  if alias in by_name:
+    return by_name[alias]
+  close = difflib.get_close_matches(name, list(by_name), n=1)
+  if close:
+    return by_name[close[0]]
+  table, _, rest = dotted.partition(".")
+  for other in difflib.get_close_matches(table, list(DEFAULTS), n=1) if rest else []:
+    node: Any = DEFAULTS[other]
+    for part in rest.split("."):
+      node = node.get(part) if isinstance(node, dict) else None
+    if node is not None:
+      return f"{other}.{rest}"
+  return None
 
 
 def _type_name(default: Any) -> str:

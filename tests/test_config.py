@@ -27,6 +27,12 @@ def test_defaults_then_file_then_overrides(tmp_path):
     ("teacher.stepz=3", ["unknown recipe key 'teacher.stepz'", "teacher.steps"]),
     ("nosuch=1", ["unknown recipe key 'nosuch'", "seed", "teacher"]),
     ("teacher.vit.depht=2", ["teacher.vit.depth"]),
+    # The guess: a sibling by name or a common short name, or the key under a misspelt table.
+    ("teacher.stepz=3", ["; did you mean 'teacher.steps'? valid keys here"]),
+    ("teacher.lr=0.1", ["; did you mean 'teacher.learning_rate'? valid keys here"]),
+    ("student.temp=2", ["; did you mean 'student.temperature'? valid keys here"]),
+    ("teachr.vit.depth=2", ["; did you mean 'teacher.vit.depth'? valid keys here"]),
+    ("teacher.zzz=2", ["unknown recipe key 'teacher.zzz' in --set; valid keys here"]),
     ("teacher.steps=many", ["must be int", "'many'"]),
     ("teacher.steps=0", ["teacher.steps must be positive"]),
     ("teacher.batch_size=-4", ["teacher.batch_size must be positive"]),
