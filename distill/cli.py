@@ -51,7 +51,9 @@ def _user_errors(command):
     except UserError as e:
       _fail(e)
     except KeyboardInterrupt as e:
-      click.secho("interrupted", err=True, fg="red")
+      # A second Ctrl-C, or one before the loop listens: this step is not saved.
+      click.secho("interrupted: nothing saved since the last checkpoint, if there was one; run "
+                  "the same command again to resume from it", err=True, fg="red")
       sys.exit(interrupts.exit_status(interrupts.interrupted_by(e)))
 
   return wrapper

@@ -295,3 +295,17 @@ def test_a_students_default_workdir_says_how_it_was_taught(overrides, name):
 
   recipe = config.load_recipe("digits", overrides)
   assert run_recipe.default_student_workdir(recipe) == Path("runs") / name
+
+
+def test_a_command_stopped_at_once_says_what_was_kept(monkeypatch):
+  """A second Ctrl-C stops a run without its checkpoint: the line says what a resume finds."""
+  from distill import workflow  # noqa: PLC0415
+
+  def stopped(*args, **kwargs):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(workflow, "train_teacher", stopped)
+  result = run_cli("teacher", "-r", "digits", "-w", "runs/never-written")
+  assert result.exit_code == 130
+  assert result.stderr.strip() == ("interrupted: nothing saved since the last checkpoint, if "
+                                   "there was one; run the same command again to resume from it")
