@@ -228,7 +228,7 @@ def _run_on_splits(teacher, dataset, batch_size: int, console: Console) -> dict[
           "test": teacher_logits(teacher, dataset.x_test, batch_size)}
 
 
-def _check_labels(logits: dict[str, np.ndarray], source: str) -> None:
+def _check_labels(logits: dict[str, np.ndarray], source: str, kind: str) -> None:
   """Refuses, before anything is written, labels no student should learn from.
 
   NaN or infinite logits would only surface later as a student's diverging
@@ -245,9 +245,13 @@ def _check_labels(logits: dict[str, np.ndarray], source: str) -> None:
                       "be finite")
   train = logits["train"]
   if (train >= 0).all() and np.allclose(train.sum(axis=-1), 1.0, atol=1e-3):
+    fix = {"keras": "the model ends in a softmax that is not its last layer's activation (which "
+                    "distill takes off): save it without that softmax, or export "
+                    "np.log(model.predict(x)) as a .npz of logits",
+           "callable": "return their log (jnp.log(probs)) or the scores before the softmax"}.get(
+               kind, "give their log (np.log(probs)) or the scores before the softmax")
     raise UserError(f"{source} gives probabilities (every row is at least 0 and sums to 1), "
-                    "not logits; give their log (np.log(probs)) or the scores before the "
-                    "softmax")
+                    f"not logits; {fix}")
 
 
 def _check_rows_in_order(logits: dict[str, np.ndarray], dataset, source: str) -> None:
@@ -469,7 +473,7 @@ def import_teacher(source: str, recipe: dict[str, Any], workdir: Path, *,
   # A logits file is checked against the data set here; a runnable teacher after the notes.
   logits = None if teacher.logits is None else _split_logits(teacher, dataset)
   if logits is not None:
-    _check_labels(logits, source)
+    _check_labels(logits, source, teacher.kind)
     _check_rows_in_order(logits, dataset, source)
   console.info(dataset.describe())
   console.info(f"teacher: {teacher.kind} from {source}"
@@ -480,7 +484,7 @@ def import_teacher(source: str, recipe: dict[str, Any], workdir: Path, *,
   batch = recipe["export"]["batch_size"]
   if logits is None:
     logits = _run_on_splits(teacher, dataset, batch, console)
-    _check_labels(logits, source)
+    _check_labels(logits, source, teacher.kind)
   # Labelled like a trained teacher's views (see `distill.export`), before anything is written.
   view_logits = None if not views else RunnableTeacher(teacher, dataset, workdir).view_logits(
       dataset.x_train, batch, num_views=views, seed=recipe["seed"],

@@ -277,6 +277,18 @@ def _probabilities_file(path, digits):
   return path
 
 
+def _keras_softmax_then_identity(path, digits):
+  """A Keras model whose softmax is followed by another layer, so distill cannot take it off."""
+  os.environ.setdefault("KERAS_BACKEND", "jax")
+  import keras  # noqa: PLC0415 (after choosing its backend)
+
+  inputs = keras.Input(digits.image_shape)
+  x = keras.layers.Dense(10)(keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs)))
+  outputs = keras.layers.Identity()(keras.layers.Activation("softmax")(x))
+  keras.Model(inputs, outputs).save(path)
+  return path
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda tmp, d: _logits_file(tmp / "l.npz", d, classes=5),
      "predicts 5 classes; digits has 10. Import a teacher trained on these classes\n"),
@@ -289,7 +301,13 @@ def _probabilities_file(path, digits):
      "(the first in row 0)"),
     (lambda tmp, d: _callable_module(tmp, "np.exp(scores) / np.exp(scores).sum(1, keepdims=True)"),
      "bad_teacher:logits gives probabilities (every row is at least 0 and sums to 1), not logits"),
-    (lambda tmp, d: _probabilities_file(tmp / "p.npz", d), "gives probabilities"),
+    (lambda tmp, d: _probabilities_file(tmp / "p.npz", d),
+     "gives probabilities (every row is at least 0 and sums to 1), not logits; give their log "
+     "(np.log(probs))"),
+    (lambda tmp, d: _keras_softmax_then_identity(tmp / "p.keras", d),
+     "p.keras gives probabilities (every row is at least 0 and sums to 1), not logits; the model "
+     "ends in a softmax that is not its last layer's activation (which distill takes off): save "
+     "it without that softmax"),
 ])
 def test_bad_sources_are_one_line_errors_that_write_nothing(tmp_path, digits, make, message,
                                                             monkeypatch):
