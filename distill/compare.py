@@ -24,7 +24,8 @@ COLUMNS = (
     ("model", "model"),
     ("loss", "loss"),
     # Only when the students learned from more than one teacher: whose student each is (the
-    # teacher's folder, as short as tells it from the others).
+    # teacher's folder, as short as tells it from the others); a hard-label baseline's is the
+    # teacher its agreement was measured against.
     ("teacher", "teacher"),
     # How a student was taught: runs that differ only here must not look alike.
     ("teaching", "teaching"),
@@ -39,6 +40,11 @@ COLUMNS = (
     ("params", "params"),
     # Only when some run had few labels (data.labelled): how many it learned from.
     ("labels_used", "labels"),
+    # Only when two runs of one role differ in them: runs alike but for their training steps,
+    # batch size or seed must not look alike (teachers and students differ in them by recipe).
+    ("steps", "steps"),
+    ("batch_size", "batch"),
+    ("seed", "seed"),
     ("test_accuracy", "test acc"),
     ("agreement_with_teacher", "agree"),
     ("test_nll", "test NLL"),
@@ -218,15 +224,23 @@ _TEACHING_KEYS = ("teacher", "teaching", "method", "method_options", "soft_loss"
 # The teacher column's value without the option: the one teacher that every student shares,
 # whichever it is.
 _SHARED = object()
+# A column's value without the option: the one every run of a role shares (its teachers' one,
+# its students' another).
+_SHARED_BY_ROLE = object()
 # Columns shown only when some run has a value in them other than the one every run would
 # have without the option (none; for the soft loss, soft cross-entropy; for the teacher, the
-# teacher of the first student; for the data set, the first run's).
+# teacher of the first student; for the data set, the first run's; for the steps, batch size
+# and seed, the first run's of the same role).
 _OPTIONAL_COLUMNS = {"labels_used": None, "mixup": None, "soft_loss": "soft_ce",
-                     "teacher": _SHARED, "dataset": _SHARED}
+                     "teacher": _SHARED, "dataset": _SHARED, "steps": _SHARED_BY_ROLE,
+                     "batch_size": _SHARED_BY_ROLE, "seed": _SHARED_BY_ROLE}
 
 
 def row_value(row: dict[str, Any], key: str) -> Any:
   """What the table shows of `row` under `key` (None: nothing to show)."""
+  if key == "teacher" and row.get("role") == "student":
+    # A hard-label baseline's too: its agreement is measured against that teacher.
+    return row.get(key)
   if key in _TEACHING_KEYS and (row.get("role") != "student" or row.get("loss") == "hard"):
     return None
   if key == "method" and row.get("method") is None and row.get("role") == "student":
@@ -239,8 +253,8 @@ def row_value(row: dict[str, Any], key: str) -> Any:
     return row[key] if key in row else "soft_ce"
   if key == "dataset":  # as `with_dataset_names` names it, where it has
     return row.get("dataset_name") or row.get(key)
-  if key == "train_seconds" and row.get("imported_from"):
-    return None  # trained elsewhere: its summary's 0 is no time of its training
+  if key in ("train_seconds", "steps", "batch_size", "seed") and row.get("imported_from"):
+    return None  # trained elsewhere: its summary's 0 s and 0 steps are none of its training
   return row.get(key)
 
 
@@ -253,6 +267,8 @@ def _cell(key: str, value: Any) -> str:
     return f"{value:,}" if value else "-"
   if key == "labels_used":
     return f"{value:,}" if value else "none"
+  if key in ("steps", "batch_size"):
+    return f"{value:,}"
   if key in ("test_accuracy", "agreement_with_teacher"):
     return f"{100 * value:.2f}%"
   if key in ("test_nll", "test_ece"):
@@ -285,7 +301,8 @@ def markdown_table(header: list[str], body: list[list[str]]) -> str:
 def shown_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
   """COLUMNS, less the labels column when every run had every label, the mixup column when
   no run mixed, the soft loss when every student used soft cross-entropy, the teacher when
-  every student learned from one, and the data set when every run used one (`rows` as
+  every student learned from (or was measured against) one, the data set when every run used
+  one, and the steps, batch size and seed when the runs of each role share theirs (`rows` as
   `with_teacher_names` and `with_dataset_names` give them)."""
   return [(key, title) for key, title in COLUMNS
           if key not in _OPTIONAL_COLUMNS or option_used(rows, key)]
@@ -294,18 +311,25 @@ def shown_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
 def option_used(rows: list[dict[str, Any]], key: str) -> bool:
   """Whether some run's value under the optional column `key` differs from the one every run
   would have without the option."""
-  values = [value for value in (row_value(row, key) for row in rows) if value is not None]
   default = _OPTIONAL_COLUMNS[key]
+  if default is _SHARED_BY_ROLE:
+    roles: dict[Any, set[Any]] = {}
+    for row in rows:
+      if row_value(row, key) is not None:
+        roles.setdefault(row.get("role"), set()).add(row_value(row, key))
+    return any(len(values) > 1 for values in roles.values())
+  values = [value for value in (row_value(row, key) for row in rows) if value is not None]
   if default is _SHARED:
     default = values[0] if values else None
   return any(value != default for value in values)
 
 
 def with_teacher_names(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """`rows`, each with `teacher`: the folder a student learned from (its teacher_dir), or a
-  teacher's own, named by the fewest trailing parts of its path that tell it from the others
-  among the rows (runs/teacher and runs/teacher-hybrid: teacher, teacher-hybrid), so that a
-  student's teacher reads as that teacher's folder does.
+  """`rows`, each with `teacher`: the folder a student learned from (its teacher_dir; a
+  hard-label baseline's, the teacher its agreement was measured against), or a teacher's own,
+  named by the fewest trailing parts of its path that tell it from the others among the rows
+  (runs/teacher and runs/teacher-hybrid: teacher, teacher-hybrid), so that a student's teacher
+  reads as that teacher's folder does.
 
   Rows without either (a summary from before teacher_dir was recorded) are left as they are.
   """
@@ -387,13 +411,13 @@ def compare_runs(run_dirs: list[Path], *, as_json: bool = False, markdown: bool 
   if as_json:
     # `teacher` as the table names it, `teacher_dir` as the student's summary recorded it
     # (a hard-label baseline's too: the teacher its agreement was measured against).
+    # `steps`, `batch_size` and `seed` whether or not the table shows them.
     # `dataset` as the run recorded it, `dataset_name` as the table names it; its fingerprint
     # and path tell data sets apart exactly.
     rows = with_dataset_names(with_teacher_names(rows))
     # `method_options` as the summary recorded them, the defaults too.
     keys = [key for key, _ in COLUMNS] + ["method_options", "dataset_name",
                                           "dataset_fingerprint", "data_dir",
-                                          "steps",
                                           "teacher_dir", "teacher_test_accuracy",
                                           "val_accuracy", "images_per_second", "cpu",
                                           "device_kind"]

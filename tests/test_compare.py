@@ -1,0 +1,85 @@
+"""`distill compare`: which columns tell the listed runs apart."""
+
+import json
+
+from conftest import TINY_FLAGS, copy_runs, run_cli
+
+from distill import compare, rundir
+
+
+def _edit_summary(run_dir, **changes):
+  path = run_dir / rundir.SUMMARY_FILE
+  path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def _markdown(run_dirs):
+  """compare's Markdown table: its header, and each run's cells by column title."""
+  header, _, *body = ([cell.strip() for cell in line.strip("|").split("|")]
+                      for line in compare.compare_runs(run_dirs, markdown=True).splitlines())
+  return header, {cells[0]: dict(zip(header, cells, strict=True)) for cells in body}
+
+
+def test_compare_shows_steps_batch_and_seed_only_where_runs_of_a_role_differ(tmp_path,
+                                                                             tiny_digits_runs):
+  runs = copy_runs(tiny_digits_runs, tmp_path, teacher="teacher", **{"teacher-300": "teacher"},
+                   student="student", **{"student-seed1": "student"})
+  _edit_summary(runs / "teacher-300", steps=300)
+  _edit_summary(runs / "student-seed1", seed=1)
+  teacher, teacher_300 = runs / "teacher", runs / "teacher-300"
+  student, student_seed1 = runs / "student", runs / "student-seed1"
+
+  # A teacher and its student differ by recipe (digits: 1,500 against 1,000 steps): the
+  # table stays as it was.
+  _edit_summary(student, steps=40, batch_size=16)
+  header, _ = _markdown([teacher, student])
+  assert header == ["run", "role", "model", "loss", "teaching", "method", "T", "alpha", "params",
+                    "test acc", "agree", "test NLL", "ECE", "train s"]
+  # Two teachers of 20 and 300 steps no longer look alike, and say which is which.
+  header, rows = _markdown([teacher, teacher_300, student])
+  assert "steps" in header and "seed" not in header and "batch" not in header, header
+  assert [rows[str(run)]["steps"] for run in (teacher, teacher_300, student)] == ["20", "300",
+                                                                                   "40"]
+  # Students differing only by seed: the seed tells them apart.
+  _edit_summary(student, steps=20, batch_size=32)
+  header, rows = _markdown([teacher, student, student_seed1])
+  assert "seed" in header and "steps" not in header, header
+  assert [rows[str(run)]["seed"] for run in (student, student_seed1)] == ["0", "1"]
+  _edit_summary(student_seed1, batch_size=1024)
+  header, rows = _markdown([student, student_seed1])
+  assert rows[str(student_seed1)]["batch"] == "1,024", header
+  # --json gives all three for every run, shown or not.
+  for row in json.loads(compare.compare_runs([teacher, student], as_json=True)):
+    assert (row["steps"], row["batch_size"], row["seed"]) == (20, 32, 0), row
+  # A teacher imported from elsewhere was not trained here: its summary's 0 steps are no
+  # difference from a trained teacher's.
+  imported = {"role": "teacher", "imported_from": "/models/vit", "steps": 0, "seed": 0}
+  assert compare.row_value(imported, "steps") is None
+  assert not compare.option_used([imported, {"role": "teacher", "steps": 20}], "steps")
+
+
+def test_compare_names_the_teacher_a_hard_label_students_agreement_is_against(
+    tmp_path, tiny_digits_runs):
+  runs = copy_runs(tiny_digits_runs, tmp_path, teacher="teacher", **{"teacher-b": "teacher"},
+                   soft="student", **{"soft-b": "student"})
+  _edit_summary(runs / "soft", teacher_dir=str(runs / "teacher"))
+  _edit_summary(runs / "soft-b", teacher_dir=str(runs / "teacher-b"))
+  hard = runs / "hard-b"
+  result = run_cli("student", "--teacher", runs / "teacher-b", "--loss", "hard", "--workdir",
+                   hard, "-q", *TINY_FLAGS)
+  assert result.exit_code == 0, result.output
+  every = [runs / "teacher", runs / "teacher-b", runs / "soft", runs / "soft-b", hard]
+  header, rows = _markdown(every)
+  assert "teacher" in header, header
+  assert {run: row["teacher"] for run, row in rows.items()} == {
+      str(runs / "teacher"): "-", str(runs / "teacher-b"): "-", str(runs / "soft"): "teacher",
+      str(runs / "soft-b"): "teacher-b", str(hard): "teacher-b"}
+  # It learned from the labels, and its row still says so.
+  assert (rows[str(hard)]["loss"], rows[str(hard)]["teaching"], rows[str(hard)]["method"]) == (
+      "hard", "-", "-")
+  as_json = {row["run"]: row for row in json.loads(compare.compare_runs(every, as_json=True))}
+  assert as_json[str(hard)]["teacher"] == "teacher-b"
+  # Beside another teacher's student alone, the hard student's agreement is against another
+  # teacher: the column says so.
+  header, rows = _markdown([runs / "teacher", runs / "soft", hard])
+  assert rows[str(hard)]["teacher"] == "teacher-b" and rows[str(runs / "soft")]["teacher"] == (
+      "teacher"), header
