@@ -88,7 +88,12 @@ class LineProgress:
     self._shown = tenth
     if self.hidden:
       return
-    extra = "".join(f", {key}={value}" for key, value in self.postfix.items())
+    values = dict(self.postfix)
+    # Numbers from a step of their own (a loop's log line, behind the count) say which.
+    step = values.pop("step", None)
+    extra = ", ".join(f"{key}={value}" for key, value in values.items())
+    if extra:
+      extra = f"; at step {step}: {extra}" if step is not None else f", {extra}"
     units = self.unit + ("es" if self.unit.endswith(("s", "h", "x")) else "s")
     click.echo(f"{self.desc}: {100 * self.n // self.total}% ({self.n} of {self.total} "
                f"{units}){extra}", err=True)

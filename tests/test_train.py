@@ -89,9 +89,9 @@ def test_fit_learns_and_logs(tmp_path, tiny_overrides, capsys, monkeypatch):
   # each line names the step its numbers are from.
   last = json.loads(lines[-1])
   bar = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train:")]
-  assert bar[-1] == (f"train: 100% (60 of 60 steps), step=60, loss={last['loss']:.4f}, "
+  assert bar[-1] == (f"train: 100% (60 of 60 steps); at step 60: loss={last['loss']:.4f}, "
                      f"accuracy={last['accuracy']:.4f}, val_accuracy={last['val_accuracy']:.4f}")
-  assert all("step=" in line for line in bar if "loss=" in line)
+  assert all("; at step " in line for line in bar if "loss=" in line)
 
 
 def test_a_teachers_wall_time_covers_its_export(tmp_path, tiny_overrides, monkeypatch):
