@@ -727,7 +727,9 @@ def export_model(run_dir, fmt, out, overwrite):
               metavar="FILES...",
               help="PNG/JPEG files (turned upright, converted to the model's channels, "
                    "scaled to cover its H x W and center-cropped, as image folders are for "
-                   "training), or .npy/.npz files of uint8 images [N, H, W, C]. Several may "
+                   "training), or .npy/.npz files of uint8 images [N, H, W, C]: an .npz's "
+                   "'images' (labels 'labels'), or an npz data set's 'x_test' (its held-out "
+                   "split), else 'x'; with labels, the accuracy is printed too. Several may "
                    "follow one --images.")
 @click.option("--top-k", "-k", type=int, default=3, show_default=True,
               help="Classes shown per image.")
@@ -749,6 +751,8 @@ def predict(source, more_images, images, top_k, as_json):
 
   result = predict_lib.predict(Path(source), [Path(p) for p in (*images, *more_images)],
                                top_k=top_k)
+  for note in predict_lib.input_notes(result):
+    click.echo(note, err=True)
   click.echo(json.dumps(result) if as_json else predict_lib.format_predictions(result))
 
 

@@ -9,6 +9,7 @@ and running an exported file are distill.model_export's.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,7 +18,14 @@ from typing import Any
 import numpy as np
 
 from distill import rundir
-from distill.data.checks import channels_first, channels_first_advice, uint8_hint
+from distill.data.checks import (
+    channels_first,
+    channels_first_advice,
+    checked_labels,
+    first_few,
+    uint8_hint,
+)
+from distill.data.formats import class_names_from_array
 from distill.errors import UserError, one_line
 from distill.io import read_json
 from distill.model_export import (
@@ -45,14 +53,20 @@ def predict(source: Path, image_paths: Sequence[Path], *, top_k: int = 3) -> dic
       orientation, converted to the model's channels, grayscale or RGB, and
       scaled to cover its H x W and center-cropped, as an image folder's
       training images are: `distill.data.stream.decode_image`), or
-      `.npy` / `.npz` files of uint8 images (the `.npz`'s `images` array, or its
-      only one) shaped [N, H, W, C] or [H, W, C] ([N, H, W] or [H, W] for one
-      channel), used as they are.
+      `.npy` / `.npz` files of uint8 images shaped [N, H, W, C] or [H, W, C]
+      ([N, H, W] or [H, W] for one channel), used as they are. An `.npz`'s
+      images are its `images` (labels: `labels`), else an npz data set's
+      held-out `x_test` (`y_test`), else its `x` (`y`) or keras' `x_train`
+      (`y_train`), else its only array; labels must be class indices of the
+      model (and its `class_names`, if it has them, the model's).
     top_k: classes per image (at most the number of classes).
 
   Returns:
     {"source", "format" (run, stablehlo or onnx), "model", "role",
-     "predictions": [{"image", "top": [{"class", "index", "probability"}]}]}.
+     "predictions": [{"image", "top": [{"class", "index", "probability"}],
+                      "label": {"class", "index"} (labelled images only)}],
+     "inputs": [{"file", "images", "labels", "not_read"}] (the keys read per .npz),
+     "accuracy": {"top1", "correct", "labelled", "unlabelled"}, or None without labels}.
   """
   if top_k < 1:
     raise UserError(f"--top-k must be at least 1, got {top_k}")
@@ -70,19 +84,38 @@ def predict(source: Path, image_paths: Sequence[Path], *, top_k: int = 3) -> dic
   else:
     raise UserError(f"{source} is not found; give a finished run's folder or an exported model "
                     "file")
-  names, images = load_images(image_paths, tuple(meta["image_shape"]))
-  logits = classify(images)
-  probabilities = _softmax(logits)
   class_names = meta["class_names"]
+  read = read_images(image_paths, tuple(meta["image_shape"]), class_names)
+  logits = classify(read.images)
+  probabilities = _softmax(logits)
   k = min(top_k, len(class_names))
   predictions = []
-  for name, probs in zip(names, probabilities, strict=True):
+  for name, probs, label in zip(read.names, probabilities, read.labels, strict=True):
     order = np.argsort(-probs, kind="stable")[:k]
-    predictions.append({"image": name, "top": [
+    prediction = {"image": name, "top": [
         {"class": class_names[i], "index": int(i), "probability": float(probs[i])}
-        for i in order]})
+        for i in order]}
+    if label >= 0:
+      prediction["label"] = {"class": class_names[label], "index": int(label)}
+    predictions.append(prediction)
   return {"source": str(source), "format": meta["format"], "model": meta["model"],
-          "role": meta["role"], "predictions": predictions}
+          "role": meta["role"], "predictions": predictions,
+          "inputs": [{key: value for key, value in entry.items() if key != "class_names"}
+                     for entry in read.inputs],
+          "accuracy": _accuracy(logits, read.labels)}
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any] | None:
+  """Top-1 accuracy on the labelled images (label -1: none), or None where none are."""
+  from distill.metrics import accuracy  # noqa: PLC0415
+
+  labelled = labels >= 0
+  if not labelled.any():
+    return None
+  correct = int(accuracy(np.asarray(logits)[labelled], labels[labelled], reduction="sum"))
+  count = int(labelled.sum())
+  return {"top1": correct / count, "correct": correct, "labelled": count,
+          "unlabelled": int(len(labels) - count)}
 
 
 def _is_model(path: Path) -> bool:
@@ -122,14 +155,38 @@ def predict_logits(source: Path, images: np.ndarray) -> np.ndarray:
 
 def format_predictions(result: dict[str, Any]) -> str:
   """`predict`'s result as text: one line per image, its top classes with probabilities,
-  e.g. 'digit.png: 0 17.14%, 8 14.51%' (`--json` keeps every digit)."""
+  e.g. 'digit.png: 0 17.14%, 8 14.51%' (`--json` keeps every digit); then the accuracy
+  where the files held labels, e.g. 'accuracy 91.50% (183 of 200) on test.npz's y_test'."""
   lines = []
   for prediction in result["predictions"]:
     # A percentage, so that a class named by a number (digits' "0") does not read as a score.
     top = ", ".join(f"{entry['class']} {100 * entry['probability']:.2f}%"
                     for entry in prediction["top"])
     lines.append(f"{prediction['image']}: {top}")
+  score = result.get("accuracy")
+  if score:
+    labels = ", ".join(f"{entry['file']}'s {entry['labels']}" for entry in result["inputs"]
+                       if entry["labels"])
+    unlabelled = (f"; {score['unlabelled']} image(s) without labels not counted"
+                  if score["unlabelled"] else "")
+    lines.append(f"accuracy {100 * score['top1']:.2f}% ({score['correct']} of "
+                 f"{score['labelled']}) on {labels}{unlabelled}")
   return "\n".join(lines)
+
+
+def input_notes(result: dict[str, Any]) -> list[str]:
+  """One line per .npz whose images `predict` chose among a data set's keys: which it read."""
+  notes = []
+  for entry in result["inputs"]:
+    if entry["images"] not in {images for images, _ in _NPZ_KEYS[1:]}:
+      continue  # 'images', or the file's only array: nothing was chosen.
+    labels = f"labels {entry['labels']!r}" if entry["labels"] else "no labels"
+    why = ("the held-out test split, never trained on" if entry["images"] == "x_test" else
+           "the file has no 'x_test'; a model trained on this file trained on most of them")
+    also = "".join(f"; not {key!r}" for key in entry["not_read"])
+    notes.append(f"{entry['file']}: predicting key {entry['images']!r} with {labels} "
+                 f"({why}{also})")
+  return notes
 
 
 def _run_classifier(run_dir: Path) -> tuple[Callable, dict[str, Any]]:
@@ -203,44 +260,120 @@ def load_images(paths: Sequence[Path],
   See `predict` for what is accepted. An array file of N images is named
   `FILE[i]` per image.
   """
-  names, batches = [], []
+  read = read_images(paths, image_shape)
+  return read.names, read.images
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadImages:
+  """Image files as the model's batch (`read_images`).
+
+  names: one per image (`FILE[i]` for an array file of several).
+  images: uint8 [N, H, W, C].
+  labels: int64 [N], the class index each .npz's labels give, -1 where a file has none.
+  inputs: per .npz, {"file", "images", "labels", "not_read"}: the keys read (labels None
+    where it has none) and the image keys it also holds that were not.
+  """
+  names: list[str]
+  images: np.ndarray
+  labels: np.ndarray
+  inputs: list[dict[str, Any]]
+
+
+def read_images(paths: Sequence[Path], image_shape: tuple[int, int, int],
+                class_names: Sequence[str] | None = None) -> ReadImages:
+  """Reads image files, and the labels an .npz holds (checked against the model's
+  `class_names`: the range of its labels, and its own class_names where it has them)."""
+  names, batches, labels, inputs = [], [], [], []
   for path in map(Path, paths):
     _check_image_file(path)
+    file_labels = None
     if path.suffix.lower() in _IMAGE_SUFFIXES_ARRAY:
-      images = _read_array_images(path, image_shape)
+      images, file_labels, read = _read_array_images(path, image_shape)
       names.extend([str(path)] if len(images) == 1 else
                    [f"{path}[{i}]" for i in range(len(images))])
+      if read is not None:
+        inputs.append(read)
+        if file_labels is not None:
+          file_labels = _checked_labels(path, read, file_labels, len(images), class_names)
     else:
       images = _read_picture(path, image_shape)[None]
       names.append(str(path))
     batches.append(images)
+    labels.append(np.full(len(images), -1, np.int64) if file_labels is None
+                  else file_labels.astype(np.int64))
   images = np.concatenate(batches)
   if len(images) == 0:
     raise UserError("the image files hold no images")
-  return names, images
+  return ReadImages(names, images, np.concatenate(labels), inputs)
 
 
-def _read_array_images(path: Path, image_shape: tuple[int, int, int]) -> np.ndarray:
-  """uint8 images from a .npy or .npz, reshaped to [N, H, W, C] when the shape allows."""
+def _checked_labels(path: Path, read: dict[str, Any], labels: np.ndarray, num_images: int,
+                    class_names: Sequence[str] | None) -> np.ndarray:
+  """An .npz's labels as the data set loader checks them: one integer per image, each a
+  class of the model; and its class_names (if any) the model's, so the scores mean something."""
+  own = read.get("class_names")
+  if own is not None and class_names is not None and list(own) != list(class_names):
+    raise UserError(f"{path}: key 'class_names' ({first_few(own, quoted=True)}) are not the "
+                    f"model's classes ({first_few(class_names, quoted=True)}), so its labels "
+                    f"{read['labels']!r} cannot score it; give labels of the model's classes")
+  return checked_labels(np.reshape(labels, -1) if np.ndim(labels) == 0 else labels,
+                        f"{path}: key {read['labels']!r}", num_images,
+                        f"key {read['images']!r}",
+                        None if class_names is None else len(class_names))
+
+
+# An .npz's images and their labels, in the order they are looked for: `images` (and
+# `labels`), then an npz data set's keys (`distill teacher --dataset npz`). Its held-out
+# split x_test comes before x: a model trained on the file never saw it.
+_NPZ_KEYS = (("images", "labels"), ("x_test", "y_test"), ("x", "y"), ("x_train", "y_train"))
+
+
+def _npz_arrays(path: Path, archive: np.lib.npyio.NpzFile) -> tuple[np.ndarray, Any, dict]:
+  """The images of an .npz, their labels (None if it has none) and what was read."""
+  keys = list(archive.files)
+  for image_key, label_key in _NPZ_KEYS:
+    if image_key in keys:
+      label_key = label_key if label_key in keys else None
+      break
+  else:
+    if len(keys) != 1:
+      raise UserError(f"{path} holds arrays {', '.join(keys) or '(none)'}; name the images "
+                      "'images' (and their labels 'labels'), or 'x_test' / 'x' as an npz data "
+                      "set does")
+    image_key, label_key = keys[0], None
+  labels = None if label_key is None else archive[label_key]
+  other = [key for key, _ in _NPZ_KEYS if key in keys and key != image_key]
+  read = {"file": str(path), "images": image_key, "labels": label_key, "not_read": other}
+  if labels is not None and "class_names" in keys:
+    read["class_names"] = class_names_from_array(archive["class_names"], str(path))
+  return archive[image_key], labels, read
+
+
+def _read_array_images(path: Path, image_shape: tuple[int, int, int]
+                       ) -> tuple[np.ndarray, Any, dict | None]:
+  """uint8 images from a .npy or .npz, reshaped to [N, H, W, C] when the shape allows; the
+  .npz's labels (None where it has none) and the keys read (None for a .npy)."""
+  labels = read = None
   try:
     with open(path, "rb") as f:
       loaded = np.load(f, allow_pickle=False)
       if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
-          keys = list(loaded.files)
-          if "images" in keys:
-            array = loaded["images"]
-          elif len(keys) == 1:
-            array = loaded[keys[0]]
-          else:
-            raise UserError(f"{path} holds arrays {', '.join(keys) or '(none)'}; name the "
-                            "images 'images'")
+          array, labels, read = _npz_arrays(path, loaded)
       else:
         array = loaded
   except UserError:
     raise
   except Exception as e:  # numpy and zipfile raise many types.
     raise UserError(f"cannot read {path} as a {path.suffix} array: {one_line(e)}") from None
+  if read is not None and read["images"] != "images":
+    path = f"{path}: key {read['images']!r}"  # Messages name the key read.
+  return _shaped(array, path, image_shape), labels, read
+
+
+def _shaped(array: np.ndarray, path: Any, image_shape: tuple[int, int, int]) -> np.ndarray:
+  """`array` (read from `path`) as the model's uint8 [N, H, W, C] images, or why not."""
   height, width, channels = image_shape
   shape = tuple(array.shape)
   # The advice an npz data set gets (`checked_images`), so a file fixed once fits both.

@@ -240,3 +240,85 @@ def test_array_files_get_the_numpy_fix_an_npz_data_set_gets(tmp_path):
     with pytest.raises(UserError, match=None) as error:
       load_images([tmp_path / name], shape)
     assert words in str(error.value) and name in str(error.value), error.value
+
+
+def _expected_accuracy(runs, dataset):
+  correct = int((jax_test_logits(runs / "student").argmax(-1) == dataset.y_test).sum())
+  return correct, len(dataset.y_test)
+
+
+def test_an_npz_data_set_file_is_predicted_as_it_is_with_its_accuracy(runs, exported, dataset,
+                                                                      tmp_path):
+  """The files `--dataset npz` trains on (x, y, optional x_test, y_test, class_names; keras'
+  x_train, y_train) are predicted without renaming: the held-out x_test where there is one,
+  scored on its labels, and a line on stderr says which key was read."""
+  x_test, y_test = dataset.x_test, dataset.y_test
+  correct, count = _expected_accuracy(runs, dataset)
+  files = {
+      # Grayscale as [N, H, W], as the npz data set takes it.
+      "xy.npz": ({"x": x_test[..., 0], "y": y_test}, "'x' with labels 'y'",
+                 "no 'x_test'; a model trained on this file trained on most of them"),
+      "split.npz": ({"x": dataset.x_train, "y": dataset.y_train, "x_test": x_test,
+                     "y_test": y_test, "class_names": np.array(dataset.class_names)},
+                    "'x_test' with labels 'y_test'", "held-out test split, never trained on; "
+                    "not 'x'"),
+      "keras.npz": ({"x_train": dataset.x_train, "y_train": dataset.y_train, "x_test": x_test,
+                     "y_test": y_test}, "'x_test' with labels 'y_test'", "not 'x_train'"),
+  }
+  for name, (arrays, key, why) in files.items():
+    np.savez(tmp_path / name, **arrays)
+    for source in (runs / "student", exported["stablehlo"]):
+      result = run_cli("predict", source, "--images", tmp_path / name, "-k", "1")
+      lines = _lines(result)
+      assert len(lines) == count + 1, lines[-3:]
+      assert lines[-1] == (f"accuracy {100 * correct / count:.2f}% ({correct} of {count}) on "
+                           f"{tmp_path / name}'s {key.rsplit(' ', 1)[1][1:-1]}"), lines[-1]
+      note = result.stderr.strip()
+      assert note.startswith(f"{tmp_path / name}: predicting key {key} (") and why in note
+      assert len(note.splitlines()) == 1, note
+  as_json = run_cli("predict", exported["stablehlo"], "--images", tmp_path / "split.npz", "--json")
+  result = json.loads(_lines(as_json)[0])
+  assert result["accuracy"] == {"top1": correct / count, "correct": correct, "labelled": count,
+                                "unlabelled": 0}
+  assert result["inputs"] == [{"file": str(tmp_path / "split.npz"), "images": "x_test",
+                               "labels": "y_test", "not_read": ["x"]}]
+  first = result["predictions"][0]
+  assert first["label"] == {"class": dataset.class_names[y_test[0]], "index": int(y_test[0])}
+
+
+def test_images_with_labels_beside_unlabelled_pictures_score_only_the_labelled(
+    exported, images, dataset):
+  labelled = images[2].with_name("labelled.npz")
+  np.savez(labelled, images=dataset.x_test[:4], labels=dataset.y_test[:4])
+  result = run_cli("predict", exported["stablehlo"], "--images", images[0], labelled)
+  lines = _lines(result)
+  assert len(lines) == 6 and result.stderr == ""  # 'images' is what it says: no note.
+  assert lines[-1].startswith("accuracy ") and lines[-1].endswith(
+      f"of 4) on {labelled}'s labels; 1 image(s) without labels not counted"), lines[-1]
+  # Without labels, no accuracy line and none in the JSON.
+  result = json.loads(_lines(run_cli("predict", exported["stablehlo"], "--images", *images,
+                                     "--json"))[0])
+  assert result["accuracy"] is None
+  assert all("label" not in prediction for prediction in result["predictions"])
+
+
+def test_labels_that_cannot_score_the_model_are_one_line_errors(exported, dataset, tmp_path):
+  x, y = dataset.x_test[:3], dataset.y_test[:3]
+  names = np.array(dataset.class_names)
+  cases = {
+      "short.npz": ({"images": x, "labels": y[:2]},
+                    ("short.npz: key 'labels' has 2 labels but key 'images' has 3 images",)),
+      "range.npz": ({"x_test": x, "y_test": np.array([0, 1, len(names)]), "x": x, "y": y},
+                    ("range.npz: key 'y_test' has label 10", "outside [0, 10)")),
+      "floats.npz": ({"x": x, "y": y.astype(np.float32)}, ("key 'y' must hold integer labels",)),
+      "names.npz": ({"x": x, "y": y, "class_names": names[::-1]},
+                    ("names.npz: key 'class_names' ('9', '8'", "are not the model's classes "
+                     "('0', '1'", "labels 'y' cannot score it")),
+      "other.npz": ({"a": x, "b": y}, ("holds arrays a, b", "'images'", "'x_test'")),
+      "floaty.npz": ({"x_test": x.astype(np.float32), "y_test": y},
+                     ("floaty.npz: key 'x_test' must hold uint8 images",)),
+  }
+  for name, (arrays, words) in cases.items():
+    np.savez(tmp_path / name, **arrays)
+    one_line_error(run_cli("predict", exported["stablehlo"], "--images", tmp_path / name),
+                   *words)
