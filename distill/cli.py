@@ -534,9 +534,12 @@ def compare(run_dirs, as_json, markdown):
   share of test images where the run's top class is its teacher's; test NLL
   the mean negative log-likelihood; ECE the expected calibration error (0 to
   1, 15 confidence bins); train s the training seconds, compilation excluded.
-  Shown only where runs differ in them: dataset, teacher, soft loss (soft_ce
-  or KL), mixup (images mixed with a Beta(m, m) weight) and labels (how many
-  labelled images a run learnt from, data.labelled).
+  Shown only where runs differ in them: dataset, teacher (whose student a run
+  is; a hard-label student's is the teacher its agree is measured against),
+  soft loss (soft_ce or KL), mixup (images mixed with a Beta(m, m) weight),
+  labels (how many labelled images a run learnt from, data.labelled), and
+  steps, batch (the batch size) and seed where two teachers or two students
+  differ in them.
   """
   from distill.compare import compare_runs  # noqa: PLC0415
 

@@ -300,7 +300,8 @@ def _write_summary(run_dir, **summary):
 
 def test_compare_names_each_students_teacher_when_they_have_several(tmp_path):
   """Students of two teachers side by side: a teacher column names each one's teacher folder,
-  empty for teachers and hard-label baselines; students of one teacher need no such column."""
+  empty for teachers (a hard-label baseline's: the teacher its agreement is measured against);
+  students of one teacher need no such column."""
   runs = tmp_path / "runs"
   kd = {"role": "student", "model": "cnn", "loss": "soft", "teaching": "targets", "method": "kd",
         "temperature": 2.0, "alpha": 1.0, "params": 1922}
@@ -320,16 +321,16 @@ def test_compare_names_each_students_teacher_when_they_have_several(tmp_path):
   assert header[:5] == ["run", "role", "model", "loss", "teacher"], header
   assert {row[0]: row[4] for row in body} == {
       str(teacher): "-", str(hybrid): "-", str(runs / "cnn"): "teacher",
-      str(runs / "cnn-hybrid"): "teacher-hybrid", str(runs / "cnn-hard"): "-"}
+      str(runs / "cnn-hybrid"): "teacher-hybrid", str(runs / "cnn-hard"): "teacher"}
   assert "teacher-hybrid" in compare_lib.compare_runs([teacher, hybrid, *students])
   as_json = {row["run"]: row for row in json.loads(
       compare_lib.compare_runs([teacher, hybrid, *students], as_json=True))}
   assert as_json[str(runs / "cnn-hybrid")]["teacher"] == "teacher-hybrid"
   assert as_json[str(runs / "cnn-hybrid")]["teacher_dir"] == str(hybrid)
-  assert as_json[str(runs / "cnn-hard")]["teacher"] is None
+  assert as_json[str(runs / "cnn-hard")]["teacher"] == "teacher"
   assert as_json[str(runs / "cnn-hard")]["teacher_dir"] == str(teacher)
   assert as_json[str(teacher)]["teacher"] is None
-  # One teacher (the hard baseline's is no teacher it learned from): no column.
+  # One teacher (the hard baseline's agreement is measured against it too): no column.
   one = compare_lib.compare_runs([teacher, students[0], students[2]], markdown=True)
   assert "teacher" not in one.splitlines()[0].split("|")[2:]
   assert json.loads(compare_lib.compare_runs([students[0]], as_json=True))[0]["teacher"] == (
