@@ -296,6 +296,9 @@ def _keras_softmax_then_identity(path, digits):
     (lambda tmp, d: (tmp / "empty").mkdir() or tmp / "empty", "config.json"),
     (lambda tmp, d: "no_such_module_here:fn", "no_such_module_here"),
     (lambda tmp, d: tmp / "missing.keras", "does not exist"),
+    (lambda tmp, d: (tmp / "old.h5").write_bytes(b"") or tmp / "old.h5",
+     "old.h5 is a Keras 2 (HDF5) model: load it with keras.models.load_model and save it as "
+     ".keras"),
     (lambda tmp, d: _callable_module(tmp, "np.where(np.arange(10) == 3, np.nan, scores)"),
      "bad_teacher:logits gives 1,288 logits that are NaN or infinite for the train images "
      "(the first in row 0)"),

@@ -72,6 +72,14 @@ def source_kind(source: str) -> str:
     return "logits"
   if ":" in source and not path.exists():
     return "callable"
+  # Files a user may hold their model in, and the step to one distill reads.
+  hdf5 = "a Keras 2 (HDF5) model: load it with keras.models.load_model and save it as .keras"
+  torch = "a PyTorch file: save its logits as a .npz (train_logits, test_logits)"
+  resave = {".h5": hdf5, ".hdf5": hdf5, ".pt": torch, ".pth": torch,
+            ".npy": "one array: save the logits as a .npz with train_logits and test_logits",
+            ".safetensors": "a weights file: give the folder holding it with its config.json"}
+  if path.exists() and path.suffix.lower() in resave:
+    raise UserError(f"{source} is {resave[path.suffix.lower()]}")
   if path.exists():
     raise UserError(f"{source} is not a teacher distill can import: give a folder with "
                     "config.json and model.safetensors (timm or transformers ViT), a .keras "
