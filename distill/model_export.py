@@ -84,13 +84,13 @@ def export_model(run_dir: Path, fmt: str | None, out: Path, *, overwrite: bool =
   Returns:
     The sidecar's content.
   """
-  out = Path(out)
+  out, run_dir = Path(out), Path(run_dir)
   fmt = export_format(fmt, out)
+  # The run first: an unfinished one is no model to write, whatever --overwrite says.
+  summary = finished_summary(run_dir)
   _check_out(out, overwrite)
   if fmt == "onnx":
     _onnx_modules()  # Fails before the slow restore when the extra is missing.
-  run_dir = Path(run_dir)
-  summary = finished_summary(run_dir)
   trained, step, dataset, recipe = restore(
       run_dir, summary, needs_data="to check the export against JAX on its test images: put "
       "the data back where its recipe.json says (`distill predict` needs no data)")

@@ -114,6 +114,9 @@ def test_bad_inputs_are_one_line_and_write_nothing(runs, exported, images, tmp_p
   model = exported["stablehlo"]
   one_line_error(run_cli("export-model", unfinished, "--out", out),
                   "an unfinished run (no summary.json)", "re-run its command")
+  # The run is what is wrong, not an --out already there: said first, whatever --overwrite says.
+  one_line_error(run_cli("export-model", unfinished, "--out", model),
+                  "an unfinished run (no summary.json)")
   one_line_error(run_cli("export-model", short, "--format", "stablehlo", "--out", out),
                   "stopped at step 20 of 30")
   one_line_error(run_cli("export-model", plain, "--format", "stablehlo", "--out", out),
