@@ -56,7 +56,9 @@ def training_curves_figure(records: list[dict[str, Any]], *, title: str,
   plt = _pyplot()
   fig, (loss_ax, val_ax, acc_ax) = plt.subplots(1, 3, figsize=(14, 3.6))
   steps = [r["step"] for r in records]
-  loss_ax.plot(steps, [r["loss"] for r in records], label="batch mean")
+  # A line through one point draws nothing: a short run's one log line gets a marker.
+  marker = "o" if len(steps) == 1 else None
+  loss_ax.plot(steps, [r["loss"] for r in records], marker=marker, label="batch mean")
   if init_loss_expected is not None:  # None: not checked (a pretrained head)
     loss_ax.axhline(init_loss_expected, color="gray", ls="--", lw=1,
                     label=f"expected at step 0: {init_loss_expected:.3f}")
@@ -75,12 +77,15 @@ def training_curves_figure(records: list[dict[str, Any]], *, title: str,
   val_ax.set(xlabel="step", ylabel="validation cross-entropy (hard labels)",
              title="validation loss")
   val_ax.legend(fontsize=8)
-  acc_ax.plot(steps, [r["accuracy"] for r in records], label="train (batches seen)")
+  acc_ax.plot(steps, [r["accuracy"] for r in records], marker=marker,
+              label="train (batches seen)")
   if val:
     acc_ax.plot([r["step"] for r in val], [r["val_accuracy"] for r in val], "o-",
                 label="validation")
   acc_ax.set(xlabel="step", ylabel="accuracy", title="accuracy", ylim=(0, 1))
   acc_ax.legend(fontsize=8)
+  for ax in (loss_ax, val_ax, acc_ax):  # steps are whole: no 19.25 on a short run's axis
+    ax.xaxis.set_major_locator(_matplotlib_ticker().MaxNLocator(integer=True))
   fig.suptitle(title)
   fig.tight_layout()
   return fig

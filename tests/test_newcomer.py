@@ -119,6 +119,18 @@ def test_loss_figure_labels_the_objective_and_gives_validation_its_own_axis():
   assert objective_label({"role": "teacher"}) == "train loss (cross-entropy, hard labels)"
 
 
+def test_a_run_of_one_log_line_draws_its_point_on_whole_steps():
+  """A 20-step run logs once: its curves are single points, which a bare line does not draw."""
+  records = [{"step": 20, "loss": 2.22, "accuracy": 0.575, "val_loss": 2.1, "val_accuracy": 0.6}]
+  figure = plots.training_curves_figure(records, title="s", init_loss=2.3, num_classes=10)
+  figure.canvas.draw()
+  train_axis, _, accuracy_axis = figure.axes
+  for axis, label in ((train_axis, "batch mean"), (accuracy_axis, "train (batches seen)")):
+    line = next(line for line in axis.get_lines() if line.get_label() == label)
+    assert line.get_marker() not in (None, "None", "", " "), label
+    assert all(float(tick).is_integer() for tick in axis.get_xticks()), axis.get_xticks()
+
+
 def test_readme_lists_every_file_a_run_writes():
   readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
   table = readme.split("## The run directory", 1)[1].split("\n## ", 1)[0]
