@@ -46,7 +46,7 @@ def aggregate(runs: list[dict[str, Any]], teacher: dict[str, Any]) -> list[dict[
     `train_seconds_mean`, `gap_closed`: (mean accuracy - the same model's hard
     mean) / (teacher accuracy - that hard mean), None for the hard rows
     themselves, without a hard baseline for the model, or when the baseline
-    already matches the teacher (no gap to close); and `paired` (see
+    comes within its seed spread of the teacher (no gap to measure); and `paired` (see
     `paired_rows`, empty for the teacher and the hard rows).
   """
   teacher_acc = float(teacher["test_accuracy"])
@@ -85,7 +85,8 @@ def aggregate(runs: list[dict[str, Any]], teacher: dict[str, Any]) -> list[dict[
   hard = _hard_means(rows)
   for row in rows[1:]:
     baseline = hard.get(row["model"])
-    if row["mode"] != "hard" and baseline is not None and teacher_acc > baseline:
+    if row["mode"] != "hard" and baseline is not None and _measurable_gap(
+        teacher_acc, baseline, _hard_spread(rows, row["model"])):
       row["gap_closed"] = (row["test_accuracy_mean"] - baseline) / (teacher_acc - baseline)
   for row in rows[1:]:
     row["paired"] = paired_rows(row, rows[1:])
@@ -95,6 +96,19 @@ def aggregate(runs: list[dict[str, Any]], teacher: dict[str, Any]) -> list[dict[
 def _hard_means(rows: list[dict[str, Any]]) -> dict[str, float]:
   """{model: its mean test accuracy on hard labels}: the baseline each gap is measured from."""
   return {row["model"]: row["test_accuracy_mean"] for row in rows[1:] if row["mode"] == "hard"}
+
+
+def _hard_spread(rows: list[dict[str, Any]], model: str) -> float:
+  """The sample std over seeds of `model`'s hard-label accuracy (0 for one seed or none)."""
+  return next((row["test_accuracy_std"] or 0.0 for row in rows[1:]
+               if row["model"] == model and row["mode"] == "hard"), 0.0)
+
+
+def _measurable_gap(teacher: float, baseline: float, spread: float) -> bool:
+  """Whether the teacher is further above the hard-label baseline than the baseline's own seed
+  spread: a gap within it (a fraction of a test image, on digits) makes any share of it
+  closed a large number that means nothing (200%, -50%)."""
+  return teacher - baseline > spread
 
 
 def paired_rows(row: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -230,13 +244,19 @@ def gap_note(rows: list[dict[str, Any]]) -> str | None:
   hard = _hard_means(rows)
   empty = list(dict.fromkeys(row["model"] for row in rows[1:]
                              if row["mode"] != "hard" and row["gap_closed"] is None))
-  reached = [model for model in empty if model in hard]
+  reached = [model for model in empty if model in hard and hard[model] >= teacher]
+  close = [model for model in empty if model in hard and hard[model] < teacher]
   missing = [model for model in empty if model not in hard]
   reasons = []
   if reached:
     models = " and ".join(f"{model} ({_pct(hard[model])}%)" for model in reached)
     reasons.append(f"{models} on hard labels already reach{'es' if len(reached) == 1 else ''} "
                    f"the teacher ({_pct(teacher)}%), so there is no gap to close")
+  if close:
+    models = " and ".join(f"{model} ({_pct(hard[model])} ± {_pct(_hard_spread(rows, model))}%)"
+                          for model in close)
+    reasons.append(f"the teacher ({_pct(teacher)}%) is within the seed spread of {models} on "
+                   "hard labels, too small a gap to measure a share of")
   if missing:
     reasons.append(f"{' and '.join(missing)} ha{'s' if len(missing) == 1 else 've'} no hard-label "
                    "run to measure it from (add --mode hard)")
@@ -309,7 +329,7 @@ def sweep_markdown(table: str, paired: str, teacher_dir: Path | str, seeds: list
   note = ("Test accuracy is the mean ± sample std over seeds, agreement is top-1 agreement with "
           "the teacher on the test set, gap closed = (mean acc - the same model's hard mean) / "
           "(teacher acc - that hard mean), '-' where the model has no hard run here or its hard "
-          "mean already reaches the teacher.")
+          "mean comes within its seed spread (sample std) of the teacher.")
   parts = [header, table, note]
   if paired:
     parts += ["## Paired differences",

@@ -300,6 +300,14 @@ def test_an_empty_gap_closed_says_why_under_the_table():
                        "teacher (64.00%), so there is no gap to close."]
   assert ("cnn (72.00%) on hard labels already reaches the teacher (64.00%)"
           in report._sweep_section(Path("runs/sweep"), {"rows": rows}))
+  # A teacher within the baseline's seed spread: a share of that gap would read 200% or -50%.
+  close = aggregate(_fake("cnn", "hard", [0.9833, 0.9805]) + _fake("cnn", "targets",
+                                                                   [0.9861, 0.9861]),
+                    {"model": "vit", "params": 1000, "test_accuracy": 0.9833})
+  assert close[-1]["gap_closed"] is None
+  assert gap_note(close) == ("gap closed is '-': the teacher (98.33%) is within the seed spread "
+                             "of cnn (98.19 ± 0.20%) on hard labels, too small a gap to measure "
+                             "a share of.")
   no_hard = aggregate(_fake("cnn", "hard", [0.73]) + _fake("cnn", "targets", [0.46])
                       + _fake("mlp", "targets", [0.5]), teacher)
   assert gap_note(no_hard).endswith(
