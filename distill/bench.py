@@ -16,6 +16,7 @@ import dataclasses
 import resource
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack, closing
 from functools import partial
 from pathlib import Path
@@ -63,6 +64,7 @@ class _BareStep:
   steps: int
   compile_seconds: float
   images_per_second: float
+  seconds: float  # of the timed steps, compilation and the warm-up dispatch excluded
   params: Any
   predict: Any
   flops_per_step: float | None = None
@@ -71,7 +73,8 @@ class _BareStep:
 
 def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int | None = None,
                   bare_steps: int | None = None, synthetic: str | None = None,
-                  quiet: bool = True, count_flops: bool = False) -> dict[str, Any]:
+                  quiet: bool = True, count_flops: bool = False,
+                  note: Callable[[str], None] | None = None) -> dict[str, Any]:
   """Measures training and export throughput for `role`'s model in `recipe`.
 
   Args:
@@ -83,7 +86,9 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int |
       in a real run rather than being paid once over a few hundred steps.
     bare_steps: steps for the bare-step timing. Default: `steps`, so both
       timings span about as long and a machine whose speed drifts over
-      minutes (a shared VM) biases neither.
+      minutes (a shared VM) biases neither. The bare step runs whole
+      dispatches, so this is rounded down to a multiple of the steps per
+      dispatch (at least one dispatch); `note` is told when it is.
     synthetic: 'HxWxC:N:CLASSES' to time on random data of that shape instead of
       loading the recipe's data set (e.g. '32x32x3:50000:10' for CIFAR-10).
     quiet: hide progress bars.
@@ -91,23 +96,34 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int |
       FLOP count of it (`flops_per_step`, forward + backward + update, before
       XLA's optimisations) and the FLOP/s the bare step reached
       (`bare_step_flops_per_second`). Off by default: it costs one more trace.
+    note: called with a line for the user (the bare steps rounded); None: no notes.
 
   Returns:
-    A flat dict: bare_step_images_per_second, loop_images_per_second,
-    loop_to_bare_ratio, export_images_per_second, export_to_train_ratio,
-    compile_seconds, peak_rss_mb, the settings measured and the backend's
-    choices (`distill.backend`).
+    A flat dict: bare_step_images_per_second, bare_seconds,
+    loop_images_per_second, loop_seconds, loop_to_bare_ratio,
+    export_images_per_second, export_to_train_ratio, compile_seconds,
+    loop_compile_seconds, peak_rss_mb, the settings measured and the
+    backend's choices (`distill.backend`); `distill bench --help` says what
+    each means.
   """
   import jax  # noqa: PLC0415
 
   settings = config_lib.TrainSettings.of(recipe, role)
   if steps is None:
     steps = min(settings.steps, max(settings.eval_every, settings.checkpoint_every))
+  bare_steps_given = bare_steps is not None
   if bare_steps is None:
     bare_steps = steps
   for flag, value in (("--steps", steps), ("--bare-steps", bare_steps)):
     if value <= 0:
       raise UserError(f"{flag} must be positive, got {value}")
+  per_dispatch = backend.steps_per_dispatch(settings.steps_per_dispatch)
+  timed = _whole_dispatches(bare_steps, per_dispatch)
+  if note is not None and timed != bare_steps:
+    asked = (f"--bare-steps {bare_steps}" if bare_steps_given
+             else f"the bare step (as many steps as the loop's {bare_steps})")
+    note(f"note: {asked} is timed as {timed} steps: the bare step runs whole dispatches of "
+         f"{per_dispatch} steps")
   data = _resolve_data(recipe, synthetic)
   training = _training(recipe, role, data, settings, steps)
 
@@ -133,9 +149,11 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int |
       "dataset": data.name,
       "image_shape": list(data.image_shape),
       "batch_size": settings.batch_size,
-      "steps_per_dispatch": backend.steps_per_dispatch(settings.steps_per_dispatch),
+      "steps_per_dispatch": per_dispatch,
       "bare_steps": bare.steps,
       "loop_steps": steps,
+      "bare_seconds": round(bare.seconds, 3),
+      "loop_seconds": round(stats.train_seconds, 3),
       "bare_step_images_per_second": round(bare.images_per_second, 1),
       "loop_images_per_second": round(stats.images_per_second, 1),
       "loop_to_bare_ratio": round(stats.images_per_second / bare.images_per_second, 3),
@@ -153,6 +171,32 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int |
       "backend_choices": backend.choices().as_dict(),
       "huge_pages": huge_pages_in_use(),
   }
+
+
+def format_report(result: dict[str, Any]) -> str:
+  """`run_benchmark`'s dict as `distill bench` prints it: one `key: value` a line.
+
+  A dict value (backend_choices) gives a line per entry, its key after the
+  parent's and a dot; one nested deeper reads `key=value, ...`.
+  """
+  def text(value: Any) -> str:
+    if isinstance(value, dict):
+      return ", ".join(f"{key}={item}" for key, item in value.items()) or "none"
+    return str(value)
+
+  rows = []
+  for key, value in result.items():
+    if isinstance(value, dict):
+      rows += [(f"{key}.{inner}", text(item)) for inner, item in value.items()]
+    else:
+      rows.append((key, text(value)))
+  width = max(len(key) for key, _ in rows)
+  return "\n".join(f"{key:>{width}}: {value}" for key, value in rows)
+
+
+def _whole_dispatches(steps: int, per_dispatch: int) -> int:
+  """The steps the bare step times for `steps` asked: whole dispatches, at least one."""
+  return max(1, steps // per_dispatch) * per_dispatch
 
 
 def _resolve_data(recipe: dict[str, Any], synthetic: str | None) -> _BenchData:
@@ -259,13 +303,15 @@ class CompiledStep:
   steps_per_dispatch: int
   batch_size: int
 
+  seconds: float = 0.0  # the last `time_rows` call's
+
   @property
   def steps(self) -> int:
     """How many steps one `time_rows` call runs."""
     return (len(self.rows) - 1) * self.steps_per_dispatch
 
   def time_rows(self) -> float:
-    """Runs `rows[1:]` and waits for them; returns images per second."""
+    """Runs `rows[1:]` and waits for them; returns images per second (`seconds`: how long)."""
     import jax  # noqa: PLC0415
 
     state, metrics = self.state, None
@@ -273,8 +319,9 @@ class CompiledStep:
     for chunk in self.rows[1:]:
       state, metrics = self.setup.run_chunk(self.compiled, state, chunk)
     jax.block_until_ready((state, metrics))
+    self.seconds = time.perf_counter() - start
     self.state = state
-    return self.steps * self.batch_size / (time.perf_counter() - start)
+    return self.steps * self.batch_size / self.seconds
 
 
 def compiled_step(recipe: dict[str, Any], *, role: str, steps: int,
@@ -299,7 +346,7 @@ def _compile_step(model, data: _BenchData, *, bare_steps: int, objective, teachi
   from distill.step import prepare_training  # noqa: PLC0415
 
   per_dispatch = backend.steps_per_dispatch(settings.steps_per_dispatch)
-  dispatches = max(1, bare_steps // per_dispatch)
+  dispatches = _whole_dispatches(bare_steps, per_dispatch) // per_dispatch
   setup = prepare_training(
       model=model, images=data.images, labels=data.labels, objective=objective,
       teaching=teaching, settings=settings, augment_settings=augment_settings, seed=seed)
@@ -336,7 +383,7 @@ def _time_bare_step(model, data: _BenchData, *, bare_steps: int, objective, teac
   # The rows, state and setup go with this frame: only the parameters outlive it.
   return _BareStep(num_params=num_params, steps=step.steps,
                    compile_seconds=step.compile_seconds, images_per_second=images_per_second,
-                   params=step.state["params"], predict=step.setup.predict,
+                   seconds=step.seconds, params=step.state["params"], predict=step.setup.predict,
                    flops_per_step=step.flops_per_step,
                    hlo_text=step.compiled.as_text() if keep_hlo else None)
 

@@ -581,7 +581,10 @@ def report(run_dirs, out, quiet):
                    "checkpoint_every), so the loop pays for them as often as a real run does.")
 @click.option("--bare-steps", type=int, default=None,
               help="Optimizer steps timed for the bare jitted step. Default: as many as the loop, "
-                   "so machine speed drifting over minutes biases neither.")
+                   "so machine speed drifting over minutes biases neither. The bare step runs "
+                   "whole dispatches, so this is rounded down to a multiple of the steps per "
+                   "dispatch (steps_per_dispatch in the output; at least one dispatch), with a "
+                   "note on stderr.")
 @click.option("--synthetic", default=None, metavar="HxWxC:N:CLASSES",
               help="Time on random data of this shape instead of the recipe's data set, "
                    "e.g. 32x32x3:50000:10 for CIFAR-10 where it cannot be downloaded.")
@@ -591,22 +594,47 @@ def report(run_dirs, out, quiet):
 def bench(recipe, overrides, role, batch_size, steps, bare_steps, synthetic, as_json, quiet):
   """Measure training and export throughput, compile time and peak memory.
 
-  Prints images/s of the bare jitted step, of the real training loop (sampling,
-  augmentation, logging, validation and checkpoints at the recipe's cadence),
-  and of soft-target export, plus compile seconds and peak RSS.
+  Times one model three ways: the bare jitted step (the compiled multi-step
+  function called back to back on batches made in advance: the ceiling), the
+  real training loop (sampling, augmentation, logging, validation and
+  checkpoints at the recipe's cadence) and export (the forward pass over the
+  training images at export.batch_size). What it prints (--json: the same
+  keys on one line; seconds exclude compilation):
+
+  \b
+    bare_step_images_per_second  bare_steps x batch_size / bare_seconds
+    bare_steps, bare_seconds     the bare step's steps (whole dispatches of
+                                 steps_per_dispatch) and their seconds
+    loop_images_per_second       loop_steps x batch_size / loop_seconds
+    loop_steps, loop_seconds     the real loop's steps and seconds, its
+                                 validations and checkpoints included
+    loop_to_bare_ratio           loop over bare step img/s ("loop/bare")
+    export_images_per_second     export's img/s over every training image
+    export_to_train_ratio        export over bare step img/s ("export/bare")
+    compile_seconds              compiling the bare step's one program
+    loop_compile_seconds         the loop's compiles: a step program for each
+                                 dispatch length it runs (a dispatch ends at
+                                 every log, validation and checkpoint step:
+                                 10 a dispatch logged every 25 steps runs 10
+                                 and 5), the validation program and the
+                                 learning rates; often 2-3x compile_seconds
+    peak_rss_mb                  the process's peak resident memory
+
+  The rest say what was measured: recipe, role, model, compute_dtype, params,
+  dataset, image_shape, batch_size, steps_per_dispatch; and where: backend,
+  device_kind, devices, cpu, jax_version, backend_choices (what
+  distill.backend picked for this backend) and huge_pages (whether the
+  process runs with glibc's huge pages).
   """
   from distill import bench as bench_lib  # noqa: PLC0415
 
   resolved = config_lib.load_recipe(recipe, config_lib.with_flags(
       overrides, {"--batch-size": (f"{role}.batch_size", batch_size)}))
   result = bench_lib.run_benchmark(resolved, role=role, steps=steps, bare_steps=bare_steps,
-                                   synthetic=synthetic, quiet=quiet)
+                                   synthetic=synthetic, quiet=quiet,
+                                   note=lambda line: click.echo(line, err=True))
   result["recipe"] = recipe
-  if as_json:
-    click.echo(json.dumps(result))
-  else:
-    for key, value in result.items():
-      click.echo(f"{key:>30}: {value}")
+  click.echo(json.dumps(result) if as_json else bench_lib.format_report(result))
 
 
 @main.command(short_help="Train students over models, modes and seeds; pair them.")

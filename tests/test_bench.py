@@ -18,7 +18,8 @@ def _bench(*args):
   result = run_cli("bench", "--recipe", "digits", *TINY_FLAGS, "--bare-steps", 10, "--json",
                    "-q", *args)
   assert result.exit_code == 0, result.output
-  return json.loads(result.output.strip().splitlines()[-1])
+  assert "note:" not in result.stderr  # 10 steps are two whole dispatches of 5
+  return json.loads(result.stdout)
 
 
 @pytest.mark.parametrize("role", ["teacher", "student"])
@@ -38,6 +39,41 @@ def test_bench_reports_every_measure_and_its_settings(role):
   assert report["model"] == ("vit" if role == "teacher" else "cnn")
   # By default the loop runs one eval/checkpoint period (TINY: both every 10 steps).
   assert report["loop_steps"] == 10
+  # Each rate is its steps' images over its seconds (compilation excluded), rounded.
+  for prefix, rate in (("bare", "bare_step"), ("loop", "loop")):
+    images = report[f"{prefix}_steps"] * report["batch_size"]
+    assert report[f"{prefix}_seconds"] > 0
+    assert report[f"{rate}_images_per_second"] == pytest.approx(
+        images / report[f"{prefix}_seconds"], rel=0.02, abs=0.1)
+  assert report["loop_compile_seconds"] > 0
+
+
+def test_bench_text_notes_rounded_bare_steps_and_prints_choices_readably():
+  """--bare-steps 7 is timed as one dispatch of 5, and stderr says so; the text output has
+  one line a backend choice, not a dict's repr."""
+  result = run_cli("bench", "--recipe", "digits", *TINY_FLAGS, "--bare-steps", 7, "-q")
+  assert result.exit_code == 0, result.output
+  assert ("note: --bare-steps 7 is timed as 5 steps: the bare step runs whole dispatches of 5 "
+          "steps") in result.stderr
+  lines = result.stdout.splitlines()
+  assert any(line.split(":")[0].strip() == "bare_steps" and line.endswith(": 5")
+             for line in lines)
+  choices = [line.strip() for line in lines if line.strip().startswith("backend_choices.")]
+  assert f"backend_choices.conv_stem: {backend.choices().conv_stem}" in choices
+  assert "{" not in result.stdout and "'" not in result.stdout
+
+
+def test_format_report_lines_up_keys_and_spells_out_dicts():
+  text = bench.format_report({"role": "teacher", "bare_steps": 10,
+                              "backend_choices": {"unroll_conv_scan": True,
+                                                  "compiler_options": {"a": "1", "b": "2"},
+                                                  "more": {}}})
+  assert text.splitlines() == [
+      "                            role: teacher",
+      "                      bare_steps: 10",
+      "backend_choices.unroll_conv_scan: True",
+      "backend_choices.compiler_options: a=1, b=2",
+      "            backend_choices.more: none"]
 
 
 def test_bench_steps_and_synthetic_data():
