@@ -106,7 +106,9 @@ def collect_runs(run_dirs: list[Path]) -> tuple[list[dict[str, Any]], list[str]]
   for run_dir in map(Path, run_dirs):
     kind = rundir.folder_kind(run_dir)
     if kind not in rundir.FINISHED_RUNS:
-      skipped.append(f"{run_dir} is {rundir.describe_folder(run_dir, kind)}")
+      inside = kind == rundir.NOT_A_RUN and rundir.runs_in(run_dir)
+      skipped.append(f"{run_dir} is {rundir.describe_folder(run_dir, kind)}"
+                     + (f": give them, e.g. {run_dir / '*'}" if inside else ""))
       continue
     summary = read_json(run_dir / rundir.SUMMARY_FILE, "run summary")
     rows.append({"run": str(run_dir), **summary, **_data_of(run_dir, summary)})

@@ -374,6 +374,10 @@ def describe_folder(path: Path, kind: str | None = None) -> str:
     return "a student run" + (f" (taught by {teacher})" if teacher else "")
   if kind == TARGETS_ONLY:
     return _describe_targets_only(path)
+  runs = runs_in(path) if kind == NOT_A_RUN else []
+  if runs:  # `compare runs/digits` meant the runs in it
+    shown = ", ".join(runs[:4]) + (f" and {len(runs) - 4} more" if len(runs) > 4 else "")
+    return f"a folder of runs ({shown}), not a run"
   return {
       FINISHED_TEACHER: "a finished teacher run",
       IMPORTED_TEACHER: "an imported teacher",
@@ -384,6 +388,12 @@ def describe_folder(path: Path, kind: str | None = None) -> str:
       A_FILE: "a file, not a run folder",
       MISSING: "not found",
   }[kind]
+
+
+def runs_in(path: Path) -> list[str]:
+  """The names of the run folders (finished or not) and sweeps directly inside `path`."""
+  return sorted(child.name for child in Path(path).iterdir() if child.is_dir() and folder_kind(
+      child) in (STUDENT, FINISHED_TEACHER, IMPORTED_TEACHER, SWEEP, UNFINISHED))
 
 
 def _describe_targets_only(path: Path) -> str:

@@ -83,3 +83,17 @@ def test_compare_names_the_teacher_a_hard_label_students_agreement_is_against(
   header, rows = _markdown([runs / "teacher", runs / "soft", hard])
   assert rows[str(hard)]["teacher"] == "teacher-b" and rows[str(runs / "soft")]["teacher"] == (
       "teacher"), header
+
+
+def test_a_folder_of_runs_is_told_to_give_the_runs_in_it(tmp_path, tiny_digits_runs):
+  """`distill compare runs/digits` meant the runs inside; a --teacher of that folder is told
+  what it is, without compare's advice."""
+  folder = copy_runs(tiny_digits_runs, tmp_path / "digits", teacher="teacher", cnn="student")
+  result = run_cli("compare", folder)
+  assert result.exit_code == 2
+  assert (f"{folder} is a folder of runs (cnn, teacher), not a run: give them, e.g. "
+          f"{folder / '*'}") in " ".join(result.stderr.split())
+  result = run_cli("student", "--teacher", folder, "-w", tmp_path / "s", "-q", *TINY_FLAGS)
+  assert result.exit_code == 2
+  assert "is a folder of runs (cnn, teacher), not a run" in result.stderr
+  assert "give them" not in result.stderr
