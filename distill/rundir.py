@@ -440,6 +440,10 @@ def check_teacher_folder(path: Path, *, needs: str = "targets") -> str:
             "export need a teacher's own run folder")
   elif kind == SWEEP:
     hint = "give the teacher the sweep learned from (its sweep.json names it)"
+  elif teachers := [name for name in (runs_in(path) if kind == NOT_A_RUN else [])
+                    if folder_kind(Path(path) / name) in TEACHER_KINDS]:
+    hint = f"give the teacher in it: --teacher {Path(path) / teachers[0]}" + (
+        f" (or {', '.join(teachers[1:])})" if len(teachers) > 1 else "")
   else:
     hint = "train one with `distill teacher` (or bring one with `distill import-teacher`)"
   what = "a student run" if kind == STUDENT else describe_folder(path, kind)

@@ -95,5 +95,5 @@ def test_a_folder_of_runs_is_told_to_give_the_runs_in_it(tmp_path, tiny_digits_r
           f"{folder / '*'}") in " ".join(result.stderr.split())
   result = run_cli("student", "--teacher", folder, "-w", tmp_path / "s", "-q", *TINY_FLAGS)
   assert result.exit_code == 2
-  assert "is a folder of runs (cnn, teacher), not a run" in result.stderr
-  assert "give them" not in result.stderr
+  assert (f"is a folder of runs (cnn, teacher), not a run; give the teacher in it: --teacher "
+          f"{folder / 'teacher'}") in " ".join(result.stderr.split())
