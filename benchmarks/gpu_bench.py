@@ -16,8 +16,12 @@ ViT in float32, the demo, the profile):
   so a run that misses a goal already holds the profile that says why.
 
 `--smoke` runs the same stages with tiny models, data and step counts, to
-check the path on CPU in about a minute. Needs no install: run it from the
-repository root with PYTHONPATH=. (gpu.sh does).
+check the path on CPU in a minute or two. Needs no install: run it from the
+repository root with PYTHONPATH=. (gpu.sh does). If the first stage (the
+environment: jax and its device) fails, nothing else runs.
+
+MFU is measured against --peak-tflops, else the device's dense bfloat16 peak
+where it is known (H200, H100), else the H200's for reference; gpu.md says which.
 """
 
 from __future__ import annotations
@@ -34,8 +38,30 @@ from pathlib import Path
 from typing import Any
 
 # The H200's dense bfloat16 peak (NVIDIA's datasheet, without sparsity). MFU is measured
-# against it for float32 runs too: it is the ceiling the hardware offers this model.
+# against a device's bfloat16 peak for float32 runs too: it is the ceiling the hardware offers
+# this model.
 H200_BF16_DENSE_PEAK_TFLOPS = 989.0
+# Dense bfloat16 peaks (NVIDIA's datasheets, half the sparse figure) by a part of the device
+# kind jax reports ('NVIDIA H200', 'NVIDIA H100 80GB HBM3', 'NVIDIA H100 PCIe'); the first
+# that matches wins.
+_KNOWN_PEAKS_TFLOPS = (
+    ("H100 PCIe", 756.0, "the H100 PCIe's"),
+    ("H100 NVL", 835.0, "the H100 NVL's"),
+    ("H100", 989.0, "the H100 SXM's"),
+    ("H200", H200_BF16_DENSE_PEAK_TFLOPS, "the H200's"),
+)
+
+
+def peak_tflops(device_kind: str | None, given: float | None) -> tuple[float, str]:
+  """The peak MFU is measured against, and where it came from (gpu.md's label)."""
+  if given is not None:
+    return given, "given by --peak-tflops"
+  for part, peak, whose in _KNOWN_PEAKS_TFLOPS:
+    if part.lower() in (device_kind or "").lower():
+      return peak, f"{whose} dense bf16 peak"
+  return H200_BF16_DENSE_PEAK_TFLOPS, (
+      f"the H200's dense bf16 peak, for scale: the peak of this device ({device_kind}) is not "
+      "known; pass --peak-tflops")
 
 # Synthetic data of the real splits' training sizes: throughput does not depend on the pixels,
 # and the bench stages then need no data carried to the device.
@@ -185,8 +211,8 @@ def _markdown(report: dict[str, Any]) -> str:
       f"device: {env.get('device_kind')} ({env.get('backend')}), jax {env.get('jax_version')}, "
       f"{report.get('total_seconds')} s in all",
       f"backend choices: {json.dumps(env.get('backend_choices'))}",
-      f"MFU against {report['peak_tflops']} TFLOP/s (H200 dense bf16); FLOPs are XLA's count "
-      "of one lowered step, backward pass and update included.",
+      f"MFU against {report.get('peak_tflops')} TFLOP/s ({report.get('peak_source')}); FLOPs "
+      "are XLA's count of one lowered step, backward pass and update included.",
       "",
       "| stage | ok | bare img/s | loop img/s | compile s | TFLOP/s | MFU | wall s | test acc |",
       "|---|---|---|---|---|---|---|---|---|",
@@ -244,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
   # inside the device tool's 600 s limit per command.
   parser.add_argument("--budget-s", type=float, default=420.0,
                       help="skip stages that would start after this many seconds")
-  parser.add_argument("--peak-tflops", type=float, default=H200_BF16_DENSE_PEAK_TFLOPS)
+  parser.add_argument("--peak-tflops", type=float, default=None,
+                      help="the device's peak TFLOP/s for MFU [default: the device's dense "
+                           "bf16 peak where known (H200, H100), else the H200's]")
   args = parser.parse_args(argv)
   if args.smoke:
     # The smoke run checks the path, not the speed: XLA's least LLVM optimisation compiles
@@ -258,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
   data_dir = args.data_dir
   if data_dir is None and Path("data/fashion-mnist").is_dir():
     data_dir = str(Path("data/fashion-mnist").resolve())
+  # The peak is known once the environment stage has named the device.
   report: dict[str, Any] = {"smoke": args.smoke, "peak_tflops": args.peak_tflops,
-                            "data_dir": data_dir, "stages": {}}
+                            "peak_source": None, "data_dir": data_dir, "stages": {}}
 
   def run(name: str, stage) -> None:
     elapsed = time.perf_counter() - started
@@ -281,17 +310,25 @@ def main(argv: list[str] | None = None) -> int:
 
   def environment():
     report["environment"] = _environment()
+    report["peak_tflops"], report["peak_source"] = peak_tflops(
+        report["environment"]["device_kind"], args.peak_tflops)
     return report["environment"]
 
   run("environment", environment)
+  if not report["stages"]["environment"]["ok"]:
+    # Without jax or a device every other stage fails the same way: one traceback is enough.
+    print(f"gpu_bench: the environment stage failed ({report['stages']['environment']['error']})"
+          f"; no other stage runs. {args.out / 'gpu.json'} holds its traceback.",
+          file=sys.stderr)
+    return 1
   from distill import backend  # noqa: PLC0415
 
-  export_batch = backend.choices().export_batch_size if "environment" in report else 64
+  export_batch = backend.choices().export_batch_size
 
   def bench(recipe_name: str, synthetic: str, dtype: str) -> None:
     run(f"bench {recipe_name} {dtype}", lambda: bench_stage(
         recipe_name, synthetic, dtype, smoke=args.smoke, export_batch=export_batch,
-        peak_tflops=args.peak_tflops))
+        peak_tflops=report["peak_tflops"]))
 
   # The stages behind the goals first (the CIFAR-10 recipe's rate, the demo teacher's time),
   # then the profile that explains a missed one: a run cut short by --budget-s or the device's

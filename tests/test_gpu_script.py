@@ -13,6 +13,7 @@ prepends '.' to PYTHONPATH rather than replacing it, so the shim stays in force.
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 import os
 import subprocess
@@ -32,7 +33,7 @@ _SITECUSTOMIZE = textwrap.dedent("""
     class _Missing:
       \"\"\"Makes the packages in BLOCKED look uninstalled.\"\"\"
 
-      BLOCKED = {blocked!r}
+      BLOCKED = set({blocked!r})
 
       def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in self.BLOCKED:
@@ -41,21 +42,85 @@ _SITECUSTOMIZE = textwrap.dedent("""
         return None
 
     sys.meta_path.insert(0, _Missing())
-""").format(blocked=BLOCKED)
+""")
 
 
-def _shim(tmp_path: Path) -> Path:
+def _shim(tmp_path: Path, blocked: tuple[str, ...]) -> Path:
   folder = tmp_path / "shim"
   folder.mkdir()
-  (folder / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+  (folder / "sitecustomize.py").write_text(_SITECUSTOMIZE.format(blocked=blocked))
   return folder
 
 
-def _env(tmp_path: Path, out: Path) -> dict[str, str]:
+def _env(tmp_path: Path, out: Path, blocked: tuple[str, ...] = BLOCKED) -> dict[str, str]:
   env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
   env.update(JAX_PLATFORMS="cpu", OUT=str(out), PYTHON=sys.executable,
-             PYTHONPATH=str(_shim(tmp_path)))
+             PYTHONPATH=str(_shim(tmp_path, blocked)))
   return env
+
+
+def _gpu_bench():
+  """benchmarks/gpu_bench.py as a module (benchmarks/ is no package)."""
+  spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "benchmarks" / "gpu_bench.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_gpu_script_without_jax_says_so_in_one_line(tmp_path):
+  """A python without jax (python3 in a shell without the venv): one line saying what to set,
+  not a traceback a stage."""
+  out = tmp_path / "out"
+  result = subprocess.run([str(ROOT / "benchmarks" / "gpu.sh"), "--smoke"], cwd=ROOT,
+                          env=_env(tmp_path, out, blocked=("jax",)), capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 1
+  assert f"{sys.executable} has no jax: set PYTHON=.venv/bin/python or activate .venv" in (
+      result.stderr)
+  assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
+  assert not out.exists()
+
+
+def test_failed_environment_stage_stops_the_run(tmp_path, monkeypatch, capsys):
+  """gpu_bench.py run without gpu.sh's check: the environment stage fails once and nothing
+  else runs, so its one traceback is the only one."""
+  gpu_bench = _gpu_bench()
+
+  def no_jax():
+    raise ModuleNotFoundError("No module named 'jax'")
+
+  ran = []
+  monkeypatch.setattr(gpu_bench, "_environment", no_jax)
+  for stage in ("bench_stage", "demo_stage", "profile_stage"):
+    monkeypatch.setattr(gpu_bench, stage, lambda *a, stage=stage, **k: ran.append(stage))
+  assert gpu_bench.main(["--out", str(tmp_path)]) == 1
+  assert ran == []
+  report = json.loads((tmp_path / "gpu.json").read_text())
+  assert list(report["stages"]) == ["environment"]
+  assert report["stages"]["environment"]["error"] == "ModuleNotFoundError: No module named 'jax'"
+  stderr = capsys.readouterr().err
+  assert stderr.count("Traceback") == 1 and "no other stage runs" in stderr
+
+
+@pytest.mark.parametrize("device_kind, given, peak, source", [
+    ("NVIDIA H200", None, 989.0, "the H200's dense bf16 peak"),
+    ("NVIDIA H200", 756.0, 756.0, "given by --peak-tflops"),
+    ("NVIDIA H100 80GB HBM3", None, 989.0, "the H100 SXM's dense bf16 peak"),
+    ("NVIDIA H100 PCIe", None, 756.0, "the H100 PCIe's dense bf16 peak"),
+    ("cpu", 1.5, 1.5, "given by --peak-tflops"),
+])
+def test_mfu_peak_comes_from_the_flag_or_the_device(device_kind, given, peak, source):
+  assert _gpu_bench().peak_tflops(device_kind, given) == (peak, source)
+
+
+def test_mfu_peak_of_an_unknown_device_is_not_called_its_own():
+  gpu_bench = _gpu_bench()
+  peak, source = gpu_bench.peak_tflops("NVIDIA A100-SXM4-80GB", None)
+  assert peak == gpu_bench.H200_BF16_DENSE_PEAK_TFLOPS
+  assert "(NVIDIA A100-SXM4-80GB) is not known; pass --peak-tflops" in source
+  report = {"smoke": False, "peak_tflops": 756.0, "peak_source": "given by --peak-tflops",
+            "environment": {"device_kind": "NVIDIA H200"}, "stages": {}}
+  assert "MFU against 756.0 TFLOP/s (given by --peak-tflops);" in gpu_bench._markdown(report)
 
 
 def test_shim_blocks_the_optional_packages(tmp_path):
@@ -78,7 +143,7 @@ def test_shim_blocks_the_optional_packages(tmp_path):
     ROOT / "data" / "fashion-mnist", "/usr/share/datasets/fashion-mnist")),
     reason="the demo stage needs Fashion-MNIST (benchmarks/carry_data.sh)")
 def test_gpu_script_smoke_runs_every_stage(tmp_path):
-  """Every stage of the smoke run succeeds and reports positive images/s (about 60-90 s)."""
+  """Every stage of the smoke run succeeds and reports positive images/s (a minute or two)."""
   out = tmp_path / "out"
   start = time.perf_counter()
   result = subprocess.run([str(ROOT / "benchmarks" / "gpu.sh"), "--smoke"], cwd=ROOT,
@@ -95,6 +160,9 @@ def test_gpu_script_smoke_runs_every_stage(tmp_path):
   env = stages["environment"]["result"]
   assert env["backend"] == "cpu" and env["backend_choices"]["unroll_conv_scan"] is True
   assert env["cpu"].endswith((" cores", " 1 core"))
+  # A CPU's peak is not known: MFU is against the H200's, and gpu.md says so.
+  assert report["peak_tflops"] == 989.0 and "is not known" in report["peak_source"]
+  assert f"({report['peak_source']})" in (out / "gpu.md").read_text()
   for name, stage in stages.items():
     if name.startswith("bench "):
       bench = stage["result"]
