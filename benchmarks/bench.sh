@@ -2,6 +2,12 @@
 # `make bench`: distill vs the PyTorch reference, same model/batch/optimizer, in one run.
 # Writes runs/bench/results.jsonl (one JSON object per measurement) and prints a Markdown table.
 #   BENCH_STEPS=500 BENCH_ONLY="fashion_mnist fashion_mnist_student" benchmarks/bench.sh
+# BENCH_ONLY: the groups (cifar10, fashion_mnist, fashion_mnist_student, cli) or rows
+#   (cifar10/torch-eager, ...: the names below) to run [default: all; ~40 minutes]
+# BENCH_STEPS: distill's real-loop steps (and bare steps) [default: one period of the recipe's
+#   eval/checkpoint cadence]; BENCH_TORCH_STEPS: PyTorch's timed steps [default: 60]
+# BENCH_OUT: the folder for results.jsonl [default: runs/bench]
+# torch (the CPU wheel) is installed into .venv only when a PyTorch row runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=.venv/bin
@@ -11,7 +17,18 @@ steps=(${BENCH_STEPS:+--steps "$BENCH_STEPS"})
 torch_steps=${BENCH_TORCH_STEPS:-60}
 mkdir -p "$out"
 : > "$out/results.jsonl"
-if ! $bin/python -c "import torch" 2>/dev/null; then
+# BENCH_ONLY="fashion_mnist cifar10/torch-eager ..." runs only those groups or rows.
+only=" ${BENCH_ONLY:-} "
+wanted() { # name: whether BENCH_ONLY (empty: every row) picks it
+  [ -z "${BENCH_ONLY:-}" ] || [[ $only == *" ${1%%/*} "* || $only == *" $1 "* ]]
+}
+needs_torch=false
+for setting in cifar10 fashion_mnist fashion_mnist_student; do
+  for variant in torch-eager torch-compile; do
+    if wanted "$setting/$variant"; then needs_torch=true; fi
+  done
+done
+if $needs_torch && ! $bin/python -c "import torch" 2>/dev/null; then
   # The CPU wheel; kept out of distill's own dependencies.
   $bin/pip install --quiet torch==2.13.0
 fi
@@ -21,11 +38,9 @@ tunables=$($bin/python -c "from distill import launcher; e = launcher.huge_page_
 if [ -n "$tunables" ]; then export GLIBC_TUNABLES=$tunables; fi
 # The CPU goes beside every figure: speeds differ between CPU types and generations.
 cpu=$($bin/python -c "from distill import backend; print(backend.cpu_description())")
-# BENCH_ONLY="fashion_mnist cifar10/torch-eager ..." runs only those groups or rows.
-only=" ${BENCH_ONLY:-} "
 record() { # name, then the command printing one JSON line
   local name=$1; shift
-  if [ -n "${BENCH_ONLY:-}" ] && [[ $only != *" ${name%%/*} "* && $only != *" $name "* ]]; then
+  if ! wanted "$name"; then
     return
   fi
   echo ">> $name: $*" >&2

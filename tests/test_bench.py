@@ -2,6 +2,8 @@
 
 import importlib.util
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +124,26 @@ def test_hand_written_step_of_keras_fit_learns():
     first = by_hand.last_loss  # after the first 10 steps
     assert by_hand.images_per_second(290) > 0
     assert by_hand.last_loss < 0.25 * first, (name, first, by_hand.last_loss)
+
+
+def test_bench_sh_installs_torch_only_for_a_torch_row(tmp_path):
+  """BENCH_ONLY=cli/help picks no PyTorch row, so bench.sh neither imports nor installs torch:
+  with torch hidden and pip offline, an install would fail the run."""
+  shim = tmp_path / "shim"
+  shim.mkdir()
+  (shim / "sitecustomize.py").write_text(
+      "import sys\n"
+      "class _NoTorch:\n"
+      "  def find_spec(self, name, path=None, target=None):\n"
+      "    if name.split('.')[0] == 'torch':\n"
+      "      raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+      "sys.meta_path.insert(0, _NoTorch())\n")
+  env = {**os.environ, "BENCH_ONLY": "cli/help", "BENCH_OUT": str(tmp_path / "out"),
+         "PYTHONPATH": str(shim), "PIP_NO_INDEX": "1", "JAX_PLATFORMS": "cpu"}
+  root = Path(__file__).resolve().parent.parent
+  result = subprocess.run([str(root / "benchmarks" / "bench.sh")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").open()]
+  assert [row["name"] for row in rows] == ["cli/help"] and rows[0]["help_seconds"] > 0
+  assert "`distill --help`:" in result.stdout
