@@ -41,12 +41,14 @@ def test_bench_reports_every_measure_and_its_settings(role):
   assert report["model"] == ("vit" if role == "teacher" else "cnn")
   # By default the loop runs one eval/checkpoint period (TINY: both every 10 steps).
   assert report["loop_steps"] == 10
-  # Each rate is its steps' images over its seconds (compilation excluded), rounded.
+  # Each rate is its steps' images over its seconds (compilation excluded); the seconds are
+  # rounded to the millisecond, which on a tiny run's ~10 ms moves the rate by several percent.
   for prefix, rate in (("bare", "bare_step"), ("loop", "loop")):
     images = report[f"{prefix}_steps"] * report["batch_size"]
-    assert report[f"{prefix}_seconds"] > 0
-    assert report[f"{rate}_images_per_second"] == pytest.approx(
-        images / report[f"{prefix}_seconds"], rel=0.02, abs=0.1)
+    seconds = report[f"{prefix}_seconds"]
+    assert seconds > 0
+    assert (images / (seconds + 0.0005) - 0.1 <= report[f"{rate}_images_per_second"]
+            <= images / max(seconds - 0.0005, 1e-9) + 0.1), (prefix, seconds)
   assert report["loop_compile_seconds"] > 0
 
 
