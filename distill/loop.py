@@ -111,8 +111,10 @@ def fit(*, model: nnx.Module, images, labels: np.ndarray, val_images, val_labels
       for (first, count), rows in zip(run.plan, feed, strict=True):
         step = run.train(first, count, rows)
         # Read once: a signal handled while this step logs or evaluates
-        # must not stop the run before this step's checkpoint is saved.
-        stopping = stop.signal_name is not None
+        # must not stop the run before this step's checkpoint is saved. Every process
+        # stops at the step any of them heard of a stop.
+        stop_signal = parallel.stop_on_every_process(stop.signal_name)
+        stopping = stop_signal is not None
         saving = stopping or run.at_checkpoint(step)  # decided once: it depends on the clock
         deferred = run.can_defer_log(step, saving)
         # Earlier log lines: those whose steps have dispatches queued behind them,
@@ -133,9 +135,9 @@ def fit(*, model: nnx.Module, images, labels: np.ndarray, val_images, val_labels
           run.save(step, in_background=final_write is not None and step == run.total_steps)
         if stopping and step < run.total_steps:
           raise UserError(
-              f"stopped by {stop.signal_name} at step {step}; checkpoint saved. "
+              f"stopped by {stop_signal} at step {step}; checkpoint saved. "
               "Run the same command again to resume.",
-              exit_code=interrupts.exit_status(stop.signal_name))
+              exit_code=interrupts.exit_status(stop_signal))
     finished = True
   finally:
     run.close(final_write if finished else None)

@@ -13,7 +13,12 @@ writes files and prints.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import signal
+import socket
+import sys
 from typing import Any
 
 import jax
@@ -43,11 +48,92 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     raise UserError("--coordinator needs --num-processes and --process-id as well")
   if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
     raise UserError(f"--process-id must be in [0, {num_processes}), got {process_id}")
+  if coordinator is not None:
+    if process_id == 0:
+      _check_port_free(coordinator)
+    # JAX waits in silence for the others (and aborts the process when they never come).
+    print(f"process {process_id} of {num_processes}: waiting for every process at "
+          f"{coordinator} (up to {_JOIN_SECONDS} s)", file=sys.stderr, flush=True)
   try:
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                               process_id=process_id)
+                               process_id=process_id, initialization_timeout=_JOIN_SECONDS)
   except (RuntimeError, ValueError) as e:
     raise UserError(f"could not join the distributed run: {e}") from None
+  _keep_stdout_for_results()
+
+
+# How long a process waits for the others to join (jax.distributed's initialization_timeout).
+_JOIN_SECONDS = int(os.environ.get("DISTILL_JOIN_TIMEOUT", "300"))
+
+
+def _check_port_free(coordinator: str) -> None:
+  """Refuses, on process 0, a coordinator port another program holds: JAX's service binds it
+  on every address and crashes the process when it cannot."""
+  port = coordinator.rpartition(":")[2]
+  if not port.isdigit():
+    raise UserError(f"--coordinator {coordinator} needs a port: HOST:PORT")
+  try:
+    probe = socket.socket(socket.AF_INET6)
+  except OSError:  # no IPv6 here
+    probe = socket.socket(socket.AF_INET)
+  with probe:
+    # As the service binds: a port a finished run's connections still wait on (TIME_WAIT) is
+    # free; one a program listens on is not.
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+      probe.bind(("", int(port)))
+    except OSError as e:
+      raise UserError(f"could not join the distributed run: port {port} is in use on this host "
+                      f"({e.strerror}); give --coordinator another port") from None
+
+
+def _keep_stdout_for_results() -> None:
+  """Sends what native libraries print to stdout (Gloo's 'connected to 1 peer ranks') to
+  stderr, keeping stdout for the result lines Python writes, as on one process."""
+  if jax.process_count() == 1:
+    return
+  sys.stdout.flush()
+  results = os.dup(1)
+  os.dup2(2, 1)
+  sys.stdout = os.fdopen(results, "w", buffering=1)
+
+
+def check_same_on_every_process(values: dict[str, Any]) -> None:
+  """Refuses, on every process at once, a run whose processes were started with different
+  `values` (the resolved recipe's hash, the run folder, ...): each would train its own copy of
+  the "replicated" model with its own settings, or wait for the others in a collective they
+  never reach. Nothing for one process."""
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils  # noqa: PLC0415
+
+  keys = sorted(values)
+  digests = np.asarray([int.from_bytes(hashlib.sha256(json.dumps(
+      values[key], sort_keys=True, default=str).encode()).digest()[:4], "big") & 0x7FFFFFFF
+                        for key in keys], np.int32)
+  every = np.asarray(multihost_utils.process_allgather(digests)).reshape(-1, len(keys))
+  differing = [key for index, key in enumerate(keys) if len(set(every[:, index])) > 1]
+  if differing:
+    others = [str(i) for i in range(len(every)) if (every[i] != every[0]).any()]
+    many = len(others) > 1
+    raise UserError(f"the processes were started differently: process{'es' if many else ''} "
+                    f"{', '.join(others)} differ{'' if many else 's'} from process 0 in "
+                    f"{' and '.join(differing)}; start every process with the same command and "
+                    "settings (only --process-id differs)")
+
+
+def stop_on_every_process(signal_name: str | None) -> str | None:
+  """The stop signal (its name) that reached any process, on every process; for one process
+  its own. A stop that only one host saw must stop them all at the same step: the others
+  would wait in the next step's collective for the one saving its checkpoint."""
+  if jax.process_count() == 1:
+    return signal_name
+  from jax.experimental import multihost_utils  # noqa: PLC0415
+
+  code = signal.Signals[signal_name].value if signal_name else 0
+  codes = np.asarray(multihost_utils.process_allgather(np.asarray(code, np.int32)))
+  found = int(codes.max())
+  return signal.Signals(found).name if found else None
 
 
 def leave() -> None:

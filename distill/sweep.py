@@ -222,7 +222,14 @@ def run_sweep(teacher_dir: Path, out_dir: Path, *, models: Iterable[str] = ("cnn
     folder, whether it was reused, and summary), `settings`, `table` (the
     Markdown text) and the paths `json` and `markdown`.
   """
+  import jax  # noqa: PLC0415
+
   from distill.models import model_names  # noqa: PLC0415
+
+  if jax.process_count() > 1:
+    # Every process would train every run, into the same folders.
+    raise UserError("a sweep runs on one host: start it without --coordinator (or "
+                    "--distributed); each of its runs trains on every device of that host")
 
   console = console or Console(quiet)
   teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)

@@ -355,6 +355,7 @@ def train_teacher(recipe: dict[str, Any], workdir: Path, *, restart: bool = Fals
   console = Console(quiet)
   workdir = Path(workdir)
   start = time.perf_counter()
+  _check_processes_agree(recipe, "teacher", workdir, restart=restart, overwrite=overwrite)
   check_workdir(workdir)
   check_existing_run(workdir, recipe, "teacher", restart=restart, overwrite=overwrite)
   check_batch_splits(recipe, "teacher", console)
@@ -387,6 +388,17 @@ def _write_summary(workdir: Path, summary: dict[str, Any], start: float) -> dict
   summary["wall_seconds"] = round(time.perf_counter() - start, 3)
   write_json(workdir / SUMMARY_FILE, summary)
   return summary
+
+
+def _check_processes_agree(recipe: dict[str, Any], role: str, workdir: Path,
+                           **options: Any) -> None:
+  """Several processes (hosts) must run one command: the same recipe, run folder and options,
+  checked before anything else, as any of them may refuse or write; nothing for one."""
+  from distill import parallel  # noqa: PLC0415
+
+  parallel.check_same_on_every_process({
+      "the command": role, "the recipe": config_lib.recipe_hash(recipe, role),
+      "--workdir": str(workdir.resolve()), **{f"--{key}": value for key, value in options.items()}})
 
 
 def check_batch_splits(recipe: dict[str, Any], role: str, console: Console) -> None:
@@ -546,6 +558,8 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
   console = Console(quiet)
   teacher_dir, workdir = Path(teacher_dir), Path(workdir)
   start = time.perf_counter()
+  _check_processes_agree(recipe, "student", workdir, restart=restart, overwrite=overwrite,
+                         teacher=str(teacher_dir.resolve()))
   rundir.check_apart_from_teacher(
       workdir, teacher_dir, flag="--workdir", why=": the student would replace its teacher",
       whose="it", instead=teacher_dir.parent / default_student_workdir(recipe).name)

@@ -5,9 +5,11 @@ distributed run) once per process.
 """
 
 import json
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -91,4 +93,77 @@ def test_two_processes_train_together_like_one(tmp_path):
   assert "init loss" in outputs[0][1] and "init loss" not in outputs[1][1]
   assert "teacher test accuracy" in outputs[0][0]
   assert "teacher test accuracy" not in outputs[1][0]
+  # stdout holds the result line alone, as on one process (Gloo's own lines go to stderr).
+  assert len(outputs[0][0].strip().splitlines()) == 1, outputs[0][0]
+  assert outputs[1][0].strip() == ""
   assert not list(workdir.glob(".*.tmp"))
+
+
+def _start_two(port, per_process, common):
+  """Starts processes 0 and 1 of a run at 127.0.0.1:`port`: `common` arguments, each after its
+  own of `per_process`."""
+  return [subprocess.Popen(
+      [sys.executable, "-m", "distill.cli", "--coordinator", f"127.0.0.1:{port}",
+       "--num-processes", "2", "--process-id", str(i), *common, *own],
+      env=process_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i, own in enumerate(per_process)]
+
+
+def test_processes_started_differently_are_refused_in_one_line_each(tmp_path):
+  """Another learning rate on one host trained a silently wrong model; another run folder
+  hung at the last checkpoint. Both are refused before anything is written."""
+  processes = _start_two(_free_port(), [[], ["--set", "teacher.learning_rate=0.01"]],
+                         ["teacher", "-r", "digits", "-w", str(tmp_path / "t"), "-q", *SET])
+  for p, (_, err) in zip(processes, [p.communicate(timeout=300) for p in processes],
+                         strict=True):
+    assert p.returncode == 2, err[-3000:]
+    assert ("error: the processes were started differently: process 1 differs from process 0 "
+            "in the recipe; start every process with the same command and settings") in err
+  assert not (tmp_path / "t").exists()
+  processes = _start_two(_free_port(), [["-w", str(tmp_path / "a")], ["-w", str(tmp_path / "b")]],
+                         ["teacher", "-r", "digits", "-q", *SET])
+  for p in processes:
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 2 and "process 1 differs from process 0 in --workdir" in err, (
+        err[-3000:])
+
+
+def test_a_stop_that_reaches_one_host_stops_every_process_at_one_step(tmp_path):
+  """Ctrl-C on one host: every process stops at the same step with its checkpoint (process 0
+  alone stopping left the other waiting in the next step's all-reduce, and both hung)."""
+  workdir = tmp_path / "t"
+  processes = _start_two(_free_port(), [[], []],
+                         ["teacher", "-r", "digits", "-w", str(workdir), "-q", *SET,
+                          "--set", "teacher.steps=100000", "--set", "teacher.log_every=5",
+                          "--set", "teacher.checkpoint_every=100000"])
+  deadline = time.time() + 240
+  while time.time() < deadline and not (workdir / "metrics.jsonl").exists():
+    time.sleep(0.05)
+  processes[0].send_signal(signal.SIGINT)
+  outputs = [p.communicate(timeout=240) for p in processes]
+  stopped = set()
+  for p, (_, err) in zip(processes, outputs, strict=True):
+    assert p.returncode == 130, err[-3000:]
+    stopped.add(int(err.split("stopped by SIGINT at step ")[1].split(";")[0]))
+  assert len(stopped) == 1  # one step, the checkpoint's
+  assert sorted(int(c.name) for c in (workdir / "checkpoints").iterdir()
+                if c.name.isdigit()) == list(stopped)
+
+
+def test_a_port_in_use_and_a_sweep_on_several_hosts_are_one_line_errors(tmp_path):
+  with socket.socket() as held:
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    port = held.getsockname()[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "distill.cli", "--coordinator", f"127.0.0.1:{port}",
+         "--num-processes", "2", "--process-id", "0", "teacher", "-r", "digits"],
+        env=process_env(1), capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert f"could not join the distributed run: port {port} is in use on this host" in (
+      result.stderr)
+  processes = _start_two(_free_port(), [[], []], ["sweep", "--teacher", str(tmp_path / "none"),
+                                                  "--out", str(tmp_path / "sweep")])
+  for p in processes:
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 2 and "a sweep runs on one host" in err, err[-3000:]
