@@ -150,3 +150,18 @@ def test_a_student_on_the_other_kind_of_data_than_its_teacher_is_told_which(
   assert result.exit_code != 0
   assert "trained on digits in memory" in result.output
   assert "give the student the same data: --dataset digits " in result.output
+
+
+def test_shards_without_a_test_split_are_told_where_it_goes(digits_shards, tmp_path):
+  """Streamed training evaluates on test/: a folder without one says what to write, and one
+  split's own folder given as the root says which folder to give instead."""
+
+  alone = tmp_path / "no-test"
+  shutil.copytree(digits_shards / "train", alone / "train")
+  with pytest.raises(UserError, match=rf"{alone} has no test/ split, which streamed training "
+                                      rf"evaluates on: write the held-out images as shards in "
+                                      rf"{alone / 'test'}"):
+    _stream_data(alone)
+  with pytest.raises(UserError, match=r"pass the folder holding train/ and test/ as --data-dir: "
+                                      rf"{digits_shards}$"):
+    _stream_data(digits_shards / "train")

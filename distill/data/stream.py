@@ -555,7 +555,12 @@ def open_training_stream(root: str | os.PathLike, *, val_size: int | float, spli
   stream = open_stream_dataset(root, val_size=val_size, split_seed=split_seed,
                                train_limit=train_limit)
   if stream.test is None:
-    raise UserError(f"{root} has no test/ split; streamed training evaluates on it")
+    if root.name in ("train", "test") and (root.parent / "train").is_dir():
+      fix = f"pass the folder holding train/ and test/ as --data-dir: {root.parent}"
+    else:
+      fix = (f"write the held-out images as shards in {root / 'test'} (as train/ was written; "
+             f"{CONVERT_HINT})")
+    raise UserError(f"{root} has no test/ split, which streamed training evaluates on: {fix}")
   train_labels = _all_labels(stream.train)
   check_two_classes(train_labels, stream.class_names, f"every image of {stream.train.path}")
   return StreamedTrainingData(
