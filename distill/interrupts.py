@@ -29,7 +29,7 @@ _DROPPING = ("_xla_gc_callback", "__del__")
 
 def _interrupt(signum, frame) -> None:
   global _pending
-  arrived(signum)
+  arrived()
   _pending = signal.Signals(signum).name
   while frame is not None:
     if frame.f_code.co_name in _DROPPING:
@@ -60,7 +60,7 @@ def remember(signum: int) -> None:
   _pending = signal.Signals(signum).name
 
 
-def arrived(signum: int) -> bool:
+def arrived() -> bool:
   """Notes that a stop signal reached one of this process's handlers (a handler's body): True
   when one had reached them before, in the stop now under way, so this is a second stop.
 
@@ -71,7 +71,6 @@ def arrived(signum: int) -> bool:
   sending them, after calling this itself, so that they count as second ones.
   """
   global _arrived
-  del signum  # every stop signal is one kind of stop
   before, _arrived = _arrived, True
   return before
 

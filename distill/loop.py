@@ -459,12 +459,9 @@ def _window_to_meta(window: list[dict[str, jax.Array]]) -> dict[str, Any] | None
   """The per-step metrics of `window` as JSON, exactly: {key: {dtype, values}}; None if empty."""
   if not window:
     return None
-  fetched = jax.tree.map(parallel.fetch, window)
-  joined = {key: np.concatenate([np.atleast_1d(chunk[key]) for chunk in fetched])
-            for key in fetched[0]}
   # A float32 value is exactly a Python float, and JSON writes that float back exactly.
   return {key: {"dtype": str(values.dtype), "values": values.tolist()}
-          for key, values in joined.items()}
+          for key, values in _per_step(window).items()}
 
 
 def _window_from_meta(saved: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -474,14 +471,17 @@ def _window_from_meta(saved: dict[str, Any] | None) -> list[dict[str, Any]]:
   return [{key: np.asarray(entry["values"], entry["dtype"]) for key, entry in saved.items()}]
 
 
+def _per_step(window: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+  """{metric: its values at every step of `window`, in order} on the host (one sync)."""
+  fetched = jax.tree.map(parallel.fetch, window)
+  return {key: np.concatenate([np.atleast_1d(chunk[key]) for chunk in fetched])
+          for key in fetched[0]}
+
+
 def _summarise(window: list[dict[str, jax.Array]], step: int) -> dict[str, Any]:
   """Means of the per-step metrics since the last log line (one host sync)."""
-  fetched = jax.tree.map(parallel.fetch, window)
-  record: dict[str, Any] = {"step": step}
-  for key in fetched[0]:
-    values = np.concatenate([np.atleast_1d(chunk[key]) for chunk in fetched])
-    record[key] = float(np.mean(values))
-  return record
+  return {"step": step, **{key: float(np.mean(values))
+                           for key, values in _per_step(window).items()}}
 
 
 class _StopFlag:
@@ -513,7 +513,7 @@ class _StopFlag:
 
   def _handle(self, signum, frame):
     # A second stop, unless the first only came through a sweep (`interrupts.arrived`).
-    if interrupts.arrived(signum) and self.signal_name is not None:
+    if interrupts.arrived() and self.signal_name is not None:
       interrupts.stop_at_once(signum)
     self._signal_name = signal.Signals(signum).name
 

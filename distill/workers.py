@@ -129,7 +129,7 @@ def _start_worker(shares, state, parent: int) -> None:
 
 def _between_runs(signum, frame) -> None:
   """A worker's handler outside a run's loop: the signal is kept for the next loop."""
-  interrupts.arrived(signum)
+  interrupts.arrived()
   interrupts.remember(signum)
 
 
@@ -161,7 +161,7 @@ def _watch() -> None:
       if passed == 0:
         interrupts.remember(state[_SIGNUM])
       else:
-        interrupts.arrived(state[_SIGNUM])  # so that the loop's handler takes it as a second
+        interrupts.arrived()  # so that the loop's handler takes it as a second
         signal.pthread_kill(main, state[_SIGNUM])
       passed += 1
 
