@@ -82,33 +82,27 @@ def aggregate(runs: list[dict[str, Any]], teacher: dict[str, Any]) -> list[dict[
         "train_seconds_mean": float(np.mean([s.get("train_seconds", np.nan) for s in summaries])),
         "gap_closed": None,
     })
-  hard = _hard_means(rows)
+  hard = _hard_rows(rows)
   for row in rows[1:]:
-    baseline = hard.get(row["model"])
-    if row["mode"] != "hard" and baseline is not None and _measurable_gap(
-        teacher_acc, baseline, _hard_spread(rows, row["model"])):
+    twin = hard.get(row["model"])
+    if row["mode"] != "hard" and twin is not None and _measurable_gap(teacher_acc, twin):
+      baseline = twin["test_accuracy_mean"]
       row["gap_closed"] = (row["test_accuracy_mean"] - baseline) / (teacher_acc - baseline)
   for row in rows[1:]:
     row["paired"] = paired_rows(row, rows[1:])
   return rows
 
 
-def _hard_means(rows: list[dict[str, Any]]) -> dict[str, float]:
-  """{model: its mean test accuracy on hard labels}: the baseline each gap is measured from."""
-  return {row["model"]: row["test_accuracy_mean"] for row in rows[1:] if row["mode"] == "hard"}
+def _hard_rows(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+  """{model: its row on hard labels}: the baseline each gap is measured from."""
+  return {row["model"]: row for row in rows[1:] if row["mode"] == "hard"}
 
 
-def _hard_spread(rows: list[dict[str, Any]], model: str) -> float:
-  """The sample std over seeds of `model`'s hard-label accuracy (0 for one seed or none)."""
-  return next((row["test_accuracy_std"] or 0.0 for row in rows[1:]
-               if row["model"] == model and row["mode"] == "hard"), 0.0)
-
-
-def _measurable_gap(teacher: float, baseline: float, spread: float) -> bool:
-  """Whether the teacher is further above the hard-label baseline than the baseline's own seed
-  spread: a gap within it (a fraction of a test image, on digits) makes any share of it
-  closed a large number that means nothing (200%, -50%)."""
-  return teacher - baseline > spread
+def _measurable_gap(teacher: float, hard_row: dict[str, Any]) -> bool:
+  """Whether the teacher is further above a hard-label row's mean than that row's own seed
+  spread (its sample std; 0 for one seed): a gap within it (a fraction of a test image, on
+  digits) makes any share of it closed a large number that means nothing (200%, -50%)."""
+  return teacher - hard_row["test_accuracy_mean"] > (hard_row["test_accuracy_std"] or 0.0)
 
 
 def paired_rows(row: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -236,12 +230,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def gap_note(rows: list[dict[str, Any]]) -> str | None:
   """One line on why taught rows' gap closed reads '-': their model's hard-label baseline
-  already reaches the teacher (no gap to close), or the sweep has none; None where no taught
-  row's is empty."""
+  already reaches the teacher (no gap to close) or comes within its seed spread of it (no gap
+  to measure), or the sweep has none; None where no taught row's is empty."""
   if not rows:
     return None
   teacher = rows[0]["test_accuracy_mean"]
-  hard = _hard_means(rows)
+  hard_rows = _hard_rows(rows)
+  hard = {model: row["test_accuracy_mean"] for model, row in hard_rows.items()}
   empty = list(dict.fromkeys(row["model"] for row in rows[1:]
                              if row["mode"] != "hard" and row["gap_closed"] is None))
   reached = [model for model in empty if model in hard and hard[model] >= teacher]
@@ -253,8 +248,9 @@ def gap_note(rows: list[dict[str, Any]]) -> str | None:
     reasons.append(f"{models} on hard labels already reach{'es' if len(reached) == 1 else ''} "
                    f"the teacher ({_pct(teacher)}%), so there is no gap to close")
   if close:
-    models = " and ".join(f"{model} ({_pct(hard[model])} ± {_pct(_hard_spread(rows, model))}%)"
-                          for model in close)
+    models = " and ".join(
+        f"{model} ({_pct(hard[model])} ± {_pct(hard_rows[model]['test_accuracy_std'] or 0.0)}%)"
+        for model in close)
     reasons.append(f"the teacher ({_pct(teacher)}%) is within the seed spread of {models} on "
                    "hard labels, too small a gap to measure a share of")
   if missing:
