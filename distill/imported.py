@@ -263,11 +263,13 @@ def _check_rows_in_order(logits: dict[str, np.ndarray], dataset, source: str) ->
   another image's label for each image. A teacher far better than chance on
   the test images is near as good on the images it labels for training.
   """
+  from distill.metrics import accuracy  # noqa: PLC0415
+
   def agreement(split: str, labels: np.ndarray) -> float | None:
     labelled = labels >= 0  # data.labelled leaves rows without a label (-1)
     if not labelled.any():
       return None
-    return float(np.mean(np.argmax(logits[split][labelled], -1) == labels[labelled]))
+    return float(accuracy(logits[split][labelled], labels[labelled]))
 
   test = agreement("test", dataset.y_test)
   if test is None or test <= _CHANCE_FACTOR / dataset.num_classes:
@@ -297,13 +299,19 @@ def _check_not_in_source(workdir: Path, source: str) -> None:
         whose="the run", instead=f"runs/{folder.resolve().name}-import", inside=True)
 
 
+def _input_size(teacher) -> list | None:
+  """The image shape a teacher takes, as its importer recorded it (a Keras model's
+  input_shape, a ViT's input_size), without the batch axis; None where none is recorded."""
+  return teacher.details.get("input_shape") or teacher.details.get("input_size")
+
+
 def _fitting_note(teacher, image_shape: tuple[int, int, int]) -> str | None:
   """A note when the teacher resizes the data set's images or repeats their channel, else None.
 
   A model made for other images still runs (see `distill.importers`), but the
   user should hear that it sees the images changed.
   """
-  shape = teacher.details.get("input_shape") or teacher.details.get("input_size")
+  shape = _input_size(teacher)
   if not shape or len(shape) < 2:
     return None  # A flat input (an MLP's), or a size the model leaves open.
   height, width, channels = image_shape
@@ -407,7 +415,7 @@ def _label_warnings(teacher, dataset, train_logits: np.ndarray,
 def _other_size(teacher, dataset) -> str | None:
   """A question for the warnings when the teacher takes images of another size than the data
   set's (it was likely trained on another data set), else None."""
-  shape = teacher.details.get("input_shape") or teacher.details.get("input_size")
+  shape = _input_size(teacher)
   height, width, _ = dataset.image_shape
   if not shape or len(shape) < 2 or None in shape[:2] or tuple(shape[:2]) == (height, width):
     return None
