@@ -317,15 +317,22 @@ def run_stablehlo(exported, images: np.ndarray) -> np.ndarray:
   return _in_batches(call, images)
 
 
+def _onnxruntime():
+  """onnxruntime, imported only when an ONNX file is checked or run (the onnx extra)."""
+  try:
+    import onnxruntime  # noqa: PLC0415
+  except ImportError:
+    raise UserError(f"ONNX files run with onnxruntime: {_INSTALL_ONNX}") from None
+  return onnxruntime
+
+
 def _onnx_modules():
-  """(jax2onnx, onnxruntime), imported only when ONNX is asked for."""
+  """(jax2onnx, onnxruntime): exporting converts with one and checks with the other."""
   try:
     import jax2onnx  # noqa: PLC0415
-    import onnxruntime  # noqa: PLC0415
-  except ImportError as e:
-    raise UserError(f"ONNX needs {e.name or 'jax2onnx and onnxruntime'}: "
-                    f"{_INSTALL_ONNX}") from None
-  return jax2onnx, onnxruntime
+  except ImportError:
+    raise UserError(f"ONNX export needs jax2onnx: {_INSTALL_ONNX}") from None
+  return jax2onnx, _onnxruntime()
 
 
 def _export_onnx(forward: Callable, image_shape) -> tuple[bytes, dict[str, Any]]:
@@ -382,7 +389,7 @@ def _as_jax_ops(forward: Callable, spec) -> Callable:
 
 def onnx_session(data: bytes, path: Path):
   """An onnxruntime CPU session of an ONNX export's bytes; `path` names the file in errors."""
-  _, onnxruntime = _onnx_modules()
+  onnxruntime = _onnxruntime()
   options = onnxruntime.SessionOptions()
   options.log_severity_level = 3  # Errors only: it notes every unused initializer.
   try:

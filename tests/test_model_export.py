@@ -107,8 +107,22 @@ def test_onnx_failures_are_one_line_and_write_nothing(runs, exported, monkeypatc
     patch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(model_export.UserError, match=r"pip install 'distill\[onnx\]'"):
       model_export.export_model(runs / "student", "onnx", out)
+  with monkeypatch.context() as patch:
+    patch.setitem(sys.modules, "jax2onnx", None)
+    with pytest.raises(model_export.UserError,
+                       match=r"ONNX export needs jax2onnx: pip install 'distill\[onnx\]'"):
+      model_export.export_model(runs / "student", "onnx", out)
   assert not out.exists() and not model_export.sidecar_path(out).exists()
   assert not list(tmp_path.iterdir())  # No temporary left behind either.
+
+
+def test_running_an_onnx_file_asks_for_onnxruntime_alone(monkeypatch):
+  # Predicting with a .onnx file needs no converter: the message names what it does need.
+  monkeypatch.setitem(sys.modules, "jax2onnx", None)
+  monkeypatch.setitem(sys.modules, "onnxruntime", None)
+  with pytest.raises(model_export.UserError,
+                     match=r"^ONNX files run with onnxruntime: pip install 'distill\[onnx\]'$"):
+    model_export.onnx_session(b"", Path("student.onnx"))
 
 
 def test_the_format_follows_the_out_extension_and_may_not_contradict_it(runs, tmp_path):
