@@ -213,6 +213,7 @@ _COMMAND_SECTIONS = (
     ("Teachers", ("import-teacher", "export")),
     ("Ship a student", ("export-model", "predict")),
     ("Measure", ("bench",)),
+    ("Recipes", ("recipes",)),
 )
 
 
@@ -792,3 +793,22 @@ if __name__ == "__main__":
 
   restart_with_huge_pages()  # As the `distill` command does (see `distill.launcher`).
   main()
+
+
+@main.command(short_help="List the packaged recipes, or print one to copy and edit.")
+@click.argument("name", required=False)
+@_user_errors
+def recipes(name):
+  """List the packaged recipes with what each is for, or print recipe NAME's TOML.
+
+  Every command's --recipe takes one of these names, or the path of your own
+  file. To change a recipe, copy it and edit the copy:
+
+  \b
+    distill recipes demo > my_recipe.toml
+    distill teacher --recipe my_recipe.toml
+
+  or write a file that starts with `base = "demo"` and states only the keys it
+  changes. Single keys are changed from the command line with --set.
+  """
+  click.echo(config_lib.recipe_text(name) if name else config_lib.recipes_listing(), nl=not name)

@@ -16,6 +16,7 @@ import functools
 import hashlib
 import json
 import math
+import textwrap
 import tomllib
 import types
 from collections.abc import Mapping, Sequence
@@ -276,6 +277,33 @@ def recipe_names() -> list[str]:
   """Names of the packaged recipes, the default (fashion_mnist) first."""
   names = sorted(p.stem for p in RECIPES_DIR.glob("*.toml")) if RECIPES_DIR.is_dir() else []
   return sorted(names, key=lambda name: name != "fashion_mnist")
+
+
+def recipe_summary(path: Path) -> str:
+  """The first sentence of a recipe file's opening comment (what the recipe is for)."""
+  comment = []
+  for line in path.read_text().splitlines():
+    if not line.startswith("#"):
+      break
+    comment.append(line.lstrip("#").strip())
+  text = " ".join(comment)
+  end = text.find(". ")
+  return text if end < 0 else text[:end + 1]
+
+
+def recipes_listing(columns: int = 100) -> str:
+  """The packaged recipes, each name beside what it is for, wrapped to `columns`."""
+  names = recipe_names()
+  width = max(map(len, names), default=0) + 2
+  return "\n".join(textwrap.fill(recipe_summary(RECIPES_DIR / f"{name}.toml"), columns,
+                                 initial_indent=name.ljust(width), subsequent_indent=" " * width,
+                                 break_on_hyphens=False)
+                   for name in names)
+
+
+def recipe_text(recipe: str) -> str:
+  """A recipe file's text, found by name or path, to copy and edit."""
+  return resolve_recipe_path(recipe).read_text()
 
 
 def resolve_recipe_path(recipe: str | None) -> Path | None:

@@ -1,4 +1,5 @@
 import pytest
+from conftest import run_cli
 
 from distill import config
 from distill.errors import UserError
@@ -281,3 +282,27 @@ def test_the_recipe_hash_covers_only_what_the_run_reads():
   # A teacher's hash ignores every student setting.
   edited = config.load_recipe("digits", ["student.model=vit", "student.steps=9"])
   assert config.recipe_hash(edited, "teacher") == config.recipe_hash(cnn, "teacher")
+
+
+def test_recipes_lists_each_packaged_recipe_and_prints_one_to_copy(tmp_path):
+  listing = run_cli("recipes")
+  assert listing.exit_code == 0, listing.output
+  lines = listing.output.splitlines()
+  starts = [line.split()[0] for line in lines if not line.startswith(" ")]
+  assert starts == config.recipe_names()  # every recipe once, the default first
+  assert "scikit-learn's 8x8 digits: tiny, ships offline, trains in seconds." in listing.output
+  assert max(map(len, lines)) <= 100
+
+  printed = run_cli("recipes", "fashion_mnist_vit_student")
+  assert printed.exit_code == 0
+  assert printed.output == (config.RECIPES_DIR / "fashion_mnist_vit_student.toml").read_text()
+  # The copy, elsewhere, is the same recipe (its `base` names a packaged recipe).
+  copy = tmp_path / "mine.toml"
+  copy.write_text(printed.output)
+  assert config.load_recipe(str(copy)) == config.load_recipe("fashion_mnist_vit_student")
+
+  unknown = run_cli("recipes", "digit")
+  assert unknown.exit_code == 2 and "Traceback" not in unknown.output
+  assert unknown.stderr.strip().splitlines() == [
+      "error: recipe 'digit' not found (did you mean 'digits'? a file path, or one of: "
+      + ", ".join(config.recipe_names()) + ")"]
