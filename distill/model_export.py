@@ -52,6 +52,9 @@ STABLEHLO_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 # Images per call when predicting: the last chunk is padded, so one shape compiles.
 PREDICT_BATCH = 256
 _INSTALL_ONNX = "pip install 'distill[onnx]'"
+# jax serialises an export with flatbuffers, a dependency of distill that jax does not declare.
+_NEEDS_FLATBUFFERS = ("StableHLO files are read and written with flatbuffers: "
+                      "pip install flatbuffers")
 # What an --out file's extension says its format is (`export_format`).
 FORMAT_OF_SUFFIX = {".onnx": "onnx", ".stablehlo": "stablehlo"}
 # The finished runs whose model distill restores (an imported teacher has none).
@@ -292,7 +295,10 @@ def _export_stablehlo(forward: Callable, image_shape) -> tuple[bytes, tuple[str,
       exported = jax.export.export(jax.jit(forward))(spec)
     except Exception as e:  # JAX raises many types for what it cannot export.
       raise UserError(f"stablehlo export failed: {one_line(e)}") from None
-  return bytes(exported.serialize()), tuple(exported.platforms)
+  try:
+    return bytes(exported.serialize()), tuple(exported.platforms)
+  except ImportError:
+    raise UserError(_NEEDS_FLATBUFFERS) from None
 
 
 def deserialize_stablehlo(data: bytes, path: Path):
@@ -301,6 +307,8 @@ def deserialize_stablehlo(data: bytes, path: Path):
 
   try:
     return jax.export.deserialize(bytearray(data))
+  except ImportError:
+    raise UserError(_NEEDS_FLATBUFFERS) from None
   except Exception as e:  # A damaged file raises from deep in flatbuffers.
     raise UserError(f"{path} is not a stablehlo export distill can read: {one_line(e)}") from None
 

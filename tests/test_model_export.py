@@ -255,3 +255,19 @@ def test_event_files_are_written_without_importing_torch(tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   assert _scalars(_events(tmp_path / "tb")[0]) == {"train/loss": {1: 0.5}}
   assert marker.exists()  # only from the explicit import at the end
+
+
+def test_stablehlo_without_flatbuffers_says_so_rather_than_blaming_the_file(
+    runs, exported, monkeypatch, tmp_path):
+  # jax reads and writes the file with flatbuffers, which it imports only then.
+  data = exported["stablehlo"].read_bytes()
+  with pytest.raises(model_export.UserError, match="is not a stablehlo export distill can read"):
+    model_export.deserialize_stablehlo(data[: len(data) // 2], Path("cut.stablehlo"))
+  monkeypatch.setitem(sys.modules, "flatbuffers", None)
+  monkeypatch.delitem(sys.modules, "jax._src.export.serialization", raising=False)
+  needs = "^StableHLO files are read and written with flatbuffers: pip install flatbuffers$"
+  with pytest.raises(model_export.UserError, match=needs):
+    model_export.deserialize_stablehlo(data, Path("model.stablehlo"))
+  with pytest.raises(model_export.UserError, match=needs):
+    model_export.export_model(runs / "student", "stablehlo", tmp_path / "model.stablehlo")
+  assert not list(tmp_path.iterdir())
