@@ -282,7 +282,7 @@ def recipe_names() -> list[str]:
 def recipe_summary(path: Path) -> str:
   """The first sentence of a recipe file's opening comment (what the recipe is for)."""
   comment = []
-  for line in path.read_text().splitlines():
+  for line in _read_recipe_file(path).splitlines():
     if not line.startswith("#"):
       break
     comment.append(line.lstrip("#").strip())
@@ -303,7 +303,20 @@ def recipes_listing(columns: int = 100) -> str:
 
 def recipe_text(recipe: str) -> str:
   """A recipe file's text, found by name or path, to copy and edit."""
-  return resolve_recipe_path(recipe).read_text()
+  return _read_recipe_file(resolve_recipe_path(recipe))
+
+
+def _read_recipe_file(path: Path) -> str:
+  """A recipe file's text, refusing one that is not UTF-8 (TOML's only encoding) in one line."""
+  data = path.read_bytes()
+  try:
+    return data.decode()
+  except UnicodeDecodeError as e:
+    # A binary file, or text saved in another encoding (Latin-1, UTF-16): tomllib would raise
+    # the decoder's error as a traceback.
+    raise UserError(f"recipe {path} is not a text (UTF-8) TOML file: byte {data[e.start]:#04x} "
+                    f"at offset {e.start} is not UTF-8; give a .toml recipe saved as UTF-8"
+                    ) from None
 
 
 def resolve_recipe_path(recipe: str | None) -> Path | None:
@@ -469,8 +482,7 @@ def _recipe_chain(path: Path) -> list[tuple[dict[str, Any], str]]:
       raise UserError(f"recipe bases form a cycle: {cycle}")
     seen.append(path.resolve())
     try:
-      with open(path, "rb") as f:
-        table = tomllib.load(f)
+      table = tomllib.loads(_read_recipe_file(path))
     except tomllib.TOMLDecodeError as e:
       raise UserError(f"recipe {path} is not valid TOML: {e}") from None
     base = table.pop("base", None)

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from conftest import run_cli
 
@@ -156,6 +158,26 @@ def test_bad_toml_and_missing_recipe(tmp_path):
   with pytest.raises(UserError, match=f"recipe '{tmp_path / 'mine'}' is a folder; give one of its "
                                       f"recipe files: {tmp_path / 'mine' / 'a.toml'}"):
     config.load_recipe(str(tmp_path / "mine"))
+
+
+def test_a_recipe_that_is_not_utf8_text_is_named_in_one_line(tmp_path):
+  binary = tmp_path / "binary.toml"
+  binary.write_bytes(b"\xff\xfe garbage")
+  message = (f"recipe {binary} is not a text (UTF-8) TOML file: byte 0xff at offset 0 is not "
+             f"UTF-8; give a .toml recipe saved as UTF-8")
+  with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
+    config.load_recipe(str(binary))
+  # As another recipe's base, and in Latin-1 rather than binary.
+  (tmp_path / "child.toml").write_text('base = "binary.toml"\n')
+  with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
+    config.load_recipe(str(tmp_path / "child.toml"))
+  (tmp_path / "latin.toml").write_bytes("# café\nseed = 1\n".encode("latin-1"))
+  with pytest.raises(UserError, match="latin.toml is not a text .* byte 0xe9 at offset 5"):
+    config.load_recipe(str(tmp_path / "latin.toml"))
+  for args in (("teacher", "--recipe", binary), ("recipes", binary)):
+    result = run_cli(*args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [f"error: {message}"]
 
 
 def test_recipe_hash_tracks_changes():
