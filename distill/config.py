@@ -580,8 +580,9 @@ def validate(recipe: dict[str, Any]) -> None:
     if not section["checkpoint_min_seconds"] >= 0:
       raise UserError(f"{role}.checkpoint_min_seconds must be 0 or more seconds, "
                       f"got {section['checkpoint_min_seconds']}")
-    if section["warmup_steps"] < 0 or section["weight_decay"] < 0 or section["grad_clip"] < 0:
-      raise UserError(f"{role}.warmup_steps, weight_decay and grad_clip must not be negative")
+    for key in ("warmup_steps", "weight_decay", "grad_clip"):
+      if not section[key] >= 0:  # NaN too
+        raise UserError(f"{role}.{key} must be 0 or more, got {section[key]}")
     if not 0.0 <= section["label_smoothing"] < 1.0:
       raise UserError(f"{role}.label_smoothing must be in [0, 1), got {section['label_smoothing']}")
   _validate_distillation(recipe["student"])
@@ -591,8 +592,15 @@ def validate(recipe: dict[str, Any]) -> None:
   if recipe["export"]["views"] < 0:
     raise UserError("export.views must be 0 (no augmented views) or more, "
                     f"got {recipe['export']['views']}")
-  if min(recipe["data"][key] for key in ("val_size", "train_limit", "labelled")) < 0:
-    raise UserError("data.val_size, data.train_limit and data.labelled must not be negative")
+  for key in ("val_size", "train_limit", "labelled"):
+    if recipe["data"][key] < 0:
+      raise UserError(f"data.{key} must be 0 or more, got {recipe['data'][key]}")
+  # A crop of no pixels, a negative padding or a batch of no images fails deep inside JAX.
+  for key, least in (("crop_size", 1), ("pad", 0)):
+    if recipe["augment"][key] < least:
+      raise UserError(f"augment.{key} must be {least} or more, got {recipe['augment'][key]}")
+  if recipe["export"]["batch_size"] < 1:
+    raise UserError(f"export.batch_size must be positive, got {recipe['export']['batch_size']}")
   # Seeds feed numpy's generators, which take none below 0.
   for key, value in (("seed", recipe["seed"]), ("data.split_seed", recipe["data"]["split_seed"])):
     if value < 0:
@@ -638,7 +646,8 @@ def _validate_method(student: dict[str, Any]) -> None:
     if isinstance(value, float) and not (value >= 0 and math.isfinite(value)):
       raise UserError(f"student.{method}.{key} must be 0 or positive, got {value}")
   if method == "dkd" and student["dkd"]["warmup_steps"] < 0:
-    raise UserError("student.dkd.warmup_steps must not be negative")
+    raise UserError(f"student.dkd.warmup_steps must be 0 or more, "
+                    f"got {student['dkd']['warmup_steps']}")
 
 
 @dataclasses.dataclass(frozen=True)

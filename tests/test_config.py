@@ -107,6 +107,28 @@ def test_overrides_valid_only_beside_others_wait_for_the_recipe():
   config.check_overrides(["student.mixup=0.4", "student.steps=0"])
 
 
+@pytest.mark.parametrize("override, message", [
+    ("teacher.weight_decay=-0.5", "teacher.weight_decay must be 0 or more, got -0.5"),
+    ("student.warmup_steps=-1", "student.warmup_steps must be 0 or more, got -1"),
+    ("teacher.grad_clip=nan", "teacher.grad_clip must be 0 or more, got nan"),
+    ("data.val_size=-3", "data.val_size must be 0 or more, got -3"),
+    ("data.train_limit=-1", "data.train_limit must be 0 or more, got -1"),
+    ("data.labelled=-2", "data.labelled must be 0 or more, got -2"),
+    ("augment.crop_size=0", "augment.crop_size must be 1 or more, got 0"),
+    ("augment.pad=-1", "augment.pad must be 0 or more, got -1"),
+    ("export.batch_size=0", "export.batch_size must be positive, got 0"),
+])
+def test_a_value_out_of_range_is_named_alone_with_its_value(override, message):
+  # One key and its value, not a list of the keys that could be wrong.
+  with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
+    config.load_recipe("digits", [override])
+
+
+def test_a_negative_dkd_warmup_names_its_value():
+  with pytest.raises(UserError, match=r"^student.dkd.warmup_steps must be 0 or more, got -4$"):
+    config.load_recipe("digits", ["student.method=dkd", "student.dkd.warmup_steps=-4"])
+
+
 def test_val_size_is_a_count_or_a_fraction_in_a_file_and_in_set(tmp_path):
   # As the README says, and as the data loaders take it.
   path = tmp_path / "frac.toml"
