@@ -137,6 +137,17 @@ def _mistakes(tmp, finished):
         "data.val_size=0", "--batch-size", "8", "--set", "student.batch_size=8"],
        ["no validation images", "pass --set data.val_size=4"]),
   ]
+  # Files that are no npz, or a damaged one: one line, not zipfile's or pickle's traceback.
+  whole = _npz(tmp / "whole.npz", x=np.arange(20 * 64).reshape(20, 8, 8).astype(np.uint8),
+               y=LABELS).read_bytes()
+  (tmp / "half.npz").write_bytes(whole[:len(whole) // 2])
+  (tmp / "text.npz").write_text("hello\n")
+  not_npz = [
+      ("truncated npz", ["teacher", "--dataset", "npz", "--data-dir", tmp / "half.npz"],
+       ["half.npz is damaged (not a complete .npz", "save it again"]),
+      ("text file named .npz", ["teacher", "--dataset", "npz", "--data-dir", tmp / "text.npz"],
+       ["text.npz is not an .npz file", "np.savez"]),
+  ]
   # Options given on the wrong side of the command say where they go.
   misplaced = [
       ("command option before the command", ["--steps", "10", "teacher"],
@@ -192,7 +203,8 @@ def _mistakes(tmp, finished):
       ("compare a damaged summary", ["compare", damaged_summary], ["damaged"]),
       ("student of a folder that is no teacher", ["student", "--teacher", empty],
        ["empty folder"]),
-      *wrong_folders, *recipe_types, *small_data, *misplaced, *_import_mistakes(tmp, finished),
+      *wrong_folders, *recipe_types, *small_data, *not_npz, *misplaced,
+      *_import_mistakes(tmp, finished),
   ]
 
 

@@ -518,6 +518,37 @@ def test_npz_object_labels_are_told_to_save_a_plain_array(tmp_path):
     _load_npz(tmp_path / "mine.npz", x=_X, y=np.array(["cat", "dog"] * 20, object))
 
 
+def test_npz_damaged_or_no_npz_at_all_is_one_line_that_says_so(tmp_path):
+  good = tmp_path / "good.npz"
+  np.savez(good, x=_X, y=np.arange(40) % 2)
+  whole = good.read_bytes()
+  # Half a file (`head -c`) loses the zip's directory, at its end: a BadZipFile traceback.
+  (tmp_path / "half.npz").write_bytes(whole[:len(whole) // 2])
+  with pytest.raises(UserError, match=r"half.npz is damaged \(not a complete .npz: File is not a "
+                                      r"zip file\): save it again$"):
+    load_dataset("npz", data_dir=tmp_path / "half.npz")
+  # A zeroed block inside an array fails its CRC as the array is read, stored or compressed.
+  for save in (np.savez, np.savez_compressed):
+    save(good, x=_X, y=np.arange(40) % 2)
+    damaged = bytearray(good.read_bytes())
+    damaged[200:400] = bytes(200)
+    (tmp_path / "zeroed.npz").write_bytes(damaged)
+    with pytest.raises(UserError, match=r"zeroed.npz is damaged \(key 'x': .*\): save it again$"):
+      load_dataset("npz", data_dir=tmp_path / "zeroed.npz")
+  # Not an npz at all: said so, not numpy's advice to unpickle it.
+  for name, content, words in (("text.npz", b"hello\n", r"is not an .npz file .* it begins "
+                                                        r"with b'hello\\n'"),
+                               ("empty.npz", b"", r"is empty \(0 bytes\), not an .npz")):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(UserError, match=words) as refused:
+      load_dataset("npz", data_dir=tmp_path / name)
+    assert "pickle" not in str(refused.value)
+  np.save(tmp_path / "one.npy", _X)
+  os.rename(tmp_path / "one.npy", tmp_path / "one.npz")
+  with pytest.raises(UserError, match=r"one.npz is a single .npy array, not an .npz archive"):
+    load_dataset("npz", data_dir=tmp_path / "one.npz")
+
+
 def test_npz_reads_keras_names(tmp_path):
   path = tmp_path / "keras.npz"
   dataset = _load_npz(path, x_train=_X, y_train=np.arange(40) % 2, x_test=_X[:6],

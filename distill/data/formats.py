@@ -12,6 +12,7 @@ import functools
 import gzip
 import os
 import pickle
+import zipfile
 import zlib
 
 import numpy as np
@@ -142,52 +143,103 @@ def read_npz(path: str, required: tuple[str, ...], optional: tuple[str, ...] = (
 
   Returns:
     The arrays by key.
+
+  Raises:
+    UserError: naming the file if it is not an .npz, is damaged or truncated,
+      lacks a required key or holds an array that needs pickle.
   """
   aliases = aliases or {}
   try:
-    archive = np.load(path, allow_pickle=False)
-  except (OSError, ValueError, EOFError) as error:
+    stream = open(path, "rb")  # closed below, after the archive's reads
+  except OSError as error:
     raise UserError(f"cannot read {path} as .npz: {one_line(error)}") from None
-  if not hasattr(archive, "files"):
-    raise UserError(f"{path} is a single .npy array, not an .npz archive of "
-                    "named arrays")
+  with stream:
+    _check_npz_start(path, stream.read(len(np.lib.format.MAGIC_PREFIX)))
+    stream.seek(0)
+    try:
+      archive = np.load(stream, allow_pickle=False)
+    except zipfile.BadZipFile as error:
+      # The zip's directory sits at the end of the file: a truncated copy loses it first.
+      raise UserError(f"{path} is damaged (not a complete .npz: {one_line(error)}): save it "
+                      "again") from None
+    except (OSError, ValueError, EOFError) as error:
+      raise UserError(f"cannot read {path} as .npz: {one_line(error)}") from None
+    with archive:
+      return _read_npz_keys(path, archive, required, optional, aliases)
+
+
+# How the files np.load tells apart begin: an .npz is a zip archive (an empty one starts
+# with its end record), a .npy has its own magic; np.load takes anything else for a pickle.
+_ZIP_STARTS = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def _check_npz_start(path: str, start: bytes) -> None:
+  """Refuses a file whose first bytes are not an .npz's, before np.load reads it as a pickle.
+
+  Without this, a text file named .npz is refused with numpy's advice to load it with
+  allow_pickle, which would run whatever a pickle holds.
+  """
+  if start.startswith(_ZIP_STARTS):
+    return
+  if not start:
+    raise UserError(f"{path} is empty (0 bytes), not an .npz: save your arrays again with "
+                    "`np.savez`")
+  if start == np.lib.format.MAGIC_PREFIX:
+    raise UserError(f"{path} is a single .npy array, not an .npz archive of named arrays: save "
+                    "them with `np.savez(path, x=images, y=labels)`")
+  raise UserError(f"{path} is not an .npz file (a zip archive of arrays, as `np.savez` writes): "
+                  f"it begins with {start!r}; save your arrays with `np.savez`")
+
+
+def _read_npz_keys(path: str, archive, required: tuple[str, ...], optional: tuple[str, ...],
+                   aliases: dict[str, str]) -> dict[str, np.ndarray]:
+  """`read_npz`'s arrays from its open archive."""
+  present = []
+  for key in required:
+    alias = aliases.get(key)
+    if key in archive.files and alias in archive.files:
+      raise UserError(f"{path} has both {key!r} and {alias!r}; keep one of them "
+                      "(they mean the same array here)")
+    if key in archive.files:
+      present.append(key)
+    elif alias in archive.files:
+      present.append(alias)
+    else:
+      spelled = f"{key!r}" + (f" (or {alias!r})" if alias else "")
+      raise UserError(f'{path} has no key {spelled} (it has: '
+                      f'{", ".join(archive.files) or "nothing"})')
   arrays = {}
-  with archive:
-    present = []
-    for key in required:
-      alias = aliases.get(key)
-      if key in archive.files and alias in archive.files:
-        raise UserError(f"{path} has both {key!r} and {alias!r}; keep one of them "
-                        "(they mean the same array here)")
-      if key in archive.files:
-        present.append(key)
-      elif alias in archive.files:
-        present.append(alias)
-      else:
-        spelled = f"{key!r}" + (f" (or {alias!r})" if alias else "")
-        raise UserError(f'{path} has no key {spelled} (it has: '
-                        f'{", ".join(archive.files) or "nothing"})')
-    for key in (*present, *optional):
-      if key not in archive.files:
-        continue
-      try:
-        arrays[key] = archive[key]
-      except ValueError as error:
-        # Object arrays (e.g. a list of Python str) need pickle, which we
-        # refuse to run on data files.
-        if key in _IMAGE_KEYS and "pickle" in str(error):
-          raise UserError(f"{path}: key {key!r} is an object array (images of different "
-                          "sizes?), which cannot be read without pickle; images must share one "
-                          "height and width: resize them first, e.g. with PIL "
-                          "`Image.fromarray(image).resize((width, height))`, and save "
-                          "`np.stack(images)`") from None
-        raise UserError(f"{path}: key {key!r} cannot be read without pickle; "
-                        "save it as a plain array (strings as dtype=str): "
-                        f"{one_line(error)}") from None
-      except (OSError, EOFError, zlib.error) as error:
-        raise UserError(f"{path}: key {key!r} is damaged: "
-                        f"{one_line(error)}") from None
+  for key in (*present, *optional):
+    if key not in archive.files:
+      continue
+    try:
+      arrays[key] = archive[key]
+    except ValueError as error:
+      if "pickle" not in str(error):  # a member whose .npy header is garbled
+        raise UserError(f"{path} is damaged (key {key!r}: {one_line(error)}): save it "
+                        "again") from None
+      # Object arrays (e.g. a list of Python str) need pickle, which we
+      # refuse to run on data files.
+      if key in _IMAGE_KEYS:
+        raise UserError(f"{path}: key {key!r} is an object array (images of different "
+                        "sizes?), which cannot be read without pickle; images must share one "
+                        "height and width: resize them first, e.g. with PIL "
+                        "`Image.fromarray(image).resize((width, height))`, and save "
+                        "`np.stack(images)`") from None
+      raise UserError(f"{path}: key {key!r} cannot be read without pickle; "
+                      "save it as a plain array (strings as dtype=str): "
+                      f"{one_line(error)}") from None
+    except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as error:
+      # zipfile checks each member's CRC as it reads it: a damaged block shows up here.
+      raise UserError(f"{path} is damaged (key {key!r}: {one_line(error)}): save it "
+                      "again") from None
   return arrays
+
+
+def npz_keys(path: str) -> list[str]:
+  """The names of the arrays in an .npz that `read_npz` has read (reads no array)."""
+  with np.load(path, allow_pickle=False) as archive:
+    return list(archive.files)
 
 
 def read_keras_npz(path: str) -> tuple[np.ndarray, ...]:
