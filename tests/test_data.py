@@ -549,6 +549,19 @@ def test_npz_damaged_or_no_npz_at_all_is_one_line_that_says_so(tmp_path):
     load_dataset("npz", data_dir=tmp_path / "one.npz")
 
 
+@pytest.mark.parametrize("names, words", [
+    (["cat", "cat", "dog"], "key 'class_names' names class 0 and class 1 both 'cat'; give every "
+                            "class its own name"),
+    (["cat", "", "dog"], "key 'class_names' has an empty name for class 1; give every class a "
+                         "name"),
+    ([b"cat", b" ", b""], "empty name for class 1 (and 1 more)"),
+])
+def test_npz_blank_or_repeated_class_names_are_refused(tmp_path, names, words):
+  # They were taken: "10 classes (a, a, a, ...)", and reports that cannot tell classes apart.
+  with pytest.raises(UserError, match=re.escape(words)):
+    _load_npz(tmp_path / "mine.npz", x=_X, y=np.arange(40) % 3, class_names=np.array(names))
+
+
 def test_npz_reads_keras_names(tmp_path):
   path = tmp_path / "keras.npz"
   dataset = _load_npz(path, x_train=_X, y_train=np.arange(40) % 2, x_test=_X[:6],

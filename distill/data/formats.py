@@ -250,13 +250,28 @@ def read_keras_npz(path: str) -> tuple[np.ndarray, ...]:
 
 
 def class_names_from_array(names: np.ndarray, path: str) -> tuple[str, ...]:
-  """An .npz's 'class_names' array (str or bytes) as a tuple of str."""
+  """An .npz's 'class_names' array (str or bytes) as a tuple of str; each a name, none twice."""
   if names.ndim != 1 or names.dtype.kind not in "US" or not len(names):
     raise UserError(f"{path}: key 'class_names' must be a non-empty 1-D array "
                     f"of strings, got {names.dtype} with shape {names.shape}")
   if names.dtype.kind == "S":
-    return tuple(name.decode("utf-8", "replace") for name in names.tolist())
-  return tuple(str(name) for name in names.tolist())
+    decoded = tuple(name.decode("utf-8", "replace") for name in names.tolist())
+  else:
+    decoded = tuple(str(name) for name in names.tolist())
+  # Reports, predictions and exports name classes by these: a blank or repeated name
+  # would make two classes read as one.
+  blank = [index for index, name in enumerate(decoded) if not name.strip()]
+  if blank:
+    more = f" (and {len(blank) - 1} more)" if len(blank) > 1 else ""
+    raise UserError(f"{path}: key 'class_names' has an empty name for class {blank[0]}{more}; "
+                    "give every class a name")
+  first = {}
+  for index, name in enumerate(decoded):
+    if name in first:
+      raise UserError(f"{path}: key 'class_names' names class {first[name]} and class {index} "
+                      f"both {name!r}; give every class its own name")
+    first[name] = index
+  return decoded
 
 
 # --- CIFAR-10 ----------------------------------------------------------------
