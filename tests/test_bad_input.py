@@ -137,7 +137,8 @@ def _mistakes(tmp, finished):
         "data.val_size=0", "--batch-size", "8", "--set", "student.batch_size=8"],
        ["no validation images", "pass --set data.val_size=4"]),
   ]
-  # Files that are no npz, or a damaged one: one line, not zipfile's or pickle's traceback.
+  # Files that are no npz, or a damaged one: one line, not zipfile's or pickle's traceback;
+  # test labels that count from another number than y's.
   whole = _npz(tmp / "whole.npz", x=np.arange(20 * 64).reshape(20, 8, 8).astype(np.uint8),
                y=LABELS).read_bytes()
   (tmp / "half.npz").write_bytes(whole[:len(whole) // 2])
@@ -147,6 +148,10 @@ def _mistakes(tmp, finished):
        ["half.npz is damaged (not a complete .npz", "save it again"]),
       ("text file named .npz", ["teacher", "--dataset", "npz", "--data-dir", tmp / "text.npz"],
        ["text.npz is not an .npz file", "np.savez"]),
+      ("y_test counted from 1", ["teacher", "--dataset", "npz", "--data-dir",
+                                 _npz(tmp / "from1.npz", x=IMAGES, y=LABELS, x_test=IMAGES,
+                                      y_test=LABELS + 1)],
+       ["key 'y_test' runs 1..4 but key 'y' runs 0..3", "save `y_test - 1`"]),
   ]
   # Options given on the wrong side of the command say where they go.
   misplaced = [

@@ -365,6 +365,48 @@ def test_npz_labels_that_skip_classes_warn_and_name_them(tmp_path, capsys):
   assert "have no training images" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("arrays, words", [
+    # y_test counted from 1 (or 5) against y from 0 trained 11 classes to 2% and blamed 'y'.
+    ({"y": np.arange(40) % 10, "y_test": np.arange(10) + 1},
+     "key 'y_test' runs 1..10 but key 'y' runs 0..9: do they count from different numbers? save "
+     "`y_test - 1`"),
+    ({"y_train": np.arange(40) % 10, "y_test": np.arange(10) + 5},
+     "key 'y_test' runs 5..14 but key 'y_train' runs 0..9: do they count from different "
+     "numbers? save `y_test - 5`"),
+    # Or the training labels, with class names too: the higher ones are shifted down.
+    ({"y": np.arange(40) % 2 + 1, "y_test": np.arange(10) % 2,
+      "class_names": np.array(["a", "b", "c"])},
+     "key 'y' runs 1..2 but key 'y_test' runs 0..1: do they count from different numbers? save "
+     "`y - 1`"),
+    ({"y": np.arange(40) % 10, "y_test": np.full(10, 10, np.uint8)},
+     "key 'y_test' is all 10 but key 'y' runs 0..9: do they count from different numbers? "
+     "save `y_test - 1`"),
+])
+def test_npz_test_labels_counted_from_another_number_are_refused(tmp_path, arrays, words):
+  images = {"x_train" if "y_train" in arrays else "x": _X, "x_test": _X[:10]}
+  with pytest.raises(UserError, match=re.escape(words) + "$"):
+    _load_npz(tmp_path / "mine.npz", **images, **arrays)
+
+
+def test_npz_test_classes_without_training_images_are_noted(tmp_path):
+  # No shift explains them: a warning that says the test images of those classes count wrong.
+  notes = []
+  dataset = _load_npz(tmp_path / "mine.npz", notes.append, x=_X, y=np.arange(40) % 5,
+                      x_test=_X[:7], y_test=np.arange(7))
+  assert dataset.num_classes == 7
+  (note,) = notes
+  assert ("2 of the 7 classes (5, 6) have no training images, but the test labels have images "
+          "of them, which no model trained on these gets right") in note
+  # A gap in y's classes that y_test also has: still the gap, no refusal.
+  notes.clear()
+  y = np.arange(40) % 10
+  y[y == 7] = 8
+  assert _load_npz(tmp_path / "mine.npz", notes.append, x=_X, y=y, x_test=_X[:10],
+                   y_test=np.arange(10)).num_classes == 10
+  assert "class 7 of the 10 has no training images, but the test labels have images of it" in (
+      notes[0])
+
+
 def test_npz_classes_empty_for_a_reason_are_no_numbering_mistake(tmp_path):
   path = tmp_path / "mine.npz"
   notes = []

@@ -163,6 +163,51 @@ def label_range_fix(labels: np.ndarray, num_classes: int | None = None,
   return f"labels are class indices {indices}: {remap}{unlabelled}"
 
 
+def check_same_numbering(y: np.ndarray, y_key: str, other: np.ndarray, other_key: str,
+                         where: str) -> None:
+  """Refuses held-out labels (y_test) that look counted from another number than `y`'s.
+
+  y_test + 1 against y made one class more than the data has, that no training image
+  has: the run trained, scored near 0 and warned only of a gap in y. Classes that only
+  `other` has and no shift explains are left to `classes_from_labels`' note.
+
+  Args:
+    y: the training labels; y_key: their key, as the file spells it.
+    other: labels of images held out of training; other_key: their key.
+    where: begins the message (the file).
+  """
+  # int64: a shift of uint8 labels would wrap around.
+  train, held_out = np.unique(y).astype(np.int64), np.unique(other).astype(np.int64)
+  if not len(held_out) or np.isin(held_out, train).all():
+    return
+  shift = _numbering_shift(held_out, train)
+  if shift is None:
+    return
+  high_key, high, low_key, low = ((other_key, held_out, y_key, train) if shift < 0 else
+                                  (y_key, train, other_key, held_out))
+  # Class indices start at 0: shift the labels that run higher down, unless that makes some
+  # negative.
+  fix = (f"{high_key} - {abs(shift)}" if high[0] - abs(shift) >= 0 else
+         f"{low_key} + {abs(shift)}")
+  raise UserError(f"{where}: key {high_key!r} {_runs(high)} but key {low_key!r} {_runs(low)}: "
+                  f"do they count from different numbers? save `{fix}`")
+
+
+def _runs(labels: np.ndarray) -> str:
+  """'runs 1..10' for sorted labels, or 'is all 10' for one."""
+  return f"runs {labels[0]}..{labels[-1]}" if len(labels) > 1 else f"is all {labels[0]}"
+
+
+def _numbering_shift(held_out: np.ndarray, train: np.ndarray) -> int | None:
+  """The shift that lines up an end of the two label ranges and makes every held-out class
+  a training class (the smaller such shift); None where none does. Both sorted and unique."""
+  ends = {int(train[0] - held_out[0]), int(train[-1] - held_out[-1])} - {0}
+  for shift in sorted(ends, key=abs):
+    if np.isin(held_out + shift, train).all():
+      return shift
+  return None
+
+
 def classes_from_labels(y: np.ndarray, y_test: np.ndarray | None,
                          what: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
   """Class names 0..max(label) for labels without names, and a note on classes without images.
@@ -188,6 +233,14 @@ def classes_from_labels(y: np.ndarray, y_test: np.ndarray | None,
     return class_names, ()
   which = (f"class {empty[0]} of the {num_classes:,} has" if len(empty) == 1 else
            f"{len(empty):,} of the {num_classes:,} classes ({first_few(empty)}) have")
+  # Not a numbering mistake (check_same_numbering refuses those), yet test images of classes
+  # no training image has: the model cannot get them right.
+  num_tested = 0 if y_test is None else len(np.intersect1d(empty, y_test))
+  whom = ("it" if len(empty) == 1 else "them" if num_tested == len(empty) else
+          f"{num_tested:,} of them")
+  tested = (f", but the test labels have images of {whom}, which no model trained on these "
+            "gets right" if num_tested else "")
   return class_names, (
-      f"{what}: {which} no training images; labels are class indices 0..K-1 with K = largest "
-      f"label + 1, so gaps in yours make empty classes: if they are not indices, {_REMAP}",)
+      f"{what}: {which} no training images{tested}; labels are class indices 0..K-1 with K = "
+      f"largest label + 1, so gaps in yours make empty classes: if they are not indices, "
+      f"{_REMAP}",)

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from distill.data.checks import (
+  check_same_numbering,
   check_two_classes,
   checked_images,
   checked_labels,
@@ -478,6 +479,7 @@ def _load_npz(*, data_dir: str | None, allow_download: bool) -> RawData:
     x_test = checked_images(arrays["x_test"], f"{path}: key 'x_test'")
     y_test = checked_labels(arrays["y_test"], f"{path}: key 'y_test'",
                              len(x_test), "key 'x_test'")
+    check_same_numbering(y, y_key, y_test, "y_test", path)
   notes = ()
   if "class_names" in arrays:
     class_names = class_names_from_array(arrays["class_names"], path)
