@@ -34,6 +34,21 @@ _SET_HELP = _set_help("teacher.steps=500", "teacher.vit.depth=6")
 _STUDENT_SET_HELP = _set_help("student.steps=500", "student.cnn.blocks_per_stage=2")
 
 
+class _Path(click.Path):
+  """A file or folder path, never empty: `--workdir "$DIR"` with DIR unset would mean the current
+  folder, and a run would write among the files there."""
+
+  def convert(self, value, param, ctx):
+    """click's path, unless the value is empty."""
+    if isinstance(value, str) and not value.strip():
+      self.fail("an empty path (an unset shell variable?); give a folder or file by name",
+                param, ctx)
+    return super().convert(value, param, ctx)
+
+
+PATH = _Path()
+
+
 def _fail(error: UserError):
   """One red line on stderr, then the error's exit code."""
   click.secho(f"error: {error}", err=True, fg="red")
@@ -120,7 +135,7 @@ def _common_training_options(role: str):
                         "and class_names; keras' x_train, y_train are read too), or stream "
                         "(array shards on disk, larger than memory; see --data-dir). "
                         f"{dataset_default}"),
-      click.option("--data-dir", default=None, type=click.Path(),
+      click.option("--data-dir", default=None, type=PATH,
                    help="Where the data is (a folder, the .npz file for --dataset npz, or the "
                         "folder holding train/ and test/ shards for --dataset stream)."),
       click.option("--steps", type=int, default=None,
@@ -327,7 +342,7 @@ def _leave_together(*_args, **_kwargs):
 
 @main.command(short_help="Train the ViT teacher and export its soft targets.")
 @_common_training_options("teacher")
-@click.option("--workdir", "-w", type=click.Path(), default="runs/teacher", show_default=True,
+@click.option("--workdir", "-w", type=PATH, default="runs/teacher", show_default=True,
               help="Run directory (checkpoints, metrics, summary, targets).")
 @click.option("--no-export", is_flag=True, help="Skip exporting soft targets at the end.")
 @click.option("--init-from", default=None, metavar="VIT_FOLDER",
@@ -364,9 +379,9 @@ def teacher(recipe, overrides, dataset, data_dir, steps, batch_size, seed, resta
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help=_set_help("data.val_size=0.1", "export.temperature=2"))
 @click.option("--dataset", default=None, help="Dataset to label (overrides the recipe).")
-@click.option("--data-dir", default=None, type=click.Path(),
+@click.option("--data-dir", default=None, type=PATH,
               help="Where the dataset's files are (overrides the recipe).")
-@click.option("--workdir", "-w", type=click.Path(), default="runs/imported-teacher",
+@click.option("--workdir", "-w", type=PATH, default="runs/imported-teacher",
               show_default=True, help="The teacher run directory to create.")
 @click.option("--overwrite", is_flag=True, help="Replace a finished run in the workdir.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or notes.")
@@ -399,10 +414,10 @@ def import_teacher(source, recipe, overrides, dataset, data_dir, workdir, overwr
 
 
 @main.command(short_help="Export the targets of a teacher or an ensemble (T, views).")
-@click.option("--teacher", "teacher_dirs", required=True, multiple=True, type=click.Path(),
+@click.option("--teacher", "teacher_dirs", required=True, multiple=True, type=PATH,
               help="A teacher's run directory: trained, or imported from a model that runs. "
                    "Repeat it to export an ensemble: the teachers' probabilities are averaged.")
-@click.option("--out", "out_dir", type=click.Path(), default=None,
+@click.option("--out", "out_dir", type=PATH, default=None,
               help="Where targets.npz goes [default: the teacher's directory; required for an "
                    "ensemble].")
 @click.option("--temperature", "-T", type=float, default=None,
@@ -438,7 +453,7 @@ def export(teacher_dirs, out_dir, temperature, views, quiet):
 
 @main.command(short_help="Train a student against a teacher's soft targets.")
 @_common_training_options("student")
-@click.option("--teacher", "teacher_dir", type=click.Path(), default="runs/teacher",
+@click.option("--teacher", "teacher_dir", type=PATH, default="runs/teacher",
               show_default=True, help="The teacher run whose targets to learn from.")
 @click.option("--model", "-m", default=None,
               help="Student model: vit, cnn, mlp or linear (default: the recipe's).")
@@ -475,7 +490,7 @@ def export(teacher_dirs, out_dir, temperature, views, quiet):
                    "not augmented unless student.augment=true; kd's settings and "
                    f"{_method_settings('hint')}). kd and hint at alpha 1 read no labels; the "
                    "others add the label loss. [default: kd]")
-@click.option("--workdir", "-w", type=click.Path(), default=None,
+@click.option("--workdir", "-w", type=PATH, default=None,
               help="Run directory [default: runs/student-MODEL, then -hard for hard labels, "
                    "or -METHOD for a method other than kd, its variant if not the default "
                    "(-soft, -cosine) and -TEACHING for online or views, e.g. "
@@ -519,7 +534,7 @@ def student(recipe, overrides, dataset, data_dir, steps, batch_size, seed, resta
 
 
 @main.command(short_help="Compare finished runs side by side.")
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
+@click.argument("run_dirs", nargs=-1, required=True, type=PATH)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @click.option("--markdown", is_flag=True, help="Print a Markdown table.")
 @_user_errors
@@ -548,8 +563,8 @@ def compare(run_dirs, as_json, markdown):
 
 
 @main.command(short_help="Write report.html: curves, mistakes, calibration.")
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
-@click.option("--out", "-o", type=click.Path(), default="runs/report", show_default=True,
+@click.argument("run_dirs", nargs=-1, required=True, type=PATH)
+@click.option("--out", "-o", type=PATH, default="runs/report", show_default=True,
               help="Folder for report.html and the PNG figures.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_user_errors
@@ -639,9 +654,9 @@ def bench(recipe, overrides, role, batch_size, steps, bare_steps, synthetic, as_
 
 
 @main.command(short_help="Train students over models, modes and seeds; pair them.")
-@click.option("--teacher", "teacher_dir", type=click.Path(), default="runs/teacher",
+@click.option("--teacher", "teacher_dir", type=PATH, default="runs/teacher",
               show_default=True, help="The teacher run every student learns from.")
-@click.option("--out", "-o", type=click.Path(), default="runs/sweep", show_default=True,
+@click.option("--out", "-o", type=PATH, default="runs/sweep", show_default=True,
               help="Folder for the runs (one sub-folder each), sweep.md and sweep.json.")
 @click.option("--model", "-m", "models", multiple=True, default=("cnn",), show_default=True,
               help="Student model: vit, cnn, mlp, linear (repeatable).")
@@ -717,14 +732,14 @@ def sweep(teacher_dir, out, models, modes, soft_losses, methods, seeds, recipe, 
 
 
 @main.command("export-model", short_help="Export a run's model as one StableHLO or ONNX file.")
-@click.argument("run_dir", type=click.Path(), metavar="RUN")
+@click.argument("run_dir", type=PATH, metavar="RUN")
 # A plain string, not click.Choice: the library refuses an unknown format in one line.
 @click.option("--format", "fmt", metavar="stablehlo|onnx",
               help="stablehlo: a serialised jax.export (load with jax.export.deserialize); "
                    "onnx: converted by jax2onnx and checked with onnxruntime "
                    "(pip install 'distill[onnx]'). Default: from OUT's extension "
                    "(.stablehlo or .onnx).")
-@click.option("--out", "-o", required=True, type=click.Path(),
+@click.option("--out", "-o", required=True, type=PATH,
               help="The model file to write; its sidecar goes to OUT.json.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT (and OUT.json).")
 @_user_errors
@@ -753,9 +768,9 @@ def export_model(run_dir, fmt, out, overwrite):
 
 
 @main.command(short_help="Classify images with a run or an exported model.")
-@click.argument("source", type=click.Path(), metavar="RUN|EXPORTED")
-@click.argument("more_images", nargs=-1, type=click.Path(), metavar="")
-@click.option("--images", "images", multiple=True, type=click.Path(), required=True,
+@click.argument("source", type=PATH, metavar="RUN|EXPORTED")
+@click.argument("more_images", nargs=-1, type=PATH, metavar="")
+@click.option("--images", "images", multiple=True, type=PATH, required=True,
               metavar="FILES...",
               help="PNG/JPEG files (turned upright, converted to the model's channels, "
                    "scaled to cover its H x W and center-cropped, as image folders are for "
