@@ -458,8 +458,8 @@ def import_teacher(source: str, recipe: dict[str, Any], workdir: Path, *,
   workdir = Path(workdir)
   start = time.perf_counter()
   views = recipe["export"]["views"]
-  rundir.check_workdir(workdir)
   _check_not_in_source(workdir, source)
+  rundir.check_run_workdir(workdir, example="imported-teacher")
   # The teacher path's check of data.val_size (and its note on the batch size students
   # inherit); the teacher's own batch size is set to 1, since an imported teacher never trains.
   dataset = load_fitting_data({**recipe, "teacher": {**recipe["teacher"], "batch_size": 1}},
@@ -520,6 +520,7 @@ def import_teacher(source: str, recipe: dict[str, Any], workdir: Path, *,
                  f"...) differ from {dataset.name}'s; its class i is taken as the data set's "
                  "class i")
   write_json(workdir / rundir.SUMMARY_FILE, summary)
+  rundir.release_workdir(workdir)
   return summary
 
 

@@ -9,6 +9,7 @@
   targets.json     with their metadata; a streamed teacher writes targets-shards/
   imported.json    (imported teachers) the source it was read from, instead of checkpoints/
   tensorboard/     the metrics.jsonl scalars as TensorBoard event files (tensorboardX)
+  .lock            held by the command writing the run (see `claim_workdir`)
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ IMPORTED_FILE = "imported.json"
 TENSORBOARD_DIR = "tensorboard"
 # A `distill sweep` folder's record of its runs (see `distill.sweep`).
 SWEEP_FILE = "sweep.json"
+# Held (flock) by the process writing the run, so that a second command cannot write there too.
+LOCK_FILE = ".lock"
 # Everything a run writes: what --overwrite and --restart clear.
 RUN_OUTPUTS = (CHECKPOINTS_DIR, METRICS_FILE, SUMMARY_FILE, RECIPE_FILE, TARGETS_FILE,
                TARGETS_META_FILE, TARGET_SHARDS_DIR, PREDICTIONS_FILE, IMPORTED_FILE,
@@ -258,6 +261,70 @@ def check_workdir(workdir: Path, what: str = "workdir") -> None:
     raise UserError(f"cannot write to {what} {workdir}: {ancestor} is read-only")
 
 
+def check_run_workdir(workdir: Path, *, example: str) -> None:
+  """`check_workdir`, then refuses a folder that holds something other than a run.
+
+  A run writes a dozen files and folders into its workdir, and --overwrite or
+  --restart clear them: among a person's own files (`--workdir .`, or
+  `--workdir runs`, a folder of runs) that mixes the two. `example` names a
+  subfolder the message suggests instead.
+  """
+  check_workdir(workdir)
+  kind = folder_kind(workdir)
+  if kind == NOT_A_RUN:
+    others = sorted(child.name for child in Path(workdir).iterdir()
+                    if child.name not in (*RUN_OUTPUTS, LOCK_FILE))
+    if not others:  # what is left of a run, e.g. its TensorBoard folder
+      return
+    what = (describe_folder(workdir, kind) if runs_in(workdir) else
+            f"a folder of other files ({', '.join(others[:3])}{', ...' if others[3:] else ''})")
+  elif kind == SWEEP:
+    what = describe_folder(workdir, kind)
+  else:
+    return
+  raise UserError(f"--workdir {workdir} is {what}; a run needs a new or empty folder of its "
+                  f"own, e.g. --workdir {Path(workdir) / example}")
+
+
+# The run folders this process writes, each with its open lock file (see `claim_workdir`).
+_claimed: dict[Path, Any] = {}
+
+
+def claim_workdir(workdir: Path) -> None:
+  """Holds `workdir` for this process until `release_workdir` or the process ends.
+
+  Two commands writing one run folder at once interleave their checkpoints and
+  metrics and leave the outputs of whichever ends last: the second is refused.
+  The lock is an flock on LOCK_FILE, which the system drops with the process,
+  however it ends; a file system without locks runs unguarded.
+  """
+  folder = Path(workdir).resolve()
+  if folder in _claimed:  # this process again (Python, after a run stopped by an error)
+    return
+  try:
+    import fcntl  # noqa: PLC0415
+  except ImportError:  # not a POSIX system
+    return
+  handle = open(folder / LOCK_FILE, "a")  # noqa: SIM115 (held open while the run writes)
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    handle.close()
+    raise UserError(f"another distill command is writing into {workdir} now; wait for it to "
+                    "end, or give this one another --workdir") from None
+  except OSError:  # e.g. a network file system without locks
+    handle.close()
+    return
+  _claimed[folder] = handle
+
+
+def release_workdir(workdir: Path) -> None:
+  """Lets go of a run folder `claim_workdir` held, once the run has written its last file."""
+  handle = _claimed.pop(Path(workdir).resolve(), None)
+  if handle is not None:
+    handle.close()
+
+
 def check_apart_from_teacher(path: Path, teacher: Path | str, *, flag: str, why: str,
                             whose: str, instead: Path | str, inside: bool = False) -> None:
   """Refuses a run's `flag` folder that is its teacher's own folder (with `inside`, or within it).
@@ -302,17 +369,18 @@ def prepare_workdir(workdir: Path, *, restart: bool, overwrite: bool) -> None:
   # Every process decides the same; one clears and probes, the others wait for it.
   parallel.sync("workdir checked")
   if is_primary_process():
-    if (finished and overwrite) or restart:
-      for name in RUN_OUTPUTS:
-        path = workdir / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     try:
       workdir.mkdir(parents=True, exist_ok=True)
+      claim_workdir(workdir)  # before anything is cleared: another command may be writing
       probe = workdir / ".write-test"
       probe.write_text("")
       probe.unlink()
     except OSError as e:
       raise UserError(f"cannot write to workdir {workdir}: {e.strerror}") from None
+    if (finished and overwrite) or restart:
+      for name in RUN_OUTPUTS:
+        path = workdir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
   parallel.sync("workdir ready")
 
 

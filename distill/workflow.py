@@ -23,7 +23,7 @@ from distill.export import export_targets
 from distill.io import read_json, write_json, write_npz
 from distill.launcher import huge_pages_in_use
 from distill.run_recipe import default_student_workdir
-from distill.rundir import PREDICTIONS_FILE, RECIPE_FILE, SUMMARY_FILE, check_workdir
+from distill.rundir import PREDICTIONS_FILE, RECIPE_FILE, SUMMARY_FILE
 from distill.student_teaching import student_objective
 
 
@@ -356,7 +356,7 @@ def train_teacher(recipe: dict[str, Any], workdir: Path, *, restart: bool = Fals
   workdir = Path(workdir)
   start = time.perf_counter()
   _check_processes_agree(recipe, "teacher", workdir, restart=restart, overwrite=overwrite)
-  check_workdir(workdir)
+  rundir.check_run_workdir(workdir, example="teacher")
   check_existing_run(workdir, recipe, "teacher", restart=restart, overwrite=overwrite)
   check_batch_splits(recipe, "teacher", console)
   dataset = load_fitting_data(recipe, "teacher", console)
@@ -387,6 +387,7 @@ def _write_summary(workdir: Path, summary: dict[str, Any], start: float) -> dict
   `summary` and writes it to the run directory: the run's last file. Returns the summary."""
   summary["wall_seconds"] = round(time.perf_counter() - start, 3)
   write_json(workdir / SUMMARY_FILE, summary)
+  rundir.release_workdir(workdir)
   return summary
 
 
@@ -563,7 +564,7 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
   rundir.check_apart_from_teacher(
       workdir, teacher_dir, flag="--workdir", why=": the student would replace its teacher",
       whose="it", instead=teacher_dir.parent / default_student_workdir(recipe).name)
-  check_workdir(workdir)
+  rundir.check_run_workdir(workdir, example=default_student_workdir(recipe).name)
   check_existing_run(workdir, recipe, "student", restart=restart, overwrite=overwrite,
                      teacher_dir=teacher_dir)
   check_batch_splits(recipe, "student", console)

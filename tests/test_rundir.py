@@ -98,3 +98,61 @@ def test_an_unfinished_run_of_another_recipe_is_refused_naming_what_differs(tmp_
   (run / rundir.SUMMARY_FILE).write_text("{}")
   with pytest.raises(UserError, match="already holds a finished run; pass --overwrite"):
     workflow.check_existing_run(run, started, "teacher", restart=False, overwrite=False)
+
+
+def test_a_run_needs_a_folder_of_its_own(tmp_path):
+  # `--workdir .` wrote a run among a person's files, and `--workdir runs` among other runs.
+  (tmp_path / "notes.txt").write_text("mine")
+  (tmp_path / "data.npz").write_bytes(b"")
+  with pytest.raises(rundir.UserError) as refused:
+    rundir.check_run_workdir(tmp_path, example="teacher")
+  assert str(refused.value) == (f"--workdir {tmp_path} is a folder of other files (data.npz, "
+                                "notes.txt); a run needs a new or empty folder of its own, e.g. "
+                                f"--workdir {tmp_path / 'teacher'}")
+  runs = tmp_path / "runs"
+  (runs / "student-cnn").mkdir(parents=True)
+  (runs / "student-cnn" / rundir.RECIPE_FILE).write_text("{}")
+  with pytest.raises(rundir.UserError, match=r"is a folder of runs \(student-cnn\), not a run"):
+    rundir.check_run_workdir(runs, example="teacher")
+  sweep = tmp_path / "sweep"
+  sweep.mkdir()
+  (sweep / rundir.SWEEP_FILE).write_text("{}")
+  with pytest.raises(rundir.UserError, match=r"is a sweep folder \(`distill sweep`\); a run"):
+    rundir.check_run_workdir(sweep, example="student-cnn")
+  # A new, an empty or a run's own folder (finished or not, or what is left of one) is fine.
+  leftover = tmp_path / "leftover"
+  (leftover / rundir.TENSORBOARD_DIR).mkdir(parents=True)
+  (leftover / rundir.LOCK_FILE).write_text("")
+  for fine in (tmp_path / "new", leftover, runs / "student-cnn"):
+    rundir.check_run_workdir(fine, example="teacher")
+
+
+def test_an_empty_path_is_refused_before_it_means_the_current_folder(tmp_path):
+  result = run_cli("teacher", "--workdir", "", "--steps", "1")
+  assert result.exit_code == 2
+  assert ("Invalid value for '--workdir' / '-w': an empty path (an unset shell variable?)"
+          in result.output)
+
+
+def test_one_command_at_a_time_writes_a_run_folder(tmp_path):
+  import fcntl  # noqa: PLC0415
+
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  # Another command's lock: flock locks of two open files conflict, even in one process.
+  with open(workdir / rundir.LOCK_FILE, "a") as other:
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with pytest.raises(rundir.UserError, match=(
+        f"^another distill command is writing into {workdir} now; wait for it to end, or give "
+        "this one another --workdir$")):
+      rundir.prepare_workdir(workdir, restart=True, overwrite=False)
+    (workdir / "metrics.jsonl").write_text("theirs")
+    assert (workdir / "metrics.jsonl").read_text() == "theirs"  # --restart cleared nothing
+  rundir.prepare_workdir(workdir, restart=True, overwrite=False)  # theirs ended
+  assert not (workdir / "metrics.jsonl").exists()
+  with open(workdir / rundir.LOCK_FILE, "a") as other, pytest.raises(BlockingIOError):
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held by this process now
+  rundir.prepare_workdir(workdir, restart=False, overwrite=False)  # this process may again
+  rundir.release_workdir(workdir)
+  with open(workdir / rundir.LOCK_FILE, "a") as other:
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free once the run ends
