@@ -19,6 +19,7 @@ from distill.errors import UserError
 from distill.io import array_sha256, write_json, write_npz
 from distill.rundir import (
     PREDICTIONS_FILE,
+    SUMMARY_FILE,
     TARGET_SHARDS_DIR,
     TARGETS_FILE,
     TARGETS_META_FILE,
@@ -252,6 +253,20 @@ def _check_same_kind_of_data(teacher_dir: Path, dataset) -> None:
                   f"give the student the same data: {flags} ({take})")
 
 
+def _check_made_by_this_teacher(teacher_dir: Path, meta: dict[str, Any], path: Path) -> None:
+  """Refuses targets a trained teacher's folder holds that another model exported (copied in, or
+  left from an earlier run): a student would learn from one model and report another's numbers."""
+  try:
+    trained = json.loads((teacher_dir / SUMMARY_FILE).read_text()).get("params_sha256")
+  except (OSError, ValueError, AttributeError):
+    return  # no summary (exported targets alone, an ensemble's), or one `compare` calls damaged
+  made_by = (meta.get("teacher") or {}).get("params_sha256")
+  if trained and made_by and trained != made_by:
+    raise UserError(f"{path} was not exported by the teacher in {teacher_dir} (its parameters "
+                    f"differ from those {SUMMARY_FILE} records); export them again: "
+                    f"distill export --teacher {teacher_dir}")
+
+
 def open_targets(teacher_dir: Path, dataset, split: dict[str, Any] | None = None) -> TargetsStore:
   """The targets in `teacher_dir`, checked against `dataset` (target shards if it is streamed).
 
@@ -271,6 +286,7 @@ def open_targets(teacher_dir: Path, dataset, split: dict[str, Any] | None = None
                         train_fingerprint=dataset.split_fingerprint("train"),
                         num_examples=source.num_examples, num_classes=dataset.num_classes,
                         path=shards.path, name_is_folder=True, split=split)
+    _check_made_by_this_teacher(teacher_dir, shards.meta, shards.path)
     with np.load(teacher_dir / PREDICTIONS_FILE) as predictions:
       test_logits = predictions["test_logits"]
     return _ShardStore(shards, test_logits)
@@ -279,6 +295,7 @@ def open_targets(teacher_dir: Path, dataset, split: dict[str, Any] | None = None
                       train_fingerprint=dataset.split_fingerprint("train"),
                       num_examples=len(dataset.x_train), num_classes=dataset.num_classes,
                       path=teacher_dir / TARGETS_FILE, split=split)
+  _check_made_by_this_teacher(teacher_dir, meta, teacher_dir / TARGETS_FILE)
   return _NpzStore(arrays, meta)
 
 

@@ -309,3 +309,22 @@ def test_a_command_stopped_at_once_says_what_was_kept(monkeypatch):
   assert result.exit_code == 130
   assert result.stderr.strip() == ("interrupted: nothing saved since the last checkpoint, if "
                                    "there was one; run the same command again to resume from it")
+
+
+def test_targets_another_model_exported_into_a_teacher_folder_are_refused(tiny_digits_runs,
+                                                                           tmp_path):
+  # Another teacher's targets.npz copied in taught the student, while its summary and result
+  # line named this teacher's accuracy.
+  teacher = copy_runs(tiny_digits_runs, tmp_path, teacher="teacher") / "teacher"
+  summary_path = teacher / "summary.json"  # as if the targets were another model's
+  summary = json.loads(summary_path.read_text())
+  summary["params_sha256"] = "0" * 64
+  summary_path.write_text(json.dumps(summary))
+  result = run_cli("student", "--teacher", teacher, "--workdir", tmp_path / "student", "-q",
+                   *TINY_FLAGS)
+  assert result.exit_code == 2, result.output
+  assert result.stderr.strip() == (
+      f"error: {teacher / 'targets.npz'} was not exported by the teacher in {teacher} (its "
+      "parameters differ from those summary.json records); export them again: distill export "
+      f"--teacher {teacher}")
+  assert not (tmp_path / "student").exists()
