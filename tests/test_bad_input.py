@@ -61,7 +61,8 @@ def _toml(path, text):
   return path
 
 
-IMAGES = np.zeros((20, 8, 8), np.uint8)
+# Pictures of something: blank images are a mistake of their own.
+IMAGES = np.arange(20 * 64).reshape(20, 8, 8).astype(np.uint8)
 LABELS = np.arange(20) % 4
 
 
@@ -126,7 +127,7 @@ def _mistakes(tmp, finished):
           ("[data]\ndataset = 3", "'data.dataset'", "str"),
       ])]
   # A data set of one's own, too small for the recipe's sizes: every fix in one line.
-  small = _npz(tmp / "small.npz", x=np.zeros((60, 8, 8), np.uint8), y=np.arange(60) % 3)
+  small = _npz(tmp / "small.npz", x=np.resize(IMAGES, (60, 8, 8)), y=np.arange(60) % 3)
   small_data = [
       ("small data: validation split and batch sizes",
        ["teacher", "--recipe", "digits", "--dataset", "npz", "--data-dir", small],
@@ -138,9 +139,8 @@ def _mistakes(tmp, finished):
        ["no validation images", "pass --set data.val_size=4"]),
   ]
   # Files that are no npz, or a damaged one: one line, not zipfile's or pickle's traceback;
-  # test labels that count from another number than y's.
-  whole = _npz(tmp / "whole.npz", x=np.arange(20 * 64).reshape(20, 8, 8).astype(np.uint8),
-               y=LABELS).read_bytes()
+  # test labels that count from another number than y's; images that hold no picture.
+  whole = _npz(tmp / "whole.npz", x=IMAGES, y=LABELS).read_bytes()
   (tmp / "half.npz").write_bytes(whole[:len(whole) // 2])
   (tmp / "text.npz").write_text("hello\n")
   not_npz = [
@@ -152,6 +152,10 @@ def _mistakes(tmp, finished):
                                  _npz(tmp / "from1.npz", x=IMAGES, y=LABELS, x_test=IMAGES,
                                       y_test=LABELS + 1)],
        ["key 'y_test' runs 1..4 but key 'y' runs 0..3", "save `y_test - 1`"]),
+      ("images cast from 0..1 floats", ["teacher", "--dataset", "npz", "--data-dir",
+                                        _npz(tmp / "cast.npz", x=(IMAGES / 255).round().astype(
+                                            np.uint8), y=LABELS)],
+       ["key 'x' holds only the values 0 and 1", "`(x * 255).round().astype(np.uint8)`"]),
   ]
   # Options given on the wrong side of the command say where they go.
   misplaced = [
@@ -196,7 +200,7 @@ def _mistakes(tmp, finished):
       ("targets from another data set", ["student", "--teacher", finished / "teacher",
                                          "--dataset", "npz", "--data-dir",
                                          _npz(tmp / "other.npz",
-                                              x=np.zeros((400, 8, 8), np.uint8),
+                                              x=np.resize(IMAGES, (400, 8, 8)),
                                               y=np.arange(400) % 10)],
        ["other data"]),
       ("targets from another split", ["student", "--teacher", finished / "teacher", "--set",

@@ -478,7 +478,7 @@ def test_npz_channels_first_images_are_refused_with_the_transpose(tmp_path):
   with pytest.raises(UserError, match=r"got float32; they look like 0..1 floats.*"
                                       r"it also has shape \(40, 3, 8, 8\)"):
     _load_npz(path, x=x.astype(np.float32), y=np.arange(40) % 2)
-  assert _load_npz(path, x=np.zeros((40, 4, 4, 3), np.uint8),
+  assert _load_npz(path, x=_X[:, :4, :4, np.newaxis].repeat(3, axis=3),
                    y=np.arange(40) % 2).image_shape == (4, 4, 3)
 
 
@@ -491,6 +491,23 @@ def test_npz_channels_first_images_are_refused_with_the_transpose(tmp_path):
 def test_npz_image_type_rejections_say_how_to_convert(tmp_path, x, hint):
   with pytest.raises(UserError, match=f"must be uint8 images .*{re.escape(hint)}"):
     _load_npz(tmp_path / "mine.npz", x=x, y=np.arange(4) % 2)
+
+
+@pytest.mark.parametrize("key, x, words", [
+    # What `(x / 255).astype(np.uint8)` leaves of 0..255 images: they trained to chance.
+    ("x", (_X > 127).astype(np.uint8), "key 'x' holds only the values 0 and 1 in uint8 (0..255): "
+                                       "images scaled to 0..1 and cast lose every gray level; "
+                                       "save `(x * 255).round().astype(np.uint8)` of the 0..1 "
+                                       "floats (of 0/1 masks: `x * 255`)"),
+    ("x", np.zeros_like(_X), "key 'x' holds blank images: every pixel of every image is 0; save "
+                             "the images themselves (was the array ever filled?)"),
+    ("x_test", np.full((4, 6, 6), 255, np.uint8), "key 'x_test' holds blank images: every pixel "
+                                                  "of every image is 255"),
+])
+def test_npz_images_without_a_picture_are_refused(tmp_path, key, x, words):
+  arrays = {"x": _X, "y": np.arange(40) % 2, "x_test": _X[:4], "y_test": np.arange(4) % 2, key: x}
+  with pytest.raises(UserError, match=re.escape(words)):
+    _load_npz(tmp_path / "mine.npz", **arrays)
 
 
 @pytest.mark.parametrize("y, hint", [

@@ -95,6 +95,25 @@ def checked_images(x: np.ndarray, what: str, *, allow_empty: bool = False) -> np
   return np.ascontiguousarray(x)
 
 
+def check_gray_levels(x: np.ndarray, what: str) -> None:
+  """Refuses uint8 images that hold no picture: one value throughout, or only 0 and 1.
+
+  Both trained without complaint to chance: 0..1 floats cast to uint8 (`(x / 255).astype(
+  np.uint8)`) keep only 0 and 1, which the model reads as near-black, and an array that
+  was never filled is all one value. `what` names the array, e.g. "data.npz: key 'x'".
+  """
+  if not x.size:
+    return
+  low, high = int(x.min()), int(x.max())
+  if low == high:
+    raise UserError(f"{what} holds blank images: every pixel of every image is {low}; save the "
+                    "images themselves (was the array ever filled?)")
+  if high == 1:
+    raise UserError(f"{what} holds only the values 0 and 1 in uint8 (0..255): images scaled to "
+                    "0..1 and cast lose every gray level; save `(x * 255).round().astype("
+                    "np.uint8)` of the 0..1 floats (of 0/1 masks: `x * 255`)")
+
+
 def checked_labels(y: np.ndarray, what: str, num_images: int,
                     images_what: str, num_classes: int | None = None
                     ) -> np.ndarray:

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from distill.data.checks import (
+  check_gray_levels,
   check_same_numbering,
   check_two_classes,
   checked_images,
@@ -498,7 +499,10 @@ def _load_npz(*, data_dir: str | None, allow_download: bool) -> RawData:
     class_names, notes = classes_from_labels(
         y, y_test if has_x_test else None, f"{path}: key {y_key!r}")
   check_two_classes(y, class_names, f"{path}: every image in key {y_key!r}")
-  if not has_x_test:
+  check_gray_levels(x, f"{path}: key {x_key!r}")
+  if has_x_test:
+    check_gray_levels(x_test, f"{path}: key 'x_test'")
+  else:
     if len(x) < 2:
       raise UserError(f"{path}: key 'x' has {len(x)} example(s); need at "
                       "least 2 to hold out a test split (or give x_test, "
