@@ -585,6 +585,7 @@ def validate(recipe: dict[str, Any]) -> None:
         raise UserError(f"{role}.{key} must be 0 or more, got {section[key]}")
     if not 0.0 <= section["label_smoothing"] < 1.0:
       raise UserError(f"{role}.label_smoothing must be in [0, 1), got {section['label_smoothing']}")
+    _validate_model_sizes(role, section)
   _validate_distillation(recipe["student"])
   temperature = recipe["export"]["temperature"]
   if not (temperature > 0 and math.isfinite(temperature)):
@@ -605,6 +606,43 @@ def validate(recipe: dict[str, Any]) -> None:
   for key, value in (("seed", recipe["seed"]), ("data.split_seed", recipe["data"]["split_seed"])):
     if value < 0:
       raise UserError(f"{key} must be 0 or more, got {value}")
+
+
+# The size keys of each model table, ints or lists of ints (one a layer or stage), that must be
+# 1 or more: a layer of no units fails deep inside Flax (a division by zero in its initialiser),
+# and a ViT of no blocks has no tokens to classify. An empty list is checked apart: an MLP with
+# no hidden layer is a linear model, a CNN with no stage is nothing.
+_MODEL_SIZE_KEYS = {
+    "vit": ("patch", "width", "depth", "heads", "mlp_ratio", "stem_channels",
+            "stem_blocks_per_stage"),
+    "cnn": ("channels", "blocks_per_stage"),
+    "mlp": ("hidden",),
+}
+
+
+def _validate_model_sizes(role: str, section: dict[str, Any]) -> None:
+  """Checks the sizes of every model table of a role, not only the chosen model's.
+
+  A zero is a mistake whichever model trains, and refusing it before the run
+  starts names the key, where the model would fail with a bare ZeroDivisionError.
+  Combinations that need the image size (the patch must divide it) are left
+  to the model, which refuses them in one line.
+  """
+  for model, keys in _MODEL_SIZE_KEYS.items():
+    for key in keys:
+      value = section[model][key]
+      if isinstance(value, list) and any(size < 1 for size in value):
+        raise UserError(f"{role}.{model}.{key} must hold sizes of 1 or more, got {value}")
+      if not isinstance(value, list) and value < 1:
+        raise UserError(f"{role}.{model}.{key} must be 1 or more, got {value}")
+  if not section["cnn"]["channels"]:
+    raise UserError(f"{role}.cnn.channels must list at least one stage's channels, got []")
+  vit = section["vit"]
+  if vit["stem"] == "cnn" and not vit["stem_channels"]:
+    raise UserError(f"{role}.vit.stem_channels must list at least one stage's channels for "
+                    f"stem = 'cnn', got []")
+  if vit["stem"] == "conv" and vit["width"] < 2:  # the conv stem has width / 2 channels
+    raise UserError(f"{role}.vit.width must be 2 or more for stem = 'conv', got {vit['width']}")
 
 
 def _validate_distillation(student: dict[str, Any]) -> None:

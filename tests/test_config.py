@@ -1,3 +1,4 @@
+import functools
 import re
 
 import pytest
@@ -122,6 +123,56 @@ def test_a_value_out_of_range_is_named_alone_with_its_value(override, message):
   # One key and its value, not a list of the keys that could be wrong.
   with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
     config.load_recipe("digits", [override])
+
+
+def _model_size_keys():
+  """Every int or list-of-int key of every model table of both roles, as a dotted key."""
+  return [f"{role}.{model}.{key}" for role in ("teacher", "student")
+          for model, table in config.DEFAULTS[role].items()
+          if model in ("vit", "cnn", "mlp", "linear") for key, value in table.items()
+          if isinstance(value, list) or (isinstance(value, int) and not isinstance(value, bool))]
+
+
+@pytest.mark.parametrize("key", _model_size_keys())
+def test_a_model_size_of_zero_is_named_with_its_value(key):
+  # Such a zero failed inside Flax (float division by zero, integer modulo by zero) or on an
+  # empty list of blocks; every size key of every table, so a new one is covered too.
+  is_list = isinstance(functools.reduce(dict.get, key.split("."), config.DEFAULTS), list)
+  value, shown = ("[0, 8]", "[0, 8]") if is_list else ("0", "0")
+  words = f"must hold sizes of 1 or more, got {shown}" if is_list else "must be 1 or more, got 0"
+  with pytest.raises(UserError, match=f"^{re.escape(key)} {re.escape(words)}$"):
+    config.load_recipe("digits", [f"{key}={value}"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["student.cnn.channels=[]"], "student.cnn.channels must list at least one stage's channels, "
+                                  "got []"),
+    (["teacher.vit.stem=cnn", "teacher.vit.stem_channels=[]"],
+     "teacher.vit.stem_channels must list at least one stage's channels for stem = 'cnn', got []"),
+    # The conv stem has width / 2 channels: none at width 1.
+    (["teacher.vit.width=1", "teacher.vit.heads=1"],
+     "teacher.vit.width must be 2 or more for stem = 'conv', got 1"),
+])
+def test_model_sizes_that_build_nothing_are_named(overrides, message):
+  with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
+    config.load_recipe("digits", overrides)
+
+
+def test_model_sizes_that_mean_something_at_their_least_are_kept():
+  # No hidden layer: the MLP is a linear model. No CNN stem's channels when the stem is not one.
+  recipe = config.load_recipe("digits", ["student.mlp.hidden=[]", "teacher.vit.stem=patch",
+                                         "teacher.vit.stem_channels=[]", "teacher.vit.width=1",
+                                         "teacher.vit.heads=1", "teacher.vit.patch=1",
+                                         "teacher.vit.depth=1", "teacher.vit.mlp_ratio=1"])
+  assert recipe["student"]["mlp"]["hidden"] == []
+  assert recipe["teacher"]["vit"]["width"] == 1
+
+
+def test_a_model_size_of_zero_stops_the_cli_in_one_line():
+  result = run_cli("teacher", "--recipe", "digits", "--steps", "30", "--set", "teacher.vit.width=0")
+  assert result.exit_code == 2 and "Traceback" not in result.output
+  assert result.stderr.strip().splitlines() == [
+      "error: teacher.vit.width must be 1 or more, got 0"]
 
 
 def test_a_negative_dkd_warmup_names_its_value():
