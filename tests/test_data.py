@@ -621,6 +621,22 @@ def test_npz_blank_or_repeated_class_names_are_refused(tmp_path, names, words):
     _load_npz(tmp_path / "mine.npz", x=_X, y=np.arange(40) % 3, class_names=np.array(names))
 
 
+def test_npz_keys_it_does_not_read_are_named(tmp_path):
+  # x_val and y_val were ignored without a word; the validation split comes from x.
+  path = tmp_path / "mine.npz"
+  notes = []
+  dataset = _load_npz(path, notes.append, x_train=_X, y_train=np.arange(40) % 2, x_val=_X[:5],
+                      y_val=np.arange(5) % 2)
+  assert len(dataset.x_val) == 2 and len(dataset.x_train) + len(dataset.x_test) == 38
+  assert notes == [f"{path}: keys 'x_val', 'y_val' are not read (an npz data set reads x, y, "
+                   "x_test, y_test and class_names); validation images are held out of key "
+                   "'x_train' by data.val_size: to train on yours, add them to x and y"]
+  notes.clear()
+  _load_npz(path, notes.append, x=_X, y=np.arange(40) % 2, ytest=np.arange(5) % 2)
+  assert notes == [f"{path}: key 'ytest' is not read (an npz data set reads x, y, x_test, y_test "
+                   "and class_names)"]
+
+
 def test_npz_reads_keras_names(tmp_path):
   path = tmp_path / "keras.npz"
   dataset = _load_npz(path, x_train=_X, y_train=np.arange(40) % 2, x_test=_X[:6],

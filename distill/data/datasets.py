@@ -32,6 +32,7 @@ from distill.data.checks import (
 from distill.data.formats import (
   class_names_from_array,
   looks_like_cifar_folder,
+  npz_keys,
   read_cifar10_folder,
   read_idx_set,
   read_keras_npz,
@@ -448,6 +449,9 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
   return bunch.images, bunch.target.astype(np.int64)
 
 
+_NPZ_OPTIONAL_KEYS = ("x_test", "y_test", "class_names")
+
+
 @register("npz")
 def _load_npz(*, data_dir: str | None, allow_download: bool) -> RawData:
   """A user's own .npz: x, y, optional x_test, y_test and class_names.
@@ -464,8 +468,8 @@ def _load_npz(*, data_dir: str | None, allow_download: bool) -> RawData:
     raise UserError(f"dataset npz needs a .npz file, but {data_dir} is a "
                     f"folder ({usage})")
   path = data_dir
-  arrays = read_npz(path, optional=("x_test", "y_test", "class_names"),
-                    required=("x", "y"), aliases={"x": "x_train", "y": "y_train"})
+  arrays = read_npz(path, optional=_NPZ_OPTIONAL_KEYS, required=("x", "y"),
+                    aliases={"x": "x_train", "y": "y_train"})
   # Messages name the key the file uses.
   x_key = "x" if "x" in arrays else "x_train"
   y_key = "y" if "y" in arrays else "y_train"
@@ -481,7 +485,7 @@ def _load_npz(*, data_dir: str | None, allow_download: bool) -> RawData:
     y_test = checked_labels(arrays["y_test"], f"{path}: key 'y_test'",
                              len(x_test), "key 'x_test'")
     check_same_numbering(y, y_key, y_test, "y_test", path)
-  notes = ()
+  notes = _unread_npz_keys(path, x_key)
   if "class_names" in arrays:
     class_names = class_names_from_array(arrays["class_names"], path)
     # Both keys' labels decide the fix, so that a file fixed for y does not fail on y_test.
@@ -496,8 +500,9 @@ def _load_npz(*, data_dir: str | None, allow_download: bool) -> RawData:
     # Named classes are the user's word for what the classes are: one with
     # no images is theirs to have (a class list shared with other data).
   else:
-    class_names, notes = classes_from_labels(
+    class_names, gaps = classes_from_labels(
         y, y_test if has_x_test else None, f"{path}: key {y_key!r}")
+    notes = (*notes, *gaps)
   check_two_classes(y, class_names, f"{path}: every image in key {y_key!r}")
   check_gray_levels(x, f"{path}: key {x_key!r}")
   if has_x_test:
@@ -522,6 +527,26 @@ def _load_npz(*, data_dir: str | None, allow_download: bool) -> RawData:
       notes = (*notes, f"{took}: the model never learns {it}; add more images of {it}, or save "
                        "your own x_test and y_test")
   return RawData(x, y, x_test, y_test, class_names, notes)
+
+
+def _unread_npz_keys(path: str, x_key: str) -> tuple[str, ...]:
+  """A note naming the arrays of an npz data set that are not read ((), where none).
+
+  x_val and y_val were ignored without a word: the validation split is always held out
+  of x by data.val_size (the split every data set gets, that a teacher's exported targets
+  and imported logits are matched against), so they are named here, as is a misspelt key.
+  """
+  read = {"x", "y", "x_train", "y_train", *_NPZ_OPTIONAL_KEYS}
+  unread = [key for key in npz_keys(path) if key not in read]
+  if not unread:
+    return ()
+  which = (f"key {unread[0]!r} is" if len(unread) == 1 else
+           f"keys {first_few(unread, quoted=True)} are")
+  validation = any("val" in key.lower() for key in unread)
+  return (f"{path}: {which} not read (an npz data set reads x, y, x_test, y_test and "
+          f"class_names)" + (f"; validation images are held out of key {x_key!r} by "
+                             "data.val_size: to train on yours, add them to x and y"
+                             if validation else ""),)
 
 
 # --- Validation, fingerprints, splits ----------------------------------------
