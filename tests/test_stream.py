@@ -121,8 +121,12 @@ def test_damaged_shards_are_user_errors(shards):
     stream.ArrayShardSource(path)
   (path / "images-00001.npy").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
   source = stream.ArrayShardSource(path)  # same size: only the checksum sees it
-  with pytest.raises(UserError, match="images-00001.npy is damaged"):
+  changed = "images-00001.npy changed since its manifest was written"
+  with pytest.raises(UserError, match=changed):
     source.verify_checksums()
+  source.read(np.arange(3))  # the first shard is intact
+  with pytest.raises(UserError, match=changed + r".*write the shards again$"):
+    source.read(np.arange(len(source)))  # reading the changed one hashes it first
   (path / "labels-00002.npy").unlink()
   with pytest.raises(UserError, match="missing"):
     stream.ArrayShardSource(path)
@@ -420,10 +424,13 @@ def test_corrupted_target_shard_fails_its_checksum(tmp_path):
   data[-5] ^= 0xFF
   shard.write_bytes(bytes(data))
   targets = open_target_shards(tmp_path)  # opening checks only shapes and sizes
-  with pytest.raises(UserError, match="probs-00001.npy is damaged"):
+  changed = "probs-00001.npy changed since its manifest was written"
+  with pytest.raises(UserError, match=changed):
     targets.verify_checksums()
-  with pytest.raises(UserError, match="damaged"):
+  with pytest.raises(UserError, match=changed):
     open_target_shards(tmp_path, verify_checksums=True)
+  with pytest.raises(UserError, match=changed):
+    open_target_shards(tmp_path).read(np.arange(10, 20))  # the first read of the shard
   manifest = json.loads((path / "manifest.json").read_text())
   manifest["num_classes"] = 4
   manifest["class_names"].append("dog")

@@ -10,8 +10,9 @@ Two kinds, one layout:
   `probs-NNNNN.npy` and `logits-NNNNN.npy` (float32 [n, C]).
 
 Every manifest lists each file with the sha256 of its array data (the bytes
-after the .npy header). A folder is written in a hidden staging folder beside
-it and renamed into place when complete; files are memory-mapped on first read.
+after the .npy header), checked when a process first reads the shard. A folder
+is written in a hidden staging folder beside it and renamed into place when
+complete; files are memory-mapped on first read.
 """
 
 from __future__ import annotations
@@ -363,7 +364,8 @@ class TargetShards:
   """A teacher's targets in shards, read by global row index through memory maps.
 
   Opening checks the manifest against the files' headers: row counts, class
-  count and dtype. `verify_checksums` re-hashes the data, on demand.
+  count and dtype. Each shard's data is re-hashed when first read; `verify_checksums`
+  re-hashes every shard at once.
 
   Attributes:
     path: the targets-shards folder.
@@ -510,6 +512,9 @@ class ShardSet:
         mapped = self._mapped.get(shard)
         if mapped is None:
           record = self.records[shard]
+          # Hashed once per process, when first read: a file changed since the manifest was
+          # written (a label edited in place keeps every size) is refused, not trained on.
+          self._verify_shard(shard)
           try:
             mapped = {column: np.load(self.directory / record[column], mmap_mode="r",
                                       allow_pickle=False) for column in self.columns}
@@ -546,19 +551,25 @@ class ShardSet:
     Raises:
       UserError: naming the first file that cannot be read or does not match.
     """
-    for number, record in enumerate(self.records):
-      for column in self.columns:
-        path = self.directory / record[column]
-        digest = hashlib.sha256()
-        try:
-          with open(path, "rb") as f:
-            f.seek(self._data_offsets[number][column])
-            while block := f.read(_HASH_CHUNK_BYTES):
-              digest.update(block)
-        except OSError as e:
-          raise UserError(f"cannot read shard file {path}: {e.strerror}") from None
-        if digest.hexdigest() != record["sha256"][column]:
-          raise UserError(f"shard file {path} is damaged: its contents do not match their checksum")
+    for number in range(len(self.records)):
+      self._verify_shard(number)
+
+  def _verify_shard(self, number: int) -> None:
+    """Re-hashes one shard's files against their manifest checksums."""
+    record = self.records[number]
+    for column in self.columns:
+      path = self.directory / record[column]
+      digest = hashlib.sha256()
+      try:
+        with open(path, "rb") as f:
+          f.seek(self._data_offsets[number][column])
+          while block := f.read(_HASH_CHUNK_BYTES):
+            digest.update(block)
+      except OSError as e:
+        raise UserError(f"cannot read shard file {path}: {e.strerror}") from None
+      if digest.hexdigest() != record["sha256"][column]:
+        raise UserError(f"shard file {path} changed since its manifest was written (its "
+                        "contents do not match their checksum): write the shards again")
 
 
 def _check_npy(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> int:
