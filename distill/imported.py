@@ -30,6 +30,7 @@ import numpy as np
 from distill import backend, rundir
 from distill.console import Console
 from distill.errors import UserError
+from distill.importers.logits import LOG_OF_PROBABILITIES, nonfinite_values
 from distill.io import read_json, write_json, write_npz
 
 
@@ -237,19 +238,18 @@ def _check_labels(logits: dict[str, np.ndarray], source: str, kind: str) -> None
   accuracy looks right.
   """
   for split in ("train", "val", "test"):
-    bad = ~np.isfinite(logits[split])
-    if bad.any():
-      row = int(np.argwhere(bad)[0, 0])
-      raise UserError(f"{source} gives {int(bad.sum()):,} logits that are NaN or infinite for "
-                      f"the {split} images (the first in row {row:,}); a teacher's logits must "
-                      "be finite")
+    bad = nonfinite_values(logits[split])
+    if bad:
+      raise UserError(f"{source}'s logits of the {split} images hold {bad}; a teacher's logits "
+                      "must be finite")
   train = logits["train"]
   if (train >= 0).all() and np.allclose(train.sum(axis=-1), 1.0, atol=1e-3):
     fix = {"keras": "the model ends in a softmax that is not its last layer's activation (which "
                     "distill takes off): save it without that softmax, or export "
                     "np.log(model.predict(x)) as a .npz of logits",
-           "callable": "return their log (jnp.log(probs)) or the scores before the softmax"}.get(
-               kind, "give their log (np.log(probs)) or the scores before the softmax")
+           "callable": "return the scores before the softmax, or their log "
+                       "(jnp.log(jnp.maximum(probs, 1e-12)))"}.get(
+               kind, f"give the scores before the softmax, or their log: {LOG_OF_PROBABILITIES}")
     raise UserError(f"{source} gives probabilities (every row is at least 0 and sums to 1), "
                     f"not logits; {fix}")
 

@@ -266,11 +266,17 @@ def _callable_module(folder, body):
   return "bad_teacher:logits"
 
 
-def _probabilities_file(path, digits):
+def _probabilities_file(path, digits, log_of_zeros=False):
+  """Probabilities given as logits, or (`log_of_zeros`) their log where some rounded to 0."""
   source = np.load(_logits_file(path, digits))
 
   def softmax(x):
-    return np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)
+    probs = np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)
+    if log_of_zeros:
+      probs[:, 0] = 0.0
+      with np.errstate(divide="ignore"):
+        return np.log(probs)
+    return probs
 
   np.savez(path, train_logits=softmax(source["train_logits"]),
            test_logits=softmax(source["test_logits"]))
@@ -300,13 +306,17 @@ def _keras_softmax_then_identity(path, digits):
      "old.h5 is a Keras 2 (HDF5) model: load it with keras.models.load_model and save it as "
      ".keras"),
     (lambda tmp, d: _callable_module(tmp, "np.where(np.arange(10) == 3, np.nan, scores)"),
-     "bad_teacher:logits gives 1,288 logits that are NaN or infinite for the train images "
-     "(the first in row 0)"),
+     "bad_teacher:logits's logits of the train images hold 1,288 values that are NaN or "
+     "infinite (the first in row 0); a teacher's logits must be finite"),
     (lambda tmp, d: _callable_module(tmp, "np.exp(scores) / np.exp(scores).sum(1, keepdims=True)"),
      "bad_teacher:logits gives probabilities (every row is at least 0 and sums to 1), not logits"),
     (lambda tmp, d: _probabilities_file(tmp / "p.npz", d),
-     "gives probabilities (every row is at least 0 and sums to 1), not logits; give their log "
-     "(np.log(probs))"),
+     "gives probabilities (every row is at least 0 and sums to 1), not logits; give the scores "
+     "before the softmax, or their log: np.log(np.maximum(probs, 1e-12))"),
+    (lambda tmp, d: _probabilities_file(tmp / "p.npz", d, log_of_zeros=True),
+     "p.npz holds 1,438 values that are NaN or infinite (the first in row 0); "
+     "-inf is the log of a probability of 0: floor them first, "
+     "np.log(np.maximum(probs, 1e-12))"),
     (lambda tmp, d: _keras_softmax_then_identity(tmp / "p.keras", d),
      "p.keras gives probabilities (every row is at least 0 and sums to 1), not logits; the model "
      "ends in a softmax that is not its last layer's activation (which distill takes off): save "

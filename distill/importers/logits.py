@@ -63,12 +63,30 @@ def _check_logits(key: str, array: np.ndarray, path: Path) -> np.ndarray:
   if array.shape[0] == 0 or array.shape[1] < 2:
     raise UserError(f"{key} in {path} has shape {list(array.shape)}; it needs at least one row "
                     "and 2 classes")
-  bad = ~np.isfinite(array)
-  if bad.any():
-    row = int(np.argwhere(bad)[0, 0])
-    raise UserError(f"{key} in {path} has {int(bad.sum()):,} values that are NaN or infinite "
-                    f"(the first in row {row:,})")
+  bad = nonfinite_values(array)
+  if bad:
+    raise UserError(f"{key} in {path} holds {bad}")
   return array.astype(np.float32)
+
+
+# Logits from probabilities: floored, since a softmax rounds tiny ones to 0, whose log is -inf.
+LOG_OF_PROBABILITIES = "np.log(np.maximum(probs, 1e-12))"
+
+
+def nonfinite_values(logits: np.ndarray) -> str | None:
+  """What in `logits` [N, C] is NaN or infinite, in words, or None where all is finite.
+
+  Where the only such values are -inf, they are the log of probabilities a
+  softmax rounded to 0, and the words say how to take that log instead.
+  """
+  bad = ~np.isfinite(logits)
+  if not bad.any():
+    return None
+  row = int(np.argwhere(bad)[0, 0])
+  text = f"{int(bad.sum()):,} values that are NaN or infinite (the first in row {row:,})"
+  if (np.isneginf(logits) == bad).all():
+    text += f"; -inf is the log of a probability of 0: floor them first, {LOG_OF_PROBABILITIES}"
+  return text
 
 
 def _class_names(array: np.ndarray, num_classes: int, path: Path) -> list[str]:
