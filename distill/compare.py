@@ -13,6 +13,7 @@ from typing import Any
 
 from distill import rundir
 from distill.config import changed_method_options, setting_text
+from distill.console import Console
 from distill.errors import UserError
 from distill.io import read_json
 
@@ -410,6 +411,8 @@ def compare_runs(run_dirs: list[Path], *, as_json: bool = False, markdown: bool 
   """The comparison of `run_dirs` as text (a table, Markdown, or JSON lines)."""
   run_dirs, sweeps = expand_sweeps(run_dirs)
   rows, skipped = collect_runs(run_dirs)
+  if skipped:  # a note on stderr, as report's: stdout stays the table (or JSON) alone
+    Console().info("skipped: " + "; ".join(skipped))
   if as_json:
     # `teacher` as the table names it, `teacher_dir` as the student's summary recorded it
     # (a hard-label baseline's too: the teacher its agreement was measured against).
@@ -429,8 +432,6 @@ def compare_runs(run_dirs: list[Path], *, as_json: bool = False, markdown: bool 
   for note in (datasets_note(rows), machines_note(rows)):
     if note:
       text += f"\n\n{note}"
-  if skipped:
-    text += "\n\nskipped: " + "; ".join(skipped)
   # A sweep's verdict closes the comparison: what teaching bought, and how surely.
   from distill.sweep_results import verdict_sentence  # noqa: PLC0415
 

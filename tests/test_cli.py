@@ -53,8 +53,12 @@ def test_student_soft_and_hard_then_compare(teacher_dir, tmp_path):
 
   table = run_cli("compare", teacher_dir, tmp_path / "cnn", tmp_path / "linear-hard", tmp_path)
   assert table.exit_code == 0, table.output
-  lines = table.output.splitlines()
-  assert "teacher" in lines[2] and "skipped" in table.output
+  lines = table.stdout.splitlines()
+  assert "teacher" in lines[2] and "skipped" not in table.stdout
+  assert table.stderr.startswith(f"skipped: {tmp_path} is a folder of runs")  # a note, apart
+  as_json = run_cli("compare", "--json", teacher_dir, tmp_path)
+  json.loads(as_json.stdout)  # the JSON alone on stdout
+  assert as_json.stderr.startswith(f"skipped: {tmp_path} is a folder of runs")
   assert "machines" not in table.output  # every run here trained on this machine
   # A run copied in from another machine: its seconds are not comparable, and compare says so.
   moved = tmp_path / "linear-hard" / "summary.json"
