@@ -12,6 +12,7 @@ jitted strategies and objectives themselves live in `distill.teaching`.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from distill.errors import UserError
 from distill.export import summary_identity, teacher_identity
 from distill.io import read_json
 from distill.run_recipe import read_run_recipe
-from distill.rundir import PREDICTIONS_FILE, SUMMARY_FILE
+from distill.rundir import PREDICTIONS_FILE, SUMMARY_FILE, TARGETS_META_FILE
 
 
 def check_same_data(recipe: dict[str, Any], other: dict[str, Any], what: str, *,
@@ -102,8 +103,7 @@ def _teaching_for_student(recipe: dict[str, Any], teacher_dir: Path, dataset, co
   targets = open_targets(teacher_dir, dataset, recipe["data"])
   if mode == "views":
     if targets.view_logits is None:
-      raise UserError(f"{teacher_dir}/targets.npz holds no augmented views; export them with "
-                      f"`distill export --teacher {teacher_dir} --views 8`")
+      raise no_views(teacher_dir)
     views = targets.meta["views"]
     strategy = teaching_lib.ReplayedViews(view_logits=targets.view_logits,
                                           view_seed=views["seed"], view_augment=views["augment"],
@@ -116,6 +116,24 @@ def _teaching_for_student(recipe: dict[str, Any], teacher_dir: Path, dataset, co
   strategy = teaching_lib.ExportedTargets(teacher_logits=targets.rows_for(dataset),
                                           temperature=temperature, form=form)
   return strategy, targets.test_logits, targets.identity
+
+
+def no_views(teacher_dir: Path) -> UserError:
+  """The refusal of views teaching by a teacher whose targets hold no augmented views."""
+  return UserError(f"{teacher_dir}/targets.npz holds no augmented views; export them with "
+                   f"`distill export --teacher {teacher_dir} --views 8`")
+
+
+def check_has_views(teacher_dir: Path) -> None:
+  """Refuses views teaching by `teacher_dir` before anything trains: its targets.json (read
+  without the targets themselves) must record augmented views."""
+  meta = Path(teacher_dir) / TARGETS_META_FILE
+  try:
+    views = json.loads(meta.read_text()).get("views")
+  except (OSError, ValueError, AttributeError):
+    return  # the student that loads the targets names what is wrong with them
+  if not views:
+    raise no_views(teacher_dir)
 
 
 def _teacher_beside_hard_labels(teacher_dir: Path, dataset,

@@ -201,6 +201,9 @@ def test_a_run_taught_by_another_teacher_needs_overwrite(swept, tmp_path):
     (["--method", "token", "--mode", "targets", "--model", "mlp"],
      "mlp-targets-token-s0: student.method=token needs a ViT student"),
     (["--set", "student.lr=1"], "unknown recipe key 'student.lr'"),
+    # Found before the hard run trains, not when the views run starts.
+    (["--mode", "hard", "--mode", "views"], "targets.npz holds no augmented views; export them "
+     "with `distill export --teacher"),
 ])
 def test_bad_axis_values_are_one_line_errors(swept, tmp_path, args, message):
   root, _ = swept
