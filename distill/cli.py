@@ -17,7 +17,7 @@ import click
 
 from distill import config as config_lib
 from distill import interrupts
-from distill.errors import UserError
+from distill.errors import UserError, resource_failure
 
 _RECIPE_HELP = ("Recipe: a TOML file or the name of a packaged recipe "
                 f"({', '.join(config_lib.recipe_names())}).")
@@ -65,6 +65,11 @@ def _user_errors(command):
       return command(*args, **kwargs)
     except UserError as e:
       _fail(e)
+    except Exception as e:  # out of memory or disk: the machine's limits, said in one line
+      failure = resource_failure(e)
+      if failure is None:
+        raise
+      _fail(failure)
     except KeyboardInterrupt as e:
       # A second Ctrl-C, or one before the loop listens: this step is not saved.
       click.secho("interrupted: nothing saved since the last checkpoint, if there was one; run "

@@ -18,3 +18,40 @@ def one_line(error: BaseException) -> str:
   """An exception's text on one line (its type's name if it has none), for a UserError."""
   text = " ".join(str(error).split())
   return text or type(error).__name__
+
+
+def _size_text(count: int) -> str:
+  """A byte count as people read it: '13.2 TB'."""
+  for unit in ("bytes", "kB", "MB", "GB", "TB"):
+    if count < 1000 or unit == "TB":
+      return f"{count:,} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+    count /= 1000
+  raise AssertionError("unreachable")
+
+
+def resource_failure(error: BaseException) -> UserError | None:
+  """A failure of the machine rather than the program, as one line with what to do, or None.
+
+  Running out of accelerator or host memory (XLA's RESOURCE_EXHAUSTED) and a
+  full disk (ENOSPC, which Orbax wraps in its own errors) end a run whose
+  checkpoint is intact; a traceback from deep in XLA or Orbax says neither.
+  """
+  import errno  # noqa: PLC0415
+  import re  # noqa: PLC0415
+
+  chain, cause = [], error
+  while cause is not None and len(chain) < 10:
+    chain.append(cause)
+    cause = cause.__cause__ or cause.__context__
+  text = " ".join(str(cause) for cause in chain)
+  if any(getattr(cause, "errno", None) == errno.ENOSPC for cause in chain) or (
+      "No space left on device" in text):
+    return UserError("the disk is full (no space left on device); free some space and run the "
+                     "same command again: it resumes from the last checkpoint", exit_code=1)
+  if "RESOURCE_EXHAUSTED" in text and "memory" in text.lower():
+    size = re.search(r"allocat\w* (\d+) bytes", text)
+    asked = f" ({_size_text(int(size.group(1)))} asked for)" if size else ""
+    return UserError(f"out of memory{asked}; lower the batch size (--batch-size, "
+                     "student.batch_size, eval_batch_size) or use smaller images or a smaller "
+                     "model, then run the command again", exit_code=1)
+  return None

@@ -332,3 +332,42 @@ def test_targets_another_model_exported_into_a_teacher_folder_are_refused(tiny_d
       "parameters differ from those summary.json records); export them again: distill export "
       f"--teacher {teacher}")
   assert not (tmp_path / "student").exists()
+
+
+def test_out_of_memory_and_a_full_disk_are_one_line_each(monkeypatch, tmp_path):
+  import errno  # noqa: PLC0415
+
+  from distill import workflow  # noqa: PLC0415
+  from distill.errors import resource_failure  # noqa: PLC0415
+
+  def full_disk():
+    try:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    except OSError as e:  # Orbax wraps it in its own error
+      raise ValueError("RESOURCE_EXHAUSTED: could not write the checkpoint") from e
+
+  with pytest.raises(ValueError) as wrapped:
+    full_disk()
+  assert str(resource_failure(wrapped.value)) == (
+      "the disk is full (no space left on device); free some space and run the same command "
+      "again: it resumes from the last checkpoint")
+  oom = RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 13195087478336 bytes.")
+  assert str(resource_failure(oom)).startswith("out of memory (13.2 TB asked for); lower the "
+                                               "batch size (--batch-size")
+  assert resource_failure(RuntimeError("INVALID_ARGUMENT: shapes differ")) is None
+  assert resource_failure(OSError(errno.EACCES, "Permission denied")) is None
+
+  def out_of_memory(*args, **kwargs):
+    raise oom
+
+  monkeypatch.setattr(workflow, "train_teacher", out_of_memory)
+  result = run_cli("teacher", "--recipe", "digits", "--workdir", tmp_path / "t")
+  assert result.exit_code == 1
+  assert result.stderr.startswith("error: out of memory (13.2 TB asked for)")
+  assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+  def a_bug(*args, **kwargs):
+    raise KeyError("a bug")
+
+  monkeypatch.setattr(workflow, "train_teacher", a_bug)
+  with pytest.raises(KeyError):  # anything else is a bug: its traceback is kept
+    run_cli("teacher", "--recipe", "digits", "--workdir", tmp_path / "t")
