@@ -435,6 +435,7 @@ def _identity(workdir: Path, teacher, train_logits: np.ndarray) -> dict[str, Any
           "params_sha256": digest}
 
 
+@rundir.releases_workdirs
 def import_teacher(source: str, recipe: dict[str, Any], workdir: Path, *,
                    overwrite: bool = False, quiet: bool = False) -> dict[str, Any]:
   """Imports a teacher trained elsewhere as a teacher run in `workdir` (see the module docstring).
@@ -520,7 +521,6 @@ def import_teacher(source: str, recipe: dict[str, Any], workdir: Path, *,
                  f"...) differ from {dataset.name}'s; its class i is taken as the data set's "
                  "class i")
   write_json(workdir / rundir.SUMMARY_FILE, summary)
-  rundir.release_workdir(workdir)
   return summary
 
 

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -291,7 +292,8 @@ _claimed: dict[Path, Any] = {}
 
 
 def claim_workdir(workdir: Path) -> None:
-  """Holds `workdir` for this process until `release_workdir` or the process ends.
+  """Holds `workdir` for this process until the call `releases_workdirs` marks returns (or
+  raises), or the process ends.
 
   Two commands writing one run folder at once interleave their checkpoints and
   metrics and leave the outputs of whichever ends last: the second is refused.
@@ -318,11 +320,20 @@ def claim_workdir(workdir: Path) -> None:
   _claimed[folder] = handle
 
 
-def release_workdir(workdir: Path) -> None:
-  """Lets go of a run folder `claim_workdir` held, once the run has written its last file."""
-  handle = _claimed.pop(Path(workdir).resolve(), None)
-  if handle is not None:
-    handle.close()
+def releases_workdirs(function):
+  """Marks a function that writes a run: the folders it claims are let go when it returns or
+  raises, so that a Python session whose run failed does not keep others out of its folder."""
+
+  @functools.wraps(function)
+  def wrapper(*args, **kwargs):
+    before = set(_claimed)
+    try:
+      return function(*args, **kwargs)
+    finally:
+      for folder in set(_claimed) - before:
+        _claimed.pop(folder).close()
+
+  return wrapper
 
 
 def check_apart_from_teacher(path: Path, teacher: Path | str, *, flag: str, why: str,

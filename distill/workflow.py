@@ -332,6 +332,7 @@ def _fit_and_evaluate(role: str, recipe: dict[str, Any], dataset, model_name: st
   return trained, test, summary
 
 
+@rundir.releases_workdirs
 def train_teacher(recipe: dict[str, Any], workdir: Path, *, restart: bool = False,
                   overwrite: bool = False, strict_init_check: bool = False,
                   quiet: bool = False, export: bool = True) -> dict[str, Any]:
@@ -387,7 +388,6 @@ def _write_summary(workdir: Path, summary: dict[str, Any], start: float) -> dict
   `summary` and writes it to the run directory: the run's last file. Returns the summary."""
   summary["wall_seconds"] = round(time.perf_counter() - start, 3)
   write_json(workdir / SUMMARY_FILE, summary)
-  rundir.release_workdir(workdir)
   return summary
 
 
@@ -536,6 +536,7 @@ def restore_trained(run_dir: Path, recipe: dict[str, Any], role: str, dataset):
   return TrainedModel(graphdef, rest, state["params"], _input_stats(dataset)), step
 
 
+@rundir.releases_workdirs
 def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
                   restart: bool = False, overwrite: bool = False,
                   strict_init_check: bool = False, quiet: bool = False) -> dict[str, Any]:

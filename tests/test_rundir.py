@@ -148,11 +148,17 @@ def test_one_command_at_a_time_writes_a_run_folder(tmp_path):
       rundir.prepare_workdir(workdir, restart=True, overwrite=False)
     (workdir / "metrics.jsonl").write_text("theirs")
     assert (workdir / "metrics.jsonl").read_text() == "theirs"  # --restart cleared nothing
-  rundir.prepare_workdir(workdir, restart=True, overwrite=False)  # theirs ended
-  assert not (workdir / "metrics.jsonl").exists()
-  with open(workdir / rundir.LOCK_FILE, "a") as other, pytest.raises(BlockingIOError):
-    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held by this process now
-  rundir.prepare_workdir(workdir, restart=False, overwrite=False)  # this process may again
-  rundir.release_workdir(workdir)
+
+  @rundir.releases_workdirs
+  def a_run_that_fails():
+    rundir.prepare_workdir(workdir, restart=True, overwrite=False)  # theirs ended
+    assert not (workdir / "metrics.jsonl").exists()
+    with open(workdir / rundir.LOCK_FILE, "a") as other, pytest.raises(BlockingIOError):
+      fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held by this process now
+    rundir.prepare_workdir(workdir, restart=False, overwrite=False)  # this process may again
+    raise RuntimeError("diverged")
+
+  with pytest.raises(RuntimeError):
+    a_run_that_fails()
   with open(workdir / rundir.LOCK_FILE, "a") as other:
-    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free once the run ends
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free once the run ends, however
