@@ -161,9 +161,15 @@ def test_image_folder_mistakes_are_clear(tmp_path):
                                       "write_array_shards"):
     stream.open_source(root)
   (root / "cat" / "notes.txt").write_text("not an image")
-  with pytest.raises(UserError, match="notes.txt is not an image file"):
+  (root / "bee" / "Thumbs.db").write_bytes(b"")
+  (root / "bee" / ".DS_Store").write_bytes(b"")  # hidden: passed over
+  with pytest.raises(UserError) as refused:
     stream.open_source(root, image_size=4)
+  assert str(refused.value).startswith(f"2 file(s) in {root} are not images (expected .")
+  assert str(refused.value).endswith(f": {root / 'bee' / 'Thumbs.db'}, {root / 'cat' / 'notes.txt'}"
+                                     "; move them out of the image folder")  # all in one line
   (root / "cat" / "notes.txt").unlink()
+  (root / "bee" / "Thumbs.db").unlink()
   (root / "dog").mkdir()
   with pytest.raises(UserError, match="dog has no images"):
     stream.open_source(root, image_size=4)

@@ -199,9 +199,9 @@ class ImageFolderSource(StreamSource):
       raise UserError(f"image folder {self.path} has no class folders; expected "
                       f"{self.path}/<class_name>/<image files>")
     digest = hashlib.sha256(f"{height}x{width}:{self._mode};".encode())
-    paths, labels = [], []
+    paths, labels, others = [], [], []
     for label, class_name in enumerate(class_names):
-      found = _image_files(self.path / class_name)
+      found = _image_files(self.path / class_name, others)
       if not found:
         raise UserError(f"class folder {self.path / class_name} has no images; remove it or "
                         "add images (every class needs at least one)")
@@ -210,6 +210,10 @@ class ImageFolderSource(StreamSource):
         digest.update(f"{relative}\0{size}\n".encode())
         paths.append(relative)
         labels.append(label)
+    if others:  # all at once: one run of the command finds every file to move
+      raise UserError(f"{len(others):,} file(s) in {self.path} are not images (expected "
+                      f"{', '.join(IMAGE_EXTENSIONS)}): {first_few(others)}; move them out of "
+                      "the image folder")
     if len(paths) > MAX_EXAMPLES:
       raise UserError(f"image folder {self.path} has {len(paths):,} images, more than the "
                       f"{MAX_EXAMPLES:,} supported")
@@ -597,8 +601,9 @@ def _class_mismatch(train: StreamSource, test: StreamSource) -> str:
 
 
 
-def _image_files(class_dir: Path) -> list[tuple[str, int]]:
-  """(path relative to class_dir with '/', size in bytes) of every image, sorted by path."""
+def _image_files(class_dir: Path, others: list[str]) -> list[tuple[str, int]]:
+  """(path relative to class_dir with '/', size in bytes) of every image, sorted by path; the
+  paths of files that are not images (hidden ones aside) are added to `others`."""
   found = []
   for folder, subfolders, files in os.walk(class_dir, followlinks=True):
     subfolders[:] = [name for name in subfolders if not name.startswith(".")]
@@ -607,8 +612,8 @@ def _image_files(class_dir: Path) -> list[tuple[str, int]]:
         continue
       path = os.path.join(folder, name)
       if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
-        raise UserError(f"{path} is not an image file (expected {', '.join(IMAGE_EXTENSIONS)}); "
-                        "move it out of the image folder")
+        others.append(path)
+        continue
       relative = os.path.relpath(path, class_dir).replace(os.sep, "/")
       found.append((relative, os.stat(path).st_size))
   found.sort()
