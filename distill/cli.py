@@ -233,7 +233,7 @@ _COMMAND_SECTIONS = (
     ("Teachers", ("import-teacher", "export")),
     ("Ship a student", ("export-model", "predict")),
     ("Measure", ("bench",)),
-    ("Recipes", ("recipes",)),
+    ("Data and recipes", ("make-shards", "recipes")),
 )
 
 
@@ -813,6 +813,44 @@ if __name__ == "__main__":
 
   restart_with_huge_pages()  # As the `distill` command does (see `distill.launcher`).
   main()
+
+
+@main.command("make-shards", short_help="Convert image folders to array shards to train from.")
+@click.argument("source", type=PATH, metavar="IMAGES")
+@click.argument("out", type=PATH)
+@click.option("--image-size", required=True, metavar="SIZE",
+              help="Size images are scaled and center-cropped to: 64, or HxW such as 48x64.")
+@click.option("--grayscale", is_flag=True, help="One channel instead of RGB.")
+@click.option("--overwrite", is_flag=True, help="Replace shard folders already in OUT.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or notes.")
+@_user_errors
+def make_shards(source, out, image_size, grayscale, overwrite, quiet):
+  """Convert image folders (IMAGES/<class>/<image files>) to array shards in OUT.
+
+  IMAGES holds train/ and optionally test/ (OUT gets the same), or is one image
+  folder. Each image is decoded once: turned upright (EXIF), converted to RGB
+  (or grayscale), scaled to cover SIZE and center-cropped, as `distill predict`
+  reads pictures. Files that are not images, or classes that differ between
+  train/ and test/, are refused before anything is written.
+
+  \b
+    distill make-shards photos data/photos-64 --image-size 64
+    distill teacher --dataset stream --data-dir data/photos-64
+  """
+  from distill.data.convert import image_folders_to_shards  # noqa: PLC0415
+
+  written = image_folders_to_shards(Path(source), Path(out), image_size=_image_size(image_size),
+                                    grayscale=grayscale, overwrite=overwrite, quiet=quiet)
+  _say(f"shards: {', '.join(str(path) for path in written.values())}")
+
+
+def _image_size(text: str) -> int | tuple[int, int]:
+  """--image-size's 64 or 48x64 as an int or (height, width)."""
+  parts = text.lower().split("x")
+  if len(parts) in (1, 2) and all(part.strip().isdigit() for part in parts):
+    sizes = [int(part) for part in parts]
+    return sizes[0] if len(sizes) == 1 else (sizes[0], sizes[1])
+  raise UserError(f"--image-size {text!r} is not a size: give 64, or HxW such as 48x64")
 
 
 @main.command(short_help="List the packaged recipes, or print one to copy and edit.")

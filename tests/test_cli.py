@@ -232,7 +232,7 @@ def test_help_lists_every_command_whole_in_the_order_of_the_workflow():
                       re.MULTILINE)
   assert [name for name, _ in listed] == ["teacher", "student", "sweep", "compare", "report",
                                           "import-teacher", "export", "export-model", "predict",
-                                          "bench", "recipes"]
+                                          "bench", "make-shards", "recipes"]
   assert sorted(name for name, _ in listed) == sorted(main.commands)  # none left out
   assert not [line for _, line in listed if line.endswith("...")]  # none cut short
   for command in ["", *main.commands]:  # examples too, which click does not wrap

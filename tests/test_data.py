@@ -812,7 +812,8 @@ def test_data_dir_of_another_kind_of_data_names_the_dataset_that_reads_it(tmp_pa
     (photos / "train" / name / "0.png").write_bytes(b"")
   for folder in (photos, photos / "train"):
     with pytest.raises(UserError, match="is a folder of images in class sub-folders, .*"
-                                        "write_array_shards.*--dataset stream$"):
+                                        f"`distill make-shards {folder} {folder}-shards "
+                                        "--image-size 64`.*--dataset stream$"):
       load_dataset("mnist", data_dir=folder)
 
 

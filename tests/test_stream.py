@@ -8,6 +8,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import run_cli
 from PIL import Image
 
 from distill import parallel
@@ -158,7 +159,8 @@ def test_image_folder_resizes_and_labels_by_sorted_class(tmp_path):
 def test_image_folder_mistakes_are_clear(tmp_path):
   root, _ = _image_folder(tmp_path / "folder")
   with pytest.raises(UserError, match="give open_source the size .* e.g. image_size=64 .*"
-                                      "write_array_shards"):
+                                      f"`distill make-shards {root} {root}-shards --image-size "
+                                      "64`"):
     stream.open_source(root)
   (root / "cat" / "notes.txt").write_text("not an image")
   (root / "bee" / "Thumbs.db").write_bytes(b"")
@@ -249,8 +251,9 @@ def test_training_from_an_image_folder_says_how_to_convert_it(tmp_path):
   _image_folder(photos / "test", sizes=((8, 8),))
   # No option takes an image size for training: the way out is converting the folder.
   with pytest.raises(UserError, match=r"photos/train has no shards.json: --dataset stream trains "
-                                      r"from array shards.*open_source\(folder, image_size=...\)"
-                                      r".*write_array_shards.*'Data larger than memory'") as error:
+                                      r"from array shards.*once, `distill make-shards "
+                                      f"{photos} {photos}-shards --image-size 64`, and pass the "
+                                      f"shards as --data-dir \\({photos}-shards\\)$") as error:
     stream.open_training_stream(photos, val_size=1, split_seed=0, train_limit=None)
   assert "image_size=224" not in str(error.value)
 
@@ -445,3 +448,60 @@ def test_corrupted_target_shard_fails_its_checksum(tmp_path):
     open_target_shards(tmp_path)
   with pytest.raises(UserError, match="no target shards"):
     open_target_shards(tmp_path / "nowhere")
+
+
+def test_make_shards_converts_train_and_test_folders_as_open_source_reads_them(tmp_path):
+  for split in ("train", "test"):
+    _image_folder(tmp_path / "photos" / split)
+  out = tmp_path / "data" / "photos-6x8"
+  result = run_cli("make-shards", tmp_path / "photos", out, "--image-size", "6x8", "-q")
+  assert result.exit_code == 0, result.output
+  assert result.stdout.strip() == f"shards: {out / 'train'}, {out / 'test'}"
+  for split in ("train", "test"):
+    folder = stream.open_source(tmp_path / "photos" / split, image_size=(6, 8))
+    shards = stream.open_source(out / split)
+    assert shards.class_names == folder.class_names == CLASSES
+    everything = np.arange(len(folder))
+    for got, expected in zip(shards.read(everything), folder.read(everything), strict=True):
+      np.testing.assert_array_equal(got, expected)
+  data = stream.open_stream_dataset(out, val_size=3)  # what --dataset stream opens
+  assert (len(data.train_indices), len(data.test)) == (12, 15)
+  # Again: refused without --overwrite, before decoding anything; then replaced.
+  again = run_cli("make-shards", tmp_path / "photos", out, "--image-size", "6x8", "-q")
+  assert again.exit_code == 2
+  assert again.stderr.strip() == (f"error: {out / 'train'} already exists and is not empty; pass "
+                                  "--overwrite to replace it, or give another --out")
+  assert run_cli("make-shards", tmp_path / "photos", out, "--image-size", "6x8", "-q",
+                 "--overwrite").exit_code == 0
+
+
+def test_make_shards_mistakes_are_one_line_and_write_nothing(tmp_path):
+  photos, _ = _image_folder(tmp_path / "photos")
+  for args, message in [
+      (["--image-size", "big"], "--image-size 'big' is not a size: give 64, or HxW such as 48x64"),
+      (["--image-size", "0"], "image size must be positive, got 0"),
+  ]:
+    result = run_cli("make-shards", photos, tmp_path / "out", *args)
+    assert result.exit_code == 2 and result.stderr.strip() == f"error: {message}", result.output
+  inside = run_cli("make-shards", photos, photos / "shards", "--image-size", "8")
+  assert (f"error: --out {photos / 'shards'} is inside the image folder {photos}, where the "
+          "shards would read as a class of images") in inside.stderr
+  (photos / "cat" / "notes.txt").write_text("mine")
+  stray = run_cli("make-shards", photos, tmp_path / "out", "--image-size", "8")
+  assert "are not images" in stray.stderr and stray.exit_code == 2
+  assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".*"))
+  (photos / "cat" / "notes.txt").unlink()
+  one = run_cli("make-shards", photos, tmp_path / "out", "--image-size", "8", "-q")
+  assert one.exit_code == 0 and stream.open_source(tmp_path / "out").class_names == CLASSES
+  shards_again = run_cli("make-shards", tmp_path / "out", tmp_path / "other", "--image-size", "8")
+  assert "holds array shards already: train from it with --dataset stream" in shards_again.stderr
+
+
+def test_an_image_folder_given_as_npz_data_is_told_to_convert(tmp_path):
+  photos, _ = _image_folder(tmp_path / "photos")
+  result = run_cli("teacher", "--recipe", "digits", "--dataset", "npz", "--data-dir", photos)
+  assert result.exit_code == 2
+  assert result.stderr.strip() == (
+      f"error: dataset npz needs a .npz file, but {photos} is a folder of images in class "
+      f"sub-folders: convert it to array shards once (`distill make-shards {photos} "
+      f"{photos}-shards --image-size 64`) and pass those with --dataset stream")

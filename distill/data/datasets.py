@@ -47,6 +47,7 @@ from distill.data.locate import (
   find_idx_files,
   keras_datasets_dir,
   offline_from_env,
+  other_kind_of_data,
 )
 from distill.errors import UserError
 from distill.io import array_sha256, read_only
@@ -465,6 +466,9 @@ def _load_npz(*, data_dir: str | None, allow_download: bool) -> RawData:
     raise UserError("dataset npz needs the path of your .npz file: pass "
                     f"--data-dir FILE.npz ({usage})")
   if not os.path.isfile(data_dir):
+    other = other_kind_of_data(data_dir)
+    if other is not None:  # image folders or shards: what to do with them instead
+      raise UserError(f"dataset npz needs a .npz file, but {data_dir} is {other[0]}: {other[1]}")
     raise UserError(f"dataset npz needs a .npz file, but {data_dir} is a "
                     f"folder ({usage})")
   path = data_dir

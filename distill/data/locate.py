@@ -44,7 +44,7 @@ class Search:
     """Builds the one-line error for data that could not be found (in `data_dir`, if given)."""
     looked = ", ".join(self.places) or "nowhere"
     if data_dir is not None:
-      other = _other_kind_of_data(data_dir)
+      other = other_kind_of_data(data_dir)
       if other is not None:
         what, fix = other
         return UserError(f"--data-dir {data_dir} is {what}, and the recipe's dataset is "
@@ -63,12 +63,12 @@ class Search:
                      f"{download}. To get it: {self.how_to_get}")
 
 
-def _other_kind_of_data(path: str) -> tuple[str, str] | None:
+def other_kind_of_data(path: str) -> tuple[str, str] | None:
   """(what it is, what to do) when `path` holds data another --dataset reads, else None.
 
   Cheap: a file's name, and a look at a few entries of a folder, never a read.
   """
-  from distill.data.stream import CONVERT_HINT  # noqa: PLC0415 (stream imports datasets, which imports this)
+  from distill.data.stream import convert_hint  # noqa: PLC0415 (stream imports datasets, which imports this)
 
   if os.path.isfile(path):
     return ("an .npz file", "add --dataset npz") if path.lower().endswith(".npz") else None
@@ -77,7 +77,7 @@ def _other_kind_of_data(path: str) -> tuple[str, str] | None:
     return "a folder of array shards", "add --dataset stream"
   if any(_holds_class_folders(root) for root in roots):
     return ("a folder of images in class sub-folders",
-            f"convert it to array shards once ({CONVERT_HINT}) and pass those with "
+            f"convert it to array shards once ({convert_hint(path)}) and pass those with "
             "--dataset stream")
   return None
 

@@ -44,10 +44,13 @@ from distill.data.shards import (
 from distill.errors import UserError, one_line
 from distill.io import read_json, read_only
 
-# Where the README shows how an image folder becomes array shards, for messages.
-CONVERT_HINT = ("read it with distill.data.stream.open_source(folder, image_size=...) and write "
-                "it with distill.data.shards.write_array_shards, as the README section 'Data "
-                "larger than memory' shows")
+
+def convert_hint(images: str | os.PathLike) -> str:
+  """The command that converts the image folder(s) `images` to shards beside them, for
+  messages (64: an example size; the user picks theirs)."""
+  images = str(images).rstrip("/\\")
+  return f"`distill make-shards {images} {images}-shards --image-size 64`"
+
 
 # Lower-case suffixes Pillow decodes; ImageNet's own files end in ".JPEG".
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -310,7 +313,7 @@ def open_source(path: str | os.PathLike, *, image_size: int | Sequence[int] | No
   if image_size is None:
     raise UserError(f"{path} is an image folder (no {SHARDS_FILE}): give open_source the size "
                     "to resize its images to, e.g. image_size=64 (to train from it, convert it to "
-                    f"array shards once: {CONVERT_HINT})")
+                    f"array shards once: {convert_hint(path)})")
   return ImageFolderSource(path, image_size, grayscale=grayscale)
 
 
@@ -444,7 +447,7 @@ def open_stream_dataset(root: str | os.PathLike, *, image_size: int | Sequence[i
                     "at least two classes: add images of another class")
   if test is not None:
     if test.class_names != train.class_names:
-      raise UserError(_class_mismatch(train, test))
+      raise UserError(class_mismatch(train, test))
     if test.image_shape != train.image_shape:
       raise UserError(f"{test.path} has {test.image_shape} images but {train.path} has "
                       f"{train.image_shape}")
@@ -553,17 +556,17 @@ def open_training_stream(root: str | os.PathLike, *, val_size: int | float, spli
   for split in (root / "train", root / "test") if split_layout else (root,):
     if split.is_dir() and not (split / SHARDS_FILE).is_file():
       raise UserError(f"{split} has no {SHARDS_FILE}: --dataset stream trains from array shards, "
-                      "decoded once rather than every epoch; convert an image folder "
-                      f"(<class>/<image files>) to them once ({CONVERT_HINT}) and pass the folder "
-                      "holding the shards' train/ and test/ as --data-dir")
+                      "decoded once rather than every epoch; convert the image folders "
+                      f"(<class>/<image files>) once, {convert_hint(root)}, and pass the shards "
+                      f"as --data-dir ({root}-shards)")
   stream = open_stream_dataset(root, val_size=val_size, split_seed=split_seed,
                                train_limit=train_limit)
   if stream.test is None:
     if root.name in ("train", "test") and (root.parent / "train").is_dir():
       fix = f"pass the folder holding train/ and test/ as --data-dir: {root.parent}"
     else:
-      fix = (f"write the held-out images as shards in {root / 'test'} (as train/ was written; "
-             f"{CONVERT_HINT})")
+      fix = (f"write the held-out images as shards in {root / 'test'} (from a test/ image "
+             f"folder beside train/: {convert_hint('IMAGES')} converts both)")
     raise UserError(f"{root} has no test/ split, which streamed training evaluates on: {fix}")
   train_labels = _all_labels(stream.train)
   check_two_classes(train_labels, stream.class_names, f"every image of {stream.train.path}")
@@ -579,7 +582,7 @@ def open_training_stream(root: str | os.PathLike, *, val_size: int | float, spli
 # Small helpers.
 
 
-def _class_mismatch(train: StreamSource, test: StreamSource) -> str:
+def class_mismatch(train: StreamSource, test: StreamSource) -> str:
   """The error for a test split whose classes are not the training split's: which differ."""
   train_names, test_names = set(train.class_names), set(test.class_names)
   missing = [name for name in train.class_names if name not in test_names]

@@ -1,0 +1,104 @@
+"""Image folders to array shards: decoded once, trained from many times (`distill make-shards`).
+
+An image folder in the ImageNet layout (`<class>/<image files>`) cannot be
+trained from directly: decoding and resizing every image every epoch would
+starve the step, and no training option takes an image size. This converts
+it once, keeping its layout: a root that holds `train/` (and `test/`) gives
+shards with `train/` (and `test/`), which `--dataset stream --data-dir OUT`
+reads; a single image folder gives one shard folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from distill.console import Console, progress
+from distill.data.shards import write_array_shards
+from distill.data.stream import SHARDS_FILE, StreamSource, class_mismatch, open_source
+from distill.errors import UserError
+
+# Images decoded per chunk: one chunk is in memory at a time (1024 RGB 224x224 images: 150 MB).
+CHUNK_SIZE = 1024
+
+
+def _splits(source: Path, out: Path) -> dict[str, tuple[Path, Path]]:
+  """{split name: (image folder, shard folder)} of a root with train/ (and test/), or of one
+  image folder (named "images")."""
+  if (source / "train").is_dir():
+    return {split: (source / split, out / split) for split in ("train", "test")
+            if (source / split).is_dir()}
+  return {"images": (source, out)}
+
+
+def _chunks(folder: StreamSource, chunk_size: int, *, desc: str,
+            quiet: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """(images, labels) of `folder` in its order, `chunk_size` at a time, with a progress bar."""
+  bar = progress(total=len(folder), desc=desc, unit="img", quiet=quiet)
+  try:
+    for start in range(0, len(folder), chunk_size):
+      images, labels = folder.read(np.arange(start, min(start + chunk_size, len(folder))))
+      bar.update(len(images))
+      yield images, labels
+  finally:
+    bar.close()
+
+
+def image_folders_to_shards(source: str | os.PathLike, out: str | os.PathLike, *,
+                            image_size: int | Sequence[int], grayscale: bool = False,
+                            overwrite: bool = False, quiet: bool = False,
+                            chunk_size: int = CHUNK_SIZE) -> dict[str, Path]:
+  """Converts image folders to array shards, decoding each image once.
+
+  Images are read as `distill.data.stream.open_source` reads them (turned
+  upright, converted to RGB or grayscale, scaled to cover the size and
+  center-cropped). Every folder is opened, and its files and classes checked,
+  before anything is written; each shard folder appears only when complete.
+
+  Args:
+    source: a folder holding `train/` and optionally `test/` image folders, or
+      one image folder.
+    out: where the shards go, in the same layout.
+    image_size: (height, width), or one int for square images.
+    grayscale: one channel instead of RGB.
+    overwrite: replace shard folders already in `out`.
+    quiet: no progress bars or notes.
+    chunk_size: images decoded at a time.
+
+  Returns:
+    {split: shard folder written}.
+  """
+  source, out = Path(source), Path(out)
+  if not source.is_dir():
+    raise UserError(f"image folder {source} does not exist or is not a folder")
+  if (source / SHARDS_FILE).is_file() or (source / "train" / SHARDS_FILE).is_file():
+    raise UserError(f"{source} holds array shards already: train from it with --dataset stream "
+                    f"--data-dir {source}")
+  if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
+    raise UserError(f"--out {out} is inside the image folder {source}, where the shards would "
+                    f"read as a class of images; give a folder beside it, e.g. "
+                    f"{source.parent / (source.name + '-shards')}")
+  splits = _splits(source, out)
+  for _, shards in splits.values():  # before hours of decoding, not after
+    if shards.is_dir() and any(shards.iterdir()) and not overwrite:
+      raise UserError(f"{shards} already exists and is not empty; pass --overwrite to replace it, "
+                      "or give another --out")
+  folders = {split: open_source(images, image_size=image_size, grayscale=grayscale)
+             for split, (images, _) in splits.items()}
+  if "test" in folders and folders["test"].class_names != folders["train"].class_names:
+    raise UserError(class_mismatch(folders["train"], folders["test"]))
+  height, width, channels = next(iter(folders.values())).image_shape
+  written = {}
+  for split, (images, shards) in splits.items():
+    folder = folders[split]
+    meta = {"source": str(images.resolve()), "image_size": [height, width],
+            "grayscale": grayscale}
+    written[split] = write_array_shards(
+        shards, _chunks(folder, chunk_size, desc=f"{split} images", quiet=quiet),
+        class_names=folder.class_names, meta=meta, overwrite=overwrite)
+    Console(quiet).info(f"{split}: {len(folder):,} images of {len(folder.class_names)} classes "
+                        f"({height}x{width}x{channels}) -> {written[split]}")
+  return written
