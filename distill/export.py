@@ -17,7 +17,7 @@ import numpy as np
 from distill import rundir
 from distill.console import Console
 from distill.errors import UserError
-from distill.io import write_json
+from distill.io import is_primary_process, write_json
 from distill.targets import write_targets
 
 
@@ -94,6 +94,7 @@ def _mean_probabilities_as_logits(logits_list: list[np.ndarray]) -> np.ndarray:
   return np.log(np.maximum(probs, np.finfo(np.float32).tiny)).astype(np.float32)
 
 
+@rundir.releases_workdirs
 def export_targets(teacher_dirs: Path | list[Path], *, out_dir: Path | None = None,
                    temperature: float | None = None, views: int | None = None, trained=None,
                    dataset=None, test_logits: np.ndarray | None = None, quiet: bool = False,
@@ -140,6 +141,10 @@ def export_targets(teacher_dirs: Path | list[Path], *, out_dir: Path | None = No
   out_dir = Path(out_dir) if out_dir is not None else teacher_dirs[0]
   if out_dir != teacher_dirs[0]:
     rundir.check_workdir(out_dir)
+  if is_primary_process():  # held already where the teacher's training exports
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # A teacher retrained there meanwhile would be left with these targets.
+    rundir.claim_workdir(out_dir, flag="--out")
   if dataset is None:
     dataset = load_data(recipe)
   if getattr(dataset, "streaming", False):

@@ -283,22 +283,27 @@ def check_run_workdir(workdir: Path, *, example: str) -> None:
     what = describe_folder(workdir, kind)
   else:
     return
+  # A name not taken: following the advice must not lead to --overwrite of a run there.
+  suggested = next(Path(workdir) / name for name in
+                   (example, *(f"{example}-{number}" for number in range(2, 1000)))
+                   if not (Path(workdir) / name).exists())
   raise UserError(f"--workdir {workdir} is {what}; a run needs a new or empty folder of its "
-                  f"own, e.g. --workdir {Path(workdir) / example}")
+                  f"own, e.g. --workdir {suggested}")
 
 
 # The run folders this process writes, each with its open lock file (see `claim_workdir`).
 _claimed: dict[Path, Any] = {}
 
 
-def claim_workdir(workdir: Path) -> None:
+def claim_workdir(workdir: Path, flag: str = "--workdir") -> None:
   """Holds `workdir` for this process until the call `releases_workdirs` marks returns (or
   raises), or the process ends.
 
   Two commands writing one run folder at once interleave their checkpoints and
   metrics and leave the outputs of whichever ends last: the second is refused.
   The lock is an flock on LOCK_FILE, which the system drops with the process,
-  however it ends; a file system without locks runs unguarded.
+  however it ends; a file system without locks runs unguarded. `flag` names
+  the option that gives another folder.
   """
   folder = Path(workdir).resolve()
   if folder in _claimed:  # this process again (Python, after a run stopped by an error)
@@ -313,7 +318,7 @@ def claim_workdir(workdir: Path) -> None:
   except BlockingIOError:
     handle.close()
     raise UserError(f"another distill command is writing into {workdir} now; wait for it to "
-                    "end, or give this one another --workdir") from None
+                    f"end, or give this one another {flag}") from None
   except OSError:  # e.g. a network file system without locks
     handle.close()
     return

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import copy_runs, run_cli
 
 from distill import rundir
 
@@ -114,6 +114,10 @@ def test_a_run_needs_a_folder_of_its_own(tmp_path):
   (runs / "student-cnn" / rundir.RECIPE_FILE).write_text("{}")
   with pytest.raises(rundir.UserError, match=r"is a folder of runs \(student-cnn\), not a run"):
     rundir.check_run_workdir(runs, example="teacher")
+  # The folder suggested is not taken: following the advice must not lead to --overwrite.
+  (runs / "student-cnn-2").mkdir()
+  with pytest.raises(rundir.UserError, match=f"e.g. --workdir {runs / 'student-cnn-3'}$"):
+    rundir.check_run_workdir(runs, example="student-cnn")
   sweep = tmp_path / "sweep"
   sweep.mkdir()
   (sweep / rundir.SWEEP_FILE).write_text("{}")
@@ -162,3 +166,22 @@ def test_one_command_at_a_time_writes_a_run_folder(tmp_path):
     a_run_that_fails()
   with open(workdir / rundir.LOCK_FILE, "a") as other:
     fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free once the run ends, however
+
+
+def test_an_export_into_a_run_folder_waits_its_turn_too(tmp_path, tiny_digits_runs):
+  # An export of the old teacher that ended after the teacher was retrained in its folder
+  # left the old model's targets there.
+  import fcntl  # noqa: PLC0415
+
+  teacher = copy_runs(tiny_digits_runs, tmp_path, teacher="teacher") / "teacher"
+  before = (teacher / rundir.TARGETS_FILE).read_bytes()
+  with open(teacher / rundir.LOCK_FILE, "a") as other:
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a teacher retraining there
+    result = run_cli("export", "--teacher", teacher, "--temperature", "3")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (f"error: another distill command is writing into {teacher} "
+                                     "now; wait for it to end, or give this one another --out")
+  assert (teacher / rundir.TARGETS_FILE).read_bytes() == before
+  assert run_cli("export", "--teacher", teacher, "--temperature", "3").exit_code == 0
+  with open(teacher / rundir.LOCK_FILE, "a") as other:
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # let go when the export ended
