@@ -308,6 +308,11 @@ def _fit_and_evaluate(role: str, recipe: dict[str, Any], dataset, model_name: st
     meta["aux_shapes"] = {name: list(value.shape)
                           for name, value in objective.init_aux().items()}
   images, labels = training_rows(dataset, objective, console)
+  if settings.warmup_steps >= settings.steps > 1:  # `step.make_schedule` caps the warm-up
+    console.info(f"note: {role}.warmup_steps {settings.warmup_steps:,} is not below its "
+                 f"{settings.steps:,} steps: the learning rate rises over the whole run and "
+                 f"never decays; for a short run pass e.g. --set {role}.warmup_steps="
+                 f"{max(settings.steps // 10, 1)}")
   # The final checkpoint is written while the model is evaluated.
   with contextlib.ExitStack() as final_write:
     trained, stats = fit(

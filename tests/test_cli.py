@@ -371,3 +371,16 @@ def test_out_of_memory_and_a_full_disk_are_one_line_each(monkeypatch, tmp_path):
   monkeypatch.setattr(workflow, "train_teacher", a_bug)
   with pytest.raises(KeyError):  # anything else is a bug: its traceback is kept
     run_cli("teacher", "--recipe", "digits", "--workdir", tmp_path / "t")
+
+
+def test_a_warm_up_as_long_as_the_run_is_noted(tmp_path):
+  # --steps 300 under a recipe's 1,000 warm-up steps trained without decay, and said nothing.
+  short = run_cli("teacher", "--recipe", "digits", "--steps", "20", "--no-export",
+                  "--workdir", tmp_path / "short")
+  assert short.exit_code == 0, short.output
+  assert ("note: teacher.warmup_steps 30 is not below its 20 steps: the learning rate rises over "
+          "the whole run and never decays; for a short run pass e.g. --set "
+          "teacher.warmup_steps=2") in short.stderr
+  fitting = run_cli("teacher", "--recipe", "digits", "--steps", "20", "--no-export",
+                    "--set", "teacher.warmup_steps=2", "--workdir", tmp_path / "fitting")
+  assert fitting.exit_code == 0 and "warmup_steps" not in fitting.stderr
