@@ -781,8 +781,9 @@ def export_model(run_dir, fmt, out, overwrite):
                    "scaled to cover its H x W and center-cropped, as image folders are for "
                    "training), or .npy/.npz files of uint8 images [N, H, W, C]: an .npz's "
                    "'images' (labels 'labels'), or an npz data set's 'x_test' (its held-out "
-                   "split), else 'x'; with labels, the accuracy is printed too. Several may "
-                   "follow one --images.")
+                   "split), else 'x'; or folders of pictures, or of class folders named by "
+                   "the model's classes (<class>/<images>), which label them. With labels, the "
+                   "accuracy is printed too. Several may follow one --images.")
 @click.option("--top-k", "-k", type=int, default=3, show_default=True,
               help="Classes shown per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")

@@ -58,7 +58,9 @@ def predict(source: Path, image_paths: Sequence[Path], *, top_k: int = 3) -> dic
       images are its `images` (labels: `labels`), else an npz data set's
       held-out `x_test` (`y_test`), else its `x` (`y`) or keras' `x_train`
       (`y_train`), else its only array; labels must be class indices of the
-      model (and its `class_names`, if it has them, the model's).
+      model (and its `class_names`, if it has them, the model's). A folder
+      holds pictures, or class folders named by the model's classes
+      (`<class>/<images>`, as an image folder trains), which label them.
     top_k: classes per image (at most the number of classes).
 
   Returns:
@@ -249,8 +251,36 @@ def read_exported_sidecar(path: Path) -> dict[str, Any]:
 def _check_image_file(path: Path) -> None:
   if not path.exists():
     raise UserError(f"image file not found: {path}")
-  if path.is_dir():
-    raise UserError(f"{path} is a folder, not an image file")
+
+
+def _read_folder(path: Path, image_shape: tuple[int, int, int], class_names: Sequence[str] | None
+                 ) -> tuple[list[str], np.ndarray, np.ndarray]:
+  """(names, images, labels) of a folder: of class folders named by the model's classes
+  (`<class>/<images>`, as image folders train; each image labelled by its folder), else of
+  image files (unlabelled, -1)."""
+  from distill.data.stream import IMAGE_EXTENSIONS, ImageFolderSource  # noqa: PLC0415
+
+  classes = sorted(child.name for child in path.iterdir()
+                   if child.is_dir() and not child.name.startswith("."))
+  if classes:
+    unknown = [name for name in classes if class_names is None or name not in class_names]
+    if unknown:
+      raise UserError(f"{path} holds folders {first_few(unknown, quoted=True)}, which are not "
+                      f"the model's classes ({first_few(class_names or [], quoted=True)}); give "
+                      "a folder of <class>/<images> named by its classes, or of images")
+    _check_takes_pictures(image_shape)
+    folder = ImageFolderSource(path, image_shape[:2], grayscale=image_shape[-1] == 1)
+    images, labels = folder.read(np.arange(len(folder)))
+    to_model = np.array([list(class_names).index(name) for name in folder.class_names])
+    return [str(file) for file in folder.files], images, to_model[labels]
+  files = sorted(child for child in path.iterdir()
+                 if child.is_file() and not child.name.startswith("."))
+  others = [file.name for file in files if file.suffix.lower() not in IMAGE_EXTENSIONS]
+  if others or not files:
+    found = f"files that are not images ({first_few(others)})" if others else "no image files"
+    raise UserError(f"{path} holds {found}; give a folder of images, or of <class>/<images>")
+  images = np.stack([_read_picture(file, image_shape) for file in files])
+  return [str(file) for file in files], images, np.full(len(files), -1, np.int64)
 
 
 def load_images(paths: Sequence[Path],
@@ -272,7 +302,8 @@ class ReadImages:
   images: uint8 [N, H, W, C].
   labels: int64 [N], the class index each .npz's labels give, -1 where a file has none.
   inputs: per .npz, {"file", "images", "labels", "not_read"}: the keys read (labels None
-    where it has none) and the image keys it also holds that were not.
+    where it has none) and the image keys it also holds that were not; per folder of class
+    folders, images "<class>/<images>" and labels "class folders".
   """
   names: list[str]
   images: np.ndarray
@@ -288,7 +319,13 @@ def read_images(paths: Sequence[Path], image_shape: tuple[int, int, int],
   for path in map(Path, paths):
     _check_image_file(path)
     file_labels = None
-    if path.suffix.lower() in _IMAGE_SUFFIXES_ARRAY:
+    if path.is_dir():
+      folder_names, images, file_labels = _read_folder(path, image_shape, class_names)
+      names.extend(folder_names)
+      if (file_labels >= 0).any():
+        inputs.append({"file": str(path), "images": "<class>/<images>",
+                       "labels": "class folders", "not_read": []})
+    elif path.suffix.lower() in _IMAGE_SUFFIXES_ARRAY:
       images, file_labels, read = _read_array_images(path, image_shape)
       names.extend([str(path)] if len(images) == 1 else
                    [f"{path}[{i}]" for i in range(len(images))])
@@ -400,10 +437,15 @@ def _read_picture(path: Path, image_shape: tuple[int, int, int]) -> np.ndarray:
   """One PNG/JPEG (anything Pillow reads) as the model's uint8 [H, W, C], as it was trained."""
   from distill.data.stream import decode_image  # noqa: PLC0415
 
+  _check_takes_pictures(image_shape)
+  return decode_image(path, image_shape)
+
+
+def _check_takes_pictures(image_shape: tuple[int, int, int]) -> None:
+  """Refuses pictures for a model of other than 1 (grayscale) or 3 (RGB) channels."""
   if image_shape[-1] not in (1, 3):
     raise UserError(f"the model takes {image_shape[-1]}-channel images; give them as .npy/.npz "
                     "arrays")
-  return decode_image(path, image_shape)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -325,3 +325,39 @@ def test_labels_that_cannot_score_the_model_are_one_line_errors(exported, datase
     np.savez(tmp_path / name, **arrays)
     one_line_error(run_cli("predict", exported["stablehlo"], "--images", tmp_path / name),
                    *words)
+
+
+def test_a_folder_of_class_folders_is_predicted_and_scored_by_its_folders(runs, exported,
+                                                                         dataset, tmp_path):
+  # A user's held-out photos in the training layout had to be packed into an .npz to be scored.
+  chosen = {name: np.flatnonzero(dataset.y_test == index)[:3]
+            for index, name in enumerate(dataset.class_names) if index in (3, 7)}
+  for name, rows in chosen.items():
+    (tmp_path / "photos" / name).mkdir(parents=True)
+    for row in rows:
+      # Named so that sorting by name keeps the rows' order.
+      picture = tmp_path / "photos" / name / f"{row:05d}.png"
+      Image.fromarray(dataset.x_test[row, :, :, 0]).save(picture)
+  rows = np.concatenate(list(chosen.values()))
+  np.savez(tmp_path / "same.npz", images=dataset.x_test[rows], labels=dataset.y_test[rows])
+  for source in (runs / "student", exported["stablehlo"]):
+    folder = json.loads(_lines(run_cli("predict", source, "--images", tmp_path / "photos",
+                                       "--json"))[0])
+    same = json.loads(_lines(run_cli("predict", source, "--images", tmp_path / "same.npz",
+                                     "--json"))[0])
+    assert [p["label"] for p in folder["predictions"]] == [p["label"] for p in same["predictions"]]
+    assert [p["top"] for p in folder["predictions"]] == [p["top"] for p in same["predictions"]]
+    assert folder["accuracy"] == same["accuracy"] and folder["accuracy"]["labelled"] == 6
+    first = tmp_path / "photos" / "3" / f"{rows[0]:05d}.png"
+    assert folder["predictions"][0]["image"] == str(first)
+  text = _lines(run_cli("predict", runs / "student", "--images", tmp_path / "photos"))
+  assert text[-1].endswith(f"on {tmp_path / 'photos'}'s class folders")
+  # A folder of pictures alone: predicted, unlabelled.
+  flat = _lines(run_cli("predict", runs / "student", "--images", tmp_path / "photos" / "7"))
+  assert len(flat) == 3 and not flat[-1].startswith("accuracy")
+  (tmp_path / "photos" / "cat").mkdir()
+  one_line_error(run_cli("predict", runs / "student", "--images", tmp_path / "photos"),
+                 "holds folders 'cat', which are not the model's classes ('0', '1', '2'")
+  (tmp_path / "photos" / "7" / "notes.txt").write_text("mine")
+  one_line_error(run_cli("predict", runs / "student", "--images", tmp_path / "photos" / "7"),
+                 "holds files that are not images (notes.txt)")

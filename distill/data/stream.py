@@ -226,6 +226,11 @@ class ImageFolderSource(StreamSource):
     self._paths = paths
     self._labels = np.asarray(labels, np.int32)
 
+  @property
+  def files(self) -> list[Path]:
+    """Every image file, in example order."""
+    return [self.path / relative for relative in self._paths]
+
   def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Returns (images uint8 [n, H, W, C], labels int32 [n]) for `indices`, in their order.
 
