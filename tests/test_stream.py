@@ -491,6 +491,14 @@ def test_make_shards_mistakes_are_one_line_and_write_nothing(tmp_path):
   assert "are not images" in stray.stderr and stray.exit_code == 2
   assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".*"))
   (photos / "cat" / "notes.txt").unlink()
+  broken = photos / "cat" / "broken.jpg"
+  Image.new("RGB", (40, 30), (200, 10, 10)).save(broken)
+  broken.write_bytes(broken.read_bytes()[:200])  # a copy cut short
+  damaged = run_cli("make-shards", photos, tmp_path / "out", "--image-size", "8", "-q")
+  assert damaged.exit_code == 2 and damaged.stderr.startswith(f"error: cannot read image {broken}")
+  assert damaged.stderr.strip().endswith("the file looks damaged: replace it, or leave it out")
+  assert not (tmp_path / "out").exists()  # not even an empty folder
+  broken.unlink()
   one = run_cli("make-shards", photos, tmp_path / "out", "--image-size", "8", "-q")
   assert one.exit_code == 0 and stream.open_source(tmp_path / "out").class_names == CLASSES
   shards_again = run_cli("make-shards", tmp_path / "out", tmp_path / "other", "--image-size", "8")

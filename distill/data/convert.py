@@ -91,6 +91,21 @@ def image_folders_to_shards(source: str | os.PathLike, out: str | os.PathLike, *
   if "test" in folders and folders["test"].class_names != folders["train"].class_names:
     raise UserError(class_mismatch(folders["train"], folders["test"]))
   height, width, channels = next(iter(folders.values())).image_shape
+  created = not out.exists()
+  try:
+    return _write_splits(splits, folders, (height, width, channels), grayscale=grayscale,
+                         overwrite=overwrite, quiet=quiet, chunk_size=chunk_size)
+  except BaseException:
+    if created and out.is_dir() and not any(out.iterdir()):
+      out.rmdir()  # a damaged image stopped it: leave no empty folder behind
+    raise
+
+
+def _write_splits(splits: dict[str, tuple[Path, Path]], folders: dict[str, StreamSource],
+                  shape: tuple[int, int, int], *, grayscale: bool, overwrite: bool, quiet: bool,
+                  chunk_size: int) -> dict[str, Path]:
+  """Writes each split's shards (see `image_folders_to_shards`); returns them by split."""
+  height, width, channels = shape
   written = {}
   for split, (images, shards) in splits.items():
     folder = folders[split]

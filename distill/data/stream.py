@@ -283,7 +283,8 @@ def decode_image(path: str | os.PathLike, image_shape: Sequence[int]) -> np.ndar
     raise UserError(f"cannot read image {path}: not an image file Pillow can read "
                     "(PNG, JPEG, ...)") from None
   except (OSError, ValueError, Image.DecompressionBombError) as e:
-    raise UserError(f"cannot read image {path}: {one_line(e)}") from None
+    raise UserError(f"cannot read image {path}: {one_line(e)}; the file looks damaged: replace "
+                    "it, or leave it out") from None
   return np.asarray(image, np.uint8).reshape(height, width, channels)
 
 
