@@ -560,7 +560,8 @@ def compare(run_dirs, as_json, markdown):
   soft loss (soft_ce or KL), mixup (images mixed with a Beta(m, m) weight),
   labels (how many labelled images a run learnt from, data.labelled), and
   steps, batch (the batch size) and seed where two teachers or two students
-  differ in them.
+  differ in them. Other recipe settings in which they differ (a learning
+  rate, a warm-up) are named under the table.
   """
   from distill.compare import compare_runs  # noqa: PLC0415
 

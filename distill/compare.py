@@ -407,6 +407,42 @@ def machines_note(rows: list[dict[str, Any]]) -> str | None:
           f"within one: {machines}")
 
 
+# Keys the table shows (its columns, the method's label), or that change no number a run
+# computes; any other recipe key two runs of one role differ in is named under the table.
+_SHOWN_KEYS = ("model", "steps", "batch_size", "loss", "method", "teaching", "temperature",
+               "alpha", "soft_loss", "mixup", "log_every", "eval_every", "checkpoint_every",
+               "steps_per_dispatch", "eval_batch_size", "init_check_tolerance")
+
+
+def unshown_differences_note(rows: list[dict[str, Any]]) -> str | None:
+  """A note naming the recipe settings the table does not show in which runs of one role
+  differ (a hard-label twin trained with another warm-up reads as a fair pair otherwise)."""
+  from distill.config import METHODS, differing_keys  # noqa: PLC0415
+
+  parts = []
+  for role in ("teacher", "student"):
+    recipes = [recipe for recipe in (rundir.saved_recipe(Path(row["run"])) for row in rows
+                                     if row.get("role") == role) if recipe]
+    values: dict[str, list[Any]] = {}
+    for recipe in recipes[1:]:
+      for key, (first, other) in differing_keys(recipes[0], recipe, role).items():
+        setting = key.split(".")
+        if setting[0] == role and (setting[1] in _SHOWN_KEYS or setting[1] in METHODS
+                                   or setting[1] == recipes[0][role]["model"]
+                                   or setting[1] == recipe[role]["model"]):
+          continue  # a column, the method's label, or a model table (models differ)
+        if setting[0] == "seed":
+          continue
+        seen = values.setdefault(key, [first])
+        if other not in seen:
+          seen.append(other)
+    parts += [f"{key} ({', '.join(setting_text(value) for value in seen)})"
+              for key, seen in values.items()]
+  if not parts:
+    return None
+  return ("runs of one role differ in settings the table does not show: " + "; ".join(parts))
+
+
 def compare_runs(run_dirs: list[Path], *, as_json: bool = False, markdown: bool = False) -> str:
   """The comparison of `run_dirs` as text (a table, Markdown, or JSON lines)."""
   run_dirs, sweeps = expand_sweeps(run_dirs)
@@ -429,7 +465,7 @@ def compare_runs(run_dirs: list[Path], *, as_json: bool = False, markdown: bool 
     return json.dumps([{**{k: row_value(row, k) for k in keys}, "dataset": row.get("dataset")}
                        for row in rows], indent=2)
   text = format_table(rows, markdown=markdown)
-  for note in (datasets_note(rows), machines_note(rows)):
+  for note in (datasets_note(rows), machines_note(rows), unshown_differences_note(rows)):
     if note:
       text += f"\n\n{note}"
   # A sweep's verdict closes the comparison: what teaching bought, and how surely.

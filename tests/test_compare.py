@@ -97,3 +97,27 @@ def test_a_folder_of_runs_is_told_to_give_the_runs_in_it(tmp_path, tiny_digits_r
   assert result.exit_code == 2
   assert (f"is a folder of runs (cnn, teacher), not a run; give the teacher in it: --teacher "
           f"{folder / 'teacher'}") in " ".join(result.stderr.split())
+
+
+def _edit_recipe(run_dir, role, **changes):
+  path = run_dir / rundir.RECIPE_FILE
+  recipe = json.loads(path.read_text())
+  recipe[role].update(changes)
+  path.write_text(json.dumps(recipe))
+
+
+def test_settings_the_table_does_not_show_are_named_where_runs_of_a_role_differ(
+    tmp_path, tiny_digits_runs):
+  # A hard-label twin trained with another warm-up sat beside its soft student as a fair pair.
+  runs = copy_runs(tiny_digits_runs, tmp_path, teacher="teacher", student="student",
+                   twin="student", other="student")
+  teacher, student, twin, other = (runs / name for name in ("teacher", "student", "twin",
+                                                            "other"))
+  _edit_recipe(twin, "student", warmup_steps=300, learning_rate=0.01)
+  _edit_recipe(other, "student", model="mlp", eval_every=7, temperature=4.0)
+  text = compare.compare_runs([teacher, student, twin, other])
+  assert text.splitlines()[-1] == ("runs of one role differ in settings the table does not show: "
+                                   "student.learning_rate (0.002, 0.01); student.warmup_steps "
+                                   "(2, 300)")
+  # The model, cadences and what the table shows are no such difference.
+  assert "differ in settings" not in compare.compare_runs([teacher, student, other])
