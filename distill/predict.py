@@ -264,6 +264,9 @@ def _read_folder(path: Path, image_shape: tuple[int, int, int], class_names: Seq
                    if child.is_dir() and not child.name.startswith("."))
   if classes:
     unknown = [name for name in classes if class_names is None or name not in class_names]
+    if unknown and set(unknown) <= {"train", "test"} and (path / "test").is_dir():
+      raise UserError(f"{path} holds the splits {first_few(unknown, quoted=True)}, not class "
+                      f"folders: give one of them, e.g. --images {path / 'test'}")
     if unknown:
       raise UserError(f"{path} holds folders {first_few(unknown, quoted=True)}, which are not "
                       f"the model's classes ({first_few(class_names or [], quoted=True)}); give "

@@ -355,6 +355,12 @@ def test_a_folder_of_class_folders_is_predicted_and_scored_by_its_folders(runs, 
   # A folder of pictures alone: predicted, unlabelled.
   flat = _lines(run_cli("predict", runs / "student", "--images", tmp_path / "photos" / "7"))
   assert len(flat) == 3 and not flat[-1].startswith("accuracy")
+  (tmp_path / "root" / "test").mkdir(parents=True)  # a data root: its splits hold the classes
+  (tmp_path / "photos").rename(tmp_path / "root" / "train")
+  one_line_error(run_cli("predict", runs / "student", "--images", tmp_path / "root"),
+                 f"holds the splits 'test', 'train', not class folders: give one of them, e.g. "
+                 f"--images {tmp_path / 'root' / 'test'}")
+  (tmp_path / "root" / "train").rename(tmp_path / "photos")
   (tmp_path / "photos" / "cat").mkdir()
   one_line_error(run_cli("predict", runs / "student", "--images", tmp_path / "photos"),
                  "holds folders 'cat', which are not the model's classes ('0', '1', '2'")
