@@ -421,11 +421,18 @@ def unshown_differences_note(rows: list[dict[str, Any]]) -> str | None:
 
   parts = []
   for role in ("teacher", "student"):
+    # A recipe.json without the role's settings (written by hand, or by an older distill)
+    # has nothing to compare.
     recipes = [recipe for recipe in (rundir.saved_recipe(Path(row["run"])) for row in rows
-                                     if row.get("role") == role) if recipe]
+                                     if row.get("role") == role)
+               if recipe and isinstance(recipe.get(role), dict) and "model" in recipe[role]]
     values: dict[str, list[Any]] = {}
     for recipe in recipes[1:]:
-      for key, (first, other) in differing_keys(recipes[0], recipe, role).items():
+      try:
+        differing = differing_keys(recipes[0], recipe, role)
+      except (KeyError, TypeError):  # an older recipe's shape
+        continue
+      for key, (first, other) in differing.items():
         setting = key.split(".")
         if setting[0] == role and (setting[1] in _SHOWN_KEYS or setting[1] in METHODS
                                    or setting[1] == recipes[0][role]["model"]
