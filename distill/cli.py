@@ -810,13 +810,6 @@ def predict(source, more_images, images, top_k, as_json):
   click.echo(json.dumps(result) if as_json else predict_lib.format_predictions(result))
 
 
-if __name__ == "__main__":
-  from distill.launcher import restart_with_huge_pages
-
-  restart_with_huge_pages()  # As the `distill` command does (see `distill.launcher`).
-  main()
-
-
 @main.command("make-shards", short_help="Convert image folders to array shards to train from.")
 @click.argument("source", type=PATH, metavar="IMAGES")
 @click.argument("out", type=PATH)
@@ -872,3 +865,10 @@ def recipes(name):
   changes. Single keys are changed from the command line with --set.
   """
   click.echo(config_lib.recipe_text(name) if name else config_lib.recipes_listing(), nl=not name)
+
+
+if __name__ == "__main__":
+  from distill.launcher import restart_with_huge_pages
+
+  restart_with_huge_pages()  # As the `distill` command does (see `distill.launcher`).
+  main()
