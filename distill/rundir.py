@@ -454,7 +454,7 @@ def describe_folder(path: Path, kind: str | None = None) -> str:
   """What `path` is, in words a person can act on, e.g. 'an empty folder'."""
   kind = kind or folder_kind(path)
   if kind == STUDENT:
-    teacher = _summary_field(path, "teacher_dir")
+    teacher = summary_field(path, "teacher_dir")
     return "a student run" + (f" (taught by {teacher})" if teacher else "")
   if kind == TARGETS_ONLY:
     return _describe_targets_only(path)
@@ -494,7 +494,8 @@ def _describe_targets_only(path: Path) -> str:
   return f"a folder of exported targets of {whose}, with no run of its own"
 
 
-def _summary_field(path: Path, key: str) -> Any:
+def summary_field(path: Path, key: str) -> Any:
+  """A finished run's summary value of `key`; None where the folder has no readable summary."""
   try:
     return json.loads((Path(path) / SUMMARY_FILE).read_text()).get(key)
   except (OSError, ValueError, AttributeError):
@@ -514,7 +515,7 @@ def check_teacher_folder(path: Path, *, needs: str = "targets") -> str:
   if kind in accepted:
     return kind
   if kind == STUDENT:
-    teacher = _summary_field(path, "teacher_dir")
+    teacher = summary_field(path, "teacher_dir")
     hint = (f"its teacher is --teacher {teacher}" if teacher
             else "give a teacher run's folder")
   elif kind == UNFINISHED:

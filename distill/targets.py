@@ -24,6 +24,7 @@ from distill.rundir import (
     TARGETS_FILE,
     TARGETS_META_FILE,
     saved_recipe,
+    summary_field,
 )
 
 FORMAT_VERSION = 1
@@ -256,10 +257,8 @@ def _check_same_kind_of_data(teacher_dir: Path, dataset) -> None:
 def _check_made_by_this_teacher(teacher_dir: Path, meta: dict[str, Any], path: Path) -> None:
   """Refuses targets a trained teacher's folder holds that another model exported (copied in, or
   left from an earlier run): a student would learn from one model and report another's numbers."""
-  try:
-    trained = json.loads((teacher_dir / SUMMARY_FILE).read_text()).get("params_sha256")
-  except (OSError, ValueError, AttributeError):
-    return  # no summary (exported targets alone, an ensemble's), or one `compare` calls damaged
+  # None without a summary (exported targets alone, an ensemble's) or with a damaged one.
+  trained = summary_field(teacher_dir, "params_sha256")
   made_by = (meta.get("teacher") or {}).get("params_sha256")
   if trained and made_by and trained != made_by:
     raise UserError(f"{path} was not exported by the teacher in {teacher_dir} (its parameters "
