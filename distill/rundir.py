@@ -277,8 +277,10 @@ def check_run_workdir(workdir: Path, *, example: str) -> None:
                     if child.name not in (*RUN_OUTPUTS, LOCK_FILE))
     if not others:  # what is left of a run, e.g. its TensorBoard folder
       return
+    from distill.data.checks import first_few  # noqa: PLC0415 (numpy: on this path only)
+
     what = (describe_folder(workdir, kind) if runs_in(workdir) else
-            f"a folder of other files ({', '.join(others[:3])}{', ...' if others[3:] else ''})")
+            f"a folder of other files ({first_few(others, 3)})")
   elif kind == SWEEP:
     what = describe_folder(workdir, kind)
   else:
@@ -460,8 +462,9 @@ def describe_folder(path: Path, kind: str | None = None) -> str:
     return _describe_targets_only(path)
   runs = runs_in(path) if kind == NOT_A_RUN else []
   if runs:  # `compare runs/digits` meant the runs in it
-    shown = ", ".join(runs[:4]) + (f" and {len(runs) - 4} more" if len(runs) > 4 else "")
-    return f"a folder of runs ({shown}), not a run"
+    from distill.data.checks import first_few  # noqa: PLC0415 (numpy: on this path only)
+
+    return f"a folder of runs ({first_few(runs, 4)}), not a run"
   return {
       FINISHED_TEACHER: "a finished teacher run",
       IMPORTED_TEACHER: "an imported teacher",
