@@ -112,7 +112,8 @@ def collect_runs(run_dirs: list[Path]) -> tuple[list[dict[str, Any]], list[str]]
                      + (f": give them, e.g. {run_dir / '*'}" if inside else ""))
       continue
     summary = read_json(run_dir / rundir.SUMMARY_FILE, "run summary")
-    rows.append({"run": str(run_dir), **summary, **_data_of(run_dir, summary)})
+    recipe = _recipe_of(run_dir)
+    rows.append({"run": str(run_dir), **summary, **_data_of(recipe, summary), "recipe": recipe})
   if not rows:
     raise UserError("no finished runs: " + "; ".join(skipped) + ". Give the folders "
                     "`distill teacher` and `distill student` wrote (e.g. runs/teacher "
@@ -127,16 +128,24 @@ def collect_runs(run_dirs: list[Path]) -> tuple[list[dict[str, Any]], list[str]]
   return [row for row, _ in ranked], skipped
 
 
-def _data_of(run_dir: Path, summary: dict[str, Any]) -> dict[str, str]:
-  """What the run's recipe adds to its summary about its data: {"data_dir": ...} when it read
-  its data from a path (an npz file, a stream's folder; summary.json names such data only 'npz'
-  or by the folder's name), and {"dataset": ...} for a summary too old to name its data set."""
+def _recipe_of(run_dir: Path) -> dict[str, Any]:
+  """The run's recipe.json as written, without a student's teacher_dir; {} where it is missing
+  or damaged (which costs the columns their values, not the comparison)."""
   path = run_dir / rundir.RECIPE_FILE
   try:
     recipe = read_json(path, "run recipe") if path.is_file() else {}
-  except UserError:  # a damaged recipe costs the columns their values, not the comparison
+  except UserError:
     recipe = {}
-  data = recipe.get("data") if isinstance(recipe, dict) else None
+  if not isinstance(recipe, dict):
+    return {}
+  return {key: value for key, value in recipe.items() if key != "teacher_dir"}
+
+
+def _data_of(recipe: dict[str, Any], summary: dict[str, Any]) -> dict[str, str]:
+  """What the run's recipe adds to its summary about its data: {"data_dir": ...} when it read
+  its data from a path (an npz file, a stream's folder; summary.json names such data only 'npz'
+  or by the folder's name), and {"dataset": ...} for a summary too old to name its data set."""
+  data = recipe.get("data")
   data = data if isinstance(data, dict) else {}
   found = {"data_dir": str(data["data_dir"])} if data.get("data_dir") else {}
   if not summary.get("dataset") and data.get("dataset"):
@@ -423,9 +432,9 @@ def unshown_differences_note(rows: list[dict[str, Any]]) -> str | None:
   for role in ("teacher", "student"):
     # A recipe.json without the role's settings (written by hand, or by an older distill)
     # has nothing to compare.
-    recipes = [recipe for recipe in (rundir.saved_recipe(Path(row["run"])) for row in rows
+    recipes = [recipe for recipe in (row.get("recipe") or {} for row in rows
                                      if row.get("role") == role)
-               if recipe and isinstance(recipe.get(role), dict) and "model" in recipe[role]]
+               if isinstance(recipe.get(role), dict) and "model" in recipe[role]]
     values: dict[str, list[Any]] = {}
     for recipe in recipes[1:]:
       try:
@@ -450,6 +459,12 @@ def unshown_differences_note(rows: list[dict[str, Any]]) -> str | None:
   return ("runs of one role differ in settings the table does not show: " + "; ".join(parts))
 
 
+def table_notes(rows: list[dict[str, Any]]) -> list[str]:
+  """The notes under the comparison table, in compare's output and the report alike."""
+  return [note for note in (datasets_note(rows), machines_note(rows),
+                            unshown_differences_note(rows)) if note]
+
+
 def compare_runs(run_dirs: list[Path], *, as_json: bool = False, markdown: bool = False) -> str:
   """The comparison of `run_dirs` as text (a table, Markdown, or JSON lines)."""
   run_dirs, sweeps = expand_sweeps(run_dirs)
@@ -472,9 +487,8 @@ def compare_runs(run_dirs: list[Path], *, as_json: bool = False, markdown: bool 
     return json.dumps([{**{k: row_value(row, k) for k in keys}, "dataset": row.get("dataset")}
                        for row in rows], indent=2)
   text = format_table(rows, markdown=markdown)
-  for note in (datasets_note(rows), machines_note(rows), unshown_differences_note(rows)):
-    if note:
-      text += f"\n\n{note}"
+  for note in table_notes(rows):
+    text += f"\n\n{note}"
   # A sweep's verdict closes the comparison: what teaching bought, and how surely.
   from distill.sweep_results import verdict_sentence  # noqa: PLC0415
 

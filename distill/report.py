@@ -14,15 +14,14 @@ import numpy as np
 from distill import rundir
 from distill.compare import (
   collect_runs,
-  datasets_note,
   expand_sweeps,
   format_table,
   how_taught,
-  machines_note,
   objective_label,
   option_used,
   row_value,
   run_label,
+  table_notes,
   with_dataset_names,
   with_settings,
   with_teacher_names,
@@ -331,7 +330,7 @@ def _page(rows: list[dict[str, Any]], skipped: list[str], table: str, overview: 
           sections: list[str], sweeps: str = "") -> str:
   """The report page: the comparison table, any sweeps' tables, the overview figure and
   every run's section."""
-  notes = [note for note in (datasets_note(rows), machines_note(rows)) if note]
+  notes = table_notes(rows)
   return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>distill report</title>
 <style>

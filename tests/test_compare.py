@@ -121,3 +121,11 @@ def test_settings_the_table_does_not_show_are_named_where_runs_of_a_role_differ(
                                    "(2, 300)")
   # The model, cadences and what the table shows are no such difference.
   assert "differ in settings" not in compare.compare_runs([teacher, student, other])
+  # The report says it under its table too.
+  report = run_cli("report", teacher, student, twin, "--out", tmp_path / "report", "-q")
+  assert report.exit_code == 0, report.output
+  assert ("student.warmup_steps (2, 300)" in
+          (tmp_path / "report" / "report.html").read_text())
+  # A damaged recipe.json costs the note that run, not the comparison.
+  (twin / rundir.RECIPE_FILE).write_text("{damaged")
+  assert "differ in settings" not in compare.compare_runs([teacher, student, twin])
