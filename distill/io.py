@@ -82,8 +82,12 @@ def read_json(path: Path, what: str = "file") -> Any:
     raise UserError(f"{what} {path} is damaged (not valid JSON: {e})") from None
 
 
-def check_directory_target(directory: Path, overwrite: bool) -> None:
+def check_directory_target(directory: Path, overwrite: bool,
+                           how_to_replace: str = "pass overwrite=True to replace it") -> None:
   """Refuses a `directory` that is a file, or a non-empty folder without `overwrite`.
+
+  `how_to_replace` ends the refusal: a Python caller's keyword by default, a
+  command's flag where a command calls.
 
   Raises:
     UserError: naming the directory.
@@ -91,8 +95,7 @@ def check_directory_target(directory: Path, overwrite: bool) -> None:
   if directory.exists() and not directory.is_dir():
     raise UserError(f"{directory} exists and is not a folder")
   if directory.is_dir() and any(directory.iterdir()) and not overwrite:
-    raise UserError(
-        f"{directory} already exists and is not empty; pass overwrite=True to replace it")
+    raise UserError(f"{directory} already exists and is not empty; {how_to_replace}")
 
 
 def publish_directory(staging: Path, directory: Path, overwrite: bool) -> None:

@@ -483,6 +483,10 @@ def test_make_shards_mistakes_are_one_line_and_write_nothing(tmp_path):
   ]:
     result = run_cli("make-shards", photos, tmp_path / "out", *args)
     assert result.exit_code == 2 and result.stderr.strip() == f"error: {message}", result.output
+  (tmp_path / "taken").write_text("a file where the shard folder would go")
+  taken = run_cli("make-shards", photos, tmp_path / "taken", "--image-size", "8")
+  assert taken.exit_code == 2
+  assert taken.stderr.strip() == f"error: {tmp_path / 'taken'} exists and is not a folder"
   inside = run_cli("make-shards", photos, photos / "shards", "--image-size", "8")
   assert (f"error: --out {photos / 'shards'} is inside the image folder {photos}, where the "
           "shards would read as a class of images") in inside.stderr

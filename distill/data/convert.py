@@ -20,6 +20,7 @@ from distill.console import Console, progress
 from distill.data.shards import write_array_shards
 from distill.data.stream import SHARDS_FILE, StreamSource, class_mismatch, open_source
 from distill.errors import UserError
+from distill.io import check_directory_target
 
 # Images decoded per chunk: one chunk is in memory at a time (1024 RGB 224x224 images: 150 MB).
 CHUNK_SIZE = 1024
@@ -83,9 +84,8 @@ def image_folders_to_shards(source: str | os.PathLike, out: str | os.PathLike, *
                     f"{source.parent / (source.name + '-shards')}")
   splits = _splits(source, out)
   for _, shards in splits.values():  # before hours of decoding, not after
-    if shards.is_dir() and any(shards.iterdir()) and not overwrite:
-      raise UserError(f"{shards} already exists and is not empty; pass --overwrite to replace it, "
-                      "or give another --out")
+    check_directory_target(shards, overwrite,
+                           how_to_replace="pass --overwrite to replace it, or give another --out")
   folders = {split: open_source(images, image_size=image_size, grayscale=grayscale)
              for split, (images, _) in splits.items()}
   if "test" in folders and folders["test"].class_names != folders["train"].class_names:
