@@ -23,11 +23,12 @@ from scipy import stats as scipy_stats
 
 # The conventional 5% level: below it a difference is called beyond seed noise.
 ALPHA = 0.05
-# Accuracies lie in [0, 1] and a real difference is at least one test image
-# (1e-5 even for 100k images); float noise in a difference such as
-# (0.83 - 0.80) vs (0.84 - 0.81) is ~1e-16. Differences closer than this are
-# the same difference, and ones this close to 0 are ties.
-_SAME = 1e-12
+# Accuracies lie in [0, 1] and a real difference is at least one test image (1e-6 even for a
+# million images), but run summaries hold them as float32 values (about 7 significant digits):
+# two seeds that each lose exactly 32 of 357 images store differences -0.0891364813 and
+# -0.0891365409. Differences closer than this are the same difference, and ones this close to 0
+# are ties.
+_SAME = 5e-7
 
 
 def pair(variant: Mapping[Hashable, float],
@@ -119,8 +120,15 @@ def format_diff(result: Mapping[str, Any]) -> str:
   """The mean difference in percentage points, '± sample std' from two seeds on: '+0.42 ± 0.10'."""
   if not result["n"]:
     return "-"
-  text = f"{100 * result['mean_diff']:+.2f}"
+  text = signed_points(result["mean_diff"])
   return text + (f" ± {100 * result['std_diff']:.2f}" if result["n"] > 1 else "")
+
+
+def signed_points(fraction: float) -> str:
+  """A difference of fractions in percentage points with its sign, two decimals: '+0.42';
+  '+0.00' for one that rounds to nothing (float noise in a tie must not read '-0.00')."""
+  points = round(100 * fraction, 2)
+  return f"{points if points else 0.0:+.2f}"
 
 
 def verdict(result: Mapping[str, Any]) -> str:

@@ -182,7 +182,7 @@ def verdict_sentence(rows: list[dict[str, Any]]) -> str | None:
     seeds.add(pair["n"])
     name = row["model"] + (f" ({_how_taught(row)})" if several else "")
     p = pair["t_p"] if pair["t_p"] is not None else pair["sign_p"]
-    entry = (f"{name} {100 * pair['mean_diff']:+.2f}", p)
+    entry = (f"{name} {stats.signed_points(pair['mean_diff'])}", p)
     if pair["n"] > 1 and p is not None and p < stats.ALPHA:
       (gains if pair["mean_diff"] > 0 else losses).append(entry)
     elif pair["n"] > 1 and pair["t_p"] is not None:
@@ -203,7 +203,8 @@ def verdict_sentence(rows: list[dict[str, Any]]) -> str | None:
   if noise:
     least = min(p for _, p in noise)
     clauses.append(f"changed {', '.join(text for text, _ in noise)} points, within seed noise "
-                   f"(paired t-test p {'=' if len(noise) == 1 else '>='} {least:.3g})")
+                   f"(paired t-test p {'=' if len(noise) == 1 or least > 0.9995 else '>='} "
+                   f"{least:.3g})")  # every p is 1 when the least is: not 'p >= 1'
   if same:
     clauses.append(f"changed {', '.join(text for text, _ in same)} points: no difference on "
                    "any seed")
@@ -274,7 +275,7 @@ def table_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]
     elif row["gap_closed"] is None:
       gap = "-"
     else:
-      gap = f"{100 * row['gap_closed']:.0f}%"
+      gap = f"{round(100 * row['gap_closed'])}%"  # an int: never '-0%'
     seconds = row["train_seconds_mean"]
     cells = [
         (f"teacher ({row['model']})" if row["model"] else "teacher") if teacher

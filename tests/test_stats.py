@@ -39,6 +39,22 @@ def test_equal_differences_up_to_float_noise_count_as_equal():
   assert t_test_p(diffs) is None
 
 
+def test_the_same_image_count_stored_as_float32_is_the_same_difference():
+  # Two seeds that each lose exactly 32 of 359 test images, as summaries hold accuracies
+  # (float32 values): the differences differ by 6e-8, which must not make a t-test.
+  variant = {0: float(np.float32(300 / 359)), 1: float(np.float32(304 / 359))}
+  baseline = {0: float(np.float32(332 / 359)), 1: float(np.float32(336 / 359))}
+  _, diffs = pair(variant, baseline)
+  assert diffs[0] != diffs[1]
+  result = compare(variant, baseline, "hard")
+  assert result["t_p"] is None and result["sign_p"] == 0.5
+  assert result["verdict"] == ("-8.91 ± 0.00 pts over hard (2 seeds, the same difference on "
+                               "every seed, sign test p = 0.5): too few seeds to tell")
+  # Level on every seed, up to float32 noise: no difference, and never '-0.00'.
+  level = compare({0: float(np.float32(0.1) * 3), 1: 0.7}, {0: 0.3, 1: 0.7}, "hard")
+  assert level["verdict"] == "+0.00 ± 0.00 pts over hard (2 seeds): no difference on any seed"
+
+
 @pytest.mark.parametrize("diffs, expected", [
     ([0.1] * 5, 2 / 32),                      # 5 of 5 positive
     ([-0.1] * 5, 2 / 32),                     # 5 of 5 negative: two-sided

@@ -288,6 +288,10 @@ def test_gap_closed_arithmetic():
   table = format_table(list(rows.values()))
   assert "| cnn | targets | kd | soft_ce | 2 | 100 | 86.00 ± 1.41 | 50.00 | 56% | 2.00 |" in table
   assert "| teacher (vit) | - | - | - | - | 1,000 | 90.00 | - | - | 60.0 |" in table
+  # A share a hair below nothing reads 0%, never '-0%'.
+  level = aggregate(_fake("cnn", "hard", [0.80, 0.82]) + _fake("cnn", "targets", [0.8099, 0.81]),
+                    teacher)
+  assert "| 0% |" in format_table(level)
 
 
 def test_an_empty_gap_closed_says_why_under_the_table():
