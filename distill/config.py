@@ -852,7 +852,18 @@ def _read_by(recipe: dict[str, Any], role: str) -> dict[str, Any]:
                   if key not in _METHOD_DEFAULTS or key == method}
     if method == "kd":
       read[role].pop("method")
+    if section["loss"] == "hard":
+      # A student on hard labels reads no teaching setting: one a sweep's shared --set gave
+      # it hashes as the default, as every hard-label run before it did, so its twin with the
+      # default resumes and is kept rather than called another recipe.
+      for key in _UNREAD_ON_HARD_LABELS:
+        if key in read[role]:
+          read[role][key] = DEFAULTS["student"][key]
   return read
+
+
+# The student settings a run on hard labels does not read (`recipe_hash` counts their defaults).
+_UNREAD_ON_HARD_LABELS = ("teaching", "temperature", "alpha", "soft_loss", "mixup")
 
 
 def merge_resolved(recipe: dict[str, Any], other: dict[str, Any], where: str) -> None:

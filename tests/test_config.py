@@ -377,6 +377,15 @@ def test_the_recipe_hash_covers_only_what_the_run_reads():
   # A teacher's hash ignores every student setting.
   edited = config.load_recipe("digits", ["student.model=vit", "student.steps=9"])
   assert config.recipe_hash(edited, "teacher") == config.recipe_hash(cnn, "teacher")
+  # A student on hard labels reads no teaching setting: a sweep's shared -T 4 leaves its hash
+  # (and so its finished twin) alone, as it does its differences; a taught student's moves.
+  hard = config.load_recipe("digits", ["student.model=cnn", "student.loss=hard"])
+  for unread in ("student.temperature=4", "student.alpha=0.3", "student.soft_loss=kl"):
+    edited = config.load_recipe("digits", ["student.model=cnn", "student.loss=hard", unread])
+    assert config.recipe_hash(edited, "student") == config.recipe_hash(hard, "student"), unread
+    assert config.differing_keys(hard, edited, "student") == {}
+    taught = config.load_recipe("digits", ["student.model=cnn", unread])
+    assert config.recipe_hash(taught, "student") != config.recipe_hash(cnn, "student"), unread
 
 
 def test_recipes_lists_each_packaged_recipe_and_prints_one_to_copy(tmp_path):
