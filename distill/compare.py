@@ -14,6 +14,7 @@ from typing import Any
 from distill import rundir
 from distill.config import changed_method_options, setting_text
 from distill.console import Console
+from distill.data.checks import first_few
 from distill.errors import UserError
 from distill.io import read_json
 
@@ -425,44 +426,79 @@ _SHOWN_KEYS = ("model", "steps", "batch_size", "loss", "method", "teaching", "te
 
 def unshown_differences_note(rows: list[dict[str, Any]]) -> str | None:
   """A note naming the recipe settings the table does not show in which runs of one role
-  differ (a hard-label twin trained with another warm-up reads as a fair pair otherwise)."""
+  differ, and which runs have which value (a hard-label twin trained with another warm-up
+  reads as a fair pair otherwise)."""
   from distill.config import METHODS, differing_keys  # noqa: PLC0415
 
   parts = []
   for role in ("teacher", "student"):
     # A recipe.json without the role's settings (written by hand, or by an older distill)
     # has nothing to compare.
-    recipes = [recipe for recipe in (row.get("recipe") or {} for row in rows
-                                     if row.get("role") == role)
-               if isinstance(recipe.get(role), dict) and "model" in recipe[role]]
-    values: dict[str, list[Any]] = {}
-    for recipe in recipes[1:]:
+    runs = [(row.get("run", "?"), recipe) for row in rows if row.get("role") == role
+            for recipe in [row.get("recipe") or {}]
+            if isinstance(recipe.get(role), dict) and "model" in recipe[role]]
+    keys: list[str] = []
+    for _, recipe in runs[1:]:
       try:
-        differing = differing_keys(recipes[0], recipe, role)
+        differing = differing_keys(runs[0][1], recipe, role)
       except (KeyError, TypeError):  # an older recipe's shape
         continue
-      for key, (first, other) in differing.items():
+      for key in differing:
         setting = key.split(".")
         if setting[0] == role and (setting[1] in _SHOWN_KEYS or setting[1] in METHODS
-                                   or setting[1] == recipes[0][role]["model"]
+                                   or setting[1] == runs[0][1][role]["model"]
                                    or setting[1] == recipe[role]["model"]):
           continue  # a column, the method's label, or a model table (models differ)
-        if setting[0] == "seed":
-          continue
-        seen = values.setdefault(key, [first])
-        if other not in seen:
-          seen.append(other)
-    parts += [f"{key} ({', '.join(setting_text(value) for value in seen)})"
-              for key, seen in values.items()]
+        if setting[0] != "seed" and key not in keys:
+          keys.append(key)
+    names = short_names(str(Path(run).resolve()) for run, _ in runs)
+    for key in keys:
+      by_value: dict[str, list[str]] = {}
+      for run, recipe in runs:
+        by_value.setdefault(setting_text(_recipe_value(recipe, key)), []).append(
+            names[str(Path(run).resolve())])
+      parts.append(f"{key}: " + ", ".join(f"{value} ({first_few(runs_of, 3)})"
+                                          for value, runs_of in by_value.items()))
   if not parts:
     return None
-  return ("runs of one role differ in settings the table does not show: " + "; ".join(parts))
+  return "runs of one role differ in settings the table does not show: " + "; ".join(parts)
+
+
+def _recipe_value(recipe: dict[str, Any], key: str) -> Any:
+  """The value of a dotted recipe key ('student.learning_rate'); None where it has none."""
+  value: Any = recipe
+  for part in key.split("."):
+    value = value.get(part) if isinstance(value, dict) else None
+  return value
+
+
+def retrained_teachers_note(rows: list[dict[str, Any]]) -> str | None:
+  """A warning naming the students whose teacher folder holds another model now (trained again
+  with --overwrite after they learned): their agreement is with the teacher they learned from,
+  not with the one the table shows. None where every teacher is the one its students recorded."""
+  now: dict[str, Any] = {}
+  earlier: dict[str, list[str]] = {}
+  for row in rows:
+    folder, learned_from = row.get("teacher_dir"), row.get("teacher_params_sha256")
+    if row.get("role") != "student" or not folder or not learned_from:
+      continue
+    if folder not in now:  # an ensemble's folder of targets has no summary: nothing to check
+      now[folder] = rundir.summary_field(Path(folder), "params_sha256")
+    if now[folder] and now[folder] != learned_from:
+      earlier.setdefault(folder, []).append(row.get("run", "?"))
+  if not earlier:
+    return None
+  return "; ".join(f"{first_few(runs, 3)} learned from an earlier teacher in "
+                   f"{_under_cwd(Path(folder))}, trained again since: their agreement is with "
+                   "that earlier teacher, not the one shown (train them again to pair them with "
+                   "it)" for folder, runs in earlier.items())
 
 
 def table_notes(rows: list[dict[str, Any]]) -> list[str]:
   """The notes under the comparison table, in compare's output and the report alike."""
   return [note for note in (datasets_note(rows), machines_note(rows),
-                            unshown_differences_note(rows)) if note]
+                            unshown_differences_note(rows), retrained_teachers_note(rows))
+          if note]
 
 
 def compare_runs(run_dirs: list[Path], *, as_json: bool = False, markdown: bool = False) -> str:
@@ -490,12 +526,23 @@ def compare_runs(run_dirs: list[Path], *, as_json: bool = False, markdown: bool 
   for note in table_notes(rows):
     text += f"\n\n{note}"
   # A sweep's verdict closes the comparison: what teaching bought, and how surely.
-  from distill.sweep_results import verdict_sentence  # noqa: PLC0415
+  from distill.sweep_results import (  # noqa: PLC0415
+    left_out_note,
+    out_of_date,
+    out_of_date_note,
+    sweep_name,
+    verdict_sentence,
+  )
 
   for sweep_dir, saved in sweeps:
+    reasons = out_of_date(sweep_dir, saved)
     sentence = verdict_sentence(saved.get("rows", []))
-    if sentence:
-      text += f"\n\n{sweep_dir}: {sentence}"
+    if reasons:  # a verdict on runs since gone or changed would read as today's
+      text += f"\n\n{out_of_date_note(sweep_dir, reasons)}"
+    elif sentence:
+      text += f"\n\n{sweep_name(sweep_dir, saved)}: {sentence}"
+    if note := left_out_note(sweep_dir, saved):
+      text += f"\n\n{note}"
   return text
 
 def run_label(row: dict[str, Any], *, name_teacher: bool = False) -> str:
@@ -641,9 +688,7 @@ def _setting_note(keys: list[str], recipe: dict[str, Any]) -> str:
   parts: dict[tuple[str, str], list[str]] = {}  # (table, '') or ('', own key): its words
   for key in keys:
     *path, name = key.split(".")
-    value: Any = recipe
-    for part in (*path, name):
-      value = value.get(part) if isinstance(value, dict) else None
+    value = _recipe_value(recipe, key)
     if path[:1] in (["teacher"], ["student"]):
       path = path[1:]  # the run's own section goes without saying
     if path:  # a table's keys read together: 'dist beta=2 gamma=2'

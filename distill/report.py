@@ -145,7 +145,11 @@ def _sweep_section(sweep_dir: Path, saved: dict[str, Any]) -> str:
   """A sweep's table (mean ± std over seeds) and its paired differences, from its sweep.json."""
   from distill.sweep_results import (  # noqa: PLC0415
     gap_note,
+    left_out_note,
+    out_of_date,
+    out_of_date_note,
     paired_cells,
+    sweep_name,
     table_cells,
     verdict_sentence,
   )
@@ -157,11 +161,17 @@ def _sweep_section(sweep_dir: Path, saved: dict[str, Any]) -> str:
 
   rows = saved.get("rows", [])
   sentence = verdict_sentence(rows)
-  parts = [f"<h2>Sweep <small>{html.escape(str(sweep_dir))}</small></h2>",
+  heading = f"<h2>Sweep <small>{html.escape(sweep_name(sweep_dir, saved))}</small></h2>"
+  left_out = [f"<p>{html.escape(note)}</p>"] if (note := left_out_note(sweep_dir, saved)) else []
+  if reasons := out_of_date(sweep_dir, saved):
+    return ("<section>" + "\n".join([heading, "<p class='missing'>"
+                                       + html.escape(out_of_date_note(sweep_dir, reasons))
+                                       + "</p>", *left_out]) + "</section>")
+  parts = [heading,
            *([f"<p><strong>{html.escape(sentence)}</strong></p>"] if sentence else []),
            "<p>Test accuracy after each run's last training step, mean ± sample std over "
            "seeds.</p>", table("paired", *table_cells(rows)),
-           *([f"<p>{html.escape(note)}</p>"] if (note := gap_note(rows)) else []),
+           *([f"<p>{html.escape(note)}</p>"] if (note := gap_note(rows)) else []), *left_out,
            "<h3>Paired differences</h3>"]
   header, body = paired_cells(rows)
   if not body:

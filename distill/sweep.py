@@ -485,7 +485,7 @@ def _write_sweep(runs: list[dict[str, Any]], teacher: dict[str, Any], settings: 
   }
   json_path, md_path = out_dir / SWEEP_JSON, out_dir / SWEEP_MD
   write_json(json_path, result)
-  write_text(md_path, sweep_markdown(table, paired, teacher_dir, settings["seeds"]))
+  write_text(md_path, sweep_markdown(table, paired, teacher_dir, settings))
   return {**result, "table": table, "paired_table": paired, "headline": headline(rows),
           "verdict": verdict_sentence(rows),
           "json": json_path, "markdown": md_path}

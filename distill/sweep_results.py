@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from distill import stats
+from distill import rundir, stats
 from distill.compare import markdown_table, row_value, seconds_cell
+from distill.data.checks import first_few
 from distill.stats import compare, format_diff, format_p
 
 # The method every sweep has always trained: the classic distillation loss. Its
@@ -214,6 +215,56 @@ def verdict_sentence(rows: list[dict[str, Any]]) -> str | None:
           + "; and ".join(clauses) + ".")
 
 
+def out_of_date(sweep_dir: Path | str, saved: dict[str, Any]) -> list[str]:
+  """What changed in a sweep's folder since its sweep.json (`saved`) was written, in words: runs
+  gone, runs trained again (another parameter hash), a teacher trained again. Empty when its
+  tables still describe the runs on disk."""
+  gone, retrained = [], []
+  learned_from = None
+  for run in saved.get("runs", []):
+    recorded = run.get("summary") or {}
+    learned_from = learned_from or recorded.get("teacher_params_sha256")
+    folder = Path(sweep_dir) / run["name"]
+    if not (folder / rundir.SUMMARY_FILE).is_file():
+      gone.append(run["name"])
+    elif recorded.get("params_sha256") and (
+        rundir.summary_field(folder, "params_sha256") != recorded["params_sha256"]):
+      retrained.append(run["name"])
+  reasons = []
+  if gone:
+    reasons.append(f"{first_few(gone, 3)} {'is' if len(gone) == 1 else 'are'} gone")
+  if retrained:
+    reasons.append(f"{first_few(retrained, 3)} {'was' if len(retrained) == 1 else 'were'} "
+                   "trained again")
+  teacher_dir = saved.get("settings", {}).get("teacher_dir")
+  teacher_now = teacher_dir and rundir.summary_field(Path(teacher_dir), "params_sha256")
+  if teacher_now and learned_from and teacher_now != learned_from:
+    reasons.append("its teacher was trained again")
+  return reasons
+
+
+def out_of_date_note(sweep_dir: Path | str, reasons: list[str]) -> str:
+  """The line that stands for a sweep's verdict and tables once `out_of_date` found `reasons`."""
+  return (f"{sweep_dir}: its sweep.json no longer matches its runs ({'; '.join(reasons)}), so "
+          "its verdict and tables are left out: run the same `distill sweep` again to remake "
+          "them")
+
+
+def left_out_note(sweep_dir: Path | str, saved: dict[str, Any]) -> str | None:
+  """A note naming the finished runs in a sweep's folder that its sweep.json leaves out (an
+  earlier sweep command's, with other models, modes or seeds); None when there are none."""
+  if not Path(sweep_dir).is_dir():
+    return None
+  names = {run["name"] for run in saved.get("runs", [])}
+  others = [name for name in rundir.runs_in(Path(sweep_dir)) if name not in names
+            and rundir.folder_kind(Path(sweep_dir) / name) in rundir.FINISHED_RUNS]
+  if not others:
+    return None
+  return (f"{sweep_dir} holds {len(others)} finished run{'s' if len(others) > 1 else ''} its "
+          f"sweep.json leaves out ({first_few(others, 3)}), from another sweep command: give "
+          f"them as folders to show them, e.g. {Path(sweep_dir) / others[0]}")
+
+
 def _by_seed(row: dict[str, Any]) -> dict[int, float]:
   return dict(zip(row["seeds"], row["test_accuracies"], strict=True))
 
@@ -317,10 +368,29 @@ def paired_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]
 
 
 
-def sweep_markdown(table: str, paired: str, teacher_dir: Path | str, seeds: list[int]) -> str:
-  """sweep.md: a header line on what the numbers are, the table, and the paired differences."""
-  seeds_text = ", ".join(map(str, seeds))
-  header = (f"# Sweep against teacher `{teacher_dir}`, seeds {seeds_text}\n\n"
+def sweep_name(sweep_dir: Path | str, saved: dict[str, Any]) -> str:
+  """A sweep's folder with the recipe and settings every run of it shared, as its verdict is
+  headed: 'runs/sw2 (--set student.temperature=4 student.steps=200)'; two sweeps of one
+  teacher read alike otherwise."""
+  return f"{sweep_dir}{_shared_settings(saved.get('settings', {}))}"
+
+
+def _shared_settings(settings: dict[str, Any]) -> str:
+  parts = []
+  if settings.get("recipe"):
+    parts.append(f"--recipe {Path(settings['recipe']).name}")
+  if settings.get("overrides"):
+    parts.append("--set " + " ".join(settings["overrides"]))
+  return f" ({', '.join(parts)})" if parts else ""
+
+
+def sweep_markdown(table: str, paired: str, teacher_dir: Path | str,
+                   settings: dict[str, Any]) -> str:
+  """sweep.md: a header line on what the numbers are (the teacher, the seeds, and the recipe
+  and settings every run shared), the table, and the paired differences."""
+  seeds_text = ", ".join(map(str, settings["seeds"]))
+  header = (f"# Sweep against teacher `{teacher_dir}`, seeds {seeds_text}"
+            f"{_shared_settings(settings)}\n\n"
             "Every run's test accuracy is the accuracy on the test split after its last "
             "training step (never a best epoch or checkpoint).")
   note = ("Test accuracy is the mean ± sample std over seeds, agreement is top-1 agreement with "

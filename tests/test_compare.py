@@ -117,14 +117,14 @@ def test_settings_the_table_does_not_show_are_named_where_runs_of_a_role_differ(
   _edit_recipe(other, "student", model="mlp", eval_every=7, temperature=4.0)
   text = compare.compare_runs([teacher, student, twin, other])
   assert text.splitlines()[-1] == ("runs of one role differ in settings the table does not show: "
-                                   "student.learning_rate (0.002, 0.01); student.warmup_steps "
-                                   "(2, 300)")
+                                   "student.learning_rate: 0.002 (student, other), 0.01 "
+                                   "(twin); student.warmup_steps: 2 (student, other), 300 (twin)")
   # The model, cadences and what the table shows are no such difference.
   assert "differ in settings" not in compare.compare_runs([teacher, student, other])
   # The report says it under its table too.
   report = run_cli("report", teacher, student, twin, "--out", tmp_path / "report", "-q")
   assert report.exit_code == 0, report.output
-  assert ("student.warmup_steps (2, 300)" in
+  assert ("student.warmup_steps: 2 (student), 300 (twin)" in
           (tmp_path / "report" / "report.html").read_text())
   # A damaged recipe.json costs the note that run, not the comparison.
   (twin / rundir.RECIPE_FILE).write_text("{damaged")

@@ -63,7 +63,8 @@ def test_sweep_trains_every_run_and_writes_the_table(swept):
   # trail its students' hard-label baselines).
   assert gap == [note for note in [gap_note(json.loads((out / "sweep.json").read_text())["rows"])]
                  if note]
-  assert title == f"# Sweep against teacher `{root / 'teacher'}`, seeds 0, 1"
+  assert title == (f"# Sweep against teacher `{root / 'teacher'}`, seeds 0, 1 "
+                   "(--set student.steps=10)")
   assert "after its last training step (never a best epoch or checkpoint)" in header
   assert table.startswith("| student | mode | method |")
   rows = table.splitlines()[2:]
@@ -392,7 +393,57 @@ def test_compare_ends_with_the_sweeps_verdict(swept):
   assert sentence.startswith("Against the same students on hard labels (same seeds, 2 each)")
   assert result.stdout.rstrip().endswith(sentence)
   table = run_cli("compare", root / "sweep").output
-  assert table.rstrip().endswith(f"{root / 'sweep'}: {sentence}")
+  # Headed by the settings every run shared (as sweep.md is): two sweeps of one teacher must
+  # not read alike.
+  assert table.rstrip().endswith(f"{root / 'sweep'} (--set student.steps=10): {sentence}")
+
+
+
+def test_compare_and_report_leave_out_a_verdict_its_runs_no_longer_match(swept, tmp_path):
+  """A sweep's verdict is about the runs it aggregated: once one is gone or trained again, or
+  its teacher was, compare and the report say so instead of showing the old numbers; and they
+  name the finished runs in the folder that its sweep.json leaves out."""
+  root, _ = swept
+  out = shutil.copytree(root / "sweep", tmp_path / "sweep")
+  # A rerun over fewer runs: its sweep.json covers one, the folder holds eight.
+  assert run_cli("sweep", "--teacher", root / "teacher", "--out", out, "--model", "mlp",
+                 "--mode", "hard", "--seed", "0", "--steps", "10", "-q").exit_code == 0
+  text = compare.compare_runs([out])
+  assert text.endswith(f"{out} holds 7 finished runs its sweep.json leaves out (linear-hard-s0, "
+                       "linear-hard-s1, linear-targets-s0 and 4 more), from another sweep "
+                       f"command: give them as folders to show them, e.g. {out / 'linear-hard-s0'}")
+  shutil.rmtree(out)
+  out = shutil.copytree(root / "sweep", tmp_path / "sweep")
+  assert "no longer matches" not in compare.compare_runs([out])
+  shutil.rmtree(out / "mlp-hard-s0")
+  summary = json.loads((out / "mlp-targets-s1" / "summary.json").read_text())
+  (out / "mlp-targets-s1" / "summary.json").write_text(json.dumps(
+      {**summary, "params_sha256": "trained again"}))
+  stale = (f"{out}: its sweep.json no longer matches its runs (mlp-hard-s0 is gone; "
+           "mlp-targets-s1 was trained again), so its verdict and tables are left out: run the "
+           "same `distill sweep` again to remake them")
+  text = compare.compare_runs([out])
+  assert text.endswith(stale) and "Against the same students" not in text
+  page = run_cli("report", out, "--out", tmp_path / "report", "-q")
+  assert page.exit_code == 0, page.output
+  assert html.escape(stale) in (tmp_path / "report" / "report.html").read_text()
+
+
+def test_compare_names_students_whose_teacher_was_trained_again(swept, tmp_path):
+  root, _ = swept
+  runs = copy_runs(root, tmp_path, teacher="teacher", student="sweep/mlp-targets-s0")
+  student = json.loads((runs / "student" / "summary.json").read_text())
+  student["teacher_dir"] = str((runs / "teacher").resolve())
+  (runs / "student" / "summary.json").write_text(json.dumps(student))
+  assert "trained again since" not in compare.compare_runs([runs / "teacher", runs / "student"])
+  teacher = json.loads((runs / "teacher" / "summary.json").read_text())
+  (runs / "teacher" / "summary.json").write_text(json.dumps(
+      {**teacher, "params_sha256": "another teacher"}))
+  text = compare.compare_runs([runs / "teacher", runs / "student"])
+  assert text.splitlines()[-1] == (
+      f"{runs / 'student'} learned from an earlier teacher in {runs / 'teacher'}, trained again "
+      "since: their agreement is with that earlier teacher, not the one shown (train them again "
+      "to pair them with it)")
 
 
 # Test accuracy of a fake run: hard labels 80% + 1 point per seed; kd 2 points more, dkd 3.
