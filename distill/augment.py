@@ -68,6 +68,37 @@ def augment(images_BxHxWxC: jax.Array, key: jax.Array, settings: dict[str, Any])
   return images_BxHxWxC
 
 
+def describe(settings: dict[str, Any], image_shape: tuple[int, ...]) -> list[str]:
+  """What the recipe's `augment` settings do to images of `image_shape` (H, W, C), in words a
+  run prints before it trains: its augmentation line, then a note where a default made for
+  32x32 images fits these badly (a crop keeping little of a large image, or none of a small
+  one). A flip is named with how to turn it off: it silently ruins classes that a mirror
+  tells apart (arrows, text), which a user's own data may have."""
+  height, width = image_shape[:2]
+  crop, crop_size = settings["crop"], settings["crop_size"]
+  crop_h, crop_w = min(crop_size, height), min(crop_size, width)
+  parts, notes = [], []
+  if crop == "resize":
+    parts.append(f"a random {crop_h}x{crop_w} crop resized to {height}x{width}")
+    kept = crop_h * crop_w / (height * width)
+    suggested = max(1, round(0.75 * min(height, width)))  # 24 of 32, as the recipes crop
+    if crop_h == height and crop_w == width:
+      notes.append(f"note: augment.crop_size {crop_size} is not below the {height}x{width} "
+                   f"images, so the crop changes nothing: --set augment.crop_size={suggested}, "
+                   "or augment.crop=pad")
+    elif kept < 0.4:
+      notes.append(f"note: augment.crop_size {crop_size} keeps {kept:.0%} of each "
+                   f"{height}x{width} image before resizing it back; --set "
+                   f"augment.crop_size={suggested} keeps about as much as 24 of 32 does, or "
+                   "augment.crop=pad shifts the image instead")
+  elif crop == "pad":
+    parts.append(f"{settings['pad']}-pixel shifts (pad and crop)")
+  if settings["flip"]:
+    parts.append("horizontal flips (augment.flip=false where a mirrored image is another "
+                 "class: arrows, text, digits)")
+  return ["augment: " + (", ".join(parts) if parts else "none"), *notes]
+
+
 def augment_views(images_BxHxWxC: jax.Array, indices_B: jax.Array, views_B: jax.Array, seed: int,
                   settings: dict[str, Any]) -> jax.Array:
   """View `views_B[i]` of example `indices_B[i]`, each a pure function of (seed, index, view).

@@ -159,6 +159,16 @@ def _input_stats(dataset) -> tuple[list[float], list[float]]:
   return dataset.stats if isinstance(dataset, RecordedInputs) else pixel_stats(dataset.x_train)
 
 
+def _say_augmentation(settings: dict[str, Any], dataset: Any, console: Console) -> None:
+  """Prints what augmentation the run trains with, and a note where it fits the images badly."""
+  from distill.augment import describe  # noqa: PLC0415
+
+  line, *notes = describe(settings, dataset.image_shape)
+  console.info(line)
+  for note in notes:
+    console.info(note)
+
+
 def _build_model(recipe: dict[str, Any], role: str, dataset, *,
                  restoring: Path | None = None):
   """(model name, the model for `dataset` (or its `RecordedInputs`), its parameter count).
@@ -375,6 +385,7 @@ def train_teacher(recipe: dict[str, Any], workdir: Path, *, restart: bool = Fals
             else f"a new head for {dataset.num_classes} classes")
     fine_tuned = f", fine-tuned from {recipe['teacher']['init_from']} with {head}"
   console.info(f"teacher: {model_name}, {num_params:,} parameters{fine_tuned}")
+  _say_augmentation(recipe["augment"], dataset, console)
   rundir.prepare_workdir(workdir, restart=restart, overwrite=overwrite)
   write_json(workdir / RECIPE_FILE, recipe)
   trained, test, summary = _fit_and_evaluate(
@@ -590,6 +601,8 @@ def train_student(recipe: dict[str, Any], teacher_dir: Path, workdir: Path, *,
   # Online teaching (hints excepted) and views are augmented by construction;
   # targets, hard labels and hints only when the recipe asks.
   augmented = settings.augment or (teaching is not None and teaching.always_augments)
+  if augmented:
+    _say_augmentation(recipe["augment"], dataset, console)
   _, test, summary = _fit_and_evaluate(
       "student", recipe, dataset, model_name, model, num_params, workdir,
       teaching=teaching, objective=objective,

@@ -56,3 +56,21 @@ def test_none_and_no_flip_is_identity():
   out = augment.augment(images, jax.random.key(6), {"crop": "none", "crop_size": 0, "pad": 0,
                                                      "flip": False})
   np.testing.assert_array_equal(out, images)
+
+
+def test_a_run_says_what_augmentation_it_trains_with_and_where_a_default_fits_badly():
+  cifar = {"crop": "resize", "crop_size": 24, "pad": 4, "flip": True}
+  assert augment.describe(cifar, (32, 32, 3)) == [
+      "augment: a random 24x24 crop resized to 32x32, horizontal flips (augment.flip=false "
+      "where a mirrored image is another class: arrows, text, digits)"]
+  # The 32x32 recipes' crop on 64x64 pictures keeps 14% of each; on 8x8 ones, all of it.
+  assert augment.describe(cifar, (64, 64, 3))[1] == (
+      "note: augment.crop_size 24 keeps 14% of each 64x64 image before resizing it back; --set "
+      "augment.crop_size=48 keeps about as much as 24 of 32 does, or augment.crop=pad shifts "
+      "the image instead")
+  assert augment.describe(cifar, (8, 8, 1))[1] == (
+      "note: augment.crop_size 24 is not below the 8x8 images, so the crop changes nothing: "
+      "--set augment.crop_size=6, or augment.crop=pad")
+  shifts = {"crop": "pad", "crop_size": 24, "pad": 1, "flip": False}
+  assert augment.describe(shifts, (8, 8, 1)) == ["augment: 1-pixel shifts (pad and crop)"]
+  assert augment.describe({**shifts, "crop": "none"}, (8, 8, 1)) == ["augment: none"]
