@@ -405,6 +405,14 @@ def test_npz_test_classes_without_training_images_are_noted(tmp_path):
                    y_test=np.arange(10)).num_classes == 10
   assert "class 7 of the 10 has no training images, but the test labels have images of it" in (
       notes[0])
+  # Named classes too: one only the test set has is a test nothing trained here passes.
+  notes.clear()
+  named = np.array(["cat", "dog", "ring"])
+  _load_npz(tmp_path / "mine.npz", notes.append, x=_X, y=np.arange(40) % 2, x_test=_X[:9],
+            y_test=np.arange(9) % 3, class_names=named)
+  assert notes == [f"{tmp_path / 'mine.npz'}: key 'y' has no training images of class 'ring', "
+                   "but key 'y_test' has 3 test images of them, which no model trained on these "
+                   "gets right"]
 
 
 def test_npz_classes_empty_for_a_reason_are_no_numbering_mistake(tmp_path):

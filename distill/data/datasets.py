@@ -502,7 +502,14 @@ def _load_npz(*, data_dir: str | None, allow_download: bool) -> RawData:
             f"class_names lists only {len(class_names)} classes; "
             f"{label_range_fix(every, len(class_names), keys)}")
     # Named classes are the user's word for what the classes are: one with
-    # no images is theirs to have (a class list shared with other data).
+    # no images is theirs to have (a class list shared with other data), but
+    # one only the test set has is a test no model trained on these passes.
+    if has_x_test and len(untrained := np.setdiff1d(y_test, y)):
+      which = ("class" if len(untrained) == 1 else "classes") + " " + first_few(
+          [class_names[label] for label in untrained], quoted=True)
+      notes = (*notes, f"{path}: key {y_key!r} has no training images of {which}, but key "
+                       f"'y_test' has {int(np.isin(y_test, untrained).sum()):,} test images of "
+                       "them, which no model trained on these gets right")
   else:
     class_names, gaps = classes_from_labels(
         y, y_test if has_x_test else None, f"{path}: key {y_key!r}")
