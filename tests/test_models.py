@@ -117,6 +117,62 @@ def test_vit_rejects_bad_geometry():
                  stem_blocks_per_stage=0)
 
 
+def test_vit_cnn_stem_refuses_an_image_its_pools_leave_empty():
+  # Three 2x2 pools take 6x10 to 0x1, which every patch size divides: a crash in training.
+  with pytest.raises(UserError, match=r"^vit stem_channels \[4, 8, 16\] halve the image 3 times "
+                                      r"\(a 2x2 max-pool after each stem stage\), so they need "
+                                      r"8x8 pixels or more, and the image is 6x10: list at most 2 "
+                                      r"stem_channels, or use stem = 'patch' with a patch that "
+                                      r"divides 6x10 \(1, 2 do\)$"):
+    create_model("vit", num_classes=3, image_shape=(6, 10, 1), stem="cnn",
+                 stem_channels=[4, 8, 16], patch=1, width=8, depth=1, heads=2)
+  # An image one pixel tall leaves no stem stage to keep.
+  with pytest.raises(UserError, match=r"and the image is 1x10: use stem = 'patch' with a patch "
+                                      r"that divides 1x10 \(1 do\)$"):
+    create_model("vit", num_classes=3, image_shape=(1, 10, 1), stem="cnn", stem_channels=[4],
+                 patch=1, width=8, depth=1, heads=2)
+  # As many stages as fit build.
+  create_model("vit", num_classes=3, image_shape=(6, 10, 1), stem="cnn", stem_channels=[4, 8],
+               patch=1, width=8, depth=1, heads=2)
+
+
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_vit_patch_larger_than_the_image_is_refused(stem):
+  with pytest.raises(UserError, match=r"^vit patch 4 must divide the image size 2x6; 1, 2 do$"):
+    create_model("vit", num_classes=3, image_shape=(2, 6, 1), stem=stem, patch=4, width=8,
+                 depth=1, heads=2)
+
+
+def test_cnn_refuses_an_image_its_pools_leave_empty():
+  with pytest.raises(UserError, match=r"^cnn channels \[4, 8, 8\] with pool = 'flatten' halve "
+                                      r"the image 3 times \(a 2x2 max-pool after each stage\), "
+                                      r"so they need 8x8 pixels or more, and the image is 6x10: "
+                                      r"list at most 2 channels with pool = 'flatten', or 3 with "
+                                      r"pool = 'mean'$"):
+    create_model("cnn", num_classes=3, image_shape=(6, 10, 1), channels=[4, 8, 8],
+                 blocks_per_stage=1, pool="flatten")
+  with pytest.raises(UserError, match=r"^cnn channels \[4, 8, 8, 8\] with pool = 'mean' halve "
+                                      r"the image 3 times \(a 2x2 max-pool between stages\), "
+                                      r"so they need 8x8 pixels or more, and the image is 6x10: "
+                                      r"list at most 3 channels with pool = 'mean'$"):
+    create_model("cnn", num_classes=3, image_shape=(6, 10, 1), channels=[4, 8, 8, 8],
+                 blocks_per_stage=1)
+  with pytest.raises(UserError, match=r"the image is 1x10: list 1 channel with pool = 'mean'$"):
+    create_model("cnn", num_classes=3, image_shape=(1, 10, 1), channels=[4], pool="flatten")
+  # As many stages as fit build, and train without a NaN.
+  for channels, pool in (([4, 8], "flatten"), ([4, 8, 8], "mean")):
+    model = create_model("cnn", num_classes=3, image_shape=(6, 10, 1), channels=channels,
+                         blocks_per_stage=1, pool=pool)
+    grads = nnx.grad(lambda m: m(jnp.ones((2, 6, 10, 1))).sum())(model)
+    assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize("name", ["mlp", "linear"])
+def test_models_without_pooling_take_a_one_pixel_image(name):
+  model = create_model(name, num_classes=3, image_shape=(1, 1, 1))
+  assert _forward(model, jnp.zeros((2, 1, 1, 1))).shape == (2, 3)
+
+
 def test_unknown_model_and_bad_setting():
   with pytest.raises(UserError, match="unknown model 'resnet'.*cnn"):
     create_model("resnet", num_classes=10, image_shape=(28, 28, 1))

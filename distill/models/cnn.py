@@ -22,6 +22,26 @@ _WINDOW_RANK = np.array([[4, 3], [2, 1]], np.int8).reshape(1, 1, 2, 1, 2, 1)
 GATHERED_MAX_CHANNELS = 4
 
 
+def pools_that_fit(height: int, width: int) -> int:
+  """How many 2x2 max-pools (each halving, floored) leave a height x width image a pixel."""
+  return min(height, width).bit_length() - 1
+
+
+def pooled_too_small(height: int, width: int, pools: int, where: str) -> str | None:
+  """Why `pools` 2x2 max-pools leave nothing of a height x width image, or None if they do not.
+
+  The middle of a one-line error (the caller names the setting before it and
+  what to change after it): an image pooled to zero rows or columns fails
+  only later, deep in training (a zero division, or a mean of nothing).
+  `where` says where the pools run ('after each stage').
+  """
+  if pools <= pools_that_fit(height, width):
+    return None
+  need = 2 ** pools
+  return (f"halve the image {pools} time{'s' if pools != 1 else ''} (a 2x2 max-pool {where}), "
+          f"so they need {need}x{need} pixels or more, and the image is {height}x{width}")
+
+
 def _windows_2x2(x_BxHxWxC: jax.Array) -> jax.Array:
   """[B, H, W, C] -> [B, H//2, 2, W//2, 2, C]: the 2x2 windows (an odd last row/column dropped)."""
   batch, height, width, channels = x_BxHxWxC.shape
@@ -229,10 +249,14 @@ class ConvStages(nnx.Module):
     self.pool_last = pool_last
     self.out_channels = in_channels
 
+  @property
+  def pool_count(self) -> int:
+    """How many 2x2 max-pools the stages run: one after each stage, the last only if pooled."""
+    return len(self.convs) // self.blocks_per_stage - (0 if self.pool_last else 1)
+
   def output_size(self, height: int, width: int) -> tuple[int, int]:
     """The spatial size of the output for a height x width input."""
-    pools = len(self.convs) // self.blocks_per_stage - (0 if self.pool_last else 1)
-    return height // 2 ** pools, width // 2 ** pools
+    return height // 2 ** self.pool_count, width // 2 ** self.pool_count
 
   def __call__(self, images_BxHxWxC: jax.Array) -> jax.Array:
     return self.stage_outputs(images_BxHxWxC)[-1]
@@ -279,6 +303,7 @@ class CNN(ConvStages):
       raise UserError(f"cnn pool must be 'mean' or 'flatten', got '{pool}'")
     super().__init__(image_shape[2], list(channels), blocks_per_stage=blocks_per_stage,
                      pool_last=pool == "flatten", dtype=dtype, rngs=rngs)
+    self._check_image_size(image_shape[0], image_shape[1], list(channels), pool)
     self.pool = pool
     head_features = self.out_channels
     if pool == "flatten":
@@ -286,6 +311,24 @@ class CNN(ConvStages):
       head_features *= height * width
     self.head = classifier_head(head_features, num_classes, head_init_scale=head_init_scale,
                                 rngs=rngs)
+
+  def _check_image_size(self, height: int, width: int, channels: list[int], pool: str) -> None:
+    """Refuses an image the stages' pools leave no pixel of, saying how many stages fit."""
+    where = "after each stage" if pool == "flatten" else "between stages"
+    too_small = pooled_too_small(height, width, self.pool_count, where)
+    if too_small is None:
+      return
+    # A pool a stage, less one with 'mean' (its last stage is not pooled).
+    fit_mean = pools_that_fit(height, width) + 1
+    fit_flatten = fit_mean - 1
+    if pool == "mean":
+      advice = f"list at most {fit_mean} channels with pool = 'mean'"
+    elif fit_flatten:
+      advice = (f"list at most {fit_flatten} channels with pool = 'flatten', or {fit_mean} with "
+                f"pool = 'mean'")
+    else:
+      advice = "list 1 channel with pool = 'mean'"
+    raise UserError(f"cnn channels {channels} with pool = '{pool}' {too_small}: {advice}")
 
   def __call__(self, images_BxHxWxC: jax.Array) -> jax.Array:
     return self.forward_features(images_BxHxWxC)[0]

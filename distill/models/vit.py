@@ -11,7 +11,7 @@ from jax import lax
 from distill import backend
 from distill.errors import UserError
 from distill.models import dense, register
-from distill.models.cnn import ConvStages, NeighbourhoodConv
+from distill.models.cnn import ConvStages, NeighbourhoodConv, pooled_too_small, pools_that_fit
 from distill.models.heads import classifier_head
 
 
@@ -131,6 +131,12 @@ class EncoderBlock(nnx.Module):
     return x + self.mlp_out(hidden)
 
 
+def _dividing_sizes(height: int, width: int) -> str:
+  """The patch sizes that divide a height x width image, for an error: '1, 2, 4'."""
+  return ", ".join(str(size) for size in range(1, math.gcd(height, width) + 1)
+                   if height % size == 0 and width % size == 0)
+
+
 @register("vit")
 class ViT(nnx.Module):
   """Patch embedding, class token, learned positions, encoder blocks, head.
@@ -178,17 +184,25 @@ class ViT(nnx.Module):
     elif stem == "cnn":
       cnn_stem = ConvStages(channels, list(stem_channels), blocks_per_stage=stem_blocks_per_stage,
                             pool_last=True, key_prefix="stem_", dtype=dtype, rngs=rngs)
+      # Pooled to no row or column, every patch divides the stem output: refused here, or
+      # training fails on a zero division.
+      too_small = pooled_too_small(height, width_px, cnn_stem.pool_count,
+                                   "after each stem stage")
+      if too_small is not None:
+        fit = pools_that_fit(height, width_px)
+        fewer = f"list at most {fit} stem_channels, or " if fit else ""
+        raise UserError(f"vit stem_channels {list(stem_channels)} {too_small}: {fewer}use "
+                        f"stem = 'patch' with a patch that divides {height}x{width_px} "
+                        f"({_dividing_sizes(height, width_px)} do)")
       height, width_px = cnn_stem.output_size(height, width_px)
       stem_out = cnn_stem.out_channels
     # `stem` is the conv stem's name in checkpoints saved before the CNN stem existed.
     self.stem = conv_stem
     self.cnn_stem = cnn_stem
     if height % patch or width_px % patch:
-      fitting = [str(size) for size in range(1, math.gcd(height, width_px) + 1)
-                 if height % size == 0 and width_px % size == 0]
       raise UserError(f"vit patch {patch} must divide the "
                       f"{'stem output' if stem == 'cnn' else 'image'} "
-                      f"size {height}x{width_px}; {', '.join(fitting)} do")
+                      f"size {height}x{width_px}; {_dividing_sizes(height, width_px)} do")
     if width % heads:
       raise UserError(f"vit width {width} must be divisible by heads {heads}")
     self.patch = patch
