@@ -424,20 +424,24 @@ _SHOWN_KEYS = ("model", "steps", "batch_size", "loss", "method", "teaching", "te
                "steps_per_dispatch", "eval_batch_size", "init_check_tolerance")
 
 
+# Data settings the table's dataset column and the data-sets note already tell apart.
+_SHOWN_DATA_KEYS = ("data.dataset", "data.data_dir")
+
+
 def unshown_differences_note(rows: list[dict[str, Any]]) -> str | None:
   """A note naming the recipe settings the table does not show in which runs of one role
   differ, and which runs have which value (a hard-label twin trained with another warm-up
   reads as a fair pair otherwise)."""
   from distill.config import METHODS, differing_keys  # noqa: PLC0415
 
-  parts = []
+  runs_of: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+  keys: dict[str, str | None] = {}  # differing key: the role whose runs it is about (None: all)
   for role in ("teacher", "student"):
     # A recipe.json without the role's settings (written by hand, or by an older distill)
     # has nothing to compare.
-    runs = [(row.get("run", "?"), recipe) for row in rows if row.get("role") == role
-            for recipe in [row.get("recipe") or {}]
-            if isinstance(recipe.get(role), dict) and "model" in recipe[role]]
-    keys: list[str] = []
+    runs = runs_of[role] = [(row.get("run", "?"), recipe) for row in rows
+                            if row.get("role") == role for recipe in [row.get("recipe") or {}]
+                            if isinstance(recipe.get(role), dict) and "model" in recipe[role]]
     for _, recipe in runs[1:]:
       try:
         differing = differing_keys(runs[0][1], recipe, role)
@@ -449,16 +453,18 @@ def unshown_differences_note(rows: list[dict[str, Any]]) -> str | None:
                                    or setting[1] == runs[0][1][role]["model"]
                                    or setting[1] == recipe[role]["model"]):
           continue  # a column, the method's label, or a model table (models differ)
-        if setting[0] != "seed" and key not in keys:
-          keys.append(key)
-    names = short_names(str(Path(run).resolve()) for run, _ in runs)
-    for key in keys:
-      by_value: dict[str, list[str]] = {}
-      for run, recipe in runs:
-        by_value.setdefault(setting_text(_recipe_value(recipe, key)), []).append(
-            names[str(Path(run).resolve())])
-      parts.append(f"{key}: " + ", ".join(f"{value} ({first_few(runs_of, 3)})"
-                                          for value, runs_of in by_value.items()))
+        if setting[0] != "seed" and key not in _SHOWN_DATA_KEYS:
+          # A shared section's key (data.val_size) is named once, over the runs of both roles.
+          keys.setdefault(key, role if setting[0] == role else None)
+  names = short_names(str(Path(run).resolve()) for runs in runs_of.values() for run, _ in runs)
+  parts = []
+  for key, role in keys.items():
+    by_value: dict[str, list[str]] = {}
+    for run, recipe in runs_of[role] if role else [*runs_of["teacher"], *runs_of["student"]]:
+      by_value.setdefault(setting_text(_recipe_value(recipe, key)), []).append(
+          names[str(Path(run).resolve())])
+    parts.append(f"{key}: " + ", ".join(f"{value} ({first_few(runs, 3)})"
+                                        for value, runs in by_value.items()))
   if not parts:
     return None
   return "runs of one role differ in settings the table does not show: " + "; ".join(parts)

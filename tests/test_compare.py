@@ -121,6 +121,15 @@ def test_settings_the_table_does_not_show_are_named_where_runs_of_a_role_differ(
                                    "(twin); student.warmup_steps: 2 (student, other), 300 (twin)")
   # The model, cadences and what the table shows are no such difference.
   assert "differ in settings" not in compare.compare_runs([teacher, student, other])
+  # A shared section's key is named once, over both roles' runs; the data set's keys are the
+  # dataset column's.
+  shared = copy_runs(runs, tmp_path / "shared", teacher="teacher", student="student")
+  for run in (shared / "teacher", shared / "student"):
+    _edit_recipe(run, "data", val_size=10, data_dir="elsewhere")
+  assert compare.compare_runs([teacher, student, shared / "teacher", shared / "student"]
+                              ).splitlines()[-1] == (
+      "runs of one role differ in settings the table does not show: data.val_size: 150 "
+      f"({tmp_path.name}/teacher, {tmp_path.name}/student), 10 (shared/teacher, shared/student)")
   # The report says it under its table too.
   report = run_cli("report", teacher, student, twin, "--out", tmp_path / "report", "-q")
   assert report.exit_code == 0, report.output
