@@ -493,12 +493,25 @@ def test_npz_channels_first_images_are_refused_with_the_transpose(tmp_path):
 @pytest.mark.parametrize("x, hint", [
     (np.full((4, 2, 2), 0.5, np.float32), "`(x * 255).round().astype(np.uint8)`"),
     (np.full((4, 2, 2), 200.0), "they lie in 0..255: convert with `x.round().astype(np.uint8)`"),
-    (np.full((4, 2, 2), -1.5, np.float32), "range over -1.5..-1.5 (normalised?)"),
+    (np.linspace(-1, 1, 16, dtype=np.float32).reshape(4, 2, 2),
+     "they look like -1..1 floats (normalised): convert with "
+     "`((x + 1) * 127.5).round().astype(np.uint8)`"),
+    (np.linspace(-3, 5, 16).reshape(4, 2, 2),
+     "they range over -3..5 (normalised?): convert with "
+     "`((x - -3) * (255 / 8)).round().astype(np.uint8)`"),
+    (np.full((4, 2, 2), -1.5, np.float32), "every value is -1.5: save the images themselves"),
+    (np.arange(16, dtype=np.uint16).reshape(4, 2, 2) * 4000,
+     "they look like 16-bit images: convert with `(x // 257).astype(np.uint8)`"),
     (np.full((4, 2, 2), 7, np.int64), "`x.astype(np.uint8)`"),
 ])
 def test_npz_image_type_rejections_say_how_to_convert(tmp_path, x, hint):
   with pytest.raises(UserError, match=f"must be uint8 images .*{re.escape(hint)}"):
     _load_npz(tmp_path / "mine.npz", x=x, y=np.arange(4) % 2)
+  # The call names the array it fixes.
+  with pytest.raises(UserError, match=f"key 'x_test' must be uint8 images .*"
+                                      f"{re.escape(hint.replace('x', 'x_test'))}"):
+    _load_npz(tmp_path / "mine.npz", x=_X[:4, :2, :2], y=np.arange(4) % 2, x_test=x,
+              y_test=np.arange(4) % 2)
 
 
 @pytest.mark.parametrize("key, x, words", [

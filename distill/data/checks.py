@@ -10,10 +10,11 @@ import numpy as np
 from distill.errors import UserError
 
 
-def uint8_hint(x: np.ndarray) -> str:
-  """How to turn non-uint8 images into uint8 0..255, as '; ...' to end a message ('' if unsure)."""
+def uint8_hint(x: np.ndarray, name: str = "x") -> str:
+  """How to turn non-uint8 images into uint8 0..255, as '; ...' to end a message ('' if unsure):
+  a numpy call on the array called `name` ('x', 'x_test') that fits the values it holds."""
   if x.dtype == np.bool_:
-    return "; convert with `(x * 255).astype(np.uint8)`"
+    return f"; convert with `({name} * 255).astype(np.uint8)`"
   if not x.size or x.dtype.kind not in "fiu":
     return ""
   if x.dtype.kind == "f" and not np.isfinite(x).all():
@@ -21,13 +22,20 @@ def uint8_hint(x: np.ndarray) -> str:
   low, high = x.min().item(), x.max().item()
   floats = x.dtype.kind == "f"
   if floats and low >= 0 and high <= 1:
-    return "; they look like 0..1 floats: convert with `(x * 255).round().astype(np.uint8)`"
+    return f"; they look like 0..1 floats: convert with `({name} * 255).round().astype(np.uint8)`"
+  if floats and low >= -1 and high <= 1:
+    return ("; they look like -1..1 floats (normalised): convert with "
+            f"`(({name} + 1) * 127.5).round().astype(np.uint8)`")
   if low >= 0 and high <= 255:
     rounded = ".round()" if floats else ""
-    return f"; they lie in 0..255: convert with `x{rounded}.astype(np.uint8)`"
+    return f"; they lie in 0..255: convert with `{name}{rounded}.astype(np.uint8)`"
+  if low == high:
+    return f"; every value is {low:g}: save the images themselves (was the array ever filled?)"
+  if x.dtype == np.uint16:
+    return f"; they look like 16-bit images: convert with `({name} // 257).astype(np.uint8)`"
   normalised = " (normalised?)" if floats else ""
-  return (f"; they range over {low:g}..{high:g}{normalised}: scale them to 0..255, then "
-          "`.astype(np.uint8)`")
+  return (f"; they range over {low:g}..{high:g}{normalised}: convert with "
+          f"`(({name} - {low:g}) * (255 / {high - low:g})).round().astype(np.uint8)`")
 
 
 def channels_first(shape: tuple[int, ...]) -> bool:
@@ -41,10 +49,11 @@ def channels_first(shape: tuple[int, ...]) -> bool:
   return len(shape) == 4 and shape[1] in (1, 3, 4) and min(shape[2:]) > 4
 
 
-def channels_first_advice(shape: tuple[int, ...]) -> str:
-  """What is wrong with a channels-first image array and the fix: 'shape ..., which ...'."""
+def channels_first_advice(shape: tuple[int, ...], name: str = "x") -> str:
+  """What is wrong with a channels-first image array (called `name`) and the fix: 'shape ...,
+  which ...'."""
   return (f"shape {tuple(shape)}, which looks channels-first [N, C, H, W]; images must be "
-          "channels-last [N, H, W, C]: convert with `x.transpose(0, 2, 3, 1)`")
+          f"channels-last [N, H, W, C]: convert with `{name}.transpose(0, 2, 3, 1)`")
 
 
 def check_two_classes(labels: np.ndarray, class_names: tuple[str, ...], subject: str) -> None:
@@ -69,20 +78,23 @@ def first_few(values, limit: int = 5, *, quoted: bool = False) -> str:
   return shown + (f" and {len(values) - limit:,} more" if len(values) > limit else "")
 
 
-def checked_images(x: np.ndarray, what: str, *, allow_empty: bool = False) -> np.ndarray:
+def checked_images(x: np.ndarray, what: str, *, allow_empty: bool = False,
+                   name: str = "x") -> np.ndarray:
   """uint8 images as NHWC, adding a channel axis to [N, H, W].
 
   `allow_empty` lets N be 0 (one chunk of a stream may be); `what` names the
-  array in the message, e.g. "data.npz: key 'x'".
+  array in the message, e.g. "data.npz: key 'x'", and `name` in the numpy call
+  that fixes it ('x_test').
   """
   x = np.asarray(x)
   if x.dtype != np.uint8:
     # Both problems at once: a file fixed for one should not fail on the other.
-    also = (f"; it also has {channels_first_advice(x.shape)}" if channels_first(x.shape)
+    also = (f"; it also has {channels_first_advice(x.shape, name)}" if channels_first(x.shape)
             else "")
-    raise UserError(f"{what} must be uint8 images (0..255), got {x.dtype}{uint8_hint(x)}{also}")
+    raise UserError(f"{what} must be uint8 images (0..255), got {x.dtype}"
+                    f"{uint8_hint(x, name)}{also}")
   if channels_first(x.shape):
-    raise UserError(f"{what} has {channels_first_advice(x.shape)}")
+    raise UserError(f"{what} has {channels_first_advice(x.shape, name)}")
   if x.ndim == 3:
     x = x[..., np.newaxis]
   elif x.ndim != 4:

@@ -477,7 +477,7 @@ def _load_npz(*, data_dir: str | None, allow_download: bool) -> RawData:
   # Messages name the key the file uses.
   x_key = "x" if "x" in arrays else "x_train"
   y_key = "y" if "y" in arrays else "y_train"
-  x = checked_images(arrays[x_key], f"{path}: key {x_key!r}")
+  x = checked_images(arrays[x_key], f"{path}: key {x_key!r}", name=x_key)
   y = checked_labels(arrays[y_key], f"{path}: key {y_key!r}", len(x), f"key {x_key!r}")
   has_x_test, has_y_test = "x_test" in arrays, "y_test" in arrays
   if has_x_test != has_y_test:
@@ -485,7 +485,7 @@ def _load_npz(*, data_dir: str | None, allow_download: bool) -> RawData:
     raise UserError(f"{path}: key {missing!r} is missing; give both x_test "
                     "and y_test or neither")
   if has_x_test:
-    x_test = checked_images(arrays["x_test"], f"{path}: key 'x_test'")
+    x_test = checked_images(arrays["x_test"], f"{path}: key 'x_test'", name="x_test")
     y_test = checked_labels(arrays["y_test"], f"{path}: key 'y_test'",
                              len(x_test), "key 'x_test'")
     check_same_numbering(y, y_key, y_test, "y_test", path)
@@ -499,7 +499,8 @@ def _load_npz(*, data_dir: str | None, allow_download: bool) -> RawData:
           class_names):
         raise UserError(
             f"{path}: key {key!r} has label {int(labels.max())} but "
-            f"class_names lists only {len(class_names)} classes; "
+            f"class_names lists only {len(class_names)} "
+            f"class{'es' if len(class_names) != 1 else ''}; "
             f"{label_range_fix(every, len(class_names), keys)}")
     # Named classes are the user's word for what the classes are: one with
     # no images is theirs to have (a class list shared with other data), but
