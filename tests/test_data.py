@@ -415,6 +415,27 @@ def test_npz_test_classes_without_training_images_are_noted(tmp_path):
                    "gets right"]
 
 
+def test_npz_images_of_four_channels_are_noted_as_perhaps_rgba(tmp_path):
+  notes = []
+  rgba = _X[..., np.newaxis].repeat(4, axis=3)
+  assert _load_npz(tmp_path / "mine.npz", notes.append, x=rgba,
+                   y=np.arange(40) % 2).image_shape == (6, 6, 4)
+  assert notes == [f"{tmp_path / 'mine.npz'}: key 'x' has 4 channels; if the fourth is alpha "
+                   "(RGBA pictures), save `x[..., :3]`: the model takes the channels it trained "
+                   "on, and pictures given to `distill predict` read as RGB or gray"]
+
+
+def test_a_split_leaving_one_class_suggests_only_what_would_help(tmp_path):
+  path = tmp_path / "mine.npz"
+  np.savez(path, x=_X[:4], y=np.array([0, 0, 0, 1]), x_test=_X[:2], y_test=np.array([0, 1]))
+  # split_seed 2 holds out image 3, the only one of class 1: one image cannot be fewer.
+  with pytest.raises(UserError, match=r"those left all have label 0; a classifier needs two "
+                                      r"classes: pass another data.split_seed$"):
+    load_dataset("npz", data_dir=path, val_size=1, split_seed=2)
+  with pytest.raises(UserError, match=r"classes: hold out fewer or pass another data.split_seed$"):
+    load_dataset("npz", data_dir=path, val_size=2, split_seed=2)
+
+
 def test_npz_classes_empty_for_a_reason_are_no_numbering_mistake(tmp_path):
   path = tmp_path / "mine.npz"
   notes = []

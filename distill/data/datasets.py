@@ -291,7 +291,11 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
   cut = f"data.val_size {val_size!r} held out {num_val:,}" + (
       f" and data.train_limit {train_limit} kept {len(train_indices):,}"
       if train_limit is not None else "") + f" of its {len(x_train):,} training images"
-  advice = "hold out fewer, keep more, or pass another data.split_seed"
+  # Only what would help: a split of one image cannot hold out fewer.
+  fixes = [*(["hold out fewer"] if num_val > 1 else []),
+           *(["keep more"] if train_limit is not None else []), "pass another data.split_seed"]
+  advice = ", ".join(fixes[:-1]) + (", or " if len(fixes) > 2 else " or " if len(fixes) > 1
+                                    else "") + fixes[-1]
   if len(np.unique(train_labels)) < 2:  # two classes before the split (`_validated`)
     raise UserError(
         f"{name}: {cut}, and those left all have label {int(train_labels[0])}; a classifier "
@@ -490,6 +494,10 @@ def _load_npz(*, data_dir: str | None, allow_download: bool) -> RawData:
                              len(x_test), "key 'x_test'")
     check_same_numbering(y, y_key, y_test, "y_test", path)
   notes = _unread_npz_keys(path, x_key)
+  if x.shape[-1] == 4:  # a model of 4 channels takes no picture `distill predict` reads
+    notes = (*notes, f"{path}: key {x_key!r} has 4 channels; if the fourth is alpha (RGBA "
+                     f"pictures), save `{x_key}[..., :3]`: the model takes the channels it "
+                     "trained on, and pictures given to `distill predict` read as RGB or gray")
   if "class_names" in arrays:
     class_names = class_names_from_array(arrays["class_names"], path)
     # Both keys' labels decide the fix, so that a file fixed for y does not fail on y_test.
