@@ -258,12 +258,19 @@ def _read_folder(path: Path, image_shape: tuple[int, int, int], class_names: Seq
   """(names, images, labels) of a folder: of class folders named by the model's classes
   (`<class>/<images>`, as image folders train; each image labelled by its folder), else of
   image files (unlabelled, -1)."""
-  from distill.data.stream import IMAGE_EXTENSIONS, ImageFolderSource  # noqa: PLC0415
+  from distill.data.stream import (  # noqa: PLC0415
+    IMAGE_EXTENSIONS,
+    ImageFolderSource,
+    class_folders,
+    class_name,
+  )
 
-  classes = sorted(child.name for child in path.iterdir()
-                   if child.is_dir() and not child.name.startswith("."))
+  # Folder names and the model's classes alike in NFC (see `class_name`): a folder copied
+  # from macOS (NFD) names the class its model learnt from one typed elsewhere (NFC).
+  model_classes = {class_name(name): index for index, name in enumerate(class_names or [])}
+  classes = sorted(class_folders(path))
   if classes:
-    unknown = [name for name in classes if class_names is None or name not in class_names]
+    unknown = [name for name in classes if name not in model_classes]
     if unknown and set(unknown) <= {"train", "test"} and (path / "test").is_dir():
       raise UserError(f"{path} holds the splits {first_few(unknown, quoted=True)}, not class "
                       f"folders: give one of them, e.g. --images {path / 'test'}")
@@ -274,7 +281,7 @@ def _read_folder(path: Path, image_shape: tuple[int, int, int], class_names: Seq
     _check_takes_pictures(image_shape)
     folder = ImageFolderSource(path, image_shape[:2], grayscale=image_shape[-1] == 1)
     images, labels = folder.read(np.arange(len(folder)))
-    to_model = np.array([list(class_names).index(name) for name in folder.class_names])
+    to_model = np.array([model_classes[name] for name in folder.class_names])
     return [str(file) for file in folder.files], images, to_model[labels]
   files = sorted(child for child in path.iterdir()
                  if child.is_file() and not child.name.startswith("."))

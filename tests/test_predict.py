@@ -2,6 +2,8 @@
 
 import json
 import re
+import unicodedata
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from test_model_export import jax_test_logits, one_line_error
 from distill import rundir
 from distill.errors import UserError
 from distill.model_export import sidecar_path
-from distill.predict import load_images
+from distill.predict import load_images, read_images
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +173,25 @@ def test_pictures_are_predicted_as_an_image_folder_trains_on_them(tmp_path):
   assert (picture[:4] == 255).all() and (picture[4:] == 0).all(), picture
   trained_on, _ = ImageFolderSource(tmp_path / "folder", 8, grayscale=True).read(np.arange(1))
   np.testing.assert_array_equal(trained_on[0], batch[0])
+
+
+def _picture(path, value):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(np.full((8, 8), value, np.uint8)).save(path)
+
+
+def test_class_folders_match_the_models_classes_in_nfd_and_nfc(tmp_path):
+  # A folder copied from macOS names its class in NFD; the model's class was typed in NFC.
+  nfc, nfd = (unicodedata.normalize(form, "café ☕ square") for form in ("NFC", "NFD"))
+  _picture(tmp_path / "photos" / nfd / "a.png", 10)
+  _picture(tmp_path / "photos" / nfc / "b.png", 20)
+  _picture(tmp_path / "photos" / "red circle" / "c.png", 30)
+  for model_classes in ([nfc, "red circle"], ["red circle", nfd]):  # either spelling, any order
+    read = read_images([tmp_path / "photos"], (8, 8, 1), model_classes)
+    cafe = model_classes.index(nfc if nfc in model_classes else nfd)
+    assert read.labels.tolist() == [cafe, cafe, 1 - cafe]
+    assert read.images[:, 0, 0, 0].tolist() == [10, 20, 30]
+    assert [Path(name).parent.name for name in read.names] == [nfd, nfc, "red circle"]
 
 
 def test_16_bit_pictures_are_scaled_to_8_bits_not_clipped(tmp_path):

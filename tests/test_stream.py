@@ -3,6 +3,7 @@
 import json
 import re
 import threading
+import unicodedata
 from pathlib import Path
 
 import jax
@@ -183,6 +184,37 @@ def test_image_folder_mistakes_are_clear(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(UserError, match="no class folders"):
     stream.open_source(tmp_path / "empty", image_size=4)
+
+
+def _picture(path, colour=(10, 20, 30)):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.new("RGB", (6, 6), colour).save(path)
+
+
+def test_class_folders_named_in_nfd_and_nfc_are_one_class(tmp_path):
+  # macOS writes names in NFD: a class copied from it is 'café' in other bytes than one typed.
+  nfc, nfd = (unicodedata.normalize(form, "café ☕") for form in ("NFC", "NFD"))
+  assert nfc != nfd
+  _picture(tmp_path / "photos" / "train" / nfd / "a.png", (200, 0, 0))
+  _picture(tmp_path / "photos" / "train" / nfd / "b.png", (200, 0, 0))
+  _picture(tmp_path / "photos" / "train" / nfc / "c.png", (200, 0, 0))  # both on Linux
+  _picture(tmp_path / "photos" / "train" / "tea" / "d.png", (0, 0, 200))
+  _picture(tmp_path / "photos" / "test" / nfc / "e.png", (200, 0, 0))
+  _picture(tmp_path / "photos" / "test" / "tea" / "f.png", (0, 0, 200))
+  source = stream.open_source(tmp_path / "photos" / "train", image_size=4)
+  assert source.class_names == (nfc, "tea") and source.num_examples == 4
+  images, labels = source.read(np.arange(4))
+  assert labels.tolist() == [0, 0, 0, 1] and images[:3, 0, 0, 0].tolist() == [200] * 3
+  # Each file is still opened by its own path.
+  assert {path.parent.name for path in source.files} == {nfc, nfd, "tea"}
+  assert all(path.is_file() for path in source.files)
+  data = stream.open_stream_dataset(tmp_path / "photos", image_size=4, val_size=1)
+  assert data.class_names == data.test.class_names == (nfc, "tea")
+  out = tmp_path / "shards"
+  result = run_cli("make-shards", tmp_path / "photos", out, "--image-size", "4", "-q")
+  assert result.exit_code == 0, result.output
+  assert stream.open_source(out / "train").class_names == (nfc, "tea")
+  assert len(stream.open_source(out / "train")) == 4
 
 
 def test_split_layout_and_validation_carve(tmp_path, shards):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -179,11 +180,13 @@ class ArrayShardSource(StreamSource):
 class ImageFolderSource(StreamSource):
   """Images in root/<class_name>/<files>, decoded and resized on read.
 
-  Classes are the sub-folders of root sorted by name; within a class, files
-  (sub-folders included) are sorted by relative path, and global indices run
-  class by class in that order. Each image is read by `decode_image`: turned
-  upright, converted to RGB (or grayscale), scaled so it covers `image_size`
-  and center-cropped to it. Hidden files and folders (".name") are skipped.
+  Classes are the sub-folders of root sorted by name, each name in Unicode NFC
+  (`class_name`: a folder spelt in NFD, as macOS writes names, is the same
+  class); within a class, files (sub-folders included) are sorted by relative
+  path, and global indices run class by class in that order. Each image is
+  read by `decode_image`: turned upright, converted to RGB (or grayscale),
+  scaled so it covers `image_size` and center-cropped to it. Hidden files and
+  folders (".name") are skipped.
   """
 
   kind = "image-folder"
@@ -196,20 +199,21 @@ class ImageFolderSource(StreamSource):
     self._mode = "L" if grayscale else "RGB"
     if not self.path.is_dir():
       raise UserError(f"image folder {self.path} does not exist or is not a folder")
-    class_names = sorted(entry.name for entry in os.scandir(self.path)
-                         if entry.is_dir() and not entry.name.startswith("."))
-    if not class_names:
+    folders = class_folders(self.path)
+    if not folders:
       raise UserError(f"image folder {self.path} has no class folders; expected "
                       f"{self.path}/<class_name>/<image files>")
+    class_names = sorted(folders)
     digest = hashlib.sha256(f"{height}x{width}:{self._mode};".encode())
     paths, labels, others = [], [], []
-    for label, class_name in enumerate(class_names):
-      found = _image_files(self.path / class_name, others)
+    for label, name in enumerate(class_names):
+      # Paths under the folders' own names (a class may have two: its NFC and NFD spellings).
+      found = sorted((f"{folder}/{relative}", size) for folder in folders[name]
+                     for relative, size in _image_files(self.path / folder, others))
       if not found:
-        raise UserError(f"class folder {self.path / class_name} has no images; remove it or "
-                        "add images (every class needs at least one)")
+        raise UserError(f"class folder {self.path / folders[name][0]} has no images; "
+                        "remove it or add images (every class needs at least one)")
       for relative, size in found:
-        relative = f"{class_name}/{relative}"
         digest.update(f"{relative}\0{size}\n".encode())
         paths.append(relative)
         labels.append(label)
@@ -608,6 +612,30 @@ def class_mismatch(train: StreamSource, test: StreamSource) -> str:
 
 
 
+
+
+def class_name(folder_name: str) -> str:
+  """The class a folder of that name holds: the name in Unicode NFC.
+
+  macOS writes file names decomposed (NFD: 'e' and a combining accent), most
+  other systems and keyboards composed (NFC), so one class copied between
+  them would otherwise read as two names that print alike.
+  """
+  return unicodedata.normalize("NFC", folder_name)
+
+
+def class_folders(root: str | os.PathLike) -> dict[str, list[str]]:
+  """{class name (see `class_name`): the names of its folders in `root`, sorted}.
+
+  Hidden folders (".name") are passed over. A class has two folders only
+  where both spellings of its name exist (possible on Linux).
+  """
+  folders: dict[str, list[str]] = {}
+  with os.scandir(root) as entries:
+    for entry in entries:
+      if entry.is_dir() and not entry.name.startswith("."):
+        folders.setdefault(class_name(entry.name), []).append(entry.name)
+  return {name: sorted(names) for name, names in folders.items()}
 
 
 def _image_files(class_dir: Path, others: list[str]) -> list[tuple[str, int]]:
