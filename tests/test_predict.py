@@ -194,6 +194,16 @@ def test_class_folders_match_the_models_classes_in_nfd_and_nfc(tmp_path):
     assert [Path(name).parent.name for name in read.names] == [nfd, nfc, "red circle"]
 
 
+def test_pictures_beside_class_folders_are_refused_in_one_line(tmp_path):
+  _picture(tmp_path / "photos" / "red circle" / "c.png", 30)
+  _picture(tmp_path / "photos" / "Photo 1.JPG", 40)
+  with pytest.raises(UserError) as refused:
+    read_images([tmp_path / "photos"], (8, 8, 1), ["red circle", "blue square"])
+  assert str(refused.value) == (f"{tmp_path / 'photos'} holds image files beside its class "
+                                f"folders (Photo 1.JPG): move each into its class folder, or "
+                                f"out of {tmp_path / 'photos'}")
+
+
 def test_16_bit_pictures_are_scaled_to_8_bits_not_clipped(tmp_path):
   """Pillow's convert('L') clips 16-bit pixels at 255: a 16-bit digit would read all white."""
   pixels = (np.arange(64).reshape(8, 8) * 4).astype(np.uint8)
@@ -382,6 +392,11 @@ def test_a_folder_of_class_folders_is_predicted_and_scored_by_its_folders(runs, 
                  f"holds the splits 'test', 'train', not class folders: give one of them, e.g. "
                  f"--images {tmp_path / 'root' / 'test'}")
   (tmp_path / "root" / "train").rename(tmp_path / "photos")
+  Image.fromarray(dataset.x_test[0, :, :, 0]).save(tmp_path / "photos" / "Photo 1.JPG")
+  one_line_error(run_cli("predict", runs / "student", "--images", tmp_path / "photos"),
+                 "holds image files beside its class folders (Photo 1.JPG): move each into its "
+                 f"class folder, or out of {tmp_path / 'photos'}")
+  (tmp_path / "photos" / "Photo 1.JPG").unlink()
   (tmp_path / "photos" / "cat").mkdir()
   one_line_error(run_cli("predict", runs / "student", "--images", tmp_path / "photos"),
                  "holds folders 'cat', which are not the model's classes ('0', '1', '2'")

@@ -217,6 +217,25 @@ def test_class_folders_named_in_nfd_and_nfc_are_one_class(tmp_path):
   assert len(stream.open_source(out / "train")) == 4
 
 
+def test_images_beside_the_class_folders_are_refused_in_one_line(tmp_path):
+  root, _ = _image_folder(tmp_path / "photos" / "train")
+  _picture(root / "loose.png")
+  _picture(root / "Photo 1.JPG")
+  (root / "README.txt").write_text("about these photos")  # not an image: not a stray one
+  (root / ".hidden.png").write_bytes(b"")
+  message = (f"{root} holds image files beside its class folders (Photo 1.JPG, loose.png): "
+             f"move each into its class folder, or out of {root}")
+  with pytest.raises(UserError) as refused:
+    stream.open_source(root, image_size=4)
+  assert str(refused.value) == message
+  result = run_cli("make-shards", tmp_path / "photos", tmp_path / "out", "--image-size", "4")
+  assert result.exit_code == 2 and result.stderr.strip() == f"error: {message}", result.output
+  assert not (tmp_path / "out").exists()
+  (root / "loose.png").unlink()
+  (root / "Photo 1.JPG").unlink()
+  assert len(stream.open_source(root, image_size=4)) == 15
+
+
 def test_split_layout_and_validation_carve(tmp_path, shards):
   _, images, labels = shards
   root = tmp_path / "data"

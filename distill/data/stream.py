@@ -186,7 +186,8 @@ class ImageFolderSource(StreamSource):
   path, and global indices run class by class in that order. Each image is
   read by `decode_image`: turned upright, converted to RGB (or grayscale),
   scaled so it covers `image_size` and center-cropped to it. Hidden files and
-  folders (".name") are skipped.
+  folders (".name") are skipped; an image file beside the class folders is
+  refused, as it belongs to no class.
   """
 
   kind = "image-folder"
@@ -203,6 +204,7 @@ class ImageFolderSource(StreamSource):
     if not folders:
       raise UserError(f"image folder {self.path} has no class folders; expected "
                       f"{self.path}/<class_name>/<image files>")
+    check_no_loose_images(self.path)
     class_names = sorted(folders)
     digest = hashlib.sha256(f"{height}x{width}:{self._mode};".encode())
     paths, labels, others = [], [], []
@@ -636,6 +638,20 @@ def class_folders(root: str | os.PathLike) -> dict[str, list[str]]:
       if entry.is_dir() and not entry.name.startswith("."):
         folders.setdefault(class_name(entry.name), []).append(entry.name)
   return {name: sorted(names) for name, names in folders.items()}
+
+
+def check_no_loose_images(root: str | os.PathLike) -> None:
+  """Refuses image files directly in a folder of class folders: they belong to no class.
+
+  Other files there (a README, a license) are left alone, as before.
+  """
+  with os.scandir(root) as entries:
+    loose = sorted(entry.name for entry in entries
+                   if not entry.name.startswith(".") and not entry.is_dir()
+                   and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS)
+  if loose:
+    raise UserError(f"{root} holds image files beside its class folders ({first_few(loose)}): "
+                    f"move each into its class folder, or out of {root}")
 
 
 def _image_files(class_dir: Path, others: list[str]) -> list[tuple[str, int]]:
