@@ -714,7 +714,7 @@ def sweep(teacher_dir, out, models, modes, soft_losses, methods, seeds, recipe, 
 
   \b
   Run folders: OUT/MODEL-MODE[-METHOD][-SOFT_LOSS]-sSEED: the method unless
-  it is kd, the soft loss when more than one --soft-loss is swept.
+  it is kd, the soft loss unless it is soft_ce.
   Example:
     distill sweep --teacher runs/teacher --model cnn --model mlp \\
       --mode hard --mode targets --seed 0 --seed 1 --seed 2 --out runs/sweep

@@ -62,6 +62,8 @@ from distill.sweep_results import (
 )
 
 MODES = ("hard", "targets", "online", "views")
+# The soft loss every sweep has always trained by default; its runs go unnamed by it.
+DEFAULT_SOFT_LOSS = "soft_ce"
 SWEEP_JSON = rundir.SWEEP_FILE
 SWEEP_MD = "sweep.md"
 # The sweep owns these keys through its axes; a --set for one of them would be
@@ -85,18 +87,30 @@ def _axis(values: Iterable[Any], name: str, valid: Iterable[Any] | None = None) 
 
 
 def run_name(model: str, mode: str, soft_loss: str | None, seed: int, *,
-             name_soft_loss: bool, method: str | None = None) -> str:
+             method: str | None = None) -> str:
   """A run's folder name inside the sweep: `<model>-<mode>[-<method>][-<soft_loss>]-s<seed>`.
 
-  The method is named unless it is kd (or None, for hard runs): kd runs keep
-  their names whichever methods a sweep adds, so adding one reuses them.
+  The method is named unless it is kd (or None, for hard runs), the soft loss
+  unless it is soft_ce (or None): kd runs on soft_ce keep their names whichever
+  methods and soft losses a sweep adds, so adding one reuses them.
   """
   parts = [model, mode]
   if method not in (None, DEFAULT_METHOD):
     parts.append(method)
-  if name_soft_loss and soft_loss is not None:
+  if soft_loss not in (None, DEFAULT_SOFT_LOSS):
     parts.append(soft_loss)
   return "-".join(parts) + f"-s{seed}"
+
+
+def _earlier_run_name(run: dict[str, Any], name_soft_loss: bool) -> str:
+  """The name sweeps before 2026-12 gave `run`: the soft loss named only when several were
+  swept (soft_ce too), never when one was (kl too). A folder of that name is reused."""
+  parts = [run["model"], run["mode"]]
+  if run["method"] not in (None, DEFAULT_METHOD):
+    parts.append(run["method"])
+  if name_soft_loss and run["soft_loss"] is not None:
+    parts.append(run["soft_loss"])
+  return "-".join(parts) + f"-s{run['seed']}"
 
 
 def mode_overrides(mode: str, soft_loss: str | None) -> list[str]:
@@ -121,7 +135,6 @@ def plan_runs(models: list[str], modes: list[str], soft_losses: list[str],
   """
   from distill.teaching import reads_setting  # noqa: PLC0415
 
-  name_soft_loss = len(soft_losses) > 1
   runs, planned = [], set()
   for model in models:
     for mode in modes:
@@ -130,13 +143,14 @@ def plan_runs(models: list[str], modes: list[str], soft_losses: list[str],
         reads_soft_loss = method is not None and reads_setting(method, "soft_loss")
         for soft_loss in soft_losses if reads_soft_loss else [None]:
           for seed in seeds:
-            name = run_name(model, run_mode, soft_loss, seed, method=method,
-                            name_soft_loss=name_soft_loss)
+            name = run_name(model, run_mode, soft_loss, seed, method=method)
             if name in planned:
               continue
             planned.add(name)
             runs.append({"name": name, "model": model, "mode": run_mode, "method": method,
                          "soft_loss": soft_loss, "seed": seed})
+  for run in runs:
+    run["earlier_name"] = _earlier_run_name(run, name_soft_loss=len(soft_losses) > 1)
   return runs
 
 
@@ -298,6 +312,9 @@ def _checked_runs(runs: list[dict[str, Any]], teacher_dir: Path, out_dir: Path,
   so a bad value or a clash fails the sweep at once rather than hours in.
   """
   for run in runs:
+    earlier = run.pop("earlier_name", run["name"])
+    if not (out_dir / run["name"]).exists() and (out_dir / earlier).is_dir():
+      run["name"] = earlier  # an earlier sweep's folder of this run: reused, not retrained
     run["dir"] = out_dir / run["name"]
     axis_overrides = [f"student.model={run['model']}", f"seed={run['seed']}",
                       *mode_overrides(run["mode"], run["soft_loss"]),

@@ -226,22 +226,24 @@ def test_a_sweep_may_not_write_into_its_teachers_folder(swept):
   assert sorted(path.name for path in (root / "teacher").iterdir()) == before
 
 
-def test_plan_names_the_soft_loss_only_when_several_are_swept():
+def test_plan_names_the_soft_loss_unless_it_is_soft_ce():
+  # So a sweep that adds --soft-loss kl later reuses its soft_ce runs, and a kl run never takes
+  # the name a soft_ce run has.
   one = [run["name"] for run in plan_runs(["cnn"], ["hard", "targets"], ["kl"], [0])]
-  assert one == ["cnn-hard-s0", "cnn-targets-s0"]
+  assert one == ["cnn-hard-s0", "cnn-targets-kl-s0"]
   two = [run["name"] for run in plan_runs(["cnn"], ["hard", "targets", "online"],
                                           ["soft_ce", "kl"], [3])]
-  assert two == ["cnn-hard-s3", "cnn-targets-soft_ce-s3", "cnn-targets-kl-s3",
-                 "cnn-online-soft_ce-s3", "cnn-online-kl-s3"]
+  assert two == ["cnn-hard-s3", "cnn-targets-s3", "cnn-targets-kl-s3", "cnn-online-s3",
+                 "cnn-online-kl-s3"]
 
 
 def test_methods_multiply_every_mode_but_hard():
   runs = plan_runs(["cnn"], ["hard", "targets", "online"], ["kl"], [0, 1], ["kd", "dkd", "dist"])
   assert [run["name"] for run in runs] == [
       "cnn-hard-s0", "cnn-hard-s1",
-      "cnn-targets-s0", "cnn-targets-s1", "cnn-targets-dkd-s0", "cnn-targets-dkd-s1",
+      "cnn-targets-kl-s0", "cnn-targets-kl-s1", "cnn-targets-dkd-s0", "cnn-targets-dkd-s1",
       "cnn-targets-dist-s0", "cnn-targets-dist-s1",
-      "cnn-online-s0", "cnn-online-s1", "cnn-online-dkd-s0", "cnn-online-dkd-s1",
+      "cnn-online-kl-s0", "cnn-online-kl-s1", "cnn-online-dkd-s0", "cnn-online-dkd-s1",
       "cnn-online-dist-s0", "cnn-online-dist-s1"]
   assert [run["method"] for run in runs[:4]] == [None, None, "kd", "kd"]
   # The soft loss multiplies only the methods that read one (kd, hint): a dkd or dist run
@@ -249,7 +251,7 @@ def test_methods_multiply_every_mode_but_hard():
   assert [run["soft_loss"] for run in runs] == [None] * 2 + (["kl"] * 2 + [None] * 4) * 2
   runs = plan_runs(["mlp"], ["hard", "targets"], ["kl", "soft_ce"], [0], ["kd", "dkd"])
   assert [run["name"] for run in runs] == [
-      "mlp-hard-s0", "mlp-targets-kl-s0", "mlp-targets-soft_ce-s0", "mlp-targets-dkd-s0"]
+      "mlp-hard-s0", "mlp-targets-kl-s0", "mlp-targets-s0", "mlp-targets-dkd-s0"]
 
 
 def test_hint_runs_online_whatever_the_modes_say():
@@ -505,6 +507,25 @@ def test_method_axis_end_to_end_with_a_fake_trainer(swept, tmp_path, fake_traine
   # The sweep's own table is a table too, and its verdict sentence heads the section.
   assert "<td>mlp</td><td>targets</td><td>dkd</td>" in section and "<pre>" not in section
   assert f"<strong>{html.escape(verdict_sentence(saved['rows']))}</strong>" in section
+
+
+def test_adding_a_soft_loss_reuses_the_soft_ce_runs_under_either_name(swept, tmp_path,
+                                                                     fake_trainer):
+  root, _ = swept
+  sweep = ["sweep", "--teacher", root / "teacher", "--out", tmp_path, "--model", "mlp",
+           "--mode", "targets", "--seed", "0", "-q"]
+  assert run_cli(*sweep).exit_code == 0
+  assert list(fake_trainer) == ["mlp-targets-s0"]
+  fake_trainer.clear()
+  assert run_cli(*sweep, "--soft-loss", "soft_ce", "--soft-loss", "kl").exit_code == 0
+  assert list(fake_trainer) == ["mlp-targets-kl-s0"]  # the soft_ce run kept
+  # A folder an earlier sweep of both losses named mlp-targets-soft_ce-s0 is reused too.
+  (tmp_path / "mlp-targets-s0").rename(tmp_path / "mlp-targets-soft_ce-s0")
+  fake_trainer.clear()
+  assert run_cli(*sweep, "--soft-loss", "soft_ce", "--soft-loss", "kl").exit_code == 0
+  assert list(fake_trainer) == []
+  saved = json.loads((tmp_path / "sweep.json").read_text())
+  assert [run["name"] for run in saved["runs"]] == ["mlp-targets-soft_ce-s0", "mlp-targets-kl-s0"]
 
 
 def test_an_override_no_run_reads_is_refused_one_some_run_reads_is_kept(
