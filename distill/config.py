@@ -585,6 +585,10 @@ def validate(recipe: dict[str, Any]) -> None:
         raise UserError(f"{role}.{key} must be 0 or more, got {section[key]}")
     if not 0.0 <= section["label_smoothing"] < 1.0:
       raise UserError(f"{role}.label_smoothing must be in [0, 1), got {section['label_smoothing']}")
+    tolerance = section["init_check_tolerance"]
+    if not (tolerance >= 0 and math.isfinite(tolerance)):
+      raise UserError(f"{role}.init_check_tolerance must be 0 or more (a relative difference, "
+                      f"0.05 = 5%), got {tolerance}")
     _validate_model_sizes(role, section)
   _validate_distillation(recipe["student"])
   temperature = recipe["export"]["temperature"]
@@ -628,6 +632,11 @@ def _validate_model_sizes(role: str, section: dict[str, Any]) -> None:
   Combinations that need the image size (the patch must divide it) are left
   to the model, which refuses them in one line.
   """
+  for model in _MODEL_DEFAULTS:
+    for key, value in section[model].items():
+      # A NaN or infinite scale trains to 'training diverged ... lower learning rate'.
+      if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{role}.{model}.{key} must be a finite number, got {value}")
   for model, keys in _MODEL_SIZE_KEYS.items():
     for key in keys:
       value = section[model][key]

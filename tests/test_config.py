@@ -118,6 +118,12 @@ def test_overrides_valid_only_beside_others_wait_for_the_recipe():
     ("augment.crop_size=0", "augment.crop_size must be 1 or more, got 0"),
     ("augment.pad=-1", "augment.pad must be 0 or more, got -1"),
     ("export.batch_size=0", "export.batch_size must be positive, got 0"),
+    ("teacher.init_check_tolerance=-1", "teacher.init_check_tolerance must be 0 or more (a "
+                                        "relative difference, 0.05 = 5%), got -1.0"),
+    ("student.init_check_tolerance=nan", "student.init_check_tolerance must be 0 or more (a "
+                                         "relative difference, 0.05 = 5%), got nan"),
+    ("student.linear.head_init_scale=nan", "student.linear.head_init_scale must be a finite "
+                                           "number, got nan"),
 ])
 def test_a_value_out_of_range_is_named_alone_with_its_value(override, message):
   # One key and its value, not a list of the keys that could be wrong.
