@@ -46,6 +46,10 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     process_id = int(os.environ["DISTILL_PROCESS_ID"])
   if coordinator is not None and (num_processes is None or process_id is None):
     raise UserError("--coordinator needs --num-processes and --process-id as well")
+  # The count first: with 0 processes no process id is valid, and the id's range would blame
+  # the id.
+  if num_processes is not None and num_processes < 1:
+    raise UserError(f"--num-processes must be 1 or more, got {num_processes}")
   if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
     raise UserError(f"--process-id must be in [0, {num_processes}), got {process_id}")
   if coordinator is not None:
@@ -58,7 +62,12 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id, initialization_timeout=_JOIN_SECONDS)
   except (RuntimeError, ValueError) as e:
-    raise UserError(f"could not join the distributed run: {e}") from None
+    message = str(e)
+    if coordinator is None and "coordinator_address" in message:
+      # --distributed with no cluster around: JAX's message names its own argument, not ours.
+      message = (f"{message.rstrip('.')}; no cluster variables (SLURM, Open MPI, TPU) were "
+                 "found, so give --coordinator HOST:PORT --num-processes N --process-id I")
+    raise UserError(f"could not join the distributed run: {message}") from None
   _keep_stdout_for_results()
 
 

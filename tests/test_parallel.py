@@ -11,9 +11,10 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
-from conftest import LOGGED_EVERY_5, logged, process_env, run_distill_process
+from conftest import LOGGED_EVERY_5, logged, process_env, run_cli, run_distill_process
 
 SET = LOGGED_EVERY_5
 
@@ -167,3 +168,32 @@ def test_a_port_in_use_and_a_sweep_on_several_hosts_are_one_line_errors(tmp_path
   for p in processes:
     _, err = p.communicate(timeout=300)
     assert p.returncode == 2 and "a sweep runs on one host" in err, err[-3000:]
+
+
+@pytest.fixture
+def no_distributed_settings(monkeypatch):
+  """No DISTILL_COORDINATOR / _NUM_PROCESSES / _PROCESS_ID from the environment."""
+  for name in ("DISTILL_COORDINATOR", "DISTILL_NUM_PROCESSES", "DISTILL_PROCESS_ID"):
+    monkeypatch.delenv(name, raising=False)
+
+
+def test_no_processes_is_refused_for_the_count_not_the_id(no_distributed_settings):
+  result = run_cli("--coordinator", "localhost:1234", "--num-processes", "0", "--process-id", "0",
+                   "teacher", "-r", "digits")
+  assert result.exit_code == 2
+  assert result.stderr.strip() == "error: --num-processes must be 1 or more, got 0"
+
+
+def test_distributed_without_a_cluster_says_which_options_to_give(no_distributed_settings,
+                                                                  monkeypatch):
+  def no_cluster(**kwargs):
+    # What jax.distributed.initialize raises when no cluster variables are set.
+    raise ValueError("coordinator_address should be defined.")
+
+  monkeypatch.setattr(jax.distributed, "initialize", no_cluster)
+  result = run_cli("--distributed", "teacher", "-r", "digits")
+  assert result.exit_code == 2
+  assert result.stderr.strip() == (
+      "error: could not join the distributed run: coordinator_address should be defined; no "
+      "cluster variables (SLURM, Open MPI, TPU) were found, so give --coordinator HOST:PORT "
+      "--num-processes N --process-id I")
