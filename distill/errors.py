@@ -34,7 +34,9 @@ def resource_failure(error: BaseException) -> UserError | None:
 
   Running out of accelerator or host memory (XLA's RESOURCE_EXHAUSTED) and a
   full disk (ENOSPC, which Orbax wraps in its own errors) end a run whose
-  checkpoint is intact; a traceback from deep in XLA or Orbax says neither.
+  checkpoint is intact; a traceback from deep in XLA or Orbax says neither. A
+  folder the user may not write (EACCES, EPERM, a read-only file system) is
+  named with the permission it lacks.
   """
   import errno  # noqa: PLC0415
   import re  # noqa: PLC0415
@@ -48,6 +50,12 @@ def resource_failure(error: BaseException) -> UserError | None:
       "No space left on device" in text):
     return UserError("the disk is full (no space left on device); free some space and run the "
                      "same command again: it resumes from the last checkpoint", exit_code=1)
+  denied = next((cause for cause in chain if getattr(cause, "errno", None) in (
+      errno.EACCES, errno.EPERM, errno.EROFS)), None)
+  if denied is not None:  # a folder the user may not write (or read): theirs to choose
+    where = f" {denied.filename}" if getattr(denied, "filename", None) else ""
+    return UserError(f"cannot use{where}: {denied.strerror.lower()}; give a folder you can "
+                     "write to, or fix its permissions", exit_code=1)
   if "RESOURCE_EXHAUSTED" in text and "memory" in text.lower():
     size = re.search(r"allocat\w* (\d+) bytes", text)
     asked = f" ({_size_text(int(size.group(1)))} asked for)" if size else ""

@@ -355,7 +355,10 @@ def test_out_of_memory_and_a_full_disk_are_one_line_each(monkeypatch, tmp_path):
   assert str(resource_failure(oom)).startswith("out of memory (13.2 TB asked for); lower the "
                                                "batch size (--batch-size")
   assert resource_failure(RuntimeError("INVALID_ARGUMENT: shapes differ")) is None
-  assert resource_failure(OSError(errno.EACCES, "Permission denied")) is None
+  assert str(resource_failure(OSError(errno.EROFS, "Read-only file system", "/mnt/runs/t"))) == (
+      "cannot use /mnt/runs/t: read-only file system; give a folder you can write to, or fix "
+      "its permissions")
+  assert resource_failure(OSError(errno.ENOENT, "No such file or directory")) is None
 
   def out_of_memory(*args, **kwargs):
     raise oom
