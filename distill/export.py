@@ -18,7 +18,7 @@ from distill import rundir
 from distill.console import Console
 from distill.errors import UserError
 from distill.io import is_primary_process, write_json
-from distill.targets import write_targets
+from distill.targets import stored_view_count, write_targets
 
 
 def teacher_identity(teacher_dir: Path, recipe: dict[str, Any], step: int, params) -> dict:
@@ -157,6 +157,8 @@ def export_targets(teacher_dirs: Path | list[Path], *, out_dir: Path | None = No
   arrays, meta = _targets_arrays_and_meta(members, recipe, dataset, temperature=temperature,
                                           views=views)
   out_dir.mkdir(parents=True, exist_ok=True)
+  # Read before they are replaced: students taught with views lose them without a word.
+  views_replaced = 0 if views else stored_view_count(out_dir)
   path = write_targets(out_dir, meta, arrays=arrays)
   if not (out_dir / rundir.RECIPE_FILE).exists():
     # Students read the data settings of their --teacher directory from here.
@@ -167,6 +169,13 @@ def export_targets(teacher_dirs: Path | list[Path], *, out_dir: Path | None = No
   extra = f" and {views} augmented views each" if views else ""
   console.info(f"exported the targets of {what} for {len(dataset.x_train):,} images{extra} "
                f"at T={temperature} -> {path}")
+  if views_replaced:
+    again = (f"pass --views {views_replaced} to keep them" if trained is None else
+             f"export them again with `distill export --teacher {out_dir} --views "
+             f"{views_replaced}`")
+    console.info(f"note: the targets replaced in {out_dir} held {views_replaced} augmented views "
+                 f"per image and these hold none, which students taught with --teaching views "
+                 f"need; {again}")
   return path
 
 

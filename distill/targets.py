@@ -59,6 +59,16 @@ def save_targets(directory: Path, arrays: dict[str, np.ndarray], meta: dict[str,
   return path
 
 
+def stored_view_count(directory: Path) -> int:
+  """How many augmented views per image the targets in `directory` hold, as their targets.json
+  records it (read without the arrays); 0 for none, no targets or an unreadable record."""
+  try:
+    views = json.loads((Path(directory) / TARGETS_META_FILE).read_text()).get("views")
+    return int(views["count"]) if views else 0
+  except (OSError, ValueError, AttributeError, KeyError, TypeError):
+    return 0
+
+
 def load_targets(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   """Reads and verifies the targets in a teacher directory (or a targets.npz path)."""
   directory = Path(directory)

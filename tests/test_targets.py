@@ -2,9 +2,10 @@ import json
 
 import numpy as np
 import pytest
+from conftest import copy_runs, run_cli
 
 from distill.errors import UserError
-from distill.targets import check_targets_match, load_targets, save_targets
+from distill.targets import check_targets_match, load_targets, save_targets, stored_view_count
 
 META = {"dataset": "digits", "dataset_fingerprint": "f" * 64, "train_fingerprint": "t" * 64,
         "temperature": 1.0, "teacher": {"params_sha256": "p"}}
@@ -84,3 +85,32 @@ def test_mismatch_names_the_split_only_where_it_differs():
   # The same data and settings but other rows: only the split can differ.
   assert message("f" * 64) == (
       "training split (val_size, split_seed, train_limit or labelled differ)")
+
+
+def test_stored_view_count_reads_the_record_alone(tmp_path):
+  assert stored_view_count(tmp_path) == 0  # no targets
+  save_targets(tmp_path, _arrays(), {**META, "views": None})
+  assert stored_view_count(tmp_path) == 0
+  arrays = {**_arrays(), "view_logits": np.zeros((6, 4, 3), np.float32)}
+  save_targets(tmp_path, arrays, {**META, "views": {"count": 4, "seed": 0, "augment": {}}})
+  assert stored_view_count(tmp_path) == 4
+  (tmp_path / "targets.json").write_text("{")
+  assert stored_view_count(tmp_path) == 0
+
+
+def test_exporting_again_without_views_says_it_drops_them(tiny_digits_runs, tmp_path):
+  """Re-exported at another T, a teacher's views vanished in silence, and a student taught with
+  views later found none."""
+  teacher = copy_runs(tiny_digits_runs, tmp_path, teacher="teacher") / "teacher"
+  result = run_cli("export", "--teacher", teacher, "--views", "2")
+  assert result.exit_code == 0, result.output
+  assert "note:" not in result.stderr
+  result = run_cli("export", "--teacher", teacher, "-T", "2")
+  assert result.exit_code == 0, result.output
+  assert (f"note: the targets replaced in {teacher} held 2 augmented views per image and these "
+          "hold none, which students taught with --teaching views need; pass --views 2 to keep "
+          "them") in result.stderr
+  assert stored_view_count(teacher) == 0
+  result = run_cli("export", "--teacher", teacher, "-T", "3")  # nothing more to lose
+  assert result.exit_code == 0, result.output
+  assert "note:" not in result.stderr
