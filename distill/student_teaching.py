@@ -136,6 +136,29 @@ def check_has_views(teacher_dir: Path) -> None:
     raise no_views(teacher_dir)
 
 
+def check_sweep_teaching(teacher_dir: Path, modes: set[str]) -> None:
+  """Refuses, before a sweep trains its first run, a --mode its teacher cannot teach: online by
+  an imported teacher that does not run inside the student's step, views by a teacher of
+  streamed data (views need the data set in memory) or without exported views."""
+  teacher_dir = Path(teacher_dir)
+  record = teacher_dir / rundir.IMPORTED_FILE
+  if "online" in modes and record.is_file():
+    try:
+      imported = json.loads(record.read_text())
+    except (OSError, ValueError):
+      imported = {}  # the run that opens it names what is wrong with it
+    if isinstance(imported, dict) and imported.get("can_teach_online") is False:
+      raise UserError(f"--mode online: {teacher_dir} is an imported {imported.get('kind')} "
+                      "teacher, which teaches by targets only (it does not run inside the "
+                      "student's step); sweep --mode targets instead")
+  if "views" in modes:
+    recipe = rundir.saved_recipe(teacher_dir) or {}
+    if (recipe.get("data") or {}).get("dataset") == "stream":
+      raise UserError(f"--mode views: {teacher_dir} learned from streamed data, and views need "
+                      "the data set in memory; sweep --mode targets or online instead")
+    check_has_views(teacher_dir)
+
+
 def _teacher_beside_hard_labels(teacher_dir: Path, dataset,
                                 recipe: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
   """(test logits, identity) of the teacher a hard-label student is compared with.

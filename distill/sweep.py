@@ -257,10 +257,9 @@ def run_sweep(teacher_dir: Path, out_dir: Path, *, models: Iterable[str] = ("cnn
   planned = plan_runs(models, modes, soft_losses, seeds, methods)
   online = any(run["mode"] == "online" for run in planned)
   rundir.check_teacher_folder(teacher_dir, needs="model" if online else "targets")
-  if any(run["mode"] == "views" for run in planned):
-    from distill.student_teaching import check_has_views  # noqa: PLC0415
+  from distill.student_teaching import check_sweep_teaching  # noqa: PLC0415
 
-    check_has_views(teacher_dir)
+  check_sweep_teaching(teacher_dir, {run["mode"] for run in planned})
   run_recipe.note_teacher_overrides(overrides, teacher_dir, console)
   teacher_summary = teacher_dir / rundir.SUMMARY_FILE
   # A folder of exported targets (an ensemble's) has no summary; its runs still

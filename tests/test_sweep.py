@@ -20,6 +20,8 @@ from scipy import stats as scipy_stats
 from test_workers import children, running, wait_until
 
 from distill import compare, loop, report, workers, workflow
+from distill.errors import UserError
+from distill.student_teaching import check_sweep_teaching
 from distill.sweep import plan_runs
 from distill.sweep_results import (
   aggregate,
@@ -216,6 +218,26 @@ def test_bad_axis_values_are_one_line_errors(swept, tmp_path, args, message):
   assert not (tmp_path / "out").exists()
 
 
+def test_a_mode_the_teacher_cannot_teach_is_refused_before_any_run_trains(swept, tmp_path):
+  root, _ = swept
+  streamed = copy_runs(root, tmp_path, teacher="teacher") / "teacher"
+  recipe = json.loads((streamed / "recipe.json").read_text())
+  recipe["data"]["dataset"] = "stream"
+  (streamed / "recipe.json").write_text(json.dumps(recipe))
+  result = run_cli("sweep", "--teacher", streamed, "--out", tmp_path / "out", "--mode", "hard",
+                   "--mode", "views", "--steps", "10")
+  assert result.exit_code == 2 and not (tmp_path / "out").exists()
+  assert result.stderr.strip() == (f"error: --mode views: {streamed} learned from streamed data, "
+                                   "and views need the data set in memory; sweep --mode targets "
+                                   "or online instead")
+  # An imported teacher that cannot run inside the student's step (logits from elsewhere).
+  (streamed / "imported.json").write_text(json.dumps({"kind": "logits",
+                                                      "can_teach_online": False}))
+  with pytest.raises(UserError, match=r"^--mode online: .* is an imported logits teacher, which "
+                                      r"teaches by targets only .*; sweep --mode targets instead$"):
+    check_sweep_teaching(streamed, {"hard", "online"})
+
+
 def test_a_sweep_may_not_write_into_its_teachers_folder(swept):
   root, _ = swept
   before = sorted(path.name for path in (root / "teacher").iterdir())
@@ -345,6 +367,10 @@ def test_paired_baselines_per_variant():
                              f"{hard['t_p']:.3g}): a gain beyond seed noise")
   assert [p["baseline"] for p in rows[("cnn", "online", "hint")]["paired"]] == ["hard",
                                                                                  "kd targets"]
+  # With kd online there too, a hint still meets kd on targets: both un-augmented.
+  online = aggregate(runs + _fake("cnn", "online", [0.70, 0.71, 0.72]), teacher)
+  (hint,) = [row for row in online if row["method"] == "hint"]
+  assert [p["baseline"] for p in hint["paired"]] == ["hard", "kd targets"]
   assert rows[("mlp", "targets", "dist")]["paired"] == []
   lines = format_paired(list(rows.values())).splitlines()
   assert lines[0] == ("| student | mode | method | soft loss | vs | seeds | diff pts | t-test p "
