@@ -114,7 +114,9 @@ def paired_rows(row: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[st
   soft loss with the classic kd loss, so that only the method differs, or,
   when the sweep has no such run (hint, say, needs online teaching, plain KD
   is usually swept on targets), `kd targets`: the same model and soft loss
-  with kd on exported targets. A baseline the sweep did not train is left out.
+  with kd on exported targets. Hints always meet `kd targets` where the sweep
+  has it: they run online but un-augmented, and see the images kd on targets
+  sees. A baseline the sweep did not train is left out.
   """
   def find(mode: str, method: str | None, soft_loss: str | None) -> dict[str, Any] | None:
     return next((other for other in rows if other["model"] == row["model"]
@@ -128,10 +130,15 @@ def paired_rows(row: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[st
     # A method that reads no soft loss (dkd, dist, token) meets kd's classic soft CE.
     soft_loss = row["soft_loss"] or "soft_ce"
     same_mode = find(row["mode"], DEFAULT_METHOD, soft_loss)
-    if same_mode is not None or row["mode"] == "targets":
+    on_targets = find("targets", DEFAULT_METHOD, soft_loss)
+    if row["method"] == "hint" and on_targets is not None:
+      # Hints run online but un-augmented, as exported targets are: kd on targets sees the
+      # same images, online kd (augmented by construction) does not.
+      baselines.append((f"{DEFAULT_METHOD} targets", on_targets))
+    elif same_mode is not None or row["mode"] == "targets":
       baselines.append((DEFAULT_METHOD, same_mode))
     else:
-      baselines.append((f"{DEFAULT_METHOD} targets", find("targets", DEFAULT_METHOD, soft_loss)))
+      baselines.append((f"{DEFAULT_METHOD} targets", on_targets))
   return [compare(_by_seed(row), _by_seed(baseline), name)
           for name, baseline in baselines if baseline is not None]
 
@@ -403,8 +410,9 @@ def sweep_markdown(table: str, paired: str, teacher_dir: Path | str,
               "Per seed, the variant's test accuracy minus its baseline's with the same seed "
               "(same initialisation and data order): hard = the same model on hard labels, "
               "kd = the same model, mode and soft loss with the kd loss (kd targets: with kd on "
-              "exported targets, where the sweep has no kd run in that mode). diff pts: mean ± "
-              "sample std of those differences in percentage points over the seeds both ran "
+              "exported targets, for hints and where the sweep has no kd run in that mode). "
+              "diff pts: mean ± sample std of those differences in percentage points over the "
+              "seeds both ran "
               "(seeds only one ran are left out); t-test p: two-sided paired t-test; sign p: "
               "exact two-sided sign test, ties dropped. p < 0.05 counts as beyond seed noise.",
               paired]
