@@ -279,11 +279,23 @@ def real_loop(recipe: dict[str, Any], *, role: str, steps: int, synthetic: str |
 def _training(recipe: dict[str, Any], role: str, data: _BenchData,
               settings: config_lib.TrainSettings, steps: int) -> dict[str, Any]:
   """What the timed step trains on: `role`'s objective, teaching, settings and augmentation."""
+  _check_batch_fits(settings.batch_size, data)
   objective, teaching = _objective_and_teaching(role, data)
   return {"objective": objective, "teaching": teaching,
           "settings": dataclasses.replace(settings, steps=steps),
           "augment_settings": recipe["augment"] if role == "teacher" else None,
           "seed": recipe["seed"]}
+
+
+def _check_batch_fits(batch_size: int, data: _BenchData) -> None:
+  """Refuses a batch larger than the training images, with the --batch-size that fits (the
+  largest power of two, as `distill teacher` and `student` suggest it)."""
+  rows = len(data.labels)
+  if batch_size > rows:
+    fitting = 1 << (rows.bit_length() - 1)
+    more = " (or a larger N in --synthetic)" if data.name.startswith("synthetic ") else ""
+    raise UserError(f"batch size {batch_size} is larger than the {rows:,} training examples: "
+                    f"pass --batch-size {fitting}{more}")
 
 
 @dataclasses.dataclass

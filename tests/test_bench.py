@@ -98,6 +98,19 @@ def test_bench_rejects_bad_arguments(args, message):
   assert result.exit_code == 2 and message in result.output
 
 
+def test_a_batch_larger_than_the_data_is_refused_with_the_size_that_fits():
+  """As `distill teacher` and `student` say it: the --batch-size to pass."""
+  result = run_cli("bench", "--recipe", "digits", "--batch-size", "5000", "-q")
+  assert result.exit_code == 2
+  assert result.stderr.strip() == ("error: batch size 5000 is larger than the 1,288 training "
+                                   "examples: pass --batch-size 1024")
+  result = run_cli("bench", "--recipe", "digits", "--synthetic", "8x8x1:100:4",
+                   "--batch-size", "128", "-q")
+  assert result.exit_code == 2
+  assert result.stderr.strip() == ("error: batch size 128 is larger than the 100 training "
+                                   "examples: pass --batch-size 64 (or a larger N in --synthetic)")
+
+
 def test_bare_step_and_real_loop_time_the_steps_asked_for():
   """The two timings `benchmarks/keras_fit.py` sets beside Keras, each on its own."""
   recipe = config.load_recipe("digits", [*TINY, "student.model=mlp"])
