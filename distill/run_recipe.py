@@ -107,6 +107,11 @@ def unread_setting(override: str, student: dict[str, Any]) -> str | None:
   key, value = config_lib.parse_override(override)
   role, _, rest = key.partition(".")
   name, method = rest.split(".")[0], student["method"]
+  if (key == "student.augment" and student["teaching"] in ("online", "views")
+      and method != "hint" and student["loss"] != "hard"):
+    return (f"{key}={value} changes nothing for teaching={student['teaching']}: it augments by "
+            "construction (the teacher labels the student's own augmented images); drop it, or "
+            "train with --teaching targets")
   if role != "student" or name not in _DISTILLATION_KEYS:
     return None
   if student["loss"] == "hard":

@@ -148,6 +148,10 @@ def test_invalid_method_combinations_are_one_line_errors(overrides, message):
     (("--loss", "hard", "--method", "dkd"),
      "student.method=dkd changes nothing for a student on hard labels (student.loss=hard learns "
      "from one-hot labels, not from its teacher): drop it, or train with the soft loss"),
+    (("--teaching", "online", "--set", "student.augment=false"),
+     "student.augment=false changes nothing for teaching=online: it augments by construction "
+     "(the teacher labels the student's own augmented images); drop it, or train with "
+     "--teaching targets"),
 ])
 def test_settings_the_method_would_not_read_are_refused(tiny_digits_runs, tmp_path, args,
                                                         message):
