@@ -498,8 +498,8 @@ def export(teacher_dirs, out_dir, temperature, views, quiet):
 @click.option("--workdir", "-w", type=PATH, default=None,
               help="Run directory [default: runs/student-MODEL, then -hard for hard labels, "
                    "or -METHOD for a method other than kd, its variant if not the default "
-                   "(-soft, -cosine) and -TEACHING for online or views, e.g. "
-                   "runs/student-cnn-hint-online].")
+                   "(-soft, -cosine), -TEACHING for online or views, -kl for the kl soft "
+                   "loss and -mixup with mixup, e.g. runs/student-cnn-hint-online].")
 @_user_errors
 def student(recipe, overrides, dataset, data_dir, steps, batch_size, seed, restart, overwrite,
             strict_init_check, quiet, teacher_dir, model, loss, teaching, temperature, alpha,

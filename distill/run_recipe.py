@@ -134,9 +134,10 @@ def default_student_workdir(recipe: dict[str, Any]) -> Path:
 
   '-hard' for hard labels; else the method unless it is kd, the method's
   named variants that are not the default (a token's 'soft', a hint's
-  'cosine'), and the teaching unless it is targets: runs/student-cnn,
-  runs/student-cnn-hard, runs/student-vit-token-soft,
-  runs/student-cnn-hint-online.
+  'cosine'), the teaching unless it is targets, the soft loss unless it is
+  soft_ce, and mixup when on: runs/student-cnn, runs/student-cnn-hard,
+  runs/student-vit-token-soft, runs/student-cnn-hint-online,
+  runs/student-cnn-kl.
   """
   student = recipe["student"]
   if student["loss"] == "hard":
@@ -147,6 +148,12 @@ def default_student_workdir(recipe: dict[str, Any]) -> Path:
     parts += [value for value in config_lib.changed_method_options(
         method, student.get(method, {})).values() if isinstance(value, str)]
     parts += [student["teaching"]] if student["teaching"] != "targets" else []
+    from distill.teaching import reads_setting  # noqa: PLC0415
+
+    if student["soft_loss"] != "soft_ce" and reads_setting(method, "soft_loss",
+                                                           student.get(method)):
+      parts.append(student["soft_loss"])
+    parts += ["mixup"] if student["mixup"] > 0 else []
   return Path("runs") / "-".join(["student", student["model"], *parts])
 
 

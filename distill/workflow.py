@@ -445,6 +445,11 @@ def check_existing_run(workdir: Path, recipe: dict[str, Any], role: str, *, rest
   """
   from distill.checkpoint import latest_meta  # noqa: PLC0415
 
+  if (workdir / SUMMARY_FILE).exists() and not overwrite:
+    changes = config_lib.run_recipe_changes(workdir, recipe, role)
+    if changes:  # --overwrite would replace a run that is not this one: name what differs
+      raise UserError(f"{workdir} holds a finished run of another recipe ({changes}); give this "
+                      "one a --workdir of its own, or pass --overwrite to replace that run")
   rundir.check_not_finished(workdir, overwrite=overwrite)
   checkpoints = workdir / rundir.CHECKPOINTS_DIR
   # Orbax names a finished checkpoint by its step alone; without one there is nothing to resume.

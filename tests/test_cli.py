@@ -293,6 +293,11 @@ def test_losses_importable_from_the_package():
      "student-vit-token-soft"),
     (["student.method=hint", "student.teaching=online", "student.hint.kind=cosine"],
      "student-cnn-hint-cosine-online"),
+    # So `--soft-loss kl` after a soft_ce student does not meet its folder.
+    (["student.soft_loss=kl"], "student-cnn-kl"),
+    (["student.method=dkd", "student.soft_loss=kl"], "student-cnn-dkd"),  # dkd reads none
+    (["student.teaching=online", "student.mixup=0.2", "student.alpha=1.0"],
+     "student-cnn-online-mixup"),
 ])
 def test_a_students_default_workdir_says_how_it_was_taught(overrides, name):
   from distill import config, run_recipe  # noqa: PLC0415

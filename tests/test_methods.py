@@ -6,6 +6,7 @@ the real first batch, not only in the loss unit tests.
 """
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -241,3 +242,19 @@ def test_dkd_warmup_ramps_its_term_from_zero():
   ce = float(losses.hard_cross_entropy(logits, labels))
   assert at[0] == pytest.approx(ce, rel=1e-6)
   assert at[5] - ce == pytest.approx((at[20] - ce) / 2, rel=1e-5)
+
+
+def test_a_finished_student_of_another_recipe_is_named_not_offered_to_overwrite(
+    tiny_digits_runs, tmp_path):
+  # Following "pass --overwrite" would have replaced the soft_ce student with the kl one.
+  student = shutil.copytree(tiny_digits_runs / "student", tmp_path / "student")
+  result = run_cli("student", "--teacher", tiny_digits_runs / "teacher", "-w", student, "-q",
+                   *TINY_FLAGS, "--soft-loss", "kl")
+  assert result.exit_code == 2
+  assert result.stderr.strip() == (
+      f"error: {student} holds a finished run of another recipe (student.soft_loss: "
+      '"soft_ce" -> "kl"); give this one a --workdir of its own, or pass --overwrite to '
+      "replace that run")
+  same = run_cli("student", "--teacher", tiny_digits_runs / "teacher", "-w", student, "-q",
+                 *TINY_FLAGS)
+  assert "already holds a finished run; pass --overwrite" in same.stderr
