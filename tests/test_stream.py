@@ -568,3 +568,85 @@ def test_an_image_folder_given_as_npz_data_is_told_to_convert(tmp_path):
       f"error: dataset npz needs a .npz file, but {photos} is a folder of images in class "
       f"sub-folders: convert it to array shards once (`distill make-shards {photos} "
       f"{photos}-shards --image-size 64`) and pass those with --dataset stream")
+
+
+def test_make_shards_of_one_folder_names_its_progress_once_and_says_it_needs_a_test_split(
+    tmp_path):
+  photos, _ = _image_folder(tmp_path / "photos")
+  out = tmp_path / "out"
+  result = run_cli("make-shards", photos, out, "--image-size", "8")
+  assert result.exit_code == 0, result.output
+  assert "images images" not in result.stderr and "images: 100%" in result.stderr
+  assert f"\n15 images of 3 classes (8x8x3) -> {out}\n" in result.stderr
+  assert result.stderr.strip().endswith(
+      f"note: {out} is one shard folder, and streamed training (--dataset stream) needs it as "
+      "train/ beside a test/ split: move it to DATA/train, write held-out images as shards in "
+      "DATA/test (`distill make-shards TEST_IMAGES DATA/test --image-size 8`), then pass "
+      "--data-dir DATA")
+  with pytest.raises(UserError) as refused:
+    stream.open_training_stream(out, val_size=1, split_seed=0, train_limit=None)
+  assert str(refused.value) == (
+      f"{out} has no test/ split, which streamed training evaluates on: it is one shard folder; "
+      "move it to DATA/train, write the held-out images as shards in DATA/test (`distill "
+      "make-shards TEST_IMAGES DATA/test --image-size 8`), then pass --data-dir DATA")
+  # Quiet: no notes.
+  quiet = run_cli("make-shards", photos, tmp_path / "quiet", "--image-size", "8", "-q")
+  assert quiet.exit_code == 0 and quiet.stderr == ""
+
+
+def test_shards_of_train_without_test_say_how_to_write_the_test_split(tmp_path):
+  """make-shards succeeded and training refused its output; given SHARDS/train instead, the
+  refusal pointed back at SHARDS, the folder that had just failed."""
+  _image_folder(tmp_path / "photos" / "train")
+  out = tmp_path / "shards"
+  result = run_cli("make-shards", tmp_path / "photos", out, "--image-size", "6x8", "--grayscale")
+  assert result.exit_code == 0, result.output
+  make = f"`distill make-shards TEST_IMAGES {out / 'test'} --image-size 6x8 --grayscale`"
+  assert result.stderr.strip().endswith(
+      f"note: {tmp_path / 'photos'} has train/ but no test/, so these shards have no test/ "
+      "split, which streamed training (--dataset stream) evaluates on: write held-out images as "
+      f"shards in {out / 'test'} ({make}), then pass --data-dir {out}")
+  with pytest.raises(UserError) as refused:
+    stream.open_training_stream(out, val_size=1, split_seed=0, train_limit=None)
+  assert str(refused.value) == (
+      f"{out} has no test/ split, which streamed training evaluates on: write the held-out "
+      f"images as shards in {out / 'test'}: {make} (TEST_IMAGES: a folder of the class folders "
+      "train/ has)")
+  with pytest.raises(UserError) as refused:
+    stream.open_training_stream(out / "train", val_size=1, split_seed=0, train_limit=None)
+  assert str(refused.value) == (
+      f"{out / 'train'} has no test/ split, which streamed training evaluates on, and {out}, "
+      f"whose train/ it is, has none either: write the held-out images as shards in "
+      f"{out / 'test'}: {make}, then pass --data-dir {out}")
+  # The command the messages give makes the split training opens.
+  _image_folder(tmp_path / "held-out", sizes=((8, 8),))
+  result = run_cli("make-shards", tmp_path / "held-out", out / "test", "--image-size", "6x8",
+                   "--grayscale", "-q")
+  assert result.exit_code == 0, result.output
+  data = stream.open_training_stream(out, val_size=1, split_seed=0, train_limit=None)
+  assert len(data.x_test) == 3 and data.image_shape == (6, 8, 1)
+  _image_folder(tmp_path / "photos" / "test", sizes=((8, 8),))
+  both = run_cli("make-shards", tmp_path / "photos", tmp_path / "both", "--image-size", "6x8")
+  assert both.exit_code == 0 and "note:" not in both.stderr
+
+
+def test_images_beside_train_and_test_are_refused_in_one_line(tmp_path):
+  for split in ("train", "test"):
+    _image_folder(tmp_path / "photos" / split, sizes=((8, 8),))
+  _picture(tmp_path / "photos" / "cover.jpg")
+  (tmp_path / "photos" / "README.md").write_text("not an image: left alone")
+  photos = tmp_path / "photos"
+  message = (f"{photos} holds image files beside train/ and test/ (cover.jpg): move each into a "
+             f"class folder of train/ or test/, or out of {photos}")
+  result = run_cli("make-shards", photos, tmp_path / "out", "--image-size", "4")
+  assert result.exit_code == 2 and result.stderr.strip() == f"error: {message}", result.output
+  assert not (tmp_path / "out").exists()
+  with pytest.raises(UserError) as refused:
+    stream.open_stream_dataset(photos, image_size=4)
+  assert str(refused.value) == message
+  (photos / "cover.jpg").unlink()
+  assert run_cli("make-shards", photos, tmp_path / "out", "--image-size", "4",
+                 "-q").exit_code == 0
+  _picture(tmp_path / "out" / "preview.png")  # beside shards, images are no data
+  assert len(stream.open_stream_dataset(tmp_path / "out").test) == 3
+

@@ -18,7 +18,15 @@ import numpy as np
 
 from distill.console import Console, progress
 from distill.data.shards import write_array_shards
-from distill.data.stream import SHARDS_FILE, StreamSource, class_mismatch, open_source
+from distill.data.stream import (
+  SHARDS_FILE,
+  StreamSource,
+  check_no_loose_images,
+  class_mismatch,
+  open_source,
+  split_folders,
+  test_shards_hint,
+)
 from distill.errors import UserError
 from distill.io import check_directory_target
 
@@ -30,6 +38,8 @@ def _splits(source: Path, out: Path) -> dict[str, tuple[Path, Path]]:
   """{split name: (image folder, shard folder)} of a root with train/ (and test/), or of one
   image folder (named "images")."""
   if (source / "train").is_dir():
+    # Images beside train/ (and test/) belong to no split: refused, not skipped.
+    check_no_loose_images(source, beside=split_folders(source))
     return {split: (source / split, out / split) for split in ("train", "test")
             if (source / split).is_dir()}
   return {"images": (source, out)}
@@ -58,6 +68,7 @@ def image_folders_to_shards(source: str | os.PathLike, out: str | os.PathLike, *
   upright, converted to RGB or grayscale, scaled to cover the size and
   center-cropped). Every folder is opened, and its files and classes checked,
   before anything is written; each shard folder appears only when complete.
+  A note says when the shards lack the test/ split streamed training needs.
 
   Args:
     source: a folder holding `train/` and optionally `test/` image folders, or
@@ -90,15 +101,35 @@ def image_folders_to_shards(source: str | os.PathLike, out: str | os.PathLike, *
              for split, (images, _) in splits.items()}
   if "test" in folders and folders["test"].class_names != folders["train"].class_names:
     raise UserError(class_mismatch(folders["train"], folders["test"]))
-  height, width, channels = next(iter(folders.values())).image_shape
+  first = next(iter(folders.values()))
+  height, width, channels = first.image_shape
+  console = Console(quiet)
   created = not out.exists()
   try:
-    return _write_splits(splits, folders, (height, width, channels), grayscale=grayscale,
-                         overwrite=overwrite, quiet=quiet, chunk_size=chunk_size)
+    written = _write_splits(splits, folders, (height, width, channels), grayscale=grayscale,
+                            overwrite=overwrite, quiet=quiet, chunk_size=chunk_size)
   except BaseException:
     if created and out.is_dir() and not any(out.iterdir()):
       out.rmdir()  # a damaged image stopped it: leave no empty folder behind
     raise
+  if "test" not in written:
+    console.info(_no_test_note(source, out, first.image_shape, single="images" in written))
+  return written
+
+
+def _no_test_note(source: Path, out: Path, image_shape: tuple[int, int, int], *,
+                  single: bool) -> str:
+  """The note after shards without a test/ split: `--dataset stream` refuses them until held-out
+  images are written beside, and says so only when training starts."""
+  if single:
+    return (f"note: {out} is one shard folder, and streamed training (--dataset stream) needs "
+            "it as train/ beside a test/ split: move it to DATA/train, write held-out images as "
+            f"shards in DATA/test ({test_shards_hint('DATA/test', image_shape)}), then pass "
+            "--data-dir DATA")
+  return (f"note: {source} has train/ but no test/, so these shards have no test/ split, which "
+          f"streamed training (--dataset stream) evaluates on: write held-out images as shards in "
+          f"{out / 'test'} "
+          f"({test_shards_hint(out / 'test', image_shape)}), then pass --data-dir {out}")
 
 
 def _write_splits(splits: dict[str, tuple[Path, Path]], folders: dict[str, StreamSource],
@@ -111,9 +142,12 @@ def _write_splits(splits: dict[str, tuple[Path, Path]], folders: dict[str, Strea
     folder = folders[split]
     meta = {"source": str(images.resolve()), "image_size": [height, width],
             "grayscale": grayscale}
+    # One image folder is split "images": its label is not said twice.
+    label = "images" if split == "images" else f"{split} images"
     written[split] = write_array_shards(
-        shards, _chunks(folder, chunk_size, desc=f"{split} images", quiet=quiet),
+        shards, _chunks(folder, chunk_size, desc=label, quiet=quiet),
         class_names=folder.class_names, meta=meta, overwrite=overwrite)
-    Console(quiet).info(f"{split}: {len(folder):,} images of {len(folder.class_names)} classes "
+    which = "" if split == "images" else f"{split}: "
+    Console(quiet).info(f"{which}{len(folder):,} images of {len(folder.class_names)} classes "
                         f"({height}x{width}x{channels}) -> {written[split]}")
   return written

@@ -53,6 +53,16 @@ def convert_hint(images: str | os.PathLike) -> str:
   return f"`distill make-shards {images} {images}-shards --image-size 64`"
 
 
+def test_shards_hint(test_shards: str | os.PathLike, image_shape: Sequence[int]) -> str:
+  """The command that writes held-out images as the test/ shards `test_shards` of a train/
+  split of `image_shape` (H, W, C), for messages; TEST_IMAGES stands for the user's folder of
+  class folders."""
+  height, width, channels = image_shape
+  size = f"{height}" if height == width else f"{height}x{width}"
+  gray = " --grayscale" if channels == 1 else ""
+  return f"`distill make-shards TEST_IMAGES {test_shards} --image-size {size}{gray}`"
+
+
 # Lower-case suffixes Pillow decodes; ImageNet's own files end in ".JPEG".
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -450,6 +460,8 @@ def open_stream_dataset(root: str | os.PathLike, *, image_size: int | Sequence[i
   # An image folder whose class is literally "train" would read as a split
   # layout; a shards.json at the top says it is one source.
   if (root / "train").is_dir() and not (root / SHARDS_FILE).is_file():
+    if not (root / "train" / SHARDS_FILE).is_file():  # images beside shards are no data
+      check_no_loose_images(root, beside=split_folders(root))
     train = open_source(root / "train", **options)
     test = open_source(root / "test", **options) if (root / "test").exists() else None
   else:
@@ -574,12 +586,7 @@ def open_training_stream(root: str | os.PathLike, *, val_size: int | float, spli
   stream = open_stream_dataset(root, val_size=val_size, split_seed=split_seed,
                                train_limit=train_limit)
   if stream.test is None:
-    if root.name in ("train", "test") and (root.parent / "train").is_dir():
-      fix = f"pass the folder holding train/ and test/ as --data-dir: {root.parent}"
-    else:
-      fix = (f"write the held-out images as shards in {root / 'test'} (from a test/ image "
-             f"folder beside train/: {convert_hint('IMAGES')} converts both)")
-    raise UserError(f"{root} has no test/ split, which streamed training evaluates on: {fix}")
+    raise UserError(_no_test_split(root, stream.train, split_layout=split_layout))
   train_labels = _all_labels(stream.train)
   check_two_classes(train_labels, stream.class_names, f"every image of {stream.train.path}")
   return StreamedTrainingData(
@@ -588,6 +595,27 @@ def open_training_stream(root: str | os.PathLike, *, val_size: int | float, spli
       x_val=Rows(stream.train, stream.val_indices), y_val=train_labels[stream.val_indices],
       x_test=Rows(stream.test, np.arange(len(stream.test), dtype=np.int32)),
       y_test=_all_labels(stream.test))
+
+
+def _no_test_split(root: Path, train: StreamSource, *, split_layout: bool) -> str:
+  """The refusal of shards `root` without a test/ split: where the held-out images' shards go
+  and the command that writes them (a folder named back to the user failed already)."""
+  missing = f"{root} has no test/ split, which streamed training evaluates on"
+  make = test_shards_hint  # of the train split's size, so both splits hold alike images
+  if split_layout:
+    return (f"{missing}: write the held-out images as shards in {root / 'test'}: "
+            f"{make(root / 'test', train.image_shape)} (TEST_IMAGES: a folder of the class "
+            "folders train/ has)")
+  parent = root.parent
+  if root.name in ("train", "test") and (parent / "train").is_dir():
+    if (parent / "test").is_dir():
+      return f"{missing}: pass the folder holding train/ and test/ as --data-dir: {parent}"
+    return (f"{missing}, and {parent}, whose train/ it is, has none either: write the held-out "
+            f"images as shards in {parent / 'test'}: {make(parent / 'test', train.image_shape)}, "
+            f"then pass --data-dir {parent}")
+  return (f"{missing}: it is one shard folder; move it to DATA/train, write the held-out "
+          f"images as shards in DATA/test ({make('DATA/test', train.image_shape)}), then pass "
+          "--data-dir DATA")
 
 
 # --------------------------------------------------------------------------
@@ -640,18 +668,28 @@ def class_folders(root: str | os.PathLike) -> dict[str, list[str]]:
   return {name: sorted(names) for name, names in folders.items()}
 
 
-def check_no_loose_images(root: str | os.PathLike) -> None:
+def check_no_loose_images(root: str | os.PathLike, beside: str | None = None) -> None:
   """Refuses image files directly in a folder of class folders: they belong to no class.
 
+  beside: the split folders `root` holds ("train/ and test/") when it holds
+  splits rather than classes; images there belong to no split either.
   Other files there (a README, a license) are left alone, as before.
   """
   with os.scandir(root) as entries:
     loose = sorted(entry.name for entry in entries
                    if not entry.name.startswith(".") and not entry.is_dir()
                    and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS)
+  if loose and beside:
+    raise UserError(f"{root} holds image files beside {beside} ({first_few(loose)}): move each "
+                    f"into a class folder of {beside.replace(' and ', ' or ')}, or out of {root}")
   if loose:
     raise UserError(f"{root} holds image files beside its class folders ({first_few(loose)}): "
                     f"move each into its class folder, or out of {root}")
+
+
+def split_folders(root: str | os.PathLike) -> str:
+  """'train/ and test/' or 'train/': the split folders `root` holds, for messages."""
+  return " and ".join(f"{split}/" for split in ("train", "test") if (Path(root) / split).is_dir())
 
 
 def _image_files(class_dir: Path, others: list[str]) -> list[tuple[str, int]]:
