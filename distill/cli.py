@@ -362,7 +362,8 @@ def teacher(recipe, overrides, dataset, data_dir, steps, batch_size, seed, resta
   The teacher learns from one-hot labels with random crop/resize and flips
   (see the recipe's [augment] table), AdamW with warm-up and cosine decay.
   At the end its softmax probabilities on every (un-augmented) training
-  image are written to WORKDIR/targets.npz for students.
+  image are written to WORKDIR/targets.npz for students (WORKDIR/targets-shards/
+  for streamed data).
   """
   start = time.perf_counter()
   from distill import workflow  # noqa: PLC0415
@@ -822,11 +823,13 @@ def predict(source, more_images, images, top_k, as_json):
 def make_shards(source, out, image_size, grayscale, overwrite, quiet):
   """Convert image folders (IMAGES/<class>/<image files>) to array shards in OUT.
 
-  IMAGES holds train/ and optionally test/ (OUT gets the same), or is one image
-  folder. Each image is decoded once: turned upright (EXIF), converted to RGB
-  (or grayscale), scaled to cover SIZE and center-cropped, as `distill predict`
-  reads pictures. Files that are not images, or classes that differ between
-  train/ and test/, are refused before anything is written.
+  IMAGES holds train/ and test/ (OUT gets the same), or is one image folder
+  (OUT holds its shards). Training with --dataset stream needs both splits:
+  the test/ split is what a run is finally scored on. Each image is decoded
+  once: turned upright (EXIF), converted to RGB (or grayscale), scaled to
+  cover SIZE and center-cropped, as `distill predict` reads pictures. Files
+  that are not images, or classes that differ between train/ and test/, are
+  refused before anything is written.
 
   \b
     distill make-shards photos data/photos-64 --image-size 64

@@ -509,6 +509,8 @@ def table_notes(rows: list[dict[str, Any]]) -> list[str]:
 
 def compare_runs(run_dirs: list[Path], *, as_json: bool = False, markdown: bool = False) -> str:
   """The comparison of `run_dirs` as text (a table, Markdown, or JSON lines)."""
+  if as_json and markdown:
+    raise UserError("--json and --markdown are two formats of the output: give one")
   run_dirs, sweeps = expand_sweeps(run_dirs)
   rows, skipped = collect_runs(run_dirs)
   if skipped:  # a note on stderr, as report's: stdout stays the table (or JSON) alone

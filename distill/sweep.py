@@ -255,6 +255,10 @@ def run_sweep(teacher_dir: Path, out_dir: Path, *, models: Iterable[str] = ("cnn
   overrides = list(overrides)
   _check_overrides(overrides)
   planned = plan_runs(models, modes, soft_losses, seeds, methods)
+  if soft_losses != [DEFAULT_SOFT_LOSS] and not any(run["soft_loss"] for run in planned):
+    raise UserError(f"--soft-loss {' --soft-loss '.join(soft_losses)} changes no run: none of the "
+                    "sweep reads a soft loss (hard labels read none, nor do methods dkd, dist "
+                    "and token); drop it")
   online = any(run["mode"] == "online" for run in planned)
   rundir.check_teacher_folder(teacher_dir, needs="model" if online else "targets")
   from distill.student_teaching import check_sweep_teaching  # noqa: PLC0415

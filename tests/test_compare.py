@@ -99,6 +99,13 @@ def test_a_folder_of_runs_is_told_to_give_the_runs_in_it(tmp_path, tiny_digits_r
           f"{folder / 'teacher'}") in " ".join(result.stderr.split())
 
 
+def test_json_and_markdown_together_are_refused(tiny_digits_runs):
+  result = run_cli("compare", tiny_digits_runs / "teacher", "--json", "--markdown")
+  assert result.exit_code == 2
+  assert result.stderr.strip() == ("error: --json and --markdown are two formats of the output: "
+                                   "give one")
+
+
 def _edit_recipe(run_dir, role, **changes):
   path = run_dir / rundir.RECIPE_FILE
   recipe = json.loads(path.read_text())

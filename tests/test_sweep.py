@@ -204,6 +204,8 @@ def test_a_run_taught_by_another_teacher_needs_overwrite(swept, tmp_path):
     (["--method", "token", "--mode", "targets", "--model", "mlp"],
      "mlp-targets-token-s0: student.method=token needs a ViT student"),
     (["--set", "student.lr=1"], "unknown recipe key 'student.lr'"),
+    (["--mode", "hard", "--soft-loss", "kl"], "--soft-loss kl changes no run: none of the sweep "
+     "reads a soft loss"),
     # Found before the hard run trains, not when the views run starts.
     (["--mode", "hard", "--mode", "views"], "targets.npz holds no augmented views; export them "
      "with `distill export --teacher"),
