@@ -650,3 +650,26 @@ def test_images_beside_train_and_test_are_refused_in_one_line(tmp_path):
   _picture(tmp_path / "out" / "preview.png")  # beside shards, images are no data
   assert len(stream.open_stream_dataset(tmp_path / "out").test) == 3
 
+
+def test_an_image_size_turned_the_other_way_is_noted(tmp_path):
+  """40x24 asked of images 24 high and 40 wide: every crop kept a third of its image."""
+  for name in ("ant", "bee"):
+    (tmp_path / "wide" / name).mkdir(parents=True)
+    for number in range(3):
+      Image.new("RGB", (40, 24)).save(tmp_path / "wide" / name / f"{number}.png")  # W, H
+  result = run_cli("make-shards", tmp_path / "wide", tmp_path / "out", "--image-size", "40x24")
+  assert result.exit_code == 0, result.output
+  assert result.stderr.startswith(
+      "note: the images are 24x40 (HxW) and --image-size 40x24 is HxW too: scaling each to cover "
+      "40x24 and center-cropping keeps 36% of it; did you mean --image-size 24x40?\n")
+  result = run_cli("make-shards", tmp_path / "wide", tmp_path / "right", "--image-size", "24x40")
+  assert result.exit_code == 0 and "did you mean" not in result.stderr
+  # Most of them, in several sizes: the commonest is named.
+  Image.new("RGB", (60, 30)).save(tmp_path / "wide" / "bee" / "0.png")
+  Image.new("RGB", (20, 30)).save(tmp_path / "wide" / "bee" / "1.png")
+  result = run_cli("make-shards", tmp_path / "wide", tmp_path / "mixed", "--image-size", "40x24")
+  assert result.exit_code == 0, result.output
+  assert result.stderr.startswith(
+      "note: most images are landscape (such as 24x40, HxW) and --image-size 40x24 is HxW too: "
+      "scaling a 24x40 image to cover 40x24 and center-cropping keeps 36% of it; did you mean "
+      "--image-size 24x40?\n")

@@ -11,15 +11,18 @@ reads; a single image folder gives one shard folder.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from distill.console import Console, progress
 from distill.data.shards import write_array_shards
 from distill.data.stream import (
   SHARDS_FILE,
+  ImageFolderSource,
   StreamSource,
   check_no_loose_images,
   class_mismatch,
@@ -68,7 +71,8 @@ def image_folders_to_shards(source: str | os.PathLike, out: str | os.PathLike, *
   upright, converted to RGB or grayscale, scaled to cover the size and
   center-cropped). Every folder is opened, and its files and classes checked,
   before anything is written; each shard folder appears only when complete.
-  A note says when the shards lack the test/ split streamed training needs.
+  Notes say when --image-size looks turned the other way from most images,
+  and when the shards lack the test/ split streamed training needs.
 
   Args:
     source: a folder holding `train/` and optionally `test/` image folders, or
@@ -104,6 +108,11 @@ def image_folders_to_shards(source: str | os.PathLike, out: str | os.PathLike, *
   first = next(iter(folders.values()))
   height, width, channels = first.image_shape
   console = Console(quiet)
+  if isinstance(first, ImageFolderSource):
+    # Before hours of decoding: height and width swapped by mistake crop most of every image.
+    turned = _orientation_note(first, (height, width))
+    if turned:
+      console.info(turned)
   created = not out.exists()
   try:
     written = _write_splits(splits, folders, (height, width, channels), grayscale=grayscale,
@@ -130,6 +139,51 @@ def _no_test_note(source: Path, out: Path, image_shape: tuple[int, int, int], *,
           f"streamed training (--dataset stream) evaluates on: write held-out images as shards in "
           f"{out / 'test'} "
           f"({test_shards_hint(out / 'test', image_shape)}), then pass --data-dir {out}")
+
+
+# Images whose sizes are read (headers only) to tell their orientation.
+_ORIENTATION_SAMPLE = 64
+# EXIF orientations that turn an image a quarter (decoding turns it upright, swapping H and W).
+_QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def _orientation_note(folder: ImageFolderSource, size: tuple[int, int]) -> str | None:
+  """A note when most images are landscape and `size` (H, W) portrait, or the reverse, and
+  scaling to cover it then center-cropping keeps under 80% of each: --image-size's H and W
+  swapped by mistake. None otherwise (square sizes, square images, a near miss)."""
+  height, width = size
+  if height == width:
+    return None
+  files = folder.files
+  sizes = []
+  for path in files[::max(1, len(files) // _ORIENTATION_SAMPLE)][:_ORIENTATION_SAMPLE]:
+    try:
+      with Image.open(path) as image:  # reads the header, not the pixels
+        image_width, image_height = image.size
+        if image.getexif().get(0x0112) in _QUARTER_TURNS:
+          image_width, image_height = image_height, image_width
+    except Exception:  # noqa: BLE001 (decoding names a damaged file; this only looks)
+      continue
+    sizes.append((image_height, image_width))
+  opposite = [(h, w) for h, w in sizes if h != w and (h > w) != (height > width)]
+  if not sizes or 2 * len(opposite) <= len(sizes):
+    return None
+  (image_height, image_width), _ = Counter(opposite).most_common(1)[0]
+  # ImageOps.fit scales the image to cover HxW, then crops the rest away.
+  scale = max(height / image_height, width / image_width)
+  kept = height * width / (scale * scale * image_height * image_width)
+  if kept >= 0.8:
+    return None
+  asked, swapped = f"{height}x{width}", f"{width}x{height}"
+  if len(set(sizes)) == 1:
+    return (f"note: the images are {image_height}x{image_width} (HxW) and --image-size {asked} "
+            f"is HxW too: scaling each to cover {asked} and center-cropping keeps {kept:.0%} of "
+            f"it; did you mean --image-size {swapped}?")
+  shape = "landscape" if image_width > image_height else "portrait"
+  return (f"note: most images are {shape} (such as {image_height}x{image_width}, HxW) and "
+          f"--image-size {asked} is HxW too: scaling a {image_height}x{image_width} image to "
+          f"cover {asked} and center-cropping keeps {kept:.0%} of it; did you mean "
+          f"--image-size {swapped}?")
 
 
 def _write_splits(splits: dict[str, tuple[Path, Path]], folders: dict[str, StreamSource],
