@@ -106,7 +106,11 @@ def image_grid(images: np.ndarray, captions: Sequence[str], *, title: str, path:
   plt = _pyplot()
   count = max(len(images), 1)
   rows = math.ceil(count / columns)
-  fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.5, rows * 1.75), squeeze=False)
+  captions = [_wrapped(caption) for caption in captions]
+  # Room for the captions' lines above each row (two fit the 1.75 in a row has always had).
+  lines = max((caption.count("\n") + 1 for caption in captions), default=1)
+  fig, axes = plt.subplots(rows, columns, squeeze=False,
+                           figsize=(columns * 1.5, rows * (1.75 + 0.13 * max(0, lines - 2))))
   for ax in axes.ravel():
     ax.axis("off")
   # The grid has a cell for every position in its last row, so it can outnumber the images.
@@ -118,6 +122,17 @@ def image_grid(images: np.ndarray, captions: Sequence[str], *, title: str, path:
     axes[0, 0].text(0.5, 0.5, "none", ha="center")
   fig.suptitle(title)
   return _save(fig, path)
+
+
+# About the characters a grid cell's width (1.5 in) holds at the captions' 7 pt.
+_CAPTION_WIDTH = 20
+
+
+def _wrapped(caption: str) -> str:
+  """A caption broken into lines a grid cell holds: long class names ran into the next cell."""
+  import textwrap  # noqa: PLC0415
+
+  return "\n".join(textwrap.fill(line, _CAPTION_WIDTH) or line for line in caption.split("\n"))
 
 
 # Above this many classes a confusion matrix's cells are too small to hold their counts, or its

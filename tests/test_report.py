@@ -592,3 +592,14 @@ def test_the_report_draws_one_accuracy_figure_per_data_set(tmp_path):
   plt.close(figure)
   page = report_lib._page(rows, [], compare_lib.format_table(rows), overview, [])
   assert "their accuracies do not compare across data sets" in page
+
+
+def test_image_captions_wrap_to_their_cell_so_long_class_names_do_not_run_together(tmp_path):
+  from distill import plots  # noqa: PLC0415
+
+  caption = "S:green-circle T:green-square\n(yellow-triangle)"
+  assert plots._wrapped(caption) == "S:green-circle\nT:green-square\n(yellow-triangle)"
+  assert plots._wrapped("3 / 5") == "3 / 5"
+  images = np.zeros((3, 8, 8, 1), np.uint8)
+  path = plots.image_grid(images, [caption] * 3, title="t", path=tmp_path / "grid.png")
+  assert path.stat().st_size > 0
