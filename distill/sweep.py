@@ -255,6 +255,10 @@ def run_sweep(teacher_dir: Path, out_dir: Path, *, models: Iterable[str] = ("cnn
   overrides = list(overrides)
   _check_overrides(overrides)
   planned = plan_runs(models, modes, soft_losses, seeds, methods)
+  if methods != [DEFAULT_METHOD] and all(run["method"] is None for run in planned):
+    raise UserError(f"--method {' --method '.join(methods)} changes no run: every run of the "
+                    "sweep learns from hard labels, which read no method; drop it, or add a "
+                    "--mode that learns from the teacher")
   if soft_losses != [DEFAULT_SOFT_LOSS] and not any(run["soft_loss"] for run in planned):
     raise UserError(f"--soft-loss {' --soft-loss '.join(soft_losses)} changes no run: none of the "
                     "sweep reads a soft loss (hard labels read none, nor do methods dkd, dist "
@@ -299,9 +303,10 @@ def run_sweep(teacher_dir: Path, out_dir: Path, *, models: Iterable[str] = ("cnn
   others = sorted(child.name for child in out_dir.iterdir()
                   if child.name not in names and (child / rundir.SUMMARY_FILE).is_file())
   if others:  # the earlier table covered them; this one will not
-    console.info(f"note: {SWEEP_MD} and {SWEEP_JSON} cover this command's {len(runs)} run(s); "
-                 f"{len(others)} other finished run(s) in {out_dir} ({first_few(others)}) are "
-                 "left out: give their --model, --mode, --method and --seed values too to "
+    console.info(f"note: {SWEEP_MD} and {SWEEP_JSON} cover this command's {_runs(len(runs))}; "
+                 f"{_runs(len(others)).replace(' run', ' other finished run')} in {out_dir} "
+                 f"({first_few(others)}) {'is' if len(others) == 1 else 'are'} left out: give "
+                 "their --model, --mode, --method, --soft-loss and --seed values too to "
                  "tabulate them")
   return _write_sweep(runs, teacher, settings, teacher_dir, out_dir, start=start)
 

@@ -151,16 +151,15 @@ def headline(rows: list[dict[str, Any]]) -> list[str]:
   test set). e.g. "mlp, kd on targets: +3.12 ± 0.20 pts over hard (3 seeds,
   t-test p = 0.002): a gain beyond seed noise".
   """
-  lines = []
-  for row, pair in _against_hard(rows):
-    loss = f", {row['soft_loss']}" if row["soft_loss"] not in (None, "soft_ce") else ""
-    lines.append(f"{row['model']}, {_how_taught(row)}{loss}: {pair['verdict']}")
-  return lines
+  return [f"{row['model']}, {_how_taught(row)}: {pair['verdict']}"
+          for row, pair in _against_hard(rows)]
 
 
 def _how_taught(row: dict[str, Any]) -> str:
-  """'kd on targets', 'dkd on views', 'hint online': a taught row's method and mode in words."""
-  return f"{row['method']} {'online' if row['mode'] == 'online' else 'on ' + row['mode']}"
+  """'kd on targets', 'dkd on views', 'hint online', 'kd on targets, kl': a taught row's method,
+  mode and soft loss (unless soft_ce) in words."""
+  loss = f", {row['soft_loss']}" if row["soft_loss"] not in (None, "soft_ce") else ""
+  return f"{row['method']} {'online' if row['mode'] == 'online' else 'on ' + row['mode']}{loss}"
 
 
 def _against_hard(rows: list[dict[str, Any]]):
@@ -251,10 +250,13 @@ def out_of_date(sweep_dir: Path | str, saved: dict[str, Any]) -> list[str]:
 
 
 def out_of_date_note(sweep_dir: Path | str, reasons: list[str]) -> str:
-  """The line that stands for a sweep's verdict and tables once `out_of_date` found `reasons`."""
+  """The line that stands for a sweep's verdict and tables once `out_of_date` found `reasons`;
+  runs trained again need --overwrite to be made the sweep's again, gone ones do not."""
+  changed = any(not reason.endswith("gone") for reason in reasons)
+  how = " with --overwrite (it trains the changed runs again)" if changed else ""
   return (f"{sweep_dir}: its sweep.json no longer matches its runs ({'; '.join(reasons)}), so "
-          "its verdict and tables are left out: run the same `distill sweep` again to remake "
-          "them")
+          f"its verdict and tables are left out: run the same `distill sweep` again{how} to "
+          "remake them")
 
 
 def left_out_note(sweep_dir: Path | str, saved: dict[str, Any]) -> str | None:
@@ -396,7 +398,8 @@ def sweep_markdown(table: str, paired: str, teacher_dir: Path | str,
   """sweep.md: a header line on what the numbers are (the teacher, the seeds, and the recipe
   and settings every run shared), the table, and the paired differences."""
   seeds_text = ", ".join(map(str, settings["seeds"]))
-  header = (f"# Sweep against teacher `{teacher_dir}`, seeds {seeds_text}"
+  header = (f"# Sweep against teacher `{teacher_dir}`, "
+            f"seed{'s' if len(settings['seeds']) > 1 else ''} {seeds_text}"
             f"{_shared_settings(settings)}\n\n"
             "Every run's test accuracy is the accuracy on the test split after its last "
             "training step (never a best epoch or checkpoint).")

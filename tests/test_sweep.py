@@ -19,7 +19,7 @@ from conftest import copy_runs, logged, process_env, run_cli, set_flags
 from scipy import stats as scipy_stats
 from test_workers import children, running, wait_until
 
-from distill import compare, loop, report, workers, workflow
+from distill import compare, loop, report, sweep_results, workers, workflow
 from distill.errors import UserError
 from distill.student_teaching import check_sweep_teaching
 from distill.sweep import plan_runs
@@ -147,9 +147,10 @@ def test_a_rerun_with_fewer_runs_says_what_its_table_leaves_out(swept, tmp_path)
   result = run_cli("sweep", "--teacher", root / "teacher", "--out", out, "--model", "mlp",
                    "--mode", "hard", "--seed", "0", "--steps", "10")
   assert result.exit_code == 0, result.output
-  assert ("note: sweep.md and sweep.json cover this command's 1 run(s); 7 other finished run(s) "
+  assert ("note: sweep.md and sweep.json cover this command's 1 run; 7 other finished runs "
           f"in {out} (linear-hard-s0, linear-hard-s1, linear-targets-s0, linear-targets-s1, "
-          "mlp-hard-s1 and 2 more) are left out") in result.stderr
+          "mlp-hard-s1 and 2 more) are left out: give their --model, --mode, --method, "
+          "--soft-loss and --seed values too") in " ".join(result.stderr.split())
 
 
 def test_teacher_overrides_are_noted_as_changing_no_run(swept, tmp_path):
@@ -206,6 +207,8 @@ def test_a_run_taught_by_another_teacher_needs_overwrite(swept, tmp_path):
     (["--set", "student.lr=1"], "unknown recipe key 'student.lr'"),
     (["--mode", "hard", "--soft-loss", "kl"], "--soft-loss kl changes no run: none of the sweep "
      "reads a soft loss"),
+    (["--mode", "hard", "--method", "dkd"], "--method dkd changes no run: every run of the sweep "
+     "learns from hard labels"),
     # Found before the hard run trains, not when the views run starts.
     (["--mode", "hard", "--mode", "views"], "targets.npz holds no augmented views; export them "
      "with `distill export --teacher"),
@@ -411,6 +414,11 @@ def test_the_verdict_sentence_and_headline_report_every_taught_row():
   assert [line.split(":")[0] for line in headline(rows)] == [
       "mlp, kd on targets", "vit, kd on targets", "linear, kd on targets"]
   assert verdict_sentence(aggregate(_fake("mlp", "targets", [0.8]), teacher)) is None
+  # Two soft losses of one mode are told apart by name.
+  losses = aggregate(_fake("mlp", "hard", [0.80, 0.81]) + _fake("mlp", "targets", [0.82, 0.84])
+                     + _fake("mlp", "targets", [0.83, 0.83], soft_loss="kl"), teacher)
+  assert "mlp (kd on targets) +2.50" in verdict_sentence(losses)
+  assert "mlp (kd on targets, kl) +2.50" in verdict_sentence(losses)
   hinted = aggregate(runs + _fake("mlp", "online", [0.84, 0.85, 0.86], method="hint"), teacher)
   assert "mlp, hint online: " in "\n".join(headline(hinted))
   assert "mlp (hint online) +4.00" in verdict_sentence(hinted)
@@ -451,9 +459,12 @@ def test_compare_and_report_leave_out_a_verdict_its_runs_no_longer_match(swept, 
       {**summary, "params_sha256": "trained again"}))
   stale = (f"{out}: its sweep.json no longer matches its runs (mlp-hard-s0 is gone; "
            "mlp-targets-s1 was trained again), so its verdict and tables are left out: run the "
-           "same `distill sweep` again to remake them")
+           "same `distill sweep` again with --overwrite (it trains the changed runs again) to "
+           "remake them")
   text = compare.compare_runs([out])
   assert text.endswith(stale) and "Against the same students" not in text
+  gone = sweep_results.out_of_date_note(out, ["mlp-hard-s0 is gone"])
+  assert gone.endswith("run the same `distill sweep` again to remake them")
   page = run_cli("report", out, "--out", tmp_path / "report", "-q")
   assert page.exit_code == 0, page.output
   assert html.escape(stale) in (tmp_path / "report" / "report.html").read_text()
