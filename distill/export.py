@@ -170,8 +170,8 @@ def export_targets(teacher_dirs: Path | list[Path], *, out_dir: Path | None = No
   console.info(f"exported the targets of {what} for {len(dataset.x_train):,} images{extra} "
                f"at T={temperature} -> {path}")
   if views_replaced:
-    again = (f"pass --views {views_replaced} to keep them" if trained is None else
-             f"export them again with `distill export --teacher {out_dir} --views "
+    again = (f"export again with --views {views_replaced} to have them back" if trained is None
+             else f"export them again with `distill export --teacher {out_dir} --views "
              f"{views_replaced}`")
     console.info(f"note: the targets replaced in {out_dir} held {views_replaced} augmented views "
                  f"per image and these hold none, which students taught with --teaching views "

@@ -437,7 +437,7 @@ def init_loss_check(loss, n_classes, *, expected=None, tolerance=0.05):
   else:
     rel = diff / abs(exp_value) if exp_value != 0.0 else math.inf
     # Below 1% in two significant figures: a tolerance of 0 must not read 'off by 0%'.
-    rel_text = f"{rel:.0%}" if rel >= 0.01 else f"{100 * rel:.2g}%"
+    rel_text = f"{rel:.0%}" if rel >= 0.01 else f"{100 * rel:#.2g}%"
     message = (f"WARNING: init loss {measured:.4f} is far from expected "
                f"{exp_text} (rel. diff {rel_text}, tolerance {100 * tol:g}%): the head is badly "
                "scaled or the targets/labels are wrong")

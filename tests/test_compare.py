@@ -123,7 +123,7 @@ def test_settings_the_table_does_not_show_are_named_where_runs_of_a_role_differ(
   _edit_recipe(twin, "student", warmup_steps=300, learning_rate=0.01)
   _edit_recipe(other, "student", model="mlp", eval_every=7, temperature=4.0)
   text = compare.compare_runs([teacher, student, twin, other])
-  assert text.splitlines()[-1] == ("runs of one role differ in settings the table does not show: "
+  assert text.splitlines()[-1] == ("the runs differ in settings the table does not show: "
                                    "student.learning_rate: 0.002 (student, other), 0.01 "
                                    "(twin); student.warmup_steps: 2 (student, other), 300 (twin)")
   # The model, cadences and what the table shows are no such difference.
@@ -135,7 +135,7 @@ def test_settings_the_table_does_not_show_are_named_where_runs_of_a_role_differ(
     _edit_recipe(run, "data", val_size=10, data_dir="elsewhere")
   assert compare.compare_runs([teacher, student, shared / "teacher", shared / "student"]
                               ).splitlines()[-1] == (
-      "runs of one role differ in settings the table does not show: data.val_size: 150 "
+      "the runs differ in settings the table does not show: data.val_size: 150 "
       f"({tmp_path.name}/teacher, {tmp_path.name}/student), 10 (shared/teacher, shared/student)")
   # The report says it under its table too.
   report = run_cli("report", teacher, student, twin, "--out", tmp_path / "report", "-q")

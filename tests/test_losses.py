@@ -765,7 +765,7 @@ def test_init_loss_check_fires_far_from_log_c():
   assert "badly scaled" in result.message
   # A tolerance of 0 fires on float noise, which must not read as 'off by 0%'.
   noise = losses.init_loss_check(math.log(10) * (1 + 3e-7), 10, tolerance=0.0)
-  assert "(rel. diff 3e-05%, tolerance 0%)" in noise.message
+  assert "(rel. diff 3.0e-05%, tolerance 0%)" in noise.message
 
 
 def test_init_loss_check_fires_for_nan():

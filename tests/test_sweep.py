@@ -482,8 +482,8 @@ def test_compare_names_students_whose_teacher_was_trained_again(swept, tmp_path)
       {**teacher, "params_sha256": "another teacher"}))
   text = compare.compare_runs([runs / "teacher", runs / "student"])
   assert text.splitlines()[-1] == (
-      f"{runs / 'student'} learned from an earlier teacher in {runs / 'teacher'}, trained again "
-      "since: their agreement is with that earlier teacher, not the one shown (train them again "
+      f"{runs / 'student'}: the teacher in {runs / 'teacher'} was trained again after they "
+      "trained, so their agreement is with the earlier one, not the one shown (train them again "
       "to pair them with it)")
 
 

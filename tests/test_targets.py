@@ -108,8 +108,8 @@ def test_exporting_again_without_views_says_it_drops_them(tiny_digits_runs, tmp_
   result = run_cli("export", "--teacher", teacher, "-T", "2")
   assert result.exit_code == 0, result.output
   assert (f"note: the targets replaced in {teacher} held 2 augmented views per image and these "
-          "hold none, which students taught with --teaching views need; pass --views 2 to keep "
-          "them") in result.stderr
+          "hold none, which students taught with --teaching views need; export again with "
+          "--views 2 to have them back") in " ".join(result.stderr.split())
   assert stored_view_count(teacher) == 0
   result = run_cli("export", "--teacher", teacher, "-T", "3")  # nothing more to lose
   assert result.exit_code == 0, result.output
