@@ -117,6 +117,8 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int |
   for flag, value in (("--steps", steps), ("--bare-steps", bare_steps)):
     if value <= 0:
       raise UserError(f"{flag} must be positive, got {value}")
+  data = _resolve_data(recipe, synthetic)
+  training = _training(recipe, role, data, settings, steps)  # refuses a batch that cannot fit
   per_dispatch = backend.steps_per_dispatch(settings.steps_per_dispatch)
   timed = _whole_dispatches(bare_steps, per_dispatch)
   if note is not None and timed != bare_steps:
@@ -124,8 +126,6 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int |
              else f"the bare step (as many steps as the loop's {bare_steps})")
     note(f"note: {asked} is timed as {timed} steps: the bare step runs whole dispatches of "
          f"{per_dispatch} steps")
-  data = _resolve_data(recipe, synthetic)
-  training = _training(recipe, role, data, settings, steps)
 
   # 1. The bare step: one compiled K-step function called back to back.
   bare = _time_bare_step(_fresh_model(recipe, settings, data), data, bare_steps=bare_steps,

@@ -104,6 +104,9 @@ def test_a_batch_larger_than_the_data_is_refused_with_the_size_that_fits():
   assert result.exit_code == 2
   assert result.stderr.strip() == ("error: batch size 5000 is larger than the 1,288 training "
                                    "examples: pass --batch-size 1024")
+  # Refused before any note on how the steps are timed.
+  result = run_cli("bench", "--recipe", "digits", "--batch-size", "4096", "--steps", "2")
+  assert result.exit_code == 2 and "note:" not in result.stderr
   result = run_cli("bench", "--recipe", "digits", "--synthetic", "8x8x1:100:4",
                    "--batch-size", "128", "-q")
   assert result.exit_code == 2
