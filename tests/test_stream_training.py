@@ -165,3 +165,8 @@ def test_shards_without_a_test_split_are_told_where_it_goes(digits_shards, tmp_p
   with pytest.raises(UserError, match=r"pass the folder holding train/ and test/ as --data-dir: "
                                       rf"{digits_shards}$"):
     _stream_data(digits_shards / "train")
+  # Said first, before a validation split that holds out every image is: fixing that first
+  # only led to this.
+  with pytest.raises(UserError, match=rf"{alone} has no test/ split"):
+    workflow.load_data(config.load_recipe("digits", [
+        *TINY, "data.dataset=stream", f"data.data_dir={alone}", "data.val_size=100000"]))

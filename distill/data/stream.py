@@ -583,10 +583,12 @@ def open_training_stream(root: str | os.PathLike, *, val_size: int | float, spli
                       "decoded once rather than every epoch; convert the image folders "
                       f"(<class>/<image files>) once, {convert_hint(root)}, and pass the shards "
                       f"as --data-dir ({root}-shards)")
+  if not (split_layout and (root / "test").exists()):
+    # Before the split's sizes are checked: a missing test split is the first thing to fix.
+    train = open_source(root / "train" if split_layout else root)
+    raise UserError(_no_test_split(root, train, split_layout=split_layout))
   stream = open_stream_dataset(root, val_size=val_size, split_seed=split_seed,
                                train_limit=train_limit)
-  if stream.test is None:
-    raise UserError(_no_test_split(root, stream.train, split_layout=split_layout))
   train_labels = _all_labels(stream.train)
   check_two_classes(train_labels, stream.class_names, f"every image of {stream.train.path}")
   return StreamedTrainingData(
