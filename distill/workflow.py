@@ -378,6 +378,10 @@ def train_teacher(recipe: dict[str, Any], workdir: Path, *, restart: bool = Fals
   dataset = load_fitting_data(recipe, "teacher", console)
   settings = config_lib.TrainSettings.of(recipe, "teacher")
   console.info(dataset.describe())
+  from distill.data.checks import majority_note  # noqa: PLC0415
+
+  if note := majority_note(dataset.y_test, dataset.class_names):
+    console.info(note)
   model_name, model, num_params = _build_model(recipe, "teacher", dataset)
   fine_tuned = ""
   if recipe["teacher"]["init_from"]:

@@ -899,3 +899,15 @@ def test_digits_are_read_as_scikit_learn_loads_them():
   bunch = load_digits()
   np.testing.assert_array_equal(counts, bunch.images)
   np.testing.assert_array_equal(labels, bunch.target)
+
+
+def test_a_test_set_of_mostly_one_class_names_the_accuracy_to_beat():
+  from distill.data.checks import majority_note  # noqa: PLC0415
+
+  names = ("cat", "dog", "ring")
+  assert majority_note(np.array([0] * 9 + [1]), names) == (
+      "note: class 'cat' is 90.0% of the test images: a model that always answers it scores "
+      "90.00%, the accuracy to beat")
+  assert majority_note(np.array([0, 1, 2] * 3), names) is None  # even
+  assert majority_note(np.array([0, 1] * 5), ("a", "b")) is None  # half of two is even
+  assert majority_note(np.array([], np.int64), names) is None

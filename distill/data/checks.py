@@ -275,3 +275,19 @@ def classes_from_labels(y: np.ndarray, y_test: np.ndarray | None,
       f"{what}: {which} no training images{tested}; labels are class indices 0..K-1 with K = "
       f"largest label + 1, so gaps in yours make empty classes: if they are not indices, "
       f"{_REMAP}",)
+
+
+def majority_note(y_test: np.ndarray, class_names: tuple[str, ...]) -> str | None:
+  """A note when one class is most of the test set, so that an accuracy reads against what
+  always guessing it scores (90% of a 90%-one-class set is no skill); None for a set whose
+  largest class is under twice an even share."""
+  if not len(y_test):
+    return None
+  counts = np.bincount(np.asarray(y_test), minlength=len(class_names))
+  top = int(counts.argmax())
+  share = counts[top] / len(y_test)
+  if share < 2 / len(class_names) or share < 0.3:
+    return None
+  return (f"note: class {class_names[top]!r} is {share:.1%} of the test images: a model that "
+          f"always answers it scores {share:.2%}, the accuracy to beat")
+
