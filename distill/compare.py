@@ -541,6 +541,7 @@ def compare_runs(run_dirs: list[Path], *, as_json: bool = False, markdown: bool 
     text += f"\n\n{note}"
   # A sweep's verdict closes the comparison: what teaching bought, and how surely.
   from distill.sweep_results import (  # noqa: PLC0415
+    across_sweeps,
     left_out_note,
     out_of_date,
     out_of_date_note,
@@ -548,15 +549,21 @@ def compare_runs(run_dirs: list[Path], *, as_json: bool = False, markdown: bool 
     verdict_sentence,
   )
 
+  current = []
   for sweep_dir, saved in sweeps:
     reasons = out_of_date(sweep_dir, saved)
     sentence = verdict_sentence(saved.get("rows", []))
     if reasons:  # a verdict on runs since gone or changed would read as today's
       text += f"\n\n{out_of_date_note(sweep_dir, reasons)}"
-    elif sentence:
-      text += f"\n\n{sweep_name(sweep_dir, saved)}: {sentence}"
+    else:
+      current.append((sweep_dir, saved))
+      if sentence:
+        text += f"\n\n{sweep_name(sweep_dir, saved)}: {sentence}"
     if note := left_out_note(sweep_dir, saved):
       text += f"\n\n{note}"
+  # Sweeps of two teachers or settings, side by side: paired by seed as within a sweep.
+  if lines := across_sweeps(current):
+    text += "\n\n" + "\n".join(lines)
   return text
 
 def run_label(row: dict[str, Any], *, name_teacher: bool = False) -> str:

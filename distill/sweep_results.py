@@ -274,6 +274,33 @@ def left_out_note(sweep_dir: Path | str, saved: dict[str, Any]) -> str | None:
           f"them as folders to show them, e.g. {Path(sweep_dir) / others[0]}")
 
 
+def across_sweeps(sweeps: list[tuple[Path | str, dict[str, Any]]]) -> list[str]:
+  """Each later sweep's taught rows paired seed by seed with the first sweep's of the same
+  model, mode, method and soft loss: two teachers, or two settings (-T 2 against -T 4), told
+  apart beyond seed noise or not, as within one sweep. The lines `distill compare` prints; empty
+  with fewer than two sweeps or no row in common. Hard-label rows are left out: the teacher
+  changes nothing of them."""
+  if len(sweeps) < 2:
+    return []
+  base_dir, base = sweeps[0]
+
+  def key(row: dict[str, Any]) -> tuple:
+    return row["model"], row["mode"], row["method"], row["soft_loss"]
+
+  base_rows = {key(row): row for row in base.get("rows", [])[1:] if row["mode"] != "hard"}
+  lines = []
+  for other_dir, other in sweeps[1:]:
+    pairs = [(row, base_rows[key(row)]) for row in other.get("rows", [])[1:]
+             if key(row) in base_rows]
+    if pairs:
+      lines.append(f"{sweep_name(other_dir, other)} against {sweep_name(base_dir, base)}, "
+                   "paired by seed:")
+      lines += [f"  {row['model']}, {_how_taught(row)}: "
+                f"{compare(_by_seed(row), _by_seed(twin), str(base_dir))['verdict']}"
+                for row, twin in pairs]
+  return lines
+
+
 def _by_seed(row: dict[str, Any]) -> dict[int, float]:
   return dict(zip(row["seeds"], row["test_accuracies"], strict=True))
 

@@ -424,6 +424,26 @@ def test_the_verdict_sentence_and_headline_report_every_taught_row():
   assert "mlp (hint online) +4.00" in verdict_sentence(hinted)
 
 
+def test_two_sweeps_are_paired_by_seed_row_by_row():
+  """Two teachers or two settings (-T 2 against -T 4), each a sweep: compare pairs their taught
+  rows seed by seed, as a sweep pairs its own; hard-label rows, which no teacher changes, not."""
+  teacher = {"model": "vit", "params": 1000, "test_accuracy": 0.90}
+  low = {"settings": {"overrides": ["student.temperature=2"]},
+         "rows": aggregate(_fake("mlp", "hard", [0.80, 0.81])
+                           + _fake("mlp", "targets", [0.82, 0.83]), teacher)}
+  high = {"settings": {"overrides": ["student.temperature=4"]},
+          "rows": aggregate(_fake("mlp", "hard", [0.80, 0.81])
+                            + _fake("mlp", "targets", [0.84, 0.86])
+                            + _fake("cnn", "targets", [0.7, 0.7]), teacher)}
+  p = scipy_stats.ttest_rel([0.84, 0.86], [0.82, 0.83]).pvalue
+  assert sweep_results.across_sweeps([("runs/t2", low), ("runs/t4", high)]) == [
+      "runs/t4 (--set student.temperature=4) against runs/t2 (--set student.temperature=2), "
+      "paired by seed:",
+      f"  mlp, kd on targets: +2.50 ± 0.71 pts over runs/t2 (2 seeds, t-test p = {p:.3g}): "
+      "within seed noise"]
+  assert sweep_results.across_sweeps([("runs/t2", low)]) == []
+
+
 def test_compare_ends_with_the_sweeps_verdict(swept):
   root, result = swept
   saved = json.loads((root / "sweep" / "sweep.json").read_text())
