@@ -77,8 +77,9 @@ def expand_sweeps(run_dirs: list[Path]) -> tuple[list[Path], list[tuple[Path, di
     saved = read_json(run_dir / SWEEP_JSON, "sweep summary")
     sweeps.append((run_dir, saved))
     teacher = Path(saved.get("settings", {}).get("teacher_dir", ""))
-    # An ensemble's folder of targets has no summary: nothing to show for it.
-    if (teacher / rundir.SUMMARY_FILE).is_file():
+    # An ensemble's folder of targets has no summary, but a record of its test accuracy.
+    if (teacher / rundir.SUMMARY_FILE).is_file() or (
+        rundir.folder_kind(teacher) == rundir.TARGETS_ONLY and _targets_row(teacher)):
       expanded.append(teacher if run_dir.is_absolute() else _under_cwd(teacher))
     expanded += [run_dir / run["name"] for run in saved.get("runs", [])]
   unique: dict[str, Path] = {}
@@ -107,6 +108,9 @@ def collect_runs(run_dirs: list[Path]) -> tuple[list[dict[str, Any]], list[str]]
   rows, skipped = [], []
   for run_dir in map(Path, run_dirs):
     kind = rundir.folder_kind(run_dir)
+    if kind == rundir.TARGETS_ONLY and (row := _targets_row(run_dir)) is not None:
+      rows.append(row)
+      continue
     if kind not in rundir.FINISHED_RUNS:
       inside = kind == rundir.NOT_A_RUN and rundir.runs_in(run_dir)
       skipped.append(f"{run_dir} is {rundir.describe_folder(run_dir, kind)}"
@@ -127,6 +131,26 @@ def collect_runs(run_dirs: list[Path]) -> tuple[list[dict[str, Any]], list[str]]
                   key=lambda pair: (first[pair[1]], pair[0].get("role") != "teacher",
                                     -pair[0].get("test_accuracy", 0.0)))
   return [row for row, _ in ranked], skipped
+
+
+def _targets_row(folder: Path) -> dict[str, Any] | None:
+  """A teacher row for an ensemble's folder of targets (`distill export --teacher A --teacher B
+  --out`), which has no run of its own: the test accuracy its targets.json records, that its
+  students' agreement is measured against. None for one teacher's targets (its run is its
+  row) and for targets from before the accuracy was recorded."""
+  try:
+    meta = read_json(folder / rundir.TARGETS_META_FILE, "targets record")
+  except UserError:
+    return None
+  if not isinstance(meta, dict) or meta.get("test_accuracy") is None:
+    return None
+  teachers = meta.get("teachers") or []
+  if len(teachers) < 2:
+    return None
+  return {"run": str(folder), "role": "teacher", "model": f"ensemble of {len(teachers)}",
+          "params": None,
+          "test_accuracy": meta["test_accuracy"], "dataset": meta.get("dataset"),
+          "dataset_fingerprint": meta.get("dataset_fingerprint"), "recipe": {}}
 
 
 def _recipe_of(run_dir: Path) -> dict[str, Any]:

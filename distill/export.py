@@ -285,11 +285,16 @@ def _targets_arrays_and_meta(members: list[dict[str, Any]], recipe: dict[str, An
               for k in ("train_logits", "test_logits", "view_logits") if k in members[0]}
   arrays["train_probs"] = np.asarray(losses.softmax(arrays["train_logits"],
                                                     temperature=temperature))
+  from distill.metrics import accuracy  # noqa: PLC0415
+
   seconds = sum(m["seconds"] for m in members)
   meta = {
       **_targets_data_meta(recipe, dataset, temperature),
       "teacher": members[0]["identity"],
       "teachers": [m["identity"] for m in members],
+      # What compare shows for a folder of targets alone (an ensemble's has no run of its own).
+      "test_accuracy": (float(accuracy(arrays["test_logits"], dataset.y_test))
+                        if len(dataset.y_test) else None),
       "views": ({"count": views, "seed": recipe["seed"], "augment": recipe["augment"]}
                 if views else None),
       "export_seconds": round(seconds, 3),

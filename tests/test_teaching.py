@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from conftest import TINY, TINY_FLAGS, run_cli, set_flags
 from flax import nnx
 
-from distill import augment, config, losses, metrics, run_recipe, step, teaching, workflow
+from distill import augment, compare, config, losses, metrics, run_recipe, step, teaching, workflow
 from distill.cli import main
 from distill.inference import normalize
 from distill.targets import load_targets
@@ -183,6 +183,11 @@ def test_ensemble_averages_probabilities_and_keeps_every_identity(teachers, tmp_
       str((teachers / name).resolve()) for name in ("t0", "t1")]
   summary = _student(tmp_path / "ens", tmp_path / "s")
   assert summary["teaching"] == "targets"
+  # compare shows the ensemble as the teacher row its student is measured against.
+  assert meta["test_accuracy"] == pytest.approx(accuracies[0])
+  table = compare.compare_runs([tmp_path / "ens", tmp_path / "s"])
+  (row,) = [line for line in table.splitlines() if line.startswith(str(tmp_path / "ens"))]
+  assert "ensemble of 2" in row and f"{100 * accuracies[0]:.2f}%" in row
 
 
 def test_mixup_blends_with_the_reversed_batch():
