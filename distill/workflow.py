@@ -169,6 +169,26 @@ def _say_augmentation(settings: dict[str, Any], dataset: Any, console: Console) 
     console.info(note)
 
 
+def _check_student_fits(recipe: dict[str, Any], dataset, console: Console) -> None:
+  """Warns, as a teacher starts, when the student its recipe names cannot take the images (too
+  small for its pools): students start from the teacher's recipe, and would be refused only
+  when `distill student` runs, after the teacher. Built abstractly (`nnx.eval_shape`: shapes,
+  no parameters), so the check costs milliseconds."""
+  from flax import nnx  # noqa: PLC0415
+
+  from distill.models import create_model  # noqa: PLC0415
+
+  settings = config_lib.TrainSettings.of(recipe, "student")
+  try:
+    nnx.eval_shape(lambda: create_model(
+        settings.model, num_classes=dataset.num_classes, image_shape=dataset.image_shape,
+        seed=recipe["seed"], compute_dtype=settings.compute_dtype,
+        **dict(settings.model_options)))
+  except UserError as e:
+    console.warn(f"students of this teacher will not train with the recipe's student: the "
+                 f"student (student.{settings.model}.*): {e}; or give them --model mlp")
+
+
 def _build_model(recipe: dict[str, Any], role: str, dataset, *,
                  restoring: Path | None = None):
   """(model name, the model for `dataset` (or its `RecordedInputs`), its parameter count).
@@ -383,6 +403,7 @@ def train_teacher(recipe: dict[str, Any], workdir: Path, *, restart: bool = Fals
   if note := majority_note(dataset.y_test, dataset.class_names):
     console.info(note)
   model_name, model, num_params = _build_model(recipe, "teacher", dataset)
+  _check_student_fits(recipe, dataset, console)
   fine_tuned = ""
   if recipe["teacher"]["init_from"]:
     head = ("its own head" if model.pretrained_head

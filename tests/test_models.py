@@ -383,3 +383,23 @@ def test_inner_layer_count_is_what_forward_features_returns(name, settings):
   _, features = model.forward_features(jnp.zeros((2, 8, 8, 1)))
   assert inner_layer_count(name, settings) == len(features) > 1
   assert inner_layer_count("linear", {}) == 0
+
+
+def test_a_teacher_warns_when_its_recipes_student_cannot_take_the_images(tmp_path):
+  """Students start from the teacher's recipe: one whose CNN pools a 6x10 image to nothing is
+  said as the teacher starts (abstractly built, no parameters), not after it has trained."""
+  from conftest import TINY_FLAGS, run_cli  # noqa: PLC0415
+
+  rng = np.random.default_rng(0)
+  np.savez(tmp_path / "small.npz", x=rng.integers(0, 256, (60, 6, 10), np.uint8),
+           y=np.arange(60) % 2)
+  result = run_cli("teacher", "--recipe", "digits", "--dataset", "npz", "--data-dir",
+                   tmp_path / "small.npz", "-w", tmp_path / "t", *TINY_FLAGS,
+                   "--set", "teacher.vit.stem=patch", "--set", "teacher.vit.patch=2",
+                   "--set", "data.val_size=4", "--set", "teacher.steps=2",
+                   "--set", "teacher.batch_size=8", "--set", "student.batch_size=8",
+                   "--set", "student.cnn.channels=[8,8,8]",
+                   "--no-export")
+  assert result.exit_code == 0, result.output
+  assert ("students of this teacher will not train with the recipe's student: the student "
+          "(student.cnn.*): cnn channels") in " ".join(result.stderr.split())
