@@ -506,15 +506,11 @@ def retrained_teachers_note(rows: list[dict[str, Any]]) -> str | None:
   """A warning naming the students whose teacher folder holds another model now (trained again
   with --overwrite after they learned): their agreement is with the teacher they learned from,
   not with the one the table shows. None where every teacher is the one its students recorded."""
-  now: dict[str, Any] = {}
   earlier: dict[str, list[str]] = {}
   for row in rows:
-    folder, learned_from = row.get("teacher_dir"), row.get("teacher_params_sha256")
-    if row.get("role") != "student" or not folder or not learned_from:
-      continue
-    if folder not in now:  # an ensemble's folder of targets has no summary: nothing to check
-      now[folder] = rundir.summary_field(Path(folder), "params_sha256")
-    if now[folder] and now[folder] != learned_from:
+    folder = row.get("teacher_dir")
+    if row.get("role") == "student" and folder and rundir.trained_again(
+        Path(folder), row.get("teacher_params_sha256")):
       earlier.setdefault(folder, []).append(row.get("run", "?"))
   if not earlier:
     return None
@@ -575,13 +571,12 @@ def compare_runs(run_dirs: list[Path], *, as_json: bool = False, markdown: bool 
 
   current = []
   for sweep_dir, saved in sweeps:
-    reasons = out_of_date(sweep_dir, saved)
-    sentence = verdict_sentence(saved.get("rows", []))
-    if reasons:  # a verdict on runs since gone or changed would read as today's
+    if reasons := out_of_date(sweep_dir, saved):
+      # A verdict on runs since gone or changed would read as today's.
       text += f"\n\n{out_of_date_note(sweep_dir, reasons)}"
     else:
       current.append((sweep_dir, saved))
-      if sentence:
+      if sentence := verdict_sentence(saved.get("rows", [])):
         text += f"\n\n{sweep_name(sweep_dir, saved)}: {sentence}"
     if note := left_out_note(sweep_dir, saved):
       text += f"\n\n{note}"

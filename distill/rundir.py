@@ -505,6 +505,15 @@ def summary_field(path: Path, key: str) -> Any:
     return None
 
 
+def trained_again(path: Path, params_sha256: str | None) -> bool:
+  """Whether the finished run in `path` now holds another model than the one whose parameters
+  hashed to `params_sha256` (trained again with --overwrite since that hash was recorded). False
+  where either side is unknown: no readable summary (an ensemble's targets) or no hash recorded
+  (a record from before hashes were kept)."""
+  now = summary_field(path, "params_sha256")
+  return bool(now and params_sha256 and now != params_sha256)
+
+
 def check_teacher_folder(path: Path, *, needs: str = "targets") -> str:
   """Refuses a --teacher that is no teacher, in one line that says what it is; returns its kind.
 

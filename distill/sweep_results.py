@@ -233,8 +233,7 @@ def out_of_date(sweep_dir: Path | str, saved: dict[str, Any]) -> list[str]:
     folder = Path(sweep_dir) / run["name"]
     if not (folder / rundir.SUMMARY_FILE).is_file():
       gone.append(run["name"])
-    elif recorded.get("params_sha256") and (
-        rundir.summary_field(folder, "params_sha256") != recorded["params_sha256"]):
+    elif rundir.trained_again(folder, recorded.get("params_sha256")):
       retrained.append(run["name"])
   reasons = []
   if gone:
@@ -243,8 +242,7 @@ def out_of_date(sweep_dir: Path | str, saved: dict[str, Any]) -> list[str]:
     reasons.append(f"{first_few(retrained, 3)} {'was' if len(retrained) == 1 else 'were'} "
                    "trained again")
   teacher_dir = saved.get("settings", {}).get("teacher_dir")
-  teacher_now = teacher_dir and rundir.summary_field(Path(teacher_dir), "params_sha256")
-  if teacher_now and learned_from and teacher_now != learned_from:
+  if teacher_dir and rundir.trained_again(Path(teacher_dir), learned_from):
     reasons.append("its teacher was trained again")
   return reasons
 

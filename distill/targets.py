@@ -24,7 +24,7 @@ from distill.rundir import (
     TARGETS_FILE,
     TARGETS_META_FILE,
     saved_recipe,
-    summary_field,
+    trained_again,
 )
 
 FORMAT_VERSION = 1
@@ -267,10 +267,7 @@ def _check_same_kind_of_data(teacher_dir: Path, dataset) -> None:
 def _check_made_by_this_teacher(teacher_dir: Path, meta: dict[str, Any], path: Path) -> None:
   """Refuses targets a trained teacher's folder holds that another model exported (copied in, or
   left from an earlier run): a student would learn from one model and report another's numbers."""
-  # None without a summary (exported targets alone, an ensemble's) or with a damaged one.
-  trained = summary_field(teacher_dir, "params_sha256")
-  made_by = (meta.get("teacher") or {}).get("params_sha256")
-  if trained and made_by and trained != made_by:
+  if trained_again(teacher_dir, (meta.get("teacher") or {}).get("params_sha256")):
     raise UserError(f"{path} was not exported by the teacher in {teacher_dir} (its parameters "
                     f"differ from those {SUMMARY_FILE} records); export them again: "
                     f"distill export --teacher {teacher_dir}")
