@@ -14,8 +14,7 @@ from typing import Any
 from distill import rundir
 from distill.config import changed_method_options, setting_text
 from distill.console import Console
-from distill.data.checks import first_few
-from distill.errors import UserError
+from distill.errors import UserError, first_few
 from distill.io import read_json
 
 COLUMNS = (
@@ -487,7 +486,7 @@ def unshown_differences_note(rows: list[dict[str, Any]]) -> str | None:
     for run, recipe in runs_of[role] if role else [*runs_of["teacher"], *runs_of["student"]]:
       by_value.setdefault(setting_text(_recipe_value(recipe, key)), []).append(
           names[str(Path(run).resolve())])
-    parts.append(f"{key}: " + ", ".join(f"{value} ({_few(runs)})"
+    parts.append(f"{key}: " + ", ".join(f"{value} ({first_few(runs, 3)})"
                                         for value, runs in by_value.items()))
   if not parts:
     return None
@@ -514,16 +513,10 @@ def retrained_teachers_note(rows: list[dict[str, Any]]) -> str | None:
       earlier.setdefault(folder, []).append(row.get("run", "?"))
   if not earlier:
     return None
-  return "; ".join(f"{_few(runs)}: the teacher in {_under_cwd(Path(folder))} was trained again "
-                   "after they trained, so their agreement is with the earlier one, not the one "
-                   "shown (train them again to pair them with it)"
+  return "; ".join(f"{first_few(runs, 3)}: the teacher in {_under_cwd(Path(folder))} was "
+                   "trained again after they trained, so their agreement is with the earlier "
+                   "one, not the one shown (train them again to pair them with it)"
                    for folder, runs in earlier.items())
-
-
-def _few(names: list[str]) -> str:
-  """Up to four names in full, else three and how many more ('a, b, c and 5 more'): 'and 1
-  more' would hide a name that fits."""
-  return first_few(names, 4 if len(names) <= 4 else 3)
 
 
 def table_notes(rows: list[dict[str, Any]]) -> list[str]:

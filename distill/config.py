@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from distill.errors import UserError
+from distill.errors import UserError, first_few
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
@@ -840,7 +840,7 @@ def run_recipe_changes(run_dir: Path, recipe: dict[str, Any], role: str) -> str 
     changed = []
   if not changed:
     return None
-  return "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
+  return first_few(changed, 3, sep="; ")
 
 
 def _read_by(recipe: dict[str, Any], role: str) -> dict[str, Any]:

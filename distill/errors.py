@@ -20,6 +20,18 @@ def one_line(error: BaseException) -> str:
   return text or type(error).__name__
 
 
+def first_few(values, limit: int = 5, *, quoted: bool = False, sep: str = ", ") -> str:
+  """'1, 2, 3, 4, 5 and 12 more': the first `limit` of many values (`quoted`: as repr), for a
+  message. One value past the limit is shown rather than counted: 'and 1 more' would hide a
+  name that fits in its place."""
+  # A numpy array's own scalars would print as np.str_('cat'); its Python values do not.
+  values = [repr(value) if quoted else str(value)
+            for value in (values.tolist() if hasattr(values, "tolist") else values)]
+  if len(values) <= limit + 1:
+    return sep.join(values)
+  return sep.join(values[:limit]) + f" and {len(values) - limit:,} more"
+
+
 def _size_text(count: int) -> str:
   """A byte count as people read it: '13.2 TB'."""
   for unit in ("bytes", "kB", "MB", "GB", "TB"):

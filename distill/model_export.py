@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from distill import rundir
-from distill.errors import UserError, one_line
+from distill.errors import UserError, first_few, one_line
 from distill.io import read_json, write_bytes, write_json
 from distill.rundir import CHECKPOINTS_DIR, SUMMARY_FILE
 
@@ -195,8 +195,8 @@ def _check_model_run(path: Path, what: str) -> None:
     raise UserError(f"{what} {path} is a folder of runs, not a run; give the one in it: "
                     f"{path / runs[0]}")
   if runs:
-    shown = ", ".join(runs[:5]) + (f" and {len(runs) - 5} more" if len(runs) > 5 else "")
-    raise UserError(f"{what} {path} is a folder of runs, not a run; give one of them: {shown} "
+    raise UserError(f"{what} {path} is a folder of runs, not a run; give one of them: "
+                    f"{first_few(runs)} "
                     f"(e.g. {path / runs[0]})")
   for parent in Path(os.path.abspath(path)).parents[:3]:
     if rundir.folder_kind(parent) in (*_MODEL_RUNS, rundir.UNFINISHED):

@@ -22,11 +22,10 @@ from distill.data.checks import (
     channels_first,
     channels_first_advice,
     checked_labels,
-    first_few,
     uint8_hint,
 )
 from distill.data.formats import class_names_from_array
-from distill.errors import UserError, one_line
+from distill.errors import UserError, first_few, one_line
 from distill.io import read_json
 from distill.model_export import (
     EXPORT_FORMATS,

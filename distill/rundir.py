@@ -24,7 +24,7 @@ import types
 from pathlib import Path
 from typing import Any
 
-from distill.errors import UserError
+from distill.errors import UserError, first_few
 
 SUMMARY_FILE = "summary.json"
 RECIPE_FILE = "recipe.json"
@@ -277,7 +277,6 @@ def check_run_workdir(workdir: Path, *, example: str) -> None:
                     if child.name not in (*RUN_OUTPUTS, LOCK_FILE))
     if not others:  # what is left of a run, e.g. its TensorBoard folder
       return
-    from distill.data.checks import first_few  # noqa: PLC0415 (numpy: on this path only)
 
     what = (describe_folder(workdir, kind) if runs_in(workdir) else
             f"a folder of other files ({first_few(others, 3)})")
@@ -462,7 +461,6 @@ def describe_folder(path: Path, kind: str | None = None) -> str:
     return _describe_targets_only(path)
   runs = runs_in(path) if kind == NOT_A_RUN else []
   if runs:  # `compare runs/digits` meant the runs in it
-    from distill.data.checks import first_few  # noqa: PLC0415 (numpy: on this path only)
 
     return f"a folder of runs ({first_few(runs, 4)}), not a run"
   return {

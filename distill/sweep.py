@@ -48,8 +48,7 @@ from typing import Any
 from distill import config as config_lib
 from distill import interrupts, run_recipe, rundir
 from distill.console import Console
-from distill.data.checks import first_few
-from distill.errors import UserError
+from distill.errors import UserError, first_few
 from distill.io import read_json, write_json, write_text
 from distill.sweep_results import (
   DEFAULT_METHOD,

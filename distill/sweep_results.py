@@ -16,7 +16,7 @@ import numpy as np
 
 from distill import rundir, stats
 from distill.compare import markdown_table, row_value, seconds_cell
-from distill.data.checks import first_few
+from distill.errors import first_few
 from distill.stats import compare, format_diff, format_p
 
 # The method every sweep has always trained: the classic distillation loss. Its

@@ -339,6 +339,17 @@ def test_targets_another_model_exported_into_a_teacher_folder_are_refused(tiny_d
   assert not (tmp_path / "student").exists()
 
 
+def test_a_message_names_a_few_values_and_counts_only_two_or_more():
+  import numpy as np  # noqa: PLC0415
+
+  from distill.errors import first_few  # noqa: PLC0415
+
+  assert first_few(["a", "b", "c", "d"], 3) == "a, b, c, d"  # 'and 1 more' would hide 'd'
+  assert first_few(["a", "b", "c", "d", "e"], 3) == "a, b, c and 2 more"
+  assert first_few(np.array(["cat", "dog"]), quoted=True) == "'cat', 'dog'"  # not np.str_
+  assert first_few(range(1, 1200), 2, sep="; ") == "1; 2 and 1,197 more"
+
+
 def test_out_of_memory_and_a_full_disk_are_one_line_each(monkeypatch, tmp_path):
   import errno  # noqa: PLC0415
 

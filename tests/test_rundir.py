@@ -71,8 +71,14 @@ def test_an_unfinished_run_of_another_recipe_is_refused_naming_what_differs(tmp_
   assert (run / rundir.RECIPE_FILE).read_text() == saved
   many = config.load_recipe("digits", [f"teacher.{key}={value}" for key, value in (
       ("steps", 9), ("batch_size", 8), ("warmup_steps", 1), ("log_every", 3))])
-  with pytest.raises(UserError, match=r"teacher.steps: 1500 -> 9; and 1 more\)"):
+  with pytest.raises(UserError) as error:  # four changes: all named, none counted
     workflow.check_existing_run(run, many, "teacher", restart=False, overwrite=False)
+  assert "teacher.steps: 1500 -> 9; teacher.warmup_steps" in str(error.value)
+  assert "more)" not in str(error.value)
+  more = config.load_recipe("digits", [f"teacher.{key}={value}" for key, value in (
+      ("steps", 9), ("batch_size", 8), ("warmup_steps", 1), ("log_every", 3), ("grad_clip", 2.0))])
+  with pytest.raises(UserError, match=r"teacher.log_every: 25 -> 3 and 2 more\)"):
+    workflow.check_existing_run(run, more, "teacher", restart=False, overwrite=False)
   # Resumed with its own recipe, restarted, or with no checkpoint to resume: no refusal.
   workflow.check_existing_run(run, started, "teacher", restart=False, overwrite=False)
   workflow.check_existing_run(run, changed, "teacher", restart=True, overwrite=False)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from distill.errors import UserError
+from distill.errors import UserError, first_few
 
 
 def uint8_hint(x: np.ndarray, name: str = "x") -> str:
@@ -69,13 +69,6 @@ def check_two_classes(labels: np.ndarray, class_names: tuple[str, ...], subject:
   named = "" if name == str(label) else f" (class {name!r})"
   raise UserError(f"{subject} has label {label}{named}; a classifier needs at least two "
                   "classes: add images of another class")
-
-
-def first_few(values, limit: int = 5, *, quoted: bool = False) -> str:
-  """'1, 2, 3, 4, 5 and 12 more': the first `limit` values of many (`quoted`: as repr)."""
-  values = [repr(value) if quoted else str(value) for value in np.asarray(values).tolist()]
-  shown = ", ".join(values[:limit])
-  return shown + (f" and {len(values) - limit:,} more" if len(values) > limit else "")
 
 
 def checked_images(x: np.ndarray, what: str, *, allow_empty: bool = False,

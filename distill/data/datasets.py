@@ -26,7 +26,6 @@ from distill.data.checks import (
   checked_images,
   checked_labels,
   classes_from_labels,
-  first_few,
   label_range_fix,
 )
 from distill.data.formats import (
@@ -49,7 +48,7 @@ from distill.data.locate import (
   offline_from_env,
   other_kind_of_data,
 )
-from distill.errors import UserError
+from distill.errors import UserError, first_few
 from distill.io import array_sha256, read_only
 
 # Module-level so tests can point it elsewhere; the Debian dataset-* packages

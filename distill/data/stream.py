@@ -32,7 +32,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # The in-memory loader's validation-size rules, reused so a stream and an
 # in-memory copy of the same data split identically.
-from distill.data.checks import check_two_classes, first_few
+from distill.data.checks import check_two_classes
 from distill.data.datasets import _check_val_size_type, _validation_count
 from distill.data.shards import (
   MAX_EXAMPLES,
@@ -42,7 +42,7 @@ from distill.data.shards import (
   check_format,
   checked_indices,
 )
-from distill.errors import UserError, one_line
+from distill.errors import UserError, first_few, one_line
 from distill.io import read_json, read_only
 
 

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from distill.errors import UserError, one_line
+from distill.errors import UserError, first_few, one_line
 from distill.importers import ForeignTeacher
 from distill.models import count_params
 from distill.models.vit import ViT
@@ -538,8 +538,7 @@ def _expected_shapes(spec: VitSpec) -> dict[str, tuple[int, ...]]:
 def _check_tensors(file: Path, spec: VitSpec, roles: dict[str, str], tensors: dict) -> None:
   missing = [name for name in roles.values() if name not in tensors]
   if missing:
-    more = f" (and {len(missing) - 4} more)" if len(missing) > 4 else ""
-    raise UserError(f"{file} lacks tensors: {', '.join(missing[:4])}{more}")
+    raise UserError(f"{file} lacks tensors: {first_few(missing, 4)}")
   expected = _expected_shapes(spec)
   for role, name in roles.items():
     if tuple(tensors[name].shape) != expected[role]:
@@ -551,10 +550,9 @@ def _check_tensors(file: Path, spec: VitSpec, roles: dict[str, str], tensors: di
   if extra:
     features = sorted({what for marker, what in _VARIANT_HINTS
                        if any(marker in name for name in extra)})
-    more = f" (and {len(extra) - 4} more)" if len(extra) > 4 else ""
     kind = f"a ViT variant with {', '.join(features)}" if features else "tensors a plain ViT lacks"
     raise UserError(f"{file} holds {kind}, which distill does not import: "
-                    f"{', '.join(extra[:4])}{more}")
+                    f"{first_few(extra, 4)}")
 
 
 # -- mapping ---------------------------------------------------------------------------------
