@@ -252,6 +252,25 @@ def _check_image_file(path: Path) -> None:
     raise UserError(f"image file not found: {path}")
 
 
+def _class_of_folder(folder: str, class_names: Sequence[str]) -> int | None:
+  """The model's class a folder of images holds: named as the class is (in NFC, see
+  `class_name`: a folder copied from macOS names it too), else as `class_key` matches it
+  (case, spaces and signs aside: no folder can be named 'T-shirt/top'), else by its number;
+  None when it names none of them."""
+  from distill.data.formats import class_key  # noqa: PLC0415
+  from distill.data.stream import class_name  # noqa: PLC0415
+
+  for key in (class_name, class_key):
+    matches = [index for index, name in enumerate(class_names) if key(name) == key(folder)]
+    if len(matches) == 1:
+      return matches[0]
+  numbered = folder.isdecimal() and int(folder) < len(class_names)
+  # Where classes are named by numbers ('1' to '10'), a number is a name, not a position.
+  if numbered and not any(class_key(name).isdecimal() for name in class_names):
+    return int(folder)
+  return None
+
+
 def _read_folder(path: Path, image_shape: tuple[int, int, int], class_names: Sequence[str] | None
                  ) -> tuple[list[str], np.ndarray, np.ndarray]:
   """(names, images, labels) of a folder: of class folders named by the model's classes
@@ -261,22 +280,21 @@ def _read_folder(path: Path, image_shape: tuple[int, int, int], class_names: Seq
     IMAGE_EXTENSIONS,
     ImageFolderSource,
     class_folders,
-    class_name,
   )
 
-  # Folder names and the model's classes alike in NFC (see `class_name`): a folder copied
-  # from macOS (NFD) names the class its model learnt from one typed elsewhere (NFC).
-  model_classes = {class_name(name): index for index, name in enumerate(class_names or [])}
   classes = sorted(class_folders(path))
   if classes:
-    unknown = [name for name in classes if name not in model_classes]
+    model_classes = {name: _class_of_folder(name, class_names or []) for name in classes}
+    unknown = [name for name, index in model_classes.items() if index is None]
     if unknown and set(unknown) <= {"train", "test"} and (path / "test").is_dir():
       raise UserError(f"{path} holds the splits {first_few(unknown, quoted=True)}, not class "
                       f"folders: give one of them, e.g. --images {path / 'test'}")
     if unknown:
       raise UserError(f"{path} holds folders {first_few(unknown, quoted=True)}, which are not "
                       f"the model's classes ({first_few(class_names or [], quoted=True)}); give "
-                      "a folder of <class>/<images> named by its classes, or of images")
+                      "a folder of <class>/<images>, each folder named by its class (case, "
+                      "spaces and signs aside: 't-shirt_top' is 'T-shirt/top') or number "
+                      f"(0 to {len(class_names or []) - 1}), or a folder of images")
     _check_takes_pictures(image_shape)
     folder = ImageFolderSource(path, image_shape[:2], grayscale=image_shape[-1] == 1)
     images, labels = folder.read(np.arange(len(folder)))

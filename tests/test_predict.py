@@ -194,6 +194,27 @@ def test_class_folders_match_the_models_classes_in_nfd_and_nfc(tmp_path):
     assert [Path(name).parent.name for name in read.names] == [nfd, nfc, "red circle"]
 
 
+def test_class_folders_name_classes_no_folder_can_be_named_by_sign_case_or_number(tmp_path):
+  # No folder can be named 'T-shirt/top' (Fashion-MNIST's class 0): such photos were unscorable.
+  model_classes = ["T-shirt/top", "Trouser", "Ankle boot"]
+  _picture(tmp_path / "photos" / "t-shirt_top" / "a.png", 10)
+  _picture(tmp_path / "photos" / "ANKLE BOOT" / "b.png", 20)
+  _picture(tmp_path / "photos" / "1" / "c.png", 30)
+  read = read_images([tmp_path / "photos"], (8, 8, 1), model_classes)
+  by_value = dict(zip(read.images[:, 0, 0, 0].tolist(), read.labels.tolist(), strict=True))
+  assert by_value == {10: 0, 20: 2, 30: 1}
+  # Where the classes are numbers, a number is a name ('1' is the first class), not a position.
+  read = read_images([tmp_path / "photos" / "1"], (8, 8, 1), ["1", "2"])
+  assert read.labels.tolist() == [-1]  # a folder of pictures, unlabelled
+  (tmp_path / "numbered" / "1").mkdir(parents=True)
+  (tmp_path / "photos" / "1" / "c.png").rename(tmp_path / "numbered" / "1" / "c.png")
+  assert read_images([tmp_path / "numbered"], (8, 8, 1), ["1", "2"]).labels.tolist() == [0]
+  _picture(tmp_path / "photos" / "3" / "d.png", 40)
+  with pytest.raises(UserError, match=r"holds folders '3', which are not the model's "
+                                      r"classes .*number \(0 to 2\)"):
+    read_images([tmp_path / "photos"], (8, 8, 1), model_classes)
+
+
 def test_pictures_beside_class_folders_are_refused_in_one_line(tmp_path):
   _picture(tmp_path / "photos" / "red circle" / "c.png", 30)
   _picture(tmp_path / "photos" / "Photo 1.JPG", 40)

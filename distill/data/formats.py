@@ -12,8 +12,10 @@ import functools
 import gzip
 import os
 import pickle
+import unicodedata
 import zipfile
 import zlib
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -302,6 +304,25 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
     if (module, name) not in self._ALLOWED:
       raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
     return super().find_class(module, name)
+
+
+def class_key(name: str) -> str:
+  """A class name as a person means it, to match names other tools or file systems wrote:
+  Unicode NFC, case-folded, letters and digits only ('T-shirt/top', 't-shirt_top' and
+  'T-shirt top' are one class; a folder cannot be named with a '/')."""
+  return "".join(char for char in unicodedata.normalize("NFC", name).casefold()
+                 if char.isalnum())
+
+
+def class_order(names: Sequence[str], reference: Sequence[str]) -> list[int] | None:
+  """For each of `reference`'s classes, the index of the same class (by `class_key`) in
+  `names`; None when `names` are not `reference`'s classes in some order (other, missing or
+  repeated names). [0, 1, ...] when they are the same classes in the same order."""
+  keys = [class_key(name) for name in names]
+  wanted = [class_key(name) for name in reference]
+  if len(set(keys)) != len(keys) or sorted(keys) != sorted(wanted):
+    return None
+  return [keys.index(key) for key in wanted]
 
 
 def looks_like_cifar_folder(folder: str) -> bool:
