@@ -683,8 +683,9 @@ def _validate_method(student: dict[str, Any]) -> None:
                     f"beside its class token); the student is '{student['model']}'")
   if method == "hint":
     if student["teaching"] != METHOD_TEACHING["hint"]:
-      raise UserError(f"student.method=hint needs teaching=online: the student matches the "
-                      f"teacher's inner layer, which exported targets do not hold (got "
+      raise UserError(f"student.method=hint needs teaching=online and a teacher trained by "
+                      f"distill: the student matches the teacher's inner layer, which exported "
+                      f"targets and imported teachers do not hold (got "
                       f"teaching={student['teaching']})")
     if student["model"] == "linear":
       raise UserError("student.method=hint needs a student with an inner layer (vit, cnn or "
