@@ -29,7 +29,8 @@ import numpy as np
 
 from distill import backend, rundir
 from distill.console import Console
-from distill.errors import UserError
+from distill.data.formats import class_order
+from distill.errors import UserError, first_few
 from distill.importers.logits import LOG_OF_PROBABILITIES, nonfinite_values
 from distill.io import read_json, write_json, write_npz
 
@@ -186,7 +187,7 @@ def _reopen(run_dir: Path, record: dict[str, Any], dataset):
                     f"or import it again from where it is now with `distill import-teacher "
                     f"SOURCE -w {run_dir} --overwrite`; students taught by its targets "
                     "(--teaching targets) need only this folder")
-  teacher = open_teacher(source, image_shape=dataset.image_shape)
+  teacher = in_data_set_order(open_teacher(source, image_shape=dataset.image_shape), dataset)
   recorded = record.get("params_sha256")
   if recorded and teacher.params is not None:
     from distill.inference import params_sha256  # noqa: PLC0415
@@ -197,6 +198,65 @@ def _reopen(run_dir: Path, record: dict[str, Any], dataset):
                       f"import the new one with `distill import-teacher {source} -w {run_dir} "
                       "--overwrite`")
   return teacher
+
+
+def in_data_set_order(teacher, dataset):
+  """The teacher with its outputs in the data set's class order, where its class names are the
+  data set's in another order (a model trained on class folders sorted alphabetically, say);
+  else the teacher as it is. Names match as `class_key` does ('T-shirt/top' = 't-shirt_top')."""
+  order = class_order(teacher.class_names, dataset.class_names) if teacher.class_names else None
+  if order is None or order == sorted(order):
+    return teacher
+  columns = np.asarray(order)
+  apply = teacher.apply
+  return dataclasses.replace(
+      teacher, class_names=list(dataset.class_names),
+      apply=None if apply is None else lambda params, pixels: apply(params, pixels)[..., columns],
+      logits=None if teacher.logits is None else {
+          split: np.asarray(values)[:, columns] for split, values in teacher.logits.items()},
+      details={**teacher.details, "class_order": order})
+
+
+def _reorder_note(teacher, dataset) -> str | None:
+  """What `in_data_set_order` did, for the user to hear; None where it changed nothing."""
+  order = teacher.details.get("class_order")
+  if not order:
+    return None
+  moved = [f"{dataset.class_names[ours]!r} from its output {theirs}"
+           for ours, theirs in enumerate(order) if ours != theirs]
+  return (f"note: the teacher's classes are {dataset.name}'s in another order; its outputs are "
+          f"put in the data set's order ({first_few(moved, 3)})")
+
+
+def _order_warning(train_logits: np.ndarray, dataset) -> str | None:
+  """A warning when the teacher's classes look like the data set's in another order: matching
+  its predicted classes to the labels one to one fits the training labels far better than
+  taking its class i as the data set's class i. Names cannot tell this where the teacher has
+  none; a trained model is best matched by its own order."""
+  from scipy.optimize import linear_sum_assignment  # noqa: PLC0415
+
+  labelled = dataset.y_train >= 0
+  labels, predicted = dataset.y_train[labelled], train_logits[labelled].argmax(axis=-1)
+  if not len(labels):
+    return None
+  classes = dataset.num_classes
+  counts = np.zeros((classes, classes), np.int64)  # [teacher's class, data set's class]
+  np.add.at(counts, (predicted, labels), 1)
+  theirs, ours = linear_sum_assignment(counts, maximize=True)
+  as_given = np.trace(counts) / len(labels)
+  matched = counts[theirs, ours].sum() / len(labels)
+  if matched - as_given < _REORDER_GAIN or matched < _REORDERED_AT_LEAST:
+    return None
+  order = [int(column) for column in theirs[np.argsort(ours)]]
+  shown = (str(order) if classes <= 20 else
+           f"[{first_few(order, 10)}]")
+  return (f"the teacher's classes look like {dataset.name}'s in another order: it agrees with "
+          f"the training labels on {as_given:.1%} as given, but on {matched:.1%} with its "
+          f"outputs reordered as logits[:, {shown}] (for each class of the data set, the "
+          "teacher's output that matches it). If its outputs are in another order, reorder "
+          "them so, or give its class names (class_names in a .npz of logits, id2label in a "
+          "ViT's config.json) and distill puts them in order. Students would learn from these "
+          "labels")
 
 
 def _split_logits(teacher, dataset) -> dict[str, np.ndarray]:
@@ -272,8 +332,19 @@ def _check_rows_in_order(logits: dict[str, np.ndarray], dataset, source: str) ->
     return float(accuracy(logits[split][labelled], labels[labelled]))
 
   test = agreement("test", dataset.y_test)
-  if test is None or test <= _CHANCE_FACTOR / dataset.num_classes:
-    return  # a teacher near chance is warned about as such (`_label_warnings`)
+  if test is None:
+    return
+  if test <= _CHANCE_FACTOR / dataset.num_classes:
+    # Near chance on the test images but far from it on the training ones: the test rows,
+    # not the teacher, are at fault. Else a teacher near chance is warned about as such.
+    train = agreement("train", dataset.y_train)
+    if train is not None and train > _CHANCE_FACTOR / dataset.num_classes and train > 2 * test:
+      raise UserError(
+          f"{source}: the logits of the test images agree with their labels on {test:.1%} of "
+          f"them, against {train:.1%} of the training images: its test rows are not the data "
+          f"set's test images in order. test_logits holds the test set of {dataset.name} in "
+          "its own order (README, 'Bring your own teacher')")
+    return
   for split, name, labels in (("train", "training", dataset.y_train),
                               ("val", "validation", dataset.y_val)):
     found = agreement(split, labels)
@@ -320,7 +391,7 @@ def _fitting_note(teacher, image_shape: tuple[int, int, int]) -> str | None:
   changes = []
   if (want_h, want_w) != (height, width):
     changes.append(f"resized to {want_h}x{want_w}")
-  if want_c != channels:
+  if want_c != channels and channels == 1:  # grey to RGB, the one conversion made
     changes.append(f"repeated to {want_c} channels")
   if not changes:
     return None
@@ -332,6 +403,13 @@ def _fitting_note(teacher, image_shape: tuple[int, int, int]) -> str | None:
 # At or below 1.5x chance a teacher has learnt nothing usable of these classes: an untrained
 # model sits at chance, and classes in another order fall below it.
 _CHANCE_FACTOR = 1.5
+# A teacher whose outputs, matched one to one to the labels, agree with this many more of the
+# training labels than as given, is warned of as in another class order. A trained model in
+# the right order is its own best match (a few confusable classes move it by a point or two).
+_REORDER_GAIN = 0.10
+# ... and reordered, is a teacher: a model at chance on a few images matches some labels by
+# luck in any order.
+_REORDERED_AT_LEAST = 0.5
 # Targets whose median top probability stays above this at T=4 (a usual distillation
 # temperature) are one-hot at every temperature students use. Trained models' logits differ by
 # ~2-20 between the top two classes, which T=4 softens; a model fed inputs 255x too large
@@ -461,6 +539,7 @@ def import_teacher(source: str, recipe: dict[str, Any], workdir: Path, *,
   views = recipe["export"]["views"]
   _check_not_in_source(workdir, source)
   rundir.check_run_workdir(workdir, example="imported-teacher")
+  rundir.check_not_finished(workdir, overwrite=overwrite)  # before the data set is labelled
   # The teacher path's check of data.val_size (and its note on the batch size students
   # inherit); the teacher's own batch size is set to 1, since an imported teacher never trains.
   dataset = load_fitting_data({**recipe, "teacher": {**recipe["teacher"], "batch_size": 1}},
@@ -469,7 +548,7 @@ def import_teacher(source: str, recipe: dict[str, Any], workdir: Path, *,
     raise UserError("import-teacher labels a data set held in memory; a streamed data set "
                     "is not supported yet")
   # Every refusal comes before the first note: a mistake is answered in one line.
-  teacher = open_teacher(source, image_shape=dataset.image_shape)
+  teacher = in_data_set_order(open_teacher(source, image_shape=dataset.image_shape), dataset)
   if views:
     _check_makes_views(teacher.kind, teacher.can_teach_online, source, f"export.views={views}",
                        "import it with export.views=0 and teach with --teaching targets")
@@ -487,9 +566,9 @@ def import_teacher(source: str, recipe: dict[str, Any], workdir: Path, *,
   console.info(dataset.describe())
   console.info(f"teacher: {teacher.kind} from {source}"
                + (f", {teacher.num_params:,} parameters" if teacher.num_params else ""))
-  fitting = _fitting_note(teacher, dataset.image_shape)
-  if fitting:
-    console.info(fitting)
+  for note in (_fitting_note(teacher, dataset.image_shape), _reorder_note(teacher, dataset)):
+    if note:
+      console.info(note)
   batch = recipe["export"]["batch_size"]
   if logits is None:
     logits = _run_on_splits(teacher, dataset, batch, console)
@@ -516,10 +595,11 @@ def import_teacher(source: str, recipe: dict[str, Any], workdir: Path, *,
   summary = _summary(teacher, source, dataset, recipe, logits, time.perf_counter() - start)
   for warning in _label_warnings(teacher, dataset, logits["train"], summary):
     console.warn(warning)
-  if teacher.class_names and list(teacher.class_names) != list(dataset.class_names):
-    console.warn(f"the teacher's class names ({', '.join(map(str, teacher.class_names[:4]))}, "
-                 f"...) differ from {dataset.name}'s; its class i is taken as the data set's "
-                 "class i")
+  if teacher.class_names and class_order(teacher.class_names, dataset.class_names) is None:
+    console.warn(f"the teacher's class names ({first_few(teacher.class_names, 4)}) differ from "
+                 f"{dataset.name}'s; its class i is taken as the data set's class i")
+  if (warning := _order_warning(logits["train"], dataset)) is not None:
+    console.warn(warning)
   write_json(workdir / rundir.SUMMARY_FILE, summary)
   return summary
 

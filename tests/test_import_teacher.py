@@ -552,3 +552,119 @@ def test_a_teacher_made_for_images_of_another_size_is_asked_about_its_data_set(t
   assert ("at or near chance (0.1000 for 10 classes): it takes 16x16 images and those of digits "
           "are 8x8: was it trained on another data set? Pass that one's --recipe or --dataset. "
           "Else: are its classes") in " ".join(result.stderr.split())
+
+
+def test_logits_whose_test_rows_are_out_of_order_are_refused(tmp_path, digits):
+  """Test rows shuffled leave the training rows right: the teacher is not at chance, its test
+  rows are; the near-chance warning asked about class order and preprocessing instead."""
+  _split_logits_file(tmp_path / "good.npz", digits)
+  arrays = dict(np.load(tmp_path / "good.npz"))
+  arrays["test_logits"] = arrays["test_logits"][np.random.default_rng(0).permutation(
+      len(digits.x_test))]
+  np.savez(tmp_path / "bad.npz", **arrays)
+  result = _import(tmp_path / "bad.npz", tmp_path / "bad")
+  assert result.exit_code == 2
+  assert re.search(r"the logits of the test images agree with their labels on [0-9.]+% of "
+                   r"them, against 100.0% of the training images: its test rows are not the "
+                   r"data set's test images in order", result.stderr), result.stderr
+  assert not (tmp_path / "bad").exists()
+
+
+# For each of the teacher's outputs, the data set's class it scores: two pairs swapped.
+_SWAPPED = [0, 1, 5, 3, 4, 2, 6, 9, 8, 7]
+
+
+def test_classes_named_in_another_order_are_put_in_the_data_sets_order(tmp_path, digits):
+  """A teacher whose class names are the data set's in another order (a model trained on
+  class folders sorted by name, say) scored its classes as the data set's same positions."""
+  _split_logits_file(tmp_path / "good.npz", digits)
+  arrays = {key: values[:, _SWAPPED] for key, values in np.load(tmp_path / "good.npz").items()}
+  names = np.array([f" {digits.class_names[label]}" for label in _SWAPPED])  # spaces aside
+  np.savez(tmp_path / "named.npz", **arrays, class_names=names)
+  result = run_cli("import-teacher", tmp_path / "named.npz", "-r", "digits", "-w",
+                   tmp_path / "named")
+  assert result.exit_code == 0, result.output
+  assert ("note: the teacher's classes are digits's in another order; its outputs are put in "
+          "the data set's order ('2' from its output 5, '5' from its output 2, '7' from its "
+          "output 9, '9' from its output 7)"
+          ) in result.stderr
+  assert "!!!" not in result.stderr  # nothing left to warn of
+  assert json.loads((tmp_path / "named" / "summary.json").read_text())["test_accuracy"] == 1.0
+  assert _import(tmp_path / "good.npz", tmp_path / "good").exit_code == 0
+  for name in ("targets.npz", "predictions.npz"):
+    with np.load(tmp_path / "good" / name) as good, np.load(tmp_path / "named" / name) as named:
+      for key in ("train_probs", "test_logits"):
+        if key in good:
+          np.testing.assert_array_equal(named[key], good[key])
+
+
+def test_classes_in_another_order_without_names_are_warned_of_with_the_order(tmp_path, digits):
+  _split_logits_file(tmp_path / "good.npz", digits)
+  arrays = {key: values[:, _SWAPPED] for key, values in np.load(tmp_path / "good.npz").items()}
+  np.savez(tmp_path / "unnamed.npz", **arrays)
+  result = _import(tmp_path / "unnamed.npz", tmp_path / "unnamed")
+  assert result.exit_code == 0, result.output
+  warning = " ".join(result.stderr.split())
+  assert ("the teacher's classes look like digits's in another order: it agrees with the "
+          "training labels on 59.6% as given, but on 100.0% with its outputs reordered") in warning, warning
+  # The order it names, applied as it says, is the teacher in the data set's order.
+  order = json.loads(re.search(r"reordered as logits\[:, (\[[0-9, ]+\])\]", warning).group(1))
+  np.savez(tmp_path / "fixed.npz", **{key: values[:, order] for key, values in arrays.items()})
+  result = _import(tmp_path / "fixed.npz", tmp_path / "fixed")
+  assert result.exit_code == 0 and result.stderr == "", result.stderr
+
+
+def test_a_vit_whose_labels_are_in_another_order_teaches_in_the_data_sets(tmp_path, digits):
+  """Its id2label and head rows in another order: the import, the targets and the online
+  teacher (which reopens the source) all score the data set's classes in its order."""
+  from safetensors.numpy import load_file, save_file  # noqa: PLC0415
+
+  for name, order in (("in_order", list(range(10))), ("swapped", _SWAPPED)):
+    folder = shutil.copytree(FIXTURES / "vit_hf", tmp_path / name)
+    config_file = folder / "config.json"
+    settings = json.loads(config_file.read_text())
+    settings["id2label"] = {str(i): digits.class_names[c] for i, c in enumerate(order)}
+    settings["label2id"] = {label: int(i) for i, label in settings["id2label"].items()}
+    config_file.write_text(json.dumps(settings))
+    tensors = load_file(folder / "model.safetensors")
+    for key in ("classifier.weight", "classifier.bias"):
+      tensors[key] = np.ascontiguousarray(tensors[key][np.argsort(order)])
+    save_file(tensors, folder / "model.safetensors")
+    assert _import(folder, tmp_path / f"teacher-{name}").exit_code == 0
+  stored = [np.load(tmp_path / f"teacher-{name}" / "predictions.npz")["test_logits"]
+            for name in ("in_order", "swapped")]
+  np.testing.assert_allclose(stored[1], stored[0], atol=1e-5)
+  stats = [jnp.asarray(s) for s in pixel_stats(digits.x_train)]
+  images = normalize(jnp.asarray(digits.x_test[:6]), *stats)
+  online = [online_teacher(tmp_path / f"teacher-{name}", digits, temperature=1.0, mixup=0.0,
+                           form="logits", feature_layer=None) for name in ("in_order", "swapped")]
+  np.testing.assert_allclose(online[1].apply(online[1].params, images),
+                             online[0].apply(online[0].params, images), atol=1e-5)
+  np.testing.assert_allclose(online[0].apply(online[0].params, images), stored[0][:6], atol=1e-4)
+
+
+def test_a_channels_first_keras_model_is_refused_before_any_note(tmp_path, digits):
+  os.environ.setdefault("KERAS_BACKEND", "jax")
+  import keras  # noqa: PLC0415 (after choosing its backend)
+
+  inputs = keras.Input((1, 8, 8))
+  x = keras.layers.Conv2D(4, 3, data_format="channels_first")(inputs)
+  keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(x))).save(
+      tmp_path / "first.keras")
+  result = run_cli("import-teacher", tmp_path / "first.keras", "-r", "digits", "-w",
+                   tmp_path / "t")
+  assert result.exit_code == 2
+  assert result.stderr.startswith(
+      f"error: {tmp_path / 'first.keras'} takes channels-first images [1, 8, 8]; distill gives "
+      "[height, width, channels]: wrap it with inputs = keras.Input((8, 8, 1)); "
+      "keras.Model(inputs, model(keras.layers.Permute((3, 1, 2))(inputs))).save(...)")
+  assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_finished_import_is_refused_before_the_data_set_is_labelled(tmp_path, monkeypatch):
+  from distill import imported  # noqa: PLC0415
+
+  assert _import(FIXTURES / "vit_hf", tmp_path / "teacher").exit_code == 0
+  monkeypatch.setattr(imported, "_run_on_splits", lambda *args: pytest.fail("labelled first"))
+  result = _import(FIXTURES / "vit_hf", tmp_path / "teacher")
+  assert result.exit_code == 2 and "already holds a finished run" in result.stderr

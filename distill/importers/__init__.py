@@ -107,23 +107,37 @@ def _check_not_a_run(folder: Path) -> None:
                     "and model.safetensors)")
 
 
+def _check_takes(teacher: ForeignTeacher, image_shape: tuple[int, int, int] | None
+                 ) -> ForeignTeacher:
+  """Refuses, as it opens, a teacher that cannot take the data set's images (channels it does
+  not convert, a channels-first input): traced abstractly, in milliseconds, so the refusal
+  comes before any note and before the data set is labelled."""
+  if image_shape is not None:
+    import jax  # noqa: PLC0415
+
+    jax.eval_shape(teacher.apply, teacher.params,
+                   jax.ShapeDtypeStruct((2, *image_shape), jax.numpy.float32))
+  return teacher
+
+
 def open_teacher(source: str | Path, *,
                  image_shape: tuple[int, int, int] | None = None) -> ForeignTeacher:
   """Reads the teacher at `source` (see the module docstring for what SOURCE may be).
 
-  `image_shape`, the data set's (H, W, C), is what a callable teacher is tried on once,
-  to learn its class count and whether it traces under jax.jit; the others ignore it.
+  `image_shape`, the data set's (H, W, C), is what a runnable teacher is traced on once: a
+  callable to learn its class count and whether it traces under jax.jit, a ViT or Keras model
+  to refuse images it cannot take; a logits file ignores it.
   """
   source = str(source)
   kind = source_kind(source)
   if kind == "vit":
     from distill.importers.hf_vit import open_vit  # noqa: PLC0415
 
-    return open_vit(source)
+    return _check_takes(open_vit(source), image_shape)
   if kind == "keras":
     from distill.importers.keras_model import open_keras  # noqa: PLC0415
 
-    return open_keras(source)
+    return _check_takes(open_keras(source), image_shape)
   if kind == "logits":
     from distill.importers.logits import open_logits  # noqa: PLC0415
 

@@ -144,8 +144,9 @@ class ImportedViT(nnx.Module):
                            antialias=False)
     if channels != want:
       if channels != 1:
+        takes = f"{want} (or grey ones, repeated)" if want > 1 else f"{want} (grey)"
         raise UserError(f"the images have {channels} channels but the imported ViT takes "
-                        f"{want} (or 1, repeated)")
+                        f"{takes}: import it with a data set of such images")
       x = jnp.repeat(x, want, axis=-1)
     return (x * self.rescale - jnp.asarray(self.mean)) / jnp.asarray(self.std)
 

@@ -94,6 +94,12 @@ def _fit_images(x, expected: tuple[int | None, ...] | None, path: Path):
     want_h, want_w, want_c = expected[1], expected[2], 1
   elif len(expected) == 4:
     want_h, want_w, want_c = expected[1:]
+    if expected[1] in (1, 3) and want_c not in (None, 1, 3):  # [C, H, W]: torch's layout
+      raise UserError(
+          f"{path} takes channels-first images {list(expected[1:])}; distill gives "
+          f"[height, width, channels]: wrap it with inputs = keras.Input(({want_w}, {want_c}, "
+          f"{expected[1]})); keras.Model(inputs, model(keras.layers.Permute((3, 1, 2))(inputs)))"
+          ".save(...), or import its logits as a .npz")
   else:
     raise UserError(f"{path} expects inputs of shape {list(expected)[1:]}; images are "
                     "[height, width, channels]")
