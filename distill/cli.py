@@ -532,7 +532,8 @@ def student(recipe, overrides, dataset, data_dir, steps, batch_size, seed, resta
   resolved = run_recipe.student_recipe(Path(teacher_dir), recipe,
                                      config_lib.with_flags(overrides, flags),
                                      console=Console(quiet))
-  workdir = run_recipe.default_student_workdir(resolved) if workdir is None else Path(workdir)
+  workdir = (run_recipe.student_workdir(resolved, Path(teacher_dir), Console(quiet))
+             if workdir is None else Path(workdir))
   summary = workflow.train_student(resolved, Path(teacher_dir), workdir, restart=restart,
                                    overwrite=overwrite, strict_init_check=strict_init_check,
                                    quiet=quiet)

@@ -129,6 +129,35 @@ def unread_setting(override: str, student: dict[str, Any]) -> str | None:
   return None
 
 
+def student_workdir(recipe: dict[str, Any], teacher_dir: Path,
+                    console: Console | None = None) -> Path:
+  """Where `distill student` writes without --workdir: `default_student_workdir`, unless a
+  folder an earlier distill named this run by holds it, finished or not, with this recipe and
+  teacher. There the same command resumes (or keeps) it after an upgrade, as it said it would,
+  instead of training it again beside it; `console` hears which folder."""
+  default = default_student_workdir(recipe)
+  if default.exists():
+    return default
+  from distill.io import read_json  # noqa: PLC0415
+
+  teacher = str(Path(teacher_dir).resolve())
+  wanted = config_lib.recipe_hash(recipe, "student")
+  for earlier in _earlier_student_workdirs(recipe):
+    try:  # as written, with the teacher it learns from
+      saved = read_json(earlier / RECIPE_FILE, "run recipe")
+      same = (saved.pop("teacher_dir", None) == teacher
+              and config_lib.recipe_hash(saved, "student") == wanted)
+    except (UserError, AttributeError, KeyError, TypeError):  # none, or of another layout
+      continue
+    if same:
+      if console is not None:
+        how = ("finished" if (earlier / rundir.SUMMARY_FILE).exists()
+               else f"unfinished: it resumes there, not in {default}")
+        console.info(f"note: {earlier} (an earlier distill's name for it) holds this run, {how}")
+      return earlier
+  return default
+
+
 def default_student_workdir(recipe: dict[str, Any]) -> Path:
   """Where `distill student` writes without --workdir: runs/student-MODEL, then what sets it apart.
 
@@ -139,21 +168,40 @@ def default_student_workdir(recipe: dict[str, Any]) -> Path:
   runs/student-vit-token-soft, runs/student-cnn-hint-online,
   runs/student-cnn-kl.
   """
+  return _student_folder(recipe)
+
+
+def _earlier_student_workdirs(recipe: dict[str, Any]) -> list[Path]:
+  """The names earlier distills gave the run `default_student_workdir` names, newest first:
+  without its soft loss and mixup (until 2026-12-05, ee2d5e4), and without its method's
+  variants too (until 860e891). Only those that differ from today's."""
+  names = [_student_folder(recipe, soft_loss_and_mixup=False),
+           _student_folder(recipe, variants=False, soft_loss_and_mixup=False)]
+  default = _student_folder(recipe)
+  return [name for index, name in enumerate(names)
+          if name != default and name not in names[:index]]
+
+
+def _student_folder(recipe: dict[str, Any], *, variants: bool = True,
+                    soft_loss_and_mixup: bool = True) -> Path:
+  """`default_student_workdir`'s name, with or without the parts earlier names lacked."""
   student = recipe["student"]
   if student["loss"] == "hard":
     parts = ["hard"]
   else:
     method = student["method"]
     parts = [method] if method != "kd" else []
-    parts += [value for value in config_lib.changed_method_options(
-        method, student.get(method, {})).values() if isinstance(value, str)]
+    if variants:
+      parts += [value for value in config_lib.changed_method_options(
+          method, student.get(method, {})).values() if isinstance(value, str)]
     parts += [student["teaching"]] if student["teaching"] != "targets" else []
     from distill.teaching import reads_setting  # noqa: PLC0415
 
-    if student["soft_loss"] != "soft_ce" and reads_setting(method, "soft_loss",
-                                                           student.get(method)):
-      parts.append(student["soft_loss"])
-    parts += ["mixup"] if student["mixup"] > 0 else []
+    if soft_loss_and_mixup:
+      if student["soft_loss"] != "soft_ce" and reads_setting(method, "soft_loss",
+                                                             student.get(method)):
+        parts.append(student["soft_loss"])
+      parts += ["mixup"] if student["mixup"] > 0 else []
   return Path("runs") / "-".join(["student", student["model"], *parts])
 
 

@@ -306,6 +306,38 @@ def test_a_students_default_workdir_says_how_it_was_taught(overrides, name):
   assert run_recipe.default_student_workdir(recipe) == Path("runs") / name
 
 
+@pytest.mark.parametrize("overrides, earlier", [
+    (["student.soft_loss=kl"], "student-cnn"),  # named so before ee2d5e4
+    (["student.model=vit", "student.method=token", "student.token.variant=soft",
+      "student.teaching=online", "student.mixup=0.2", "student.alpha=1.0"],
+     "student-vit-token-online"),  # before 860e891 too
+])
+def test_an_earlier_distills_folder_of_the_same_student_is_where_it_goes_on(
+    overrides, earlier, tmp_path, monkeypatch):
+  """After an upgrade the same command resumes its run: a kl student was runs/student-cnn."""
+  from distill import config, run_recipe  # noqa: PLC0415
+  from distill.console import Console  # noqa: PLC0415
+  from distill.io import write_json  # noqa: PLC0415
+
+  monkeypatch.chdir(tmp_path)
+  recipe = config.load_recipe("digits", overrides)
+  default = run_recipe.default_student_workdir(recipe)
+  teacher = tmp_path / "runs" / "teacher"
+  assert run_recipe.student_workdir(recipe, teacher) == default  # nothing there yet
+  write_json(Path("runs") / earlier / "recipe.json", {**recipe, "teacher_dir": str(teacher)})
+  notes = []
+  monkeypatch.setattr(Console, "info", lambda self, text: notes.append(text))
+  assert run_recipe.student_workdir(recipe, teacher, Console()) == Path("runs") / earlier
+  assert notes == [f"note: runs/{earlier} (an earlier distill's name for it) holds this run, "
+                   f"unfinished: it resumes there, not in {default}"]
+  # Another teacher's or another recipe's run there is not this one; today's folder comes first.
+  assert run_recipe.student_workdir(recipe, tmp_path / "other") == default
+  other = config.load_recipe("digits", [*overrides, "seed=3"])
+  assert run_recipe.student_workdir(other, teacher) == run_recipe.default_student_workdir(other)
+  default.mkdir(parents=True)
+  assert run_recipe.student_workdir(recipe, teacher) == default
+
+
 def test_a_command_stopped_at_once_says_what_was_kept(monkeypatch):
   """A second Ctrl-C stops a run without its checkpoint: the line says what a resume finds."""
   from distill import workflow  # noqa: PLC0415
