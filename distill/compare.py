@@ -113,7 +113,8 @@ def collect_runs(run_dirs: list[Path]) -> tuple[list[dict[str, Any]], list[str]]
     if kind not in rundir.FINISHED_RUNS:
       inside = kind == rundir.NOT_A_RUN and rundir.runs_in(run_dir)
       skipped.append(f"{run_dir} is {rundir.describe_folder(run_dir, kind)}"
-                     + (f": give them, e.g. {run_dir / '*'}" if inside else ""))
+                     + (f": give them, e.g. {run_dir / '*'}" if inside else "")
+                     + (_export_again(run_dir) if kind == rundir.TARGETS_ONLY else ""))
       continue
     summary = read_json(run_dir / rundir.SUMMARY_FILE, "run summary")
     recipe = _recipe_of(run_dir)
@@ -150,6 +151,22 @@ def _targets_row(folder: Path) -> dict[str, Any] | None:
           "params": None,
           "test_accuracy": meta["test_accuracy"], "dataset": meta.get("dataset"),
           "dataset_fingerprint": meta.get("dataset_fingerprint"), "recipe": {}}
+
+
+def _export_again(folder: Path) -> str:
+  """For an ensemble's targets exported before targets.json recorded their test accuracy: how
+  to have its teacher row (the same export again, which records it); else ''."""
+  try:
+    meta = read_json(folder / rundir.TARGETS_META_FILE, "targets record")
+    teachers = [teacher["dir"] for teacher in meta.get("teachers") or []]
+  except (UserError, AttributeError, KeyError, TypeError):
+    return ""
+  if len(teachers) < 2 or meta.get("test_accuracy") is not None:
+    return ""
+  flags = " ".join(f"--teacher {_under_cwd(Path(teacher))}" for teacher in teachers)
+  return (f"; it was exported before an ensemble's test accuracy was recorded: export it again "
+          f"to show it as its students' teacher (distill export {flags} --out {folder} "
+          f"-T {meta.get('temperature', 1):g})")
 
 
 def _recipe_of(run_dir: Path) -> dict[str, Any]:

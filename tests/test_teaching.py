@@ -188,6 +188,15 @@ def test_ensemble_averages_probabilities_and_keeps_every_identity(teachers, tmp_
   table = compare.compare_runs([tmp_path / "ens", tmp_path / "s"])
   (row,) = [line for line in table.splitlines() if line.startswith(str(tmp_path / "ens"))]
   assert "ensemble of 2" in row and f"{100 * accuracies[0]:.2f}%" in row
+  # One exported before the accuracy was recorded: skipped, saying how to have its row.
+  record = tmp_path / "ens" / "targets.json"
+  record.write_text(json.dumps({k: v for k, v in meta.items() if k != "test_accuracy"}))
+  rows, skipped = compare.collect_runs([tmp_path / "ens", tmp_path / "s"])
+  assert [row["run"] for row in rows] == [str(tmp_path / "s")]
+  assert skipped[0].endswith(
+      "it was exported before an ensemble's test accuracy was recorded: export it again to "
+      f"show it as its students' teacher (distill export --teacher {teachers / 't0'} --teacher "
+      f"{teachers / 't1'} --out {tmp_path / 'ens'} -T 1)")
 
 
 def test_mixup_blends_with_the_reversed_batch():
