@@ -94,9 +94,14 @@ def export_model(run_dir: Path, fmt: str | None, out: Path, *, overwrite: bool =
   _check_out(out, overwrite)
   if fmt == "onnx":
     _onnx_modules()  # Fails before the slow restore when the extra is missing.
+  from distill.workflow import RecordedInputs  # noqa: PLC0415
+
+  # A run recorded before its pixel statistics were needs its data for `distill predict` too.
+  predict_needs = ("" if RecordedInputs.of(summary) is None
+                   else " (`distill predict` needs no data)")
   trained, step, dataset, recipe = restore(
       run_dir, summary, needs_data="to check the export against JAX on its test images: put "
-      "the data back where its recipe.json says (`distill predict` needs no data)")
+      f"the data back where its recipe.json says{predict_needs}")
   forward = _forward(trained)
   height, width, channels = dataset.image_shape
   images = _test_images(dataset, check_images)

@@ -606,7 +606,8 @@ def test_classes_in_another_order_without_names_are_warned_of_with_the_order(tmp
   assert result.exit_code == 0, result.output
   warning = " ".join(result.stderr.split())
   assert ("the teacher's classes look like digits's in another order: it agrees with the "
-          "training labels on 59.6% as given, but on 100.0% with its outputs reordered") in warning, warning
+          "training labels on 59.6% as given, but on 100.0% with its outputs reordered"
+          ) in warning, warning
   # The order it names, applied as it says, is the teacher in the data set's order.
   order = json.loads(re.search(r"reordered as logits\[:, (\[[0-9, ]+\])\]", warning).group(1))
   np.savez(tmp_path / "fixed.npz", **{key: values[:, order] for key, values in arrays.items()})

@@ -84,7 +84,8 @@ def test_a_run_folder_predicts_without_the_data_it_trained_on(runs, images, tmp_
   one_line_error(run_cli("export-model", moved, "--format", "stablehlo", "--out",
                           tmp_path / "m.stablehlo"),
                   "gone.npz", "needs the data set it trained on to check the export against JAX",
-                  "put the data back where its recipe.json says")
+                  "put the data back where its recipe.json says (`distill predict` needs no "
+                  "data)")
   # A run from before summaries recorded its inputs predicts from its data set, or says why
   # it needs it.
   old = copy_runs(runs, tmp_path, old="student") / "old"
@@ -94,6 +95,9 @@ def test_a_run_folder_predicts_without_the_data_it_trained_on(runs, images, tmp_
   assert json.loads(_lines(run_cli("predict", old, *predict))[0])["predictions"] == here
   one_line_error(run_cli("predict", _data_moved(old, tmp_path / "gone.npz"), *predict),
                   "needs the data set it trained on for its pixel statistics")
+  result = run_cli("export-model", old, "--format", "stablehlo", "--out", tmp_path / "o.stablehlo")
+  one_line_error(result, "put the data back where its recipe.json says")
+  assert "predict` needs no data" not in result.stderr  # it does, as the line above says
 
 
 def _snapshot(folder):
