@@ -26,6 +26,7 @@ from distill.compare import (
   with_settings,
   with_teacher_names,
 )
+from distill.errors import UserError
 from distill.io import read_json
 
 
@@ -200,7 +201,12 @@ def _dataset_for(row: dict[str, Any], datasets: dict[str, Any]):
   recipe = read_json(Path(row["run"]) / rundir.RECIPE_FILE, "run recipe")
   key = json.dumps(recipe["data"], sort_keys=True)
   if key not in datasets:
-    datasets[key] = load_data(recipe)
+    try:
+      datasets[key] = load_data(recipe)
+    except UserError as e:
+      raise UserError(f"{e}: {row['run']} needs the data set it trained on for the report "
+                      "(its test labels and pictures of its mistakes): put the data back where "
+                      "its recipe.json says, or leave the run out") from None
   return datasets[key]
 
 

@@ -64,6 +64,19 @@ def test_a_report_says_which_folders_it_skipped(report, tmp_path):
   assert "skipped" in (tmp_path / "out" / "report.html").read_text()
 
 
+def test_a_run_whose_data_is_gone_is_named_with_why_the_report_needs_it(report, tmp_path):
+  run = copy_runs(report, tmp_path, moved="cnn") / "moved"
+  recipe = json.loads((run / "recipe.json").read_text())
+  recipe["data"].update(dataset="npz", data_dir=str(tmp_path / "gone.npz"))
+  (run / "recipe.json").write_text(json.dumps(recipe))
+  result = run_cli("report", run, "--out", tmp_path / "out", "-q")
+  assert result.exit_code == 2
+  assert result.stderr.endswith(
+      f"{run} needs the data set it trained on for the report (its test labels and pictures of "
+      "its mistakes): put the data back where its recipe.json says, or leave the run out\n")
+  assert len(result.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("out, message", [
     ("a-file.npz", "--out {out} exists and is not a directory"),
     ("a-file.npz/report", "cannot create --out {out}: {parent} is not a directory"),
