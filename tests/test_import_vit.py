@@ -123,6 +123,10 @@ def _set_arg(key, value):
     ("hf", _set("architectures", ["ViTForMaskedImageModeling"]), "ViTForMaskedImageModeling"),
     ("hf", _set("hidden_act", "relu"), "hidden_act 'relu'"),
     ("hf", _set("intermediate_size", 100), "MLP width 100"),
+    # Built at width 48 under vit_tiny's name (192 wide, 3 heads): the heads were guessed as 3.
+    ("timm", lambda data: data["model_args"].pop("num_heads"),
+     r"cannot tell the number of attention heads of 'vit_tiny_patch16_224' \(no "
+     r"model_args.num_heads, and its width 48 is not that name's 192\)"),
 ])
 def test_unsupported_configs_are_refused(tmp_path, name, config, message):
   folder = broken_copy(tmp_path, name, config=config)

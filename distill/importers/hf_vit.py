@@ -51,9 +51,11 @@ _TIMM_ARGS: dict[str, tuple | None] = {
     "proj_bias": (True,), "final_norm": (True,), "class_token_pos": (0,),
 }
 # Heads of timm's named sizes, for configs whose model_args do not say.
-_TIMM_HEADS = {"vit_tiny_": 3, "vit_small_": 6, "vit_medium_": 8, "vit_base_": 12,
-               "vit_large_": 16, "vit_huge_": 16, "deit_tiny_": 3, "deit_small_": 6,
-               "deit_base_": 12}
+# (heads, width) of timm's named sizes: a config without model_args.num_heads has the heads
+# its name gives, when its width is the name's too (else the model was built otherwise).
+_TIMM_HEADS = {"vit_tiny_": (3, 192), "vit_small_": (6, 384), "vit_medium_": (8, 512),
+               "vit_base_": (12, 768), "vit_large_": (16, 1024), "vit_huge_": (16, 1280),
+               "deit_tiny_": (3, 192), "deit_small_": (6, 384), "deit_base_": (12, 768)}
 # Tensor names that give away a variant this importer does not map.
 _VARIANT_HINTS = (
     ("reg_token", "register tokens"), ("dist_token", "a distillation token"),
@@ -366,11 +368,15 @@ def _timm_spec(folder: Path, config: dict, tensors: dict) -> tuple[VitSpec, dict
     raise UserError(f"{folder / 'model.safetensors'} lacks tensors: patch_embed.proj.weight "
                     "or blocks.* (cannot tell the ViT's sizes)")
   height, width_px = _timm_image_size(where, args, pcfg, base)
-  heads = args.get("num_heads") or next(
-      (n for prefix, n in _TIMM_HEADS.items() if base.startswith(prefix)), None)
+  heads = args.get("num_heads")
   if not heads:
-    raise UserError(f"{where}: cannot tell the number of attention heads of '{arch}'; add "
-                    "model_args.num_heads")
+    named_heads, named_width = next((sizes for prefix, sizes in _TIMM_HEADS.items()
+                                     if base.startswith(prefix)), (None, None))
+    if named_width != width:  # a model built at another width: its heads are anyone's guess
+      known = f", and its width {width} is not that name's {named_width}" if named_width else ""
+      raise UserError(f"{where}: cannot tell the number of attention heads of '{arch}' (no "
+                      f"model_args.num_heads{known}); add model_args.num_heads")
+    heads = named_heads
   fc1 = tensors.get("blocks.0.mlp.fc1.weight")
   if "mlp_ratio" in args:
     mlp_width = int(round(args["mlp_ratio"] * width))
