@@ -189,9 +189,9 @@ def _check_model_run(path: Path, what: str) -> None:
     record = read_json(path / rundir.IMPORTED_FILE, "imported teacher record")
     source = record.get("source") if isinstance(record, dict) else None
     came_from = f" ({source})" if source else ""
-    raise UserError(f"{what} {path} is an imported teacher: distill holds its outputs, not a "
-                    f"model it can restore or export; run it where it came from{came_from}, or "
-                    "give a student it taught (students predict and export)")
+    raise UserError(f"{what} {path} is an imported teacher: its model stays where it came "
+                    f"from{came_from}, which distill runs to teach but does not export; run it "
+                    "there, or give a student it taught (students predict and export)")
   if kind != rundir.NOT_A_RUN:
     return
   runs = sorted(child.name for child in path.iterdir()

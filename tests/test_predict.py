@@ -284,7 +284,8 @@ def test_near_misses_for_the_model_say_what_to_give(runs, exported, images, tmp_
   for command in (["predict", imported, "--images", images[0]],
                   ["export-model", imported, "--out", tmp_path / "m.stablehlo"]):
     one_line_error(run_cli(*command), "is an imported teacher",
-                    "run it where it came from (/models/net.keras)",
+                    "where it came from (/models/net.keras), which distill runs to teach but "
+                    "does not export; run it there",
                     "give a student it taught (students predict and export)")
 
 
