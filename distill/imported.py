@@ -390,7 +390,12 @@ def _fitting_note(teacher, image_shape: tuple[int, int, int]) -> str | None:
   want_c = (shape[2] if len(shape) > 2 else 1) or channels
   changes = []
   if (want_h, want_w) != (height, width):
-    changes.append(f"resized to {want_h}x{want_w}")
+    # distill resizes bilinearly; a source trained with another resize sees slightly other
+    # pixels (logits ~0.1 apart for a bicubic-trained ViT), which the user should know.
+    recommended = teacher.details.get("source_interpolation")
+    how = (f" (bilinearly; its config names {recommended})"
+           if recommended and recommended != "bilinear" else "")
+    changes.append(f"resized to {want_h}x{want_w}{how}")
   if want_c != channels and channels == 1:  # grey to RGB, the one conversion made
     changes.append(f"repeated to {want_c} channels")
   if not changes:

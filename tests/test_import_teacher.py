@@ -413,6 +413,15 @@ def test_a_teacher_for_other_images_says_it_resizes_them(tmp_path):
   assert result.exit_code == 0, result.output
   assert ("note: the data set's 8x8x1 images are resized to 32x32 and repeated to 3 channels "
           "to fit the teacher's input") in result.stderr
+  # A source trained with another resize than distill's bilinear one is named with it.
+  source = shutil.copytree(FIXTURES / "vit_timm", tmp_path / "bicubic")
+  settings = json.loads((source / "config.json").read_text())
+  settings["pretrained_cfg"]["interpolation"] = "bicubic"
+  (source / "config.json").write_text(json.dumps(settings))
+  result = run_cli("import-teacher", source, "-r", "digits", "-w", tmp_path / "t2")
+  assert result.exit_code == 0, result.output
+  assert ("images are resized to 32x32 (bilinearly; its config names bicubic) and repeated to 3 "
+          "channels") in result.stderr
 
 
 def test_the_readme_logits_example_runs_as_written(tmp_path, monkeypatch):
