@@ -49,7 +49,7 @@ class RunStats:
   # up to the final checkpoint's hand-over to Orbax, not its write.
   train_seconds: float
   compile_seconds: float  # this stretch's
-  images_per_second: float  # this stretch's
+  images_per_second: float  # this stretch's (the whole run's where it ran no step)
   resumed_from: int | None
 
 
@@ -104,7 +104,11 @@ def fit(*, model: nnx.Module, images, labels: np.ndarray, val_images, val_labels
   run.compile_logging(val_images, val_labels)
   if start_step == 0:  # A resumed run's event files already hold step 0.
     run.tensorboard.init_loss(init_loss, expected)
-  last_train_loss = init_loss
+  # A resumed run's last logged loss stands until it logs again: one resumed after its final
+  # checkpoint (stopped while evaluating) runs no step, and its step-0 loss is no final loss.
+  logged = [record["loss"] for record in rundir.read_metrics(workdir)
+            if "loss" in record and record.get("step", 0) <= start_step]
+  last_train_loss = logged[-1] if start_step and logged else init_loss
   finished = False
   try:
     with _StopFlag() as stop, contextlib.closing(setup.feeder.dispatches(run.plan)) as feed:
@@ -143,12 +147,16 @@ def fit(*, model: nnx.Module, images, labels: np.ndarray, val_images, val_labels
     run.close(final_write if finished else None)
   jax.block_until_ready(run.state)
   seconds = run.stretch_seconds()
+  train_seconds = run.earlier_seconds + seconds
+  # This stretch's speed; a stretch that ran no step (resumed after its final checkpoint)
+  # has none, and the whole run's stands for it.
+  steps_run = run.total_steps - start_step
+  images_per_second = (steps_run * settings.batch_size / max(seconds, 1e-9) if steps_run
+                       else run.total_steps * settings.batch_size / max(train_seconds, 1e-9))
   stats = RunStats(
       init_loss=init_loss, init_loss_expected=expected, final_train_loss=last_train_loss,
-      steps=run.total_steps, train_seconds=run.earlier_seconds + seconds,
-      compile_seconds=run.compile_seconds,
-      images_per_second=((run.total_steps - start_step) * settings.batch_size
-                         / max(seconds, 1e-9)),
+      steps=run.total_steps, train_seconds=train_seconds,
+      compile_seconds=run.compile_seconds, images_per_second=images_per_second,
       resumed_from=start_step or None)
   return setup.trained(run.state["params"]), stats
 

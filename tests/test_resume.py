@@ -278,6 +278,20 @@ def test_a_resumed_run_reports_the_training_time_of_every_stretch(tmp_path, monk
   assert f"(resumed from step {stopped_step})," in result.output.splitlines()[-1]
 
 
+def test_a_run_resumed_after_its_final_checkpoint_keeps_its_final_loss(reference, tmp_path):
+  """Stopped while evaluating, after its last checkpoint: the resumed run trains no step, and
+  its summary said its final loss was the step-0 loss, log(10), at 0 images a second."""
+  workdir = shutil.copytree(reference / "teacher", tmp_path / "teacher")
+  finished = _summary(workdir)
+  (workdir / "summary.json").unlink()
+  _finish(_command("teacher", workdir))
+  resumed = _summary(workdir)
+  assert resumed["resumed_from_step"] == 40
+  assert resumed["final_train_loss"] == finished["final_train_loss"]
+  assert resumed["images_per_second"] > 0
+  assert resumed["params_sha256"] == finished["params_sha256"]
+
+
 @pytest.mark.parametrize(("min_seconds", "saved"), [(0, [10, 20, 30, 40]), (3600, [40])])
 def test_periodic_checkpoints_wait_checkpoint_min_seconds_after_the_last(
     tmp_path, monkeypatch, min_seconds, saved):
