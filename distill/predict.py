@@ -147,11 +147,17 @@ def predict_logits(source: Path, images: np.ndarray) -> np.ndarray:
   """Float32 logits [N, C] of uint8 images [N, H, W, C] by a run folder or an exported file.
 
   The images must already have the model's shape (see `load_images` for
-  files of other sizes).
+  files of other sizes); one image [H, W, C], or grey ones without their
+  channel axis, are taken too. Other dtypes, shapes or channels-first arrays
+  are refused as `predict` refuses them in a file, with the numpy call that
+  fixes them: 0..1 floats cast to uint8 would be all but black.
   """
   source = Path(source)
-  classify, _ = _run_classifier(source) if source.is_dir() else _exported_classifier(source)
-  return np.asarray(classify(np.asarray(images, np.uint8)), np.float32)
+  classify, meta = _run_classifier(source) if source.is_dir() else _exported_classifier(source)
+  images = _shaped(np.asarray(images), "images", tuple(meta["image_shape"]))
+  if not len(images):
+    return np.zeros((0, len(meta["class_names"])), np.float32)
+  return np.asarray(classify(images), np.float32)
 
 
 def format_predictions(result: dict[str, Any]) -> str:

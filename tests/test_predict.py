@@ -14,7 +14,7 @@ from test_model_export import jax_test_logits, one_line_error
 from distill import rundir
 from distill.errors import UserError
 from distill.model_export import sidecar_path
-from distill.predict import load_images, read_images
+from distill.predict import load_images, predict_logits, read_images
 
 
 @pytest.fixture(scope="module")
@@ -429,3 +429,19 @@ def test_a_folder_of_class_folders_is_predicted_and_scored_by_its_folders(runs, 
   (tmp_path / "photos" / "7" / "notes.txt").write_text("mine")
   one_line_error(run_cli("predict", runs / "student", "--images", tmp_path / "photos" / "7"),
                  "holds files that are not images (notes.txt)")
+
+
+def test_predict_logits_takes_images_as_predict_does_and_refuses_floats(runs, exported,
+                                                                         dataset):
+  """From Python, 0..1 floats were cast to uint8 (all but black) and scored 8% without a
+  word, and an empty batch was a traceback from the run folder."""
+  x = dataset.x_test[:5]
+  for source in (runs / "student", *exported.values()):
+    logits = predict_logits(source, x)
+    assert logits.shape == (5, 10) and logits.dtype == np.float32
+    np.testing.assert_allclose(predict_logits(source, x[0]), logits[:1], atol=1e-5)
+    np.testing.assert_allclose(predict_logits(source, x[..., 0]), logits, atol=1e-5)
+    with pytest.raises(UserError, match=r"images must hold uint8 images \(0..255\), got "
+                                        r"float32; they look like 0..1 floats: convert with "):
+      predict_logits(source, x.astype(np.float32) / 255)
+    assert predict_logits(source, x[:0]).shape == (0, 10)
