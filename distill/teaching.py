@@ -31,6 +31,7 @@ arrays never are.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -329,6 +330,14 @@ def make_objective(name: str, **settings: Any) -> Objective:
   """
   if name not in OBJECTIVES:
     raise UserError(f"unknown method '{name}'; valid: {', '.join(OBJECTIVES)}")
+  # Another method's setting is ignored (callers pass one set to every method), but a name
+  # no method reads is a typo that would train at its default (tempreature=5: T=1).
+  known = {parameter for factory in OBJECTIVES.values()
+           for parameter in inspect.signature(factory).parameters if parameter != "_"}
+  unknown = sorted(set(settings) - known)
+  if unknown:
+    raise UserError(f"make_objective: no method reads {', '.join(map(repr, unknown))}; the "
+                    f"settings are {', '.join(sorted(known))}")
   return OBJECTIVES[name](**settings)
 
 

@@ -12,6 +12,7 @@ from flax import nnx
 
 from distill import augment, compare, config, losses, metrics, run_recipe, step, teaching, workflow
 from distill.cli import main
+from distill.errors import UserError
 from distill.inference import normalize
 from distill.targets import load_targets
 
@@ -263,3 +264,11 @@ def test_ensemble_members_label_the_same_views(teachers, tmp_path):
     probs.append(jax.nn.softmax(model(view)[0]))
   np.testing.assert_allclose(jax.nn.softmax(ensemble["view_logits"][5, 1]), np.mean(probs, 0),
                              atol=1e-5)
+
+
+def test_an_objective_setting_no_method_reads_is_a_typo_refused():
+  """tempreature=5 trained at T=1, its step-0 check 'ok'; another method's setting is fine."""
+  assert teaching.make_objective("kd", temperature=2.0, dkd_beta=8.0).reads
+  with pytest.raises(UserError, match=r"make_objective: no method reads 'tempreature'; the "
+                                      r"settings are alpha, .* temperature, token_variant$"):
+    teaching.make_objective("kd", tempreature=5.0)
