@@ -297,8 +297,10 @@ class _Run:
     return first + count
 
   def at_log(self, step: int) -> bool:
-    """Whether `step` writes a line of metrics.jsonl."""
-    return step % self.settings.log_every == 0 or step == self.total_steps
+    """Whether `step` writes a line of metrics.jsonl: at the log cadence, and at every
+    validation (which a line holds: eval_every=25 beside log_every=10 validated only at 50)."""
+    return (step % self.settings.log_every == 0 or step % self.settings.eval_every == 0
+            or step == self.total_steps)
 
   def at_checkpoint(self, step: int) -> bool:
     """Whether `step` saves a checkpoint (a stop signal saves one too).

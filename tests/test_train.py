@@ -112,6 +112,18 @@ def test_a_teachers_wall_time_covers_its_export(tmp_path, tiny_overrides, monkey
   assert json.loads((tmp_path / "t" / "summary.json").read_text()) == summary
 
 
+def test_every_validation_is_logged_when_its_cadence_is_not_the_logs(tmp_path, tiny_overrides):
+  # Validations were written only on log lines: eval_every=10 beside log_every=4 validated at
+  # 20 alone (their common multiple), nothing said.
+  overrides = [*tiny_overrides, "teacher.steps=30", "teacher.model=mlp",
+               "teacher.mlp.hidden=[32]", "teacher.log_every=4", "teacher.eval_every=10"]
+  _fit(tmp_path / "t", overrides)
+  records = [json.loads(line)
+             for line in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records] == [4, 8, 10, 12, 16, 20, 24, 28, 30]
+  assert [r["step"] for r in records if "val_accuracy" in r] == [10, 20, 30]
+
+
 def test_deferred_log_lines_are_whole_in_order_and_the_same_whatever_the_lag(
     tmp_path, tiny_overrides, monkeypatch):
   # Log lines that save nothing are written a few dispatches late, validations included (their
