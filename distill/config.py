@@ -16,6 +16,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import textwrap
 import tomllib
 import types
@@ -491,13 +492,34 @@ def _recipe_chain(path: Path) -> list[tuple[dict[str, Any], str]]:
       break
     if not isinstance(base, str) or not base:
       raise UserError(f"recipe {path}: base must be a recipe name or path, got {base!r}")
-    beside = path.parent / base
-    try:
-      path = beside if beside.is_file() else resolve_recipe_path(base)
-    except UserError:
-      raise UserError(f"recipe {path}: its base '{base}' is neither a file beside it nor a "
-                      f"packaged recipe ({', '.join(recipe_names())})") from None
+    path = _base_path(path, base)
   return chain[::-1]
+
+
+def _base_path(recipe: Path, base: str) -> Path:
+  """The file a recipe's `base` names: a file beside the recipe, else a packaged recipe.
+
+  Never one in the directory the command runs in: a recipe then means the same
+  run wherever it is typed, and a base left behind fails everywhere, not only
+  in the folders that lack a file of its name.
+  """
+  beside = recipe.parent / base
+  if beside.is_file():
+    return beside
+  name = base.removesuffix(".toml")
+  if name in recipe_names():
+    return RECIPES_DIR / f"{name}.toml"
+  # The file meant, where one is plain: a path without .toml (only packaged names may omit
+  # it), or a file found from the current directory (as bases once were).
+  guess = ""
+  if (recipe.parent / f"{base}.toml").is_file():
+    guess = f"; did you mean '{base}.toml'?"
+  elif Path(base).is_file():
+    meant = Path(os.path.relpath(Path(base).resolve(), recipe.parent.resolve())).as_posix()
+    guess = (f"; a base is read from the recipe's folder, not the current directory: "
+             f"did you mean '{meant}'?")
+  raise UserError(f"recipe {recipe}: its base '{base}' is neither a file beside it nor a "
+                  f"packaged recipe ({', '.join(recipe_names())}){guess}")
 
 
 def set_key(recipe: dict[str, Any], dotted: str, value: Any, where: str = "--set") -> None:

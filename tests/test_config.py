@@ -326,6 +326,33 @@ def test_bad_base_names_the_problem(tmp_path, text, words):
     assert word in str(error.value)
 
 
+
+def test_a_base_is_found_beside_its_recipe_never_in_the_current_directory(tmp_path, monkeypatch):
+  """The same recipe file means the same run wherever the command is typed."""
+  (tmp_path / "rec" / "sub").mkdir(parents=True)
+  recipe_file = tmp_path / "rec" / "sub" / "cwdbase.toml"
+  recipe_file.write_text('base = "c3.toml"\n')
+  (tmp_path / "c3.toml").write_text('base = "digits"\nseed = 3\n')
+  monkeypatch.chdir(tmp_path)  # where ./c3.toml was once loaded without a word
+  with pytest.raises(UserError, match=re.escape(
+      "its base 'c3.toml' is neither a file beside it nor a packaged recipe (") + ".*" + re.escape(
+      "); a base is read from the recipe's folder, not the current directory: did you mean "
+      "'../../c3.toml'?")):
+    config.load_recipe("rec/sub/cwdbase.toml")
+  monkeypatch.chdir(tmp_path / "rec")
+  with pytest.raises(UserError, match=r"its base 'c3.toml' is neither .* recipe \([^)]*\)$"):
+    config.load_recipe("sub/cwdbase.toml")
+  # The path it names from its own folder, and a packaged name with .toml, work from anywhere.
+  recipe_file.write_text('base = "../../c3.toml"\n')
+  assert config.load_recipe("sub/cwdbase.toml")["seed"] == 3
+  recipe_file.write_text('base = "digits.toml"\n')
+  assert config.load_recipe("sub/cwdbase.toml") == config.load_recipe("digits")
+  # Only a packaged name may leave out .toml; a path without it is named with it.
+  recipe_file.write_text('base = "../../c3"\n')
+  with pytest.raises(UserError, match=r"its base '../../c3' is neither .*; did you mean "
+                                      r"'../../c3.toml'\?$"):
+    config.load_recipe("sub/cwdbase.toml")
+
 # The default teacher before the hybrid took its place (BENCHMARKS.md's earlier runs).
 PATCH7_TEACHER = ["teacher.steps=20000", "teacher.vit.stem=conv", "teacher.vit.patch=7",
                   "teacher.vit.width=96", "teacher.vit.heads=6", "teacher.vit.mlp_ratio=4"]
