@@ -94,13 +94,26 @@ def _refuse_unread_settings(overrides: list[str], student: dict[str, Any]) -> No
       raise UserError(reason)
 
 
+def _augmented(student: dict[str, Any]) -> bool:
+  """Whether a student of the resolved section `student` trains on augmented images: when it
+  asks (student.augment), and by construction when taught online (hints excepted) or by
+  views, which label the student's own augmented images (the recipe's view of the teaching
+  strategies' `always_augments`, known before they are built)."""
+  taught = student["loss"] != "hard"
+  return bool(student["augment"]) or (taught and (
+      student["teaching"] == "views"
+      or (student["teaching"] == "online" and student["method"] != "hint")))
+
+
 def unread_setting(override: str, student: dict[str, Any]) -> str | None:
   """Why a student of the resolved section `student` would not read `override` ('key=value'),
   as a refusal words it; None when it reads it (or it is no distillation setting).
 
   A student on hard labels reads no distillation setting; a method reads only
   its own table (`student.dkd.*`) and those of -T, --alpha and --soft-loss its
-  loss takes (`teaching.reads_setting`).
+  loss takes (`teaching.reads_setting`). A student that is not augmented reads
+  no `augment.*`, and no student reads the targets' `export.temperature` or
+  `export.views`.
   """
   from distill.teaching import reads_setting  # noqa: PLC0415
 
@@ -112,6 +125,16 @@ def unread_setting(override: str, student: dict[str, Any]) -> str | None:
     return (f"{key}={value} changes nothing for teaching={student['teaching']}: it augments by "
             "construction (the teacher labels the student's own augmented images); drop it, or "
             "train with --teaching targets")
+  if role == "augment" and not _augmented(student):
+    why = ("on hard labels" if student["loss"] == "hard" else
+           "taught hints online" if student["teaching"] == "online" else
+           "taught by exported targets, which belong to the images as they are")
+    return (f"{key}={value} changes nothing for this student: it is not augmented ({why}, "
+            "with student.augment=false); drop it, or add --set student.augment=true")
+  if key in ("export.temperature", "export.views"):
+    return (f"{key}={value} changes nothing for a student: its teacher's targets were exported "
+            "with theirs (distill export --teacher DIR -T T --views K exports others); the "
+            "student's own temperature is -T")
   if role != "student" or name not in _DISTILLATION_KEYS:
     return None
   if student["loss"] == "hard":

@@ -153,6 +153,19 @@ def test_invalid_method_combinations_are_one_line_errors(overrides, message):
      "student.augment=false changes nothing for teaching=online: it augments by construction "
      "(the teacher labels the student's own augmented images); drop it, or train with "
      "--teaching targets"),
+    # Accepted, recorded in recipe.json and shown by compare as differences of runs that
+    # trained alike.
+    (("--set", "augment.flip=true"),
+     "augment.flip=true changes nothing for this student: it is not augmented (taught by "
+     "exported targets, which belong to the images as they are, with student.augment=false); "
+     "drop it, or add --set student.augment=true"),
+    (("--loss", "hard", "--set", "augment.crop=resize"),
+     "augment.crop=resize changes nothing for this student: it is not augmented (on hard "
+     "labels, with student.augment=false); drop it, or add --set student.augment=true"),
+    (("--set", "export.temperature=5"),
+     "export.temperature=5 changes nothing for a student: its teacher's targets were exported "
+     "with theirs (distill export --teacher DIR -T T --views K exports others); the student's "
+     "own temperature is -T"),
 ])
 def test_settings_the_method_would_not_read_are_refused(tiny_digits_runs, tmp_path, args,
                                                         message):
