@@ -119,6 +119,9 @@ def run_benchmark(recipe: dict[str, Any], *, role: str = "teacher", steps: int |
       raise UserError(f"{flag} must be positive, got {value}")
   data = _resolve_data(recipe, synthetic)
   training = _training(recipe, role, data, settings, steps)  # refuses a batch that cannot fit
+  if note is not None and role == "student" and (untimed := _untimed_teaching(recipe)):
+    note(f"note: bench times a student's step with kd on exported targets, un-augmented; this "
+         f"recipe's {untimed} is not what is timed")
   per_dispatch = backend.steps_per_dispatch(settings.steps_per_dispatch)
   timed = _whole_dispatches(bare_steps, per_dispatch)
   if note is not None and timed != bare_steps:
@@ -225,6 +228,20 @@ def _resolve_data(recipe: dict[str, Any], synthetic: str | None) -> _BenchData:
   dataset = load_data({**recipe, "data": {**recipe["data"], "labelled": 0}})
   return _BenchData(dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val,
                     dataset.image_shape, dataset.num_classes, dataset.name)
+
+
+def _untimed_teaching(recipe: dict[str, Any]) -> str | None:
+  """What a recipe's student does that the timed student step does not (another method, a
+  teacher run in the step, augmentation), in words; None when it trains as timed."""
+  from distill.run_recipe import student_augmented  # noqa: PLC0415
+
+  student = recipe["student"]
+  taught = student["loss"] != "hard"
+  parts = [f"method {student['method']}" if taught and student["method"] != "kd" else "",
+           f"teaching={student['teaching']}" if taught and student["teaching"] != "targets"
+           else "",
+           "augmentation" if student_augmented(student) else ""]
+  return ", ".join(part for part in parts if part) or None
 
 
 def _objective_and_teaching(role: str, data: _BenchData):

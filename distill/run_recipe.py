@@ -94,7 +94,7 @@ def _refuse_unread_settings(overrides: list[str], student: dict[str, Any]) -> No
       raise UserError(reason)
 
 
-def _augmented(student: dict[str, Any]) -> bool:
+def student_augmented(student: dict[str, Any]) -> bool:
   """Whether a student of the resolved section `student` trains on augmented images: when it
   asks (student.augment), and by construction when taught online (hints excepted) or by
   views, which label the student's own augmented images (the recipe's view of the teaching
@@ -125,7 +125,7 @@ def unread_setting(override: str, student: dict[str, Any]) -> str | None:
     return (f"{key}={value} changes nothing for teaching={student['teaching']}: it augments by "
             "construction (the teacher labels the student's own augmented images); drop it, or "
             "train with --teaching targets")
-  if role == "augment" and not _augmented(student):
+  if role == "augment" and not student_augmented(student):
     why = ("on hard labels" if student["loss"] == "hard" else
            "taught hints online" if student["teaching"] == "online" else
            "taught by exported targets, which belong to the images as they are")

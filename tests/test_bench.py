@@ -52,6 +52,18 @@ def test_bench_reports_every_measure_and_its_settings(role):
   assert report["loop_compile_seconds"] > 0
 
 
+def test_a_student_that_trains_otherwise_than_timed_is_told_so():
+  """bench times kd on exported targets; a recipe's online hint student was timed so in
+  silence, without its teacher's forward pass in the step."""
+  result = run_cli("bench", "--recipe", "digits", *TINY_FLAGS, "--bare-steps", 10, "-q",
+                   "--role", "student", "--set", "student.method=hint", "--set",
+                   "student.teaching=online", "--set", "student.augment=true")
+  assert result.exit_code == 0, result.output
+  assert ("note: bench times a student's step with kd on exported targets, un-augmented; this "
+          "recipe's method hint, teaching=online, augmentation is not what is timed"
+          ) in result.stderr
+
+
 def test_bench_text_notes_rounded_bare_steps_and_prints_choices_readably():
   """--bare-steps 7 is timed as one dispatch of 5, and stderr says so; the text output has
   one line a backend choice, not a dict's repr."""
