@@ -128,16 +128,27 @@ TOKEN_VARIANTS = ("hard", "soft")
 HINT_KINDS = ("mse", "cosine")
 
 
-def _unknown_key(dotted: str, where: str) -> UserError:
-  parent = dotted.rsplit(".", 1)[0] if "." in dotted else ""
-  node = DEFAULTS
-  for part in parent.split(".") if parent else []:
-    node = node.get(part, {}) if isinstance(node, dict) else {}
-  siblings = ([f"{parent + '.' if parent else ''}{k}" for k in node]
-              if isinstance(node, dict) and node else [])
-  choices = siblings or [k for k in DEFAULTS]
-  close = _close_key(dotted, choices)
-  guess = f"did you mean '{close}'? " if close else ""
+def _unknown_key(dotted: str, where: str, *, in_file: bool = False) -> UserError:
+  """The error for an unknown `dotted` key: a guess at the key meant, and the keys of the table
+  where it went wrong (`augment.crop.size` lists augment's keys: `crop` holds no keys).
+
+  in_file: the key comes from a TOML file, where a top-level key written below a [table]
+  header lands in that table (`seed` after [teacher] reads as `teacher.seed`).
+  """
+  parts = dotted.split(".")
+  node, depth = DEFAULTS, 0
+  while depth < len(parts) - 1 and isinstance(node.get(parts[depth]), dict):
+    node, depth = node[parts[depth]], depth + 1
+  prefix = "".join(f"{part}." for part in parts[:depth])
+  choices = [f"{prefix}{key}" for key in node]
+  name = parts[-1]
+  top_level = name == "base" or (name in DEFAULTS and not isinstance(DEFAULTS[name], dict))
+  if in_file and depth and top_level:
+    guess = (f"'{name}' is a top-level key: move it above the first [table] (a key below a "
+             f"[table] header belongs to that table); ")
+  else:
+    close = _close_keys(dotted)
+    guess = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
   return UserError(
       f"unknown recipe key '{dotted}' in {where}; {guess}valid keys here: {', '.join(choices)}"
   )
@@ -149,26 +160,53 @@ _KEY_ALIASES = {"lr": "learning_rate", "wd": "weight_decay", "bs": "batch_size",
                 "t": "temperature"}
 
 
-def _close_key(dotted: str, choices: list[str]) -> str | None:
-  """The key an unknown `dotted` key most likely meant: a sibling by its last part ('lr' ->
-  'learning_rate', 'dpth' -> 'depth'), or the same key under a misspelt table ('teachr.steps'
-  -> 'teacher.steps'); None when nothing is close."""
-  name = dotted.rpartition(".")[2]
-  by_name = {choice.rpartition(".")[2]: choice for choice in choices}
-  alias = _KEY_ALIASES.get(name.lower())
-  if alias in by_name:
-    return by_name[alias]
-  close = difflib.get_close_matches(name, list(by_name), n=1)
-  if close:
-    return by_name[close[0]]
-  table, _, rest = dotted.partition(".")
-  for other in difflib.get_close_matches(table, list(DEFAULTS), n=1) if rest else []:
-    node: Any = DEFAULTS[other]
-    for part in rest.split("."):
-      node = node.get(part) if isinstance(node, dict) else None
-    if node is not None:
-      return f"{other}.{rest}"
-  return None
+def _leaf_keys(node: dict[str, Any] = DEFAULTS, prefix: str = "") -> list[str]:
+  """Every key a recipe can set, dotted ('seed', 'teacher.vit.depth'), in DEFAULTS' order."""
+  return [leaf for key, value in node.items()
+          for leaf in (_leaf_keys(value, f"{prefix}{key}.") if isinstance(value, dict)
+                       else [f"{prefix}{key}"])]
+
+
+def _close_keys(dotted: str) -> list[str]:
+  """The keys an unknown `dotted` key most likely meant, searched among every valid key ([]
+  when none is close), the first rule that finds one winning:
+
+  - two parts joined by '_' ('augment.crop.size' -> 'augment.crop_size');
+  - a common short name read as its key ('teacher.lr' -> 'teacher.learning_rate');
+  - every part equal or close ('teacher.stepz', 'studnet.lr' -> 'student.learning_rate'),
+    and the keys of that last name in the same table ('student.kd.alpha' ->
+    'student.dkd.alpha' or 'student.alpha');
+  - else the keys of that last name elsewhere, those sharing the most parts ('steps' ->
+    'teacher.steps' or 'student.steps', 'teacher.dataset' -> 'data.dataset');
+  - a setting the key went below ('export.views.count' -> 'export.views').
+  """
+  keys = _leaf_keys()
+  parts = dotted.split(".")
+  for i in range(len(parts) - 1):
+    joined = ".".join([*parts[:i], f"{parts[i]}_{parts[i + 1]}", *parts[i + 2:]])
+    if joined in keys:
+      return [joined]
+  parts[-1] = _KEY_ALIASES.get(parts[-1].lower(), parts[-1])
+  if ".".join(parts) in keys:
+    return [".".join(parts)]
+
+  def likeness(key: str) -> float:  # 0 unless every part is close (difflib's own cutoff)
+    ratios = [difflib.SequenceMatcher(None, given, part).ratio()
+              for given, part in zip(parts, key.split("."), strict=True)]
+    return sum(ratios) if min(ratios) >= 0.6 else 0.0
+
+  alike = sorted((key for key in keys if key.count(".") == len(parts) - 1 and likeness(key)),
+                 key=likeness, reverse=True)[:1]
+  named = [key for key in keys if key.rpartition(".")[2] == parts[-1]]
+  shared = {key: len(set(key.split(".")) & set(parts)) for key in named}
+  most = [key for key in named if shared[key] == max(shared.values())]
+  if alike:  # only in the table given: not teacher.learning_rate for 'studnet.lr'
+    most = [key for key in named if key.partition(".")[0] == parts[0]]
+  found = list(dict.fromkeys([*alike, *most]))[:3]
+  if found:
+    return found
+  below = [".".join(parts[:i]) for i in range(1, len(parts))]
+  return [key for key in below if key in keys][:1]
 
 
 def _type_name(default: Any) -> str:
@@ -259,16 +297,21 @@ def _coerce(value: Any, default: Any, dotted: str, where: str, *, typed: bool = 
   )
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any], where: str, prefix: str = "") -> None:
+def _merge(base: dict[str, Any], update: dict[str, Any], where: str, prefix: str = "", *,
+           in_file: bool = False) -> None:
+  """Lays `update` over `base` in place, refusing unknown keys and values of the wrong type.
+
+  in_file: `update` is a TOML file's table (see `_unknown_key`).
+  """
   for key, value in update.items():
     dotted = f"{prefix}{key}"
     if key not in base:
-      raise _unknown_key(dotted, where)
+      raise _unknown_key(dotted, where, in_file=in_file)
     if isinstance(base[key], dict):
       if not isinstance(value, dict):
         raise UserError(f"recipe key '{dotted}' in {where} is a table; set its keys, "
                         f"e.g. {dotted}.{next(iter(base[key]))}")
-      _merge(base[key], value, where, dotted + ".")
+      _merge(base[key], value, where, dotted + ".", in_file=in_file)
     else:
       # A file's values carry their own types: no text is parsed (see `_coerce`).
       base[key] = _coerce(value, base[key], dotted, where, typed=True)
@@ -408,7 +451,7 @@ def recipe_as_written(recipe: str | None) -> dict[str, Any]:
   path = resolve_recipe_path(recipe)
   if path is not None:
     for table, where in _recipe_chain(path):
-      _merge(resolved, _beside(table, Path(where).parent), where)
+      _merge(resolved, _beside(table, Path(where).parent), where, in_file=True)
   return resolved
 
 

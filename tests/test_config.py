@@ -37,6 +37,17 @@ def test_defaults_then_file_then_overrides(tmp_path):
     ("student.temp=2", ["; did you mean 'student.temperature'? valid keys here"]),
     ("teachr.vit.depth=2", ["; did you mean 'teacher.vit.depth'? valid keys here"]),
     ("teacher.zzz=2", ["unknown recipe key 'teacher.zzz' in --set; valid keys here"]),
+    # Guessed among every valid key, and listed at the table where the key went wrong.
+    ("augment.crop.size=3", ["did you mean 'augment.crop_size'? valid keys here: augment.crop, "
+                             "augment.crop_size, augment.pad, augment.flip"]),
+    ("export.views.count=2", ["did you mean 'export.views'? valid keys here: export.temperature"]),
+    ("student.kd.alpha=0.5", ["did you mean 'student.dkd.alpha' or 'student.alpha'? valid keys "
+                              "here: student.model"]),
+    ("student.method.dkd.beta=2", ["did you mean 'student.dkd.beta'? valid keys here: "
+                                   "student.model"]),
+    ("steps=5", ["did you mean 'teacher.steps' or 'student.steps'? valid keys here: seed, data"]),
+    ("teacher.dataset=digits", ["did you mean 'data.dataset'? valid keys here: teacher.model"]),
+    ("studnet.lr=0.1", ["did you mean 'student.learning_rate'? valid keys here: seed, data"]),
     ("teacher.steps=many", ["must be int", "'many'"]),
     ("teacher.steps=0", ["teacher.steps must be positive"]),
     ("teacher.batch_size=-4", ["teacher.batch_size must be positive"]),
@@ -221,6 +232,21 @@ def test_unknown_key_in_file(tmp_path):
   path.write_text("[teacher]\nlearning_rat = 1.0\n")
   with pytest.raises(UserError, match="teacher.learning_rate"):
     config.load_recipe(str(path))
+
+
+def test_a_top_level_key_below_a_table_header_is_named_to_move(tmp_path):
+  # TOML puts a key written after [teacher] into that table: `seed` reads as `teacher.seed`.
+  path = tmp_path / "r.toml"
+  for text, key in (("[teacher]\nsteps = 3\nseed = 4\n", "seed"),
+                    ('[teacher.vit]\ndepth = 3\nbase = "digits"\n', "base")):
+    path.write_text(text)
+    with pytest.raises(UserError, match=re.escape(
+        f"'{key}' is a top-level key: move it above the first [table] (a key below a [table] "
+        f"header belongs to that table); valid keys here: ")):
+      config.load_recipe(str(path))
+  # Given to --set, the key is only guessed: there are no tables there.
+  with pytest.raises(UserError, match=r"'teacher.seed' in --set; did you mean 'seed'\?"):
+    config.load_recipe("digits", ["teacher.seed=4"])
 
 
 def test_bad_toml_and_missing_recipe(tmp_path):
