@@ -487,12 +487,14 @@ def unshown_differences_note(rows: list[dict[str, Any]]) -> str | None:
         differing = differing_keys(runs[0][1], recipe, role)
       except (KeyError, TypeError):  # an older recipe's shape
         continue
+      models = {runs[0][1][role]["model"], recipe[role]["model"]}
       for key in differing:
         setting = key.split(".")
         if setting[0] == role and (setting[1] in _SHOWN_KEYS or setting[1] in METHODS
-                                   or setting[1] == runs[0][1][role]["model"]
-                                   or setting[1] == recipe[role]["model"]):
-          continue  # a column, the method's label, or a model table (models differ)
+                                   or (setting[1] in models and len(models) > 1)):
+          # A column, the method's label, or the model table of one of two models (the model
+          # and params columns tell them apart); one model's table that differs is named.
+          continue
         if setting[0] != "seed" and key not in _SHOWN_DATA_KEYS:
           # A shared section's key (data.val_size) is named once, over the runs of both roles.
           keys.setdefault(key, role if setting[0] == role else None)
@@ -501,6 +503,10 @@ def unshown_differences_note(rows: list[dict[str, Any]]) -> str | None:
   for key, role in keys.items():
     by_value: dict[str, list[str]] = {}
     for run, recipe in runs_of[role] if role else [*runs_of["teacher"], *runs_of["student"]]:
+      table = key.split(".")[1] if role else None  # a role's key has its section's name
+      if table and isinstance(recipe[role].get(table), dict) and table not in METHODS and (
+          recipe[role]["model"] != table):
+        continue  # another model's table, which this run does not read
       by_value.setdefault(setting_text(_recipe_value(recipe, key)), []).append(
           names[str(Path(run).resolve())])
     parts.append(f"{key}: " + ", ".join(f"{value} ({first_few(runs, 3)})"

@@ -128,6 +128,15 @@ def test_settings_the_table_does_not_show_are_named_where_runs_of_a_role_differ(
                                    "(twin); student.warmup_steps: 2 (student, other), 300 (twin)")
   # The model, cadences and what the table shows are no such difference.
   assert "differ in settings" not in compare.compare_runs([teacher, student, other])
+  # Two runs of one model that differ in its own table (rows alike but for the accuracy) are
+  # told apart by it; a run of another model, which reads no such table, is not named in it.
+  narrow = copy_runs(tiny_digits_runs, tmp_path, narrow="student") / "narrow"
+  recipe = json.loads((narrow / rundir.RECIPE_FILE).read_text())
+  recipe["student"]["cnn"]["head_init_scale"] = 0.5
+  (narrow / rundir.RECIPE_FILE).write_text(json.dumps(recipe))
+  assert compare.compare_runs([teacher, student, narrow, other]).splitlines()[-1] == (
+      "the runs differ in settings the table does not show: student.cnn.head_init_scale: 0 "
+      "(student), 0.5 (narrow)")
   # A shared section's key is named once, over both roles' runs; the data set's keys are the
   # dataset column's.
   shared = copy_runs(runs, tmp_path / "shared", teacher="teacher", student="student")
