@@ -631,7 +631,8 @@ def check_overrides(overrides: Sequence[str]) -> None:
 
 
 def validate(recipe: dict[str, Any]) -> None:
-  """Checks names (`_validate_names`), then value ranges and combinations that types cannot."""
+  """Checks names (`_validate_names`), then value ranges and combinations that types cannot,
+  then that every float setting is a finite number."""
   _validate_names(recipe)
   for role in ("teacher", "student"):
     section = recipe[role]
@@ -675,6 +676,12 @@ def validate(recipe: dict[str, Any]) -> None:
   for key, value in (("seed", recipe["seed"]), ("data.split_seed", recipe["data"]["split_seed"])):
     if value < 0:
       raise UserError(f"{key} must be 0 or more, got {value}")
+  # Last, so a range above names its own: a NaN or infinite setting passes a bound like
+  # `>= 0` (weight_decay = inf) and trains to 'training diverged ... lower learning rate'.
+  for key in _leaf_keys():
+    value = functools.reduce(lambda node, part: node[part], key.split("."), recipe)
+    if isinstance(value, float) and not math.isfinite(value):
+      raise UserError(f"{key} must be a finite number, got {value}")
 
 
 # The size keys of each model table, ints or lists of ints (one a layer or stage), that must be
@@ -697,11 +704,6 @@ def _validate_model_sizes(role: str, section: dict[str, Any]) -> None:
   Combinations that need the image size (the patch must divide it) are left
   to the model, which refuses them in one line.
   """
-  for model in _MODEL_DEFAULTS:
-    for key, value in section[model].items():
-      # A NaN or infinite scale trains to 'training diverged ... lower learning rate'.
-      if isinstance(value, float) and not math.isfinite(value):
-        raise UserError(f"{role}.{model}.{key} must be a finite number, got {value}")
   for model, keys in _MODEL_SIZE_KEYS.items():
     for key in keys:
       value = section[model][key]

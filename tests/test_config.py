@@ -142,6 +142,31 @@ def test_a_value_out_of_range_is_named_alone_with_its_value(override, message):
     config.load_recipe("digits", [override])
 
 
+
+def _float_keys():
+  """Every float key of the recipe, dotted, so a new one is covered too."""
+  def walk(node, prefix):
+    for key, value in node.items():
+      if isinstance(value, dict):
+        yield from walk(value, f"{prefix}{key}.")
+      elif isinstance(value, float):
+        yield f"{prefix}{key}"
+  return list(walk(config.DEFAULTS, ""))
+
+
+@pytest.mark.parametrize("key", _float_keys())
+def test_every_float_setting_must_be_finite(key):
+  # A key with a range of its own may name the range instead.
+  for value in ("inf", "-inf", "nan"):
+    with pytest.raises(UserError, match=f"^{re.escape(key)}( \\(.*\\))? must be "):
+      config.load_recipe("digits", [f"{key}={value}"])
+
+
+def test_an_infinite_weight_decay_is_refused_before_training():
+  # It passed its `>= 0` check and trained to 'training diverged ... Try a lower learning rate'.
+  with pytest.raises(UserError, match=r"^teacher.weight_decay must be a finite number, got inf$"):
+    config.load_recipe("digits", ["teacher.weight_decay=inf"])
+
 def _model_size_keys():
   """Every int or list-of-int key of every model table of both roles, as a dotted key."""
   return [f"{role}.{model}.{key}" for role in ("teacher", "student")
