@@ -15,6 +15,7 @@ _LOSSES = (
     "log_softmax", "softmax", "hard_cross_entropy", "soft_cross_entropy", "kl_divergence",
     "distillation_loss", "expected_init_loss", "init_loss_check", "InitLossCheck",
     "dkd_loss", "dist_loss", "hint_loss", "token_loss", "token_predictions",
+    "expected_init_dkd", "expected_init_dist", "expected_init_hint", "expected_init_token",
 )
 _METRICS = ("accuracy", "top1_agreement", "negative_log_likelihood", "expected_calibration_error")
 

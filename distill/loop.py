@@ -75,7 +75,9 @@ def fit(*, model: nnx.Module, images, labels: np.ndarray, val_images, val_labels
     seed: seeds the data order and the augmentation.
     checkpoint_meta: JSON stored with each checkpoint; a resumed run must match
       its `recipe_hash`.
-    teaching: where the soft targets come from (needed by the 'soft' objective).
+    teaching: where the soft targets come from (needed by the 'soft' objective): a
+      `distill.teaching` strategy, `HardLabels` or one of its subclasses
+      (`ExportedTargets`, `OnlineTeacher`, `ReplayedViews`).
     strict_init_check: raise instead of warning when the step-0 loss is off.
     check_init: compare the step-0 loss with the objective's expectation; off
       for a model that starts from trained weights (its head is not uniform).

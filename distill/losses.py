@@ -1,13 +1,14 @@
 """Distillation losses as pure jax.numpy functions (evaluation metrics: `distill.metrics`).
 
 Every function here takes logits with classes on the last axis and any leading
-batch shape, and computes in float32 whatever the input dtype, so bf16/f16
+batch shape (but ``dist_loss``, whose intra-class term correlates over the
+batch: exactly ``[B, C]``), and computes in float32 whatever the input dtype, so bf16/f16
 model outputs are safe: a log-softmax in bf16 loses most of its precision.
 Probabilities are always derived from a max-shifted log-softmax (never
 ``log(softmax(x))``), which keeps results finite for logits as large as
 +-1e4.
 
-Losses take ``reduction``:
+Losses take ``reduction`` (but ``dist_loss``, one number for the batch it couples):
 
 * ``'mean'`` (default): the mean over every leading (batch) element.
 * ``'sum'``: the sum over every leading element.

@@ -678,6 +678,11 @@ def test_bad_arguments_raise(call, message):
 
 
 def test_top_level_exports():
-  for name in ("dkd_loss", "dist_loss", "hint_loss", "token_loss", "token_predictions"):
+  # Every public function of the loss library, its step-0 expectations too.
+  public = [name for name, value in vars(losses).items()
+            if callable(value) and not name.startswith("_")
+            and getattr(value, "__module__", None) == losses.__name__]
+  assert "expected_init_dkd" in public and "dist_loss" in public
+  for name in public:
     assert getattr(distill, name) is getattr(losses, name)
     assert name in distill.__all__
