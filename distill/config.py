@@ -243,6 +243,11 @@ def _coerce(value: Any, default: Any, dotted: str, where: str, *, typed: bool = 
   --set's text is parsed, so `steps = "10"` or `flip = "yes"` in a recipe is
   refused like `steps = "ten"` instead of being read as a number.
   """
+  if not typed and isinstance(value, str) and len(value) > 1 and value[0] == value[-1] in "'\"":
+    # --set 'teacher.compute_dtype="bfloat16"' keeps its quotes (a shell or TOML habit): no
+    # name, number or path holds them, and a string key would take them without a word.
+    raise UserError(f"recipe key '{dotted}' in {where} got {value!r} (a quoted string: write it "
+                    f"without quotes)")
   if dotted in _COUNT_OR_FRACTION:
     return _count_or_fraction(value, dotted, where, typed=typed)
   parse = not typed and isinstance(value, str)

@@ -103,6 +103,13 @@ def test_a_flag_and_a_set_of_one_key_must_agree():
     ("teacher.compute_dtype=float16", ["teacher.compute_dtype must be one of"]),
     ("student.stepz=3", ["unknown recipe key 'student.stepz'"]),
     ("student.steps=many", ["must be int"]),
+    # A shell keeps the quotes of --set 'key="value"': named as a recipe file's quoted number is.
+    ('teacher.compute_dtype="bfloat16"', ["recipe key 'teacher.compute_dtype' in --set got "
+                                          "'\"bfloat16\"' (a quoted string: write it without "
+                                          "quotes)"]),
+    ("student.steps='10'", ["'student.steps' in --set got \"'10'\" (a quoted string: write it "
+                            "without quotes)"]),
+    ('data.data_dir="data"', ["(a quoted string: write it without quotes)"]),
 ])
 def test_overrides_no_recipe_could_take_are_refused_before_one_is_read(override, words):
   with pytest.raises(UserError) as error:
