@@ -24,6 +24,7 @@ from distill.rundir import (
     TARGETS_FILE,
     TARGETS_META_FILE,
     saved_recipe,
+    summary_field,
     trained_again,
 )
 
@@ -74,6 +75,9 @@ def load_targets(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]
   directory = Path(directory)
   path = directory if directory.suffix == ".npz" else directory / TARGETS_FILE
   if not path.exists():
+    if summary_field(directory, "role") == "student":  # students export no targets
+      raise UserError(f"no targets at {path}: {directory} is a student run; give its teacher "
+                      f"({summary_field(directory, 'teacher_dir')})")
     raise UserError(f"no targets at {path}; train a teacher first, "
                     f"or run `distill export --teacher {directory}`")
   try:

@@ -562,6 +562,9 @@ def restore_trained(run_dir: Path, recipe: dict[str, Any], role: str, dataset):
   if is_imported(run_dir):
     raise UserError(f"{run_dir} is an imported teacher: it has no checkpoint to restore; its "
                     "targets and predictions are already in the folder")
+  trained_as = rundir.summary_field(Path(run_dir), "role")
+  if trained_as not in (None, role):  # the other role's model and steps: a misleading refusal
+    raise UserError(f"{run_dir} is a {trained_as} run; restore it with role={trained_as!r}")
   _, model, _ = _build_model(recipe, role, dataset, restoring=Path(run_dir))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   settings = config_lib.TrainSettings.of(recipe, role)

@@ -114,3 +114,19 @@ def test_exporting_again_without_views_says_it_drops_them(tiny_digits_runs, tmp_
   result = run_cli("export", "--teacher", teacher, "-T", "3")  # nothing more to lose
   assert result.exit_code == 0, result.output
   assert "note:" not in result.stderr
+
+
+def test_a_student_given_for_targets_or_restored_as_a_teacher_is_named_a_student(
+    tiny_digits_runs):
+  """From Python: load_targets(student) advised `distill export --teacher STUDENT`, and
+  restore_trained(student, ..., 'teacher') said the run stopped at step 40 of 1500."""
+  from distill import workflow  # noqa: PLC0415
+  from distill.run_recipe import read_run_recipe  # noqa: PLC0415
+
+  student = tiny_digits_runs / "student"
+  teacher = json.loads((student / "summary.json").read_text())["teacher_dir"]
+  with pytest.raises(UserError, match=f"is a student run; give its teacher \\({teacher}\\)$"):
+    load_targets(student)
+  recipe = read_run_recipe(student)
+  with pytest.raises(UserError, match=r"is a student run; restore it with role='student'$"):
+    workflow.restore_trained(student, recipe, "teacher", workflow.load_data(recipe))
