@@ -166,7 +166,7 @@ def export_targets(teacher_dirs: Path | list[Path], *, out_dir: Path | None = No
   what = f"an ensemble of {len(members)} teachers" if len(members) > 1 else "the teacher"
   if len(members) > 1:  # no run of its own shows an ensemble's accuracy: say it here
     what += f" ({_ensemble_accuracies(arrays, members, dataset)})"
-  extra = f" and {views} augmented views each" if views else ""
+  extra = f" and {views} augmented view{'s' if views > 1 else ''} each" if views else ""
   console.info(f"exported the targets of {what} for {len(dataset.x_train):,} images{extra} "
                f"at T={temperature} -> {path}")
   if views_replaced:
