@@ -90,6 +90,13 @@ def compare(variant: Mapping[Hashable, float], baseline: Mapping[Hashable, float
     sample std of variant - baseline, fractions; None without pairs, std 0 for
     one), `t_p` and `sign_p` (see `t_test_p`, `sign_test_p`) and `verdict`.
   """
+  for accuracies in (variant, baseline):
+    # Percentages would read as +196.67 points; a NaN would make every statistic NaN.
+    for seed, value in accuracies.items():
+      if not 0.0 <= float(value) <= 1.0:
+        percent = " (in percent? divide by 100)" if 1.0 < float(value) <= 100.0 else ""
+        raise ValueError(f"accuracies are fractions in [0, 1]; seed {seed!r} has "
+                         f"{float(value)!r}{percent}")
   seeds, diffs = pair(variant, baseline)
   n = len(seeds)
   result = {

@@ -140,3 +140,14 @@ def test_p_values_for_people():
   assert "t-test p < 0.001" in verdict({
       "baseline": "hard", "n": 10, "left_out": 0, "mean_diff": 0.01, "std_diff": 0.001,
       "t_p": 1e-9, "sign_p": 0.002})
+
+
+@pytest.mark.parametrize("accuracy, message", [
+    (93.0, r"seed 1 has 93.0 \(in percent\? divide by 100\)$"),  # read as +196.67 points
+    (math.nan, r"seed 1 has nan$"),
+    (-0.1, r"seed 1 has -0.1$"),
+])
+def test_accuracies_that_are_no_fractions_are_refused(accuracy, message):
+  with pytest.raises(ValueError, match=r"^accuracies are fractions in \[0, 1\]; " + message):
+    compare({0: 0.9, 1: accuracy}, {0: 0.88, 1: 0.89}, "hard")
+  assert compare({0: np.float32(0.9)}, {0: 1}, "hard")["n"] == 1  # numpy and ints are numbers
