@@ -248,7 +248,7 @@ def _order_warning(train_logits: np.ndarray, dataset) -> str | None:
   if matched - as_given < _REORDER_GAIN or matched < _REORDERED_AT_LEAST:
     return None
   order = [int(column) for column in theirs[np.argsort(ours)]]
-  shown = (str(order) if classes <= 20 else
+  shown = (str(order) if classes <= 100 else  # the order to apply, whole where it fits
            f"[{first_few(order, 10)}]")
   return (f"the teacher's classes look like {dataset.name}'s in another order: it agrees with "
           f"the training labels on {as_given:.1%} as given, but on {matched:.1%} with its "
