@@ -228,11 +228,12 @@ def _reorder_note(teacher, dataset) -> str | None:
           f"put in the data set's order ({first_few(moved, 3)})")
 
 
-def _order_warning(train_logits: np.ndarray, dataset) -> str | None:
+def _order_warning(train_logits: np.ndarray, dataset, *, named: bool = False) -> str | None:
   """A warning when the teacher's classes look like the data set's in another order: matching
   its predicted classes to the labels one to one fits the training labels far better than
   taking its class i as the data set's class i. Names cannot tell this where the teacher has
-  none; a trained model is best matched by its own order."""
+  none; a trained model is best matched by its own order. `named`: the teacher gave class
+  names, which are not the data set's (else it would be in order already)."""
   from scipy.optimize import linear_sum_assignment  # noqa: PLC0415
 
   labelled = dataset.y_train >= 0
@@ -248,15 +249,15 @@ def _order_warning(train_logits: np.ndarray, dataset) -> str | None:
   if matched - as_given < _REORDER_GAIN or matched < _REORDERED_AT_LEAST:
     return None
   order = [int(column) for column in theirs[np.argsort(ours)]]
+  names = ("name its classes as the data set does" if named else "give its class names")
   shown = (str(order) if classes <= 100 else  # the order to apply, whole where it fits
            f"[{first_few(order, 10)}]")
   return (f"the teacher's classes look like {dataset.name}'s in another order: it agrees with "
           f"the training labels on {as_given:.1%} as given, but on {matched:.1%} with its "
           f"outputs reordered as logits[:, {shown}] (for each class of the data set, the "
-          "teacher's output that matches it). If its outputs are in another order, reorder "
-          "them so, or give its class names (class_names in a .npz of logits, id2label in a "
-          "ViT's config.json) and distill puts them in order. Students would learn from these "
-          "labels")
+          f"teacher's output that matches it). If its outputs are in another order, reorder "
+          f"them so, or {names} (class_names in a .npz of logits, id2label in a ViT's "
+          "config.json) and distill puts them in order. Students would learn from these labels")
 
 
 def _split_logits(teacher, dataset) -> dict[str, np.ndarray]:
@@ -603,7 +604,8 @@ def import_teacher(source: str, recipe: dict[str, Any], workdir: Path, *,
   if teacher.class_names and class_order(teacher.class_names, dataset.class_names) is None:
     console.warn(f"the teacher's class names ({first_few(teacher.class_names, 4)}) differ from "
                  f"{dataset.name}'s; its class i is taken as the data set's class i")
-  if (warning := _order_warning(logits["train"], dataset)) is not None:
+  if (warning := _order_warning(logits["train"], dataset,
+                                named=bool(teacher.class_names))) is not None:
     console.warn(warning)
   write_json(workdir / rundir.SUMMARY_FILE, summary)
   return summary

@@ -125,16 +125,23 @@ def unread_setting(override: str, student: dict[str, Any]) -> str | None:
     return (f"{key}={value} changes nothing for teaching={student['teaching']}: it augments by "
             "construction (the teacher labels the student's own augmented images); drop it, or "
             "train with --teaching targets")
+  replays_views = student["loss"] != "hard" and student["teaching"] == "views"
+  if role == "augment" and replays_views:
+    return (f"{key}={value} changes nothing for teaching=views: the student replays the views "
+            "its teacher exported, augmented as they were then (distill export --teacher DIR "
+            "--views K with other augment settings exports others); drop it")
   if role == "augment" and not student_augmented(student):
     why = ("on hard labels" if student["loss"] == "hard" else
            "taught hints online" if student["teaching"] == "online" else
            "taught by exported targets, which belong to the images as they are")
     return (f"{key}={value} changes nothing for this student: it is not augmented ({why}, "
             "with student.augment=false); drop it, or add --set student.augment=true")
-  if key in ("export.temperature", "export.views"):
-    return (f"{key}={value} changes nothing for a student: its teacher's targets were exported "
-            "with theirs (distill export --teacher DIR -T T --views K exports others); the "
-            "student's own temperature is -T")
+  if key == "export.temperature":
+    return (f"{key}={value} changes nothing for a student: it sets the temperature of the "
+            "targets `distill export` writes; the student's own is -T")
+  if key == "export.views":
+    return (f"{key}={value} changes nothing for a student: it sets how many views `distill "
+            "export` writes; export them with distill export --teacher DIR --views K")
   if role != "student" or name not in _DISTILLATION_KEYS:
     return None
   if student["loss"] == "hard":

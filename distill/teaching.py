@@ -31,6 +31,7 @@ arrays never are.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import math
 from collections.abc import Callable, Mapping
@@ -336,8 +337,10 @@ def make_objective(name: str, **settings: Any) -> Objective:
            for parameter in inspect.signature(factory).parameters if parameter != "_"}
   unknown = sorted(set(settings) - known)
   if unknown:
-    raise UserError(f"make_objective: no method reads {', '.join(map(repr, unknown))}; the "
-                    f"settings are {', '.join(sorted(known))}")
+    close = difflib.get_close_matches(unknown[0], known, n=1)
+    guess = f"did you mean {close[0]!r}? " if close else ""
+    raise UserError(f"make_objective: no method reads {', '.join(map(repr, unknown))}; "
+                    f"{guess}the settings are {', '.join(sorted(known))}")
   return OBJECTIVES[name](**settings)
 
 

@@ -562,7 +562,7 @@ def restore_trained(run_dir: Path, recipe: dict[str, Any], role: str, dataset):
   if is_imported(run_dir):
     raise UserError(f"{run_dir} is an imported teacher: it has no checkpoint to restore; its "
                     "targets and predictions are already in the folder")
-  trained_as = rundir.summary_field(Path(run_dir), "role")
+  trained_as = _role_of(Path(run_dir))
   if trained_as not in (None, role):  # the other role's model and steps: a misleading refusal
     raise UserError(f"{run_dir} is a {trained_as} run; restore it with role={trained_as!r}")
   _, model, _ = _build_model(recipe, role, dataset, restoring=Path(run_dir))
@@ -583,6 +583,19 @@ def restore_trained(run_dir: Path, recipe: dict[str, Any], role: str, dataset):
   state, _ = checkpointer.restore(step, like)
   checkpointer.close()
   return TrainedModel(graphdef, rest, state["params"], _input_stats(dataset)), step
+
+
+def _role_of(run_dir: Path) -> str | None:
+  """'teacher' or 'student': what trained in `run_dir`, finished or not (a student's
+  recipe.json names its teacher); None where it cannot tell."""
+  role = rundir.summary_field(run_dir, "role")
+  if role is not None:
+    return role
+  try:
+    recipe = read_json(run_dir / RECIPE_FILE, "run recipe")
+  except UserError:
+    return None
+  return ("student" if "teacher_dir" in recipe else "teacher") if isinstance(recipe, dict) else None
 
 
 @rundir.releases_workdirs

@@ -163,9 +163,12 @@ def test_invalid_method_combinations_are_one_line_errors(overrides, message):
      "augment.crop=resize changes nothing for this student: it is not augmented (on hard "
      "labels, with student.augment=false); drop it, or add --set student.augment=true"),
     (("--set", "export.temperature=5"),
-     "export.temperature=5 changes nothing for a student: its teacher's targets were exported "
-     "with theirs (distill export --teacher DIR -T T --views K exports others); the student's "
-     "own temperature is -T"),
+     "export.temperature=5 changes nothing for a student: it sets the temperature of the "
+     "targets `distill export` writes; the student's own is -T"),
+    (("--teaching", "views", "--set", "augment.flip=false"),
+     "augment.flip=false changes nothing for teaching=views: the student replays the views its "
+     "teacher exported, augmented as they were then (distill export --teacher DIR --views K "
+     "with other augment settings exports others); drop it"),
 ])
 def test_settings_the_method_would_not_read_are_refused(tiny_digits_runs, tmp_path, args,
                                                         message):

@@ -117,7 +117,7 @@ def test_exporting_again_without_views_says_it_drops_them(tiny_digits_runs, tmp_
 
 
 def test_a_student_given_for_targets_or_restored_as_a_teacher_is_named_a_student(
-    tiny_digits_runs):
+    tiny_digits_runs, tmp_path):
   """From Python: load_targets(student) advised `distill export --teacher STUDENT`, and
   restore_trained(student, ..., 'teacher') said the run stopped at step 40 of 1500."""
   from distill import workflow  # noqa: PLC0415
@@ -130,3 +130,8 @@ def test_a_student_given_for_targets_or_restored_as_a_teacher_is_named_a_student
   recipe = read_run_recipe(student)
   with pytest.raises(UserError, match=r"is a student run; restore it with role='student'$"):
     workflow.restore_trained(student, recipe, "teacher", workflow.load_data(recipe))
+  # Unfinished too (no summary): its recipe.json names its teacher.
+  unfinished = copy_runs(tiny_digits_runs, tmp_path, unfinished="student") / "unfinished"
+  (unfinished / "summary.json").unlink()
+  with pytest.raises(UserError, match=r"is a student run; restore it with role='student'$"):
+    workflow.restore_trained(unfinished, recipe, "teacher", workflow.load_data(recipe))

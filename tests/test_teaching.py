@@ -269,6 +269,7 @@ def test_ensemble_members_label_the_same_views(teachers, tmp_path):
 def test_an_objective_setting_no_method_reads_is_a_typo_refused():
   """tempreature=5 trained at T=1, its step-0 check 'ok'; another method's setting is fine."""
   assert teaching.make_objective("kd", temperature=2.0, dkd_beta=8.0).reads
-  with pytest.raises(UserError, match=r"make_objective: no method reads 'tempreature'; the "
-                                      r"settings are alpha, .* temperature, token_variant$"):
+  with pytest.raises(UserError, match=r"make_objective: no method reads 'tempreature'; did you "
+                                      r"mean 'temperature'\? the settings are alpha, .* "
+                                      r"temperature, token_variant$"):
     teaching.make_objective("kd", tempreature=5.0)
