@@ -78,7 +78,8 @@ def expand_sweeps(run_dirs: list[Path]) -> tuple[list[Path], list[tuple[Path, di
     teacher = Path(saved.get("settings", {}).get("teacher_dir", ""))
     # An ensemble's folder of targets has no summary, but a record of its test accuracy.
     if (teacher / rundir.SUMMARY_FILE).is_file() or (
-        rundir.folder_kind(teacher) == rundir.TARGETS_ONLY and _targets_row(teacher)):
+        rundir.folder_kind(teacher) == rundir.TARGETS_ONLY
+        and _targets_row(teacher, _ensemble_record(teacher))):
       expanded.append(teacher if run_dir.is_absolute() else _under_cwd(teacher))
     expanded += [run_dir / run["name"] for run in saved.get("runs", [])]
   unique: dict[str, Path] = {}
@@ -107,14 +108,15 @@ def collect_runs(run_dirs: list[Path]) -> tuple[list[dict[str, Any]], list[str]]
   rows, skipped = [], []
   for run_dir in map(Path, run_dirs):
     kind = rundir.folder_kind(run_dir)
-    if kind == rundir.TARGETS_ONLY and (row := _targets_row(run_dir)) is not None:
+    ensemble = _ensemble_record(run_dir) if kind == rundir.TARGETS_ONLY else None
+    if (row := _targets_row(run_dir, ensemble)) is not None:
       rows.append(row)
       continue
     if kind not in rundir.FINISHED_RUNS:
       inside = kind == rundir.NOT_A_RUN and rundir.runs_in(run_dir)
       skipped.append(f"{run_dir} is {rundir.describe_folder(run_dir, kind)}"
                      + (f": give them, e.g. {run_dir / '*'}" if inside else "")
-                     + (_export_again(run_dir) if kind == rundir.TARGETS_ONLY else ""))
+                     + _export_again(run_dir, ensemble))
       continue
     summary = read_json(run_dir / rundir.SUMMARY_FILE, "run summary")
     recipe = _recipe_of(run_dir)
@@ -133,40 +135,46 @@ def collect_runs(run_dirs: list[Path]) -> tuple[list[dict[str, Any]], list[str]]
   return [row for row, _ in ranked], skipped
 
 
-def _targets_row(folder: Path) -> dict[str, Any] | None:
-  """A teacher row for an ensemble's folder of targets (`distill export --teacher A --teacher B
-  --out`), which has no run of its own: the test accuracy its targets.json records, that its
-  students' agreement is measured against. None for one teacher's targets (its run is its
-  row) and for targets from before the accuracy was recorded."""
+def _ensemble_record(folder: Path) -> dict[str, Any] | None:
+  """The targets.json of an ensemble's folder of targets (`distill export --teacher A --teacher B
+  --out`), read once for `_targets_row` and `_export_again`; None for one teacher's targets
+  (its run is its row) and for a missing or damaged record."""
   try:
     meta = read_json(folder / rundir.TARGETS_META_FILE, "targets record")
   except UserError:
     return None
-  if not isinstance(meta, dict) or meta.get("test_accuracy") is None:
+  if not isinstance(meta, dict) or not isinstance(meta.get("teachers"), list) or len(
+      meta["teachers"]) < 2:
     return None
-  teachers = meta.get("teachers") or []
-  if len(teachers) < 2:
-    return None
-  return {"run": str(folder), "role": "teacher", "model": f"ensemble of {len(teachers)}",
-          "params": None,
-          "test_accuracy": meta["test_accuracy"], "dataset": meta.get("dataset"),
-          "dataset_fingerprint": meta.get("dataset_fingerprint"), "recipe": {}}
+  return meta
 
 
-def _export_again(folder: Path) -> str:
+def _targets_row(folder: Path, ensemble: dict[str, Any] | None) -> dict[str, Any] | None:
+  """A teacher row for an ensemble's folder of targets, which has no run of its own: the test
+  accuracy its targets.json (`ensemble`, see `_ensemble_record`) records, that its students'
+  agreement is measured against. None where there is no such record, or one from before the
+  accuracy was recorded."""
+  if ensemble is None or ensemble.get("test_accuracy") is None:
+    return None
+  return {"run": str(folder), "role": "teacher",
+          "model": f"ensemble of {len(ensemble['teachers'])}", "params": None,
+          "test_accuracy": ensemble["test_accuracy"], "dataset": ensemble.get("dataset"),
+          "dataset_fingerprint": ensemble.get("dataset_fingerprint"), "recipe": {}}
+
+
+def _export_again(folder: Path, ensemble: dict[str, Any] | None) -> str:
   """For an ensemble's targets exported before targets.json recorded their test accuracy: how
   to have its teacher row (the same export again, which records it); else ''."""
-  try:
-    meta = read_json(folder / rundir.TARGETS_META_FILE, "targets record")
-    teachers = [teacher["dir"] for teacher in meta.get("teachers") or []]
-  except (UserError, AttributeError, KeyError, TypeError):
+  if ensemble is None or ensemble.get("test_accuracy") is not None:
     return ""
-  if len(teachers) < 2 or meta.get("test_accuracy") is not None:
+  try:
+    teachers = [teacher["dir"] for teacher in ensemble["teachers"]]
+  except (KeyError, TypeError):
     return ""
   flags = " ".join(f"--teacher {_under_cwd(Path(teacher))}" for teacher in teachers)
   return (f"; it was exported before an ensemble's test accuracy was recorded: export it again "
           f"to show it as its students' teacher (distill export {flags} --out {folder} "
-          f"-T {meta.get('temperature', 1):g})")
+          f"-T {ensemble.get('temperature', 1):g})")
 
 
 def _recipe_of(run_dir: Path) -> dict[str, Any]:
