@@ -239,7 +239,7 @@ def test_neighbourhood_conv_is_nnx_conv(channels, use_bias):
 
   def loss(module):
     return jnp.sum(jnp.sin(module(images)))
-  ours_grads, conv_grads = nnx.grad(loss)(ours), nnx.grad(loss)(conv)
+  ours_grads, conv_grads = nnx.jit(nnx.grad(loss))(ours), nnx.jit(nnx.grad(loss))(conv)
   for name in ("kernel", "bias") if use_bias else ("kernel",):
     np.testing.assert_allclose(ours_grads[name][...], conv_grads[name][...], rtol=1e-4, atol=1e-4)
 
@@ -258,8 +258,9 @@ def test_vit_attention_is_jax_attention_with_the_softmax_gradient_written_out(dt
   def loss(function):
     return lambda *qkv: jnp.sum(jnp.sin(3.0 * function(*qkv).astype(jnp.float32)))
 
-  ours = jax.grad(loss(attention), argnums=(0, 1, 2))(query, key, value)
-  flax_grads = jax.grad(loss(nnx.dot_product_attention), argnums=(0, 1, 2))(query, key, value)
+  ours = jax.jit(jax.grad(loss(attention), argnums=(0, 1, 2)))(query, key, value)
+  flax_grads = jax.jit(jax.grad(loss(nnx.dot_product_attention), argnums=(0, 1, 2)))(
+      query, key, value)
   tolerance = 1e-5 if dtype == jnp.float32 else 0.05
   for a, b in zip(ours, flax_grads, strict=True):
     assert float(jnp.abs(b.astype(jnp.float32)).max()) > 0.1
@@ -352,8 +353,9 @@ def test_group_norm_is_nnx_group_norm(shape, groups, dtype):
     return jnp.sum(jnp.sin(module(x)))
 
   np.testing.assert_allclose(ours(images), flax_norm(images), rtol=1e-5, atol=1e-5)
-  ours_grads = nnx.grad(loss, argnums=(0, 1))(ours, images)
-  flax_grads = nnx.grad(loss, argnums=(0, 1))(flax_norm, images)
+  # Jitted, as training takes them (op by op, each compiled alone, took seconds).
+  ours_grads = nnx.jit(nnx.grad(loss, argnums=(0, 1)))(ours, images)
+  flax_grads = nnx.jit(nnx.grad(loss, argnums=(0, 1)))(flax_norm, images)
   np.testing.assert_allclose(ours_grads[1], flax_grads[1], rtol=1e-4, atol=1e-4)
   for name in ("scale", "bias"):
     np.testing.assert_allclose(ours_grads[0][name][...], flax_grads[0][name][...],
