@@ -33,6 +33,7 @@ def _cli_args(role, workdir, teacher_dir=None):
 
 
 def _command(role, workdir, teacher_dir=None):
+  """The same run as a `distill` subprocess: the runs a test kills or signals from outside."""
   return [sys.executable, "-m", "distill.cli", *_cli_args(role, workdir, teacher_dir)]
 
 
@@ -81,8 +82,13 @@ def _resumes_from_the_latest_checkpoint(args, workdir):
 
 
 def _finish(args):
-  result = subprocess.run(args, capture_output=True, text=True)
-  assert result.returncode == 0, result.stderr
+  """Runs `distill ARGS` (`_cli_args`) to its end in this process.
+
+  Only the killed run needs a process of its own; resuming it here reads the same files a
+  fresh process would, without importing JAX again (seconds a run).
+  """
+  result = run_cli(*args)
+  assert result.exit_code == 0, result.output
   return result
 
 
@@ -93,18 +99,17 @@ def _summary(workdir):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
   root = tmp_path_factory.mktemp("reference")
-  _finish(_command("teacher", root / "teacher"))
-  _finish(_command("student", root / "student", root / "teacher"))
+  _finish(_cli_args("teacher", root / "teacher"))
+  _finish(_cli_args("student", root / "student", root / "teacher"))
   return root
 
 
 @pytest.mark.parametrize("kill_at", [0, 5, 15, 30])
 def test_killed_teacher_resumes_bit_identically(reference, tmp_path, kill_at):
   workdir = tmp_path / "teacher"
-  args = _command("teacher", workdir)
-  _kill_after(args, workdir, kill_at)
+  _kill_after(_command("teacher", workdir), workdir, kill_at)
   _assert_no_damaged_files(workdir)
-  _resumes_from_the_latest_checkpoint(args, workdir)
+  _resumes_from_the_latest_checkpoint(_cli_args("teacher", workdir), workdir)
   resumed, expected = _summary(workdir), _summary(reference / "teacher")
   assert resumed["params_sha256"] == expected["params_sha256"]
   assert resumed["test_accuracy"] == expected["test_accuracy"]
@@ -115,10 +120,10 @@ def test_killed_teacher_resumes_bit_identically(reference, tmp_path, kill_at):
 @pytest.mark.parametrize("kill_at", [10, 25])
 def test_killed_student_resumes_bit_identically(reference, tmp_path, kill_at):
   workdir = tmp_path / "student"
-  args = _command("student", workdir, reference / "teacher")
-  _kill_after(args, workdir, kill_at)
+  _kill_after(_command("student", workdir, reference / "teacher"), workdir, kill_at)
   _assert_no_damaged_files(workdir)
-  _resumes_from_the_latest_checkpoint(args, workdir)
+  _resumes_from_the_latest_checkpoint(_cli_args("student", workdir, reference / "teacher"),
+                                      workdir)
   assert _summary(workdir)["params_sha256"] == _summary(reference / "student")["params_sha256"]
 
 
@@ -284,7 +289,7 @@ def test_a_run_resumed_after_its_final_checkpoint_keeps_its_final_loss(reference
   workdir = shutil.copytree(reference / "teacher", tmp_path / "teacher")
   finished = _summary(workdir)
   (workdir / "summary.json").unlink()
-  _finish(_command("teacher", workdir))
+  _finish(_cli_args("teacher", workdir))
   resumed = _summary(workdir)
   assert resumed["resumed_from_step"] == 40
   assert resumed["final_train_loss"] == finished["final_train_loss"]
