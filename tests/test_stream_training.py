@@ -45,32 +45,44 @@ def digits_shards(tmp_path_factory):
   return root
 
 
-def test_streamed_teacher_and_student_match_the_in_memory_runs(digits_shards, tmp_path,
-                                                              teacher_logged_every_5):
+@pytest.fixture(scope="module")
+def streamed_teacher(digits_shards, tmp_path_factory):
+  """A TINY teacher trained on `digits_shards`, logged every 5 steps as the in-memory
+  `teacher_logged_every_5` it is compared with, with its target shards: trained once for
+  every test here that needs a streamed teacher."""
+  workdir = tmp_path_factory.mktemp("streamed-teacher") / "teacher"
+  result = run_cli("teacher", "-r", "digits", "-w", workdir, "-q", *SET,
+                   "--dataset", "stream", "--data-dir", digits_shards)
+  assert result.exit_code == 0, result.output
+  return workdir
+
+
+def test_streamed_teacher_and_student_match_the_in_memory_runs(digits_shards, streamed_teacher,
+                                                              tmp_path, teacher_logged_every_5):
   stream = ["--dataset", "stream", "--data-dir", digits_shards]
   memory = teacher_logged_every_5
-  run_distill_process("teacher", "-r", "digits", "-w", tmp_path / "stream", "-q", *SET, *stream)
+  # Both teachers on one device, in this process; the streamed students below on two.
   # Same split, same order, same pixels: the same losses, read from disk instead of memory.
-  np.testing.assert_allclose(_losses(tmp_path / "stream"), _losses(memory), rtol=1e-5)
-  shards = open_target_shards(tmp_path / "stream", verify_checksums=True)
+  np.testing.assert_allclose(_losses(streamed_teacher), _losses(memory), rtol=1e-5)
+  shards = open_target_shards(streamed_teacher, verify_checksums=True)
   with np.load(memory / "targets.npz") as targets:
     assert shards.num_examples > len(targets["train_probs"])  # validation rows too
-  summary = json.loads((tmp_path / "stream" / "summary.json").read_text())
+  summary = json.loads((streamed_teacher / "summary.json").read_text())
   memory_summary = json.loads((memory / "summary.json").read_text())
   assert summary["test_accuracy"] == pytest.approx(memory_summary["test_accuracy"], abs=2e-3)
   # One reader over both target formats: a split position's logits, whichever format holds them.
-  stream_data = workflow.load_data(run_recipe.read_run_recipe(tmp_path / "stream"))
+  stream_data = workflow.load_data(run_recipe.read_run_recipe(streamed_teacher))
   memory_data = workflow.load_data(run_recipe.read_run_recipe(memory))
   positions = np.arange(0, len(memory_data.x_train), 7)
   np.testing.assert_allclose(
-      open_targets(tmp_path / "stream", stream_data).rows_for(stream_data)[positions],
+      open_targets(streamed_teacher, stream_data).rows_for(stream_data)[positions],
       open_targets(memory, memory_data).rows_for(memory_data)[positions], rtol=1e-4, atol=1e-5)
 
   for teaching in ("targets", "online"):
     result = run_cli("student", "--teacher", memory, "-m", "mlp", "--teaching", teaching,
                      "-w", tmp_path / f"student-memory-{teaching}", "-q", *SET)
     assert result.exit_code == 0, result.output
-    run_distill_process("student", "--teacher", tmp_path / "stream", "-m", "mlp",
+    run_distill_process("student", "--teacher", streamed_teacher, "-m", "mlp",
                         "--teaching", teaching, "-w", tmp_path / f"student-stream-{teaching}",
                         "-q", *SET, *stream, devices=2)
     _assert_same_logs(tmp_path / f"student-stream-{teaching}",
@@ -84,27 +96,17 @@ def test_bench_times_a_streamed_data_set(digits_shards):
   assert report["bare_step_images_per_second"] > 0 and report["loop_images_per_second"] > 0
 
 
-def test_overwriting_a_streamed_teacher_removes_its_old_target_shards(digits_shards, tmp_path):
+def test_overwriting_a_streamed_teacher_removes_its_old_target_shards(digits_shards,
+                                                                     streamed_teacher, tmp_path):
   stream = ["--dataset", "stream", "--data-dir", digits_shards]
-  workdir = tmp_path / "teacher"
-  assert run_cli("teacher", "-r", "digits", "-w", workdir, "-q", *TINY_FLAGS,
-                 *stream).exit_code == 0
+  # A copy of the module's streamed teacher, trained again with the same command.
+  workdir = shutil.copytree(streamed_teacher, tmp_path / "teacher")
   assert (workdir / "targets-shards").is_dir()
-  again = run_cli("teacher", "-r", "digits", "-w", workdir, "-q", *TINY_FLAGS, *stream,
+  again = run_cli("teacher", "-r", "digits", "-w", workdir, "-q", *SET, *stream,
                   "--overwrite", "--no-export")
   assert again.exit_code == 0, again.output
   # Left behind, the old shards would teach students the replaced teacher's targets.
   assert not (workdir / "targets-shards").exists()
-
-
-@pytest.fixture(scope="module")
-def streamed_teacher(digits_shards, tmp_path_factory):
-  """A TINY teacher trained on `digits_shards`, with its target shards."""
-  workdir = tmp_path_factory.mktemp("streamed-teacher") / "teacher"
-  result = run_cli("teacher", "-r", "digits", "-w", workdir, "-q", *TINY_FLAGS,
-                   "--dataset", "stream", "--data-dir", digits_shards)
-  assert result.exit_code == 0, result.output
-  return workdir
 
 
 def _stream_data(data_dir):
