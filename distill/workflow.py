@@ -319,6 +319,16 @@ def training_rows(dataset, objective, console: Console | None = None):
   return dataset.labelled_split()
 
 
+def warmup_note(role: str, settings: config_lib.TrainSettings) -> str | None:
+  """The note for a warm-up as long as the run (which then never decays), or None."""
+  if settings.warmup_steps >= settings.steps > 1:  # `step.make_schedule` caps the warm-up
+    return (f"note: {role}.warmup_steps {settings.warmup_steps:,} is not below its "
+            f"{settings.steps:,} steps: the learning rate rises over the whole run and never "
+            f"decays; for a short run pass e.g. --set {role}.warmup_steps="
+            f"{max(settings.steps // 10, 1)}")
+  return None
+
+
 def _fit_and_evaluate(role: str, recipe: dict[str, Any], dataset, model_name: str, model,
                       num_params: int, workdir: Path, *, teaching, objective,
                       augment_settings, strict_init_check: bool, console: Console,
@@ -338,11 +348,9 @@ def _fit_and_evaluate(role: str, recipe: dict[str, Any], dataset, model_name: st
     meta["aux_shapes"] = {name: list(value.shape)
                           for name, value in objective.init_aux().items()}
   images, labels = training_rows(dataset, objective, console)
-  if settings.warmup_steps >= settings.steps > 1:  # `step.make_schedule` caps the warm-up
-    console.info(f"note: {role}.warmup_steps {settings.warmup_steps:,} is not below its "
-                 f"{settings.steps:,} steps: the learning rate rises over the whole run and "
-                 f"never decays; for a short run pass e.g. --set {role}.warmup_steps="
-                 f"{max(settings.steps // 10, 1)}")
+  note = warmup_note(role, settings)
+  if note:
+    console.info(note)
   # The final checkpoint is written while the model is evaluated.
   with contextlib.ExitStack() as final_write:
     trained, stats = fit(
