@@ -400,11 +400,18 @@ def test_inner_layer_count_is_what_forward_features_returns(name, settings):
   assert inner_layer_count("linear", {}) == 0
 
 
-def test_a_teacher_warns_when_its_recipes_student_cannot_take_the_images(tmp_path):
+def test_a_teacher_warns_when_its_recipes_student_cannot_take_the_images(tmp_path, monkeypatch):
   """Students start from the teacher's recipe: one whose CNN pools a 6x10 image to nothing is
   said as the teacher starts (abstractly built, no parameters), not after it has trained."""
   from conftest import TINY_FLAGS, run_cli  # noqa: PLC0415
 
+  from distill import loop  # noqa: PLC0415
+
+  def stop_before_training(**_):
+    raise UserError("stopped where training starts")
+
+  # Said before training: the run is stopped where it would start to train.
+  monkeypatch.setattr(loop, "fit", stop_before_training)
   rng = np.random.default_rng(0)
   np.savez(tmp_path / "small.npz", x=rng.integers(0, 256, (60, 6, 10), np.uint8),
            y=np.arange(60) % 2)
@@ -415,6 +422,7 @@ def test_a_teacher_warns_when_its_recipes_student_cannot_take_the_images(tmp_pat
                    "--set", "teacher.batch_size=8", "--set", "student.batch_size=8",
                    "--set", "student.cnn.channels=[8,8,8]",
                    "--no-export")
-  assert result.exit_code == 0, result.output
+  assert result.exit_code == 2 and "stopped where training starts" in result.stderr, (
+      result.output)
   assert ("students of this teacher will not train with the recipe's student: the student "
           "(student.cnn.*): cnn channels") in " ".join(result.stderr.split())
