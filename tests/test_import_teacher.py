@@ -9,10 +9,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TINY, TINY_FLAGS, run_cli
+from conftest import TINY, TINY_FLAGS, copy_runs, run_cli
 
 from distill import config, workflow
 from distill.augment import augment_views
@@ -29,6 +30,27 @@ FIXTURES = Path(__file__).parent / "fixtures"
 @pytest.fixture(scope="module")
 def digits():
   return workflow.load_data(config.load_recipe("digits", TINY))
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+  """The two fixture ViTs imported once, as they are: runs "timm" (what its import printed on
+  stderr kept in timm-notes.txt) and "hf". Tests that write into a run take a copy
+  (`copy_runs`)."""
+  root = tmp_path_factory.mktemp("imported")
+  # Not quiet: the notes an import prints are checked on this same run.
+  result = run_cli("import-teacher", FIXTURES / "vit_timm", "-r", "digits", "-w", root / "timm")
+  assert result.exit_code == 0, result.output
+  root.joinpath("timm-notes.txt").write_text(result.stderr)
+  result = _import(FIXTURES / "vit_hf", root / "hf")
+  assert result.exit_code == 0, result.output
+  return root
+
+
+def _logits(strategy, images):
+  """A teacher's (`strategy.apply`'s) logits of `images`, compiled as one program: op by op,
+  each of the imported ViT's operations compiles on first use (seconds)."""
+  return jax.jit(strategy.apply)(strategy.params, images)
 
 
 def _import(source, workdir, *args):
@@ -51,9 +73,9 @@ def _logits_file(path, digits, *, train_rows=None, classes=10, seed=0):
   return path
 
 
-def test_imported_vit_is_a_teacher_run_that_teaches_by_targets_and_online(tmp_path, digits):
-  result = _import(FIXTURES / "vit_timm", tmp_path / "teacher")
-  assert result.exit_code == 0, result.output
+def test_imported_vit_is_a_teacher_run_that_teaches_by_targets_and_online(tmp_path, digits,
+                                                                          imported):
+  copy_runs(imported, tmp_path, teacher="timm")
   summary = json.loads((tmp_path / "teacher" / "summary.json").read_text())
   assert summary["role"] == "teacher" and summary["model"] == "timm-vit"
   assert summary["imported_from"] == str((FIXTURES / "vit_timm").resolve())
@@ -73,17 +95,16 @@ def test_imported_vit_is_a_teacher_run_that_teaches_by_targets_and_online(tmp_pa
   assert result.exit_code == 0 and "timm-vit" in result.output
 
 
-def test_online_teacher_sees_pixels_as_the_import_did(tmp_path, digits):
+def test_online_teacher_sees_pixels_as_the_import_did(digits, imported):
   """The student's standardised images are mapped back to pixels for the imported teacher."""
-  assert _import(FIXTURES / "vit_hf", tmp_path / "teacher").exit_code == 0
-  strategy = online_teacher(tmp_path / "teacher", digits, temperature=1.0, mixup=0.0,
+  strategy = online_teacher(imported / "hf", digits, temperature=1.0, mixup=0.0,
                             form="logits", feature_layer=None)
   stats = [jnp.asarray(s) for s in pixel_stats(digits.x_train)]
   images = normalize(jnp.asarray(digits.x_test[:6]), *stats)
   direct = open_teacher(FIXTURES / "vit_hf")
-  want = direct.apply(direct.params, jnp.asarray(digits.x_test[:6], jnp.float32))
-  np.testing.assert_allclose(strategy.apply(strategy.params, images), want, atol=1e-4)
-  stored = np.load(tmp_path / "teacher" / "predictions.npz")["test_logits"][:6]
+  want = _logits(direct, jnp.asarray(digits.x_test[:6], jnp.float32))
+  np.testing.assert_allclose(_logits(strategy, images), want, atol=1e-4)
+  stored = np.load(imported / "hf" / "predictions.npz")["test_logits"][:6]
   np.testing.assert_allclose(stored, want, atol=1e-4)
 
 
@@ -101,10 +122,12 @@ def test_imported_vit_exports_views_like_a_trained_teacher(tmp_path, digits):
   stats = [jnp.asarray(s) for s in pixel_stats(digits.x_train)]
   rows = jnp.arange(8, dtype=jnp.int32)
   for view in range(2):
-    images = augment_views(normalize(jnp.asarray(digits.x_train[:8]), *stats), rows,
-                           jnp.full_like(rows, view), recipe["seed"], recipe["augment"])
-    np.testing.assert_allclose(arrays["view_logits"][:8, view],
-                               strategy.apply(strategy.params, images), atol=1e-4)
+    # Jitted, as the export runs it: op by op the augmentation takes seconds.
+    images = jax.jit(lambda x, rows, views: augment_views(x, rows, views, recipe["seed"],
+                                                          recipe["augment"]))(
+        normalize(jnp.asarray(digits.x_train[:8]), *stats), rows, jnp.full_like(rows, view))
+    np.testing.assert_allclose(arrays["view_logits"][:8, view], _logits(strategy, images),
+                               atol=1e-4)
   # Re-exported from the source imported.json names: the same views, at another temperature.
   result = run_cli("export", "--teacher", teacher, "--views", 2, "-T", 3, "--out",
                    tmp_path / "again", "-q")
@@ -116,10 +139,9 @@ def test_imported_vit_exports_views_like_a_trained_teacher(tmp_path, digits):
   assert again_meta["teacher"] == meta["teacher"]
 
 
-def test_views_exported_for_an_imported_vit_teach_a_student(tmp_path):
+def test_views_exported_for_an_imported_vit_teach_a_student(tmp_path, imported):
   """The README's order: import, then `distill export --views K` into the teacher's folder."""
-  teacher = tmp_path / "teacher"
-  assert _import(FIXTURES / "vit_timm", teacher).exit_code == 0
+  teacher = copy_runs(imported, tmp_path, teacher="timm") / "teacher"
   result = run_cli("student", "--teacher", teacher, "-w", tmp_path / "refused", "-q", "-m",
                    "mlp", "--teaching", "views", *TINY_FLAGS)
   assert result.exit_code == 2 and "holds no augmented views" in result.stderr
@@ -407,12 +429,9 @@ def test_a_keras_teacher_scaled_outside_the_model_warns(tmp_path, digits):
   assert result.exit_code == 0 and result.stderr == "", result.stderr
 
 
-def test_a_teacher_for_other_images_says_it_resizes_them(tmp_path):
-  result = run_cli("import-teacher", FIXTURES / "vit_timm", "-r", "digits", "-w",
-                   tmp_path / "t")
-  assert result.exit_code == 0, result.output
+def test_a_teacher_for_other_images_says_it_resizes_them(tmp_path, imported):
   assert ("note: the data set's 8x8x1 images are resized to 32x32 and repeated to 3 channels "
-          "to fit the teacher's input") in result.stderr
+          "to fit the teacher's input") in (imported / "timm-notes.txt").read_text()
   # A source trained with another resize than distill's bilinear one is named with it.
   source = shutil.copytree(FIXTURES / "vit_timm", tmp_path / "bicubic")
   settings = json.loads((source / "config.json").read_text())
@@ -644,11 +663,11 @@ def test_a_vit_whose_labels_are_in_another_order_teaches_in_the_data_sets(tmp_pa
   np.testing.assert_allclose(stored[1], stored[0], atol=1e-5)
   stats = [jnp.asarray(s) for s in pixel_stats(digits.x_train)]
   images = normalize(jnp.asarray(digits.x_test[:6]), *stats)
-  online = [online_teacher(tmp_path / f"teacher-{name}", digits, temperature=1.0, mixup=0.0,
-                           form="logits", feature_layer=None) for name in ("in_order", "swapped")]
-  np.testing.assert_allclose(online[1].apply(online[1].params, images),
-                             online[0].apply(online[0].params, images), atol=1e-5)
-  np.testing.assert_allclose(online[0].apply(online[0].params, images), stored[0][:6], atol=1e-4)
+  online = [_logits(online_teacher(tmp_path / f"teacher-{name}", digits, temperature=1.0,
+                                   mixup=0.0, form="logits", feature_layer=None), images)
+            for name in ("in_order", "swapped")]
+  np.testing.assert_allclose(online[1], online[0], atol=1e-5)
+  np.testing.assert_allclose(online[0], stored[0][:6], atol=1e-4)
 
 
 def test_a_channels_first_keras_model_is_refused_before_any_note(tmp_path, digits):
@@ -669,10 +688,11 @@ def test_a_channels_first_keras_model_is_refused_before_any_note(tmp_path, digit
   assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_a_finished_import_is_refused_before_the_data_set_is_labelled(tmp_path, monkeypatch):
-  from distill import imported  # noqa: PLC0415
+def test_a_finished_import_is_refused_before_the_data_set_is_labelled(tmp_path, monkeypatch,
+                                                                     imported):
+  from distill import imported as importing  # noqa: PLC0415
 
-  assert _import(FIXTURES / "vit_hf", tmp_path / "teacher").exit_code == 0
-  monkeypatch.setattr(imported, "_run_on_splits", lambda *args: pytest.fail("labelled first"))
+  copy_runs(imported, tmp_path, teacher="hf")
+  monkeypatch.setattr(importing, "_run_on_splits", lambda *args: pytest.fail("labelled first"))
   result = _import(FIXTURES / "vit_hf", tmp_path / "teacher")
   assert result.exit_code == 2 and "already holds a finished run" in result.stderr
