@@ -30,6 +30,22 @@ def teachers(tmp_path_factory):
   return root
 
 
+def _forward(result, images):
+  """The restored model's logits of `images`, compiled as one program (jax.jit over its split
+  state): op by op, each of the ViT's operations compiled on first use, seconds a shape."""
+  graphdef = result.graphdef
+  return jax.jit(lambda params, rest, x: nnx.merge(graphdef, params, rest)(x))(
+      result.params, result.rest, images)
+
+
+def _views(images, indices, view, meta):
+  """`augment.augment_views` of `images` (rows `indices`, view `view` each), as `meta["views"]`
+  says, compiled as one program like the export's (op by op it takes seconds)."""
+  seed, settings = meta["views"]["seed"], meta["views"]["augment"]
+  return jax.jit(lambda x, rows, views: augment.augment_views(x, rows, views, seed, settings))(
+      images, jnp.asarray(indices), jnp.full(len(indices), view))
+
+
 def _student(teacher_dir, workdir, *args):
   result = run_cli("student", "--teacher", teacher_dir, "-m", "mlp", "-w", workdir, "-q",
                 "--strict-init-check", *TINY_FLAGS, *args)
@@ -136,12 +152,16 @@ def test_online_teacher_labels_the_students_exact_augmented_batch(teachers):
                                   params=result.params, temperature=2.0)
   _, _, setup = _tiny_setup(online, temperature=2.0)
   indices = jnp.asarray(setup.feeder.order.indices(7, 1)[0])
-  images, batch = step._batch(setup.spec, *setup.step_inputs(), jnp.asarray(7), indices)
+  # Jitted, as the training step runs it: op by op, each of the teacher's operations would
+  # compile on first use (seconds).
+  spec = setup.spec
+  images, batch = jax.jit(lambda *inputs: step._batch(spec, *inputs))(
+      *setup.step_inputs(), jnp.asarray(7), indices)
   # The batch is augmented (not the plain images) and the targets are the teacher's on it.
   plain = normalize(setup.feeder.data["images"][indices], *setup.stats)
   assert not np.allclose(images, plain)
-  teacher = nnx.merge(result.graphdef, result.params, result.rest)
-  np.testing.assert_allclose(batch["targets"], jax.nn.softmax(teacher(images) / 2.0), atol=1e-5)
+  np.testing.assert_allclose(batch["targets"], jax.nn.softmax(_forward(result, images) / 2.0),
+                             atol=1e-5)
 
 
 def test_views_replay_exactly_what_the_teacher_labelled(teachers):
@@ -154,13 +174,11 @@ def test_views_replay_exactly_what_the_teacher_labelled(teachers):
   images = normalize(jnp.asarray(dataset.x_train), *map(jnp.asarray, result.stats))
   # Example 5, view 2, rebuilt inside two different batches: the same image, the stored logits.
   for indices in (np.array([5, 9, 11]), np.array([40, 5])):
-    views = augment.augment_views(images[indices], jnp.asarray(indices),
-                                  jnp.full(len(indices), 2), meta["views"]["seed"],
-                                  meta["views"]["augment"])
+    views = _views(images[indices], indices, 2, meta)
     row = int(np.where(indices == 5)[0][0])
     logits = result.predict(result.params, dataset.x_train[indices])  # plain, for contrast
-    model = nnx.merge(result.graphdef, result.params, result.rest)
-    np.testing.assert_allclose(model(views)[row], arrays["view_logits"][5, 2], atol=1e-4)
+    np.testing.assert_allclose(_forward(result, views)[row], arrays["view_logits"][5, 2],
+                               atol=1e-4)
     assert not np.allclose(logits[row], arrays["view_logits"][5, 2], atol=1e-4)
   # Distinct views differ.
   assert not np.allclose(arrays["view_logits"][:, 0], arrays["view_logits"][:, 1])
@@ -258,10 +276,8 @@ def test_ensemble_members_label_the_same_views(teachers, tmp_path):
     dataset = workflow.load_data(recipe)
     member, _ = workflow.restore_trained(teachers / name, recipe, "teacher", dataset)
     images = normalize(jnp.asarray(dataset.x_train[[5]]), *map(jnp.asarray, member.stats))
-    view = augment.augment_views(images, jnp.asarray([5]), jnp.asarray([1]),
-                                 meta["views"]["seed"], meta["views"]["augment"])
-    model = nnx.merge(member.graphdef, member.params, member.rest)
-    probs.append(jax.nn.softmax(model(view)[0]))
+    view = _views(images, [5], 1, meta)
+    probs.append(jax.nn.softmax(_forward(member, view)[0]))
   np.testing.assert_allclose(jax.nn.softmax(ensemble["view_logits"][5, 1]), np.mean(probs, 0),
                              atol=1e-5)
 
