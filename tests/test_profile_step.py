@@ -3,22 +3,46 @@
 from __future__ import annotations
 
 import gzip
+import importlib
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
+# The TINY teacher's ViT: a profile or an A/B of its step reads the same as of the recipe's
+# larger one, and compiles in a fraction of the time.
+TINY_VIT = [item for item in TINY if item.startswith("teacher.vit.")]
+
+
+def _script(name):
+  """benchmarks/NAME.py imported as a module (the benchmarks are scripts, not a package)."""
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  try:
+    return importlib.import_module(name)
+  finally:
+    sys.path.pop(0)
+
+
+def _run_script(monkeypatch, capsys, name, *args):
+  """`python benchmarks/NAME.py ARGS`, run in this process through its main() (saving the
+  seconds a fresh process spends importing JAX); returns its (stdout, stderr)."""
+  monkeypatch.setattr(sys, "argv", [f"{name}.py", *args])
+  _script(name).main()
+  return capsys.readouterr()
 
 
 def test_profile_lists_the_steps_ops_with_their_jax_origin(tmp_path):
+  # A process of its own: the script turns on XLA:CPU's per-op events before JAX starts.
   result = subprocess.run(
       [sys.executable, str(ROOT / "benchmarks" / "profile_step.py"), "--recipe", "digits",
        "--steps", "4", "--top", "5", "--set", "teacher.steps_per_dispatch=2",
-       "--set", "teacher.batch_size=16", "--out", str(tmp_path)],
+       "--set", "teacher.batch_size=16", *(f"--set={item}" for item in TINY_VIT),
+       "--out", str(tmp_path)],
       capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
   assert result.returncode == 0, result.stderr[-2000:]
   lines = result.stdout.splitlines()
@@ -37,11 +61,7 @@ def test_profile_lists_the_steps_ops_with_their_jax_origin(tmp_path):
 def test_gaps_with_no_op_are_charged_to_the_convolution_in_flight(tmp_path):
   # XLA:CPU's convolution events end when the work is handed to the thread pool; the
   # stretch with no op after them is the convolution's, and nothing else's.
-  sys.path.insert(0, str(ROOT / "benchmarks"))
-  try:
-    import profile_step  # noqa: PLC0415 (a script, not a package)
-  finally:
-    sys.path.pop(0)
+  profile_step = _script("profile_step")
 
   def event(name, ts, dur, tid=2):
     return {"ph": "X", "name": name, "ts": ts, "dur": dur, "pid": 1, "tid": tid}
@@ -71,13 +91,19 @@ def test_gaps_with_no_op_are_charged_to_the_convolution_in_flight(tmp_path):
   assert charged == {"convolution.2": 35, "convolution.5": 3}
 
 
-def test_gemm_shapes_times_every_matmul_kind_of_each_shape():
-  result = subprocess.run(
-      [sys.executable, str(ROOT / "benchmarks" / "gemm_shapes.py"), "--shapes", "16x8x4",
-       "32x8x2", "--repeats", "3"],
-      capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
-  assert result.returncode == 0, result.stderr[-2000:]
-  rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines()
+def test_gemm_shapes_times_every_matmul_kind_of_each_shape(monkeypatch, capsys):
+  try:  # the script sets torch's threads, where torch is installed: given back after it
+    import torch  # noqa: PLC0415
+  except ImportError:
+    torch = None
+  threads = torch.get_num_threads() if torch else None
+  try:
+    stdout, _ = _run_script(monkeypatch, capsys, "gemm_shapes", "--shapes", "16x8x4", "32x8x2",
+                            "--repeats", "3")
+  finally:
+    if torch:
+      torch.set_num_threads(threads)
+  rows = {line.split("|")[1].strip(): line for line in stdout.splitlines()
           if re.match(r"\| \d+x\d+x\d+ \|", line)}
   assert list(rows) == ["16x8x4", "32x8x2"]
   for line in rows.values():
@@ -87,46 +113,41 @@ def test_gemm_shapes_times_every_matmul_kind_of_each_shape():
     assert all(float(t.replace(",", "")) > 0 for t, _ in timings)
 
 
-def test_ab_step_times_each_variant_in_alternated_windows():
-  result = subprocess.run(
-      [sys.executable, str(ROOT / "benchmarks" / "ab_step.py"), "--recipe", "digits",
-       "--variant", "recipe: teacher.batch_size=16; teacher.steps_per_dispatch=4",
-       "--variant", "changed: teacher.batch_size=16; teacher.steps_per_dispatch=2; "
-                    "backend.transpose_narrow_weight_gradients=false",
-       "--window", "4", "--rounds", "2"],
-      capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
-  assert result.returncode == 0, result.stderr[-2000:]
-  lines = result.stdout.splitlines()
+def test_ab_step_times_each_variant_in_alternated_windows(monkeypatch, capsys):
+  tiny = "; ".join(TINY_VIT)
+  stdout, _ = _run_script(
+      monkeypatch, capsys, "ab_step", "--recipe", "digits",
+      "--variant", f"recipe: teacher.batch_size=16; teacher.steps_per_dispatch=4; {tiny}",
+      "--variant", f"changed: teacher.batch_size=16; teacher.steps_per_dispatch=2; {tiny}; "
+                   "backend.transpose_narrow_weight_gradients=false",
+      "--window", "4", "--rounds", "2")
+  lines = stdout.splitlines()
   assert [line.split(":")[0] for line in lines if "compiled in" in line] == ["recipe", "changed"]
   assert sum(line.startswith("round ") for line in lines) == 2
-  assert re.search(r"^recipe: median [\d,]+ img/s, 1\.00x of recipe", result.stdout, re.M)
-  assert re.search(r"^changed: median [\d,]+ img/s, [\d.]+x of recipe", result.stdout, re.M)
+  assert re.search(r"^recipe: median [\d,]+ img/s, 1\.00x of recipe", stdout, re.M)
+  assert re.search(r"^changed: median [\d,]+ img/s, [\d.]+x of recipe", stdout, re.M)
 
 
-def test_ab_step_names_the_valid_backend_choices():
-  result = subprocess.run(
-      [sys.executable, str(ROOT / "benchmarks" / "ab_step.py"), "--recipe", "digits",
-       "--variant", "a:", "--variant", "b: backend.fast=true"],
-      capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
-  assert result.returncode != 0
-  assert "unknown backend choice 'fast'; valid: conv_stem, unroll_conv_scan" in result.stderr
+def test_ab_step_names_the_valid_backend_choices(monkeypatch, capsys):
+  # A SystemExit with a message: Python prints it to stderr and exits with status 1.
+  with pytest.raises(SystemExit, match="unknown backend choice 'fast'; valid: conv_stem, "
+                                       "unroll_conv_scan"):
+    _run_script(monkeypatch, capsys, "ab_step", "--recipe", "digits", "--variant", "a:",
+                "--variant", "b: backend.fast=true")
 
 
-def test_loop_share_times_a_recipes_loop_against_its_bare_step():
+def test_loop_share_times_a_recipes_loop_against_its_bare_step(monkeypatch, capsys):
   """One round of a tiny digits student: a table row with the loop's share of the bare step."""
-  result = subprocess.run(
-      [sys.executable, str(ROOT / "benchmarks" / "loop_share.py"), "--rounds", "1",
-       "--max-steps", "20", "--json", "--case",
-       "digits:student:" + ";".join(item for item in TINY if item.startswith("student."))],
-      capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
-  assert result.returncode == 0, result.stderr[-2000:]
-  row = json.loads(result.stdout.splitlines()[-1])
+  stdout, _ = _run_script(
+      monkeypatch, capsys, "loop_share", "--rounds", "1", "--max-steps", "20", "--json",
+      "--case", "digits:student:" + ";".join(item for item in TINY if item.startswith("student.")))
+  row = json.loads(stdout.splitlines()[-1])
   assert row["case"].startswith("digits:student") and row["model"] == "cnn"
   assert row["steps"] == 20 and row["bare"] > 0 and row["loop"] > 0
   assert row["range"] == [row["loop_to_bare"]] * 2  # one round: its ratio is the median
   assert abs(row["loop_to_bare"] - row["loop"] / row["bare"]) < 0.01
   assert re.search(r"^\| digits:student\S* \| cnn \| 20 \| [\d,]+ \| [\d,]+ \| [\d.]+ \(",
-                   result.stdout, re.M)
+                   stdout, re.M)
 
 
 def test_loop_share_names_the_roles():
