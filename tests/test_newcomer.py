@@ -16,6 +16,10 @@ from distill.compare import compare_runs, objective_label
 # one dispatch of 5 steps.
 TINY_BUT_BATCHES = set_flags([*(o for o in TINY if ".batch_size=" not in o), "teacher.steps=5",
                               "student.steps=5"])
+# An MLP teacher and student: data of its own size is a step of its own to compile, which takes
+# an MLP a second or two, the ViT teacher and the CNN student several each. What is checked here
+# (paths, batch sizes, output) is the same for every model.
+MLPS = ["--set", "teacher.model=mlp", "--set", "student.model=mlp"]
 
 
 def _result_lines(output):
@@ -56,9 +60,8 @@ def test_small_own_data_with_relative_paths_fails_once_then_works_from_anywhere(
   np.savez(typed_in / "data" / "mine.npz", x=rng.integers(0, 256, (60, 8, 8), np.uint8),
            y=np.arange(60) % 10)
   monkeypatch.chdir(typed_in)
-  # 8x8 images of 10 classes in batches of 32, as the shared digits runs: compiled once.
   teacher = ["teacher", "--recipe", "digits", "--dataset", "npz", "--data-dir", "data/mine.npz",
-             "--workdir", "runs/teacher", *TINY_BUT_BATCHES]
+             "--workdir", "runs/teacher", *TINY_BUT_BATCHES, *MLPS]
 
   # One error names every size that does not fit, and the options that fix them all.
   refused = run_cli(*teacher)
