@@ -90,8 +90,10 @@ def test_streamed_teacher_and_student_match_the_in_memory_runs(digits_shards, st
 
 
 def test_bench_times_a_streamed_data_set(digits_shards):
+  # An MLP teacher: the bench's bare step and loop are programs of their own, which an MLP
+  # compiles in a fraction of the ViT's time; the streamed reading timed is the same.
   recipe = config.load_recipe("digits", [*TINY, "data.dataset=stream",
-                                         f"data.data_dir={digits_shards}"])
+                                         f"data.data_dir={digits_shards}", "teacher.model=mlp"])
   report = bench.run_benchmark(recipe, role="teacher", steps=10, bare_steps=10)
   assert report["bare_step_images_per_second"] > 0 and report["loop_images_per_second"] > 0
 
