@@ -27,6 +27,23 @@ def _student(teacher_dir, workdir, *args):
   return json.loads((workdir / "summary.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def students(tmp_path_factory, tiny_digits_runs):
+  """Students of the shared TINY teacher, each trained once for the module: `students(*args)`
+  gives (its summary, its run folder). Tests that look into a run the method test trained
+  (the token's heads, the hint's checkpoint) take it from here rather than train it again;
+  none of them writes into it."""
+  root, trained = tmp_path_factory.mktemp("students"), {}
+
+  def student(*args):
+    if args not in trained:
+      workdir = root / f"s{len(trained)}"
+      trained[args] = _student(tiny_digits_runs / "teacher", workdir, *args), workdir
+    return trained[args]
+
+  return student
+
+
 @pytest.mark.parametrize("args, method", [
     (("-m", "mlp", "--method", "dkd", "-T", "4"), "dkd"),
     (("-m", "mlp", "--method", "dkd", "--teaching", "online"), "dkd"),
@@ -40,9 +57,9 @@ def _student(teacher_dir, workdir, *args):
     (("-m", "vit", "--method", "hint", "--teaching", "online", "--set",
       "student.hint.kind=cosine", "--set", "student.vit.width=16"), "hint"),
 ])
-def test_every_method_trains_from_the_cli_and_passes_its_strict_step0_check(
-    tiny_digits_runs, tmp_path, args, method):
-  summary = _student(tiny_digits_runs / "teacher", tmp_path / "s", *args)
+def test_every_method_trains_from_the_cli_and_passes_its_strict_step0_check(students, args,
+                                                                           method):
+  summary, workdir = students(*args)
   assert summary["method"] == method
   # Only kd and hint read student.alpha: the others record none, and their lines show none.
   reads_alpha = method == "hint"
@@ -51,23 +68,22 @@ def test_every_method_trains_from_the_cli_and_passes_its_strict_step0_check(
   assert (summary["soft_loss"] is not None) == (method == "hint")
   assert (summary["temperature"] is None) == (
       method == "token" and summary["method_options"]["variant"] == "hard")
-  assert (", T=" in workflow.result_line(summary, tmp_path / "s")) == (
+  assert (", T=" in workflow.result_line(summary, workdir)) == (
       summary["temperature"] is not None)
   assert compare.row_value(summary, "soft_loss") == summary["soft_loss"]  # None: no soft_ce
-  assert ("alpha=" in workflow.result_line(summary, tmp_path / "s")) == reads_alpha
+  assert ("alpha=" in workflow.result_line(summary, workdir)) == reads_alpha
   assert ("alpha=" in compare.run_label(summary)) == reads_alpha
   assert np.isfinite(summary["final_train_loss"])
   assert summary["init_loss"] == pytest.approx(summary["init_loss_expected"], abs=0.05)
   assert 0.0 <= summary["test_accuracy"] <= 1.0
 
 
-def test_hint_student_restores_and_exports_from_its_checkpoint(tiny_digits_runs, tmp_path):
+def test_hint_student_restores_and_exports_from_its_checkpoint(students):
   """The projection is checkpointed beside the student and read back with it."""
-  summary = _student(tiny_digits_runs / "teacher", tmp_path / "s", "-m", "mlp", "--method",
-                     "hint", "--teaching", "online")
-  recipe = run_recipe.read_run_recipe(tmp_path / "s")
+  summary, workdir = students("-m", "mlp", "--method", "hint", "--teaching", "online")
+  recipe = run_recipe.read_run_recipe(workdir)
   dataset = workflow.load_data(recipe)
-  model, step = workflow.restore_trained(tmp_path / "s", recipe, "student", dataset)
+  model, step = workflow.restore_trained(workdir, recipe, "student", dataset)
   assert step == summary["steps"]
   assert model.params_sha256() == summary["params_sha256"]
 
@@ -105,16 +121,23 @@ def test_hint_runs_see_the_images_kd_on_targets_sees(tiny_digits_runs, tmp_path)
   assert np.max(np.abs(np.subtract(augmented_losses, kd_losses)) / kd_losses) > 1e-5
 
 
-def test_token_student_predicts_the_mean_of_its_two_heads(tiny_digits_runs, tmp_path):
-  _student(tiny_digits_runs / "teacher", tmp_path / "s", "-m", "vit", "--method", "token")
-  recipe = run_recipe.read_run_recipe(tmp_path / "s")
+def test_token_student_predicts_the_mean_of_its_two_heads(students):
+  _, workdir = students("-m", "vit", "--method", "token")
+  recipe = run_recipe.read_run_recipe(workdir)
   dataset = workflow.load_data(recipe)
-  model, _ = workflow.restore_trained(tmp_path / "s", recipe, "student", dataset)
-  module = nnx.merge(model.graphdef, model.params, model.rest)
+  model, _ = workflow.restore_trained(workdir, recipe, "student", dataset)
+  graphdef = model.graphdef
   images = normalize(jnp.asarray(dataset.x_test[:8]), *map(jnp.asarray, model.stats))
-  class_logits, distill_logits = module.token_heads(images)
+
+  # jax.jit over the split model: op by op, each of the ViT's operations compiles on first use.
+  @jax.jit
+  def heads_and_prediction(params, rest, images):
+    module = nnx.merge(graphdef, params, rest)
+    return module.token_heads(images), module(images)
+
+  (class_logits, distill_logits), logits = heads_and_prediction(model.params, model.rest, images)
   mean = (jax.nn.softmax(class_logits) + jax.nn.softmax(distill_logits)) / 2
-  np.testing.assert_allclose(jax.nn.softmax(module(images)), mean, atol=1e-5)
+  np.testing.assert_allclose(jax.nn.softmax(logits), mean, atol=1e-5)
 
 
 @pytest.mark.parametrize("overrides, message", [
