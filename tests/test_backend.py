@@ -175,6 +175,13 @@ def _build_with_conv_stem(monkeypatch, conv_stem: str, settings: dict):
                       **settings)
 
 
+def _jitted_forward(model, images):
+  """`model(images)` compiled as one program, as training and export run it (jax.jit over the
+  split model): op by op, each operation compiles on first use, seconds for a ViT."""
+  graphdef, state = nnx.split(model)
+  return jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))(state, images)
+
+
 @pytest.mark.parametrize("model", list(_FEW_CHANNEL_CONV_MODELS))
 def test_both_conv_stems_hold_the_same_weights_and_compute_the_same(monkeypatch, model):
   """nnx.Conv and the gathered matmul over the image: same parameters from a seed, same logits.
@@ -198,9 +205,9 @@ def test_both_conv_stems_hold_the_same_weights_and_compute_the_same(monkeypatch,
   for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
     np.testing.assert_array_equal(a, b)
   images = np.random.default_rng(0).normal(size=(4, 28, 28, 1)).astype(np.float32)
-  logits = gathered(images)
+  logits = _jitted_forward(gathered, images)
   assert float(jnp.abs(logits).max()) > 1e-3
-  np.testing.assert_allclose(logits, plain(images), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(logits, _jitted_forward(plain, images), rtol=1e-4, atol=1e-5)
   # A real convolution on a backend that unrolls conv scans is unrolled; a model whose only
   # convolution is gathered is not.
   assert step.should_unroll(plain)
@@ -223,8 +230,10 @@ _COMPILE_ONCE = ("from distill import backend; print(backend.enable_compilation_
                  "import jax; jax.jit(lambda x: x * 3)(2.0).block_until_ready()")
 
 
-def _compile_once(tmp_path, **env):
-  """Runs _COMPILE_ONCE with `env` added, and without the cache settings the tests set for JAX.
+def _start_compile_once(tmp_path, **env):
+  """Starts _COMPILE_ONCE with `env` added, and without the cache settings the tests set for
+  JAX; `_compiled_once` waits for it. Each process has folders of its own, so several run at
+  once (most of each one's time is importing JAX).
 
   The program compiles in milliseconds: distill keeps it all the same, where JAX
   alone keeps only programs that took a second.
@@ -234,10 +243,15 @@ def _compile_once(tmp_path, **env):
                             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")}
   environ.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), JAX_PLATFORMS="cpu")
   environ.update(env)
-  result = subprocess.run([sys.executable, "-c", _COMPILE_ONCE], env=environ,
-                          capture_output=True, text=True, timeout=120)
-  assert result.returncode == 0, result.stderr
-  return result.stdout.strip()
+  return subprocess.Popen([sys.executable, "-c", _COMPILE_ONCE], env=environ,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _compiled_once(process):
+  """What a `_start_compile_once` process printed (the cache folder it enabled), once done."""
+  stdout, stderr = process.communicate(timeout=120)
+  assert process.returncode == 0, stderr
+  return stdout.strip()
 
 
 def _entries(folder):
@@ -247,19 +261,24 @@ def _entries(folder):
 
 def test_compiled_programs_are_kept_where_the_environment_says(tmp_path):
   default = tmp_path / "xdg" / "distill" / "xla"
-  assert _compile_once(tmp_path) == str(default)
-  assert _entries(default), "the default folder holds the compiled program"
-  # A cache the user set for JAX wins, with JAX's settings ('off' keeps nothing anywhere).
   own = tmp_path / "own"
-  assert _compile_once(tmp_path / "2", JAX_COMPILATION_CACHE_DIR=str(own),
-                       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0") == str(own)
-  assert _entries(own) and not _entries(tmp_path / "2" / "xdg" / "distill" / "xla")
-  assert _compile_once(tmp_path / "3", DISTILL_COMPILATION_CACHE="off") == "None"
-  assert not (tmp_path / "3" / "xdg").exists()
-  # A folder that cannot be made turns the cache off instead of warning at every compile.
   blocker = tmp_path / "file"
   blocker.write_text("")
-  assert _compile_once(tmp_path / "4", DISTILL_COMPILATION_CACHE=str(blocker / "x")) == "None"
+  # The four processes run side by side; each one's folders are its own.
+  default_run = _start_compile_once(tmp_path)
+  # A cache the user set for JAX wins, with JAX's settings ('off' keeps nothing anywhere).
+  own_run = _start_compile_once(tmp_path / "2", JAX_COMPILATION_CACHE_DIR=str(own),
+                                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  off_run = _start_compile_once(tmp_path / "3", DISTILL_COMPILATION_CACHE="off")
+  # A folder that cannot be made turns the cache off instead of warning at every compile.
+  blocked_run = _start_compile_once(tmp_path / "4", DISTILL_COMPILATION_CACHE=str(blocker / "x"))
+  assert _compiled_once(default_run) == str(default)
+  assert _entries(default), "the default folder holds the compiled program"
+  assert _compiled_once(own_run) == str(own)
+  assert _entries(own) and not _entries(tmp_path / "2" / "xdg" / "distill" / "xla")
+  assert _compiled_once(off_run) == "None"
+  assert not (tmp_path / "3" / "xdg").exists()
+  assert _compiled_once(blocked_run) == "None"
 
 
 def test_every_command_but_bench_enables_the_cache(monkeypatch, tmp_path):
