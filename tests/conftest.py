@@ -15,10 +15,15 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # compilation cache lets every run after the first load what an earlier one
 # compiled (a tiny teacher run: 14 s cold, 5 s warm). It holds XLA's own
 # executables, so what they compute does not change. One folder per session,
-# removed at the end, so no test depends on an earlier session.
-_JAX_CACHE = tempfile.mkdtemp(prefix="distill-tests-jax-cache-")
-atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
-os.environ["JAX_COMPILATION_CACHE_DIR"] = _JAX_CACHE
+# removed at the end, so no test depends on an earlier session. The pytest-xdist
+# workers import this file again, with the environment of the process that made the
+# folder: they take its folder, so a program one worker compiled serves the other.
+_SESSION_CACHE_ENV = "DISTILL_TESTS_JAX_CACHE"
+if _SESSION_CACHE_ENV not in os.environ:
+  os.environ[_SESSION_CACHE_ENV] = tempfile.mkdtemp(prefix="distill-tests-jax-cache-")
+  # Removed by the process that made it, which outlives its workers.
+  atexit.register(shutil.rmtree, os.environ[_SESSION_CACHE_ENV], ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ[_SESSION_CACHE_ENV]
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 # Tests check what is computed, not how fast: XLA's least LLVM optimisation compiles the tiny
