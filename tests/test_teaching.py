@@ -19,11 +19,15 @@ from distill.targets import load_targets
 
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory):
-  """Two tiny teachers (seeds 0 and 1); the first also exports 3 augmented views."""
+  """Two tiny teachers (seeds 0 and 1); the first also exports 3 augmented views.
+
+  TINY as it is: the seed is an argument of the step, not a constant of its program, so both
+  load the program the shared TINY teacher (conftest's `tiny_digits_runs`) compiled.
+  """
   root = tmp_path_factory.mktemp("teachers")
   for seed in (0, 1):
     result = run_cli("teacher", "-r", "digits", "-w", root / f"t{seed}", "--seed", seed, "-q",
-                  "--set", "teacher.steps=40", *TINY_FLAGS)
+                     *TINY_FLAGS)
     assert result.exit_code == 0, result.output
   result = run_cli("export", "--teacher", root / "t0", "--views", 3, "-q")
   assert result.exit_code == 0, result.output
