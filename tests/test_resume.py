@@ -104,7 +104,9 @@ def reference(tmp_path_factory):
   return root
 
 
-@pytest.mark.parametrize("kill_at", [0, 5, 15, 30])
+# Before the first checkpoint (a log to start again), between two, and after the validation of
+# step 20. (A kill before the first log line resumes from scratch as the kill at 5 does.)
+@pytest.mark.parametrize("kill_at", [5, 15, 30])
 def test_killed_teacher_resumes_bit_identically(reference, tmp_path, kill_at):
   workdir = tmp_path / "teacher"
   _kill_after(_command("teacher", workdir), workdir, kill_at)
