@@ -46,13 +46,11 @@ def _logged_steps(workdir):
 
 
 def _kill_after(args, workdir, logged_step):
-  """Starts a run and SIGKILLs it once its log reaches `logged_step` (0: right at start)."""
+  """Starts a run and SIGKILLs it once its log reaches `logged_step`."""
   process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 120
   while time.time() < deadline and process.poll() is None:
-    if logged_step == 0 and (workdir / "recipe.json").exists():
-      break
-    if logged_step and _logged_steps(workdir) >= logged_step:
+    if _logged_steps(workdir) >= logged_step:
       break
     time.sleep(0.01)
   assert process.poll() is None, "the run ended before the kill"
