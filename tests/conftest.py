@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 os.environ["DISTILL_OFFLINE"] = "1"
 os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -83,6 +84,30 @@ def run_distill_process(*args, devices=1, check=True, timeout=300):
   if check:
     assert result.returncode == 0, result.stderr[-3000:]
   return result
+
+
+def compiled_forward(model, images):
+  """`model(images)` as one compiled program: jax.jit over the split model, as training and
+  export run it. Called eagerly, each of the model's operations compiles on first use
+  (seconds for a ViT). Not nnx.jit: the lowest Flax allowed passes JAX 0.10's jit an
+  argument it does not take."""
+  import jax  # noqa: PLC0415 (conftest imports no JAX before the settings above apply)
+  from flax import nnx  # noqa: PLC0415
+
+  graphdef, state = nnx.split(model)
+  return jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))(state, images)
+
+
+def benchmark_script(name):
+  """benchmarks/NAME.py imported as a module (the benchmarks are scripts beside each other,
+  not a package: their folder is on the path while one is imported)."""
+  import importlib  # noqa: PLC0415
+
+  sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+  try:
+    return importlib.import_module(name)
+  finally:
+    sys.path.pop(0)
 
 
 def logged(workdir):

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TINY_FLAGS, copy_runs, run_cli
+from conftest import TINY_FLAGS, compiled_forward, copy_runs, run_cli
 from flax import nnx
 
 from distill import backend, loop, step
@@ -175,13 +175,6 @@ def _build_with_conv_stem(monkeypatch, conv_stem: str, settings: dict):
                       **settings)
 
 
-def _jitted_forward(model, images):
-  """`model(images)` compiled as one program, as training and export run it (jax.jit over the
-  split model): op by op, each operation compiles on first use, seconds for a ViT."""
-  graphdef, state = nnx.split(model)
-  return jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))(state, images)
-
-
 @pytest.mark.parametrize("model", list(_FEW_CHANNEL_CONV_MODELS))
 def test_both_conv_stems_hold_the_same_weights_and_compute_the_same(monkeypatch, model):
   """nnx.Conv and the gathered matmul over the image: same parameters from a seed, same logits.
@@ -205,9 +198,9 @@ def test_both_conv_stems_hold_the_same_weights_and_compute_the_same(monkeypatch,
   for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
     np.testing.assert_array_equal(a, b)
   images = np.random.default_rng(0).normal(size=(4, 28, 28, 1)).astype(np.float32)
-  logits = _jitted_forward(gathered, images)
+  logits = compiled_forward(gathered, images)
   assert float(jnp.abs(logits).max()) > 1e-3
-  np.testing.assert_allclose(logits, _jitted_forward(plain, images), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(logits, compiled_forward(plain, images), rtol=1e-4, atol=1e-5)
   # A real convolution on a backend that unrolls conv scans is unrolled; a model whose only
   # convolution is gathered is not.
   assert step.should_unroll(plain)

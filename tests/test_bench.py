@@ -1,6 +1,5 @@
 """`distill bench`: what it measures and reports, on tiny settings (speed is not asserted)."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -8,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, TINY_FLAGS, run_cli
+from conftest import TINY, TINY_FLAGS, benchmark_script, run_cli
 
 from distill import backend, bench, config
 
@@ -138,10 +137,7 @@ def test_bare_step_and_real_loop_time_the_steps_asked_for():
 def test_hand_written_step_of_keras_fit_learns():
   """keras_fit.py's hand-written JAX student (its floor for distill's step) trains: it fits a
   rule of the pixels that a linear model can learn."""
-  path = Path(__file__).resolve().parent.parent / "benchmarks" / "keras_fit.py"
-  spec = importlib.util.spec_from_file_location("keras_fit", path)
-  keras_fit = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(keras_fit)
+  keras_fit = benchmark_script("keras_fit")
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (64, 28, 28, 1)).astype(np.float32)
   brighter_left = images[:, :, :14].mean((1, 2, 3)) > images[:, :, 14:].mean((1, 2, 3))

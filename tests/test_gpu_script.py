@@ -13,7 +13,6 @@ prepends '.' to PYTHONPATH rather than replacing it, so the shim stays in force.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import os
 import subprocess
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import benchmark_script
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCKED = ("keras", "grain", "tensorboardX")
@@ -59,14 +59,6 @@ def _env(tmp_path: Path, out: Path, blocked: tuple[str, ...] = BLOCKED) -> dict[
   return env
 
 
-def _gpu_bench():
-  """benchmarks/gpu_bench.py as a module (benchmarks/ is no package)."""
-  spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "benchmarks" / "gpu_bench.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def test_gpu_script_without_jax_says_so_in_one_line(tmp_path):
   """A python without jax (python3 in a shell without the venv): one line saying what to set,
   not a traceback a stage."""
@@ -84,7 +76,7 @@ def test_gpu_script_without_jax_says_so_in_one_line(tmp_path):
 def test_failed_environment_stage_stops_the_run(tmp_path, monkeypatch, capsys):
   """gpu_bench.py run without gpu.sh's check: the environment stage fails once and nothing
   else runs, so its one traceback is the only one."""
-  gpu_bench = _gpu_bench()
+  gpu_bench = benchmark_script("gpu_bench")
 
   def no_jax():
     raise ModuleNotFoundError("No module named 'jax'")
@@ -110,11 +102,11 @@ def test_failed_environment_stage_stops_the_run(tmp_path, monkeypatch, capsys):
     ("cpu", 1.5, 1.5, "given by --peak-tflops"),
 ])
 def test_mfu_peak_comes_from_the_flag_or_the_device(device_kind, given, peak, source):
-  assert _gpu_bench().peak_tflops(device_kind, given) == (peak, source)
+  assert benchmark_script("gpu_bench").peak_tflops(device_kind, given) == (peak, source)
 
 
 def test_mfu_peak_of_an_unknown_device_is_not_called_its_own():
-  gpu_bench = _gpu_bench()
+  gpu_bench = benchmark_script("gpu_bench")
   peak, source = gpu_bench.peak_tflops("NVIDIA A100-SXM4-80GB", None)
   assert peak == gpu_bench.H200_BF16_DENSE_PEAK_TFLOPS
   assert "(NVIDIA A100-SXM4-80GB) is not known; pass --peak-tflops" in source

@@ -11,6 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import compiled_forward
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
@@ -32,16 +33,6 @@ def images() -> np.ndarray:
 def torch_logits(name: str) -> np.ndarray:
   """What torch computed for fixture `name` on `images()`."""
   return np.load(FIXTURES / f"vit_{name}_logits.npy")
-
-
-def run(model, x) -> np.ndarray:
-  """`model(x)` compiled: eager op-by-op dispatch of a ViT takes seconds.
-
-  jax.jit over the split model, as distill itself compiles (nnx.jit of the
-  lowest flax allowed passes jit an argument jax 0.10 does not take).
-  """
-  graphdef, state = nnx.split(model)
-  return np.asarray(jax.jit(lambda s, batch: nnx.merge(graphdef, s)(batch))(state, x))
 
 
 def broken_copy(tmp_path: Path, name: str, *, config=None, tensors=None) -> Path:
@@ -80,7 +71,7 @@ def test_affine_input_map_for_standardised_images(name):
   model, info = build_vit(FIXTURES / f"vit_{name}", input_scale=255 * std,
                           input_shift=255 * mean)
   assert not info["new_head"] and info["class_names"] == FASHION_MNIST
-  logits = run(model, (images() / 255 - mean) / std)
+  logits = compiled_forward(model, (images() / 255 - mean) / std)
   np.testing.assert_allclose(logits, torch_logits(name), atol=1e-4, rtol=0)
 
 
@@ -89,7 +80,7 @@ def test_new_head_starts_at_zero_and_keeps_the_encoder():
   model, info = build_vit(folder, num_classes=4)
   assert info["new_head"] and info["num_classes"] == 4 and info["checkpoint_classes"] == 10
   assert info["class_names"] is None
-  logits = run(model, images())
+  logits = compiled_forward(model, images())
   assert logits.shape == (6, 4) and not logits.any()
   loaded, _ = build_vit(folder)
   for new, old in zip(jax.tree.leaves(nnx.state(model.vit.blocks)),

@@ -2,6 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import compiled_forward
 from flax import nnx
 
 from distill import losses, step
@@ -25,12 +26,6 @@ def _build(key, image_shape=(28, 28, 1), **extra):
   return create_model(name, num_classes=10, image_shape=image_shape, **SETTINGS[key], **extra)
 
 
-def _forward(model, images):
-  """`model(images)` as one compiled program (called eagerly, each of its ops compiles apart)."""
-  graphdef, state = nnx.split(model)
-  return jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))(state, images)
-
-
 def _gradients(loss, model, *inputs):
   """The gradients of `loss(model, *inputs)` as one compiled program, with respect to the
   model's parameters and then each input.
@@ -51,7 +46,7 @@ def test_registry_lists_all_models():
 @pytest.mark.parametrize("image_shape", [(28, 28, 1), (32, 32, 3)])
 def test_shapes_and_params(key, image_shape):
   model = _build(key, image_shape)
-  logits = _forward(model, jnp.zeros((3, *image_shape)))
+  logits = compiled_forward(model, jnp.zeros((3, *image_shape)))
   assert logits.shape == (3, 10) and logits.dtype == jnp.float32
   assert count_params(model) > 0
 
@@ -76,7 +71,7 @@ def test_param_counts_match_architecture():
   deeper = _build("vit_cnn", stem_blocks_per_stage=2)
   assert (count_params(deeper) - count_params(vit_cnn)
           == 3 * 3 * 4 * 4 + 2 * 4 + 3 * 3 * 8 * 8 + 2 * 8)
-  assert _forward(deeper, jnp.zeros((2, 28, 28, 1))).shape == (2, 10)
+  assert compiled_forward(deeper, jnp.zeros((2, 28, 28, 1))).shape == (2, 10)
 
 
 def test_cnn_keeps_its_checkpoint_layout():
@@ -92,7 +87,7 @@ def test_init_loss_is_log_num_classes(key):
   images = jax.random.normal(jax.random.key(0), (16, 28, 28, 1))
   labels = jnp.arange(16) % 10
   targets = jax.nn.softmax(jax.random.normal(jax.random.key(1), (16, 10)) * 3)
-  logits = _forward(model, images)
+  logits = compiled_forward(model, images)
   for loss in (losses.hard_cross_entropy(logits, labels),
                losses.soft_cross_entropy(logits, targets)):
     assert losses.init_loss_check(float(loss), 10).ok
@@ -102,7 +97,7 @@ def test_init_loss_is_log_num_classes(key):
 def test_init_check_fires_for_badly_scaled_head(key):
   model = _build(key, head_init_scale=10.0)
   images = jax.random.normal(jax.random.key(0), (64, 28, 28, 1))
-  loss = float(losses.hard_cross_entropy(_forward(model, images), jnp.arange(64) % 10))
+  loss = float(losses.hard_cross_entropy(compiled_forward(model, images), jnp.arange(64) % 10))
   check = losses.init_loss_check(loss, 10)
   assert not check.ok and "WARNING" in check.message
 
@@ -183,7 +178,7 @@ def test_cnn_refuses_an_image_its_pools_leave_empty():
 @pytest.mark.parametrize("name", ["mlp", "linear"])
 def test_models_without_pooling_take_a_one_pixel_image(name):
   model = create_model(name, num_classes=3, image_shape=(1, 1, 1))
-  assert _forward(model, jnp.zeros((2, 1, 1, 1))).shape == (2, 3)
+  assert compiled_forward(model, jnp.zeros((2, 1, 1, 1))).shape == (2, 3)
 
 
 def test_unknown_model_and_bad_setting():
@@ -213,9 +208,9 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(key):
   params = jax.tree.leaves(nnx.state(model, nnx.Param))
   assert all(p.dtype == jnp.float32 for p in params)
   images = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
-  logits = _forward(model, images)
+  logits = compiled_forward(model, images)
   assert logits.dtype == jnp.float32
-  reference = _forward(_build(key, head_init_scale=0.5), images)
+  reference = compiled_forward(_build(key, head_init_scale=0.5), images)
   scale = float(jnp.abs(reference).max())
   assert scale > 0.1
   np.testing.assert_allclose(logits, reference, atol=0.05 * scale)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import importlib
 import json
 import re
 import subprocess
@@ -11,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY
+from conftest import TINY, benchmark_script
 
 ROOT = Path(__file__).resolve().parents[1]
 # The TINY teacher's ViT: a profile of its step reads the same as of the recipe's larger one,
@@ -19,20 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_VIT = [item for item in TINY if item.startswith("teacher.vit.")]
 
 
-def _script(name):
-  """benchmarks/NAME.py imported as a module (the benchmarks are scripts, not a package)."""
-  sys.path.insert(0, str(ROOT / "benchmarks"))
-  try:
-    return importlib.import_module(name)
-  finally:
-    sys.path.pop(0)
-
-
 def _run_script(monkeypatch, capsys, name, *args):
   """`python benchmarks/NAME.py ARGS`, run in this process through its main() (saving the
   seconds a fresh process spends importing JAX); returns its (stdout, stderr)."""
   monkeypatch.setattr(sys, "argv", [f"{name}.py", *args])
-  _script(name).main()
+  benchmark_script(name).main()
   return capsys.readouterr()
 
 
@@ -61,7 +51,7 @@ def test_profile_lists_the_steps_ops_with_their_jax_origin(tmp_path):
 def test_gaps_with_no_op_are_charged_to_the_convolution_in_flight(tmp_path):
   # XLA:CPU's convolution events end when the work is handed to the thread pool; the
   # stretch with no op after them is the convolution's, and nothing else's.
-  profile_step = _script("profile_step")
+  profile_step = benchmark_script("profile_step")
 
   def event(name, ts, dur, tid=2):
     return {"ph": "X", "name": name, "ts": ts, "dur": dur, "pid": 1, "tid": tid}

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import TINY, TINY_FLAGS, run_cli, set_flags
+from conftest import TINY, TINY_FLAGS, compiled_forward, run_cli, set_flags
 from flax import nnx
 
 from distill import augment, compare, config, losses, metrics, run_recipe, step, teaching, workflow
@@ -34,12 +34,9 @@ def teachers(tmp_path_factory):
   return root
 
 
-def _forward(result, images):
-  """The restored model's logits of `images`, compiled as one program (jax.jit over its split
-  state): op by op, each of the ViT's operations compiled on first use, seconds a shape."""
-  graphdef = result.graphdef
-  return jax.jit(lambda params, rest, x: nnx.merge(graphdef, params, rest)(x))(
-      result.params, result.rest, images)
+def _restored(result):
+  """The model `workflow.restore_trained` returned, as a module."""
+  return nnx.merge(result.graphdef, result.params, result.rest)
 
 
 def _views(images, indices, view, meta):
@@ -164,8 +161,8 @@ def test_online_teacher_labels_the_students_exact_augmented_batch(teachers):
   # The batch is augmented (not the plain images) and the targets are the teacher's on it.
   plain = normalize(setup.feeder.data["images"][indices], *setup.stats)
   assert not np.allclose(images, plain)
-  np.testing.assert_allclose(batch["targets"], jax.nn.softmax(_forward(result, images) / 2.0),
-                             atol=1e-5)
+  teacher_logits = compiled_forward(_restored(result), images)
+  np.testing.assert_allclose(batch["targets"], jax.nn.softmax(teacher_logits / 2.0), atol=1e-5)
 
 
 def test_views_replay_exactly_what_the_teacher_labelled(teachers):
@@ -181,8 +178,8 @@ def test_views_replay_exactly_what_the_teacher_labelled(teachers):
     views = _views(images[indices], indices, 2, meta)
     row = int(np.where(indices == 5)[0][0])
     logits = result.predict(result.params, dataset.x_train[indices])  # plain, for contrast
-    np.testing.assert_allclose(_forward(result, views)[row], arrays["view_logits"][5, 2],
-                               atol=1e-4)
+    np.testing.assert_allclose(compiled_forward(_restored(result), views)[row],
+                               arrays["view_logits"][5, 2], atol=1e-4)
     assert not np.allclose(logits[row], arrays["view_logits"][5, 2], atol=1e-4)
   # Distinct views differ.
   assert not np.allclose(arrays["view_logits"][:, 0], arrays["view_logits"][:, 1])
@@ -281,7 +278,7 @@ def test_ensemble_members_label_the_same_views(teachers, tmp_path):
     member, _ = workflow.restore_trained(teachers / name, recipe, "teacher", dataset)
     images = normalize(jnp.asarray(dataset.x_train[[5]]), *map(jnp.asarray, member.stats))
     view = _views(images, [5], 1, meta)
-    probs.append(jax.nn.softmax(_forward(member, view)[0]))
+    probs.append(jax.nn.softmax(compiled_forward(_restored(member), view)[0]))
   np.testing.assert_allclose(jax.nn.softmax(ensemble["view_logits"][5, 1]), np.mean(probs, 0),
                              atol=1e-5)
 
